@@ -1,0 +1,133 @@
+// The Tessera client library: what training code links to pull parameters and push updates.
+//
+//   ClientOptions options;
+//   options.servers = {"127.0.0.1:7400", "127.0.0.1:7401"};
+//   absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(options);
+//   TableConfig emb{.name = "emb", .kind = TableKind::kSparse, .dim = 16};
+//   emb.optimizer.kind = OptimizerKind::kAdagrad;
+//   (*client)->CreateTable(emb);
+//   (*client)->PullSparse("emb", keys, absl::MakeSpan(weights));
+//   (*client)->PushSparseAsync("emb", keys, grads, [](absl::Status s) { ... });
+#ifndef TESSERA_CLIENT_CLIENT_H_
+#define TESSERA_CLIENT_CLIENT_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "common/shard_map.h"
+#include "common/table_config.h"
+
+namespace tessera {
+
+// Per-process client options. The defaults are tuned for loopback and LAN (docs/design.md,
+// "Performance").
+struct ClientOptions {
+  // "host:port" of each shard's server, in shard order. Required.
+  std::vector<std::string> servers;
+  // Shard map: must match the servers' flags.
+  uint64_t shard_map_epoch = 1;
+  uint32_t num_vshards = kDefaultNumVshards;
+  // Separate TCP connections per server; RPCs are spread over them. Default 4.
+  int channels_per_server = 4;
+  // Target bulk payload of one RPC; larger calls are split into chunks sent in parallel.
+  // Default 512 KiB.
+  size_t chunk_bytes = 512 * 1024;
+  // Attempts per RPC when a server answers UNAVAILABLE (pushes keep their sequence number, so
+  // a retry is never applied twice). Default 10.
+  int max_attempts = 10;
+  // Backoff between attempts: doubles from initial to max, with jitter. Defaults 5 ms, 1 s.
+  int initial_backoff_ms = 5;
+  int max_backoff_ms = 1000;
+  // Deadline of one attempt. Default 60 s.
+  int64_t rpc_timeout_ms = 60000;
+  // Identifies this client's pushes for exactly-once application. 0 (default) picks a random
+  // id; reusing the id of a live client breaks exactly-once.
+  uint64_t client_id = 0;
+};
+
+// A table as the whole cluster holds it.
+struct TableStatus {
+  TableConfig config;  // resolved: every default filled in
+  uint64_t rows = 0;   // sparse rows / dense elements, summed over servers
+  uint64_t bytes = 0;  // memory for weights and slots, summed over servers
+};
+
+// Runs exactly once when an asynchronous call completes.
+using StatusCallback = std::function<void(absl::Status)>;
+
+// Thread-safe: any number of threads may issue calls concurrently. Each call is split by shard
+// (and into chunks of about chunk_bytes) and the pieces run in parallel; results land in the
+// caller's order.
+//
+// Asynchronous calls borrow their buffers: keys, values and out must stay valid (and keys and
+// values unchanged) until `done` runs. `done` runs on a gRPC thread: it must not block. The
+// first dense call on a table fetches the table's layout with a blocking RPC on the calling
+// thread. Errors carry the failing server's address; when one piece of a call fails, the
+// call's other pieces still complete (pushes to other shards stay applied).
+//
+// The destructor waits for calls in flight to finish.
+class Client {
+ public:
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(const ClientOptions& options);
+  ~Client();
+
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // Table management, broadcast to every server (blocking). CreateTable succeeds when the table
+  // exists with the same spec (so it is safe to retry) and returns the resolved config.
+  absl::StatusOr<TableConfig> CreateTable(const TableConfig& config);
+  absl::Status DropTable(absl::string_view name);
+  absl::StatusOr<TableStatus> DescribeTable(absl::string_view name);
+  absl::StatusOr<std::vector<TableStatus>> ListTables();
+
+  // Sparse tables. out/values hold keys.size() rows of the table's dim, in key order.
+  // Pull: keys may repeat. Push: keys must be distinct (sum the gradients of a repeated key
+  // first); values are gradients (or new values for the `assign` optimizer).
+  void PullSparseAsync(absl::string_view table, absl::Span<const uint64_t> keys,
+                       absl::Span<float> out, StatusCallback done);
+  void PushSparseAsync(absl::string_view table, absl::Span<const uint64_t> keys,
+                       absl::Span<const float> values, StatusCallback done);
+
+  // Dense tables: elements [offset, offset + size) of the tensor.
+  void PullDenseAsync(absl::string_view table, uint64_t offset, absl::Span<float> out,
+                      StatusCallback done);
+  void PushDenseAsync(absl::string_view table, uint64_t offset, absl::Span<const float> values,
+                      StatusCallback done);
+
+  // Blocking versions of the calls above.
+  absl::Status PullSparse(absl::string_view table, absl::Span<const uint64_t> keys,
+                          absl::Span<float> out);
+  absl::Status PushSparse(absl::string_view table, absl::Span<const uint64_t> keys,
+                          absl::Span<const float> values);
+  absl::Status PullDense(absl::string_view table, uint64_t offset, absl::Span<float> out);
+  absl::Status PushDense(absl::string_view table, uint64_t offset,
+                         absl::Span<const float> values);
+
+  uint64_t client_id() const;
+  const ShardMap& shard_map() const;
+
+  // Pushes acknowledged as duplicates by a server (a retry of a push that had been applied).
+  uint64_t duplicate_acks() const;
+  // RPC attempts retried after UNAVAILABLE.
+  uint64_t retries() const;
+
+  // Implementation detail (client/internal/client_impl.h), named here so that the internal
+  // RPC machinery can reach it; not part of the API.
+  struct Impl;
+
+ private:
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tessera
+
+#endif  // TESSERA_CLIENT_CLIENT_H_

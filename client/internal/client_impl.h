@@ -1,0 +1,101 @@
+// Client internals shared by client.cc (connection, tables) and client_data.cc (data path).
+#ifndef TESSERA_CLIENT_INTERNAL_CLIENT_IMPL_H_
+#define TESSERA_CLIENT_INTERNAL_CLIENT_IMPL_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/btree_set.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "client/client.h"
+#include "proto/tessera.grpc.pb.h"
+
+namespace tessera {
+namespace client_internal {
+
+// Sequence numbers of this client's pushes to one shard: 1, 2, 3, ... The floor sent with each
+// push is the lowest sequence still in flight. Thread-safe.
+class PushWindow {
+ public:
+  uint64_t Issue() ABSL_LOCKS_EXCLUDED(mu_);
+  uint64_t Floor() const ABSL_LOCKS_EXCLUDED(mu_);
+  void Settle(uint64_t sequence) ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  mutable absl::Mutex mu_;
+  uint64_t next_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::btree_set<uint64_t> in_flight_ ABSL_GUARDED_BY(mu_);
+};
+
+// Collects the outcomes of the RPCs that make up one user call and runs the user's callback
+// once, after the last one, with the first error (or OK). Thread-safe.
+class OpTracker {
+ public:
+  OpTracker(size_t num_rpcs, StatusCallback done) : pending_(num_rpcs), done_(std::move(done)) {}
+  void Finish(const absl::Status& status) ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  std::atomic<size_t> pending_;
+  absl::Mutex mu_;
+  absl::Status status_ ABSL_GUARDED_BY(mu_);
+  StatusCallback done_;  // run once, by the last Finish
+};
+
+// The connections to one server.
+struct ServerConn {
+  // Constant after Connect.
+  std::string address;
+  std::vector<std::unique_ptr<v1::ParameterServer::Stub>> stubs;  // one per channel
+
+  std::atomic<uint32_t> next_stub{0};
+  PushWindow pushes;
+
+  v1::ParameterServer::Stub* NextStub() {
+    return stubs[next_stub.fetch_add(1, std::memory_order_relaxed) % stubs.size()].get();
+  }
+};
+
+}  // namespace client_internal
+
+struct Client::Impl {
+  // Constant after Connect.
+  ClientOptions options;
+  ShardMap map;
+  uint64_t client_id = 0;
+  std::vector<std::unique_ptr<client_internal::ServerConn>> servers;  // by shard
+
+  std::atomic<uint64_t> duplicate_acks{0};
+  std::atomic<uint64_t> retries{0};
+
+  // Table configs learned from CreateTable/DescribeTable, for splitting dense ranges.
+  absl::Mutex tables_mu;
+  absl::flat_hash_map<std::string, TableConfig> tables ABSL_GUARDED_BY(tables_mu);
+
+  // RPCs in flight (including those waiting to retry); the destructor waits for zero.
+  absl::Mutex calls_mu;
+  int64_t active_rpcs ABSL_GUARDED_BY(calls_mu) = 0;
+
+  explicit Impl(ShardMap m) : map(std::move(m)) {}
+
+  void RpcStarted() ABSL_LOCKS_EXCLUDED(calls_mu);
+  void RpcEnded() ABSL_LOCKS_EXCLUDED(calls_mu);
+  void WaitForRpcs() ABSL_LOCKS_EXCLUDED(calls_mu);
+
+  // The resolved config of `name`, from the cache or fetched (blocking) from shard 0.
+  absl::StatusOr<TableConfig> GetTable(absl::string_view name) ABSL_LOCKS_EXCLUDED(tables_mu);
+  void ForgetTable(absl::string_view name) ABSL_LOCKS_EXCLUDED(tables_mu);
+
+  // A status naming the server, for errors that came from it.
+  absl::Status Annotate(uint32_t shard, const absl::Status& status) const;
+  void FillHeader(v1::RequestHeader* header) const {
+    header->set_shard_map_epoch(map.epoch());
+  }
+};
+
+}  // namespace tessera
+
+#endif  // TESSERA_CLIENT_INTERNAL_CLIENT_IMPL_H_

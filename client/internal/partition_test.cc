@@ -1,0 +1,88 @@
+#include "client/internal/partition.h"
+
+#include <algorithm>
+#include <set>
+
+#include <catch2/catch.hpp>
+
+#include "common/hash.h"
+
+namespace tessera::client_internal {
+namespace {
+
+TEST_CASE("sparse keys split by shard with every position exactly once", "[partition]") {
+  absl::StatusOr<ShardMap> map = ShardMap::Uniform(1, 3);
+  REQUIRE(map.ok());
+  std::vector<uint64_t> keys;
+  for (uint64_t k = 0; k < 10007; ++k) keys.push_back(k * 0x9e3779b97f4a7c15ULL);
+  for (bool whole : {false, true}) {
+    std::vector<SparseChunk> chunks = SplitSparseKeys(keys, *map, 1000, whole);
+    std::vector<int> seen(keys.size());
+    for (const SparseChunk& c : chunks) {
+      if (!whole) CHECK(c.positions.size() <= 1000);
+      uint32_t last_vshard = 0;
+      for (uint32_t p : c.positions) {
+        ++seen[p];
+        CHECK(map->ShardOfKey(keys[p]) == c.shard);
+        const uint32_t v = VshardOfKey(keys[p], map->num_vshards());
+        CHECK(v >= last_vshard);  // grouped by vshard, ascending
+        last_vshard = v;
+      }
+    }
+    CHECK(std::all_of(seen.begin(), seen.end(), [](int n) { return n == 1; }));
+  }
+}
+
+TEST_CASE("with whole vshards a vshard never spans chunks", "[partition]") {
+  absl::StatusOr<ShardMap> map = ShardMap::Uniform(1, 1, 16);
+  REQUIRE(map.ok());
+  std::vector<uint64_t> keys;
+  for (uint64_t k = 0; k < 1000; ++k) keys.push_back(k);
+  std::vector<SparseChunk> chunks = SplitSparseKeys(keys, *map, 10, true);
+  std::set<uint32_t> vshards_seen;
+  for (const SparseChunk& c : chunks) {
+    std::set<uint32_t> mine;
+    for (uint32_t p : c.positions) mine.insert(VshardOfKey(keys[p], 16));
+    for (uint32_t v : mine) CHECK(vshards_seen.insert(v).second);
+  }
+}
+
+// Checks that chunks tile [offset, offset + count) in order, stay within one owner each, and
+// respect the size limit.
+void CheckTiling(uint64_t size, uint32_t block, uint32_t shards, uint64_t offset,
+                 uint64_t count, uint64_t limit) {
+  absl::StatusOr<ShardMap> map = ShardMap::Uniform(1, shards);
+  REQUIRE(map.ok());
+  const uint64_t h = Fnv1a64("w");
+  std::vector<DenseChunk> chunks = SplitDenseRange(h, size, block, *map, offset, count, limit);
+  uint64_t pos = offset;
+  for (const DenseChunk& c : chunks) {
+    INFO("size " << size << " block " << block << " chunk at " << c.offset);
+    CHECK(c.offset == pos);
+    CHECK(c.count >= 1);
+    CHECK(c.count <= limit);
+    for (uint64_t b = c.offset / block; b <= (c.offset + c.count - 1) / block; ++b) {
+      CHECK(map->ShardOf(VshardOfDenseBlock(h, b, map->num_vshards())) == c.shard);
+    }
+    pos += c.count;
+  }
+  CHECK(pos == offset + count);
+}
+
+TEST_CASE("dense ranges split at odd sizes", "[partition]") {
+  CheckTiling(1000003, 4099, 3, 0, 1000003, 131072);
+  CheckTiling(1000003, 4099, 3, 12345, 600001, 5000);
+  CheckTiling(7, 4099, 2, 0, 7, 131072);
+  CheckTiling(7, 4099, 2, 3, 1, 131072);
+  CheckTiling(1 << 20, 1 << 17, 1, 0, 1 << 20, 1 << 17);   // 4 MiB: eight 512 KiB chunks
+  CheckTiling(1 << 20, 1 << 20, 2, 0, 1 << 20, 1 << 17);   // a block larger than a chunk
+  CheckTiling(999, 1, 5, 0, 999, 7);                        // one-element blocks
+  CheckTiling(100, 3, 4, 99, 1, 2);                         // the last element alone
+
+  absl::StatusOr<ShardMap> one = ShardMap::Uniform(1, 1);
+  CHECK(SplitDenseRange(1, 1 << 20, 1 << 17, *one, 0, 1 << 20, 1 << 17).size() == 8);
+  CHECK(SplitDenseRange(1, 10, 4, *one, 5, 0, 100).empty());
+}
+
+}  // namespace
+}  // namespace tessera::client_internal

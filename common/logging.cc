@@ -1,0 +1,45 @@
+#include "common/logging.h"
+
+#include <unistd.h>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+
+namespace tessera {
+namespace {
+
+absl::Mutex tag_mu;
+std::string& Tag() ABSL_EXCLUSIVE_LOCKS_REQUIRED(tag_mu) {
+  static std::string* tag = new std::string("tessera");
+  return *tag;
+}
+
+}  // namespace
+
+void SetLogTag(absl::string_view tag) {
+  absl::MutexLock lock(&tag_mu);
+  Tag() = std::string(tag);
+}
+
+void LogLine(LogSeverity severity, absl::string_view message) {
+  const char sev = severity == LogSeverity::kInfo ? 'I' : severity == LogSeverity::kWarning ? 'W' : 'E';
+  std::string tag;
+  {
+    absl::MutexLock lock(&tag_mu);
+    tag = Tag();
+  }
+  std::string line = absl::StrFormat(
+      "%c%s %s] %s\n", sev,
+      absl::FormatTime("%H:%M:%E3S", absl::Now(), absl::LocalTimeZone()), tag, message);
+  const char* p = line.data();
+  size_t left = line.size();
+  while (left > 0) {
+    const ssize_t n = ::write(STDERR_FILENO, p, left);
+    if (n <= 0) break;
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+}
+
+}  // namespace tessera

@@ -1,0 +1,54 @@
+#include "common/shard_map.h"
+
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
+
+namespace tessera {
+
+absl::StatusOr<ShardMap> ShardMap::Uniform(uint64_t epoch, uint32_t num_shards,
+                                           uint32_t num_vshards) {
+  if (num_shards == 0 || num_vshards == 0 || num_shards > num_vshards) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "shard map needs 1 <= num_shards <= num_vshards, got %u shards and %u vshards",
+        num_shards, num_vshards));
+  }
+  std::vector<uint32_t> owner(num_vshards);
+  for (uint32_t v = 0; v < num_vshards; ++v) {
+    owner[v] = static_cast<uint32_t>(uint64_t{v} * num_shards / num_vshards);
+  }
+  return ShardMap(epoch, num_shards, std::move(owner));
+}
+
+void GroupByVshard(absl::Span<const uint64_t> keys, uint32_t num_vshards, VshardGrouping* out) {
+  out->order.clear();
+  out->runs.clear();
+  const uint32_t n = static_cast<uint32_t>(keys.size());
+  if (n == 0) return;
+  // Fast path: the client already sends keys grouped by vshard in ascending order.
+  std::vector<uint32_t> vs(n);
+  bool grouped = true;
+  for (uint32_t i = 0; i < n; ++i) {
+    vs[i] = VshardOfKey(keys[i], num_vshards);
+    if (i > 0 && vs[i] < vs[i - 1]) grouped = false;
+  }
+  if (grouped) {
+    uint32_t begin = 0;
+    for (uint32_t i = 1; i <= n; ++i) {
+      if (i == n || vs[i] != vs[begin]) {
+        out->runs.push_back({vs[begin], begin, i});
+        begin = i;
+      }
+    }
+    return;
+  }
+  std::vector<uint32_t> start(num_vshards + 1, 0);
+  for (uint32_t i = 0; i < n; ++i) ++start[vs[i] + 1];
+  for (uint32_t v = 0; v < num_vshards; ++v) {
+    if (start[v + 1] > 0) out->runs.push_back({v, start[v], start[v] + start[v + 1]});
+    start[v + 1] += start[v];
+  }
+  out->order.resize(n);
+  for (uint32_t i = 0; i < n; ++i) out->order[start[vs[i]]++] = i;
+}
+
+}  // namespace tessera

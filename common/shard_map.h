@@ -1,0 +1,73 @@
+// Partitioning: keys and dense blocks map to virtual shards (vshards), vshards map to shards,
+// and shards map to servers. See docs/design.md, "Virtual shards".
+#ifndef TESSERA_COMMON_SHARD_MAP_H_
+#define TESSERA_COMMON_SHARD_MAP_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "common/hash.h"
+
+namespace tessera {
+
+inline constexpr uint32_t kDefaultNumVshards = 1024;
+
+// The vshard of a sparse key. Part of the wire contract.
+inline uint32_t VshardOfKey(uint64_t key, uint32_t num_vshards) {
+  return static_cast<uint32_t>(Mix64(key) % num_vshards);
+}
+
+// The vshard of block `block` of the dense table named `table_name` (table_hash =
+// Fnv1a64(table_name)). Consecutive blocks land on consecutive vshards, so a large tensor is
+// spread over all shards. Part of the wire contract.
+inline uint32_t VshardOfDenseBlock(uint64_t table_hash, uint64_t block, uint32_t num_vshards) {
+  return static_cast<uint32_t>((table_hash + block) % num_vshards);
+}
+
+// Which shard owns each vshard, at one epoch. A value type; thread-compatible.
+class ShardMap {
+ public:
+  // Vshards split into `num_shards` contiguous ranges of (nearly) equal size.
+  static absl::StatusOr<ShardMap> Uniform(uint64_t epoch, uint32_t num_shards,
+                                          uint32_t num_vshards = kDefaultNumVshards);
+
+  uint64_t epoch() const { return epoch_; }
+  uint32_t num_shards() const { return num_shards_; }
+  uint32_t num_vshards() const { return static_cast<uint32_t>(owner_.size()); }
+  // REQUIRES: vshard < num_vshards().
+  uint32_t ShardOf(uint32_t vshard) const { return owner_[vshard]; }
+  uint32_t ShardOfKey(uint64_t key) const { return owner_[VshardOfKey(key, num_vshards())]; }
+
+ private:
+  ShardMap(uint64_t epoch, uint32_t num_shards, std::vector<uint32_t> owner)
+      : epoch_(epoch), num_shards_(num_shards), owner_(std::move(owner)) {}
+
+  uint64_t epoch_;
+  uint32_t num_shards_;
+  std::vector<uint32_t> owner_;  // vshard -> shard
+};
+
+// Keys of one request ordered by vshard (a stable counting sort), so that each vshard's keys
+// form one contiguous run.
+struct VshardRun {
+  uint32_t vshard;
+  uint32_t begin;  // into VshardGrouping::order (or into the keys when order is empty)
+  uint32_t end;
+};
+struct VshardGrouping {
+  // order[i] is the index into keys of the i-th key in vshard order. Empty when the keys were
+  // already grouped by vshard (then the order is the identity).
+  std::vector<uint32_t> order;
+  std::vector<VshardRun> runs;
+
+  uint32_t KeyIndex(uint32_t i) const { return order.empty() ? i : order[i]; }
+};
+
+// Fills *out (reusing its memory). REQUIRES: keys.size() < 2^32.
+void GroupByVshard(absl::Span<const uint64_t> keys, uint32_t num_vshards, VshardGrouping* out);
+
+}  // namespace tessera
+
+#endif  // TESSERA_COMMON_SHARD_MAP_H_

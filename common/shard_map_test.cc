@@ -1,0 +1,81 @@
+#include "common/shard_map.h"
+
+#include <algorithm>
+#include <map>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+namespace tessera {
+namespace {
+
+TEST_CASE("the key hash is part of the wire contract and never changes", "[shard_map]") {
+  // Pinned values: changing Mix64 or VshardOfKey breaks every existing cluster and checkpoint.
+  CHECK(Mix64(0) == 0);
+  CHECK(Mix64(1) == 0x5692161d100b05e5ULL);
+  CHECK(VshardOfKey(1, 1024) == (0x5692161d100b05e5ULL % 1024));
+  CHECK(Fnv1a64("") == 0xcbf29ce484222325ULL);
+  CHECK(Fnv1a64("a") == 0xaf63dc4c8601ec8cULL);
+}
+
+TEST_CASE("uniform maps give contiguous and balanced vshard ranges", "[shard_map]") {
+  for (uint32_t shards : {1u, 2u, 3u, 7u, 1024u}) {
+    absl::StatusOr<ShardMap> m = ShardMap::Uniform(3, shards);
+    REQUIRE(m.ok());
+    CHECK(m->epoch() == 3);
+    std::vector<int> count(shards);
+    for (uint32_t v = 0; v < m->num_vshards(); ++v) {
+      ++count[m->ShardOf(v)];
+      if (v > 0) CHECK(m->ShardOf(v) >= m->ShardOf(v - 1));
+    }
+    const auto [lo, hi] = std::minmax_element(count.begin(), count.end());
+    CHECK(*hi - *lo <= 1);
+  }
+  CHECK_FALSE(ShardMap::Uniform(1, 0).ok());
+  CHECK_FALSE(ShardMap::Uniform(1, 5, 4).ok());
+}
+
+TEST_CASE("keys spread over vshards", "[shard_map]") {
+  std::vector<int> count(1024);
+  for (uint64_t k = 0; k < 1024 * 100; ++k) ++count[VshardOfKey(k, 1024)];
+  const auto [lo, hi] = std::minmax_element(count.begin(), count.end());
+  CHECK(*lo > 50);
+  CHECK(*hi < 160);
+}
+
+// Reference grouping: vshard -> keys in input order.
+std::map<uint32_t, std::vector<uint32_t>> Reference(const std::vector<uint64_t>& keys) {
+  std::map<uint32_t, std::vector<uint32_t>> m;
+  for (uint32_t i = 0; i < keys.size(); ++i) m[VshardOfKey(keys[i], 64)].push_back(i);
+  return m;
+}
+
+TEST_CASE("grouping by vshard sorted or not", "[shard_map]") {
+  std::vector<uint64_t> keys;
+  for (uint64_t k = 0; k < 500; ++k) keys.push_back(k * 2654435761ULL);
+  keys.push_back(keys[3]);  // a repeat
+  for (bool presorted : {false, true}) {
+    if (presorted) {
+      std::stable_sort(keys.begin(), keys.end(), [](uint64_t a, uint64_t b) {
+        return VshardOfKey(a, 64) < VshardOfKey(b, 64);
+      });
+    }
+    VshardGrouping g;
+    GroupByVshard(keys, 64, &g);
+    CHECK(g.order.empty() == presorted);
+    std::map<uint32_t, std::vector<uint32_t>> got;
+    uint32_t covered = 0;
+    for (const VshardRun& run : g.runs) {
+      for (uint32_t j = run.begin; j < run.end; ++j) got[run.vshard].push_back(g.KeyIndex(j));
+      covered += run.end - run.begin;
+    }
+    CHECK(covered == keys.size());
+    CHECK(got == Reference(keys));
+  }
+  VshardGrouping empty;
+  GroupByVshard({}, 64, &empty);
+  CHECK(empty.runs.empty());
+}
+
+}  // namespace
+}  // namespace tessera

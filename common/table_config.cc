@@ -1,0 +1,248 @@
+#include "common/table_config.h"
+
+#include <cmath>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
+
+namespace tessera {
+namespace {
+
+bool ValidName(absl::string_view name) {
+  if (name.empty() || name.size() > kMaxTableNameLength) return false;
+  for (char c : name) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '_' || c == '-' || c == '.';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+void SetDefault(std::optional<float>& field, float value) {
+  if (!field.has_value()) field = value;
+}
+
+struct OptimizerField {
+  const char* name;
+  std::optional<float> OptimizerConfig::*member;
+  float lo, hi;
+  bool lo_open, hi_open;
+};
+constexpr float kInf = INFINITY;
+const OptimizerField kOptimizerFields[] = {
+    {"learning_rate", &OptimizerConfig::learning_rate, 0, kInf, true, true},
+    {"momentum", &OptimizerConfig::momentum, 0, 1, false, true},
+    {"beta1", &OptimizerConfig::beta1, 0, 1, false, true},
+    {"beta2", &OptimizerConfig::beta2, 0, 1, false, true},
+    {"epsilon", &OptimizerConfig::epsilon, 0, kInf, true, true},
+    {"initial_accumulator", &OptimizerConfig::initial_accumulator, 0, kInf, false, true},
+    {"l1", &OptimizerConfig::l1, 0, kInf, false, true},
+    {"l2", &OptimizerConfig::l2, 0, kInf, false, true},
+    {"ftrl_beta", &OptimizerConfig::ftrl_beta, 0, kInf, false, true},
+};
+
+struct FieldDefault {
+  std::optional<float> OptimizerConfig::*member;
+  float value;
+};
+
+// The fields each optimizer uses, with their defaults. Any other field set is an error.
+std::vector<FieldDefault> OptimizerDefaults(OptimizerKind kind) {
+  using O = OptimizerConfig;
+  switch (kind) {
+    case OptimizerKind::kSgd:
+      return {{&O::learning_rate, 0.01f}};
+    case OptimizerKind::kMomentum:
+      return {{&O::learning_rate, 0.01f}, {&O::momentum, 0.9f}};
+    case OptimizerKind::kAdagrad:
+      return {{&O::learning_rate, 0.01f}, {&O::epsilon, 1e-10f}, {&O::initial_accumulator, 0.0f}};
+    case OptimizerKind::kAdam:
+      return {{&O::learning_rate, 0.001f}, {&O::beta1, 0.9f}, {&O::beta2, 0.999f},
+              {&O::epsilon, 1e-8f}};
+    case OptimizerKind::kFtrl:
+      return {{&O::learning_rate, 0.05f}, {&O::initial_accumulator, 0.0f}, {&O::l1, 0.0f},
+              {&O::l2, 0.0f}, {&O::ftrl_beta, 1.0f}};
+    case OptimizerKind::kAdd:
+    case OptimizerKind::kAssign:
+      return {};
+  }
+  return {};
+}
+
+absl::Status ResolveOptimizer(TableConfig& c) {
+  OptimizerConfig& o = c.optimizer;
+  const std::vector<FieldDefault> defaults = OptimizerDefaults(o.kind);
+  for (const OptimizerField& f : kOptimizerFields) {
+    std::optional<float>& value = o.*(f.member);
+    bool applies = false;
+    for (const FieldDefault& d : defaults) {
+      if (d.member != f.member) continue;
+      applies = true;
+      if (!value.has_value()) value = d.value;
+    }
+    if (!value.has_value()) continue;
+    if (!applies) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("table '%s': optimizer.%s does not apply to the %s optimizer", c.name,
+                          f.name, OptimizerKindName(o.kind)));
+    }
+    const float v = *value;
+    const bool ok = std::isfinite(v) && (f.lo_open ? v > f.lo : v >= f.lo) &&
+                    (f.hi_open ? v < f.hi : v <= f.hi);
+    if (!ok) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "table '%s': optimizer.%s = %g is out of range %c%g, %g%c", c.name, f.name, v,
+          f.lo_open ? '(' : '[', f.lo, f.hi, f.hi_open ? ')' : ']'));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ResolveInitializer(TableConfig& c) {
+  InitializerConfig& i = c.initializer;
+  const bool uniform = i.kind == InitializerKind::kUniform;
+  const bool normal = i.kind == InitializerKind::kNormal;
+  if ((!uniform && (i.low || i.high)) || (!normal && (i.mean || i.stddev))) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "table '%s': initializer %s takes %s", c.name, InitializerKindName(i.kind),
+        uniform ? "only low and high" : normal ? "only mean and stddev" : "no parameters"));
+  }
+  switch (i.kind) {
+    case InitializerKind::kZeros:
+      break;
+    case InitializerKind::kUniform:
+      SetDefault(i.low, -0.01f);
+      SetDefault(i.high, 0.01f);
+      if (!std::isfinite(*i.low) || !std::isfinite(*i.high) || !(*i.low < *i.high)) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "table '%s': uniform initializer needs finite low < high, got [%g, %g)", c.name,
+            *i.low, *i.high));
+      }
+      break;
+    case InitializerKind::kNormal:
+      SetDefault(i.mean, 0.0f);
+      SetDefault(i.stddev, 0.01f);
+      if (!std::isfinite(*i.mean) || !std::isfinite(*i.stddev) || *i.stddev < 0) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "table '%s': normal initializer needs finite mean and stddev >= 0, got (%g, %g)",
+            c.name, *i.mean, *i.stddev));
+      }
+      break;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<TableConfig> ResolveTableConfig(const TableConfig& config) {
+  TableConfig c = config;
+  if (!ValidName(c.name)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "table name '%s' is invalid: use 1 to %d characters from [A-Za-z0-9_.-]", c.name,
+        kMaxTableNameLength));
+  }
+  if (c.kind == TableKind::kSparse) {
+    if (c.dim == 0 || c.dim > kMaxSparseDim) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "table '%s': sparse dim must be in [1, %u], got %u", c.name, kMaxSparseDim, c.dim));
+    }
+    if (c.dense_size != 0 || c.dense_block_elems != 0) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "table '%s': dense_size and dense_block_elems apply only to dense tables", c.name));
+    }
+  } else {
+    if (c.dense_size == 0 || c.dense_size > kMaxDenseSize) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("table '%s': dense_size must be in [1, %u], got %u", c.name,
+                          kMaxDenseSize, c.dense_size));
+    }
+    if (c.dim != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("table '%s': dim applies only to sparse tables (got %u)", c.name, c.dim));
+    }
+    if (c.dense_block_elems == 0) c.dense_block_elems = kDefaultDenseBlockElems;
+    if (c.dense_block_elems > kMaxDenseBlockElems) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("table '%s': dense_block_elems must be in [1, %u], got %u", c.name,
+                          kMaxDenseBlockElems, c.dense_block_elems));
+    }
+  }
+  if (absl::Status s = ResolveOptimizer(c); !s.ok()) return s;
+  if (absl::Status s = ResolveInitializer(c); !s.ok()) return s;
+  return c;
+}
+
+int NumOptimizerSlots(OptimizerKind kind) {
+  switch (kind) {
+    case OptimizerKind::kMomentum:
+    case OptimizerKind::kAdagrad:
+      return 1;
+    case OptimizerKind::kAdam:
+    case OptimizerKind::kFtrl:
+      return 2;
+    case OptimizerKind::kSgd:
+    case OptimizerKind::kAdd:
+    case OptimizerKind::kAssign:
+      return 0;
+  }
+  return 0;
+}
+
+bool OptimizerHasStep(OptimizerKind kind) { return kind == OptimizerKind::kAdam; }
+
+absl::string_view TableKindName(TableKind kind) {
+  return kind == TableKind::kDense ? "dense" : "sparse";
+}
+
+namespace {
+constexpr struct {
+  OptimizerKind kind;
+  absl::string_view name;
+} kOptimizerNames[] = {
+    {OptimizerKind::kSgd, "sgd"},   {OptimizerKind::kMomentum, "momentum"},
+    {OptimizerKind::kAdagrad, "adagrad"}, {OptimizerKind::kAdam, "adam"},
+    {OptimizerKind::kFtrl, "ftrl"}, {OptimizerKind::kAdd, "add"},
+    {OptimizerKind::kAssign, "assign"},
+};
+constexpr struct {
+  InitializerKind kind;
+  absl::string_view name;
+} kInitializerNames[] = {
+    {InitializerKind::kZeros, "zeros"},
+    {InitializerKind::kUniform, "uniform"},
+    {InitializerKind::kNormal, "normal"},
+};
+}  // namespace
+
+absl::string_view OptimizerKindName(OptimizerKind kind) {
+  for (const auto& e : kOptimizerNames) {
+    if (e.kind == kind) return e.name;
+  }
+  return "unknown";
+}
+
+absl::string_view InitializerKindName(InitializerKind kind) {
+  for (const auto& e : kInitializerNames) {
+    if (e.kind == kind) return e.name;
+  }
+  return "unknown";
+}
+
+absl::StatusOr<OptimizerKind> ParseOptimizerKind(absl::string_view name) {
+  for (const auto& e : kOptimizerNames) {
+    if (e.name == name) return e.kind;
+  }
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "unknown optimizer '%s' (want sgd, momentum, adagrad, adam, ftrl, add or assign)", name));
+}
+
+absl::StatusOr<InitializerKind> ParseInitializerKind(absl::string_view name) {
+  for (const auto& e : kInitializerNames) {
+    if (e.name == name) return e.kind;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrFormat("unknown initializer '%s' (want zeros, uniform or normal)", name));
+}
+
+}  // namespace tessera

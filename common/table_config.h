@@ -1,0 +1,82 @@
+// Table configuration shared by the client and the server: plain structs, free of protobuf.
+#ifndef TESSERA_COMMON_TABLE_CONFIG_H_
+#define TESSERA_COMMON_TABLE_CONFIG_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace tessera {
+
+enum class TableKind { kDense, kSparse };
+
+enum class OptimizerKind { kSgd, kMomentum, kAdagrad, kAdam, kFtrl, kAdd, kAssign };
+
+enum class InitializerKind { kZeros, kUniform, kNormal };
+
+// Unset fields take per-optimizer defaults in ResolveTableConfig (docs/design.md, "Optimizers").
+struct OptimizerConfig {
+  OptimizerKind kind = OptimizerKind::kSgd;
+  std::optional<float> learning_rate;        // all but add/assign; FTRL's alpha
+  std::optional<float> momentum;             // momentum; default 0.9
+  std::optional<float> beta1;                // adam; default 0.9
+  std::optional<float> beta2;                // adam; default 0.999
+  std::optional<float> epsilon;              // adagrad 1e-10, adam 1e-8
+  std::optional<float> initial_accumulator;  // adagrad accumulator / FTRL n; default 0
+  std::optional<float> l1;                   // ftrl; default 0
+  std::optional<float> l2;                   // ftrl; default 0
+  std::optional<float> ftrl_beta;            // ftrl; default 1
+
+  bool operator==(const OptimizerConfig&) const = default;
+};
+
+struct InitializerConfig {
+  InitializerKind kind = InitializerKind::kZeros;
+  std::optional<float> low;     // uniform; default -0.01
+  std::optional<float> high;    // uniform; default 0.01
+  std::optional<float> mean;    // normal; default 0
+  std::optional<float> stddev;  // normal; default 0.01
+  uint64_t seed = 0;
+
+  bool operator==(const InitializerConfig&) const = default;
+};
+
+inline constexpr uint32_t kDefaultDenseBlockElems = 128 * 1024;  // 512 KiB of float32
+inline constexpr uint32_t kMaxDenseBlockElems = 16 * 1024 * 1024;
+inline constexpr uint32_t kMaxSparseDim = 65536;
+inline constexpr uint64_t kMaxDenseSize = uint64_t{1} << 40;
+inline constexpr size_t kMaxTableNameLength = 128;
+
+struct TableConfig {
+  std::string name;
+  TableKind kind = TableKind::kSparse;
+  uint32_t dim = 0;                // sparse only: floats per row
+  uint64_t dense_size = 0;         // dense only: float32 elements
+  uint32_t dense_block_elems = 0;  // dense only: 0 = kDefaultDenseBlockElems
+  OptimizerConfig optimizer;
+  InitializerConfig initializer;
+
+  bool operator==(const TableConfig&) const = default;
+};
+
+// Validates `config` and fills every unset field with its default. INVALID_ARGUMENT names the
+// table and the offending field.
+absl::StatusOr<TableConfig> ResolveTableConfig(const TableConfig& config);
+
+// Number of dim-sized optimizer slot vectors kept beside each row (0, 1 or 2).
+int NumOptimizerSlots(OptimizerKind kind);
+// Whether the optimizer keeps a step counter (Adam).
+bool OptimizerHasStep(OptimizerKind kind);
+
+absl::string_view TableKindName(TableKind kind);
+absl::string_view OptimizerKindName(OptimizerKind kind);
+absl::string_view InitializerKindName(InitializerKind kind);
+absl::StatusOr<OptimizerKind> ParseOptimizerKind(absl::string_view name);
+absl::StatusOr<InitializerKind> ParseInitializerKind(absl::string_view name);
+
+}  // namespace tessera
+
+#endif  // TESSERA_COMMON_TABLE_CONFIG_H_

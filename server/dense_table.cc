@@ -1,0 +1,88 @@
+#include "server/dense_table.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/hash.h"
+#include "common/shard_map.h"
+#include "server/initializer.h"
+
+namespace tessera {
+
+DenseTable::DenseTable(const TableConfig& config, const std::vector<bool>& owned)
+    : config_(config),
+      params_(OptimizerParams::FromConfig(config.optimizer)),
+      layout_{config.dense_size, config.dense_block_elems} {
+  const Initializer init(config.initializer);
+  const uint64_t table_hash = Fnv1a64(config.name);
+  const uint32_t num_vshards = static_cast<uint32_t>(owned.size());
+  blocks_.resize(layout_.num_blocks());
+  for (uint64_t b = 0; b < layout_.num_blocks(); ++b) {
+    if (!owned[VshardOfDenseBlock(table_hash, b, num_vshards)]) continue;
+    auto block = std::make_unique<Block>();
+    block->begin = layout_.BlockBegin(b);
+    const uint64_t len = layout_.BlockEnd(b) - block->begin;
+    absl::MutexLock lock(&block->mu);
+    block->data.resize(len * (1 + params_.num_slots));
+    init.FillDense(block->begin, block->data.data(), len);
+    for (int s = 0; s < params_.num_slots; ++s) {
+      std::fill_n(block->data.data() + len * (1 + s), len, params_.InitialSlotValue(s));
+    }
+    held_elements_ += len;
+    blocks_[b] = std::move(block);
+  }
+}
+
+uint64_t DenseTable::BytesFor(const TableConfig& config, const std::vector<bool>& owned) {
+  const DenseLayout layout{config.dense_size, config.dense_block_elems};
+  const uint64_t table_hash = Fnv1a64(config.name);
+  const uint32_t num_vshards = static_cast<uint32_t>(owned.size());
+  uint64_t elements = 0;
+  for (uint64_t b = 0; b < layout.num_blocks(); ++b) {
+    if (owned[VshardOfDenseBlock(table_hash, b, num_vshards)]) {
+      elements += layout.BlockEnd(b) - layout.BlockBegin(b);
+    }
+  }
+  return elements * sizeof(float) * (1 + NumOptimizerSlots(config.optimizer.kind));
+}
+
+int64_t DenseTable::FirstMissingBlock(uint64_t offset, uint64_t count) const {
+  if (count == 0) return -1;
+  const uint64_t first = offset / layout_.block_elems;
+  const uint64_t last = (offset + count - 1) / layout_.block_elems;
+  for (uint64_t b = first; b <= last; ++b) {
+    if (blocks_[b] == nullptr) return static_cast<int64_t>(b);
+  }
+  return -1;
+}
+
+void DenseTable::Pull(uint64_t offset, uint64_t count, float* out) const {
+  const uint64_t end = offset + count;
+  for (uint64_t b = offset / layout_.block_elems; b < layout_.num_blocks(); ++b) {
+    const uint64_t lo = std::max(offset, layout_.BlockBegin(b));
+    const uint64_t hi = std::min(end, layout_.BlockEnd(b));
+    if (lo >= hi) break;
+    const Block& block = *blocks_[b];
+    absl::MutexLock lock(&block.mu);
+    std::memcpy(out + (lo - offset), block.data.data() + (lo - block.begin),
+                (hi - lo) * sizeof(float));
+  }
+}
+
+void DenseTable::Push(uint64_t offset, uint64_t count, const float* grads) {
+  const uint64_t end = offset + count;
+  for (uint64_t b = offset / layout_.block_elems; b < layout_.num_blocks(); ++b) {
+    const uint64_t lo = std::max(offset, layout_.BlockBegin(b));
+    const uint64_t hi = std::min(end, layout_.BlockEnd(b));
+    if (lo >= hi) break;
+    Block& block = *blocks_[b];
+    const uint64_t len = layout_.BlockEnd(b) - block.begin;
+    absl::MutexLock lock(&block.mu);
+    float* w = block.data.data() + (lo - block.begin);
+    float* slot0 = params_.num_slots > 0 ? w + len : nullptr;
+    float* slot1 = params_.num_slots > 1 ? w + 2 * len : nullptr;
+    ApplyUpdate(params_, w, slot0, slot1, &block.step, grads + (lo - offset), hi - lo);
+  }
+}
+
+}  // namespace tessera

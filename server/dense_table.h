@@ -1,0 +1,74 @@
+#ifndef TESSERA_SERVER_DENSE_TABLE_H_
+#define TESSERA_SERVER_DENSE_TABLE_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "common/table_config.h"
+#include "server/optimizer.h"
+
+namespace tessera {
+
+// Number of blocks of a dense table and the element range of each.
+struct DenseLayout {
+  uint64_t size;         // elements
+  uint32_t block_elems;  // elements per block; the last block may be shorter
+  uint64_t num_blocks() const { return (size + block_elems - 1) / block_elems; }
+  uint64_t BlockBegin(uint64_t b) const { return b * block_elems; }
+  uint64_t BlockEnd(uint64_t b) const {
+    const uint64_t end = (b + 1) * block_elems;
+    return end < size ? end : size;
+  }
+};
+
+// The blocks of one dense table that this server holds: each block keeps its weights, its
+// optimizer slots and one step counter (Adam). Blocks are the unit of ownership: block b
+// belongs to vshard VshardOfDenseBlock(Fnv1a64(name), b, num_vshards).
+//
+// Thread-safe: each block has its own mutex, held only while it is read or updated.
+class DenseTable {
+ public:
+  // Allocates and initializes the owned blocks. REQUIRES: config came out of ResolveTableConfig
+  // with kind kDense; owned[v] tells whether this server owns vshard v.
+  DenseTable(const TableConfig& config, const std::vector<bool>& owned);
+
+  const TableConfig& config() const { return config_; }
+  const DenseLayout& layout() const { return layout_; }
+
+  // The first block overlapping [offset, offset + count) not held here, or -1 when all are.
+  // REQUIRES: offset + count <= size.
+  int64_t FirstMissingBlock(uint64_t offset, uint64_t count) const;
+
+  // REQUIRES: offset + count <= size and every overlapping block is held here.
+  void Pull(uint64_t offset, uint64_t count, float* out) const;
+  void Push(uint64_t offset, uint64_t count, const float* grads);
+
+  uint64_t num_elements() const { return held_elements_; }
+  uint64_t bytes() const { return held_elements_ * sizeof(float) * (1 + params_.num_slots); }
+
+  // Bytes the owned blocks of `config` would take on a server owning `owned` (for admission).
+  static uint64_t BytesFor(const TableConfig& config, const std::vector<bool>& owned);
+
+ private:
+  struct Block {
+    mutable absl::Mutex mu;
+    uint64_t begin = 0;  // first element
+    // Protected by mu. weights, then num_slots slot vectors, each of the block's length.
+    std::vector<float> data ABSL_GUARDED_BY(mu);
+    uint64_t step ABSL_GUARDED_BY(mu) = 0;
+  };
+
+  // Constant after construction.
+  const TableConfig config_;
+  const OptimizerParams params_;
+  const DenseLayout layout_;
+  std::vector<std::unique_ptr<Block>> blocks_;  // by block index; null when not held
+  uint64_t held_elements_ = 0;
+};
+
+}  // namespace tessera
+
+#endif  // TESSERA_SERVER_DENSE_TABLE_H_

@@ -1,0 +1,90 @@
+// tessera-server: holds shards of tables, applies optimizers, serves /metrics.
+//
+// Prints one line "TESSERA_READY port=<grpc> metrics_port=<metrics>" to --ready_fd (when set)
+// once both endpoints listen. SIGTERM or SIGINT drains in-flight requests and exits 0.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_format.h"
+#include "common/logging.h"
+#include "common/malloc_tuning.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, address, "127.0.0.1", "Address to serve gRPC on.");
+ABSL_FLAG(int, port, 0, "gRPC port; 0 picks a free one.");
+ABSL_FLAG(std::string, metrics_address, "127.0.0.1", "Address of the /metrics endpoint.");
+ABSL_FLAG(int, metrics_port, 0, "Port of the /metrics endpoint; 0 picks a free one, -1 disables.");
+ABSL_FLAG(uint32_t, shard_index, 0, "This server's shard, in [0, num_shards).");
+ABSL_FLAG(uint32_t, num_shards, 1, "Number of shards (servers) in the cluster.");
+ABSL_FLAG(uint32_t, num_vshards, 1024, "Number of virtual shards; the same on every server.");
+ABSL_FLAG(uint64_t, shard_map_epoch, 1, "Epoch of the shard map.");
+ABSL_FLAG(int, max_request_bytes, 256 << 20, "Largest request message accepted.");
+ABSL_FLAG(uint64_t, max_keys_per_request, uint64_t{1} << 20, "Most keys in one sparse request.");
+ABSL_FLAG(uint64_t, max_dense_elems_per_request, uint64_t{16} << 20,
+          "Most elements in one dense request.");
+ABSL_FLAG(uint64_t, max_dense_table_bytes, uint64_t{16} << 30,
+          "Most bytes one dense table may take on this server.");
+ABSL_FLAG(int64_t, drain_timeout_ms, 10000, "On SIGTERM, how long in-flight requests may run.");
+ABSL_FLAG(int, ready_fd, -1, "File descriptor to write the ready line to, then close.");
+ABSL_FLAG(uint32_t, testing_fail_push_after_apply_every, 0,
+          "TESTING ONLY: answer every N-th applied push UNAVAILABLE, as if the reply were lost.");
+
+int main(int argc, char** argv) {
+  tessera::TuneMallocForLargeBuffers();
+  absl::SetProgramUsageMessage("tessera-server: a Tessera parameter server shard");
+  absl::ParseCommandLine(argc, argv);
+
+  // Block the stop signals before any thread starts so that only sigwait() below sees them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  tessera::ServerOptions options;
+  options.address = absl::GetFlag(FLAGS_address);
+  options.port = absl::GetFlag(FLAGS_port);
+  options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  options.max_request_bytes = absl::GetFlag(FLAGS_max_request_bytes);
+  options.drain_timeout_ms = absl::GetFlag(FLAGS_drain_timeout_ms);
+  tessera::ServerCoreOptions& core = options.core;
+  core.shard_index = absl::GetFlag(FLAGS_shard_index);
+  core.num_shards = absl::GetFlag(FLAGS_num_shards);
+  core.num_vshards = absl::GetFlag(FLAGS_num_vshards);
+  core.shard_map_epoch = absl::GetFlag(FLAGS_shard_map_epoch);
+  core.max_keys_per_request = absl::GetFlag(FLAGS_max_keys_per_request);
+  core.max_dense_elems_per_request = absl::GetFlag(FLAGS_max_dense_elems_per_request);
+  core.max_dense_table_bytes = absl::GetFlag(FLAGS_max_dense_table_bytes);
+  core.testing_fail_push_after_apply_every =
+      absl::GetFlag(FLAGS_testing_fail_push_after_apply_every);
+  tessera::SetLogTag(absl::StrFormat("server/%u", core.shard_index));
+
+  absl::StatusOr<std::unique_ptr<tessera::Server>> server = tessera::Server::Start(options);
+  if (!server.ok()) {
+    tessera::LogError("cannot start: %s", server.status().ToString());
+    return 1;
+  }
+  if (const int fd = absl::GetFlag(FLAGS_ready_fd); fd >= 0) {
+    const std::string line = absl::StrFormat("TESSERA_READY port=%d metrics_port=%d\n",
+                                             (*server)->port(), (*server)->metrics_port());
+    if (write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
+      tessera::LogWarning("could not write the ready line to fd %d", fd);
+    }
+    close(fd);
+  }
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  tessera::LogInfo("received %s; draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  (*server)->Shutdown();
+  server->reset();
+  return 0;
+}

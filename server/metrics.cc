@@ -1,0 +1,126 @@
+#include "server/metrics.h"
+
+#include <prometheus/metric_family.h>
+
+#include "absl/strings/str_format.h"
+#include "server/server_core.h"
+
+namespace tessera {
+namespace {
+
+const char* CodeName(grpc::StatusCode code) {
+  static constexpr const char* kNames[] = {
+      "OK",        "CANCELLED",          "UNKNOWN",          "INVALID_ARGUMENT",
+      "DEADLINE_EXCEEDED", "NOT_FOUND",  "ALREADY_EXISTS",   "PERMISSION_DENIED",
+      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+      "UNIMPLEMENTED", "INTERNAL",       "UNAVAILABLE",      "DATA_LOSS",
+      "UNAUTHENTICATED"};
+  const int i = static_cast<int>(code);
+  return i >= 0 && i < 17 ? kNames[i] : "UNKNOWN";
+}
+
+prometheus::ClientMetric GaugeValue(double v) {
+  prometheus::ClientMetric m;
+  m.gauge.value = v;
+  return m;
+}
+
+}  // namespace
+
+const char* MethodName(Method m) {
+  static constexpr const char* kNames[kNumMethods] = {
+      "CreateTable", "DropTable", "DescribeTable", "ListTables",
+      "PullSparse",  "PushSparse", "PullDense",    "PushDense"};
+  return kNames[static_cast<int>(m)];
+}
+
+ServerMetrics::ServerMetrics(prometheus::Registry* registry) {
+  requests_family_ = &prometheus::BuildCounter()
+                          .Name("tessera_server_requests_total")
+                          .Help("Requests handled, by method and gRPC status code.")
+                          .Register(*registry);
+  latency_family_ = &prometheus::BuildHistogram()
+                         .Name("tessera_server_request_duration_seconds")
+                         .Help("Time from request receipt to response, by method and code.")
+                         .Register(*registry);
+  auto& keys = prometheus::BuildCounter()
+                   .Name("tessera_server_keys_total")
+                   .Help("Sparse keys or dense elements moved by successful requests.")
+                   .Register(*registry);
+  auto& bytes_in = prometheus::BuildCounter()
+                       .Name("tessera_server_received_bytes_total")
+                       .Help("Bulk payload bytes (keys and values) received.")
+                       .Register(*registry);
+  auto& bytes_out = prometheus::BuildCounter()
+                        .Name("tessera_server_sent_bytes_total")
+                        .Help("Bulk payload bytes (values) sent.")
+                        .Register(*registry);
+  for (int m = 0; m < kNumMethods; ++m) {
+    const std::string name = MethodName(static_cast<Method>(m));
+    keys_[m] = &keys.Add({{"method", name}});
+    bytes_in_[m] = &bytes_in.Add({{"method", name}});
+    bytes_out_[m] = &bytes_out.Add({{"method", name}});
+  }
+  in_flight_ = &prometheus::BuildGauge()
+                    .Name("tessera_server_requests_in_flight")
+                    .Help("Requests being handled now.")
+                    .Register(*registry)
+                    .Add({});
+}
+
+ServerMetrics::Series* ServerMetrics::GetSeries(Method method, grpc::StatusCode code) {
+  const int m = static_cast<int>(method);
+  int c = static_cast<int>(code);
+  if (c < 0 || c >= kNumCodes) c = static_cast<int>(grpc::StatusCode::UNKNOWN);
+  Series* s = series_[m][c].load(std::memory_order_acquire);
+  if (s != nullptr) return s;
+  absl::MutexLock lock(&mu_);
+  s = series_[m][c].load(std::memory_order_relaxed);
+  if (s != nullptr) return s;
+  const prometheus::Labels labels = {{"method", MethodName(method)},
+                                     {"code", CodeName(static_cast<grpc::StatusCode>(c))}};
+  // 50 us .. ~13 s in factors of 2.
+  prometheus::Histogram::BucketBoundaries bounds;
+  for (double b = 50e-6; b < 15; b *= 2) bounds.push_back(b);
+  auto owned = std::make_unique<Series>(
+      Series{&requests_family_->Add(labels), &latency_family_->Add(labels, std::move(bounds))});
+  s = owned.get();
+  owned_series_.push_back(std::move(owned));
+  series_[m][c].store(s, std::memory_order_release);
+  return s;
+}
+
+void ServerMetrics::Record(Method method, grpc::StatusCode code, double seconds, uint64_t keys,
+                           uint64_t bytes_in, uint64_t bytes_out) {
+  Series* s = GetSeries(method, code);
+  s->requests->Increment();
+  s->latency->Observe(seconds);
+  const int m = static_cast<int>(method);
+  if (code == grpc::StatusCode::OK && keys > 0) keys_[m]->Increment(static_cast<double>(keys));
+  if (bytes_in > 0) bytes_in_[m]->Increment(static_cast<double>(bytes_in));
+  if (bytes_out > 0) bytes_out_[m]->Increment(static_cast<double>(bytes_out));
+}
+
+std::vector<prometheus::MetricFamily> TableCollector::Collect() const {
+  prometheus::MetricFamily rows{"tessera_table_rows", "Rows (sparse) or elements (dense) held by this server, per table.", prometheus::MetricType::Gauge, {}};
+  prometheus::MetricFamily bytes{"tessera_table_memory_bytes", "Memory for weights and optimizer slots held by this server, per table.", prometheus::MetricType::Gauge, {}};
+  prometheus::MetricFamily tables{"tessera_tables", "Tables on this server.", prometheus::MetricType::Gauge, {}};
+  prometheus::MetricFamily dups{"tessera_server_duplicate_pushes_total", "Pushes acknowledged without being applied because their (client_id, sequence) was applied before.", prometheus::MetricType::Counter, {}};
+  const std::vector<TableStats> stats = core_->GetTableStats();
+  for (const TableStats& t : stats) {
+    const std::string kind(TableKindName(t.kind));
+    prometheus::ClientMetric r = GaugeValue(static_cast<double>(t.rows));
+    r.label = {{"table", t.name}, {"kind", kind}};
+    rows.metric.push_back(std::move(r));
+    prometheus::ClientMetric b = GaugeValue(static_cast<double>(t.bytes));
+    b.label = {{"table", t.name}, {"kind", kind}};
+    bytes.metric.push_back(std::move(b));
+  }
+  tables.metric.push_back(GaugeValue(static_cast<double>(stats.size())));
+  prometheus::ClientMetric d;
+  d.counter.value = static_cast<double>(core_->duplicate_pushes());
+  dups.metric.push_back(std::move(d));
+  return {std::move(rows), std::move(bytes), std::move(tables), std::move(dups)};
+}
+
+}  // namespace tessera

@@ -1,0 +1,98 @@
+#include "server/server.h"
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <prometheus/exposer.h>
+#include <prometheus/registry.h>
+
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "common/logging.h"
+#include "server/grpc_service.h"
+#include "server/metrics.h"
+
+namespace tessera {
+
+struct Server::Impl {
+  ServerOptions options;
+  std::unique_ptr<ServerCore> core;
+  std::shared_ptr<prometheus::Registry> registry;
+  std::unique_ptr<ServerMetrics> metrics;
+  std::shared_ptr<TableCollector> table_collector;
+  std::unique_ptr<prometheus::Exposer> exposer;
+  std::unique_ptr<GrpcService> service;
+  std::unique_ptr<grpc::Server> grpc_server;
+  int port = 0;
+  int metrics_port = -1;
+
+  absl::Mutex mu;
+  bool shut_down ABSL_GUARDED_BY(mu) = false;
+};
+
+Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Server::~Server() { Shutdown(); }
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  absl::StatusOr<std::unique_ptr<ServerCore>> core = ServerCore::Create(options.core);
+  if (!core.ok()) return core.status();
+  impl->core = std::move(*core);
+
+  impl->registry = std::make_shared<prometheus::Registry>();
+  impl->metrics = std::make_unique<ServerMetrics>(impl->registry.get());
+  impl->table_collector = std::make_shared<TableCollector>(impl->core.get());
+  if (options.metrics_port >= 0) {
+    const std::string bind = absl::StrFormat("%s:%d", options.metrics_address, options.metrics_port);
+    try {  // prometheus-cpp reports a failed bind by throwing; convert at this boundary
+      impl->exposer = std::make_unique<prometheus::Exposer>(bind, /*num_threads=*/1);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(
+          absl::StrFormat("cannot serve /metrics on %s: %s", bind, e.what()));
+    }
+    impl->exposer->RegisterCollectable(impl->registry);
+    impl->exposer->RegisterCollectable(impl->table_collector);
+    const std::vector<int> ports = impl->exposer->GetListeningPorts();
+    impl->metrics_port = ports.empty() ? -1 : ports.front();
+  }
+
+  impl->service = std::make_unique<GrpcService>(impl->core.get(), impl->metrics.get());
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  const std::string addr = absl::StrFormat("%s:%d", options.address, options.port);
+  builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &impl->port);
+  builder.RegisterService(impl->service.get());
+  builder.SetMaxReceiveMessageSize(options.max_request_bytes);
+  builder.SetMaxSendMessageSize(-1);
+  impl->grpc_server = builder.BuildAndStart();
+  if (impl->grpc_server == nullptr || impl->port == 0) {
+    return absl::UnavailableError(absl::StrFormat("cannot listen for gRPC on %s", addr));
+  }
+  impl->grpc_server->GetHealthCheckService()->SetServingStatus(true);
+  LogInfo("serving shard %u/%u (epoch %u, %u vshards) on %s:%d, metrics on port %d",
+          options.core.shard_index, options.core.num_shards, options.core.shard_map_epoch,
+          options.core.num_vshards, options.address, impl->port, impl->metrics_port);
+  return std::unique_ptr<Server>(new Server(std::move(impl)));
+}
+
+int Server::port() const { return impl_->port; }
+int Server::metrics_port() const { return impl_->metrics_port; }
+ServerCore* Server::core() { return impl_->core.get(); }
+
+void Server::Shutdown() {
+  {
+    absl::MutexLock lock(&impl_->mu);
+    if (impl_->shut_down) return;
+    impl_->shut_down = true;
+  }
+  impl_->grpc_server->GetHealthCheckService()->SetServingStatus(false);
+  const absl::Time start = absl::Now();
+  impl_->grpc_server->Shutdown(std::chrono::system_clock::now() +
+                               std::chrono::milliseconds(impl_->options.drain_timeout_ms));
+  impl_->grpc_server->Wait();
+  LogInfo("drained and stopped in %.1f ms", absl::ToDoubleMilliseconds(absl::Now() - start));
+  impl_->exposer.reset();
+}
+
+}  // namespace tessera

@@ -1,0 +1,53 @@
+// tessera-server as a library: the gRPC server, the health service and the /metrics endpoint
+// around a ServerCore. main.cc only parses flags and handles signals.
+#ifndef TESSERA_SERVER_SERVER_H_
+#define TESSERA_SERVER_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "server/server_core.h"
+
+namespace tessera {
+
+// Per-process options of tessera-server.
+struct ServerOptions {
+  // Address and port for gRPC; port 0 picks a free port (see Server::port()).
+  std::string address = "127.0.0.1";
+  int port = 0;
+  // Address and port of the Prometheus /metrics endpoint; port 0 picks a free port, -1 disables.
+  std::string metrics_address = "127.0.0.1";
+  int metrics_port = 0;
+  // Largest request message gRPC accepts; larger is RESOURCE_EXHAUSTED. Default 256 MiB.
+  int max_request_bytes = 256 << 20;
+  // On Shutdown(), how long in-flight requests may run before they are cancelled. Default 10 s.
+  int64_t drain_timeout_ms = 10000;
+  ServerCoreOptions core;
+};
+
+// Thread-safe.
+class Server {
+ public:
+  // Starts serving; returns once both endpoints listen.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options);
+  ~Server();  // Shutdown() if not done yet
+
+  int port() const;
+  int metrics_port() const;  // -1 when disabled
+
+  // Reports NOT_SERVING on the health service, stops accepting calls, lets in-flight calls
+  // finish for up to drain_timeout_ms, then cancels what is left. Idempotent.
+  void Shutdown();
+
+  ServerCore* core();
+
+ private:
+  struct Impl;
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tessera
+
+#endif  // TESSERA_SERVER_SERVER_H_

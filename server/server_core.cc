@@ -1,0 +1,410 @@
+#include "server/server_core.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+#include "common/wire.h"
+#include "proto/tessera.pb.h"
+#include "server/dense_table.h"
+#include "server/sparse_table.h"
+
+namespace tessera {
+
+struct ServerCore::Table {
+  TableConfig config;  // resolved
+  std::unique_ptr<SparseTable> sparse;
+  std::unique_ptr<DenseTable> dense;
+};
+
+namespace {
+
+absl::Status CheckDtype(v1::DType dtype, const std::string& table) {
+  if (dtype == v1::DTYPE_FLOAT32) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "table '%s': unsupported dtype %d (this server supports DTYPE_FLOAT32)", table,
+      static_cast<int>(dtype)));
+}
+
+absl::Status CheckKeyType(v1::KeyType key_type, const std::string& table) {
+  if (key_type == v1::KEY_TYPE_UINT64) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "table '%s': unknown key_type %d (this server supports KEY_TYPE_UINT64)", table,
+      static_cast<int>(key_type)));
+}
+
+absl::Status CheckFinite(const float* values, size_t n, const std::string& table) {
+  // Branch-free scan first (vectorizes); locate the culprit only on failure.
+  bool all_finite = true;
+  for (size_t i = 0; i < n; ++i) all_finite &= std::isfinite(values[i]);
+  if (all_finite) return absl::OkStatus();
+  size_t i = 0;
+  while (i < n && std::isfinite(values[i])) ++i;
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "table '%s': value %u of %u is not finite (%g)", table, i, n, values[i]));
+}
+
+// Distinct keys within each vshard run (all copies of a key share a run).
+absl::Status CheckDistinct(absl::Span<const uint64_t> keys, const VshardGrouping& groups,
+                           const std::string& table) {
+  std::vector<uint64_t> scratch;
+  for (const VshardRun& run : groups.runs) {
+    const uint32_t len = run.end - run.begin;
+    if (len < 2) continue;
+    scratch.resize(len);
+    for (uint32_t j = 0; j < len; ++j) scratch[j] = keys[groups.KeyIndex(run.begin + j)];
+    std::sort(scratch.begin(), scratch.end());
+    auto dup = std::adjacent_find(scratch.begin(), scratch.end());
+    if (dup != scratch.end()) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "table '%s': key %u appears more than once in one push; sum its gradients first",
+          table, *dup));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckPushId(const v1::PushId& id, const std::string& table) {
+  if (id.client_id() == 0 || id.sequence() == 0 || id.floor() > id.sequence()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "table '%s': push id needs client_id != 0, sequence >= 1 and floor <= sequence "
+        "(got client_id=%u sequence=%u floor=%u)",
+        table, id.client_id(), id.sequence(), id.floor()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ServerCore>> ServerCore::Create(const ServerCoreOptions& options) {
+  absl::StatusOr<ShardMap> map =
+      ShardMap::Uniform(options.shard_map_epoch, options.num_shards, options.num_vshards);
+  if (!map.ok()) return map.status();
+  if (options.shard_index >= options.num_shards) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "shard_index %u must be below num_shards %u", options.shard_index, options.num_shards));
+  }
+  std::vector<bool> owned(options.num_vshards);
+  for (uint32_t v = 0; v < options.num_vshards; ++v) {
+    owned[v] = map->ShardOf(v) == options.shard_index;
+  }
+  return std::unique_ptr<ServerCore>(new ServerCore(options, std::move(owned)));
+}
+
+ServerCore::ServerCore(const ServerCoreOptions& options, std::vector<bool> owned)
+    : options_(options),
+      owned_(std::move(owned)),
+      dedup_(absl::Seconds(options.dedup_client_ttl_s)) {}
+
+ServerCore::~ServerCore() = default;
+
+absl::Status ServerCore::CheckEpoch(const v1::RequestHeader& header) const {
+  if (header.shard_map_epoch() == options_.shard_map_epoch) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "request was routed with shard-map epoch %u but shard %u is at epoch %u; refresh the "
+      "shard map",
+      header.shard_map_epoch(), options_.shard_index, options_.shard_map_epoch));
+}
+
+absl::StatusOr<std::shared_ptr<ServerCore::Table>> ServerCore::FindTable(const std::string& name,
+                                                                         TableKind kind) const {
+  std::shared_ptr<Table> table;
+  {
+    absl::ReaderMutexLock lock(&tables_mu_);
+    auto it = tables_.find(name);
+    if (it != tables_.end()) table = it->second;
+  }
+  if (table == nullptr) {
+    return absl::NotFoundError(absl::StrFormat("table '%s' does not exist", name));
+  }
+  if (table->config.kind != kind) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "table '%s' is %s, not %s", name, TableKindName(table->config.kind), TableKindName(kind)));
+  }
+  return table;
+}
+
+void ServerCore::FillInfo(const Table& table, v1::TableInfo* info) const {
+  TableConfigToProto(table.config, info->mutable_spec());
+  if (table.sparse != nullptr) {
+    info->set_rows(table.sparse->num_rows());
+    info->set_bytes(table.sparse->bytes());
+  } else {
+    info->set_rows(table.dense->num_elements());
+    info->set_bytes(table.dense->bytes());
+  }
+}
+
+absl::Status ServerCore::CreateTable(const v1::CreateTableRequest& req,
+                                     v1::CreateTableResponse* resp) {
+  if (absl::Status s = CheckEpoch(req.header()); !s.ok()) return s;
+  absl::StatusOr<TableConfig> parsed = TableConfigFromProto(req.spec());
+  if (!parsed.ok()) return parsed.status();
+  absl::StatusOr<TableConfig> config = ResolveTableConfig(*parsed);
+  if (!config.ok()) return config.status();
+
+  auto existing_matches = [&]() ABSL_SHARED_LOCKS_REQUIRED(tables_mu_) -> absl::StatusOr<bool> {
+    auto it = tables_.find(config->name);
+    if (it == tables_.end()) return false;
+    if (it->second->config == *config) return true;
+    return absl::AlreadyExistsError(absl::StrFormat(
+        "table '%s' already exists with a different spec; drop it first", config->name));
+  };
+  {
+    absl::ReaderMutexLock lock(&tables_mu_);
+    absl::StatusOr<bool> exists = existing_matches();
+    if (!exists.ok()) return exists.status();
+    if (*exists) {
+      TableConfigToProto(*config, resp->mutable_spec());
+      return absl::OkStatus();
+    }
+  }
+
+  // Build outside the lock: a large dense table takes a while to allocate and initialize.
+  auto table = std::make_shared<Table>();
+  table->config = *config;
+  if (config->kind == TableKind::kSparse) {
+    table->sparse = std::make_unique<SparseTable>(*config, owned_);
+  } else {
+    const uint64_t bytes = DenseTable::BytesFor(*config, owned_);
+    if (bytes > options_.max_dense_table_bytes) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "table '%s' would take %u bytes on shard %u, over the limit of %u bytes "
+          "(--max_dense_table_bytes)",
+          config->name, bytes, options_.shard_index, options_.max_dense_table_bytes));
+    }
+    table->dense = std::make_unique<DenseTable>(*config, owned_);
+  }
+
+  absl::MutexLock lock(&tables_mu_);
+  absl::StatusOr<bool> exists = existing_matches();  // a concurrent create may have won
+  if (!exists.ok()) return exists.status();
+  if (!*exists) tables_.emplace(config->name, std::move(table));
+  TableConfigToProto(*config, resp->mutable_spec());
+  return absl::OkStatus();
+}
+
+absl::Status ServerCore::DropTable(const v1::DropTableRequest& req, v1::DropTableResponse* resp) {
+  if (absl::Status s = CheckEpoch(req.header()); !s.ok()) return s;
+  std::shared_ptr<Table> dropped;  // destroyed outside the lock
+  absl::MutexLock lock(&tables_mu_);
+  auto it = tables_.find(req.table());
+  if (it == tables_.end()) {
+    return absl::NotFoundError(absl::StrFormat("table '%s' does not exist", req.table()));
+  }
+  dropped = std::move(it->second);
+  tables_.erase(it);
+  return absl::OkStatus();
+}
+
+absl::Status ServerCore::DescribeTable(const v1::DescribeTableRequest& req,
+                                       v1::DescribeTableResponse* resp) {
+  if (absl::Status s = CheckEpoch(req.header()); !s.ok()) return s;
+  std::shared_ptr<Table> table;
+  {
+    absl::ReaderMutexLock lock(&tables_mu_);
+    auto it = tables_.find(req.table());
+    if (it != tables_.end()) table = it->second;
+  }
+  if (table == nullptr) {
+    return absl::NotFoundError(absl::StrFormat("table '%s' does not exist", req.table()));
+  }
+  FillInfo(*table, resp->mutable_info());
+  return absl::OkStatus();
+}
+
+absl::Status ServerCore::ListTables(const v1::ListTablesRequest& req,
+                                    v1::ListTablesResponse* resp) {
+  if (absl::Status s = CheckEpoch(req.header()); !s.ok()) return s;
+  std::vector<std::shared_ptr<Table>> tables;
+  {
+    absl::ReaderMutexLock lock(&tables_mu_);
+    for (const auto& [name, table] : tables_) tables.push_back(table);
+  }
+  std::sort(tables.begin(), tables.end(),
+            [](const auto& a, const auto& b) { return a->config.name < b->config.name; });
+  for (const auto& table : tables) FillInfo(*table, resp->add_tables());
+  return absl::OkStatus();
+}
+
+std::vector<TableStats> ServerCore::GetTableStats() const {
+  std::vector<std::shared_ptr<Table>> tables;
+  {
+    absl::ReaderMutexLock lock(&tables_mu_);
+    for (const auto& [name, table] : tables_) tables.push_back(table);
+  }
+  std::vector<TableStats> stats;
+  for (const auto& t : tables) {
+    if (t->sparse != nullptr) {
+      stats.push_back({t->config.name, t->config.kind, t->sparse->num_rows(), t->sparse->bytes()});
+    } else {
+      stats.push_back(
+          {t->config.name, t->config.kind, t->dense->num_elements(), t->dense->bytes()});
+    }
+  }
+  return stats;
+}
+
+template <typename ApplyFn>
+absl::Status ServerCore::ApplyOnce(const v1::PushId& id, const std::string& table,
+                                   v1::PushResponse* resp, ApplyFn&& apply) {
+  switch (dedup_.Begin(id.client_id(), id.sequence(), id.floor())) {
+    case PushDeduplicator::Decision::kDuplicate:
+      duplicate_pushes_.fetch_add(1, std::memory_order_relaxed);
+      resp->set_duplicate(true);
+      return absl::OkStatus();
+    case PushDeduplicator::Decision::kInProgress:
+      return absl::UnavailableError(absl::StrFormat(
+          "table '%s': push (client %u, sequence %u) is being applied right now; retry",
+          table, id.client_id(), id.sequence()));
+    case PushDeduplicator::Decision::kApply:
+      break;
+  }
+  apply();
+  dedup_.Finish(id.client_id(), id.sequence(), /*applied=*/true);
+  const uint64_t n = pushes_applied_.fetch_add(1, std::memory_order_relaxed) + 1;
+  const uint32_t every = options_.testing_fail_push_after_apply_every;
+  if (every > 0 && n % every == 0) {
+    return absl::UnavailableError(absl::StrFormat(
+        "testing: push (client %u, sequence %u) applied, response dropped", id.client_id(),
+        id.sequence()));
+  }
+  return absl::OkStatus();
+}
+
+
+absl::Status ServerCore::CheckSparseRequest(const SparseTable& table, const std::string& name,
+                                            int key_type, int dtype, uint32_t dim,
+                                            uint64_t num_keys, const std::string& key_bytes,
+                                            SparseKeys* out) const {
+  TESSERA_RETURN_IF_ERROR(CheckKeyType(static_cast<v1::KeyType>(key_type), name));
+  TESSERA_RETURN_IF_ERROR(CheckDtype(static_cast<v1::DType>(dtype), name));
+  if (dim != table.dim()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("table '%s' has dim %u, request has dim %u", name, table.dim(), dim));
+  }
+  if (num_keys > options_.max_keys_per_request) {
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("table '%s': %u keys in one request, over the limit of %u", name,
+                        num_keys, options_.max_keys_per_request));
+  }
+  if (key_bytes.size() != num_keys * sizeof(uint64_t)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("table '%s': num_keys %u needs %u key bytes, got %u", name, num_keys,
+                        num_keys * sizeof(uint64_t), key_bytes.size()));
+  }
+  out->keys = PackedView<uint64_t>(key_bytes, &out->scratch);
+  GroupByVshard(out->keys, table.num_vshards(), &out->groups);
+  for (const VshardRun& run : out->groups.runs) {
+    if (!table.Owns(run.vshard)) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "table '%s': key %u is in vshard %u, which shard %u does not own at epoch %u", name,
+          out->keys[out->groups.KeyIndex(run.begin)], run.vshard, options_.shard_index,
+          options_.shard_map_epoch));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ServerCore::PullSparse(const v1::PullSparseRequest& req,
+                                    v1::PullSparseResponse* resp) {
+  TESSERA_RETURN_IF_ERROR(CheckEpoch(req.header()));
+  absl::StatusOr<std::shared_ptr<Table>> table = FindTable(req.table(), TableKind::kSparse);
+  if (!table.ok()) return table.status();
+  SparseTable& sparse = *(*table)->sparse;
+  SparseKeys k;
+  TESSERA_RETURN_IF_ERROR(CheckSparseRequest(sparse, req.table(), req.key_type(), req.dtype(),
+                                             req.dim(), req.num_keys(), req.keys(), &k));
+  resp->set_dtype(v1::DTYPE_FLOAT32);
+  resp->set_dim(sparse.dim());
+  resp->set_num_keys(req.num_keys());
+  sparse.Pull(k.keys, k.groups, PackedResize<float>(resp->mutable_values(), k.keys.size() * sparse.dim()));
+  return absl::OkStatus();
+}
+
+absl::Status ServerCore::PushSparse(const v1::PushSparseRequest& req, v1::PushResponse* resp) {
+  TESSERA_RETURN_IF_ERROR(CheckEpoch(req.header()));
+  absl::StatusOr<std::shared_ptr<Table>> table = FindTable(req.table(), TableKind::kSparse);
+  if (!table.ok()) return table.status();
+  SparseTable& sparse = *(*table)->sparse;
+  const std::string& name = req.table();
+  TESSERA_RETURN_IF_ERROR(CheckPushId(req.id(), name));
+  SparseKeys k;
+  TESSERA_RETURN_IF_ERROR(CheckSparseRequest(sparse, name, req.key_type(), req.dtype(), req.dim(),
+                                             req.num_keys(), req.keys(), &k));
+  const uint64_t num_values = req.num_keys() * sparse.dim();
+  if (req.values().size() != num_values * sizeof(float)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("table '%s': %u keys of dim %u need %u value bytes, got %u", name,
+                        req.num_keys(), sparse.dim(), num_values * sizeof(float),
+                        req.values().size()));
+  }
+  std::vector<float> scratch;
+  absl::Span<const float> values = PackedView<float>(req.values(), &scratch);
+  TESSERA_RETURN_IF_ERROR(CheckFinite(values.data(), values.size(), name));
+  TESSERA_RETURN_IF_ERROR(CheckDistinct(k.keys, k.groups, name));
+  return ApplyOnce(req.id(), name, resp, [&] { sparse.Push(k.keys, k.groups, values.data()); });
+}
+
+absl::Status ServerCore::PullDense(const v1::PullDenseRequest& req, v1::PullDenseResponse* resp) {
+  TESSERA_RETURN_IF_ERROR(CheckEpoch(req.header()));
+  absl::StatusOr<std::shared_ptr<Table>> table = FindTable(req.table(), TableKind::kDense);
+  if (!table.ok()) return table.status();
+  DenseTable& dense = *(*table)->dense;
+  const std::string& name = req.table();
+  TESSERA_RETURN_IF_ERROR(CheckDtype(req.dtype(), name));
+  TESSERA_RETURN_IF_ERROR(CheckDenseRange(dense, name, req.offset(), req.count()));
+  resp->set_dtype(v1::DTYPE_FLOAT32);
+  resp->set_offset(req.offset());
+  resp->set_count(req.count());
+  dense.Pull(req.offset(), req.count(), PackedResize<float>(resp->mutable_values(), req.count()));
+  return absl::OkStatus();
+}
+
+absl::Status ServerCore::PushDense(const v1::PushDenseRequest& req, v1::PushResponse* resp) {
+  TESSERA_RETURN_IF_ERROR(CheckEpoch(req.header()));
+  absl::StatusOr<std::shared_ptr<Table>> table = FindTable(req.table(), TableKind::kDense);
+  if (!table.ok()) return table.status();
+  DenseTable& dense = *(*table)->dense;
+  const std::string& name = req.table();
+  TESSERA_RETURN_IF_ERROR(CheckDtype(req.dtype(), name));
+  TESSERA_RETURN_IF_ERROR(CheckPushId(req.id(), name));
+  TESSERA_RETURN_IF_ERROR(CheckDenseRange(dense, name, req.offset(), req.count()));
+  if (req.values().size() != req.count() * sizeof(float)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("table '%s': count %u needs %u value bytes, got %u", name, req.count(),
+                        req.count() * sizeof(float), req.values().size()));
+  }
+  std::vector<float> scratch;
+  absl::Span<const float> values = PackedView<float>(req.values(), &scratch);
+  TESSERA_RETURN_IF_ERROR(CheckFinite(values.data(), values.size(), name));
+  return ApplyOnce(req.id(), name, resp,
+                   [&] { dense.Push(req.offset(), req.count(), values.data()); });
+}
+
+absl::Status ServerCore::CheckDenseRange(const DenseTable& dense, const std::string& name,
+                                         uint64_t offset, uint64_t count) const {
+  const uint64_t size = dense.layout().size;
+  if (count > options_.max_dense_elems_per_request) {
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("table '%s': %u elements in one request, over the limit of %u", name,
+                        count, options_.max_dense_elems_per_request));
+  }
+  if (offset > size || count > size - offset) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "table '%s': range [%u, %u) is outside the table's %u elements", name, offset,
+        offset + count, size));
+  }
+  const int64_t missing = dense.FirstMissingBlock(offset, count);
+  if (missing >= 0) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "table '%s': block %d (elements [%u, %u)) is not held by shard %u at epoch %u", name,
+        missing, dense.layout().BlockBegin(missing), dense.layout().BlockEnd(missing),
+        options_.shard_index, options_.shard_map_epoch));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace tessera

@@ -1,0 +1,145 @@
+// The transport-free heart of tessera-server: the tables this server holds, request
+// validation, and push deduplication. The gRPC layer (grpc_service.h) only adapts to it.
+#ifndef TESSERA_SERVER_SERVER_CORE_H_
+#define TESSERA_SERVER_SERVER_CORE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "common/shard_map.h"
+#include "common/table_config.h"
+#include "server/push_dedup.h"
+
+namespace tessera {
+
+namespace v1 {
+class RequestHeader;
+class PushId;
+class CreateTableRequest;
+class CreateTableResponse;
+class DropTableRequest;
+class DropTableResponse;
+class DescribeTableRequest;
+class DescribeTableResponse;
+class ListTablesRequest;
+class ListTablesResponse;
+class TableInfo;
+class PullSparseRequest;
+class PullSparseResponse;
+class PushSparseRequest;
+class PullDenseRequest;
+class PullDenseResponse;
+class PushDenseRequest;
+class PushResponse;
+}  // namespace v1
+
+class SparseTable;
+class DenseTable;
+
+// Per-process options of the server core. Defaults suit a server with a few GB of memory.
+struct ServerCoreOptions {
+  // This server's shard and the static shard map it belongs to.
+  uint32_t shard_index = 0;
+  uint32_t num_shards = 1;
+  uint32_t num_vshards = kDefaultNumVshards;
+  uint64_t shard_map_epoch = 1;
+
+  // Most keys in one sparse request; more is RESOURCE_EXHAUSTED. Default 1 Mi.
+  uint64_t max_keys_per_request = uint64_t{1} << 20;
+  // Most elements in one dense request; more is RESOURCE_EXHAUSTED. Default 16 Mi (64 MiB).
+  uint64_t max_dense_elems_per_request = uint64_t{16} << 20;
+  // Most bytes one dense table may take on this server (weights + slots). Default 16 GiB.
+  uint64_t max_dense_table_bytes = uint64_t{16} << 30;
+  // Push state of a client not heard from for this long is forgotten. Default 1 hour.
+  int64_t dedup_client_ttl_s = 3600;
+
+  // Fault injection for tests: when > 0, every N-th push is applied and then answered
+  // UNAVAILABLE, as if the response were lost. Never set in production.
+  uint32_t testing_fail_push_after_apply_every = 0;
+};
+
+// Per-table figures for metrics and Describe.
+struct TableStats {
+  std::string name;
+  TableKind kind;
+  uint64_t rows;   // sparse rows / dense elements held here
+  uint64_t bytes;  // memory for weights and slots held here
+};
+
+// Thread-safe. Every method validates its request completely before touching state: on any
+// error the tables are unchanged. Errors: NOT_FOUND (no such table), INVALID_ARGUMENT
+// (malformed request), FAILED_PRECONDITION (stale epoch, not owned here, wrong table kind),
+// RESOURCE_EXHAUSTED (over a limit), ALREADY_EXISTS (create with a different spec),
+// UNAVAILABLE (the same push is being applied concurrently).
+class ServerCore {
+ public:
+  static absl::StatusOr<std::unique_ptr<ServerCore>> Create(const ServerCoreOptions& options);
+  ~ServerCore();
+
+  absl::Status CreateTable(const v1::CreateTableRequest& req, v1::CreateTableResponse* resp);
+  absl::Status DropTable(const v1::DropTableRequest& req, v1::DropTableResponse* resp);
+  absl::Status DescribeTable(const v1::DescribeTableRequest& req,
+                             v1::DescribeTableResponse* resp);
+  absl::Status ListTables(const v1::ListTablesRequest& req, v1::ListTablesResponse* resp);
+
+  absl::Status PullSparse(const v1::PullSparseRequest& req, v1::PullSparseResponse* resp);
+  absl::Status PushSparse(const v1::PushSparseRequest& req, v1::PushResponse* resp);
+  absl::Status PullDense(const v1::PullDenseRequest& req, v1::PullDenseResponse* resp);
+  absl::Status PushDense(const v1::PushDenseRequest& req, v1::PushResponse* resp);
+
+  std::vector<TableStats> GetTableStats() const ABSL_LOCKS_EXCLUDED(tables_mu_);
+  uint64_t shard_map_epoch() const { return options_.shard_map_epoch; }
+  uint64_t duplicate_pushes() const { return duplicate_pushes_.load(std::memory_order_relaxed); }
+
+ private:
+  struct Table;
+
+  ServerCore(const ServerCoreOptions& options, std::vector<bool> owned);
+
+  absl::Status CheckEpoch(const v1::RequestHeader& header) const;
+  // NOT_FOUND when absent; FAILED_PRECONDITION when of another kind.
+  absl::StatusOr<std::shared_ptr<Table>> FindTable(const std::string& name, TableKind kind) const
+      ABSL_LOCKS_EXCLUDED(tables_mu_);
+  void FillInfo(const Table& table, v1::TableInfo* info) const;
+
+  // A sparse request's keys, viewed in place and grouped by vshard.
+  struct SparseKeys {
+    absl::Span<const uint64_t> keys;
+    std::vector<uint64_t> scratch;
+    VshardGrouping groups;
+  };
+  // Checks key type, dtype, dim, key count and bytes, and that this shard owns every key.
+  absl::Status CheckSparseRequest(const SparseTable& table, const std::string& name,
+                                  int key_type, int dtype, uint32_t dim, uint64_t num_keys,
+                                  const std::string& key_bytes, SparseKeys* out) const;
+  // Checks a dense range against the request limit, the table size and ownership.
+  absl::Status CheckDenseRange(const DenseTable& dense, const std::string& name,
+                               uint64_t offset, uint64_t count) const;
+
+  // Runs `apply` exactly once per (client_id, sequence); sets resp->duplicate otherwise.
+  template <typename ApplyFn>
+  absl::Status ApplyOnce(const v1::PushId& id, const std::string& table, v1::PushResponse* resp,
+                         ApplyFn&& apply);
+
+  // Constant after construction.
+  const ServerCoreOptions options_;
+  const std::vector<bool> owned_;  // by vshard
+
+  mutable absl::Mutex tables_mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<Table>> tables_ ABSL_GUARDED_BY(tables_mu_);
+
+  PushDeduplicator dedup_;
+  std::atomic<uint64_t> duplicate_pushes_{0};
+  std::atomic<uint64_t> pushes_applied_{0};  // drives testing_fail_push_after_apply_every
+};
+
+}  // namespace tessera
+
+#endif  // TESSERA_SERVER_SERVER_CORE_H_
