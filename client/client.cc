@@ -141,6 +141,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
       // connection, so chunks travel in parallel.
       args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
       args.SetInt("tessera.channel_index", c);
+      // Reconnect about as fast as calls retry, so that a restarted server is found quickly.
+      args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::max(options.initial_backoff_ms, 20));
+      args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, std::max(options.initial_backoff_ms, 20));
+      args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, std::max(options.max_backoff_ms, 20));
       conn->stubs.push_back(v1::ParameterServer::NewStub(
           grpc::CreateCustomChannel(conn->address, grpc::InsecureChannelCredentials(), args)));
     }

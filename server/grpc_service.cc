@@ -2,6 +2,9 @@
 
 #include <string>
 
+#include <grpcpp/support/proto_buffer_reader.h>
+
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
 #include "common/wire.h"
@@ -33,67 +36,64 @@ Volume VolumeOf(const v1::PushDenseRequest& req, const v1::PushResponse&) {
   return {req.count(), req.values().size(), 0};
 }
 
+// Parses a request; a payload that is not a valid message is the client's error.
+template <typename Req>
+absl::Status Parse(const grpc::ByteBuffer& bytes, Req* req) {
+  grpc::ByteBuffer copy(bytes);  // shares the slices
+  grpc::ProtoBufferReader reader(&copy);
+  if (!reader.status().ok() || !req->ParseFromZeroCopyStream(&reader)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("malformed %s (%u bytes): not a valid protobuf message",
+                        Req::descriptor()->full_name(), bytes.Length()));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 template <typename Req, typename Resp>
-grpc::ServerUnaryReactor* GrpcService::Handle(Method method, grpc::CallbackServerContext* ctx,
-                                              const Req* req, Resp* resp,
-                                              absl::Status (ServerCore::*fn)(const Req&, Resp*)) {
+GrpcService::Reactor* GrpcService::Handle(Method method, Ctx* ctx, const Bytes* request,
+                                          Bytes* response,
+                                          absl::Status (ServerCore::*fn)(const Req&, Resp*)) {
   const absl::Time start = absl::Now();
   metrics_->AddInFlight(1);
-  const absl::Status status = (core_->*fn)(*req, resp);
-  if (!status.ok()) {
+  Req req;
+  Resp resp;
+  absl::Status status = Parse(*request, &req);
+  if (status.ok()) status = (core_->*fn)(req, &resp);
+  if (status.ok()) {
+    bool own = false;
+    if (grpc::Status s = grpc::SerializationTraits<Resp>::Serialize(resp, response, &own);
+        !s.ok()) {
+      status = absl::InternalError("cannot serialize the response: " + s.error_message());
+    }
+  } else {
     ctx->AddTrailingMetadata(kEpochMetadataKey, std::to_string(core_->shard_map_epoch()));
   }
-  const Volume v = VolumeOf(*req, *resp);
+  const Volume v = status.ok() ? VolumeOf(req, resp) : Volume{0, request->Length(), 0};
   const grpc::Status grpc_status = ToGrpcStatus(status);
   metrics_->Record(method, grpc_status.error_code(), absl::ToDoubleSeconds(absl::Now() - start),
                    v.keys, v.bytes_in, v.bytes_out);
   metrics_->AddInFlight(-1);
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  Reactor* reactor = ctx->DefaultReactor();
   reactor->Finish(grpc_status);
   return reactor;
 }
 
-grpc::ServerUnaryReactor* GrpcService::CreateTable(grpc::CallbackServerContext* ctx,
-                                                   const v1::CreateTableRequest* req,
-                                                   v1::CreateTableResponse* resp) {
-  return Handle(Method::kCreateTable, ctx, req, resp, &ServerCore::CreateTable);
-}
-grpc::ServerUnaryReactor* GrpcService::DropTable(grpc::CallbackServerContext* ctx,
-                                                 const v1::DropTableRequest* req,
-                                                 v1::DropTableResponse* resp) {
-  return Handle(Method::kDropTable, ctx, req, resp, &ServerCore::DropTable);
-}
-grpc::ServerUnaryReactor* GrpcService::DescribeTable(grpc::CallbackServerContext* ctx,
-                                                     const v1::DescribeTableRequest* req,
-                                                     v1::DescribeTableResponse* resp) {
-  return Handle(Method::kDescribeTable, ctx, req, resp, &ServerCore::DescribeTable);
-}
-grpc::ServerUnaryReactor* GrpcService::ListTables(grpc::CallbackServerContext* ctx,
-                                                  const v1::ListTablesRequest* req,
-                                                  v1::ListTablesResponse* resp) {
-  return Handle(Method::kListTables, ctx, req, resp, &ServerCore::ListTables);
-}
-grpc::ServerUnaryReactor* GrpcService::PullSparse(grpc::CallbackServerContext* ctx,
-                                                  const v1::PullSparseRequest* req,
-                                                  v1::PullSparseResponse* resp) {
-  return Handle(Method::kPullSparse, ctx, req, resp, &ServerCore::PullSparse);
-}
-grpc::ServerUnaryReactor* GrpcService::PushSparse(grpc::CallbackServerContext* ctx,
-                                                  const v1::PushSparseRequest* req,
-                                                  v1::PushResponse* resp) {
-  return Handle(Method::kPushSparse, ctx, req, resp, &ServerCore::PushSparse);
-}
-grpc::ServerUnaryReactor* GrpcService::PullDense(grpc::CallbackServerContext* ctx,
-                                                 const v1::PullDenseRequest* req,
-                                                 v1::PullDenseResponse* resp) {
-  return Handle(Method::kPullDense, ctx, req, resp, &ServerCore::PullDense);
-}
-grpc::ServerUnaryReactor* GrpcService::PushDense(grpc::CallbackServerContext* ctx,
-                                                 const v1::PushDenseRequest* req,
-                                                 v1::PushResponse* resp) {
-  return Handle(Method::kPushDense, ctx, req, resp, &ServerCore::PushDense);
-}
+#define TESSERA_RAW_METHOD(Name, ReqT, RespT)                                         \
+  GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) { \
+    return Handle<ReqT, RespT>(Method::k##Name, ctx, req, resp, &ServerCore::Name);   \
+  }
+
+TESSERA_RAW_METHOD(CreateTable, v1::CreateTableRequest, v1::CreateTableResponse)
+TESSERA_RAW_METHOD(DropTable, v1::DropTableRequest, v1::DropTableResponse)
+TESSERA_RAW_METHOD(DescribeTable, v1::DescribeTableRequest, v1::DescribeTableResponse)
+TESSERA_RAW_METHOD(ListTables, v1::ListTablesRequest, v1::ListTablesResponse)
+TESSERA_RAW_METHOD(PullSparse, v1::PullSparseRequest, v1::PullSparseResponse)
+TESSERA_RAW_METHOD(PushSparse, v1::PushSparseRequest, v1::PushResponse)
+TESSERA_RAW_METHOD(PullDense, v1::PullDenseRequest, v1::PullDenseResponse)
+TESSERA_RAW_METHOD(PushDense, v1::PushDenseRequest, v1::PushResponse)
+
+#undef TESSERA_RAW_METHOD
 
 }  // namespace tessera

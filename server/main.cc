@@ -34,6 +34,8 @@ ABSL_FLAG(int64_t, drain_timeout_ms, 10000, "On SIGTERM, how long in-flight requ
 ABSL_FLAG(int, ready_fd, -1, "File descriptor to write the ready line to, then close.");
 ABSL_FLAG(uint32_t, testing_fail_push_after_apply_every, 0,
           "TESTING ONLY: answer every N-th applied push UNAVAILABLE, as if the reply were lost.");
+ABSL_FLAG(uint32_t, testing_push_delay_ms, 0,
+          "TESTING ONLY: hold every push this long before applying it.");
 
 int main(int argc, char** argv) {
   tessera::TuneMallocForLargeBuffers();
@@ -65,6 +67,7 @@ int main(int argc, char** argv) {
   core.max_dense_table_bytes = absl::GetFlag(FLAGS_max_dense_table_bytes);
   core.testing_fail_push_after_apply_every =
       absl::GetFlag(FLAGS_testing_fail_push_after_apply_every);
+  core.testing_push_delay_ms = absl::GetFlag(FLAGS_testing_push_delay_ms);
   tessera::SetLogTag(absl::StrFormat("server/%u", core.shard_index));
 
   absl::StatusOr<std::unique_ptr<tessera::Server>> server = tessera::Server::Start(options);

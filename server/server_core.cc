@@ -5,6 +5,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "common/status_macros.h"
 #include "common/wire.h"
 #include "proto/tessera.pb.h"
@@ -261,6 +262,9 @@ absl::Status ServerCore::ApplyOnce(const v1::PushId& id, const std::string& tabl
           table, id.client_id(), id.sequence()));
     case PushDeduplicator::Decision::kApply:
       break;
+  }
+  if (options_.testing_push_delay_ms > 0) {
+    absl::SleepFor(absl::Milliseconds(options_.testing_push_delay_ms));
   }
   apply();
   dedup_.Finish(id.client_id(), id.sequence(), /*applied=*/true);

@@ -63,6 +63,9 @@ struct ServerCoreOptions {
   // Fault injection for tests: when > 0, every N-th push is applied and then answered
   // UNAVAILABLE, as if the response were lost. Never set in production.
   uint32_t testing_fail_push_after_apply_every = 0;
+  // Fault injection for tests: each push waits this long before it is applied, so that a test
+  // can hold pushes in flight. Never set in production.
+  uint32_t testing_push_delay_ms = 0;
 };
 
 // Per-table figures for metrics and Describe.

@@ -27,7 +27,8 @@ inline std::chrono::milliseconds Backoff(const ClientOptions& o, int attempt) {
   return std::chrono::milliseconds(static_cast<int64_t>(ms * jitter(rng)) + 1);
 }
 
-// A heap-allocated RPC that deletes itself once done. On UNAVAILABLE it retries with backoff,
+// A heap-allocated RPC that deletes itself once done. On UNAVAILABLE (or CANCELLED) it retries
+// with backoff,
 // resending the same request (so a push keeps its sequence number). On success `consume` gets
 // the response (it may reject a malformed one); the outcome goes to `op`.
 template <typename Req, typename Resp>
@@ -72,8 +73,12 @@ class Rpc {
   }
 
   void OnDone(grpc::Status s) {
-    if (s.error_code() == grpc::StatusCode::UNAVAILABLE &&
-        attempt_ < impl_->options.max_attempts) {
+    // CANCELLED is what gRPC reports for a call cut off by a server shutting down (this client
+    // never cancels its own calls); like UNAVAILABLE it is safe to retry: pulls are idempotent
+    // and a retried push keeps its sequence number.
+    const bool retryable = s.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                           s.error_code() == grpc::StatusCode::CANCELLED;
+    if (retryable && attempt_ < impl_->options.max_attempts) {
       impl_->retries.fetch_add(1, std::memory_order_relaxed);
       alarm_ = std::make_unique<grpc::Alarm>();
       alarm_->Set(std::chrono::system_clock::now() + Backoff(impl_->options, attempt_ + 1),
@@ -89,7 +94,7 @@ class Rpc {
       conn().pushes.Settle(request.id().sequence());
     }
     if (!status.ok()) {
-      if (status.code() == absl::StatusCode::kUnavailable && attempt_ > 1) {
+      if (retryable && attempt_ > 1) {
         status = absl::UnavailableError(absl::StrCat(
             status.message(), " (gave up after ", attempt_, " attempts; outcome unknown)"));
       }

@@ -1,0 +1,45 @@
+// Helpers for the multi-process tests: real tessera-server processes on loopback.
+#ifndef TESSERA_TESTS_TEST_CLUSTER_H_
+#define TESSERA_TESTS_TEST_CLUSTER_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "client/client.h"
+#include "tools/local_cluster.h"
+
+namespace tessera::testing {
+
+inline std::unique_ptr<LocalCluster> StartCluster(uint32_t num_servers,
+                                                  std::vector<std::string> extra_args = {}) {
+  LocalClusterOptions o;
+  o.server_binary = TESSERA_SERVER_BINARY;  // set by tests/CMakeLists.txt
+  o.num_servers = num_servers;
+  o.extra_args = std::move(extra_args);
+  absl::StatusOr<std::unique_ptr<LocalCluster>> c = LocalCluster::Start(o);
+  INFO(c.status().ToString());
+  REQUIRE(c.ok());
+  return std::move(*c);
+}
+
+inline std::unique_ptr<Client> Connect(const LocalCluster& cluster, ClientOptions o = {}) {
+  o.servers = cluster.addresses();
+  absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(o);
+  INFO(c.status().ToString());
+  REQUIRE(c.ok());
+  return std::move(*c);
+}
+
+#define TESSERA_REQUIRE_OK(expr)                 \
+  do {                                           \
+    const ::absl::Status tessera_s_ = (expr);    \
+    INFO(tessera_s_.ToString());                 \
+    REQUIRE(tessera_s_.ok());                    \
+  } while (0)
+
+}  // namespace tessera::testing
+
+#endif  // TESSERA_TESTS_TEST_CLUSTER_H_

@@ -1,0 +1,286 @@
+#include "tools/local_cluster.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <optional>
+
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/notification.h"
+#include "common/grpc_status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+
+namespace tessera {
+namespace {
+
+// Waits until child `pid` exits or `timeout` passes; returns the wait status, or nullopt on
+// timeout. Awaits the exit on a pidfd (Linux >= 5.3); polls waitpid only where pidfds are
+// unavailable.
+std::optional<int> WaitWithTimeout(pid_t pid, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  const int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  int status = 0;
+  while (true) {
+    const pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid) break;
+    if (r < 0 && errno != EINTR) break;  // not our child (any more)
+    const int64_t left_ms = absl::ToInt64Milliseconds(deadline - absl::Now());
+    if (left_ms <= 0) {
+      if (pidfd >= 0) close(pidfd);
+      return std::nullopt;
+    }
+    if (pidfd >= 0) {
+      pollfd p{pidfd, POLLIN, 0};
+      poll(&p, 1, static_cast<int>(left_ms));
+    } else {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+  }
+  if (pidfd >= 0) close(pidfd);
+  return status;
+}
+
+std::string DescribeWaitStatus(int status) {
+  if (WIFEXITED(status)) return absl::StrCat("exit code ", WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return absl::StrCat("killed by signal ", WTERMSIG(status));
+  return "unknown status";
+}
+
+// Reads one '\n'-terminated line from fd until `deadline`. Empty on EOF or timeout.
+std::string ReadLine(int fd, absl::Time deadline) {
+  std::string line;
+  char c;
+  while (true) {
+    const int64_t left_ms = absl::ToInt64Milliseconds(deadline - absl::Now());
+    if (left_ms <= 0) return "";
+    pollfd p{fd, POLLIN, 0};
+    const int r = poll(&p, 1, static_cast<int>(left_ms));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return "";
+    const ssize_t n = read(fd, &c, 1);
+    if (n <= 0) return "";
+    if (c == '\n') return line;
+    line.push_back(c);
+  }
+}
+
+}  // namespace
+
+std::string LocalCluster::DefaultServerBinary() {
+  std::error_code ec;
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    for (const auto& candidate : {self.parent_path() / "tessera-server",
+                                  self.parent_path().parent_path() / "server" / "tessera-server"}) {
+      if (std::filesystem::exists(candidate, ec)) return candidate.string();
+    }
+  }
+  return "tessera-server";
+}
+
+absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(
+    const LocalClusterOptions& options) {
+  std::unique_ptr<LocalCluster> cluster(new LocalCluster());
+  for (uint32_t i = 0; i < options.num_servers; ++i) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+      return absl::InternalError(absl::StrCat("pipe2: ", strerror(errno)));
+    }
+    std::vector<std::string> args = {
+        options.server_binary,
+        absl::StrCat("--shard_index=", i),
+        absl::StrCat("--num_shards=", options.num_servers),
+        absl::StrCat("--num_vshards=", options.num_vshards),
+        absl::StrCat("--shard_map_epoch=", options.shard_map_epoch),
+        "--port=0",
+        "--metrics_port=0",
+        absl::StrCat("--ready_fd=", fds[1]),
+    };
+    args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    std::string log_path;
+    int log_fd = -1;
+    if (!options.log_dir.empty()) {
+      log_path = absl::StrCat(options.log_dir, "/server-", i, ".log");
+      log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      if (log_fd < 0) {
+        return absl::InternalError(absl::StrCat("cannot open ", log_path, ": ", strerror(errno)));
+      }
+    }
+    const pid_t parent = getpid();
+    const pid_t pid = fork();
+    if (pid == 0) {
+      // Child: only async-signal-safe calls until exec.
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(127);
+      fcntl(fds[1], F_SETFD, 0);  // keep the ready pipe open across exec
+      if (log_fd >= 0) dup2(log_fd, STDERR_FILENO);
+      sigset_t none;
+      sigemptyset(&none);
+      sigprocmask(SIG_SETMASK, &none, nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    close(fds[1]);
+    if (log_fd >= 0) close(log_fd);
+    if (pid < 0) {
+      close(fds[0]);
+      return absl::InternalError(absl::StrCat("fork: ", strerror(errno)));
+    }
+    cluster->pids_.push_back(pid);
+    const std::string line = ReadLine(fds[0], absl::Now() + options.start_timeout);
+    close(fds[0]);
+    int port = 0, metrics_port = 0;
+    for (absl::string_view field : absl::StrSplit(line, ' ')) {
+      if (absl::ConsumePrefix(&field, "port=")) (void)absl::SimpleAtoi(field, &port);
+      if (absl::ConsumePrefix(&field, "metrics_port=")) (void)absl::SimpleAtoi(field, &metrics_port);
+    }
+    if (port <= 0) {
+      std::string why = "did not report ready in time";
+      if (std::optional<int> st = WaitWithTimeout(pid, absl::Milliseconds(100)); st.has_value()) {
+        cluster->pids_.back() = 0;
+        why = absl::StrCat("exited early with ", DescribeWaitStatus(*st));
+      }
+      return absl::UnavailableError(absl::StrFormat(
+          "server %u (%s) %s%s", i, options.server_binary, why,
+          log_path.empty() ? "" : absl::StrCat("; see ", log_path)));
+    }
+    cluster->addresses_.push_back(absl::StrCat("127.0.0.1:", port));
+    cluster->metrics_ports_.push_back(metrics_port);
+  }
+  return cluster;
+}
+
+absl::StatusOr<int> LocalCluster::StopServer(int i, absl::Duration timeout) {
+  const pid_t pid = pids_[i];
+  if (pid == 0) return absl::FailedPreconditionError(absl::StrCat("server ", i, " is not running"));
+  kill(pid, SIGTERM);
+  std::optional<int> status = WaitWithTimeout(pid, timeout);
+  if (!status.has_value()) {
+    kill(pid, SIGKILL);
+    WaitWithTimeout(pid, absl::Seconds(10));
+    pids_[i] = 0;
+    return absl::DeadlineExceededError(
+        absl::StrFormat("server %d did not exit within %s of SIGTERM; killed", i,
+                        absl::FormatDuration(timeout)));
+  }
+  pids_[i] = 0;
+  if (WIFEXITED(*status)) return WEXITSTATUS(*status);
+  return absl::InternalError(absl::StrFormat("server %d: %s", i, DescribeWaitStatus(*status)));
+}
+
+absl::Status LocalCluster::Stop(absl::Duration timeout) {
+  for (pid_t pid : pids_) {
+    if (pid != 0) kill(pid, SIGTERM);
+  }
+  std::string errors;
+  for (size_t i = 0; i < pids_.size(); ++i) {
+    if (pids_[i] == 0) continue;
+    absl::StatusOr<int> code = StopServer(static_cast<int>(i), timeout);
+    if (!code.ok()) {
+      absl::StrAppend(&errors, code.status().message(), "; ");
+    } else if (*code != 0) {
+      absl::StrAppend(&errors, "server ", i, " exited with code ", *code, "; ");
+    }
+  }
+  if (errors.empty()) return absl::OkStatus();
+  return absl::InternalError(errors);
+}
+
+LocalCluster::~LocalCluster() {
+  for (pid_t& pid : pids_) {
+    if (pid == 0) continue;
+    kill(pid, SIGKILL);
+    WaitWithTimeout(pid, absl::Seconds(10));
+    pid = 0;
+  }
+}
+
+absl::StatusOr<std::string> HttpGet(int port, const std::string& path, absl::Duration timeout) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
+  struct Closer {
+    int fd;
+    ~Closer() { close(fd); }
+  } closer{fd};
+  timeval tv{static_cast<time_t>(absl::ToInt64Seconds(timeout)), 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    return absl::UnavailableError(
+        absl::StrFormat("connect to 127.0.0.1:%d: %s", port, strerror(errno)));
+  }
+  const std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+  if (send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
+    return absl::UnavailableError(absl::StrCat("send: ", strerror(errno)));
+  }
+  std::string response;
+  char buf[65536];
+  while (true) {
+    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return absl::UnavailableError(absl::StrCat("recv: ", strerror(errno)));
+    if (n == 0) break;
+    response.append(buf, static_cast<size_t>(n));
+  }
+  const size_t header_end = response.find("\r\n\r\n");
+  const bool ok_status = response.compare(0, 12, "HTTP/1.1 200") == 0 ||
+                         response.compare(0, 12, "HTTP/1.0 200") == 0;
+  if (header_end == std::string::npos || !ok_status) {
+    return absl::UnavailableError(absl::StrFormat("GET %s on port %d: unexpected response '%s'",
+                                                  path, port, response.substr(0, 40)));
+  }
+  return response.substr(header_end + 4);
+}
+
+absl::StatusOr<bool> CheckHealth(const std::string& address, absl::Duration timeout) {
+  grpc::GenericStub stub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  // grpc.health.v1.HealthCheckRequest{service: ""} serializes to zero bytes.
+  grpc::ByteBuffer request;
+  grpc::Slice empty;
+  request = grpc::ByteBuffer(&empty, 1);
+  grpc::ByteBuffer response;
+  absl::Notification done;
+  grpc::Status status;
+  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                 [&](grpc::Status s) {
+                   status = std::move(s);
+                   done.Notify();
+                 });
+  done.WaitForNotification();
+  if (!status.ok()) return FromGrpcStatus(status);
+  std::vector<grpc::Slice> slices;
+  if (!response.Dump(&slices).ok()) return absl::DataLossError("unreadable health response");
+  std::string bytes;
+  for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  // HealthCheckResponse{status = 1 (SERVING)} is the two bytes 08 01.
+  return bytes == std::string("\x08\x01", 2);
+}
+
+}  // namespace tessera
