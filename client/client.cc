@@ -145,8 +145,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
       args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::max(options.initial_backoff_ms, 20));
       args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, std::max(options.initial_backoff_ms, 20));
       args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, std::max(options.max_backoff_ms, 20));
-      conn->stubs.push_back(v1::ParameterServer::NewStub(
-          grpc::CreateCustomChannel(conn->address, grpc::InsecureChannelCredentials(), args)));
+      auto channel =
+          grpc::CreateCustomChannel(conn->address, grpc::InsecureChannelCredentials(), args);
+      conn->stubs.push_back(v1::ParameterServer::NewStub(channel));
+      conn->generic_stubs.push_back(std::make_unique<grpc::GenericStub>(channel));
     }
     impl->servers.push_back(std::move(conn));
   }

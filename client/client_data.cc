@@ -1,4 +1,7 @@
-// The client's data path: pulls and pushes split by shard and chunk, sent in parallel.
+// The client's data path: pulls and pushes split by shard and chunk, sent in parallel on the
+// raw (ByteBuffer) API. Bulk arrays go out as slices over the caller's memory where its layout
+// allows (dense pushes) and come back copied once, straight to their destination.
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_format.h"
@@ -6,8 +9,10 @@
 #include "client/internal/client_impl.h"
 #include "client/internal/partition.h"
 #include "client/internal/rpc.h"
+#include "common/bulk_codec.h"
 #include "common/hash.h"
 #include "common/wire.h"
+#include "proto/tessera.pb.h"
 
 namespace tessera {
 
@@ -18,27 +23,13 @@ using client_internal::SparseChunk;
 
 namespace {
 
-// The stub methods, as plain functions Rpc can call.
-void IssuePullSparse(v1::ParameterServer::Stub* stub, grpc::ClientContext* ctx,
-                     const v1::PullSparseRequest* req, v1::PullSparseResponse* resp,
-                     std::function<void(grpc::Status)> done) {
-  stub->async()->PullSparse(ctx, req, resp, std::move(done));
-}
-void IssuePushSparse(v1::ParameterServer::Stub* stub, grpc::ClientContext* ctx,
-                     const v1::PushSparseRequest* req, v1::PushResponse* resp,
-                     std::function<void(grpc::Status)> done) {
-  stub->async()->PushSparse(ctx, req, resp, std::move(done));
-}
-void IssuePullDense(v1::ParameterServer::Stub* stub, grpc::ClientContext* ctx,
-                    const v1::PullDenseRequest* req, v1::PullDenseResponse* resp,
-                    std::function<void(grpc::Status)> done) {
-  stub->async()->PullDense(ctx, req, resp, std::move(done));
-}
-void IssuePushDense(v1::ParameterServer::Stub* stub, grpc::ClientContext* ctx,
-                    const v1::PushDenseRequest* req, v1::PushResponse* resp,
-                    std::function<void(grpc::Status)> done) {
-  stub->async()->PushDense(ctx, req, resp, std::move(done));
-}
+// Field numbers of the bulk fields (proto/tessera.proto).
+constexpr int kPullSparseKeys = v1::PullSparseRequest::kKeysFieldNumber;
+constexpr int kPullSparseValues = v1::PullSparseResponse::kValuesFieldNumber;
+constexpr int kPushSparseKeys = v1::PushSparseRequest::kKeysFieldNumber;
+constexpr int kPushSparseValues = v1::PushSparseRequest::kValuesFieldNumber;
+constexpr int kPullDenseValues = v1::PullDenseResponse::kValuesFieldNumber;
+constexpr int kPushDenseValues = v1::PushDenseRequest::kValuesFieldNumber;
 
 // dim of a sparse call, from the buffer sizes.
 absl::StatusOr<uint32_t> SparseDim(absl::string_view table, size_t num_keys, size_t num_values) {
@@ -54,6 +45,31 @@ uint32_t KeysPerChunk(const ClientOptions& o, uint32_t dim) {
   return static_cast<uint32_t>(std::max<size_t>(1, o.chunk_bytes / (dim * sizeof(float) + 8)));
 }
 
+// A response that does not decode is the server's fault, not the caller's.
+absl::Status AsDataLoss(absl::Status s) {
+  if (s.ok() || s.code() != absl::StatusCode::kInvalidArgument) return s;
+  return absl::DataLossError(s.message());
+}
+
+// Decodes a PushResponse and counts duplicate acknowledgements.
+Rpc::ConsumeFn ConsumePush(Client::Impl* impl) {
+  return [impl](const grpc::ByteBuffer& bytes) {
+    v1::PushResponse resp;
+    absl::Status s = DecodeWithBulk(bytes, &resp, /*bulk_field_number=*/-1,
+                                    [](size_t, char**) { return absl::OkStatus(); });
+    if (s.ok() && resp.duplicate()) {
+      impl->duplicate_acks.fetch_add(1, std::memory_order_relaxed);
+    }
+    return AsDataLoss(s);
+  };
+}
+
+void SetPushId(const Rpc& rpc, v1::PushId* id) {
+  id->set_client_id(rpc.client_id());
+  id->set_sequence(rpc.sequence());
+  id->set_floor(rpc.floor());
+}
+
 }  // namespace
 
 void Client::PullSparseAsync(absl::string_view table, absl::Span<const uint64_t> keys,
@@ -65,27 +81,41 @@ void Client::PullSparseAsync(absl::string_view table, absl::Span<const uint64_t>
       keys, impl_->map, KeysPerChunk(impl_->options, *dim), /*keep_vshards_whole=*/false);
   auto op = std::make_shared<OpTracker>(chunks.size(), std::move(done));
   for (SparseChunk& chunk : chunks) {
-    auto* rpc = new Rpc<v1::PullSparseRequest, v1::PullSparseResponse>(impl_.get(), chunk.shard,
-                                                                       &IssuePullSparse, op);
-    v1::PullSparseRequest& req = rpc->request;
-    req.set_table(std::string(table));
-    req.set_key_type(v1::KEY_TYPE_UINT64);
-    req.set_dtype(v1::DTYPE_FLOAT32);
-    req.set_dim(*dim);
-    req.set_num_keys(chunk.positions.size());
-    uint64_t* k = PackedResize<uint64_t>(req.mutable_keys(), chunk.positions.size());
-    for (size_t j = 0; j < chunk.positions.size(); ++j) k[j] = keys[chunk.positions[j]];
+    auto* rpc = new Rpc(impl_.get(), chunk.shard, "PullSparse", /*push=*/false, op);
+    const size_t n = chunk.positions.size();
+    auto header = std::make_shared<v1::PullSparseRequest>();
+    impl_->FillHeader(header->mutable_header());
+    header->set_table(std::string(table));
+    header->set_key_type(v1::KEY_TYPE_UINT64);
+    header->set_dtype(v1::DTYPE_FLOAT32);
+    header->set_dim(*dim);
+    header->set_num_keys(n);
+    auto packed = std::make_shared<std::vector<uint64_t>>(n);
+    for (size_t j = 0; j < n; ++j) (*packed)[j] = keys[chunk.positions[j]];
+    rpc->encode = [header, packed](Rpc& r) {
+      return EncodeWithBulk(*header, {r.Borrow(kPullSparseKeys, packed->data(),
+                                               packed->size() * sizeof(uint64_t))});
+    };
     rpc->consume = [positions = std::move(chunk.positions), out = out.data(), dim = *dim,
-                    table = std::string(table)](const v1::PullSparseResponse& resp) {
+                    table = std::string(table)](const grpc::ByteBuffer& bytes) {
       const size_t row_bytes = size_t{dim} * sizeof(float);
-      if (resp.values().size() != positions.size() * row_bytes) {
-        return absl::DataLossError(absl::StrFormat(
-            "table '%s': pull of %u keys of dim %u returned %u value bytes", table,
-            positions.size(), dim, resp.values().size()));
-      }
-      const char* src = resp.values().data();
+      std::vector<float> values;
+      v1::PullSparseResponse resp;
+      absl::Status s = DecodeWithBulk(bytes, &resp, kPullSparseValues,
+                                      [&](size_t size, char** dest) {
+                                        if (size != positions.size() * row_bytes) {
+                                          return absl::DataLossError(absl::StrFormat(
+                                              "table '%s': pull of %u keys of dim %u returned "
+                                              "%u value bytes",
+                                              table, positions.size(), dim, size));
+                                        }
+                                        values.resize(size / sizeof(float));
+                                        *dest = reinterpret_cast<char*>(values.data());
+                                        return absl::OkStatus();
+                                      });
+      if (!s.ok()) return AsDataLoss(s);
       for (size_t j = 0; j < positions.size(); ++j) {
-        std::memcpy(out + size_t{positions[j]} * dim, src + j * row_bytes, row_bytes);
+        std::memcpy(out + size_t{positions[j]} * dim, values.data() + j * dim, row_bytes);
       }
       return absl::OkStatus();
     };
@@ -103,23 +133,34 @@ void Client::PushSparseAsync(absl::string_view table, absl::Span<const uint64_t>
   auto op = std::make_shared<OpTracker>(chunks.size(), std::move(done));
   const size_t row_bytes = size_t{*dim} * sizeof(float);
   for (const SparseChunk& chunk : chunks) {
-    auto* rpc = new Rpc<v1::PushSparseRequest, v1::PushResponse>(impl_.get(), chunk.shard,
-                                                                  &IssuePushSparse, op);
-    v1::PushSparseRequest& req = rpc->request;
-    req.set_table(std::string(table));
-    req.set_key_type(v1::KEY_TYPE_UINT64);
-    req.set_dtype(v1::DTYPE_FLOAT32);
-    req.set_dim(*dim);
-    req.set_num_keys(chunk.positions.size());
+    auto* rpc = new Rpc(impl_.get(), chunk.shard, "PushSparse", /*push=*/true, op);
     const size_t n = chunk.positions.size();
-    uint64_t* k = PackedResize<uint64_t>(req.mutable_keys(), n);
-    char* v = reinterpret_cast<char*>(PackedResize<float>(req.mutable_values(), n * *dim));
+    auto header = std::make_shared<v1::PushSparseRequest>();
+    impl_->FillHeader(header->mutable_header());
+    header->set_table(std::string(table));
+    header->set_key_type(v1::KEY_TYPE_UINT64);
+    header->set_dtype(v1::DTYPE_FLOAT32);
+    header->set_dim(*dim);
+    header->set_num_keys(n);
+    // Keys and rows regrouped by shard: one gathered copy, then sent in place.
+    auto packed_keys = std::make_shared<std::vector<uint64_t>>(n);
+    auto packed_values = std::make_shared<std::vector<float>>(n * *dim);
     const char* src = reinterpret_cast<const char*>(values.data());
+    char* dst = reinterpret_cast<char*>(packed_values->data());
     for (size_t j = 0; j < n; ++j) {
       const uint32_t p = chunk.positions[j];
-      k[j] = keys[p];
-      std::memcpy(v + j * row_bytes, src + size_t{p} * row_bytes, row_bytes);
+      (*packed_keys)[j] = keys[p];
+      std::memcpy(dst + j * row_bytes, src + size_t{p} * row_bytes, row_bytes);
     }
+    rpc->encode = [header, packed_keys, packed_values](Rpc& r) {
+      SetPushId(r, header->mutable_id());
+      return EncodeWithBulk(
+          *header, {r.Borrow(kPushSparseKeys, packed_keys->data(),
+                             packed_keys->size() * sizeof(uint64_t)),
+                    r.Borrow(kPushSparseValues, packed_values->data(),
+                             packed_values->size() * sizeof(float))});
+    };
+    rpc->consume = ConsumePush(impl_.get());
     rpc->Start();
   }
 }
@@ -156,21 +197,26 @@ void Client::PullDenseAsync(absl::string_view table, uint64_t offset, absl::Span
   if (!chunks.ok()) return done(chunks.status());
   auto op = std::make_shared<OpTracker>(chunks->size(), std::move(done));
   for (const DenseChunk& chunk : *chunks) {
-    auto* rpc = new Rpc<v1::PullDenseRequest, v1::PullDenseResponse>(impl_.get(), chunk.shard,
-                                                                     &IssuePullDense, op);
-    rpc->request.set_table(std::string(table));
-    rpc->request.set_dtype(v1::DTYPE_FLOAT32);
-    rpc->request.set_offset(chunk.offset);
-    rpc->request.set_count(chunk.count);
-    rpc->consume = [dst = out.data() + (chunk.offset - offset), count = chunk.count,
-                    table = std::string(table)](const v1::PullDenseResponse& resp) {
-      if (resp.values().size() != count * sizeof(float)) {
-        return absl::DataLossError(
-            absl::StrFormat("table '%s': pull of %u elements returned %u value bytes", table,
-                            count, resp.values().size()));
-      }
-      std::memcpy(dst, resp.values().data(), count * sizeof(float));
-      return absl::OkStatus();
+    auto* rpc = new Rpc(impl_.get(), chunk.shard, "PullDense", /*push=*/false, op);
+    auto header = std::make_shared<v1::PullDenseRequest>();
+    impl_->FillHeader(header->mutable_header());
+    header->set_table(std::string(table));
+    header->set_dtype(v1::DTYPE_FLOAT32);
+    header->set_offset(chunk.offset);
+    header->set_count(chunk.count);
+    rpc->encode = [header](Rpc&) { return EncodeWithBulk(*header, {}); };
+    // The values land directly in the caller's buffer.
+    rpc->consume = [dst = reinterpret_cast<char*>(out.data() + (chunk.offset - offset)),
+                    count = chunk.count, table = std::string(table)](const grpc::ByteBuffer& b) {
+      v1::PullDenseResponse resp;
+      return AsDataLoss(DecodeWithBulk(b, &resp, kPullDenseValues, [&](size_t size, char** d) {
+        if (size != count * sizeof(float)) {
+          return absl::DataLossError(absl::StrFormat(
+              "table '%s': pull of %u elements returned %u value bytes", table, count, size));
+        }
+        *d = dst;
+        return absl::OkStatus();
+      }));
     };
     rpc->Start();
   }
@@ -186,14 +232,21 @@ void Client::PushDenseAsync(absl::string_view table, uint64_t offset,
   if (!chunks.ok()) return done(chunks.status());
   auto op = std::make_shared<OpTracker>(chunks->size(), std::move(done));
   for (const DenseChunk& chunk : *chunks) {
-    auto* rpc = new Rpc<v1::PushDenseRequest, v1::PushResponse>(impl_.get(), chunk.shard,
-                                                                 &IssuePushDense, op);
-    rpc->request.set_table(std::string(table));
-    rpc->request.set_dtype(v1::DTYPE_FLOAT32);
-    rpc->request.set_offset(chunk.offset);
-    rpc->request.set_count(chunk.count);
-    PackedAssign<float>(rpc->request.mutable_values(),
-                        values.subspan(chunk.offset - offset, chunk.count));
+    auto* rpc = new Rpc(impl_.get(), chunk.shard, "PushDense", /*push=*/true, op);
+    auto header = std::make_shared<v1::PushDenseRequest>();
+    impl_->FillHeader(header->mutable_header());
+    header->set_table(std::string(table));
+    header->set_dtype(v1::DTYPE_FLOAT32);
+    header->set_offset(chunk.offset);
+    header->set_count(chunk.count);
+    // Sent straight from the caller's buffer (zero copy): the call completes only after gRPC
+    // released it.
+    const float* data = values.data() + (chunk.offset - offset);
+    rpc->encode = [header, data, count = chunk.count](Rpc& r) {
+      SetPushId(r, header->mutable_id());
+      return EncodeWithBulk(*header, {r.Borrow(kPushDenseValues, data, count * sizeof(float))});
+    };
+    rpc->consume = ConsumePush(impl_.get());
     rpc->Start();
   }
 }

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "common/bulk_codec.h"
 #include "common/grpc_status.h"
 #include "common/wire.h"
 
@@ -59,21 +60,33 @@ GrpcService::Reactor* GrpcService::Handle(Method method, Ctx* ctx, const Bytes* 
   metrics_->AddInFlight(1);
   Req req;
   Resp resp;
+  uint64_t keys = 0, bytes_in = request->Length(), bytes_out = 0;
   absl::Status status = Parse(*request, &req);
   if (status.ok()) status = (core_->*fn)(req, &resp);
   if (status.ok()) {
-    bool own = false;
-    if (grpc::Status s = grpc::SerializationTraits<Resp>::Serialize(resp, response, &own);
-        !s.ok()) {
-      status = absl::InternalError("cannot serialize the response: " + s.error_message());
+    const Volume v = VolumeOf(req, resp);
+    bytes_in = v.bytes_in;
+    bytes_out = v.bytes_out;
+    keys = v.keys;
+    if constexpr (requires { resp.mutable_values(); }) {
+      // Pull responses: the values travel as a slice that owns them, without a protobuf copy.
+      std::string values = std::move(*resp.mutable_values());
+      resp.clear_values();
+      *response =
+          EncodeWithBulk(resp, {OwnedBulk(Resp::kValuesFieldNumber, std::move(values))});
+    } else {
+      bool own = false;
+      if (grpc::Status s = grpc::SerializationTraits<Resp>::Serialize(resp, response, &own);
+          !s.ok()) {
+        status = absl::InternalError("cannot serialize the response: " + s.error_message());
+      }
     }
   } else {
     ctx->AddTrailingMetadata(kEpochMetadataKey, std::to_string(core_->shard_map_epoch()));
   }
-  const Volume v = status.ok() ? VolumeOf(req, resp) : Volume{0, request->Length(), 0};
   const grpc::Status grpc_status = ToGrpcStatus(status);
   metrics_->Record(method, grpc_status.error_code(), absl::ToDoubleSeconds(absl::Now() - start),
-                   v.keys, v.bytes_in, v.bytes_out);
+                   keys, bytes_in, bytes_out);
   metrics_->AddInFlight(-1);
   Reactor* reactor = ctx->DefaultReactor();
   reactor->Finish(grpc_status);

@@ -9,6 +9,7 @@
 #include "server/dense_table.h"
 #include "server/sparse_table.h"
 #include "tests/test_cluster.h"
+#include "tools/prom_text.h"
 
 namespace tessera {
 namespace {
@@ -188,9 +189,7 @@ TEST_CASE("a push retried after a lost reply is applied exactly once", "[cluster
   for (int port : cluster->metrics_ports()) {
     absl::StatusOr<std::string> metrics = HttpGet(port, "/metrics");
     REQUIRE(metrics.ok());
-    const size_t at = metrics->find("\ntessera_server_duplicate_pushes_total ");
-    REQUIRE(at != std::string::npos);
-    dups += std::stod(metrics->substr(at + 39));
+    dups += SumSamples(ParsePromText(*metrics), "tessera_server_duplicate_pushes_total");
   }
   CHECK(dups == static_cast<double>(client->duplicate_acks()));
   CHECK(cluster->Stop().ok());

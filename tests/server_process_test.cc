@@ -2,7 +2,6 @@
 #include <signal.h>
 
 #include <atomic>
-#include <regex>
 #include <vector>
 
 #include <grpcpp/generic/generic_stub.h>
@@ -13,6 +12,7 @@
 #include "common/wire.h"
 #include "proto/tessera.grpc.pb.h"
 #include "tests/test_cluster.h"
+#include "tools/prom_text.h"
 
 namespace tessera {
 namespace {
@@ -119,16 +119,6 @@ TEST_CASE("bad requests over the wire get precise statuses and change nothing", 
   CHECK(cluster->Stop().ok());  // and the server is still healthy enough to drain cleanly
 }
 
-// Value of the first sample of `name` whose labels contain `labels`, or -1.
-double Sample(const std::string& text, const std::string& name, const std::string& labels) {
-  const std::regex re(name + "\\{([^}]*)\\} ([0-9.e+-]+)");
-  for (auto it = std::sregex_iterator(text.begin(), text.end(), re); it != std::sregex_iterator();
-       ++it) {
-    if ((*it)[1].str().find(labels) != std::string::npos) return std::stod((*it)[2].str());
-  }
-  return -1;
-}
-
 TEST_CASE("metrics and health are served", "[process]") {
   auto cluster = StartCluster(1);
   absl::StatusOr<bool> healthy = CheckHealth(cluster->addresses()[0]);
@@ -149,19 +139,24 @@ TEST_CASE("metrics and health are served", "[process]") {
 
   absl::StatusOr<std::string> m = HttpGet(cluster->metrics_ports()[0], "/metrics");
   REQUIRE(m.ok());
-  const std::string& text = *m;
-  INFO(text.substr(0, 3000));
-  CHECK(Sample(text, "tessera_server_requests_total", "code=\"OK\",method=\"PushSparse\"") >= 3);
-  CHECK(Sample(text, "tessera_server_requests_total",
-               "code=\"INVALID_ARGUMENT\",method=\"PullSparse\"") == 1);
-  CHECK(Sample(text, "tessera_server_request_duration_seconds_count",
-               "method=\"PushSparse\"") >= 3);
-  CHECK(Sample(text, "tessera_server_keys_total", "method=\"PushSparse\"") == 3000);
-  CHECK(Sample(text, "tessera_server_received_bytes_total", "method=\"PushSparse\"") ==
+  INFO(m->substr(0, 3000));
+  const std::vector<PromSample> s = ParsePromText(*m);
+  CHECK(SumSamples(s, "tessera_server_requests_total",
+                   {{"method", "PushSparse"}, {"code", "OK"}}) == 3);
+  CHECK(SumSamples(s, "tessera_server_requests_total",
+                   {{"method", "PullSparse"}, {"code", "INVALID_ARGUMENT"}}) == 1);
+  CHECK(SumSamples(s, "tessera_server_request_duration_seconds_count",
+                   {{"method", "PushSparse"}, {"code", "OK"}}) == 3);
+  CHECK(SumSamples(s, "tessera_server_request_duration_seconds_bucket",
+                   {{"method", "PushSparse"}, {"code", "OK"}, {"le", "+Inf"}}) == 3);
+  CHECK(SumSamples(s, "tessera_server_keys_total", {{"method", "PushSparse"}}) == 3000);
+  CHECK(SumSamples(s, "tessera_server_received_bytes_total", {{"method", "PushSparse"}}) ==
         3 * (1000 * 8 + 4000 * 4));
-  CHECK(Sample(text, "tessera_server_sent_bytes_total", "method=\"PullSparse\"") == 4000 * 4);
-  CHECK(Sample(text, "tessera_table_rows", "table=\"emb\"") == 1000);
-  CHECK(Sample(text, "tessera_table_memory_bytes", "table=\"emb\"") > 16000);
+  CHECK(SumSamples(s, "tessera_server_sent_bytes_total", {{"method", "PullSparse"}}) ==
+        4000 * 4);
+  CHECK(SumSamples(s, "tessera_table_rows", {{"table", "emb"}, {"kind", "sparse"}}) == 1000);
+  CHECK(SumSamples(s, "tessera_table_memory_bytes", {{"table", "emb"}}) > 16000);
+  CHECK(SumSamples(s, "tessera_tables") == 1);
   CHECK(cluster->Stop().ok());
 }
 
@@ -198,10 +193,8 @@ TEST_CASE("SIGTERM drains in-flight requests and exits 0", "[process]") {
   while (in_flight == 0 && absl::Now() < deadline) {
     absl::StatusOr<std::string> m = HttpGet(metrics_port, "/metrics");
     REQUIRE(m.ok());
-    const std::string key = "\ntessera_server_requests_in_flight ";
-    const size_t at = m->find(key);
-    REQUIRE(at != std::string::npos);
-    in_flight = std::stoi(m->substr(at + key.size()));
+    in_flight = static_cast<int>(
+        SumSamples(ParsePromText(*m), "tessera_server_requests_in_flight"));
   }
   REQUIRE(in_flight > 0);
   {

@@ -12,6 +12,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "client/client.h"
+#include <grpcpp/generic/generic_stub.h>
+
 #include "proto/tessera.grpc.pb.h"
 
 namespace tessera {
@@ -47,15 +49,21 @@ class OpTracker {
 
 // The connections to one server.
 struct ServerConn {
-  // Constant after Connect.
+  // Constant after Connect. One of each per channel (TCP connection): typed stubs for table
+  // management, generic (ByteBuffer) stubs for the data path.
   std::string address;
-  std::vector<std::unique_ptr<v1::ParameterServer::Stub>> stubs;  // one per channel
+  std::vector<std::unique_ptr<v1::ParameterServer::Stub>> stubs;
+  std::vector<std::unique_ptr<grpc::GenericStub>> generic_stubs;
 
   std::atomic<uint32_t> next_stub{0};
   PushWindow pushes;
 
   v1::ParameterServer::Stub* NextStub() {
     return stubs[next_stub.fetch_add(1, std::memory_order_relaxed) % stubs.size()].get();
+  }
+  grpc::GenericStub* NextGenericStub() {
+    const uint32_t i = next_stub.fetch_add(1, std::memory_order_relaxed);
+    return generic_stubs[i % generic_stubs.size()].get();
   }
 };
 

@@ -1,0 +1,87 @@
+#include "client/internal/rpc.h"
+
+#include <algorithm>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
+#include "proto/tessera.grpc.pb.h"
+
+namespace tessera::client_internal {
+
+std::chrono::milliseconds Backoff(const ClientOptions& o, int attempt) {
+  thread_local std::minstd_rand rng(std::random_device{}());
+  double ms = o.initial_backoff_ms;
+  for (int i = 2; i < attempt && ms < o.max_backoff_ms; ++i) ms *= 2;
+  ms = std::min<double>(ms, o.max_backoff_ms);
+  std::uniform_real_distribution<double> jitter(0.5, 1.0);
+  return std::chrono::milliseconds(static_cast<int64_t>(ms * jitter(rng)) + 1);
+}
+
+Rpc::Rpc(Client::Impl* impl, uint32_t shard, const char* method, bool push,
+         std::shared_ptr<OpTracker> op)
+    : impl_(impl),
+      shard_(shard),
+      method_(absl::StrCat("/", v1::ParameterServer::service_full_name(), "/", method)),
+      op_(std::move(op)) {
+  impl_->RpcStarted();
+  if (push) sequence_ = conn().pushes.Issue();
+}
+
+uint64_t Rpc::client_id() const { return impl_->client_id; }
+uint64_t Rpc::floor() const { return conn().pushes.Floor(); }
+
+BulkField Rpc::Borrow(int field_number, const void* data, size_t size) {
+  holds_.fetch_add(1, std::memory_order_relaxed);
+  return BulkField{field_number, data, size,
+                   [](void* self) { static_cast<Rpc*>(self)->Unhold(); }, this};
+}
+
+void Rpc::Attempt() {
+  ++attempt_;
+  ctx_ = std::make_unique<grpc::ClientContext>();
+  ctx_->set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::milliseconds(impl_->options.rpc_timeout_ms));
+  const grpc::ByteBuffer request = encode(*this);
+  response_.Clear();
+  conn().NextGenericStub()->UnaryCall(ctx_.get(), method_, grpc::StubOptions(), &request,
+                                      &response_, [this](grpc::Status s) { OnDone(std::move(s)); });
+}
+
+void Rpc::OnDone(grpc::Status s) {
+  // CANCELLED is what gRPC reports for a call cut off by a server shutting down (this client
+  // never cancels its own calls); like UNAVAILABLE it is safe to retry: pulls are idempotent
+  // and a retried push keeps its sequence number.
+  const bool retryable = s.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                         s.error_code() == grpc::StatusCode::CANCELLED;
+  if (retryable && attempt_ < impl_->options.max_attempts) {
+    impl_->retries.fetch_add(1, std::memory_order_relaxed);
+    alarm_ = std::make_unique<grpc::Alarm>();
+    alarm_->Set(std::chrono::system_clock::now() + Backoff(impl_->options, attempt_ + 1),
+                [this](bool) { Attempt(); });
+    return;
+  }
+  absl::Status status = FromGrpcStatus(s);
+  if (status.ok() && consume) status = consume(response_);
+  if (sequence_ != 0) conn().pushes.Settle(sequence_);
+  if (!status.ok()) {
+    if (retryable && attempt_ > 1) {
+      status = absl::Status(status.code(),
+                            absl::StrCat(status.message(), " (gave up after ", attempt_,
+                                         " attempts; a push's outcome is unknown)"));
+    }
+    status = impl_->Annotate(shard_, status);
+  }
+  outcome_ = std::move(status);
+  Unhold();
+}
+
+void Rpc::Unhold() {
+  if (holds_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  op_->Finish(outcome_);
+  Client::Impl* impl = impl_;
+  delete this;
+  impl->RpcEnded();
+}
+
+}  // namespace tessera::client_internal

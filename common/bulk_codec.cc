@@ -1,0 +1,178 @@
+#include "common/bulk_codec.h"
+
+#include <cstring>
+
+#include <google/protobuf/message_lite.h>
+
+#include "absl/strings/str_format.h"
+
+namespace tessera {
+namespace {
+
+void AppendVarint(uint64_t v, std::string* out) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>(v | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+// Sequential reader over the slices of a ByteBuffer.
+class SliceReader {
+ public:
+  explicit SliceReader(std::vector<grpc::Slice> slices) : slices_(std::move(slices)) { Skip0(); }
+
+  bool done() const { return index_ >= slices_.size(); }
+
+  bool ReadByte(uint8_t* b) {
+    if (done()) return false;
+    *b = slices_[index_].begin()[offset_];
+    Advance(1);
+    return true;
+  }
+
+  bool ReadVarint(uint64_t* v) {
+    *v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      uint8_t b;
+      if (!ReadByte(&b)) return false;
+      *v |= static_cast<uint64_t>(b & 0x7f) << shift;
+      if ((b & 0x80) == 0) return true;
+    }
+    return false;
+  }
+
+  // Copies n bytes to dest (or skips them when dest is null).
+  bool Read(size_t n, char* dest) {
+    while (n > 0) {
+      if (done()) return false;
+      const size_t avail = slices_[index_].size() - offset_;
+      const size_t take = n < avail ? n : avail;
+      if (dest != nullptr) {
+        std::memcpy(dest, slices_[index_].begin() + offset_, take);
+        dest += take;
+      }
+      Advance(take);
+      n -= take;
+    }
+    return true;
+  }
+
+ private:
+  void Advance(size_t n) {
+    offset_ += n;
+    Skip0();
+  }
+  // Moves past exhausted (or empty) slices.
+  void Skip0() {
+    while (index_ < slices_.size() && offset_ >= slices_[index_].size()) {
+      ++index_;
+      offset_ = 0;
+    }
+  }
+
+  std::vector<grpc::Slice> slices_;
+  size_t index_ = 0;
+  size_t offset_ = 0;
+};
+
+absl::Status Malformed(const google::protobuf::MessageLite& m, size_t size, const char* what) {
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "malformed %s (%u bytes): %s", m.GetTypeName(), size, what));
+}
+
+}  // namespace
+
+BulkField OwnedBulk(int field_number, std::string bytes) {
+  auto* owned = new std::string(std::move(bytes));
+  return BulkField{field_number, owned->data(), owned->size(),
+                   [](void* p) { delete static_cast<std::string*>(p); }, owned};
+}
+
+grpc::ByteBuffer EncodeWithBulk(const google::protobuf::MessageLite& header,
+                                const std::vector<BulkField>& bulk) {
+  std::string small;
+  header.AppendToString(&small);
+  std::vector<grpc::Slice> slices;
+  for (const BulkField& f : bulk) {
+    AppendVarint((static_cast<uint64_t>(f.field_number) << 3) | 2, &small);
+    AppendVarint(f.size, &small);
+    if (f.size == 0) {
+      if (f.release != nullptr) f.release(f.release_arg);
+      continue;
+    }
+    slices.emplace_back(small);  // copies the (small) bytes so far
+    small.clear();
+    if (f.release != nullptr) {
+      slices.emplace_back(const_cast<void*>(f.data), f.size, f.release, f.release_arg);
+    } else {
+      slices.emplace_back(f.data, f.size, grpc::Slice::STATIC_SLICE);
+    }
+  }
+  if (!small.empty()) slices.emplace_back(small);
+  return grpc::ByteBuffer(slices.data(), slices.size());
+}
+
+absl::Status DecodeWithBulk(const grpc::ByteBuffer& bytes, google::protobuf::MessageLite* header,
+                            int bulk_field_number, const BulkSink& sink) {
+  std::vector<grpc::Slice> slices;
+  const size_t total = bytes.Length();
+  if (total > 0 && !bytes.Dump(&slices).ok()) return Malformed(*header, total, "unreadable");
+  SliceReader r(std::move(slices));
+  std::string small;
+  bool saw_bulk = false;
+  while (!r.done()) {
+    uint64_t tag;
+    if (!r.ReadVarint(&tag) || tag >> 3 == 0) return Malformed(*header, total, "bad field tag");
+    const int field = static_cast<int>(tag >> 3);
+    const int wire_type = static_cast<int>(tag & 7);
+    if (field == bulk_field_number) {
+      uint64_t len;
+      if (wire_type != 2 || !r.ReadVarint(&len) || len > total) {
+        return Malformed(*header, total, "bad bulk field");
+      }
+      if (saw_bulk) return Malformed(*header, total, "bulk field repeated");
+      saw_bulk = true;
+      char* dest = nullptr;
+      if (absl::Status s = sink(static_cast<size_t>(len), &dest); !s.ok()) return s;
+      if (!r.Read(static_cast<size_t>(len), dest)) return Malformed(*header, total, "truncated");
+      continue;
+    }
+    AppendVarint(tag, &small);
+    uint64_t v;
+    switch (wire_type) {
+      case 0:
+        if (!r.ReadVarint(&v)) return Malformed(*header, total, "truncated varint");
+        AppendVarint(v, &small);
+        break;
+      case 1:
+      case 5: {
+        const size_t n = wire_type == 1 ? 8 : 4;
+        const size_t at = small.size();
+        small.resize(at + n);
+        if (!r.Read(n, small.data() + at)) return Malformed(*header, total, "truncated");
+        break;
+      }
+      case 2: {
+        if (!r.ReadVarint(&v) || v > total) return Malformed(*header, total, "bad length");
+        AppendVarint(v, &small);
+        const size_t at = small.size();
+        small.resize(at + v);
+        if (!r.Read(static_cast<size_t>(v), small.data() + at)) {
+          return Malformed(*header, total, "truncated");
+        }
+        break;
+      }
+      default:
+        return Malformed(*header, total, "unsupported wire type");
+    }
+  }
+  if (!header->ParseFromString(small)) return Malformed(*header, total, "bad small fields");
+  if (!saw_bulk) {
+    char* dest = nullptr;
+    return sink(0, &dest);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace tessera

@@ -1,0 +1,59 @@
+// Protobuf messages with large `bytes` fields, encoded and decoded without protobuf copies.
+//
+// A message on the wire is the concatenation of its fields in any order, so a message can be
+// sent as: its small fields (serialized by protobuf, bulk fields left empty) followed by each
+// bulk field as tag, length and a grpc::Slice that points at the data. Decoding walks the
+// top-level fields across the ByteBuffer's slices, hands small fields to protobuf and copies a
+// bulk field once, straight to where the caller wants it. The bytes are valid protobuf either
+// way: a peer using plain generated code reads and writes the same messages.
+#ifndef TESSERA_COMMON_BULK_CODEC_H_
+#define TESSERA_COMMON_BULK_CODEC_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/support/byte_buffer.h>
+
+#include "absl/status/status.h"
+
+namespace google::protobuf {
+class MessageLite;
+}  // namespace google::protobuf
+
+namespace tessera {
+
+// One bulk field to append: `size` bytes at `data`, which gRPC reads in place. `release(arg)`
+// runs exactly once when gRPC no longer needs the bytes (possibly after the call completed);
+// until then they must stay valid and unchanged.
+struct BulkField {
+  int field_number = 0;
+  const void* data = nullptr;
+  size_t size = 0;
+  void (*release)(void* arg) = nullptr;
+  void* release_arg = nullptr;
+};
+
+// A bulk field that owns its bytes (freed on release).
+BulkField OwnedBulk(int field_number, std::string bytes);
+
+// header's serialization followed by the bulk fields.
+grpc::ByteBuffer EncodeWithBulk(const google::protobuf::MessageLite& header,
+                                const std::vector<BulkField>& bulk);
+
+// Where a decoded bulk field goes: given its length in bytes, returns the destination (which
+// must have room for that many bytes) or an error to reject the message.
+using BulkSink = std::function<absl::Status(size_t size, char** dest)>;
+
+// Parses `bytes` into `header`, except field `bulk_field_number` (a length-delimited field),
+// whose contents go to `sink`. A message without the bulk field calls sink(0). Errors:
+// INVALID_ARGUMENT (or DATA_LOSS on the client side, chosen by the caller) for malformed bytes.
+absl::Status DecodeWithBulk(const grpc::ByteBuffer& bytes, google::protobuf::MessageLite* header,
+                            int bulk_field_number, const BulkSink& sink);
+
+}  // namespace tessera
+
+#endif  // TESSERA_COMMON_BULK_CODEC_H_

@@ -1,0 +1,42 @@
+// Subcommands of the `tessera` CLI. Each parses nothing itself: tessera_main.cc reads the flags
+// once and passes them down.
+#ifndef TESSERA_TOOLS_COMMANDS_H_
+#define TESSERA_TOOLS_COMMANDS_H_
+
+#include <string>
+#include <vector>
+
+#include "common/table_config.h"
+
+namespace tessera {
+
+struct LocalCommandOptions {
+  int num_servers = 2;
+  int threads = 4;
+  int epochs = 3;
+  int batch_size = 512;
+  uint64_t features = 20000;
+  uint64_t train_samples = 400000;
+  std::string device = "auto";  // auto | cpu | gpu
+  OptimizerConfig optimizer = {.kind = OptimizerKind::kAdagrad, .learning_rate = 0.1f};
+  std::string log_dir;  // empty: a fresh directory under /tmp
+};
+int RunLocal(const LocalCommandOptions& options);
+
+struct BenchCommandOptions {
+  std::vector<std::string> connect;  // existing servers; empty: start num_servers locally
+  int num_servers = 1;
+  bool json = false;
+  double seconds_per_workload = 3;
+  uint64_t dense_bytes = 4 << 20;
+  uint64_t sparse_keys = 100000;
+  uint32_t sparse_dim = 16;
+  int channels = 4;
+  uint64_t chunk_bytes = 512 << 10;
+  bool iperf3 = true;  // measure the loopback baseline with iperf3 when it is installed
+};
+int RunBench(const BenchCommandOptions& options);
+
+}  // namespace tessera
+
+#endif  // TESSERA_TOOLS_COMMANDS_H_

@@ -1,0 +1,97 @@
+// tessera: the command-line tool. `tessera local` runs a whole cluster and a training demo on
+// this machine; `tessera bench` measures a cluster.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_split.h"
+#include "common/malloc_tuning.h"
+#include "tools/commands.h"
+
+// tessera local
+ABSL_FLAG(int, servers, 2, "local: number of tessera-server processes to start.");
+ABSL_FLAG(int, threads, 4, "local: worker threads training concurrently.");
+ABSL_FLAG(int, epochs, 3, "local: passes over the training data.");
+ABSL_FLAG(int, batch_size, 512, "local: samples per training step.");
+ABSL_FLAG(uint64_t, features, 20000, "local: features of the synthetic problem.");
+ABSL_FLAG(uint64_t, train_samples, 400000, "local: training samples.");
+ABSL_FLAG(std::string, device, "auto", "local: forward/backward on 'cpu', 'gpu' or 'auto'.");
+ABSL_FLAG(std::string, optimizer, "adagrad", "local: sgd, momentum, adagrad, adam or ftrl.");
+ABSL_FLAG(float, learning_rate, 0.1f, "local: the optimizer's learning rate.");
+ABSL_FLAG(std::string, log_dir, "", "local: where server logs go (default: a new /tmp dir).");
+// tessera bench
+ABSL_FLAG(std::string, connect, "",
+          "bench: comma-separated host:port of running servers, in shard order; empty starts "
+          "--bench_servers local servers.");
+ABSL_FLAG(int, bench_servers, 1, "bench: servers to start when --connect is empty.");
+ABSL_FLAG(bool, json, false, "bench: print one JSON object per workload.");
+ABSL_FLAG(double, seconds, 3.0, "bench: measuring time per workload.");
+ABSL_FLAG(uint64_t, dense_bytes, 4 << 20, "bench: size of the dense tensor.");
+ABSL_FLAG(uint64_t, sparse_keys, 100000, "bench: keys per sparse pull/push.");
+ABSL_FLAG(uint32_t, sparse_dim, 16, "bench: floats per sparse row.");
+ABSL_FLAG(int, channels, 4, "bench: client channels (TCP connections) per server.");
+ABSL_FLAG(uint64_t, chunk_bytes, 512 << 10, "bench: client chunk size.");
+ABSL_FLAG(bool, iperf3, true, "bench: also measure loopback with iperf3 as a baseline.");
+
+namespace {
+
+constexpr char kUsage[] = R"(tessera <command> [flags]
+
+Commands:
+  local   start a local cluster, train sparse logistic regression on synthetic data with a
+          planted model, print progress, a summary and server metrics, then shut down
+  bench   measure dense push+pull and sparse pull/push throughput (--json for machines)
+
+Run 'tessera --helpfull' for every flag.)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  tessera::TuneMallocForLargeBuffers();
+  absl::SetProgramUsageMessage(kUsage);
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() != 2) {
+    std::fprintf(stderr, "%s\n", kUsage);
+    return 2;
+  }
+  const std::string command = args[1];
+  if (command == "local") {
+    tessera::LocalCommandOptions o;
+    o.num_servers = absl::GetFlag(FLAGS_servers);
+    o.threads = absl::GetFlag(FLAGS_threads);
+    o.epochs = absl::GetFlag(FLAGS_epochs);
+    o.batch_size = absl::GetFlag(FLAGS_batch_size);
+    o.features = absl::GetFlag(FLAGS_features);
+    o.train_samples = absl::GetFlag(FLAGS_train_samples);
+    o.device = absl::GetFlag(FLAGS_device);
+    absl::StatusOr<tessera::OptimizerKind> kind =
+        tessera::ParseOptimizerKind(absl::GetFlag(FLAGS_optimizer));
+    if (!kind.ok()) {
+      std::fprintf(stderr, "tessera local: %s\n", std::string(kind.status().message()).c_str());
+      return 2;
+    }
+    o.optimizer = {.kind = *kind, .learning_rate = absl::GetFlag(FLAGS_learning_rate)};
+    o.log_dir = absl::GetFlag(FLAGS_log_dir);
+    return tessera::RunLocal(o);
+  }
+  if (command == "bench") {
+    tessera::BenchCommandOptions o;
+    const std::string connect = absl::GetFlag(FLAGS_connect);
+    if (!connect.empty()) o.connect = absl::StrSplit(connect, ',', absl::SkipEmpty());
+    o.num_servers = absl::GetFlag(FLAGS_bench_servers);
+    o.json = absl::GetFlag(FLAGS_json);
+    o.seconds_per_workload = absl::GetFlag(FLAGS_seconds);
+    o.dense_bytes = absl::GetFlag(FLAGS_dense_bytes);
+    o.sparse_keys = absl::GetFlag(FLAGS_sparse_keys);
+    o.sparse_dim = absl::GetFlag(FLAGS_sparse_dim);
+    o.channels = absl::GetFlag(FLAGS_channels);
+    o.chunk_bytes = absl::GetFlag(FLAGS_chunk_bytes);
+    o.iperf3 = absl::GetFlag(FLAGS_iperf3);
+    return tessera::RunBench(o);
+  }
+  std::fprintf(stderr, "tessera: unknown command '%s'\n\n%s\n", command.c_str(), kUsage);
+  return 2;
+}
