@@ -13,7 +13,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_format.h"
 #include "common/logging.h"
-#include "common/malloc_tuning.h"
+#include "common/process_setup.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, address, "127.0.0.1", "Address to serve gRPC on.");
@@ -38,7 +38,7 @@ ABSL_FLAG(uint32_t, testing_push_delay_ms, 0,
           "TESTING ONLY: hold every push this long before applying it.");
 
 int main(int argc, char** argv) {
-  tessera::TuneMallocForLargeBuffers();
+  tessera::SetUpProcess();
   absl::SetProgramUsageMessage("tessera-server: a Tessera parameter server shard");
   absl::ParseCommandLine(argc, argv);
 

@@ -13,10 +13,10 @@ namespace tessera {
 struct LocalCommandOptions {
   int num_servers = 2;
   int threads = 4;
-  int epochs = 3;
+  int epochs = 2;
   int batch_size = 512;
   uint64_t features = 20000;
-  uint64_t train_samples = 400000;
+  uint64_t train_samples = 2000000;
   std::string device = "auto";  // auto | cpu | gpu
   OptimizerConfig optimizer = {.kind = OptimizerKind::kAdagrad, .learning_rate = 0.1f};
   std::string log_dir;  // empty: a fresh directory under /tmp

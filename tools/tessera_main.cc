@@ -8,16 +8,16 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_split.h"
-#include "common/malloc_tuning.h"
+#include "common/process_setup.h"
 #include "tools/commands.h"
 
 // tessera local
 ABSL_FLAG(int, servers, 2, "local: number of tessera-server processes to start.");
 ABSL_FLAG(int, threads, 4, "local: worker threads training concurrently.");
-ABSL_FLAG(int, epochs, 3, "local: passes over the training data.");
+ABSL_FLAG(int, epochs, 2, "local: passes over the training data.");
 ABSL_FLAG(int, batch_size, 512, "local: samples per training step.");
 ABSL_FLAG(uint64_t, features, 20000, "local: features of the synthetic problem.");
-ABSL_FLAG(uint64_t, train_samples, 400000, "local: training samples.");
+ABSL_FLAG(uint64_t, train_samples, 2000000, "local: training samples.");
 ABSL_FLAG(std::string, device, "auto", "local: forward/backward on 'cpu', 'gpu' or 'auto'.");
 ABSL_FLAG(std::string, optimizer, "adagrad", "local: sgd, momentum, adagrad, adam or ftrl.");
 ABSL_FLAG(float, learning_rate, 0.1f, "local: the optimizer's learning rate.");
@@ -50,7 +50,7 @@ Run 'tessera --helpfull' for every flag.)";
 }  // namespace
 
 int main(int argc, char** argv) {
-  tessera::TuneMallocForLargeBuffers();
+  tessera::SetUpProcess();
   absl::SetProgramUsageMessage(kUsage);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() != 2) {

@@ -1,0 +1,16 @@
+#ifndef TESSERA_COMMON_PROCESS_SETUP_H_
+#define TESSERA_COMMON_PROCESS_SETUP_H_
+
+namespace tessera {
+
+// Process-wide settings every Tessera daemon, tool and benchmark applies first thing in main():
+// - glibc malloc keeps large freed buffers instead of returning them to the kernel and faulting
+//   them back in on the next request (on this class of VM that costs more than gRPC itself; see
+//   docs/design.md, "Performance");
+// - Abseil's mutex deadlock detection is off (Debian builds Abseil with it on; it costs a
+//   graph lookup on every lock).
+void SetUpProcess();
+
+}  // namespace tessera
+
+#endif  // TESSERA_COMMON_PROCESS_SETUP_H_

@@ -1,0 +1,66 @@
+// End to end through the `tessera` binary: the demo trains to within 2 points of the planted
+// model, and the benchmark prints one JSON object per workload.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "absl/strings/str_split.h"
+
+namespace {
+
+// Runs `command`, returns (exit code, stdout).
+std::pair<int, std::string> Run(const std::string& command) {
+  FILE* p = popen(command.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+TEST_CASE("tessera local trains to within 2 points of the planted model", "[cli]") {
+  auto [code, out] = Run(std::string(TESSERA_CLI_BINARY) +
+                         " local --servers=3 --threads=3 --train_samples=600000 --epochs=2");
+  INFO(out);
+  CHECK(code == 0);
+  CHECK(out.find("within 2 points") != std::string::npos);
+  CHECK(out.find("NOT within") == std::string::npos);
+  CHECK(out.find("all drained and exited cleanly") != std::string::npos);
+  CHECK(out.find("server 2 (127.0.0.1:") != std::string::npos);  // metrics of every server
+}
+
+TEST_CASE("tessera bench --json prints one object per workload", "[cli]") {
+  auto [code, out] = Run(std::string(TESSERA_CLI_BINARY) +
+                         " bench --json --seconds=0.3 --sparse_keys=20000 --iperf3=false");
+  INFO(out);
+  REQUIRE(code == 0);
+  std::vector<std::string> lines = absl::StrSplit(out, '\n', absl::SkipEmpty());
+  REQUIRE(lines.size() == 3);
+  for (const std::string& line : lines) {
+    CHECK(line.front() == '{');
+    CHECK(line.back() == '}');
+    for (const char* key : {"\"workload\":", "\"value\":", "\"unit\":"}) {
+      CHECK(line.find(key) != std::string::npos);
+    }
+  }
+  CHECK(lines[0].find("dense_push_pull_4096KiB") != std::string::npos);
+  CHECK(lines[1].find("sparse_pull_20000x16") != std::string::npos);
+  CHECK(lines[2].find("sparse_push_adagrad_20000x16") != std::string::npos);
+}
+
+TEST_CASE("tessera rejects unknown commands and bad flags clearly", "[cli]") {
+  auto [code, out] = Run(std::string(TESSERA_CLI_BINARY) + " frobnicate 2>&1");
+  CHECK(code == 2);
+  CHECK(out.find("unknown command 'frobnicate'") != std::string::npos);
+  auto [code2, out2] = Run(std::string(TESSERA_CLI_BINARY) + " local --optimizer=rmsprop 2>&1");
+  CHECK(code2 == 2);
+  CHECK(out2.find("unknown optimizer 'rmsprop'") != std::string::npos);
+}
+
+}  // namespace

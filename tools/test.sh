@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One command on a fresh Debian 12 machine: installs the packages, builds, and runs every test
+# (unit tests, multi-process tests with real tessera-server processes, CLI end-to-end tests).
+# GPU tests report "Skipped" with the reason when no CUDA device is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/setup.sh
+tools/build.sh
+jobs=$(nproc 2>/dev/null || echo 2)
+status=0
+ctest --test-dir build -j "$jobs" --output-on-failure --timeout 600 || status=$?
+# Skipped tests say why (e.g. no CUDA device); show it rather than a bare "Skipped".
+log=build/Testing/Temporary/LastTest.log
+if [ -f "$log" ] && grep -q '^SKIPPED:' "$log"; then
+  echo "Why tests were skipped:"
+  grep '^SKIPPED:' "$log" | sed 's/^/  /'
+fi
+exit $status
