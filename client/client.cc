@@ -2,9 +2,9 @@
 // client_data.cc.
 #include "client/client.h"
 
-#include <random>
-
 #include <grpcpp/grpcpp.h>
+
+#include <random>
 
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
@@ -68,9 +68,9 @@ void Client::Impl::WaitForRpcs() {
 }
 
 absl::Status Client::Impl::Annotate(uint32_t shard, const absl::Status& status) const {
-  return absl::Status(status.code(), absl::StrFormat("server %s (shard %u): %s",
-                                                     servers[shard]->address, shard,
-                                                     status.message()));
+  return absl::Status(status.code(),
+                      absl::StrFormat("server %s (shard %u): %s", servers[shard]->address, shard,
+                                      status.message()));
 }
 
 namespace {
@@ -251,9 +251,9 @@ absl::StatusOr<std::vector<TableStatus>> Client::ListTables() {
     }
     for (int i = 0; i < resp.tables_size(); ++i) {
       if (shard > 0 && resp.tables(i).spec().name() != tables[i].config.name) {
-        return absl::FailedPreconditionError(absl::StrFormat(
-            "servers disagree on the set of tables: '%s' vs '%s'", resp.tables(i).spec().name(),
-            tables[i].config.name));
+        return absl::FailedPreconditionError(
+            absl::StrFormat("servers disagree on the set of tables: '%s' vs '%s'",
+                            resp.tables(i).spec().name(), tables[i].config.name));
       }
       if (absl::Status a = AddInfo(resp.tables(i), &tables[i]); !a.ok()) return a;
     }
@@ -285,16 +285,14 @@ absl::Status Client::PullSparse(absl::string_view table, absl::Span<const uint64
 }
 absl::Status Client::PushSparse(absl::string_view table, absl::Span<const uint64_t> keys,
                                 absl::Span<const float> values) {
-  return Blocking(
-      [&](StatusCallback cb) { PushSparseAsync(table, keys, values, std::move(cb)); });
+  return Blocking([&](StatusCallback cb) { PushSparseAsync(table, keys, values, std::move(cb)); });
 }
 absl::Status Client::PullDense(absl::string_view table, uint64_t offset, absl::Span<float> out) {
   return Blocking([&](StatusCallback cb) { PullDenseAsync(table, offset, out, std::move(cb)); });
 }
 absl::Status Client::PushDense(absl::string_view table, uint64_t offset,
                                absl::Span<const float> values) {
-  return Blocking(
-      [&](StatusCallback cb) { PushDenseAsync(table, offset, values, std::move(cb)); });
+  return Blocking([&](StatusCallback cb) { PushDenseAsync(table, offset, values, std::move(cb)); });
 }
 
 }  // namespace tessera

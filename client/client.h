@@ -108,8 +108,7 @@ class Client {
   absl::Status PushSparse(absl::string_view table, absl::Span<const uint64_t> keys,
                           absl::Span<const float> values);
   absl::Status PullDense(absl::string_view table, uint64_t offset, absl::Span<float> out);
-  absl::Status PushDense(absl::string_view table, uint64_t offset,
-                         absl::Span<const float> values);
+  absl::Status PushDense(absl::string_view table, uint64_t offset, absl::Span<const float> values);
 
   uint64_t client_id() const;
   const ShardMap& shard_map() const;

@@ -93,26 +93,26 @@ void Client::PullSparseAsync(absl::string_view table, absl::Span<const uint64_t>
     auto packed = std::make_shared<std::vector<uint64_t>>(n);
     for (size_t j = 0; j < n; ++j) (*packed)[j] = keys[chunk.positions[j]];
     rpc->encode = [header, packed](Rpc& r) {
-      return EncodeWithBulk(*header, {r.Borrow(kPullSparseKeys, packed->data(),
-                                               packed->size() * sizeof(uint64_t))});
+      return EncodeWithBulk(
+          *header, {r.Borrow(kPullSparseKeys, packed->data(), packed->size() * sizeof(uint64_t))});
     };
     rpc->consume = [positions = std::move(chunk.positions), out = out.data(), dim = *dim,
                     table = std::string(table)](const grpc::ByteBuffer& bytes) {
       const size_t row_bytes = size_t{dim} * sizeof(float);
       std::vector<float> values;
       v1::PullSparseResponse resp;
-      absl::Status s = DecodeWithBulk(bytes, &resp, kPullSparseValues,
-                                      [&](size_t size, char** dest) {
-                                        if (size != positions.size() * row_bytes) {
-                                          return absl::DataLossError(absl::StrFormat(
-                                              "table '%s': pull of %u keys of dim %u returned "
-                                              "%u value bytes",
-                                              table, positions.size(), dim, size));
-                                        }
-                                        values.resize(size / sizeof(float));
-                                        *dest = reinterpret_cast<char*>(values.data());
-                                        return absl::OkStatus();
-                                      });
+      absl::Status s =
+          DecodeWithBulk(bytes, &resp, kPullSparseValues, [&](size_t size, char** dest) {
+            if (size != positions.size() * row_bytes) {
+              return absl::DataLossError(
+                  absl::StrFormat("table '%s': pull of %u keys of dim %u returned "
+                                  "%u value bytes",
+                                  table, positions.size(), dim, size));
+            }
+            values.resize(size / sizeof(float));
+            *dest = reinterpret_cast<char*>(values.data());
+            return absl::OkStatus();
+          });
       if (!s.ok()) return AsDataLoss(s);
       for (size_t j = 0; j < positions.size(); ++j) {
         std::memcpy(out + size_t{positions[j]} * dim, values.data() + j * dim, row_bytes);
@@ -154,11 +154,10 @@ void Client::PushSparseAsync(absl::string_view table, absl::Span<const uint64_t>
     }
     rpc->encode = [header, packed_keys, packed_values](Rpc& r) {
       SetPushId(r, header->mutable_id());
-      return EncodeWithBulk(
-          *header, {r.Borrow(kPushSparseKeys, packed_keys->data(),
-                             packed_keys->size() * sizeof(uint64_t)),
-                    r.Borrow(kPushSparseValues, packed_values->data(),
-                             packed_values->size() * sizeof(float))});
+      return EncodeWithBulk(*header, {r.Borrow(kPushSparseKeys, packed_keys->data(),
+                                               packed_keys->size() * sizeof(uint64_t)),
+                                      r.Borrow(kPushSparseValues, packed_values->data(),
+                                               packed_values->size() * sizeof(float))});
     };
     rpc->consume = ConsumePush(impl_.get());
     rpc->Start();
@@ -185,70 +184,69 @@ absl::StatusOr<std::vector<DenseChunk>> DenseChunks(const ClientOptions& o, cons
                                           std::max<size_t>(1, o.chunk_bytes / sizeof(float)));
 }
 
-}  // namespace
-
-void Client::PullDenseAsync(absl::string_view table, uint64_t offset, absl::Span<float> out,
-                            StatusCallback done) {
-  if (out.empty()) return done(absl::OkStatus());
-  absl::StatusOr<TableConfig> config = impl_->GetTable(table);
+// Splits a dense call on [offset, offset + size) into one RPC per chunk; setup(rpc, header,
+// chunk) attaches each one's encoding and response handling before it starts.
+template <typename Header, typename SetupFn>
+void StartDense(Client::Impl* impl, absl::string_view table, uint64_t offset, size_t size,
+                const char* method, bool push, StatusCallback done, SetupFn&& setup) {
+  if (size == 0) return done(absl::OkStatus());
+  absl::StatusOr<TableConfig> config = impl->GetTable(table);
   if (!config.ok()) return done(config.status());
   absl::StatusOr<std::vector<DenseChunk>> chunks =
-      DenseChunks(impl_->options, impl_->map, *config, offset, out.size());
+      DenseChunks(impl->options, impl->map, *config, offset, size);
   if (!chunks.ok()) return done(chunks.status());
   auto op = std::make_shared<OpTracker>(chunks->size(), std::move(done));
   for (const DenseChunk& chunk : *chunks) {
-    auto* rpc = new Rpc(impl_.get(), chunk.shard, "PullDense", /*push=*/false, op);
-    auto header = std::make_shared<v1::PullDenseRequest>();
-    impl_->FillHeader(header->mutable_header());
+    auto* rpc = new Rpc(impl, chunk.shard, method, push, op);
+    auto header = std::make_shared<Header>();
+    impl->FillHeader(header->mutable_header());
     header->set_table(std::string(table));
     header->set_dtype(v1::DTYPE_FLOAT32);
     header->set_offset(chunk.offset);
     header->set_count(chunk.count);
-    rpc->encode = [header](Rpc&) { return EncodeWithBulk(*header, {}); };
-    // The values land directly in the caller's buffer.
-    rpc->consume = [dst = reinterpret_cast<char*>(out.data() + (chunk.offset - offset)),
-                    count = chunk.count, table = std::string(table)](const grpc::ByteBuffer& b) {
-      v1::PullDenseResponse resp;
-      return AsDataLoss(DecodeWithBulk(b, &resp, kPullDenseValues, [&](size_t size, char** d) {
-        if (size != count * sizeof(float)) {
-          return absl::DataLossError(absl::StrFormat(
-              "table '%s': pull of %u elements returned %u value bytes", table, count, size));
-        }
-        *d = dst;
-        return absl::OkStatus();
-      }));
-    };
+    setup(*rpc, std::move(header), chunk);
     rpc->Start();
   }
 }
 
+}  // namespace
+
+void Client::PullDenseAsync(absl::string_view table, uint64_t offset, absl::Span<float> out,
+                            StatusCallback done) {
+  StartDense<v1::PullDenseRequest>(
+      impl_.get(), table, offset, out.size(), "PullDense", /*push=*/false, std::move(done),
+      [&](Rpc& rpc, std::shared_ptr<v1::PullDenseRequest> header, const DenseChunk& chunk) {
+        rpc.encode = [header](Rpc&) { return EncodeWithBulk(*header, {}); };
+        // The values land directly in the caller's buffer.
+        rpc.consume = [dst = reinterpret_cast<char*>(out.data() + (chunk.offset - offset)),
+                       count = chunk.count, table = std::string(table)](const grpc::ByteBuffer& b) {
+          v1::PullDenseResponse resp;
+          return AsDataLoss(DecodeWithBulk(b, &resp, kPullDenseValues, [&](size_t size, char** d) {
+            if (size != count * sizeof(float)) {
+              return absl::DataLossError(absl::StrFormat(
+                  "table '%s': pull of %u elements returned %u value bytes", table, count, size));
+            }
+            *d = dst;
+            return absl::OkStatus();
+          }));
+        };
+      });
+}
+
 void Client::PushDenseAsync(absl::string_view table, uint64_t offset,
                             absl::Span<const float> values, StatusCallback done) {
-  if (values.empty()) return done(absl::OkStatus());
-  absl::StatusOr<TableConfig> config = impl_->GetTable(table);
-  if (!config.ok()) return done(config.status());
-  absl::StatusOr<std::vector<DenseChunk>> chunks =
-      DenseChunks(impl_->options, impl_->map, *config, offset, values.size());
-  if (!chunks.ok()) return done(chunks.status());
-  auto op = std::make_shared<OpTracker>(chunks->size(), std::move(done));
-  for (const DenseChunk& chunk : *chunks) {
-    auto* rpc = new Rpc(impl_.get(), chunk.shard, "PushDense", /*push=*/true, op);
-    auto header = std::make_shared<v1::PushDenseRequest>();
-    impl_->FillHeader(header->mutable_header());
-    header->set_table(std::string(table));
-    header->set_dtype(v1::DTYPE_FLOAT32);
-    header->set_offset(chunk.offset);
-    header->set_count(chunk.count);
-    // Sent straight from the caller's buffer (zero copy): the call completes only after gRPC
-    // released it.
-    const float* data = values.data() + (chunk.offset - offset);
-    rpc->encode = [header, data, count = chunk.count](Rpc& r) {
-      SetPushId(r, header->mutable_id());
-      return EncodeWithBulk(*header, {r.Borrow(kPushDenseValues, data, count * sizeof(float))});
-    };
-    rpc->consume = ConsumePush(impl_.get());
-    rpc->Start();
-  }
+  StartDense<v1::PushDenseRequest>(
+      impl_.get(), table, offset, values.size(), "PushDense", /*push=*/true, std::move(done),
+      [&](Rpc& rpc, std::shared_ptr<v1::PushDenseRequest> header, const DenseChunk& chunk) {
+        // Sent straight from the caller's buffer (zero copy): the call completes only after
+        // gRPC released it.
+        const float* data = values.data() + (chunk.offset - offset);
+        rpc.encode = [header, data, count = chunk.count](Rpc& r) {
+          SetPushId(r, header->mutable_id());
+          return EncodeWithBulk(*header, {r.Borrow(kPushDenseValues, data, count * sizeof(float))});
+        };
+        rpc.consume = ConsumePush(rpc.impl());
+      });
 }
 
 }  // namespace tessera

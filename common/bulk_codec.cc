@@ -1,8 +1,8 @@
 #include "common/bulk_codec.h"
 
-#include <cstring>
-
 #include <google/protobuf/message_lite.h>
+
+#include <cstring>
 
 #include "absl/strings/str_format.h"
 
@@ -77,8 +77,8 @@ class SliceReader {
 };
 
 absl::Status Malformed(const google::protobuf::MessageLite& m, size_t size, const char* what) {
-  return absl::InvalidArgumentError(absl::StrFormat(
-      "malformed %s (%u bytes): %s", m.GetTypeName(), size, what));
+  return absl::InvalidArgumentError(
+      absl::StrFormat("malformed %s (%u bytes): %s", m.GetTypeName(), size, what));
 }
 
 }  // namespace

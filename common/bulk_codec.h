@@ -9,14 +9,14 @@
 #ifndef TESSERA_COMMON_BULK_CODEC_H_
 #define TESSERA_COMMON_BULK_CODEC_H_
 
+#include <grpcpp/support/byte_buffer.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <grpcpp/support/byte_buffer.h>
 
 #include "absl/status/status.h"
 

@@ -23,15 +23,17 @@ void SetLogTag(absl::string_view tag) {
 }
 
 void LogLine(LogSeverity severity, absl::string_view message) {
-  const char sev = severity == LogSeverity::kInfo ? 'I' : severity == LogSeverity::kWarning ? 'W' : 'E';
+  const char sev = severity == LogSeverity::kInfo      ? 'I'
+                   : severity == LogSeverity::kWarning ? 'W'
+                                                       : 'E';
   std::string tag;
   {
     absl::MutexLock lock(&tag_mu);
     tag = Tag();
   }
   std::string line = absl::StrFormat(
-      "%c%s %s] %s\n", sev,
-      absl::FormatTime("%H:%M:%E3S", absl::Now(), absl::LocalTimeZone()), tag, message);
+      "%c%s %s] %s\n", sev, absl::FormatTime("%H:%M:%E3S", absl::Now(), absl::LocalTimeZone()), tag,
+      message);
   const char* p = line.data();
   size_t left = line.size();
   while (left > 0) {

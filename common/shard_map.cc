@@ -9,8 +9,8 @@ absl::StatusOr<ShardMap> ShardMap::Uniform(uint64_t epoch, uint32_t num_shards,
                                            uint32_t num_vshards) {
   if (num_shards == 0 || num_vshards == 0 || num_shards > num_vshards) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "shard map needs 1 <= num_shards <= num_vshards, got %u shards and %u vshards",
-        num_shards, num_vshards));
+        "shard map needs 1 <= num_shards <= num_vshards, got %u shards and %u vshards", num_shards,
+        num_vshards));
   }
   std::vector<uint32_t> owner(num_vshards);
   for (uint32_t v = 0; v < num_vshards; ++v) {

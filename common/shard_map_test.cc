@@ -1,10 +1,9 @@
 #include "common/shard_map.h"
 
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <map>
 #include <vector>
-
-#include <catch2/catch.hpp>
 
 namespace tessera {
 namespace {

@@ -58,11 +58,16 @@ std::vector<FieldDefault> OptimizerDefaults(OptimizerKind kind) {
     case OptimizerKind::kAdagrad:
       return {{&O::learning_rate, 0.01f}, {&O::epsilon, 1e-10f}, {&O::initial_accumulator, 0.0f}};
     case OptimizerKind::kAdam:
-      return {{&O::learning_rate, 0.001f}, {&O::beta1, 0.9f}, {&O::beta2, 0.999f},
+      return {{&O::learning_rate, 0.001f},
+              {&O::beta1, 0.9f},
+              {&O::beta2, 0.999f},
               {&O::epsilon, 1e-8f}};
     case OptimizerKind::kFtrl:
-      return {{&O::learning_rate, 0.05f}, {&O::initial_accumulator, 0.0f}, {&O::l1, 0.0f},
-              {&O::l2, 0.0f}, {&O::ftrl_beta, 1.0f}};
+      return {{&O::learning_rate, 0.05f},
+              {&O::initial_accumulator, 0.0f},
+              {&O::l1, 0.0f},
+              {&O::l2, 0.0f},
+              {&O::ftrl_beta, 1.0f}};
     case OptimizerKind::kAdd:
     case OptimizerKind::kAssign:
       return {};
@@ -91,9 +96,9 @@ absl::Status ResolveOptimizer(TableConfig& c) {
     const bool ok = std::isfinite(v) && (f.lo_open ? v > f.lo : v >= f.lo) &&
                     (f.hi_open ? v < f.hi : v <= f.hi);
     if (!ok) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "table '%s': optimizer.%s = %g is out of range %c%g, %g%c", c.name, f.name, v,
-          f.lo_open ? '(' : '[', f.lo, f.hi, f.hi_open ? ')' : ']'));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("table '%s': optimizer.%s = %g is out of range %c%g, %g%c", c.name,
+                          f.name, v, f.lo_open ? '(' : '[', f.lo, f.hi, f.hi_open ? ')' : ']'));
     }
   }
   return absl::OkStatus();
@@ -104,9 +109,11 @@ absl::Status ResolveInitializer(TableConfig& c) {
   const bool uniform = i.kind == InitializerKind::kUniform;
   const bool normal = i.kind == InitializerKind::kNormal;
   if ((!uniform && (i.low || i.high)) || (!normal && (i.mean || i.stddev))) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "table '%s': initializer %s takes %s", c.name, InitializerKindName(i.kind),
-        uniform ? "only low and high" : normal ? "only mean and stddev" : "no parameters"));
+    return absl::InvalidArgumentError(absl::StrFormat("table '%s': initializer %s takes %s", c.name,
+                                                      InitializerKindName(i.kind),
+                                                      uniform  ? "only low and high"
+                                                      : normal ? "only mean and stddev"
+                                                               : "no parameters"));
   }
   switch (i.kind) {
     case InitializerKind::kZeros:
@@ -115,9 +122,9 @@ absl::Status ResolveInitializer(TableConfig& c) {
       SetDefault(i.low, -0.01f);
       SetDefault(i.high, 0.01f);
       if (!std::isfinite(*i.low) || !std::isfinite(*i.high) || !(*i.low < *i.high)) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "table '%s': uniform initializer needs finite low < high, got [%g, %g)", c.name,
-            *i.low, *i.high));
+        return absl::InvalidArgumentError(
+            absl::StrFormat("table '%s': uniform initializer needs finite low < high, got [%g, %g)",
+                            c.name, *i.low, *i.high));
       }
       break;
     case InitializerKind::kNormal:
@@ -138,9 +145,9 @@ absl::Status ResolveInitializer(TableConfig& c) {
 absl::StatusOr<TableConfig> ResolveTableConfig(const TableConfig& config) {
   TableConfig c = config;
   if (!ValidName(c.name)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "table name '%s' is invalid: use 1 to %d characters from [A-Za-z0-9_.-]", c.name,
-        kMaxTableNameLength));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("table name '%s' is invalid: use 1 to %d characters from [A-Za-z0-9_.-]",
+                        c.name, kMaxTableNameLength));
   }
   if (c.kind == TableKind::kSparse) {
     if (c.dim == 0 || c.dim > kMaxSparseDim) {
@@ -200,9 +207,9 @@ constexpr struct {
   OptimizerKind kind;
   absl::string_view name;
 } kOptimizerNames[] = {
-    {OptimizerKind::kSgd, "sgd"},   {OptimizerKind::kMomentum, "momentum"},
+    {OptimizerKind::kSgd, "sgd"},         {OptimizerKind::kMomentum, "momentum"},
     {OptimizerKind::kAdagrad, "adagrad"}, {OptimizerKind::kAdam, "adam"},
-    {OptimizerKind::kFtrl, "ftrl"}, {OptimizerKind::kAdd, "add"},
+    {OptimizerKind::kFtrl, "ftrl"},       {OptimizerKind::kAdd, "add"},
     {OptimizerKind::kAssign, "assign"},
 };
 constexpr struct {

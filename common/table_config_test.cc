@@ -71,9 +71,9 @@ TEST_CASE("table configs survive the wire", "[table_config]") {
 }
 
 TEST_CASE("optimizer names parse both ways", "[table_config]") {
-  for (auto k : {OptimizerKind::kSgd, OptimizerKind::kMomentum, OptimizerKind::kAdagrad,
-                 OptimizerKind::kAdam, OptimizerKind::kFtrl, OptimizerKind::kAdd,
-                 OptimizerKind::kAssign}) {
+  for (auto k :
+       {OptimizerKind::kSgd, OptimizerKind::kMomentum, OptimizerKind::kAdagrad,
+        OptimizerKind::kAdam, OptimizerKind::kFtrl, OptimizerKind::kAdd, OptimizerKind::kAssign}) {
     CHECK(*ParseOptimizerKind(OptimizerKindName(k)) == k);
   }
   CHECK_FALSE(ParseOptimizerKind("rmsprop").ok());

@@ -56,9 +56,9 @@ absl::StatusOr<TableConfig> TableConfigFromProto(const v1::TableSpec& spec) {
       c.kind = TableKind::kSparse;
       break;
     default:
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "table '%s': kind must be TABLE_KIND_DENSE or TABLE_KIND_SPARSE, got %d", spec.name(),
-          static_cast<int>(spec.kind())));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("table '%s': kind must be TABLE_KIND_DENSE or TABLE_KIND_SPARSE, got %d",
+                          spec.name(), static_cast<int>(spec.kind())));
   }
   c.dim = spec.dim();
   c.dense_size = spec.dense_size();
@@ -67,8 +67,8 @@ absl::StatusOr<TableConfig> TableConfigFromProto(const v1::TableSpec& spec) {
   const v1::OptimizerSpec& o = spec.optimizer();
   const int ok = static_cast<int>(o.kind());
   if (ok < v1::OPTIMIZER_KIND_SGD || ok > v1::OPTIMIZER_KIND_ASSIGN) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "table '%s': optimizer.kind %d is not a known optimizer", spec.name(), ok));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("table '%s': optimizer.kind %d is not a known optimizer", spec.name(), ok));
   }
   c.optimizer.kind = static_cast<OptimizerKind>(ok - 1);
   if (o.has_learning_rate()) c.optimizer.learning_rate = o.learning_rate();

@@ -54,11 +54,13 @@ class DenseTable {
 
  private:
   struct Block {
-    mutable absl::Mutex mu;
+    // Constant after construction.
     uint64_t begin = 0;  // first element
-    // Protected by mu. weights, then num_slots slot vectors, each of the block's length.
+
+    mutable absl::Mutex mu;
+    // Weights, then num_slots slot vectors, each of the block's length.
     std::vector<float> data ABSL_GUARDED_BY(mu);
-    uint64_t step ABSL_GUARDED_BY(mu) = 0;
+    uint64_t step ABSL_GUARDED_BY(mu) = 0;  // Adam's step counter
   };
 
   // Constant after construction.

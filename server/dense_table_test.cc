@@ -1,9 +1,8 @@
 #include "server/dense_table.h"
 
+#include <catch2/catch.hpp>
 #include <numeric>
 #include <vector>
-
-#include <catch2/catch.hpp>
 
 #include "common/hash.h"
 #include "common/shard_map.h"
@@ -13,8 +12,8 @@ namespace tessera {
 namespace {
 
 TableConfig Config(uint64_t size, uint32_t block, OptimizerKind opt = OptimizerKind::kAdd) {
-  TableConfig t{.name = "w", .kind = TableKind::kDense, .dense_size = size,
-                .dense_block_elems = block};
+  TableConfig t{
+      .name = "w", .kind = TableKind::kDense, .dense_size = size, .dense_block_elems = block};
   t.optimizer.kind = opt;
   t.initializer = {.kind = InitializerKind::kUniform, .seed = 5};
   absl::StatusOr<TableConfig> r = ResolveTableConfig(t);

@@ -1,8 +1,8 @@
 #include "server/grpc_service.h"
 
-#include <string>
-
 #include <grpcpp/support/proto_buffer_reader.h>
+
+#include <string>
 
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
@@ -72,8 +72,7 @@ GrpcService::Reactor* GrpcService::Handle(Method method, Ctx* ctx, const Bytes* 
       // Pull responses: the values travel as a slice that owns them, without a protobuf copy.
       std::string values = std::move(*resp.mutable_values());
       resp.clear_values();
-      *response =
-          EncodeWithBulk(resp, {OwnedBulk(Resp::kValuesFieldNumber, std::move(values))});
+      *response = EncodeWithBulk(resp, {OwnedBulk(Resp::kValuesFieldNumber, std::move(values))});
     } else {
       bool own = false;
       if (grpc::Status s = grpc::SerializationTraits<Resp>::Serialize(resp, response, &own);
@@ -93,9 +92,9 @@ GrpcService::Reactor* GrpcService::Handle(Method method, Ctx* ctx, const Bytes* 
   return reactor;
 }
 
-#define TESSERA_RAW_METHOD(Name, ReqT, RespT)                                         \
+#define TESSERA_RAW_METHOD(Name, ReqT, RespT)                                        \
   GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) { \
-    return Handle<ReqT, RespT>(Method::k##Name, ctx, req, resp, &ServerCore::Name);   \
+    return Handle<ReqT, RespT>(Method::k##Name, ctx, req, resp, &ServerCore::Name);  \
   }
 
 TESSERA_RAW_METHOD(CreateTable, v1::CreateTableRequest, v1::CreateTableResponse)

@@ -1,8 +1,7 @@
 #include "server/initializer.h"
 
-#include <cmath>
-
 #include <catch2/catch.hpp>
+#include <cmath>
 
 namespace tessera {
 namespace {

@@ -30,6 +30,8 @@ ABSL_FLAG(uint64_t, max_dense_elems_per_request, uint64_t{16} << 20,
           "Most elements in one dense request.");
 ABSL_FLAG(uint64_t, max_dense_table_bytes, uint64_t{16} << 30,
           "Most bytes one dense table may take on this server.");
+ABSL_FLAG(int64_t, dedup_client_ttl_s, 3600,
+          "Forget the push sequence state of a client silent for this long.");
 ABSL_FLAG(int64_t, drain_timeout_ms, 10000, "On SIGTERM, how long in-flight requests may run.");
 ABSL_FLAG(int, ready_fd, -1, "File descriptor to write the ready line to, then close.");
 ABSL_FLAG(uint32_t, testing_fail_push_after_apply_every, 0,
@@ -65,6 +67,7 @@ int main(int argc, char** argv) {
   core.max_keys_per_request = absl::GetFlag(FLAGS_max_keys_per_request);
   core.max_dense_elems_per_request = absl::GetFlag(FLAGS_max_dense_elems_per_request);
   core.max_dense_table_bytes = absl::GetFlag(FLAGS_max_dense_table_bytes);
+  core.dedup_client_ttl_s = absl::GetFlag(FLAGS_dedup_client_ttl_s);
   core.testing_fail_push_after_apply_every =
       absl::GetFlag(FLAGS_testing_fail_push_after_apply_every);
   core.testing_push_delay_ms = absl::GetFlag(FLAGS_testing_push_delay_ms);

@@ -9,12 +9,23 @@ namespace tessera {
 namespace {
 
 const char* CodeName(grpc::StatusCode code) {
-  static constexpr const char* kNames[] = {
-      "OK",        "CANCELLED",          "UNKNOWN",          "INVALID_ARGUMENT",
-      "DEADLINE_EXCEEDED", "NOT_FOUND",  "ALREADY_EXISTS",   "PERMISSION_DENIED",
-      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-      "UNIMPLEMENTED", "INTERNAL",       "UNAVAILABLE",      "DATA_LOSS",
-      "UNAUTHENTICATED"};
+  static constexpr const char* kNames[] = {"OK",
+                                           "CANCELLED",
+                                           "UNKNOWN",
+                                           "INVALID_ARGUMENT",
+                                           "DEADLINE_EXCEEDED",
+                                           "NOT_FOUND",
+                                           "ALREADY_EXISTS",
+                                           "PERMISSION_DENIED",
+                                           "RESOURCE_EXHAUSTED",
+                                           "FAILED_PRECONDITION",
+                                           "ABORTED",
+                                           "OUT_OF_RANGE",
+                                           "UNIMPLEMENTED",
+                                           "INTERNAL",
+                                           "UNAVAILABLE",
+                                           "DATA_LOSS",
+                                           "UNAUTHENTICATED"};
   const int i = static_cast<int>(code);
   return i >= 0 && i < 17 ? kNames[i] : "UNKNOWN";
 }
@@ -28,9 +39,9 @@ prometheus::ClientMetric GaugeValue(double v) {
 }  // namespace
 
 const char* MethodName(Method m) {
-  static constexpr const char* kNames[kNumMethods] = {
-      "CreateTable", "DropTable", "DescribeTable", "ListTables",
-      "PullSparse",  "PushSparse", "PullDense",    "PushDense"};
+  static constexpr const char* kNames[kNumMethods] = {"CreateTable", "DropTable",  "DescribeTable",
+                                                      "ListTables",  "PullSparse", "PushSparse",
+                                                      "PullDense",   "PushDense"};
   return kNames[static_cast<int>(m)];
 }
 
@@ -102,10 +113,22 @@ void ServerMetrics::Record(Method method, grpc::StatusCode code, double seconds,
 }
 
 std::vector<prometheus::MetricFamily> TableCollector::Collect() const {
-  prometheus::MetricFamily rows{"tessera_table_rows", "Rows (sparse) or elements (dense) held by this server, per table.", prometheus::MetricType::Gauge, {}};
-  prometheus::MetricFamily bytes{"tessera_table_memory_bytes", "Memory for weights and optimizer slots held by this server, per table.", prometheus::MetricType::Gauge, {}};
-  prometheus::MetricFamily tables{"tessera_tables", "Tables on this server.", prometheus::MetricType::Gauge, {}};
-  prometheus::MetricFamily dups{"tessera_server_duplicate_pushes_total", "Pushes acknowledged without being applied because their (client_id, sequence) was applied before.", prometheus::MetricType::Counter, {}};
+  prometheus::MetricFamily rows{"tessera_table_rows",
+                                "Rows (sparse) or elements (dense) held by this server, per table.",
+                                prometheus::MetricType::Gauge,
+                                {}};
+  prometheus::MetricFamily bytes{
+      "tessera_table_memory_bytes",
+      "Memory for weights and optimizer slots held by this server, per table.",
+      prometheus::MetricType::Gauge,
+      {}};
+  prometheus::MetricFamily tables{
+      "tessera_tables", "Tables on this server.", prometheus::MetricType::Gauge, {}};
+  prometheus::MetricFamily dups{"tessera_server_duplicate_pushes_total",
+                                "Pushes acknowledged without being applied because their "
+                                "(client_id, sequence) was applied before.",
+                                prometheus::MetricType::Counter,
+                                {}};
   const std::vector<TableStats> stats = core_->GetTableStats();
   for (const TableStats& t : stats) {
     const std::string kind(TableKindName(t.kind));

@@ -3,11 +3,6 @@
 #ifndef TESSERA_SERVER_METRICS_H_
 #define TESSERA_SERVER_METRICS_H_
 
-#include <array>
-#include <atomic>
-#include <memory>
-#include <vector>
-
 #include <grpcpp/support/status.h>
 #include <prometheus/collectable.h>
 #include <prometheus/counter.h>
@@ -15,6 +10,11 @@
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
+
+#include <array>
+#include <atomic>
+#include <memory>
+#include <vector>
 
 #include "absl/synchronization/mutex.h"
 

@@ -2,9 +2,8 @@
 // formulas in docs/design.md ("Optimizers"): w0 = {1, -0.5}, three steps of gradients.
 #include "server/optimizer.h"
 
-#include <vector>
-
 #include <catch2/catch.hpp>
+#include <vector>
 
 namespace tessera {
 namespace {
@@ -51,32 +50,33 @@ TEST_CASE("Momentum matches the reference", "[optimizer]") {
 }
 
 TEST_CASE("Adagrad matches the reference", "[optimizer]") {
-  OptimizerConfig c{.kind = OptimizerKind::kAdagrad, .learning_rate = 0.1f,
-                    .initial_accumulator = 0.1f};
+  OptimizerConfig c{
+      .kind = OptimizerKind::kAdagrad, .learning_rate = 0.1f, .initial_accumulator = 0.1f};
   // Step 1, coordinate 0: a = 0.1 + 0.25 = 0.35; w = 1 - 0.1 * 0.5 / sqrt(0.35) = 0.9154846.
-  const double expected[3][2] = {{0.915484575, -0.404653741},
-                                 {0.954409522, -0.49321523},
-                                 {0.86248181, -0.498741863}};
+  const double expected[3][2] = {
+      {0.915484575, -0.404653741}, {0.954409522, -0.49321523}, {0.86248181, -0.498741863}};
   CheckTrajectory(Params(c), expected);
 }
 
 TEST_CASE("Adam matches the reference with bias correction", "[optimizer]") {
   OptimizerConfig c{.kind = OptimizerKind::kAdam, .learning_rate = 0.01f};
   // Step 1: m_hat = g, v_hat = g^2, so w moves by lr * sign(g): 0.99 and -0.49.
-  const double expected[3][2] = {{0.99, -0.49},
-                                 {0.98733663, -0.493661035},
-                                 {0.980631624, -0.496843374}};
+  const double expected[3][2] = {
+      {0.99, -0.49}, {0.98733663, -0.493661035}, {0.980631624, -0.496843374}};
   CheckTrajectory(Params(c), expected);
 }
 
 TEST_CASE("FTRL-proximal matches the reference", "[optimizer]") {
-  OptimizerConfig c{.kind = OptimizerKind::kFtrl, .learning_rate = 0.5f,
-                    .initial_accumulator = 0.1f, .l1 = 0.1f, .l2 = 0.2f, .ftrl_beta = 1.0f};
+  OptimizerConfig c{.kind = OptimizerKind::kFtrl,
+                    .learning_rate = 0.5f,
+                    .initial_accumulator = 0.1f,
+                    .l1 = 0.1f,
+                    .l2 = 0.2f,
+                    .ftrl_beta = 1.0f};
   // Step 1, coordinate 0: n = 0.35, sigma = (sqrt(.35) - sqrt(.1)) / .5 = 0.5508,
   // z = 0.5 - 0.5508 * 1 = -0.0508, |z| <= l1 so w = 0.
-  const double expected[3][2] = {{0.0, 0.038956215},
-                                 {0.05761489, -0.229035087},
-                                 {-0.180330705, -0.247626457}};
+  const double expected[3][2] = {
+      {0.0, 0.038956215}, {0.05761489, -0.229035087}, {-0.180330705, -0.247626457}};
   CheckTrajectory(Params(c), expected);
 }
 

@@ -26,7 +26,9 @@ class RowArena {
     return size_++;
   }
 
-  float* Row(uint32_t id) { return blocks_[id / kRowsPerBlock].get() + (id % kRowsPerBlock) * stride_; }
+  float* Row(uint32_t id) {
+    return blocks_[id / kRowsPerBlock].get() + (id % kRowsPerBlock) * stride_;
+  }
 
   uint32_t size() const { return size_; }
   size_t stride() const { return stride_; }

@@ -44,7 +44,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   impl->metrics = std::make_unique<ServerMetrics>(impl->registry.get());
   impl->table_collector = std::make_shared<TableCollector>(impl->core.get());
   if (options.metrics_port >= 0) {
-    const std::string bind = absl::StrFormat("%s:%d", options.metrics_address, options.metrics_port);
+    const std::string bind =
+        absl::StrFormat("%s:%d", options.metrics_address, options.metrics_port);
     try {  // prometheus-cpp reports a failed bind by throwing; convert at this boundary
       impl->exposer = std::make_unique<prometheus::Exposer>(bind, /*num_threads=*/1);
     } catch (const std::exception& e) {

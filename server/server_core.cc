@@ -24,16 +24,16 @@ namespace {
 
 absl::Status CheckDtype(v1::DType dtype, const std::string& table) {
   if (dtype == v1::DTYPE_FLOAT32) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrFormat(
-      "table '%s': unsupported dtype %d (this server supports DTYPE_FLOAT32)", table,
-      static_cast<int>(dtype)));
+  return absl::InvalidArgumentError(
+      absl::StrFormat("table '%s': unsupported dtype %d (this server supports DTYPE_FLOAT32)",
+                      table, static_cast<int>(dtype)));
 }
 
 absl::Status CheckKeyType(v1::KeyType key_type, const std::string& table) {
   if (key_type == v1::KEY_TYPE_UINT64) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrFormat(
-      "table '%s': unknown key_type %d (this server supports KEY_TYPE_UINT64)", table,
-      static_cast<int>(key_type)));
+  return absl::InvalidArgumentError(
+      absl::StrFormat("table '%s': unknown key_type %d (this server supports KEY_TYPE_UINT64)",
+                      table, static_cast<int>(key_type)));
 }
 
 absl::Status CheckFinite(const float* values, size_t n, const std::string& table) {
@@ -45,8 +45,22 @@ absl::Status CheckFinite(const float* values, size_t n, const std::string& table
   if (bad == 0) return absl::OkStatus();
   size_t i = 0;
   while (i < n && std::isfinite(values[i])) ++i;
-  return absl::InvalidArgumentError(absl::StrFormat(
-      "table '%s': value %u of %u is not finite (%g)", table, i, n, values[i]));
+  return absl::InvalidArgumentError(
+      absl::StrFormat("table '%s': value %u of %u is not finite (%g)", table, i, n, values[i]));
+}
+
+// The values of a push: exactly `count` finite floats.
+absl::StatusOr<absl::Span<const float>> PushValues(const std::string& bytes, uint64_t count,
+                                                   const std::string& table,
+                                                   std::vector<float>* scratch) {
+  if (bytes.size() != count * sizeof(float)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("table '%s': %u values need %u value bytes, got %u", table, count,
+                        count * sizeof(float), bytes.size()));
+  }
+  absl::Span<const float> values = PackedView<float>(bytes, scratch);
+  TESSERA_RETURN_IF_ERROR(CheckFinite(values.data(), values.size(), table));
+  return values;
 }
 
 // Distinct keys within each vshard run (all copies of a key share a run).
@@ -62,8 +76,8 @@ absl::Status CheckDistinct(absl::Span<const uint64_t> keys, const VshardGrouping
     auto dup = std::adjacent_find(scratch.begin(), scratch.end());
     if (dup != scratch.end()) {
       return absl::InvalidArgumentError(absl::StrFormat(
-          "table '%s': key %u appears more than once in one push; sum its gradients first",
-          table, *dup));
+          "table '%s': key %u appears more than once in one push; sum its gradients first", table,
+          *dup));
     }
   }
   return absl::OkStatus();
@@ -86,8 +100,8 @@ absl::StatusOr<std::unique_ptr<ServerCore>> ServerCore::Create(const ServerCoreO
       ShardMap::Uniform(options.shard_map_epoch, options.num_shards, options.num_vshards);
   if (!map.ok()) return map.status();
   if (options.shard_index >= options.num_shards) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "shard_index %u must be below num_shards %u", options.shard_index, options.num_shards));
+    return absl::InvalidArgumentError(absl::StrFormat("shard_index %u must be below num_shards %u",
+                                                      options.shard_index, options.num_shards));
   }
   std::vector<bool> owned(options.num_vshards);
   for (uint32_t v = 0; v < options.num_vshards; ++v) {
@@ -111,8 +125,9 @@ absl::Status ServerCore::CheckEpoch(const v1::RequestHeader& header) const {
       header.shard_map_epoch(), options_.shard_index, options_.shard_map_epoch));
 }
 
-absl::StatusOr<std::shared_ptr<ServerCore::Table>> ServerCore::FindTable(const std::string& name,
-                                                                         TableKind kind) const {
+absl::StatusOr<std::shared_ptr<ServerCore::Table>> ServerCore::FindTable(
+    const v1::RequestHeader& header, const std::string& name, TableKind kind) const {
+  TESSERA_RETURN_IF_ERROR(CheckEpoch(header));
   std::shared_ptr<Table> table;
   {
     absl::ReaderMutexLock lock(&tables_mu_);
@@ -142,7 +157,7 @@ void ServerCore::FillInfo(const Table& table, v1::TableInfo* info) const {
 
 absl::Status ServerCore::CreateTable(const v1::CreateTableRequest& req,
                                      v1::CreateTableResponse* resp) {
-  if (absl::Status s = CheckEpoch(req.header()); !s.ok()) return s;
+  TESSERA_RETURN_IF_ERROR(CheckEpoch(req.header()));
   absl::StatusOr<TableConfig> parsed = TableConfigFromProto(req.spec());
   if (!parsed.ok()) return parsed.status();
   absl::StatusOr<TableConfig> config = ResolveTableConfig(*parsed);
@@ -190,7 +205,7 @@ absl::Status ServerCore::CreateTable(const v1::CreateTableRequest& req,
 }
 
 absl::Status ServerCore::DropTable(const v1::DropTableRequest& req, v1::DropTableResponse* resp) {
-  if (absl::Status s = CheckEpoch(req.header()); !s.ok()) return s;
+  TESSERA_RETURN_IF_ERROR(CheckEpoch(req.header()));
   std::shared_ptr<Table> dropped;  // destroyed outside the lock
   absl::MutexLock lock(&tables_mu_);
   auto it = tables_.find(req.table());
@@ -204,7 +219,7 @@ absl::Status ServerCore::DropTable(const v1::DropTableRequest& req, v1::DropTabl
 
 absl::Status ServerCore::DescribeTable(const v1::DescribeTableRequest& req,
                                        v1::DescribeTableResponse* resp) {
-  if (absl::Status s = CheckEpoch(req.header()); !s.ok()) return s;
+  TESSERA_RETURN_IF_ERROR(CheckEpoch(req.header()));
   std::shared_ptr<Table> table;
   {
     absl::ReaderMutexLock lock(&tables_mu_);
@@ -220,7 +235,7 @@ absl::Status ServerCore::DescribeTable(const v1::DescribeTableRequest& req,
 
 absl::Status ServerCore::ListTables(const v1::ListTablesRequest& req,
                                     v1::ListTablesResponse* resp) {
-  if (absl::Status s = CheckEpoch(req.header()); !s.ok()) return s;
+  TESSERA_RETURN_IF_ERROR(CheckEpoch(req.header()));
   std::vector<std::shared_ptr<Table>> tables;
   {
     absl::ReaderMutexLock lock(&tables_mu_);
@@ -260,8 +275,8 @@ absl::Status ServerCore::ApplyOnce(const v1::PushId& id, const std::string& tabl
       return absl::OkStatus();
     case PushDeduplicator::Decision::kInProgress:
       return absl::UnavailableError(absl::StrFormat(
-          "table '%s': push (client %u, sequence %u) is being applied right now; retry",
-          table, id.client_id(), id.sequence()));
+          "table '%s': push (client %u, sequence %u) is being applied right now; retry", table,
+          id.client_id(), id.sequence()));
     case PushDeduplicator::Decision::kApply:
       break;
   }
@@ -273,13 +288,12 @@ absl::Status ServerCore::ApplyOnce(const v1::PushId& id, const std::string& tabl
   const uint64_t n = pushes_applied_.fetch_add(1, std::memory_order_relaxed) + 1;
   const uint32_t every = options_.testing_fail_push_after_apply_every;
   if (every > 0 && n % every == 0) {
-    return absl::UnavailableError(absl::StrFormat(
-        "testing: push (client %u, sequence %u) applied, response dropped", id.client_id(),
-        id.sequence()));
+    return absl::UnavailableError(
+        absl::StrFormat("testing: push (client %u, sequence %u) applied, response dropped",
+                        id.client_id(), id.sequence()));
   }
   return absl::OkStatus();
 }
-
 
 absl::Status ServerCore::CheckSparseRequest(const SparseTable& table, const std::string& name,
                                             int key_type, int dtype, uint32_t dim,
@@ -293,8 +307,8 @@ absl::Status ServerCore::CheckSparseRequest(const SparseTable& table, const std:
   }
   if (num_keys > options_.max_keys_per_request) {
     return absl::ResourceExhaustedError(
-        absl::StrFormat("table '%s': %u keys in one request, over the limit of %u", name,
-                        num_keys, options_.max_keys_per_request));
+        absl::StrFormat("table '%s': %u keys in one request, over the limit of %u", name, num_keys,
+                        options_.max_keys_per_request));
   }
   if (key_bytes.size() != num_keys * sizeof(uint64_t)) {
     return absl::InvalidArgumentError(
@@ -316,8 +330,8 @@ absl::Status ServerCore::CheckSparseRequest(const SparseTable& table, const std:
 
 absl::Status ServerCore::PullSparse(const v1::PullSparseRequest& req,
                                     v1::PullSparseResponse* resp) {
-  TESSERA_RETURN_IF_ERROR(CheckEpoch(req.header()));
-  absl::StatusOr<std::shared_ptr<Table>> table = FindTable(req.table(), TableKind::kSparse);
+  absl::StatusOr<std::shared_ptr<Table>> table =
+      FindTable(req.header(), req.table(), TableKind::kSparse);
   if (!table.ok()) return table.status();
   SparseTable& sparse = *(*table)->sparse;
   SparseKeys k;
@@ -326,13 +340,14 @@ absl::Status ServerCore::PullSparse(const v1::PullSparseRequest& req,
   resp->set_dtype(v1::DTYPE_FLOAT32);
   resp->set_dim(sparse.dim());
   resp->set_num_keys(req.num_keys());
-  sparse.Pull(k.keys, k.groups, PackedResize<float>(resp->mutable_values(), k.keys.size() * sparse.dim()));
+  sparse.Pull(k.keys, k.groups,
+              PackedResize<float>(resp->mutable_values(), k.keys.size() * sparse.dim()));
   return absl::OkStatus();
 }
 
 absl::Status ServerCore::PushSparse(const v1::PushSparseRequest& req, v1::PushResponse* resp) {
-  TESSERA_RETURN_IF_ERROR(CheckEpoch(req.header()));
-  absl::StatusOr<std::shared_ptr<Table>> table = FindTable(req.table(), TableKind::kSparse);
+  absl::StatusOr<std::shared_ptr<Table>> table =
+      FindTable(req.header(), req.table(), TableKind::kSparse);
   if (!table.ok()) return table.status();
   SparseTable& sparse = *(*table)->sparse;
   const std::string& name = req.table();
@@ -340,23 +355,17 @@ absl::Status ServerCore::PushSparse(const v1::PushSparseRequest& req, v1::PushRe
   SparseKeys k;
   TESSERA_RETURN_IF_ERROR(CheckSparseRequest(sparse, name, req.key_type(), req.dtype(), req.dim(),
                                              req.num_keys(), req.keys(), &k));
-  const uint64_t num_values = req.num_keys() * sparse.dim();
-  if (req.values().size() != num_values * sizeof(float)) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("table '%s': %u keys of dim %u need %u value bytes, got %u", name,
-                        req.num_keys(), sparse.dim(), num_values * sizeof(float),
-                        req.values().size()));
-  }
   std::vector<float> scratch;
-  absl::Span<const float> values = PackedView<float>(req.values(), &scratch);
-  TESSERA_RETURN_IF_ERROR(CheckFinite(values.data(), values.size(), name));
+  absl::StatusOr<absl::Span<const float>> values =
+      PushValues(req.values(), req.num_keys() * sparse.dim(), name, &scratch);
+  if (!values.ok()) return values.status();
   TESSERA_RETURN_IF_ERROR(CheckDistinct(k.keys, k.groups, name));
-  return ApplyOnce(req.id(), name, resp, [&] { sparse.Push(k.keys, k.groups, values.data()); });
+  return ApplyOnce(req.id(), name, resp, [&] { sparse.Push(k.keys, k.groups, values->data()); });
 }
 
 absl::Status ServerCore::PullDense(const v1::PullDenseRequest& req, v1::PullDenseResponse* resp) {
-  TESSERA_RETURN_IF_ERROR(CheckEpoch(req.header()));
-  absl::StatusOr<std::shared_ptr<Table>> table = FindTable(req.table(), TableKind::kDense);
+  absl::StatusOr<std::shared_ptr<Table>> table =
+      FindTable(req.header(), req.table(), TableKind::kDense);
   if (!table.ok()) return table.status();
   DenseTable& dense = *(*table)->dense;
   const std::string& name = req.table();
@@ -370,24 +379,20 @@ absl::Status ServerCore::PullDense(const v1::PullDenseRequest& req, v1::PullDens
 }
 
 absl::Status ServerCore::PushDense(const v1::PushDenseRequest& req, v1::PushResponse* resp) {
-  TESSERA_RETURN_IF_ERROR(CheckEpoch(req.header()));
-  absl::StatusOr<std::shared_ptr<Table>> table = FindTable(req.table(), TableKind::kDense);
+  absl::StatusOr<std::shared_ptr<Table>> table =
+      FindTable(req.header(), req.table(), TableKind::kDense);
   if (!table.ok()) return table.status();
   DenseTable& dense = *(*table)->dense;
   const std::string& name = req.table();
   TESSERA_RETURN_IF_ERROR(CheckDtype(req.dtype(), name));
   TESSERA_RETURN_IF_ERROR(CheckPushId(req.id(), name));
   TESSERA_RETURN_IF_ERROR(CheckDenseRange(dense, name, req.offset(), req.count()));
-  if (req.values().size() != req.count() * sizeof(float)) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("table '%s': count %u needs %u value bytes, got %u", name, req.count(),
-                        req.count() * sizeof(float), req.values().size()));
-  }
   std::vector<float> scratch;
-  absl::Span<const float> values = PackedView<float>(req.values(), &scratch);
-  TESSERA_RETURN_IF_ERROR(CheckFinite(values.data(), values.size(), name));
+  absl::StatusOr<absl::Span<const float>> values =
+      PushValues(req.values(), req.count(), name, &scratch);
+  if (!values.ok()) return values.status();
   return ApplyOnce(req.id(), name, resp,
-                   [&] { dense.Push(req.offset(), req.count(), values.data()); });
+                   [&] { dense.Push(req.offset(), req.count(), values->data()); });
 }
 
 absl::Status ServerCore::CheckDenseRange(const DenseTable& dense, const std::string& name,
@@ -395,13 +400,13 @@ absl::Status ServerCore::CheckDenseRange(const DenseTable& dense, const std::str
   const uint64_t size = dense.layout().size;
   if (count > options_.max_dense_elems_per_request) {
     return absl::ResourceExhaustedError(
-        absl::StrFormat("table '%s': %u elements in one request, over the limit of %u", name,
-                        count, options_.max_dense_elems_per_request));
+        absl::StrFormat("table '%s': %u elements in one request, over the limit of %u", name, count,
+                        options_.max_dense_elems_per_request));
   }
   if (offset > size || count > size - offset) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "table '%s': range [%u, %u) is outside the table's %u elements", name, offset,
-        offset + count, size));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("table '%s': range [%u, %u) is outside the table's %u elements", name,
+                        offset, offset + count, size));
   }
   const int64_t missing = dense.FirstMissingBlock(offset, count);
   if (missing >= 0) {

@@ -88,8 +88,7 @@ class ServerCore {
 
   absl::Status CreateTable(const v1::CreateTableRequest& req, v1::CreateTableResponse* resp);
   absl::Status DropTable(const v1::DropTableRequest& req, v1::DropTableResponse* resp);
-  absl::Status DescribeTable(const v1::DescribeTableRequest& req,
-                             v1::DescribeTableResponse* resp);
+  absl::Status DescribeTable(const v1::DescribeTableRequest& req, v1::DescribeTableResponse* resp);
   absl::Status ListTables(const v1::ListTablesRequest& req, v1::ListTablesResponse* resp);
 
   absl::Status PullSparse(const v1::PullSparseRequest& req, v1::PullSparseResponse* resp);
@@ -107,8 +106,10 @@ class ServerCore {
   ServerCore(const ServerCoreOptions& options, std::vector<bool> owned);
 
   absl::Status CheckEpoch(const v1::RequestHeader& header) const;
-  // NOT_FOUND when absent; FAILED_PRECONDITION when of another kind.
-  absl::StatusOr<std::shared_ptr<Table>> FindTable(const std::string& name, TableKind kind) const
+  // Checks the epoch, then finds the table: NOT_FOUND when absent, FAILED_PRECONDITION when of
+  // another kind.
+  absl::StatusOr<std::shared_ptr<Table>> FindTable(const v1::RequestHeader& header,
+                                                   const std::string& name, TableKind kind) const
       ABSL_LOCKS_EXCLUDED(tables_mu_);
   void FillInfo(const Table& table, v1::TableInfo* info) const;
 
@@ -119,12 +120,12 @@ class ServerCore {
     VshardGrouping groups;
   };
   // Checks key type, dtype, dim, key count and bytes, and that this shard owns every key.
-  absl::Status CheckSparseRequest(const SparseTable& table, const std::string& name,
-                                  int key_type, int dtype, uint32_t dim, uint64_t num_keys,
+  absl::Status CheckSparseRequest(const SparseTable& table, const std::string& name, int key_type,
+                                  int dtype, uint32_t dim, uint64_t num_keys,
                                   const std::string& key_bytes, SparseKeys* out) const;
   // Checks a dense range against the request limit, the table size and ownership.
-  absl::Status CheckDenseRange(const DenseTable& dense, const std::string& name,
-                               uint64_t offset, uint64_t count) const;
+  absl::Status CheckDenseRange(const DenseTable& dense, const std::string& name, uint64_t offset,
+                               uint64_t count) const;
 
   // Runs `apply` exactly once per (client_id, sequence); sets resp->duplicate otherwise.
   template <typename ApplyFn>

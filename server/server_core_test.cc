@@ -2,10 +2,9 @@
 // exactly as they were.
 #include "server/server_core.h"
 
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <vector>
-
-#include <catch2/catch.hpp>
 
 #include "common/wire.h"
 #include "proto/tessera.pb.h"
@@ -37,8 +36,10 @@ struct Fixture {
     v1::CreateTableRequest req;
     req.mutable_header()->set_shard_map_epoch(1);
     TableConfig c{.name = name, .kind = kind};
-    if (kind == TableKind::kSparse) c.dim = kDim;
-    else c.dense_size = 10000, c.dense_block_elems = 1000;
+    if (kind == TableKind::kSparse)
+      c.dim = kDim;
+    else
+      c.dense_size = 10000, c.dense_block_elems = 1000;
     c.optimizer.kind = OptimizerKind::kAdagrad;
     c.initializer = {.kind = InitializerKind::kNormal, .seed = 1};
     TableConfigToProto(c, req.mutable_spec());
@@ -203,7 +204,7 @@ TEST_CASE("dense bad input is rejected with its code and changes nothing", "[val
 
   d = f.DensePush(0, 10, 22);
   d.set_count(11);
-  ExpectRejected(f, push, d, C::kInvalidArgument, "needs 44 value bytes, got 40");
+  ExpectRejected(f, push, d, C::kInvalidArgument, "11 values need 44 value bytes, got 40");
 
   d = f.DensePush(0, 10, 23);
   d.set_table("emb");
@@ -247,7 +248,7 @@ TEST_CASE("table management", "[validation]") {
   c.initializer = {.kind = InitializerKind::kNormal, .seed = 1};
   TableConfigToProto(c, req.mutable_spec());
   v1::CreateTableResponse resp;
-  CHECK(f.core->CreateTable(req, &resp).ok());  // same spec again: fine
+  CHECK(f.core->CreateTable(req, &resp).ok());                 // same spec again: fine
   CHECK(resp.spec().optimizer().epsilon() == Approx(1e-10f));  // resolved defaults come back
 
   req.mutable_spec()->set_dim(8);

@@ -34,8 +34,7 @@ float* SparseTable::FindOrCreate(Partition& p, uint64_t key) {
   return row;
 }
 
-void SparseTable::Pull(absl::Span<const uint64_t> keys, const VshardGrouping& groups,
-                       float* out) {
+void SparseTable::Pull(absl::Span<const uint64_t> keys, const VshardGrouping& groups, float* out) {
   const uint32_t dim = config_.dim;
   for (const VshardRun& run : groups.runs) {
     Partition& p = *partitions_[run.vshard];

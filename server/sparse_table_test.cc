@@ -1,8 +1,7 @@
 #include "server/sparse_table.h"
 
-#include <vector>
-
 #include <catch2/catch.hpp>
+#include <vector>
 
 namespace tessera {
 namespace {
@@ -68,7 +67,7 @@ TEST_CASE("Adam keeps one step counter per row", "[sparse]") {
   SparseTable t(Config(OptimizerKind::kAdam), AllOwned());
   const std::vector<float> g = {1, 1, 1};
   for (int i = 0; i < 5; ++i) Push(t, {10}, g);  // row 10 at step 5
-  Push(t, {20}, g);                               // row 20 at step 1
+  Push(t, {20}, g);                              // row 20 at step 1
   std::vector<float> out = Pull(t, {10, 20});
   // First Adam step moves every weight by exactly lr (bias correction); row 20 must show it.
   for (int d = 0; d < 3; ++d) CHECK(out[3 + d] == Approx(-0.001f).epsilon(1e-4));

@@ -2,11 +2,10 @@
 // model, and the benchmark prints one JSON object per workload.
 #include <sys/wait.h>
 
+#include <catch2/catch.hpp>
 #include <cstdio>
 #include <string>
 #include <vector>
-
-#include <catch2/catch.hpp>
 
 #include "absl/strings/str_split.h"
 

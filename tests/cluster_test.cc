@@ -32,8 +32,8 @@ TEST_CASE("three servers behave exactly like one reference table", "[cluster]") 
   TableConfig emb{.name = "emb", .kind = TableKind::kSparse, .dim = 5};
   emb.optimizer = {.kind = OptimizerKind::kAdagrad, .learning_rate = 0.05f};
   emb.initializer = {.kind = InitializerKind::kNormal, .seed = 11};
-  TableConfig dense{.name = "dense", .kind = TableKind::kDense, .dense_size = 100003,
-                    .dense_block_elems = 4099};
+  TableConfig dense{
+      .name = "dense", .kind = TableKind::kDense, .dense_size = 100003, .dense_block_elems = 4099};
   dense.optimizer = {.kind = OptimizerKind::kMomentum, .learning_rate = 0.1f};
   dense.initializer = {.kind = InitializerKind::kUniform, .seed = 12};
   REQUIRE(client->CreateTable(emb).ok());
@@ -47,7 +47,8 @@ TEST_CASE("three servers behave exactly like one reference table", "[cluster]") 
   for (int round = 0; round < 6; ++round) {
     // Sparse: distinct keys for the push, a pull with repeats.
     std::vector<uint64_t> keys;
-    for (int i = 0; i < 3000; ++i) keys.push_back(rng() % 20000 + (static_cast<uint64_t>(round) << 40));
+    for (int i = 0; i < 3000; ++i)
+      keys.push_back(rng() % 20000 + (static_cast<uint64_t>(round) << 40));
     std::sort(keys.begin(), keys.end());
     keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
     std::shuffle(keys.begin(), keys.end(), rng);
@@ -103,8 +104,8 @@ TEST_CASE("four clients pushing concurrently with add sum exactly", "[cluster]")
   auto admin = Connect(*cluster);
   TableConfig sparse{.name = "counts", .kind = TableKind::kSparse, .dim = 4};
   sparse.optimizer.kind = OptimizerKind::kAdd;
-  TableConfig dense{.name = "total", .kind = TableKind::kDense, .dense_size = 300001,
-                    .dense_block_elems = 10007};
+  TableConfig dense{
+      .name = "total", .kind = TableKind::kDense, .dense_size = 300001, .dense_block_elems = 10007};
   dense.optimizer.kind = OptimizerKind::kAdd;
   REQUIRE(admin->CreateTable(sparse).ok());
   REQUIRE(admin->CreateTable(dense).ok());
@@ -161,8 +162,8 @@ TEST_CASE("a push retried after a lost reply is applied exactly once", "[cluster
   auto client = Connect(*cluster, o);
   TableConfig sparse{.name = "s", .kind = TableKind::kSparse, .dim = 2};
   sparse.optimizer.kind = OptimizerKind::kAdd;
-  TableConfig dense{.name = "d", .kind = TableKind::kDense, .dense_size = 5000,
-                    .dense_block_elems = 700};
+  TableConfig dense{
+      .name = "d", .kind = TableKind::kDense, .dense_size = 5000, .dense_block_elems = 700};
   dense.optimizer.kind = OptimizerKind::kAdd;
   REQUIRE(client->CreateTable(sparse).ok());
   REQUIRE(client->CreateTable(dense).ok());

@@ -1,11 +1,10 @@
 // One real tessera-server process: bad input over the wire, metrics, health, SIGTERM drain.
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
 #include <signal.h>
 
 #include <atomic>
 #include <vector>
-
-#include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/grpcpp.h>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -96,16 +95,16 @@ TEST_CASE("bad requests over the wire get precise statuses and change nothing", 
   }
 
   // A payload that is not a valid protobuf at all.
-  grpc::GenericStub generic(grpc::CreateChannel(cluster->addresses()[0],
-                                                grpc::InsecureChannelCredentials()));
+  grpc::GenericStub generic(
+      grpc::CreateChannel(cluster->addresses()[0], grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   const char garbage[] = "\xff\xff\xff\xff\x0f not a protobuf";
   grpc::Slice slice(garbage, sizeof(garbage));
   grpc::ByteBuffer request(&slice, 1), response;
   absl::Notification done;
   grpc::Status garbage_status;
-  generic.UnaryCall(&ctx, "/tessera.v1.ParameterServer/PushSparse", grpc::StubOptions(),
-                    &request, &response, [&](grpc::Status s) {
+  generic.UnaryCall(&ctx, "/tessera.v1.ParameterServer/PushSparse", grpc::StubOptions(), &request,
+                    &response, [&](grpc::Status s) {
                       garbage_status = s;
                       done.Notify();
                     });
@@ -135,7 +134,8 @@ TEST_CASE("metrics and health are served", "[process]") {
   TESSERA_REQUIRE_OK(client->PullSparse("emb", keys, absl::MakeSpan(v)));
   std::vector<float> wrong(10);
   CHECK_FALSE(client->PullSparse("emb", absl::MakeConstSpan(keys.data(), 2),
-                                 absl::MakeSpan(wrong)).ok());  // dim 5: INVALID_ARGUMENT
+                                 absl::MakeSpan(wrong))
+                  .ok());  // dim 5: INVALID_ARGUMENT
 
   absl::StatusOr<std::string> m = HttpGet(cluster->metrics_ports()[0], "/metrics");
   REQUIRE(m.ok());
@@ -152,8 +152,7 @@ TEST_CASE("metrics and health are served", "[process]") {
   CHECK(SumSamples(s, "tessera_server_keys_total", {{"method", "PushSparse"}}) == 3000);
   CHECK(SumSamples(s, "tessera_server_received_bytes_total", {{"method", "PushSparse"}}) ==
         3 * (1000 * 8 + 4000 * 4));
-  CHECK(SumSamples(s, "tessera_server_sent_bytes_total", {{"method", "PullSparse"}}) ==
-        4000 * 4);
+  CHECK(SumSamples(s, "tessera_server_sent_bytes_total", {{"method", "PullSparse"}}) == 4000 * 4);
   CHECK(SumSamples(s, "tessera_table_rows", {{"table", "emb"}, {"kind", "sparse"}}) == 1000);
   CHECK(SumSamples(s, "tessera_table_memory_bytes", {{"table", "emb"}}) > 16000);
   CHECK(SumSamples(s, "tessera_tables") == 1);
@@ -161,8 +160,8 @@ TEST_CASE("metrics and health are served", "[process]") {
 }
 
 TEST_CASE("SIGTERM drains in-flight requests and exits 0", "[process]") {
-  // Each push is held 300 ms inside the server, so the test can catch them in flight.
-  auto cluster = StartCluster(1, {"--testing_push_delay_ms=300"});
+  // Each push is held 2 s inside the server, so the test can catch them in flight.
+  auto cluster = StartCluster(1, {"--testing_push_delay_ms=2000"});
   ClientOptions o;
   o.max_attempts = 1;  // see each request's own fate
   auto client = Connect(*cluster, o);
@@ -181,8 +180,8 @@ TEST_CASE("SIGTERM drains in-flight requests and exits 0", "[process]") {
       absl::MutexLock lock(&mu);
       ++finished;
       ok += s.ok();
-      cut_off += s.code() == absl::StatusCode::kCancelled ||
-                 s.code() == absl::StatusCode::kUnavailable;
+      cut_off +=
+          s.code() == absl::StatusCode::kCancelled || s.code() == absl::StatusCode::kUnavailable;
     });
   }
   // Wait (bounded by 20 s) until the server reports pushes being applied. It holds only as
@@ -193,8 +192,8 @@ TEST_CASE("SIGTERM drains in-flight requests and exits 0", "[process]") {
   while (in_flight == 0 && absl::Now() < deadline) {
     absl::StatusOr<std::string> m = HttpGet(metrics_port, "/metrics");
     REQUIRE(m.ok());
-    in_flight = static_cast<int>(
-        SumSamples(ParsePromText(*m), "tessera_server_requests_in_flight"));
+    in_flight =
+        static_cast<int>(SumSamples(ParsePromText(*m), "tessera_server_requests_in_flight"));
   }
   REQUIRE(in_flight > 0);
   {
@@ -205,7 +204,8 @@ TEST_CASE("SIGTERM drains in-flight requests and exits 0", "[process]") {
   REQUIRE(code.ok());
   CHECK(*code == 0);
   absl::MutexLock lock(&mu);
-  mu.Await(absl::Condition(+[](int* n) { return *n == kPushes; }, &finished));
+  mu.Await(absl::Condition(
+      +[](int* n) { return *n == kPushes; }, &finished));
   // Every push being applied when SIGTERM came completed and was acknowledged. Pushes still
   // queued inside gRPC were cut off (CANCELLED or UNAVAILABLE: retryable, never applied twice).
   CHECK(ok >= in_flight);

@@ -2,11 +2,10 @@
 #ifndef TESSERA_TESTS_TEST_CLUSTER_H_
 #define TESSERA_TESTS_TEST_CLUSTER_H_
 
+#include <catch2/catch.hpp>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <catch2/catch.hpp>
 
 #include "client/client.h"
 #include "tools/local_cluster.h"
@@ -33,11 +32,11 @@ inline std::unique_ptr<Client> Connect(const LocalCluster& cluster, ClientOption
   return std::move(*c);
 }
 
-#define TESSERA_REQUIRE_OK(expr)                 \
-  do {                                           \
-    const ::absl::Status tessera_s_ = (expr);    \
-    INFO(tessera_s_.ToString());                 \
-    REQUIRE(tessera_s_.ok());                    \
+#define TESSERA_REQUIRE_OK(expr)              \
+  do {                                        \
+    const ::absl::Status tessera_s_ = (expr); \
+    INFO(tessera_s_.ToString());              \
+    REQUIRE(tessera_s_.ok());                 \
   } while (0)
 
 }  // namespace tessera::testing

@@ -69,15 +69,15 @@ absl::StatusOr<double> Iperf3Baseline(double seconds) {
     return absl::NotFoundError("iperf3 is not installed (tools/setup.sh installs it)");
   }
   const int port = FreePort();
-  const std::string server = absl::StrFormat("iperf3 -s -1 -B 127.0.0.1 -p %d >/dev/null 2>&1 &", port);
+  const std::string server =
+      absl::StrFormat("iperf3 -s -1 -B 127.0.0.1 -p %d >/dev/null 2>&1 &", port);
   if (std::system(server.c_str()) != 0) return absl::InternalError("cannot start iperf3 -s");
   // The server needs a moment to listen; retry the client a few times (bounded).
   std::string out;
   for (int attempt = 0; attempt < 50 && out.find("bits_per_second") == std::string::npos;
        ++attempt) {
-    const std::string cmd = absl::StrFormat(
-        "iperf3 -c 127.0.0.1 -p %d -l 1M -t %d -J 2>/dev/null", port,
-        std::max(1, static_cast<int>(seconds)));
+    const std::string cmd = absl::StrFormat("iperf3 -c 127.0.0.1 -p %d -l 1M -t %d -J 2>/dev/null",
+                                            port, std::max(1, static_cast<int>(seconds)));
     FILE* p = popen(cmd.c_str(), "r");
     if (p == nullptr) return absl::InternalError("cannot run iperf3 -c");
     out.clear();
@@ -102,16 +102,15 @@ void Print(const Result& r, bool json, double baseline_gbps) {
       extra = absl::StrFormat(",\"iperf3_GBps\":%.3f,\"ratio_to_iperf3\":%.3f", baseline_gbps,
                               r.value / baseline_gbps);
     }
-    std::printf("%s\n",
-                absl::StrFormat("{\"workload\":\"%s\",\"value\":%.4g,\"unit\":\"%s\","
-                                "\"iterations\":%u,\"seconds\":%.3f%s,\"detail\":\"%s\"}",
-                                r.workload, r.value, r.unit, r.iterations, r.seconds, extra,
-                                r.detail)
-                    .c_str());
+    std::printf("%s\n", absl::StrFormat("{\"workload\":\"%s\",\"value\":%.4g,\"unit\":\"%s\","
+                                        "\"iterations\":%u,\"seconds\":%.3f%s,\"detail\":\"%s\"}",
+                                        r.workload, r.value, r.unit, r.iterations, r.seconds, extra,
+                                        r.detail)
+                            .c_str());
   } else {
-    std::printf("%-28s %10.3f %-8s (%llu iterations in %.2f s; %s)\n", r.workload.c_str(),
-                r.value, r.unit.c_str(), static_cast<unsigned long long>(r.iterations),
-                r.seconds, r.detail.c_str());
+    std::printf("%-28s %10.3f %-8s (%llu iterations in %.2f s; %s)\n", r.workload.c_str(), r.value,
+                r.unit.c_str(), static_cast<unsigned long long>(r.iterations), r.seconds,
+                r.detail.c_str());
   }
 }
 
@@ -169,8 +168,8 @@ int RunBench(const BenchCommandOptions& o) {
       ++failures;
       return;
     }
-    Print({name, per_iteration * m->first / m->second, unit, m->first, m->second, setup},
-          o.json, baseline);
+    Print({name, per_iteration * m->first / m->second, unit, m->first, m->second, setup}, o.json,
+          baseline);
   };
 
   // Dense: push the whole tensor (SGD), then pull it back. Counted as 2 x payload.
@@ -185,8 +184,7 @@ int RunBench(const BenchCommandOptions& o) {
   std::vector<float> grad(elems, 0.5f), out(elems);
   report(absl::StrFormat("dense_push_pull_%lluKiB",
                          static_cast<unsigned long long>(o.dense_bytes >> 10)),
-         "GB/s", 2.0 * elems * sizeof(float) / 1e9,
-         Measure(o.seconds_per_workload, [&] {
+         "GB/s", 2.0 * elems * sizeof(float) / 1e9, Measure(o.seconds_per_workload, [&] {
            absl::Status s = c.PushDense(dense.name, 0, grad);
            return s.ok() ? c.PullDense(dense.name, 0, absl::MakeSpan(out)) : s;
          }));
@@ -196,16 +194,15 @@ int RunBench(const BenchCommandOptions& o) {
   std::vector<uint64_t> keys(o.sparse_keys);
   for (uint64_t& k : keys) k = rng();
   std::vector<float> values(keys.size() * o.sparse_dim, 0.25f);
-  TableConfig sparse{.name = "bench_sparse_" + tag, .kind = TableKind::kSparse,
-                     .dim = o.sparse_dim};
+  TableConfig sparse{
+      .name = "bench_sparse_" + tag, .kind = TableKind::kSparse, .dim = o.sparse_dim};
   sparse.optimizer = {.kind = OptimizerKind::kAdagrad, .learning_rate = 0.01f};
   if (absl::StatusOr<TableConfig> r = c.CreateTable(sparse); !r.ok()) {
     std::fprintf(stderr, "tessera bench: %s\n", r.status().ToString().c_str());
     return 1;
   }
-  const std::string keys_label = absl::StrFormat("%llux%u",
-                                                 static_cast<unsigned long long>(keys.size()),
-                                                 o.sparse_dim);
+  const std::string keys_label =
+      absl::StrFormat("%llux%u", static_cast<unsigned long long>(keys.size()), o.sparse_dim);
   report("sparse_pull_" + keys_label, "Mkeys/s", keys.size() / 1e6,
          Measure(o.seconds_per_workload,
                  [&] { return c.PullSparse(sparse.name, keys, absl::MakeSpan(values)); }));

@@ -38,10 +38,10 @@ void PrintServerMetrics(const LocalCluster& cluster, const std::string& table) {
     };
     const double errors = SumSamples(s, "tessera_server_requests_total") -
                           SumSamples(s, "tessera_server_requests_total", {{"code", "OK"}});
-    const double pull_count = SumSamples(s, "tessera_server_request_duration_seconds_count",
-                                         {{"method", "PullSparse"}});
-    const double pull_sum = SumSamples(s, "tessera_server_request_duration_seconds_sum",
-                                       {{"method", "PullSparse"}});
+    const double pull_count =
+        SumSamples(s, "tessera_server_request_duration_seconds_count", {{"method", "PullSparse"}});
+    const double pull_sum =
+        SumSamples(s, "tessera_server_request_duration_seconds_sum", {{"method", "PullSparse"}});
     std::printf(
         "  server %zu (127.0.0.1:%d/metrics): %s pulls, %s pushes, %.0f errors; keys pulled %s, "
         "pushed %s; bytes in %s, out %s; mean pull %.0f us; rows of '%s': %.0f\n",
@@ -107,11 +107,12 @@ int RunLocal(const LocalCommandOptions& o) {
   po.train_samples = o.train_samples;
   po.test_samples = std::max<uint64_t>(10000, o.train_samples / 8);
   const PlantedLrProblem problem = MakePlantedLrProblem(po);
-  std::printf("data: %llu training and %llu test samples, %llu features (%u active each), labels "
-              "drawn from a planted logistic model\n",
-              static_cast<unsigned long long>(problem.train.size()),
-              static_cast<unsigned long long>(problem.test.size()),
-              static_cast<unsigned long long>(po.num_features), po.features_per_sample);
+  std::printf(
+      "data: %llu training and %llu test samples, %llu features (%u active each), labels "
+      "drawn from a planted logistic model\n",
+      static_cast<unsigned long long>(problem.train.size()),
+      static_cast<unsigned long long>(problem.test.size()),
+      static_cast<unsigned long long>(po.num_features), po.features_per_sample);
 
   ClientOptions client_options;
   client_options.servers = (*cluster)->addresses();
@@ -126,17 +127,17 @@ int RunLocal(const LocalCommandOptions& o) {
   to.batch_size = static_cast<uint32_t>(o.batch_size);
   to.use_gpu = use_gpu;
   to.optimizer = o.optimizer;
-  std::printf("training: %d worker threads, batch %d, %d epochs, %s (learning rate %g), "
-              "forward/backward on %s%s\n",
-              to.threads, o.batch_size, to.epochs,
-              std::string(OptimizerKindName(to.optimizer.kind)).c_str(),
-              to.optimizer.learning_rate.value_or(0), use_gpu ? "GPU" : "CPU",
-              use_gpu || o.device == "cpu" ? "" : (" (no GPU: " + why + ")").c_str());
+  std::printf(
+      "training: %d worker threads, batch %d, %d epochs, %s (learning rate %g), "
+      "forward/backward on %s%s\n",
+      to.threads, o.batch_size, to.epochs,
+      std::string(OptimizerKindName(to.optimizer.kind)).c_str(),
+      to.optimizer.learning_rate.value_or(0), use_gpu ? "GPU" : "CPU",
+      use_gpu || o.device == "cpu" ? "" : (" (no GPU: " + why + ")").c_str());
   std::printf("  %8s %10s %11s %10s %8s\n", "step", "samples", "train loss", "keys/s", "time");
   absl::StatusOr<LrTrainResult> result =
       TrainLogisticRegression(**client, problem, to, [](const LrProgress& p) {
-        std::printf("  %8llu %10llu %11.4f %10s %7.1fs\n",
-                    static_cast<unsigned long long>(p.steps),
+        std::printf("  %8llu %10llu %11.4f %10s %7.1fs\n", static_cast<unsigned long long>(p.steps),
                     static_cast<unsigned long long>(p.samples), p.train_loss,
                     Si(p.keys_per_s).c_str(), p.elapsed_s);
       });

@@ -2,6 +2,8 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -16,17 +18,14 @@
 #include <filesystem>
 #include <optional>
 
-#include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/grpcpp.h>
-
 #include "absl/status/status.h"
-#include "absl/synchronization/notification.h"
-#include "common/grpc_status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "common/grpc_status.h"
 
 namespace tessera {
 namespace {
@@ -153,7 +152,8 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(
     int port = 0, metrics_port = 0;
     for (absl::string_view field : absl::StrSplit(line, ' ')) {
       if (absl::ConsumePrefix(&field, "port=")) (void)absl::SimpleAtoi(field, &port);
-      if (absl::ConsumePrefix(&field, "metrics_port=")) (void)absl::SimpleAtoi(field, &metrics_port);
+      if (absl::ConsumePrefix(&field, "metrics_port="))
+        (void)absl::SimpleAtoi(field, &metrics_port);
     }
     if (port <= 0) {
       std::string why = "did not report ready in time";
@@ -161,9 +161,9 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(
         cluster->pids_.back() = 0;
         why = absl::StrCat("exited early with ", DescribeWaitStatus(*st));
       }
-      return absl::UnavailableError(absl::StrFormat(
-          "server %u (%s) %s%s", i, options.server_binary, why,
-          log_path.empty() ? "" : absl::StrCat("; see ", log_path)));
+      return absl::UnavailableError(
+          absl::StrFormat("server %u (%s) %s%s", i, options.server_binary, why,
+                          log_path.empty() ? "" : absl::StrCat("; see ", log_path)));
     }
     cluster->addresses_.push_back(absl::StrCat("127.0.0.1:", port));
     cluster->metrics_ports_.push_back(metrics_port);
@@ -180,9 +180,8 @@ absl::StatusOr<int> LocalCluster::StopServer(int i, absl::Duration timeout) {
     kill(pid, SIGKILL);
     WaitWithTimeout(pid, absl::Seconds(10));
     pids_[i] = 0;
-    return absl::DeadlineExceededError(
-        absl::StrFormat("server %d did not exit within %s of SIGTERM; killed", i,
-                        absl::FormatDuration(timeout)));
+    return absl::DeadlineExceededError(absl::StrFormat(
+        "server %d did not exit within %s of SIGTERM; killed", i, absl::FormatDuration(timeout)));
   }
   pids_[i] = 0;
   if (WIFEXITED(*status)) return WEXITSTATUS(*status);
@@ -248,8 +247,8 @@ absl::StatusOr<std::string> HttpGet(int port, const std::string& path, absl::Dur
     response.append(buf, static_cast<size_t>(n));
   }
   const size_t header_end = response.find("\r\n\r\n");
-  const bool ok_status = response.compare(0, 12, "HTTP/1.1 200") == 0 ||
-                         response.compare(0, 12, "HTTP/1.0 200") == 0;
+  const bool ok_status =
+      response.compare(0, 12, "HTTP/1.1 200") == 0 || response.compare(0, 12, "HTTP/1.0 200") == 0;
   if (header_end == std::string::npos || !ok_status) {
     return absl::UnavailableError(absl::StrFormat("GET %s on port %d: unexpected response '%s'",
                                                   path, port, response.substr(0, 40)));
@@ -278,7 +277,8 @@ absl::StatusOr<bool> CheckHealth(const std::string& address, absl::Duration time
   std::vector<grpc::Slice> slices;
   if (!response.Dump(&slices).ok()) return absl::DataLossError("unreadable health response");
   std::string bytes;
-  for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  for (const grpc::Slice& s : slices)
+    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
   // HealthCheckResponse{status = 1 (SERVING)} is the two bytes 08 01.
   return bytes == std::string("\x08\x01", 2);
 }

@@ -44,7 +44,8 @@ void BuildBatch(const LrDataset& data, uint64_t bias_key, const std::vector<uint
   for (size_t s = begin; s < end; ++s) {
     const uint32_t i = order[s];
     batch->slots.push_back(slot_of(bias_key));
-    for (uint32_t j = 0; j < data.k; ++j) batch->slots.push_back(slot_of(data.features[i * data.k + j]));
+    for (uint32_t j = 0; j < data.k; ++j)
+      batch->slots.push_back(slot_of(data.features[i * data.k + j]));
     batch->offsets.push_back(static_cast<uint32_t>(batch->slots.size()));
     batch->labels.push_back(data.labels[i]);
   }

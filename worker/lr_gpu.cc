@@ -34,13 +34,12 @@ class LrGpuImpl final : public LrGpu {
                                          absl::Span<float> grads) override {
     double loss = 0;
     const char* message = "";
-    const int rc = cuda::LrForwardBackward(ctx_, batch.offsets.data(), batch.slots.data(),
-                                           batch.labels.data(), batch.num_samples(),
-                                           batch.slots.size(), weights.data(), grads.data(),
-                                           batch.num_keys, &loss, &message);
+    const int rc = cuda::LrForwardBackward(
+        ctx_, batch.offsets.data(), batch.slots.data(), batch.labels.data(), batch.num_samples(),
+        batch.slots.size(), weights.data(), grads.data(), batch.num_keys, &loss, &message);
     if (rc != 0) {
-      return absl::InternalError(absl::StrFormat("GPU forward/backward failed: %d (%s)", rc,
-                                                 message));
+      return absl::InternalError(
+          absl::StrFormat("GPU forward/backward failed: %d (%s)", rc, message));
     }
     return loss;
   }

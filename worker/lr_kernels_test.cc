@@ -1,9 +1,8 @@
 #include "worker/lr_kernels.h"
 
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <random>
-
-#include <catch2/catch.hpp>
 
 namespace tessera {
 namespace {

@@ -11,7 +11,7 @@
 namespace tessera {
 
 struct PlantedLrOptions {
-  uint64_t num_features = 20000;      // feature ids 0 .. num_features-1; the bias is id num_features
+  uint64_t num_features = 20000;  // feature ids 0 .. num_features-1; the bias is id num_features
   uint32_t features_per_sample = 10;  // active (value 1) features per sample, drawn uniformly
   uint64_t train_samples = 400000;
   uint64_t test_samples = 50000;

@@ -2,6 +2,8 @@
 #ifndef TESSERA_CLIENT_INTERNAL_CLIENT_IMPL_H_
 #define TESSERA_CLIENT_INTERNAL_CLIENT_IMPL_H_
 
+#include <grpcpp/generic/generic_stub.h>
+
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -12,8 +14,6 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "client/client.h"
-#include <grpcpp/generic/generic_stub.h>
-
 #include "proto/tessera.grpc.pb.h"
 
 namespace tessera {
@@ -99,9 +99,7 @@ struct Client::Impl {
 
   // A status naming the server, for errors that came from it.
   absl::Status Annotate(uint32_t shard, const absl::Status& status) const;
-  void FillHeader(v1::RequestHeader* header) const {
-    header->set_shard_map_epoch(map.epoch());
-  }
+  void FillHeader(v1::RequestHeader* header) const { header->set_shard_map_epoch(map.epoch()); }
 };
 
 }  // namespace tessera

@@ -35,9 +35,8 @@ std::vector<SparseChunk> SplitSparseKeys(absl::Span<const uint64_t> keys, const 
 }
 
 std::vector<DenseChunk> SplitDenseRange(uint64_t table_hash, uint64_t table_size,
-                                        uint32_t block_elems, const ShardMap& map,
-                                        uint64_t offset, uint64_t count,
-                                        uint64_t max_elems_per_chunk) {
+                                        uint32_t block_elems, const ShardMap& map, uint64_t offset,
+                                        uint64_t count, uint64_t max_elems_per_chunk) {
   std::vector<DenseChunk> chunks;
   const uint64_t end = std::min(offset + count, table_size);
   const uint64_t limit = std::max<uint64_t>(1, max_elems_per_chunk);

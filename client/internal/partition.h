@@ -35,9 +35,8 @@ struct DenseChunk {
 // vshard VshardOfDenseBlock(table_hash, b)) into per-shard ranges of at most max_elems_per_chunk
 // elements. Neighbouring blocks on the same shard are merged. Chunks come out in offset order.
 std::vector<DenseChunk> SplitDenseRange(uint64_t table_hash, uint64_t table_size,
-                                        uint32_t block_elems, const ShardMap& map,
-                                        uint64_t offset, uint64_t count,
-                                        uint64_t max_elems_per_chunk);
+                                        uint32_t block_elems, const ShardMap& map, uint64_t offset,
+                                        uint64_t count, uint64_t max_elems_per_chunk);
 
 }  // namespace tessera::client_internal
 

@@ -1,9 +1,8 @@
 #include "client/internal/partition.h"
 
 #include <algorithm>
-#include <set>
-
 #include <catch2/catch.hpp>
+#include <set>
 
 #include "common/hash.h"
 
@@ -49,8 +48,8 @@ TEST_CASE("with whole vshards a vshard never spans chunks", "[partition]") {
 
 // Checks that chunks tile [offset, offset + count) in order, stay within one owner each, and
 // respect the size limit.
-void CheckTiling(uint64_t size, uint32_t block, uint32_t shards, uint64_t offset,
-                 uint64_t count, uint64_t limit) {
+void CheckTiling(uint64_t size, uint32_t block, uint32_t shards, uint64_t offset, uint64_t count,
+                 uint64_t limit) {
   absl::StatusOr<ShardMap> map = ShardMap::Uniform(1, shards);
   REQUIRE(map.ok());
   const uint64_t h = Fnv1a64("w");
@@ -74,10 +73,10 @@ TEST_CASE("dense ranges split at odd sizes", "[partition]") {
   CheckTiling(1000003, 4099, 3, 12345, 600001, 5000);
   CheckTiling(7, 4099, 2, 0, 7, 131072);
   CheckTiling(7, 4099, 2, 3, 1, 131072);
-  CheckTiling(1 << 20, 1 << 17, 1, 0, 1 << 20, 1 << 17);   // 4 MiB: eight 512 KiB chunks
-  CheckTiling(1 << 20, 1 << 20, 2, 0, 1 << 20, 1 << 17);   // a block larger than a chunk
-  CheckTiling(999, 1, 5, 0, 999, 7);                        // one-element blocks
-  CheckTiling(100, 3, 4, 99, 1, 2);                         // the last element alone
+  CheckTiling(1 << 20, 1 << 17, 1, 0, 1 << 20, 1 << 17);  // 4 MiB: eight 512 KiB chunks
+  CheckTiling(1 << 20, 1 << 20, 2, 0, 1 << 20, 1 << 17);  // a block larger than a chunk
+  CheckTiling(999, 1, 5, 0, 999, 7);                      // one-element blocks
+  CheckTiling(100, 3, 4, 99, 1, 2);                       // the last element alone
 
   absl::StatusOr<ShardMap> one = ShardMap::Uniform(1, 1);
   CHECK(SplitDenseRange(1, 1 << 20, 1 << 17, *one, 0, 1 << 20, 1 << 17).size() == 8);

@@ -2,14 +2,14 @@
 #ifndef TESSERA_CLIENT_INTERNAL_RPC_H_
 #define TESSERA_CLIENT_INTERNAL_RPC_H_
 
+#include <grpcpp/alarm.h>
+#include <grpcpp/grpcpp.h>
+
 #include <atomic>
 #include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
-
-#include <grpcpp/alarm.h>
-#include <grpcpp/grpcpp.h>
 
 #include "client/internal/client_impl.h"
 #include "common/bulk_codec.h"
@@ -26,6 +26,9 @@ std::chrono::milliseconds Backoff(const ClientOptions& o, int attempt);
 // `consume` reads the response (and may reject it). The outcome goes to `op` only after the
 // call completed AND gRPC released every bulk field borrowed through Borrow(), so the caller's
 // buffers are free to reuse when its callback runs.
+//
+// Thread-compatible: the attempts of one Rpc run one after another (each is started by the
+// previous one's completion or its retry alarm); only holds_ is touched concurrently.
 class Rpc {
  public:
   using EncodeFn = std::function<grpc::ByteBuffer(Rpc& rpc)>;
@@ -45,6 +48,7 @@ class Rpc {
   // until gRPC releases it.
   BulkField Borrow(int field_number, const void* data, size_t size);
 
+  Client::Impl* impl() const { return impl_; }
   uint64_t client_id() const;
   uint64_t sequence() const { return sequence_; }
   uint64_t floor() const;  // lowest sequence still in flight to this shard

@@ -33,8 +33,8 @@ uint64_t Rpc::floor() const { return conn().pushes.Floor(); }
 
 BulkField Rpc::Borrow(int field_number, const void* data, size_t size) {
   holds_.fetch_add(1, std::memory_order_relaxed);
-  return BulkField{field_number, data, size,
-                   [](void* self) { static_cast<Rpc*>(self)->Unhold(); }, this};
+  return BulkField{field_number, data, size, [](void* self) { static_cast<Rpc*>(self)->Unhold(); },
+                   this};
 }
 
 void Rpc::Attempt() {
@@ -66,9 +66,9 @@ void Rpc::OnDone(grpc::Status s) {
   if (sequence_ != 0) conn().pushes.Settle(sequence_);
   if (!status.ok()) {
     if (retryable && attempt_ > 1) {
-      status = absl::Status(status.code(),
-                            absl::StrCat(status.message(), " (gave up after ", attempt_,
-                                         " attempts; a push's outcome is unknown)"));
+      status =
+          absl::Status(status.code(), absl::StrCat(status.message(), " (gave up after ", attempt_,
+                                                   " attempts; a push's outcome is unknown)"));
     }
     status = impl_->Annotate(shard_, status);
   }
