@@ -64,6 +64,20 @@ Rpc::ConsumeFn ConsumePush(Client::Impl* impl) {
   };
 }
 
+// The small fields of a sparse request for n keys.
+template <typename Header>
+std::shared_ptr<Header> SparseHeader(const Client::Impl& impl, absl::string_view table,
+                                     uint32_t dim, size_t n) {
+  auto header = std::make_shared<Header>();
+  impl.FillHeader(header->mutable_header());
+  header->set_table(std::string(table));
+  header->set_key_type(v1::KEY_TYPE_UINT64);
+  header->set_dtype(v1::DTYPE_FLOAT32);
+  header->set_dim(dim);
+  header->set_num_keys(n);
+  return header;
+}
+
 void SetPushId(const Rpc& rpc, v1::PushId* id) {
   id->set_client_id(rpc.client_id());
   id->set_sequence(rpc.sequence());
@@ -83,13 +97,7 @@ void Client::PullSparseAsync(absl::string_view table, absl::Span<const uint64_t>
   for (SparseChunk& chunk : chunks) {
     auto* rpc = new Rpc(impl_.get(), chunk.shard, "PullSparse", /*push=*/false, op);
     const size_t n = chunk.positions.size();
-    auto header = std::make_shared<v1::PullSparseRequest>();
-    impl_->FillHeader(header->mutable_header());
-    header->set_table(std::string(table));
-    header->set_key_type(v1::KEY_TYPE_UINT64);
-    header->set_dtype(v1::DTYPE_FLOAT32);
-    header->set_dim(*dim);
-    header->set_num_keys(n);
+    auto header = SparseHeader<v1::PullSparseRequest>(*impl_, table, *dim, n);
     auto packed = std::make_shared<std::vector<uint64_t>>(n);
     for (size_t j = 0; j < n; ++j) (*packed)[j] = keys[chunk.positions[j]];
     rpc->encode = [header, packed](Rpc& r) {
@@ -135,13 +143,7 @@ void Client::PushSparseAsync(absl::string_view table, absl::Span<const uint64_t>
   for (const SparseChunk& chunk : chunks) {
     auto* rpc = new Rpc(impl_.get(), chunk.shard, "PushSparse", /*push=*/true, op);
     const size_t n = chunk.positions.size();
-    auto header = std::make_shared<v1::PushSparseRequest>();
-    impl_->FillHeader(header->mutable_header());
-    header->set_table(std::string(table));
-    header->set_key_type(v1::KEY_TYPE_UINT64);
-    header->set_dtype(v1::DTYPE_FLOAT32);
-    header->set_dim(*dim);
-    header->set_num_keys(n);
+    auto header = SparseHeader<v1::PushSparseRequest>(*impl_, table, *dim, n);
     // Keys and rows regrouped by shard: one gathered copy, then sent in place.
     auto packed_keys = std::make_shared<std::vector<uint64_t>>(n);
     auto packed_values = std::make_shared<std::vector<float>>(n * *dim);
