@@ -69,8 +69,10 @@ absl::StatusOr<double> Iperf3Baseline(double seconds) {
     return absl::NotFoundError("iperf3 is not installed (tools/setup.sh installs it)");
   }
   const int port = FreePort();
+  // One-off server (-1), and `timeout` so that it never outlives a failed measurement.
   const std::string server =
-      absl::StrFormat("iperf3 -s -1 -B 127.0.0.1 -p %d >/dev/null 2>&1 &", port);
+      absl::StrFormat("timeout %d iperf3 -s -1 -B 127.0.0.1 -p %d >/dev/null 2>&1 &",
+                      static_cast<int>(seconds) + 30, port);
   if (std::system(server.c_str()) != 0) return absl::InternalError("cannot start iperf3 -s");
   // The server needs a moment to listen; retry the client a few times (bounded).
   std::string out;

@@ -127,13 +127,14 @@ int RunLocal(const LocalCommandOptions& o) {
   to.batch_size = static_cast<uint32_t>(o.batch_size);
   to.use_gpu = use_gpu;
   to.optimizer = o.optimizer;
+  const std::string device =
+      use_gpu ? "GPU" : (o.device == "cpu" ? "CPU" : "CPU (no GPU: " + why + ")");
   std::printf(
       "training: %d worker threads, batch %d, %d epochs, %s (learning rate %g), "
-      "forward/backward on %s%s\n",
+      "forward/backward on %s\n",
       to.threads, o.batch_size, to.epochs,
       std::string(OptimizerKindName(to.optimizer.kind)).c_str(),
-      to.optimizer.learning_rate.value_or(0), use_gpu ? "GPU" : "CPU",
-      use_gpu || o.device == "cpu" ? "" : (" (no GPU: " + why + ")").c_str());
+      to.optimizer.learning_rate.value_or(0), device.c_str());
   std::printf("  %8s %10s %11s %10s %8s\n", "step", "samples", "train loss", "keys/s", "time");
   absl::StatusOr<LrTrainResult> result =
       TrainLogisticRegression(**client, problem, to, [](const LrProgress& p) {
