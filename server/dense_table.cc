@@ -12,13 +12,13 @@ namespace tessera {
 DenseTable::DenseTable(const TableConfig& config, const std::vector<bool>& owned)
     : config_(config),
       params_(OptimizerParams::FromConfig(config.optimizer)),
-      layout_{config.dense_size, config.dense_block_elems} {
+      layout_{config.dense_size, config.dense_block_elems},
+      table_hash_(Fnv1a64(config.name)),
+      num_vshards_(static_cast<uint32_t>(owned.size())) {
   const Initializer init(config.initializer);
-  const uint64_t table_hash = Fnv1a64(config.name);
-  const uint32_t num_vshards = static_cast<uint32_t>(owned.size());
   blocks_.resize(layout_.num_blocks());
   for (uint64_t b = 0; b < layout_.num_blocks(); ++b) {
-    if (!owned[VshardOfDenseBlock(table_hash, b, num_vshards)]) continue;
+    if (!owned[VshardOf(b)]) continue;
     auto block = std::make_unique<Block>();
     block->begin = layout_.BlockBegin(b);
     const uint64_t len = layout_.BlockEnd(b) - block->begin;
@@ -69,7 +69,7 @@ void DenseTable::Pull(uint64_t offset, uint64_t count, float* out) const {
   }
 }
 
-void DenseTable::Push(uint64_t offset, uint64_t count, const float* grads) {
+void DenseTable::Push(uint64_t offset, uint64_t count, const float* grads, uint64_t gen) {
   const uint64_t end = offset + count;
   for (uint64_t b = offset / layout_.block_elems; b < layout_.num_blocks(); ++b) {
     const uint64_t lo = std::max(offset, layout_.BlockBegin(b));
@@ -78,11 +78,77 @@ void DenseTable::Push(uint64_t offset, uint64_t count, const float* grads) {
     Block& block = *blocks_[b];
     const uint64_t len = layout_.BlockEnd(b) - block.begin;
     absl::MutexLock lock(&block.mu);
+    if (block.cow_gen != 0 && !block.has_cow && block.gen <= block.cow_gen) {
+      // First change since the cut: keep the block as it was for the checkpoint.
+      block.cow_data = block.data;
+      block.cow_step = block.step;
+      block.cow_block_gen = block.gen;
+      block.has_cow = true;
+    }
     float* w = block.data.data() + (lo - block.begin);
     float* slot0 = params_.num_slots > 0 ? w + len : nullptr;
     float* slot1 = params_.num_slots > 1 ? w + 2 * len : nullptr;
     ApplyUpdate(params_, w, slot0, slot1, &block.step, grads + (lo - offset), hi - lo);
+    block.gen = gen;
   }
+}
+
+uint32_t DenseTable::VshardOf(uint64_t block) const {
+  return VshardOfDenseBlock(table_hash_, block, num_vshards_);
+}
+
+size_t DenseTable::BlockPayloadBytes(uint64_t block) const {
+  const uint64_t len = layout_.BlockEnd(block) - layout_.BlockBegin(block);
+  return len * (1 + params_.num_slots) * sizeof(float) + sizeof(uint64_t);
+}
+
+void DenseTable::BeginCut(uint64_t cut_gen) {
+  for (auto& block : blocks_) {
+    if (block == nullptr) continue;
+    absl::MutexLock lock(&block->mu);
+    block->cow_gen = cut_gen;
+    block->has_cow = false;
+  }
+}
+
+bool DenseTable::TakeBlock(uint64_t b, uint64_t cut_gen, uint64_t parent_gen,
+                           std::string* payload) {
+  Block& block = *blocks_[b];
+  absl::MutexLock lock(&block.mu);
+  const bool saved = block.has_cow;
+  const std::vector<float>& data = saved ? block.cow_data : block.data;
+  const uint64_t step = saved ? block.cow_step : block.step;
+  const uint64_t gen = saved ? block.cow_block_gen : block.gen;
+  const bool dirty = gen > parent_gen && gen <= cut_gen;
+  if (dirty) {
+    const size_t at = payload->size();
+    payload->resize(at + data.size() * sizeof(float) + sizeof(step));
+    std::memcpy(payload->data() + at, data.data(), data.size() * sizeof(float));
+    std::memcpy(payload->data() + at + data.size() * sizeof(float), &step, sizeof(step));
+  }
+  block.cow_gen = 0;
+  block.has_cow = false;
+  block.cow_data = {};
+  return dirty;
+}
+
+void DenseTable::EndCut() {
+  for (auto& block : blocks_) {
+    if (block == nullptr) continue;
+    absl::MutexLock lock(&block->mu);
+    block->cow_gen = 0;
+    block->has_cow = false;
+    block->cow_data = {};
+  }
+}
+
+void DenseTable::LoadBlock(uint64_t b, absl::string_view payload) {
+  Block& block = *blocks_[b];
+  absl::MutexLock lock(&block.mu);
+  const size_t data_bytes = block.data.size() * sizeof(float);
+  std::memcpy(block.data.data(), payload.data(), data_bytes);
+  std::memcpy(&block.step, payload.data() + data_bytes, sizeof(block.step));
+  block.gen = 0;
 }
 
 }  // namespace tessera

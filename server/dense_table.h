@@ -3,9 +3,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "common/table_config.h"
 #include "server/optimizer.h"
@@ -44,7 +46,20 @@ class DenseTable {
 
   // REQUIRES: offset + count <= size and every overlapping block is held here.
   void Pull(uint64_t offset, uint64_t count, float* out) const;
-  void Push(uint64_t offset, uint64_t count, const float* grads);
+  // Applies the optimizer and stamps the touched blocks with generation `gen`.
+  void Push(uint64_t offset, uint64_t count, const float* grads, uint64_t gen);
+
+  // Checkpoints (docs/checkpoints.md), as SparseTable: a block is the unit. TakeBlock appends
+  // the block's payload as of the cut (weights, slots, then the 8-byte step) to *payload and
+  // returns true when the block changed after parent_gen (0: always).
+  bool Holds(uint64_t block) const { return blocks_[block] != nullptr; }
+  uint32_t VshardOf(uint64_t block) const;
+  size_t BlockPayloadBytes(uint64_t block) const;
+  void BeginCut(uint64_t cut_gen);
+  bool TakeBlock(uint64_t block, uint64_t cut_gen, uint64_t parent_gen, std::string* payload);
+  void EndCut();
+  // Restore: REQUIRES a held block, payload of BlockPayloadBytes(block), a table not serving.
+  void LoadBlock(uint64_t block, absl::string_view payload);
 
   uint64_t num_elements() const { return held_elements_; }
   uint64_t bytes() const { return held_elements_ * sizeof(float) * (1 + params_.num_slots); }
@@ -61,12 +76,21 @@ class DenseTable {
     // Weights, then num_slots slot vectors, each of the block's length.
     std::vector<float> data ABSL_GUARDED_BY(mu);
     uint64_t step ABSL_GUARDED_BY(mu) = 0;  // Adam's step counter
+    uint64_t gen ABSL_GUARDED_BY(mu) = 0;   // generation of the last change
+    // Copy-on-write of a checkpoint in progress (see SparseTable).
+    uint64_t cow_gen ABSL_GUARDED_BY(mu) = 0;
+    bool has_cow ABSL_GUARDED_BY(mu) = false;
+    std::vector<float> cow_data ABSL_GUARDED_BY(mu);
+    uint64_t cow_step ABSL_GUARDED_BY(mu) = 0;
+    uint64_t cow_block_gen ABSL_GUARDED_BY(mu) = 0;
   };
 
   // Constant after construction.
   const TableConfig config_;
   const OptimizerParams params_;
   const DenseLayout layout_;
+  const uint64_t table_hash_;
+  const uint32_t num_vshards_;
   std::vector<std::unique_ptr<Block>> blocks_;  // by block index; null when not held
   uint64_t held_elements_ = 0;
 };

@@ -44,7 +44,7 @@ TEST_CASE("pull and push across block boundaries", "[dense]") {
 
   std::vector<float> g(9000);
   std::iota(g.begin(), g.end(), 1.0f);
-  t.Push(1000003 - 9000, 9000, g.data());  // the short last block and its neighbours
+  t.Push(1000003 - 9000, 9000, g.data(), 1);  // the short last block and its neighbours
   std::vector<float> tail(9000);
   t.Pull(1000003 - 9000, 9000, tail.data());
   for (int i = 0; i < 9000; ++i) {
@@ -77,7 +77,7 @@ TEST_CASE("dense Adam keeps one step per block", "[dense]") {
   std::vector<float> before(10), after(10);
   t.Pull(0, 10, before.data());
   std::vector<float> g(10, 1.0f);
-  t.Push(0, 10, g.data());
+  t.Push(0, 10, g.data(), 1);
   t.Pull(0, 10, after.data());
   // One step everywhere: each element moves by lr = 0.001.
   for (int i = 0; i < 10; ++i) CHECK(after[i] - before[i] == Approx(-0.001f).epsilon(1e-3));

@@ -3,6 +3,7 @@
 #include <grpcpp/support/proto_buffer_reader.h>
 
 #include <string>
+#include <thread>
 
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
@@ -52,10 +53,38 @@ absl::Status Parse(const grpc::ByteBuffer& bytes, Req* req) {
 
 }  // namespace
 
+GrpcService::~GrpcService() {
+  absl::MutexLock lock(&offload_mu_);
+  offload_mu_.Await(absl::Condition(+[](int* n) { return *n == 0; }, &offloaded_));
+}
+
 template <typename Req, typename Resp>
 GrpcService::Reactor* GrpcService::Handle(Method method, Ctx* ctx, const Bytes* request,
-                                          Bytes* response,
-                                          absl::Status (ServerCore::*fn)(const Req&, Resp*)) {
+                                          Bytes* response, CoreMethod<Req, Resp> fn) {
+  Reactor* reactor = ctx->DefaultReactor();  // constructs the reactor: call it once per call
+  Run(method, ctx, request, response, fn, reactor);
+  return reactor;
+}
+
+template <typename Req, typename Resp>
+GrpcService::Reactor* GrpcService::Offload(Method method, Ctx* ctx, const Bytes* request,
+                                           Bytes* response, CoreMethod<Req, Resp> fn) {
+  Reactor* reactor = ctx->DefaultReactor();  // constructs the reactor: call it once per call
+  {
+    absl::MutexLock lock(&offload_mu_);
+    ++offloaded_;
+  }
+  std::thread([this, method, ctx, request, response, fn, reactor] {
+    Run(method, ctx, request, response, fn, reactor);
+    absl::MutexLock lock(&offload_mu_);
+    --offloaded_;  // the last use of `this`
+  }).detach();
+  return reactor;
+}
+
+template <typename Req, typename Resp>
+void GrpcService::Run(Method method, Ctx* ctx, const Bytes* request, Bytes* response,
+                      CoreMethod<Req, Resp> fn, Reactor* reactor) {
   const absl::Time start = absl::Now();
   metrics_->AddInFlight(1);
   Req req;
@@ -87,9 +116,7 @@ GrpcService::Reactor* GrpcService::Handle(Method method, Ctx* ctx, const Bytes* 
   metrics_->Record(method, grpc_status.error_code(), absl::ToDoubleSeconds(absl::Now() - start),
                    keys, bytes_in, bytes_out);
   metrics_->AddInFlight(-1);
-  Reactor* reactor = ctx->DefaultReactor();
   reactor->Finish(grpc_status);
-  return reactor;
 }
 
 #define TESSERA_RAW_METHOD(Name, ReqT, RespT)                                        \
@@ -105,6 +132,18 @@ TESSERA_RAW_METHOD(PullSparse, v1::PullSparseRequest, v1::PullSparseResponse)
 TESSERA_RAW_METHOD(PushSparse, v1::PushSparseRequest, v1::PushResponse)
 TESSERA_RAW_METHOD(PullDense, v1::PullDenseRequest, v1::PullDenseResponse)
 TESSERA_RAW_METHOD(PushDense, v1::PushDenseRequest, v1::PushResponse)
+TESSERA_RAW_METHOD(GetCheckpointState, v1::GetCheckpointStateRequest,
+                   v1::GetCheckpointStateResponse)
+
+GrpcService::Reactor* GrpcService::WriteCheckpoint(Ctx* ctx, const Bytes* req, Bytes* resp) {
+  return Offload<v1::WriteCheckpointRequest, v1::WriteCheckpointResponse>(
+      Method::kWriteCheckpoint, ctx, req, resp, &ServerCore::WriteCheckpoint);
+}
+
+GrpcService::Reactor* GrpcService::RestoreCheckpoint(Ctx* ctx, const Bytes* req, Bytes* resp) {
+  return Offload<v1::RestoreCheckpointRequest, v1::RestoreCheckpointResponse>(
+      Method::kRestoreCheckpoint, ctx, req, resp, &ServerCore::RestoreCheckpoint);
+}
 
 #undef TESSERA_RAW_METHOD
 

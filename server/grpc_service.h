@@ -12,21 +12,22 @@ namespace tessera {
 // requests itself: a payload that is not a valid protobuf gets INVALID_ARGUMENT with a message
 // (gRPC's own deserialization would answer a bare UNIMPLEMENTED), and responses can later be
 // written without a protobuf copy.
-using RawParameterServerService = v1::ParameterServer::WithRawCallbackMethod_CreateTable<
-    v1::ParameterServer::WithRawCallbackMethod_DropTable<
-        v1::ParameterServer::WithRawCallbackMethod_DescribeTable<
-            v1::ParameterServer::WithRawCallbackMethod_ListTables<
-                v1::ParameterServer::WithRawCallbackMethod_PullSparse<
-                    v1::ParameterServer::WithRawCallbackMethod_PushSparse<
-                        v1::ParameterServer::WithRawCallbackMethod_PullDense<
-                            v1::ParameterServer::WithRawCallbackMethod_PushDense<
-                                v1::ParameterServer::Service>>>>>>>>;
+using PS = v1::ParameterServer;
+using RawParameterServerService = PS::WithRawCallbackMethod_CreateTable<
+    PS::WithRawCallbackMethod_DropTable<PS::WithRawCallbackMethod_DescribeTable<
+        PS::WithRawCallbackMethod_ListTables<PS::WithRawCallbackMethod_PullSparse<
+            PS::WithRawCallbackMethod_PushSparse<PS::WithRawCallbackMethod_PullDense<
+                PS::WithRawCallbackMethod_PushDense<PS::WithRawCallbackMethod_WriteCheckpoint<
+                    PS::WithRawCallbackMethod_GetCheckpointState<
+                        PS::WithRawCallbackMethod_RestoreCheckpoint<PS::Service>>>>>>>>>>>;
 
 // Handlers run ServerCore inline on gRPC's callback threads: the work is CPU-bound and holds
-// only vshard locks, never across I/O. Thread-safe. `core` and `metrics` must outlive it.
+// only vshard locks, never across I/O. Checkpoint writes and restores, which do file I/O for
+// seconds, run on a thread of their own. Thread-safe. `core` and `metrics` must outlive it.
 class GrpcService final : public RawParameterServerService {
  public:
   GrpcService(ServerCore* core, ServerMetrics* metrics) : core_(core), metrics_(metrics) {}
+  ~GrpcService() override;  // waits for offloaded handlers
 
   using Reactor = grpc::ServerUnaryReactor;
   using Ctx = grpc::CallbackServerContext;
@@ -40,14 +41,29 @@ class GrpcService final : public RawParameterServerService {
   Reactor* PushSparse(Ctx* ctx, const Bytes* req, Bytes* resp) override;
   Reactor* PullDense(Ctx* ctx, const Bytes* req, Bytes* resp) override;
   Reactor* PushDense(Ctx* ctx, const Bytes* req, Bytes* resp) override;
+  Reactor* WriteCheckpoint(Ctx* ctx, const Bytes* req, Bytes* resp) override;
+  Reactor* GetCheckpointState(Ctx* ctx, const Bytes* req, Bytes* resp) override;
+  Reactor* RestoreCheckpoint(Ctx* ctx, const Bytes* req, Bytes* resp) override;
 
  private:
   template <typename Req, typename Resp>
+  using CoreMethod = absl::Status (ServerCore::*)(const Req&, Resp*);
+
+  // Runs fn inline (Handle) or on a thread of its own (Offload) and finishes the call.
+  template <typename Req, typename Resp>
   Reactor* Handle(Method method, Ctx* ctx, const Bytes* request, Bytes* response,
-                  absl::Status (ServerCore::*fn)(const Req&, Resp*));
+                  CoreMethod<Req, Resp> fn);
+  template <typename Req, typename Resp>
+  Reactor* Offload(Method method, Ctx* ctx, const Bytes* request, Bytes* response,
+                   CoreMethod<Req, Resp> fn) ABSL_LOCKS_EXCLUDED(offload_mu_);
+  template <typename Req, typename Resp>
+  void Run(Method method, Ctx* ctx, const Bytes* request, Bytes* response,
+           CoreMethod<Req, Resp> fn, Reactor* reactor);
 
   ServerCore* core_;
   ServerMetrics* metrics_;
+  absl::Mutex offload_mu_;
+  int offloaded_ ABSL_GUARDED_BY(offload_mu_) = 0;  // offloaded handlers still running
 };
 
 }  // namespace tessera

@@ -33,6 +33,13 @@ ABSL_FLAG(uint64_t, max_dense_table_bytes, uint64_t{16} << 30,
 ABSL_FLAG(int64_t, dedup_client_ttl_s, 3600,
           "Forget the push sequence state of a client silent for this long.");
 ABSL_FLAG(int64_t, drain_timeout_ms, 10000, "On SIGTERM, how long in-flight requests may run.");
+ABSL_FLAG(std::string, checkpoint_dir, "",
+          "Checkpoint directory shared by all servers and `tessera checkpoint`; empty: none.");
+ABSL_FLAG(bool, restore, false, "Before serving, restore the newest complete checkpoint.");
+ABSL_FLAG(uint64_t, restore_checkpoint, 0,
+          "Before serving, restore this checkpoint (implies --restore).");
+ABSL_FLAG(uint32_t, testing_crash_in_checkpoint, 0,
+          "TESTING ONLY: SIGKILL this server at a point of its next checkpoint write (1-3).");
 ABSL_FLAG(int, ready_fd, -1, "File descriptor to write the ready line to, then close.");
 ABSL_FLAG(uint32_t, testing_fail_push_after_apply_every, 0,
           "TESTING ONLY: answer every N-th applied push UNAVAILABLE, as if the reply were lost.");
@@ -71,6 +78,13 @@ int main(int argc, char** argv) {
   core.testing_fail_push_after_apply_every =
       absl::GetFlag(FLAGS_testing_fail_push_after_apply_every);
   core.testing_push_delay_ms = absl::GetFlag(FLAGS_testing_push_delay_ms);
+  core.testing_crash_in_checkpoint = absl::GetFlag(FLAGS_testing_crash_in_checkpoint);
+  core.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
+  if (const uint64_t id = absl::GetFlag(FLAGS_restore_checkpoint); id != 0) {
+    options.restore_checkpoint = static_cast<int64_t>(id);
+  } else if (absl::GetFlag(FLAGS_restore)) {
+    options.restore_checkpoint = 0;
+  }
   tessera::SetLogTag(absl::StrFormat("server/%u", core.shard_index));
 
   absl::StatusOr<std::unique_ptr<tessera::Server>> server = tessera::Server::Start(options);

@@ -39,9 +39,10 @@ prometheus::ClientMetric GaugeValue(double v) {
 }  // namespace
 
 const char* MethodName(Method m) {
-  static constexpr const char* kNames[kNumMethods] = {"CreateTable", "DropTable",  "DescribeTable",
-                                                      "ListTables",  "PullSparse", "PushSparse",
-                                                      "PullDense",   "PushDense"};
+  static constexpr const char* kNames[kNumMethods] = {
+      "CreateTable",     "DropTable",          "DescribeTable",    "ListTables",
+      "PullSparse",      "PushSparse",         "PullDense",        "PushDense",
+      "WriteCheckpoint", "GetCheckpointState", "RestoreCheckpoint"};
   return kNames[static_cast<int>(m)];
 }
 
@@ -143,7 +144,48 @@ std::vector<prometheus::MetricFamily> TableCollector::Collect() const {
   prometheus::ClientMetric d;
   d.counter.value = static_cast<double>(core_->duplicate_pushes());
   dups.metric.push_back(std::move(d));
-  return {std::move(rows), std::move(bytes), std::move(tables), std::move(dups)};
+  std::vector<prometheus::MetricFamily> out = {std::move(rows), std::move(bytes), std::move(tables),
+                                               std::move(dups)};
+  const CheckpointStats c = core_->GetCheckpointStats();
+  auto family = [&](const char* name, const char* help, prometheus::MetricType type,
+                    std::vector<std::pair<prometheus::ClientMetric, prometheus::Labels>> values) {
+    prometheus::MetricFamily f{name, help, type, {}};
+    for (auto& [m, labels] : values) {
+      for (const auto& [k, v] : labels) m.label.push_back({k, v});
+      f.metric.push_back(std::move(m));
+    }
+    out.push_back(std::move(f));
+  };
+  auto counter = [](double v) {
+    prometheus::ClientMetric m;
+    m.counter.value = v;
+    return m;
+  };
+  using prometheus::MetricType;
+  family("tessera_checkpoints_total", "Checkpoint parts written by this server, by result.",
+         MetricType::Counter,
+         {{counter(static_cast<double>(c.succeeded)), {{"result", "ok"}}},
+          {counter(static_cast<double>(c.failed)), {{"result", "error"}}}});
+  family("tessera_checkpoint_written_bytes_total", "Bytes of checkpoint files written.",
+         MetricType::Counter, {{counter(static_cast<double>(c.bytes_total)), {}}});
+  family("tessera_checkpoint_last_duration_seconds",
+         "Duration of the last successful checkpoint write on this server.", MetricType::Gauge,
+         {{GaugeValue(c.last_seconds), {}}});
+  family("tessera_checkpoint_last_cut_seconds",
+         "How long the last checkpoint's cut held the update gate (the pause pushes saw).",
+         MetricType::Gauge, {{GaugeValue(c.last_cut_seconds), {}}});
+  family("tessera_checkpoint_last_bytes", "Bytes written by the last successful checkpoint.",
+         MetricType::Gauge, {{GaugeValue(static_cast<double>(c.last_bytes)), {}}});
+  family("tessera_checkpoint_last_rows", "Rows (and dense blocks) in the last checkpoint.",
+         MetricType::Gauge, {{GaugeValue(static_cast<double>(c.last_rows)), {}}});
+  family("tessera_checkpoint_last_success_timestamp_seconds",
+         "Unix time of the last successful checkpoint write.", MetricType::Gauge,
+         {{GaugeValue(c.last_success_unix_s), {}}});
+  family("tessera_restores_total", "Checkpoint restores completed by this server.",
+         MetricType::Counter, {{counter(static_cast<double>(c.restores)), {}}});
+  family("tessera_restore_last_duration_seconds", "Duration of the last restore.",
+         MetricType::Gauge, {{GaugeValue(c.last_restore_seconds), {}}});
+  return out;
 }
 
 }  // namespace tessera

@@ -31,8 +31,11 @@ enum class Method {
   kPushSparse,
   kPullDense,
   kPushDense,
+  kWriteCheckpoint,
+  kGetCheckpointState,
+  kRestoreCheckpoint,
 };
-inline constexpr int kNumMethods = 8;
+inline constexpr int kNumMethods = 11;
 const char* MethodName(Method m);
 
 // Request metrics per method and status code. Thread-safe; Record() takes no lock once the

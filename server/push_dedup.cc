@@ -42,6 +42,33 @@ void PushDeduplicator::SweepLocked(Stripe& s, absl::Time now) {
   });
 }
 
+std::vector<PushDeduplicator::ClientSnapshot> PushDeduplicator::Snapshot() const {
+  std::vector<ClientSnapshot> out;
+  for (const Stripe& s : stripes_) {
+    absl::MutexLock lock(&s.mu);
+    for (const auto& [id, c] : s.clients) {
+      out.push_back({id, c.floor, std::vector<uint64_t>(c.applied.begin(), c.applied.end())});
+    }
+  }
+  return out;
+}
+
+void PushDeduplicator::Restore(const std::vector<ClientSnapshot>& clients) {
+  const absl::Time now = absl::Now();
+  for (Stripe& s : stripes_) {
+    absl::MutexLock lock(&s.mu);
+    s.clients.clear();
+  }
+  for (const ClientSnapshot& c : clients) {
+    Stripe& s = StripeOf(c.client_id);
+    absl::MutexLock lock(&s.mu);
+    ClientState& state = s.clients[c.client_id];
+    state.floor = c.floor;
+    state.applied.insert(c.applied.begin(), c.applied.end());
+    state.last_seen = now;
+  }
+}
+
 size_t PushDeduplicator::NumClientsForTesting() const {
   size_t n = 0;
   for (const Stripe& s : stripes_) {

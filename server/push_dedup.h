@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdint>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
@@ -34,6 +35,16 @@ class PushDeduplicator {
 
   Decision Begin(uint64_t client_id, uint64_t sequence, uint64_t floor);
   void Finish(uint64_t client_id, uint64_t sequence, bool applied);
+
+  // The remembered state, for checkpoints: pushes being applied count as not applied.
+  struct ClientSnapshot {
+    uint64_t client_id;
+    uint64_t floor;
+    std::vector<uint64_t> applied;
+  };
+  std::vector<ClientSnapshot> Snapshot() const;
+  // Replaces the state with a snapshot (restore). REQUIRES: no push in progress.
+  void Restore(const std::vector<ClientSnapshot>& clients);
 
   // Number of clients currently remembered.
   size_t NumClientsForTesting() const;

@@ -5,6 +5,7 @@
 #include <prometheus/exposer.h>
 #include <prometheus/registry.h>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "common/logging.h"
@@ -39,6 +40,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   absl::StatusOr<std::unique_ptr<ServerCore>> core = ServerCore::Create(options.core);
   if (!core.ok()) return core.status();
   impl->core = std::move(*core);
+  if (options.restore_checkpoint >= 0) {
+    v1::RestoreCheckpointRequest req;
+    req.mutable_header()->set_shard_map_epoch(options.core.shard_map_epoch);
+    req.set_checkpoint_id(static_cast<uint64_t>(options.restore_checkpoint));
+    v1::RestoreCheckpointResponse resp;
+    if (absl::Status s = impl->core->RestoreCheckpoint(req, &resp); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("cannot restore: ", s.message()));
+    }
+  }
 
   impl->registry = std::make_shared<prometheus::Registry>();
   impl->metrics = std::make_unique<ServerMetrics>(impl->registry.get());

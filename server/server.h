@@ -23,6 +23,8 @@ struct ServerOptions {
   int max_request_bytes = 256 << 20;
   // On Shutdown(), how long in-flight requests may run before they are cancelled. Default 10 s.
   int64_t drain_timeout_ms = 10000;
+  // Restore before serving: -1 no, 0 the newest complete checkpoint, else that checkpoint.
+  int64_t restore_checkpoint = -1;
   ServerCoreOptions core;
 };
 

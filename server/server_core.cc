@@ -11,14 +11,9 @@
 #include "proto/tessera.pb.h"
 #include "server/dense_table.h"
 #include "server/sparse_table.h"
+#include "storage/checkpoint_store.h"
 
 namespace tessera {
-
-struct ServerCore::Table {
-  TableConfig config;  // resolved
-  std::unique_ptr<SparseTable> sparse;
-  std::unique_ptr<DenseTable> dense;
-};
 
 namespace {
 
@@ -107,7 +102,14 @@ absl::StatusOr<std::unique_ptr<ServerCore>> ServerCore::Create(const ServerCoreO
   for (uint32_t v = 0; v < options.num_vshards; ++v) {
     owned[v] = map->ShardOf(v) == options.shard_index;
   }
-  return std::unique_ptr<ServerCore>(new ServerCore(options, std::move(owned)));
+  auto core = std::unique_ptr<ServerCore>(new ServerCore(options, std::move(owned)));
+  if (!options.checkpoint_dir.empty()) {
+    absl::StatusOr<std::unique_ptr<storage::CheckpointStore>> store =
+        storage::CheckpointStore::Open(options.checkpoint_dir);
+    if (!store.ok()) return store.status();
+    core->store_ = std::move(*store);
+  }
+  return core;
 }
 
 ServerCore::ServerCore(const ServerCoreOptions& options, std::vector<bool> owned)
@@ -183,6 +185,7 @@ absl::Status ServerCore::CreateTable(const v1::CreateTableRequest& req,
   // Build outside the lock: a large dense table takes a while to allocate and initialize.
   auto table = std::make_shared<Table>();
   table->config = *config;
+  table->incarnation = next_incarnation_.fetch_add(1);
   if (config->kind == TableKind::kSparse) {
     table->sparse = std::make_unique<SparseTable>(*config, owned_);
   } else {
@@ -196,6 +199,8 @@ absl::Status ServerCore::CreateTable(const v1::CreateTableRequest& req,
     table->dense = std::make_unique<DenseTable>(*config, owned_);
   }
 
+  absl::ReaderMutexLock gate(&gate_);
+  table->created_gen = generation_.load();
   absl::MutexLock lock(&tables_mu_);
   absl::StatusOr<bool> exists = existing_matches();  // a concurrent create may have won
   if (!exists.ok()) return exists.status();
@@ -206,7 +211,8 @@ absl::Status ServerCore::CreateTable(const v1::CreateTableRequest& req,
 
 absl::Status ServerCore::DropTable(const v1::DropTableRequest& req, v1::DropTableResponse* resp) {
   TESSERA_RETURN_IF_ERROR(CheckEpoch(req.header()));
-  std::shared_ptr<Table> dropped;  // destroyed outside the lock
+  std::shared_ptr<Table> dropped;  // destroyed outside the locks
+  absl::ReaderMutexLock gate(&gate_);
   absl::MutexLock lock(&tables_mu_);
   auto it = tables_.find(req.table());
   if (it == tables_.end()) {
@@ -283,8 +289,13 @@ absl::Status ServerCore::ApplyOnce(const v1::PushId& id, const std::string& tabl
   if (options_.testing_push_delay_ms > 0) {
     absl::SleepFor(absl::Milliseconds(options_.testing_push_delay_ms));
   }
-  apply();
-  dedup_.Finish(id.client_id(), id.sequence(), /*applied=*/true);
+  {
+    // The rows and the record that the push was applied change under the same gate hold, so
+    // a checkpoint's cut sees both or neither.
+    absl::ReaderMutexLock gate(&gate_);
+    apply(generation_.load(std::memory_order_relaxed));
+    dedup_.Finish(id.client_id(), id.sequence(), /*applied=*/true);
+  }
   const uint64_t n = pushes_applied_.fetch_add(1, std::memory_order_relaxed) + 1;
   const uint32_t every = options_.testing_fail_push_after_apply_every;
   if (every > 0 && n % every == 0) {
@@ -340,8 +351,9 @@ absl::Status ServerCore::PullSparse(const v1::PullSparseRequest& req,
   resp->set_dtype(v1::DTYPE_FLOAT32);
   resp->set_dim(sparse.dim());
   resp->set_num_keys(req.num_keys());
-  sparse.Pull(k.keys, k.groups,
-              PackedResize<float>(resp->mutable_values(), k.keys.size() * sparse.dim()));
+  float* out = PackedResize<float>(resp->mutable_values(), k.keys.size() * sparse.dim());
+  absl::ReaderMutexLock gate(&gate_);  // a pull may create rows
+  sparse.Pull(k.keys, k.groups, out, generation_.load(std::memory_order_relaxed));
   return absl::OkStatus();
 }
 
@@ -360,7 +372,7 @@ absl::Status ServerCore::PushSparse(const v1::PushSparseRequest& req, v1::PushRe
       PushValues(req.values(), req.num_keys() * sparse.dim(), name, &scratch);
   if (!values.ok()) return values.status();
   TESSERA_RETURN_IF_ERROR(CheckDistinct(k.keys, k.groups, name));
-  return ApplyOnce(req.id(), name, resp, [&] { sparse.Push(k.keys, k.groups, values->data()); });
+  return ApplyOnce(req.id(), name, resp, [&](uint64_t gen) { sparse.Push(k.keys, k.groups, values->data(), gen); });
 }
 
 absl::Status ServerCore::PullDense(const v1::PullDenseRequest& req, v1::PullDenseResponse* resp) {
@@ -392,7 +404,7 @@ absl::Status ServerCore::PushDense(const v1::PushDenseRequest& req, v1::PushResp
       PushValues(req.values(), req.count(), name, &scratch);
   if (!values.ok()) return values.status();
   return ApplyOnce(req.id(), name, resp,
-                   [&] { dense.Push(req.offset(), req.count(), values->data()); });
+                   [&](uint64_t gen) { dense.Push(req.offset(), req.count(), values->data(), gen); });
 }
 
 absl::Status ServerCore::CheckDenseRange(const DenseTable& dense, const std::string& name,

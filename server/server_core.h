@@ -38,7 +38,21 @@ class PullDenseRequest;
 class PullDenseResponse;
 class PushDenseRequest;
 class PushResponse;
+class WriteCheckpointRequest;
+class WriteCheckpointResponse;
+class GetCheckpointStateRequest;
+class GetCheckpointStateResponse;
+class RestoreCheckpointRequest;
+class RestoreCheckpointResponse;
 }  // namespace v1
+
+namespace storage {
+class CheckpointStore;
+namespace v1 {
+class CheckpointManifest;
+class TableEntry;
+}  // namespace v1
+}  // namespace storage
 
 class SparseTable;
 class DenseTable;
@@ -66,6 +80,28 @@ struct ServerCoreOptions {
   // Fault injection for tests: each push waits this long before it is applied, so that a test
   // can hold pushes in flight. Never set in production.
   uint32_t testing_push_delay_ms = 0;
+
+  // Checkpoint directory shared by every server and the checkpoint driver
+  // (docs/checkpoints.md); empty disables checkpoints.
+  std::string checkpoint_dir;
+  // Fault injection for tests: SIGKILL this process at a point of the next checkpoint write:
+  // 1 right after the cut, 2 after the first table file, 3 after all files, before answering.
+  uint32_t testing_crash_in_checkpoint = 0;
+};
+
+// Checkpoint figures for metrics.
+struct CheckpointStats {
+  uint64_t succeeded = 0;
+  uint64_t failed = 0;
+  double last_seconds = 0;
+  double last_cut_seconds = 0;  // how long the last cut held the update gate
+  uint64_t last_bytes = 0;
+  uint64_t last_rows = 0;
+  double last_success_unix_s = 0;
+  uint64_t bytes_total = 0;
+  uint64_t restores = 0;
+  double last_restore_seconds = 0;
+  uint64_t last_restore_bytes = 0;
 };
 
 // Per-table figures for metrics and Describe.
@@ -81,6 +117,10 @@ struct TableStats {
 // (malformed request), FAILED_PRECONDITION (stale epoch, not owned here, wrong table kind),
 // RESOURCE_EXHAUSTED (over a limit), ALREADY_EXISTS (create with a different spec),
 // UNAVAILABLE (the same push is being applied concurrently).
+//
+// Checkpoints (server_checkpoint.cc, docs/checkpoints.md): every change to a table holds the
+// update gate shared and stamps what it changes with the current generation; a checkpoint's
+// cut holds the gate exclusively just long enough to advance the generation.
 class ServerCore {
  public:
   static absl::StatusOr<std::unique_ptr<ServerCore>> Create(const ServerCoreOptions& options);
@@ -96,12 +136,32 @@ class ServerCore {
   absl::Status PullDense(const v1::PullDenseRequest& req, v1::PullDenseResponse* resp);
   absl::Status PushDense(const v1::PushDenseRequest& req, v1::PushResponse* resp);
 
+  // Checkpoints. WriteCheckpoint takes the cut and writes this server's part (seconds for
+  // large tables: callers run it off the RPC threads); RestoreCheckpoint replaces every table
+  // with a checkpoint's (0: the newest), atomically.
+  absl::Status WriteCheckpoint(const v1::WriteCheckpointRequest& req,
+                               v1::WriteCheckpointResponse* resp)
+      ABSL_LOCKS_EXCLUDED(ckpt_mu_, gate_, tables_mu_);
+  absl::Status GetCheckpointState(const v1::GetCheckpointStateRequest& req,
+                                  v1::GetCheckpointStateResponse* resp)
+      ABSL_LOCKS_EXCLUDED(ckpt_mu_);
+  absl::Status RestoreCheckpoint(const v1::RestoreCheckpointRequest& req,
+                                 v1::RestoreCheckpointResponse* resp)
+      ABSL_LOCKS_EXCLUDED(ckpt_mu_, gate_, tables_mu_);
+  CheckpointStats GetCheckpointStats() const ABSL_LOCKS_EXCLUDED(ckpt_mu_);
+
   std::vector<TableStats> GetTableStats() const ABSL_LOCKS_EXCLUDED(tables_mu_);
   uint64_t shard_map_epoch() const { return options_.shard_map_epoch; }
   uint64_t duplicate_pushes() const { return duplicate_pushes_.load(std::memory_order_relaxed); }
 
  private:
-  struct Table;
+  struct Table {
+    TableConfig config;  // resolved
+    std::unique_ptr<SparseTable> sparse;
+    std::unique_ptr<DenseTable> dense;
+    uint64_t incarnation = 0;  // distinct for every creation on this server
+    uint64_t created_gen = 0;  // generation at creation; 0 when restored from a checkpoint
+  };
 
   ServerCore(const ServerCoreOptions& options, std::vector<bool> owned);
 
@@ -127,7 +187,17 @@ class ServerCore {
   absl::Status CheckDenseRange(const DenseTable& dense, const std::string& name, uint64_t offset,
                                uint64_t count) const;
 
-  // Runs `apply` exactly once per (client_id, sequence); sets resp->duplicate otherwise.
+  // Checkpoint helpers (server_checkpoint.cc).
+  absl::Status WriteTableFile(const Table& table, size_t index, uint64_t id, uint64_t cut_gen,
+                              uint64_t parent_gen, storage::v1::TableEntry* entry);
+  absl::Status LoadTable(const std::vector<storage::v1::CheckpointManifest>& chain,
+                         const std::string& name, Table* table, uint64_t* rows, uint64_t* bytes);
+  void MaybeCrash(uint32_t point) const;
+  void RecordCheckpoint(bool ok, double seconds, double cut_seconds, uint64_t bytes, uint64_t rows)
+      ABSL_LOCKS_EXCLUDED(ckpt_mu_);
+
+  // Runs `apply(gen)` exactly once per (client_id, sequence), under the update gate with the
+  // current generation; sets resp->duplicate otherwise.
   template <typename ApplyFn>
   absl::Status ApplyOnce(const v1::PushId& id, const std::string& table, v1::PushResponse* resp,
                          ApplyFn&& apply);
@@ -142,6 +212,20 @@ class ServerCore {
   PushDeduplicator dedup_;
   std::atomic<uint64_t> duplicate_pushes_{0};
   std::atomic<uint64_t> pushes_applied_{0};  // drives testing_fail_push_after_apply_every
+
+  // Shared by every change to the tables (pushes, row-creating pulls, create, drop);
+  // exclusive for a checkpoint's cut and a restore's swap. Acquired before tables_mu_.
+  mutable absl::Mutex gate_ ABSL_ACQUIRED_BEFORE(tables_mu_);
+  // Stamped on every change; read under gate_ (shared), advanced under gate_ (exclusive).
+  std::atomic<uint64_t> generation_{1};
+  std::atomic<uint64_t> next_incarnation_{1};
+
+  std::unique_ptr<storage::CheckpointStore> store_;  // null without checkpoint_dir
+  mutable absl::Mutex ckpt_mu_;
+  uint64_t running_checkpoint_ ABSL_GUARDED_BY(ckpt_mu_) = 0;
+  // Checkpoints taken (or restored) in this life with this layout -> their cut generation.
+  absl::flat_hash_map<uint64_t, uint64_t> known_cuts_ ABSL_GUARDED_BY(ckpt_mu_);
+  CheckpointStats stats_ ABSL_GUARDED_BY(ckpt_mu_);
 };
 
 }  // namespace tessera

@@ -1,5 +1,6 @@
 #include "server/sparse_table.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace tessera {
@@ -8,15 +9,26 @@ SparseTable::SparseTable(const TableConfig& config, const std::vector<bool>& own
     : config_(config),
       params_(OptimizerParams::FromConfig(config.optimizer)),
       initializer_(config.initializer),
-      stride_(size_t{config.dim} * (1 + params_.num_slots) + (params_.has_step ? 2 : 0)),
-      step_offset_(size_t{config.dim} * (1 + params_.num_slots)) {
+      payload_floats_(size_t{config.dim} * (1 + params_.num_slots) + (params_.has_step ? 2 : 0)),
+      step_offset_(size_t{config.dim} * (1 + params_.num_slots)),
+      gen_offset_(payload_floats_) {
   partitions_.resize(owned.size());
   for (size_t v = 0; v < owned.size(); ++v) {
-    if (owned[v]) partitions_[v] = std::make_unique<Partition>(stride_);
+    if (owned[v]) partitions_[v] = std::make_unique<Partition>(payload_floats_ + 2);
   }
 }
 
-float* SparseTable::FindOrCreate(Partition& p, uint64_t key) {
+uint64_t SparseTable::Gen(const float* row) const {
+  uint64_t gen;
+  std::memcpy(&gen, row + gen_offset_, sizeof(gen));
+  return gen;
+}
+
+void SparseTable::SetGen(float* row, uint64_t gen) const {
+  std::memcpy(row + gen_offset_, &gen, sizeof(gen));
+}
+
+float* SparseTable::FindOrCreate(Partition& p, uint64_t key, uint64_t gen) {
   auto [it, inserted] = p.index.try_emplace(key, 0);
   if (!inserted) return p.rows.Row(it->second);
   const uint32_t id = p.rows.Append();
@@ -30,40 +42,115 @@ float* SparseTable::FindOrCreate(Partition& p, uint64_t key) {
     for (uint32_t i = 0; i < dim; ++i) slot[i] = init;
   }
   if (params_.has_step) std::memset(row + step_offset_, 0, sizeof(uint64_t));
+  SetGen(row, gen);
   num_rows_.fetch_add(1, std::memory_order_relaxed);
   return row;
 }
 
-void SparseTable::Pull(absl::Span<const uint64_t> keys, const VshardGrouping& groups, float* out) {
+void SparseTable::Pull(absl::Span<const uint64_t> keys, const VshardGrouping& groups, float* out,
+                       uint64_t gen) {
   const uint32_t dim = config_.dim;
   for (const VshardRun& run : groups.runs) {
     Partition& p = *partitions_[run.vshard];
     absl::MutexLock lock(&p.mu);
     for (uint32_t j = run.begin; j < run.end; ++j) {
       const uint32_t i = groups.KeyIndex(j);
-      const float* row = FindOrCreate(p, keys[i]);
+      const float* row = FindOrCreate(p, keys[i], gen);
       std::memcpy(out + size_t{i} * dim, row, dim * sizeof(float));
     }
   }
 }
 
 void SparseTable::Push(absl::Span<const uint64_t> keys, const VshardGrouping& groups,
-                       const float* grads) {
+                       const float* grads, uint64_t gen) {
   const size_t dim = config_.dim;
   for (const VshardRun& run : groups.runs) {
     Partition& p = *partitions_[run.vshard];
     absl::MutexLock lock(&p.mu);
     for (uint32_t j = run.begin; j < run.end; ++j) {
       const uint32_t i = groups.KeyIndex(j);
-      float* row = FindOrCreate(p, keys[i]);
+      float* row = FindOrCreate(p, keys[i], gen);
+      if (p.cow_gen != 0 && Gen(row) <= p.cow_gen) {
+        // First change since the cut: keep the row as it was for the checkpoint.
+        const uint32_t id = p.index.find(keys[i])->second;
+        p.cow.try_emplace(id, reinterpret_cast<const char*>(row),
+                          (payload_floats_ + 2) * sizeof(float));
+      }
       float* slot0 = params_.num_slots > 0 ? row + dim : nullptr;
       float* slot1 = params_.num_slots > 1 ? row + 2 * dim : nullptr;
       uint64_t step = 0;
       if (params_.has_step) std::memcpy(&step, row + step_offset_, sizeof(step));
       ApplyUpdate(params_, row, slot0, slot1, &step, grads + i * dim, dim);
       if (params_.has_step) std::memcpy(row + step_offset_, &step, sizeof(step));
+      SetGen(row, gen);
     }
   }
+}
+
+void SparseTable::BeginCut(uint64_t cut_gen) {
+  for (auto& p : partitions_) {
+    if (p == nullptr) continue;
+    absl::MutexLock lock(&p->mu);
+    p->cow_gen = cut_gen;
+    p->cow.clear();
+  }
+}
+
+void SparseTable::TakeVshard(uint32_t vshard, uint64_t cut_gen, uint64_t parent_gen,
+                             VshardSnapshot* out) {
+  out->keys.clear();
+  out->payload.clear();
+  Partition& p = *partitions_[vshard];
+  absl::MutexLock lock(&p.mu);
+  // The state at the cut: the row itself when unchanged since, else its saved pre-image; rows
+  // created after the cut have neither and are left out.
+  struct Item {
+    uint64_t key;
+    const char* payload;
+  };
+  std::vector<Item> items;
+  items.reserve(p.index.size());
+  for (const auto& [key, id] : p.index) {
+    const float* row = p.rows.Row(id);
+    const char* payload = nullptr;
+    uint64_t gen = Gen(row);
+    if (gen > cut_gen) {
+      auto it = p.cow.find(id);
+      if (it == p.cow.end()) continue;
+      payload = it->second.data();
+      gen = Gen(reinterpret_cast<const float*>(payload));
+    } else {
+      payload = reinterpret_cast<const char*>(row);
+    }
+    if (gen > parent_gen) items.push_back({key, payload});
+  }
+  std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.key < b.key; });
+  const size_t rb = row_bytes();
+  out->keys.reserve(items.size());
+  out->payload.resize(items.size() * rb);
+  for (size_t i = 0; i < items.size(); ++i) {
+    out->keys.push_back(items[i].key);
+    std::memcpy(out->payload.data() + i * rb, items[i].payload, rb);
+  }
+  p.cow_gen = 0;
+  p.cow.clear();
+}
+
+void SparseTable::EndCut() {
+  for (auto& p : partitions_) {
+    if (p == nullptr) continue;
+    absl::MutexLock lock(&p->mu);
+    p->cow_gen = 0;
+    p->cow.clear();
+  }
+}
+
+void SparseTable::LoadRow(uint32_t vshard, uint64_t key, absl::string_view payload) {
+  Partition& p = *partitions_[vshard];
+  absl::MutexLock lock(&p.mu);
+  float* row = FindOrCreate(p, key, 0);
+  std::memcpy(row, payload.data(), row_bytes());
+  SetGen(row, 0);
 }
 
 uint64_t SparseTable::bytes() const {

@@ -4,9 +4,11 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "common/shard_map.h"
@@ -17,9 +19,21 @@
 
 namespace tessera {
 
+// The rows of one vshard as of a checkpoint's cut, sorted by key: row i is
+// payload[i * row_bytes, (i + 1) * row_bytes).
+struct VshardSnapshot {
+  std::vector<uint64_t> keys;
+  std::string payload;
+};
+
 // The rows of one sparse table that this server holds: uint64 key -> `dim` weights plus the
 // optimizer's slots (and Adam's step counter) in one contiguous row, partitioned by vshard.
 // Rows are created on first touch (pull or push) with the table's initializer.
+//
+// Every row also records the generation of its last change, for checkpoints
+// (docs/checkpoints.md): between BeginCut(g) and the vshard's TakeVshard, the first change to
+// a row of generation <= g saves its pre-image, so TakeVshard returns the rows exactly as they
+// were at the cut while pushes go on.
 //
 // Thread-safe: each vshard has its own mutex, held only while its rows are read or updated
 // (never across I/O), so requests touching different vshards run in parallel.
@@ -33,14 +47,30 @@ class SparseTable {
   uint32_t dim() const { return config_.dim; }
   uint32_t num_vshards() const { return static_cast<uint32_t>(partitions_.size()); }
   bool Owns(uint32_t vshard) const { return partitions_[vshard] != nullptr; }
+  // Bytes of one row in a checkpoint: weights, slots, then the 8-byte step when there is one.
+  size_t row_bytes() const { return payload_floats_ * sizeof(float); }
 
-  // Copies the weights of keys[i] to out[i * dim, (i + 1) * dim), creating missing rows.
-  // REQUIRES: `groups` is GroupByVshard(keys); every run's vshard is owned.
-  void Pull(absl::Span<const uint64_t> keys, const VshardGrouping& groups, float* out);
+  // Copies the weights of keys[i] to out[i * dim, (i + 1) * dim), creating missing rows (at
+  // generation `gen`). REQUIRES: `groups` is GroupByVshard(keys); every run's vshard is owned.
+  void Pull(absl::Span<const uint64_t> keys, const VshardGrouping& groups, float* out,
+            uint64_t gen);
 
-  // Applies the optimizer to each keys[i] with gradient grads[i * dim, (i + 1) * dim).
-  // REQUIRES: as Pull, and the keys are distinct.
-  void Push(absl::Span<const uint64_t> keys, const VshardGrouping& groups, const float* grads);
+  // Applies the optimizer to each keys[i] with gradient grads[i * dim, (i + 1) * dim) and
+  // stamps the rows with `gen`. REQUIRES: as Pull, and the keys are distinct.
+  void Push(absl::Span<const uint64_t> keys, const VshardGrouping& groups, const float* grads,
+            uint64_t gen);
+
+  // Checkpoints. BeginCut starts copy-on-write for a cut at generation cut_gen (REQUIRES: no
+  // change runs concurrently: the caller holds its update gate). TakeVshard then returns the
+  // vshard's rows as of the cut that changed after parent_gen (0: all rows) and ends its
+  // copy-on-write; EndCut ends it everywhere (after an error).
+  void BeginCut(uint64_t cut_gen);
+  void TakeVshard(uint32_t vshard, uint64_t cut_gen, uint64_t parent_gen, VshardSnapshot* out);
+  void EndCut();
+
+  // Restore: sets the row of `key` (in owned `vshard`) to `payload` (row_bytes() bytes) at
+  // generation 0, creating it when missing. REQUIRES: the table is not yet serving.
+  void LoadRow(uint32_t vshard, uint64_t key, absl::string_view payload);
 
   uint64_t num_rows() const { return num_rows_.load(std::memory_order_relaxed); }
   // Memory held for rows (weights, slots, steps) and their index, approximately.
@@ -52,17 +82,25 @@ class SparseTable {
     mutable absl::Mutex mu;
     absl::flat_hash_map<uint64_t, uint32_t> index ABSL_GUARDED_BY(mu);  // key -> row id
     RowArena rows ABSL_GUARDED_BY(mu);
+    // Copy-on-write of a checkpoint in progress: when cow_gen != 0, rows of generation
+    // <= cow_gen keep their pre-image (payload and generation) in cow before they change.
+    uint64_t cow_gen ABSL_GUARDED_BY(mu) = 0;
+    absl::flat_hash_map<uint32_t, std::string> cow ABSL_GUARDED_BY(mu);
   };
 
-  // Returns the row of `key`, creating and initializing it when missing.
-  float* FindOrCreate(Partition& p, uint64_t key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(p.mu);
+  // Returns the row of `key`, creating and initializing it (at `gen`) when missing.
+  float* FindOrCreate(Partition& p, uint64_t key, uint64_t gen)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(p.mu);
+  uint64_t Gen(const float* row) const;
+  void SetGen(float* row, uint64_t gen) const;
 
   // Constant after construction.
   const TableConfig config_;
   const OptimizerParams params_;
   const Initializer initializer_;
-  const size_t stride_;       // floats per row: dim * (1 + slots) + 2 when there is a step
-  const size_t step_offset_;  // float offset of the 8-byte step counter in a row
+  const size_t payload_floats_;  // weights, slots and the step: what a checkpoint stores
+  const size_t step_offset_;     // float offset of the 8-byte step counter in a row
+  const size_t gen_offset_;      // float offset of the 8-byte generation in a row
   std::vector<std::unique_ptr<Partition>> partitions_;  // by vshard; null when not owned
 
   std::atomic<uint64_t> num_rows_{0};

@@ -21,14 +21,14 @@ std::vector<float> Pull(SparseTable& t, const std::vector<uint64_t>& keys) {
   VshardGrouping g;
   GroupByVshard(keys, t.num_vshards(), &g);
   std::vector<float> out(keys.size() * t.dim(), -1.0f);
-  t.Pull(keys, g, out.data());
+  t.Pull(keys, g, out.data(), 1);
   return out;
 }
 
 void Push(SparseTable& t, const std::vector<uint64_t>& keys, const std::vector<float>& grads) {
   VshardGrouping g;
   GroupByVshard(keys, t.num_vshards(), &g);
-  t.Push(keys, g, grads.data());
+  t.Push(keys, g, grads.data(), 1);
 }
 
 TEST_CASE("rows are created on first touch with the initializer", "[sparse]") {

@@ -57,7 +57,7 @@ TEST_CASE("three servers behave exactly like one reference table", "[cluster]") 
     TESSERA_REQUIRE_OK(client->PushSparse("emb", keys, grads));
     VshardGrouping groups;
     GroupByVshard(keys, kDefaultNumVshards, &groups);
-    ref_emb.Push(keys, groups, grads.data());
+    ref_emb.Push(keys, groups, grads.data(), 1);
 
     std::vector<uint64_t> pull_keys(keys.begin(), keys.begin() + 1000);
     pull_keys.insert(pull_keys.end(), keys.begin(), keys.begin() + 10);  // repeats
@@ -65,7 +65,7 @@ TEST_CASE("three servers behave exactly like one reference table", "[cluster]") 
     std::vector<float> got(pull_keys.size() * 5), want(pull_keys.size() * 5);
     TESSERA_REQUIRE_OK(client->PullSparse("emb", pull_keys, absl::MakeSpan(got)));
     GroupByVshard(pull_keys, kDefaultNumVshards, &groups);
-    ref_emb.Pull(pull_keys, groups, want.data());
+    ref_emb.Pull(pull_keys, groups, want.data(), 1);
     REQUIRE(got == want);
 
     // Dense: a random sub-range (odd offsets) and the whole tensor.
@@ -73,7 +73,7 @@ TEST_CASE("three servers behave exactly like one reference table", "[cluster]") 
     std::vector<float> dg(len);
     for (float& g : dg) g = std::uniform_real_distribution<float>(-1, 1)(rng);
     TESSERA_REQUIRE_OK(client->PushDense("dense", off, dg));
-    ref_dense.Push(off, len, dg.data());
+    ref_dense.Push(off, len, dg.data(), 1);
     std::vector<float> dgot(100003), dwant(100003);
     TESSERA_REQUIRE_OK(client->PullDense("dense", 0, absl::MakeSpan(dgot)));
     ref_dense.Pull(0, 100003, dwant.data());
