@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <filesystem>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
@@ -205,6 +206,8 @@ absl::Status ServerCore::WriteCheckpoint(const v1::WriteCheckpointRequest& req,
             [](const auto& a, const auto& b) { return a->config.name < b->config.name; });
   storage::v1::PartManifest part;
   part.set_shard_index(options_.shard_index);
+  part.set_num_shards(options_.num_shards);
+  part.set_num_vshards(options_.num_vshards);
   part.set_cut_generation(cut_gen);
   for (size_t i = 0; i < tables.size(); ++i) {
     const Table& t = *tables[i];
@@ -266,36 +269,14 @@ absl::Status ServerCore::LoadTable(const std::vector<storage::v1::CheckpointMani
     first = std::max(first, mine_first);
     last_v = std::min(last_v, mine_last);
     if (first > last_v) continue;  // no vshard of old shard j is ours
-    // This part's files for the table along the chain, back to the newest full one.
-    std::vector<std::unique_ptr<storage::TableFileReader>> readers;
-    for (size_t k = chain.size(); k-- > 0;) {
-      const storage::v1::PartManifest* part = nullptr;
-      for (const auto& p : chain[k].parts()) {
-        if (p.shard_index() == j) part = &p;
-      }
-      const storage::v1::TableEntry* entry = nullptr;
-      if (part != nullptr) {
-        for (const auto& e : part->tables()) {
-          if (e.spec().name() == name) entry = &e;
-        }
-      }
-      if (entry == nullptr) {
-        return absl::DataLossError(absl::StrFormat(
-            "checkpoint %u has no full copy of table '%s' on shard %u in its chain", last.id(),
-            name, j));
-      }
-      const std::string path = absl::StrCat(store_->PartDir(chain[k].id(), j), "/",
-                                            entry->file().name());
-      absl::StatusOr<std::unique_ptr<storage::TableFileReader>> reader =
-          storage::TableFileReader::Open(path, entry->file().size_bytes(), entry->file().crc32c());
-      if (!reader.ok()) return reader.status();
-      *bytes += entry->file().size_bytes();
-      readers.push_back(std::move(*reader));
-      if (entry->full()) break;
-    }
-    std::reverse(readers.begin(), readers.end());
+    absl::StatusOr<std::vector<std::unique_ptr<storage::TableFileReader>>> readers =
+        store_->OpenTableFiles(chain, j, name);
+    if (!readers.ok()) return readers.status();
     std::vector<storage::TableFileReader*> oldest_first;
-    for (auto& r : readers) oldest_first.push_back(r.get());
+    for (auto& r : *readers) {
+      oldest_first.push_back(r.get());
+      *bytes += std::filesystem::file_size(r->path());
+    }
     const std::string& file = oldest_first.back()->path();
     TESSERA_RETURN_IF_ERROR(storage::MergeChain(
         oldest_first, first, last_v, [&](const storage::Entry& e) -> absl::Status {

@@ -14,6 +14,7 @@
 #include "absl/strings/strip.h"
 #include "proto/checkpoint.pb.h"
 #include "storage/file_util.h"
+#include "storage/table_file.h"
 
 namespace tessera::storage {
 namespace {
@@ -120,6 +121,34 @@ absl::StatusOr<std::vector<v1::CheckpointManifest>> CheckpointStore::ReadChain(u
   }
   chain.push_back(std::move(last));
   return chain;
+}
+
+absl::StatusOr<std::vector<std::unique_ptr<TableFileReader>>> CheckpointStore::OpenTableFiles(
+    const std::vector<v1::CheckpointManifest>& chain, uint32_t shard,
+    const std::string& name) const {
+  std::vector<std::unique_ptr<TableFileReader>> readers;
+  for (size_t k = chain.size(); k-- > 0;) {
+    const v1::TableEntry* entry = nullptr;
+    for (const v1::PartManifest& part : chain[k].parts()) {
+      if (part.shard_index() != shard) continue;
+      for (const v1::TableEntry& e : part.tables()) {
+        if (e.spec().name() == name) entry = &e;
+      }
+    }
+    if (entry == nullptr) {
+      return absl::DataLossError(absl::StrFormat(
+          "checkpoint %u has no full copy of table '%s' from shard %u in its chain",
+          chain.back().id(), name, shard));
+    }
+    const std::string path = absl::StrCat(PartDir(chain[k].id(), shard), "/", entry->file().name());
+    absl::StatusOr<std::unique_ptr<TableFileReader>> reader =
+        TableFileReader::Open(path, entry->file().size_bytes(), entry->file().crc32c());
+    if (!reader.ok()) return reader.status();
+    readers.push_back(std::move(*reader));
+    if (entry->full()) break;
+  }
+  std::reverse(readers.begin(), readers.end());
+  return readers;
 }
 
 absl::Status CheckpointStore::Publish(const v1::CheckpointManifest& manifest) const {

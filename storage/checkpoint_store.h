@@ -17,6 +17,8 @@ namespace v1 {
 class CheckpointManifest;
 }  // namespace v1
 
+class TableFileReader;
+
 // Holds the exclusive driver lock of a checkpoint directory until destroyed.
 class DriverLock {
  public:
@@ -50,6 +52,13 @@ class CheckpointStore {
   absl::Status ReadManifest(uint64_t id, v1::CheckpointManifest* out) const;
   // The manifests of `id`'s chain, the full base first. Errors as ReadManifest.
   absl::StatusOr<std::vector<v1::CheckpointManifest>> ReadChain(uint64_t id) const;
+
+  // The files of table `name` written by `shard` along `chain` (from ReadChain), from the
+  // newest full one to the end, oldest first, each verified against the manifest's size and
+  // CRC32C. DATA_LOSS naming the file when one is missing or corrupt.
+  absl::StatusOr<std::vector<std::unique_ptr<TableFileReader>>> OpenTableFiles(
+      const std::vector<v1::CheckpointManifest>& chain, uint32_t shard,
+      const std::string& name) const;
 
   // Makes the checkpoint visible: writes its MANIFEST last, atomically and durably.
   absl::Status Publish(const v1::CheckpointManifest& manifest) const;

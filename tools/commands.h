@@ -37,6 +37,20 @@ struct BenchCommandOptions {
 };
 int RunBench(const BenchCommandOptions& options);
 
+struct CheckpointCommandOptions {
+  std::string action;  // create | list | inspect | restore | merge | run
+  std::string dir;
+  std::vector<std::string> connect;
+  uint64_t shard_map_epoch = 1;
+  uint64_t id = 0;  // inspect/restore/merge: 0 is the newest
+  bool full = false;
+  size_t keep_last = 0;
+  double every_s = 0;
+  bool verify = false;
+  int testing_crash_point = 0;
+};
+int RunCheckpoint(const CheckpointCommandOptions& options);
+
 }  // namespace tessera
 
 #endif  // TESSERA_TOOLS_COMMANDS_H_

@@ -35,6 +35,16 @@ ABSL_FLAG(uint32_t, sparse_dim, 16, "bench: floats per sparse row.");
 ABSL_FLAG(int, channels, 4, "bench: client channels (TCP connections) per server.");
 ABSL_FLAG(uint64_t, chunk_bytes, 512 << 10, "bench: client chunk size.");
 ABSL_FLAG(bool, iperf3, true, "bench: also measure loopback with iperf3 as a baseline.");
+// tessera checkpoint
+ABSL_FLAG(std::string, checkpoint_dir, "", "checkpoint: the servers' --checkpoint_dir.");
+ABSL_FLAG(uint64_t, id, 0, "checkpoint inspect/restore/merge: checkpoint id; 0 = newest.");
+ABSL_FLAG(bool, full, false, "checkpoint create/run: always write full checkpoints.");
+ABSL_FLAG(uint64_t, keep, 0, "checkpoint create/run: keep the newest N checkpoints; 0 = all.");
+ABSL_FLAG(double, every_s, 0, "checkpoint run: seconds between rounds.");
+ABSL_FLAG(bool, verify, false, "checkpoint inspect: verify every file's size and CRC32C.");
+ABSL_FLAG(uint64_t, shard_map_epoch, 1, "checkpoint: the cluster's shard-map epoch.");
+ABSL_FLAG(int, testing_driver_crash_point, 0,
+          "TESTING ONLY: SIGKILL the checkpoint driver before (1) or during (2) the manifest.");
 
 namespace {
 
@@ -44,6 +54,8 @@ Commands:
   local   start a local cluster, train sparse logistic regression on synthetic data with a
           planted model, print progress, a summary and server metrics, then shut down
   bench   measure dense push+pull and sparse pull/push throughput (--json for machines)
+  checkpoint create|list|inspect|restore|merge|run
+          consistent, incremental checkpoints of a running cluster (docs/checkpoints.md)
 
 Run 'tessera --helpfull' for every flag.)";
 
@@ -53,11 +65,26 @@ int main(int argc, char** argv) {
   tessera::SetUpProcess();
   absl::SetProgramUsageMessage(kUsage);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  const std::string command = args.size() >= 2 ? args[1] : "";
+  if (command == "checkpoint" && args.size() == 3) {
+    tessera::CheckpointCommandOptions o;
+    o.action = args[2];
+    o.dir = absl::GetFlag(FLAGS_checkpoint_dir);
+    const std::string connect = absl::GetFlag(FLAGS_connect);
+    if (!connect.empty()) o.connect = absl::StrSplit(connect, ',', absl::SkipEmpty());
+    o.shard_map_epoch = absl::GetFlag(FLAGS_shard_map_epoch);
+    o.id = absl::GetFlag(FLAGS_id);
+    o.full = absl::GetFlag(FLAGS_full);
+    o.keep_last = absl::GetFlag(FLAGS_keep);
+    o.every_s = absl::GetFlag(FLAGS_every_s);
+    o.verify = absl::GetFlag(FLAGS_verify);
+    o.testing_crash_point = absl::GetFlag(FLAGS_testing_driver_crash_point);
+    return tessera::RunCheckpoint(o);
+  }
   if (args.size() != 2) {
     std::fprintf(stderr, "%s\n", kUsage);
     return 2;
   }
-  const std::string command = args[1];
   if (command == "local") {
     tessera::LocalCommandOptions o;
     o.num_servers = absl::GetFlag(FLAGS_servers);

@@ -1,0 +1,258 @@
+#include "tools/checkpoint_driver.h"
+
+#include <signal.h>
+
+#include <algorithm>
+#include <fstream>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "common/grpc_status.h"
+#include "proto/checkpoint.pb.h"
+#include "proto/tessera.grpc.pb.h"
+#include "storage/checkpoint_store.h"
+#include "storage/file_util.h"
+#include "storage/table_file.h"
+
+namespace tessera {
+namespace {
+
+// Runs call(shard) for every server on threads of its own and returns the statuses.
+template <typename Fn>
+std::vector<absl::Status> OnEveryServer(const std::vector<std::string>& servers, Fn&& call) {
+  std::vector<absl::Status> statuses(servers.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < servers.size(); ++i) {
+    threads.emplace_back([&, i] {
+      auto stub = v1::ParameterServer::NewStub(
+          grpc::CreateChannel(servers[i], grpc::InsecureChannelCredentials()));
+      statuses[i] = call(*stub, static_cast<uint32_t>(i));
+      if (!statuses[i].ok()) {
+        statuses[i] = absl::Status(statuses[i].code(),
+                                   absl::StrFormat("server %s (shard %u): %s", servers[i], i,
+                                                   statuses[i].message()));
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  return statuses;
+}
+
+absl::Status FirstError(const std::vector<absl::Status>& statuses) {
+  for (const absl::Status& s : statuses) {
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+void SetDeadline(grpc::ClientContext* ctx, absl::Duration timeout) {
+  ctx->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+}
+
+}  // namespace
+
+absl::StatusOr<CheckpointRoundResult> RunCheckpointRound(const CheckpointDriverOptions& o) {
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::unique_ptr<storage::CheckpointStore>> store =
+      storage::CheckpointStore::Open(o.dir);
+  if (!store.ok()) return store.status();
+  storage::CheckpointStore& s = **store;
+  absl::StatusOr<std::unique_ptr<storage::DriverLock>> lock = s.LockForDriver();
+  if (!lock.ok()) return lock.status();
+
+  CheckpointRoundResult result;
+  std::vector<uint64_t> partial;
+  absl::StatusOr<std::vector<uint64_t>> complete = s.List(&partial);
+  if (!complete.ok()) return complete.status();
+  for (uint64_t id : partial) {
+    if (absl::Status st = s.Remove(id); !st.ok()) return st;
+    result.removed_partial.push_back(id);
+  }
+  const uint64_t newest = complete->empty() ? 0 : complete->back();
+  const uint64_t highest = std::max(newest, partial.empty() ? 0 : partial.back());
+  result.id = highest + 1;
+
+  // Incremental only when every server took the newest checkpoint in its current life.
+  storage::v1::CheckpointManifest parent;
+  if (o.incremental && newest != 0 && s.ReadManifest(newest, &parent).ok() &&
+      parent.num_shards() == o.servers.size()) {
+    std::vector<bool> knows(o.servers.size(), false);
+    const absl::Status st = FirstError(OnEveryServer(
+        o.servers, [&](v1::ParameterServer::Stub& stub, uint32_t shard) {
+          v1::GetCheckpointStateRequest req;
+          req.mutable_header()->set_shard_map_epoch(o.shard_map_epoch);
+          v1::GetCheckpointStateResponse resp;
+          grpc::ClientContext ctx;
+          SetDeadline(&ctx, absl::Seconds(30));
+          absl::Status r = FromGrpcStatus(stub.GetCheckpointState(&ctx, req, &resp));
+          if (r.ok()) {
+            knows[shard] = std::find(resp.known_checkpoints().begin(),
+                                     resp.known_checkpoints().end(),
+                                     newest) != resp.known_checkpoints().end();
+          }
+          return r;
+        }));
+    if (!st.ok()) return st;
+    if (std::all_of(knows.begin(), knows.end(), [](bool b) { return b; })) {
+      result.parent_id = newest;
+    }
+  }
+
+  std::vector<storage::v1::PartManifest> parts(o.servers.size());
+  const absl::Status written = FirstError(
+      OnEveryServer(o.servers, [&](v1::ParameterServer::Stub& stub, uint32_t shard) {
+        v1::WriteCheckpointRequest req;
+        req.mutable_header()->set_shard_map_epoch(o.shard_map_epoch);
+        req.set_checkpoint_id(result.id);
+        req.set_parent_id(result.parent_id);
+        v1::WriteCheckpointResponse resp;
+        grpc::ClientContext ctx;
+        SetDeadline(&ctx, o.rpc_timeout);
+        absl::Status r = FromGrpcStatus(stub.WriteCheckpoint(&ctx, req, &resp));
+        if (r.ok() && (!parts[shard].ParseFromString(resp.part()) ||
+                       parts[shard].shard_index() != shard ||
+                       parts[shard].num_shards() != o.servers.size())) {
+          r = absl::FailedPreconditionError(
+              "the server's part does not fit this cluster (shard index or count differ from "
+              "the --connect list)");
+        }
+        return r;
+      }));
+  if (!written.ok()) {
+    (void)s.Remove(result.id);  // nothing became visible; do not leave the parts behind
+    return absl::Status(written.code(),
+                        absl::StrCat("checkpoint ", result.id, " failed: ", written.message()));
+  }
+
+  storage::v1::CheckpointManifest m;
+  m.set_id(result.id);
+  m.set_parent_id(result.parent_id);
+  if (result.parent_id != 0) *m.mutable_chain() = parent.chain();
+  m.add_chain(result.id);
+  m.set_created_unix_ms(absl::ToUnixMillis(absl::Now()));
+  m.set_num_shards(static_cast<uint32_t>(o.servers.size()));
+  m.set_shard_map_epoch(o.shard_map_epoch);
+  for (const storage::v1::PartManifest& p : parts) {
+    result.rows += p.rows();
+    result.bytes += p.bytes();
+    result.max_cut_seconds = std::max(result.max_cut_seconds, p.cut_seconds());
+    *m.add_parts() = p;
+  }
+  m.set_num_vshards(parts.empty() ? 0 : parts[0].num_vshards());
+  if (o.testing_crash_point == 1) raise(SIGKILL);
+  if (o.testing_crash_point == 2) {  // as if killed between writing MANIFEST.tmp and its rename
+    std::ofstream(s.ManifestPath(result.id) + ".tmp") << m.SerializeAsString();
+    raise(SIGKILL);
+  }
+  result.seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  m.set_seconds(result.seconds);
+  if (absl::Status st = s.Publish(m); !st.ok()) {
+    (void)s.Remove(result.id);
+    return st;
+  }
+  absl::StatusOr<std::vector<uint64_t>> victims = s.RetentionVictims(o.keep_last);
+  if (!victims.ok()) return victims.status();
+  for (uint64_t id : *victims) {
+    if (absl::Status st = s.Remove(id); !st.ok()) return st;
+    result.removed_by_retention.push_back(id);
+  }
+  return result;
+}
+
+absl::StatusOr<RestoreResult> RestoreCluster(const std::vector<std::string>& servers,
+                                             uint64_t shard_map_epoch, uint64_t id,
+                                             absl::Duration timeout) {
+  const absl::Time start = absl::Now();
+  std::vector<v1::RestoreCheckpointResponse> responses(servers.size());
+  const absl::Status st = FirstError(
+      OnEveryServer(servers, [&](v1::ParameterServer::Stub& stub, uint32_t shard) {
+        v1::RestoreCheckpointRequest req;
+        req.mutable_header()->set_shard_map_epoch(shard_map_epoch);
+        req.set_checkpoint_id(id);
+        grpc::ClientContext ctx;
+        SetDeadline(&ctx, timeout);
+        return FromGrpcStatus(stub.RestoreCheckpoint(&ctx, req, &responses[shard]));
+      }));
+  if (!st.ok()) return st;
+  RestoreResult r;
+  r.id = responses.empty() ? 0 : responses[0].checkpoint_id();
+  for (const auto& resp : responses) {
+    if (resp.checkpoint_id() != r.id) {
+      return absl::FailedPreconditionError(
+          "servers restored different checkpoints (one was published during the restore)");
+    }
+    r.rows += resp.rows();
+    r.bytes += resp.bytes();
+  }
+  r.seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  return r;
+}
+
+absl::StatusOr<uint64_t> MergeCheckpointChain(const std::string& dir, uint64_t id) {
+  absl::StatusOr<std::unique_ptr<storage::CheckpointStore>> store =
+      storage::CheckpointStore::Open(dir);
+  if (!store.ok()) return store.status();
+  storage::CheckpointStore& s = **store;
+  absl::StatusOr<std::unique_ptr<storage::DriverLock>> lock = s.LockForDriver();
+  if (!lock.ok()) return lock.status();
+  if (id == 0) id = s.NewestOrZero();
+  absl::StatusOr<std::vector<storage::v1::CheckpointManifest>> chain = s.ReadChain(id);
+  if (!chain.ok()) return chain.status();
+  const storage::v1::CheckpointManifest& last = chain->back();
+  std::vector<uint64_t> partial;
+  absl::StatusOr<std::vector<uint64_t>> complete = s.List(&partial);
+  if (!complete.ok()) return complete.status();
+  const uint64_t merged = std::max(complete->empty() ? 0 : complete->back(),
+                                   partial.empty() ? 0 : partial.back()) + 1;
+  storage::v1::CheckpointManifest m = last;
+  m.set_id(merged);
+  m.set_parent_id(0);
+  m.clear_chain();
+  m.add_chain(merged);
+  m.set_created_unix_ms(absl::ToUnixMillis(absl::Now()));
+  const absl::Time start = absl::Now();
+  for (storage::v1::PartManifest& part : *m.mutable_parts()) {
+    const uint32_t shard = part.shard_index();
+    if (absl::Status st = s.CreatePartDir(merged, shard); !st.ok()) return st;
+    part.set_rows(0);
+    part.set_bytes(0);
+    for (storage::v1::TableEntry& entry : *part.mutable_tables()) {
+      absl::StatusOr<std::vector<std::unique_ptr<storage::TableFileReader>>> readers =
+          s.OpenTableFiles(*chain, shard, entry.spec().name());
+      if (!readers.ok()) return readers.status();
+      std::vector<storage::TableFileReader*> files;
+      for (auto& r : *readers) files.push_back(r.get());
+      const std::string path = absl::StrCat(s.PartDir(merged, shard), "/", entry.file().name());
+      absl::StatusOr<std::unique_ptr<storage::TableFileWriter>> w =
+          storage::TableFileWriter::Create(path);
+      if (!w.ok()) return w.status();
+      absl::Status st = storage::MergeChain(files, 0, UINT32_MAX, [&](const storage::Entry& e) {
+        return (*w)->AddRow(e.vshard, e.key, e.bytes);
+      });
+      if (!st.ok()) return st;
+      absl::StatusOr<storage::FileInfo> info = (*w)->Finish();
+      if (!info.ok()) return info.status();
+      entry.set_full(true);
+      storage::v1::FileEntry* f = entry.mutable_file();
+      f->set_size_bytes(info->size_bytes);
+      f->set_crc32c(info->crc32c);
+      f->set_rows(info->rows);
+      f->set_tombstones(0);
+      part.set_rows(part.rows() + info->rows);
+      part.set_bytes(part.bytes() + info->size_bytes);
+    }
+    if (absl::Status st = storage::SyncDir(s.PartDir(merged, shard)); !st.ok()) return st;
+  }
+  m.set_seconds(absl::ToDoubleSeconds(absl::Now() - start));
+  if (absl::Status st = s.Publish(m); !st.ok()) {
+    (void)s.Remove(merged);
+    return st;
+  }
+  return merged;
+}
+
+}  // namespace tessera

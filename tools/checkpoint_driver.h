@@ -1,0 +1,61 @@
+// The driver of checkpoint rounds (docs/checkpoints.md, "The round"), restores and merges. Used
+// by `tessera checkpoint`, `tessera local` and the tests; the coordinator will host it later.
+#ifndef TESSERA_TOOLS_CHECKPOINT_DRIVER_H_
+#define TESSERA_TOOLS_CHECKPOINT_DRIVER_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace tessera {
+
+struct CheckpointDriverOptions {
+  std::string dir;                   // the checkpoint directory the servers use
+  std::vector<std::string> servers;  // in shard order
+  uint64_t shard_map_epoch = 1;
+  bool incremental = true;   // incremental on the newest checkpoint when every server can
+  size_t keep_last = 0;      // retention after a successful round; 0 keeps everything
+  absl::Duration rpc_timeout = absl::Hours(1);
+  // Fault injection for tests: SIGKILL the driver after every part is written but before the
+  // manifest (1), or after MANIFEST.tmp is written but before its rename (2).
+  int testing_crash_point = 0;
+};
+
+struct CheckpointRoundResult {
+  uint64_t id = 0;
+  uint64_t parent_id = 0;  // 0: full
+  double seconds = 0;
+  uint64_t rows = 0;
+  uint64_t bytes = 0;
+  double max_cut_seconds = 0;  // longest update-gate hold of any server's cut
+  std::vector<uint64_t> removed_partial;  // partial checkpoints cleaned up first
+  std::vector<uint64_t> removed_by_retention;
+};
+
+// One round: lock, clean up partial checkpoints, every server writes its part, publish,
+// retention. On any failure nothing becomes visible and the partial directory is removed.
+absl::StatusOr<CheckpointRoundResult> RunCheckpointRound(const CheckpointDriverOptions& options);
+
+struct RestoreResult {
+  uint64_t id = 0;
+  uint64_t rows = 0;
+  uint64_t bytes = 0;
+  double seconds = 0;
+};
+
+// Every server replaces its tables with checkpoint `id` (0: the newest). Stop training first:
+// each server swaps atomically, but not all at the same instant.
+absl::StatusOr<RestoreResult> RestoreCluster(const std::vector<std::string>& servers,
+                                             uint64_t shard_map_epoch, uint64_t id,
+                                             absl::Duration timeout = absl::Hours(1));
+
+// Offline: writes checkpoint `id`'s chain as a new full checkpoint (same shard layout) and
+// returns its id.
+absl::StatusOr<uint64_t> MergeCheckpointChain(const std::string& dir, uint64_t id);
+
+}  // namespace tessera
+
+#endif  // TESSERA_TOOLS_CHECKPOINT_DRIVER_H_
