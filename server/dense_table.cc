@@ -5,6 +5,7 @@
 
 #include "common/hash.h"
 #include "common/shard_map.h"
+#include "server/generation.h"
 #include "server/initializer.h"
 
 namespace tessera {
@@ -148,7 +149,7 @@ void DenseTable::LoadBlock(uint64_t b, absl::string_view payload) {
   const size_t data_bytes = block.data.size() * sizeof(float);
   std::memcpy(block.data.data(), payload.data(), data_bytes);
   std::memcpy(&block.step, payload.data() + data_bytes, sizeof(block.step));
-  block.gen = 0;
+  block.gen = kBaseGeneration;
 }
 
 }  // namespace tessera

@@ -10,6 +10,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "common/table_config.h"
+#include "server/generation.h"
 #include "server/optimizer.h"
 
 namespace tessera {
@@ -76,7 +77,7 @@ class DenseTable {
     // Weights, then num_slots slot vectors, each of the block's length.
     std::vector<float> data ABSL_GUARDED_BY(mu);
     uint64_t step ABSL_GUARDED_BY(mu) = 0;  // Adam's step counter
-    uint64_t gen ABSL_GUARDED_BY(mu) = 0;   // generation of the last change
+    uint64_t gen ABSL_GUARDED_BY(mu) = kBaseGeneration;  // generation of the last change
     // Copy-on-write of a checkpoint in progress (see SparseTable).
     uint64_t cow_gen ABSL_GUARDED_BY(mu) = 0;
     bool has_cow ABSL_GUARDED_BY(mu) = false;

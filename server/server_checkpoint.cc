@@ -398,13 +398,13 @@ absl::Status ServerCore::RestoreCheckpoint(const v1::RestoreCheckpointRequest& r
     absl::MutexLock lock(&tables_mu_);
     old.swap(tables_);
     tables_ = std::move(restored);
-    dedup_.Restore(dedup);
+    dedup_.Restore(dedup);  // (changes from now on carry generations > kBaseGeneration)
   }
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
   {
     absl::MutexLock lock(&ckpt_mu_);
     known_cuts_.clear();
-    if (same_layout) known_cuts_[id] = 0;  // restored rows carry generation 0
+    if (same_layout) known_cuts_[id] = kBaseGeneration;
     ++stats_.restores;
     stats_.last_restore_seconds = seconds;
     stats_.last_restore_bytes = total_bytes;

@@ -15,6 +15,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/shard_map.h"
 #include "common/table_config.h"
+#include "server/generation.h"
 #include "server/push_dedup.h"
 
 namespace tessera {
@@ -217,7 +218,7 @@ class ServerCore {
   // exclusive for a checkpoint's cut and a restore's swap. Acquired before tables_mu_.
   mutable absl::Mutex gate_ ABSL_ACQUIRED_BEFORE(tables_mu_);
   // Stamped on every change; read under gate_ (shared), advanced under gate_ (exclusive).
-  std::atomic<uint64_t> generation_{1};
+  std::atomic<uint64_t> generation_{kFirstGeneration};
   std::atomic<uint64_t> next_incarnation_{1};
 
   std::unique_ptr<storage::CheckpointStore> store_;  // null without checkpoint_dir

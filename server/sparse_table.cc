@@ -148,9 +148,9 @@ void SparseTable::EndCut() {
 void SparseTable::LoadRow(uint32_t vshard, uint64_t key, absl::string_view payload) {
   Partition& p = *partitions_[vshard];
   absl::MutexLock lock(&p.mu);
-  float* row = FindOrCreate(p, key, 0);
+  float* row = FindOrCreate(p, key, kBaseGeneration);
   std::memcpy(row, payload.data(), row_bytes());
-  SetGen(row, 0);
+  SetGen(row, kBaseGeneration);
 }
 
 uint64_t SparseTable::bytes() const {

@@ -13,6 +13,7 @@
 #include "absl/types/span.h"
 #include "common/shard_map.h"
 #include "common/table_config.h"
+#include "server/generation.h"
 #include "server/initializer.h"
 #include "server/optimizer.h"
 #include "server/row_arena.h"
@@ -69,7 +70,7 @@ class SparseTable {
   void EndCut();
 
   // Restore: sets the row of `key` (in owned `vshard`) to `payload` (row_bytes() bytes) at
-  // generation 0, creating it when missing. REQUIRES: the table is not yet serving.
+  // kBaseGeneration, creating it when missing. REQUIRES: the table is not yet serving.
   void LoadRow(uint32_t vshard, uint64_t key, absl::string_view payload);
 
   uint64_t num_rows() const { return num_rows_.load(std::memory_order_relaxed); }
