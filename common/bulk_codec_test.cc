@@ -77,7 +77,7 @@ TEST_CASE("decoding copies the bulk field to its destination across slices", "[b
   }
 }
 
-TEST_CASE("malformed bytes are rejected, never read past the end", "[bulk_codec]") {
+TEST_CASE("malformed bytes are rejected and never read past the end", "[bulk_codec]") {
   v1::PullDenseResponse resp;
   resp.set_count(2);
   resp.mutable_values()->assign(8, 'x');

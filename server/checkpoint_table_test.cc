@@ -1,9 +1,8 @@
 // Tables under checkpoints: the cut's copy-on-write, dirty tracking, and bit-exact reloads of
 // weights, every optimizer's slots and Adam's step counters.
+#include <catch2/catch.hpp>
 #include <random>
 #include <vector>
-
-#include <catch2/catch.hpp>
 
 #include "server/dense_table.h"
 #include "server/sparse_table.h"
@@ -11,10 +10,9 @@
 namespace tessera {
 namespace {
 
-constexpr OptimizerKind kAll[] = {OptimizerKind::kSgd,  OptimizerKind::kMomentum,
-                                  OptimizerKind::kAdagrad, OptimizerKind::kAdam,
-                                  OptimizerKind::kFtrl, OptimizerKind::kAdd,
-                                  OptimizerKind::kAssign};
+constexpr OptimizerKind kAll[] = {
+    OptimizerKind::kSgd,  OptimizerKind::kMomentum, OptimizerKind::kAdagrad, OptimizerKind::kAdam,
+    OptimizerKind::kFtrl, OptimizerKind::kAdd,      OptimizerKind::kAssign};
 
 TableConfig Sparse(OptimizerKind opt) {
   TableConfig t{.name = "s", .kind = TableKind::kSparse, .dim = 5};
@@ -24,8 +22,8 @@ TableConfig Sparse(OptimizerKind opt) {
 }
 
 TableConfig Dense(OptimizerKind opt) {
-  TableConfig t{.name = "d", .kind = TableKind::kDense, .dense_size = 10007,
-                .dense_block_elems = 999};
+  TableConfig t{
+      .name = "d", .kind = TableKind::kDense, .dense_size = 10007, .dense_block_elems = 999};
   t.optimizer.kind = opt;
   t.initializer = {.kind = InitializerKind::kUniform, .seed = 4};
   return *ResolveTableConfig(t);

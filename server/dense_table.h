@@ -76,7 +76,7 @@ class DenseTable {
     mutable absl::Mutex mu;
     // Weights, then num_slots slot vectors, each of the block's length.
     std::vector<float> data ABSL_GUARDED_BY(mu);
-    uint64_t step ABSL_GUARDED_BY(mu) = 0;  // Adam's step counter
+    uint64_t step ABSL_GUARDED_BY(mu) = 0;               // Adam's step counter
     uint64_t gen ABSL_GUARDED_BY(mu) = kBaseGeneration;  // generation of the last change
     // Copy-on-write of a checkpoint in progress (see SparseTable).
     uint64_t cow_gen ABSL_GUARDED_BY(mu) = 0;

@@ -55,7 +55,8 @@ absl::Status Parse(const grpc::ByteBuffer& bytes, Req* req) {
 
 GrpcService::~GrpcService() {
   absl::MutexLock lock(&offload_mu_);
-  offload_mu_.Await(absl::Condition(+[](int* n) { return *n == 0; }, &offloaded_));
+  offload_mu_.Await(absl::Condition(
+      +[](int* n) { return *n == 0; }, &offloaded_));
 }
 
 template <typename Req, typename Resp>

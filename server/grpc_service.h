@@ -57,8 +57,8 @@ class GrpcService final : public RawParameterServerService {
   Reactor* Offload(Method method, Ctx* ctx, const Bytes* request, Bytes* response,
                    CoreMethod<Req, Resp> fn) ABSL_LOCKS_EXCLUDED(offload_mu_);
   template <typename Req, typename Resp>
-  void Run(Method method, Ctx* ctx, const Bytes* request, Bytes* response,
-           CoreMethod<Req, Resp> fn, Reactor* reactor);
+  void Run(Method method, Ctx* ctx, const Bytes* request, Bytes* response, CoreMethod<Req, Resp> fn,
+           Reactor* reactor);
 
   ServerCore* core_;
   ServerMetrics* metrics_;

@@ -91,8 +91,7 @@ absl::Status ServerCore::WriteTableFile(const Table& table, size_t index, uint64
                                         uint64_t cut_gen, uint64_t parent_gen,
                                         storage::v1::TableEntry* entry) {
   const std::string file = absl::StrCat("table-", index, ".sst");
-  const std::string path =
-      absl::StrCat(store_->PartDir(id, options_.shard_index), "/", file);
+  const std::string path = absl::StrCat(store_->PartDir(id, options_.shard_index), "/", file);
   absl::StatusOr<std::unique_ptr<storage::TableFileWriter>> writer =
       storage::TableFileWriter::Create(path);
   absl::Status status = writer.status();
@@ -105,8 +104,8 @@ absl::Status ServerCore::WriteTableFile(const Table& table, size_t index, uint64
       if (!t.Owns(v)) continue;
       t.TakeVshard(v, cut_gen, parent_gen, &snap);
       for (size_t i = 0; i < snap.keys.size() && status.ok(); ++i) {
-        status = (*writer)->AddRow(v, snap.keys[i],
-                                   absl::string_view(snap.payload.data() + i * rb, rb));
+        status =
+            (*writer)->AddRow(v, snap.keys[i], absl::string_view(snap.payload.data() + i * rb, rb));
       }
     }
   } else {
@@ -229,8 +228,7 @@ absl::Status ServerCore::WriteCheckpoint(const v1::WriteCheckpointRequest& req,
   if (status.ok()) status = storage::SyncDir(store_->PartDir(id, options_.shard_index));
   if (!status.ok()) {
     RecordCheckpoint(false, 0, 0, 0, 0);
-    LogError("checkpoint %u failed on shard %u: %s", id, options_.shard_index,
-             status.ToString());
+    LogError("checkpoint %u failed on shard %u: %s", id, options_.shard_index, status.ToString());
     return status;
   }
   for (const PushDeduplicator::ClientSnapshot& c : dedup) {
@@ -248,11 +246,12 @@ absl::Status ServerCore::WriteCheckpoint(const v1::WriteCheckpointRequest& req,
     known_cuts_[id] = cut_gen;
   }
   RecordCheckpoint(true, seconds, cut_seconds, part.bytes(), part.rows());
-  LogInfo("checkpoint %u (%s) written on shard %u: %u tables, %u rows, %.1f MB in %.2f s "
-          "(%.0f MB/s), cut held the update gate %.3f ms",
-          id, parent == 0 ? "full" : absl::StrCat("incremental on ", parent), options_.shard_index,
-          part.tables_size(), part.rows(), part.bytes() / 1e6, seconds,
-          part.bytes() / 1e6 / std::max(seconds, 1e-9), cut_seconds * 1e3);
+  LogInfo(
+      "checkpoint %u (%s) written on shard %u: %u tables, %u rows, %.1f MB in %.2f s "
+      "(%.0f MB/s), cut held the update gate %.3f ms",
+      id, parent == 0 ? "full" : absl::StrCat("incremental on ", parent), options_.shard_index,
+      part.tables_size(), part.rows(), part.bytes() / 1e6, seconds,
+      part.bytes() / 1e6 / std::max(seconds, 1e-9), cut_seconds * 1e3);
   part.SerializeToString(resp->mutable_part());
   return absl::OkStatus();
 }
@@ -282,11 +281,11 @@ absl::Status ServerCore::LoadTable(const std::vector<storage::v1::CheckpointMani
         oldest_first, first, last_v, [&](const storage::Entry& e) -> absl::Status {
           if (table->sparse != nullptr) {
             SparseTable& t = *table->sparse;
-            if (e.bytes.size() != t.row_bytes() || VshardOfKey(e.key, t.num_vshards()) != e.vshard ||
-                !t.Owns(e.vshard)) {
-              return absl::DataLossError(absl::StrFormat(
-                  "checkpoint file %s: row %u of table '%s' does not fit the table", file, e.key,
-                  name));
+            if (e.bytes.size() != t.row_bytes() ||
+                VshardOfKey(e.key, t.num_vshards()) != e.vshard || !t.Owns(e.vshard)) {
+              return absl::DataLossError(
+                  absl::StrFormat("checkpoint file %s: row %u of table '%s' does not fit the table",
+                                  file, e.key, name));
             }
             t.LoadRow(e.vshard, e.key, e.bytes);
           } else {
@@ -335,15 +334,14 @@ absl::Status ServerCore::RestoreCheckpoint(const v1::RestoreCheckpointRequest& r
   if (!chain.ok()) return chain.status();
   const storage::v1::CheckpointManifest& last = chain->back();
   if (last.num_vshards() != options_.num_vshards) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "checkpoint %u has %u vshards, this cluster %u", id, last.num_vshards(),
-        options_.num_vshards));
+    return absl::FailedPreconditionError(
+        absl::StrFormat("checkpoint %u has %u vshards, this cluster %u", id, last.num_vshards(),
+                        options_.num_vshards));
   }
   std::vector<std::string> ids;
   for (const auto& m : *chain) ids.push_back(absl::StrCat(m.id()));
   LogInfo("restoring checkpoint %u (chain %s) taken with %u shards into shard %u of %u", id,
-          absl::StrJoin(ids, " <- "), last.num_shards(), options_.shard_index,
-          options_.num_shards);
+          absl::StrJoin(ids, " <- "), last.num_shards(), options_.shard_index, options_.num_shards);
 
   // Every table of the last checkpoint, built beside the live ones.
   std::vector<std::pair<std::string, TableConfig>> specs;

@@ -372,7 +372,8 @@ absl::Status ServerCore::PushSparse(const v1::PushSparseRequest& req, v1::PushRe
       PushValues(req.values(), req.num_keys() * sparse.dim(), name, &scratch);
   if (!values.ok()) return values.status();
   TESSERA_RETURN_IF_ERROR(CheckDistinct(k.keys, k.groups, name));
-  return ApplyOnce(req.id(), name, resp, [&](uint64_t gen) { sparse.Push(k.keys, k.groups, values->data(), gen); });
+  return ApplyOnce(req.id(), name, resp,
+                   [&](uint64_t gen) { sparse.Push(k.keys, k.groups, values->data(), gen); });
 }
 
 absl::Status ServerCore::PullDense(const v1::PullDenseRequest& req, v1::PullDenseResponse* resp) {
@@ -403,8 +404,9 @@ absl::Status ServerCore::PushDense(const v1::PushDenseRequest& req, v1::PushResp
   absl::StatusOr<absl::Span<const float>> values =
       PushValues(req.values(), req.count(), name, &scratch);
   if (!values.ok()) return values.status();
-  return ApplyOnce(req.id(), name, resp,
-                   [&](uint64_t gen) { dense.Push(req.offset(), req.count(), values->data(), gen); });
+  return ApplyOnce(req.id(), name, resp, [&](uint64_t gen) {
+    dense.Push(req.offset(), req.count(), values->data(), gen);
+  });
 }
 
 absl::Status ServerCore::CheckDenseRange(const DenseTable& dense, const std::string& name,

@@ -90,8 +90,7 @@ class SparseTable {
   };
 
   // Returns the row of `key`, creating and initializing it (at `gen`) when missing.
-  float* FindOrCreate(Partition& p, uint64_t key, uint64_t gen)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(p.mu);
+  float* FindOrCreate(Partition& p, uint64_t key, uint64_t gen) ABSL_EXCLUSIVE_LOCKS_REQUIRED(p.mu);
   uint64_t Gen(const float* row) const;
   void SetGen(float* row, uint64_t gen) const;
 

@@ -136,9 +136,9 @@ absl::StatusOr<std::vector<std::unique_ptr<TableFileReader>>> CheckpointStore::O
       }
     }
     if (entry == nullptr) {
-      return absl::DataLossError(absl::StrFormat(
-          "checkpoint %u has no full copy of table '%s' from shard %u in its chain",
-          chain.back().id(), name, shard));
+      return absl::DataLossError(
+          absl::StrFormat("checkpoint %u has no full copy of table '%s' from shard %u in its chain",
+                          chain.back().id(), name, shard));
     }
     const std::string path = absl::StrCat(PartDir(chain[k].id(), shard), "/", entry->file().name());
     absl::StatusOr<std::unique_ptr<TableFileReader>> reader =

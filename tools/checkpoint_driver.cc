@@ -1,12 +1,11 @@
 #include "tools/checkpoint_driver.h"
 
+#include <grpcpp/grpcpp.h>
 #include <signal.h>
 
 #include <algorithm>
 #include <fstream>
 #include <thread>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -32,9 +31,9 @@ std::vector<absl::Status> OnEveryServer(const std::vector<std::string>& servers,
           grpc::CreateChannel(servers[i], grpc::InsecureChannelCredentials()));
       statuses[i] = call(*stub, static_cast<uint32_t>(i));
       if (!statuses[i].ok()) {
-        statuses[i] = absl::Status(statuses[i].code(),
-                                   absl::StrFormat("server %s (shard %u): %s", servers[i], i,
-                                                   statuses[i].message()));
+        statuses[i] = absl::Status(
+            statuses[i].code(),
+            absl::StrFormat("server %s (shard %u): %s", servers[i], i, statuses[i].message()));
       }
     });
   }
@@ -81,8 +80,8 @@ absl::StatusOr<CheckpointRoundResult> RunCheckpointRound(const CheckpointDriverO
   if (o.incremental && newest != 0 && s.ReadManifest(newest, &parent).ok() &&
       parent.num_shards() == o.servers.size()) {
     std::vector<bool> knows(o.servers.size(), false);
-    const absl::Status st = FirstError(OnEveryServer(
-        o.servers, [&](v1::ParameterServer::Stub& stub, uint32_t shard) {
+    const absl::Status st =
+        FirstError(OnEveryServer(o.servers, [&](v1::ParameterServer::Stub& stub, uint32_t shard) {
           v1::GetCheckpointStateRequest req;
           req.mutable_header()->set_shard_map_epoch(o.shard_map_epoch);
           v1::GetCheckpointStateResponse resp;
@@ -90,9 +89,9 @@ absl::StatusOr<CheckpointRoundResult> RunCheckpointRound(const CheckpointDriverO
           SetDeadline(&ctx, absl::Seconds(30));
           absl::Status r = FromGrpcStatus(stub.GetCheckpointState(&ctx, req, &resp));
           if (r.ok()) {
-            knows[shard] = std::find(resp.known_checkpoints().begin(),
-                                     resp.known_checkpoints().end(),
-                                     newest) != resp.known_checkpoints().end();
+            knows[shard] =
+                std::find(resp.known_checkpoints().begin(), resp.known_checkpoints().end(),
+                          newest) != resp.known_checkpoints().end();
           }
           return r;
         }));
@@ -103,8 +102,8 @@ absl::StatusOr<CheckpointRoundResult> RunCheckpointRound(const CheckpointDriverO
   }
 
   std::vector<storage::v1::PartManifest> parts(o.servers.size());
-  const absl::Status written = FirstError(
-      OnEveryServer(o.servers, [&](v1::ParameterServer::Stub& stub, uint32_t shard) {
+  const absl::Status written =
+      FirstError(OnEveryServer(o.servers, [&](v1::ParameterServer::Stub& stub, uint32_t shard) {
         v1::WriteCheckpointRequest req;
         req.mutable_header()->set_shard_map_epoch(o.shard_map_epoch);
         req.set_checkpoint_id(result.id);
@@ -113,9 +112,9 @@ absl::StatusOr<CheckpointRoundResult> RunCheckpointRound(const CheckpointDriverO
         grpc::ClientContext ctx;
         SetDeadline(&ctx, o.rpc_timeout);
         absl::Status r = FromGrpcStatus(stub.WriteCheckpoint(&ctx, req, &resp));
-        if (r.ok() && (!parts[shard].ParseFromString(resp.part()) ||
-                       parts[shard].shard_index() != shard ||
-                       parts[shard].num_shards() != o.servers.size())) {
+        if (r.ok() &&
+            (!parts[shard].ParseFromString(resp.part()) || parts[shard].shard_index() != shard ||
+             parts[shard].num_shards() != o.servers.size())) {
           r = absl::FailedPreconditionError(
               "the server's part does not fit this cluster (shard index or count differ from "
               "the --connect list)");
@@ -163,13 +162,42 @@ absl::StatusOr<CheckpointRoundResult> RunCheckpointRound(const CheckpointDriverO
   return result;
 }
 
-absl::StatusOr<RestoreResult> RestoreCluster(const std::vector<std::string>& servers,
+absl::StatusOr<size_t> VerifyCheckpoint(const std::string& dir, uint64_t id) {
+  absl::StatusOr<std::unique_ptr<storage::CheckpointStore>> store =
+      storage::CheckpointStore::Open(dir);
+  if (!store.ok()) return store.status();
+  absl::StatusOr<std::vector<storage::v1::CheckpointManifest>> chain = (*store)->ReadChain(id);
+  if (!chain.ok()) return chain.status();
+  size_t files = 0;
+  for (const storage::v1::PartManifest& part : chain->back().parts()) {
+    for (const storage::v1::TableEntry& t : part.tables()) {
+      absl::StatusOr<std::vector<std::unique_ptr<storage::TableFileReader>>> readers =
+          (*store)->OpenTableFiles(*chain, part.shard_index(), t.spec().name());
+      if (!readers.ok()) return readers.status();
+      files += readers->size();
+    }
+  }
+  return files;
+}
+
+absl::StatusOr<RestoreResult> RestoreCluster(const std::string& dir,
+                                             const std::vector<std::string>& servers,
                                              uint64_t shard_map_epoch, uint64_t id,
                                              absl::Duration timeout) {
   const absl::Time start = absl::Now();
+  if (id == 0) {
+    absl::StatusOr<std::unique_ptr<storage::CheckpointStore>> store =
+        storage::CheckpointStore::Open(dir);
+    if (!store.ok()) return store.status();
+    id = (*store)->NewestOrZero();
+    if (id == 0) return absl::NotFoundError(absl::StrCat("no complete checkpoint in ", dir));
+  }
+  if (absl::StatusOr<size_t> verified = VerifyCheckpoint(dir, id); !verified.ok()) {
+    return verified.status();
+  }
   std::vector<v1::RestoreCheckpointResponse> responses(servers.size());
-  const absl::Status st = FirstError(
-      OnEveryServer(servers, [&](v1::ParameterServer::Stub& stub, uint32_t shard) {
+  const absl::Status st =
+      FirstError(OnEveryServer(servers, [&](v1::ParameterServer::Stub& stub, uint32_t shard) {
         v1::RestoreCheckpointRequest req;
         req.mutable_header()->set_shard_map_epoch(shard_map_epoch);
         req.set_checkpoint_id(id);
@@ -206,8 +234,8 @@ absl::StatusOr<uint64_t> MergeCheckpointChain(const std::string& dir, uint64_t i
   std::vector<uint64_t> partial;
   absl::StatusOr<std::vector<uint64_t>> complete = s.List(&partial);
   if (!complete.ok()) return complete.status();
-  const uint64_t merged = std::max(complete->empty() ? 0 : complete->back(),
-                                   partial.empty() ? 0 : partial.back()) + 1;
+  const uint64_t merged =
+      std::max(complete->empty() ? 0 : complete->back(), partial.empty() ? 0 : partial.back()) + 1;
   storage::v1::CheckpointManifest m = last;
   m.set_id(merged);
   m.set_parent_id(0);

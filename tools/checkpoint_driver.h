@@ -16,8 +16,8 @@ struct CheckpointDriverOptions {
   std::string dir;                   // the checkpoint directory the servers use
   std::vector<std::string> servers;  // in shard order
   uint64_t shard_map_epoch = 1;
-  bool incremental = true;   // incremental on the newest checkpoint when every server can
-  size_t keep_last = 0;      // retention after a successful round; 0 keeps everything
+  bool incremental = true;  // incremental on the newest checkpoint when every server can
+  size_t keep_last = 0;     // retention after a successful round; 0 keeps everything
   absl::Duration rpc_timeout = absl::Hours(1);
   // Fault injection for tests: SIGKILL the driver after every part is written but before the
   // manifest (1), or after MANIFEST.tmp is written but before its rename (2).
@@ -30,7 +30,7 @@ struct CheckpointRoundResult {
   double seconds = 0;
   uint64_t rows = 0;
   uint64_t bytes = 0;
-  double max_cut_seconds = 0;  // longest update-gate hold of any server's cut
+  double max_cut_seconds = 0;             // longest update-gate hold of any server's cut
   std::vector<uint64_t> removed_partial;  // partial checkpoints cleaned up first
   std::vector<uint64_t> removed_by_retention;
 };
@@ -46,11 +46,17 @@ struct RestoreResult {
   double seconds = 0;
 };
 
-// Every server replaces its tables with checkpoint `id` (0: the newest). Stop training first:
-// each server swaps atomically, but not all at the same instant.
-absl::StatusOr<RestoreResult> RestoreCluster(const std::vector<std::string>& servers,
+// Every server replaces its tables with checkpoint `id` (0: the newest). Every file of the
+// chain is verified first, so that a corrupt checkpoint changes no server. Stop training
+// first: each server swaps atomically, but not all at the same instant.
+absl::StatusOr<RestoreResult> RestoreCluster(const std::string& dir,
+                                             const std::vector<std::string>& servers,
                                              uint64_t shard_map_epoch, uint64_t id,
                                              absl::Duration timeout = absl::Hours(1));
+
+// Checks every file of checkpoint `id`'s chain against the manifests (size and CRC32C);
+// returns the number of files, or DATA_LOSS naming the first bad one.
+absl::StatusOr<size_t> VerifyCheckpoint(const std::string& dir, uint64_t id);
 
 // Offline: writes checkpoint `id`'s chain as a new full checkpoint (same shard layout) and
 // returns its id.

@@ -33,15 +33,16 @@ void PrintRound(const CheckpointRoundResult& r) {
       "checkpoint %llu written (%s): %llu rows, %.1f MB in %.2f s (%.0f MB/s); longest cut "
       "pause %.3f ms\n",
       static_cast<unsigned long long>(r.id),
-      r.parent_id == 0 ? "full"
-                       : absl::StrFormat("incremental on %u", r.parent_id).c_str(),
+      r.parent_id == 0 ? "full" : absl::StrFormat("incremental on %u", r.parent_id).c_str(),
       static_cast<unsigned long long>(r.rows), r.bytes / 1e6, r.seconds,
       r.bytes / 1e6 / std::max(r.seconds, 1e-9), r.max_cut_seconds * 1e3);
   if (!r.removed_partial.empty()) {
-    std::printf("  removed partial checkpoints: %s\n", absl::StrJoin(r.removed_partial, ", ").c_str());
+    std::printf("  removed partial checkpoints: %s\n",
+                absl::StrJoin(r.removed_partial, ", ").c_str());
   }
   if (!r.removed_by_retention.empty()) {
-    std::printf("  removed by retention: %s\n", absl::StrJoin(r.removed_by_retention, ", ").c_str());
+    std::printf("  removed by retention: %s\n",
+                absl::StrJoin(r.removed_by_retention, ", ").c_str());
   }
 }
 
@@ -64,10 +65,9 @@ int List(const std::string& dir) {
     }
     const std::string kind =
         m.parent_id() == 0 ? "full" : absl::StrFormat("incr on %u", m.parent_id());
-    std::printf("%-6llu %-19s %-16s %7u %12llu %10.1f %8.2f\n",
-                static_cast<unsigned long long>(id), When(m.created_unix_ms()).c_str(),
-                kind.c_str(), m.num_shards(), static_cast<unsigned long long>(rows), bytes / 1e6,
-                m.seconds());
+    std::printf("%-6llu %-19s %-16s %7u %12llu %10.1f %8.2f\n", static_cast<unsigned long long>(id),
+                When(m.created_unix_ms()).c_str(), kind.c_str(), m.num_shards(),
+                static_cast<unsigned long long>(rows), bytes / 1e6, m.seconds());
   }
   if (!partial.empty()) {
     std::printf("partial (ignored; removed by the next round): %s\n",
@@ -89,10 +89,11 @@ int Inspect(const std::string& dir, uint64_t id, bool verify) {
               absl::StrJoin(m.chain(), " <- ").c_str(), m.num_shards(), m.num_vshards(),
               static_cast<unsigned long long>(m.shard_map_epoch()));
   for (const auto& part : m.parts()) {
-    std::printf("  shard %u: cut at generation %llu (gate held %.3f ms), written in %.2f s, %d "
-                "exactly-once clients\n",
-                part.shard_index(), static_cast<unsigned long long>(part.cut_generation()),
-                part.cut_seconds() * 1e3, part.write_seconds(), part.dedup_size());
+    std::printf(
+        "  shard %u: cut at generation %llu (gate held %.3f ms), written in %.2f s, %d "
+        "exactly-once clients\n",
+        part.shard_index(), static_cast<unsigned long long>(part.cut_generation()),
+        part.cut_seconds() * 1e3, part.write_seconds(), part.dedup_size());
     for (const auto& t : part.tables()) {
       std::printf("    %-20s %-6s %-5s %10llu rows %10.2f MB  %s\n", t.spec().name().c_str(),
                   t.spec().kind() == v1::TABLE_KIND_DENSE ? "dense" : "sparse",
@@ -101,16 +102,9 @@ int Inspect(const std::string& dir, uint64_t id, bool verify) {
     }
   }
   if (!verify) return 0;
-  size_t files = 0;
-  for (const auto& part : m.parts()) {
-    for (const auto& t : part.tables()) {
-      absl::StatusOr<std::vector<std::unique_ptr<storage::TableFileReader>>> readers =
-          (*store)->OpenTableFiles(*chain, part.shard_index(), t.spec().name());
-      if (!readers.ok()) return Fail(readers.status());
-      files += readers->size();
-    }
-  }
-  std::printf("verified: every file of the chain (%zu) matches its size and CRC32C\n", files);
+  absl::StatusOr<size_t> files = VerifyCheckpoint(dir, id);
+  if (!files.ok()) return Fail(files.status());
+  std::printf("verified: every file of the chain (%zu) matches its size and CRC32C\n", *files);
   return 0;
 }
 
@@ -143,7 +137,7 @@ int RunCheckpoint(const CheckpointCommandOptions& o) {
   if (o.action == "list") return List(o.dir);
   if (o.action == "inspect") return Inspect(o.dir, o.id, o.verify);
   if (o.action == "restore") {
-    absl::StatusOr<RestoreResult> r = RestoreCluster(o.connect, o.shard_map_epoch, o.id);
+    absl::StatusOr<RestoreResult> r = RestoreCluster(o.dir, o.connect, o.shard_map_epoch, o.id);
     if (!r.ok()) return Fail(r.status());
     std::printf("restored checkpoint %llu on %zu servers: %llu rows, %.1f MB in %.2f s\n",
                 static_cast<unsigned long long>(r->id), o.connect.size(),

@@ -98,77 +98,111 @@ std::string LocalCluster::DefaultServerBinary() {
 absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(
     const LocalClusterOptions& options) {
   std::unique_ptr<LocalCluster> cluster(new LocalCluster());
+  cluster->options_ = options;
+  cluster->pids_.assign(options.num_servers, 0);
+  cluster->addresses_.resize(options.num_servers);
+  cluster->metrics_ports_.resize(options.num_servers);
   for (uint32_t i = 0; i < options.num_servers; ++i) {
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0) {
-      return absl::InternalError(absl::StrCat("pipe2: ", strerror(errno)));
-    }
-    std::vector<std::string> args = {
-        options.server_binary,
-        absl::StrCat("--shard_index=", i),
-        absl::StrCat("--num_shards=", options.num_servers),
-        absl::StrCat("--num_vshards=", options.num_vshards),
-        absl::StrCat("--shard_map_epoch=", options.shard_map_epoch),
-        "--port=0",
-        "--metrics_port=0",
-        absl::StrCat("--ready_fd=", fds[1]),
-    };
-    args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    std::string log_path;
-    int log_fd = -1;
-    if (!options.log_dir.empty()) {
-      log_path = absl::StrCat(options.log_dir, "/server-", i, ".log");
-      log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-      if (log_fd < 0) {
-        return absl::InternalError(absl::StrCat("cannot open ", log_path, ": ", strerror(errno)));
-      }
-    }
-    const pid_t parent = getpid();
-    const pid_t pid = fork();
-    if (pid == 0) {
-      // Child: only async-signal-safe calls until exec.
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(127);
-      fcntl(fds[1], F_SETFD, 0);  // keep the ready pipe open across exec
-      if (log_fd >= 0) dup2(log_fd, STDERR_FILENO);
-      sigset_t none;
-      sigemptyset(&none);
-      sigprocmask(SIG_SETMASK, &none, nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    close(fds[1]);
-    if (log_fd >= 0) close(log_fd);
-    if (pid < 0) {
-      close(fds[0]);
-      return absl::InternalError(absl::StrCat("fork: ", strerror(errno)));
-    }
-    cluster->pids_.push_back(pid);
-    const std::string line = ReadLine(fds[0], absl::Now() + options.start_timeout);
-    close(fds[0]);
-    int port = 0, metrics_port = 0;
-    for (absl::string_view field : absl::StrSplit(line, ' ')) {
-      if (absl::ConsumePrefix(&field, "port=")) (void)absl::SimpleAtoi(field, &port);
-      if (absl::ConsumePrefix(&field, "metrics_port="))
-        (void)absl::SimpleAtoi(field, &metrics_port);
-    }
-    if (port <= 0) {
-      std::string why = "did not report ready in time";
-      if (std::optional<int> st = WaitWithTimeout(pid, absl::Milliseconds(100)); st.has_value()) {
-        cluster->pids_.back() = 0;
-        why = absl::StrCat("exited early with ", DescribeWaitStatus(*st));
-      }
-      return absl::UnavailableError(
-          absl::StrFormat("server %u (%s) %s%s", i, options.server_binary, why,
-                          log_path.empty() ? "" : absl::StrCat("; see ", log_path)));
-    }
-    cluster->addresses_.push_back(absl::StrCat("127.0.0.1:", port));
-    cluster->metrics_ports_.push_back(metrics_port);
+    if (absl::Status s = cluster->Spawn(i, 0, 0, {}); !s.ok()) return s;
   }
   return cluster;
+}
+
+absl::Status LocalCluster::RestartServer(int i, const std::vector<std::string>& extra_args) {
+  if (pids_[i] != 0) {
+    kill(pids_[i], SIGKILL);
+    WaitWithTimeout(pids_[i], absl::Seconds(10));
+    pids_[i] = 0;
+  }
+  const std::string& address = addresses_[i];
+  int port = 0;
+  (void)absl::SimpleAtoi(address.substr(address.rfind(':') + 1), &port);
+  return Spawn(static_cast<uint32_t>(i), port, metrics_ports_[i], extra_args);
+}
+
+std::optional<int> LocalCluster::Reap(int i) {
+  if (pids_[i] == 0) return std::nullopt;
+  std::optional<int> status = WaitWithTimeout(pids_[i], absl::ZeroDuration());
+  if (status.has_value()) pids_[i] = 0;
+  return status;
+}
+
+absl::Status LocalCluster::Spawn(uint32_t i, int port, int metrics_port,
+                                 const std::vector<std::string>& more_args) {
+  const LocalClusterOptions& options = options_;
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) {
+    return absl::InternalError(absl::StrCat("pipe2: ", strerror(errno)));
+  }
+  std::vector<std::string> args = {
+      options.server_binary,
+      absl::StrCat("--shard_index=", i),
+      absl::StrCat("--num_shards=", options.num_servers),
+      absl::StrCat("--num_vshards=", options.num_vshards),
+      absl::StrCat("--shard_map_epoch=", options.shard_map_epoch),
+      absl::StrCat("--port=", port),
+      absl::StrCat("--metrics_port=", metrics_port),
+      absl::StrCat("--ready_fd=", fds[1]),
+  };
+  args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
+  args.insert(args.end(), more_args.begin(), more_args.end());
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::string log_path;
+  int log_fd = -1;
+  if (!options.log_dir.empty()) {
+    log_path = absl::StrCat(options.log_dir, "/server-", i, ".log");
+    log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (log_fd < 0) {
+      close(fds[0]);
+      close(fds[1]);
+      return absl::InternalError(absl::StrCat("cannot open ", log_path, ": ", strerror(errno)));
+    }
+  }
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid == 0) {
+    // Child: only async-signal-safe calls until exec.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
+    fcntl(fds[1], F_SETFD, 0);  // keep the ready pipe open across exec
+    if (log_fd >= 0) dup2(log_fd, STDERR_FILENO);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(fds[1]);
+  if (log_fd >= 0) close(log_fd);
+  if (pid < 0) {
+    close(fds[0]);
+    return absl::InternalError(absl::StrCat("fork: ", strerror(errno)));
+  }
+  pids_[i] = pid;
+  const std::string line = ReadLine(fds[0], absl::Now() + options.start_timeout);
+  close(fds[0]);
+  int got_port = 0, got_metrics_port = 0;
+  for (absl::string_view field : absl::StrSplit(line, ' ')) {
+    if (absl::ConsumePrefix(&field, "port=")) (void)absl::SimpleAtoi(field, &got_port);
+    if (absl::ConsumePrefix(&field, "metrics_port=")) {
+      (void)absl::SimpleAtoi(field, &got_metrics_port);
+    }
+  }
+  if (got_port <= 0) {
+    std::string why = "did not report ready in time";
+    if (std::optional<int> st = WaitWithTimeout(pid, absl::Milliseconds(100)); st.has_value()) {
+      pids_[i] = 0;
+      why = absl::StrCat("exited early with ", DescribeWaitStatus(*st));
+    }
+    return absl::UnavailableError(
+        absl::StrFormat("server %u (%s) %s%s", i, options.server_binary, why,
+                        log_path.empty() ? "" : absl::StrCat("; see ", log_path)));
+  }
+  addresses_[i] = absl::StrCat("127.0.0.1:", got_port);
+  metrics_ports_[i] = got_metrics_port;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<int> LocalCluster::StopServer(int i, absl::Duration timeout) {

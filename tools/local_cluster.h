@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -48,12 +49,22 @@ class LocalCluster {
   // SIGTERM to all, then waits; an error names every server that did not exit with 0.
   absl::Status Stop(absl::Duration timeout = absl::Seconds(30));
 
+  // Starts server i again on its old ports (killing it first if it still runs), with
+  // extra_args added to its flags. Waits until it serves.
+  absl::Status RestartServer(int i, const std::vector<std::string>& extra_args = {});
+  // The wait status of server i if it has exited (it is then no longer running), else nullopt.
+  std::optional<int> Reap(int i);
+
   // Finds tessera-server next to the running executable (or on PATH as a fallback).
   static std::string DefaultServerBinary();
 
  private:
   LocalCluster() = default;
+  // Starts server i (port 0: any free one) and waits for its ready line.
+  absl::Status Spawn(uint32_t i, int port, int metrics_port,
+                     const std::vector<std::string>& more_args);
 
+  LocalClusterOptions options_;
   std::vector<pid_t> pids_;  // 0 once reaped
   std::vector<std::string> addresses_;
   std::vector<int> metrics_ports_;
