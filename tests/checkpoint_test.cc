@@ -1,5 +1,6 @@
 // Checkpoints with real tessera-server processes: bit-exact round trips of every optimizer's
 // state, incremental chains, kill -9 during writes, N -> M restores and corrupted files.
+#include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <sys/wait.h>
 
@@ -9,8 +10,6 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
-#include <grpcpp/grpcpp.h>
-
 #include "proto/checkpoint.pb.h"
 #include "proto/tessera.grpc.pb.h"
 #include "storage/checkpoint_store.h"
@@ -23,10 +22,9 @@ namespace {
 
 using testing::Connect;
 
-constexpr OptimizerKind kAll[] = {OptimizerKind::kSgd,  OptimizerKind::kMomentum,
-                                  OptimizerKind::kAdagrad, OptimizerKind::kAdam,
-                                  OptimizerKind::kFtrl, OptimizerKind::kAdd,
-                                  OptimizerKind::kAssign};
+constexpr OptimizerKind kAll[] = {
+    OptimizerKind::kSgd,  OptimizerKind::kMomentum, OptimizerKind::kAdagrad, OptimizerKind::kAdam,
+    OptimizerKind::kFtrl, OptimizerKind::kAdd,      OptimizerKind::kAssign};
 constexpr uint32_t kDim = 3;
 constexpr uint64_t kDenseSize = 20011;
 
@@ -54,7 +52,9 @@ void CreateTables(Client& c) {
     s.optimizer.kind = k;
     s.initializer = {.kind = InitializerKind::kNormal, .seed = 5};
     REQUIRE(c.CreateTable(s).ok());
-    TableConfig d{.name = DenseName(k), .kind = TableKind::kDense, .dense_size = kDenseSize,
+    TableConfig d{.name = DenseName(k),
+                  .kind = TableKind::kDense,
+                  .dense_size = kDenseSize,
                   .dense_block_elems = 1009};
     d.optimizer.kind = k;
     d.initializer = {.kind = InitializerKind::kUniform, .seed = 6};
@@ -136,8 +136,7 @@ void RequireSame(const State& got, const State& want) {
   }
 }
 
-TEST_CASE("restoring a checkpoint gives back every optimizer's state bit for bit",
-          "[checkpoint]") {
+TEST_CASE("restoring a checkpoint gives back every optimizer's state bit for bit", "[checkpoint]") {
   const std::string dir = NewDir();
   auto cluster = Start(2, dir);
   auto client = Connect(*cluster);
@@ -236,9 +235,11 @@ TEST_CASE("a checkpoint taken with 3 servers restores into 2", "[checkpoint]") {
 // Runs `tessera checkpoint create` as a separate process (so that it can be killed).
 int RunCli(const LocalCluster& cluster, const std::string& dir, const std::string& more) {
   std::string servers;
-  for (const std::string& a : cluster.addresses()) absl::StrAppend(&servers, servers.empty() ? "" : ",", a);
-  const std::string cmd = absl::StrCat(TESSERA_CLI_BINARY, " checkpoint create --checkpoint_dir=",
-                                       dir, " --connect=", servers, " ", more, " >/dev/null 2>&1");
+  for (const std::string& a : cluster.addresses())
+    absl::StrAppend(&servers, servers.empty() ? "" : ",", a);
+  const std::string cmd =
+      absl::StrCat(TESSERA_CLI_BINARY, " checkpoint create --checkpoint_dir=", dir,
+                   " --connect=", servers, " ", more, " >/dev/null 2>&1");
   const int status = std::system(cmd.c_str());
   return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
 }
@@ -264,8 +265,8 @@ TEST_CASE("kill -9 during a checkpoint leaves the previous one restorable and ex
     if (point <= 3) {
       // Server 1 comes back from c1 (like every restart here) armed to die at `point`.
       REQUIRE(cluster
-                  ->RestartServer(1, {"--restore",
-                                      absl::StrCat("--testing_crash_in_checkpoint=", point)})
+                  ->RestartServer(
+                      1, {"--restore", absl::StrCat("--testing_crash_in_checkpoint=", point)})
                   .ok());
       PushRound(*client, 100 + point, 1000);  // the state moves on after c1
       CHECK(RunCli(*cluster, dir, "") != 0);  // the round fails
@@ -351,6 +352,59 @@ TEST_CASE("a corrupted checkpoint file is named and nothing is partially restore
   std::ifstream log(dir + "/server-1.log");
   const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
   CHECK(text.find(victim) != std::string::npos);
+}
+
+}  // namespace
+}  // namespace tessera
+
+namespace tessera {
+namespace {
+
+std::pair<int, std::string> Shell(const std::string& command) {
+  FILE* p = popen(command.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+TEST_CASE("periodic checkpoints with retention and the list and inspect commands", "[checkpoint]") {
+  const std::string dir = NewDir();
+  auto cluster = Start(1, dir);
+  auto client = Connect(*cluster);
+  CreateTables(*client);
+  PushRound(*client, 1, 1000);
+  const std::string cli = absl::StrCat(TESSERA_CLI_BINARY, " checkpoint --checkpoint_dir=", dir);
+  // About ten rounds, a full one every third, keeping the newest two restorable.
+  auto [code, out] = Shell(absl::StrCat("timeout --preserve-status -s INT 3 ", cli,
+                                        " run --connect=", cluster->addresses()[0],
+                                        " --every_s=0.25 --full_every=3 --keep=2 2>&1"));
+  INFO(out);
+  CHECK(code == 0);
+  absl::StatusOr<std::unique_ptr<storage::CheckpointStore>> store =
+      storage::CheckpointStore::Open(dir);
+  REQUIRE(store.ok());
+  absl::StatusOr<std::vector<uint64_t>> ids = (*store)->List();
+  REQUIRE(ids.ok());
+  REQUIRE(ids->size() >= 2);
+  CHECK(ids->back() >= 4);                        // several rounds ran
+  CHECK(ids->size() < ids->back());               // retention removed old chains
+  CHECK((*store)->RetentionVictims(2)->empty());  // what is left is all needed
+  CHECK(out.find("incremental on") != std::string::npos);
+  CHECK(out.find("removed by retention") != std::string::npos);
+
+  auto [list_code, list] = Shell(cli + " list");
+  CHECK(list_code == 0);
+  CHECK(list.find(absl::StrCat(ids->back())) != std::string::npos);
+  auto [inspect_code, inspect] = Shell(cli + " inspect --verify");
+  INFO(inspect);
+  CHECK(inspect_code == 0);
+  CHECK(inspect.find("verified: every file of the chain") != std::string::npos);
+  CHECK(inspect.find("s_adam") != std::string::npos);
+  CHECK(cluster->Stop().ok());
 }
 
 }  // namespace

@@ -170,7 +170,10 @@ int RunCheckpoint(const CheckpointCommandOptions& o) {
     });
     waiter.detach();
     int failures = 0;
+    uint64_t rounds = 0;
     do {
+      // Every full_every-th round is full, so that retention can drop whole old chains.
+      d.incremental = !o.full && (o.full_every == 0 || rounds++ % o.full_every != 0);
       absl::StatusOr<CheckpointRoundResult> r = RunCheckpointRound(d);
       if (r.ok()) {
         PrintRound(*r);

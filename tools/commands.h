@@ -46,6 +46,7 @@ struct CheckpointCommandOptions {
   bool full = false;
   size_t keep_last = 0;
   double every_s = 0;
+  uint64_t full_every = 10;  // run: every N-th round is a full checkpoint (0: only the first)
   bool verify = false;
   int testing_crash_point = 0;
 };

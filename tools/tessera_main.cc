@@ -41,6 +41,9 @@ ABSL_FLAG(uint64_t, id, 0, "checkpoint inspect/restore/merge: checkpoint id; 0 =
 ABSL_FLAG(bool, full, false, "checkpoint create/run: always write full checkpoints.");
 ABSL_FLAG(uint64_t, keep, 0, "checkpoint create/run: keep the newest N checkpoints; 0 = all.");
 ABSL_FLAG(double, every_s, 0, "checkpoint run: seconds between rounds.");
+ABSL_FLAG(uint64_t, full_every, 10,
+          "checkpoint run: every N-th round is full (0: only the first), so that --keep can "
+          "drop old chains.");
 ABSL_FLAG(bool, verify, false, "checkpoint inspect: verify every file's size and CRC32C.");
 ABSL_FLAG(uint64_t, shard_map_epoch, 1, "checkpoint: the cluster's shard-map epoch.");
 ABSL_FLAG(int, testing_driver_crash_point, 0,
@@ -77,6 +80,7 @@ int main(int argc, char** argv) {
     o.full = absl::GetFlag(FLAGS_full);
     o.keep_last = absl::GetFlag(FLAGS_keep);
     o.every_s = absl::GetFlag(FLAGS_every_s);
+    o.full_every = absl::GetFlag(FLAGS_full_every);
     o.verify = absl::GetFlag(FLAGS_verify);
     o.testing_crash_point = absl::GetFlag(FLAGS_testing_driver_crash_point);
     return tessera::RunCheckpoint(o);
