@@ -68,8 +68,8 @@ Image Take(SparseTable& t, uint64_t cut, uint64_t parent) {
 Image Take(DenseTable& t, uint64_t cut, uint64_t parent) {
   Image img;
   for (uint64_t b = 0; b < t.layout().num_blocks(); ++b) {
-    std::string payload;
-    if (t.TakeBlock(b, cut, parent, &payload)) img.emplace_back(t.VshardOf(b), b, payload);
+    std::string payload(t.BlockPayloadBytes(b), '\0');
+    if (t.TakeBlock(b, cut, parent, payload.data())) img.emplace_back(t.VshardOf(b), b, payload);
   }
   return img;
 }
@@ -106,7 +106,7 @@ TEST_CASE("dense blocks reload bit for bit with their slots and steps", "[checkp
     t.BeginCut(1);
     const Image img = Take(t, 1, 0);
     REQUIRE(img.size() == t.layout().num_blocks());
-    DenseTable loaded(Dense(opt), kAllOwned);
+    DenseTable loaded(Dense(opt), kAllOwned, /*initialize=*/false);
     for (const auto& [v, b, payload] : img) loaded.LoadBlock(b, payload);
     std::mt19937_64 a(7), c(7);
     PushRandom(t, a, 2);

@@ -10,28 +10,40 @@
 
 namespace tessera {
 
-DenseTable::DenseTable(const TableConfig& config, const std::vector<bool>& owned)
+DenseTable::DenseTable(const TableConfig& config, const std::vector<bool>& owned,
+                       bool initialize)
     : config_(config),
       params_(OptimizerParams::FromConfig(config.optimizer)),
       layout_{config.dense_size, config.dense_block_elems},
       table_hash_(Fnv1a64(config.name)),
       num_vshards_(static_cast<uint32_t>(owned.size())) {
-  const Initializer init(config.initializer);
   blocks_.resize(layout_.num_blocks());
   for (uint64_t b = 0; b < layout_.num_blocks(); ++b) {
     if (!owned[VshardOf(b)]) continue;
     auto block = std::make_unique<Block>();
     block->begin = layout_.BlockBegin(b);
     const uint64_t len = layout_.BlockEnd(b) - block->begin;
-    absl::MutexLock lock(&block->mu);
-    block->data.resize(len * (1 + params_.num_slots));
-    init.FillDense(block->begin, block->data.data(), len);
-    for (int s = 0; s < params_.num_slots; ++s) {
-      std::fill_n(block->data.data() + len * (1 + s), len, params_.InitialSlotValue(s));
+    {
+      absl::MutexLock lock(&block->mu);
+      block->data.resize(len * (1 + params_.num_slots));
     }
     held_elements_ += len;
     blocks_[b] = std::move(block);
+    if (initialize) InitializeBlock(b);
   }
+}
+
+void DenseTable::InitializeBlock(uint64_t b) {
+  const Initializer init(config_.initializer);
+  Block& block = *blocks_[b];
+  const uint64_t len = layout_.BlockEnd(b) - block.begin;
+  absl::MutexLock lock(&block.mu);
+  init.FillDense(block.begin, block.data.data(), len);
+  for (int s = 0; s < params_.num_slots; ++s) {
+    std::fill_n(block.data.data() + len * (1 + s), len, params_.InitialSlotValue(s));
+  }
+  block.step = 0;
+  block.gen = kBaseGeneration;
 }
 
 uint64_t DenseTable::BytesFor(const TableConfig& config, const std::vector<bool>& owned) {
@@ -112,8 +124,7 @@ void DenseTable::BeginCut(uint64_t cut_gen) {
   }
 }
 
-bool DenseTable::TakeBlock(uint64_t b, uint64_t cut_gen, uint64_t parent_gen,
-                           std::string* payload) {
+bool DenseTable::TakeBlock(uint64_t b, uint64_t cut_gen, uint64_t parent_gen, char* payload) {
   Block& block = *blocks_[b];
   absl::MutexLock lock(&block.mu);
   const bool saved = block.has_cow;
@@ -122,10 +133,8 @@ bool DenseTable::TakeBlock(uint64_t b, uint64_t cut_gen, uint64_t parent_gen,
   const uint64_t gen = saved ? block.cow_block_gen : block.gen;
   const bool dirty = gen > parent_gen && gen <= cut_gen;
   if (dirty) {
-    const size_t at = payload->size();
-    payload->resize(at + data.size() * sizeof(float) + sizeof(step));
-    std::memcpy(payload->data() + at, data.data(), data.size() * sizeof(float));
-    std::memcpy(payload->data() + at + data.size() * sizeof(float), &step, sizeof(step));
+    std::memcpy(payload, data.data(), data.size() * sizeof(float));
+    std::memcpy(payload + data.size() * sizeof(float), &step, sizeof(step));
   }
   block.cow_gen = 0;
   block.has_cow = false;

@@ -34,9 +34,10 @@ struct DenseLayout {
 // Thread-safe: each block has its own mutex, held only while it is read or updated.
 class DenseTable {
  public:
-  // Allocates and initializes the owned blocks. REQUIRES: config came out of ResolveTableConfig
+  // Allocates the owned blocks and, unless `initialize` is false (a restore, which loads every
+  // block), fills them with the initializer. REQUIRES: config came out of ResolveTableConfig
   // with kind kDense; owned[v] tells whether this server owns vshard v.
-  DenseTable(const TableConfig& config, const std::vector<bool>& owned);
+  DenseTable(const TableConfig& config, const std::vector<bool>& owned, bool initialize = true);
 
   const TableConfig& config() const { return config_; }
   const DenseLayout& layout() const { return layout_; }
@@ -50,17 +51,20 @@ class DenseTable {
   // Applies the optimizer and stamps the touched blocks with generation `gen`.
   void Push(uint64_t offset, uint64_t count, const float* grads, uint64_t gen);
 
-  // Checkpoints (docs/checkpoints.md), as SparseTable: a block is the unit. TakeBlock appends
-  // the block's payload as of the cut (weights, slots, then the 8-byte step) to *payload and
-  // returns true when the block changed after parent_gen (0: always).
+  // Checkpoints (docs/checkpoints.md), as SparseTable: a block is the unit. TakeBlock writes
+  // the block's payload as of the cut (weights, slots, then the 8-byte step) to payload (room
+  // for BlockPayloadBytes(block)) and returns true when the block changed after parent_gen
+  // (0: always).
   bool Holds(uint64_t block) const { return blocks_[block] != nullptr; }
   uint32_t VshardOf(uint64_t block) const;
   size_t BlockPayloadBytes(uint64_t block) const;
   void BeginCut(uint64_t cut_gen);
-  bool TakeBlock(uint64_t block, uint64_t cut_gen, uint64_t parent_gen, std::string* payload);
+  bool TakeBlock(uint64_t block, uint64_t cut_gen, uint64_t parent_gen, char* payload);
   void EndCut();
   // Restore: REQUIRES a held block, payload of BlockPayloadBytes(block), a table not serving.
   void LoadBlock(uint64_t block, absl::string_view payload);
+  // Gives a held block its initial values (a restore that found no data for it).
+  void InitializeBlock(uint64_t block);
 
   uint64_t num_elements() const { return held_elements_; }
   uint64_t bytes() const { return held_elements_ * sizeof(float) * (1 + params_.num_slots); }

@@ -115,11 +115,16 @@ absl::Status ServerCore::WriteTableFile(const Table& table, size_t index, uint64
       if (t.Holds(b)) blocks.emplace_back(t.VshardOf(b), b);
     }
     std::sort(blocks.begin(), blocks.end());
-    std::string payload;
+    // One buffer for every block: the type byte, then the payload copied out under the
+    // block's lock, then handed to RocksDB as it is.
+    size_t max_payload = 0;
+    for (const auto& [v, b] : blocks) max_payload = std::max(max_payload, t.BlockPayloadBytes(b));
+    auto value = std::make_unique_for_overwrite<char[]>(max_payload + 1);
+    value[0] = static_cast<char>(storage::EntryType::kRow);
     for (const auto& [v, b] : blocks) {
-      payload.clear();
-      if (t.TakeBlock(b, cut_gen, parent_gen, &payload) && status.ok()) {
-        status = (*writer)->AddRow(v, b, payload);
+      if (t.TakeBlock(b, cut_gen, parent_gen, value.get() + 1) && status.ok()) {
+        status = (*writer)->AddEncodedRow(
+            v, b, absl::string_view(value.get(), t.BlockPayloadBytes(b) + 1));
       }
     }
   }
@@ -257,9 +262,12 @@ absl::Status ServerCore::WriteCheckpoint(const v1::WriteCheckpointRequest& req,
 }
 
 absl::Status ServerCore::LoadTable(const std::vector<storage::v1::CheckpointManifest>& chain,
-                                   const std::string& name, Table* table, uint64_t* rows,
-                                   uint64_t* bytes) {
+                                   const std::string& name, bool verify_crc, Table* table,
+                                   uint64_t* rows, uint64_t* bytes) {
   const storage::v1::CheckpointManifest& last = chain.back();
+  // Dense blocks are allocated without initial values; any the checkpoint does not hold get
+  // them at the end.
+  std::vector<bool> loaded(table->dense != nullptr ? table->dense->layout().num_blocks() : 0);
   const auto [mine_first, mine_last] =
       VshardRange(options_.shard_index, options_.num_shards, options_.num_vshards);
   for (const storage::v1::PartManifest& last_part : last.parts()) {
@@ -269,7 +277,7 @@ absl::Status ServerCore::LoadTable(const std::vector<storage::v1::CheckpointMani
     last_v = std::min(last_v, mine_last);
     if (first > last_v) continue;  // no vshard of old shard j is ours
     absl::StatusOr<std::vector<std::unique_ptr<storage::TableFileReader>>> readers =
-        store_->OpenTableFiles(chain, j, name);
+        store_->OpenTableFiles(chain, j, name, verify_crc);
     if (!readers.ok()) return readers.status();
     std::vector<storage::TableFileReader*> oldest_first;
     for (auto& r : *readers) {
@@ -297,10 +305,14 @@ absl::Status ServerCore::LoadTable(const std::vector<storage::v1::CheckpointMani
                   name));
             }
             t.LoadBlock(e.key, e.bytes);
+            loaded[e.key] = true;
           }
           ++*rows;
           return absl::OkStatus();
         }));
+  }
+  for (uint64_t b = 0; b < loaded.size(); ++b) {
+    if (table->dense->Holds(b) && !loaded[b]) table->dense->InitializeBlock(b);
   }
   return absl::OkStatus();
 }
@@ -367,10 +379,11 @@ absl::Status ServerCore::RestoreCheckpoint(const v1::RestoreCheckpointRequest& r
     if (config.kind == TableKind::kSparse) {
       table->sparse = std::make_unique<SparseTable>(config, owned_);
     } else {
-      table->dense = std::make_unique<DenseTable>(config, owned_);
+      table->dense = std::make_unique<DenseTable>(config, owned_, /*initialize=*/false);
     }
     uint64_t rows = 0, bytes = 0;
-    TESSERA_RETURN_IF_ERROR(LoadTable(*chain, name, table.get(), &rows, &bytes));
+    TESSERA_RETURN_IF_ERROR(
+        LoadTable(*chain, name, !req.files_verified(), table.get(), &rows, &bytes));
     const double s = absl::ToDoubleSeconds(absl::Now() - t0);
     LogInfo("  restored table '%s': %u rows/blocks from %.1f MB of files in %.2f s (%.0f MB/s)",
             name, rows, bytes / 1e6, s, bytes / 1e6 / std::max(s, 1e-9));

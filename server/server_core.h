@@ -192,7 +192,8 @@ class ServerCore {
   absl::Status WriteTableFile(const Table& table, size_t index, uint64_t id, uint64_t cut_gen,
                               uint64_t parent_gen, storage::v1::TableEntry* entry);
   absl::Status LoadTable(const std::vector<storage::v1::CheckpointManifest>& chain,
-                         const std::string& name, Table* table, uint64_t* rows, uint64_t* bytes);
+                         const std::string& name, bool verify_crc, Table* table, uint64_t* rows,
+                         uint64_t* bytes);
   void MaybeCrash(uint32_t point) const;
   void RecordCheckpoint(bool ok, double seconds, double cut_seconds, uint64_t bytes, uint64_t rows)
       ABSL_LOCKS_EXCLUDED(ckpt_mu_);

@@ -124,8 +124,8 @@ absl::StatusOr<std::vector<v1::CheckpointManifest>> CheckpointStore::ReadChain(u
 }
 
 absl::StatusOr<std::vector<std::unique_ptr<TableFileReader>>> CheckpointStore::OpenTableFiles(
-    const std::vector<v1::CheckpointManifest>& chain, uint32_t shard,
-    const std::string& name) const {
+    const std::vector<v1::CheckpointManifest>& chain, uint32_t shard, const std::string& name,
+    bool verify_crc) const {
   std::vector<std::unique_ptr<TableFileReader>> readers;
   for (size_t k = chain.size(); k-- > 0;) {
     const v1::TableEntry* entry = nullptr;
@@ -142,7 +142,8 @@ absl::StatusOr<std::vector<std::unique_ptr<TableFileReader>>> CheckpointStore::O
     }
     const std::string path = absl::StrCat(PartDir(chain[k].id(), shard), "/", entry->file().name());
     absl::StatusOr<std::unique_ptr<TableFileReader>> reader =
-        TableFileReader::Open(path, entry->file().size_bytes(), entry->file().crc32c());
+        TableFileReader::Open(path, entry->file().size_bytes(),
+                              verify_crc ? entry->file().crc32c() : std::string());
     if (!reader.ok()) return reader.status();
     readers.push_back(std::move(*reader));
     if (entry->full()) break;

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "storage/crc32c.h"
 
 namespace tessera::storage {
 namespace {
@@ -27,7 +28,7 @@ absl::Status Errno(const std::string& what, const std::string& path) {
 
 std::unique_ptr<rocksdb::FileChecksumGenerator> NewCrc32c() {
   rocksdb::FileChecksumGenContext ctx;
-  return rocksdb::GetFileChecksumGenCrc32cFactory()->CreateFileChecksumGenerator(ctx);
+  return Crc32cChecksumFactory()->CreateFileChecksumGenerator(ctx);
 }
 
 // Closes an fd on scope exit.

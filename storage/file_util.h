@@ -19,7 +19,7 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view cont
 
 absl::StatusOr<std::string> ReadFile(const std::string& path);
 
-// CRC32C of a whole file, as RocksDB's FileChecksumGenCrc32c computes it.
+// CRC32C of a whole file, encoded as Crc32cChecksumFactory() does (4 bytes, big-endian).
 absl::StatusOr<std::string> FileCrc32c(const std::string& path);
 // CRC32C of a buffer, same encoding.
 std::string Crc32c(absl::string_view data);

@@ -44,6 +44,9 @@ class TableFileWriter {
   ~TableFileWriter();
 
   absl::Status AddRow(uint32_t vshard, uint64_t key, absl::string_view bytes);
+  // As AddRow, for callers that build the stored value themselves to save a copy: `value` is
+  // the byte EntryType::kRow followed by the row.
+  absl::Status AddEncodedRow(uint32_t vshard, uint64_t key, absl::string_view value);
   absl::Status AddTombstone(uint32_t vshard, uint64_t key);
   // Completes the file and makes it durable (fsync). Call once.
   absl::StatusOr<FileInfo> Finish();
@@ -61,8 +64,8 @@ class TableFileWriter {
 // Reads a table file with block checksums verified. Not thread-safe.
 class TableFileReader {
  public:
-  // When expected_crc32c is not empty, first checks the whole file against it (and its size
-  // against expected_size): DATA_LOSS naming the file on any difference.
+  // When expected_crc32c is not empty, first checks the whole file against it; when
+  // expected_size is not 0, checks the size: DATA_LOSS naming the file on any difference.
   static absl::StatusOr<std::unique_ptr<TableFileReader>> Open(
       const std::string& path, uint64_t expected_size = 0, const std::string& expected_crc32c = "");
   ~TableFileReader();

@@ -201,6 +201,7 @@ absl::StatusOr<RestoreResult> RestoreCluster(const std::string& dir,
         v1::RestoreCheckpointRequest req;
         req.mutable_header()->set_shard_map_epoch(shard_map_epoch);
         req.set_checkpoint_id(id);
+        req.set_files_verified(true);  // VerifyCheckpoint above
         grpc::ClientContext ctx;
         SetDeadline(&ctx, timeout);
         return FromGrpcStatus(stub.RestoreCheckpoint(&ctx, req, &responses[shard]));

@@ -35,6 +35,10 @@ ABSL_FLAG(uint32_t, sparse_dim, 16, "bench: floats per sparse row.");
 ABSL_FLAG(int, channels, 4, "bench: client channels (TCP connections) per server.");
 ABSL_FLAG(uint64_t, chunk_bytes, 512 << 10, "bench: client chunk size.");
 ABSL_FLAG(bool, iperf3, true, "bench: also measure loopback with iperf3 as a baseline.");
+ABSL_FLAG(std::string, suite, "data",
+          "bench: 'data' (pull/push throughput) or 'checkpoint' (checkpoint write/restore "
+          "against dd, 1% incremental, push pauses).");
+ABSL_FLAG(uint64_t, table_mb, 2048, "bench --suite=checkpoint: size of the dense table in MiB.");
 // tessera checkpoint
 ABSL_FLAG(std::string, checkpoint_dir, "", "checkpoint: the servers' --checkpoint_dir.");
 ABSL_FLAG(uint64_t, id, 0, "checkpoint inspect/restore/merge: checkpoint id; 0 = newest.");
@@ -121,6 +125,14 @@ int main(int argc, char** argv) {
     o.channels = absl::GetFlag(FLAGS_channels);
     o.chunk_bytes = absl::GetFlag(FLAGS_chunk_bytes);
     o.iperf3 = absl::GetFlag(FLAGS_iperf3);
+    o.suite = absl::GetFlag(FLAGS_suite);
+    o.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
+    o.table_mb = absl::GetFlag(FLAGS_table_mb);
+    if (o.suite == "checkpoint") return tessera::RunCheckpointBench(o);
+    if (o.suite != "data") {
+      std::fprintf(stderr, "tessera bench: --suite must be data or checkpoint\n");
+      return 2;
+    }
     return tessera::RunBench(o);
   }
   std::fprintf(stderr, "tessera: unknown command '%s'\n\n%s\n", command.c_str(), kUsage);
