@@ -19,15 +19,18 @@ DenseTable::DenseTable(const TableConfig& config, const std::vector<bool>& owned
       num_vshards_(static_cast<uint32_t>(owned.size())) {
   blocks_.resize(layout_.num_blocks());
   for (uint64_t b = 0; b < layout_.num_blocks(); ++b) {
+    if (owned[VshardOf(b)]) held_elements_ += layout_.BlockEnd(b) - layout_.BlockBegin(b);
+  }
+  // Zero-filled by the kernel; huge pages where the system allows them.
+  storage_ = HugeBuffer(held_elements_ * (1 + params_.num_slots) * sizeof(float));
+  float* next = reinterpret_cast<float*>(storage_.data());
+  for (uint64_t b = 0; b < layout_.num_blocks(); ++b) {
     if (!owned[VshardOf(b)]) continue;
     auto block = std::make_unique<Block>();
     block->begin = layout_.BlockBegin(b);
-    const uint64_t len = layout_.BlockEnd(b) - block->begin;
-    {
-      absl::MutexLock lock(&block->mu);
-      block->data.resize(len * (1 + params_.num_slots));
-    }
-    held_elements_ += len;
+    block->size = (layout_.BlockEnd(b) - block->begin) * (1 + params_.num_slots);
+    block->data = next;
+    next += block->size;
     blocks_[b] = std::move(block);
     if (initialize) InitializeBlock(b);
   }
@@ -38,9 +41,9 @@ void DenseTable::InitializeBlock(uint64_t b) {
   Block& block = *blocks_[b];
   const uint64_t len = layout_.BlockEnd(b) - block.begin;
   absl::MutexLock lock(&block.mu);
-  init.FillDense(block.begin, block.data.data(), len);
+  init.FillDense(block.begin, block.data, len);
   for (int s = 0; s < params_.num_slots; ++s) {
-    std::fill_n(block.data.data() + len * (1 + s), len, params_.InitialSlotValue(s));
+    std::fill_n(block.data + len * (1 + s), len, params_.InitialSlotValue(s));
   }
   block.step = 0;
   block.gen = kBaseGeneration;
@@ -77,7 +80,7 @@ void DenseTable::Pull(uint64_t offset, uint64_t count, float* out) const {
     if (lo >= hi) break;
     const Block& block = *blocks_[b];
     absl::MutexLock lock(&block.mu);
-    std::memcpy(out + (lo - offset), block.data.data() + (lo - block.begin),
+    std::memcpy(out + (lo - offset), block.data + (lo - block.begin),
                 (hi - lo) * sizeof(float));
   }
 }
@@ -93,12 +96,12 @@ void DenseTable::Push(uint64_t offset, uint64_t count, const float* grads, uint6
     absl::MutexLock lock(&block.mu);
     if (block.cow_gen != 0 && !block.has_cow && block.gen <= block.cow_gen) {
       // First change since the cut: keep the block as it was for the checkpoint.
-      block.cow_data = block.data;
+      block.cow_data.assign(block.data, block.data + block.size);
       block.cow_step = block.step;
       block.cow_block_gen = block.gen;
       block.has_cow = true;
     }
-    float* w = block.data.data() + (lo - block.begin);
+    float* w = block.data + (lo - block.begin);
     float* slot0 = params_.num_slots > 0 ? w + len : nullptr;
     float* slot1 = params_.num_slots > 1 ? w + 2 * len : nullptr;
     ApplyUpdate(params_, w, slot0, slot1, &block.step, grads + (lo - offset), hi - lo);
@@ -128,13 +131,13 @@ bool DenseTable::TakeBlock(uint64_t b, uint64_t cut_gen, uint64_t parent_gen, ch
   Block& block = *blocks_[b];
   absl::MutexLock lock(&block.mu);
   const bool saved = block.has_cow;
-  const std::vector<float>& data = saved ? block.cow_data : block.data;
+  const float* data = saved ? block.cow_data.data() : block.data;
   const uint64_t step = saved ? block.cow_step : block.step;
   const uint64_t gen = saved ? block.cow_block_gen : block.gen;
   const bool dirty = gen > parent_gen && gen <= cut_gen;
   if (dirty) {
-    std::memcpy(payload, data.data(), data.size() * sizeof(float));
-    std::memcpy(payload + data.size() * sizeof(float), &step, sizeof(step));
+    std::memcpy(payload, data, block.size * sizeof(float));
+    std::memcpy(payload + block.size * sizeof(float), &step, sizeof(step));
   }
   block.cow_gen = 0;
   block.has_cow = false;
@@ -155,8 +158,8 @@ void DenseTable::EndCut() {
 void DenseTable::LoadBlock(uint64_t b, absl::string_view payload) {
   Block& block = *blocks_[b];
   absl::MutexLock lock(&block.mu);
-  const size_t data_bytes = block.data.size() * sizeof(float);
-  std::memcpy(block.data.data(), payload.data(), data_bytes);
+  const size_t data_bytes = block.size * sizeof(float);
+  std::memcpy(block.data, payload.data(), data_bytes);
   std::memcpy(&block.step, payload.data() + data_bytes, sizeof(block.step));
   block.gen = kBaseGeneration;
 }

@@ -11,6 +11,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/table_config.h"
 #include "server/generation.h"
+#include "server/huge_buffer.h"
 #include "server/optimizer.h"
 
 namespace tessera {
@@ -41,6 +42,8 @@ class DenseTable {
 
   const TableConfig& config() const { return config_; }
   const DenseLayout& layout() const { return layout_; }
+  // False when the memory for the held blocks could not be mapped: the table is unusable.
+  bool allocated() const { return held_elements_ == 0 || storage_.data() != nullptr; }
 
   // The first block overlapping [offset, offset + count) not held here, or -1 when all are.
   // REQUIRES: offset + count <= size.
@@ -76,10 +79,10 @@ class DenseTable {
   struct Block {
     // Constant after construction.
     uint64_t begin = 0;  // first element
+    float* data = nullptr;  // into storage_: weights, then num_slots slot vectors of the block
+    size_t size = 0;        // floats at data
 
-    mutable absl::Mutex mu;
-    // Weights, then num_slots slot vectors, each of the block's length.
-    std::vector<float> data ABSL_GUARDED_BY(mu);
+    mutable absl::Mutex mu;  // guards *data and the fields below
     uint64_t step ABSL_GUARDED_BY(mu) = 0;               // Adam's step counter
     uint64_t gen ABSL_GUARDED_BY(mu) = kBaseGeneration;  // generation of the last change
     // Copy-on-write of a checkpoint in progress (see SparseTable).
@@ -98,6 +101,7 @@ class DenseTable {
   const uint32_t num_vshards_;
   std::vector<std::unique_ptr<Block>> blocks_;  // by block index; null when not held
   uint64_t held_elements_ = 0;
+  HugeBuffer storage_;  // every held block's data, contiguous
 };
 
 }  // namespace tessera

@@ -35,6 +35,8 @@ ABSL_FLAG(int64_t, dedup_client_ttl_s, 3600,
 ABSL_FLAG(int64_t, drain_timeout_ms, 10000, "On SIGTERM, how long in-flight requests may run.");
 ABSL_FLAG(std::string, checkpoint_dir, "",
           "Checkpoint directory shared by all servers and `tessera checkpoint`; empty: none.");
+ABSL_FLAG(uint32_t, checkpoint_write_threads, 2,
+          "Threads (and files) per table when writing a checkpoint.");
 ABSL_FLAG(bool, restore, false, "Before serving, restore the newest complete checkpoint.");
 ABSL_FLAG(uint64_t, restore_checkpoint, 0,
           "Before serving, restore this checkpoint (implies --restore).");
@@ -80,6 +82,7 @@ int main(int argc, char** argv) {
   core.testing_push_delay_ms = absl::GetFlag(FLAGS_testing_push_delay_ms);
   core.testing_crash_in_checkpoint = absl::GetFlag(FLAGS_testing_crash_in_checkpoint);
   core.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
+  core.checkpoint_write_threads = absl::GetFlag(FLAGS_checkpoint_write_threads);
   if (const uint64_t id = absl::GetFlag(FLAGS_restore_checkpoint); id != 0) {
     options.restore_checkpoint = static_cast<int64_t>(id);
   } else if (absl::GetFlag(FLAGS_restore)) {

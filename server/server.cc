@@ -44,6 +44,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     v1::RestoreCheckpointRequest req;
     req.mutable_header()->set_shard_map_epoch(options.core.shard_map_epoch);
     req.set_checkpoint_id(static_cast<uint64_t>(options.restore_checkpoint));
+    req.set_phase(v1::RESTORE_PHASE_PREPARE_AND_COMMIT);
     v1::RestoreCheckpointResponse resp;
     if (absl::Status s = impl->core->RestoreCheckpoint(req, &resp); !s.ok()) {
       return absl::Status(s.code(), absl::StrCat("cannot restore: ", s.message()));

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <thread>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
@@ -87,59 +88,134 @@ absl::Status ServerCore::GetCheckpointState(const v1::GetCheckpointStateRequest&
   return absl::OkStatus();
 }
 
+namespace {
+
+// The rows of one table in one vshard range, written to one file by one thread.
+struct FileJob {
+  std::vector<uint32_t> vshards;                     // sparse: owned vshards, ascending
+  std::vector<std::pair<uint32_t, uint64_t>> blocks;  // dense: (vshard, block), ascending
+  std::string name;
+  absl::Status status;
+  storage::FileInfo info;
+};
+
+// Writes job.vshards of a sparse table. Every vshard is taken even after an error: that ends
+// its copy-on-write.
+void WriteSparseFile(SparseTable& t, uint64_t cut_gen, uint64_t parent_gen, const std::string& path,
+                     FileJob& job) {
+  absl::StatusOr<std::unique_ptr<storage::TableFileWriter>> writer =
+      storage::TableFileWriter::Create(path);
+  job.status = writer.status();
+  VshardSnapshot snap;
+  const size_t rb = t.row_bytes();
+  for (uint32_t v : job.vshards) {
+    t.TakeVshard(v, cut_gen, parent_gen, &snap);
+    for (size_t i = 0; i < snap.keys.size() && job.status.ok(); ++i) {
+      job.status =
+          (*writer)->AddRow(v, snap.keys[i], absl::string_view(snap.payload.data() + i * rb, rb));
+    }
+  }
+  if (!job.status.ok()) return;
+  absl::StatusOr<storage::FileInfo> info = (*writer)->Finish();
+  job.status = info.status();
+  if (info.ok()) job.info = *info;
+}
+
+void WriteDenseFile(DenseTable& t, uint64_t cut_gen, uint64_t parent_gen, const std::string& path,
+                    FileJob& job) {
+  absl::StatusOr<std::unique_ptr<storage::TableFileWriter>> writer =
+      storage::TableFileWriter::Create(path);
+  job.status = writer.status();
+  // One buffer for every block: the type byte, then the payload copied out under the block's
+  // lock, then handed to RocksDB as it is.
+  size_t max_payload = 0;
+  for (const auto& [v, b] : job.blocks) max_payload = std::max(max_payload, t.BlockPayloadBytes(b));
+  auto value = std::make_unique_for_overwrite<char[]>(max_payload + 1);
+  value[0] = static_cast<char>(storage::EntryType::kRow);
+  for (const auto& [v, b] : job.blocks) {
+    if (t.TakeBlock(b, cut_gen, parent_gen, value.get() + 1) && job.status.ok()) {
+      job.status = (*writer)->AddEncodedRow(
+          v, b, absl::string_view(value.get(), t.BlockPayloadBytes(b) + 1));
+    }
+  }
+  if (!job.status.ok()) return;
+  absl::StatusOr<storage::FileInfo> info = (*writer)->Finish();
+  job.status = info.status();
+  if (info.ok()) job.info = *info;
+}
+
+// Splits `items` into at most n contiguous, nearly equal, non-empty pieces.
+template <typename T>
+std::vector<std::vector<T>> Split(const std::vector<T>& items, size_t n) {
+  std::vector<std::vector<T>> pieces;
+  n = std::max<size_t>(1, std::min(n, items.size()));
+  for (size_t i = 0; i < n; ++i) {
+    pieces.emplace_back(items.begin() + items.size() * i / n,
+                        items.begin() + items.size() * (i + 1) / n);
+  }
+  return pieces;
+}
+
+}  // namespace
+
 absl::Status ServerCore::WriteTableFile(const Table& table, size_t index, uint64_t id,
                                         uint64_t cut_gen, uint64_t parent_gen,
                                         storage::v1::TableEntry* entry) {
-  const std::string file = absl::StrCat("table-", index, ".sst");
-  const std::string path = absl::StrCat(store_->PartDir(id, options_.shard_index), "/", file);
-  absl::StatusOr<std::unique_ptr<storage::TableFileWriter>> writer =
-      storage::TableFileWriter::Create(path);
-  absl::Status status = writer.status();
+  // The table's vshards split into ranges, one file and one thread each: copying rows out and
+  // writing them then overlap on every core.
+  const size_t threads = std::max<uint32_t>(1, options_.checkpoint_write_threads);
+  std::vector<FileJob> jobs;
   if (table.sparse != nullptr) {
-    SparseTable& t = *table.sparse;
-    VshardSnapshot snap;
-    const size_t rb = t.row_bytes();
-    // Every owned vshard is taken, even after an error: that ends its copy-on-write.
-    for (uint32_t v = 0; v < t.num_vshards(); ++v) {
-      if (!t.Owns(v)) continue;
-      t.TakeVshard(v, cut_gen, parent_gen, &snap);
-      for (size_t i = 0; i < snap.keys.size() && status.ok(); ++i) {
-        status =
-            (*writer)->AddRow(v, snap.keys[i], absl::string_view(snap.payload.data() + i * rb, rb));
-      }
+    std::vector<uint32_t> vshards;
+    for (uint32_t v = 0; v < table.sparse->num_vshards(); ++v) {
+      if (table.sparse->Owns(v)) vshards.push_back(v);
     }
+    for (auto& piece : Split(vshards, threads)) jobs.push_back({.vshards = std::move(piece)});
   } else {
-    DenseTable& t = *table.dense;
-    std::vector<std::pair<uint32_t, uint64_t>> blocks;  // (vshard, block): the file's key order
+    const DenseTable& t = *table.dense;
+    std::vector<std::pair<uint32_t, uint64_t>> blocks;  // (vshard, block): the files' key order
     for (uint64_t b = 0; b < t.layout().num_blocks(); ++b) {
       if (t.Holds(b)) blocks.emplace_back(t.VshardOf(b), b);
     }
     std::sort(blocks.begin(), blocks.end());
-    // One buffer for every block: the type byte, then the payload copied out under the
-    // block's lock, then handed to RocksDB as it is.
-    size_t max_payload = 0;
-    for (const auto& [v, b] : blocks) max_payload = std::max(max_payload, t.BlockPayloadBytes(b));
-    auto value = std::make_unique_for_overwrite<char[]>(max_payload + 1);
-    value[0] = static_cast<char>(storage::EntryType::kRow);
-    for (const auto& [v, b] : blocks) {
-      if (t.TakeBlock(b, cut_gen, parent_gen, value.get() + 1) && status.ok()) {
-        status = (*writer)->AddEncodedRow(
-            v, b, absl::string_view(value.get(), t.BlockPayloadBytes(b) + 1));
-      }
-    }
+    for (auto& piece : Split(blocks, threads)) jobs.push_back({.blocks = std::move(piece)});
   }
-  if (!status.ok()) return status;
-  absl::StatusOr<storage::FileInfo> info = (*writer)->Finish();
-  if (!info.ok()) return info.status();
+  if (jobs.empty()) jobs.emplace_back();  // a table with nothing here still gets a file
+  const std::string dir = store_->PartDir(id, options_.shard_index);
+  std::vector<std::thread> workers;
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    jobs[j].name = absl::StrCat("table-", index, "-", j, ".sst");
+    workers.emplace_back([&, j] {
+      FileJob& job = jobs[j];
+      const std::string path = absl::StrCat(dir, "/", job.name);
+      if (table.sparse != nullptr) {
+        WriteSparseFile(*table.sparse, cut_gen, parent_gen, path, job);
+      } else {
+        WriteDenseFile(*table.dense, cut_gen, parent_gen, path, job);
+      }
+    });
+  }
+  for (auto& w : workers) w.join();
   TableConfigToProto(table.config, entry->mutable_spec());
   entry->set_full(parent_gen == 0);
   entry->set_incarnation(table.incarnation);
-  storage::v1::FileEntry* f = entry->mutable_file();
-  f->set_name(file);
-  f->set_size_bytes(info->size_bytes);
-  f->set_crc32c(info->crc32c);
-  f->set_rows(info->rows);
-  f->set_tombstones(info->tombstones);
+  for (const FileJob& job : jobs) {
+    if (!job.status.ok()) return job.status;
+    storage::v1::FileEntry* f = entry->add_files();
+    f->set_name(job.name);
+    f->set_size_bytes(job.info.size_bytes);
+    f->set_crc32c(job.info.crc32c);
+    f->set_rows(job.info.rows);
+    f->set_tombstones(job.info.tombstones);
+    f->set_first_vshard(!job.vshards.empty() ? job.vshards.front()
+                        : !job.blocks.empty() ? job.blocks.front().first
+                                              : 0);
+    f->set_last_vshard(!job.vshards.empty() ? job.vshards.back()
+                       : !job.blocks.empty() ? job.blocks.back().first
+                                             : 0);
+    entry->set_rows(entry->rows() + job.info.rows);
+    entry->set_bytes(entry->bytes() + job.info.size_bytes);
+  }
   return absl::OkStatus();
 }
 
@@ -225,8 +301,8 @@ absl::Status ServerCore::WriteCheckpoint(const v1::WriteCheckpointRequest& req,
     storage::v1::TableEntry* entry = part.add_tables();
     status = WriteTableFile(t, i, id, cut_gen, table_parent_gen, entry);
     if (status.ok()) {
-      part.set_rows(part.rows() + entry->file().rows());
-      part.set_bytes(part.bytes() + entry->file().size_bytes());
+      part.set_rows(part.rows() + entry->rows());
+      part.set_bytes(part.bytes() + entry->bytes());
     }
     if (i == 0) MaybeCrash(2);
   }
@@ -262,8 +338,8 @@ absl::Status ServerCore::WriteCheckpoint(const v1::WriteCheckpointRequest& req,
 }
 
 absl::Status ServerCore::LoadTable(const std::vector<storage::v1::CheckpointManifest>& chain,
-                                   const std::string& name, bool verify_crc, Table* table,
-                                   uint64_t* rows, uint64_t* bytes) {
+                                   const std::string& name, Table* table, uint64_t* rows,
+                                   uint64_t* bytes) {
   const storage::v1::CheckpointManifest& last = chain.back();
   // Dense blocks are allocated without initial values; any the checkpoint does not hold get
   // them at the end.
@@ -277,7 +353,7 @@ absl::Status ServerCore::LoadTable(const std::vector<storage::v1::CheckpointMani
     last_v = std::min(last_v, mine_last);
     if (first > last_v) continue;  // no vshard of old shard j is ours
     absl::StatusOr<std::vector<std::unique_ptr<storage::TableFileReader>>> readers =
-        store_->OpenTableFiles(chain, j, name, verify_crc);
+        store_->OpenTableFiles(chain, j, name, /*verify_crc=*/false);
     if (!readers.ok()) return readers.status();
     std::vector<storage::TableFileReader*> oldest_first;
     for (auto& r : *readers) {
@@ -317,11 +393,8 @@ absl::Status ServerCore::LoadTable(const std::vector<storage::v1::CheckpointMani
   return absl::OkStatus();
 }
 
-absl::Status ServerCore::RestoreCheckpoint(const v1::RestoreCheckpointRequest& req,
-                                           v1::RestoreCheckpointResponse* resp) {
-  TESSERA_RETURN_IF_ERROR(CheckEpoch(req.header()));
-  if (store_ == nullptr) return NoCheckpointDir();
-  uint64_t id = req.checkpoint_id();
+absl::StatusOr<std::unique_ptr<ServerCore::StagedRestore>> ServerCore::PrepareRestore(
+    uint64_t id) {
   if (id == 0) {
     id = store_->NewestOrZero();
     if (id == 0) {
@@ -332,8 +405,8 @@ absl::Status ServerCore::RestoreCheckpoint(const v1::RestoreCheckpointRequest& r
   {
     absl::MutexLock lock(&ckpt_mu_);
     if (running_checkpoint_ != 0) {
-      return absl::FailedPreconditionError(
-          absl::StrFormat("checkpoint %u is being written; restore later", running_checkpoint_));
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "checkpoint %u is being written or restored; try later", running_checkpoint_));
     }
     running_checkpoint_ = id;
   }
@@ -353,25 +426,26 @@ absl::Status ServerCore::RestoreCheckpoint(const v1::RestoreCheckpointRequest& r
   std::vector<std::string> ids;
   for (const auto& m : *chain) ids.push_back(absl::StrCat(m.id()));
   LogInfo("restoring checkpoint %u (chain %s) taken with %u shards into shard %u of %u", id,
-          absl::StrJoin(ids, " <- "), last.num_shards(), options_.shard_index, options_.num_shards);
+          absl::StrJoin(ids, " <- "), last.num_shards(), options_.shard_index,
+          options_.num_shards);
 
   // Every table of the last checkpoint, built beside the live ones.
-  std::vector<std::pair<std::string, TableConfig>> specs;
+  auto staged = std::make_unique<StagedRestore>();
+  staged->id = id;
+  std::vector<TableConfig> specs;
   for (const auto& part : last.parts()) {
     for (const auto& entry : part.tables()) {
       absl::StatusOr<TableConfig> config = TableConfigFromProto(entry.spec());
       if (!config.ok()) return config.status();
       absl::StatusOr<TableConfig> resolved = ResolveTableConfig(*config);
       if (!resolved.ok()) return resolved.status();
-      auto same = [&](const auto& s) { return s.first == resolved->name; };
-      if (std::none_of(specs.begin(), specs.end(), same)) {
-        specs.emplace_back(resolved->name, *resolved);
+      if (std::none_of(specs.begin(), specs.end(),
+                       [&](const TableConfig& c) { return c.name == resolved->name; })) {
+        specs.push_back(*resolved);
       }
     }
   }
-  absl::flat_hash_map<std::string, std::shared_ptr<Table>> restored;
-  uint64_t total_rows = 0, total_bytes = 0;
-  for (const auto& [name, config] : specs) {
+  for (const TableConfig& config : specs) {
     const absl::Time t0 = absl::Now();
     auto table = std::make_shared<Table>();
     table->config = config;
@@ -380,55 +454,99 @@ absl::Status ServerCore::RestoreCheckpoint(const v1::RestoreCheckpointRequest& r
       table->sparse = std::make_unique<SparseTable>(config, owned_);
     } else {
       table->dense = std::make_unique<DenseTable>(config, owned_, /*initialize=*/false);
+      if (!table->dense->allocated()) {
+        return absl::ResourceExhaustedError(
+            absl::StrFormat("cannot map memory to restore table '%s'", config.name));
+      }
     }
     uint64_t rows = 0, bytes = 0;
-    TESSERA_RETURN_IF_ERROR(
-        LoadTable(*chain, name, !req.files_verified(), table.get(), &rows, &bytes));
+    TESSERA_RETURN_IF_ERROR(LoadTable(*chain, config.name, table.get(), &rows, &bytes));
     const double s = absl::ToDoubleSeconds(absl::Now() - t0);
-    LogInfo("  restored table '%s': %u rows/blocks from %.1f MB of files in %.2f s (%.0f MB/s)",
-            name, rows, bytes / 1e6, s, bytes / 1e6 / std::max(s, 1e-9));
-    total_rows += rows;
-    total_bytes += bytes;
-    restored.emplace(name, std::move(table));
+    LogInfo("  loaded table '%s': %u rows/blocks from %.1f MB of files in %.2f s (%.0f MB/s)",
+            config.name, rows, bytes / 1e6, s, bytes / 1e6 / std::max(s, 1e-9));
+    staged->rows += rows;
+    staged->bytes += bytes;
+    staged->tables.emplace(config.name, std::move(table));
   }
-
-  // Everything loaded: swap it in at once.
-  const bool same_layout = last.num_shards() == options_.num_shards;
-  std::vector<PushDeduplicator::ClientSnapshot> dedup;
-  if (same_layout) {
+  staged->same_layout = last.num_shards() == options_.num_shards;
+  if (staged->same_layout) {
     for (const auto& part : last.parts()) {
       if (part.shard_index() != options_.shard_index) continue;
       for (const auto& c : part.dedup()) {
-        dedup.push_back({c.client_id(), c.floor(), {c.applied().begin(), c.applied().end()}});
+        staged->dedup.push_back({c.client_id(), c.floor(), {c.applied().begin(), c.applied().end()}});
       }
     }
   }
+  staged->seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  return staged;
+}
+
+void ServerCore::CommitRestore(std::unique_ptr<StagedRestore> staged) {
+  const size_t num_tables = staged->tables.size();
   absl::flat_hash_map<std::string, std::shared_ptr<Table>> old;  // freed outside the locks
   {
     absl::WriterMutexLock gate(&gate_);
     absl::MutexLock lock(&tables_mu_);
     old.swap(tables_);
-    tables_ = std::move(restored);
-    dedup_.Restore(dedup);  // (changes from now on carry generations > kBaseGeneration)
+    tables_ = std::move(staged->tables);
+    dedup_.Restore(staged->dedup);  // (changes from now on carry generations > kBaseGeneration)
   }
-  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
   {
     absl::MutexLock lock(&ckpt_mu_);
     known_cuts_.clear();
-    if (same_layout) known_cuts_[id] = kBaseGeneration;
+    if (staged->same_layout) known_cuts_[staged->id] = kBaseGeneration;
     ++stats_.restores;
-    stats_.last_restore_seconds = seconds;
-    stats_.last_restore_bytes = total_bytes;
+    stats_.last_restore_seconds = staged->seconds;
+    stats_.last_restore_bytes = staged->bytes;
   }
-  LogInfo("restored checkpoint %u: %u tables, %u rows/blocks, %.1f MB in %.2f s (%.0f MB/s)%s", id,
-          specs.size(), total_rows, total_bytes / 1e6, seconds,
-          total_bytes / 1e6 / std::max(seconds, 1e-9),
-          same_layout ? "" : "; shard layout changed: exactly-once state not restored");
-  resp->set_checkpoint_id(id);
-  resp->set_tables(specs.size());
-  resp->set_rows(total_rows);
-  resp->set_bytes(total_bytes);
-  resp->set_seconds(seconds);
+  LogInfo("restored checkpoint %u: %u tables, %u rows/blocks, %.1f MB loaded in %.2f s (%.0f MB/s)%s",
+          staged->id, num_tables, staged->rows,
+          staged->bytes / 1e6, staged->seconds,
+          staged->bytes / 1e6 / std::max(staged->seconds, 1e-9),
+          staged->same_layout ? "" : "; shard layout changed: exactly-once state not restored");
+}
+
+absl::Status ServerCore::RestoreCheckpoint(const v1::RestoreCheckpointRequest& req,
+                                           v1::RestoreCheckpointResponse* resp) {
+  TESSERA_RETURN_IF_ERROR(CheckEpoch(req.header()));
+  if (store_ == nullptr) return NoCheckpointDir();
+  std::unique_ptr<StagedRestore> staged;
+  switch (req.phase()) {
+    case v1::RESTORE_PHASE_PREPARE:
+    case v1::RESTORE_PHASE_PREPARE_AND_COMMIT: {
+      absl::StatusOr<std::unique_ptr<StagedRestore>> prepared = PrepareRestore(req.checkpoint_id());
+      if (!prepared.ok()) return prepared.status();
+      staged = std::move(*prepared);
+      break;
+    }
+    case v1::RESTORE_PHASE_COMMIT:
+    case v1::RESTORE_PHASE_ABORT: {
+      absl::MutexLock lock(&ckpt_mu_);
+      if (staged_ == nullptr || (req.checkpoint_id() != 0 && staged_->id != req.checkpoint_id())) {
+        return absl::FailedPreconditionError(absl::StrFormat(
+            "no restore of checkpoint %u is prepared on shard %u", req.checkpoint_id(),
+            options_.shard_index));
+      }
+      staged = std::move(staged_);
+      break;
+    }
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrFormat("unknown restore phase %d", static_cast<int>(req.phase())));
+  }
+  resp->set_checkpoint_id(staged->id);
+  resp->set_tables(staged->tables.size());
+  resp->set_rows(staged->rows);
+  resp->set_bytes(staged->bytes);
+  resp->set_seconds(staged->seconds);
+  if (req.phase() == v1::RESTORE_PHASE_PREPARE) {
+    absl::MutexLock lock(&ckpt_mu_);
+    staged_ = std::move(staged);  // replaces an older prepared restore, if any
+  } else if (req.phase() == v1::RESTORE_PHASE_ABORT) {
+    LogInfo("restore of checkpoint %u aborted", staged->id);
+  } else {
+    CommitRestore(std::move(staged));
+  }
   return absl::OkStatus();
 }
 

@@ -197,6 +197,11 @@ absl::Status ServerCore::CreateTable(const v1::CreateTableRequest& req,
           config->name, bytes, options_.shard_index, options_.max_dense_table_bytes));
     }
     table->dense = std::make_unique<DenseTable>(*config, owned_);
+    if (!table->dense->allocated()) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "table '%s': cannot map %u bytes on shard %u", config->name, bytes,
+          options_.shard_index));
+    }
   }
 
   absl::ReaderMutexLock gate(&gate_);

@@ -140,12 +140,15 @@ absl::StatusOr<std::vector<std::unique_ptr<TableFileReader>>> CheckpointStore::O
           absl::StrFormat("checkpoint %u has no full copy of table '%s' from shard %u in its chain",
                           chain.back().id(), name, shard));
     }
-    const std::string path = absl::StrCat(PartDir(chain[k].id(), shard), "/", entry->file().name());
-    absl::StatusOr<std::unique_ptr<TableFileReader>> reader =
-        TableFileReader::Open(path, entry->file().size_bytes(),
-                              verify_crc ? entry->file().crc32c() : std::string());
-    if (!reader.ok()) return reader.status();
-    readers.push_back(std::move(*reader));
+    // Newest checkpoint first here; reversed below. A checkpoint's files do not overlap, so
+    // their order among themselves does not matter.
+    for (const v1::FileEntry& file : entry->files()) {
+      const std::string path = absl::StrCat(PartDir(chain[k].id(), shard), "/", file.name());
+      absl::StatusOr<std::unique_ptr<TableFileReader>> reader = TableFileReader::Open(
+          path, file.size_bytes(), verify_crc ? file.crc32c() : std::string());
+      if (!reader.ok()) return reader.status();
+      readers.push_back(std::move(*reader));
+    }
     if (entry->full()) break;
   }
   std::reverse(readers.begin(), readers.end());

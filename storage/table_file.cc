@@ -181,7 +181,17 @@ absl::StatusOr<std::unique_ptr<TableFileReader>> TableFileReader::Open(
   if (size == 0) {  // the marker of a table without entries
     return std::unique_ptr<TableFileReader>(new TableFileReader(path, nullptr));
   }
-  auto reader = std::make_unique<rocksdb::SstFileReader>(SstOptions());
+  // Ask the kernel to read the whole file ahead in large requests: the reads below fault it in
+  // page by page, which costs several times the disk's sequential speed on fresh files.
+  if (const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC); fd >= 0) {
+    posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
+    close(fd);
+  }
+  // Memory-mapped reads: values are read in place from the page cache (buffered reads copied
+  // every block once more, and RocksDB's readahead re-read them several times).
+  rocksdb::Options read_options = SstOptions();
+  read_options.allow_mmap_reads = true;
+  auto reader = std::make_unique<rocksdb::SstFileReader>(read_options);
   if (absl::Status s = FromRocks(reader->Open(path), "cannot open checkpoint file", path);
       !s.ok()) {
     return s;
@@ -199,7 +209,7 @@ absl::Status MergeChain(const std::vector<TableFileReader*>& oldest_first, uint3
   rocksdb::ReadOptions ro;
   ro.verify_checksums = true;
   ro.fill_cache = false;
-  ro.readahead_size = 4 << 20;
+  ro.readahead_size = 0;
   std::vector<std::unique_ptr<rocksdb::Iterator>> its(oldest_first.size());
   char start[kKeySize];
   EncodeKey(first, 0, start);

@@ -314,7 +314,7 @@ TEST_CASE("a corrupted checkpoint file is named and nothing is partially restore
   storage::v1::CheckpointManifest m;
   REQUIRE((*store)->ReadManifest(c1.id, &m).ok());
   const std::string victim =
-      absl::StrCat((*store)->PartDir(c1.id, 1), "/", m.parts(1).tables(3).file().name());
+      absl::StrCat((*store)->PartDir(c1.id, 1), "/", m.parts(1).tables(3).files(0).name());
   {
     std::fstream f(victim, std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(static_cast<std::streamoff>(std::filesystem::file_size(victim) / 2));

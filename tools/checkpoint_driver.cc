@@ -192,28 +192,31 @@ absl::StatusOr<RestoreResult> RestoreCluster(const std::string& dir,
     id = (*store)->NewestOrZero();
     if (id == 0) return absl::NotFoundError(absl::StrCat("no complete checkpoint in ", dir));
   }
-  if (absl::StatusOr<size_t> verified = VerifyCheckpoint(dir, id); !verified.ok()) {
-    return verified.status();
+  auto phase = [&](v1::RestorePhase p, std::vector<v1::RestoreCheckpointResponse>* responses) {
+    return OnEveryServer(servers, [&](v1::ParameterServer::Stub& stub, uint32_t shard) {
+      v1::RestoreCheckpointRequest req;
+      req.mutable_header()->set_shard_map_epoch(shard_map_epoch);
+      req.set_checkpoint_id(id);
+      req.set_phase(p);
+      v1::RestoreCheckpointResponse resp;
+      grpc::ClientContext ctx;
+      SetDeadline(&ctx, timeout);
+      absl::Status s = FromGrpcStatus(stub.RestoreCheckpoint(&ctx, req, &resp));
+      if (responses != nullptr) (*responses)[shard] = resp;
+      return s;
+    });
+  };
+  // Everyone loads first; only when all succeeded does anyone swap.
+  std::vector<v1::RestoreCheckpointResponse> prepared(servers.size());
+  const absl::Status st = FirstError(phase(v1::RESTORE_PHASE_PREPARE, &prepared));
+  if (!st.ok()) {
+    (void)phase(v1::RESTORE_PHASE_ABORT, nullptr);
+    return st;
   }
-  std::vector<v1::RestoreCheckpointResponse> responses(servers.size());
-  const absl::Status st =
-      FirstError(OnEveryServer(servers, [&](v1::ParameterServer::Stub& stub, uint32_t shard) {
-        v1::RestoreCheckpointRequest req;
-        req.mutable_header()->set_shard_map_epoch(shard_map_epoch);
-        req.set_checkpoint_id(id);
-        req.set_files_verified(true);  // VerifyCheckpoint above
-        grpc::ClientContext ctx;
-        SetDeadline(&ctx, timeout);
-        return FromGrpcStatus(stub.RestoreCheckpoint(&ctx, req, &responses[shard]));
-      }));
-  if (!st.ok()) return st;
+  if (absl::Status c = FirstError(phase(v1::RESTORE_PHASE_COMMIT, nullptr)); !c.ok()) return c;
   RestoreResult r;
-  r.id = responses.empty() ? 0 : responses[0].checkpoint_id();
-  for (const auto& resp : responses) {
-    if (resp.checkpoint_id() != r.id) {
-      return absl::FailedPreconditionError(
-          "servers restored different checkpoints (one was published during the restore)");
-    }
+  r.id = id;
+  for (const auto& resp : prepared) {
     r.rows += resp.rows();
     r.bytes += resp.bytes();
   }
@@ -249,28 +252,38 @@ absl::StatusOr<uint64_t> MergeCheckpointChain(const std::string& dir, uint64_t i
     if (absl::Status st = s.CreatePartDir(merged, shard); !st.ok()) return st;
     part.set_rows(0);
     part.set_bytes(0);
-    for (storage::v1::TableEntry& entry : *part.mutable_tables()) {
+    for (int i = 0; i < part.tables_size(); ++i) {
+      storage::v1::TableEntry& entry = *part.mutable_tables(i);
       absl::StatusOr<std::vector<std::unique_ptr<storage::TableFileReader>>> readers =
           s.OpenTableFiles(*chain, shard, entry.spec().name());
       if (!readers.ok()) return readers.status();
       std::vector<storage::TableFileReader*> files;
       for (auto& r : *readers) files.push_back(r.get());
-      const std::string path = absl::StrCat(s.PartDir(merged, shard), "/", entry.file().name());
+      const std::string name = absl::StrCat("table-", i, ".sst");
+      const std::string path = absl::StrCat(s.PartDir(merged, shard), "/", name);
       absl::StatusOr<std::unique_ptr<storage::TableFileWriter>> w =
           storage::TableFileWriter::Create(path);
       if (!w.ok()) return w.status();
+      uint32_t first = UINT32_MAX, last = 0;
       absl::Status st = storage::MergeChain(files, 0, UINT32_MAX, [&](const storage::Entry& e) {
+        first = std::min(first, e.vshard);
+        last = std::max(last, e.vshard);
         return (*w)->AddRow(e.vshard, e.key, e.bytes);
       });
       if (!st.ok()) return st;
       absl::StatusOr<storage::FileInfo> info = (*w)->Finish();
       if (!info.ok()) return info.status();
       entry.set_full(true);
-      storage::v1::FileEntry* f = entry.mutable_file();
+      entry.clear_files();
+      storage::v1::FileEntry* f = entry.add_files();
+      f->set_name(name);
       f->set_size_bytes(info->size_bytes);
       f->set_crc32c(info->crc32c);
       f->set_rows(info->rows);
-      f->set_tombstones(0);
+      f->set_first_vshard(first == UINT32_MAX ? 0 : first);
+      f->set_last_vshard(last);
+      entry.set_rows(info->rows);
+      entry.set_bytes(info->size_bytes);
       part.set_rows(part.rows() + info->rows);
       part.set_bytes(part.bytes() + info->size_bytes);
     }

@@ -46,9 +46,10 @@ struct RestoreResult {
   double seconds = 0;
 };
 
-// Every server replaces its tables with checkpoint `id` (0: the newest). Every file of the
-// chain is verified first, so that a corrupt checkpoint changes no server. Stop training
-// first: each server swaps atomically, but not all at the same instant.
+// Every server replaces its tables with checkpoint `id` (0: the newest), in two phases: all
+// load it beside their live tables (checking every block's checksum), then all swap; if any
+// load fails, none swaps. Stop training first: each server swaps atomically, but not all at
+// the same instant. Needs memory for both copies while it runs.
 absl::StatusOr<RestoreResult> RestoreCluster(const std::string& dir,
                                              const std::vector<std::string>& servers,
                                              uint64_t shard_map_epoch, uint64_t id,
