@@ -353,7 +353,7 @@ absl::Status ServerCore::LoadTable(const std::vector<storage::v1::CheckpointMani
     last_v = std::min(last_v, mine_last);
     if (first > last_v) continue;  // no vshard of old shard j is ours
     absl::StatusOr<std::vector<std::unique_ptr<storage::TableFileReader>>> readers =
-        store_->OpenTableFiles(chain, j, name, /*verify_crc=*/false);
+        store_->OpenTableFiles(chain, j, name, /*verify_crc=*/true);
     if (!readers.ok()) return readers.status();
     std::vector<storage::TableFileReader*> oldest_first;
     for (auto& r : *readers) {

@@ -193,8 +193,9 @@ class ServerCore {
   // Checkpoint helpers (server_checkpoint.cc).
   absl::Status WriteTableFile(const Table& table, size_t index, uint64_t id, uint64_t cut_gen,
                               uint64_t parent_gen, storage::v1::TableEntry* entry);
-  // Loads table `name` from the chain: every file's size is checked against the manifest and
-  // every block's checksum as it is read (whole-file CRCs are for `inspect --verify`).
+  // Loads table `name` from the chain. Every file is first read whole, in large sequential
+  // reads, and checked against the manifest's size and CRC32C (which also brings it into the
+  // page cache at disk speed); then its entries are read in place, block checksums verified.
   absl::Status LoadTable(const std::vector<storage::v1::CheckpointManifest>& chain,
                          const std::string& name, Table* table, uint64_t* rows, uint64_t* bytes);
   void MaybeCrash(uint32_t point) const;

@@ -181,14 +181,10 @@ absl::StatusOr<std::unique_ptr<TableFileReader>> TableFileReader::Open(
   if (size == 0) {  // the marker of a table without entries
     return std::unique_ptr<TableFileReader>(new TableFileReader(path, nullptr));
   }
-  // Ask the kernel to read the whole file ahead in large requests: the reads below fault it in
-  // page by page, which costs several times the disk's sequential speed on fresh files.
-  if (const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC); fd >= 0) {
-    posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
-    close(fd);
-  }
   // Memory-mapped reads: values are read in place from the page cache (buffered reads copied
-  // every block once more, and RocksDB's readahead re-read them several times).
+  // every block once more, and RocksDB's readahead re-read them several times). On a file not
+  // in the page cache, faulting it in page by page is slow: callers that scan whole files
+  // verify the CRC first, which reads the file sequentially.
   rocksdb::Options read_options = SstOptions();
   read_options.allow_mmap_reads = true;
   auto reader = std::make_unique<rocksdb::SstFileReader>(read_options);
