@@ -10,8 +10,7 @@
 
 namespace tessera {
 
-DenseTable::DenseTable(const TableConfig& config, const std::vector<bool>& owned,
-                       bool initialize)
+DenseTable::DenseTable(const TableConfig& config, const std::vector<bool>& owned, bool initialize)
     : config_(config),
       params_(OptimizerParams::FromConfig(config.optimizer)),
       layout_{config.dense_size, config.dense_block_elems},
@@ -80,8 +79,7 @@ void DenseTable::Pull(uint64_t offset, uint64_t count, float* out) const {
     if (lo >= hi) break;
     const Block& block = *blocks_[b];
     absl::MutexLock lock(&block.mu);
-    std::memcpy(out + (lo - offset), block.data + (lo - block.begin),
-                (hi - lo) * sizeof(float));
+    std::memcpy(out + (lo - offset), block.data + (lo - block.begin), (hi - lo) * sizeof(float));
   }
 }
 

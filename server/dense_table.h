@@ -78,11 +78,11 @@ class DenseTable {
  private:
   struct Block {
     // Constant after construction.
-    uint64_t begin = 0;  // first element
+    uint64_t begin = 0;     // first element
     float* data = nullptr;  // into storage_: weights, then num_slots slot vectors of the block
     size_t size = 0;        // floats at data
 
-    mutable absl::Mutex mu;  // guards *data and the fields below
+    mutable absl::Mutex mu;                              // guards *data and the fields below
     uint64_t step ABSL_GUARDED_BY(mu) = 0;               // Adam's step counter
     uint64_t gen ABSL_GUARDED_BY(mu) = kBaseGeneration;  // generation of the last change
     // Copy-on-write of a checkpoint in progress (see SparseTable).

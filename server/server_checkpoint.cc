@@ -92,7 +92,7 @@ namespace {
 
 // The rows of one table in one vshard range, written to one file by one thread.
 struct FileJob {
-  std::vector<uint32_t> vshards;                     // sparse: owned vshards, ascending
+  std::vector<uint32_t> vshards;                      // sparse: owned vshards, ascending
   std::vector<std::pair<uint32_t, uint64_t>> blocks;  // dense: (vshard, block), ascending
   std::string name;
   absl::Status status;
@@ -207,10 +207,10 @@ absl::Status ServerCore::WriteTableFile(const Table& table, size_t index, uint64
     f->set_crc32c(job.info.crc32c);
     f->set_rows(job.info.rows);
     f->set_tombstones(job.info.tombstones);
-    f->set_first_vshard(!job.vshards.empty() ? job.vshards.front()
+    f->set_first_vshard(!job.vshards.empty()  ? job.vshards.front()
                         : !job.blocks.empty() ? job.blocks.front().first
                                               : 0);
-    f->set_last_vshard(!job.vshards.empty() ? job.vshards.back()
+    f->set_last_vshard(!job.vshards.empty()  ? job.vshards.back()
                        : !job.blocks.empty() ? job.blocks.back().first
                                              : 0);
     entry->set_rows(entry->rows() + job.info.rows);
@@ -393,8 +393,7 @@ absl::Status ServerCore::LoadTable(const std::vector<storage::v1::CheckpointMani
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<ServerCore::StagedRestore>> ServerCore::PrepareRestore(
-    uint64_t id) {
+absl::StatusOr<std::unique_ptr<ServerCore::StagedRestore>> ServerCore::PrepareRestore(uint64_t id) {
   if (id == 0) {
     id = store_->NewestOrZero();
     if (id == 0) {
@@ -426,8 +425,7 @@ absl::StatusOr<std::unique_ptr<ServerCore::StagedRestore>> ServerCore::PrepareRe
   std::vector<std::string> ids;
   for (const auto& m : *chain) ids.push_back(absl::StrCat(m.id()));
   LogInfo("restoring checkpoint %u (chain %s) taken with %u shards into shard %u of %u", id,
-          absl::StrJoin(ids, " <- "), last.num_shards(), options_.shard_index,
-          options_.num_shards);
+          absl::StrJoin(ids, " <- "), last.num_shards(), options_.shard_index, options_.num_shards);
 
   // Every table of the last checkpoint, built beside the live ones.
   auto staged = std::make_unique<StagedRestore>();
@@ -473,7 +471,8 @@ absl::StatusOr<std::unique_ptr<ServerCore::StagedRestore>> ServerCore::PrepareRe
     for (const auto& part : last.parts()) {
       if (part.shard_index() != options_.shard_index) continue;
       for (const auto& c : part.dedup()) {
-        staged->dedup.push_back({c.client_id(), c.floor(), {c.applied().begin(), c.applied().end()}});
+        staged->dedup.push_back(
+            {c.client_id(), c.floor(), {c.applied().begin(), c.applied().end()}});
       }
     }
   }
@@ -499,11 +498,11 @@ void ServerCore::CommitRestore(std::unique_ptr<StagedRestore> staged) {
     stats_.last_restore_seconds = staged->seconds;
     stats_.last_restore_bytes = staged->bytes;
   }
-  LogInfo("restored checkpoint %u: %u tables, %u rows/blocks, %.1f MB loaded in %.2f s (%.0f MB/s)%s",
-          staged->id, num_tables, staged->rows,
-          staged->bytes / 1e6, staged->seconds,
-          staged->bytes / 1e6 / std::max(staged->seconds, 1e-9),
-          staged->same_layout ? "" : "; shard layout changed: exactly-once state not restored");
+  LogInfo(
+      "restored checkpoint %u: %u tables, %u rows/blocks, %.1f MB loaded in %.2f s (%.0f MB/s)%s",
+      staged->id, num_tables, staged->rows, staged->bytes / 1e6, staged->seconds,
+      staged->bytes / 1e6 / std::max(staged->seconds, 1e-9),
+      staged->same_layout ? "" : "; shard layout changed: exactly-once state not restored");
 }
 
 absl::Status ServerCore::RestoreCheckpoint(const v1::RestoreCheckpointRequest& req,
@@ -523,9 +522,9 @@ absl::Status ServerCore::RestoreCheckpoint(const v1::RestoreCheckpointRequest& r
     case v1::RESTORE_PHASE_ABORT: {
       absl::MutexLock lock(&ckpt_mu_);
       if (staged_ == nullptr || (req.checkpoint_id() != 0 && staged_->id != req.checkpoint_id())) {
-        return absl::FailedPreconditionError(absl::StrFormat(
-            "no restore of checkpoint %u is prepared on shard %u", req.checkpoint_id(),
-            options_.shard_index));
+        return absl::FailedPreconditionError(
+            absl::StrFormat("no restore of checkpoint %u is prepared on shard %u",
+                            req.checkpoint_id(), options_.shard_index));
       }
       staged = std::move(staged_);
       break;

@@ -198,9 +198,9 @@ absl::Status ServerCore::CreateTable(const v1::CreateTableRequest& req,
     }
     table->dense = std::make_unique<DenseTable>(*config, owned_);
     if (!table->dense->allocated()) {
-      return absl::ResourceExhaustedError(absl::StrFormat(
-          "table '%s': cannot map %u bytes on shard %u", config->name, bytes,
-          options_.shard_index));
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("table '%s': cannot map %u bytes on shard %u", config->name, bytes,
+                          options_.shard_index));
     }
   }
 

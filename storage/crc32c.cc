@@ -1,10 +1,10 @@
 #include "storage/crc32c.h"
 
+#include <rocksdb/file_checksum.h>
+
 #include <array>
 #include <cstring>
 #include <string>
-
-#include <rocksdb/file_checksum.h>
 
 namespace tessera::storage {
 namespace {

@@ -1,9 +1,8 @@
 #include "storage/crc32c.h"
 
+#include <catch2/catch.hpp>
 #include <random>
 #include <string>
-
-#include <catch2/catch.hpp>
 
 namespace tessera::storage {
 namespace {

@@ -117,9 +117,9 @@ absl::Status TableFileWriter::AddEncodedRow(uint32_t vshard, uint64_t key,
   ++info_.rows;
   char k[kKeySize];
   EncodeKey(vshard, key, k);
-  return FromRocks(writer_->Put(rocksdb::Slice(k, kKeySize),
-                                rocksdb::Slice(value.data(), value.size())),
-                   "cannot write checkpoint file", path_);
+  return FromRocks(
+      writer_->Put(rocksdb::Slice(k, kKeySize), rocksdb::Slice(value.data(), value.size())),
+      "cannot write checkpoint file", path_);
 }
 
 absl::Status TableFileWriter::AddTombstone(uint32_t vshard, uint64_t key) {

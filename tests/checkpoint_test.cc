@@ -360,17 +360,6 @@ TEST_CASE("a corrupted checkpoint file is named and nothing is partially restore
 namespace tessera {
 namespace {
 
-std::pair<int, std::string> Shell(const std::string& command) {
-  FILE* p = popen(command.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
-
 TEST_CASE("periodic checkpoints with retention and the list and inspect commands", "[checkpoint]") {
   const std::string dir = NewDir();
   auto cluster = Start(1, dir);
@@ -379,9 +368,9 @@ TEST_CASE("periodic checkpoints with retention and the list and inspect commands
   PushRound(*client, 1, 1000);
   const std::string cli = absl::StrCat(TESSERA_CLI_BINARY, " checkpoint --checkpoint_dir=", dir);
   // About ten rounds, a full one every third, keeping the newest two restorable.
-  auto [code, out] = Shell(absl::StrCat("timeout --preserve-status -s INT 3 ", cli,
-                                        " run --connect=", cluster->addresses()[0],
-                                        " --every_s=0.25 --full_every=3 --keep=2 2>&1"));
+  auto [code, out] = testing::RunCommand(absl::StrCat(
+      "timeout --preserve-status -s INT 3 ", cli, " run --connect=", cluster->addresses()[0],
+      " --every_s=0.25 --full_every=3 --keep=2 2>&1"));
   INFO(out);
   CHECK(code == 0);
   absl::StatusOr<std::unique_ptr<storage::CheckpointStore>> store =
@@ -396,10 +385,10 @@ TEST_CASE("periodic checkpoints with retention and the list and inspect commands
   CHECK(out.find("incremental on") != std::string::npos);
   CHECK(out.find("removed by retention") != std::string::npos);
 
-  auto [list_code, list] = Shell(cli + " list");
+  auto [list_code, list] = testing::RunCommand(cli + " list");
   CHECK(list_code == 0);
   CHECK(list.find(absl::StrCat(ids->back())) != std::string::npos);
-  auto [inspect_code, inspect] = Shell(cli + " inspect --verify");
+  auto [inspect_code, inspect] = testing::RunCommand(cli + " inspect --verify");
   INFO(inspect);
   CHECK(inspect_code == 0);
   CHECK(inspect.find("verified: every file of the chain") != std::string::npos);

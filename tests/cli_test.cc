@@ -8,24 +8,15 @@
 #include <vector>
 
 #include "absl/strings/str_split.h"
+#include "tests/test_cluster.h"
 
 namespace {
 
-// Runs `command`, returns (exit code, stdout).
-std::pair<int, std::string> Run(const std::string& command) {
-  FILE* p = popen(command.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using tessera::testing::RunCommand;
 
 TEST_CASE("tessera local trains to within 2 points of the planted model", "[cli]") {
-  auto [code, out] = Run(std::string(TESSERA_CLI_BINARY) +
-                         " local --servers=3 --threads=3 --train_samples=600000 --epochs=2");
+  auto [code, out] = RunCommand(std::string(TESSERA_CLI_BINARY) +
+                                " local --servers=3 --threads=3 --train_samples=600000 --epochs=2");
   INFO(out);
   CHECK(code == 0);
   CHECK(out.find("within 2 points") != std::string::npos);
@@ -35,8 +26,8 @@ TEST_CASE("tessera local trains to within 2 points of the planted model", "[cli]
 }
 
 TEST_CASE("tessera bench --json prints one object per workload", "[cli]") {
-  auto [code, out] = Run(std::string(TESSERA_CLI_BINARY) +
-                         " bench --json --seconds=0.3 --sparse_keys=20000 --iperf3=false");
+  auto [code, out] = RunCommand(std::string(TESSERA_CLI_BINARY) +
+                                " bench --json --seconds=0.3 --sparse_keys=20000 --iperf3=false");
   INFO(out);
   REQUIRE(code == 0);
   std::vector<std::string> lines = absl::StrSplit(out, '\n', absl::SkipEmpty());
@@ -54,10 +45,11 @@ TEST_CASE("tessera bench --json prints one object per workload", "[cli]") {
 }
 
 TEST_CASE("tessera rejects unknown commands and bad flags clearly", "[cli]") {
-  auto [code, out] = Run(std::string(TESSERA_CLI_BINARY) + " frobnicate 2>&1");
+  auto [code, out] = RunCommand(std::string(TESSERA_CLI_BINARY) + " frobnicate 2>&1");
   CHECK(code == 2);
   CHECK(out.find("unknown command 'frobnicate'") != std::string::npos);
-  auto [code2, out2] = Run(std::string(TESSERA_CLI_BINARY) + " local --optimizer=rmsprop 2>&1");
+  auto [code2, out2] =
+      RunCommand(std::string(TESSERA_CLI_BINARY) + " local --optimizer=rmsprop 2>&1");
   CHECK(code2 == 2);
   CHECK(out2.find("unknown optimizer 'rmsprop'") != std::string::npos);
 }

@@ -2,7 +2,10 @@
 #ifndef TESSERA_TESTS_TEST_CLUSTER_H_
 #define TESSERA_TESTS_TEST_CLUSTER_H_
 
+#include <sys/wait.h>
+
 #include <catch2/catch.hpp>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,6 +33,18 @@ inline std::unique_ptr<Client> Connect(const LocalCluster& cluster, ClientOption
   INFO(c.status().ToString());
   REQUIRE(c.ok());
   return std::move(*c);
+}
+
+// Runs a shell command; returns its exit code (-1 when killed) and standard output.
+inline std::pair<int, std::string> RunCommand(const std::string& command) {
+  FILE* p = popen(command.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
 #define TESSERA_REQUIRE_OK(expr)              \

@@ -95,11 +95,10 @@ int Inspect(const std::string& dir, uint64_t id, bool verify) {
         part.shard_index(), static_cast<unsigned long long>(part.cut_generation()),
         part.cut_seconds() * 1e3, part.write_seconds(), part.dedup_size());
     for (const auto& t : part.tables()) {
-      std::printf("    %-20s %-6s %-5s %10llu rows %10.2f MB in %d file(s)\n",
-                  t.spec().name().c_str(),
-                  t.spec().kind() == v1::TABLE_KIND_DENSE ? "dense" : "sparse",
-                  t.full() ? "full" : "incr", static_cast<unsigned long long>(t.rows()),
-                  t.bytes() / 1e6, t.files_size());
+      std::printf(
+          "    %-20s %-6s %-5s %10llu rows %10.2f MB in %d file(s)\n", t.spec().name().c_str(),
+          t.spec().kind() == v1::TABLE_KIND_DENSE ? "dense" : "sparse", t.full() ? "full" : "incr",
+          static_cast<unsigned long long>(t.rows()), t.bytes() / 1e6, t.files_size());
     }
   }
   if (!verify) return 0;

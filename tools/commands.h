@@ -33,7 +33,7 @@ struct BenchCommandOptions {
   uint32_t sparse_dim = 16;
   int channels = 4;
   uint64_t chunk_bytes = 512 << 10;
-  bool iperf3 = true;  // measure the loopback baseline with iperf3 when it is installed
+  bool iperf3 = true;          // measure the loopback baseline with iperf3 when it is installed
   std::string suite = "data";  // data | checkpoint
   std::string checkpoint_dir;  // checkpoint suite: where to write (default: a new /tmp dir)
   uint64_t table_mb = 2048;    // checkpoint suite: size of the dense table
