@@ -5,8 +5,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <set>
+#include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -125,8 +127,10 @@ absl::StatusOr<std::vector<v1::CheckpointManifest>> CheckpointStore::ReadChain(u
 
 absl::StatusOr<std::vector<std::unique_ptr<TableFileReader>>> CheckpointStore::OpenTableFiles(
     const std::vector<v1::CheckpointManifest>& chain, uint32_t shard, const std::string& name,
-    bool verify_crc) const {
-  std::vector<std::unique_ptr<TableFileReader>> readers;
+    bool verify_crc, uint32_t threads) const {
+  // The files, newest checkpoint first (reversed at the end). A checkpoint's files do not
+  // overlap, so their order among themselves does not matter.
+  std::vector<std::pair<std::string, const v1::FileEntry*>> files;
   for (size_t k = chain.size(); k-- > 0;) {
     const v1::TableEntry* entry = nullptr;
     for (const v1::PartManifest& part : chain[k].parts()) {
@@ -140,16 +144,30 @@ absl::StatusOr<std::vector<std::unique_ptr<TableFileReader>>> CheckpointStore::O
           absl::StrFormat("checkpoint %u has no full copy of table '%s' from shard %u in its chain",
                           chain.back().id(), name, shard));
     }
-    // Newest checkpoint first here; reversed below. A checkpoint's files do not overlap, so
-    // their order among themselves does not matter.
     for (const v1::FileEntry& file : entry->files()) {
-      const std::string path = absl::StrCat(PartDir(chain[k].id(), shard), "/", file.name());
-      absl::StatusOr<std::unique_ptr<TableFileReader>> reader = TableFileReader::Open(
-          path, file.size_bytes(), verify_crc ? file.crc32c() : std::string());
-      if (!reader.ok()) return reader.status();
-      readers.push_back(std::move(*reader));
+      files.emplace_back(absl::StrCat(PartDir(chain[k].id(), shard), "/", file.name()), &file);
     }
     if (entry->full()) break;
+  }
+  std::vector<absl::StatusOr<std::unique_ptr<TableFileReader>>> opened(files.size());
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i = next.fetch_add(1); i < files.size(); i = next.fetch_add(1)) {
+      const v1::FileEntry& f = *files[i].second;
+      opened[i] = TableFileReader::Open(files[i].first, f.size_bytes(),
+                                        verify_crc ? f.crc32c() : std::string());
+    }
+  };
+  std::vector<std::thread> workers;
+  for (uint32_t t = 1; t < std::min<size_t>(std::max<uint32_t>(threads, 1), files.size()); ++t) {
+    workers.emplace_back(work);
+  }
+  work();
+  for (auto& w : workers) w.join();
+  std::vector<std::unique_ptr<TableFileReader>> readers;
+  for (auto& r : opened) {
+    if (!r.ok()) return r.status();
+    readers.push_back(std::move(*r));
   }
   std::reverse(readers.begin(), readers.end());
   return readers;

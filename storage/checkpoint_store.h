@@ -56,10 +56,10 @@ class CheckpointStore {
   // The files of table `name` written by `shard` along `chain` (from ReadChain), from the
   // newest full one to the end, oldest first, each verified against the manifest's size and
   // CRC32C. DATA_LOSS naming the file when one is missing or corrupt.
-  // With verify_crc false, only the sizes are checked (the caller verified the CRCs).
+  // With verify_crc false, only the sizes are checked. `threads` files are checked at once.
   absl::StatusOr<std::vector<std::unique_ptr<TableFileReader>>> OpenTableFiles(
       const std::vector<v1::CheckpointManifest>& chain, uint32_t shard, const std::string& name,
-      bool verify_crc = true) const;
+      bool verify_crc = true, uint32_t threads = 1) const;
 
   // Makes the checkpoint visible: writes its MANIFEST last, atomically and durably.
   absl::Status Publish(const v1::CheckpointManifest& manifest) const;
