@@ -35,8 +35,8 @@ ABSL_FLAG(int64_t, dedup_client_ttl_s, 3600,
 ABSL_FLAG(int64_t, drain_timeout_ms, 10000, "On SIGTERM, how long in-flight requests may run.");
 ABSL_FLAG(std::string, checkpoint_dir, "",
           "Checkpoint directory shared by all servers and `tessera checkpoint`; empty: none.");
-ABSL_FLAG(uint32_t, checkpoint_write_threads, 2,
-          "Threads (and files) per table when writing a checkpoint.");
+ABSL_FLAG(uint32_t, checkpoint_write_threads, 4,
+          "Threads (and files) per table when writing or restoring a checkpoint.");
 ABSL_FLAG(bool, restore, false, "Before serving, restore the newest complete checkpoint.");
 ABSL_FLAG(uint64_t, restore_checkpoint, 0,
           "Before serving, restore this checkpoint (implies --restore).");

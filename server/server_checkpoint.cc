@@ -163,8 +163,10 @@ absl::Status ServerCore::WriteTableFile(const Table& table, size_t index, uint64
                                         uint64_t cut_gen, uint64_t parent_gen,
                                         storage::v1::TableEntry* entry) {
   // The table's vshards split into ranges, one file and one thread each: copying rows out and
-  // writing them then overlap on every core.
-  const size_t threads = std::max<uint32_t>(1, options_.checkpoint_write_threads);
+  // writing them then overlap on every core, and the disk sees several writes at once. An
+  // increment is usually small: one file, so that it does not pay for several fsyncs.
+  const size_t threads =
+      parent_gen != 0 ? 1 : std::max<uint32_t>(1, options_.checkpoint_write_threads);
   std::vector<FileJob> jobs;
   if (table.sparse != nullptr) {
     std::vector<uint32_t> vshards;

@@ -88,8 +88,9 @@ struct ServerCoreOptions {
   // Fault injection for tests: SIGKILL this process at a point of the next checkpoint write:
   // 1 right after the cut, 2 after the first table file, 3 after all files, before answering.
   uint32_t testing_crash_in_checkpoint = 0;
-  // Threads (and files) per table when writing a checkpoint. Default 2.
-  uint32_t checkpoint_write_threads = 2;
+  // Threads (and files) per table when writing or restoring a checkpoint; more than the cores
+  // helps, since each thread waits for its direct writes. Default 4.
+  uint32_t checkpoint_write_threads = 4;
 };
 
 // Checkpoint figures for metrics.
