@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "tests/test_cluster.h"
 
@@ -42,6 +43,20 @@ TEST_CASE("tessera bench --json prints one object per workload", "[cli]") {
   CHECK(lines[0].find("dense_push_pull_4096KiB") != std::string::npos);
   CHECK(lines[1].find("sparse_pull_20000x16") != std::string::npos);
   CHECK(lines[2].find("sparse_push_adagrad_20000x16") != std::string::npos);
+}
+
+TEST_CASE("tessera bench --suite=checkpoint reports every figure beside dd", "[cli]") {
+  auto [code, out] = RunCommand(std::string(TESSERA_CLI_BINARY) +
+                                " bench --suite=checkpoint --table_mb=16 --json");
+  INFO(out);
+  REQUIRE(code == 0);
+  for (const char* w : {"dd_direct_sequential_write", "push_max_latency_during_checkpoint",
+                        "checkpoint_full_write", "checkpoint_incremental_1pct",
+                        "checkpoint_restore_live", "checkpoint_restore_startup"}) {
+    CHECK(out.find(absl::StrCat("\"workload\":\"", w, "\"")) != std::string::npos);
+  }
+  CHECK(out.find("\"ratio_to_dd\":") != std::string::npos);
+  CHECK(out.find("\"ratio_to_full\":") != std::string::npos);
 }
 
 TEST_CASE("tessera rejects unknown commands and bad flags clearly", "[cli]") {

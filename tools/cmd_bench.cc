@@ -121,19 +121,13 @@ void Print(const Result& r, bool json, double baseline_gbps) {
 int RunBench(const BenchCommandOptions& o) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   std::unique_ptr<LocalCluster> cluster;
-  std::vector<std::string> servers = o.connect;
-  if (servers.empty()) {
-    LocalClusterOptions co;
-    co.server_binary = LocalCluster::DefaultServerBinary();
-    co.num_servers = static_cast<uint32_t>(o.num_servers);
-    absl::StatusOr<std::unique_ptr<LocalCluster>> c = LocalCluster::Start(co);
-    if (!c.ok()) {
-      std::fprintf(stderr, "tessera bench: %s\n", c.status().ToString().c_str());
-      return 1;
-    }
-    cluster = std::move(*c);
-    servers = cluster->addresses();
+  absl::StatusOr<std::vector<std::string>> started =
+      ConnectOrStart(o.connect, static_cast<uint32_t>(o.num_servers), {}, &cluster);
+  if (!started.ok()) {
+    std::fprintf(stderr, "tessera bench: %s\n", started.status().ToString().c_str());
+    return 1;
   }
+  const std::vector<std::string> servers = *started;
   ClientOptions co;
   co.servers = servers;
   co.channels_per_server = o.channels;

@@ -137,18 +137,12 @@ int RunCheckpointBench(const BenchCommandOptions& o) {
         o.json);
 
   std::unique_ptr<LocalCluster> cluster;
-  std::vector<std::string> servers = o.connect;
-  if (servers.empty()) {
-    LocalClusterOptions co;
-    co.server_binary = LocalCluster::DefaultServerBinary();
-    co.num_servers = static_cast<uint32_t>(o.num_servers);
-    co.extra_args = {"--checkpoint_dir=" + dir,
-                     absl::StrFormat("--max_dense_table_bytes=%u", (mb + 64) << 20)};
-    absl::StatusOr<std::unique_ptr<LocalCluster>> c = LocalCluster::Start(co);
-    if (!c.ok()) return fail(c.status());
-    cluster = std::move(*c);
-    servers = cluster->addresses();
-  }
+  absl::StatusOr<std::vector<std::string>> started = ConnectOrStart(
+      o.connect, static_cast<uint32_t>(o.num_servers),
+      {"--checkpoint_dir=" + dir, absl::StrFormat("--max_dense_table_bytes=%u", (mb + 64) << 20)},
+      &cluster);
+  if (!started.ok()) return fail(started.status());
+  const std::vector<std::string> servers = *started;
   ClientOptions co;
   co.servers = servers;
   absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(co);

@@ -249,6 +249,21 @@ LocalCluster::~LocalCluster() {
   }
 }
 
+absl::StatusOr<std::vector<std::string>> ConnectOrStart(const std::vector<std::string>& connect,
+                                                        uint32_t num_servers,
+                                                        std::vector<std::string> extra_args,
+                                                        std::unique_ptr<LocalCluster>* owned) {
+  if (!connect.empty()) return connect;
+  LocalClusterOptions o;
+  o.server_binary = LocalCluster::DefaultServerBinary();
+  o.num_servers = num_servers;
+  o.extra_args = std::move(extra_args);
+  absl::StatusOr<std::unique_ptr<LocalCluster>> c = LocalCluster::Start(o);
+  if (!c.ok()) return c.status();
+  *owned = std::move(*c);
+  return (*owned)->addresses();
+}
+
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path, absl::Duration timeout) {
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));

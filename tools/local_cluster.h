@@ -70,6 +70,13 @@ class LocalCluster {
   std::vector<int> metrics_ports_;
 };
 
+// The servers a tool should talk to: `connect` when it is not empty, else those of a new
+// local cluster of `num_servers` (with `extra_args`), which *owned then holds.
+absl::StatusOr<std::vector<std::string>> ConnectOrStart(const std::vector<std::string>& connect,
+                                                        uint32_t num_servers,
+                                                        std::vector<std::string> extra_args,
+                                                        std::unique_ptr<LocalCluster>* owned);
+
 // Sends GET `path` to 127.0.0.1:port over HTTP/1.0 and returns the body (status 200 only).
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path,
                                     absl::Duration timeout = absl::Seconds(10));
