@@ -6,9 +6,11 @@
 
 #include <random>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
 #include "client/internal/client_impl.h"
+#include "client/internal/rpc.h"
 #include "common/grpc_status.h"
 #include "common/wire.h"
 
@@ -49,6 +51,7 @@ void OpTracker::Finish(const absl::Status& status) {
 
 }  // namespace client_internal
 
+using client_internal::Endpoint;
 using client_internal::ServerConn;
 
 void Client::Impl::RpcStarted() {
@@ -69,18 +72,42 @@ void Client::Impl::WaitForRpcs() {
 
 absl::Status Client::Impl::Annotate(uint32_t shard, const absl::Status& status) const {
   return absl::Status(status.code(),
-                      absl::StrFormat("server %s (shard %u): %s", servers[shard]->address, shard,
+                      absl::StrFormat("server %s (shard %u): %s",
+                                      servers[shard]->Current() ? servers[shard]->Current()->address
+                                                                : std::string("(none)"),
+                                      shard,
                                       status.message()));
 }
 
-namespace {
-
-grpc::ClientContext* WithDeadline(grpc::ClientContext* ctx, int64_t timeout_ms) {
-  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
-  return ctx;
+int64_t Client::Impl::AttemptTimeoutMs() const {
+  return coordinated() ? std::min(options.rpc_timeout_ms, options.coordinated_attempt_timeout_ms)
+                       : options.rpc_timeout_ms;
 }
 
-}  // namespace
+bool Client::Impl::MayRetry(int attempt, absl::Time first_attempt) const {
+  if (attempt < options.max_attempts) return true;
+  return coordinated() &&
+         absl::Now() - first_attempt < absl::Milliseconds(options.retry_timeout_ms);
+}
+
+absl::Status Client::Impl::CallShard(uint32_t shard, const BlockingCall& call) {
+  const absl::Time start = absl::Now();
+  for (int attempt = 1;; ++attempt) {
+    std::shared_ptr<Endpoint> endpoint = servers[shard]->Current();
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(AttemptTimeoutMs()));
+    const grpc::Status st =
+        endpoint != nullptr
+            ? call(endpoint->NextStub(), &ctx)
+            : grpc::Status(grpc::StatusCode::UNAVAILABLE, "the shard has no primary");
+    if (st.ok()) return absl::OkStatus();
+    const bool retryable = endpoint == nullptr || Retryable(st, ctx);
+    if (retryable) RequestRefresh();
+    if (!retryable || !MayRetry(attempt, start)) return FromGrpcStatus(st);
+    retries.fetch_add(1, std::memory_order_relaxed);
+    absl::SleepFor(absl::FromChrono(client_internal::Backoff(*this, attempt + 1)));
+  }
+}
 
 absl::StatusOr<TableConfig> Client::Impl::GetTable(absl::string_view name) {
   {
@@ -89,12 +116,12 @@ absl::StatusOr<TableConfig> Client::Impl::GetTable(absl::string_view name) {
     if (it != tables.end()) return it->second;
   }
   v1::DescribeTableRequest req;
-  FillHeader(req.mutable_header());
   req.set_table(std::string(name));
   v1::DescribeTableResponse resp;
-  grpc::ClientContext ctx;
-  absl::Status s = FromGrpcStatus(servers[0]->NextStub()->DescribeTable(
-      WithDeadline(&ctx, options.rpc_timeout_ms), req, &resp));
+  absl::Status s = CallShard(0, [&](v1::ParameterServer::Stub* stub, grpc::ClientContext* ctx) {
+    FillHeader(req.mutable_header());
+    return stub->DescribeTable(ctx, req, &resp);
+  });
   if (!s.ok()) return Annotate(0, s);
   absl::StatusOr<TableConfig> config = TableConfigFromProto(resp.info().spec());
   if (!config.ok()) return Annotate(0, config.status());
@@ -110,47 +137,182 @@ void Client::Impl::ForgetTable(absl::string_view name) {
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
-Client::~Client() { impl_->WaitForRpcs(); }
+Client::~Client() {
+  impl_->WaitForRpcs();
+  impl_->StopRefresher();
+}
+
+namespace client_internal {
+
+Endpoint::Endpoint(const std::string& addr, const ClientOptions& options) : address(addr) {
+  for (int c = 0; c < options.channels_per_server; ++c) {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(-1);
+    args.SetMaxSendMessageSize(-1);
+    // Separate subchannel pools (and a distinct arg) give each channel its own TCP
+    // connection, so chunks travel in parallel.
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    args.SetInt("tessera.channel_index", c);
+    // Reconnect about as fast as calls retry, so that a restarted server is found quickly.
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::max(options.initial_backoff_ms, 20));
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, std::max(options.initial_backoff_ms, 20));
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, std::max(options.max_backoff_ms, 20));
+    auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+    stubs.push_back(v1::ParameterServer::NewStub(channel));
+    generic_stubs.push_back(std::make_unique<grpc::GenericStub>(channel));
+  }
+}
+
+}  // namespace client_internal
+
+bool Client::Impl::Retryable(const grpc::Status& status, const grpc::ClientContext& ctx) const {
+  // CANCELLED is what gRPC reports for a call cut off by a server shutting down (this client
+  // never cancels its own calls); like UNAVAILABLE it is safe to retry: pulls are idempotent
+  // and a retried push keeps its sequence number. A routing refusal carries kRerouteMetadataKey.
+  // With a coordinator an attempt that timed out is retried too: its server may be stalled
+  // and replaced.
+  if (status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+      status.error_code() == grpc::StatusCode::CANCELLED ||
+      (coordinated() && status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)) {
+    return true;
+  }
+  if (status.error_code() != grpc::StatusCode::FAILED_PRECONDITION) return false;
+  const auto& md = ctx.GetServerTrailingMetadata();
+  return md.find(kRerouteMetadataKey) != md.end();
+}
+
+void Client::Impl::RequestRefresh() {
+  if (!coordinated()) return;
+  absl::MutexLock lock(&refresh_mu);
+  refresh_wanted = true;
+}
+
+absl::Status Client::Impl::FetchMap(bool require_complete) {
+  v1::GetClusterMapRequest req;
+  v1::GetClusterMapResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  if (absl::Status s = FromGrpcStatus(coordinator->GetClusterMap(&ctx, req, &resp)); !s.ok()) {
+    return absl::Status(s.code(),
+                        absl::StrFormat("coordinator %s: %s", options.coordinator, s.message()));
+  }
+  const v1::ClusterMap& m = resp.map();
+  if (m.shards_size() != static_cast<int>(map.num_shards()) ||
+      m.num_vshards() != map.num_vshards()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "the coordinator's map has %d shards and %u vshards; this client routes with %u and %u",
+        m.shards_size(), m.num_vshards(), map.num_shards(), map.num_vshards()));
+  }
+  for (int s = 0; s < m.shards_size(); ++s) {
+    const v1::ShardReplicas& shard = m.shards(s);
+    if (shard.replicas().empty() || shard.lost()) {
+      if (require_complete) {
+        return absl::UnavailableError(absl::StrFormat(
+            "shard %d has %s", s, shard.lost() ? "lost every replica" : "no server yet"));
+      }
+      continue;
+    }
+    const std::string& primary = shard.replicas(0).address();
+    if (servers[s]->Current() == nullptr || servers[s]->Current()->address != primary) {
+      servers[s]->Replace(std::make_shared<client_internal::Endpoint>(primary, options));
+    }
+  }
+  uint64_t old = epoch.load();
+  while (old < m.epoch() && !epoch.compare_exchange_weak(old, m.epoch())) {
+  }
+  return absl::OkStatus();
+}
+
+void Client::Impl::RefreshLoop() {
+  while (true) {
+    {
+      absl::MutexLock lock(&refresh_mu);
+      auto wanted = [this]() ABSL_SHARED_LOCKS_REQUIRED(refresh_mu) {
+        return refresh_wanted || stopping;
+      };
+      refresh_mu.Await(absl::Condition(&wanted));
+      if (stopping) return;
+      refresh_wanted = false;
+    }
+    (void)FetchMap(/*require_complete=*/false);  // on failure the next retry asks again
+    absl::SleepFor(absl::Milliseconds(20));       // at most one fetch per 20 ms
+    absl::MutexLock lock(&refresh_mu);
+    ++refreshes;
+  }
+}
+
+void Client::Impl::StopRefresher() {
+  {
+    absl::MutexLock lock(&refresh_mu);
+    stopping = true;
+  }
+  if (refresher.joinable()) refresher.join();
+}
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
-  if (options.servers.empty()) {
-    return absl::InvalidArgumentError("ClientOptions.servers is empty: name at least one server");
+  if (options.servers.empty() && options.coordinator.empty()) {
+    return absl::InvalidArgumentError(
+        "ClientOptions: set `coordinator`, or name every shard's server in `servers`");
   }
   if (options.channels_per_server < 1 || options.max_attempts < 1 || options.chunk_bytes < 64) {
     return absl::InvalidArgumentError(
         "ClientOptions: channels_per_server and max_attempts must be >= 1, chunk_bytes >= 64");
   }
-  absl::StatusOr<ShardMap> map = ShardMap::Uniform(
-      options.shard_map_epoch, static_cast<uint32_t>(options.servers.size()), options.num_vshards);
+  uint32_t num_shards = static_cast<uint32_t>(options.servers.size());
+  uint64_t epoch = options.shard_map_epoch;
+  std::unique_ptr<v1::Coordinator::Stub> coordinator;
+  if (!options.coordinator.empty()) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    coordinator = v1::Coordinator::NewStub(grpc::CreateCustomChannel(
+        options.coordinator, grpc::InsecureChannelCredentials(), args));
+    v1::GetClusterMapRequest req;
+    v1::GetClusterMapResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::milliseconds(options.connect_timeout_ms));
+    ctx.set_wait_for_ready(true);
+    if (absl::Status s = FromGrpcStatus(coordinator->GetClusterMap(&ctx, req, &resp)); !s.ok()) {
+      return absl::Status(s.code(), absl::StrFormat("cannot reach the coordinator %s: %s",
+                                                    options.coordinator, s.message()));
+    }
+    num_shards = resp.map().num_shards();
+    epoch = 0;  // set by the first FetchMap below
+    if (options.num_vshards != resp.map().num_vshards()) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("the cluster has %u vshards; ClientOptions.num_vshards is %u",
+                          resp.map().num_vshards(), options.num_vshards));
+    }
+  }
+  absl::StatusOr<ShardMap> map =
+      ShardMap::Uniform(std::max<uint64_t>(epoch, 1), num_shards, options.num_vshards);
   if (!map.ok()) return map.status();
   auto impl = std::make_unique<Impl>(std::move(*map));
   impl->options = options;
   impl->client_id = options.client_id;
+  impl->epoch = epoch;
+  impl->coordinator = std::move(coordinator);
   while (impl->client_id == 0) {
     std::random_device rd;
     impl->client_id = (uint64_t{rd()} << 32) ^ rd();
   }
-  for (size_t s = 0; s < options.servers.size(); ++s) {
-    auto conn = std::make_unique<ServerConn>();
-    conn->address = options.servers[s];
-    for (int c = 0; c < options.channels_per_server; ++c) {
-      grpc::ChannelArguments args;
-      args.SetMaxReceiveMessageSize(-1);
-      args.SetMaxSendMessageSize(-1);
-      // Separate subchannel pools (and a distinct arg) give each channel its own TCP
-      // connection, so chunks travel in parallel.
-      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-      args.SetInt("tessera.channel_index", c);
-      // Reconnect about as fast as calls retry, so that a restarted server is found quickly.
-      args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::max(options.initial_backoff_ms, 20));
-      args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, std::max(options.initial_backoff_ms, 20));
-      args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, std::max(options.max_backoff_ms, 20));
-      auto channel =
-          grpc::CreateCustomChannel(conn->address, grpc::InsecureChannelCredentials(), args);
-      conn->stubs.push_back(v1::ParameterServer::NewStub(channel));
-      conn->generic_stubs.push_back(std::make_unique<grpc::GenericStub>(channel));
+  for (uint32_t s = 0; s < num_shards; ++s) {
+    impl->servers.push_back(std::make_unique<ServerConn>(
+        impl->coordinated() ? nullptr : std::make_shared<Endpoint>(options.servers[s], options)));
+  }
+  if (impl->coordinated()) {
+    // Wait until every shard has a primary (servers register as they start).
+    const absl::Time deadline = absl::Now() + absl::Milliseconds(options.connect_timeout_ms);
+    absl::Status s;
+    while (!(s = impl->FetchMap(/*require_complete=*/true)).ok() && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(50));
     }
-    impl->servers.push_back(std::move(conn));
+    if (!s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("the cluster is not ready: ", s.message()));
+    }
+    Impl* raw = impl.get();
+    impl->refresher = std::thread([raw] { raw->RefreshLoop(); });
   }
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
@@ -178,13 +340,13 @@ absl::StatusOr<TableConfig> Client::CreateTable(const TableConfig& config) {
   absl::StatusOr<TableConfig> resolved = ResolveTableConfig(config);  // fail fast, locally
   if (!resolved.ok()) return resolved.status();
   v1::CreateTableRequest req;
-  impl_->FillHeader(req.mutable_header());
   TableConfigToProto(config, req.mutable_spec());
   absl::Status s = ForEachServer(*impl_, [&](uint32_t shard) {
     v1::CreateTableResponse resp;
-    grpc::ClientContext ctx;
-    return FromGrpcStatus(impl_->servers[shard]->NextStub()->CreateTable(
-        WithDeadline(&ctx, impl_->options.rpc_timeout_ms), req, &resp));
+    return impl_->CallShard(shard, [&](v1::ParameterServer::Stub* stub, grpc::ClientContext* ctx) {
+      impl_->FillHeader(req.mutable_header());
+      return stub->CreateTable(ctx, req, &resp);
+    });
   });
   if (!s.ok()) return s;
   absl::MutexLock lock(&impl_->tables_mu);
@@ -195,13 +357,19 @@ absl::StatusOr<TableConfig> Client::CreateTable(const TableConfig& config) {
 absl::Status Client::DropTable(absl::string_view name) {
   impl_->ForgetTable(name);
   v1::DropTableRequest req;
-  impl_->FillHeader(req.mutable_header());
   req.set_table(std::string(name));
   return ForEachServer(*impl_, [&](uint32_t shard) {
     v1::DropTableResponse resp;
-    grpc::ClientContext ctx;
-    return FromGrpcStatus(impl_->servers[shard]->NextStub()->DropTable(
-        WithDeadline(&ctx, impl_->options.rpc_timeout_ms), req, &resp));
+    int attempts = 0;
+    absl::Status st =
+        impl_->CallShard(shard, [&](v1::ParameterServer::Stub* stub, grpc::ClientContext* ctx) {
+          ++attempts;
+          impl_->FillHeader(req.mutable_header());
+          return stub->DropTable(ctx, req, &resp);
+        });
+    // A retried drop whose first attempt was applied finds the table gone.
+    if (st.code() == absl::StatusCode::kNotFound && attempts > 1) return absl::OkStatus();
+    return st;
   });
 }
 
@@ -220,14 +388,15 @@ absl::Status AddInfo(const v1::TableInfo& info, TableStatus* status) {
 
 absl::StatusOr<TableStatus> Client::DescribeTable(absl::string_view name) {
   v1::DescribeTableRequest req;
-  impl_->FillHeader(req.mutable_header());
   req.set_table(std::string(name));
   TableStatus status;
   absl::Status s = ForEachServer(*impl_, [&](uint32_t shard) {
     v1::DescribeTableResponse resp;
-    grpc::ClientContext ctx;
-    absl::Status st = FromGrpcStatus(impl_->servers[shard]->NextStub()->DescribeTable(
-        WithDeadline(&ctx, impl_->options.rpc_timeout_ms), req, &resp));
+    absl::Status st =
+        impl_->CallShard(shard, [&](v1::ParameterServer::Stub* stub, grpc::ClientContext* ctx) {
+          impl_->FillHeader(req.mutable_header());
+          return stub->DescribeTable(ctx, req, &resp);
+        });
     return st.ok() ? AddInfo(resp.info(), &status) : st;
   });
   if (!s.ok()) return s;
@@ -236,13 +405,14 @@ absl::StatusOr<TableStatus> Client::DescribeTable(absl::string_view name) {
 
 absl::StatusOr<std::vector<TableStatus>> Client::ListTables() {
   v1::ListTablesRequest req;
-  impl_->FillHeader(req.mutable_header());
   std::vector<TableStatus> tables;
   absl::Status s = ForEachServer(*impl_, [&](uint32_t shard) {
     v1::ListTablesResponse resp;
-    grpc::ClientContext ctx;
-    absl::Status st = FromGrpcStatus(impl_->servers[shard]->NextStub()->ListTables(
-        WithDeadline(&ctx, impl_->options.rpc_timeout_ms), req, &resp));
+    absl::Status st =
+        impl_->CallShard(shard, [&](v1::ParameterServer::Stub* stub, grpc::ClientContext* ctx) {
+          impl_->FillHeader(req.mutable_header());
+          return stub->ListTables(ctx, req, &resp);
+        });
     if (!st.ok()) return st;
     if (shard == 0) tables.resize(resp.tables_size());
     if (static_cast<size_t>(resp.tables_size()) != tables.size()) {

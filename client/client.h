@@ -29,9 +29,12 @@ namespace tessera {
 // Per-process client options. The defaults are tuned for loopback and LAN (docs/design.md,
 // "Performance").
 struct ClientOptions {
-  // "host:port" of each shard's server, in shard order. Required.
+  // "host:port" of tessera-coordinator: the client fetches the shard map from it and follows
+  // failovers (docs/replication.md). When set, `servers` and `shard_map_epoch` are ignored.
+  std::string coordinator;
+  // Without a coordinator: "host:port" of each shard's server, in shard order.
   std::vector<std::string> servers;
-  // Shard map: must match the servers' flags.
+  // Without a coordinator: the static shard map's epoch; must match the servers' flags.
   uint64_t shard_map_epoch = 1;
   uint32_t num_vshards = kDefaultNumVshards;
   // Separate TCP connections per server; RPCs are spread over them. Default 4.
@@ -47,6 +50,14 @@ struct ClientOptions {
   int max_backoff_ms = 1000;
   // Deadline of one attempt. Default 60 s.
   int64_t rpc_timeout_ms = 60000;
+  // With a coordinator: a call is retried (re-routed after a failover) for at least this long,
+  // whatever max_attempts says; the backoff between attempts is then at most 250 ms, and one
+  // attempt lasts at most coordinated_attempt_timeout_ms (a stalled primary is replaced within
+  // a lease). Defaults 30 s and 5 s.
+  int64_t retry_timeout_ms = 30000;
+  int64_t coordinated_attempt_timeout_ms = 5000;
+  // With a coordinator: how long Connect waits for every shard to have a primary. Default 30 s.
+  int64_t connect_timeout_ms = 30000;
   // Identifies this client's pushes for exactly-once application. 0 (default) picks a random
   // id; reusing the id of a live client breaks exactly-once.
   uint64_t client_id = 0;

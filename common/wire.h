@@ -26,6 +26,9 @@ static_assert(std::endian::native == std::endian::little,
 
 // Name of the trailing-metadata key carrying a server's shard-map epoch on FAILED_PRECONDITION.
 inline constexpr char kEpochMetadataKey[] = "tessera-shard-map-epoch";
+// Trailing metadata on a refusal for routing reasons (stale map, not the primary): the client
+// refreshes its shard map and retries the same request (docs/replication.md).
+inline constexpr char kRerouteMetadataKey[] = "tessera-reroute";
 
 void TableConfigToProto(const TableConfig& config, v1::TableSpec* spec);
 // INVALID_ARGUMENT for unknown enum values. Does not resolve defaults.

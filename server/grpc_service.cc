@@ -10,6 +10,7 @@
 #include "common/bulk_codec.h"
 #include "common/grpc_status.h"
 #include "common/wire.h"
+#include "server/replicator.h"
 
 namespace tessera {
 namespace {
@@ -59,93 +60,115 @@ GrpcService::~GrpcService() {
       +[](int* n) { return *n == 0; }, &offloaded_));
 }
 
-template <typename Req, typename Resp>
+template <typename Req, typename Resp, typename Fn>
 GrpcService::Reactor* GrpcService::Handle(Method method, Ctx* ctx, const Bytes* request,
-                                          Bytes* response, CoreMethod<Req, Resp> fn) {
+                                          Bytes* response, Fn fn) {
   Reactor* reactor = ctx->DefaultReactor();  // constructs the reactor: call it once per call
-  Run(method, ctx, request, response, fn, reactor);
+  Run<Req, Resp>(method, ctx, request, response, fn, reactor);
   return reactor;
 }
 
-template <typename Req, typename Resp>
+template <typename Req, typename Resp, typename Fn>
 GrpcService::Reactor* GrpcService::Offload(Method method, Ctx* ctx, const Bytes* request,
-                                           Bytes* response, CoreMethod<Req, Resp> fn) {
+                                           Bytes* response, Fn fn) {
   Reactor* reactor = ctx->DefaultReactor();  // constructs the reactor: call it once per call
   {
     absl::MutexLock lock(&offload_mu_);
     ++offloaded_;
   }
   std::thread([this, method, ctx, request, response, fn, reactor] {
-    Run(method, ctx, request, response, fn, reactor);
+    Run<Req, Resp>(method, ctx, request, response, fn, reactor);
     absl::MutexLock lock(&offload_mu_);
     --offloaded_;  // the last use of `this`
   }).detach();
   return reactor;
 }
 
-template <typename Req, typename Resp>
-void GrpcService::Run(Method method, Ctx* ctx, const Bytes* request, Bytes* response,
-                      CoreMethod<Req, Resp> fn, Reactor* reactor) {
+template <typename Req, typename Resp, typename Fn>
+void GrpcService::Run(Method method, Ctx* ctx, const Bytes* request, Bytes* response, Fn fn,
+                      Reactor* reactor) {
   const absl::Time start = absl::Now();
   metrics_->AddInFlight(1);
   Req req;
-  Resp resp;
-  uint64_t keys = 0, bytes_in = request->Length(), bytes_out = 0;
+  auto resp = std::make_shared<Resp>();
   absl::Status status = Parse(*request, &req);
-  if (status.ok()) status = (core_->*fn)(req, &resp);
-  if (status.ok()) {
-    const Volume v = VolumeOf(req, resp);
-    bytes_in = v.bytes_in;
-    bytes_out = v.bytes_out;
-    keys = v.keys;
-    if constexpr (requires { resp.mutable_values(); }) {
-      // Pull responses: the values travel as a slice that owns them, without a protobuf copy.
-      std::string values = std::move(*resp.mutable_values());
-      resp.clear_values();
-      *response = EncodeWithBulk(resp, {OwnedBulk(Resp::kValuesFieldNumber, std::move(values))});
-    } else {
-      bool own = false;
-      if (grpc::Status s = grpc::SerializationTraits<Resp>::Serialize(resp, response, &own);
-          !s.ok()) {
-        status = absl::InternalError("cannot serialize the response: " + s.error_message());
+  if (status.ok()) status = fn(req, resp.get());
+  const Volume v = status.ok() ? VolumeOf(req, *resp) : Volume{0, request->Length(), 0};
+  auto finish = [this, method, ctx, response, reactor, start, v, resp](absl::Status status) {
+    if (status.ok()) {
+      if constexpr (requires { resp->mutable_values(); }) {
+        // Pull responses: the values travel as a slice that owns them, without a protobuf copy.
+        std::string values = std::move(*resp->mutable_values());
+        resp->clear_values();
+        *response =
+            EncodeWithBulk(*resp, {OwnedBulk(Resp::kValuesFieldNumber, std::move(values))});
+      } else {
+        bool own = false;
+        if (grpc::Status s = grpc::SerializationTraits<Resp>::Serialize(*resp, response, &own);
+            !s.ok()) {
+          status = absl::InternalError("cannot serialize the response: " + s.error_message());
+        }
       }
+    } else {
+      ctx->AddTrailingMetadata(kEpochMetadataKey, std::to_string(core_->shard_map_epoch()));
+      if (ServerCore::IsReroute(status)) ctx->AddTrailingMetadata(kRerouteMetadataKey, "1");
     }
-  } else {
-    ctx->AddTrailingMetadata(kEpochMetadataKey, std::to_string(core_->shard_map_epoch()));
+    const grpc::Status grpc_status = ToGrpcStatus(status);
+    metrics_->Record(method, grpc_status.error_code(), absl::ToDoubleSeconds(absl::Now() - start),
+                     status.ok() ? v.keys : 0, v.bytes_in, status.ok() ? v.bytes_out : 0);
+    metrics_->AddInFlight(-1);
+    reactor->Finish(grpc_status);
+  };
+  if constexpr (requires { resp->lsn(); }) {
+    // A change is acknowledged once every counted backup has it (docs/replication.md).
+    if (status.ok() && replicator_ != nullptr) {
+      replicator_->WhenReplicated(resp->lsn(), std::move(finish));
+      return;
+    }
   }
-  const grpc::Status grpc_status = ToGrpcStatus(status);
-  metrics_->Record(method, grpc_status.error_code(), absl::ToDoubleSeconds(absl::Now() - start),
-                   keys, bytes_in, bytes_out);
-  metrics_->AddInFlight(-1);
-  reactor->Finish(grpc_status);
+  finish(std::move(status));
 }
 
 #define TESSERA_RAW_METHOD(Name, ReqT, RespT)                                        \
   GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) { \
-    return Handle<ReqT, RespT>(Method::k##Name, ctx, req, resp, &ServerCore::Name);  \
+    return Handle<ReqT, RespT>(Method::k##Name, ctx, req, resp,                      \
+                               [this](const ReqT& r, RespT* p) { return core_->Name(r, p); }); \
+  }
+// Changes hand the raw request to the core, which logs it for the backups.
+#define TESSERA_RAW_CHANGE(Name, ReqT, RespT)                                                \
+  GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) {         \
+    return Handle<ReqT, RespT>(Method::k##Name, ctx, req, resp,                              \
+                               [this, req](const ReqT& r, RespT* p) { return core_->Name(r, p, req); }); \
   }
 
-TESSERA_RAW_METHOD(CreateTable, v1::CreateTableRequest, v1::CreateTableResponse)
-TESSERA_RAW_METHOD(DropTable, v1::DropTableRequest, v1::DropTableResponse)
+TESSERA_RAW_CHANGE(CreateTable, v1::CreateTableRequest, v1::CreateTableResponse)
+TESSERA_RAW_CHANGE(DropTable, v1::DropTableRequest, v1::DropTableResponse)
 TESSERA_RAW_METHOD(DescribeTable, v1::DescribeTableRequest, v1::DescribeTableResponse)
 TESSERA_RAW_METHOD(ListTables, v1::ListTablesRequest, v1::ListTablesResponse)
 TESSERA_RAW_METHOD(PullSparse, v1::PullSparseRequest, v1::PullSparseResponse)
-TESSERA_RAW_METHOD(PushSparse, v1::PushSparseRequest, v1::PushResponse)
+TESSERA_RAW_CHANGE(PushSparse, v1::PushSparseRequest, v1::PushResponse)
 TESSERA_RAW_METHOD(PullDense, v1::PullDenseRequest, v1::PullDenseResponse)
-TESSERA_RAW_METHOD(PushDense, v1::PushDenseRequest, v1::PushResponse)
+TESSERA_RAW_CHANGE(PushDense, v1::PushDenseRequest, v1::PushResponse)
 TESSERA_RAW_METHOD(GetCheckpointState, v1::GetCheckpointStateRequest,
                    v1::GetCheckpointStateResponse)
 
 GrpcService::Reactor* GrpcService::WriteCheckpoint(Ctx* ctx, const Bytes* req, Bytes* resp) {
   return Offload<v1::WriteCheckpointRequest, v1::WriteCheckpointResponse>(
-      Method::kWriteCheckpoint, ctx, req, resp, &ServerCore::WriteCheckpoint);
+      Method::kWriteCheckpoint, ctx, req, resp,
+      [this](const v1::WriteCheckpointRequest& r, v1::WriteCheckpointResponse* p) {
+        return core_->WriteCheckpoint(r, p);
+      });
 }
 
 GrpcService::Reactor* GrpcService::RestoreCheckpoint(Ctx* ctx, const Bytes* req, Bytes* resp) {
   return Offload<v1::RestoreCheckpointRequest, v1::RestoreCheckpointResponse>(
-      Method::kRestoreCheckpoint, ctx, req, resp, &ServerCore::RestoreCheckpoint);
+      Method::kRestoreCheckpoint, ctx, req, resp,
+      [this](const v1::RestoreCheckpointRequest& r, v1::RestoreCheckpointResponse* p) {
+        return core_->RestoreCheckpoint(r, p);
+      });
 }
 
 #undef TESSERA_RAW_METHOD
+#undef TESSERA_RAW_CHANGE
 
 }  // namespace tessera

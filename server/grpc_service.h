@@ -8,6 +8,8 @@
 
 namespace tessera {
 
+class Replicator;
+
 // Every method is registered "raw" (grpc::ByteBuffer in and out) so that this layer parses
 // requests itself: a payload that is not a valid protobuf gets INVALID_ARGUMENT with a message
 // (gRPC's own deserialization would answer a bare UNIMPLEMENTED), and responses can later be
@@ -26,7 +28,9 @@ using RawParameterServerService = PS::WithRawCallbackMethod_CreateTable<
 // seconds, run on a thread of their own. Thread-safe. `core` and `metrics` must outlive it.
 class GrpcService final : public RawParameterServerService {
  public:
-  GrpcService(ServerCore* core, ServerMetrics* metrics) : core_(core), metrics_(metrics) {}
+  // replicator: null without a coordinator.
+  GrpcService(ServerCore* core, ServerMetrics* metrics, Replicator* replicator)
+      : core_(core), metrics_(metrics), replicator_(replicator) {}
   ~GrpcService() override;  // waits for offloaded handlers
 
   using Reactor = grpc::ServerUnaryReactor;
@@ -46,22 +50,20 @@ class GrpcService final : public RawParameterServerService {
   Reactor* RestoreCheckpoint(Ctx* ctx, const Bytes* req, Bytes* resp) override;
 
  private:
-  template <typename Req, typename Resp>
-  using CoreMethod = absl::Status (ServerCore::*)(const Req&, Resp*);
-
-  // Runs fn inline (Handle) or on a thread of its own (Offload) and finishes the call.
-  template <typename Req, typename Resp>
-  Reactor* Handle(Method method, Ctx* ctx, const Bytes* request, Bytes* response,
-                  CoreMethod<Req, Resp> fn);
-  template <typename Req, typename Resp>
-  Reactor* Offload(Method method, Ctx* ctx, const Bytes* request, Bytes* response,
-                   CoreMethod<Req, Resp> fn) ABSL_LOCKS_EXCLUDED(offload_mu_);
-  template <typename Req, typename Resp>
-  void Run(Method method, Ctx* ctx, const Bytes* request, Bytes* response, CoreMethod<Req, Resp> fn,
+  // Runs fn(request, response) inline (Handle) or on a thread of its own (Offload) and
+  // finishes the call; a change (a response with an LSN) finishes once it is replicated.
+  template <typename Req, typename Resp, typename Fn>
+  Reactor* Handle(Method method, Ctx* ctx, const Bytes* request, Bytes* response, Fn fn);
+  template <typename Req, typename Resp, typename Fn>
+  Reactor* Offload(Method method, Ctx* ctx, const Bytes* request, Bytes* response, Fn fn)
+      ABSL_LOCKS_EXCLUDED(offload_mu_);
+  template <typename Req, typename Resp, typename Fn>
+  void Run(Method method, Ctx* ctx, const Bytes* request, Bytes* response, Fn fn,
            Reactor* reactor);
 
   ServerCore* core_;
   ServerMetrics* metrics_;
+  Replicator* replicator_;
   absl::Mutex offload_mu_;
   int offloaded_ ABSL_GUARDED_BY(offload_mu_) = 0;  // offloaded handlers still running
 };

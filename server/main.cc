@@ -24,6 +24,13 @@ ABSL_FLAG(uint32_t, shard_index, 0, "This server's shard, in [0, num_shards).");
 ABSL_FLAG(uint32_t, num_shards, 1, "Number of shards (servers) in the cluster.");
 ABSL_FLAG(uint32_t, num_vshards, 1024, "Number of virtual shards; the same on every server.");
 ABSL_FLAG(uint64_t, shard_map_epoch, 1, "Epoch of the shard map.");
+ABSL_FLAG(std::string, coordinator, "",
+          "host:port of tessera-coordinator. With it the server joins a replicated cluster and "
+          "the coordinator places it; --shard_index, --num_shards and --shard_map_epoch are "
+          "then ignored.");
+ABSL_FLAG(std::string, advertise_address, "",
+          "How clients and peers reach this server (its identity); default address:port.");
+ABSL_FLAG(int, heartbeat_ms, 250, "With --coordinator: heartbeat interval.");
 ABSL_FLAG(int, max_request_bytes, 256 << 20, "Largest request message accepted.");
 ABSL_FLAG(uint64_t, max_keys_per_request, uint64_t{1} << 20, "Most keys in one sparse request.");
 ABSL_FLAG(uint64_t, max_dense_elems_per_request, uint64_t{16} << 20,
@@ -68,6 +75,9 @@ int main(int argc, char** argv) {
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   options.max_request_bytes = absl::GetFlag(FLAGS_max_request_bytes);
   options.drain_timeout_ms = absl::GetFlag(FLAGS_drain_timeout_ms);
+  options.coordinator = absl::GetFlag(FLAGS_coordinator);
+  options.advertise_address = absl::GetFlag(FLAGS_advertise_address);
+  options.heartbeat_ms = absl::GetFlag(FLAGS_heartbeat_ms);
   tessera::ServerCoreOptions& core = options.core;
   core.shard_index = absl::GetFlag(FLAGS_shard_index);
   core.num_shards = absl::GetFlag(FLAGS_num_shards);
@@ -88,12 +98,16 @@ int main(int argc, char** argv) {
   } else if (absl::GetFlag(FLAGS_restore)) {
     options.restore_checkpoint = 0;
   }
-  tessera::SetLogTag(absl::StrFormat("server/%u", core.shard_index));
+  tessera::SetLogTag(options.coordinator.empty() ? absl::StrFormat("server/%u", core.shard_index)
+                                                 : std::string("server"));
 
   absl::StatusOr<std::unique_ptr<tessera::Server>> server = tessera::Server::Start(options);
   if (!server.ok()) {
     tessera::LogError("cannot start: %s", server.status().ToString());
     return 1;
+  }
+  if (!options.coordinator.empty()) {
+    tessera::SetLogTag(absl::StrFormat("server:%d", (*server)->port()));
   }
   if (const int fd = absl::GetFlag(FLAGS_ready_fd); fd >= 0) {
     const std::string line = absl::StrFormat("TESSERA_READY port=%d metrics_port=%d\n",

@@ -11,6 +11,7 @@
 #include "common/logging.h"
 #include "server/grpc_service.h"
 #include "server/metrics.h"
+#include "server/replicator.h"
 
 namespace tessera {
 
@@ -21,6 +22,7 @@ struct Server::Impl {
   std::unique_ptr<ServerMetrics> metrics;
   std::shared_ptr<TableCollector> table_collector;
   std::unique_ptr<prometheus::Exposer> exposer;
+  std::unique_ptr<Replicator> replicator;
   std::unique_ptr<GrpcService> service;
   std::unique_ptr<grpc::Server> grpc_server;
   int port = 0;
@@ -37,7 +39,14 @@ Server::~Server() { Shutdown(); }
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
   auto impl = std::make_unique<Impl>();
   impl->options = options;
-  absl::StatusOr<std::unique_ptr<ServerCore>> core = ServerCore::Create(options.core);
+  if (!options.coordinator.empty() && options.restore_checkpoint >= 0) {
+    return absl::InvalidArgumentError(
+        "--restore does not apply with --coordinator yet: a coordinated server receives its "
+        "state from its shard's primary");
+  }
+  ServerCoreOptions core_options = options.core;
+  core_options.coordinated = !options.coordinator.empty();
+  absl::StatusOr<std::unique_ptr<ServerCore>> core = ServerCore::Create(core_options);
   if (!core.ok()) return core.status();
   impl->core = std::move(*core);
   if (options.restore_checkpoint >= 0) {
@@ -69,12 +78,22 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     impl->metrics_port = ports.empty() ? -1 : ports.front();
   }
 
-  impl->service = std::make_unique<GrpcService>(impl->core.get(), impl->metrics.get());
+  if (!options.coordinator.empty()) {
+    ReplicatorOptions r;
+    r.coordinator = options.coordinator;
+    r.metrics_port = impl->metrics_port;
+    r.heartbeat_ms = options.heartbeat_ms;
+    impl->replicator = std::make_unique<Replicator>(r, impl->core.get());
+    impl->core->SetUpdateLog(impl->replicator.get());
+  }
+  impl->service = std::make_unique<GrpcService>(impl->core.get(), impl->metrics.get(),
+                                                impl->replicator.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   const std::string addr = absl::StrFormat("%s:%d", options.address, options.port);
   builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &impl->port);
   builder.RegisterService(impl->service.get());
+  if (impl->replicator != nullptr) builder.RegisterService(impl->replicator->service());
   builder.SetMaxReceiveMessageSize(options.max_request_bytes);
   builder.SetMaxSendMessageSize(-1);
   impl->grpc_server = builder.BuildAndStart();
@@ -82,15 +101,25 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     return absl::UnavailableError(absl::StrFormat("cannot listen for gRPC on %s", addr));
   }
   impl->grpc_server->GetHealthCheckService()->SetServingStatus(true);
-  LogInfo("serving shard %u/%u (epoch %u, %u vshards) on %s:%d, metrics on port %d",
-          options.core.shard_index, options.core.num_shards, options.core.shard_map_epoch,
-          options.core.num_vshards, options.address, impl->port, impl->metrics_port);
+  if (impl->replicator != nullptr) {
+    // The advertised address is the server's identity in the cluster.
+    impl->replicator->Start(options.advertise_address.empty()
+                                ? absl::StrFormat("%s:%d", options.address, impl->port)
+                                : options.advertise_address);
+    LogInfo("serving on %s:%d, metrics on port %d; coordinator %s places this server",
+            options.address, impl->port, impl->metrics_port, options.coordinator);
+  } else {
+    LogInfo("serving shard %u/%u (epoch %u, %u vshards) on %s:%d, metrics on port %d",
+            options.core.shard_index, options.core.num_shards, options.core.shard_map_epoch,
+            options.core.num_vshards, options.address, impl->port, impl->metrics_port);
+  }
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 
 int Server::port() const { return impl_->port; }
 int Server::metrics_port() const { return impl_->metrics_port; }
 ServerCore* Server::core() { return impl_->core.get(); }
+Replicator* Server::replicator() { return impl_->replicator.get(); }
 
 void Server::Shutdown() {
   {
@@ -100,6 +129,8 @@ void Server::Shutdown() {
   }
   impl_->grpc_server->GetHealthCheckService()->SetServingStatus(false);
   const absl::Time start = absl::Now();
+  // Pushes waiting for their backups fail (UNAVAILABLE: the client retries them elsewhere).
+  if (impl_->replicator != nullptr) impl_->replicator->Stop();
   impl_->grpc_server->Shutdown(std::chrono::system_clock::now() +
                                std::chrono::milliseconds(impl_->options.drain_timeout_ms));
   impl_->grpc_server->Wait();

@@ -11,6 +11,8 @@
 
 namespace tessera {
 
+class Replicator;
+
 // Per-process options of tessera-server.
 struct ServerOptions {
   // Address and port for gRPC; port 0 picks a free port (see Server::port()).
@@ -25,6 +27,13 @@ struct ServerOptions {
   int64_t drain_timeout_ms = 10000;
   // Restore before serving: -1 no, 0 the newest complete checkpoint, else that checkpoint.
   int64_t restore_checkpoint = -1;
+  // host:port of tessera-coordinator; empty: a static shard (core.shard_index of
+  // core.num_shards, no replication). With a coordinator the server joins the cluster as a
+  // spare and the coordinator places it (docs/replication.md).
+  std::string coordinator;
+  // How peers and clients reach this server; default address:port.
+  std::string advertise_address;
+  int heartbeat_ms = 250;
   ServerCoreOptions core;
 };
 
@@ -43,6 +52,7 @@ class Server {
   void Shutdown();
 
   ServerCore* core();
+  Replicator* replicator();  // null without a coordinator
 
  private:
   struct Impl;

@@ -76,15 +76,15 @@ CheckpointStats ServerCore::GetCheckpointStats() const {
 
 absl::Status ServerCore::GetCheckpointState(const v1::GetCheckpointStateRequest& req,
                                             v1::GetCheckpointStateResponse* resp) {
-  TESSERA_RETURN_IF_ERROR(CheckEpoch(req.header()));
+  TESSERA_RETURN_IF_ERROR(CheckRouting(req.header()));
   absl::MutexLock lock(&ckpt_mu_);
   std::vector<uint64_t> known;
   for (const auto& [id, gen] : known_cuts_) known.push_back(id);
   std::sort(known.begin(), known.end());
   for (uint64_t id : known) resp->add_known_checkpoints(id);
   resp->set_running_checkpoint(running_checkpoint_);
-  resp->set_shard_index(options_.shard_index);
-  resp->set_num_shards(options_.num_shards);
+  resp->set_shard_index(shard_index_);
+  resp->set_num_shards(num_shards_);
   resp->set_checkpoint_dir_configured(store_ != nullptr);
   return absl::OkStatus();
 }
@@ -184,7 +184,7 @@ absl::Status ServerCore::WriteTableFile(const Table& table, size_t index, uint64
     for (auto& piece : Split(blocks, threads)) jobs.push_back({.blocks = std::move(piece)});
   }
   if (jobs.empty()) jobs.emplace_back();  // a table with nothing here still gets a file
-  const std::string dir = store_->PartDir(id, options_.shard_index);
+  const std::string dir = store_->PartDir(id, shard_index_);
   std::vector<std::thread> workers;
   for (size_t j = 0; j < jobs.size(); ++j) {
     jobs[j].name = absl::StrCat("table-", index, "-", j, ".sst");
@@ -224,7 +224,7 @@ absl::Status ServerCore::WriteTableFile(const Table& table, size_t index, uint64
 
 absl::Status ServerCore::WriteCheckpoint(const v1::WriteCheckpointRequest& req,
                                          v1::WriteCheckpointResponse* resp) {
-  TESSERA_RETURN_IF_ERROR(CheckEpoch(req.header()));
+  TESSERA_RETURN_IF_ERROR(CheckRouting(req.header()));
   if (store_ == nullptr) return NoCheckpointDir();
   const uint64_t id = req.checkpoint_id();
   const uint64_t parent = req.parent_id();
@@ -237,7 +237,7 @@ absl::Status ServerCore::WriteCheckpoint(const v1::WriteCheckpointRequest& req,
     absl::MutexLock lock(&ckpt_mu_);
     if (running_checkpoint_ != 0) {
       return absl::FailedPreconditionError(absl::StrFormat(
-          "checkpoint %u is being written on shard %u", running_checkpoint_, options_.shard_index));
+          "checkpoint %u is being written on shard %u", running_checkpoint_, shard_index_));
     }
     if (parent != 0) {
       auto it = known_cuts_.find(parent);
@@ -245,7 +245,7 @@ absl::Status ServerCore::WriteCheckpoint(const v1::WriteCheckpointRequest& req,
         return absl::FailedPreconditionError(absl::StrFormat(
             "shard %u did not take checkpoint %u in its current life: it cannot tell what "
             "changed since; take a full checkpoint",
-            options_.shard_index, parent));
+            shard_index_, parent));
       }
       parent_gen = it->second;
     }
@@ -256,7 +256,7 @@ absl::Status ServerCore::WriteCheckpoint(const v1::WriteCheckpointRequest& req,
     running_checkpoint_ = 0;
   };
   const absl::Time start = absl::Now();
-  absl::Status status = store_->CreatePartDir(id, options_.shard_index);
+  absl::Status status = store_->CreatePartDir(id, shard_index_);
   if (!status.ok()) {
     RecordCheckpoint(false, 0, 0, 0, 0);
     return status;
@@ -288,8 +288,8 @@ absl::Status ServerCore::WriteCheckpoint(const v1::WriteCheckpointRequest& req,
   std::sort(tables.begin(), tables.end(),
             [](const auto& a, const auto& b) { return a->config.name < b->config.name; });
   storage::v1::PartManifest part;
-  part.set_shard_index(options_.shard_index);
-  part.set_num_shards(options_.num_shards);
+  part.set_shard_index(shard_index_);
+  part.set_num_shards(num_shards_);
   part.set_num_vshards(options_.num_vshards);
   part.set_cut_generation(cut_gen);
   for (size_t i = 0; i < tables.size(); ++i) {
@@ -309,10 +309,10 @@ absl::Status ServerCore::WriteCheckpoint(const v1::WriteCheckpointRequest& req,
     }
     if (i == 0) MaybeCrash(2);
   }
-  if (status.ok()) status = storage::SyncDir(store_->PartDir(id, options_.shard_index));
+  if (status.ok()) status = storage::SyncDir(store_->PartDir(id, shard_index_));
   if (!status.ok()) {
     RecordCheckpoint(false, 0, 0, 0, 0);
-    LogError("checkpoint %u failed on shard %u: %s", id, options_.shard_index, status.ToString());
+    LogError("checkpoint %u failed on shard %u: %s", id, shard_index_, status.ToString());
     return status;
   }
   for (const PushDeduplicator::ClientSnapshot& c : dedup) {
@@ -333,7 +333,7 @@ absl::Status ServerCore::WriteCheckpoint(const v1::WriteCheckpointRequest& req,
   LogInfo(
       "checkpoint %u (%s) written on shard %u: %u tables, %u rows, %.1f MB in %.2f s "
       "(%.0f MB/s), cut held the update gate %.3f ms",
-      id, parent == 0 ? "full" : absl::StrCat("incremental on ", parent), options_.shard_index,
+      id, parent == 0 ? "full" : absl::StrCat("incremental on ", parent), shard_index_,
       part.tables_size(), part.rows(), part.bytes() / 1e6, seconds,
       part.bytes() / 1e6 / std::max(seconds, 1e-9), cut_seconds * 1e3);
   part.SerializeToString(resp->mutable_part());
@@ -349,7 +349,7 @@ absl::Status ServerCore::LoadTable(const std::vector<storage::v1::CheckpointMani
   std::vector<char> loaded(table->dense != nullptr ? table->dense->layout().num_blocks() : 0, 0);
   std::atomic<uint64_t> loaded_rows{0};
   const auto [mine_first, mine_last] =
-      VshardRange(options_.shard_index, options_.num_shards, options_.num_vshards);
+      VshardRange(shard_index_, num_shards_, options_.num_vshards);
   const uint32_t threads = std::max<uint32_t>(1, options_.checkpoint_write_threads);
   for (const storage::v1::PartManifest& last_part : last.parts()) {
     const uint32_t j = last_part.shard_index();
@@ -444,7 +444,7 @@ absl::StatusOr<std::unique_ptr<ServerCore::StagedRestore>> ServerCore::PrepareRe
   std::vector<std::string> ids;
   for (const auto& m : *chain) ids.push_back(absl::StrCat(m.id()));
   LogInfo("restoring checkpoint %u (chain %s) taken with %u shards into shard %u of %u", id,
-          absl::StrJoin(ids, " <- "), last.num_shards(), options_.shard_index, options_.num_shards);
+          absl::StrJoin(ids, " <- "), last.num_shards(), shard_index_, num_shards_);
 
   // Every table of the last checkpoint, built beside the live ones.
   auto staged = std::make_unique<StagedRestore>();
@@ -485,10 +485,10 @@ absl::StatusOr<std::unique_ptr<ServerCore::StagedRestore>> ServerCore::PrepareRe
     staged->bytes += bytes;
     staged->tables.emplace(config.name, std::move(table));
   }
-  staged->same_layout = last.num_shards() == options_.num_shards;
+  staged->same_layout = last.num_shards() == num_shards_;
   if (staged->same_layout) {
     for (const auto& part : last.parts()) {
-      if (part.shard_index() != options_.shard_index) continue;
+      if (part.shard_index() != shard_index_) continue;
       for (const auto& c : part.dedup()) {
         staged->dedup.push_back(
             {c.client_id(), c.floor(), {c.applied().begin(), c.applied().end()}});
@@ -526,7 +526,7 @@ void ServerCore::CommitRestore(std::unique_ptr<StagedRestore> staged) {
 
 absl::Status ServerCore::RestoreCheckpoint(const v1::RestoreCheckpointRequest& req,
                                            v1::RestoreCheckpointResponse* resp) {
-  TESSERA_RETURN_IF_ERROR(CheckEpoch(req.header()));
+  TESSERA_RETURN_IF_ERROR(CheckRouting(req.header()));
   if (store_ == nullptr) return NoCheckpointDir();
   std::unique_ptr<StagedRestore> staged;
   switch (req.phase()) {
@@ -543,7 +543,7 @@ absl::Status ServerCore::RestoreCheckpoint(const v1::RestoreCheckpointRequest& r
       if (staged_ == nullptr || (req.checkpoint_id() != 0 && staged_->id != req.checkpoint_id())) {
         return absl::FailedPreconditionError(
             absl::StrFormat("no restore of checkpoint %u is prepared on shard %u",
-                            req.checkpoint_id(), options_.shard_index));
+                            req.checkpoint_id(), shard_index_));
       }
       staged = std::move(staged_);
       break;

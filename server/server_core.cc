@@ -4,10 +4,13 @@
 #include <cmath>
 
 #include "absl/status/status.h"
+#include "absl/strings/cord.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/status_macros.h"
 #include "common/wire.h"
+#include "proto/cluster.pb.h"
 #include "proto/tessera.pb.h"
 #include "server/dense_table.h"
 #include "server/sparse_table.h"
@@ -91,18 +94,10 @@ absl::Status CheckPushId(const v1::PushId& id, const std::string& table) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ServerCore>> ServerCore::Create(const ServerCoreOptions& options) {
-  absl::StatusOr<ShardMap> map =
-      ShardMap::Uniform(options.shard_map_epoch, options.num_shards, options.num_vshards);
-  if (!map.ok()) return map.status();
-  if (options.shard_index >= options.num_shards) {
-    return absl::InvalidArgumentError(absl::StrFormat("shard_index %u must be below num_shards %u",
-                                                      options.shard_index, options.num_shards));
+  auto core = std::unique_ptr<ServerCore>(new ServerCore(options));
+  if (!options.coordinated) {
+    TESSERA_RETURN_IF_ERROR(core->Bind(options.shard_index, options.num_shards));
   }
-  std::vector<bool> owned(options.num_vshards);
-  for (uint32_t v = 0; v < options.num_vshards; ++v) {
-    owned[v] = map->ShardOf(v) == options.shard_index;
-  }
-  auto core = std::unique_ptr<ServerCore>(new ServerCore(options, std::move(owned)));
   if (!options.checkpoint_dir.empty()) {
     absl::StatusOr<std::unique_ptr<storage::CheckpointStore>> store =
         storage::CheckpointStore::Open(options.checkpoint_dir);
@@ -112,24 +107,89 @@ absl::StatusOr<std::unique_ptr<ServerCore>> ServerCore::Create(const ServerCoreO
   return core;
 }
 
-ServerCore::ServerCore(const ServerCoreOptions& options, std::vector<bool> owned)
+ServerCore::ServerCore(const ServerCoreOptions& options)
     : options_(options),
-      owned_(std::move(owned)),
+      coordinated_(options.coordinated),
+      epoch_(options.coordinated ? 0 : options.shard_map_epoch),
+      serving_(!options.coordinated),
       dedup_(absl::Seconds(options.dedup_client_ttl_s)) {}
 
 ServerCore::~ServerCore() = default;
 
-absl::Status ServerCore::CheckEpoch(const v1::RequestHeader& header) const {
-  if (header.shard_map_epoch() == options_.shard_map_epoch) return absl::OkStatus();
-  return absl::FailedPreconditionError(absl::StrFormat(
-      "request was routed with shard-map epoch %u but shard %u is at epoch %u; refresh the "
-      "shard map",
-      header.shard_map_epoch(), options_.shard_index, options_.shard_map_epoch));
+absl::Status ServerCore::Bind(uint32_t shard_index, uint32_t num_shards) {
+  absl::StatusOr<ShardMap> map =
+      ShardMap::Uniform(std::max<uint64_t>(1, shard_map_epoch()), num_shards, options_.num_vshards);
+  if (!map.ok()) return map.status();
+  if (shard_index >= num_shards) {
+    return absl::InvalidArgumentError(absl::StrFormat("shard_index %u must be below num_shards %u",
+                                                      shard_index, num_shards));
+  }
+  absl::WriterMutexLock gate(&gate_);
+  if (bound()) {
+    if (shard_index == shard_index_ && num_shards == num_shards_) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "this server is bound to shard %u of %u; it cannot hold shard %u of %u", shard_index_,
+        num_shards_, shard_index, num_shards));
+  }
+  shard_index_ = shard_index;
+  num_shards_ = num_shards;
+  owned_.assign(options_.num_vshards, false);
+  for (uint32_t v = 0; v < options_.num_vshards; ++v) owned_[v] = map->ShardOf(v) == shard_index;
+  bound_.store(true, std::memory_order_release);
+  return absl::OkStatus();
+}
+
+void ServerCore::SetRouting(uint64_t epoch, bool serving) {
+  epoch_.store(epoch, std::memory_order_release);
+  serving_.store(serving, std::memory_order_release);
+}
+
+uint64_t ServerCore::lsn() const {
+  absl::MutexLock lock(&order_mu_);
+  return lsn_;
+}
+
+namespace {
+
+constexpr char kReroutePayload[] = "type.tessera/reroute";
+
+absl::Status Reroute(absl::Status status) {
+  status.SetPayload(kReroutePayload, absl::Cord("1"));
+  return status;
+}
+
+}  // namespace
+
+bool ServerCore::IsReroute(const absl::Status& status) {
+  return status.GetPayload(kReroutePayload).has_value();
+}
+
+absl::Status ServerCore::CheckRouting(const v1::RequestHeader& header) const {
+  const uint64_t epoch = shard_map_epoch();
+  if (!coordinated_) {
+    if (header.shard_map_epoch() == epoch) return absl::OkStatus();
+    return Reroute(absl::FailedPreconditionError(absl::StrFormat(
+        "request was routed with shard-map epoch %u but shard %u is at epoch %u; refresh the "
+        "shard map",
+        header.shard_map_epoch(), shard_index_, epoch)));
+  }
+  if (header.shard_map_epoch() > epoch) {
+    if (newer_map_) newer_map_();
+    return Reroute(absl::FailedPreconditionError(absl::StrFormat(
+        "request was routed with shard-map epoch %u but this server is still at epoch %u; retry",
+        header.shard_map_epoch(), epoch)));
+  }
+  if (!serving_.load(std::memory_order_acquire) || !bound()) {
+    return Reroute(absl::FailedPreconditionError(absl::StrFormat(
+        "this server is not the primary of %s at shard-map epoch %u; refresh the shard map",
+        bound() ? absl::StrCat("shard ", shard_index_) : std::string("any shard"), epoch)));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::shared_ptr<ServerCore::Table>> ServerCore::FindTable(
-    const v1::RequestHeader& header, const std::string& name, TableKind kind) const {
-  TESSERA_RETURN_IF_ERROR(CheckEpoch(header));
+    const v1::RequestHeader* header, const std::string& name, TableKind kind) const {
+  if (header != nullptr) TESSERA_RETURN_IF_ERROR(CheckRouting(*header));
   std::shared_ptr<Table> table;
   {
     absl::ReaderMutexLock lock(&tables_mu_);
@@ -158,8 +218,14 @@ void ServerCore::FillInfo(const Table& table, v1::TableInfo* info) const {
 }
 
 absl::Status ServerCore::CreateTable(const v1::CreateTableRequest& req,
-                                     v1::CreateTableResponse* resp) {
-  TESSERA_RETURN_IF_ERROR(CheckEpoch(req.header()));
+                                     v1::CreateTableResponse* resp, const void* request) {
+  TESSERA_RETURN_IF_ERROR(CheckRouting(req.header()));
+  return CreateTableImpl(req, resp, request, /*replicated=*/false);
+}
+
+absl::Status ServerCore::CreateTableImpl(const v1::CreateTableRequest& req,
+                                         v1::CreateTableResponse* resp, const void* request,
+                                         bool replicated) {
   absl::StatusOr<TableConfig> parsed = TableConfigFromProto(req.spec());
   if (!parsed.ok()) return parsed.status();
   absl::StatusOr<TableConfig> config = ResolveTableConfig(*parsed);
@@ -172,14 +238,17 @@ absl::Status ServerCore::CreateTable(const v1::CreateTableRequest& req,
     return absl::AlreadyExistsError(absl::StrFormat(
         "table '%s' already exists with a different spec; drop it first", config->name));
   };
+  bool exists_already;
   {
     absl::ReaderMutexLock lock(&tables_mu_);
     absl::StatusOr<bool> exists = existing_matches();
     if (!exists.ok()) return exists.status();
-    if (*exists) {
-      TableConfigToProto(*config, resp->mutable_spec());
-      return absl::OkStatus();
-    }
+    exists_already = *exists;
+  }
+  if (exists_already) {
+    TableConfigToProto(*config, resp->mutable_spec());
+    resp->set_lsn(lsn());  // acknowledged once the create that made it is replicated
+    return absl::OkStatus();
   }
 
   // Build outside the lock: a large dense table takes a while to allocate and initialize.
@@ -194,43 +263,63 @@ absl::Status ServerCore::CreateTable(const v1::CreateTableRequest& req,
       return absl::ResourceExhaustedError(absl::StrFormat(
           "table '%s' would take %u bytes on shard %u, over the limit of %u bytes "
           "(--max_dense_table_bytes)",
-          config->name, bytes, options_.shard_index, options_.max_dense_table_bytes));
+          config->name, bytes, shard_index_, options_.max_dense_table_bytes));
     }
     table->dense = std::make_unique<DenseTable>(*config, owned_);
     if (!table->dense->allocated()) {
       return absl::ResourceExhaustedError(
           absl::StrFormat("table '%s': cannot map %u bytes on shard %u", config->name, bytes,
-                          options_.shard_index));
+                          shard_index_));
     }
   }
 
-  absl::ReaderMutexLock gate(&gate_);
-  table->created_gen = generation_.load();
-  absl::MutexLock lock(&tables_mu_);
-  absl::StatusOr<bool> exists = existing_matches();  // a concurrent create may have won
-  if (!exists.ok()) return exists.status();
-  if (!*exists) tables_.emplace(config->name, std::move(table));
+  absl::MutexLock order(&order_mu_);
+  {
+    absl::ReaderMutexLock gate(&gate_);
+    table->created_gen = generation_.load();
+    absl::MutexLock lock(&tables_mu_);
+    absl::StatusOr<bool> exists = existing_matches();  // a concurrent create may have won
+    if (!exists.ok()) return exists.status();
+    if (*exists) {
+      resp->set_lsn(lsn_);
+      TableConfigToProto(*config, resp->mutable_spec());
+      return absl::OkStatus();
+    }
+    tables_.emplace(config->name, std::move(table));
+  }
+  resp->set_lsn(NextLsn(v1::LOG_ENTRY_KIND_CREATE_TABLE, request));
   TableConfigToProto(*config, resp->mutable_spec());
   return absl::OkStatus();
 }
 
-absl::Status ServerCore::DropTable(const v1::DropTableRequest& req, v1::DropTableResponse* resp) {
-  TESSERA_RETURN_IF_ERROR(CheckEpoch(req.header()));
+absl::Status ServerCore::DropTable(const v1::DropTableRequest& req, v1::DropTableResponse* resp,
+                                   const void* request) {
+  TESSERA_RETURN_IF_ERROR(CheckRouting(req.header()));
+  return DropTableImpl(req, resp, request, /*replicated=*/false);
+}
+
+absl::Status ServerCore::DropTableImpl(const v1::DropTableRequest& req,
+                                       v1::DropTableResponse* resp, const void* request,
+                                       bool replicated) {
   std::shared_ptr<Table> dropped;  // destroyed outside the locks
-  absl::ReaderMutexLock gate(&gate_);
-  absl::MutexLock lock(&tables_mu_);
-  auto it = tables_.find(req.table());
-  if (it == tables_.end()) {
-    return absl::NotFoundError(absl::StrFormat("table '%s' does not exist", req.table()));
+  absl::MutexLock order(&order_mu_);
+  {
+    absl::ReaderMutexLock gate(&gate_);
+    absl::MutexLock lock(&tables_mu_);
+    auto it = tables_.find(req.table());
+    if (it == tables_.end()) {
+      return absl::NotFoundError(absl::StrFormat("table '%s' does not exist", req.table()));
+    }
+    dropped = std::move(it->second);
+    tables_.erase(it);
   }
-  dropped = std::move(it->second);
-  tables_.erase(it);
+  resp->set_lsn(NextLsn(v1::LOG_ENTRY_KIND_DROP_TABLE, request));
   return absl::OkStatus();
 }
 
 absl::Status ServerCore::DescribeTable(const v1::DescribeTableRequest& req,
                                        v1::DescribeTableResponse* resp) {
-  TESSERA_RETURN_IF_ERROR(CheckEpoch(req.header()));
+  TESSERA_RETURN_IF_ERROR(CheckRouting(req.header()));
   std::shared_ptr<Table> table;
   {
     absl::ReaderMutexLock lock(&tables_mu_);
@@ -246,7 +335,7 @@ absl::Status ServerCore::DescribeTable(const v1::DescribeTableRequest& req,
 
 absl::Status ServerCore::ListTables(const v1::ListTablesRequest& req,
                                     v1::ListTablesResponse* resp) {
-  TESSERA_RETURN_IF_ERROR(CheckEpoch(req.header()));
+  TESSERA_RETURN_IF_ERROR(CheckRouting(req.header()));
   std::vector<std::shared_ptr<Table>> tables;
   {
     absl::ReaderMutexLock lock(&tables_mu_);
@@ -276,31 +365,47 @@ std::vector<TableStats> ServerCore::GetTableStats() const {
   return stats;
 }
 
+uint64_t ServerCore::NextLsn(int kind, const void* request) {
+  ++lsn_;
+  if (log_ != nullptr && request != nullptr) log_->Append(lsn_, kind, request);
+  return lsn_;
+}
+
 template <typename ApplyFn>
 absl::Status ServerCore::ApplyOnce(const v1::PushId& id, const std::string& table,
-                                   v1::PushResponse* resp, ApplyFn&& apply) {
-  switch (dedup_.Begin(id.client_id(), id.sequence(), id.floor())) {
-    case PushDeduplicator::Decision::kDuplicate:
-      duplicate_pushes_.fetch_add(1, std::memory_order_relaxed);
-      resp->set_duplicate(true);
-      return absl::OkStatus();
-    case PushDeduplicator::Decision::kInProgress:
-      return absl::UnavailableError(absl::StrFormat(
-          "table '%s': push (client %u, sequence %u) is being applied right now; retry", table,
-          id.client_id(), id.sequence()));
-    case PushDeduplicator::Decision::kApply:
-      break;
-  }
-  if (options_.testing_push_delay_ms > 0) {
+                                   v1::PushResponse* resp, int kind, const void* request,
+                                   bool replicated, ApplyFn&& apply) {
+  if (options_.testing_push_delay_ms > 0 && !replicated) {
     absl::SleepFor(absl::Milliseconds(options_.testing_push_delay_ms));
   }
   {
-    // The rows and the record that the push was applied change under the same gate hold, so
-    // a checkpoint's cut sees both or neither.
-    absl::ReaderMutexLock gate(&gate_);
-    apply(generation_.load(std::memory_order_relaxed));
-    dedup_.Finish(id.client_id(), id.sequence(), /*applied=*/true);
+    // One order for the exactly-once check, the change and its LSN: replicas replay changes in
+    // LSN order and so reach the same rows and the same exactly-once table.
+    absl::MutexLock order(&order_mu_);
+    switch (dedup_.Begin(id.client_id(), id.sequence(), id.floor())) {
+      case PushDeduplicator::Decision::kDuplicate:
+        duplicate_pushes_.fetch_add(1, std::memory_order_relaxed);
+        resp->set_duplicate(true);
+        resp->set_lsn(lsn_);  // its original is at or below: acknowledged once that is
+        if (replicated) NextLsn(kind, nullptr);
+        return absl::OkStatus();
+      case PushDeduplicator::Decision::kInProgress:  // (not while changes are ordered)
+        return absl::UnavailableError(absl::StrFormat(
+            "table '%s': push (client %u, sequence %u) is being applied right now; retry", table,
+            id.client_id(), id.sequence()));
+      case PushDeduplicator::Decision::kApply:
+        break;
+    }
+    {
+      // The rows and the record that the push was applied change under the same gate hold, so
+      // a checkpoint's cut sees both or neither.
+      absl::ReaderMutexLock gate(&gate_);
+      apply(generation_.load(std::memory_order_relaxed));
+      dedup_.Finish(id.client_id(), id.sequence(), /*applied=*/true);
+    }
+    resp->set_lsn(NextLsn(kind, request));
   }
+  if (replicated) return absl::OkStatus();
   const uint64_t n = pushes_applied_.fetch_add(1, std::memory_order_relaxed) + 1;
   const uint32_t every = options_.testing_fail_push_after_apply_every;
   if (every > 0 && n % every == 0) {
@@ -337,8 +442,8 @@ absl::Status ServerCore::CheckSparseRequest(const SparseTable& table, const std:
     if (!table.Owns(run.vshard)) {
       return absl::FailedPreconditionError(absl::StrFormat(
           "table '%s': key %u is in vshard %u, which shard %u does not own at epoch %u", name,
-          out->keys[out->groups.KeyIndex(run.begin)], run.vshard, options_.shard_index,
-          options_.shard_map_epoch));
+          out->keys[out->groups.KeyIndex(run.begin)], run.vshard, shard_index_,
+          shard_map_epoch()));
     }
   }
   return absl::OkStatus();
@@ -347,7 +452,7 @@ absl::Status ServerCore::CheckSparseRequest(const SparseTable& table, const std:
 absl::Status ServerCore::PullSparse(const v1::PullSparseRequest& req,
                                     v1::PullSparseResponse* resp) {
   absl::StatusOr<std::shared_ptr<Table>> table =
-      FindTable(req.header(), req.table(), TableKind::kSparse);
+      FindTable(&req.header(), req.table(), TableKind::kSparse);
   if (!table.ok()) return table.status();
   SparseTable& sparse = *(*table)->sparse;
   SparseKeys k;
@@ -362,9 +467,15 @@ absl::Status ServerCore::PullSparse(const v1::PullSparseRequest& req,
   return absl::OkStatus();
 }
 
-absl::Status ServerCore::PushSparse(const v1::PushSparseRequest& req, v1::PushResponse* resp) {
-  absl::StatusOr<std::shared_ptr<Table>> table =
-      FindTable(req.header(), req.table(), TableKind::kSparse);
+absl::Status ServerCore::PushSparse(const v1::PushSparseRequest& req, v1::PushResponse* resp,
+                                    const void* request) {
+  TESSERA_RETURN_IF_ERROR(CheckRouting(req.header()));
+  return PushSparseImpl(req, resp, request, /*replicated=*/false);
+}
+
+absl::Status ServerCore::PushSparseImpl(const v1::PushSparseRequest& req, v1::PushResponse* resp,
+                                        const void* request, bool replicated) {
+  absl::StatusOr<std::shared_ptr<Table>> table = FindTable(nullptr, req.table(), TableKind::kSparse);
   if (!table.ok()) return table.status();
   SparseTable& sparse = *(*table)->sparse;
   const std::string& name = req.table();
@@ -377,13 +488,13 @@ absl::Status ServerCore::PushSparse(const v1::PushSparseRequest& req, v1::PushRe
       PushValues(req.values(), req.num_keys() * sparse.dim(), name, &scratch);
   if (!values.ok()) return values.status();
   TESSERA_RETURN_IF_ERROR(CheckDistinct(k.keys, k.groups, name));
-  return ApplyOnce(req.id(), name, resp,
+  return ApplyOnce(req.id(), name, resp, v1::LOG_ENTRY_KIND_PUSH_SPARSE, request, replicated,
                    [&](uint64_t gen) { sparse.Push(k.keys, k.groups, values->data(), gen); });
 }
 
 absl::Status ServerCore::PullDense(const v1::PullDenseRequest& req, v1::PullDenseResponse* resp) {
   absl::StatusOr<std::shared_ptr<Table>> table =
-      FindTable(req.header(), req.table(), TableKind::kDense);
+      FindTable(&req.header(), req.table(), TableKind::kDense);
   if (!table.ok()) return table.status();
   DenseTable& dense = *(*table)->dense;
   const std::string& name = req.table();
@@ -396,9 +507,15 @@ absl::Status ServerCore::PullDense(const v1::PullDenseRequest& req, v1::PullDens
   return absl::OkStatus();
 }
 
-absl::Status ServerCore::PushDense(const v1::PushDenseRequest& req, v1::PushResponse* resp) {
-  absl::StatusOr<std::shared_ptr<Table>> table =
-      FindTable(req.header(), req.table(), TableKind::kDense);
+absl::Status ServerCore::PushDense(const v1::PushDenseRequest& req, v1::PushResponse* resp,
+                                   const void* request) {
+  TESSERA_RETURN_IF_ERROR(CheckRouting(req.header()));
+  return PushDenseImpl(req, resp, request, /*replicated=*/false);
+}
+
+absl::Status ServerCore::PushDenseImpl(const v1::PushDenseRequest& req, v1::PushResponse* resp,
+                                       const void* request, bool replicated) {
+  absl::StatusOr<std::shared_ptr<Table>> table = FindTable(nullptr, req.table(), TableKind::kDense);
   if (!table.ok()) return table.status();
   DenseTable& dense = *(*table)->dense;
   const std::string& name = req.table();
@@ -409,7 +526,8 @@ absl::Status ServerCore::PushDense(const v1::PushDenseRequest& req, v1::PushResp
   absl::StatusOr<absl::Span<const float>> values =
       PushValues(req.values(), req.count(), name, &scratch);
   if (!values.ok()) return values.status();
-  return ApplyOnce(req.id(), name, resp, [&](uint64_t gen) {
+  return ApplyOnce(req.id(), name, resp, v1::LOG_ENTRY_KIND_PUSH_DENSE, request, replicated,
+                   [&](uint64_t gen) {
     dense.Push(req.offset(), req.count(), values->data(), gen);
   });
 }
@@ -432,7 +550,7 @@ absl::Status ServerCore::CheckDenseRange(const DenseTable& dense, const std::str
     return absl::FailedPreconditionError(absl::StrFormat(
         "table '%s': block %d (elements [%u, %u)) is not held by shard %u at epoch %u", name,
         missing, dense.layout().BlockBegin(missing), dense.layout().BlockEnd(missing),
-        options_.shard_index, options_.shard_map_epoch));
+        shard_index_, shard_map_epoch()));
   }
   return absl::OkStatus();
 }

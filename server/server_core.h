@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -45,6 +46,7 @@ class GetCheckpointStateRequest;
 class GetCheckpointStateResponse;
 class RestoreCheckpointRequest;
 class RestoreCheckpointResponse;
+class InstallSnapshotRequest;
 }  // namespace v1
 
 namespace storage {
@@ -65,6 +67,9 @@ struct ServerCoreOptions {
   uint32_t num_shards = 1;
   uint32_t num_vshards = kDefaultNumVshards;
   uint64_t shard_map_epoch = 1;
+  // The shard map comes from a coordinator (docs/replication.md): the core starts unbound and
+  // not serving; shard_index, num_shards and shard_map_epoch above are then ignored.
+  bool coordinated = false;
 
   // Most keys in one sparse request; more is RESOURCE_EXHAUSTED. Default 1 Mi.
   uint64_t max_keys_per_request = uint64_t{1} << 20;
@@ -130,15 +135,20 @@ class ServerCore {
   static absl::StatusOr<std::unique_ptr<ServerCore>> Create(const ServerCoreOptions& options);
   ~ServerCore();
 
-  absl::Status CreateTable(const v1::CreateTableRequest& req, v1::CreateTableResponse* resp);
-  absl::Status DropTable(const v1::DropTableRequest& req, v1::DropTableResponse* resp);
+  // Changes take an optional opaque `request` handed to the UpdateLog (see SetUpdateLog).
+  absl::Status CreateTable(const v1::CreateTableRequest& req, v1::CreateTableResponse* resp,
+                           const void* request = nullptr);
+  absl::Status DropTable(const v1::DropTableRequest& req, v1::DropTableResponse* resp,
+                         const void* request = nullptr);
   absl::Status DescribeTable(const v1::DescribeTableRequest& req, v1::DescribeTableResponse* resp);
   absl::Status ListTables(const v1::ListTablesRequest& req, v1::ListTablesResponse* resp);
 
   absl::Status PullSparse(const v1::PullSparseRequest& req, v1::PullSparseResponse* resp);
-  absl::Status PushSparse(const v1::PushSparseRequest& req, v1::PushResponse* resp);
+  absl::Status PushSparse(const v1::PushSparseRequest& req, v1::PushResponse* resp,
+                          const void* request = nullptr);
   absl::Status PullDense(const v1::PullDenseRequest& req, v1::PullDenseResponse* resp);
-  absl::Status PushDense(const v1::PushDenseRequest& req, v1::PushResponse* resp);
+  absl::Status PushDense(const v1::PushDenseRequest& req, v1::PushResponse* resp,
+                         const void* request = nullptr);
 
   // Checkpoints. WriteCheckpoint takes the cut and writes this server's part (seconds for
   // large tables: callers run it off the RPC threads); RestoreCheckpoint replaces every table
@@ -155,7 +165,53 @@ class ServerCore {
   CheckpointStats GetCheckpointStats() const ABSL_LOCKS_EXCLUDED(ckpt_mu_);
 
   std::vector<TableStats> GetTableStats() const ABSL_LOCKS_EXCLUDED(tables_mu_);
-  uint64_t shard_map_epoch() const { return options_.shard_map_epoch; }
+  uint64_t shard_map_epoch() const { return epoch_.load(std::memory_order_acquire); }
+
+  // ---- Replication (docs/replication.md) ----
+
+  // Receives every change this server applies, in LSN order, while the change's order is
+  // still held: `request` is the opaque request object the caller passed in (the gRPC layer
+  // passes its grpc::ByteBuffer). Implementations must be quick and must not call back.
+  class UpdateLog {
+   public:
+    virtual ~UpdateLog() = default;
+    virtual void Append(uint64_t lsn, int kind, const void* request) = 0;
+  };
+  // Set before serving; null: changes are not logged.
+  void SetUpdateLog(UpdateLog* log) { log_ = log; }
+
+  // Coordinated servers start unbound (a spare) and are bound to their shard once, before any
+  // table exists; until then, and while not the primary, client requests are refused with
+  // FAILED_PRECONDITION and the reroute payload (see IsReroute()).
+  absl::Status Bind(uint32_t shard_index, uint32_t num_shards) ABSL_LOCKS_EXCLUDED(gate_);
+  bool bound() const { return bound_.load(std::memory_order_acquire); }
+  int32_t shard_index() const { return bound() ? static_cast<int32_t>(shard_index_) : -1; }
+  // The map epoch this server acts on, and whether it serves clients (the primary).
+  void SetRouting(uint64_t epoch, bool serving);
+  // Called (without locks held) when a request shows that a newer map exists.
+  void SetNewerMapCallback(std::function<void()> fn) { newer_map_ = std::move(fn); }
+
+  uint64_t lsn() const ABSL_LOCKS_EXCLUDED(order_mu_);
+  // A backup applies change `lsn` of its primary's order (kind: v1::LogEntryKind, request:
+  // the serialized request). A change at or below lsn() was applied before and is skipped;
+  // one above lsn() + 1 is a gap: FAILED_PRECONDITION.
+  absl::Status ApplyReplicated(uint64_t lsn, int kind, const std::string& request)
+      ABSL_LOCKS_EXCLUDED(order_mu_, gate_, tables_mu_);
+
+  // Catch-up, on the primary: takes a cut (LSN and copy-on-write, as for a checkpoint) and
+  // hands `send` the state as of the cut in chunks of about `chunk_bytes`: first the table
+  // specs, then rows and blocks, last the exactly-once table and the cut's LSN (done = true).
+  // `send` fills epoch, shard, primary, snapshot_id and seq. Returns the cut's LSN.
+  absl::StatusOr<uint64_t> ExportSnapshot(
+      size_t chunk_bytes, const std::function<absl::Status(v1::InstallSnapshotRequest&)>& send)
+      ABSL_LOCKS_EXCLUDED(order_mu_, gate_, tables_mu_, ckpt_mu_);
+  // On a backup: builds the state beside the live one, chunk by chunk; the last chunk replaces
+  // every table, the exactly-once table and the LSN.
+  absl::Status InstallSnapshot(const v1::InstallSnapshotRequest& req)
+      ABSL_LOCKS_EXCLUDED(order_mu_, gate_, tables_mu_, snap_mu_);
+
+  // Routing errors carry this payload; the gRPC layer turns it into trailing metadata.
+  static bool IsReroute(const absl::Status& status);
   uint64_t duplicate_pushes() const { return duplicate_pushes_.load(std::memory_order_relaxed); }
 
  private:
@@ -167,12 +223,11 @@ class ServerCore {
     uint64_t created_gen = 0;  // generation at creation; 0 when restored from a checkpoint
   };
 
-  ServerCore(const ServerCoreOptions& options, std::vector<bool> owned);
+  explicit ServerCore(const ServerCoreOptions& options);
 
-  absl::Status CheckEpoch(const v1::RequestHeader& header) const;
-  // Checks the epoch, then finds the table: NOT_FOUND when absent, FAILED_PRECONDITION when of
+  // Checks the routing (unless header is null), then finds the table: NOT_FOUND when absent, FAILED_PRECONDITION when of
   // another kind.
-  absl::StatusOr<std::shared_ptr<Table>> FindTable(const v1::RequestHeader& header,
+  absl::StatusOr<std::shared_ptr<Table>> FindTable(const v1::RequestHeader* header,
                                                    const std::string& name, TableKind kind) const
       ABSL_LOCKS_EXCLUDED(tables_mu_);
   void FillInfo(const Table& table, v1::TableInfo* info) const;
@@ -221,11 +276,48 @@ class ServerCore {
   // current generation; sets resp->duplicate otherwise.
   template <typename ApplyFn>
   absl::Status ApplyOnce(const v1::PushId& id, const std::string& table, v1::PushResponse* resp,
-                         ApplyFn&& apply);
+                         int kind, const void* request, bool replicated, ApplyFn&& apply)
+      ABSL_LOCKS_EXCLUDED(order_mu_, gate_);
+  // Takes the next LSN and logs the change. REQUIRES: order_mu_ held.
+  uint64_t NextLsn(int kind, const void* request) ABSL_EXCLUSIVE_LOCKS_REQUIRED(order_mu_);
+  // Refuses client requests this server must not serve (routing); `write`: a change.
+  absl::Status CheckRouting(const v1::RequestHeader& header) const;
+  absl::Status PushSparseImpl(const v1::PushSparseRequest& req, v1::PushResponse* resp,
+                              const void* request, bool replicated);
+  absl::Status PushDenseImpl(const v1::PushDenseRequest& req, v1::PushResponse* resp,
+                             const void* request, bool replicated);
+  absl::Status CreateTableImpl(const v1::CreateTableRequest& req, v1::CreateTableResponse* resp,
+                               const void* request, bool replicated);
+  absl::Status DropTableImpl(const v1::DropTableRequest& req, v1::DropTableResponse* resp,
+                             const void* request, bool replicated);
 
   // Constant after construction.
   const ServerCoreOptions options_;
-  const std::vector<bool> owned_;  // by vshard
+  // Written once (constructor or Bind) before bound_ is set; constant afterwards.
+  uint32_t shard_index_ = 0;
+  uint32_t num_shards_ = 1;
+  std::vector<bool> owned_;  // by vshard
+  std::atomic<bool> bound_{false};
+  const bool coordinated_;  // the map comes from a coordinator (SetRouting)
+
+  std::atomic<uint64_t> epoch_;
+  std::atomic<bool> serving_;  // primary (always, without a coordinator)
+  UpdateLog* log_ = nullptr;
+  std::function<void()> newer_map_;
+
+  // The shard's update order: every change takes its LSN under order_mu_. Acquired before
+  // gate_.
+  mutable absl::Mutex order_mu_ ABSL_ACQUIRED_BEFORE(gate_);
+  uint64_t lsn_ ABSL_GUARDED_BY(order_mu_) = 0;
+
+  // A snapshot being installed (backup).
+  struct IncomingSnapshot {
+    uint64_t id = 0;
+    uint64_t next_seq = 0;
+    absl::flat_hash_map<std::string, std::shared_ptr<Table>> tables;
+  };
+  absl::Mutex snap_mu_;
+  std::unique_ptr<IncomingSnapshot> incoming_ ABSL_GUARDED_BY(snap_mu_);
 
   mutable absl::Mutex tables_mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<Table>> tables_ ABSL_GUARDED_BY(tables_mu_);

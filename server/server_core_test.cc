@@ -115,12 +115,12 @@ struct Fixture {
 };
 
 // Runs a bad request and checks its code, a message naming the problem, and unchanged state.
-template <typename Req, typename Resp>
-void ExpectRejected(Fixture& f, absl::Status (ServerCore::*fn)(const Req&, Resp*), const Req& req,
-                    absl::StatusCode code, const std::string& message_part) {
+template <typename Req, typename Resp, typename... Extra>
+void ExpectRejected(Fixture& f, absl::Status (ServerCore::*fn)(const Req&, Resp*, Extra...),
+                    const Req& req, absl::StatusCode code, const std::string& message_part) {
   const std::vector<float> before = f.Snapshot();
   Resp resp;
-  const absl::Status s = (f.core.get()->*fn)(req, &resp);
+  const absl::Status s = (f.core.get()->*fn)(req, &resp, Extra{}...);
   INFO(s.ToString());
   CHECK(s.code() == code);
   CHECK(std::string(s.message()).find(message_part) != std::string::npos);

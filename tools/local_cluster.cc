@@ -26,6 +26,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
+#include "proto/cluster.grpc.pb.h"
 
 namespace tessera {
 namespace {
@@ -99,11 +100,39 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(
     const LocalClusterOptions& options) {
   std::unique_ptr<LocalCluster> cluster(new LocalCluster());
   cluster->options_ = options;
+  LocalClusterOptions& o = cluster->options_;
   cluster->pids_.assign(options.num_servers, 0);
   cluster->addresses_.resize(options.num_servers);
   cluster->metrics_ports_.resize(options.num_servers);
+  if (o.replication > 0) {
+    if (o.num_shards == 0) o.num_shards = std::max<uint32_t>(1, o.num_servers / o.replication);
+    if (o.coordinator_binary.empty()) {
+      o.coordinator_binary =
+          (std::filesystem::path(o.server_binary).parent_path() / "coordinator" /
+           "tessera-coordinator")
+              .string();
+      std::error_code ec;
+      if (!std::filesystem::exists(o.coordinator_binary, ec)) {
+        o.coordinator_binary =
+            (std::filesystem::path(o.server_binary).parent_path() / "tessera-coordinator")
+                .string();
+      }
+    }
+    if (o.state_dir.empty()) {
+      char tmpl[] = "/tmp/tessera-coordinator-XXXXXX";
+      if (mkdtemp(tmpl) == nullptr) {
+        return absl::InternalError(absl::StrCat("mkdtemp: ", strerror(errno)));
+      }
+      o.state_dir = tmpl;
+      cluster->owned_state_dir_ = true;
+    }
+    if (absl::Status s = cluster->SpawnCoordinator(0, 0); !s.ok()) return s;
+  }
   for (uint32_t i = 0; i < options.num_servers; ++i) {
     if (absl::Status s = cluster->Spawn(i, 0, 0, {}); !s.ok()) return s;
+  }
+  if (o.replication > 0) {
+    if (absl::Status s = cluster->WaitForReplicas(o.replicas_timeout); !s.ok()) return s;
   }
   return cluster;
 }
@@ -127,32 +156,27 @@ std::optional<int> LocalCluster::Reap(int i) {
   return status;
 }
 
-absl::Status LocalCluster::Spawn(uint32_t i, int port, int metrics_port,
-                                 const std::vector<std::string>& more_args) {
-  const LocalClusterOptions& options = options_;
+namespace {
+
+struct Spawned {
+  pid_t pid = 0;
+  int port = 0;
+  int metrics_port = 0;
+};
+
+// Starts `args` (args[0]: the binary) with --ready_fd appended and waits for its ready line.
+absl::StatusOr<Spawned> SpawnProcess(std::vector<std::string> args, const std::string& name,
+                                     const std::string& log_path, absl::Duration timeout) {
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) {
     return absl::InternalError(absl::StrCat("pipe2: ", strerror(errno)));
   }
-  std::vector<std::string> args = {
-      options.server_binary,
-      absl::StrCat("--shard_index=", i),
-      absl::StrCat("--num_shards=", options.num_servers),
-      absl::StrCat("--num_vshards=", options.num_vshards),
-      absl::StrCat("--shard_map_epoch=", options.shard_map_epoch),
-      absl::StrCat("--port=", port),
-      absl::StrCat("--metrics_port=", metrics_port),
-      absl::StrCat("--ready_fd=", fds[1]),
-  };
-  args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
-  args.insert(args.end(), more_args.begin(), more_args.end());
+  args.push_back(absl::StrCat("--ready_fd=", fds[1]));
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
-  std::string log_path;
   int log_fd = -1;
-  if (!options.log_dir.empty()) {
-    log_path = absl::StrCat(options.log_dir, "/server-", i, ".log");
+  if (!log_path.empty()) {
     log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (log_fd < 0) {
       close(fds[0]);
@@ -180,29 +204,168 @@ absl::Status LocalCluster::Spawn(uint32_t i, int port, int metrics_port,
     close(fds[0]);
     return absl::InternalError(absl::StrCat("fork: ", strerror(errno)));
   }
-  pids_[i] = pid;
-  const std::string line = ReadLine(fds[0], absl::Now() + options.start_timeout);
+  Spawned out;
+  out.pid = pid;
+  const std::string line = ReadLine(fds[0], absl::Now() + timeout);
   close(fds[0]);
-  int got_port = 0, got_metrics_port = 0;
   for (absl::string_view field : absl::StrSplit(line, ' ')) {
-    if (absl::ConsumePrefix(&field, "port=")) (void)absl::SimpleAtoi(field, &got_port);
+    if (absl::ConsumePrefix(&field, "port=")) (void)absl::SimpleAtoi(field, &out.port);
     if (absl::ConsumePrefix(&field, "metrics_port=")) {
-      (void)absl::SimpleAtoi(field, &got_metrics_port);
+      (void)absl::SimpleAtoi(field, &out.metrics_port);
     }
   }
-  if (got_port <= 0) {
+  if (out.port <= 0) {
     std::string why = "did not report ready in time";
     if (std::optional<int> st = WaitWithTimeout(pid, absl::Milliseconds(100)); st.has_value()) {
-      pids_[i] = 0;
       why = absl::StrCat("exited early with ", DescribeWaitStatus(*st));
+    } else {
+      kill(pid, SIGKILL);
+      WaitWithTimeout(pid, absl::Seconds(10));
     }
-    return absl::UnavailableError(
-        absl::StrFormat("server %u (%s) %s%s", i, options.server_binary, why,
-                        log_path.empty() ? "" : absl::StrCat("; see ", log_path)));
+    return absl::UnavailableError(absl::StrFormat(
+        "%s (%s) %s%s", name, args[0], why, log_path.empty() ? "" : absl::StrCat("; see ", log_path)));
   }
-  addresses_[i] = absl::StrCat("127.0.0.1:", got_port);
-  metrics_ports_[i] = got_metrics_port;
+  return out;
+}
+
+}  // namespace
+
+absl::Status LocalCluster::Spawn(uint32_t i, int port, int metrics_port,
+                                 const std::vector<std::string>& more_args) {
+  const LocalClusterOptions& options = options_;
+  std::vector<std::string> args = {options.server_binary};
+  if (options.replication == 0) {
+    args.push_back(absl::StrCat("--shard_index=", i));
+    args.push_back(absl::StrCat("--num_shards=", options.num_servers));
+    args.push_back(absl::StrCat("--shard_map_epoch=", options.shard_map_epoch));
+  } else {
+    args.push_back(absl::StrCat("--coordinator=", coordinator_address_));
+  }
+  args.push_back(absl::StrCat("--num_vshards=", options.num_vshards));
+  args.push_back(absl::StrCat("--port=", port));
+  args.push_back(absl::StrCat("--metrics_port=", metrics_port));
+  args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
+  args.insert(args.end(), more_args.begin(), more_args.end());
+  const std::string log_path =
+      options.log_dir.empty() ? "" : absl::StrCat(options.log_dir, "/server-", i, ".log");
+  absl::StatusOr<Spawned> p =
+      SpawnProcess(std::move(args), absl::StrCat("server ", i), log_path, options.start_timeout);
+  if (!p.ok()) return p.status();
+  pids_[i] = p->pid;
+  addresses_[i] = absl::StrCat("127.0.0.1:", p->port);
+  metrics_ports_[i] = p->metrics_port;
   return absl::OkStatus();
+}
+
+absl::Status LocalCluster::SpawnCoordinator(int port, int metrics_port) {
+  const LocalClusterOptions& o = options_;
+  std::vector<std::string> args = {
+      o.coordinator_binary,
+      absl::StrCat("--port=", port),
+      absl::StrCat("--metrics_port=", metrics_port),
+      absl::StrCat("--state_dir=", o.state_dir),
+      absl::StrCat("--num_shards=", o.num_shards),
+      absl::StrCat("--replication=", o.replication),
+      absl::StrCat("--num_vshards=", o.num_vshards),
+  };
+  args.insert(args.end(), o.coordinator_args.begin(), o.coordinator_args.end());
+  const std::string log_path =
+      o.log_dir.empty() ? "" : absl::StrCat(o.log_dir, "/coordinator.log");
+  absl::StatusOr<Spawned> p =
+      SpawnProcess(std::move(args), "coordinator", log_path, o.start_timeout);
+  if (!p.ok()) return p.status();
+  coordinator_pid_ = p->pid;
+  coordinator_address_ = absl::StrCat("127.0.0.1:", p->port);
+  coordinator_metrics_port_ = p->metrics_port;
+  return absl::OkStatus();
+}
+
+void LocalCluster::KillCoordinator() {
+  if (coordinator_pid_ == 0) return;
+  kill(coordinator_pid_, SIGKILL);
+  WaitWithTimeout(coordinator_pid_, absl::Seconds(10));
+  coordinator_pid_ = 0;
+}
+
+absl::Status LocalCluster::RestartCoordinator() {
+  KillCoordinator();
+  int port = 0;
+  (void)absl::SimpleAtoi(coordinator_address_.substr(coordinator_address_.rfind(':') + 1), &port);
+  return SpawnCoordinator(port, coordinator_metrics_port_);
+}
+
+absl::StatusOr<int> LocalCluster::AddServer() {
+  const int i = static_cast<int>(pids_.size());
+  pids_.push_back(0);
+  addresses_.emplace_back();
+  metrics_ports_.push_back(0);
+  if (absl::Status s = Spawn(static_cast<uint32_t>(i), 0, 0, {}); !s.ok()) return s;
+  return i;
+}
+
+int LocalCluster::IndexOf(const std::string& address) const {
+  for (size_t i = 0; i < addresses_.size(); ++i) {
+    if (addresses_[i] == address) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+namespace {
+
+absl::StatusOr<v1::ClusterMap> FetchMap(const std::string& coordinator) {
+  auto stub = v1::Coordinator::NewStub(
+      grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  v1::GetClusterMapRequest req;
+  v1::GetClusterMapResponse resp;
+  if (grpc::Status s = stub->GetClusterMap(&ctx, req, &resp); !s.ok()) return FromGrpcStatus(s);
+  return resp.map();
+}
+
+}  // namespace
+
+absl::Status LocalCluster::WaitForReplicas(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  std::string last = "no answer";
+  while (absl::Now() < deadline) {
+    absl::StatusOr<v1::ClusterMap> m = FetchMap(coordinator_address_);
+    if (m.ok()) {
+      bool complete = true;
+      for (int s = 0; s < m->shards_size(); ++s) {
+        int live = 0;
+        for (const auto& r : m->shards(s).replicas()) live += r.state() == v1::REPLICA_STATE_LIVE;
+        if (live != m->shards(s).replicas_size() || live < static_cast<int>(m->replication())) {
+          complete = false;
+          last = absl::StrFormat("shard %d has %d LIVE of %d replicas (want %u)", s, live,
+                                 m->shards(s).replicas_size(), m->replication());
+        }
+      }
+      if (complete) return absl::OkStatus();
+    } else {
+      last = m.status().ToString();
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return absl::DeadlineExceededError(
+      absl::StrCat("the cluster did not reach full replication in time: ", last));
+}
+
+absl::StatusOr<std::vector<int>> LocalCluster::ReplicasOf(uint32_t shard) {
+  absl::StatusOr<v1::ClusterMap> m = FetchMap(coordinator_address_);
+  if (!m.ok()) return m.status();
+  if (shard >= static_cast<uint32_t>(m->shards_size())) {
+    return absl::InvalidArgumentError(absl::StrCat("no shard ", shard));
+  }
+  std::vector<int> out;
+  for (const auto& r : m->shards(shard).replicas()) out.push_back(IndexOf(r.address()));
+  return out;
+}
+
+absl::StatusOr<uint64_t> LocalCluster::Epoch() {
+  absl::StatusOr<v1::ClusterMap> m = FetchMap(coordinator_address_);
+  if (!m.ok()) return m.status();
+  return m->epoch();
 }
 
 absl::StatusOr<int> LocalCluster::StopServer(int i, absl::Duration timeout) {
@@ -226,6 +389,11 @@ absl::Status LocalCluster::Stop(absl::Duration timeout) {
   for (pid_t pid : pids_) {
     if (pid != 0) kill(pid, SIGTERM);
   }
+  if (coordinator_pid_ != 0) {
+    kill(coordinator_pid_, SIGTERM);
+    WaitWithTimeout(coordinator_pid_, timeout);
+    coordinator_pid_ = 0;
+  }
   std::string errors;
   for (size_t i = 0; i < pids_.size(); ++i) {
     if (pids_[i] == 0) continue;
@@ -243,9 +411,15 @@ absl::Status LocalCluster::Stop(absl::Duration timeout) {
 LocalCluster::~LocalCluster() {
   for (pid_t& pid : pids_) {
     if (pid == 0) continue;
+    kill(pid, SIGCONT);  // a stopped process cannot die
     kill(pid, SIGKILL);
     WaitWithTimeout(pid, absl::Seconds(10));
     pid = 0;
+  }
+  KillCoordinator();
+  if (owned_state_dir_) {
+    std::error_code ec;
+    std::filesystem::remove_all(options_.state_dir, ec);
   }
 }
 

@@ -28,6 +28,18 @@ struct LocalClusterOptions {
   std::string log_dir;
   // How long to wait for each server's ready line.
   absl::Duration start_timeout = absl::Seconds(60);
+
+  // Replication (docs/replication.md). 0: static shards, one server each, no coordinator.
+  // 1..3: tessera-coordinator starts first and places the num_servers servers into num_shards
+  // shards of `replication` replicas (default num_shards: num_servers / replication; servers
+  // beyond num_shards * replication are spares).
+  uint32_t replication = 0;
+  uint32_t num_shards = 0;
+  std::string coordinator_binary;  // default: tessera-coordinator beside server_binary
+  std::vector<std::string> coordinator_args;  // e.g. "--lease_ms=1000"
+  std::string state_dir;  // the coordinator's; default: a new directory under /tmp
+  // Start() returns once every shard has `replication` LIVE replicas.
+  absl::Duration replicas_timeout = absl::Seconds(60);
 };
 
 // A cluster of tessera-server child processes. The servers die with the parent process
@@ -58,16 +70,39 @@ class LocalCluster {
   // Finds tessera-server next to the running executable (or on PATH as a fallback).
   static std::string DefaultServerBinary();
 
+  // ---- With replication ----
+  const std::string& coordinator_address() const { return coordinator_address_; }
+  int coordinator_metrics_port() const { return coordinator_metrics_port_; }
+  pid_t coordinator_pid() const { return coordinator_pid_; }
+  // SIGKILL to the coordinator (its state stays in state_dir).
+  void KillCoordinator();
+  // Starts the coordinator again on its old port with its state.
+  absl::Status RestartCoordinator();
+  // Starts one more server (a spare until the coordinator places it); returns its index.
+  absl::StatusOr<int> AddServer();
+  // Waits until every shard has `replication` LIVE replicas and none joining.
+  absl::Status WaitForReplicas(absl::Duration timeout);
+  // The servers of `shard` as the coordinator's map has them: indices, the primary first.
+  absl::StatusOr<std::vector<int>> ReplicasOf(uint32_t shard);
+  // The coordinator's shard-map epoch.
+  absl::StatusOr<uint64_t> Epoch();
+  int IndexOf(const std::string& address) const;
+
  private:
   LocalCluster() = default;
   // Starts server i (port 0: any free one) and waits for its ready line.
   absl::Status Spawn(uint32_t i, int port, int metrics_port,
                      const std::vector<std::string>& more_args);
+  absl::Status SpawnCoordinator(int port, int metrics_port);
 
   LocalClusterOptions options_;
   std::vector<pid_t> pids_;  // 0 once reaped
   std::vector<std::string> addresses_;
   std::vector<int> metrics_ports_;
+  pid_t coordinator_pid_ = 0;
+  std::string coordinator_address_;
+  int coordinator_metrics_port_ = -1;
+  bool owned_state_dir_ = false;
 };
 
 // The servers a tool should talk to: `connect` when it is not empty, else those of a new

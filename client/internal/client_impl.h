@@ -5,15 +5,19 @@
 #include <grpcpp/generic/generic_stub.h>
 
 #include <atomic>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/container/btree_set.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "client/client.h"
+#include "proto/cluster.grpc.pb.h"
 #include "proto/tessera.grpc.pb.h"
 
 namespace tessera {
@@ -48,15 +52,15 @@ class OpTracker {
 };
 
 // The connections to one server.
-struct ServerConn {
-  // Constant after Connect. One of each per channel (TCP connection): typed stubs for table
-  // management, generic (ByteBuffer) stubs for the data path.
+struct Endpoint {
+  // Constant after construction. One of each per channel (TCP connection): typed stubs for
+  // table management, generic (ByteBuffer) stubs for the data path.
   std::string address;
   std::vector<std::unique_ptr<v1::ParameterServer::Stub>> stubs;
   std::vector<std::unique_ptr<grpc::GenericStub>> generic_stubs;
-
   std::atomic<uint32_t> next_stub{0};
-  PushWindow pushes;
+
+  Endpoint(const std::string& address, const ClientOptions& options);
 
   v1::ParameterServer::Stub* NextStub() {
     return stubs[next_stub.fetch_add(1, std::memory_order_relaxed) % stubs.size()].get();
@@ -67,14 +71,47 @@ struct ServerConn {
   }
 };
 
+// One shard: its current primary's connections (replaced on failover) and this client's push
+// sequence for the shard (kept across failovers: exactly-once is per (client, shard)).
+class ServerConn {
+ public:
+  explicit ServerConn(std::shared_ptr<Endpoint> endpoint) : endpoint_(std::move(endpoint)) {}
+
+  std::shared_ptr<Endpoint> Current() const ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return endpoint_;
+  }
+  void Replace(std::shared_ptr<Endpoint> endpoint) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    endpoint_ = std::move(endpoint);
+  }
+
+  PushWindow pushes;
+
+ private:
+  mutable absl::Mutex mu_;
+  std::shared_ptr<Endpoint> endpoint_ ABSL_GUARDED_BY(mu_);
+};
+
 }  // namespace client_internal
 
 struct Client::Impl {
   // Constant after Connect.
   ClientOptions options;
-  ShardMap map;
+  ShardMap map;  // vshard -> shard (fixed); the epoch is `epoch` below
   uint64_t client_id = 0;
   std::vector<std::unique_ptr<client_internal::ServerConn>> servers;  // by shard
+  std::unique_ptr<v1::Coordinator::Stub> coordinator;                 // null: static map
+
+  // The epoch of the shard map requests are routed with.
+  std::atomic<uint64_t> epoch{0};
+
+  // Map refreshes from the coordinator, on a thread of their own.
+  absl::Mutex refresh_mu;
+  bool refresh_wanted ABSL_GUARDED_BY(refresh_mu) = false;
+  bool stopping ABSL_GUARDED_BY(refresh_mu) = false;
+  uint64_t refreshes ABSL_GUARDED_BY(refresh_mu) = 0;  // completed fetches
+  std::thread refresher;
 
   std::atomic<uint64_t> duplicate_acks{0};
   std::atomic<uint64_t> retries{0};
@@ -99,7 +136,28 @@ struct Client::Impl {
 
   // A status naming the server, for errors that came from it.
   absl::Status Annotate(uint32_t shard, const absl::Status& status) const;
-  void FillHeader(v1::RequestHeader* header) const { header->set_shard_map_epoch(map.epoch()); }
+  void FillHeader(v1::RequestHeader* header) const {
+    header->set_shard_map_epoch(epoch.load(std::memory_order_acquire));
+  }
+
+  bool coordinated() const { return coordinator != nullptr; }
+  // Asks the refresher thread for the newest map (coalesced; returns at once).
+  void RequestRefresh() ABSL_LOCKS_EXCLUDED(refresh_mu);
+  // Fetches the map now and re-routes shards whose primary changed.
+  absl::Status FetchMap(bool require_complete) ABSL_LOCKS_EXCLUDED(refresh_mu);
+  void RefreshLoop() ABSL_LOCKS_EXCLUDED(refresh_mu);
+  void StopRefresher() ABSL_LOCKS_EXCLUDED(refresh_mu);
+  // Whether attempt `attempt` (1, 2, ...) may be followed by another.
+  bool MayRetry(int attempt, absl::Time first_attempt) const;
+  // A blocking call to `shard`'s current primary, retried (and re-routed) like the data path.
+  // `call` fills the request's header itself on every attempt (the epoch may change).
+  using BlockingCall =
+      std::function<grpc::Status(v1::ParameterServer::Stub* stub, grpc::ClientContext* ctx)>;
+  absl::Status CallShard(uint32_t shard, const BlockingCall& call);
+  // Whether a failed call may be retried (at the same or a new primary).
+  bool Retryable(const grpc::Status& status, const grpc::ClientContext& ctx) const;
+  // Deadline of one attempt.
+  int64_t AttemptTimeoutMs() const;
 };
 
 }  // namespace tessera

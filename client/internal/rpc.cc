@@ -9,11 +9,14 @@
 
 namespace tessera::client_internal {
 
-std::chrono::milliseconds Backoff(const ClientOptions& o, int attempt) {
+std::chrono::milliseconds Backoff(const Client::Impl& impl, int attempt) {
   thread_local std::minstd_rand rng(std::random_device{}());
+  const ClientOptions& o = impl.options;
+  const double max_ms =
+      impl.coordinated() ? std::min(o.max_backoff_ms, 250) : static_cast<double>(o.max_backoff_ms);
   double ms = o.initial_backoff_ms;
-  for (int i = 2; i < attempt && ms < o.max_backoff_ms; ++i) ms *= 2;
-  ms = std::min<double>(ms, o.max_backoff_ms);
+  for (int i = 2; i < attempt && ms < max_ms; ++i) ms *= 2;
+  ms = std::min<double>(ms, max_ms);
   std::uniform_real_distribution<double> jitter(0.5, 1.0);
   return std::chrono::milliseconds(static_cast<int64_t>(ms * jitter(rng)) + 1);
 }
@@ -38,26 +41,29 @@ BulkField Rpc::Borrow(int field_number, const void* data, size_t size) {
 }
 
 void Rpc::Attempt() {
-  ++attempt_;
+  if (++attempt_ == 1) first_attempt_ = absl::Now();
   ctx_ = std::make_unique<grpc::ClientContext>();
   ctx_->set_deadline(std::chrono::system_clock::now() +
-                     std::chrono::milliseconds(impl_->options.rpc_timeout_ms));
+                     std::chrono::milliseconds(impl_->AttemptTimeoutMs()));
+  endpoint_ = conn().Current();
+  if (endpoint_ == nullptr) {  // the shard has no primary now: wait for a map that has one
+    OnDone(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the shard has no primary"));
+    return;
+  }
   const grpc::ByteBuffer request = encode(*this);
   response_.Clear();
-  conn().NextGenericStub()->UnaryCall(ctx_.get(), method_, grpc::StubOptions(), &request,
-                                      &response_, [this](grpc::Status s) { OnDone(std::move(s)); });
+  endpoint_->NextGenericStub()->UnaryCall(ctx_.get(), method_, grpc::StubOptions(), &request,
+                                          &response_,
+                                          [this](grpc::Status s) { OnDone(std::move(s)); });
 }
 
 void Rpc::OnDone(grpc::Status s) {
-  // CANCELLED is what gRPC reports for a call cut off by a server shutting down (this client
-  // never cancels its own calls); like UNAVAILABLE it is safe to retry: pulls are idempotent
-  // and a retried push keeps its sequence number.
-  const bool retryable = s.error_code() == grpc::StatusCode::UNAVAILABLE ||
-                         s.error_code() == grpc::StatusCode::CANCELLED;
-  if (retryable && attempt_ < impl_->options.max_attempts) {
+  const bool retryable = impl_->Retryable(s, *ctx_);
+  if (retryable) impl_->RequestRefresh();  // the shard may have a new primary
+  if (retryable && impl_->MayRetry(attempt_, first_attempt_)) {
     impl_->retries.fetch_add(1, std::memory_order_relaxed);
     alarm_ = std::make_unique<grpc::Alarm>();
-    alarm_->Set(std::chrono::system_clock::now() + Backoff(impl_->options, attempt_ + 1),
+    alarm_->Set(std::chrono::system_clock::now() + Backoff(*impl_, attempt_ + 1),
                 [this](bool) { Attempt(); });
     return;
   }

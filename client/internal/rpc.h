@@ -17,7 +17,8 @@
 namespace tessera::client_internal {
 
 // Backoff before attempt `attempt` (2, 3, ...): exponential with jitter in [50%, 100%].
-std::chrono::milliseconds Backoff(const ClientOptions& o, int attempt);
+// (At most 250 ms with a coordinator: a failover is waited out by retrying.)
+std::chrono::milliseconds Backoff(const Client::Impl& impl, int attempt);
 
 // A heap-allocated unary call on the raw (ByteBuffer) API that deletes itself once done.
 //
@@ -67,6 +68,8 @@ class Rpc {
   uint64_t sequence_ = 0;  // 0: not a push
   int attempt_ = 0;
   std::unique_ptr<grpc::ClientContext> ctx_;
+  std::shared_ptr<Endpoint> endpoint_;  // of the current attempt
+  absl::Time first_attempt_;
   std::unique_ptr<grpc::Alarm> alarm_;
   grpc::ByteBuffer response_;
   absl::Status outcome_;

@@ -1,0 +1,68 @@
+// tessera-coordinator: membership, leases, the shard map, failover (docs/replication.md).
+//
+// Prints one line "TESSERA_READY port=<grpc> metrics_port=<metrics>" to --ready_fd (when set)
+// once it listens. SIGTERM or SIGINT stops it; its state stays in --state_dir.
+#include <signal.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_format.h"
+#include "common/logging.h"
+#include "common/process_setup.h"
+#include "server/coordinator/coordinator.h"
+
+ABSL_FLAG(std::string, address, "127.0.0.1", "Address to serve gRPC on.");
+ABSL_FLAG(int, port, 0, "gRPC port; 0 picks a free one.");
+ABSL_FLAG(int, metrics_port, 0, "Port of the /metrics endpoint; 0 picks a free one, -1 disables.");
+ABSL_FLAG(std::string, state_dir, "", "Directory of the coordinator's state (RocksDB). Required.");
+ABSL_FLAG(uint32_t, num_shards, 1, "Number of shards (replica groups).");
+ABSL_FLAG(uint32_t, replication, 1, "Replicas per shard (1-3).");
+ABSL_FLAG(uint32_t, num_vshards, 1024, "Number of virtual shards.");
+ABSL_FLAG(int, lease_ms, 1500, "A server not heard from for this long is declared dead.");
+ABSL_FLAG(int, ready_fd, -1, "File descriptor to write the ready line to, then close.");
+
+int main(int argc, char** argv) {
+  tessera::SetUpProcess();
+  absl::SetProgramUsageMessage("tessera-coordinator: membership and shard map of a cluster");
+  absl::ParseCommandLine(argc, argv);
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  tessera::SetLogTag("coordinator");
+
+  tessera::CoordinatorServerOptions options;
+  options.address = absl::GetFlag(FLAGS_address);
+  options.port = absl::GetFlag(FLAGS_port);
+  options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  options.state_dir = absl::GetFlag(FLAGS_state_dir);
+  options.cluster.num_shards = absl::GetFlag(FLAGS_num_shards);
+  options.cluster.replication = absl::GetFlag(FLAGS_replication);
+  options.cluster.num_vshards = absl::GetFlag(FLAGS_num_vshards);
+  options.cluster.lease = absl::Milliseconds(absl::GetFlag(FLAGS_lease_ms));
+  absl::StatusOr<std::unique_ptr<tessera::CoordinatorServer>> server =
+      tessera::CoordinatorServer::Start(options);
+  if (!server.ok()) {
+    tessera::LogError("cannot start: %s", server.status().ToString());
+    return 1;
+  }
+  if (const int fd = absl::GetFlag(FLAGS_ready_fd); fd >= 0) {
+    const std::string line = absl::StrFormat("TESSERA_READY port=%d metrics_port=%d\n",
+                                             (*server)->port(), (*server)->metrics_port());
+    if (write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
+      tessera::LogWarning("could not write the ready line to fd %d", fd);
+    }
+    close(fd);
+  }
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  tessera::LogInfo("received %s; stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  (*server)->Shutdown();
+  server->reset();
+  return 0;
+}

@@ -1,0 +1,655 @@
+#include "server/replicator.h"
+
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <deque>
+#include <map>
+#include <random>
+#include <thread>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "common/grpc_status.h"
+#include "common/logging.h"
+#include "proto/cluster.grpc.pb.h"
+
+namespace tessera {
+namespace {
+
+using Callback = std::function<void(absl::Status)>;
+
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  args.SetMaxSendMessageSize(-1);
+  // Reconnect quickly after a peer comes back: the default backoff reaches 120 s.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+}
+
+void AppendVarint(uint64_t v, std::string* out) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>(v | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+size_t VarintSize(uint64_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    ++n;
+  }
+  return n;
+}
+
+absl::Status Reroute(absl::Status status) {
+  status.SetPayload("type.tessera/reroute", absl::Cord("1"));
+  return status;
+}
+
+struct Entry {
+  uint64_t lsn;
+  int kind;
+  grpc::ByteBuffer request;  // shares the client's slices
+};
+
+// A ReplicateRequest whose entries' request bytes are the clients' slices, not copies.
+grpc::ByteBuffer EncodeBatch(const v1::ReplicateRequest& header, const std::vector<Entry*>& batch) {
+  std::vector<grpc::Slice> slices;
+  slices.emplace_back(header.SerializeAsString());
+  for (Entry* e : batch) {
+    const size_t len = e->request.Length();
+    const size_t entry_len = 1 + VarintSize(e->kind) + 1 + VarintSize(len) + len;
+    std::string prefix;
+    AppendVarint((5 << 3) | 2, &prefix);  // entries
+    AppendVarint(entry_len, &prefix);
+    AppendVarint((1 << 3) | 0, &prefix);  // kind
+    AppendVarint(e->kind, &prefix);
+    AppendVarint((2 << 3) | 2, &prefix);  // request
+    AppendVarint(len, &prefix);
+    slices.emplace_back(prefix);
+    std::vector<grpc::Slice> parts;
+    (void)e->request.Dump(&parts);
+    for (auto& p : parts) slices.push_back(std::move(p));
+  }
+  return grpc::ByteBuffer(slices.data(), slices.size());
+}
+
+}  // namespace
+
+struct Replicator::Impl : public v1::Replication::CallbackService {
+  struct Sender {
+    std::string address;
+    std::shared_ptr<grpc::Channel> channel;
+    std::unique_ptr<v1::Replication::Stub> stub;
+    std::unique_ptr<grpc::GenericStub> generic;
+    std::thread thread;
+    // Guarded by Impl::mu.
+    bool stop = false;
+    bool needs_snapshot = true;
+    bool snapshotting = false;
+    std::deque<Entry> queue;  // appended and not yet acknowledged, in LSN order
+    uint64_t acked = 0;
+    bool report_caught_up = false;
+    uint64_t snapshot_bytes = 0;
+  };
+
+  ReplicatorOptions options;
+  ServerCore* core;
+  std::string address;  // set once by Start(), before any thread reads it
+  const uint64_t incarnation = std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
+  std::unique_ptr<v1::Coordinator::Stub> coordinator;
+
+  mutable absl::Mutex mu;
+  bool stopping ABSL_GUARDED_BY(mu) = false;
+  bool poked ABSL_GUARDED_BY(mu) = false;
+  v1::ClusterMap map ABSL_GUARDED_BY(mu);
+  uint64_t epoch ABSL_GUARDED_BY(mu) = 0;
+  v1::ServerRole role ABSL_GUARDED_BY(mu) = v1::SERVER_ROLE_NONE;
+  int32_t shard ABSL_GUARDED_BY(mu) = -1;
+  std::string primary ABSL_GUARDED_BY(mu);         // of our shard
+  std::string synced_primary ABSL_GUARDED_BY(mu);  // backup: whose snapshot we hold
+  absl::flat_hash_map<std::string, std::unique_ptr<Sender>> senders ABSL_GUARDED_BY(mu);
+  absl::flat_hash_set<std::string> counted ABSL_GUARDED_BY(mu);
+  std::multimap<uint64_t, Callback> pending ABSL_GUARDED_BY(mu);
+  uint64_t appended ABSL_GUARDED_BY(mu) = 0;       // last LSN appended (primary)
+  uint64_t max_completed ABSL_GUARDED_BY(mu) = 0;  // highest LSN acknowledged to a client
+  uint64_t snapshot_counter ABSL_GUARDED_BY(mu) = 0;
+  uint64_t snapshots_sent ABSL_GUARDED_BY(mu) = 0;
+  uint64_t snapshots_installed ABSL_GUARDED_BY(mu) = 0;
+  uint64_t fenced_refusals ABSL_GUARDED_BY(mu) = 0;
+  absl::Time last_heartbeat ABSL_GUARDED_BY(mu) = absl::InfinitePast();
+  std::thread heartbeat_thread;
+
+  // Serializes the application of batches and snapshot chunks on a backup.
+  absl::Mutex replay_mu;
+
+  Impl(const ReplicatorOptions& o, ServerCore* c) : options(o), core(c) {
+    coordinator = v1::Coordinator::NewStub(MakeChannel(options.coordinator));
+  }
+
+  // ---- Map and roles ----
+
+  void HeartbeatLoop() {
+    while (true) {
+      v1::HeartbeatRequest req;
+      {
+        absl::MutexLock lock(&mu);
+        if (stopping) return;
+        poked = false;
+        v1::ServerStatus* st = req.mutable_status();
+        st->set_address(address);
+        st->set_incarnation(incarnation);
+        st->set_epoch(epoch);
+        st->set_role(role);
+        st->set_metrics_port(options.metrics_port);
+      }
+      req.mutable_status()->set_shard(core->shard_index());
+      req.mutable_status()->set_lsn(core->lsn());
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(1000));
+      v1::HeartbeatResponse resp;
+      const grpc::Status s = coordinator->Heartbeat(&ctx, req, &resp);
+      if (s.ok()) {
+        {
+          absl::MutexLock lock(&mu);
+          last_heartbeat = absl::Now();
+        }
+        ApplyMap(resp.map());
+      }
+      absl::MutexLock lock(&mu);
+      auto wake = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu) { return stopping || poked; };
+      mu.AwaitWithTimeout(absl::Condition(&wake), absl::Milliseconds(options.heartbeat_ms));
+      if (poked && !stopping) {  // at most one extra heartbeat per 20 ms
+        mu.Unlock();
+        absl::SleepFor(absl::Milliseconds(20));
+        mu.Lock();
+      }
+    }
+  }
+
+  void ApplyMap(const v1::ClusterMap& m) {
+    int32_t my_shard = -1;
+    int my_index = -1;
+    for (int s = 0; s < m.shards_size(); ++s) {
+      const auto& replicas = m.shards(s).replicas();
+      for (int i = 0; i < replicas.size(); ++i) {
+        if (replicas[i].address() == address) {
+          my_shard = s;
+          my_index = i;
+        }
+      }
+    }
+    if (my_shard >= 0) {
+      if (absl::Status st = core->Bind(my_shard, m.num_shards()); !st.ok()) {
+        LogError("cannot take shard %d: %s", my_shard, st.ToString());
+        my_shard = -1;
+      }
+    }
+    std::vector<std::pair<Callback, absl::Status>> done;
+    std::vector<std::unique_ptr<Sender>> stopped;
+    const uint64_t core_lsn = core->lsn();  // (not under mu: Append runs under the order)
+    {
+      absl::MutexLock lock(&mu);
+      if (m.epoch() < epoch || stopping) return;
+      appended = std::max(appended, core_lsn);
+      const bool changed = m.epoch() != epoch;
+      map = m;
+      epoch = m.epoch();
+      const v1::ServerRole old_role = role;
+      const std::string old_primary = primary;
+      if (my_shard < 0) {
+        role = v1::SERVER_ROLE_NONE;
+        primary.clear();
+      } else {
+        const auto& replicas = m.shards(my_shard).replicas();
+        primary = replicas[0].address();
+        role = my_index == 0 ? v1::SERVER_ROLE_PRIMARY
+               : replicas[my_index].state() == v1::REPLICA_STATE_LIVE ? v1::SERVER_ROLE_BACKUP
+                                                                       : v1::SERVER_ROLE_JOINING;
+      }
+      shard = my_shard;
+      if (primary != old_primary) synced_primary.clear();
+      const bool is_primary = role == v1::SERVER_ROLE_PRIMARY;
+      core->SetRouting(epoch, is_primary);
+      if (changed && (role != old_role || primary != old_primary)) {
+        LogInfo("shard-map epoch %u: %s%s", epoch, v1::ServerRole_Name(role),
+                my_shard >= 0 ? absl::StrCat(" of shard ", my_shard, " (primary ", primary, ")")
+                              : std::string());
+      }
+      if (!is_primary) {
+        for (auto& [addr, sender] : senders) stopped.push_back(std::move(sender));
+        senders.clear();
+        counted.clear();
+        for (auto& [lsn, cb] : pending) {
+          done.emplace_back(std::move(cb),
+                            Reroute(absl::FailedPreconditionError(absl::StrFormat(
+                                "this server stopped being the primary of shard %d at epoch %u "
+                                "before the push reached its backups; retry at the new primary",
+                                my_shard, epoch))));
+        }
+        pending.clear();
+      } else {
+        absl::flat_hash_set<std::string> in_map;
+        absl::flat_hash_set<std::string> live;
+        const auto& replicas = m.shards(my_shard).replicas();
+        for (int i = 1; i < replicas.size(); ++i) {
+          in_map.insert(replicas[i].address());
+          if (replicas[i].state() == v1::REPLICA_STATE_LIVE) live.insert(replicas[i].address());
+        }
+        for (auto it = senders.begin(); it != senders.end();) {
+          auto next = std::next(it);
+          if (!in_map.contains(it->first)) {
+            stopped.push_back(std::move(it->second));
+            senders.erase(it);
+          }
+          it = next;
+        }
+        absl::flat_hash_set<std::string> now_counted;
+        for (const std::string& a : in_map) {
+          if (live.contains(a) || counted.contains(a)) now_counted.insert(a);
+          if (!senders.contains(a)) StartSender(a);
+        }
+        counted = std::move(now_counted);
+        Recompute(&done);
+      }
+    }
+    StopSenders(std::move(stopped));
+    for (auto& [cb, st] : done) cb(st);
+  }
+
+  // ---- Primary: acknowledgements ----
+
+  // Completes every pending acknowledgement that every counted backup has reached.
+  void Recompute(std::vector<std::pair<Callback, absl::Status>>* done)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    uint64_t reached = appended;
+    for (const std::string& a : counted) {
+      auto it = senders.find(a);
+      reached = std::min(reached, it == senders.end() ? 0 : it->second->acked);
+    }
+    while (!pending.empty() && pending.begin()->first <= reached) {
+      max_completed = std::max(max_completed, pending.begin()->first);
+      done->emplace_back(std::move(pending.begin()->second), absl::OkStatus());
+      pending.erase(pending.begin());
+    }
+  }
+
+  void WhenReplicated(uint64_t lsn, Callback cb) {
+    std::vector<std::pair<Callback, absl::Status>> done;
+    {
+      absl::MutexLock lock(&mu);
+      if (stopping) {
+        done.emplace_back(std::move(cb), absl::UnavailableError("server shutting down; retry"));
+      } else if (role != v1::SERVER_ROLE_PRIMARY) {
+        done.emplace_back(std::move(cb),
+                          Reroute(absl::FailedPreconditionError(
+                              "this server stopped being the primary before the push reached "
+                              "its backups; retry at the new primary")));
+      } else {
+        pending.emplace(lsn, std::move(cb));
+        Recompute(&done);
+      }
+    }
+    for (auto& [c, st] : done) c(st);
+  }
+
+  void Append(uint64_t lsn, int kind, const void* request) {
+    absl::MutexLock lock(&mu);
+    appended = std::max(appended, lsn);
+    if (request == nullptr) return;
+    for (auto& [addr, s] : senders) {
+      s->queue.push_back({lsn, kind, *static_cast<const grpc::ByteBuffer*>(request)});
+    }
+  }
+
+  // ---- Primary: senders ----
+
+  void StartSender(const std::string& address) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    auto s = std::make_unique<Sender>();
+    s->address = address;
+    s->channel = MakeChannel(address);
+    s->stub = v1::Replication::NewStub(s->channel);
+    s->generic = std::make_unique<grpc::GenericStub>(s->channel);
+    Sender* raw = s.get();
+    senders.emplace(address, std::move(s));
+    raw->thread = std::thread([this, raw] { SendLoop(raw); });
+  }
+
+  void StopSenders(std::vector<std::unique_ptr<Sender>> stopped) {
+    {
+      absl::MutexLock lock(&mu);
+      for (auto& s : stopped) s->stop = true;
+    }
+    for (auto& s : stopped) s->thread.join();
+  }
+
+  void Backoff(Sender* s, int* failures) {
+    *failures = std::min(*failures + 1, 6);
+    absl::MutexLock lock(&mu);
+    auto stop = [s]() { return s->stop; };
+    mu.AwaitWithTimeout(absl::Condition(&stop), absl::Milliseconds(10 << *failures));
+  }
+
+  void SendLoop(Sender* s) {
+    int failures = 0;
+    while (true) {
+      bool snapshot = false, report = false;
+      std::vector<Entry*> batch;
+      v1::ReplicateRequest header;
+      {
+        absl::MutexLock lock(&mu);
+        auto ready = [s]() {
+          return s->stop || s->needs_snapshot || s->report_caught_up || !s->queue.empty();
+        };
+        mu.AwaitWithTimeout(absl::Condition(&ready), absl::Milliseconds(200));
+        if (s->stop) return;
+        if (s->needs_snapshot) {
+          snapshot = true;
+          s->snapshotting = true;
+        } else if (s->report_caught_up) {
+          report = true;
+        } else if (!s->queue.empty()) {
+          size_t bytes = 0;
+          for (Entry& e : s->queue) {
+            if (!batch.empty() && (bytes >= options.max_batch_bytes || batch.size() >= 4096)) break;
+            batch.push_back(&e);
+            bytes += e.request.Length();
+          }
+          header.set_epoch(epoch);
+          header.set_shard(static_cast<uint32_t>(shard));
+          header.set_primary(address);
+          header.set_first_lsn(batch.front()->lsn);
+        } else {
+          continue;
+        }
+      }
+      absl::Status st;
+      if (snapshot) {
+        st = SendSnapshot(s);
+      } else if (report) {
+        st = ReportCaughtUp(s);
+      } else {
+        // Entries stay in the queue (and alive) until acknowledged; only this thread pops.
+        st = SendBatch(s, header, batch);
+      }
+      if (st.ok()) {
+        failures = 0;
+      } else {
+        if (st.code() == absl::StatusCode::kFailedPrecondition) {
+          Poke();
+          if (absl::StrContains(st.message(), "snapshot")) {
+            absl::MutexLock lock(&mu);
+            s->needs_snapshot = true;
+          }
+        }
+        LogWarning("replication to %s: %s", s->address, st.ToString());
+        Backoff(s, &failures);
+      }
+    }
+  }
+
+  absl::Status SendBatch(Sender* s, const v1::ReplicateRequest& header,
+                         const std::vector<Entry*>& batch) {
+    const grpc::ByteBuffer request = EncodeBatch(header, batch);
+    grpc::ByteBuffer response;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    absl::Notification finished;
+    grpc::Status status;
+    s->generic->UnaryCall(&ctx, "/tessera.v1.Replication/Replicate", grpc::StubOptions(), &request,
+                          &response, [&](grpc::Status st) {
+                            status = std::move(st);
+                            finished.Notify();
+                          });
+    finished.WaitForNotification();
+    if (!status.ok()) return FromGrpcStatus(status);
+    v1::ReplicateResponse resp;
+    std::vector<grpc::Slice> slices;
+    (void)response.Dump(&slices);
+    std::string bytes;
+    for (const auto& sl : slices) bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+    if (!resp.ParseFromString(bytes)) return absl::DataLossError("malformed ReplicateResponse");
+    std::vector<std::pair<Callback, absl::Status>> done;
+    {
+      absl::MutexLock lock(&mu);
+      s->acked = std::max(s->acked, resp.lsn());
+      while (!s->queue.empty() && s->queue.front().lsn <= s->acked) s->queue.pop_front();
+      MaybeCaughtUp(s);
+      Recompute(&done);
+    }
+    for (auto& [cb, st] : done) cb(st);
+    return absl::OkStatus();
+  }
+
+  // A joining replica counts for acknowledgements once it has every change this primary has
+  // acknowledged; then the coordinator is told, and makes it LIVE.
+  void MaybeCaughtUp(Sender* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (counted.contains(s->address) || s->needs_snapshot || s->snapshotting) return;
+    if (s->acked < max_completed) return;
+    counted.insert(s->address);
+    s->report_caught_up = true;
+  }
+
+  absl::Status ReportCaughtUp(Sender* s) {
+    v1::ReportCaughtUpRequest req;
+    {
+      absl::MutexLock lock(&mu);
+      req.set_epoch(epoch);
+      req.set_shard(static_cast<uint32_t>(shard));
+      req.set_primary(address);
+      req.set_replica(s->address);
+    }
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    v1::ReportCaughtUpResponse resp;
+    const grpc::Status status = coordinator->ReportCaughtUp(&ctx, req, &resp);
+    if (!status.ok()) return FromGrpcStatus(status);
+    {
+      absl::MutexLock lock(&mu);
+      s->report_caught_up = false;
+    }
+    LogInfo("replica %s of shard %u caught up", req.replica(), req.shard());
+    Poke();  // the heartbeat thread applies the new map (this thread may be stopped by it)
+    return absl::OkStatus();
+  }
+
+  absl::Status SendSnapshot(Sender* s) {
+    uint64_t id, seq = 0;
+    v1::InstallSnapshotRequest base;
+    {
+      absl::MutexLock lock(&mu);
+      id = ++snapshot_counter;
+      s->snapshot_bytes = 0;
+    }
+    const absl::Time start = absl::Now();
+    absl::StatusOr<uint64_t> cut = core->ExportSnapshot(
+        options.max_batch_bytes, [&](v1::InstallSnapshotRequest& chunk) -> absl::Status {
+          {
+            absl::MutexLock lock(&mu);
+            if (s->stop) return absl::CancelledError("replica removed");
+            chunk.set_epoch(epoch);
+            chunk.set_shard(static_cast<uint32_t>(shard));
+          }
+          chunk.set_primary(address);
+          chunk.set_snapshot_id(id);
+          chunk.set_seq(seq++);
+          grpc::ClientContext ctx;
+          ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+          v1::InstallSnapshotResponse resp;
+          const grpc::Status st = s->stub->InstallSnapshot(&ctx, chunk, &resp);
+          absl::MutexLock lock(&mu);
+          s->snapshot_bytes += chunk.ByteSizeLong();
+          return FromGrpcStatus(st);
+        });
+    absl::MutexLock lock(&mu);
+    s->snapshotting = false;
+    if (!cut.ok()) return cut.status();
+    s->needs_snapshot = false;
+    s->acked = *cut;
+    while (!s->queue.empty() && s->queue.front().lsn <= *cut) s->queue.pop_front();
+    ++snapshots_sent;
+    MaybeCaughtUp(s);
+    LogInfo("sent a snapshot of shard %d at LSN %u to %s: %.1f MB in %.2f s", shard, *cut,
+            s->address, s->snapshot_bytes / 1e6, absl::ToDoubleSeconds(absl::Now() - start));
+    return absl::OkStatus();
+  }
+
+  // ---- Backup: the Replication service ----
+
+  // Fencing: only our shard's primary, as our map has it, may send.
+  absl::Status CheckSender(uint64_t req_epoch, uint32_t req_shard, const std::string& sender)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (req_epoch > epoch) {
+      poked = true;
+      return absl::UnavailableError(absl::StrFormat(
+          "replica %s is at shard-map epoch %u, behind the sender's %u; retry", address,
+          epoch, req_epoch));
+    }
+    const bool replica = role == v1::SERVER_ROLE_BACKUP || role == v1::SERVER_ROLE_JOINING;
+    if (!replica || shard != static_cast<int32_t>(req_shard) || primary != sender) {
+      ++fenced_refusals;
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "%s is not a replica of shard %u with primary %s at shard-map epoch %u (its primary: "
+          "%s); the sender is not the primary",
+          address, req_shard, sender, epoch, primary.empty() ? "none" : primary));
+    }
+    return absl::OkStatus();
+  }
+
+  grpc::ServerUnaryReactor* Replicate(grpc::CallbackServerContext* ctx,
+                                      const v1::ReplicateRequest* req,
+                                      v1::ReplicateResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    absl::Status st;
+    {
+      absl::MutexLock lock(&mu);
+      st = CheckSender(req->epoch(), req->shard(), req->primary());
+      if (st.ok() && synced_primary != req->primary()) {
+        st = absl::FailedPreconditionError(absl::StrFormat(
+            "%s holds no snapshot from %s yet: send a snapshot first", address,
+            req->primary()));
+      }
+    }
+    if (st.ok()) {
+      absl::MutexLock replay(&replay_mu);
+      for (int i = 0; i < req->entries_size() && st.ok(); ++i) {
+        st = core->ApplyReplicated(req->first_lsn() + i, req->entries(i).kind(),
+                                   req->entries(i).request());
+      }
+      if (!st.ok() && st.code() == absl::StatusCode::kFailedPrecondition) {
+        st = absl::FailedPreconditionError(
+            absl::StrCat(st.message(), ": send a snapshot"));  // a gap
+      }
+      resp->set_lsn(core->lsn());
+    }
+    reactor->Finish(ToGrpcStatus(st));
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* InstallSnapshot(grpc::CallbackServerContext* ctx,
+                                            const v1::InstallSnapshotRequest* req,
+                                            v1::InstallSnapshotResponse*) override {
+    auto* reactor = ctx->DefaultReactor();
+    absl::Status st;
+    {
+      absl::MutexLock lock(&mu);
+      st = CheckSender(req->epoch(), req->shard(), req->primary());
+      if (st.ok() && req->seq() == 0) synced_primary.clear();
+    }
+    if (st.ok()) {
+      absl::MutexLock replay(&replay_mu);
+      st = core->InstallSnapshot(*req);
+    }
+    if (st.ok() && req->done()) {
+      absl::MutexLock lock(&mu);
+      synced_primary = req->primary();
+      ++snapshots_installed;
+    }
+    reactor->Finish(ToGrpcStatus(st));
+    return reactor;
+  }
+
+  void Poke() {
+    absl::MutexLock lock(&mu);
+    poked = true;
+  }
+};
+
+Replicator::Replicator(const ReplicatorOptions& options, ServerCore* core)
+    : impl_(std::make_unique<Impl>(options, core)) {}
+
+Replicator::~Replicator() { Stop(); }
+
+void Replicator::Start(const std::string& address) {
+  impl_->address = address;
+  impl_->core->SetNewerMapCallback([this] { Poke(); });
+  impl_->heartbeat_thread = std::thread([this] { impl_->HeartbeatLoop(); });
+}
+
+void Replicator::Stop() {
+  std::vector<std::unique_ptr<Impl::Sender>> stopped;
+  std::vector<Callback> failed;
+  {
+    absl::MutexLock lock(&impl_->mu);
+    if (impl_->stopping) return;
+    impl_->stopping = true;
+    impl_->core->SetRouting(impl_->epoch, /*serving=*/false);
+    for (auto& [addr, s] : impl_->senders) stopped.push_back(std::move(s));
+    impl_->senders.clear();
+    for (auto& [lsn, cb] : impl_->pending) failed.push_back(std::move(cb));
+    impl_->pending.clear();
+  }
+  if (impl_->heartbeat_thread.joinable()) impl_->heartbeat_thread.join();
+  impl_->StopSenders(std::move(stopped));
+  for (auto& cb : failed) cb(absl::UnavailableError("server shutting down"));
+}
+
+void Replicator::Append(uint64_t lsn, int kind, const void* request) {
+  impl_->Append(lsn, kind, request);
+}
+
+void Replicator::WhenReplicated(uint64_t lsn, std::function<void(absl::Status)> done) {
+  impl_->WhenReplicated(lsn, std::move(done));
+}
+
+grpc::Service* Replicator::service() { return impl_.get(); }
+
+void Replicator::Poke() { impl_->Poke(); }
+
+ReplicationStats Replicator::Stats() const {
+  ReplicationStats out;
+  absl::MutexLock lock(&impl_->mu);
+  out.epoch = impl_->epoch;
+  out.role = impl_->role;
+  out.shard = impl_->shard;
+  out.lsn = impl_->appended;
+  for (const auto& [addr, s] : impl_->senders) {
+    ReplicationStats::Backup b;
+    b.address = addr;
+    b.live = impl_->counted.contains(addr);
+    b.catching_up = s->needs_snapshot || s->snapshotting;
+    b.acked_lsn = s->acked;
+    b.lag = impl_->appended > s->acked ? impl_->appended - s->acked : 0;
+    b.snapshot_bytes_sent = s->snapshot_bytes;
+    out.backups.push_back(std::move(b));
+  }
+  out.snapshots_sent = impl_->snapshots_sent;
+  out.snapshots_installed = impl_->snapshots_installed;
+  out.fenced_refusals = impl_->fenced_refusals;
+  out.seconds_since_heartbeat = absl::ToDoubleSeconds(absl::Now() - impl_->last_heartbeat);
+  return out;
+}
+
+}  // namespace tessera

@@ -1,0 +1,281 @@
+// ServerCore's side of replication: replaying a primary's changes on a backup, and the
+// catch-up snapshot (export on the primary, install on the joining replica). Design and
+// invariants: docs/replication.md.
+#include <algorithm>
+#include <limits>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_format.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "common/wire.h"
+#include "proto/cluster.pb.h"
+#include "proto/tessera.pb.h"
+#include "server/dense_table.h"
+#include "server/server_core.h"
+#include "server/sparse_table.h"
+
+namespace tessera {
+namespace {
+
+// running_checkpoint_ while a catch-up cut is being streamed (checkpoints wait for it).
+constexpr uint64_t kCatchUpRunning = std::numeric_limits<uint64_t>::max();
+
+template <typename Req>
+absl::Status ParseEntry(const std::string& bytes, Req* req) {
+  if (req->ParseFromString(bytes)) return absl::OkStatus();
+  return absl::DataLossError(absl::StrFormat("replicated %s (%u bytes) does not parse",
+                                             Req::descriptor()->full_name(), bytes.size()));
+}
+
+}  // namespace
+
+absl::Status ServerCore::ApplyReplicated(uint64_t lsn, int kind, const std::string& request) {
+  const uint64_t before = this->lsn();
+  if (lsn <= before) return absl::OkStatus();  // applied before (a resent batch)
+  if (lsn != before + 1) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("replicated change %u does not follow this replica's %u", lsn, before));
+  }
+  absl::Status status;
+  switch (kind) {
+    case v1::LOG_ENTRY_KIND_CREATE_TABLE: {
+      v1::CreateTableRequest req;
+      v1::CreateTableResponse resp;
+      status = ParseEntry(request, &req);
+      if (status.ok()) status = CreateTableImpl(req, &resp, nullptr, /*replicated=*/true);
+      break;
+    }
+    case v1::LOG_ENTRY_KIND_DROP_TABLE: {
+      v1::DropTableRequest req;
+      v1::DropTableResponse resp;
+      status = ParseEntry(request, &req);
+      if (status.ok()) status = DropTableImpl(req, &resp, nullptr, /*replicated=*/true);
+      break;
+    }
+    case v1::LOG_ENTRY_KIND_PUSH_SPARSE: {
+      v1::PushSparseRequest req;
+      v1::PushResponse resp;
+      status = ParseEntry(request, &req);
+      if (status.ok()) status = PushSparseImpl(req, &resp, nullptr, /*replicated=*/true);
+      break;
+    }
+    case v1::LOG_ENTRY_KIND_PUSH_DENSE: {
+      v1::PushDenseRequest req;
+      v1::PushResponse resp;
+      status = ParseEntry(request, &req);
+      if (status.ok()) status = PushDenseImpl(req, &resp, nullptr, /*replicated=*/true);
+      break;
+    }
+    default:
+      status = absl::InvalidArgumentError(absl::StrFormat("unknown log entry kind %d", kind));
+  }
+  absl::MutexLock order(&order_mu_);
+  if (lsn_ == before) {
+    // The primary applied this change and this replica could not: the replicas differ from
+    // here on. Keep the order aligned and say so loudly.
+    LogError("replicated change %u (kind %d) failed on this replica: %s", lsn, kind,
+             status.ToString());
+    NextLsn(kind, nullptr);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> ServerCore::ExportSnapshot(
+    size_t chunk_bytes, const std::function<absl::Status(v1::InstallSnapshotRequest&)>& send) {
+  {
+    absl::MutexLock lock(&ckpt_mu_);
+    if (running_checkpoint_ != 0) {
+      return absl::UnavailableError("a checkpoint is being written; catch-up waits for it");
+    }
+    running_checkpoint_ = kCatchUpRunning;
+  }
+  absl::Cleanup not_running = [this] {
+    absl::MutexLock lock(&ckpt_mu_);
+    running_checkpoint_ = 0;
+  };
+
+  // The cut: an LSN and copy-on-write in every table, under the order and the gate.
+  std::vector<std::shared_ptr<Table>> tables;
+  std::vector<PushDeduplicator::ClientSnapshot> dedup;
+  uint64_t cut_gen, cut_lsn;
+  {
+    absl::MutexLock order(&order_mu_);
+    absl::WriterMutexLock gate(&gate_);
+    cut_lsn = lsn_;
+    cut_gen = generation_.fetch_add(1);
+    {
+      absl::ReaderMutexLock lock(&tables_mu_);
+      for (const auto& [name, table] : tables_) tables.push_back(table);
+    }
+    for (const auto& t : tables) {
+      if (t->sparse != nullptr) {
+        t->sparse->BeginCut(cut_gen);
+      } else {
+        t->dense->BeginCut(cut_gen);
+      }
+    }
+    dedup = dedup_.Snapshot();
+  }
+  absl::Cleanup end_cut = [&] {
+    for (const auto& t : tables) {
+      if (t->sparse != nullptr) t->sparse->EndCut();
+      if (t->dense != nullptr) t->dense->EndCut();
+    }
+  };
+
+  v1::InstallSnapshotRequest chunk;
+  size_t bytes = 0;
+  auto flush = [&]() -> absl::Status {
+    absl::Status s = send(chunk);
+    chunk.Clear();
+    bytes = 0;
+    return s;
+  };
+  for (const auto& t : tables) TableConfigToProto(t->config, chunk.add_tables());
+  TESSERA_RETURN_IF_ERROR(flush());
+  VshardSnapshot snap;
+  for (const auto& t : tables) {
+    if (t->sparse != nullptr) {
+      SparseTable& sparse = *t->sparse;
+      for (uint32_t v = 0; v < sparse.num_vshards(); ++v) {
+        if (!sparse.Owns(v)) continue;
+        sparse.TakeVshard(v, cut_gen, /*parent_gen=*/0, &snap);
+        if (snap.keys.empty()) continue;
+        v1::SnapshotRows* rows = chunk.add_rows();
+        TableConfigToProto(t->config, rows->mutable_spec());
+        rows->set_vshard(v);
+        rows->set_keys(snap.keys.data(), snap.keys.size() * sizeof(uint64_t));
+        rows->set_payload(std::move(snap.payload));
+        snap.payload.clear();
+        bytes += rows->keys().size() + rows->payload().size();
+        if (bytes >= chunk_bytes) TESSERA_RETURN_IF_ERROR(flush());
+      }
+    } else {
+      DenseTable& dense = *t->dense;
+      for (uint64_t b = 0; b < dense.layout().num_blocks(); ++b) {
+        if (!dense.Holds(b)) continue;
+        std::string payload(dense.BlockPayloadBytes(b), '\0');
+        if (!dense.TakeBlock(b, cut_gen, /*parent_gen=*/0, payload.data())) continue;
+        v1::SnapshotRows* rows = chunk.add_rows();
+        TableConfigToProto(t->config, rows->mutable_spec());
+        rows->set_vshard(dense.VshardOf(b));
+        rows->set_dense_block(b);
+        rows->set_payload(std::move(payload));
+        bytes += rows->payload().size();
+        if (bytes >= chunk_bytes) TESSERA_RETURN_IF_ERROR(flush());
+      }
+    }
+  }
+  for (const PushDeduplicator::ClientSnapshot& c : dedup) {
+    v1::SnapshotClient* client = chunk.add_clients();
+    client->set_client_id(c.client_id);
+    client->set_floor(c.floor);
+    for (uint64_t seq : c.applied) client->add_applied(seq);
+  }
+  chunk.set_done(true);
+  chunk.set_lsn(cut_lsn);
+  TESSERA_RETURN_IF_ERROR(flush());
+  return cut_lsn;
+}
+
+absl::Status ServerCore::InstallSnapshot(const v1::InstallSnapshotRequest& req) {
+  if (!bound()) return absl::FailedPreconditionError("this server is not bound to a shard");
+  absl::MutexLock lock(&snap_mu_);
+  if (req.seq() == 0) {
+    incoming_ = std::make_unique<IncomingSnapshot>();
+    incoming_->id = req.snapshot_id();
+    for (const v1::TableSpec& spec : req.tables()) {
+      absl::StatusOr<TableConfig> parsed = TableConfigFromProto(spec);
+      if (!parsed.ok()) return parsed.status();
+      absl::StatusOr<TableConfig> config = ResolveTableConfig(*parsed);
+      if (!config.ok()) return config.status();
+      auto table = std::make_shared<Table>();
+      table->config = *config;
+      table->incarnation = next_incarnation_.fetch_add(1);
+      if (config->kind == TableKind::kSparse) {
+        table->sparse = std::make_unique<SparseTable>(*config, owned_);
+      } else {
+        table->dense = std::make_unique<DenseTable>(*config, owned_, /*initialize=*/false);
+        if (!table->dense->allocated()) {
+          return absl::ResourceExhaustedError(
+              absl::StrFormat("cannot map memory for table '%s'", config->name));
+        }
+      }
+      incoming_->tables.emplace(config->name, std::move(table));
+    }
+  } else if (incoming_ == nullptr || incoming_->id != req.snapshot_id() ||
+             incoming_->next_seq != req.seq()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "snapshot %u chunk %u is out of order; the primary must start again", req.snapshot_id(),
+        req.seq()));
+  }
+  IncomingSnapshot& in = *incoming_;
+  for (const v1::SnapshotRows& rows : req.rows()) {
+    auto it = in.tables.find(rows.spec().name());
+    if (it == in.tables.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("snapshot rows for unknown table '%s'", rows.spec().name()));
+    }
+    Table& t = *it->second;
+    if (t.sparse != nullptr) {
+      SparseTable& sparse = *t.sparse;
+      const size_t n = rows.keys().size() / sizeof(uint64_t);
+      const size_t rb = sparse.row_bytes();
+      if (rows.keys().size() != n * sizeof(uint64_t) || rows.payload().size() != n * rb ||
+          rows.vshard() >= sparse.num_vshards() || !sparse.Owns(rows.vshard())) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "snapshot rows of table '%s' (vshard %u) do not fit", rows.spec().name(),
+            rows.vshard()));
+      }
+      std::vector<uint64_t> scratch;
+      absl::Span<const uint64_t> keys = PackedView<uint64_t>(rows.keys(), &scratch);
+      for (size_t i = 0; i < n; ++i) {
+        if (VshardOfKey(keys[i], sparse.num_vshards()) != rows.vshard()) {
+          return absl::InvalidArgumentError(absl::StrFormat(
+              "snapshot key %u of table '%s' is not in vshard %u", keys[i], rows.spec().name(),
+              rows.vshard()));
+        }
+        sparse.LoadRow(rows.vshard(), keys[i],
+                       absl::string_view(rows.payload().data() + i * rb, rb));
+      }
+    } else {
+      DenseTable& dense = *t.dense;
+      const uint64_t b = rows.dense_block();
+      if (b >= dense.layout().num_blocks() || !dense.Holds(b) ||
+          rows.payload().size() != dense.BlockPayloadBytes(b)) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "snapshot block %u of table '%s' does not fit", b, rows.spec().name()));
+      }
+      dense.LoadBlock(b, rows.payload());
+    }
+  }
+  ++in.next_seq;
+  if (!req.done()) return absl::OkStatus();
+
+  std::vector<PushDeduplicator::ClientSnapshot> clients;
+  for (const v1::SnapshotClient& c : req.clients()) {
+    clients.push_back({c.client_id(), c.floor(), {c.applied().begin(), c.applied().end()}});
+  }
+  absl::flat_hash_map<std::string, std::shared_ptr<Table>> old;  // freed outside the locks
+  const size_t num_tables = in.tables.size();
+  {
+    absl::MutexLock order(&order_mu_);
+    absl::WriterMutexLock gate(&gate_);
+    absl::MutexLock tables_lock(&tables_mu_);
+    old.swap(tables_);
+    tables_ = std::move(in.tables);
+    dedup_.Restore(clients);
+    lsn_ = req.lsn();
+  }
+  incoming_.reset();
+  {
+    absl::MutexLock ckpt(&ckpt_mu_);
+    known_cuts_.clear();  // increments need a full checkpoint of this state first
+  }
+  LogInfo("installed a snapshot of shard %u at LSN %u: %u tables", shard_index_, req.lsn(),
+          num_tables);
+  return absl::OkStatus();
+}
+
+}  // namespace tessera
