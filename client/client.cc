@@ -163,6 +163,23 @@ Endpoint::Endpoint(const std::string& addr, const ClientOptions& options) : addr
   }
 }
 
+void Endpoint::Register(grpc::ClientContext* ctx) {
+  absl::MutexLock lock(&calls_mu);
+  calls.insert(ctx);
+  if (retired) ctx->TryCancel();
+}
+
+void Endpoint::Unregister(grpc::ClientContext* ctx) {
+  absl::MutexLock lock(&calls_mu);
+  calls.erase(ctx);
+}
+
+void Endpoint::Retire() {
+  absl::MutexLock lock(&calls_mu);
+  retired = true;
+  for (grpc::ClientContext* ctx : calls) ctx->TryCancel();
+}
+
 }  // namespace client_internal
 
 bool Client::Impl::Retryable(const grpc::Status& status, const grpc::ClientContext& ctx) const {
@@ -230,7 +247,18 @@ void Client::Impl::RefreshLoop() {
       auto wanted = [this]() ABSL_SHARED_LOCKS_REQUIRED(refresh_mu) {
         return refresh_wanted || stopping;
       };
-      refresh_mu.Await(absl::Condition(&wanted));
+      // While calls are in flight the map is also fetched every 500 ms: a call to a stalled
+      // primary fails no faster than its deadline, and the map tells of its replacement.
+      if (!refresh_mu.AwaitWithTimeout(absl::Condition(&wanted), absl::Milliseconds(500))) {
+        refresh_mu.Unlock();
+        bool busy;
+        {
+          absl::MutexLock calls(&calls_mu);
+          busy = active_rpcs > 0;
+        }
+        refresh_mu.Lock();
+        if (!busy && !refresh_wanted && !stopping) continue;
+      }
       if (stopping) return;
       refresh_wanted = false;
     }

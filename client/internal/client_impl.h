@@ -10,10 +10,12 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/container/btree_set.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "client/client.h"
@@ -62,6 +64,17 @@ struct Endpoint {
 
   Endpoint(const std::string& address, const ClientOptions& options);
 
+  // Calls in flight on the data path. Once this endpoint is no longer the shard's primary
+  // (Retire), they are cancelled so that they retry at the new one at once instead of waiting
+  // out their deadline on a stalled server.
+  void Register(grpc::ClientContext* ctx) ABSL_LOCKS_EXCLUDED(calls_mu);
+  void Unregister(grpc::ClientContext* ctx) ABSL_LOCKS_EXCLUDED(calls_mu);
+  void Retire() ABSL_LOCKS_EXCLUDED(calls_mu);
+
+  absl::Mutex calls_mu;
+  absl::flat_hash_set<grpc::ClientContext*> calls ABSL_GUARDED_BY(calls_mu);
+  bool retired ABSL_GUARDED_BY(calls_mu) = false;
+
   v1::ParameterServer::Stub* NextStub() {
     return stubs[next_stub.fetch_add(1, std::memory_order_relaxed) % stubs.size()].get();
   }
@@ -82,8 +95,12 @@ class ServerConn {
     return endpoint_;
   }
   void Replace(std::shared_ptr<Endpoint> endpoint) ABSL_LOCKS_EXCLUDED(mu_) {
-    absl::MutexLock lock(&mu_);
-    endpoint_ = std::move(endpoint);
+    std::shared_ptr<Endpoint> old;
+    {
+      absl::MutexLock lock(&mu_);
+      old = std::exchange(endpoint_, std::move(endpoint));
+    }
+    if (old != nullptr) old->Retire();
   }
 
   PushWindow pushes;

@@ -52,12 +52,14 @@ void Rpc::Attempt() {
   }
   const grpc::ByteBuffer request = encode(*this);
   response_.Clear();
+  endpoint_->Register(ctx_.get());
   endpoint_->NextGenericStub()->UnaryCall(ctx_.get(), method_, grpc::StubOptions(), &request,
                                           &response_,
                                           [this](grpc::Status s) { OnDone(std::move(s)); });
 }
 
 void Rpc::OnDone(grpc::Status s) {
+  if (endpoint_ != nullptr) endpoint_->Unregister(ctx_.get());
   const bool retryable = impl_->Retryable(s, *ctx_);
   if (retryable) impl_->RequestRefresh();  // the shard may have a new primary
   if (retryable && impl_->MayRetry(attempt_, first_attempt_)) {

@@ -212,6 +212,7 @@ bool ClusterState::Heartbeat(const v1::ServerStatus& status, absl::Time now) {
   if (it == impl_->members.end()) {
     it = impl_->members.emplace(status.address(), Impl::Member{}).first;
     it->second.incarnation = status.incarnation();
+    it->second.alive = true;
     it->second.order = impl_->next_order++;
     LogInfo("%s registered", status.address());
     changed = true;

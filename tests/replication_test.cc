@@ -1,0 +1,352 @@
+// Fault tests of replication and failover (docs/replication.md): real tessera-coordinator and
+// tessera-server processes, real SIGKILL and SIGSTOP. Four clients push `add` updates all the
+// time; at the end every value must equal exactly the sum of the acknowledged pushes.
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <random>
+#include <thread>
+
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "client/client.h"
+#include "proto/tessera.grpc.pb.h"
+#include "tests/test_cluster.h"
+
+namespace tessera {
+namespace {
+
+using testing::RunCommand;
+
+constexpr uint32_t kKeys = 256;
+constexpr uint32_t kDim = 2;
+constexpr uint64_t kDenseSize = 2048;
+constexpr uint32_t kKeysPerPush = 24;
+
+std::unique_ptr<LocalCluster> StartReplicated(uint32_t servers, uint32_t replication,
+                                              uint32_t shards) {
+  LocalClusterOptions o;
+  o.server_binary = TESSERA_SERVER_BINARY;
+  o.coordinator_binary = TESSERA_COORDINATOR_BINARY;
+  o.num_servers = servers;
+  o.replication = replication;
+  o.num_shards = shards;
+  o.coordinator_args = {"--lease_ms=1000"};
+  o.extra_args = {"--heartbeat_ms=100"};
+  absl::StatusOr<std::unique_ptr<LocalCluster>> c = LocalCluster::Start(o);
+  INFO(c.status().ToString());
+  REQUIRE(c.ok());
+  return std::move(*c);
+}
+
+std::unique_ptr<Client> ConnectTo(const LocalCluster& cluster) {
+  ClientOptions o;
+  o.coordinator = cluster.coordinator_address();
+  absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(o);
+  INFO(c.status().ToString());
+  REQUIRE(c.ok());
+  return std::move(*c);
+}
+
+// Clients pushing `add` updates of small integers (exact in float) to a sparse and a dense
+// table, each keeping the sum of what was acknowledged to it.
+class Workload {
+ public:
+  Workload(const LocalCluster& cluster, int num_clients) : cluster_(cluster) {
+    std::unique_ptr<Client> admin = ConnectTo(cluster);
+    TableConfig sparse{.name = "sum", .kind = TableKind::kSparse, .dim = kDim};
+    sparse.optimizer.kind = OptimizerKind::kAdd;
+    TESSERA_REQUIRE_OK(admin->CreateTable(sparse).status());
+    TableConfig dense{.name = "dsum",
+                      .kind = TableKind::kDense,
+                      .dense_size = kDenseSize,
+                      .dense_block_elems = 256};
+    dense.optimizer.kind = OptimizerKind::kAdd;
+    TESSERA_REQUIRE_OK(admin->CreateTable(dense).status());
+    for (int c = 0; c < num_clients; ++c) {
+      clients_.push_back(std::make_unique<PerClient>());
+      clients_.back()->client = ConnectTo(cluster);
+    }
+  }
+
+  void Start() {
+    for (size_t c = 0; c < clients_.size(); ++c) {
+      threads_.emplace_back([this, c] { Run(c); });
+    }
+  }
+
+  void Stop() {
+    stop_ = true;
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+  }
+
+  uint64_t acked() const { return acked_.load(); }
+
+  // Waits until `n` more pushes were acknowledged: the cluster serves.
+  void WaitForMore(uint64_t n, absl::Duration timeout = absl::Seconds(60)) {
+    const uint64_t target = acked() + n;
+    const absl::Time deadline = absl::Now() + timeout;
+    absl::MutexLock lock(&mu_);
+    auto reached = [this, target]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      return acked_.load() >= target || !failures_.empty();
+    };
+    mu_.AwaitWithDeadline(absl::Condition(&reached), deadline);
+    INFO(absl::StrFormat("acknowledged %u of %u; failures: %s", acked(), target,
+                         failures_.empty() ? "none" : failures_.front()));
+    REQUIRE(failures_.empty());
+    REQUIRE(acked() >= target);
+  }
+
+  // Every value equals the sum of the acknowledged pushes; no push failed.
+  void Verify() {
+    {
+      absl::MutexLock lock(&mu_);
+      INFO(absl::StrFormat("%u failed pushes, first: %s", failures_.size(),
+                           failures_.empty() ? "" : failures_.front()));
+      REQUIRE(failures_.empty());
+    }
+    std::vector<double> want_sparse(kKeys * kDim, 0), want_dense(kDenseSize, 0);
+    uint64_t duplicates = 0;
+    for (const auto& c : clients_) {
+      for (size_t i = 0; i < want_sparse.size(); ++i) want_sparse[i] += c->sparse[i];
+      for (size_t i = 0; i < want_dense.size(); ++i) want_dense[i] += c->dense[i];
+      duplicates += c->client->duplicate_acks();
+    }
+    std::unique_ptr<Client> reader = ConnectTo(cluster_);
+    std::vector<uint64_t> keys(kKeys);
+    for (uint32_t k = 0; k < kKeys; ++k) keys[k] = k;
+    std::vector<float> got(kKeys * kDim);
+    TESSERA_REQUIRE_OK(reader->PullSparse("sum", keys, absl::MakeSpan(got)));
+    for (uint32_t k = 0; k < kKeys; ++k) {
+      for (uint32_t d = 0; d < kDim; ++d) {
+        const double want = want_sparse[k * kDim + d];
+        const double have = got[k * kDim + d];
+        if (want != have) {
+          FAIL(absl::StrFormat("sparse key %u column %u: the acknowledged pushes sum to %g, the "
+                               "cluster holds %g (%s)",
+                               k, d, want, have, have > want ? "applied twice" : "lost"));
+        }
+      }
+    }
+    std::vector<float> dense(kDenseSize);
+    TESSERA_REQUIRE_OK(reader->PullDense("dsum", 0, absl::MakeSpan(dense)));
+    for (uint64_t i = 0; i < kDenseSize; ++i) {
+      if (want_dense[i] != dense[i]) {
+        FAIL(absl::StrFormat("dense element %u: the acknowledged pushes sum to %g, the cluster "
+                             "holds %g (%s)",
+                             i, want_dense[i], dense[i],
+                             dense[i] > want_dense[i] ? "applied twice" : "lost"));
+      }
+    }
+    WARN(absl::StrFormat("verified %u acknowledged pushes (%u acknowledged as duplicates "
+                         "after a retry)",
+                         acked(), duplicates));
+  }
+
+ private:
+  struct PerClient {
+    std::unique_ptr<Client> client;
+    std::vector<double> sparse = std::vector<double>(kKeys * kDim, 0);
+    std::vector<double> dense = std::vector<double>(kDenseSize, 0);
+  };
+
+  void Run(size_t c) {
+    PerClient& me = *clients_[c];
+    std::mt19937_64 rng(c + 1);
+    std::vector<uint64_t> all(kKeys);
+    for (uint32_t k = 0; k < kKeys; ++k) all[k] = k;
+    for (uint64_t n = 0; !stop_; ++n) {
+      absl::Status st;
+      const float v = static_cast<float>(1 + (c + n) % 3);
+      if (n % 8 == 7) {
+        std::vector<float> values(kDenseSize, v);
+        st = me.client->PushDense("dsum", 0, values);
+        if (st.ok()) {
+          for (auto& x : me.dense) x += v;
+        }
+      } else {
+        std::shuffle(all.begin(), all.end(), rng);
+        std::vector<uint64_t> keys(all.begin(), all.begin() + kKeysPerPush);
+        std::vector<float> values(keys.size() * kDim, v);
+        st = me.client->PushSparse("sum", keys, values);
+        if (st.ok()) {
+          for (uint64_t k : keys) {
+            for (uint32_t d = 0; d < kDim; ++d) me.sparse[k * kDim + d] += v;
+          }
+        }
+      }
+      absl::MutexLock lock(&mu_);
+      if (!st.ok()) {
+        failures_.push_back(absl::StrFormat("client %u push %u: %s", c, n, st.ToString()));
+        return;
+      }
+      acked_.fetch_add(1);
+    }
+  }
+
+  const LocalCluster& cluster_;
+  std::vector<std::unique_ptr<PerClient>> clients_;
+  std::vector<std::thread> threads_;
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> acked_{0};
+  absl::Mutex mu_;
+  std::vector<std::string> failures_ ABSL_GUARDED_BY(mu_);
+};
+
+// Waits until the coordinator's map has a primary for `shard` other than server `old`.
+int WaitForNewPrimary(LocalCluster& cluster, uint32_t shard, int old,
+                      absl::Duration timeout = absl::Seconds(30)) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    absl::StatusOr<std::vector<int>> r = cluster.ReplicasOf(shard);
+    if (r.ok() && !r->empty() && (*r)[0] != old) return (*r)[0];
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  FAIL("no new primary for shard " << shard << " in time");
+  return -1;
+}
+
+void WaitForReplicas(LocalCluster& cluster) {
+  TESSERA_REQUIRE_OK(cluster.WaitForReplicas(absl::Seconds(60)));
+}
+
+TEST_CASE("R=2: killing primaries at 10 points loses and doubles no acknowledged push",
+          "[replication][fault]") {
+  auto cluster = StartReplicated(4, 2, 2);
+  Workload work(*cluster, 4);
+  work.Start();
+  std::mt19937 rng(7);
+  for (int k = 0; k < 10; ++k) {
+    work.WaitForMore(20 + rng() % 200);
+    const uint32_t shard = k % 2;
+    absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(shard);
+    REQUIRE(replicas.ok());
+    const int victim = (*replicas)[0];
+    kill(cluster->pid(victim), SIGKILL);
+    WaitForNewPrimary(*cluster, shard, victim);
+    work.WaitForMore(20);  // service goes on with one replica
+    TESSERA_REQUIRE_OK(cluster->RestartServer(victim));  // comes back empty, catches up
+    WaitForReplicas(*cluster);
+  }
+  work.WaitForMore(50);
+  work.Stop();
+  work.Verify();
+}
+
+TEST_CASE("R=2: killing backups at 10 points loses and doubles no acknowledged push",
+          "[replication][fault]") {
+  auto cluster = StartReplicated(4, 2, 2);
+  Workload work(*cluster, 4);
+  work.Start();
+  std::mt19937 rng(11);
+  for (int k = 0; k < 10; ++k) {
+    work.WaitForMore(20 + rng() % 200);
+    const uint32_t shard = k % 2;
+    absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(shard);
+    REQUIRE(replicas.ok());
+    REQUIRE(replicas->size() == 2);
+    const int victim = (*replicas)[1];
+    kill(cluster->pid(victim), SIGKILL);
+    work.WaitForMore(20);  // the primary goes on once the backup's lease expired
+    TESSERA_REQUIRE_OK(cluster->RestartServer(victim));
+    WaitForReplicas(*cluster);
+  }
+  work.WaitForMore(50);
+  work.Stop();
+  work.Verify();
+}
+
+TEST_CASE("R=2: a primary paused past its lease is fenced when it resumes",
+          "[replication][fault]") {
+  auto cluster = StartReplicated(2, 2, 1);
+  Workload work(*cluster, 4);
+  work.Start();
+  work.WaitForMore(100);
+  absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(0);
+  REQUIRE(replicas.ok());
+  const int paused = (*replicas)[0];
+  absl::StatusOr<uint64_t> old_epoch = cluster->Epoch();
+  REQUIRE(old_epoch.ok());
+  kill(cluster->pid(paused), SIGSTOP);
+  const int promoted = WaitForNewPrimary(*cluster, 0, paused);
+  work.WaitForMore(50);  // the promoted backup serves
+  work.Stop();
+
+  // A client that still has the old map writes to the old primary as it resumes.
+  kill(cluster->pid(paused), SIGCONT);
+  auto stub = v1::ParameterServer::NewStub(
+      grpc::CreateChannel(cluster->addresses()[paused], grpc::InsecureChannelCredentials()));
+  v1::PushSparseRequest req;
+  req.mutable_header()->set_shard_map_epoch(*old_epoch);
+  req.set_table("sum");
+  req.set_key_type(v1::KEY_TYPE_UINT64);
+  req.set_dtype(v1::DTYPE_FLOAT32);
+  req.set_dim(kDim);
+  req.set_num_keys(1);
+  const uint64_t key = 5;
+  const float values[kDim] = {1000, 1000};
+  req.set_keys(&key, sizeof(key));
+  req.set_values(values, sizeof(values));
+  req.mutable_id()->set_client_id(0xfe4ce);
+  req.mutable_id()->set_sequence(1);
+  v1::PushResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  const grpc::Status s = stub->PushSparse(&ctx, req, &resp);
+  INFO("the resumed old primary answered: " << s.error_code() << " " << s.error_message());
+  CHECK_FALSE(s.ok());
+  // Nothing of that write is visible at the new primary, and every acknowledged push is.
+  work.Verify();
+  // The old primary rejoins as a backup (a snapshot replaces what it applied on its own).
+  WaitForReplicas(*cluster);
+  absl::StatusOr<std::vector<int>> after = cluster->ReplicasOf(0);
+  REQUIRE(after.ok());
+  CHECK((*after)[0] == promoted);
+  CHECK(std::find(after->begin(), after->end(), paused) != after->end());
+  work.Verify();
+}
+
+TEST_CASE("the data plane serves while the coordinator is down; failover works after its restart",
+          "[replication][fault]") {
+  auto cluster = StartReplicated(4, 2, 2);
+  Workload work(*cluster, 4);
+  work.Start();
+  work.WaitForMore(100);
+  cluster->KillCoordinator();
+  work.WaitForMore(300);  // no coordinator: pushes go on with the map everyone has
+  TESSERA_REQUIRE_OK(cluster->RestartCoordinator());
+  work.WaitForMore(100);
+  absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(1);
+  REQUIRE(replicas.ok());
+  const int victim = (*replicas)[0];
+  kill(cluster->pid(victim), SIGKILL);
+  WaitForNewPrimary(*cluster, 1, victim);
+  work.WaitForMore(100);
+  work.Stop();
+  work.Verify();
+}
+
+TEST_CASE("R=3 survives two simultaneous kills", "[replication][fault]") {
+  auto cluster = StartReplicated(6, 3, 2);
+  Workload work(*cluster, 4);
+  work.Start();
+  work.WaitForMore(150);
+  absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(0);
+  REQUIRE(replicas.ok());
+  REQUIRE(replicas->size() == 3);
+  const int primary = (*replicas)[0], backup = (*replicas)[1];
+  kill(cluster->pid(primary), SIGKILL);
+  kill(cluster->pid(backup), SIGKILL);
+  const int promoted = WaitForNewPrimary(*cluster, 0, primary);
+  CHECK(promoted == (*replicas)[2]);
+  work.WaitForMore(100);
+  work.Stop();
+  work.Verify();
+}
+
+}  // namespace
+}  // namespace tessera
