@@ -5,76 +5,11 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
+#include "common/slice_reader.h"
 
 namespace tessera {
 namespace {
 
-void AppendVarint(uint64_t v, std::string* out) {
-  while (v >= 0x80) {
-    out->push_back(static_cast<char>(v | 0x80));
-    v >>= 7;
-  }
-  out->push_back(static_cast<char>(v));
-}
-
-// Sequential reader over the slices of a ByteBuffer.
-class SliceReader {
- public:
-  explicit SliceReader(std::vector<grpc::Slice> slices) : slices_(std::move(slices)) { Skip0(); }
-
-  bool done() const { return index_ >= slices_.size(); }
-
-  bool ReadByte(uint8_t* b) {
-    if (done()) return false;
-    *b = slices_[index_].begin()[offset_];
-    Advance(1);
-    return true;
-  }
-
-  bool ReadVarint(uint64_t* v) {
-    *v = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
-      uint8_t b;
-      if (!ReadByte(&b)) return false;
-      *v |= static_cast<uint64_t>(b & 0x7f) << shift;
-      if ((b & 0x80) == 0) return true;
-    }
-    return false;
-  }
-
-  // Copies n bytes to dest (or skips them when dest is null).
-  bool Read(size_t n, char* dest) {
-    while (n > 0) {
-      if (done()) return false;
-      const size_t avail = slices_[index_].size() - offset_;
-      const size_t take = n < avail ? n : avail;
-      if (dest != nullptr) {
-        std::memcpy(dest, slices_[index_].begin() + offset_, take);
-        dest += take;
-      }
-      Advance(take);
-      n -= take;
-    }
-    return true;
-  }
-
- private:
-  void Advance(size_t n) {
-    offset_ += n;
-    Skip0();
-  }
-  // Moves past exhausted (or empty) slices.
-  void Skip0() {
-    while (index_ < slices_.size() && offset_ >= slices_[index_].size()) {
-      ++index_;
-      offset_ = 0;
-    }
-  }
-
-  std::vector<grpc::Slice> slices_;
-  size_t index_ = 0;
-  size_t offset_ = 0;
-};
 
 absl::Status Malformed(const google::protobuf::MessageLite& m, size_t size, const char* what) {
   return absl::InvalidArgumentError(

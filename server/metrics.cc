@@ -2,7 +2,10 @@
 
 #include <prometheus/metric_family.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_format.h"
+#include "server/replicator.h"
 #include "server/server_core.h"
 
 namespace tessera {
@@ -185,6 +188,63 @@ std::vector<prometheus::MetricFamily> TableCollector::Collect() const {
          MetricType::Counter, {{counter(static_cast<double>(c.restores)), {}}});
   family("tessera_restore_last_duration_seconds", "Duration of the last restore.",
          MetricType::Gauge, {{GaugeValue(c.last_restore_seconds), {}}});
+  return out;
+}
+
+std::vector<prometheus::MetricFamily> ReplicationCollector::Collect() const {
+  const ReplicationStats r = replicator_->Stats();
+  using prometheus::MetricType;
+  std::vector<prometheus::MetricFamily> out;
+  auto add = [&](const char* name, const char* help, MetricType type, double value,
+                 prometheus::Labels labels = {}) {
+    if (out.empty() || out.back().name != name) out.push_back({name, help, type, {}});
+    prometheus::ClientMetric m;
+    if (type == MetricType::Counter) {
+      m.counter.value = value;
+    } else {
+      m.gauge.value = value;
+    }
+    for (const auto& [k, v] : labels) m.label.push_back({k, v});
+    out.back().metric.push_back(std::move(m));
+  };
+  add("tessera_server_shard_map_epoch", "Epoch of the shard map this server acts on.",
+      MetricType::Gauge, static_cast<double>(r.epoch));
+  add("tessera_server_shard", "The shard this server is bound to (-1: none yet).",
+      MetricType::Gauge, r.shard);
+  for (const char* role : {"primary", "backup", "joining", "none"}) {
+    add("tessera_server_replica_role", "1 for this server's role in its shard.",
+        MetricType::Gauge, r.role == role ? 1 : 0, {{"role", role}});
+  }
+  add("tessera_server_lsn", "Changes applied to this shard (its update order).",
+      MetricType::Gauge, static_cast<double>(core_->lsn()));
+  for (const auto& b : r.backups) {
+    add("tessera_replica_lag_updates",
+        "Changes this primary applied that the backup has not acknowledged yet.",
+        MetricType::Gauge, static_cast<double>(b.lag), {{"backup", b.address}});
+  }
+  for (const auto& b : r.backups) {
+    add("tessera_replica_live", "1 when the backup counts for acknowledgements.",
+        MetricType::Gauge, b.live ? 1 : 0, {{"backup", b.address}});
+  }
+  for (const auto& b : r.backups) {
+    add("tessera_replica_catching_up", "1 while a snapshot is being sent to the backup.",
+        MetricType::Gauge, b.catching_up ? 1 : 0, {{"backup", b.address}});
+  }
+  for (const auto& b : r.backups) {
+    add("tessera_replica_snapshot_sent_bytes",
+        "Bytes of the current (or last) catch-up snapshot sent to the backup.",
+        MetricType::Gauge, static_cast<double>(b.snapshot_bytes_sent), {{"backup", b.address}});
+  }
+  add("tessera_server_snapshots_sent_total", "Catch-up snapshots this server sent as primary.",
+      MetricType::Counter, static_cast<double>(r.snapshots_sent));
+  add("tessera_server_snapshots_installed_total", "Catch-up snapshots this server installed.",
+      MetricType::Counter, static_cast<double>(r.snapshots_installed));
+  add("tessera_server_fenced_batches_total",
+      "Replication batches refused because their sender was not this shard's primary.",
+      MetricType::Counter, static_cast<double>(r.fenced_refusals));
+  add("tessera_server_heartbeat_age_seconds",
+      "Time since the coordinator last answered a heartbeat.", MetricType::Gauge,
+      std::min(r.seconds_since_heartbeat, 1e9));
   return out;
 }
 

@@ -21,6 +21,7 @@
 namespace tessera {
 
 class ServerCore;
+class Replicator;
 
 enum class Method {
   kCreateTable,
@@ -84,6 +85,20 @@ class TableCollector : public prometheus::Collectable {
   std::vector<prometheus::MetricFamily> Collect() const override;
 
  private:
+  const ServerCore* core_;
+};
+
+// Exposes the replication state of a coordinated server (docs/replication.md): epoch, role,
+// LSN, and per backup its lag and catch-up progress. Thread-safe.
+class ReplicationCollector : public prometheus::Collectable {
+ public:
+  // `replicator` and `core` must outlive this object.
+  ReplicationCollector(const Replicator* replicator, const ServerCore* core)
+      : replicator_(replicator), core_(core) {}
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+ private:
+  const Replicator* replicator_;
   const ServerCore* core_;
 };
 

@@ -2,6 +2,7 @@
 
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/support/proto_buffer_reader.h>
 
 #include <algorithm>
 #include <deque>
@@ -19,6 +20,7 @@
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
 #include "common/logging.h"
+#include "common/slice_reader.h"
 #include "proto/cluster.grpc.pb.h"
 
 namespace tessera {
@@ -34,23 +36,6 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) {
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
-}
-
-void AppendVarint(uint64_t v, std::string* out) {
-  while (v >= 0x80) {
-    out->push_back(static_cast<char>(v | 0x80));
-    v >>= 7;
-  }
-  out->push_back(static_cast<char>(v));
-}
-
-size_t VarintSize(uint64_t v) {
-  size_t n = 1;
-  while (v >= 0x80) {
-    v >>= 7;
-    ++n;
-  }
-  return n;
 }
 
 absl::Status Reroute(absl::Status status) {
@@ -88,7 +73,77 @@ grpc::ByteBuffer EncodeBatch(const v1::ReplicateRequest& header, const std::vect
 
 }  // namespace
 
-struct Replicator::Impl : public v1::Replication::CallbackService {
+// A ReplicateRequest decoded without copying its entries' request bytes.
+struct DecodedBatch {
+  uint64_t epoch = 0;
+  uint32_t shard = 0;
+  std::string primary;
+  uint64_t first_lsn = 0;
+  struct Item {
+    int kind = 0;
+    grpc::ByteBuffer request;  // slices of the received message
+  };
+  std::vector<Item> entries;
+};
+
+absl::Status DecodeBatch(const grpc::ByteBuffer& bytes, DecodedBatch* out) {
+  std::vector<grpc::Slice> slices;
+  if (!bytes.Dump(&slices).ok()) return absl::InvalidArgumentError("unreadable ReplicateRequest");
+  SliceReader r(std::move(slices));
+  auto malformed = [](const char* what) {
+    return absl::InvalidArgumentError(absl::StrCat("malformed ReplicateRequest: ", what));
+  };
+  while (!r.done()) {
+    uint64_t tag, v;
+    if (!r.ReadVarint(&tag)) return malformed("bad tag");
+    const uint32_t field = static_cast<uint32_t>(tag >> 3), type = tag & 7;
+    if (type == 0) {
+      if (!r.ReadVarint(&v)) return malformed("bad varint");
+      if (field == 1) out->epoch = v;
+      if (field == 2) out->shard = static_cast<uint32_t>(v);
+      if (field == 4) out->first_lsn = v;
+      continue;
+    }
+    if (type != 2 || !r.ReadVarint(&v)) return malformed("unexpected field");
+    if (field == 3) {
+      out->primary.resize(v);
+      if (!r.Read(v, out->primary.data())) return malformed("truncated primary");
+    } else if (field == 5) {
+      // A LogEntry: kind (1, varint) and request (2, bytes), in any order.
+      uint64_t left = v;
+      DecodedBatch::Item item;
+      std::vector<grpc::Slice> request;
+      while (left > 0) {
+        uint64_t etag, ev;
+        if (!r.ReadVarint(&etag) || !r.ReadVarint(&ev)) return malformed("bad entry");
+        const uint64_t used = VarintSize(etag) + VarintSize(ev);
+        if ((etag & 7) == 0) {
+          if ((etag >> 3) == 1) item.kind = static_cast<int>(ev);
+          if (used > left) return malformed("entry overrun");
+          left -= used;
+        } else if ((etag & 7) == 2) {
+          if (used + ev > left) return malformed("entry overrun");
+          if ((etag >> 3) == 2) {
+            if (!r.ReadSlices(ev, &request)) return malformed("truncated request");
+          } else if (!r.Read(ev, nullptr)) {
+            return malformed("truncated entry field");
+          }
+          left -= used + ev;
+        } else {
+          return malformed("unexpected entry field");
+        }
+      }
+      item.request = grpc::ByteBuffer(request.data(), request.size());
+      out->entries.push_back(std::move(item));
+    } else if (!r.Read(v, nullptr)) {
+      return malformed("truncated field");
+    }
+  }
+  return absl::OkStatus();
+}
+
+struct Replicator::Impl
+    : public v1::Replication::WithRawCallbackMethod_Replicate<v1::Replication::CallbackService> {
   struct Sender {
     std::string address;
     std::shared_ptr<grpc::Channel> channel;
@@ -101,6 +156,11 @@ struct Replicator::Impl : public v1::Replication::CallbackService {
     bool snapshotting = false;
     std::deque<Entry> queue;  // appended and not yet acknowledged, in LSN order
     uint64_t acked = 0;
+    uint64_t sent = 0;     // last LSN sent (acknowledged or in flight)
+    int in_flight = 0;     // batches
+    absl::Status failure;  // of a batch, handled by the send loop
+    // Calls in flight, cancelled when the sender stops (a stalled backup must not hold it).
+    absl::flat_hash_set<grpc::ClientContext*> calls;
     bool report_caught_up = false;
     uint64_t snapshot_bytes = 0;
   };
@@ -132,8 +192,16 @@ struct Replicator::Impl : public v1::Replication::CallbackService {
   absl::Time last_heartbeat ABSL_GUARDED_BY(mu) = absl::InfinitePast();
   std::thread heartbeat_thread;
 
-  // Serializes the application of batches and snapshot chunks on a backup.
+  struct Parked {
+    std::shared_ptr<DecodedBatch> batch;
+    grpc::ByteBuffer* response;
+    grpc::ServerUnaryReactor* reactor;
+  };
+  // Serializes the application of snapshot chunks on a backup.
   absl::Mutex replay_mu;
+  absl::Mutex park_mu ABSL_ACQUIRED_BEFORE(mu);
+  std::map<uint64_t, Parked> parked ABSL_GUARDED_BY(park_mu);  // by first LSN
+  bool draining ABSL_GUARDED_BY(park_mu) = false;
 
   Impl(const ReplicatorOptions& o, ServerCore* c) : options(o), core(c) {
     coordinator = v1::Coordinator::NewStub(MakeChannel(options.coordinator));
@@ -200,6 +268,7 @@ struct Replicator::Impl : public v1::Replication::CallbackService {
     std::vector<std::pair<Callback, absl::Status>> done;
     std::vector<std::unique_ptr<Sender>> stopped;
     const uint64_t core_lsn = core->lsn();  // (not under mu: Append runs under the order)
+    bool primary_changed = false;
     {
       absl::MutexLock lock(&mu);
       if (m.epoch() < epoch || stopping) return;
@@ -220,7 +289,10 @@ struct Replicator::Impl : public v1::Replication::CallbackService {
                                                                        : v1::SERVER_ROLE_JOINING;
       }
       shard = my_shard;
-      if (primary != old_primary) synced_primary.clear();
+      if (primary != old_primary) {
+        synced_primary.clear();
+        primary_changed = true;
+      }
       const bool is_primary = role == v1::SERVER_ROLE_PRIMARY;
       core->SetRouting(epoch, is_primary);
       if (changed && (role != old_role || primary != old_primary)) {
@@ -266,6 +338,9 @@ struct Replicator::Impl : public v1::Replication::CallbackService {
       }
     }
     StopSenders(std::move(stopped));
+    if (primary_changed) {
+      DropParked(absl::FailedPreconditionError("the shard's primary changed"));
+    }
     for (auto& [cb, st] : done) cb(st);
   }
 
@@ -330,7 +405,10 @@ struct Replicator::Impl : public v1::Replication::CallbackService {
   void StopSenders(std::vector<std::unique_ptr<Sender>> stopped) {
     {
       absl::MutexLock lock(&mu);
-      for (auto& s : stopped) s->stop = true;
+      for (auto& s : stopped) {
+        s->stop = true;
+        for (grpc::ClientContext* ctx : s->calls) ctx->TryCancel();
+      }
     }
     for (auto& s : stopped) s->thread.join();
   }
@@ -342,95 +420,136 @@ struct Replicator::Impl : public v1::Replication::CallbackService {
     mu.AwaitWithTimeout(absl::Condition(&stop), absl::Milliseconds(10 << *failures));
   }
 
+  // Up to kMaxInFlight batches travel at once (the backup applies them in LSN order); what
+  // accumulates meanwhile goes in the next batch.
+  static constexpr int kMaxInFlight = 4;
+
   void SendLoop(Sender* s) {
     int failures = 0;
     while (true) {
       bool snapshot = false, report = false;
+      absl::Status failed;
       std::vector<Entry*> batch;
       v1::ReplicateRequest header;
       {
         absl::MutexLock lock(&mu);
         auto ready = [s]() {
-          return s->stop || s->needs_snapshot || s->report_caught_up || !s->queue.empty();
+          if (s->stop || !s->failure.ok()) return true;
+          if (s->needs_snapshot || s->report_caught_up) return s->in_flight == 0;
+          return s->in_flight < kMaxInFlight && !s->queue.empty() &&
+                 s->queue.back().lsn > s->sent;
         };
         mu.AwaitWithTimeout(absl::Condition(&ready), absl::Milliseconds(200));
-        if (s->stop) return;
-        if (s->needs_snapshot) {
+        if (s->stop) {
+          auto idle = [s]() { return s->in_flight == 0; };
+          mu.Await(absl::Condition(&idle));  // callbacks touch *s
+          return;
+        }
+        if (!s->failure.ok()) {
+          auto idle = [s]() { return s->in_flight == 0; };
+          mu.Await(absl::Condition(&idle));
+          failed = std::exchange(s->failure, absl::OkStatus());
+          s->sent = s->acked;  // resend what was not acknowledged
+        } else if (s->in_flight > 0) {
+          // (only sending is possible now)
+        } else if (s->needs_snapshot) {
           snapshot = true;
           s->snapshotting = true;
         } else if (s->report_caught_up) {
           report = true;
-        } else if (!s->queue.empty()) {
+        }
+        if (failed.ok() && !snapshot && !report && !s->needs_snapshot &&
+            s->in_flight < kMaxInFlight) {
           size_t bytes = 0;
           for (Entry& e : s->queue) {
+            if (e.lsn <= s->sent) continue;
             if (!batch.empty() && (bytes >= options.max_batch_bytes || batch.size() >= 4096)) break;
             batch.push_back(&e);
             bytes += e.request.Length();
           }
-          header.set_epoch(epoch);
-          header.set_shard(static_cast<uint32_t>(shard));
-          header.set_primary(address);
-          header.set_first_lsn(batch.front()->lsn);
-        } else {
-          continue;
+          if (!batch.empty()) {
+            header.set_epoch(epoch);
+            header.set_shard(static_cast<uint32_t>(shard));
+            header.set_primary(address);
+            header.set_first_lsn(batch.front()->lsn);
+            s->sent = batch.back()->lsn;
+            ++s->in_flight;
+          }
         }
       }
-      absl::Status st;
+      absl::Status st = failed;
       if (snapshot) {
         st = SendSnapshot(s);
       } else if (report) {
         st = ReportCaughtUp(s);
-      } else {
-        // Entries stay in the queue (and alive) until acknowledged; only this thread pops.
-        st = SendBatch(s, header, batch);
+      } else if (!batch.empty()) {
+        // The entries stay in the queue until acknowledged; the request shares their slices.
+        SendBatch(s, header, batch);
+        continue;
       }
       if (st.ok()) {
-        failures = 0;
-      } else {
-        if (st.code() == absl::StatusCode::kFailedPrecondition) {
-          Poke();
-          if (absl::StrContains(st.message(), "snapshot")) {
-            absl::MutexLock lock(&mu);
-            s->needs_snapshot = true;
-          }
-        }
-        LogWarning("replication to %s: %s", s->address, st.ToString());
-        Backoff(s, &failures);
+        if (snapshot || report) failures = 0;
+        continue;
       }
+      if (st.code() == absl::StatusCode::kFailedPrecondition) {
+        Poke();
+        if (absl::StrContains(st.message(), "snapshot")) {
+          absl::MutexLock lock(&mu);
+          s->needs_snapshot = true;
+        }
+      }
+      LogWarning("replication to %s: %s", s->address, st.ToString());
+      Backoff(s, &failures);
     }
   }
 
-  absl::Status SendBatch(Sender* s, const v1::ReplicateRequest& header,
-                         const std::vector<Entry*>& batch) {
-    const grpc::ByteBuffer request = EncodeBatch(header, batch);
-    grpc::ByteBuffer response;
+  struct BatchCall {
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    absl::Notification finished;
-    grpc::Status status;
-    s->generic->UnaryCall(&ctx, "/tessera.v1.Replication/Replicate", grpc::StubOptions(), &request,
-                          &response, [&](grpc::Status st) {
-                            status = std::move(st);
-                            finished.Notify();
-                          });
-    finished.WaitForNotification();
-    if (!status.ok()) return FromGrpcStatus(status);
+    grpc::ByteBuffer request;
+    grpc::ByteBuffer response;
+  };
+
+  void SendBatch(Sender* s, const v1::ReplicateRequest& header, const std::vector<Entry*>& batch) {
+    auto call = std::make_shared<BatchCall>();
+    call->request = EncodeBatch(header, batch);
+    call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    {
+      absl::MutexLock lock(&mu);
+      s->calls.insert(&call->ctx);
+      if (s->stop) call->ctx.TryCancel();
+    }
+    s->generic->UnaryCall(&call->ctx, "/tessera.v1.Replication/Replicate", grpc::StubOptions(),
+                          &call->request, &call->response,
+                          [this, s, call](grpc::Status st) { OnBatchDone(s, *call, st); });
+  }
+
+  void OnBatchDone(Sender* s, BatchCall& call, const grpc::Status& status) {
+    absl::Status st = FromGrpcStatus(status);
     v1::ReplicateResponse resp;
-    std::vector<grpc::Slice> slices;
-    (void)response.Dump(&slices);
-    std::string bytes;
-    for (const auto& sl : slices) bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
-    if (!resp.ParseFromString(bytes)) return absl::DataLossError("malformed ReplicateResponse");
+    if (st.ok()) {
+      std::vector<grpc::Slice> slices;
+      (void)call.response.Dump(&slices);
+      std::string bytes;
+      for (const auto& sl : slices) {
+        bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+      }
+      if (!resp.ParseFromString(bytes)) st = absl::DataLossError("malformed ReplicateResponse");
+    }
     std::vector<std::pair<Callback, absl::Status>> done;
     {
       absl::MutexLock lock(&mu);
-      s->acked = std::max(s->acked, resp.lsn());
-      while (!s->queue.empty() && s->queue.front().lsn <= s->acked) s->queue.pop_front();
-      MaybeCaughtUp(s);
-      Recompute(&done);
+      s->calls.erase(&call.ctx);
+      --s->in_flight;
+      if (!st.ok()) {
+        if (s->failure.ok()) s->failure = st;
+      } else {
+        s->acked = std::max(s->acked, resp.lsn());
+        while (!s->queue.empty() && s->queue.front().lsn <= s->acked) s->queue.pop_front();
+        MaybeCaughtUp(s);
+        Recompute(&done);
+      }
     }
-    for (auto& [cb, st] : done) cb(st);
-    return absl::OkStatus();
+    for (auto& [cb, result] : done) cb(result);
   }
 
   // A joining replica counts for acknowledgements once it has every change this primary has
@@ -487,9 +606,15 @@ struct Replicator::Impl : public v1::Replication::CallbackService {
           chunk.set_seq(seq++);
           grpc::ClientContext ctx;
           ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+          {
+            absl::MutexLock lock(&mu);
+            s->calls.insert(&ctx);
+            if (s->stop) ctx.TryCancel();
+          }
           v1::InstallSnapshotResponse resp;
           const grpc::Status st = s->stub->InstallSnapshot(&ctx, chunk, &resp);
           absl::MutexLock lock(&mu);
+          s->calls.erase(&ctx);
           s->snapshot_bytes += chunk.ByteSizeLong();
           return FromGrpcStatus(st);
         });
@@ -498,6 +623,7 @@ struct Replicator::Impl : public v1::Replication::CallbackService {
     if (!cut.ok()) return cut.status();
     s->needs_snapshot = false;
     s->acked = *cut;
+    s->sent = *cut;
     while (!s->queue.empty() && s->queue.front().lsn <= *cut) s->queue.pop_front();
     ++snapshots_sent;
     MaybeCaughtUp(s);
@@ -528,34 +654,64 @@ struct Replicator::Impl : public v1::Replication::CallbackService {
     return absl::OkStatus();
   }
 
+  // Batches arrive over several calls at once; they are applied in LSN order. A batch that
+  // does not follow what is applied yet waits (parked, its call open) for its predecessor.
   grpc::ServerUnaryReactor* Replicate(grpc::CallbackServerContext* ctx,
-                                      const v1::ReplicateRequest* req,
-                                      v1::ReplicateResponse* resp) override {
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override {
     auto* reactor = ctx->DefaultReactor();
-    absl::Status st;
-    {
-      absl::MutexLock lock(&mu);
-      st = CheckSender(req->epoch(), req->shard(), req->primary());
-      if (st.ok() && synced_primary != req->primary()) {
-        st = absl::FailedPreconditionError(absl::StrFormat(
-            "%s holds no snapshot from %s yet: send a snapshot first", address,
-            req->primary()));
-      }
-    }
+    auto batch = std::make_shared<DecodedBatch>();
+    absl::Status st = DecodeBatch(*request, batch.get());
     if (st.ok()) {
-      absl::MutexLock replay(&replay_mu);
-      for (int i = 0; i < req->entries_size() && st.ok(); ++i) {
-        st = core->ApplyReplicated(req->first_lsn() + i, req->entries(i).kind(),
-                                   req->entries(i).request());
+      absl::MutexLock lock(&mu);
+      st = CheckSender(batch->epoch, batch->shard, batch->primary);
+      if (st.ok() && synced_primary != batch->primary) {
+        st = absl::FailedPreconditionError(absl::StrFormat(
+            "%s holds no snapshot from %s yet: send a snapshot first", address, batch->primary));
       }
-      if (!st.ok() && st.code() == absl::StatusCode::kFailedPrecondition) {
-        st = absl::FailedPreconditionError(
-            absl::StrCat(st.message(), ": send a snapshot"));  // a gap
-      }
-      resp->set_lsn(core->lsn());
     }
-    reactor->Finish(ToGrpcStatus(st));
+    if (!st.ok()) {
+      reactor->Finish(ToGrpcStatus(st));
+      return reactor;
+    }
+    absl::MutexLock lock(&park_mu);
+    const uint64_t first = batch->first_lsn;
+    auto [it, inserted] = parked.try_emplace(first, Parked{std::move(batch), response, reactor});
+    if (!inserted) {  // a resend of a batch still waiting: answer the older copy
+      it->second.reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "superseded"));
+      it->second.response = response;
+      it->second.reactor = reactor;
+    }
+    if (draining) return reactor;  // the thread draining applies it
+    draining = true;
+    while (!parked.empty()) {
+      const uint64_t next = core->lsn() + 1;
+      auto head = parked.begin();
+      if (head->first > next) break;  // waits for its predecessor
+      Parked p = std::move(head->second);
+      parked.erase(head);
+      park_mu.Unlock();
+      absl::Status applied;
+      for (size_t i = 0; i < p.batch->entries.size() && applied.ok(); ++i) {
+        grpc::ProtoBufferReader reader(&p.batch->entries[i].request);
+        applied = core->ApplyReplicated(p.batch->first_lsn + i, p.batch->entries[i].kind, &reader);
+      }
+      v1::ReplicateResponse resp;
+      resp.set_lsn(core->lsn());
+      bool own = false;
+      (void)grpc::SerializationTraits<v1::ReplicateResponse>::Serialize(resp, p.response, &own);
+      p.reactor->Finish(ToGrpcStatus(applied));
+      park_mu.Lock();
+    }
+    draining = false;
     return reactor;
+  }
+
+  // Answers every parked batch (the primary changed, or the server stops).
+  void DropParked(const absl::Status& why) {
+    absl::MutexLock lock(&park_mu);
+    for (auto& [lsn, p] : parked) p.reactor->Finish(ToGrpcStatus(why));
+    parked.clear();
   }
 
   grpc::ServerUnaryReactor* InstallSnapshot(grpc::CallbackServerContext* ctx,
@@ -613,6 +769,7 @@ void Replicator::Stop() {
   }
   if (impl_->heartbeat_thread.joinable()) impl_->heartbeat_thread.join();
   impl_->StopSenders(std::move(stopped));
+  impl_->DropParked(absl::UnavailableError("server shutting down"));
   for (auto& cb : failed) cb(absl::UnavailableError("server shutting down"));
 }
 
@@ -632,7 +789,19 @@ ReplicationStats Replicator::Stats() const {
   ReplicationStats out;
   absl::MutexLock lock(&impl_->mu);
   out.epoch = impl_->epoch;
-  out.role = impl_->role;
+  switch (impl_->role) {
+    case v1::SERVER_ROLE_PRIMARY:
+      out.role = "primary";
+      break;
+    case v1::SERVER_ROLE_BACKUP:
+      out.role = "backup";
+      break;
+    case v1::SERVER_ROLE_JOINING:
+      out.role = "joining";
+      break;
+    default:
+      out.role = "none";
+  }
   out.shard = impl_->shard;
   out.lsn = impl_->appended;
   for (const auto& [addr, s] : impl_->senders) {

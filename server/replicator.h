@@ -30,7 +30,7 @@ struct ReplicatorOptions {
 // Replication figures for metrics.
 struct ReplicationStats {
   uint64_t epoch = 0;
-  int role = 0;  // v1::ServerRole
+  std::string role = "none";  // primary, backup, joining or none
   int32_t shard = -1;
   uint64_t lsn = 0;  // last change appended (primary) or applied (backup)
   struct Backup {

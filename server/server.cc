@@ -21,6 +21,7 @@ struct Server::Impl {
   std::shared_ptr<prometheus::Registry> registry;
   std::unique_ptr<ServerMetrics> metrics;
   std::shared_ptr<TableCollector> table_collector;
+  std::shared_ptr<ReplicationCollector> replication_collector;
   std::unique_ptr<prometheus::Exposer> exposer;
   std::unique_ptr<Replicator> replicator;
   std::unique_ptr<GrpcService> service;
@@ -85,6 +86,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     r.heartbeat_ms = options.heartbeat_ms;
     impl->replicator = std::make_unique<Replicator>(r, impl->core.get());
     impl->core->SetUpdateLog(impl->replicator.get());
+    if (impl->exposer != nullptr) {
+      impl->replication_collector =
+          std::make_shared<ReplicationCollector>(impl->replicator.get(), impl->core.get());
+      impl->exposer->RegisterCollectable(impl->replication_collector);
+    }
   }
   impl->service = std::make_unique<GrpcService>(impl->core.get(), impl->metrics.get(),
                                                 impl->replicator.get());

@@ -49,6 +49,14 @@ class RestoreCheckpointResponse;
 class InstallSnapshotRequest;
 }  // namespace v1
 
+}  // namespace tessera
+
+namespace google::protobuf::io {
+class ZeroCopyInputStream;
+}  // namespace google::protobuf::io
+
+namespace tessera {
+
 namespace storage {
 class CheckpointStore;
 namespace v1 {
@@ -195,7 +203,8 @@ class ServerCore {
   // A backup applies change `lsn` of its primary's order (kind: v1::LogEntryKind, request:
   // the serialized request). A change at or below lsn() was applied before and is skipped;
   // one above lsn() + 1 is a gap: FAILED_PRECONDITION.
-  absl::Status ApplyReplicated(uint64_t lsn, int kind, const std::string& request)
+  absl::Status ApplyReplicated(uint64_t lsn, int kind,
+                               google::protobuf::io::ZeroCopyInputStream* request)
       ABSL_LOCKS_EXCLUDED(order_mu_, gate_, tables_mu_);
 
   // Catch-up, on the primary: takes a cut (LSN and copy-on-write, as for a checkpoint) and

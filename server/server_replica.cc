@@ -22,15 +22,16 @@ namespace {
 constexpr uint64_t kCatchUpRunning = std::numeric_limits<uint64_t>::max();
 
 template <typename Req>
-absl::Status ParseEntry(const std::string& bytes, Req* req) {
-  if (req->ParseFromString(bytes)) return absl::OkStatus();
-  return absl::DataLossError(absl::StrFormat("replicated %s (%u bytes) does not parse",
-                                             Req::descriptor()->full_name(), bytes.size()));
+absl::Status ParseEntry(google::protobuf::io::ZeroCopyInputStream* bytes, Req* req) {
+  if (req->ParseFromZeroCopyStream(bytes)) return absl::OkStatus();
+  return absl::DataLossError(
+      absl::StrFormat("replicated %s does not parse", Req::descriptor()->full_name()));
 }
 
 }  // namespace
 
-absl::Status ServerCore::ApplyReplicated(uint64_t lsn, int kind, const std::string& request) {
+absl::Status ServerCore::ApplyReplicated(uint64_t lsn, int kind,
+                                         google::protobuf::io::ZeroCopyInputStream* request) {
   const uint64_t before = this->lsn();
   if (lsn <= before) return absl::OkStatus();  // applied before (a resent batch)
   if (lsn != before + 1) {

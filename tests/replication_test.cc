@@ -5,10 +5,12 @@
 #include <signal.h>
 
 #include <atomic>
+#include <cstring>
 #include <catch2/catch.hpp>
 #include <random>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -346,6 +348,82 @@ TEST_CASE("R=3 survives two simultaneous kills", "[replication][fault]") {
   work.WaitForMore(100);
   work.Stop();
   work.Verify();
+}
+
+TEST_CASE("a promoted backup holds bit-identical weights and optimizer slots",
+          "[replication][fault]") {
+  auto cluster = StartReplicated(2, 2, 1);
+  std::unique_ptr<LocalCluster> reference = testing::StartCluster(1);
+  std::unique_ptr<Client> rep = ConnectTo(*cluster);
+  std::unique_ptr<Client> ref = testing::Connect(*reference);
+  std::vector<TableConfig> tables;
+  for (OptimizerKind kind : {OptimizerKind::kAdam, OptimizerKind::kFtrl, OptimizerKind::kAdagrad}) {
+    TableConfig t{.name = absl::StrCat("s", static_cast<int>(kind)),
+                  .kind = TableKind::kSparse,
+                  .dim = 4};
+    t.optimizer.kind = kind;
+    t.initializer = {.kind = InitializerKind::kNormal, .seed = 3};
+    tables.push_back(t);
+  }
+  TableConfig dense{
+      .name = "dense", .kind = TableKind::kDense, .dense_size = 1000, .dense_block_elems = 256};
+  dense.optimizer.kind = OptimizerKind::kAdam;
+  tables.push_back(dense);
+  for (const TableConfig& t : tables) {
+    TESSERA_REQUIRE_OK(rep->CreateTable(t).status());
+    TESSERA_REQUIRE_OK(ref->CreateTable(t).status());
+  }
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> grad(0, 1);
+  auto step = [&] {
+    for (const TableConfig& t : tables) {
+      if (t.kind == TableKind::kDense) {
+        std::vector<float> g(t.dense_size);
+        for (float& x : g) x = grad(rng);
+        TESSERA_REQUIRE_OK(rep->PushDense(t.name, 0, g));
+        TESSERA_REQUIRE_OK(ref->PushDense(t.name, 0, g));
+        continue;
+      }
+      std::vector<uint64_t> keys;
+      for (uint64_t k = 0; k < 200; ++k) {
+        if (rng() % 3 == 0) keys.push_back(k);
+      }
+      std::vector<float> g(keys.size() * t.dim);
+      for (float& x : g) x = grad(rng);
+      TESSERA_REQUIRE_OK(rep->PushSparse(t.name, keys, g));
+      TESSERA_REQUIRE_OK(ref->PushSparse(t.name, keys, g));
+    }
+  };
+  for (int i = 0; i < 20; ++i) step();
+  absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(0);
+  REQUIRE(replicas.ok());
+  kill(cluster->pid((*replicas)[0]), SIGKILL);
+  WaitForNewPrimary(*cluster, 0, (*replicas)[0]);
+  // More steps on the promoted backup: its optimizer slots must be the old primary's too.
+  for (int i = 0; i < 20; ++i) step();
+  for (const TableConfig& t : tables) {
+    std::vector<float> a, b;
+    if (t.kind == TableKind::kDense) {
+      a.resize(t.dense_size);
+      b.resize(t.dense_size);
+      TESSERA_REQUIRE_OK(rep->PullDense(t.name, 0, absl::MakeSpan(a)));
+      TESSERA_REQUIRE_OK(ref->PullDense(t.name, 0, absl::MakeSpan(b)));
+    } else {
+      std::vector<uint64_t> keys(200);
+      for (uint64_t k = 0; k < 200; ++k) keys[k] = k;
+      a.resize(keys.size() * t.dim);
+      b.resize(keys.size() * t.dim);
+      TESSERA_REQUIRE_OK(rep->PullSparse(t.name, keys, absl::MakeSpan(a)));
+      TESSERA_REQUIRE_OK(ref->PullSparse(t.name, keys, absl::MakeSpan(b)));
+    }
+    INFO("table " << t.name);
+    for (size_t i = 0; i < a.size(); ++i) {
+      if (std::memcmp(&a[i], &b[i], sizeof(float)) != 0) {
+        FAIL(absl::StrFormat("table %s value %u: %.9g after failover, %.9g on one server", t.name,
+                             i, a[i], b[i]));
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -17,31 +17,16 @@
 #include "absl/time/clock.h"
 #include "client/client.h"
 #include "tools/checkpoint_driver.h"
+#include "tools/bench_report.h"
 #include "tools/commands.h"
 #include "tools/local_cluster.h"
 
 namespace tessera {
 namespace {
 
-struct Line {
-  std::string workload;
-  double value;
-  std::string unit;
-  std::string extra;  // more JSON fields, starting with a comma
-  std::string detail;
-};
+using Line = BenchLine;
 
-void Print(const Line& l, bool json) {
-  if (json) {
-    std::printf("%s\n", absl::StrFormat("{\"workload\":\"%s\",\"value\":%.4g,\"unit\":\"%s\"%s,"
-                                        "\"detail\":\"%s\"}",
-                                        l.workload, l.value, l.unit, l.extra, l.detail)
-                            .c_str());
-  } else {
-    std::printf("%-36s %10.3f %-8s %s\n", l.workload.c_str(), l.value, l.unit.c_str(),
-                l.detail.c_str());
-  }
-}
+void Print(const Line& l, bool json) { PrintBenchLine(l, json); }
 
 // Direct (uncached) sequential write speed of the disk under `dir`, in MB/s.
 absl::StatusOr<double> DdBaseline(const std::string& dir, uint64_t mb) {

@@ -86,16 +86,34 @@ int RunLocal(const LocalCommandOptions& o) {
     }
     log_dir = tmpl;
   }
+  if (o.replicas < 1 || o.replicas > 3 || o.num_servers < 1) {
+    std::fprintf(stderr, "tessera local: --replicas must be 1, 2 or 3 and --servers >= 1\n");
+    return 2;
+  }
   LocalClusterOptions co;
   co.server_binary = LocalCluster::DefaultServerBinary();
-  co.num_servers = static_cast<uint32_t>(o.num_servers);
+  co.num_servers = static_cast<uint32_t>(o.num_servers * o.replicas);
   co.log_dir = log_dir;
-  std::printf("tessera local: starting %d servers (%s; logs in %s)\n", o.num_servers,
-              co.server_binary.c_str(), log_dir.c_str());
+  if (o.replicas > 1) {
+    co.replication = static_cast<uint32_t>(o.replicas);
+    co.num_shards = static_cast<uint32_t>(o.num_servers);
+    std::printf(
+        "tessera local: starting a coordinator and %d servers: %d shards x %d replicas (%s; "
+        "logs in %s)\n",
+        o.num_servers * o.replicas, o.num_servers, o.replicas, co.server_binary.c_str(),
+        log_dir.c_str());
+  } else {
+    std::printf("tessera local: starting %d servers (%s; logs in %s)\n", o.num_servers,
+                co.server_binary.c_str(), log_dir.c_str());
+  }
   absl::StatusOr<std::unique_ptr<LocalCluster>> cluster = LocalCluster::Start(co);
   if (!cluster.ok()) {
     std::fprintf(stderr, "tessera local: %s\n", cluster.status().ToString().c_str());
     return 1;
+  }
+  if (o.replicas > 1) {
+    std::printf("  coordinator: grpc %s, metrics http://127.0.0.1:%d/metrics\n",
+                (*cluster)->coordinator_address().c_str(), (*cluster)->coordinator_metrics_port());
   }
   for (size_t i = 0; i < (*cluster)->addresses().size(); ++i) {
     std::printf("  server %zu: grpc %s, metrics http://127.0.0.1:%d/metrics\n", i,
@@ -115,7 +133,11 @@ int RunLocal(const LocalCommandOptions& o) {
       static_cast<unsigned long long>(po.num_features), po.features_per_sample);
 
   ClientOptions client_options;
-  client_options.servers = (*cluster)->addresses();
+  if (o.replicas > 1) {
+    client_options.coordinator = (*cluster)->coordinator_address();
+  } else {
+    client_options.servers = (*cluster)->addresses();
+  }
   absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(client_options);
   if (!client.ok()) {
     std::fprintf(stderr, "tessera local: %s\n", client.status().ToString().c_str());
@@ -162,6 +184,11 @@ int RunLocal(const LocalCommandOptions& o) {
               Si(problem.train.size() * o.epochs / result->seconds).c_str(),
               Si(result->keys_moved / result->seconds).c_str());
   PrintServerMetrics(**cluster, to.table);
+  if (o.replicas > 1) {
+    absl::StatusOr<std::string> status =
+        FormatClusterStatus((*cluster)->coordinator_address(), /*json=*/false);
+    std::printf("\n%s", status.ok() ? status->c_str() : status.status().ToString().c_str());
+  }
 
   client->reset();
   const absl::Status stopped = (*cluster)->Stop();

@@ -6,12 +6,15 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
+
 #include "common/table_config.h"
 
 namespace tessera {
 
 struct LocalCommandOptions {
-  int num_servers = 2;
+  int num_servers = 2;  // shards; with replicas > 1, each has that many server processes
+  int replicas = 1;     // 1: static shards; 2-3: a coordinator and replicated shards
   int threads = 4;
   int epochs = 2;
   int batch_size = 512;
@@ -22,6 +25,10 @@ struct LocalCommandOptions {
   std::string log_dir;  // empty: a fresh directory under /tmp
 };
 int RunLocal(const LocalCommandOptions& options);
+
+// `tessera status`: the coordinator's view of the cluster, as text or one JSON object.
+absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, bool json);
+int RunStatus(const std::string& coordinator, bool json);
 
 struct BenchCommandOptions {
   std::vector<std::string> connect;  // existing servers; empty: start num_servers locally
@@ -34,12 +41,14 @@ struct BenchCommandOptions {
   int channels = 4;
   uint64_t chunk_bytes = 512 << 10;
   bool iperf3 = true;          // measure the loopback baseline with iperf3 when it is installed
-  std::string suite = "data";  // data | checkpoint
+  std::string suite = "data";  // data | checkpoint | replication
   std::string checkpoint_dir;  // checkpoint suite: where to write (default: a new /tmp dir)
   uint64_t table_mb = 2048;    // checkpoint suite: size of the dense table
+  int threads = 8;             // replication suite: client threads pushing at once
 };
 int RunBench(const BenchCommandOptions& options);
 int RunCheckpointBench(const BenchCommandOptions& options);
+int RunReplicationBench(const BenchCommandOptions& options);
 
 struct CheckpointCommandOptions {
   std::string action;  // create | list | inspect | restore | merge | run

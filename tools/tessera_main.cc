@@ -12,8 +12,14 @@
 #include "tools/commands.h"
 
 // tessera local
-ABSL_FLAG(int, servers, 2, "local: number of tessera-server processes to start.");
-ABSL_FLAG(int, threads, 4, "local: worker threads training concurrently.");
+ABSL_FLAG(int, servers, 2,
+          "local: number of shards, each a tessera-server process (times --replicas).");
+ABSL_FLAG(int, replicas, 1,
+          "local: replicas per shard; 2 or 3 also starts tessera-coordinator and replicates "
+          "every push (docs/replication.md).");
+ABSL_FLAG(int, threads, 4,
+          "local: worker threads training concurrently; bench --suite=replication: client "
+          "threads pushing at once (0: 8).");
 ABSL_FLAG(int, epochs, 2, "local: passes over the training data.");
 ABSL_FLAG(int, batch_size, 512, "local: samples per training step.");
 ABSL_FLAG(uint64_t, features, 20000, "local: features of the synthetic problem.");
@@ -27,7 +33,7 @@ ABSL_FLAG(std::string, connect, "",
           "bench: comma-separated host:port of running servers, in shard order; empty starts "
           "--bench_servers local servers.");
 ABSL_FLAG(int, bench_servers, 1, "bench: servers to start when --connect is empty.");
-ABSL_FLAG(bool, json, false, "bench: print one JSON object per workload.");
+ABSL_FLAG(bool, json, false, "bench, status: print JSON.");
 ABSL_FLAG(double, seconds, 3.0, "bench: measuring time per workload.");
 ABSL_FLAG(uint64_t, dense_bytes, 4 << 20, "bench: size of the dense tensor.");
 ABSL_FLAG(uint64_t, sparse_keys, 100000, "bench: keys per sparse pull/push.");
@@ -36,9 +42,12 @@ ABSL_FLAG(int, channels, 4, "bench: client channels (TCP connections) per server
 ABSL_FLAG(uint64_t, chunk_bytes, 512 << 10, "bench: client chunk size.");
 ABSL_FLAG(bool, iperf3, true, "bench: also measure loopback with iperf3 as a baseline.");
 ABSL_FLAG(std::string, suite, "data",
-          "bench: 'data' (pull/push throughput) or 'checkpoint' (checkpoint write/restore "
-          "against dd, 1% incremental, push pauses).");
+          "bench: 'data' (pull/push throughput), 'checkpoint' (checkpoint write/restore "
+          "against dd, 1% incremental, push pauses) or 'replication' (push throughput R=2 vs "
+          "R=1, failover pauses).");
 ABSL_FLAG(uint64_t, table_mb, 2048, "bench --suite=checkpoint: size of the dense table in MiB.");
+// tessera status
+ABSL_FLAG(std::string, coordinator, "", "status: host:port of tessera-coordinator.");
 // tessera checkpoint
 ABSL_FLAG(std::string, checkpoint_dir, "", "checkpoint: the servers' --checkpoint_dir.");
 ABSL_FLAG(uint64_t, id, 0, "checkpoint inspect/restore/merge: checkpoint id; 0 = newest.");
@@ -61,6 +70,7 @@ Commands:
   local   start a local cluster, train sparse logistic regression on synthetic data with a
           planted model, print progress, a summary and server metrics, then shut down
   bench   measure dense push+pull and sparse pull/push throughput (--json for machines)
+  status  the cluster as its coordinator sees it: shards, replicas, lag, tables (--json)
   checkpoint create|list|inspect|restore|merge|run
           consistent, incremental checkpoints of a running cluster (docs/checkpoints.md)
 
@@ -96,6 +106,7 @@ int main(int argc, char** argv) {
   if (command == "local") {
     tessera::LocalCommandOptions o;
     o.num_servers = absl::GetFlag(FLAGS_servers);
+    o.replicas = absl::GetFlag(FLAGS_replicas);
     o.threads = absl::GetFlag(FLAGS_threads);
     o.epochs = absl::GetFlag(FLAGS_epochs);
     o.batch_size = absl::GetFlag(FLAGS_batch_size);
@@ -111,6 +122,9 @@ int main(int argc, char** argv) {
     o.optimizer = {.kind = *kind, .learning_rate = absl::GetFlag(FLAGS_learning_rate)};
     o.log_dir = absl::GetFlag(FLAGS_log_dir);
     return tessera::RunLocal(o);
+  }
+  if (command == "status") {
+    return tessera::RunStatus(absl::GetFlag(FLAGS_coordinator), absl::GetFlag(FLAGS_json));
   }
   if (command == "bench") {
     tessera::BenchCommandOptions o;
@@ -128,9 +142,11 @@ int main(int argc, char** argv) {
     o.suite = absl::GetFlag(FLAGS_suite);
     o.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
     o.table_mb = absl::GetFlag(FLAGS_table_mb);
+    if (absl::GetFlag(FLAGS_threads) != 4) o.threads = absl::GetFlag(FLAGS_threads);
     if (o.suite == "checkpoint") return tessera::RunCheckpointBench(o);
+    if (o.suite == "replication") return tessera::RunReplicationBench(o);
     if (o.suite != "data") {
-      std::fprintf(stderr, "tessera bench: --suite must be data or checkpoint\n");
+      std::fprintf(stderr, "tessera bench: --suite must be data, checkpoint or replication\n");
       return 2;
     }
     return tessera::RunBench(o);

@@ -40,7 +40,8 @@ struct CoordinatorServer::Impl : public v1::Coordinator::CallbackService {
   std::unique_ptr<prometheus::Exposer> exposer;
   int metrics_port = -1;
   prometheus::Gauge* epoch_gauge = nullptr;
-  prometheus::Gauge* failovers_gauge = nullptr;  // exported as a counter value
+  prometheus::Counter* failovers_counter = nullptr;
+  uint64_t failovers_counted = 0;
   prometheus::Gauge* alive_gauge = nullptr;
   prometheus::Gauge* lost_gauge = nullptr;
   prometheus::Gauge* live_replicas = nullptr;
@@ -68,7 +69,10 @@ struct CoordinatorServer::Impl : public v1::Coordinator::CallbackService {
     if (epoch_gauge == nullptr) return;
     const v1::ClusterMap& m = state.map();
     epoch_gauge->Set(static_cast<double>(m.epoch()));
-    failovers_gauge->Set(static_cast<double>(state.failovers()));
+    if (state.failovers() > failovers_counted) {
+      failovers_counter->Increment(static_cast<double>(state.failovers() - failovers_counted));
+      failovers_counted = state.failovers();
+    }
     int lost = 0, live = 0, joining = 0, degraded = 0;
     for (const auto& s : m.shards()) {
       lost += s.lost();
@@ -217,8 +221,12 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     return &prometheus::BuildGauge().Name(name).Help(help).Register(*impl->registry).Add({});
   };
   impl->epoch_gauge = gauge("tessera_coordinator_shard_map_epoch", "Epoch of the shard map.");
-  impl->failovers_gauge = gauge("tessera_coordinator_failovers",
-                                "Primaries replaced by a backup since the cluster was created.");
+  impl->failovers_counter = &prometheus::BuildCounter()
+                                 .Name("tessera_coordinator_failovers_total")
+                                 .Help("Primaries replaced by a backup since the cluster was "
+                                       "created.")
+                                 .Register(*impl->registry)
+                                 .Add({});
   impl->alive_gauge = gauge("tessera_coordinator_servers_alive", "Servers holding a lease.");
   impl->lost_gauge = gauge("tessera_coordinator_shards_lost",
                            "Shards whose every LIVE replica died (restore a checkpoint).");

@@ -1,0 +1,177 @@
+// `tessera status`: the cluster as the coordinator sees it: servers, each shard's replicas,
+// their state and lag, and the tables (docs/replication.md).
+#include <grpcpp/grpcpp.h>
+
+#include <cstdio>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "client/client.h"
+#include "common/grpc_status.h"
+#include "proto/cluster.grpc.pb.h"
+#include "tools/commands.h"
+
+namespace tessera {
+namespace {
+
+std::string JsonString(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out.push_back('\\');
+    out.push_back(c);
+  }
+  return out + "\"";
+}
+
+const char* StateName(v1::ReplicaState s) {
+  return s == v1::REPLICA_STATE_LIVE ? "live" : "joining";
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, bool json) {
+  auto stub = v1::Coordinator::NewStub(
+      grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  v1::GetClusterStatusRequest req;
+  v1::GetClusterStatusResponse resp;
+  if (absl::Status s = FromGrpcStatus(stub->GetClusterStatus(&ctx, req, &resp)); !s.ok()) {
+    return absl::Status(s.code(),
+                        absl::StrFormat("coordinator %s: %s", coordinator, s.message()));
+  }
+  std::map<std::string, const v1::MemberInfo*> members;
+  for (const auto& m : resp.members()) members[m.status().address()] = &m;
+  const v1::ClusterMap& map = resp.map();
+
+  // Tables, through a client (only when every shard has a primary).
+  std::vector<TableStatus> tables;
+  std::string tables_error;
+  {
+    ClientOptions o;
+    o.coordinator = coordinator;
+    o.connect_timeout_ms = 2000;
+    o.retry_timeout_ms = 2000;
+    o.num_vshards = map.num_vshards();
+    absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(o);
+    absl::StatusOr<std::vector<TableStatus>> listed =
+        client.ok() ? (*client)->ListTables()
+                    : absl::StatusOr<std::vector<TableStatus>>(client.status());
+    if (listed.ok()) {
+      tables = *listed;
+    } else {
+      tables_error = std::string(listed.status().message());
+    }
+  }
+
+  auto lsn_of = [&](const std::string& address) -> uint64_t {
+    auto it = members.find(address);
+    return it == members.end() ? 0 : it->second->status().lsn();
+  };
+  std::string out;
+  if (json) {
+    std::vector<std::string> shards;
+    for (int s = 0; s < map.shards_size(); ++s) {
+      const auto& shard = map.shards(s);
+      const uint64_t primary_lsn = shard.replicas().empty() ? 0 : lsn_of(shard.replicas(0).address());
+      std::vector<std::string> replicas;
+      for (int i = 0; i < shard.replicas_size(); ++i) {
+        const auto& r = shard.replicas(i);
+        auto it = members.find(r.address());
+        const bool alive = it != members.end() && it->second->alive();
+        const uint64_t lsn = lsn_of(r.address());
+        replicas.push_back(absl::StrFormat(
+            "{\"address\":%s,\"role\":\"%s\",\"state\":\"%s\",\"alive\":%s,\"lsn\":%u,"
+            "\"lag\":%u}",
+            JsonString(r.address()), i == 0 ? "primary" : "backup", StateName(r.state()),
+            alive ? "true" : "false", lsn, primary_lsn > lsn ? primary_lsn - lsn : 0));
+      }
+      shards.push_back(absl::StrFormat("{\"shard\":%d,\"lost\":%s,\"replicas\":[%s]}", s,
+                                       shard.lost() ? "true" : "false",
+                                       absl::StrJoin(replicas, ",")));
+    }
+    std::vector<std::string> servers;
+    for (const auto& m : resp.members()) {
+      servers.push_back(absl::StrFormat(
+          "{\"address\":%s,\"alive\":%s,\"shard\":%d,\"role\":\"%s\",\"lsn\":%u,"
+          "\"seconds_since_heartbeat\":%.3f,\"metrics_port\":%d}",
+          JsonString(m.status().address()), m.alive() ? "true" : "false", m.status().shard(),
+          v1::ServerRole_Name(m.status().role()), m.status().lsn(), m.seconds_since_heartbeat(),
+          m.status().metrics_port()));
+    }
+    std::vector<std::string> tj;
+    for (const TableStatus& t : tables) {
+      tj.push_back(absl::StrFormat("{\"name\":%s,\"kind\":\"%s\",\"rows\":%u,\"bytes\":%u}",
+                                   JsonString(t.config.name), TableKindName(t.config.kind),
+                                   t.rows, t.bytes));
+    }
+    out = absl::StrFormat(
+        "{\"epoch\":%u,\"num_shards\":%u,\"replication\":%u,\"failovers\":%u,\"shards\":[%s],"
+        "\"servers\":[%s],\"tables\":[%s]%s}\n",
+        map.epoch(), map.num_shards(), map.replication(), resp.failovers(),
+        absl::StrJoin(shards, ","), absl::StrJoin(servers, ","), absl::StrJoin(tj, ","),
+        tables_error.empty() ? "" : absl::StrCat(",\"tables_error\":", JsonString(tables_error)));
+    return out;
+  }
+  absl::StrAppendFormat(&out,
+                        "cluster: shard-map epoch %u, %u shards x %u replicas, %u failovers so "
+                        "far\n",
+                        map.epoch(), map.num_shards(), map.replication(), resp.failovers());
+  absl::StrAppend(&out, "shards:\n");
+  for (int s = 0; s < map.shards_size(); ++s) {
+    const auto& shard = map.shards(s);
+    int live = 0;
+    for (const auto& r : shard.replicas()) live += r.state() == v1::REPLICA_STATE_LIVE;
+    absl::StrAppendFormat(&out, "  shard %d: %s\n", s,
+                          shard.lost()                              ? "LOST: restore a checkpoint"
+                          : shard.replicas().empty()                ? "no server yet"
+                          : static_cast<uint32_t>(live) < map.replication() ? "degraded"
+                                                                            : "ok");
+    const uint64_t primary_lsn =
+        shard.replicas().empty() ? 0 : lsn_of(shard.replicas(0).address());
+    for (int i = 0; i < shard.replicas_size(); ++i) {
+      const auto& r = shard.replicas(i);
+      auto it = members.find(r.address());
+      const bool alive = it != members.end() && it->second->alive();
+      const uint64_t lsn = lsn_of(r.address());
+      absl::StrAppendFormat(&out, "    %-8s %-21s %-8s %-5s lsn %u%s\n",
+                            i == 0 ? "primary" : "backup", r.address(), StateName(r.state()),
+                            alive ? "alive" : "DEAD", lsn,
+                            i > 0 && primary_lsn > lsn
+                                ? absl::StrFormat(" (lag %u)", primary_lsn - lsn)
+                                : "");
+    }
+  }
+  absl::StrAppend(&out, "servers:\n");
+  for (const auto& m : resp.members()) {
+    absl::StrAppendFormat(&out, "  %-21s %-5s %-20s shard %2d, last heartbeat %.1f s ago\n",
+                          m.status().address(), m.alive() ? "alive" : "DEAD",
+                          v1::ServerRole_Name(m.status().role()), m.status().shard(),
+                          m.seconds_since_heartbeat());
+  }
+  absl::StrAppend(&out, "tables:\n");
+  if (!tables_error.empty()) absl::StrAppend(&out, "  (cannot list: ", tables_error, ")\n");
+  for (const TableStatus& t : tables) {
+    absl::StrAppendFormat(&out, "  %-20s %-6s %12u rows %10.1f MB\n", t.config.name,
+                          TableKindName(t.config.kind), t.rows, t.bytes / 1e6);
+  }
+  return out;
+}
+
+int RunStatus(const std::string& coordinator, bool json) {
+  if (coordinator.empty()) {
+    std::fprintf(stderr, "tessera status: --coordinator=host:port is required\n");
+    return 2;
+  }
+  absl::StatusOr<std::string> text = FormatClusterStatus(coordinator, json);
+  if (!text.ok()) {
+    std::fprintf(stderr, "tessera status: %s\n", text.status().ToString().c_str());
+    return 1;
+  }
+  std::fputs(text->c_str(), stdout);
+  return 0;
+}
+
+}  // namespace tessera
