@@ -75,8 +75,7 @@ absl::Status Client::Impl::Annotate(uint32_t shard, const absl::Status& status) 
                       absl::StrFormat("server %s (shard %u): %s",
                                       servers[shard]->Current() ? servers[shard]->Current()->address
                                                                 : std::string("(none)"),
-                                      shard,
-                                      status.message()));
+                                      shard, status.message()));
 }
 
 int64_t Client::Impl::AttemptTimeoutMs() const {
@@ -95,11 +94,11 @@ absl::Status Client::Impl::CallShard(uint32_t shard, const BlockingCall& call) {
   for (int attempt = 1;; ++attempt) {
     std::shared_ptr<Endpoint> endpoint = servers[shard]->Current();
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(AttemptTimeoutMs()));
-    const grpc::Status st =
-        endpoint != nullptr
-            ? call(endpoint->NextStub(), &ctx)
-            : grpc::Status(grpc::StatusCode::UNAVAILABLE, "the shard has no primary");
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::milliseconds(AttemptTimeoutMs()));
+    const grpc::Status st = endpoint != nullptr ? call(endpoint->NextStub(), &ctx)
+                                                : grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                                               "the shard has no primary");
     if (st.ok()) return absl::OkStatus();
     const bool retryable = endpoint == nullptr || Retryable(st, ctx);
     if (retryable) RequestRefresh();
@@ -263,7 +262,7 @@ void Client::Impl::RefreshLoop() {
       refresh_wanted = false;
     }
     (void)FetchMap(/*require_complete=*/false);  // on failure the next retry asks again
-    absl::SleepFor(absl::Milliseconds(20));       // at most one fetch per 20 ms
+    absl::SleepFor(absl::Milliseconds(20));      // at most one fetch per 20 ms
     absl::MutexLock lock(&refresh_mu);
     ++refreshes;
   }
@@ -293,8 +292,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-    coordinator = v1::Coordinator::NewStub(grpc::CreateCustomChannel(
-        options.coordinator, grpc::InsecureChannelCredentials(), args));
+    coordinator = v1::Coordinator::NewStub(
+        grpc::CreateCustomChannel(options.coordinator, grpc::InsecureChannelCredentials(), args));
     v1::GetClusterMapRequest req;
     v1::GetClusterMapResponse resp;
     grpc::ClientContext ctx;

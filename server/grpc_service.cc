@@ -100,8 +100,7 @@ void GrpcService::Run(Method method, Ctx* ctx, const Bytes* request, Bytes* resp
         // Pull responses: the values travel as a slice that owns them, without a protobuf copy.
         std::string values = std::move(*resp->mutable_values());
         resp->clear_values();
-        *response =
-            EncodeWithBulk(*resp, {OwnedBulk(Resp::kValuesFieldNumber, std::move(values))});
+        *response = EncodeWithBulk(*resp, {OwnedBulk(Resp::kValuesFieldNumber, std::move(values))});
       } else {
         bool own = false;
         if (grpc::Status s = grpc::SerializationTraits<Resp>::Serialize(*resp, response, &own);
@@ -129,16 +128,17 @@ void GrpcService::Run(Method method, Ctx* ctx, const Bytes* request, Bytes* resp
   finish(std::move(status));
 }
 
-#define TESSERA_RAW_METHOD(Name, ReqT, RespT)                                        \
-  GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) { \
-    return Handle<ReqT, RespT>(Method::k##Name, ctx, req, resp,                      \
+#define TESSERA_RAW_METHOD(Name, ReqT, RespT)                                                  \
+  GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) {           \
+    return Handle<ReqT, RespT>(Method::k##Name, ctx, req, resp,                                \
                                [this](const ReqT& r, RespT* p) { return core_->Name(r, p); }); \
   }
 // Changes hand the raw request to the core, which logs it for the backups.
-#define TESSERA_RAW_CHANGE(Name, ReqT, RespT)                                                \
-  GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) {         \
-    return Handle<ReqT, RespT>(Method::k##Name, ctx, req, resp,                              \
-                               [this, req](const ReqT& r, RespT* p) { return core_->Name(r, p, req); }); \
+#define TESSERA_RAW_CHANGE(Name, ReqT, RespT)                                        \
+  GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) { \
+    return Handle<ReqT, RespT>(                                                      \
+        Method::k##Name, ctx, req, resp,                                             \
+        [this, req](const ReqT& r, RespT* p) { return core_->Name(r, p, req); });    \
   }
 
 TESSERA_RAW_CHANGE(CreateTable, v1::CreateTableRequest, v1::CreateTableResponse)

@@ -58,8 +58,7 @@ class GrpcService final : public RawParameterServerService {
   Reactor* Offload(Method method, Ctx* ctx, const Bytes* request, Bytes* response, Fn fn)
       ABSL_LOCKS_EXCLUDED(offload_mu_);
   template <typename Req, typename Resp, typename Fn>
-  void Run(Method method, Ctx* ctx, const Bytes* request, Bytes* response, Fn fn,
-           Reactor* reactor);
+  void Run(Method method, Ctx* ctx, const Bytes* request, Bytes* response, Fn fn, Reactor* reactor);
 
   ServerCore* core_;
   ServerMetrics* metrics_;

@@ -212,19 +212,19 @@ std::vector<prometheus::MetricFamily> ReplicationCollector::Collect() const {
   add("tessera_server_shard", "The shard this server is bound to (-1: none yet).",
       MetricType::Gauge, r.shard);
   for (const char* role : {"primary", "backup", "joining", "none"}) {
-    add("tessera_server_replica_role", "1 for this server's role in its shard.",
-        MetricType::Gauge, r.role == role ? 1 : 0, {{"role", role}});
+    add("tessera_server_replica_role", "1 for this server's role in its shard.", MetricType::Gauge,
+        r.role == role ? 1 : 0, {{"role", role}});
   }
-  add("tessera_server_lsn", "Changes applied to this shard (its update order).",
-      MetricType::Gauge, static_cast<double>(core_->lsn()));
+  add("tessera_server_lsn", "Changes applied to this shard (its update order).", MetricType::Gauge,
+      static_cast<double>(core_->lsn()));
   for (const auto& b : r.backups) {
     add("tessera_replica_lag_updates",
-        "Changes this primary applied that the backup has not acknowledged yet.",
-        MetricType::Gauge, static_cast<double>(b.lag), {{"backup", b.address}});
+        "Changes this primary applied that the backup has not acknowledged yet.", MetricType::Gauge,
+        static_cast<double>(b.lag), {{"backup", b.address}});
   }
   for (const auto& b : r.backups) {
-    add("tessera_replica_live", "1 when the backup counts for acknowledgements.",
-        MetricType::Gauge, b.live ? 1 : 0, {{"backup", b.address}});
+    add("tessera_replica_live", "1 when the backup counts for acknowledgements.", MetricType::Gauge,
+        b.live ? 1 : 0, {{"backup", b.address}});
   }
   for (const auto& b : r.backups) {
     add("tessera_replica_catching_up", "1 while a snapshot is being sent to the backup.",
@@ -232,8 +232,8 @@ std::vector<prometheus::MetricFamily> ReplicationCollector::Collect() const {
   }
   for (const auto& b : r.backups) {
     add("tessera_replica_snapshot_sent_bytes",
-        "Bytes of the current (or last) catch-up snapshot sent to the backup.",
-        MetricType::Gauge, static_cast<double>(b.snapshot_bytes_sent), {{"backup", b.address}});
+        "Bytes of the current (or last) catch-up snapshot sent to the backup.", MetricType::Gauge,
+        static_cast<double>(b.snapshot_bytes_sent), {{"backup", b.address}});
   }
   add("tessera_server_snapshots_sent_total", "Catch-up snapshots this server sent as primary.",
       MetricType::Counter, static_cast<double>(r.snapshots_sent));

@@ -284,9 +284,9 @@ struct Replicator::Impl
       } else {
         const auto& replicas = m.shards(my_shard).replicas();
         primary = replicas[0].address();
-        role = my_index == 0 ? v1::SERVER_ROLE_PRIMARY
+        role = my_index == 0                                          ? v1::SERVER_ROLE_PRIMARY
                : replicas[my_index].state() == v1::REPLICA_STATE_LIVE ? v1::SERVER_ROLE_BACKUP
-                                                                       : v1::SERVER_ROLE_JOINING;
+                                                                      : v1::SERVER_ROLE_JOINING;
       }
       shard = my_shard;
       if (primary != old_primary) {
@@ -383,6 +383,12 @@ struct Replicator::Impl
   void Append(uint64_t lsn, int kind, const void* request) {
     absl::MutexLock lock(&mu);
     appended = std::max(appended, lsn);
+    if (kind == v1::LOG_ENTRY_KIND_RESTORE) {
+      // The state was replaced: every backup gets a snapshot taken after this point, which
+      // acknowledges this LSN once installed.
+      for (auto& [addr, s] : senders) s->needs_snapshot = true;
+      return;
+    }
     if (request == nullptr) return;
     for (auto& [addr, s] : senders) {
       s->queue.push_back({lsn, kind, *static_cast<const grpc::ByteBuffer*>(request)});
@@ -436,8 +442,7 @@ struct Replicator::Impl
         auto ready = [s]() {
           if (s->stop || !s->failure.ok()) return true;
           if (s->needs_snapshot || s->report_caught_up) return s->in_flight == 0;
-          return s->in_flight < kMaxInFlight && !s->queue.empty() &&
-                 s->queue.back().lsn > s->sent;
+          return s->in_flight < kMaxInFlight && !s->queue.empty() && s->queue.back().lsn > s->sent;
         };
         mu.AwaitWithTimeout(absl::Condition(&ready), absl::Milliseconds(200));
         if (s->stop) {
@@ -498,7 +503,9 @@ struct Replicator::Impl
           s->needs_snapshot = true;
         }
       }
-      LogWarning("replication to %s: %s", s->address, st.ToString());
+      if (failures == 0) {  // the first of a streak (the streak ends with a success)
+        LogWarning("replication to %s: %s; retrying", s->address, st.ToString());
+      }
       Backoff(s, &failures);
     }
   }
@@ -639,9 +646,9 @@ struct Replicator::Impl
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     if (req_epoch > epoch) {
       poked = true;
-      return absl::UnavailableError(absl::StrFormat(
-          "replica %s is at shard-map epoch %u, behind the sender's %u; retry", address,
-          epoch, req_epoch));
+      return absl::UnavailableError(
+          absl::StrFormat("replica %s is at shard-map epoch %u, behind the sender's %u; retry",
+                          address, epoch, req_epoch));
     }
     const bool replica = role == v1::SERVER_ROLE_BACKUP || role == v1::SERVER_ROLE_JOINING;
     if (!replica || shard != static_cast<int32_t>(req_shard) || primary != sender) {

@@ -35,7 +35,7 @@ struct ReplicationStats {
   uint64_t lsn = 0;  // last change appended (primary) or applied (backup)
   struct Backup {
     std::string address;
-    bool live = false;        // counted for acknowledgements
+    bool live = false;         // counted for acknowledgements
     bool catching_up = false;  // snapshot being sent
     uint64_t acked_lsn = 0;
     uint64_t lag = 0;  // entries behind this primary

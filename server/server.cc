@@ -92,8 +92,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
       impl->exposer->RegisterCollectable(impl->replication_collector);
     }
   }
-  impl->service = std::make_unique<GrpcService>(impl->core.get(), impl->metrics.get(),
-                                                impl->replicator.get());
+  impl->service =
+      std::make_unique<GrpcService>(impl->core.get(), impl->metrics.get(), impl->replicator.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   const std::string addr = absl::StrFormat("%s:%d", options.address, options.port);

@@ -16,6 +16,7 @@
 #include "common/status_macros.h"
 #include "common/wire.h"
 #include "proto/checkpoint.pb.h"
+#include "proto/cluster.pb.h"
 #include "proto/tessera.pb.h"
 #include "server/dense_table.h"
 #include "server/server_core.h"
@@ -348,8 +349,7 @@ absl::Status ServerCore::LoadTable(const std::vector<storage::v1::CheckpointMani
   // them at the end. (One byte per block: threads set different ones.)
   std::vector<char> loaded(table->dense != nullptr ? table->dense->layout().num_blocks() : 0, 0);
   std::atomic<uint64_t> loaded_rows{0};
-  const auto [mine_first, mine_last] =
-      VshardRange(shard_index_, num_shards_, options_.num_vshards);
+  const auto [mine_first, mine_last] = VshardRange(shard_index_, num_shards_, options_.num_vshards);
   const uint32_t threads = std::max<uint32_t>(1, options_.checkpoint_write_threads);
   for (const storage::v1::PartManifest& last_part : last.parts()) {
     const uint32_t j = last_part.shard_index();
@@ -503,11 +503,16 @@ void ServerCore::CommitRestore(std::unique_ptr<StagedRestore> staged) {
   const size_t num_tables = staged->tables.size();
   absl::flat_hash_map<std::string, std::shared_ptr<Table>> old;  // freed outside the locks
   {
-    absl::WriterMutexLock gate(&gate_);
-    absl::MutexLock lock(&tables_mu_);
-    old.swap(tables_);
-    tables_ = std::move(staged->tables);
-    dedup_.Restore(staged->dedup);  // (changes from now on carry generations > kBaseGeneration)
+    absl::MutexLock order(&order_mu_);
+    {
+      absl::WriterMutexLock gate(&gate_);
+      absl::MutexLock lock(&tables_mu_);
+      old.swap(tables_);
+      tables_ = std::move(staged->tables);
+      dedup_.Restore(staged->dedup);  // (changes from now on carry generations > kBaseGeneration)
+    }
+    // One change in the update order: backups take a snapshot of the restored state.
+    NextLsn(v1::LOG_ENTRY_KIND_RESTORE, this);
   }
   {
     absl::MutexLock lock(&ckpt_mu_);
@@ -565,6 +570,7 @@ absl::Status ServerCore::RestoreCheckpoint(const v1::RestoreCheckpointRequest& r
   } else {
     CommitRestore(std::move(staged));
   }
+  resp->set_lsn(lsn());
   return absl::OkStatus();
 }
 

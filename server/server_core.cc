@@ -121,15 +121,15 @@ absl::Status ServerCore::Bind(uint32_t shard_index, uint32_t num_shards) {
       ShardMap::Uniform(std::max<uint64_t>(1, shard_map_epoch()), num_shards, options_.num_vshards);
   if (!map.ok()) return map.status();
   if (shard_index >= num_shards) {
-    return absl::InvalidArgumentError(absl::StrFormat("shard_index %u must be below num_shards %u",
-                                                      shard_index, num_shards));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("shard_index %u must be below num_shards %u", shard_index, num_shards));
   }
   absl::WriterMutexLock gate(&gate_);
   if (bound()) {
     if (shard_index == shard_index_ && num_shards == num_shards_) return absl::OkStatus();
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "this server is bound to shard %u of %u; it cannot hold shard %u of %u", shard_index_,
-        num_shards_, shard_index, num_shards));
+    return absl::FailedPreconditionError(
+        absl::StrFormat("this server is bound to shard %u of %u; it cannot hold shard %u of %u",
+                        shard_index_, num_shards_, shard_index, num_shards));
   }
   shard_index_ = shard_index;
   num_shards_ = num_shards;
@@ -260,16 +260,15 @@ absl::Status ServerCore::CreateTableImpl(const v1::CreateTableRequest& req,
   } else {
     const uint64_t bytes = DenseTable::BytesFor(*config, owned_);
     if (bytes > options_.max_dense_table_bytes) {
-      return absl::ResourceExhaustedError(absl::StrFormat(
-          "table '%s' would take %u bytes on shard %u, over the limit of %u bytes "
-          "(--max_dense_table_bytes)",
-          config->name, bytes, shard_index_, options_.max_dense_table_bytes));
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("table '%s' would take %u bytes on shard %u, over the limit of %u bytes "
+                          "(--max_dense_table_bytes)",
+                          config->name, bytes, shard_index_, options_.max_dense_table_bytes));
     }
     table->dense = std::make_unique<DenseTable>(*config, owned_);
     if (!table->dense->allocated()) {
-      return absl::ResourceExhaustedError(
-          absl::StrFormat("table '%s': cannot map %u bytes on shard %u", config->name, bytes,
-                          shard_index_));
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "table '%s': cannot map %u bytes on shard %u", config->name, bytes, shard_index_));
     }
   }
 
@@ -298,9 +297,8 @@ absl::Status ServerCore::DropTable(const v1::DropTableRequest& req, v1::DropTabl
   return DropTableImpl(req, resp, request, /*replicated=*/false);
 }
 
-absl::Status ServerCore::DropTableImpl(const v1::DropTableRequest& req,
-                                       v1::DropTableResponse* resp, const void* request,
-                                       bool replicated) {
+absl::Status ServerCore::DropTableImpl(const v1::DropTableRequest& req, v1::DropTableResponse* resp,
+                                       const void* request, bool replicated) {
   std::shared_ptr<Table> dropped;  // destroyed outside the locks
   absl::MutexLock order(&order_mu_);
   {
@@ -442,8 +440,7 @@ absl::Status ServerCore::CheckSparseRequest(const SparseTable& table, const std:
     if (!table.Owns(run.vshard)) {
       return absl::FailedPreconditionError(absl::StrFormat(
           "table '%s': key %u is in vshard %u, which shard %u does not own at epoch %u", name,
-          out->keys[out->groups.KeyIndex(run.begin)], run.vshard, shard_index_,
-          shard_map_epoch()));
+          out->keys[out->groups.KeyIndex(run.begin)], run.vshard, shard_index_, shard_map_epoch()));
     }
   }
   return absl::OkStatus();
@@ -475,7 +472,8 @@ absl::Status ServerCore::PushSparse(const v1::PushSparseRequest& req, v1::PushRe
 
 absl::Status ServerCore::PushSparseImpl(const v1::PushSparseRequest& req, v1::PushResponse* resp,
                                         const void* request, bool replicated) {
-  absl::StatusOr<std::shared_ptr<Table>> table = FindTable(nullptr, req.table(), TableKind::kSparse);
+  absl::StatusOr<std::shared_ptr<Table>> table =
+      FindTable(nullptr, req.table(), TableKind::kSparse);
   if (!table.ok()) return table.status();
   SparseTable& sparse = *(*table)->sparse;
   const std::string& name = req.table();
@@ -526,10 +524,9 @@ absl::Status ServerCore::PushDenseImpl(const v1::PushDenseRequest& req, v1::Push
   absl::StatusOr<absl::Span<const float>> values =
       PushValues(req.values(), req.count(), name, &scratch);
   if (!values.ok()) return values.status();
-  return ApplyOnce(req.id(), name, resp, v1::LOG_ENTRY_KIND_PUSH_DENSE, request, replicated,
-                   [&](uint64_t gen) {
-    dense.Push(req.offset(), req.count(), values->data(), gen);
-  });
+  return ApplyOnce(
+      req.id(), name, resp, v1::LOG_ENTRY_KIND_PUSH_DENSE, request, replicated,
+      [&](uint64_t gen) { dense.Push(req.offset(), req.count(), values->data(), gen); });
 }
 
 absl::Status ServerCore::CheckDenseRange(const DenseTable& dense, const std::string& name,
@@ -549,8 +546,8 @@ absl::Status ServerCore::CheckDenseRange(const DenseTable& dense, const std::str
   if (missing >= 0) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "table '%s': block %d (elements [%u, %u)) is not held by shard %u at epoch %u", name,
-        missing, dense.layout().BlockBegin(missing), dense.layout().BlockEnd(missing),
-        shard_index_, shard_map_epoch()));
+        missing, dense.layout().BlockBegin(missing), dense.layout().BlockEnd(missing), shard_index_,
+        shard_map_epoch()));
   }
   return absl::OkStatus();
 }

@@ -234,8 +234,8 @@ class ServerCore {
 
   explicit ServerCore(const ServerCoreOptions& options);
 
-  // Checks the routing (unless header is null), then finds the table: NOT_FOUND when absent, FAILED_PRECONDITION when of
-  // another kind.
+  // Checks the routing (unless header is null), then finds the table: NOT_FOUND when absent,
+  // FAILED_PRECONDITION when of another kind.
   absl::StatusOr<std::shared_ptr<Table>> FindTable(const v1::RequestHeader* header,
                                                    const std::string& name, TableKind kind) const
       ABSL_LOCKS_EXCLUDED(tables_mu_);
@@ -277,7 +277,7 @@ class ServerCore {
   absl::StatusOr<std::unique_ptr<StagedRestore>> PrepareRestore(uint64_t id)
       ABSL_LOCKS_EXCLUDED(ckpt_mu_);
   void CommitRestore(std::unique_ptr<StagedRestore> staged)
-      ABSL_LOCKS_EXCLUDED(ckpt_mu_, gate_, tables_mu_);
+      ABSL_LOCKS_EXCLUDED(ckpt_mu_, order_mu_, gate_, tables_mu_);
   void RecordCheckpoint(bool ok, double seconds, double cut_seconds, uint64_t bytes, uint64_t rows)
       ABSL_LOCKS_EXCLUDED(ckpt_mu_);
 

@@ -207,9 +207,9 @@ absl::Status ServerCore::InstallSnapshot(const v1::InstallSnapshotRequest& req) 
     }
   } else if (incoming_ == nullptr || incoming_->id != req.snapshot_id() ||
              incoming_->next_seq != req.seq()) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "snapshot %u chunk %u is out of order; the primary must start again", req.snapshot_id(),
-        req.seq()));
+    return absl::FailedPreconditionError(
+        absl::StrFormat("snapshot %u chunk %u is out of order; the primary must start again",
+                        req.snapshot_id(), req.seq()));
   }
   IncomingSnapshot& in = *incoming_;
   for (const v1::SnapshotRows& rows : req.rows()) {
@@ -225,17 +225,17 @@ absl::Status ServerCore::InstallSnapshot(const v1::InstallSnapshotRequest& req) 
       const size_t rb = sparse.row_bytes();
       if (rows.keys().size() != n * sizeof(uint64_t) || rows.payload().size() != n * rb ||
           rows.vshard() >= sparse.num_vshards() || !sparse.Owns(rows.vshard())) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "snapshot rows of table '%s' (vshard %u) do not fit", rows.spec().name(),
-            rows.vshard()));
+        return absl::InvalidArgumentError(
+            absl::StrFormat("snapshot rows of table '%s' (vshard %u) do not fit",
+                            rows.spec().name(), rows.vshard()));
       }
       std::vector<uint64_t> scratch;
       absl::Span<const uint64_t> keys = PackedView<uint64_t>(rows.keys(), &scratch);
       for (size_t i = 0; i < n; ++i) {
         if (VshardOfKey(keys[i], sparse.num_vshards()) != rows.vshard()) {
-          return absl::InvalidArgumentError(absl::StrFormat(
-              "snapshot key %u of table '%s' is not in vshard %u", keys[i], rows.spec().name(),
-              rows.vshard()));
+          return absl::InvalidArgumentError(
+              absl::StrFormat("snapshot key %u of table '%s' is not in vshard %u", keys[i],
+                              rows.spec().name(), rows.vshard()));
         }
         sparse.LoadRow(rows.vshard(), keys[i],
                        absl::string_view(rows.payload().data() + i * rb, rb));
@@ -245,8 +245,8 @@ absl::Status ServerCore::InstallSnapshot(const v1::InstallSnapshotRequest& req) 
       const uint64_t b = rows.dense_block();
       if (b >= dense.layout().num_blocks() || !dense.Holds(b) ||
           rows.payload().size() != dense.BlockPayloadBytes(b)) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "snapshot block %u of table '%s' does not fit", b, rows.spec().name()));
+        return absl::InvalidArgumentError(
+            absl::StrFormat("snapshot block %u of table '%s' does not fit", b, rows.spec().name()));
       }
       dense.LoadBlock(b, rows.payload());
     }

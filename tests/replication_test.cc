@@ -5,8 +5,9 @@
 #include <signal.h>
 
 #include <atomic>
-#include <cstring>
 #include <catch2/catch.hpp>
+#include <cstring>
+#include <filesystem>
 #include <random>
 #include <thread>
 
@@ -17,6 +18,8 @@
 #include "client/client.h"
 #include "proto/tessera.grpc.pb.h"
 #include "tests/test_cluster.h"
+#include "tools/checkpoint_driver.h"
+#include "tools/prom_text.h"
 
 namespace tessera {
 namespace {
@@ -29,7 +32,8 @@ constexpr uint64_t kDenseSize = 2048;
 constexpr uint32_t kKeysPerPush = 24;
 
 std::unique_ptr<LocalCluster> StartReplicated(uint32_t servers, uint32_t replication,
-                                              uint32_t shards) {
+                                              uint32_t shards,
+                                              std::vector<std::string> server_args = {}) {
   LocalClusterOptions o;
   o.server_binary = TESSERA_SERVER_BINARY;
   o.coordinator_binary = TESSERA_COORDINATOR_BINARY;
@@ -38,6 +42,7 @@ std::unique_ptr<LocalCluster> StartReplicated(uint32_t servers, uint32_t replica
   o.num_shards = shards;
   o.coordinator_args = {"--lease_ms=1000"};
   o.extra_args = {"--heartbeat_ms=100"};
+  o.extra_args.insert(o.extra_args.end(), server_args.begin(), server_args.end());
   absl::StatusOr<std::unique_ptr<LocalCluster>> c = LocalCluster::Start(o);
   INFO(c.status().ToString());
   REQUIRE(c.ok());
@@ -128,9 +133,10 @@ class Workload {
         const double want = want_sparse[k * kDim + d];
         const double have = got[k * kDim + d];
         if (want != have) {
-          FAIL(absl::StrFormat("sparse key %u column %u: the acknowledged pushes sum to %g, the "
-                               "cluster holds %g (%s)",
-                               k, d, want, have, have > want ? "applied twice" : "lost"));
+          FAIL(
+              absl::StrFormat("sparse key %u column %u: the acknowledged pushes sum to %g, the "
+                              "cluster holds %g (%s)",
+                              k, d, want, have, have > want ? "applied twice" : "lost"));
         }
       }
     }
@@ -138,15 +144,16 @@ class Workload {
     TESSERA_REQUIRE_OK(reader->PullDense("dsum", 0, absl::MakeSpan(dense)));
     for (uint64_t i = 0; i < kDenseSize; ++i) {
       if (want_dense[i] != dense[i]) {
-        FAIL(absl::StrFormat("dense element %u: the acknowledged pushes sum to %g, the cluster "
-                             "holds %g (%s)",
-                             i, want_dense[i], dense[i],
-                             dense[i] > want_dense[i] ? "applied twice" : "lost"));
+        FAIL(absl::StrFormat(
+            "dense element %u: the acknowledged pushes sum to %g, the cluster "
+            "holds %g (%s)",
+            i, want_dense[i], dense[i], dense[i] > want_dense[i] ? "applied twice" : "lost"));
       }
     }
-    WARN(absl::StrFormat("verified %u acknowledged pushes (%u acknowledged as duplicates "
-                         "after a retry)",
-                         acked(), duplicates));
+    WARN(
+        absl::StrFormat("verified %u acknowledged pushes (%u acknowledged as duplicates "
+                        "after a retry)",
+                        acked(), duplicates));
   }
 
  private:
@@ -212,6 +219,17 @@ int WaitForNewPrimary(LocalCluster& cluster, uint32_t shard, int old,
   return -1;
 }
 
+// Waits until server `gone` is no longer a replica of `shard`.
+void WaitUntilRemoved(LocalCluster& cluster, uint32_t shard, int gone) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < deadline) {
+    absl::StatusOr<std::vector<int>> r = cluster.ReplicasOf(shard);
+    if (r.ok() && std::find(r->begin(), r->end(), gone) == r->end()) return;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  FAIL("server " << gone << " is still a replica of shard " << shard);
+}
+
 void WaitForReplicas(LocalCluster& cluster) {
   TESSERA_REQUIRE_OK(cluster.WaitForReplicas(absl::Seconds(60)));
 }
@@ -230,7 +248,7 @@ TEST_CASE("R=2: killing primaries at 10 points loses and doubles no acknowledged
     const int victim = (*replicas)[0];
     kill(cluster->pid(victim), SIGKILL);
     WaitForNewPrimary(*cluster, shard, victim);
-    work.WaitForMore(20);  // service goes on with one replica
+    work.WaitForMore(20);                                // service goes on with one replica
     TESSERA_REQUIRE_OK(cluster->RestartServer(victim));  // comes back empty, catches up
     WaitForReplicas(*cluster);
   }
@@ -350,6 +368,121 @@ TEST_CASE("R=3 survives two simultaneous kills", "[replication][fault]") {
   work.Verify();
 }
 
+TEST_CASE("a spare replaces a lost replica while pushes go on and can then be promoted",
+          "[replication][fault]") {
+  auto cluster = StartReplicated(3, 2, 1);  // one spare
+  absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(0);
+  REQUIRE(replicas.ok());
+  REQUIRE(replicas->size() == 2);
+  int spare = 0;
+  while (std::find(replicas->begin(), replicas->end(), spare) != replicas->end()) ++spare;
+  Workload work(*cluster, 4);
+  work.Start();
+  work.WaitForMore(200);
+  kill(cluster->pid((*replicas)[1]), SIGKILL);  // the backup
+  WaitUntilRemoved(*cluster, 0, (*replicas)[1]);
+  WaitForReplicas(*cluster);  // the spare caught up while pushes went on
+  absl::StatusOr<std::vector<int>> now = cluster->ReplicasOf(0);
+  REQUIRE(now.ok());
+  REQUIRE(now->size() == 2);
+  CHECK((*now)[1] == spare);
+  work.WaitForMore(100);
+  kill(cluster->pid((*now)[0]), SIGKILL);  // the primary: the former spare takes over
+  CHECK(WaitForNewPrimary(*cluster, 0, (*now)[0]) == spare);
+  work.WaitForMore(100);
+  work.Stop();
+  work.Verify();
+
+  // The failover is visible in the coordinator's metrics and in `tessera status`.
+  absl::StatusOr<std::string> text = HttpGet(cluster->coordinator_metrics_port(), "/metrics");
+  REQUIRE(text.ok());
+  CHECK(SumSamples(ParsePromText(*text), "tessera_coordinator_failovers_total") == 1);
+  const auto [code, out] = RunCommand(absl::StrCat(
+      TESSERA_CLI_BINARY, " status --coordinator=", cluster->coordinator_address(), " --json"));
+  INFO(out);
+  CHECK(code == 0);
+  CHECK(out.find("\"failovers\":1") != std::string::npos);
+  CHECK(out.find(absl::StrCat("\"address\":\"", cluster->addresses()[spare],
+                              "\",\"role\":\"primary\"")) != std::string::npos);
+  CHECK(out.find("\"name\":\"sum\"") != std::string::npos);
+}
+
+TEST_CASE("replica metrics show the role and the lag of every backup", "[replication]") {
+  auto cluster = StartReplicated(2, 2, 1);
+  Workload work(*cluster, 1);
+  work.Start();
+  work.WaitForMore(50);
+  work.Stop();
+  absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(0);
+  REQUIRE(replicas.ok());
+  absl::StatusOr<std::string> primary =
+      HttpGet(cluster->metrics_ports()[(*replicas)[0]], "/metrics");
+  absl::StatusOr<std::string> backup =
+      HttpGet(cluster->metrics_ports()[(*replicas)[1]], "/metrics");
+  REQUIRE(primary.ok());
+  REQUIRE(backup.ok());
+  const std::vector<PromSample> p = ParsePromText(*primary), b = ParsePromText(*backup);
+  CHECK(SumSamples(p, "tessera_server_replica_role", {{"role", "primary"}}) == 1);
+  CHECK(SumSamples(b, "tessera_server_replica_role", {{"role", "backup"}}) == 1);
+  CHECK(SumSamples(p, "tessera_replica_live", {{"backup", cluster->addresses()[(*replicas)[1]]}}) ==
+        1);
+  // Every acknowledged push is on the backup: its LSN equals the primary's, no lag.
+  CHECK(SumSamples(p, "tessera_replica_lag_updates") == 0);
+  CHECK(SumSamples(p, "tessera_server_lsn") == SumSamples(b, "tessera_server_lsn"));
+  CHECK(SumSamples(p, "tessera_server_lsn") >= 50);
+}
+
+TEST_CASE("a checkpoint restored into a replicated cluster reaches the backups",
+          "[replication][checkpoint]") {
+  char tmpl[] = "/tmp/tessera-repl-ckpt-XXXXXX";
+  REQUIRE(mkdtemp(tmpl) != nullptr);
+  const std::string dir = tmpl;
+  auto cluster = StartReplicated(4, 2, 2, {"--checkpoint_dir=" + dir});
+  std::unique_ptr<Client> c = ConnectTo(*cluster);
+  TableConfig t{.name = "w", .kind = TableKind::kSparse, .dim = 2};
+  t.optimizer.kind = OptimizerKind::kAdd;
+  TESSERA_REQUIRE_OK(c->CreateTable(t).status());
+  std::vector<uint64_t> keys(100);
+  for (uint64_t k = 0; k < keys.size(); ++k) keys[k] = k;
+  const std::vector<float> ones(keys.size() * 2, 1.0f);
+  auto expect_all = [&](float want) {
+    std::vector<float> got(keys.size() * 2);
+    TESSERA_REQUIRE_OK(c->PullSparse("w", keys, absl::MakeSpan(got)));
+    for (size_t i = 0; i < got.size(); ++i) {
+      INFO("value " << i);
+      REQUIRE(got[i] == want);
+    }
+  };
+  for (int i = 0; i < 3; ++i) TESSERA_REQUIRE_OK(c->PushSparse("w", keys, ones));
+  absl::StatusOr<std::vector<std::string>> primaries =
+      PrimaryAddresses(cluster->coordinator_address());
+  REQUIRE(primaries.ok());
+  CheckpointDriverOptions d;
+  d.dir = dir;
+  d.servers = *primaries;
+  absl::StatusOr<CheckpointRoundResult> round = RunCheckpointRound(d);
+  INFO(round.status().ToString());
+  REQUIRE(round.ok());
+  for (int i = 0; i < 2; ++i) TESSERA_REQUIRE_OK(c->PushSparse("w", keys, ones));
+  expect_all(5);
+  absl::StatusOr<RestoreResult> restored = RestoreCluster(dir, *primaries, 1, round->id);
+  INFO(restored.status().ToString());
+  REQUIRE(restored.ok());
+  expect_all(3);
+  // The restore was acknowledged once the backups held it: kill both primaries.
+  for (uint32_t shard = 0; shard < 2; ++shard) {
+    absl::StatusOr<std::vector<int>> r = cluster->ReplicasOf(shard);
+    REQUIRE(r.ok());
+    kill(cluster->pid((*r)[0]), SIGKILL);
+    WaitForNewPrimary(*cluster, shard, (*r)[0]);
+  }
+  expect_all(3);
+  TESSERA_REQUIRE_OK(c->PushSparse("w", keys, ones));
+  expect_all(4);
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+}
+
 TEST_CASE("a promoted backup holds bit-identical weights and optimizer slots",
           "[replication][fault]") {
   auto cluster = StartReplicated(2, 2, 1);
@@ -358,9 +491,8 @@ TEST_CASE("a promoted backup holds bit-identical weights and optimizer slots",
   std::unique_ptr<Client> ref = testing::Connect(*reference);
   std::vector<TableConfig> tables;
   for (OptimizerKind kind : {OptimizerKind::kAdam, OptimizerKind::kFtrl, OptimizerKind::kAdagrad}) {
-    TableConfig t{.name = absl::StrCat("s", static_cast<int>(kind)),
-                  .kind = TableKind::kSparse,
-                  .dim = 4};
+    TableConfig t{
+        .name = absl::StrCat("s", static_cast<int>(kind)), .kind = TableKind::kSparse, .dim = 4};
     t.optimizer.kind = kind;
     t.initializer = {.kind = InitializerKind::kNormal, .seed = 3};
     tables.push_back(t);

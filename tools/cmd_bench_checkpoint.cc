@@ -16,8 +16,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
-#include "tools/checkpoint_driver.h"
 #include "tools/bench_report.h"
+#include "tools/checkpoint_driver.h"
 #include "tools/commands.h"
 #include "tools/local_cluster.h"
 

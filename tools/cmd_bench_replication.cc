@@ -2,13 +2,12 @@
 // in the same run, alternating) and the pause a client sees when a primary is killed or
 // stalled (docs/replication.md, docs/benchmarks.md).
 #include <signal.h>
-
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstring>
 #include <atomic>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <thread>
@@ -60,8 +59,8 @@ double CpuSeconds(pid_t pid) {
   if (p == nullptr) return 0;
   unsigned long long utime = 0, stime = 0;
   // state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
-  if (std::sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
-                  &stime) != 2) {
+  if (std::sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) !=
+      2) {
     return 0;
   }
   return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
@@ -311,11 +310,11 @@ int RunReplicationBench(const BenchCommandOptions& o) {
                            cpu2.client / units2, p2, b2, p1 / std::max(p2, b2))},
           o.json);
     }
-    PrintBenchLine({absl::StrFormat("%s_r2_over_r1", k.name), ratio[1], "x",
-                    absl::StrFormat(",\"rounds\":[%.3f,%.3f,%.3f]", ratio[0], ratio[1], ratio[2]),
-                    absl::StrFormat("goal >= 0.7; rounds %.2f %.2f %.2f", ratio[0], ratio[1],
-                                    ratio[2])},
-                   o.json);
+    PrintBenchLine(
+        {absl::StrFormat("%s_r2_over_r1", k.name), ratio[1], "x",
+         absl::StrFormat(",\"rounds\":[%.3f,%.3f,%.3f]", ratio[0], ratio[1], ratio[2]),
+         absl::StrFormat("goal >= 0.7; rounds %.2f %.2f %.2f", ratio[0], ratio[1], ratio[2])},
+        o.json);
   }
   c1->reset();
   (void)(*r1)->Stop();
@@ -354,12 +353,11 @@ int RunReplicationBench(const BenchCommandOptions& o) {
       if (!cluster.WaitForReplicas(absl::Seconds(60)).ok()) return false;
     }
     std::sort(pauses.begin(), pauses.end());
-    PrintBenchLine({name, pauses[1], "s",
-                    absl::StrFormat(",\"rounds\":[%.3f,%.3f,%.3f]", pauses[0], pauses[1],
-                                    pauses[2]),
-                    absl::StrFormat("median of 3; max %.2f s; default lease 1.5 s; goal < 3 s",
-                                    pauses[2])},
-                   o.json);
+    PrintBenchLine(
+        {name, pauses[1], "s",
+         absl::StrFormat(",\"rounds\":[%.3f,%.3f,%.3f]", pauses[0], pauses[1], pauses[2]),
+         absl::StrFormat("median of 3; max %.2f s; default lease 1.5 s; goal < 3 s", pauses[2])},
+        o.json);
     return true;
   };
   if (!pause("failover_pause_primary_killed", SIGKILL)) ++failures;

@@ -39,8 +39,7 @@ absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, 
   v1::GetClusterStatusRequest req;
   v1::GetClusterStatusResponse resp;
   if (absl::Status s = FromGrpcStatus(stub->GetClusterStatus(&ctx, req, &resp)); !s.ok()) {
-    return absl::Status(s.code(),
-                        absl::StrFormat("coordinator %s: %s", coordinator, s.message()));
+    return absl::Status(s.code(), absl::StrFormat("coordinator %s: %s", coordinator, s.message()));
   }
   std::map<std::string, const v1::MemberInfo*> members;
   for (const auto& m : resp.members()) members[m.status().address()] = &m;
@@ -75,7 +74,8 @@ absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, 
     std::vector<std::string> shards;
     for (int s = 0; s < map.shards_size(); ++s) {
       const auto& shard = map.shards(s);
-      const uint64_t primary_lsn = shard.replicas().empty() ? 0 : lsn_of(shard.replicas(0).address());
+      const uint64_t primary_lsn =
+          shard.replicas().empty() ? 0 : lsn_of(shard.replicas(0).address());
       std::vector<std::string> replicas;
       for (int i = 0; i < shard.replicas_size(); ++i) {
         const auto& r = shard.replicas(i);
@@ -104,8 +104,8 @@ absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, 
     std::vector<std::string> tj;
     for (const TableStatus& t : tables) {
       tj.push_back(absl::StrFormat("{\"name\":%s,\"kind\":\"%s\",\"rows\":%u,\"bytes\":%u}",
-                                   JsonString(t.config.name), TableKindName(t.config.kind),
-                                   t.rows, t.bytes));
+                                   JsonString(t.config.name), TableKindName(t.config.kind), t.rows,
+                                   t.bytes));
     }
     out = absl::StrFormat(
         "{\"epoch\":%u,\"num_shards\":%u,\"replication\":%u,\"failovers\":%u,\"shards\":[%s],"
@@ -125,23 +125,20 @@ absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, 
     int live = 0;
     for (const auto& r : shard.replicas()) live += r.state() == v1::REPLICA_STATE_LIVE;
     absl::StrAppendFormat(&out, "  shard %d: %s\n", s,
-                          shard.lost()                              ? "LOST: restore a checkpoint"
-                          : shard.replicas().empty()                ? "no server yet"
+                          shard.lost()               ? "LOST: restore a checkpoint"
+                          : shard.replicas().empty() ? "no server yet"
                           : static_cast<uint32_t>(live) < map.replication() ? "degraded"
                                                                             : "ok");
-    const uint64_t primary_lsn =
-        shard.replicas().empty() ? 0 : lsn_of(shard.replicas(0).address());
+    const uint64_t primary_lsn = shard.replicas().empty() ? 0 : lsn_of(shard.replicas(0).address());
     for (int i = 0; i < shard.replicas_size(); ++i) {
       const auto& r = shard.replicas(i);
       auto it = members.find(r.address());
       const bool alive = it != members.end() && it->second->alive();
       const uint64_t lsn = lsn_of(r.address());
-      absl::StrAppendFormat(&out, "    %-8s %-21s %-8s %-5s lsn %u%s\n",
-                            i == 0 ? "primary" : "backup", r.address(), StateName(r.state()),
-                            alive ? "alive" : "DEAD", lsn,
-                            i > 0 && primary_lsn > lsn
-                                ? absl::StrFormat(" (lag %u)", primary_lsn - lsn)
-                                : "");
+      absl::StrAppendFormat(
+          &out, "    %-8s %-21s %-8s %-5s lsn %u%s\n", i == 0 ? "primary" : "backup", r.address(),
+          StateName(r.state()), alive ? "alive" : "DEAD", lsn,
+          i > 0 && primary_lsn > lsn ? absl::StrFormat(" (lag %u)", primary_lsn - lsn) : "");
     }
   }
   absl::StrAppend(&out, "servers:\n");

@@ -7,7 +7,6 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-
 #include "common/table_config.h"
 
 namespace tessera {

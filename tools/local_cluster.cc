@@ -107,15 +107,13 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(
   if (o.replication > 0) {
     if (o.num_shards == 0) o.num_shards = std::max<uint32_t>(1, o.num_servers / o.replication);
     if (o.coordinator_binary.empty()) {
-      o.coordinator_binary =
-          (std::filesystem::path(o.server_binary).parent_path() / "coordinator" /
-           "tessera-coordinator")
-              .string();
+      o.coordinator_binary = (std::filesystem::path(o.server_binary).parent_path() / "coordinator" /
+                              "tessera-coordinator")
+                                 .string();
       std::error_code ec;
       if (!std::filesystem::exists(o.coordinator_binary, ec)) {
         o.coordinator_binary =
-            (std::filesystem::path(o.server_binary).parent_path() / "tessera-coordinator")
-                .string();
+            (std::filesystem::path(o.server_binary).parent_path() / "tessera-coordinator").string();
       }
     }
     if (o.state_dir.empty()) {
@@ -222,8 +220,9 @@ absl::StatusOr<Spawned> SpawnProcess(std::vector<std::string> args, const std::s
       kill(pid, SIGKILL);
       WaitWithTimeout(pid, absl::Seconds(10));
     }
-    return absl::UnavailableError(absl::StrFormat(
-        "%s (%s) %s%s", name, args[0], why, log_path.empty() ? "" : absl::StrCat("; see ", log_path)));
+    return absl::UnavailableError(
+        absl::StrFormat("%s (%s) %s%s", name, args[0], why,
+                        log_path.empty() ? "" : absl::StrCat("; see ", log_path)));
   }
   return out;
 }
@@ -269,8 +268,7 @@ absl::Status LocalCluster::SpawnCoordinator(int port, int metrics_port) {
       absl::StrCat("--num_vshards=", o.num_vshards),
   };
   args.insert(args.end(), o.coordinator_args.begin(), o.coordinator_args.end());
-  const std::string log_path =
-      o.log_dir.empty() ? "" : absl::StrCat(o.log_dir, "/coordinator.log");
+  const std::string log_path = o.log_dir.empty() ? "" : absl::StrCat(o.log_dir, "/coordinator.log");
   absl::StatusOr<Spawned> p =
       SpawnProcess(std::move(args), "coordinator", log_path, o.start_timeout);
   if (!p.ok()) return p.status();
@@ -324,6 +322,20 @@ absl::StatusOr<v1::ClusterMap> FetchMap(const std::string& coordinator) {
 }
 
 }  // namespace
+
+absl::StatusOr<std::vector<std::string>> PrimaryAddresses(const std::string& coordinator) {
+  absl::StatusOr<v1::ClusterMap> m = FetchMap(coordinator);
+  if (!m.ok()) return m.status();
+  std::vector<std::string> out;
+  for (int s = 0; s < m->shards_size(); ++s) {
+    const auto& shard = m->shards(s);
+    if (shard.replicas().empty() || shard.lost()) {
+      return absl::UnavailableError(absl::StrFormat("shard %d has no primary", s));
+    }
+    out.push_back(shard.replicas(0).address());
+  }
+  return out;
+}
 
 absl::Status LocalCluster::WaitForReplicas(absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;

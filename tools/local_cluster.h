@@ -35,7 +35,7 @@ struct LocalClusterOptions {
   // beyond num_shards * replication are spares).
   uint32_t replication = 0;
   uint32_t num_shards = 0;
-  std::string coordinator_binary;  // default: tessera-coordinator beside server_binary
+  std::string coordinator_binary;             // default: tessera-coordinator beside server_binary
   std::vector<std::string> coordinator_args;  // e.g. "--lease_ms=1000"
   std::string state_dir;  // the coordinator's; default: a new directory under /tmp
   // Start() returns once every shard has `replication` LIVE replicas.
@@ -111,6 +111,10 @@ absl::StatusOr<std::vector<std::string>> ConnectOrStart(const std::vector<std::s
                                                         uint32_t num_servers,
                                                         std::vector<std::string> extra_args,
                                                         std::unique_ptr<LocalCluster>* owned);
+
+// The primary of every shard in the map of the coordinator at `coordinator`, in shard order;
+// an error when a shard has none.
+absl::StatusOr<std::vector<std::string>> PrimaryAddresses(const std::string& coordinator);
 
 // Sends GET `path` to 127.0.0.1:port over HTTP/1.0 and returns the body (status 200 only).
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path,

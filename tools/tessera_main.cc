@@ -10,6 +10,7 @@
 #include "absl/strings/str_split.h"
 #include "common/process_setup.h"
 #include "tools/commands.h"
+#include "tools/local_cluster.h"
 
 // tessera local
 ABSL_FLAG(int, servers, 2,
@@ -47,7 +48,9 @@ ABSL_FLAG(std::string, suite, "data",
           "R=1, failover pauses).");
 ABSL_FLAG(uint64_t, table_mb, 2048, "bench --suite=checkpoint: size of the dense table in MiB.");
 // tessera status
-ABSL_FLAG(std::string, coordinator, "", "status: host:port of tessera-coordinator.");
+ABSL_FLAG(std::string, coordinator, "",
+          "status, checkpoint: host:port of tessera-coordinator (checkpoint: instead of "
+          "--connect, the shards' primaries).");
 // tessera checkpoint
 ABSL_FLAG(std::string, checkpoint_dir, "", "checkpoint: the servers' --checkpoint_dir.");
 ABSL_FLAG(uint64_t, id, 0, "checkpoint inspect/restore/merge: checkpoint id; 0 = newest.");
@@ -89,6 +92,15 @@ int main(int argc, char** argv) {
     o.dir = absl::GetFlag(FLAGS_checkpoint_dir);
     const std::string connect = absl::GetFlag(FLAGS_connect);
     if (!connect.empty()) o.connect = absl::StrSplit(connect, ',', absl::SkipEmpty());
+    if (const std::string c = absl::GetFlag(FLAGS_coordinator); !c.empty()) {
+      // A replicated cluster: checkpoints are written and restored by the primaries.
+      absl::StatusOr<std::vector<std::string>> primaries = tessera::PrimaryAddresses(c);
+      if (!primaries.ok()) {
+        std::fprintf(stderr, "tessera checkpoint: %s\n", primaries.status().ToString().c_str());
+        return 1;
+      }
+      o.connect = *primaries;
+    }
     o.shard_map_epoch = absl::GetFlag(FLAGS_shard_map_epoch);
     o.id = absl::GetFlag(FLAGS_id);
     o.full = absl::GetFlag(FLAGS_full);

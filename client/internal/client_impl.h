@@ -5,8 +5,8 @@
 #include <grpcpp/generic/generic_stub.h>
 
 #include <atomic>
-#include <functional>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>

@@ -165,8 +165,7 @@ absl::Status ClusterState::Load(const v1::CoordinatorState& state, absl::Time no
       m.shards_size() != static_cast<int>(m.num_shards())) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "the state directory holds a cluster of %u shards and %u vshards, not %u and %u",
-        m.num_shards(), m.num_vshards(), impl_->options.num_shards,
-        impl_->options.num_vshards));
+        m.num_shards(), m.num_vshards(), impl_->options.num_shards, impl_->options.num_vshards));
   }
   impl_->map = m;
   impl_->map.set_replication(impl_->options.replication);

@@ -209,8 +209,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
       LogInfo("resumed at shard-map epoch %u with %u members", impl->state.map().epoch(),
               saved.members_size());
     } else if (!st.IsNotFound()) {
-      return absl::UnavailableError(absl::StrFormat("cannot read the state in %s: %s",
-                                                    options.state_dir, st.ToString()));
+      return absl::UnavailableError(
+          absl::StrFormat("cannot read the state in %s: %s", options.state_dir, st.ToString()));
     } else if (absl::Status s = impl->Persist(); !s.ok()) {
       return s;
     }
@@ -223,8 +223,9 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   impl->epoch_gauge = gauge("tessera_coordinator_shard_map_epoch", "Epoch of the shard map.");
   impl->failovers_counter = &prometheus::BuildCounter()
                                  .Name("tessera_coordinator_failovers_total")
-                                 .Help("Primaries replaced by a backup since the cluster was "
-                                       "created.")
+                                 .Help(
+                                     "Primaries replaced by a backup since the cluster was "
+                                     "created.")
                                  .Register(*impl->registry)
                                  .Add({});
   impl->alive_gauge = gauge("tessera_coordinator_servers_alive", "Servers holding a lease.");
@@ -244,8 +245,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     try {
       impl->exposer = std::make_unique<prometheus::Exposer>(bind, 1);
     } catch (const std::exception& e) {
-      return absl::UnavailableError(absl::StrFormat("cannot serve /metrics on %s: %s", bind,
-                                                    e.what()));
+      return absl::UnavailableError(
+          absl::StrFormat("cannot serve /metrics on %s: %s", bind, e.what()));
     }
     impl->exposer->RegisterCollectable(impl->registry);
     const std::vector<int> ports = impl->exposer->GetListeningPorts();

@@ -58,7 +58,7 @@ class ClusterState {
 struct CoordinatorServerOptions {
   std::string address = "127.0.0.1";
   int port = 0;
-  int metrics_port = 0;  // -1 disables
+  int metrics_port = 0;   // -1 disables
   std::string state_dir;  // RocksDB; required
   CoordinatorOptions cluster;
 };
