@@ -1,6 +1,13 @@
 #include "common/process_setup.h"
 
 #include <malloc.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "absl/strings/str_format.h"
+#include "common/logging.h"
 
 #include "absl/synchronization/mutex.h"
 
@@ -11,6 +18,41 @@ void SetUpProcess() {
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   mallopt(M_TOP_PAD, 64 << 20);
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+}
+
+namespace {
+
+sigset_t StopSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  return set;
+}
+
+}  // namespace
+
+void BlockStopSignals() {
+  const sigset_t set = StopSignals();
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+const char* WaitForStopSignal() {
+  const sigset_t set = StopSignals();
+  int sig = 0;
+  sigwait(&set, &sig);
+  return sig == SIGTERM ? "SIGTERM" : "SIGINT";
+}
+
+void WriteReadyLine(int fd, int port, int metrics_port) {
+  if (fd < 0) return;
+  const std::string line =
+      absl::StrFormat("TESSERA_READY port=%d metrics_port=%d\n", port, metrics_port);
+  if (write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
+    LogWarning("could not write the ready line to fd %d", fd);
+  }
+  close(fd);
 }
 
 }  // namespace tessera

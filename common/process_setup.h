@@ -11,6 +11,14 @@ namespace tessera {
 //   graph lookup on every lock).
 void SetUpProcess();
 
+// Daemons: blocks SIGTERM and SIGINT in every thread (call before any thread starts) so that
+// only WaitForStopSignal() sees them, and ignores SIGPIPE.
+void BlockStopSignals();
+// Waits for SIGTERM or SIGINT; returns its name.
+const char* WaitForStopSignal();
+// Writes "TESSERA_READY port=P metrics_port=M" to `fd` and closes it (nothing when fd < 0).
+void WriteReadyLine(int fd, int port, int metrics_port);
+
 }  // namespace tessera
 
 #endif  // TESSERA_COMMON_PROCESS_SETUP_H_

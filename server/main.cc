@@ -60,13 +60,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("tessera-server: a Tessera parameter server shard");
   absl::ParseCommandLine(argc, argv);
 
-  // Block the stop signals before any thread starts so that only sigwait() below sees them.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-  signal(SIGPIPE, SIG_IGN);
+  tessera::BlockStopSignals();  // before any thread starts
 
   tessera::ServerOptions options;
   options.address = absl::GetFlag(FLAGS_address);
@@ -109,18 +103,9 @@ int main(int argc, char** argv) {
   if (!options.coordinator.empty()) {
     tessera::SetLogTag(absl::StrFormat("server:%d", (*server)->port()));
   }
-  if (const int fd = absl::GetFlag(FLAGS_ready_fd); fd >= 0) {
-    const std::string line = absl::StrFormat("TESSERA_READY port=%d metrics_port=%d\n",
-                                             (*server)->port(), (*server)->metrics_port());
-    if (write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
-      tessera::LogWarning("could not write the ready line to fd %d", fd);
-    }
-    close(fd);
-  }
-
-  int sig = 0;
-  sigwait(&stop_signals, &sig);
-  tessera::LogInfo("received %s; draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  tessera::WriteReadyLine(absl::GetFlag(FLAGS_ready_fd), (*server)->port(),
+                         (*server)->metrics_port());
+  tessera::LogInfo("received %s; draining", tessera::WaitForStopSignal());
   (*server)->Shutdown();
   server->reset();
   return 0;

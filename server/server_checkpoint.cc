@@ -269,19 +269,7 @@ absl::Status ServerCore::WriteCheckpoint(const v1::WriteCheckpointRequest& req,
   uint64_t cut_gen;
   {
     absl::WriterMutexLock gate(&gate_);
-    cut_gen = generation_.fetch_add(1);  // changes from now on carry cut_gen + 1
-    {
-      absl::ReaderMutexLock lock(&tables_mu_);
-      for (const auto& [name, table] : tables_) tables.push_back(table);
-    }
-    for (const auto& t : tables) {
-      if (t->sparse != nullptr) {
-        t->sparse->BeginCut(cut_gen);
-      } else {
-        t->dense->BeginCut(cut_gen);
-      }
-    }
-    dedup = dedup_.Snapshot();
+    cut_gen = BeginCutLocked(&tables, &dedup);
   }
   const double cut_seconds = absl::ToDoubleSeconds(absl::Now() - start);
   MaybeCrash(1);
@@ -464,18 +452,9 @@ absl::StatusOr<std::unique_ptr<ServerCore::StagedRestore>> ServerCore::PrepareRe
   }
   for (const TableConfig& config : specs) {
     const absl::Time t0 = absl::Now();
-    auto table = std::make_shared<Table>();
-    table->config = config;
-    table->incarnation = next_incarnation_.fetch_add(1);
-    if (config.kind == TableKind::kSparse) {
-      table->sparse = std::make_unique<SparseTable>(config, owned_);
-    } else {
-      table->dense = std::make_unique<DenseTable>(config, owned_, /*initialize=*/false);
-      if (!table->dense->allocated()) {
-        return absl::ResourceExhaustedError(
-            absl::StrFormat("cannot map memory to restore table '%s'", config.name));
-      }
-    }
+    absl::StatusOr<std::shared_ptr<Table>> made = NewTable(config, /*initialize=*/false);
+    if (!made.ok()) return made.status();
+    std::shared_ptr<Table> table = *std::move(made);
     uint64_t rows = 0, bytes = 0;
     TESSERA_RETURN_IF_ERROR(LoadTable(*chain, config.name, table.get(), &rows, &bytes));
     const double s = absl::ToDoubleSeconds(absl::Now() - t0);

@@ -206,6 +206,42 @@ absl::StatusOr<std::shared_ptr<ServerCore::Table>> ServerCore::FindTable(
   return table;
 }
 
+absl::StatusOr<std::shared_ptr<ServerCore::Table>> ServerCore::NewTable(const TableConfig& config,
+                                                                         bool initialize) {
+  auto table = std::make_shared<Table>();
+  table->config = config;
+  table->incarnation = next_incarnation_.fetch_add(1);
+  if (config.kind == TableKind::kSparse) {
+    table->sparse = std::make_unique<SparseTable>(config, owned_);
+  } else {
+    table->dense = std::make_unique<DenseTable>(config, owned_, initialize);
+    if (!table->dense->allocated()) {
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("table '%s': cannot map %u bytes on shard %u", config.name,
+                          DenseTable::BytesFor(config, owned_), shard_index_));
+    }
+  }
+  return table;
+}
+
+uint64_t ServerCore::BeginCutLocked(std::vector<std::shared_ptr<Table>>* tables,
+                                    std::vector<PushDeduplicator::ClientSnapshot>* dedup) {
+  const uint64_t cut_gen = generation_.fetch_add(1);  // changes from now on carry cut_gen + 1
+  {
+    absl::ReaderMutexLock lock(&tables_mu_);
+    for (const auto& [name, table] : tables_) tables->push_back(table);
+  }
+  for (const auto& t : *tables) {
+    if (t->sparse != nullptr) {
+      t->sparse->BeginCut(cut_gen);
+    } else {
+      t->dense->BeginCut(cut_gen);
+    }
+  }
+  *dedup = dedup_.Snapshot();
+  return cut_gen;
+}
+
 void ServerCore::FillInfo(const Table& table, v1::TableInfo* info) const {
   TableConfigToProto(table.config, info->mutable_spec());
   if (table.sparse != nullptr) {
@@ -251,13 +287,7 @@ absl::Status ServerCore::CreateTableImpl(const v1::CreateTableRequest& req,
     return absl::OkStatus();
   }
 
-  // Build outside the lock: a large dense table takes a while to allocate and initialize.
-  auto table = std::make_shared<Table>();
-  table->config = *config;
-  table->incarnation = next_incarnation_.fetch_add(1);
-  if (config->kind == TableKind::kSparse) {
-    table->sparse = std::make_unique<SparseTable>(*config, owned_);
-  } else {
+  if (config->kind == TableKind::kDense) {
     const uint64_t bytes = DenseTable::BytesFor(*config, owned_);
     if (bytes > options_.max_dense_table_bytes) {
       return absl::ResourceExhaustedError(
@@ -265,13 +295,11 @@ absl::Status ServerCore::CreateTableImpl(const v1::CreateTableRequest& req,
                           "(--max_dense_table_bytes)",
                           config->name, bytes, shard_index_, options_.max_dense_table_bytes));
     }
-    table->dense = std::make_unique<DenseTable>(*config, owned_);
-    if (!table->dense->allocated()) {
-      return absl::ResourceExhaustedError(absl::StrFormat(
-          "table '%s': cannot map %u bytes on shard %u", config->name, bytes, shard_index_));
-    }
   }
-
+  // Build outside the lock: a large dense table takes a while to allocate and initialize.
+  absl::StatusOr<std::shared_ptr<Table>> made = NewTable(*config, /*initialize=*/true);
+  if (!made.ok()) return made.status();
+  std::shared_ptr<Table> table = *std::move(made);
   absl::MutexLock order(&order_mu_);
   {
     absl::ReaderMutexLock gate(&gate_);

@@ -240,6 +240,14 @@ class ServerCore {
                                                    const std::string& name, TableKind kind) const
       ABSL_LOCKS_EXCLUDED(tables_mu_);
   void FillInfo(const Table& table, v1::TableInfo* info) const;
+  // A new table of this shard; dense blocks get their initial values when `initialize`
+  // (otherwise they are loaded by the caller). RESOURCE_EXHAUSTED when memory cannot be mapped.
+  absl::StatusOr<std::shared_ptr<Table>> NewTable(const TableConfig& config, bool initialize);
+  // A cut (checkpoints, catch-up): advances the generation, starts copy-on-write in every
+  // table and captures the exactly-once table. Returns the cut's generation.
+  uint64_t BeginCutLocked(std::vector<std::shared_ptr<Table>>* tables,
+                          std::vector<PushDeduplicator::ClientSnapshot>* dedup)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_) ABSL_LOCKS_EXCLUDED(tables_mu_);
 
   // A sparse request's keys, viewed in place and grouped by vshard.
   struct SparseKeys {

@@ -38,36 +38,28 @@ absl::Status ServerCore::ApplyReplicated(uint64_t lsn, int kind,
     return absl::FailedPreconditionError(
         absl::StrFormat("replicated change %u does not follow this replica's %u", lsn, before));
   }
+  // Parses the entry and applies it through the same code as a client's request.
+  auto replay = [&]<typename Req, typename Resp>(
+                    absl::Status (ServerCore::*apply)(const Req&, Resp*, const void*, bool)) {
+    Req req;
+    Resp resp;
+    absl::Status st = ParseEntry(request, &req);
+    return st.ok() ? (this->*apply)(req, &resp, nullptr, /*replicated=*/true) : st;
+  };
   absl::Status status;
   switch (kind) {
-    case v1::LOG_ENTRY_KIND_CREATE_TABLE: {
-      v1::CreateTableRequest req;
-      v1::CreateTableResponse resp;
-      status = ParseEntry(request, &req);
-      if (status.ok()) status = CreateTableImpl(req, &resp, nullptr, /*replicated=*/true);
+    case v1::LOG_ENTRY_KIND_CREATE_TABLE:
+      status = replay(&ServerCore::CreateTableImpl);
       break;
-    }
-    case v1::LOG_ENTRY_KIND_DROP_TABLE: {
-      v1::DropTableRequest req;
-      v1::DropTableResponse resp;
-      status = ParseEntry(request, &req);
-      if (status.ok()) status = DropTableImpl(req, &resp, nullptr, /*replicated=*/true);
+    case v1::LOG_ENTRY_KIND_DROP_TABLE:
+      status = replay(&ServerCore::DropTableImpl);
       break;
-    }
-    case v1::LOG_ENTRY_KIND_PUSH_SPARSE: {
-      v1::PushSparseRequest req;
-      v1::PushResponse resp;
-      status = ParseEntry(request, &req);
-      if (status.ok()) status = PushSparseImpl(req, &resp, nullptr, /*replicated=*/true);
+    case v1::LOG_ENTRY_KIND_PUSH_SPARSE:
+      status = replay(&ServerCore::PushSparseImpl);
       break;
-    }
-    case v1::LOG_ENTRY_KIND_PUSH_DENSE: {
-      v1::PushDenseRequest req;
-      v1::PushResponse resp;
-      status = ParseEntry(request, &req);
-      if (status.ok()) status = PushDenseImpl(req, &resp, nullptr, /*replicated=*/true);
+    case v1::LOG_ENTRY_KIND_PUSH_DENSE:
+      status = replay(&ServerCore::PushDenseImpl);
       break;
-    }
     default:
       status = absl::InvalidArgumentError(absl::StrFormat("unknown log entry kind %d", kind));
   }
@@ -104,19 +96,7 @@ absl::StatusOr<uint64_t> ServerCore::ExportSnapshot(
     absl::MutexLock order(&order_mu_);
     absl::WriterMutexLock gate(&gate_);
     cut_lsn = lsn_;
-    cut_gen = generation_.fetch_add(1);
-    {
-      absl::ReaderMutexLock lock(&tables_mu_);
-      for (const auto& [name, table] : tables_) tables.push_back(table);
-    }
-    for (const auto& t : tables) {
-      if (t->sparse != nullptr) {
-        t->sparse->BeginCut(cut_gen);
-      } else {
-        t->dense->BeginCut(cut_gen);
-      }
-    }
-    dedup = dedup_.Snapshot();
+    cut_gen = BeginCutLocked(&tables, &dedup);
   }
   absl::Cleanup end_cut = [&] {
     for (const auto& t : tables) {
@@ -191,19 +171,9 @@ absl::Status ServerCore::InstallSnapshot(const v1::InstallSnapshotRequest& req) 
       if (!parsed.ok()) return parsed.status();
       absl::StatusOr<TableConfig> config = ResolveTableConfig(*parsed);
       if (!config.ok()) return config.status();
-      auto table = std::make_shared<Table>();
-      table->config = *config;
-      table->incarnation = next_incarnation_.fetch_add(1);
-      if (config->kind == TableKind::kSparse) {
-        table->sparse = std::make_unique<SparseTable>(*config, owned_);
-      } else {
-        table->dense = std::make_unique<DenseTable>(*config, owned_, /*initialize=*/false);
-        if (!table->dense->allocated()) {
-          return absl::ResourceExhaustedError(
-              absl::StrFormat("cannot map memory for table '%s'", config->name));
-        }
-      }
-      incoming_->tables.emplace(config->name, std::move(table));
+      absl::StatusOr<std::shared_ptr<Table>> table = NewTable(*config, /*initialize=*/false);
+      if (!table.ok()) return table.status();
+      incoming_->tables.emplace(config->name, *std::move(table));
     }
   } else if (incoming_ == nullptr || incoming_->id != req.snapshot_id() ||
              incoming_->next_seq != req.seq()) {

@@ -29,11 +29,7 @@ int main(int argc, char** argv) {
   tessera::SetUpProcess();
   absl::SetProgramUsageMessage("tessera-coordinator: membership and shard map of a cluster");
   absl::ParseCommandLine(argc, argv);
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  tessera::BlockStopSignals();  // before any thread starts
   tessera::SetLogTag("coordinator");
 
   tessera::CoordinatorServerOptions options;
@@ -51,17 +47,9 @@ int main(int argc, char** argv) {
     tessera::LogError("cannot start: %s", server.status().ToString());
     return 1;
   }
-  if (const int fd = absl::GetFlag(FLAGS_ready_fd); fd >= 0) {
-    const std::string line = absl::StrFormat("TESSERA_READY port=%d metrics_port=%d\n",
-                                             (*server)->port(), (*server)->metrics_port());
-    if (write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
-      tessera::LogWarning("could not write the ready line to fd %d", fd);
-    }
-    close(fd);
-  }
-  int sig = 0;
-  sigwait(&stop_signals, &sig);
-  tessera::LogInfo("received %s; stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  tessera::WriteReadyLine(absl::GetFlag(FLAGS_ready_fd), (*server)->port(),
+                         (*server)->metrics_port());
+  tessera::LogInfo("received %s; stopping", tessera::WaitForStopSignal());
   (*server)->Shutdown();
   server->reset();
   return 0;
