@@ -156,6 +156,8 @@ struct ClusterState::Impl {
 
 ClusterState::ClusterState(const CoordinatorOptions& options)
     : impl_(std::make_unique<Impl>(options)) {}
+ClusterState::ClusterState(ClusterState&&) = default;
+ClusterState& ClusterState::operator=(ClusterState&&) = default;
 ClusterState::~ClusterState() = default;
 
 absl::Status ClusterState::Load(const v1::CoordinatorState& state, absl::Time now) {
@@ -222,6 +224,16 @@ bool ClusterState::Heartbeat(const v1::ServerStatus& status, absl::Time now) {
   if (!m.alive) {
     m.alive = true;
     LogInfo("%s is back (same process)", status.address());
+    // A shard lost because this primary's lease expired has its state back.
+    for (int32_t s = 0; s < impl_->map.shards_size(); ++s) {
+      v1::ShardReplicas* shard = impl_->map.mutable_shards(s);
+      if (shard->lost() && !shard->replicas().empty() &&
+          shard->replicas(0).address() == status.address()) {
+        shard->set_lost(false);
+        impl_->Bump(absl::StrFormat("shard %d is back with its primary %s", s, status.address()));
+        changed = true;
+      }
+    }
   }
   if (status.shard() >= 0 && m.shard != status.shard()) {
     m.shard = status.shard();

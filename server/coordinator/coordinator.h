@@ -31,6 +31,8 @@ struct CoordinatorOptions {
 class ClusterState {
  public:
   explicit ClusterState(const CoordinatorOptions& options);
+  ClusterState(ClusterState&&);
+  ClusterState& operator=(ClusterState&&);
   ~ClusterState();
 
   // Replaces the state with a persisted one; every member gets a fresh lease from `now`.
