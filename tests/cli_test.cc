@@ -26,6 +26,34 @@ TEST_CASE("tessera local trains to within 2 points of the planted model", "[cli]
   CHECK(out.find("server 2 (127.0.0.1:") != std::string::npos);  // metrics of every server
 }
 
+TEST_CASE("tessera local --replicas=2 trains on a replicated cluster and shows its status",
+          "[cli][replication]") {
+  auto [code, out] = RunCommand(std::string(TESSERA_CLI_BINARY) +
+                                " local --servers=2 --replicas=2 --threads=3 "
+                                "--train_samples=600000 --epochs=2");
+  INFO(out);
+  CHECK(code == 0);
+  CHECK(out.find("2 shards x 2 replicas") != std::string::npos);
+  CHECK(out.find("within 2 points") != std::string::npos);
+  CHECK(out.find("NOT within") == std::string::npos);
+  CHECK(out.find("shard 0: ok") != std::string::npos);  // `tessera status` at the end
+  CHECK(out.find("shard 1: ok") != std::string::npos);
+  CHECK(out.find("all drained and exited cleanly") != std::string::npos);
+}
+
+TEST_CASE("tessera bench --suite=replication reports throughput ratios and failover pauses",
+          "[cli][replication]") {
+  auto [code, out] = RunCommand(std::string(TESSERA_CLI_BINARY) +
+                                " bench --suite=replication --json --seconds=0.3 "
+                                "--sparse_keys=5000 --dense_bytes=262144 --push_threads=2");
+  INFO(out);
+  REQUIRE(code == 0);
+  for (const char* w : {"sparse_push_adagrad_r2_over_r1", "dense_push_r2_over_r1",
+                        "failover_pause_primary_killed", "failover_pause_primary_stalled"}) {
+    CHECK(out.find(absl::StrCat("\"workload\":\"", w, "\"")) != std::string::npos);
+  }
+}
+
 TEST_CASE("tessera bench --json prints one object per workload", "[cli]") {
   auto [code, out] = RunCommand(std::string(TESSERA_CLI_BINARY) +
                                 " bench --json --seconds=0.3 --sparse_keys=20000 --iperf3=false");

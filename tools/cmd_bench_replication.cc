@@ -255,7 +255,7 @@ int RunReplicationBench(const BenchCommandOptions& o) {
        [&](Client& c, int) { return c.PushDense("bench_dense", 0, w.dense); }},
   };
   int failures = 0;
-  const double seconds = std::max(1.0, o.seconds_per_workload);
+  const double seconds = std::max(0.2, o.seconds_per_workload);
   for (const Kind& k : kinds) {
     std::vector<double> rate1, rate2, ratio;
     CpuUse cpu1, cpu2;  // summed over rounds

@@ -18,9 +18,7 @@ ABSL_FLAG(int, servers, 2,
 ABSL_FLAG(int, replicas, 1,
           "local: replicas per shard; 2 or 3 also starts tessera-coordinator and replicates "
           "every push (docs/replication.md).");
-ABSL_FLAG(int, threads, 4,
-          "local: worker threads training concurrently; bench --suite=replication: client "
-          "threads pushing at once (0: 8).");
+ABSL_FLAG(int, threads, 4, "local: worker threads training concurrently.");
 ABSL_FLAG(int, epochs, 2, "local: passes over the training data.");
 ABSL_FLAG(int, batch_size, 512, "local: samples per training step.");
 ABSL_FLAG(uint64_t, features, 20000, "local: features of the synthetic problem.");
@@ -46,6 +44,7 @@ ABSL_FLAG(std::string, suite, "data",
           "bench: 'data' (pull/push throughput), 'checkpoint' (checkpoint write/restore "
           "against dd, 1% incremental, push pauses) or 'replication' (push throughput R=2 vs "
           "R=1, failover pauses).");
+ABSL_FLAG(int, push_threads, 8, "bench --suite=replication: client threads pushing at once.");
 ABSL_FLAG(uint64_t, table_mb, 2048, "bench --suite=checkpoint: size of the dense table in MiB.");
 // tessera status
 ABSL_FLAG(std::string, coordinator, "",
@@ -154,7 +153,7 @@ int main(int argc, char** argv) {
     o.suite = absl::GetFlag(FLAGS_suite);
     o.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
     o.table_mb = absl::GetFlag(FLAGS_table_mb);
-    if (absl::GetFlag(FLAGS_threads) != 4) o.threads = absl::GetFlag(FLAGS_threads);
+    o.threads = absl::GetFlag(FLAGS_push_threads);
     if (o.suite == "checkpoint") return tessera::RunCheckpointBench(o);
     if (o.suite == "replication") return tessera::RunReplicationBench(o);
     if (o.suite != "data") {
