@@ -10,7 +10,6 @@
 namespace tessera {
 namespace {
 
-
 absl::Status Malformed(const google::protobuf::MessageLite& m, size_t size, const char* what) {
   return absl::InvalidArgumentError(
       absl::StrFormat("malformed %s (%u bytes): %s", m.GetTypeName(), size, what));

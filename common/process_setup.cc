@@ -7,9 +7,8 @@
 #include <string>
 
 #include "absl/strings/str_format.h"
-#include "common/logging.h"
-
 #include "absl/synchronization/mutex.h"
+#include "common/logging.h"
 
 namespace tessera {
 

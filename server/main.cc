@@ -104,7 +104,7 @@ int main(int argc, char** argv) {
     tessera::SetLogTag(absl::StrFormat("server:%d", (*server)->port()));
   }
   tessera::WriteReadyLine(absl::GetFlag(FLAGS_ready_fd), (*server)->port(),
-                         (*server)->metrics_port());
+                          (*server)->metrics_port());
   tessera::LogInfo("received %s; draining", tessera::WaitForStopSignal());
   (*server)->Shutdown();
   server->reset();

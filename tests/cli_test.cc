@@ -78,9 +78,9 @@ TEST_CASE("tessera bench --suite=checkpoint reports every figure beside dd", "[c
                                 " bench --suite=checkpoint --table_mb=16 --json");
   INFO(out);
   REQUIRE(code == 0);
-  for (const char* w : {"dd_direct_sequential_write", "push_max_latency_during_checkpoint",
-                        "checkpoint_full_write", "checkpoint_incremental_1pct",
-                        "checkpoint_restore_live", "checkpoint_restore_startup"}) {
+  for (const char* w :
+       {"dd_direct_sequential_write", "push_max_latency_during_checkpoint", "checkpoint_full_write",
+        "checkpoint_incremental_1pct", "checkpoint_restore_live", "checkpoint_restore_startup"}) {
     CHECK(out.find(absl::StrCat("\"workload\":\"", w, "\"")) != std::string::npos);
   }
   CHECK(out.find("\"ratio_to_dd\":") != std::string::npos);

@@ -105,8 +105,7 @@ TEST_CASE("a restarted process is a new member: its old replica is removed at on
   CHECK(c.failovers() == 1);
 }
 
-TEST_CASE("the state survives a save and load; every member gets a fresh lease",
-          "[coordinator]") {
+TEST_CASE("the state survives a save and load; every member gets a fresh lease", "[coordinator]") {
   ClusterState c = FullCluster();
   v1::CoordinatorState saved;
   c.Save(&saved);

@@ -48,7 +48,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   tessera::WriteReadyLine(absl::GetFlag(FLAGS_ready_fd), (*server)->port(),
-                         (*server)->metrics_port());
+                          (*server)->metrics_port());
   tessera::LogInfo("received %s; stopping", tessera::WaitForStopSignal());
   (*server)->Shutdown();
   server->reset();
