@@ -1,6 +1,7 @@
 // Fault tests of replication and failover (docs/replication.md): real tessera-coordinator and
 // tessera-server processes, real SIGKILL and SIGSTOP. Four clients push `add` updates all the
 // time; at the end every value must equal exactly the sum of the acknowledged pushes.
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 
@@ -14,8 +15,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
+#include "proto/cluster.grpc.pb.h"
 #include "proto/tessera.grpc.pb.h"
 #include "tests/test_cluster.h"
 #include "tools/checkpoint_driver.h"
@@ -405,13 +408,20 @@ TEST_CASE("replica metrics show the role and the lag of every backup", "[replica
   work.Stop();
   absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(0);
   REQUIRE(replicas.ok());
-  absl::StatusOr<std::string> primary =
-      HttpGet(cluster->metrics_ports()[(*replicas)[0]], "/metrics");
-  absl::StatusOr<std::string> backup =
-      HttpGet(cluster->metrics_ports()[(*replicas)[1]], "/metrics");
-  REQUIRE(primary.ok());
-  REQUIRE(backup.ok());
-  const std::vector<PromSample> p = ParsePromText(*primary), b = ParsePromText(*backup);
+  auto scrape = [&](int server) {
+    absl::StatusOr<std::string> text = HttpGet(cluster->metrics_ports()[server], "/metrics");
+    REQUIRE(text.ok());
+    return ParsePromText(*text);
+  };
+  // A server learns its role from its next heartbeat (every 100 ms here).
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  std::vector<PromSample> b = scrape((*replicas)[1]);
+  while (SumSamples(b, "tessera_server_replica_role", {{"role", "backup"}}) != 1 &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+    b = scrape((*replicas)[1]);
+  }
+  const std::vector<PromSample> p = scrape((*replicas)[0]);
   CHECK(SumSamples(p, "tessera_server_replica_role", {{"role", "primary"}}) == 1);
   CHECK(SumSamples(b, "tessera_server_replica_role", {{"role", "backup"}}) == 1);
   CHECK(SumSamples(p, "tessera_replica_live", {{"backup", cluster->addresses()[(*replicas)[1]]}}) ==
@@ -471,6 +481,104 @@ TEST_CASE("a checkpoint restored into a replicated cluster reaches the backups",
   expect_all(4);
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);
+}
+
+TEST_CASE("replication and coordinator endpoints refuse bad and foreign input clearly",
+          "[replication][validation]") {
+  auto cluster = StartReplicated(2, 2, 1);
+  absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(0);
+  REQUIRE(replicas.ok());
+  const std::string backup = cluster->addresses()[(*replicas)[1]];
+  const std::string primary = cluster->addresses()[(*replicas)[0]];
+  auto channel = grpc::CreateChannel(backup, grpc::InsecureChannelCredentials());
+  auto repl = v1::Replication::NewStub(channel);
+  absl::StatusOr<uint64_t> epoch = cluster->Epoch();
+  REQUIRE(epoch.ok());
+  {  // a batch from someone who is not the shard's primary (at an epoch the backup has seen)
+    v1::ReplicateRequest req;
+    req.set_epoch(1);
+    req.set_shard(0);
+    req.set_primary("127.0.0.1:1");
+    req.set_first_lsn(1);
+    v1::ReplicateResponse resp;
+    grpc::ClientContext ctx;
+    const grpc::Status st = repl->Replicate(&ctx, req, &resp);
+    CHECK(st.error_code() == grpc::StatusCode::FAILED_PRECONDITION);
+    CHECK(st.error_message().find("the sender is not the primary") != std::string::npos);
+  }
+  {  // bytes that are not a ReplicateRequest
+    grpc::GenericStub generic(channel);
+    const std::string junk = "\xff\xff\xff\xff\x0f garbage";
+    grpc::Slice slice(junk);
+    grpc::ByteBuffer request(&slice, 1), response;
+    grpc::ClientContext ctx;
+    absl::Notification done;
+    grpc::Status st;
+    generic.UnaryCall(&ctx, "/tessera.v1.Replication/Replicate", grpc::StubOptions(), &request,
+                      &response, [&](grpc::Status s) {
+                        st = std::move(s);
+                        done.Notify();
+                      });
+    done.WaitForNotification();
+    CHECK(st.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+    CHECK(st.error_message().find("malformed ReplicateRequest") != std::string::npos);
+  }
+  {  // a snapshot chunk from a stranger
+    v1::InstallSnapshotRequest req;
+    req.set_epoch(1);
+    req.set_primary("127.0.0.1:1");
+    v1::InstallSnapshotResponse resp;
+    grpc::ClientContext ctx;
+    CHECK(repl->InstallSnapshot(&ctx, req, &resp).error_code() ==
+          grpc::StatusCode::FAILED_PRECONDITION);
+  }
+  {  // a client request to the backup is re-routed, not served
+    auto ps = v1::ParameterServer::NewStub(channel);
+    v1::ListTablesRequest req;
+    req.mutable_header()->set_shard_map_epoch(1);
+    v1::ListTablesResponse resp;
+    grpc::ClientContext ctx;
+    const grpc::Status st = ps->ListTables(&ctx, req, &resp);
+    CHECK(st.error_code() == grpc::StatusCode::FAILED_PRECONDITION);
+    CHECK(st.error_message().find("not the primary") != std::string::npos);
+    CHECK(ctx.GetServerTrailingMetadata().count("tessera-reroute") == 1);
+  }
+  {  // a request routed with a newer map than the primary's
+    auto ps = v1::ParameterServer::NewStub(
+        grpc::CreateChannel(primary, grpc::InsecureChannelCredentials()));
+    v1::ListTablesRequest req;
+    req.mutable_header()->set_shard_map_epoch(*epoch + 100);
+    v1::ListTablesResponse resp;
+    grpc::ClientContext ctx;
+    const grpc::Status st = ps->ListTables(&ctx, req, &resp);
+    CHECK(st.error_code() == grpc::StatusCode::FAILED_PRECONDITION);
+    CHECK(st.error_message().find("still at epoch") != std::string::npos);
+  }
+  auto coord = v1::Coordinator::NewStub(
+      grpc::CreateChannel(cluster->coordinator_address(), grpc::InsecureChannelCredentials()));
+  {
+    v1::HeartbeatRequest req;  // no address
+    v1::HeartbeatResponse resp;
+    grpc::ClientContext ctx;
+    CHECK(coord->Heartbeat(&ctx, req, &resp).error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  {
+    v1::ReportCaughtUpRequest req;  // not the primary
+    req.set_shard(0);
+    req.set_primary(backup);
+    req.set_replica(primary);
+    v1::ReportCaughtUpResponse resp;
+    grpc::ClientContext ctx;
+    CHECK(coord->ReportCaughtUp(&ctx, req, &resp).error_code() ==
+          grpc::StatusCode::FAILED_PRECONDITION);
+  }
+  // Nothing of that changed the cluster: still complete, still serving.
+  TESSERA_REQUIRE_OK(cluster->WaitForReplicas(absl::Seconds(10)));
+  Workload work(*cluster, 1);
+  work.Start();
+  work.WaitForMore(20);
+  work.Stop();
+  work.Verify();
 }
 
 TEST_CASE("a promoted backup holds bit-identical weights and optimizer slots",
