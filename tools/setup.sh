@@ -7,6 +7,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git ccache
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev librocksdb-dev prometheus-cpp-dev libcivetweb-dev catch2
+  libopenblas-dev zlib1g-dev dataset-fashion-mnist
   iperf3 curl procps
 )
 
