@@ -8,6 +8,7 @@
 #include <prometheus/registry.h>
 #include <rocksdb/db.h>
 
+#include <algorithm>
 #include <thread>
 
 #include "absl/strings/str_format.h"
@@ -16,6 +17,7 @@
 #include "common/grpc_status.h"
 #include "common/logging.h"
 #include "proto/cluster.grpc.pb.h"
+#include "server/coordinator/job_clocks.h"
 
 namespace tessera {
 namespace {
@@ -31,6 +33,17 @@ struct CoordinatorServer::Impl : public v1::Coordinator::CallbackService {
   absl::Mutex mu;
   ClusterState state ABSL_GUARDED_BY(mu);
   bool stopping ABSL_GUARDED_BY(mu) = false;
+
+  // Training clocks (docs/worker.md): Clock calls that wait for their step park here.
+  struct ClockWaiter {
+    std::string job;
+    uint64_t step;
+    absl::Time deadline;
+    grpc::ServerUnaryReactor* reactor;
+    v1::ClockResponse* resp;
+  };
+  JobClocks jobs ABSL_GUARDED_BY(mu);
+  std::vector<ClockWaiter> waiters ABSL_GUARDED_BY(mu);
 
   std::unique_ptr<grpc::Server> server;
   int port = 0;
@@ -104,8 +117,66 @@ struct CoordinatorServer::Impl : public v1::Coordinator::CallbackService {
       auto stop = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu) { return stopping; };
       mu.AwaitWithTimeout(absl::Condition(&stop), absl::Milliseconds(100));
       if (stopping) return;
-      if (state.ExpireLeases(absl::Now())) (void)Persist();
+      const absl::Time now = absl::Now();
+      if (state.ExpireLeases(now)) (void)Persist();
+      for (const std::string& job : jobs.ExpireLeases(now)) WakeWaiters(job, now);
+      WakeWaiters("", now);  // (time-outs)
     }
+  }
+
+  // Answers the parked Clock calls of `job` (every job when empty) that may go on now, failed,
+  // or timed out.
+  void WakeWaiters(const std::string& job, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    std::vector<ClockWaiter> keep;
+    for (ClockWaiter& w : waiters) {
+      if (!job.empty() && w.job != job && w.deadline > now) {
+        keep.push_back(w);
+        continue;
+      }
+      absl::StatusOr<v1::ClockResponse> r = jobs.Check(w.job, w.step);
+      if (r.ok() && !r->ready() && w.deadline > now) {
+        keep.push_back(w);
+        continue;
+      }
+      if (r.ok()) *w.resp = *r;
+      w.reactor->Finish(ToGrpcStatus(r.status()));
+    }
+    waiters = std::move(keep);
+  }
+
+  grpc::ServerUnaryReactor* JoinJob(grpc::CallbackServerContext* ctx, const v1::JoinJobRequest* req,
+                                    v1::JoinJobResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    absl::Status st;
+    {
+      absl::MutexLock lock(&mu);
+      absl::StatusOr<v1::JoinJobResponse> r = jobs.Join(*req, absl::Now());
+      if (r.ok()) {
+        *resp = *r;
+        WakeWaiters(req->spec().job(), absl::Now());
+      }
+      st = r.status();
+    }
+    reactor->Finish(ToGrpcStatus(st));
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* Clock(grpc::CallbackServerContext* ctx, const v1::ClockRequest* req,
+                                  v1::ClockResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    absl::MutexLock lock(&mu);
+    const absl::Time now = absl::Now();
+    absl::StatusOr<v1::ClockResponse> r = jobs.Clock(*req, now);
+    if (r.ok()) WakeWaiters(req->job(), now);  // the clock may let others go on
+    if (!r.ok() || r->ready() || stopping) {
+      if (r.ok()) *resp = *r;
+      reactor->Finish(ToGrpcStatus(r.status()));
+      return reactor;
+    }
+    const uint32_t timeout_ms = std::clamp<uint32_t>(req->timeout_ms(), 1, 10000);
+    waiters.push_back(
+        {req->job(), req->wait_for(), now + absl::Milliseconds(timeout_ms), reactor, resp});
+    return reactor;
   }
 
   grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* ctx,
@@ -280,6 +351,13 @@ void CoordinatorServer::Shutdown() {
     impl_->stopping = true;
   }
   if (impl_->lease_thread.joinable()) impl_->lease_thread.join();
+  {
+    absl::MutexLock lock(&impl_->mu);
+    for (auto& w : impl_->waiters) {
+      w.reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "coordinator stopping"));
+    }
+    impl_->waiters.clear();
+  }
   impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   impl_->server->Wait();
   impl_->exposer.reset();
