@@ -84,29 +84,31 @@ TEST_CASE("BSP with one worker reproduces the server-less reference", "[mlp][clu
   CHECK(worst <= 1e-5);
 }
 
-TEST_CASE("two BSP workers train the Fashion-MNIST MLP to 0.85 test accuracy", "[mlp][cluster]") {
-  SetBlasThreads(1);
-  const IdxDataset train = Load("train");
-  const IdxDataset test = Load("t10k");
+// Trains the Fashion-MNIST MLP with two worker threads (each its own client and clock) in
+// `mode`; returns the test accuracy.
+double TrainTwoWorkers(const LocalCluster& cluster, const IdxDataset& train, const IdxDataset& test,
+                       ConsistencyMode mode, uint32_t staleness, const std::string& name) {
   MlpTrainOptions o;
   o.shape = {{784, 256, 10}};
   o.epochs = 5;
-  auto cluster = StartCluster();
+  o.prefix = name;
   std::vector<std::thread> workers;
   std::vector<absl::Status> results(2);
   for (uint32_t w = 0; w < 2; ++w) {
     workers.emplace_back([&, w] {
       absl::StatusOr<std::unique_ptr<Client>> client =
-          Client::Connect({.coordinator = cluster->coordinator_address()});
+          Client::Connect({.coordinator = cluster.coordinator_address()});
       if (!client.ok()) {
         results[w] = client.status();
         return;
       }
       absl::StatusOr<std::unique_ptr<WorkerClock>> clock =
-          WorkerClock::Join({.coordinator = cluster->coordinator_address(),
-                             .job = "fmnist",
+          WorkerClock::Join({.coordinator = cluster.coordinator_address(),
+                             .job = name,
                              .num_workers = 2,
-                             .worker = w});
+                             .worker = w,
+                             .mode = mode,
+                             .staleness = staleness});
       if (!clock.ok()) {
         results[w] = clock.status();
         return;
@@ -115,14 +117,38 @@ TEST_CASE("two BSP workers train the Fashion-MNIST MLP to 0.85 test accuracy", "
     });
   }
   for (auto& t : workers) t.join();
-  for (const absl::Status& s : results) TESSERA_REQUIRE_OK(s);
-  std::unique_ptr<Client> client = ConnectTo(*cluster);
+  for (const absl::Status& s : results) {
+    INFO(name);
+    TESSERA_REQUIRE_OK(s);
+  }
+  std::unique_ptr<Client> client = ConnectTo(cluster);
   absl::StatusOr<MlpParams> trained = PullMlpParams(*client, o);
   REQUIRE(trained.ok());
   const double accuracy = MlpAccuracy(o.shape, *trained, test);
-  WARN(absl::StrFormat("test accuracy after %d epochs with 2 BSP workers: %.4f", o.epochs,
+  WARN(absl::StrFormat("%s: test accuracy after %d epochs with 2 workers: %.4f", name, o.epochs,
                        accuracy));
-  CHECK(accuracy >= 0.85);
+  return accuracy;
+}
+
+TEST_CASE("two BSP workers train the Fashion-MNIST MLP to 0.85 test accuracy", "[mlp][cluster]") {
+  SetBlasThreads(1);
+  const IdxDataset train = Load("train");
+  const IdxDataset test = Load("t10k");
+  auto cluster = StartCluster();
+  CHECK(TrainTwoWorkers(*cluster, train, test, ConsistencyMode::kBsp, 0, "bsp") >= 0.85);
+}
+
+// SSP(2) and async against BSP (the issue's "within 0.5 points") is measured, not asserted
+// yet: one run each differs by up to 0.6 points from run to run before step aggregation
+// (docs/worker.md). Run it with: mlp_cluster_test "[.modes]".
+TEST_CASE("SSP(2) and async next to BSP on Fashion-MNIST", "[.modes]") {
+  SetBlasThreads(1);
+  const IdxDataset train = Load("train");
+  const IdxDataset test = Load("t10k");
+  auto cluster = StartCluster();
+  TrainTwoWorkers(*cluster, train, test, ConsistencyMode::kBsp, 0, "bsp");
+  TrainTwoWorkers(*cluster, train, test, ConsistencyMode::kSsp, 2, "ssp2");
+  TrainTwoWorkers(*cluster, train, test, ConsistencyMode::kAsync, 0, "async");
 }
 
 }  // namespace
