@@ -1,0 +1,131 @@
+#include "worker/text_data.h"
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "common/hash.h"
+
+namespace tessera {
+namespace {
+
+absl::Status Bad(absl::string_view name, size_t line, const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrFormat("%s:%u: %s", name, line, what));
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrFormat("cannot open %s", path));
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+}  // namespace
+
+absl::StatusOr<SparseDataset> ParseLibsvm(absl::string_view text, absl::string_view name) {
+  SparseDataset d;
+  size_t line_no = 0;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    ++line_no;
+    if (const size_t hash = line.find('#'); hash != absl::string_view::npos) {
+      line = line.substr(0, hash);
+    }
+    std::vector<absl::string_view> tokens = absl::StrSplit(line, ' ', absl::SkipWhitespace());
+    if (tokens.empty()) continue;
+    float label;
+    if (!absl::SimpleAtof(tokens[0], &label) || !std::isfinite(label)) {
+      return Bad(name, line_no, absl::StrFormat("bad label '%s'", tokens[0]));
+    }
+    for (size_t t = 1; t < tokens.size(); ++t) {
+      const size_t colon = tokens[t].find(':');
+      uint64_t key;
+      float value;
+      if (colon == absl::string_view::npos || !absl::SimpleAtoi(tokens[t].substr(0, colon), &key) ||
+          !absl::SimpleAtof(tokens[t].substr(colon + 1), &value) || !std::isfinite(value)) {
+        return Bad(name, line_no, absl::StrFormat("bad feature '%s' (want key:value)", tokens[t]));
+      }
+      d.keys.push_back(key);
+      d.values.push_back(value);
+    }
+    d.labels.push_back(label);
+    d.offsets.push_back(d.keys.size());
+  }
+  return d;
+}
+
+uint64_t CriteoKey(uint32_t column, absl::string_view value) {
+  return Mix64(Fnv1a64(value) ^ (uint64_t{column + 1} * 0x9e3779b97f4a7c15ull));
+}
+
+absl::StatusOr<SparseDataset> ParseCriteo(absl::string_view text, absl::string_view name) {
+  constexpr int kDense = 13, kCategorical = 26;
+  SparseDataset d;
+  d.num_dense = kDense;
+  size_t line_no = 0;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.empty()) continue;
+    std::vector<absl::string_view> cols = absl::StrSplit(line, '\t');
+    if (cols.size() != 1 + kDense + kCategorical) {
+      return Bad(name, line_no,
+                 absl::StrFormat("%u columns; a Criteo line has 40 (label, 13 integer, 26 "
+                                 "categorical)",
+                                 cols.size()));
+    }
+    if (cols[0] != "0" && cols[0] != "1") {
+      return Bad(name, line_no, absl::StrFormat("label '%s' is not 0 or 1", cols[0]));
+    }
+    d.labels.push_back(cols[0] == "1" ? 1.0f : 0.0f);
+    for (int i = 0; i < kDense; ++i) {
+      int64_t v = 0;
+      if (!cols[1 + i].empty() && !absl::SimpleAtoi(cols[1 + i], &v)) {
+        return Bad(name, line_no,
+                   absl::StrFormat("integer column %d holds '%s'", i + 1, cols[1 + i]));
+      }
+      d.dense.push_back(std::log1p(static_cast<float>(std::max<int64_t>(v, 0))));
+    }
+    for (int c = 0; c < kCategorical; ++c) {
+      const absl::string_view v = cols[1 + kDense + c];
+      if (v.empty()) continue;
+      d.keys.push_back(CriteoKey(c, v));
+      d.values.push_back(1.0f);
+    }
+    d.offsets.push_back(d.keys.size());
+  }
+  return d;
+}
+
+absl::StatusOr<SparseDataset> ReadLibsvm(const std::string& path) {
+  absl::StatusOr<std::string> text = ReadFile(path);
+  if (!text.ok()) return text.status();
+  return ParseLibsvm(*text, path);
+}
+
+absl::StatusOr<SparseDataset> ReadCriteo(const std::string& path) {
+  absl::StatusOr<std::string> text = ReadFile(path);
+  if (!text.ok()) return text.status();
+  return ParseCriteo(*text, path);
+}
+
+SparseDataset ShardOf(const SparseDataset& data, uint32_t worker, uint32_t num_workers) {
+  SparseDataset out;
+  out.num_dense = data.num_dense;
+  for (size_t i = worker; i < data.num_examples(); i += num_workers) {
+    out.labels.push_back(data.labels[i]);
+    for (uint64_t k = data.offsets[i]; k < data.offsets[i + 1]; ++k) {
+      out.keys.push_back(data.keys[k]);
+      out.values.push_back(data.values[k]);
+    }
+    out.offsets.push_back(out.keys.size());
+    out.dense.insert(out.dense.end(), data.dense.begin() + i * data.num_dense,
+                     data.dense.begin() + (i + 1) * data.num_dense);
+  }
+  return out;
+}
+
+}  // namespace tessera

@@ -1,0 +1,48 @@
+// Text training data: libsvm ("label idx:val idx:val ...") and Criteo-style TSV (label, 13
+// integer features, 26 hashed categorical features). Both become a SparseDataset: per example
+// a label, sparse keys with values, and (Criteo) dense features. Parsing errors name the file,
+// the line and the field; nothing is guessed.
+#ifndef TESSERA_WORKER_TEXT_DATA_H_
+#define TESSERA_WORKER_TEXT_DATA_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace tessera {
+
+struct SparseDataset {
+  std::vector<float> labels;            // per example (libsvm: as written; Criteo: 0 or 1)
+  std::vector<uint64_t> offsets = {0};  // example i's keys are [offsets[i], offsets[i + 1])
+  std::vector<uint64_t> keys;
+  std::vector<float> values;  // one per key (1 for categorical features)
+  uint32_t num_dense = 0;     // dense features per example (Criteo: 13)
+  std::vector<float> dense;   // num_examples x num_dense
+
+  size_t num_examples() const { return labels.size(); }
+};
+
+// libsvm: one example per line, "label key:value key:value ..." (keys are uint64, any order;
+// '#' starts a comment). Errors: INVALID_ARGUMENT naming file:line and the bad token.
+absl::StatusOr<SparseDataset> ParseLibsvm(absl::string_view text, absl::string_view name);
+absl::StatusOr<SparseDataset> ReadLibsvm(const std::string& path);
+
+// Criteo TSV: label, 13 integer columns (empty = missing), 26 categorical columns (hex
+// strings, empty = missing), tab-separated. Integers become dense features log(1 + max(x, 0))
+// (0 when missing); a categorical value v of column c becomes key CriteoKey(c, v).
+absl::StatusOr<SparseDataset> ParseCriteo(absl::string_view text, absl::string_view name);
+absl::StatusOr<SparseDataset> ReadCriteo(const std::string& path);
+
+// The key of categorical column `column` (0..25) holding `value`: distinct columns never share
+// keys for the same value (the column is hashed in).
+uint64_t CriteoKey(uint32_t column, absl::string_view value);
+
+// This worker's part of a dataset: examples i with i % num_workers == worker.
+SparseDataset ShardOf(const SparseDataset& data, uint32_t worker, uint32_t num_workers);
+
+}  // namespace tessera
+
+#endif  // TESSERA_WORKER_TEXT_DATA_H_

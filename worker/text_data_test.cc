@@ -1,0 +1,72 @@
+#include "worker/text_data.h"
+
+#include <catch2/catch.hpp>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace tessera {
+namespace {
+
+TEST_CASE("libsvm lines become labelled sparse examples", "[data]") {
+  absl::StatusOr<SparseDataset> d =
+      ParseLibsvm("1 3:0.5 17:1\n# a comment line\n\n-1 2:2.5  # trailing comment\n0\n", "t");
+  REQUIRE(d.ok());
+  REQUIRE(d->num_examples() == 3);
+  CHECK(d->labels == std::vector<float>{1, -1, 0});
+  CHECK(d->offsets == std::vector<uint64_t>{0, 2, 3, 3});
+  CHECK(d->keys == std::vector<uint64_t>{3, 17, 2});
+  CHECK(d->values == std::vector<float>{0.5f, 1, 2.5f});
+}
+
+TEST_CASE("bad libsvm input names the line and the token", "[data]") {
+  for (const char* bad : {"x 1:2", "1 3-2", "1 3:abc", "1 :1", "1 3:nan"}) {
+    absl::StatusOr<SparseDataset> d = ParseLibsvm(absl::StrCat("1 1:1\n", bad), "f.svm");
+    INFO(bad << " -> " << d.status().ToString());
+    CHECK(d.status().code() == absl::StatusCode::kInvalidArgument);
+    CHECK(std::string(d.status().message()).find("f.svm:2:") == 0);
+  }
+}
+
+std::string CriteoLine(const std::string& label, int missing_every = 0) {
+  std::vector<std::string> cols = {label};
+  for (int i = 0; i < 13; ++i) cols.push_back(missing_every && i % missing_every == 0 ? "" : "3");
+  for (int c = 0; c < 26; ++c)
+    cols.push_back(missing_every && c % missing_every == 0 ? "" : "a1b2");
+  return absl::StrJoin(cols, "\t");
+}
+
+TEST_CASE("Criteo TSV: dense log features and per-column hashed categorical keys", "[data]") {
+  absl::StatusOr<SparseDataset> d =
+      ParseCriteo(CriteoLine("1") + "\n" + CriteoLine("0", 2) + "\r\n", "c.tsv");
+  INFO(d.status().ToString());
+  REQUIRE(d.ok());
+  REQUIRE(d->num_examples() == 2);
+  CHECK(d->labels == std::vector<float>{1, 0});
+  CHECK(d->num_dense == 13);
+  CHECK(d->dense[0] == Approx(std::log1p(3.0f)));
+  CHECK(d->dense[13] == 0);  // missing
+  CHECK(d->offsets == std::vector<uint64_t>{0, 26, 39});
+  // The same value in two columns gives two keys.
+  CHECK(d->keys[0] == CriteoKey(0, "a1b2"));
+  CHECK(d->keys[0] != d->keys[1]);
+  const SparseDataset half = ShardOf(*d, 1, 2);
+  CHECK(half.num_examples() == 1);
+  CHECK(half.keys.size() == 13);
+  CHECK(half.dense.size() == 13);
+}
+
+TEST_CASE("bad Criteo input names the line and the column", "[data]") {
+  CHECK(ParseCriteo("1\t2\t3\n", "c").status().code() == absl::StatusCode::kInvalidArgument);
+  absl::StatusOr<SparseDataset> d = ParseCriteo(CriteoLine("2"), "c");
+  CHECK(std::string(d.status().message()).find("c:1: label '2'") == 0);
+  std::string line = CriteoLine("1");
+  line.replace(line.find("\t3"), 2, "\tzz");
+  d = ParseCriteo(line, "c");
+  CHECK(std::string(d.status().message()).find("integer column 1 holds 'zz'") != std::string::npos);
+  CHECK(ReadLibsvm("/nonexistent").status().code() == absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace tessera
