@@ -481,15 +481,31 @@ absl::Status Client::PullSparse(absl::string_view table, absl::Span<const uint64
   return Blocking([&](StatusCallback cb) { PullSparseAsync(table, keys, out, std::move(cb)); });
 }
 absl::Status Client::PushSparse(absl::string_view table, absl::Span<const uint64_t> keys,
-                                absl::Span<const float> values) {
-  return Blocking([&](StatusCallback cb) { PushSparseAsync(table, keys, values, std::move(cb)); });
+                                absl::Span<const float> values, const PushOptions& options) {
+  return Blocking(
+      [&](StatusCallback cb) { PushSparseAsync(table, keys, values, std::move(cb), options); });
 }
 absl::Status Client::PullDense(absl::string_view table, uint64_t offset, absl::Span<float> out) {
   return Blocking([&](StatusCallback cb) { PullDenseAsync(table, offset, out, std::move(cb)); });
 }
 absl::Status Client::PushDense(absl::string_view table, uint64_t offset,
-                               absl::Span<const float> values) {
-  return Blocking([&](StatusCallback cb) { PushDenseAsync(table, offset, values, std::move(cb)); });
+                               absl::Span<const float> values, const PushOptions& options) {
+  return Blocking(
+      [&](StatusCallback cb) { PushDenseAsync(table, offset, values, std::move(cb), options); });
+}
+
+absl::Status Client::ApplyStep(absl::string_view table, uint64_t step, float scale) {
+  v1::ApplyStepRequest req;
+  req.set_table(std::string(table));
+  req.set_step(step);
+  req.set_scale(scale);
+  return ForEachServer(*impl_, [&](uint32_t shard) {
+    v1::ApplyStepResponse resp;
+    return impl_->CallShard(shard, [&](v1::ParameterServer::Stub* stub, grpc::ClientContext* ctx) {
+      impl_->FillHeader(req.mutable_header());
+      return stub->ApplyStep(ctx, req, &resp);
+    });
+  });
 }
 
 }  // namespace tessera

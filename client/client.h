@@ -70,6 +70,13 @@ struct TableStatus {
   uint64_t bytes = 0;  // memory for weights and slots, summed over servers
 };
 
+// Options of one push.
+struct PushOptions {
+  // Non-zero: the servers add the gradients to step `accumulate_step`'s sums instead of
+  // applying them; Client::ApplyStep applies the step (BSP aggregation, docs/worker.md).
+  uint64_t accumulate_step = 0;
+};
+
 // Runs exactly once when an asynchronous call completes.
 using StatusCallback = std::function<void(absl::Status)>;
 
@@ -105,21 +112,27 @@ class Client {
   void PullSparseAsync(absl::string_view table, absl::Span<const uint64_t> keys,
                        absl::Span<float> out, StatusCallback done);
   void PushSparseAsync(absl::string_view table, absl::Span<const uint64_t> keys,
-                       absl::Span<const float> values, StatusCallback done);
+                       absl::Span<const float> values, StatusCallback done,
+                       const PushOptions& options = {});
 
   // Dense tables: elements [offset, offset + size) of the tensor.
   void PullDenseAsync(absl::string_view table, uint64_t offset, absl::Span<float> out,
                       StatusCallback done);
   void PushDenseAsync(absl::string_view table, uint64_t offset, absl::Span<const float> values,
-                      StatusCallback done);
+                      StatusCallback done, const PushOptions& options = {});
 
   // Blocking versions of the calls above.
   absl::Status PullSparse(absl::string_view table, absl::Span<const uint64_t> keys,
                           absl::Span<float> out);
   absl::Status PushSparse(absl::string_view table, absl::Span<const uint64_t> keys,
-                          absl::Span<const float> values);
+                          absl::Span<const float> values, const PushOptions& options = {});
   absl::Status PullDense(absl::string_view table, uint64_t offset, absl::Span<float> out);
-  absl::Status PushDense(absl::string_view table, uint64_t offset, absl::Span<const float> values);
+  absl::Status PushDense(absl::string_view table, uint64_t offset, absl::Span<const float> values,
+                         const PushOptions& options = {});
+
+  // BSP: applies the gradients accumulated for `step` on every shard, each row or block once
+  // with sum x scale (e.g. 1 / workers). Retried like pushes; a step already applied is fine.
+  absl::Status ApplyStep(absl::string_view table, uint64_t step, float scale);
 
   uint64_t client_id() const;
   const ShardMap& shard_map() const;

@@ -132,7 +132,8 @@ void Client::PullSparseAsync(absl::string_view table, absl::Span<const uint64_t>
 }
 
 void Client::PushSparseAsync(absl::string_view table, absl::Span<const uint64_t> keys,
-                             absl::Span<const float> values, StatusCallback done) {
+                             absl::Span<const float> values, StatusCallback done,
+                             const PushOptions& options) {
   if (keys.empty()) return done(absl::OkStatus());
   absl::StatusOr<uint32_t> dim = SparseDim(table, keys.size(), values.size());
   if (!dim.ok()) return done(dim.status());
@@ -144,6 +145,7 @@ void Client::PushSparseAsync(absl::string_view table, absl::Span<const uint64_t>
     auto* rpc = new Rpc(impl_.get(), chunk.shard, "PushSparse", /*push=*/true, op);
     const size_t n = chunk.positions.size();
     auto header = SparseHeader<v1::PushSparseRequest>(*impl_, table, *dim, n);
+    header->set_accumulate_step(options.accumulate_step);
     // Keys and rows regrouped by shard: one gathered copy, then sent in place.
     auto packed_keys = std::make_shared<std::vector<uint64_t>>(n);
     auto packed_values = std::make_shared<std::vector<float>>(n * *dim);
@@ -236,13 +238,15 @@ void Client::PullDenseAsync(absl::string_view table, uint64_t offset, absl::Span
 }
 
 void Client::PushDenseAsync(absl::string_view table, uint64_t offset,
-                            absl::Span<const float> values, StatusCallback done) {
+                            absl::Span<const float> values, StatusCallback done,
+                            const PushOptions& options) {
   StartDense<v1::PushDenseRequest>(
       impl_.get(), table, offset, values.size(), "PushDense", /*push=*/true, std::move(done),
       [&](Rpc& rpc, std::shared_ptr<v1::PushDenseRequest> header, const DenseChunk& chunk) {
         // Sent straight from the caller's buffer (zero copy): the call completes only after
         // gRPC released it.
         const float* data = values.data() + (chunk.offset - offset);
+        header->set_accumulate_step(options.accumulate_step);
         rpc.encode = [header, data, count = chunk.count](Rpc& r) {
           SetPushId(r, header->mutable_id());
           return EncodeWithBulk(*header, {r.Borrow(kPushDenseValues, data, count * sizeof(float))});

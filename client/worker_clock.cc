@@ -103,6 +103,7 @@ absl::StatusOr<std::unique_ptr<WorkerClock>> WorkerClock::Join(const WorkerClock
 }
 
 uint64_t WorkerClock::clock() const { return impl_->clock.load(); }
+const WorkerClockOptions& WorkerClock::options() const { return impl_->options; }
 
 absl::StatusOr<JobProgress> WorkerClock::WaitToStart(absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;

@@ -42,6 +42,7 @@ class WorkerClock {
   ~WorkerClock();
 
   uint64_t clock() const;  // steps this worker finished
+  const WorkerClockOptions& options() const;
 
   // Blocks until step clock() + 1 may start. Errors: FAILED_PRECONDITION when the job failed
   // (the message names the dead worker), DEADLINE_EXCEEDED after `timeout`, UNAVAILABLE when

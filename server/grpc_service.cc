@@ -149,6 +149,7 @@ TESSERA_RAW_METHOD(PullSparse, v1::PullSparseRequest, v1::PullSparseResponse)
 TESSERA_RAW_CHANGE(PushSparse, v1::PushSparseRequest, v1::PushResponse)
 TESSERA_RAW_METHOD(PullDense, v1::PullDenseRequest, v1::PullDenseResponse)
 TESSERA_RAW_CHANGE(PushDense, v1::PushDenseRequest, v1::PushResponse)
+TESSERA_RAW_CHANGE(ApplyStep, v1::ApplyStepRequest, v1::ApplyStepResponse)
 TESSERA_RAW_METHOD(GetCheckpointState, v1::GetCheckpointStateRequest,
                    v1::GetCheckpointStateResponse)
 

@@ -21,7 +21,8 @@ using RawParameterServerService = PS::WithRawCallbackMethod_CreateTable<
             PS::WithRawCallbackMethod_PushSparse<PS::WithRawCallbackMethod_PullDense<
                 PS::WithRawCallbackMethod_PushDense<PS::WithRawCallbackMethod_WriteCheckpoint<
                     PS::WithRawCallbackMethod_GetCheckpointState<
-                        PS::WithRawCallbackMethod_RestoreCheckpoint<PS::Service>>>>>>>>>>>;
+                        PS::WithRawCallbackMethod_RestoreCheckpoint<
+                            PS::WithRawCallbackMethod_ApplyStep<PS::Service>>>>>>>>>>>>;
 
 // Handlers run ServerCore inline on gRPC's callback threads: the work is CPU-bound and holds
 // only vshard locks, never across I/O. Checkpoint writes and restores, which do file I/O for
@@ -48,6 +49,7 @@ class GrpcService final : public RawParameterServerService {
   Reactor* WriteCheckpoint(Ctx* ctx, const Bytes* req, Bytes* resp) override;
   Reactor* GetCheckpointState(Ctx* ctx, const Bytes* req, Bytes* resp) override;
   Reactor* RestoreCheckpoint(Ctx* ctx, const Bytes* req, Bytes* resp) override;
+  Reactor* ApplyStep(Ctx* ctx, const Bytes* req, Bytes* resp) override;
 
  private:
   // Runs fn(request, response) inline (Handle) or on a thread of its own (Offload) and

@@ -43,9 +43,9 @@ prometheus::ClientMetric GaugeValue(double v) {
 
 const char* MethodName(Method m) {
   static constexpr const char* kNames[kNumMethods] = {
-      "CreateTable",     "DropTable",          "DescribeTable",    "ListTables",
-      "PullSparse",      "PushSparse",         "PullDense",        "PushDense",
-      "WriteCheckpoint", "GetCheckpointState", "RestoreCheckpoint"};
+      "CreateTable",     "DropTable",          "DescribeTable",     "ListTables",
+      "PullSparse",      "PushSparse",         "PullDense",         "PushDense",
+      "WriteCheckpoint", "GetCheckpointState", "RestoreCheckpoint", "ApplyStep"};
   return kNames[static_cast<int>(m)];
 }
 

@@ -35,8 +35,9 @@ enum class Method {
   kWriteCheckpoint,
   kGetCheckpointState,
   kRestoreCheckpoint,
+  kApplyStep,
 };
-inline constexpr int kNumMethods = 11;
+inline constexpr int kNumMethods = 12;
 const char* MethodName(Method m);
 
 // Request metrics per method and status code. Thread-safe; Record() takes no lock once the

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "absl/status/status.h"
 #include "absl/strings/cord.h"
@@ -428,7 +429,15 @@ absl::Status ServerCore::ApplyOnce(const v1::PushId& id, const std::string& tabl
       // The rows and the record that the push was applied change under the same gate hold, so
       // a checkpoint's cut sees both or neither.
       absl::ReaderMutexLock gate(&gate_);
-      apply(generation_.load(std::memory_order_relaxed));
+      if constexpr (std::is_same_v<decltype(apply(uint64_t{0})), absl::Status>) {
+        // (checks that need the order: nothing changed when they fail)
+        if (absl::Status st = apply(generation_.load(std::memory_order_relaxed)); !st.ok()) {
+          dedup_.Finish(id.client_id(), id.sequence(), /*applied=*/false);
+          return st;
+        }
+      } else {
+        apply(generation_.load(std::memory_order_relaxed));
+      }
       dedup_.Finish(id.client_id(), id.sequence(), /*applied=*/true);
     }
     resp->set_lsn(NextLsn(kind, request));
@@ -516,6 +525,21 @@ absl::Status ServerCore::PushSparseImpl(const v1::PushSparseRequest& req, v1::Pu
       PushValues(req.values(), req.num_keys() * sparse.dim(), name, &scratch, replicated);
   if (!values.ok()) return values.status();
   if (!replicated) TESSERA_RETURN_IF_ERROR(CheckDistinct(k.keys, k.groups, name));
+  if (req.accumulate_step() != 0) {
+    Table& t = **table;
+    return ApplyOnce(req.id(), name, resp, v1::LOG_ENTRY_KIND_PUSH_SPARSE, request, replicated,
+                     [&](uint64_t) -> absl::Status {
+                       TESSERA_RETURN_IF_ERROR(CheckAccumulate(t, req.accumulate_step()));
+                       t.sums.step = req.accumulate_step();
+                       const uint32_t dim = sparse.dim();
+                       for (size_t i = 0; i < k.keys.size(); ++i) {
+                         std::vector<float>& sum = t.sums.rows[k.keys[i]];
+                         sum.resize(dim, 0.0f);
+                         for (uint32_t c = 0; c < dim; ++c) sum[c] += (*values)[i * dim + c];
+                       }
+                       return absl::OkStatus();
+                     });
+  }
   return ApplyOnce(req.id(), name, resp, v1::LOG_ENTRY_KIND_PUSH_SPARSE, request, replicated,
                    [&](uint64_t gen) { sparse.Push(k.keys, k.groups, values->data(), gen); });
 }
@@ -554,6 +578,27 @@ absl::Status ServerCore::PushDenseImpl(const v1::PushDenseRequest& req, v1::Push
   absl::StatusOr<absl::Span<const float>> values =
       PushValues(req.values(), req.count(), name, &scratch, replicated);
   if (!values.ok()) return values.status();
+  if (req.accumulate_step() != 0) {
+    Table& t = **table;
+    return ApplyOnce(req.id(), name, resp, v1::LOG_ENTRY_KIND_PUSH_DENSE, request, replicated,
+                     [&](uint64_t) -> absl::Status {
+                       TESSERA_RETURN_IF_ERROR(CheckAccumulate(t, req.accumulate_step()));
+                       t.sums.step = req.accumulate_step();
+                       const DenseLayout& layout = dense.layout();
+                       const uint64_t end = req.offset() + req.count();
+                       for (uint64_t b = req.offset() / layout.block_elems;
+                            b < layout.num_blocks() && layout.BlockBegin(b) < end; ++b) {
+                         std::vector<float>& sum = t.sums.blocks[b];
+                         sum.resize(layout.BlockEnd(b) - layout.BlockBegin(b), 0.0f);
+                         const uint64_t lo = std::max(layout.BlockBegin(b), req.offset());
+                         const uint64_t hi = std::min(layout.BlockEnd(b), end);
+                         for (uint64_t e = lo; e < hi; ++e) {
+                           sum[e - layout.BlockBegin(b)] += (*values)[e - req.offset()];
+                         }
+                       }
+                       return absl::OkStatus();
+                     });
+  }
   return ApplyOnce(
       req.id(), name, resp, v1::LOG_ENTRY_KIND_PUSH_DENSE, request, replicated,
       [&](uint64_t gen) { dense.Push(req.offset(), req.count(), values->data(), gen); });
@@ -579,6 +624,96 @@ absl::Status ServerCore::CheckDenseRange(const DenseTable& dense, const std::str
         missing, dense.layout().BlockBegin(missing), dense.layout().BlockEnd(missing), shard_index_,
         shard_map_epoch()));
   }
+  return absl::OkStatus();
+}
+
+absl::Status ServerCore::CheckAccumulate(const Table& table, uint64_t step) {
+  const StepSums& sums = table.sums;
+  if (step <= sums.applied_step) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("table '%s': step %u was applied already (last applied: %u)",
+                        table.config.name, step, sums.applied_step));
+  }
+  if (sums.step != 0 && sums.step != step) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("table '%s': step %u is pending; apply it before accumulating step %u",
+                        table.config.name, sums.step, step));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ServerCore::ApplyStep(const v1::ApplyStepRequest& req, v1::ApplyStepResponse* resp,
+                                   const void* request) {
+  TESSERA_RETURN_IF_ERROR(CheckRouting(req.header()));
+  return ApplyStepImpl(req, resp, request, /*replicated=*/false);
+}
+
+absl::Status ServerCore::ApplyStepImpl(const v1::ApplyStepRequest& req, v1::ApplyStepResponse* resp,
+                                       const void* request, bool replicated) {
+  std::shared_ptr<Table> table;
+  {
+    absl::ReaderMutexLock lock(&tables_mu_);
+    auto it = tables_.find(req.table());
+    if (it != tables_.end()) table = it->second;
+  }
+  if (table == nullptr) {
+    return absl::NotFoundError(absl::StrFormat("table '%s' does not exist", req.table()));
+  }
+  if (req.step() == 0 || !std::isfinite(req.scale())) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("table '%s': ApplyStep needs a step >= 1 and a finite scale", req.table()));
+  }
+  absl::MutexLock order(&order_mu_);
+  StepSums& sums = table->sums;
+  if (req.step() <= sums.applied_step) {
+    resp->set_duplicate(true);
+    resp->set_lsn(lsn_);
+    if (replicated) NextLsn(v1::LOG_ENTRY_KIND_APPLY_STEP, nullptr);
+    return absl::OkStatus();
+  }
+  if (sums.step != 0 && sums.step != req.step()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "table '%s': step %u is pending, not step %u", req.table(), sums.step, req.step()));
+  }
+  {
+    absl::ReaderMutexLock gate(&gate_);
+    const uint64_t gen = generation_.load(std::memory_order_relaxed);
+    const float scale = req.scale();
+    if (table->sparse != nullptr && !sums.rows.empty()) {
+      const uint32_t dim = table->sparse->dim();
+      std::vector<uint64_t> keys;
+      std::vector<float> grads;
+      keys.reserve(sums.rows.size());
+      grads.reserve(sums.rows.size() * dim);
+      for (const auto& [key, sum] : sums.rows) {
+        keys.push_back(key);
+        for (float g : sum) grads.push_back(g * scale);
+      }
+      VshardGrouping groups;
+      GroupByVshard(keys, table->sparse->num_vshards(), &groups);
+      table->sparse->Push(keys, groups, grads.data(), gen);
+      resp->set_rows(keys.size());
+    } else if (table->dense != nullptr) {
+      std::vector<uint64_t> blocks;
+      for (const auto& [b, sum] : sums.blocks) blocks.push_back(b);
+      std::sort(blocks.begin(), blocks.end());
+      std::vector<float> scaled;
+      uint64_t elements = 0;
+      for (uint64_t b : blocks) {
+        const std::vector<float>& sum = sums.blocks[b];
+        scaled.resize(sum.size());
+        for (size_t i = 0; i < sum.size(); ++i) scaled[i] = sum[i] * scale;
+        table->dense->Push(table->dense->layout().BlockBegin(b), scaled.size(), scaled.data(), gen);
+        elements += scaled.size();
+      }
+      resp->set_rows(elements);
+    }
+  }
+  sums.rows.clear();
+  sums.blocks.clear();
+  sums.step = 0;
+  sums.applied_step = req.step();
+  resp->set_lsn(NextLsn(v1::LOG_ENTRY_KIND_APPLY_STEP, request));
   return absl::OkStatus();
 }
 

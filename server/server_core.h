@@ -47,6 +47,8 @@ class GetCheckpointStateResponse;
 class RestoreCheckpointRequest;
 class RestoreCheckpointResponse;
 class InstallSnapshotRequest;
+class ApplyStepRequest;
+class ApplyStepResponse;
 }  // namespace v1
 
 }  // namespace tessera
@@ -172,6 +174,11 @@ class ServerCore {
       ABSL_LOCKS_EXCLUDED(ckpt_mu_, gate_, tables_mu_);
   CheckpointStats GetCheckpointStats() const ABSL_LOCKS_EXCLUDED(ckpt_mu_);
 
+  // BSP steps (docs/worker.md): pushes with accumulate_step add to the step's sums; ApplyStep
+  // applies them once. Errors: FAILED_PRECONDITION when another step is pending.
+  absl::Status ApplyStep(const v1::ApplyStepRequest& req, v1::ApplyStepResponse* resp,
+                         const void* request = nullptr);
+
   std::vector<TableStats> GetTableStats() const ABSL_LOCKS_EXCLUDED(tables_mu_);
   uint64_t shard_map_epoch() const { return epoch_.load(std::memory_order_acquire); }
 
@@ -224,13 +231,24 @@ class ServerCore {
   uint64_t duplicate_pushes() const { return duplicate_pushes_.load(std::memory_order_relaxed); }
 
  private:
+  // A table's BSP step: gradient sums of the pending step, not applied yet. Changed only
+  // under the core's order_mu_ (like every change), so it needs no lock of its own.
+  struct StepSums {
+    uint64_t step = 0;                                         // pending step; 0: none
+    uint64_t applied_step = 0;                                 // the last step applied
+    absl::flat_hash_map<uint64_t, std::vector<float>> rows;    // sparse: key -> dim sums
+    absl::flat_hash_map<uint64_t, std::vector<float>> blocks;  // dense: block -> sums
+  };
   struct Table {
     TableConfig config;  // resolved
     std::unique_ptr<SparseTable> sparse;
     std::unique_ptr<DenseTable> dense;
     uint64_t incarnation = 0;  // distinct for every creation on this server
     uint64_t created_gen = 0;  // generation at creation; 0 when restored from a checkpoint
+    StepSums sums;
   };
+  // Checks that `step` may accumulate in `table` now. REQUIRES: order_mu_.
+  static absl::Status CheckAccumulate(const Table& table, uint64_t step);
 
   explicit ServerCore(const ServerCoreOptions& options);
 
@@ -306,6 +324,8 @@ class ServerCore {
   absl::Status CreateTableImpl(const v1::CreateTableRequest& req, v1::CreateTableResponse* resp,
                                const void* request, bool replicated);
   absl::Status DropTableImpl(const v1::DropTableRequest& req, v1::DropTableResponse* resp,
+                             const void* request, bool replicated);
+  absl::Status ApplyStepImpl(const v1::ApplyStepRequest& req, v1::ApplyStepResponse* resp,
                              const void* request, bool replicated);
 
   // Constant after construction.

@@ -300,3 +300,75 @@ TEST_CASE("a retried push is acknowledged but not applied again", "[validation]"
 
 }  // namespace
 }  // namespace tessera
+
+namespace tessera {
+namespace {
+
+#define TESSERA_REQUIRE_OK_CORE(expr)    \
+  do {                                   \
+    const absl::Status status_ = (expr); \
+    INFO(status_.ToString());            \
+    REQUIRE(status_.ok());               \
+  } while (0)
+
+TEST_CASE("BSP steps: accumulated gradients are applied once, as their scaled sum", "[bsp]") {
+  Fixture a, b;  // a: two accumulated pushes then ApplyStep(0.5); b: one push of the mean
+  using C = absl::StatusCode;
+  const std::vector<uint64_t> k = {5, 6};
+  auto accumulate = [&](Fixture& f, float g, uint64_t seq, uint64_t step) {
+    v1::PushSparseRequest r = f.SparsePush(k, g, seq);
+    r.set_accumulate_step(step);
+    v1::PushResponse resp;
+    return f.core->PushSparse(r, &resp);
+  };
+  auto apply = [&](Fixture& f, uint64_t step, float scale, v1::ApplyStepResponse* resp) {
+    v1::ApplyStepRequest r;
+    r.mutable_header()->set_shard_map_epoch(1);
+    r.set_table("emb");
+    r.set_step(step);
+    r.set_scale(scale);
+    return f.core->ApplyStep(r, resp);
+  };
+  const std::vector<float> before = a.Snapshot();
+  TESSERA_REQUIRE_OK_CORE(accumulate(a, 1.0f, 2, 1));
+  TESSERA_REQUIRE_OK_CORE(accumulate(a, 3.0f, 3, 1));
+  CHECK(a.Snapshot() == before);  // nothing applied yet
+  // Another step while step 1 is pending is refused.
+  CHECK(accumulate(a, 1.0f, 4, 2).code() == C::kFailedPrecondition);
+  v1::ApplyStepResponse resp;
+  TESSERA_REQUIRE_OK_CORE(apply(a, 1, 0.5f, &resp));
+  CHECK(resp.rows() == 2);
+  CHECK_FALSE(resp.duplicate());
+  // The same as one push of the mean (2.0) on an identical server.
+  v1::PushSparseRequest mean = b.SparsePush(k, 2.0f, 2);
+  v1::PushResponse pr;
+  TESSERA_REQUIRE_OK_CORE(b.core->PushSparse(mean, &pr));
+  CHECK(a.Snapshot() == b.Snapshot());
+  // Applying again is a no-op; accumulating into an applied step is refused.
+  TESSERA_REQUIRE_OK_CORE(apply(a, 1, 0.5f, &resp));
+  CHECK(resp.duplicate());
+  CHECK(a.Snapshot() == b.Snapshot());
+  CHECK(accumulate(a, 1.0f, 5, 1).code() == C::kFailedPrecondition);
+  CHECK(apply(a, 0, 1.0f, &resp).code() == C::kInvalidArgument);
+  v1::ApplyStepRequest missing;
+  missing.mutable_header()->set_shard_map_epoch(1);
+  missing.set_table("nope");
+  missing.set_step(1);
+  CHECK(a.core->ApplyStep(missing, &resp).code() == C::kNotFound);
+  // Dense tables accumulate per block.
+  v1::PushDenseRequest d = a.DensePush(900, 200, 6);  // spans blocks 0 and 1
+  d.set_accumulate_step(2);
+  TESSERA_REQUIRE_OK_CORE(a.core->PushDense(d, &pr));
+  v1::ApplyStepRequest ad;
+  ad.mutable_header()->set_shard_map_epoch(1);
+  ad.set_table("dense");
+  ad.set_step(2);
+  ad.set_scale(1.0f);
+  TESSERA_REQUIRE_OK_CORE(a.core->ApplyStep(ad, &resp));
+  CHECK(resp.rows() == 2000);  // both blocks, whole
+  TESSERA_REQUIRE_OK_CORE(b.core->PushDense(b.DensePush(900, 200, 6), &pr));
+  CHECK(a.Snapshot() == b.Snapshot());
+}
+
+}  // namespace
+}  // namespace tessera

@@ -2,6 +2,7 @@
 // catch-up snapshot (export on the primary, install on the joining replica). Design and
 // invariants: docs/replication.md.
 #include <algorithm>
+#include <cstring>
 #include <limits>
 
 #include "absl/cleanup/cleanup.h"
@@ -60,6 +61,9 @@ absl::Status ServerCore::ApplyReplicated(uint64_t lsn, int kind,
     case v1::LOG_ENTRY_KIND_PUSH_DENSE:
       status = replay(&ServerCore::PushDenseImpl);
       break;
+    case v1::LOG_ENTRY_KIND_APPLY_STEP:
+      status = replay(&ServerCore::ApplyStepImpl);
+      break;
     default:
       status = absl::InvalidArgumentError(absl::StrFormat("unknown log entry kind %d", kind));
   }
@@ -91,12 +95,32 @@ absl::StatusOr<uint64_t> ServerCore::ExportSnapshot(
   // The cut: an LSN and copy-on-write in every table, under the order and the gate.
   std::vector<std::shared_ptr<Table>> tables;
   std::vector<PushDeduplicator::ClientSnapshot> dedup;
+  google::protobuf::RepeatedPtrField<v1::SnapshotAccumulator> accumulators;
   uint64_t cut_gen, cut_lsn;
   {
     absl::MutexLock order(&order_mu_);
     absl::WriterMutexLock gate(&gate_);
     cut_lsn = lsn_;
     cut_gen = BeginCutLocked(&tables, &dedup);
+    // BSP sums not applied yet (they change only under the order, held here).
+    for (const auto& t : tables) {
+      const StepSums& sums = t->sums;
+      if (sums.step == 0 && sums.applied_step == 0) continue;
+      v1::SnapshotAccumulator* a = accumulators.Add();
+      a->set_table(t->config.name);
+      a->set_step(sums.step);
+      a->set_applied_step(sums.applied_step);
+      for (const auto& [key, sum] : sums.rows) {
+        a->mutable_keys()->append(reinterpret_cast<const char*>(&key), sizeof(key));
+        a->mutable_sums()->append(reinterpret_cast<const char*>(sum.data()),
+                                  sum.size() * sizeof(float));
+      }
+      for (const auto& [block, sum] : sums.blocks) {
+        a->mutable_keys()->append(reinterpret_cast<const char*>(&block), sizeof(block));
+        a->mutable_sums()->append(reinterpret_cast<const char*>(sum.data()),
+                                  sum.size() * sizeof(float));
+      }
+    }
   }
   absl::Cleanup end_cut = [&] {
     for (const auto& t : tables) {
@@ -154,6 +178,7 @@ absl::StatusOr<uint64_t> ServerCore::ExportSnapshot(
     client->set_floor(c.floor);
     for (uint64_t seq : c.applied) client->add_applied(seq);
   }
+  chunk.mutable_accumulators()->Swap(&accumulators);
   chunk.set_done(true);
   chunk.set_lsn(cut_lsn);
   TESSERA_RETURN_IF_ERROR(flush());
@@ -224,6 +249,37 @@ absl::Status ServerCore::InstallSnapshot(const v1::InstallSnapshotRequest& req) 
   ++in.next_seq;
   if (!req.done()) return absl::OkStatus();
 
+  for (const v1::SnapshotAccumulator& a : req.accumulators()) {
+    auto it = in.tables.find(a.table());
+    if (it == in.tables.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("snapshot step sums for unknown table '%s'", a.table()));
+    }
+    Table& t = *it->second;
+    t.sums.step = a.step();
+    t.sums.applied_step = a.applied_step();
+    const size_t n = a.keys().size() / sizeof(uint64_t);
+    std::vector<uint64_t> ids(n);
+    std::memcpy(ids.data(), a.keys().data(), n * sizeof(uint64_t));
+    size_t offset = 0;  // in floats
+    const size_t total = a.sums().size() / sizeof(float);
+    for (uint64_t id : ids) {
+      const size_t len =
+          t.sparse != nullptr
+              ? t.sparse->dim()
+              : (id < t.dense->layout().num_blocks()
+                     ? t.dense->layout().BlockEnd(id) - t.dense->layout().BlockBegin(id)
+                     : total + 1);
+      if (offset + len > total) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("snapshot step sums of table '%s' do not fit", a.table()));
+      }
+      std::vector<float>& sum = t.sparse != nullptr ? t.sums.rows[id] : t.sums.blocks[id];
+      sum.resize(len);
+      std::memcpy(sum.data(), a.sums().data() + offset * sizeof(float), len * sizeof(float));
+      offset += len;
+    }
+  }
   std::vector<PushDeduplicator::ClientSnapshot> clients;
   for (const v1::SnapshotClient& c : req.clients()) {
     clients.push_back({c.client_id(), c.floor(), {c.applied().begin(), c.applied().end()}});

@@ -9,17 +9,7 @@
 namespace tessera {
 namespace {
 
-std::unique_ptr<LocalCluster> StartCoordinator() {
-  LocalClusterOptions o;
-  o.server_binary = TESSERA_SERVER_BINARY;
-  o.coordinator_binary = TESSERA_COORDINATOR_BINARY;
-  o.num_servers = 1;
-  o.replication = 1;
-  absl::StatusOr<std::unique_ptr<LocalCluster>> c = LocalCluster::Start(o);
-  INFO(c.status().ToString());
-  REQUIRE(c.ok());
-  return std::move(*c);
-}
+std::unique_ptr<LocalCluster> StartCoordinator() { return testing::StartCoordinated(1, 1, 1); }
 
 std::unique_ptr<WorkerClock> JoinAs(const LocalCluster& cluster, WorkerClockOptions o,
                                     uint32_t worker) {

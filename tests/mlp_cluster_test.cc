@@ -28,25 +28,10 @@ IdxDataset Head(const IdxDataset& d, uint32_t n) {
   return h;
 }
 
-std::unique_ptr<LocalCluster> StartCluster() {
-  LocalClusterOptions o;
-  o.server_binary = TESSERA_SERVER_BINARY;
-  o.coordinator_binary = TESSERA_COORDINATOR_BINARY;
-  o.num_servers = 2;
-  o.replication = 1;
-  absl::StatusOr<std::unique_ptr<LocalCluster>> c = LocalCluster::Start(o);
-  INFO(c.status().ToString());
-  REQUIRE(c.ok());
-  return std::move(*c);
-}
+std::unique_ptr<LocalCluster> StartCluster() { return testing::StartCoordinated(2, 1, 2); }
 
 std::unique_ptr<Client> ConnectTo(const LocalCluster& cluster) {
-  ClientOptions o;
-  o.coordinator = cluster.coordinator_address();
-  absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(o);
-  INFO(c.status().ToString());
-  REQUIRE(c.ok());
-  return std::move(*c);
+  return testing::ConnectCoordinated(cluster);
 }
 
 TEST_CASE("BSP with one worker reproduces the server-less reference", "[mlp][cluster]") {
@@ -84,6 +69,80 @@ TEST_CASE("BSP with one worker reproduces the server-less reference", "[mlp][clu
   CHECK(worst <= 1e-5);
 }
 
+// The largest difference between two parameter sets, relative to max(|want|, floor).
+double LargestRelativeDifference(const MlpShape& shape, const MlpParams& got, const MlpParams& want,
+                                 float floor) {
+  double worst = 0;
+  for (size_t l = 0; l < shape.num_layers(); ++l) {
+    for (const auto& [g, w] :
+         {std::pair{&got.w[l], &want.w[l]}, std::pair{&got.b[l], &want.b[l]}}) {
+      for (size_t i = 0; i < w->size(); ++i) {
+        worst = std::max<double>(worst,
+                                 std::abs((*g)[i] - (*w)[i]) / std::max(std::abs((*w)[i]), floor));
+      }
+    }
+  }
+  return worst;
+}
+
+// Two worker threads (each its own client and clock) train `o` on `train` in `mode`; returns
+// the parameters the cluster holds afterwards.
+MlpParams TrainTwo(const LocalCluster& cluster, const IdxDataset& train, const MlpTrainOptions& o,
+                   ConsistencyMode mode, uint32_t staleness, const std::string& job) {
+  std::vector<std::thread> workers;
+  std::vector<absl::Status> results(2);
+  for (uint32_t w = 0; w < 2; ++w) {
+    workers.emplace_back([&, w] {
+      absl::StatusOr<std::unique_ptr<Client>> client =
+          Client::Connect({.coordinator = cluster.coordinator_address()});
+      absl::StatusOr<std::unique_ptr<WorkerClock>> clock =
+          WorkerClock::Join({.coordinator = cluster.coordinator_address(),
+                             .job = job,
+                             .num_workers = 2,
+                             .worker = w,
+                             .mode = mode,
+                             .staleness = staleness});
+      if (!client.ok() || !clock.ok()) {
+        results[w] = !client.ok() ? client.status() : clock.status();
+        return;
+      }
+      results[w] = TrainMlpWorker(**client, clock->get(), train, o, w, 2).status();
+    });
+  }
+  for (auto& t : workers) t.join();
+  for (const absl::Status& st : results) TESSERA_REQUIRE_OK(st);
+  std::unique_ptr<Client> client = ConnectTo(cluster);
+  absl::StatusOr<MlpParams> trained = PullMlpParams(*client, o);
+  REQUIRE(trained.ok());
+  return *std::move(trained);
+}
+
+TEST_CASE("two BSP workers apply each step once: they equal one worker with twice the batch",
+          "[mlp][cluster]") {
+  SetBlasThreads(1);
+  const IdxDataset train = Head(Load("train"), 2048);
+  MlpTrainOptions o;
+  o.shape = {{784, 32, 10}};
+  o.optimizer = {.kind = OptimizerKind::kSgd, .learning_rate = 0.1f};
+  o.epochs = 1;
+  o.batch_size = 128;  // the reference's step: both workers' batches together
+  absl::StatusOr<MlpReferenceResult> reference = TrainMlpReference(train, Head(train, 64), o);
+  REQUIRE(reference.ok());
+  auto cluster = StartCluster();
+  o.batch_size = 64;
+  o.prefix = "bsp";
+  const MlpParams bsp = TrainTwo(*cluster, train, o, ConsistencyMode::kBsp, 0, "bsp");
+  const double worst = LargestRelativeDifference(o.shape, bsp, reference->params, 1e-2f);
+  INFO("BSP: largest relative difference " << worst);
+  CHECK(worst <= 1e-4);
+  // The control: SSP(0) waits the same way but applies each worker's gradient on its own.
+  o.prefix = "ssp0";
+  const MlpParams ssp0 = TrainTwo(*cluster, train, o, ConsistencyMode::kSsp, 0, "ssp0");
+  const double apart = LargestRelativeDifference(o.shape, ssp0, reference->params, 1e-2f);
+  INFO("SSP(0): largest relative difference " << apart);
+  CHECK(apart > 1e-3);
+}
+
 // Trains the Fashion-MNIST MLP with two worker threads (each its own client and clock) in
 // `mode`; returns the test accuracy.
 double TrainTwoWorkers(const LocalCluster& cluster, const IdxDataset& train, const IdxDataset& test,
@@ -92,39 +151,8 @@ double TrainTwoWorkers(const LocalCluster& cluster, const IdxDataset& train, con
   o.shape = {{784, 256, 10}};
   o.epochs = 5;
   o.prefix = name;
-  std::vector<std::thread> workers;
-  std::vector<absl::Status> results(2);
-  for (uint32_t w = 0; w < 2; ++w) {
-    workers.emplace_back([&, w] {
-      absl::StatusOr<std::unique_ptr<Client>> client =
-          Client::Connect({.coordinator = cluster.coordinator_address()});
-      if (!client.ok()) {
-        results[w] = client.status();
-        return;
-      }
-      absl::StatusOr<std::unique_ptr<WorkerClock>> clock =
-          WorkerClock::Join({.coordinator = cluster.coordinator_address(),
-                             .job = name,
-                             .num_workers = 2,
-                             .worker = w,
-                             .mode = mode,
-                             .staleness = staleness});
-      if (!clock.ok()) {
-        results[w] = clock.status();
-        return;
-      }
-      results[w] = TrainMlpWorker(**client, clock->get(), train, o, w, 2).status();
-    });
-  }
-  for (auto& t : workers) t.join();
-  for (const absl::Status& s : results) {
-    INFO(name);
-    TESSERA_REQUIRE_OK(s);
-  }
-  std::unique_ptr<Client> client = ConnectTo(cluster);
-  absl::StatusOr<MlpParams> trained = PullMlpParams(*client, o);
-  REQUIRE(trained.ok());
-  const double accuracy = MlpAccuracy(o.shape, *trained, test);
+  const MlpParams trained = TrainTwo(cluster, train, o, mode, staleness, name);
+  const double accuracy = MlpAccuracy(o.shape, trained, test);
   WARN(absl::StrFormat("%s: test accuracy after %d epochs with 2 workers: %.4f", name, o.epochs,
                        accuracy));
   return accuracy;

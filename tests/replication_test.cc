@@ -37,28 +37,13 @@ constexpr uint32_t kKeysPerPush = 24;
 std::unique_ptr<LocalCluster> StartReplicated(uint32_t servers, uint32_t replication,
                                               uint32_t shards,
                                               std::vector<std::string> server_args = {}) {
-  LocalClusterOptions o;
-  o.server_binary = TESSERA_SERVER_BINARY;
-  o.coordinator_binary = TESSERA_COORDINATOR_BINARY;
-  o.num_servers = servers;
-  o.replication = replication;
-  o.num_shards = shards;
-  o.coordinator_args = {"--lease_ms=1000"};
-  o.extra_args = {"--heartbeat_ms=100"};
-  o.extra_args.insert(o.extra_args.end(), server_args.begin(), server_args.end());
-  absl::StatusOr<std::unique_ptr<LocalCluster>> c = LocalCluster::Start(o);
-  INFO(c.status().ToString());
-  REQUIRE(c.ok());
-  return std::move(*c);
+  server_args.insert(server_args.begin(), "--heartbeat_ms=100");
+  return testing::StartCoordinated(servers, replication, shards, {"--lease_ms=1000"},
+                                   std::move(server_args));
 }
 
 std::unique_ptr<Client> ConnectTo(const LocalCluster& cluster) {
-  ClientOptions o;
-  o.coordinator = cluster.coordinator_address();
-  absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(o);
-  INFO(c.status().ToString());
-  REQUIRE(c.ok());
-  return std::move(*c);
+  return testing::ConnectCoordinated(cluster);
 }
 
 // Clients pushing `add` updates of small integers (exact in float) to a sparse and a dense
@@ -579,6 +564,48 @@ TEST_CASE("replication and coordinator endpoints refuse bad and foreign input cl
   work.WaitForMore(20);
   work.Stop();
   work.Verify();
+}
+
+TEST_CASE("BSP step sums survive a failover between accumulation and apply", "[replication][bsp]") {
+  auto cluster = StartReplicated(2, 2, 1);
+  std::unique_ptr<Client> c = ConnectTo(*cluster);
+  TableConfig t{.name = "w", .kind = TableKind::kSparse, .dim = 2};
+  t.optimizer.kind = OptimizerKind::kAdd;
+  TESSERA_REQUIRE_OK(c->CreateTable(t).status());
+  const std::vector<uint64_t> keys = {1, 2, 3};
+  for (float g : {1.0f, 3.0f}) {
+    TESSERA_REQUIRE_OK(c->PushSparse("w", keys, std::vector<float>(6, g), {.accumulate_step = 1}));
+  }
+  absl::StatusOr<std::vector<int>> r = cluster->ReplicasOf(0);
+  REQUIRE(r.ok());
+  kill(cluster->pid((*r)[0]), SIGKILL);
+  WaitForNewPrimary(*cluster, 0, (*r)[0]);
+  TESSERA_REQUIRE_OK(c->ApplyStep("w", 1, 0.5f));
+  TESSERA_REQUIRE_OK(c->ApplyStep("w", 1, 0.5f));  // a retry changes nothing
+  std::vector<float> got(6);
+  TESSERA_REQUIRE_OK(c->PullSparse("w", keys, absl::MakeSpan(got)));
+  CHECK(got == std::vector<float>(6, 2.0f));
+}
+
+TEST_CASE("BSP step sums travel in a catch-up snapshot", "[replication][bsp]") {
+  auto cluster = StartReplicated(3, 2, 1);  // one spare
+  std::unique_ptr<Client> c = ConnectTo(*cluster);
+  TableConfig t{.name = "w", .kind = TableKind::kSparse, .dim = 2};
+  t.optimizer.kind = OptimizerKind::kAdd;
+  TESSERA_REQUIRE_OK(c->CreateTable(t).status());
+  const std::vector<uint64_t> keys = {1, 2, 3};
+  TESSERA_REQUIRE_OK(c->PushSparse("w", keys, std::vector<float>(6, 4.0f), {.accumulate_step = 1}));
+  absl::StatusOr<std::vector<int>> r = cluster->ReplicasOf(0);
+  REQUIRE(r.ok());
+  kill(cluster->pid((*r)[1]), SIGKILL);  // the backup: the spare catches up from a snapshot
+  WaitUntilRemoved(*cluster, 0, (*r)[1]);
+  WaitForReplicas(*cluster);
+  kill(cluster->pid((*r)[0]), SIGKILL);  // the primary: the former spare takes over
+  WaitForNewPrimary(*cluster, 0, (*r)[0]);
+  TESSERA_REQUIRE_OK(c->ApplyStep("w", 1, 0.5f));
+  std::vector<float> got(6);
+  TESSERA_REQUIRE_OK(c->PullSparse("w", keys, absl::MakeSpan(got)));
+  CHECK(got == std::vector<float>(6, 2.0f));
 }
 
 TEST_CASE("a promoted backup holds bit-identical weights and optimizer slots",

@@ -35,6 +35,37 @@ inline std::unique_ptr<Client> Connect(const LocalCluster& cluster, ClientOption
   return std::move(*c);
 }
 
+#ifdef TESSERA_COORDINATOR_BINARY  // (set by tests/CMakeLists.txt for the tests that need it)
+// A coordinator and `num_servers` servers it places into `num_shards` shards of `replication`
+// replicas (docs/replication.md); returns once every shard has its replicas.
+inline std::unique_ptr<LocalCluster> StartCoordinated(
+    uint32_t num_servers, uint32_t replication, uint32_t num_shards,
+    std::vector<std::string> coordinator_args = {}, std::vector<std::string> server_args = {}) {
+  LocalClusterOptions o;
+  o.server_binary = TESSERA_SERVER_BINARY;
+  o.coordinator_binary = TESSERA_COORDINATOR_BINARY;
+  o.num_servers = num_servers;
+  o.replication = replication;
+  o.num_shards = num_shards;
+  o.coordinator_args = std::move(coordinator_args);
+  o.extra_args = std::move(server_args);
+  absl::StatusOr<std::unique_ptr<LocalCluster>> c = LocalCluster::Start(o);
+  INFO(c.status().ToString());
+  REQUIRE(c.ok());
+  return std::move(*c);
+}
+#endif
+
+// A client that follows the coordinator's shard map.
+inline std::unique_ptr<Client> ConnectCoordinated(const LocalCluster& cluster) {
+  ClientOptions o;
+  o.coordinator = cluster.coordinator_address();
+  absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(o);
+  INFO(c.status().ToString());
+  REQUIRE(c.ok());
+  return std::move(*c);
+}
+
 // Runs a shell command; returns its exit code (-1 when killed) and standard output.
 inline std::pair<int, std::string> RunCommand(const std::string& command) {
   FILE* p = popen(command.c_str(), "r");

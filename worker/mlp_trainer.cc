@@ -1,5 +1,6 @@
 #include "worker/mlp_trainer.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -36,6 +37,10 @@ absl::StatusOr<MlpWorkerReport> TrainMlpWorker(Client& client, WorkerClock* cloc
   for (const TableConfig& t : tables) {
     if (absl::StatusOr<TableConfig> r = client.CreateTable(t); !r.ok()) return r.status();
   }
+  // BSP aggregates each step's gradients on the servers: every worker pushes into the step's
+  // sums (clock 2s - 1: "pushed"), the lowest live worker applies the step once with the mean
+  // (clock 2s: "applied"); the next step starts when every worker is at 2s.
+  const bool aggregate = clock != nullptr && clock->options().mode == ConsistencyMode::kBsp;
   MlpWorkerReport report;
   MlpParams params = MlpParams::Zeros(o.shape), grads;
   MlpWorkspace ws;
@@ -43,9 +48,15 @@ absl::StatusOr<MlpWorkerReport> TrainMlpWorker(Client& client, WorkerClock* cloc
   const uint32_t batches = train.num_examples / o.batch_size;
   for (int epoch = 0; epoch < o.epochs; ++epoch) {
     for (uint32_t k = worker; k < batches; k += num_workers) {
+      JobProgress progress;
       if (clock != nullptr) {
-        if (absl::StatusOr<JobProgress> p = clock->WaitToStart(); !p.ok()) return p.status();
+        absl::StatusOr<JobProgress> p = clock->WaitToStart();
+        if (!p.ok()) return p.status();
+        progress = *std::move(p);
       }
+      const uint64_t step = aggregate ? clock->clock() / 2 + 1 : 0;
+      PushOptions push;
+      push.accumulate_step = step;
       absl::StatusOr<MlpParams> pulled = PullMlpParams(client, o);
       if (!pulled.ok()) return pulled.status();
       params = *std::move(pulled);
@@ -55,16 +66,33 @@ absl::StatusOr<MlpWorkerReport> TrainMlpWorker(Client& client, WorkerClock* cloc
                              train.labels.data() + start, o.batch_size, &grads, &ws)
               .loss;
       for (size_t l = 0; l < o.shape.num_layers(); ++l) {
-        if (absl::Status s = client.PushDense(tables[2 * l].name, 0, grads.w[l]); !s.ok()) {
+        if (absl::Status s = client.PushDense(tables[2 * l].name, 0, grads.w[l], push); !s.ok()) {
           return s;
         }
-        if (absl::Status s = client.PushDense(tables[2 * l + 1].name, 0, grads.b[l]); !s.ok()) {
+        if (absl::Status s = client.PushDense(tables[2 * l + 1].name, 0, grads.b[l], push);
+            !s.ok()) {
           return s;
         }
       }
       ++report.steps;
       if (clock != nullptr) {
-        if (absl::Status s = clock->Finish(); !s.ok()) return s;
+        if (absl::Status s = clock->Finish(); !s.ok()) return s;  // (BSP: "pushed")
+      }
+      if (aggregate) {
+        uint32_t leader = 0;
+        while (std::find(progress.dead_workers.begin(), progress.dead_workers.end(), leader) !=
+               progress.dead_workers.end()) {
+          ++leader;
+        }
+        if (worker == leader) {
+          absl::StatusOr<JobProgress> pushed = clock->WaitToStart();  // every worker pushed
+          if (!pushed.ok()) return pushed.status();
+          const float scale = 1.0f / std::max<uint32_t>(pushed->live_workers, 1);
+          for (const TableConfig& t : tables) {
+            if (absl::Status s = client.ApplyStep(t.name, step, scale); !s.ok()) return s;
+          }
+        }
+        if (absl::Status s = clock->Finish(); !s.ok()) return s;  // "applied" (the leader's)
       }
     }
   }
