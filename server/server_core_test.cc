@@ -2,6 +2,7 @@
 // exactly as they were.
 #include "server/server_core.h"
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <vector>
@@ -109,7 +110,10 @@ struct Fixture {
       const float* v = reinterpret_cast<const float*>(resp.values().data());
       snap.insert(snap.end(), v, v + 5000);
     }
-    for (const TableStats& t : core->GetTableStats()) snap.push_back(static_cast<float>(t.rows));
+    std::vector<TableStats> stats = core->GetTableStats();  // (in no particular order)
+    std::sort(stats.begin(), stats.end(),
+              [](const TableStats& x, const TableStats& y) { return x.name < y.name; });
+    for (const TableStats& t : stats) snap.push_back(static_cast<float>(t.rows));
     return snap;
   }
 };

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 
 namespace tessera {
 
@@ -22,9 +23,10 @@ absl::StatusOr<MlpParams> PullMlpParams(Client& client, const MlpTrainOptions& o
   return p;
 }
 
-absl::StatusOr<MlpWorkerReport> TrainMlpWorker(Client& client, WorkerClock* clock,
-                                               const IdxDataset& train, const MlpTrainOptions& o,
-                                               uint32_t worker, uint32_t num_workers) {
+absl::StatusOr<MlpWorkerReport> TrainMlpWorker(
+    Client& client, WorkerClock* clock, const IdxDataset& train, const MlpTrainOptions& o,
+    uint32_t worker, uint32_t num_workers,
+    const std::function<void(const MlpStepReport&)>& on_step) {
   if (o.shape.sizes.size() < 2 || o.shape.sizes.front() != train.num_features ||
       o.shape.sizes.back() < train.num_classes || o.batch_size == 0 || num_workers == 0 ||
       worker >= num_workers) {
@@ -48,23 +50,33 @@ absl::StatusOr<MlpWorkerReport> TrainMlpWorker(Client& client, WorkerClock* cloc
   const uint32_t batches = train.num_examples / o.batch_size;
   for (int epoch = 0; epoch < o.epochs; ++epoch) {
     for (uint32_t k = worker; k < batches; k += num_workers) {
+      MlpStepReport r;
+      absl::Time t0 = absl::Now();
       JobProgress progress;
       if (clock != nullptr) {
         absl::StatusOr<JobProgress> p = clock->WaitToStart();
         if (!p.ok()) return p.status();
         progress = *std::move(p);
+        r.staleness = clock->clock() - std::min(clock->clock(), progress.min_clock);
       }
+      absl::Time t1 = absl::Now();
+      r.wait_s = absl::ToDoubleSeconds(t1 - t0);
       const uint64_t step = aggregate ? clock->clock() / 2 + 1 : 0;
       PushOptions push;
       push.accumulate_step = step;
       absl::StatusOr<MlpParams> pulled = PullMlpParams(client, o);
       if (!pulled.ok()) return pulled.status();
       params = *std::move(pulled);
+      t0 = absl::Now();
+      r.pull_s = absl::ToDoubleSeconds(t0 - t1);
       const size_t start = size_t{k} * o.batch_size;
-      loss_sum +=
+      r.loss =
           MlpForwardBackward(o.shape, params, train.features.data() + start * train.num_features,
                              train.labels.data() + start, o.batch_size, &grads, &ws)
               .loss;
+      loss_sum += r.loss;
+      t1 = absl::Now();
+      r.compute_s = absl::ToDoubleSeconds(t1 - t0);
       for (size_t l = 0; l < o.shape.num_layers(); ++l) {
         if (absl::Status s = client.PushDense(tables[2 * l].name, 0, grads.w[l], push); !s.ok()) {
           return s;
@@ -94,6 +106,10 @@ absl::StatusOr<MlpWorkerReport> TrainMlpWorker(Client& client, WorkerClock* cloc
         }
         if (absl::Status s = clock->Finish(); !s.ok()) return s;  // "applied" (the leader's)
       }
+      r.push_s = absl::ToDoubleSeconds(absl::Now() - t1);
+      r.step = report.steps;
+      r.samples = o.batch_size;
+      if (on_step) on_step(r);
     }
   }
   report.train_loss = report.steps > 0 ? loss_sum / report.steps : 0;

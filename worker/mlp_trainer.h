@@ -15,6 +15,18 @@
 
 namespace tessera {
 
+// One step of a worker, for progress lines and metrics.
+struct MlpStepReport {
+  uint64_t step = 0;  // this worker's steps so far
+  double loss = 0;    // of this step's batch
+  uint32_t samples = 0;
+  double wait_s = 0;  // clock waits (consistency)
+  double pull_s = 0;
+  double compute_s = 0;
+  double push_s = 0;       // pushes, and applying the step (BSP leader)
+  uint64_t staleness = 0;  // this worker's clock minus the slowest live worker's
+};
+
 struct MlpWorkerReport {
   uint64_t steps = 0;     // this worker's steps so far
   double train_loss = 0;  // mean over those steps
@@ -23,10 +35,10 @@ struct MlpWorkerReport {
 // Creates the model's tables (idempotent: every worker may), then trains on the batches of
 // `train` whose index is worker (mod num_workers), epoch after epoch, in order: with one worker
 // this is exactly TrainMlpReference's sequence. `clock` may be null (no coordination).
-absl::StatusOr<MlpWorkerReport> TrainMlpWorker(Client& client, WorkerClock* clock,
-                                               const IdxDataset& train,
-                                               const MlpTrainOptions& options, uint32_t worker,
-                                               uint32_t num_workers);
+absl::StatusOr<MlpWorkerReport> TrainMlpWorker(
+    Client& client, WorkerClock* clock, const IdxDataset& train, const MlpTrainOptions& options,
+    uint32_t worker, uint32_t num_workers,
+    const std::function<void(const MlpStepReport&)>& on_step = nullptr);
 
 // The parameters the cluster holds now.
 absl::StatusOr<MlpParams> PullMlpParams(Client& client, const MlpTrainOptions& options);

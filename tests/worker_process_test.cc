@@ -1,0 +1,149 @@
+// tessera-worker processes on a real cluster: a job runs to the end with its progress lines and
+// evaluation, and a worker killed with SIGKILL under SSP does not block the others (or fails
+// the job with a clear message, by policy).
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "tests/test_cluster.h"
+#include "worker/idx.h"
+
+extern char** environ;
+
+namespace tessera {
+namespace {
+
+class Dir {
+ public:
+  Dir() {
+    char tmpl[] = "/tmp/tessera-worker-test-XXXXXX";
+    path_ = mkdtemp(tmpl);
+  }
+  ~Dir() { std::filesystem::remove_all(path_); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// Starts `args` with stdout and stderr into `log`; returns its pid.
+pid_t Spawn(std::vector<std::string> args, const std::string& log) {
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  const int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  REQUIRE(rc == 0);
+  return pid;
+}
+
+// Waits (bounded) for `pid` to exit; returns its exit code, or -1 when killed or still running.
+int WaitExit(pid_t pid, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  int status = 0;
+  while (absl::Now() < deadline) {
+    if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, &status, 0);
+  return -1;
+}
+
+// Waits (bounded) until `log` contains `text`.
+bool WaitForText(const std::string& log, const std::string& text, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    if (ReadAll(log).find(text) != std::string::npos) return true;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return false;
+}
+
+std::string Config(const std::string& name, const std::string& mode, const std::string& policy) {
+  const std::string d = kFashionMnistDir;
+  return absl::StrCat("name: \"", name, "\"\n", "mlp { hidden: 64 }\n", "idx {\n",
+                      "  train_images: \"", d, "/train-images-idx3-ubyte.gz\"\n",
+                      "  train_labels: \"", d, "/train-labels-idx1-ubyte.gz\"\n",
+                      "  test_images: \"", d, "/t10k-images-idx3-ubyte.gz\"\n", "  test_labels: \"",
+                      d, "/t10k-labels-idx1-ubyte.gz\"\n", "  max_train_examples: 24000\n}\n",
+                      "batch_size: 64\n", "epochs: 3\n", "mode: ", mode, "\n", "staleness: 2\n",
+                      "worker_lease_ms: 1000\n", "on_worker_death: ", policy, "\n");
+}
+
+TEST_CASE("three tessera-worker processes: one killed under SSP, the others finish",
+          "[worker][fault]") {
+  auto cluster = testing::StartCoordinated(2, 1, 2);
+  for (const char* policy : {"WORKER_DEATH_POLICY_CONTINUE", "WORKER_DEATH_POLICY_FAIL"}) {
+    INFO(policy);
+    const bool fail = std::string(policy).find("FAIL") != std::string::npos;
+    Dir dir;
+    const std::string config = dir.path() + "/job.textproto";
+    std::ofstream(config) << Config(fail ? "ssp-fail" : "ssp-continue", "CONSISTENCY_MODE_SSP",
+                                    policy);
+    std::vector<pid_t> pids;
+    for (int w = 0; w < 3; ++w) {
+      pids.push_back(
+          Spawn({TESSERA_WORKER_BINARY, "--config=" + config,
+                 "--coordinator=" + cluster->coordinator_address(), absl::StrCat("--worker=", w),
+                 "--num_workers=3", "--metrics_port=-1", "--report_every_s=0.2"},
+                absl::StrCat(dir.path(), "/worker-", w, ".log")));
+    }
+    const std::string victim_log = dir.path() + "/worker-2.log";
+    REQUIRE(WaitForText(victim_log, "samples/s", absl::Seconds(60)));  // mid-job
+    kill(pids[2], SIGKILL);
+    WaitExit(pids[2], absl::Seconds(10));
+    const int code0 = WaitExit(pids[0], absl::Seconds(120));
+    const int code1 = WaitExit(pids[1], absl::Seconds(120));
+    const std::string log0 = ReadAll(dir.path() + "/worker-0.log");
+    INFO(log0);
+    if (!fail) {
+      CHECK(code0 == 0);
+      CHECK(code1 == 0);
+      CHECK(log0.find("test accuracy") != std::string::npos);
+    } else {
+      CHECK(code0 == 1);
+      CHECK(code1 == 1);
+      CHECK(log0.find("worker 2 of job 'ssp-fail' died") != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("tessera-worker refuses a bad config with the line and the reason", "[worker]") {
+  Dir dir;
+  const std::string config = dir.path() + "/bad.textproto";
+  std::ofstream(config) << "name: \"x\"\nmlp { hidden: 64 }\nepochz: 3\n";
+  const std::string log = dir.path() + "/out.log";
+  const pid_t pid = Spawn({TESSERA_WORKER_BINARY, "--config=" + config, "--coordinator=127.0.0.1:1",
+                           "--metrics_port=-1"},
+                          log);
+  CHECK(WaitExit(pid, absl::Seconds(30)) == 2);
+  const std::string out = ReadAll(log);
+  INFO(out);
+  CHECK(out.find("line 3") != std::string::npos);
+  CHECK(out.find("epochz") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace tessera

@@ -1,0 +1,262 @@
+// tessera-worker: runs one worker of a training job described in a config file (a
+// tessera.v1.JobConfig in protobuf text format, proto/job.proto; docs/worker.md).
+//
+//   tessera-worker --config=job.textproto --coordinator=host:port --worker=i --num_workers=n
+//
+// Prints a progress line every second (step, samples/s, loss, time split, staleness) and, on
+// worker 0, the test accuracy at the end; serves /metrics. Exit codes: 0 done, 1 the job failed
+// (the message says why, e.g. which worker died), 2 bad flags or config.
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "client/client.h"
+#include "client/worker_clock.h"
+#include "common/logging.h"
+#include "common/process_setup.h"
+#include "common/table_config.h"
+#include "common/wire.h"
+#include "proto/job.pb.h"
+#include "proto/tessera.pb.h"
+#include "worker/mlp_trainer.h"
+
+ABSL_FLAG(std::string, config, "", "The job: a tessera.v1.JobConfig in text format. Required.");
+ABSL_FLAG(std::string, coordinator, "", "host:port of tessera-coordinator. Required.");
+ABSL_FLAG(uint32_t, worker, 0, "This worker's index in [0, num_workers).");
+ABSL_FLAG(uint32_t, num_workers, 1, "Workers in the job.");
+ABSL_FLAG(int, metrics_port, 0, "Port of /metrics; 0 picks a free one, -1 disables.");
+ABSL_FLAG(double, report_every_s, 1.0, "Seconds between progress lines.");
+
+namespace {
+
+// Collects the text-format parser's first error with its line and column.
+class ErrorCollector : public google::protobuf::io::ErrorCollector {
+ public:
+  void AddError(int line, google::protobuf::io::ColumnNumber column,
+                const std::string& message) override {
+    if (first_.empty())
+      first_ = absl::StrFormat("line %d, column %d: %s", line + 1, column + 1, message);
+  }
+  const std::string& first() const { return first_; }
+
+ private:
+  std::string first_;
+};
+
+absl::StatusOr<tessera::v1::JobConfig> LoadConfig(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrFormat("cannot open the job config %s", path));
+  std::stringstream text;
+  text << in.rdbuf();
+  tessera::v1::JobConfig config;
+  google::protobuf::TextFormat::Parser parser;
+  ErrorCollector errors;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(text.str(), &config)) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: %s", path, errors.first()));
+  }
+  if (config.name().empty()) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: the job needs a name", path));
+  }
+  if (!config.has_mlp() || !config.has_idx()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: this worker runs the `mlp` model on `idx` data (the other models are coming)", path));
+  }
+  return config;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  tessera::SetUpProcess();
+  absl::SetProgramUsageMessage("tessera-worker: one worker of a Tessera training job");
+  absl::ParseCommandLine(argc, argv);
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  const uint32_t worker = absl::GetFlag(FLAGS_worker);
+  const uint32_t num_workers = absl::GetFlag(FLAGS_num_workers);
+  tessera::SetLogTag(absl::StrFormat("worker/%u", worker));
+  if (absl::GetFlag(FLAGS_coordinator).empty() || num_workers == 0 || worker >= num_workers) {
+    std::fprintf(stderr, "tessera-worker: need --coordinator and --worker < --num_workers\n");
+    return 2;
+  }
+  absl::StatusOr<tessera::v1::JobConfig> config = LoadConfig(absl::GetFlag(FLAGS_config));
+  if (!config.ok()) {
+    std::fprintf(stderr, "tessera-worker: %s\n", config.status().ToString().c_str());
+    return 2;
+  }
+  const tessera::v1::IdxData& data = config->idx();
+  absl::StatusOr<tessera::IdxDataset> train =
+      tessera::ReadIdxDataset(data.train_images(), data.train_labels());
+  if (!train.ok()) {
+    std::fprintf(stderr, "tessera-worker: %s\n", train.status().ToString().c_str());
+    return 2;
+  }
+  if (data.max_train_examples() > 0 && data.max_train_examples() < train->num_examples) {
+    train->num_examples = data.max_train_examples();
+    train->features.resize(size_t{train->num_examples} * train->num_features);
+    train->labels.resize(train->num_examples);
+  }
+
+  tessera::MlpTrainOptions o;
+  o.shape.sizes = {train->num_features};
+  for (uint32_t h : config->mlp().hidden()) o.shape.sizes.push_back(h);
+  o.shape.sizes.push_back(std::max<uint32_t>(train->num_classes, 2));
+  o.batch_size = config->batch_size() > 0 ? config->batch_size() : 128;
+  o.epochs = config->epochs() > 0 ? static_cast<int>(config->epochs()) : 1;
+  o.seed = config->seed();
+  o.prefix = config->name();
+  if (config->has_optimizer()) {
+    tessera::v1::TableSpec spec;  // (the optimizer is checked as part of a table's spec)
+    spec.set_name("optimizer");
+    spec.set_kind(tessera::v1::TABLE_KIND_DENSE);
+    spec.set_dense_size(1);
+    *spec.mutable_optimizer() = config->optimizer();
+    absl::StatusOr<tessera::TableConfig> t = tessera::TableConfigFromProto(spec);
+    if (t.ok()) t = tessera::ResolveTableConfig(*t);
+    if (!t.ok()) {
+      std::fprintf(stderr, "tessera-worker: optimizer: %s\n", t.status().ToString().c_str());
+      return 2;
+    }
+    o.optimizer = t->optimizer;
+  }
+  tessera::SetBlasThreads(1);
+
+  // Metrics.
+  auto registry = std::make_shared<prometheus::Registry>();
+  auto& steps = prometheus::BuildCounter()
+                    .Name("tessera_worker_steps_total")
+                    .Help("Training steps this worker finished.")
+                    .Register(*registry)
+                    .Add({});
+  auto& samples = prometheus::BuildCounter()
+                      .Name("tessera_worker_samples_total")
+                      .Help("Training examples this worker processed.")
+                      .Register(*registry)
+                      .Add({});
+  auto& phase_family = prometheus::BuildCounter()
+                           .Name("tessera_worker_step_phase_seconds_total")
+                           .Help(
+                               "Time spent per phase of a step: wait (clock), pull, compute, "
+                               "push (and applying a BSP step).")
+                           .Register(*registry);
+  prometheus::Counter* phases[4] = {
+      &phase_family.Add({{"phase", "wait"}}), &phase_family.Add({{"phase", "pull"}}),
+      &phase_family.Add({{"phase", "compute"}}), &phase_family.Add({{"phase", "push"}})};
+  auto& loss = prometheus::BuildGauge()
+                   .Name("tessera_worker_loss")
+                   .Help("Training loss of the last step's batch.")
+                   .Register(*registry)
+                   .Add({});
+  auto& staleness = prometheus::BuildGauge()
+                        .Name("tessera_worker_staleness_steps")
+                        .Help("This worker's clock minus the slowest live worker's.")
+                        .Register(*registry)
+                        .Add({});
+  std::unique_ptr<prometheus::Exposer> exposer;
+  if (const int port = absl::GetFlag(FLAGS_metrics_port); port >= 0) {
+    try {
+      exposer = std::make_unique<prometheus::Exposer>(absl::StrFormat("127.0.0.1:%d", port), 1);
+      exposer->RegisterCollectable(registry);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "tessera-worker: cannot serve /metrics: %s\n", e.what());
+      return 2;
+    }
+  }
+
+  tessera::ClientOptions co;
+  co.coordinator = absl::GetFlag(FLAGS_coordinator);
+  absl::StatusOr<std::unique_ptr<tessera::Client>> client = tessera::Client::Connect(co);
+  if (!client.ok()) {
+    std::fprintf(stderr, "tessera-worker: %s\n", client.status().ToString().c_str());
+    return 1;
+  }
+  tessera::WorkerClockOptions wo;
+  wo.coordinator = co.coordinator;
+  wo.job = config->name();
+  wo.num_workers = num_workers;
+  wo.worker = worker;
+  wo.mode = config->mode() == tessera::v1::CONSISTENCY_MODE_SSP ? tessera::ConsistencyMode::kSsp
+            : config->mode() == tessera::v1::CONSISTENCY_MODE_ASYNC
+                ? tessera::ConsistencyMode::kAsync
+                : tessera::ConsistencyMode::kBsp;
+  wo.staleness = config->staleness();
+  wo.lease_ms = config->worker_lease_ms() > 0 ? config->worker_lease_ms() : 5000;
+  wo.fail_on_worker_death = config->on_worker_death() == tessera::v1::WORKER_DEATH_POLICY_FAIL;
+  absl::StatusOr<std::unique_ptr<tessera::WorkerClock>> clock = tessera::WorkerClock::Join(wo);
+  if (!clock.ok()) {
+    std::fprintf(stderr, "tessera-worker: %s\n", clock.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("worker %u/%u of job '%s': %u training examples, MLP %u", worker, num_workers,
+              config->name().c_str(), train->num_examples, o.shape.sizes[0]);
+  for (size_t i = 1; i < o.shape.sizes.size(); ++i) std::printf("-%u", o.shape.sizes[i]);
+  std::printf(", batch %u, %d epochs, %s\n", o.batch_size, o.epochs,
+              tessera::v1::ConsistencyMode_Name(config->mode()).c_str());
+
+  const absl::Time start = absl::Now();
+  absl::Time last_report = start;
+  uint64_t last_samples = 0, total_samples = 0;
+  double phase_sum[4] = {0, 0, 0, 0};
+  absl::StatusOr<tessera::MlpWorkerReport> report = tessera::TrainMlpWorker(
+      **client, clock->get(), *train, o, worker, num_workers, [&](const tessera::MlpStepReport& r) {
+        steps.Increment();
+        samples.Increment(r.samples);
+        const double p[4] = {r.wait_s, r.pull_s, r.compute_s, r.push_s};
+        for (int i = 0; i < 4; ++i) {
+          phases[i]->Increment(p[i]);
+          phase_sum[i] += p[i];
+        }
+        loss.Set(r.loss);
+        staleness.Set(static_cast<double>(r.staleness));
+        total_samples += r.samples;
+        const absl::Time now = absl::Now();
+        if (now - last_report >= absl::Seconds(absl::GetFlag(FLAGS_report_every_s))) {
+          const double dt = absl::ToDoubleSeconds(now - last_report);
+          std::printf(
+              "  step %6llu  %8.0f samples/s  loss %.4f  wait %.1f%% pull %.1f%% compute "
+              "%.1f%% push %.1f%%  staleness %llu\n",
+              static_cast<unsigned long long>(r.step), (total_samples - last_samples) / dt, r.loss,
+              100 * phase_sum[0] / dt, 100 * phase_sum[1] / dt, 100 * phase_sum[2] / dt,
+              100 * phase_sum[3] / dt, static_cast<unsigned long long>(r.staleness));
+          last_report = now;
+          last_samples = total_samples;
+          for (double& v : phase_sum) v = 0;
+        }
+      });
+  if (!report.ok()) {
+    std::fprintf(stderr, "tessera-worker: the job stopped: %s\n",
+                 report.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("worker %u done: %llu steps in %.1f s, mean train loss %.4f\n", worker,
+              static_cast<unsigned long long>(report->steps),
+              absl::ToDoubleSeconds(absl::Now() - start), report->train_loss);
+  if (worker == 0 && !data.test_images().empty()) {
+    // The others may still be finishing their last step: wait for them.
+    (void)(*clock)->WaitToStart(absl::Seconds(60));
+    absl::StatusOr<tessera::IdxDataset> test =
+        tessera::ReadIdxDataset(data.test_images(), data.test_labels());
+    absl::StatusOr<tessera::MlpParams> params = tessera::PullMlpParams(**client, o);
+    if (!test.ok() || !params.ok()) {
+      std::fprintf(stderr, "tessera-worker: evaluation: %s\n",
+                   (!test.ok() ? test.status() : params.status()).ToString().c_str());
+      return 1;
+    }
+    std::printf("test accuracy %.4f (%u examples)\n", tessera::MlpAccuracy(o.shape, *params, *test),
+                test->num_examples);
+  }
+  return 0;
+}
