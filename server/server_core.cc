@@ -190,6 +190,13 @@ absl::Status ServerCore::CheckRouting(const v1::RequestHeader& header) const {
   return absl::OkStatus();
 }
 
+template <typename Req, typename Resp>
+absl::Status ServerCore::Routed(ChangeImpl<Req, Resp> impl, const Req& req, Resp* resp,
+                                const void* request) {
+  TESSERA_RETURN_IF_ERROR(CheckRouting(req.header()));
+  return (this->*impl)(req, resp, request, /*replicated=*/false);
+}
+
 absl::StatusOr<std::shared_ptr<ServerCore::Table>> ServerCore::FindTable(
     const v1::RequestHeader* header, const std::string& name, TableKind kind) const {
   if (header != nullptr) TESSERA_RETURN_IF_ERROR(CheckRouting(*header));
@@ -258,8 +265,7 @@ void ServerCore::FillInfo(const Table& table, v1::TableInfo* info) const {
 
 absl::Status ServerCore::CreateTable(const v1::CreateTableRequest& req,
                                      v1::CreateTableResponse* resp, const void* request) {
-  TESSERA_RETURN_IF_ERROR(CheckRouting(req.header()));
-  return CreateTableImpl(req, resp, request, /*replicated=*/false);
+  return Routed(&ServerCore::CreateTableImpl, req, resp, request);
 }
 
 absl::Status ServerCore::CreateTableImpl(const v1::CreateTableRequest& req,
@@ -324,8 +330,7 @@ absl::Status ServerCore::CreateTableImpl(const v1::CreateTableRequest& req,
 
 absl::Status ServerCore::DropTable(const v1::DropTableRequest& req, v1::DropTableResponse* resp,
                                    const void* request) {
-  TESSERA_RETURN_IF_ERROR(CheckRouting(req.header()));
-  return DropTableImpl(req, resp, request, /*replicated=*/false);
+  return Routed(&ServerCore::DropTableImpl, req, resp, request);
 }
 
 absl::Status ServerCore::DropTableImpl(const v1::DropTableRequest& req, v1::DropTableResponse* resp,
@@ -505,8 +510,7 @@ absl::Status ServerCore::PullSparse(const v1::PullSparseRequest& req,
 
 absl::Status ServerCore::PushSparse(const v1::PushSparseRequest& req, v1::PushResponse* resp,
                                     const void* request) {
-  TESSERA_RETURN_IF_ERROR(CheckRouting(req.header()));
-  return PushSparseImpl(req, resp, request, /*replicated=*/false);
+  return Routed(&ServerCore::PushSparseImpl, req, resp, request);
 }
 
 absl::Status ServerCore::PushSparseImpl(const v1::PushSparseRequest& req, v1::PushResponse* resp,
@@ -561,8 +565,7 @@ absl::Status ServerCore::PullDense(const v1::PullDenseRequest& req, v1::PullDens
 
 absl::Status ServerCore::PushDense(const v1::PushDenseRequest& req, v1::PushResponse* resp,
                                    const void* request) {
-  TESSERA_RETURN_IF_ERROR(CheckRouting(req.header()));
-  return PushDenseImpl(req, resp, request, /*replicated=*/false);
+  return Routed(&ServerCore::PushDenseImpl, req, resp, request);
 }
 
 absl::Status ServerCore::PushDenseImpl(const v1::PushDenseRequest& req, v1::PushResponse* resp,
@@ -644,8 +647,7 @@ absl::Status ServerCore::CheckAccumulate(const Table& table, uint64_t step) {
 
 absl::Status ServerCore::ApplyStep(const v1::ApplyStepRequest& req, v1::ApplyStepResponse* resp,
                                    const void* request) {
-  TESSERA_RETURN_IF_ERROR(CheckRouting(req.header()));
-  return ApplyStepImpl(req, resp, request, /*replicated=*/false);
+  return Routed(&ServerCore::ApplyStepImpl, req, resp, request);
 }
 
 absl::Status ServerCore::ApplyStepImpl(const v1::ApplyStepRequest& req, v1::ApplyStepResponse* resp,

@@ -315,8 +315,13 @@ class ServerCore {
       ABSL_LOCKS_EXCLUDED(order_mu_, gate_);
   // Takes the next LSN and logs the change. REQUIRES: order_mu_ held.
   uint64_t NextLsn(int kind, const void* request) ABSL_EXCLUSIVE_LOCKS_REQUIRED(order_mu_);
-  // Refuses client requests this server must not serve (routing); `write`: a change.
+  // Refuses client requests this server must not serve (routing).
   absl::Status CheckRouting(const v1::RequestHeader& header) const;
+  // A change from a client: routing checked, then impl(req, resp, request, replicated=false).
+  template <typename Req, typename Resp>
+  using ChangeImpl = absl::Status (ServerCore::*)(const Req&, Resp*, const void*, bool);
+  template <typename Req, typename Resp>
+  absl::Status Routed(ChangeImpl<Req, Resp> impl, const Req& req, Resp* resp, const void* request);
   absl::Status PushSparseImpl(const v1::PushSparseRequest& req, v1::PushResponse* resp,
                               const void* request, bool replicated);
   absl::Status PushDenseImpl(const v1::PushDenseRequest& req, v1::PushResponse* resp,
