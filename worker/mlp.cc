@@ -80,7 +80,7 @@ MlpBatchStats SoftmaxCrossEntropy(const float* logits, const uint8_t* labels, ui
 
 MlpBatchStats MlpForwardBackward(const MlpShape& shape, const MlpParams& params, const float* x,
                                  const uint8_t* labels, uint32_t batch, MlpParams* grads,
-                                 MlpWorkspace* ws) {
+                                 MlpWorkspace* ws, float* dx) {
   Forward(shape, params, x, batch, ws);
   const size_t layers = shape.num_layers();
   const uint32_t classes = shape.sizes.back();
@@ -102,7 +102,13 @@ MlpBatchStats MlpForwardBackward(const MlpShape& shape, const MlpParams& params,
       const float* row = ws->dz.data() + size_t{i} * dout;
       for (int c = 0; c < dout; ++c) grads->b[l][c] += row[c];
     }
-    if (l == 0) break;
+    if (l == 0) {
+      if (dx != nullptr) {  // dx = dz W^T
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(batch), din, dout,
+                    1.0f, ws->dz.data(), dout, params.w[0].data(), dout, 0.0f, dx, din);
+      }
+      break;
+    }
     // dh = dz W^T, then through the ReLU of layer l - 1.
     ws->dh.resize(size_t{batch} * din);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(batch), din, dout, 1.0f,

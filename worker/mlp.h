@@ -43,10 +43,14 @@ struct MlpBatchStats {
 };
 
 // Forward and backward on `batch` examples (x: batch x sizes[0], labels < classes). Writes the
-// gradients of the mean loss into `grads` (same layout as params, overwritten).
+// gradients of the mean loss into `grads` (same layout as params, overwritten) and, when `dx`
+// is not null, with respect to the inputs (batch x sizes[0]).
 MlpBatchStats MlpForwardBackward(const MlpShape& shape, const MlpParams& params, const float* x,
                                  const uint8_t* labels, uint32_t batch, MlpParams* grads,
-                                 MlpWorkspace* ws);
+                                 MlpWorkspace* ws, float* dx = nullptr);
+
+// The logits of the last forward pass (batch x classes).
+inline const std::vector<float>& MlpLogits(const MlpWorkspace& ws) { return ws.z.back(); }
 
 // Forward only: loss and accuracy counts.
 MlpBatchStats MlpEvaluate(const MlpShape& shape, const MlpParams& params, const float* x,
