@@ -1,5 +1,6 @@
-// The CTR model (docs/worker.md): one embedding per categorical field, looked up by key in a
-// sparse table, concatenated with the dense features and fed to an MLP with two outputs
+// The CTR model (docs/worker.md), DLRM-like: one embedding per categorical field, looked up by
+// key in a sparse table; the MLP's input is the embeddings, the dot product of every pair of
+// them (an MLP learns products poorly, so they are given), and the dense features; two outputs
 // (no click, click) trained with softmax cross-entropy, which is logistic regression on the
 // difference of the two logits. CPU math; the GPU backend must match it.
 #ifndef TESSERA_WORKER_EMB_MLP_H_
@@ -18,7 +19,11 @@ struct EmbMlpShape {
   uint32_t dense = 4;   // dense features per example
   std::vector<uint32_t> hidden = {64, 32};
 
-  MlpShape Mlp() const;  // input fields * dim + dense, the hidden layers, 2 outputs
+  bool interactions = true;  // the pairwise dot products as inputs
+
+  size_t pairs() const { return interactions ? size_t{fields} * (fields - 1) / 2 : 0; }
+  size_t input() const { return size_t{fields} * dim + pairs() + dense; }
+  MlpShape Mlp() const;  // input(), the hidden layers, 2 outputs
 };
 
 // The distinct keys of a batch (what is pulled) and, per (example, field), the row it uses.
