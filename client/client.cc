@@ -263,8 +263,6 @@ void Client::Impl::RefreshLoop() {
     }
     (void)FetchMap(/*require_complete=*/false);  // on failure the next retry asks again
     absl::SleepFor(absl::Milliseconds(20));      // at most one fetch per 20 ms
-    absl::MutexLock lock(&refresh_mu);
-    ++refreshes;
   }
 }
 

@@ -174,7 +174,6 @@ struct Replicator::Impl
   mutable absl::Mutex mu;
   bool stopping ABSL_GUARDED_BY(mu) = false;
   bool poked ABSL_GUARDED_BY(mu) = false;
-  v1::ClusterMap map ABSL_GUARDED_BY(mu);
   uint64_t epoch ABSL_GUARDED_BY(mu) = 0;
   v1::ServerRole role ABSL_GUARDED_BY(mu) = v1::SERVER_ROLE_NONE;
   int32_t shard ABSL_GUARDED_BY(mu) = -1;
@@ -274,7 +273,6 @@ struct Replicator::Impl
       if (m.epoch() < epoch || stopping) return;
       appended = std::max(appended, core_lsn);
       const bool changed = m.epoch() != epoch;
-      map = m;
       epoch = m.epoch();
       const v1::ServerRole old_role = role;
       const std::string old_primary = primary;

@@ -197,9 +197,8 @@ absl::Status ServerCore::Routed(ChangeImpl<Req, Resp> impl, const Req& req, Resp
   return (this->*impl)(req, resp, request, /*replicated=*/false);
 }
 
-absl::StatusOr<std::shared_ptr<ServerCore::Table>> ServerCore::FindTable(
-    const v1::RequestHeader* header, const std::string& name, TableKind kind) const {
-  if (header != nullptr) TESSERA_RETURN_IF_ERROR(CheckRouting(*header));
+absl::StatusOr<std::shared_ptr<ServerCore::Table>> ServerCore::LookupTable(
+    const std::string& name) const {
   std::shared_ptr<Table> table;
   {
     absl::ReaderMutexLock lock(&tables_mu_);
@@ -209,9 +208,18 @@ absl::StatusOr<std::shared_ptr<ServerCore::Table>> ServerCore::FindTable(
   if (table == nullptr) {
     return absl::NotFoundError(absl::StrFormat("table '%s' does not exist", name));
   }
-  if (table->config.kind != kind) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "table '%s' is %s, not %s", name, TableKindName(table->config.kind), TableKindName(kind)));
+  return table;
+}
+
+absl::StatusOr<std::shared_ptr<ServerCore::Table>> ServerCore::FindTable(
+    const v1::RequestHeader* header, const std::string& name, TableKind kind) const {
+  if (header != nullptr) TESSERA_RETURN_IF_ERROR(CheckRouting(*header));
+  absl::StatusOr<std::shared_ptr<Table>> table = LookupTable(name);
+  if (!table.ok()) return table.status();
+  if ((*table)->config.kind != kind) {
+    return absl::FailedPreconditionError(absl::StrFormat("table '%s' is %s, not %s", name,
+                                                         TableKindName((*table)->config.kind),
+                                                         TableKindName(kind)));
   }
   return table;
 }
@@ -354,16 +362,9 @@ absl::Status ServerCore::DropTableImpl(const v1::DropTableRequest& req, v1::Drop
 absl::Status ServerCore::DescribeTable(const v1::DescribeTableRequest& req,
                                        v1::DescribeTableResponse* resp) {
   TESSERA_RETURN_IF_ERROR(CheckRouting(req.header()));
-  std::shared_ptr<Table> table;
-  {
-    absl::ReaderMutexLock lock(&tables_mu_);
-    auto it = tables_.find(req.table());
-    if (it != tables_.end()) table = it->second;
-  }
-  if (table == nullptr) {
-    return absl::NotFoundError(absl::StrFormat("table '%s' does not exist", req.table()));
-  }
-  FillInfo(*table, resp->mutable_info());
+  absl::StatusOr<std::shared_ptr<Table>> table = LookupTable(req.table());
+  if (!table.ok()) return table.status();
+  FillInfo(**table, resp->mutable_info());
   return absl::OkStatus();
 }
 
@@ -652,15 +653,9 @@ absl::Status ServerCore::ApplyStep(const v1::ApplyStepRequest& req, v1::ApplySte
 
 absl::Status ServerCore::ApplyStepImpl(const v1::ApplyStepRequest& req, v1::ApplyStepResponse* resp,
                                        const void* request, bool replicated) {
-  std::shared_ptr<Table> table;
-  {
-    absl::ReaderMutexLock lock(&tables_mu_);
-    auto it = tables_.find(req.table());
-    if (it != tables_.end()) table = it->second;
-  }
-  if (table == nullptr) {
-    return absl::NotFoundError(absl::StrFormat("table '%s' does not exist", req.table()));
-  }
+  absl::StatusOr<std::shared_ptr<Table>> found = LookupTable(req.table());
+  if (!found.ok()) return found.status();
+  const std::shared_ptr<Table> table = *std::move(found);
   if (req.step() == 0 || !std::isfinite(req.scale())) {
     return absl::InvalidArgumentError(
         absl::StrFormat("table '%s': ApplyStep needs a step >= 1 and a finite scale", req.table()));

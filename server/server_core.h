@@ -252,6 +252,9 @@ class ServerCore {
 
   explicit ServerCore(const ServerCoreOptions& options);
 
+  // The table named `name`, or NOT_FOUND.
+  absl::StatusOr<std::shared_ptr<Table>> LookupTable(const std::string& name) const
+      ABSL_LOCKS_EXCLUDED(tables_mu_);
   // Checks the routing (unless header is null), then finds the table: NOT_FOUND when absent,
   // FAILED_PRECONDITION when of another kind.
   absl::StatusOr<std::shared_ptr<Table>> FindTable(const v1::RequestHeader* header,

@@ -274,6 +274,10 @@ absl::Status LocalCluster::SpawnCoordinator(int port, int metrics_port) {
   if (!p.ok()) return p.status();
   coordinator_pid_ = p->pid;
   coordinator_address_ = absl::StrCat("127.0.0.1:", p->port);
+  if (coordinator_channel_ == nullptr) {  // (a restart keeps the port: the channel reconnects)
+    coordinator_channel_ =
+        grpc::CreateChannel(coordinator_address_, grpc::InsecureChannelCredentials());
+  }
   coordinator_metrics_port_ = p->metrics_port;
   return absl::OkStatus();
 }
@@ -310,9 +314,8 @@ int LocalCluster::IndexOf(const std::string& address) const {
 
 namespace {
 
-absl::StatusOr<v1::ClusterMap> FetchMap(const std::string& coordinator) {
-  auto stub = v1::Coordinator::NewStub(
-      grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials()));
+absl::StatusOr<v1::ClusterMap> FetchMap(const std::shared_ptr<grpc::Channel>& coordinator) {
+  auto stub = v1::Coordinator::NewStub(coordinator);
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
   v1::GetClusterMapRequest req;
@@ -324,7 +327,8 @@ absl::StatusOr<v1::ClusterMap> FetchMap(const std::string& coordinator) {
 }  // namespace
 
 absl::StatusOr<std::vector<std::string>> PrimaryAddresses(const std::string& coordinator) {
-  absl::StatusOr<v1::ClusterMap> m = FetchMap(coordinator);
+  absl::StatusOr<v1::ClusterMap> m =
+      FetchMap(grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials()));
   if (!m.ok()) return m.status();
   std::vector<std::string> out;
   for (int s = 0; s < m->shards_size(); ++s) {
@@ -341,7 +345,7 @@ absl::Status LocalCluster::WaitForReplicas(absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   std::string last = "no answer";
   while (absl::Now() < deadline) {
-    absl::StatusOr<v1::ClusterMap> m = FetchMap(coordinator_address_);
+    absl::StatusOr<v1::ClusterMap> m = FetchMap(coordinator_channel_);
     if (m.ok()) {
       bool complete = true;
       for (int s = 0; s < m->shards_size(); ++s) {
@@ -364,7 +368,7 @@ absl::Status LocalCluster::WaitForReplicas(absl::Duration timeout) {
 }
 
 absl::StatusOr<std::vector<int>> LocalCluster::ReplicasOf(uint32_t shard) {
-  absl::StatusOr<v1::ClusterMap> m = FetchMap(coordinator_address_);
+  absl::StatusOr<v1::ClusterMap> m = FetchMap(coordinator_channel_);
   if (!m.ok()) return m.status();
   if (shard >= static_cast<uint32_t>(m->shards_size())) {
     return absl::InvalidArgumentError(absl::StrCat("no shard ", shard));
@@ -375,7 +379,7 @@ absl::StatusOr<std::vector<int>> LocalCluster::ReplicasOf(uint32_t shard) {
 }
 
 absl::StatusOr<uint64_t> LocalCluster::Epoch() {
-  absl::StatusOr<v1::ClusterMap> m = FetchMap(coordinator_address_);
+  absl::StatusOr<v1::ClusterMap> m = FetchMap(coordinator_channel_);
   if (!m.ok()) return m.status();
   return m->epoch();
 }

@@ -14,6 +14,10 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 
+namespace grpc {
+class Channel;
+}  // namespace grpc
+
 namespace tessera {
 
 struct LocalClusterOptions {
@@ -103,6 +107,7 @@ class LocalCluster {
   std::string coordinator_address_;
   int coordinator_metrics_port_ = -1;
   bool owned_state_dir_ = false;
+  std::shared_ptr<grpc::Channel> coordinator_channel_;  // for the map queries above
 };
 
 // The servers a tool should talk to: `connect` when it is not empty, else those of a new

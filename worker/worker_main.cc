@@ -246,7 +246,11 @@ int main(int argc, char** argv) {
               absl::ToDoubleSeconds(absl::Now() - start), report->train_loss);
   if (worker == 0 && !data.test_images().empty()) {
     // The others may still be finishing their last step: wait for them.
-    (void)(*clock)->WaitToStart(absl::Seconds(60));
+    if (absl::StatusOr<tessera::JobProgress> p = (*clock)->WaitToStart(absl::Seconds(60));
+        !p.ok()) {
+      std::printf("(evaluating without waiting for every worker: %s)\n",
+                  p.status().ToString().c_str());
+    }
     absl::StatusOr<tessera::IdxDataset> test =
         tessera::ReadIdxDataset(data.test_images(), data.test_labels());
     absl::StatusOr<tessera::MlpParams> params = tessera::PullMlpParams(**client, o);

@@ -127,7 +127,6 @@ struct Client::Impl {
   absl::Mutex refresh_mu;
   bool refresh_wanted ABSL_GUARDED_BY(refresh_mu) = false;
   bool stopping ABSL_GUARDED_BY(refresh_mu) = false;
-  uint64_t refreshes ABSL_GUARDED_BY(refresh_mu) = 0;  // completed fetches
   std::thread refresher;
 
   std::atomic<uint64_t> duplicate_acks{0};
