@@ -106,6 +106,10 @@ uint64_t WorkerClock::clock() const { return impl_->clock.load(); }
 const WorkerClockOptions& WorkerClock::options() const { return impl_->options; }
 
 absl::StatusOr<JobProgress> WorkerClock::WaitToStart(absl::Duration timeout) {
+  return WaitFor(impl_->clock.load() + 1, timeout);
+}
+
+absl::StatusOr<JobProgress> WorkerClock::WaitFor(uint64_t step, absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   absl::Status last;
   while (true) {
@@ -113,11 +117,10 @@ absl::StatusOr<JobProgress> WorkerClock::WaitToStart(absl::Duration timeout) {
     if (left <= absl::ZeroDuration()) {
       return last.ok() ? absl::DeadlineExceededError(
                              absl::StrFormat("step %u of job '%s' did not become ready in time",
-                                             impl_->clock.load() + 1, impl_->options.job))
+                                             step, impl_->options.job))
                        : last;
     }
-    absl::StatusOr<v1::ClockResponse> r =
-        impl_->Call(impl_->clock.load() + 1, std::min(left, absl::Seconds(1)));
+    absl::StatusOr<v1::ClockResponse> r = impl_->Call(step, std::min(left, absl::Seconds(1)));
     if (r.ok() && r->ready()) {
       JobProgress p;
       p.min_clock = r->min_clock();

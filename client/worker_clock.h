@@ -48,6 +48,10 @@ class WorkerClock {
   // (the message names the dead worker), DEADLINE_EXCEEDED after `timeout`, UNAVAILABLE when
   // the coordinator cannot be reached for that long.
   absl::StatusOr<JobProgress> WaitToStart(absl::Duration timeout = absl::InfiniteDuration());
+  // Blocks until step `step` may start (WaitToStart is WaitFor(clock() + 1)); a worker that
+  // prefetches step clock() + 2's parameters asks for that step's bound first.
+  absl::StatusOr<JobProgress> WaitFor(uint64_t step,
+                                      absl::Duration timeout = absl::InfiniteDuration());
 
   // The current step is finished (its pushes are acknowledged): clock() + 1 is reported.
   absl::Status Finish();

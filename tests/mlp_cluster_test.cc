@@ -49,7 +49,7 @@ TEST_CASE("BSP with one worker reproduces the server-less reference", "[mlp][clu
   absl::StatusOr<std::unique_ptr<WorkerClock>> clock =
       WorkerClock::Join({.coordinator = cluster->coordinator_address(), .job = "bsp1"});
   REQUIRE(clock.ok());
-  absl::StatusOr<MlpWorkerReport> report = TrainMlpWorker(*client, clock->get(), train, o, 0, 1);
+  absl::StatusOr<WorkerReport> report = TrainMlpWorker(*client, clock->get(), train, o, {});
   INFO(report.status().ToString());
   REQUIRE(report.ok());
   CHECK(report->steps == 32);
@@ -88,7 +88,8 @@ double LargestRelativeDifference(const MlpShape& shape, const MlpParams& got, co
 // Two worker threads (each its own client and clock) train `o` on `train` in `mode`; returns
 // the parameters the cluster holds afterwards.
 MlpParams TrainTwo(const LocalCluster& cluster, const IdxDataset& train, const MlpTrainOptions& o,
-                   ConsistencyMode mode, uint32_t staleness, const std::string& job) {
+                   ConsistencyMode mode, uint32_t staleness, const std::string& job,
+                   const TrainLoopOptions& loop = {}) {
   std::vector<std::thread> workers;
   std::vector<absl::Status> results(2);
   for (uint32_t w = 0; w < 2; ++w) {
@@ -106,7 +107,10 @@ MlpParams TrainTwo(const LocalCluster& cluster, const IdxDataset& train, const M
         results[w] = !client.ok() ? client.status() : clock.status();
         return;
       }
-      results[w] = TrainMlpWorker(**client, clock->get(), train, o, w, 2).status();
+      TrainLoopOptions mine = loop;
+      mine.worker = w;
+      mine.num_workers = 2;
+      results[w] = TrainMlpWorker(**client, clock->get(), train, o, mine).status();
     });
   }
   for (auto& t : workers) t.join();
@@ -143,15 +147,17 @@ TEST_CASE("two BSP workers apply each step once: they equal one worker with twic
   CHECK(apart > 1e-3);
 }
 
-// Trains the Fashion-MNIST MLP with two worker threads (each its own client and clock) in
-// `mode`; returns the test accuracy.
+// Trains the Fashion-MNIST MLP (784-256-10, 5 epochs) with two worker threads (each its own
+// client and clock) in `mode`; returns the test accuracy.
 double TrainTwoWorkers(const LocalCluster& cluster, const IdxDataset& train, const IdxDataset& test,
-                       ConsistencyMode mode, uint32_t staleness, const std::string& name) {
+                       ConsistencyMode mode, uint32_t staleness, const std::string& name,
+                       const OptimizerConfig& optimizer, const TrainLoopOptions& loop = {}) {
   MlpTrainOptions o;
   o.shape = {{784, 256, 10}};
+  o.optimizer = optimizer;
   o.epochs = 5;
   o.prefix = name;
-  const MlpParams trained = TrainTwo(cluster, train, o, mode, staleness, name);
+  const MlpParams trained = TrainTwo(cluster, train, o, mode, staleness, name, loop);
   const double accuracy = MlpAccuracy(o.shape, trained, test);
   WARN(absl::StrFormat("%s: test accuracy after %d epochs with 2 workers: %.4f", name, o.epochs,
                        accuracy));
@@ -163,20 +169,40 @@ TEST_CASE("two BSP workers train the Fashion-MNIST MLP to 0.85 test accuracy", "
   const IdxDataset train = Load("train");
   const IdxDataset test = Load("t10k");
   auto cluster = StartCluster();
-  CHECK(TrainTwoWorkers(*cluster, train, test, ConsistencyMode::kBsp, 0, "bsp") >= 0.85);
+  const OptimizerConfig adam = {.kind = OptimizerKind::kAdam, .learning_rate = 1e-3f};
+  CHECK(TrainTwoWorkers(*cluster, train, test, ConsistencyMode::kBsp, 0, "bsp", adam) >= 0.85);
 }
 
-// SSP(2) and async against BSP (the issue's "within 0.5 points") is measured, not asserted
-// yet: one run each differs by up to 0.6 points from run to run before step aggregation
-// (docs/worker.md). Run it with: mlp_cluster_test "[.modes]".
-TEST_CASE("SSP(2) and async next to BSP on Fashion-MNIST", "[.modes]") {
+// SSP(2) and async against BSP: the issue's "within 0.5 points", on the mean of three runs each
+// (BSP is deterministic; the others depend on thread timing, about 0.2 points from run to run).
+// The recipe: momentum SGD with its rate decayed linearly to 2% by the end (through the
+// gradients' scale), without prefetching; docs/worker.md has the figures and what breaks it
+// (higher rates, prefetching). About 100 s here, so not in the default suite; run it with:
+//   build/tests/mlp_cluster_test "[.modes]"
+TEST_CASE("SSP(2) and async reach BSP's accuracy within half a point on Fashion-MNIST",
+          "[.modes]") {
   SetBlasThreads(1);
   const IdxDataset train = Load("train");
   const IdxDataset test = Load("t10k");
   auto cluster = StartCluster();
-  TrainTwoWorkers(*cluster, train, test, ConsistencyMode::kBsp, 0, "bsp");
-  TrainTwoWorkers(*cluster, train, test, ConsistencyMode::kSsp, 2, "ssp2");
-  TrainTwoWorkers(*cluster, train, test, ConsistencyMode::kAsync, 0, "async");
+  const OptimizerConfig momentum = {.kind = OptimizerKind::kMomentum, .learning_rate = 0.06f};
+  const TrainLoopOptions loop = {.prefetch = false, .final_gradient_scale = 0.02f};
+  const double bsp =
+      TrainTwoWorkers(*cluster, train, test, ConsistencyMode::kBsp, 0, "bsp", momentum, loop);
+  constexpr int kRuns = 3;
+  double ssp = 0, async = 0;
+  for (int run = 0; run < kRuns; ++run) {
+    ssp += TrainTwoWorkers(*cluster, train, test, ConsistencyMode::kSsp, 2,
+                           absl::StrCat("ssp2-", run), momentum, loop) /
+           kRuns;
+    async += TrainTwoWorkers(*cluster, train, test, ConsistencyMode::kAsync, 0,
+                             absl::StrCat("async-", run), momentum, loop) /
+             kRuns;
+  }
+  WARN(absl::StrFormat("BSP %.4f, SSP(2) mean %.4f (%+.2f points), async mean %.4f (%+.2f points)",
+                       bsp, ssp, 100 * (ssp - bsp), async, 100 * (async - bsp)));
+  CHECK(std::abs(ssp - bsp) <= 0.005);
+  CHECK(std::abs(async - bsp) <= 0.005);
 }
 
 }  // namespace

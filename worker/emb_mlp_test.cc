@@ -71,9 +71,9 @@ TEST_CASE("embedding gradients match finite differences, summed over repeated ke
   CHECK(checked >= static_cast<int>(rows.size() * 8 / 10));
 }
 
-// A sanity check, not the acceptance bar (AUC within 0.02 of the planted model's, through a
-// cluster): that needs more work on the model and its training (docs/worker.md).
-TEST_CASE("the CTR model learns the planted problem locally, well above chance", "[ctr]") {
+// A local sanity check on a third of the data; the acceptance bar (AUC within 0.02 of the
+// planted model's, through a cluster) is tests/ctr_cluster_test.cc.
+TEST_CASE("the CTR model learns the planted problem locally, close to the planted AUC", "[ctr]") {
   PlantedCtrOptions po;
   po.train_examples = 60000;
   po.test_examples = 10000;
@@ -156,7 +156,7 @@ TEST_CASE("the CTR model learns the planted problem locally, well above chance",
   const double auc = Auc(scores_of(p.test), p.test.labels);
   const double planted = Auc(p.test_logits, p.test.labels);
   WARN("local CTR model: test AUC " << auc << " (planted model " << planted << ")");
-  CHECK(auc > 0.7);
+  CHECK(auc > planted - 0.05);
   CHECK(auc <= planted + 0.01);
 }
 

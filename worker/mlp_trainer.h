@@ -12,33 +12,37 @@
 #include "client/worker_clock.h"
 #include "worker/idx.h"
 #include "worker/mlp_reference.h"
+#include "worker/train_loop.h"
 
 namespace tessera {
 
-// One step of a worker, for progress lines and metrics.
-struct MlpStepReport {
-  uint64_t step = 0;  // this worker's steps so far
-  double loss = 0;    // of this step's batch
-  uint32_t samples = 0;
-  double wait_s = 0;  // clock waits (consistency)
-  double pull_s = 0;
-  double compute_s = 0;
-  double push_s = 0;       // pushes, and applying the step (BSP leader)
-  uint64_t staleness = 0;  // this worker's clock minus the slowest live worker's
+// The MLP classifier as a StepModel: batch k is examples [k * batch, (k + 1) * batch) of
+// `train`; every step pulls all layers and pushes their gradients. With one worker and BSP this
+// is exactly TrainMlpReference's sequence.
+class MlpStepModel : public StepModel {
+ public:
+  MlpStepModel(const IdxDataset& train, const MlpTrainOptions& options);
+
+  std::vector<TableConfig> Tables() const override { return tables_; }
+  uint32_t NumBatches() const override;
+  uint32_t BatchSize() const override { return options_.batch_size; }
+  void Pull(Client& client, uint32_t batch, int slot, CallGroup& group) override;
+  double Compute(uint32_t batch, int slot) override;
+  void Push(Client& client, const PushOptions& options, float scale, CallGroup& group) override;
+
+ private:
+  const IdxDataset& train_;
+  const MlpTrainOptions options_;
+  const std::vector<TableConfig> tables_;
+  MlpParams params_[2];
+  MlpParams grads_;
+  MlpWorkspace ws_;
 };
 
-struct MlpWorkerReport {
-  uint64_t steps = 0;     // this worker's steps so far
-  double train_loss = 0;  // mean over those steps
-};
-
-// Creates the model's tables (idempotent: every worker may), then trains on the batches of
-// `train` whose index is worker (mod num_workers), epoch after epoch, in order: with one worker
-// this is exactly TrainMlpReference's sequence. `clock` may be null (no coordination).
-absl::StatusOr<MlpWorkerReport> TrainMlpWorker(
+// Trains through RunTrainLoop for options.epochs (loop.epochs is ignored).
+absl::StatusOr<WorkerReport> TrainMlpWorker(
     Client& client, WorkerClock* clock, const IdxDataset& train, const MlpTrainOptions& options,
-    uint32_t worker, uint32_t num_workers,
-    const std::function<void(const MlpStepReport&)>& on_step = nullptr);
+    TrainLoopOptions loop, const std::function<void(const StepReport&)>& on_step = nullptr);
 
 // The parameters the cluster holds now.
 absl::StatusOr<MlpParams> PullMlpParams(Client& client, const MlpTrainOptions& options);

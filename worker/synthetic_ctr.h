@@ -13,8 +13,8 @@
 namespace tessera {
 
 struct PlantedCtrOptions {
-  uint32_t num_fields = 8;     // categorical fields per example (one id each)
-  uint32_t vocabulary = 1000;  // ids per field, Zipf-distributed
+  uint32_t num_fields = 8;   // categorical fields per example (one id each)
+  uint32_t vocabulary = 50;  // ids per field, Zipf-distributed
   double zipf_exponent = 1.1;
   uint32_t num_dense = 4;       // dense features ~ normal(0, 1)
   uint32_t planted_dim = 4;     // planted embedding width

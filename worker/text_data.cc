@@ -91,8 +91,7 @@ absl::StatusOr<SparseDataset> ParseCriteo(absl::string_view text, absl::string_v
     }
     for (int c = 0; c < kCategorical; ++c) {
       const absl::string_view v = cols[1 + kDense + c];
-      if (v.empty()) continue;
-      d.keys.push_back(CriteoKey(c, v));
+      d.keys.push_back(CriteoKey(c, v));  // (missing: the column's own "" key)
       d.values.push_back(1.0f);
     }
     d.offsets.push_back(d.keys.size());

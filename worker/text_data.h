@@ -32,7 +32,9 @@ absl::StatusOr<SparseDataset> ReadLibsvm(const std::string& path);
 
 // Criteo TSV: label, 13 integer columns (empty = missing), 26 categorical columns (hex
 // strings, empty = missing), tab-separated. Integers become dense features log(1 + max(x, 0))
-// (0 when missing); a categorical value v of column c becomes key CriteoKey(c, v).
+// (0 when missing); a categorical value v of column c becomes key CriteoKey(c, v), a missing
+// one CriteoKey(c, "") (one "missing" id per column), so every example has 26 keys in column
+// order, as the embedding model expects.
 absl::StatusOr<SparseDataset> ParseCriteo(absl::string_view text, absl::string_view name);
 absl::StatusOr<SparseDataset> ReadCriteo(const std::string& path);
 

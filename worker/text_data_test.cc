@@ -46,14 +46,16 @@ TEST_CASE("Criteo TSV: dense log features and per-column hashed categorical keys
   CHECK(d->labels == std::vector<float>{1, 0});
   CHECK(d->num_dense == 13);
   CHECK(d->dense[0] == Approx(std::log1p(3.0f)));
-  CHECK(d->dense[13] == 0);  // missing
-  CHECK(d->offsets == std::vector<uint64_t>{0, 26, 39});
+  CHECK(d->dense[13] == 0);                               // missing
+  CHECK(d->offsets == std::vector<uint64_t>{0, 26, 52});  // a missing value has its own key
+  CHECK(d->keys[26] == CriteoKey(0, ""));
+  CHECK(d->keys[27] == CriteoKey(1, "a1b2"));
   // The same value in two columns gives two keys.
   CHECK(d->keys[0] == CriteoKey(0, "a1b2"));
   CHECK(d->keys[0] != d->keys[1]);
   const SparseDataset half = ShardOf(*d, 1, 2);
   CHECK(half.num_examples() == 1);
-  CHECK(half.keys.size() == 13);
+  CHECK(half.keys.size() == 26);
   CHECK(half.dense.size() == 13);
 }
 

@@ -210,8 +210,9 @@ int main(int argc, char** argv) {
   absl::Time last_report = start;
   uint64_t last_samples = 0, total_samples = 0;
   double phase_sum[4] = {0, 0, 0, 0};
-  absl::StatusOr<tessera::MlpWorkerReport> report = tessera::TrainMlpWorker(
-      **client, clock->get(), *train, o, worker, num_workers, [&](const tessera::MlpStepReport& r) {
+  absl::StatusOr<tessera::WorkerReport> report = tessera::TrainMlpWorker(
+      **client, clock->get(), *train, o, {.worker = worker, .num_workers = num_workers},
+      [&](const tessera::StepReport& r) {
         steps.Increment();
         samples.Increment(r.samples);
         const double p[4] = {r.wait_s, r.pull_s, r.compute_s, r.push_s};

@@ -1,0 +1,134 @@
+#include "worker/ctr_trainer.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "worker/mlp_reference.h"
+#include "worker/synthetic_ctr.h"
+
+namespace tessera {
+namespace {
+
+MlpTrainOptions MlpPart(const CtrTrainOptions& o) {
+  MlpTrainOptions m;
+  m.shape = o.shape.Mlp();
+  m.optimizer = o.optimizer;
+  m.seed = o.seed;
+  m.prefix = o.prefix;
+  return m;
+}
+
+std::string EmbeddingTable(const CtrTrainOptions& o) { return absl::StrCat(o.prefix, ".emb"); }
+
+}  // namespace
+
+std::vector<TableConfig> CtrTables(const CtrTrainOptions& o) {
+  TableConfig emb{.name = EmbeddingTable(o), .kind = TableKind::kSparse, .dim = o.shape.dim};
+  emb.optimizer = o.optimizer;
+  emb.initializer = {.kind = InitializerKind::kNormal,
+                     .mean = 0.0f,
+                     .stddev = o.embedding_stddev,
+                     .seed = o.seed + 1000};
+  std::vector<TableConfig> tables = {emb};
+  for (TableConfig& t : MlpTables(MlpPart(o))) tables.push_back(std::move(t));
+  return tables;
+}
+
+absl::Status CheckCtrData(const SparseDataset& d, const EmbMlpShape& shape) {
+  if (d.num_dense != shape.dense || d.dense.size() != d.num_examples() * shape.dense) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("the CTR model expects %u dense features per example; the data has %u",
+                        shape.dense, d.num_dense));
+  }
+  for (size_t i = 0; i < d.num_examples(); ++i) {
+    if (d.offsets[i + 1] - d.offsets[i] != shape.fields) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "the CTR model expects %u categorical keys per example (one per field); example %u "
+          "has %u",
+          shape.fields, i, d.offsets[i + 1] - d.offsets[i]));
+    }
+  }
+  return absl::OkStatus();
+}
+
+CtrStepModel::CtrStepModel(const SparseDataset& train, const CtrTrainOptions& options)
+    : train_(train), options_(options), tables_(CtrTables(options)) {
+  for (Slot& s : slots_) s.params = MlpParams::Zeros(options.shape.Mlp());
+}
+
+uint32_t CtrStepModel::NumBatches() const {
+  return options_.batch_size == 0
+             ? 0
+             : static_cast<uint32_t>(train_.num_examples() / options_.batch_size);
+}
+
+void CtrStepModel::PullInto(Client& client, const uint64_t* keys, uint32_t n, Slot& slot,
+                            CallGroup& group) {
+  slot.keys = UniqueKeys(keys, size_t{n} * options_.shape.fields);
+  slot.rows.resize(slot.keys.unique.size() * options_.shape.dim);
+  client.PullSparseAsync(tables_[0].name, slot.keys.unique, absl::MakeSpan(slot.rows), group.Add());
+  for (size_t l = 0; l < slot.params.w.size(); ++l) {
+    client.PullDenseAsync(tables_[1 + 2 * l].name, 0, absl::MakeSpan(slot.params.w[l]),
+                          group.Add());
+    client.PullDenseAsync(tables_[2 + 2 * l].name, 0, absl::MakeSpan(slot.params.b[l]),
+                          group.Add());
+  }
+}
+
+void CtrStepModel::Pull(Client& client, uint32_t batch, int slot, CallGroup& group) {
+  const size_t start = size_t{batch} * options_.batch_size;
+  PullInto(client, train_.keys.data() + start * options_.shape.fields, options_.batch_size,
+           slots_[slot], group);
+}
+
+double CtrStepModel::Compute(uint32_t batch, int slot) {
+  const size_t start = size_t{batch} * options_.batch_size;
+  const uint32_t n = options_.batch_size;
+  labels_.resize(n);
+  for (uint32_t i = 0; i < n; ++i) labels_[i] = train_.labels[start + i] > 0.5f;
+  const Slot& s = slots_[slot];
+  computed_ = slot;
+  return EmbMlpForwardBackward(options_.shape, s.params, s.keys, s.rows.data(),
+                               train_.dense.data() + start * options_.shape.dense, labels_.data(),
+                               n, &grads_, &emb_grads_, &ws_)
+      .loss;
+}
+
+void CtrStepModel::Push(Client& client, const PushOptions& push, float scale, CallGroup& group) {
+  if (scale != 1.0f) {
+    for (float& g : emb_grads_) g *= scale;
+    for (size_t l = 0; l < grads_.w.size(); ++l) {
+      for (float& g : grads_.w[l]) g *= scale;
+      for (float& g : grads_.b[l]) g *= scale;
+    }
+  }
+  client.PushSparseAsync(tables_[0].name, slots_[computed_].keys.unique, emb_grads_, group.Add(),
+                         push);
+  for (size_t l = 0; l < grads_.w.size(); ++l) {
+    client.PushDenseAsync(tables_[1 + 2 * l].name, 0, grads_.w[l], group.Add(), push);
+    client.PushDenseAsync(tables_[2 + 2 * l].name, 0, grads_.b[l], group.Add(), push);
+  }
+}
+
+absl::StatusOr<double> CtrAuc(Client& client, const CtrTrainOptions& options,
+                              const SparseDataset& test) {
+  if (absl::Status s = CheckCtrData(test, options.shape); !s.ok()) return s;
+  CtrStepModel model(test, options);
+  std::vector<float> scores, batch_scores;
+  const uint32_t batch = 1024;
+  EmbMlpWorkspace ws;
+  for (size_t start = 0; start < test.num_examples(); start += batch) {
+    const uint32_t n = static_cast<uint32_t>(std::min<size_t>(batch, test.num_examples() - start));
+    CallGroup group;
+    CtrStepModel::Slot& slot = model.slots_[0];
+    model.PullInto(client, test.keys.data() + start * options.shape.fields, n, slot, group);
+    if (absl::Status s = group.Wait(); !s.ok()) return s;
+    EmbMlpScores(options.shape, slot.params, slot.keys, slot.rows.data(),
+                 test.dense.data() + start * options.shape.dense, n, &batch_scores, &ws);
+    scores.insert(scores.end(), batch_scores.begin(), batch_scores.end());
+  }
+  return Auc(scores, test.labels);
+}
+
+}  // namespace tessera

@@ -1,0 +1,76 @@
+// The embedding + MLP CTR model (worker/emb_mlp.h) trained through a Tessera cluster: the
+// embeddings of every categorical field in one sparse table (keys are per-field, so fields
+// never share rows), the MLP's layers in dense tables, optimizers on the servers.
+#ifndef TESSERA_WORKER_CTR_TRAINER_H_
+#define TESSERA_WORKER_CTR_TRAINER_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "worker/emb_mlp.h"
+#include "worker/text_data.h"
+#include "worker/train_loop.h"
+
+namespace tessera {
+
+struct CtrTrainOptions {
+  EmbMlpShape shape;
+  // Adagrad everywhere by default: per-coordinate steps suit rare keys.
+  OptimizerConfig optimizer = {.kind = OptimizerKind::kAdagrad, .learning_rate = 0.05f};
+  float embedding_stddev = 0.05f;  // initial embeddings ~ normal(0, stddev)
+  uint32_t batch_size = 256;
+  int epochs = 3;
+  uint64_t seed = 1;
+  std::string prefix = "ctr";  // tables <prefix>.emb, <prefix>.w<l>, <prefix>.b<l>
+};
+
+// The sparse embedding table, then the MLP's tables (as MlpTables).
+std::vector<TableConfig> CtrTables(const CtrTrainOptions& options);
+
+// INVALID_ARGUMENT unless every example of `data` has exactly shape.fields keys (in field
+// order) and shape.dense dense features.
+absl::Status CheckCtrData(const SparseDataset& data, const EmbMlpShape& shape);
+
+class CtrStepModel : public StepModel {
+ public:
+  // REQUIRES: CheckCtrData(train, options.shape).ok().
+  CtrStepModel(const SparseDataset& train, const CtrTrainOptions& options);
+
+  std::vector<TableConfig> Tables() const override { return tables_; }
+  uint32_t NumBatches() const override;
+  uint32_t BatchSize() const override { return options_.batch_size; }
+  void Pull(Client& client, uint32_t batch, int slot, CallGroup& group) override;
+  double Compute(uint32_t batch, int slot) override;
+  void Push(Client& client, const PushOptions& options, float scale, CallGroup& group) override;
+
+ private:
+  struct Slot {
+    BatchKeys keys;
+    std::vector<float> rows;  // keys.unique x dim
+    MlpParams params;
+  };
+
+  friend absl::StatusOr<double> CtrAuc(Client& client, const CtrTrainOptions& options,
+                                       const SparseDataset& test);
+  void PullInto(Client& client, const uint64_t* keys, uint32_t n, Slot& slot, CallGroup& group);
+
+  const SparseDataset& train_;
+  const CtrTrainOptions options_;
+  const std::vector<TableConfig> tables_;
+  Slot slots_[2];
+  int computed_ = 0;  // the slot whose gradients are in grads_ / emb_grads_
+  MlpParams grads_;
+  std::vector<float> emb_grads_;
+  std::vector<uint8_t> labels_;
+  EmbMlpWorkspace ws_;
+};
+
+// The model's test AUC with the parameters the cluster holds now (pulls every test key).
+absl::StatusOr<double> CtrAuc(Client& client, const CtrTrainOptions& options,
+                              const SparseDataset& test);
+
+}  // namespace tessera
+
+#endif  // TESSERA_WORKER_CTR_TRAINER_H_

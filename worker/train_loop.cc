@@ -1,0 +1,143 @@
+#include "worker/train_loop.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+
+namespace tessera {
+
+StatusCallback CallGroup::Add() {
+  {
+    absl::MutexLock lock(&mu_);
+    ++pending_;
+  }
+  return [this](absl::Status s) {
+    absl::MutexLock lock(&mu_);
+    if (!s.ok() && first_error_.ok()) first_error_ = std::move(s);
+    --pending_;
+  };
+}
+
+absl::Status CallGroup::Wait() {
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(
+      +[](int* pending) { return *pending == 0; }, &pending_));
+  return std::exchange(first_error_, absl::OkStatus());
+}
+
+namespace {
+
+double SecondsSince(absl::Time t) { return absl::ToDoubleSeconds(absl::Now() - t); }
+
+// The lowest worker index the coordinator does not count as dead: it applies BSP steps.
+uint32_t Leader(const JobProgress& progress) {
+  uint32_t leader = 0;
+  while (std::find(progress.dead_workers.begin(), progress.dead_workers.end(), leader) !=
+         progress.dead_workers.end()) {
+    ++leader;
+  }
+  return leader;
+}
+
+}  // namespace
+
+absl::StatusOr<WorkerReport> RunTrainLoop(Client& client, WorkerClock* clock, StepModel& model,
+                                          const TrainLoopOptions& o,
+                                          const std::function<void(const StepReport&)>& on_step) {
+  if (o.num_workers == 0 || o.worker >= o.num_workers || model.BatchSize() == 0 ||
+      model.NumBatches() < o.num_workers) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "bad worker setup: worker %u of %u, batch size %u, %u batches per epoch (at least one "
+        "per worker needed)",
+        o.worker, o.num_workers, model.BatchSize(), model.NumBatches()));
+  }
+  const std::vector<TableConfig> tables = model.Tables();
+  for (const TableConfig& t : tables) {
+    if (absl::StatusOr<TableConfig> r = client.CreateTable(t); !r.ok()) return r.status();
+  }
+  const ConsistencyMode mode = clock != nullptr ? clock->options().mode : ConsistencyMode::kAsync;
+  // BSP aggregates each step's gradients on the servers: every worker pushes into the step's
+  // sums (clock 2s - 1: "pushed"), the lowest live worker applies the step once with the mean
+  // (clock 2s: "applied"); the next step starts when every worker is at 2s.
+  const bool aggregate = mode == ConsistencyMode::kBsp;
+  const bool prefetch =
+      o.prefetch && (mode == ConsistencyMode::kAsync ||
+                     (mode == ConsistencyMode::kSsp && clock->options().staleness >= 1));
+  std::vector<uint32_t> order;
+  for (int epoch = 0; epoch < o.epochs; ++epoch) {
+    for (uint32_t k = o.worker; k < model.NumBatches(); k += o.num_workers) order.push_back(k);
+  }
+
+  // Declared before anything the pulls write into outlives them: the groups' destructors wait.
+  CallGroup pulls[2];
+  CallGroup pushes;
+  WorkerReport report;
+  double loss_sum = 0;
+  int slot = 0;
+  bool pulled_ahead = false;  // order[i]'s pull was issued during step i - 1
+  JobProgress progress;
+  for (size_t i = 0; i < order.size(); ++i) {
+    StepReport r;
+    absl::Time t = absl::Now();
+    if (!pulled_ahead) {
+      if (clock != nullptr) {
+        absl::StatusOr<JobProgress> p = clock->WaitToStart();
+        if (!p.ok()) return p.status();
+        progress = *std::move(p);
+      }
+      model.Pull(client, order[i], slot, pulls[slot]);
+    }
+    if (clock != nullptr)
+      r.staleness = clock->clock() - std::min(clock->clock(), progress.min_clock);
+    JobProgress step_progress = progress;
+    pulled_ahead = prefetch && i + 1 < order.size();
+    if (pulled_ahead) {
+      if (clock != nullptr) {  // the next step's bound holds before its parameters are read
+        absl::StatusOr<JobProgress> p = clock->WaitFor(clock->clock() + 2);
+        if (!p.ok()) return p.status();
+        progress = *std::move(p);
+      }
+      model.Pull(client, order[i + 1], slot ^ 1, pulls[slot ^ 1]);
+    }
+    r.wait_s = SecondsSince(t);
+    t = absl::Now();
+    if (absl::Status s = pulls[slot].Wait(); !s.ok()) return s;
+    r.pull_s = SecondsSince(t);
+    t = absl::Now();
+    r.loss = model.Compute(order[i], slot);
+    loss_sum += r.loss;
+    r.compute_s = SecondsSince(t);
+    t = absl::Now();
+    const uint64_t step = aggregate ? clock->clock() / 2 + 1 : 0;
+    const float scale =
+        1.0f - (1.0f - o.final_gradient_scale) * static_cast<float>(i) / order.size();
+    model.Push(client, PushOptions{.accumulate_step = step}, scale, pushes);
+    if (absl::Status s = pushes.Wait(); !s.ok()) return s;
+    ++report.steps;
+    if (clock != nullptr) {
+      if (absl::Status s = clock->Finish(); !s.ok()) return s;  // (BSP: "pushed")
+    }
+    if (aggregate) {
+      if (o.worker == Leader(step_progress)) {
+        absl::StatusOr<JobProgress> pushed = clock->WaitToStart();  // every worker pushed
+        if (!pushed.ok()) return pushed.status();
+        const float scale = 1.0f / std::max<uint32_t>(pushed->live_workers, 1);
+        for (const TableConfig& table : tables) {
+          if (absl::Status s = client.ApplyStep(table.name, step, scale); !s.ok()) return s;
+        }
+      }
+      if (absl::Status s = clock->Finish(); !s.ok()) return s;  // "applied" (the leader's)
+    }
+    r.push_s = SecondsSince(t);
+    r.step = report.steps;
+    r.samples = model.BatchSize();
+    if (on_step) on_step(r);
+    slot ^= 1;
+  }
+  report.train_loss = report.steps > 0 ? loss_sum / report.steps : 0;
+  return report;
+}
+
+}  // namespace tessera
