@@ -145,5 +145,76 @@ TEST_CASE("tessera-worker refuses a bad config with the line and the reason", "[
   CHECK(out.find("epochz") != std::string::npos);
 }
 
+// Runs `config` on two worker processes against `cluster`; returns worker 0's output.
+std::string RunTwoWorkers(const LocalCluster& cluster, const std::string& config_text) {
+  Dir dir;
+  const std::string config = dir.path() + "/job.textproto";
+  std::ofstream(config) << config_text;
+  std::vector<pid_t> pids;
+  for (int w = 0; w < 2; ++w) {
+    pids.push_back(Spawn({TESSERA_WORKER_BINARY, "--config=" + config,
+                          "--coordinator=" + cluster.coordinator_address(),
+                          absl::StrCat("--worker=", w), "--num_workers=2", "--metrics_port=-1"},
+                         absl::StrCat(dir.path(), "/worker-", w, ".log")));
+  }
+  const int code0 = WaitExit(pids[0], absl::Seconds(120));
+  const int code1 = WaitExit(pids[1], absl::Seconds(120));
+  const std::string log0 = ReadAll(dir.path() + "/worker-0.log");
+  INFO(log0 << "\nworker 1:\n" << ReadAll(dir.path() + "/worker-1.log"));
+  CHECK(code0 == 0);
+  CHECK(code1 == 0);
+  return log0;
+}
+
+// The AUC in a "test AUC 0.9123 (...)" line, -1 without one.
+double AucIn(const std::string& log) {
+  const size_t at = log.rfind("test AUC ");  // (the last: the planted one is logged first)
+  return at == std::string::npos ? -1 : std::atof(log.c_str() + at + 9);
+}
+
+TEST_CASE("tessera-worker runs the CTR and logistic-regression models on synthetic CTR data",
+          "[worker]") {
+  auto cluster = testing::StartCoordinated(2, 1, 2);
+  const std::string data =
+      "synthetic_ctr { train_examples: 60000 test_examples: 10000 }\n"
+      "mode: CONSISTENCY_MODE_ASYNC\nprefetch: true\nepochs: 2\n";
+  const std::string ctr = RunTwoWorkers(*cluster, "name: \"ctr\"\nctr {}\n" + data);
+  INFO(ctr);
+  CHECK(ctr.find("CTR embedding+MLP: 8 fields x dim 8") != std::string::npos);
+  CHECK(ctr.find("backend cpu") != std::string::npos);
+  const std::string lr = RunTwoWorkers(*cluster, "name: \"lr\"\nlr {}\n" + data);
+  INFO(lr);
+  CHECK(lr.find("sparse logistic regression") != std::string::npos);
+  // The embedding model captures the planted pairwise interactions; a linear model cannot.
+  const double ctr_auc = AucIn(ctr), lr_auc = AucIn(lr);
+  CHECK(lr_auc > 0.6);
+  CHECK(ctr_auc > lr_auc + 0.02);
+}
+
+TEST_CASE("tessera-worker refuses a model on data it cannot read, and GPU for a CPU-only model",
+          "[worker]") {
+  for (const auto& [text, expected] :
+       {std::pair<std::string, std::string>{"name: \"x\"\nmlp {}\nsynthetic_ctr {}\n",
+                                            "the mlp model reads idx data"},
+        {"name: \"x\"\nctr {}\nlibsvm { train: \"/nonexistent\" }\n",
+         "the ctr model reads synthetic_ctr or criteo data"},
+        {"name: \"x\"\nctr {}\nsynthetic_ctr {}\nbackend: BACKEND_GPU\n", "no GPU path yet"},
+        {"name: \"x\"\nlr {}\nlibsvm { train: \"/nonexistent/a.svm\" }\n", "/nonexistent/a.svm"},
+        {"name: \"x\"\nlr {}\nsynthetic_ctr {}\nfinal_gradient_scale: 2\n",
+         "final_gradient_scale must be in [0, 1]"}}) {
+    Dir dir;
+    const std::string config = dir.path() + "/bad.textproto";
+    std::ofstream(config) << text;
+    const std::string log = dir.path() + "/out.log";
+    const pid_t pid = Spawn({TESSERA_WORKER_BINARY, "--config=" + config,
+                             "--coordinator=127.0.0.1:1", "--metrics_port=-1"},
+                            log);
+    CHECK(WaitExit(pid, absl::Seconds(30)) == 2);
+    const std::string out = ReadAll(log);
+    INFO(text << "\n->\n" << out);
+    CHECK(out.find(expected) != std::string::npos);
+  }
+}
+
 }  // namespace
 }  // namespace tessera

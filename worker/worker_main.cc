@@ -6,16 +6,12 @@
 // Prints a progress line every second (step, samples/s, loss, time split, staleness) and, on
 // worker 0, the test accuracy at the end; serves /metrics. Exit codes: 0 done, 1 the job failed
 // (the message says why, e.g. which worker died), 2 bad flags or config.
-#include <google/protobuf/io/tokenizer.h>
-#include <google/protobuf/text_format.h>
 #include <prometheus/counter.h>
 #include <prometheus/exposer.h>
 #include <prometheus/gauge.h>
 #include <prometheus/registry.h>
 
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -27,11 +23,10 @@
 #include "client/worker_clock.h"
 #include "common/logging.h"
 #include "common/process_setup.h"
-#include "common/table_config.h"
-#include "common/wire.h"
 #include "proto/job.pb.h"
 #include "proto/tessera.pb.h"
-#include "worker/mlp_trainer.h"
+#include "worker/job.h"
+#include "worker/mlp.h"
 
 ABSL_FLAG(std::string, config, "", "The job: a tessera.v1.JobConfig in text format. Required.");
 ABSL_FLAG(std::string, coordinator, "", "host:port of tessera-coordinator. Required.");
@@ -39,46 +34,6 @@ ABSL_FLAG(uint32_t, worker, 0, "This worker's index in [0, num_workers).");
 ABSL_FLAG(uint32_t, num_workers, 1, "Workers in the job.");
 ABSL_FLAG(int, metrics_port, 0, "Port of /metrics; 0 picks a free one, -1 disables.");
 ABSL_FLAG(double, report_every_s, 1.0, "Seconds between progress lines.");
-
-namespace {
-
-// Collects the text-format parser's first error with its line and column.
-class ErrorCollector : public google::protobuf::io::ErrorCollector {
- public:
-  void AddError(int line, google::protobuf::io::ColumnNumber column,
-                const std::string& message) override {
-    if (first_.empty())
-      first_ = absl::StrFormat("line %d, column %d: %s", line + 1, column + 1, message);
-  }
-  const std::string& first() const { return first_; }
-
- private:
-  std::string first_;
-};
-
-absl::StatusOr<tessera::v1::JobConfig> LoadConfig(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrFormat("cannot open the job config %s", path));
-  std::stringstream text;
-  text << in.rdbuf();
-  tessera::v1::JobConfig config;
-  google::protobuf::TextFormat::Parser parser;
-  ErrorCollector errors;
-  parser.RecordErrorsTo(&errors);
-  if (!parser.ParseFromString(text.str(), &config)) {
-    return absl::InvalidArgumentError(absl::StrFormat("%s: %s", path, errors.first()));
-  }
-  if (config.name().empty()) {
-    return absl::InvalidArgumentError(absl::StrFormat("%s: the job needs a name", path));
-  }
-  if (!config.has_mlp() || !config.has_idx()) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s: this worker runs the `mlp` model on `idx` data (the other models are coming)", path));
-  }
-  return config;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   tessera::SetUpProcess();
@@ -92,45 +47,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "tessera-worker: need --coordinator and --worker < --num_workers\n");
     return 2;
   }
-  absl::StatusOr<tessera::v1::JobConfig> config = LoadConfig(absl::GetFlag(FLAGS_config));
-  if (!config.ok()) {
-    std::fprintf(stderr, "tessera-worker: %s\n", config.status().ToString().c_str());
+  absl::StatusOr<std::unique_ptr<tessera::v1::JobConfig>> config =
+      tessera::LoadJobConfig(absl::GetFlag(FLAGS_config));
+  absl::StatusOr<tessera::PreparedJob> job =
+      config.ok() ? tessera::PrepareJob(**config) : config.status();
+  if (!job.ok()) {
+    std::fprintf(stderr, "tessera-worker: %s\n", job.status().ToString().c_str());
     return 2;
-  }
-  const tessera::v1::IdxData& data = config->idx();
-  absl::StatusOr<tessera::IdxDataset> train =
-      tessera::ReadIdxDataset(data.train_images(), data.train_labels());
-  if (!train.ok()) {
-    std::fprintf(stderr, "tessera-worker: %s\n", train.status().ToString().c_str());
-    return 2;
-  }
-  if (data.max_train_examples() > 0 && data.max_train_examples() < train->num_examples) {
-    train->num_examples = data.max_train_examples();
-    train->features.resize(size_t{train->num_examples} * train->num_features);
-    train->labels.resize(train->num_examples);
-  }
-
-  tessera::MlpTrainOptions o;
-  o.shape.sizes = {train->num_features};
-  for (uint32_t h : config->mlp().hidden()) o.shape.sizes.push_back(h);
-  o.shape.sizes.push_back(std::max<uint32_t>(train->num_classes, 2));
-  o.batch_size = config->batch_size() > 0 ? config->batch_size() : 128;
-  o.epochs = config->epochs() > 0 ? static_cast<int>(config->epochs()) : 1;
-  o.seed = config->seed();
-  o.prefix = config->name();
-  if (config->has_optimizer()) {
-    tessera::v1::TableSpec spec;  // (the optimizer is checked as part of a table's spec)
-    spec.set_name("optimizer");
-    spec.set_kind(tessera::v1::TABLE_KIND_DENSE);
-    spec.set_dense_size(1);
-    *spec.mutable_optimizer() = config->optimizer();
-    absl::StatusOr<tessera::TableConfig> t = tessera::TableConfigFromProto(spec);
-    if (t.ok()) t = tessera::ResolveTableConfig(*t);
-    if (!t.ok()) {
-      std::fprintf(stderr, "tessera-worker: optimizer: %s\n", t.status().ToString().c_str());
-      return 2;
-    }
-    o.optimizer = t->optimizer;
   }
   tessera::SetBlasThreads(1);
 
@@ -185,34 +108,33 @@ int main(int argc, char** argv) {
   }
   tessera::WorkerClockOptions wo;
   wo.coordinator = co.coordinator;
-  wo.job = config->name();
+  wo.job = (*config)->name();
   wo.num_workers = num_workers;
   wo.worker = worker;
-  wo.mode = config->mode() == tessera::v1::CONSISTENCY_MODE_SSP ? tessera::ConsistencyMode::kSsp
-            : config->mode() == tessera::v1::CONSISTENCY_MODE_ASYNC
+  wo.mode = (*config)->mode() == tessera::v1::CONSISTENCY_MODE_SSP ? tessera::ConsistencyMode::kSsp
+            : (*config)->mode() == tessera::v1::CONSISTENCY_MODE_ASYNC
                 ? tessera::ConsistencyMode::kAsync
                 : tessera::ConsistencyMode::kBsp;
-  wo.staleness = config->staleness();
-  wo.lease_ms = config->worker_lease_ms() > 0 ? config->worker_lease_ms() : 5000;
-  wo.fail_on_worker_death = config->on_worker_death() == tessera::v1::WORKER_DEATH_POLICY_FAIL;
+  wo.staleness = (*config)->staleness();
+  wo.lease_ms = (*config)->worker_lease_ms() > 0 ? (*config)->worker_lease_ms() : 5000;
+  wo.fail_on_worker_death = (*config)->on_worker_death() == tessera::v1::WORKER_DEATH_POLICY_FAIL;
   absl::StatusOr<std::unique_ptr<tessera::WorkerClock>> clock = tessera::WorkerClock::Join(wo);
   if (!clock.ok()) {
     std::fprintf(stderr, "tessera-worker: %s\n", clock.status().ToString().c_str());
     return 1;
   }
-  std::printf("worker %u/%u of job '%s': %u training examples, MLP %u", worker, num_workers,
-              config->name().c_str(), train->num_examples, o.shape.sizes[0]);
-  for (size_t i = 1; i < o.shape.sizes.size(); ++i) std::printf("-%u", o.shape.sizes[i]);
-  std::printf(", batch %u, %d epochs, %s\n", o.batch_size, o.epochs,
-              tessera::v1::ConsistencyMode_Name(config->mode()).c_str());
+  std::printf("worker %u/%u of job '%s': %s, %d epochs, %s, backend %s\n", worker, num_workers,
+              (*config)->name().c_str(), job->description.c_str(), job->loop.epochs,
+              tessera::v1::ConsistencyMode_Name((*config)->mode()).c_str(), job->backend.c_str());
 
   const absl::Time start = absl::Now();
   absl::Time last_report = start;
   uint64_t last_samples = 0, total_samples = 0;
   double phase_sum[4] = {0, 0, 0, 0};
-  absl::StatusOr<tessera::WorkerReport> report = tessera::TrainMlpWorker(
-      **client, clock->get(), *train, o, {.worker = worker, .num_workers = num_workers},
-      [&](const tessera::StepReport& r) {
+  job->loop.worker = worker;
+  job->loop.num_workers = num_workers;
+  absl::StatusOr<tessera::WorkerReport> report = tessera::RunTrainLoop(
+      **client, clock->get(), *job->model, job->loop, [&](const tessera::StepReport& r) {
         steps.Increment();
         samples.Increment(r.samples);
         const double p[4] = {r.wait_s, r.pull_s, r.compute_s, r.push_s};
@@ -245,23 +167,19 @@ int main(int argc, char** argv) {
   std::printf("worker %u done: %llu steps in %.1f s, mean train loss %.4f\n", worker,
               static_cast<unsigned long long>(report->steps),
               absl::ToDoubleSeconds(absl::Now() - start), report->train_loss);
-  if (worker == 0 && !data.test_images().empty()) {
+  if (worker == 0 && job->evaluate) {
     // The others may still be finishing their last step: wait for them.
     if (absl::StatusOr<tessera::JobProgress> p = (*clock)->WaitToStart(absl::Seconds(60));
         !p.ok()) {
       std::printf("(evaluating without waiting for every worker: %s)\n",
                   p.status().ToString().c_str());
     }
-    absl::StatusOr<tessera::IdxDataset> test =
-        tessera::ReadIdxDataset(data.test_images(), data.test_labels());
-    absl::StatusOr<tessera::MlpParams> params = tessera::PullMlpParams(**client, o);
-    if (!test.ok() || !params.ok()) {
-      std::fprintf(stderr, "tessera-worker: evaluation: %s\n",
-                   (!test.ok() ? test.status() : params.status()).ToString().c_str());
+    absl::StatusOr<std::string> result = job->evaluate(**client);
+    if (!result.ok()) {
+      std::fprintf(stderr, "tessera-worker: evaluation: %s\n", result.status().ToString().c_str());
       return 1;
     }
-    std::printf("test accuracy %.4f (%u examples)\n", tessera::MlpAccuracy(o.shape, *params, *test),
-                test->num_examples);
+    std::printf("%s\n", result->c_str());
   }
   return 0;
 }

@@ -1,0 +1,271 @@
+#include "worker/job.h"
+
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/logging.h"
+#include "common/wire.h"
+#include "proto/job.pb.h"
+#include "proto/tessera.pb.h"
+#include "worker/ctr_trainer.h"
+#include "worker/lr_trainer.h"
+#include "worker/mlp_trainer.h"
+#include "worker/synthetic_ctr.h"
+
+namespace tessera {
+namespace {
+
+// Collects the text-format parser's first error with its line and column.
+class ErrorCollector : public google::protobuf::io::ErrorCollector {
+ public:
+  void AddError(int line, google::protobuf::io::ColumnNumber column,
+                const std::string& message) override {
+    if (first_.empty())
+      first_ = absl::StrFormat("line %d, column %d: %s", line + 1, column + 1, message);
+  }
+  const std::string& first() const { return first_; }
+
+ private:
+  std::string first_;
+};
+
+// The config's optimizer, checked as part of a table spec, or `fallback`.
+absl::StatusOr<OptimizerConfig> Optimizer(const v1::JobConfig& c, OptimizerConfig fallback) {
+  if (!c.has_optimizer()) return fallback;
+  v1::TableSpec spec;
+  spec.set_name("optimizer");
+  spec.set_kind(v1::TABLE_KIND_DENSE);
+  spec.set_dense_size(1);
+  *spec.mutable_optimizer() = c.optimizer();
+  absl::StatusOr<TableConfig> t = TableConfigFromProto(spec);
+  if (t.ok()) t = ResolveTableConfig(*t);
+  if (!t.ok()) return absl::InvalidArgumentError(absl::StrCat("optimizer: ", t.status().message()));
+  return t->optimizer;
+}
+
+struct TextSets {
+  SparseDataset train, test;
+};
+
+absl::StatusOr<std::shared_ptr<TextSets>> ReadText(const v1::JobConfig& c) {
+  const bool criteo = c.has_criteo();
+  const v1::TextData& t = criteo ? c.criteo() : c.libsvm();
+  auto read = [&](const std::string& path) { return criteo ? ReadCriteo(path) : ReadLibsvm(path); };
+  auto sets = std::make_shared<TextSets>();
+  absl::StatusOr<SparseDataset> train = read(t.train());
+  if (!train.ok()) return train.status();
+  sets->train = *std::move(train);
+  if (!t.test().empty()) {
+    absl::StatusOr<SparseDataset> test = read(t.test());
+    if (!test.ok()) return test.status();
+    sets->test = *std::move(test);
+  }
+  if (!criteo) {  // libsvm labels are often -1 / +1
+    for (SparseDataset* d : {&sets->train, &sets->test}) {
+      for (float& y : d->labels) y = y > 0 ? 1.0f : 0.0f;
+    }
+  }
+  return sets;
+}
+
+absl::StatusOr<std::shared_ptr<TextSets>> SyntheticCtr(const v1::SyntheticCtrData& s) {
+  PlantedCtrOptions o;
+  if (s.fields() > 0) o.num_fields = s.fields();
+  if (s.vocabulary() > 0) o.vocabulary = s.vocabulary();
+  if (s.dense() > 0) o.num_dense = s.dense();
+  if (s.train_examples() > 0) o.train_examples = s.train_examples();
+  if (s.test_examples() > 0) o.test_examples = s.test_examples();
+  if (s.seed() > 0) o.seed = s.seed();
+  if (o.num_fields > 64 || o.num_dense > 1024 || o.train_examples > 100'000'000) {
+    return absl::InvalidArgumentError(
+        "synthetic_ctr: at most 64 fields, 1024 dense features and "
+        "1e8 training examples");
+  }
+  PlantedCtrProblem p = MakePlantedCtrProblem(o);
+  LogInfo("synthetic CTR data: planted model's test AUC %.4f", Auc(p.test_logits, p.test.labels));
+  auto sets = std::make_shared<TextSets>();
+  sets->train = std::move(p.train);
+  sets->test = std::move(p.test);
+  return sets;
+}
+
+absl::StatusOr<PreparedJob> PrepareMlp(const v1::JobConfig& c) {
+  if (!c.has_idx()) return absl::InvalidArgumentError("the mlp model reads idx data");
+  const v1::IdxData& data = c.idx();
+  absl::StatusOr<IdxDataset> train = ReadIdxDataset(data.train_images(), data.train_labels());
+  if (!train.ok()) return train.status();
+  if (data.max_train_examples() > 0 && data.max_train_examples() < train->num_examples) {
+    train->num_examples = data.max_train_examples();
+    train->features.resize(size_t{train->num_examples} * train->num_features);
+    train->labels.resize(train->num_examples);
+  }
+  MlpTrainOptions o;
+  o.shape.sizes = {train->num_features};
+  for (uint32_t h : c.mlp().hidden()) o.shape.sizes.push_back(h);
+  o.shape.sizes.push_back(std::max<uint32_t>(train->num_classes, 2));
+  o.batch_size = c.batch_size() > 0 ? c.batch_size() : 128;
+  o.seed = c.seed();
+  o.prefix = c.name();
+  absl::StatusOr<OptimizerConfig> opt = Optimizer(c, o.optimizer);
+  if (!opt.ok()) return opt.status();
+  o.optimizer = *opt;
+  auto owned = std::make_shared<IdxDataset>(*std::move(train));
+  PreparedJob job;
+  job.data = owned;
+  job.model = std::make_unique<MlpStepModel>(*owned, o);
+  job.description =
+      absl::StrFormat("MLP %s on %u examples, batch %u", absl::StrJoin(o.shape.sizes, "-"),
+                      owned->num_examples, o.batch_size);
+  if (!data.test_images().empty()) {
+    const std::string images = data.test_images(), labels = data.test_labels();
+    job.evaluate = [o, images, labels](Client& client) -> absl::StatusOr<std::string> {
+      absl::StatusOr<IdxDataset> test = ReadIdxDataset(images, labels);
+      if (!test.ok()) return test.status();
+      absl::StatusOr<MlpParams> params = PullMlpParams(client, o);
+      if (!params.ok()) return params.status();
+      return absl::StrFormat("test accuracy %.4f (%u examples)",
+                             MlpAccuracy(o.shape, *params, *test), test->num_examples);
+    };
+  }
+  return job;
+}
+
+absl::StatusOr<PreparedJob> PrepareCtr(const v1::JobConfig& c) {
+  if (!c.has_synthetic_ctr() && !c.has_criteo()) {
+    return absl::InvalidArgumentError("the ctr model reads synthetic_ctr or criteo data");
+  }
+  absl::StatusOr<std::shared_ptr<TextSets>> sets =
+      c.has_criteo() ? ReadText(c) : SyntheticCtr(c.synthetic_ctr());
+  if (!sets.ok()) return sets.status();
+  const SparseDataset& train = (*sets)->train;
+  CtrTrainOptions o;
+  o.shape.fields = static_cast<uint32_t>(train.num_examples() > 0 ? train.offsets[1] : 0);
+  o.shape.dense = train.num_dense;
+  if (c.ctr().embedding_dim() > 0) o.shape.dim = c.ctr().embedding_dim();
+  if (c.ctr().hidden_size() > 0)
+    o.shape.hidden.assign(c.ctr().hidden().begin(), c.ctr().hidden().end());
+  if (c.ctr().embedding_stddev() > 0) o.embedding_stddev = c.ctr().embedding_stddev();
+  o.batch_size = c.batch_size() > 0 ? c.batch_size() : 256;
+  o.seed = c.seed();
+  o.prefix = c.name();
+  absl::StatusOr<OptimizerConfig> opt = Optimizer(c, o.optimizer);
+  if (!opt.ok()) return opt.status();
+  o.optimizer = *opt;
+  if (absl::Status s = CheckCtrData(train, o.shape); !s.ok()) return s;
+  PreparedJob job;
+  job.data = *sets;
+  job.model = std::make_unique<CtrStepModel>(train, o);
+  job.description = absl::StrFormat(
+      "CTR embedding+MLP: %u fields x dim %u, %u dense, MLP %s on %u examples, batch %u",
+      o.shape.fields, o.shape.dim, o.shape.dense, absl::StrJoin(o.shape.Mlp().sizes, "-"),
+      train.num_examples(), o.batch_size);
+  if ((*sets)->test.num_examples() > 0) {
+    std::shared_ptr<TextSets> keep = *sets;
+    job.evaluate = [o, keep](Client& client) -> absl::StatusOr<std::string> {
+      absl::StatusOr<double> auc = CtrAuc(client, o, keep->test);
+      if (!auc.ok()) return auc.status();
+      return absl::StrFormat("test AUC %.4f (%u examples)", *auc, keep->test.num_examples());
+    };
+  }
+  return job;
+}
+
+absl::StatusOr<PreparedJob> PrepareLr(const v1::JobConfig& c) {
+  if (!c.has_libsvm() && !c.has_criteo() && !c.has_synthetic_ctr()) {
+    return absl::InvalidArgumentError("the lr model reads libsvm, criteo or synthetic_ctr data");
+  }
+  absl::StatusOr<std::shared_ptr<TextSets>> sets =
+      c.has_synthetic_ctr() ? SyntheticCtr(c.synthetic_ctr()) : ReadText(c);
+  if (!sets.ok()) return sets.status();
+  for (const SparseDataset* d : {&(*sets)->train, &(*sets)->test}) {
+    if (absl::Status s = CheckLrData(*d); !s.ok()) return s;
+  }
+  LrModelOptions o;
+  o.batch_size = c.batch_size() > 0 ? c.batch_size() : 512;
+  o.table = absl::StrCat(c.name(), ".w");
+  absl::StatusOr<OptimizerConfig> opt = Optimizer(c, o.optimizer);
+  if (!opt.ok()) return opt.status();
+  o.optimizer = *opt;
+  std::unique_ptr<LrGpu> gpu;
+  if (c.backend() != v1::BACKEND_CPU) {
+    absl::StatusOr<std::unique_ptr<LrGpu>> g = LrGpu::Create();
+    if (g.ok()) {
+      gpu = *std::move(g);
+    } else if (c.backend() == v1::BACKEND_GPU) {
+      return g.status();
+    } else {
+      LogInfo("backend: CPU (%s)", g.status().message());
+    }
+  }
+  PreparedJob job;
+  job.backend = gpu != nullptr ? "gpu" : "cpu";
+  job.data = *sets;
+  job.model = std::make_unique<LrStepModel>((*sets)->train, o, std::move(gpu));
+  job.description = absl::StrFormat("sparse logistic regression on %u examples, batch %u",
+                                    (*sets)->train.num_examples(), o.batch_size);
+  if ((*sets)->test.num_examples() > 0) {
+    std::shared_ptr<TextSets> keep = *sets;
+    job.evaluate = [o, keep](Client& client) -> absl::StatusOr<std::string> {
+      absl::StatusOr<double> auc = LrAuc(client, o, keep->test);
+      if (!auc.ok()) return auc.status();
+      return absl::StrFormat("test AUC %.4f (%u examples)", *auc, keep->test.num_examples());
+    };
+  }
+  return job;
+}
+
+}  // namespace
+
+absl::StatusOr<PreparedJob> PrepareJob(const v1::JobConfig& c) {
+  absl::StatusOr<PreparedJob> job = absl::InvalidArgumentError("the job needs a model");
+  if (c.has_mlp() || c.has_ctr()) {
+    // No GPU path for these models yet (docs/worker.md).
+    if (c.backend() == v1::BACKEND_GPU) {
+      return absl::UnimplementedError(absl::StrFormat(
+          "backend GPU: the %s model has no GPU path yet; use BACKEND_CPU or BACKEND_AUTO",
+          c.has_mlp() ? "mlp" : "ctr"));
+    }
+    if (c.backend() == v1::BACKEND_AUTO) {
+      LogInfo("backend: CPU (the %s model has a CPU path only)", c.has_mlp() ? "mlp" : "ctr");
+    }
+    job = c.has_mlp() ? PrepareMlp(c) : PrepareCtr(c);
+    if (job.ok()) job->backend = "cpu";
+  } else if (c.has_lr()) {
+    job = PrepareLr(c);
+  }
+  if (!job.ok()) return job.status();
+  job->loop.epochs = c.epochs() > 0 ? static_cast<int>(c.epochs()) : 1;
+  job->loop.prefetch = c.prefetch();
+  if (c.final_gradient_scale() < 0 || c.final_gradient_scale() > 1) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "final_gradient_scale must be in [0, 1] (0: no decay); got %g", c.final_gradient_scale()));
+  }
+  job->loop.final_gradient_scale = c.final_gradient_scale() > 0 ? c.final_gradient_scale() : 1.0f;
+  return job;
+}
+
+absl::StatusOr<std::unique_ptr<v1::JobConfig>> LoadJobConfig(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrFormat("cannot open the job config %s", path));
+  std::stringstream text;
+  text << in.rdbuf();
+  auto config = std::make_unique<v1::JobConfig>();
+  google::protobuf::TextFormat::Parser parser;
+  ErrorCollector errors;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(text.str(), config.get())) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: %s", path, errors.first()));
+  }
+  if (config->name().empty()) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: the job needs a name", path));
+  }
+  return config;
+}
+
+}  // namespace tessera
