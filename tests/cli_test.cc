@@ -15,9 +15,35 @@ namespace {
 
 using tessera::testing::RunCommand;
 
-TEST_CASE("tessera local trains to within 2 points of the planted model", "[cli]") {
+TEST_CASE("tessera local runs its default job: two worker processes train Fashion-MNIST",
+          "[cli][worker]") {
+  auto [code, out] = RunCommand(std::string(TESSERA_CLI_BINARY) + " local 2>&1");
+  INFO(out);
+  CHECK(code == 0);
+  CHECK(out.find("starting 2 tessera-worker processes") != std::string::npos);
+  CHECK(out.find("[worker 0]   step") != std::string::npos);  // progress lines
+  CHECK(out.find("meets the 0.85 bar") != std::string::npos);
+  CHECK(out.find("fmnist.w0") != std::string::npos);  // the cluster's tables at the end
+  CHECK(out.find("all drained and exited cleanly") != std::string::npos);
+}
+
+TEST_CASE("tessera local runs the CTR job asynchronously on a replicated cluster",
+          "[cli][worker][replication]") {
   auto [code, out] = RunCommand(std::string(TESSERA_CLI_BINARY) +
-                                " local --servers=3 --threads=3 --train_samples=600000 --epochs=2");
+                                " local --job=ctr --mode=async --replicas=2 --epochs=1 2>&1");
+  INFO(out);
+  CHECK(code == 0);
+  CHECK(out.find("2 shards x 2 replicas") != std::string::npos);
+  CHECK(out.find("test AUC") != std::string::npos);
+  CHECK(out.find("ctr.emb") != std::string::npos);
+  CHECK(out.find("all drained and exited cleanly") != std::string::npos);
+}
+
+TEST_CASE("tessera local trains to within 2 points of the planted model", "[cli]") {
+  auto [code, out] =
+      RunCommand(std::string(TESSERA_CLI_BINARY) +
+                 " local --job=planted-lr --servers=3 --threads=3 --train_samples=600000 "
+                 "--epochs=2");
   INFO(out);
   CHECK(code == 0);
   CHECK(out.find("within 2 points") != std::string::npos);
@@ -29,7 +55,7 @@ TEST_CASE("tessera local trains to within 2 points of the planted model", "[cli]
 TEST_CASE("tessera local --replicas=2 trains on a replicated cluster and shows its status",
           "[cli][replication]") {
   auto [code, out] = RunCommand(std::string(TESSERA_CLI_BINARY) +
-                                " local --servers=2 --replicas=2 --threads=3 "
+                                " local --job=planted-lr --servers=2 --replicas=2 --threads=3 "
                                 "--train_samples=600000 --epochs=2");
   INFO(out);
   CHECK(code == 0);
@@ -95,6 +121,13 @@ TEST_CASE("tessera rejects unknown commands and bad flags clearly", "[cli]") {
       RunCommand(std::string(TESSERA_CLI_BINARY) + " local --optimizer=rmsprop 2>&1");
   CHECK(code2 == 2);
   CHECK(out2.find("unknown optimizer 'rmsprop'") != std::string::npos);
+  auto [code3, out3] = RunCommand(std::string(TESSERA_CLI_BINARY) + " local --job=mnist 2>&1");
+  CHECK(code3 == 2);
+  CHECK(out3.find("--job must be fmnist, ctr, lr, planted-lr or a job config file") !=
+        std::string::npos);
+  auto [code4, out4] = RunCommand(std::string(TESSERA_CLI_BINARY) + " local --mode=hogwild 2>&1");
+  CHECK(code4 == 2);
+  CHECK(out4.find("--mode must be bsp, ssp or async") != std::string::npos);
 }
 
 }  // namespace

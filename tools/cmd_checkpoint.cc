@@ -1,19 +1,22 @@
 // `tessera checkpoint create | list | inspect | restore | merge | run`.
 #include <signal.h>
 
+#include <csignal>
 #include <cstdio>
 #include <ctime>
-#include <thread>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "proto/checkpoint.pb.h"
 #include "storage/checkpoint_store.h"
 #include "storage/table_file.h"
 #include "tools/checkpoint_driver.h"
 #include "tools/commands.h"
+
+namespace {
+volatile std::sig_atomic_t g_stop_requested = 0;
+}  // namespace
 
 namespace tessera {
 namespace {
@@ -156,19 +159,21 @@ int RunCheckpoint(const CheckpointCommandOptions& o) {
       std::fprintf(stderr, "tessera checkpoint run: --every_s must be > 0\n");
       return 2;
     }
-    // Until SIGINT or SIGTERM: one round every --every_s seconds.
-    sigset_t stop;
-    sigemptyset(&stop);
-    sigaddset(&stop, SIGINT);
-    sigaddset(&stop, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop, nullptr);
-    absl::Notification stopped;
-    std::thread waiter([&] {
-      int sig;
-      sigwait(&stop, &sig);
-      stopped.Notify();
-    });
-    waiter.detach();
+    // Until SIGINT or SIGTERM: one round every --every_s seconds. A handler (not a blocked
+    // mask and sigwait) because threads that libraries start before main (OpenBLAS's pool)
+    // would otherwise take the signal with its default action.
+    struct sigaction sa = {};
+    sa.sa_handler = [](int) { g_stop_requested = 1; };
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, nullptr);
+    sigaction(SIGTERM, &sa, nullptr);
+    auto wait_or_stop = [&](absl::Duration d) {  // true when asked to stop
+      const absl::Time deadline = absl::Now() + d;
+      while (g_stop_requested == 0 && absl::Now() < deadline) {
+        absl::SleepFor(std::min(absl::Milliseconds(20), deadline - absl::Now()));
+      }
+      return g_stop_requested != 0;
+    };
     int failures = 0;
     uint64_t rounds = 0;
     do {
@@ -181,7 +186,7 @@ int RunCheckpoint(const CheckpointCommandOptions& o) {
         ++failures;
         std::fprintf(stderr, "tessera checkpoint run: %s\n", r.status().ToString().c_str());
       }
-    } while (!stopped.WaitForNotificationWithTimeout(absl::Seconds(o.every_s)));
+    } while (!wait_or_stop(absl::Seconds(o.every_s)));
     return failures == 0 ? 0 : 1;
   }
   std::fprintf(stderr,

@@ -1,15 +1,33 @@
-// `tessera local`: a whole cluster on this machine and a training job that visibly learns.
+// `tessera local`: a whole cluster on this machine and a training job that visibly learns: by
+// default tessera-worker processes training the Fashion-MNIST MLP (docs/worker.md).
+#include <fcntl.h>
+#include <google/protobuf/text_format.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "client/client.h"
+#include "common/wire.h"
+#include "proto/job.pb.h"
+#include "proto/tessera.pb.h"
 #include "tools/commands.h"
 #include "tools/local_cluster.h"
 #include "tools/prom_text.h"
+#include "worker/job.h"
 #include "worker/logreg_trainer.h"
 #include "worker/lr_kernels.h"
 #include "worker/synthetic.h"
@@ -24,7 +42,7 @@ std::string Si(double v) {
   return absl::StrFormat("%.0f", v);
 }
 
-void PrintServerMetrics(const LocalCluster& cluster, const std::string& table) {
+void PrintServerMetrics(const LocalCluster& cluster) {
   std::printf("\nserver metrics (scraped from each /metrics endpoint):\n");
   for (size_t i = 0; i < cluster.metrics_ports().size(); ++i) {
     absl::StatusOr<std::string> text = HttpGet(cluster.metrics_ports()[i], "/metrics");
@@ -33,33 +51,89 @@ void PrintServerMetrics(const LocalCluster& cluster, const std::string& table) {
       continue;
     }
     const std::vector<PromSample> s = ParsePromText(*text);
-    auto requests = [&](const char* method) {
-      return SumSamples(s, "tessera_server_requests_total", {{"method", method}});
-    };
+    // Requests per method, in the order the server lists them.
+    std::vector<std::string> methods;
+    for (const PromSample& x : s) {
+      if (x.name != "tessera_server_requests_total") continue;
+      const std::string& m = x.labels.count("method") ? x.labels.at("method") : "";
+      if (std::find(methods.begin(), methods.end(), m) == methods.end()) methods.push_back(m);
+    }
+    std::string requests;
+    for (const std::string& m : methods) {
+      const double n = SumSamples(s, "tessera_server_requests_total", {{"method", m}});
+      if (n > 0) absl::StrAppend(&requests, requests.empty() ? "" : ", ", m, " ", Si(n));
+    }
     const double errors = SumSamples(s, "tessera_server_requests_total") -
                           SumSamples(s, "tessera_server_requests_total", {{"code", "OK"}});
-    const double pull_count =
-        SumSamples(s, "tessera_server_request_duration_seconds_count", {{"method", "PullSparse"}});
-    const double pull_sum =
-        SumSamples(s, "tessera_server_request_duration_seconds_sum", {{"method", "PullSparse"}});
     std::printf(
-        "  server %zu (127.0.0.1:%d/metrics): %s pulls, %s pushes, %.0f errors; keys pulled %s, "
-        "pushed %s; bytes in %s, out %s; mean pull %.0f us; rows of '%s': %.0f\n",
-        i, cluster.metrics_ports()[i], Si(requests("PullSparse")).c_str(),
-        Si(requests("PushSparse")).c_str(), errors,
+        "  server %zu (127.0.0.1:%d/metrics): %s; %.0f errors; keys pulled %s, pushed %s; bytes "
+        "in %s, out %s; %s table rows, %sB of tables\n",
+        i, cluster.metrics_ports()[i], requests.empty() ? "no requests" : requests.c_str(), errors,
         Si(SumSamples(s, "tessera_server_keys_total", {{"method", "PullSparse"}})).c_str(),
         Si(SumSamples(s, "tessera_server_keys_total", {{"method", "PushSparse"}})).c_str(),
         Si(SumSamples(s, "tessera_server_received_bytes_total")).c_str(),
         Si(SumSamples(s, "tessera_server_sent_bytes_total")).c_str(),
-        pull_count > 0 ? 1e6 * pull_sum / pull_count : 0.0, table.c_str(),
-        SumSamples(s, "tessera_table_rows", {{"table", table}}));
+        Si(SumSamples(s, "tessera_table_rows")).c_str(),
+        Si(SumSamples(s, "tessera_table_memory_bytes")).c_str());
   }
 }
 
 }  // namespace
 
-int RunLocal(const LocalCommandOptions& o) {
-  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+// Starts the servers (and, with `coordinator`, tessera-coordinator) and prints where they are.
+absl::StatusOr<std::unique_ptr<LocalCluster>> StartCluster(const LocalCommandOptions& o,
+                                                           const std::string& log_dir,
+                                                           bool coordinator) {
+  LocalClusterOptions co;
+  co.server_binary = LocalCluster::DefaultServerBinary();
+  co.num_servers = static_cast<uint32_t>(o.num_servers * o.replicas);
+  co.log_dir = log_dir;
+  if (coordinator) {
+    co.replication = static_cast<uint32_t>(o.replicas);
+    co.num_shards = static_cast<uint32_t>(o.num_servers);
+    std::printf(
+        "tessera local: starting a coordinator and %d servers: %d shards x %d replicas (%s; "
+        "logs in %s)\n",
+        o.num_servers * o.replicas, o.num_servers, o.replicas, co.server_binary.c_str(),
+        log_dir.c_str());
+  } else {
+    std::printf("tessera local: starting %d servers (%s; logs in %s)\n", o.num_servers,
+                co.server_binary.c_str(), log_dir.c_str());
+  }
+  absl::StatusOr<std::unique_ptr<LocalCluster>> cluster = LocalCluster::Start(co);
+  if (!cluster.ok()) return cluster.status();
+  if (coordinator) {
+    std::printf("  coordinator: grpc %s, metrics http://127.0.0.1:%d/metrics\n",
+                (*cluster)->coordinator_address().c_str(), (*cluster)->coordinator_metrics_port());
+  }
+  for (size_t i = 0; i < (*cluster)->addresses().size(); ++i) {
+    std::printf("  server %zu: grpc %s, metrics http://127.0.0.1:%d/metrics\n", i,
+                (*cluster)->addresses()[i].c_str(), (*cluster)->metrics_ports()[i]);
+  }
+  return cluster;
+}
+
+// The end of every job: server metrics, the coordinator's view, a clean stop.
+bool FinishCluster(std::unique_ptr<LocalCluster> cluster) {
+  PrintServerMetrics(*cluster);
+  if (!cluster->coordinator_address().empty()) {
+    absl::StatusOr<std::string> status =
+        FormatClusterStatus(cluster->coordinator_address(), /*json=*/false);
+    std::printf("\n%s", status.ok() ? status->c_str() : status.status().ToString().c_str());
+  }
+  const absl::Status stopped = cluster->Stop();
+  std::printf("\nstopping servers: %s\n",
+              stopped.ok() ? "all drained and exited cleanly" : stopped.ToString().c_str());
+  return stopped.ok();
+}
+
+// The in-process demo: sparse logistic regression on a planted problem, trained by threads.
+int RunPlantedLr(const LocalCommandOptions& in, const std::string& log_dir) {
+  LocalCommandOptions o = in;  // the demo's defaults where the command line has none
+  if (o.epochs <= 0) o.epochs = 2;
+  if (o.batch_size <= 0) o.batch_size = 512;
+  if (!o.optimizer.has_value())
+    o.optimizer = OptimizerConfig{.kind = OptimizerKind::kAdagrad, .learning_rate = 0.1f};
   // Device first: asking for a GPU that is not there is a usage error, before any work.
   std::string why;
   const bool have_gpu = CudaDeviceCount(&why) > 0;
@@ -77,49 +151,12 @@ int RunLocal(const LocalCommandOptions& o) {
     return 2;
   }
 
-  std::string log_dir = o.log_dir;
-  if (log_dir.empty()) {
-    char tmpl[] = "/tmp/tessera-local-XXXXXX";
-    if (mkdtemp(tmpl) == nullptr) {
-      std::perror("tessera local: mkdtemp");
-      return 1;
-    }
-    log_dir = tmpl;
-  }
-  if (o.replicas < 1 || o.replicas > 3 || o.num_servers < 1) {
-    std::fprintf(stderr, "tessera local: --replicas must be 1, 2 or 3 and --servers >= 1\n");
-    return 2;
-  }
-  LocalClusterOptions co;
-  co.server_binary = LocalCluster::DefaultServerBinary();
-  co.num_servers = static_cast<uint32_t>(o.num_servers * o.replicas);
-  co.log_dir = log_dir;
-  if (o.replicas > 1) {
-    co.replication = static_cast<uint32_t>(o.replicas);
-    co.num_shards = static_cast<uint32_t>(o.num_servers);
-    std::printf(
-        "tessera local: starting a coordinator and %d servers: %d shards x %d replicas (%s; "
-        "logs in %s)\n",
-        o.num_servers * o.replicas, o.num_servers, o.replicas, co.server_binary.c_str(),
-        log_dir.c_str());
-  } else {
-    std::printf("tessera local: starting %d servers (%s; logs in %s)\n", o.num_servers,
-                co.server_binary.c_str(), log_dir.c_str());
-  }
-  absl::StatusOr<std::unique_ptr<LocalCluster>> cluster = LocalCluster::Start(co);
+  absl::StatusOr<std::unique_ptr<LocalCluster>> cluster =
+      StartCluster(o, log_dir, /*coordinator=*/o.replicas > 1);
   if (!cluster.ok()) {
     std::fprintf(stderr, "tessera local: %s\n", cluster.status().ToString().c_str());
     return 1;
   }
-  if (o.replicas > 1) {
-    std::printf("  coordinator: grpc %s, metrics http://127.0.0.1:%d/metrics\n",
-                (*cluster)->coordinator_address().c_str(), (*cluster)->coordinator_metrics_port());
-  }
-  for (size_t i = 0; i < (*cluster)->addresses().size(); ++i) {
-    std::printf("  server %zu: grpc %s, metrics http://127.0.0.1:%d/metrics\n", i,
-                (*cluster)->addresses()[i].c_str(), (*cluster)->metrics_ports()[i]);
-  }
-
   PlantedLrOptions po;
   po.num_features = o.features;
   po.train_samples = o.train_samples;
@@ -148,7 +185,7 @@ int RunLocal(const LocalCommandOptions& o) {
   to.epochs = o.epochs;
   to.batch_size = static_cast<uint32_t>(o.batch_size);
   to.use_gpu = use_gpu;
-  to.optimizer = o.optimizer;
+  to.optimizer = *o.optimizer;
   const std::string device =
       use_gpu ? "GPU" : (o.device == "cpu" ? "CPU" : "CPU (no GPU: " + why + ")");
   std::printf(
@@ -183,19 +220,233 @@ int RunLocal(const LocalCommandOptions& o) {
               static_cast<unsigned long long>(result->steps), result->seconds,
               Si(problem.train.size() * o.epochs / result->seconds).c_str(),
               Si(result->keys_moved / result->seconds).c_str());
-  PrintServerMetrics(**cluster, to.table);
-  if (o.replicas > 1) {
-    absl::StatusOr<std::string> status =
-        FormatClusterStatus((*cluster)->coordinator_address(), /*json=*/false);
-    std::printf("\n%s", status.ok() ? status->c_str() : status.status().ToString().c_str());
-  }
-
   client->reset();
-  const absl::Status stopped = (*cluster)->Stop();
-  std::printf("\nstopping servers: %s\n",
-              stopped.ok() ? "all drained and exited cleanly" : stopped.ToString().c_str());
-  if (!stopped.ok()) return 1;
+  if (!FinishCluster(*std::move(cluster))) return 1;
   return close ? 0 : 1;
+}
+
+// The binary `name` beside this one, or in ../<subdir>/ (the build tree), or on PATH.
+std::string SiblingBinary(const std::string& name, const std::string& subdir) {
+  std::error_code ec;
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    for (const auto& candidate :
+         {self.parent_path() / name, self.parent_path().parent_path() / subdir / name}) {
+      if (std::filesystem::exists(candidate, ec)) return candidate.string();
+    }
+  }
+  return name;
+}
+
+// The built-in jobs, or a config file; then the command line's overrides.
+absl::StatusOr<v1::JobConfig> LocalJob(const LocalCommandOptions& o) {
+  v1::JobConfig c;
+  if (o.job == "fmnist") {
+    const std::string dir = "/usr/share/datasets/fashion-mnist";
+    c.set_name("fmnist");
+    c.mutable_mlp()->add_hidden(256);
+    v1::IdxData* d = c.mutable_idx();
+    d->set_train_images(dir + "/train-images-idx3-ubyte.gz");
+    d->set_train_labels(dir + "/train-labels-idx1-ubyte.gz");
+    d->set_test_images(dir + "/t10k-images-idx3-ubyte.gz");
+    d->set_test_labels(dir + "/t10k-labels-idx1-ubyte.gz");
+    if (!std::filesystem::exists(d->train_images())) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the fmnist job reads Fashion-MNIST from ", dir,
+                       ", which is missing: install Debian's dataset-fashion-mnist "
+                       "(tools/setup.sh does), or pick another --job"));
+    }
+    c.set_epochs(3);
+  } else if (o.job == "ctr" || o.job == "lr") {
+    c.set_name(o.job);
+    if (o.job == "ctr") {
+      c.mutable_ctr();
+    } else {
+      c.mutable_lr();
+    }
+    c.mutable_synthetic_ctr();
+    c.set_epochs(3);
+  } else if (absl::EndsWith(o.job, ".textproto") || absl::StrContains(o.job, '/')) {
+    absl::StatusOr<std::unique_ptr<v1::JobConfig>> loaded = LoadJobConfig(o.job);
+    if (!loaded.ok()) return loaded.status();
+    c = **loaded;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--job must be fmnist, ctr, lr, planted-lr or a job config file (*.textproto); got '",
+        o.job, "'"));
+  }
+  if (!o.mode.empty()) {
+    if (o.mode == "bsp") {
+      c.set_mode(v1::CONSISTENCY_MODE_BSP);
+    } else if (o.mode == "ssp") {
+      c.set_mode(v1::CONSISTENCY_MODE_SSP);
+      c.set_staleness(static_cast<uint32_t>(o.staleness));
+    } else if (o.mode == "async") {
+      c.set_mode(v1::CONSISTENCY_MODE_ASYNC);
+    } else {
+      return absl::InvalidArgumentError("--mode must be bsp, ssp or async");
+    }
+  }
+  if (o.epochs > 0) c.set_epochs(static_cast<uint32_t>(o.epochs));
+  if (o.batch_size > 0) c.set_batch_size(static_cast<uint32_t>(o.batch_size));
+  if (o.optimizer.has_value()) {
+    v1::TableSpec spec;
+    TableConfigToProto(TableConfig{.name = "x", .optimizer = *o.optimizer}, &spec);
+    *c.mutable_optimizer() = spec.optimizer();
+  }
+  c.set_backend(o.device == "gpu"   ? v1::BACKEND_GPU
+                : o.device == "cpu" ? v1::BACKEND_CPU
+                                    : v1::BACKEND_AUTO);
+  return c;
+}
+
+// Starts a worker process with stdout and stderr into `out_fd`; returns its pid (-1: failed).
+pid_t SpawnWorker(std::vector<std::string> args, int out_fd) {
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid == 0) {
+    // Child: only async-signal-safe calls until exec.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
+    dup2(out_fd, STDOUT_FILENO);
+    dup2(out_fd, STDERR_FILENO);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+// Exit code of `pid`, waiting at most `timeout` (then it is killed: -1).
+int WaitWorker(pid_t pid, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  int status = 0;
+  while (true) {
+    const pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    if (r < 0) return -1;
+    if (absl::Now() >= deadline) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, &status, 0);
+  return -1;
+}
+
+// `tessera local`'s main job: tessera-worker processes train the job against the cluster.
+int RunWorkerJob(const LocalCommandOptions& o, const std::string& log_dir) {
+  absl::StatusOr<v1::JobConfig> job = LocalJob(o);
+  if (!job.ok()) {
+    std::fprintf(stderr, "tessera local: %s\n", std::string(job.status().message()).c_str());
+    return 2;
+  }
+  std::string text;
+  google::protobuf::TextFormat::PrintToString(*job, &text);
+  const std::string config_path = log_dir + "/job.textproto";
+  if (!(std::ofstream(config_path) << text)) {
+    std::fprintf(stderr, "tessera local: cannot write %s\n", config_path.c_str());
+    return 1;
+  }
+  absl::StatusOr<std::unique_ptr<LocalCluster>> cluster =
+      StartCluster(o, log_dir, /*coordinator=*/true);
+  if (!cluster.ok()) {
+    std::fprintf(stderr, "tessera local: %s\n", cluster.status().ToString().c_str());
+    return 1;
+  }
+  const std::string binary = SiblingBinary("tessera-worker", "worker");
+  std::printf("job '%s' (%s):\n%s", job->name().c_str(), config_path.c_str(), text.c_str());
+  std::printf(
+      "starting %d tessera-worker processes (%s); worker 0's output follows, the others' "
+      "is in %s/worker-<i>.log\n",
+      o.workers, binary.c_str(), log_dir.c_str());
+  int pipe_fds[2];
+  if (pipe2(pipe_fds, O_CLOEXEC) != 0) {
+    std::perror("tessera local: pipe2");
+    return 1;
+  }
+  std::vector<pid_t> pids;
+  for (int w = 0; w < o.workers; ++w) {
+    int out_fd = pipe_fds[1];
+    if (w > 0) {
+      out_fd = open(absl::StrCat(log_dir, "/worker-", w, ".log").c_str(),
+                    O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    }
+    pids.push_back(SpawnWorker(
+        {binary, "--config=" + config_path, "--coordinator=" + (*cluster)->coordinator_address(),
+         absl::StrCat("--worker=", w), absl::StrCat("--num_workers=", o.workers),
+         "--metrics_port=0"},
+        out_fd));
+    if (w > 0 && out_fd >= 0) close(out_fd);
+  }
+  close(pipe_fds[1]);
+  // Worker 0's lines, to the terminal and to its log, until it exits (its pipe closes).
+  std::ofstream log0(log_dir + "/worker-0.log");
+  std::string line, evaluation;
+  char buf[4096];
+  while (true) {
+    const ssize_t n = read(pipe_fds[0], buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    for (ssize_t i = 0; i < n; ++i) {
+      if (buf[i] != '\n') {
+        line.push_back(buf[i]);
+        continue;
+      }
+      std::printf("  [worker 0] %s\n", line.c_str());
+      log0 << line << '\n';
+      if (absl::StartsWith(line, "test ")) evaluation = line;
+      line.clear();
+    }
+  }
+  close(pipe_fds[0]);
+  bool ok = true;
+  for (int w = 0; w < o.workers; ++w) {
+    const int code = pids[w] < 0 ? -1 : WaitWorker(pids[w], absl::Seconds(w == 0 ? 10 : 120));
+    if (code != 0) {
+      ok = false;
+      std::printf("worker %d failed (exit code %d); see %s/worker-%d.log\n", w, code,
+                  log_dir.c_str(), w);
+    }
+  }
+  std::printf("\nsummary: %d workers %s; %s\n", o.workers, ok ? "finished" : "did NOT all finish",
+              evaluation.empty() ? "no evaluation" : evaluation.c_str());
+  bool bar_met = true;
+  if (job->name() == "fmnist" && o.job == "fmnist") {
+    const double accuracy =
+        evaluation.empty() ? 0 : std::atof(evaluation.c_str() + strlen("test accuracy "));
+    bar_met = accuracy >= 0.85;
+    std::printf("  Fashion-MNIST test accuracy %.4f: %s the 0.85 bar\n", accuracy,
+                bar_met ? "meets" : "does NOT meet");
+  }
+  if (!FinishCluster(*std::move(cluster))) return 1;
+  return ok && bar_met ? 0 : 1;
+}
+
+int RunLocal(const LocalCommandOptions& o) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  if (o.replicas < 1 || o.replicas > 3 || o.num_servers < 1 || o.workers < 1 || o.workers > 64) {
+    std::fprintf(stderr,
+                 "tessera local: --replicas must be 1, 2 or 3, --servers >= 1 and --workers in "
+                 "1..64\n");
+    return 2;
+  }
+  if (o.device != "auto" && o.device != "cpu" && o.device != "gpu") {
+    std::fprintf(stderr, "tessera local: --device must be cpu, gpu or auto\n");
+    return 2;
+  }
+  std::string log_dir = o.log_dir;
+  if (log_dir.empty()) {
+    char tmpl[] = "/tmp/tessera-local-XXXXXX";
+    if (mkdtemp(tmpl) == nullptr) {
+      std::perror("tessera local: mkdtemp");
+      return 1;
+    }
+    log_dir = tmpl;
+  }
+  if (o.job == "planted-lr") return RunPlantedLr(o, log_dir);
+  return RunWorkerJob(o, log_dir);
 }
 
 }  // namespace tessera

@@ -3,6 +3,7 @@
 #ifndef TESSERA_TOOLS_COMMANDS_H_
 #define TESSERA_TOOLS_COMMANDS_H_
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,15 +14,21 @@ namespace tessera {
 
 struct LocalCommandOptions {
   int num_servers = 2;  // shards; with replicas > 1, each has that many server processes
-  int replicas = 1;     // 1: static shards; 2-3: a coordinator and replicated shards
-  int threads = 4;
-  int epochs = 2;
-  int batch_size = 512;
-  uint64_t features = 20000;
-  uint64_t train_samples = 2000000;
-  std::string device = "auto";  // auto | cpu | gpu
-  OptimizerConfig optimizer = {.kind = OptimizerKind::kAdagrad, .learning_rate = 0.1f};
-  std::string log_dir;  // empty: a fresh directory under /tmp
+  int replicas = 1;     // 1: one server per shard; 2-3: replicated shards
+  // fmnist | ctr | lr: tessera-worker processes (and a coordinator) run that built-in job;
+  // a path: the job config file; planted-lr: the in-process logistic-regression demo.
+  std::string job = "fmnist";
+  int workers = 2;                           // tessera-worker processes
+  std::string mode;                          // bsp | ssp | async; empty: the job's
+  int staleness = 2;                         // with mode ssp
+  int threads = 4;                           // planted-lr: training threads
+  int epochs = 0;                            // 0: the job's default
+  int batch_size = 0;                        // 0: the job's default
+  uint64_t features = 20000;                 // planted-lr
+  uint64_t train_samples = 2000000;          // planted-lr
+  std::string device = "auto";               // auto | cpu | gpu
+  std::optional<OptimizerConfig> optimizer;  // unset: the job's
+  std::string log_dir;                       // empty: a fresh directory under /tmp
 };
 int RunLocal(const LocalCommandOptions& options);
 

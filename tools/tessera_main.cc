@@ -18,14 +18,23 @@ ABSL_FLAG(int, servers, 2,
 ABSL_FLAG(int, replicas, 1,
           "local: replicas per shard; 2 or 3 also starts tessera-coordinator and replicates "
           "every push (docs/replication.md).");
-ABSL_FLAG(int, threads, 4, "local: worker threads training concurrently.");
-ABSL_FLAG(int, epochs, 2, "local: passes over the training data.");
-ABSL_FLAG(int, batch_size, 512, "local: samples per training step.");
-ABSL_FLAG(uint64_t, features, 20000, "local: features of the synthetic problem.");
-ABSL_FLAG(uint64_t, train_samples, 2000000, "local: training samples.");
-ABSL_FLAG(std::string, device, "auto", "local: forward/backward on 'cpu', 'gpu' or 'auto'.");
-ABSL_FLAG(std::string, optimizer, "adagrad", "local: sgd, momentum, adagrad, adam or ftrl.");
-ABSL_FLAG(float, learning_rate, 0.1f, "local: the optimizer's learning rate.");
+ABSL_FLAG(std::string, job, "fmnist",
+          "local: fmnist (the Fashion-MNIST MLP), ctr (the embedding + MLP model on synthetic "
+          "CTR data), lr (logistic regression on the same data), a job config file "
+          "(*.textproto, docs/worker.md), or planted-lr (the in-process demo).");
+ABSL_FLAG(int, workers, 2, "local: tessera-worker processes.");
+ABSL_FLAG(std::string, mode, "", "local: bsp, ssp or async (default: the job's, bsp).");
+ABSL_FLAG(int, staleness, 2, "local: the SSP bound with --mode=ssp.");
+ABSL_FLAG(int, threads, 4, "local, planted-lr: training threads.");
+ABSL_FLAG(int, epochs, 0, "local: passes over the training data (0: the job's default).");
+ABSL_FLAG(int, batch_size, 0, "local: examples per step and worker (0: the job's default).");
+ABSL_FLAG(uint64_t, features, 20000, "local, planted-lr: features of the synthetic problem.");
+ABSL_FLAG(uint64_t, train_samples, 2000000, "local, planted-lr: training samples.");
+ABSL_FLAG(std::string, device, "auto",
+          "local: forward/backward on 'cpu', 'gpu' or 'auto' (GPU paths: lr, planted-lr).");
+ABSL_FLAG(std::string, optimizer, "",
+          "local: sgd, momentum, adagrad, adam or ftrl (default: the job's).");
+ABSL_FLAG(float, learning_rate, 0.1f, "local: the optimizer's learning rate, with --optimizer.");
 ABSL_FLAG(std::string, log_dir, "", "local: where server logs go (default: a new /tmp dir).");
 // tessera bench
 ABSL_FLAG(std::string, connect, "",
@@ -69,8 +78,9 @@ namespace {
 constexpr char kUsage[] = R"(tessera <command> [flags]
 
 Commands:
-  local   start a local cluster, train sparse logistic regression on synthetic data with a
-          planted model, print progress, a summary and server metrics, then shut down
+  local   start a local cluster (coordinator and servers) and tessera-worker processes that
+          train a model (default: an MLP on Fashion-MNIST; --job), print progress, the
+          evaluation, server metrics and the cluster's status, then shut down
   bench   measure dense push+pull and sparse pull/push throughput (--json for machines)
   status  the cluster as its coordinator sees it: shards, replicas, lag, tables (--json)
   checkpoint create|list|inspect|restore|merge|run
@@ -118,19 +128,25 @@ int main(int argc, char** argv) {
     tessera::LocalCommandOptions o;
     o.num_servers = absl::GetFlag(FLAGS_servers);
     o.replicas = absl::GetFlag(FLAGS_replicas);
+    o.job = absl::GetFlag(FLAGS_job);
+    o.workers = absl::GetFlag(FLAGS_workers);
+    o.mode = absl::GetFlag(FLAGS_mode);
+    o.staleness = absl::GetFlag(FLAGS_staleness);
     o.threads = absl::GetFlag(FLAGS_threads);
     o.epochs = absl::GetFlag(FLAGS_epochs);
     o.batch_size = absl::GetFlag(FLAGS_batch_size);
     o.features = absl::GetFlag(FLAGS_features);
     o.train_samples = absl::GetFlag(FLAGS_train_samples);
     o.device = absl::GetFlag(FLAGS_device);
-    absl::StatusOr<tessera::OptimizerKind> kind =
-        tessera::ParseOptimizerKind(absl::GetFlag(FLAGS_optimizer));
-    if (!kind.ok()) {
-      std::fprintf(stderr, "tessera local: %s\n", std::string(kind.status().message()).c_str());
-      return 2;
+    if (const std::string name = absl::GetFlag(FLAGS_optimizer); !name.empty()) {
+      absl::StatusOr<tessera::OptimizerKind> kind = tessera::ParseOptimizerKind(name);
+      if (!kind.ok()) {
+        std::fprintf(stderr, "tessera local: %s\n", std::string(kind.status().message()).c_str());
+        return 2;
+      }
+      o.optimizer = tessera::OptimizerConfig{.kind = *kind,
+                                             .learning_rate = absl::GetFlag(FLAGS_learning_rate)};
     }
-    o.optimizer = {.kind = *kind, .learning_rate = absl::GetFlag(FLAGS_learning_rate)};
     o.log_dir = absl::GetFlag(FLAGS_log_dir);
     return tessera::RunLocal(o);
   }

@@ -143,3 +143,12 @@ int LrForwardBackward(LrContext* ctx, const uint32_t* offsets, const uint32_t* s
 }
 
 }  // namespace tessera::cuda
+
+extern "C" __attribute__((visibility("default"))) const tessera::cuda::Api* tessera_cuda_api() {
+  static const tessera::cuda::Api api = {
+      tessera::cuda::kApiVersion,         tessera::cuda::DeviceCount,
+      tessera::cuda::CreateLrContext,     tessera::cuda::DestroyLrContext,
+      tessera::cuda::LrForwardBackward,
+  };
+  return &api;
+}

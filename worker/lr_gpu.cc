@@ -1,40 +1,67 @@
-// LrGpu and CudaDeviceCount: the CUDA path when built with it, a clear UNAVAILABLE otherwise.
+// LrGpu and CudaDeviceCount: the CUDA path, loaded at run time from libtessera_cuda.so
+// (worker/lr_cuda.h says why), and a clear UNAVAILABLE where there is none.
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <mutex>
+
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "worker/lr_cuda.h"
 #include "worker/lr_kernels.h"
 
-#if TESSERA_HAVE_CUDA
-#include "worker/lr_cuda.h"
-#endif
-
 namespace tessera {
-
-#if TESSERA_HAVE_CUDA
-
-int CudaDeviceCount(std::string* why) {
-  int error = 0;
-  const char* message = "";
-  const int n = cuda::DeviceCount(&error, &message);
-  if (n == 0 && why != nullptr) {
-    *why = error != 0 ? absl::StrFormat("CUDA error %d: %s", error, message)
-                      : std::string("no CUDA device present");
-  }
-  return n;
-}
-
 namespace {
+
+// The loaded library's API, or null with the reason in *why. Loaded once per process.
+const cuda::Api* CudaApi(std::string* why) {
+  static std::once_flag once;
+  static const cuda::Api* api = nullptr;
+  static std::string* reason = new std::string();
+  std::call_once(once, [] {
+#if TESSERA_HAVE_CUDA
+    std::vector<std::string> candidates;
+    if (const char* env = std::getenv("TESSERA_CUDA_LIBRARY"); env != nullptr && *env != '\0') {
+      candidates.push_back(env);
+    }
+    candidates.push_back(TESSERA_CUDA_LIBRARY_PATH);  // the build tree's
+    candidates.push_back("libtessera_cuda.so");       // the loader's search path
+    for (const std::string& path : candidates) {
+      void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+      if (handle == nullptr) {
+        absl::StrAppend(reason, reason->empty() ? "" : "; ", dlerror());
+        continue;
+      }
+      auto* entry = reinterpret_cast<const cuda::Api* (*)()>(dlsym(handle, "tessera_cuda_api"));
+      const cuda::Api* loaded = entry != nullptr ? entry() : nullptr;
+      if (loaded == nullptr || loaded->version != cuda::kApiVersion) {
+        absl::StrAppend(reason, reason->empty() ? "" : "; ", path,
+                        ": not a matching libtessera_cuda (API version)");
+        dlclose(handle);
+        continue;
+      }
+      api = loaded;  // (never unloaded)
+      return;
+    }
+#else
+    *reason = "Tessera was built without CUDA (no nvcc at build time)";
+#endif
+  });
+  if (api == nullptr && why != nullptr) *why = *reason;
+  return api;
+}
 
 class LrGpuImpl final : public LrGpu {
  public:
-  explicit LrGpuImpl(cuda::LrContext* ctx) : ctx_(ctx) {}
-  ~LrGpuImpl() override { cuda::DestroyLrContext(ctx_); }
+  LrGpuImpl(const cuda::Api* api, cuda::LrContext* ctx) : api_(api), ctx_(ctx) {}
+  ~LrGpuImpl() override { api_->destroy_lr_context(ctx_); }
 
   absl::StatusOr<double> ForwardBackward(const LrBatch& batch, absl::Span<const float> weights,
                                          absl::Span<float> grads) override {
     double loss = 0;
     const char* message = "";
-    const int rc = cuda::LrForwardBackward(
+    const int rc = api_->lr_forward_backward(
         ctx_, batch.offsets.data(), batch.slots.data(), batch.labels.data(), batch.num_samples(),
         batch.slots.size(), weights.data(), grads.data(), batch.num_keys, &loss, &message);
     if (rc != 0) {
@@ -45,31 +72,33 @@ class LrGpuImpl final : public LrGpu {
   }
 
  private:
+  const cuda::Api* api_;
   cuda::LrContext* ctx_;
 };
 
 }  // namespace
 
+int CudaDeviceCount(std::string* why) {
+  const cuda::Api* api = CudaApi(why);
+  if (api == nullptr) return 0;
+  int error = 0;
+  const char* message = "";
+  const int n = api->device_count(&error, &message);
+  if (n == 0 && why != nullptr) {
+    *why = error != 0 ? absl::StrFormat("CUDA error %d: %s", error, message)
+                      : std::string("no CUDA device present");
+  }
+  return n;
+}
+
 absl::StatusOr<std::unique_ptr<LrGpu>> LrGpu::Create() {
   std::string why;
   if (CudaDeviceCount(&why) == 0) return absl::UnavailableError("no GPU: " + why);
+  const cuda::Api* api = CudaApi(nullptr);
   const char* message = "";
-  cuda::LrContext* ctx = cuda::CreateLrContext(&message);
+  cuda::LrContext* ctx = api->create_lr_context(&message);
   if (ctx == nullptr) return absl::UnavailableError(absl::StrCat("no GPU: ", message));
-  return std::unique_ptr<LrGpu>(new LrGpuImpl(ctx));
+  return std::unique_ptr<LrGpu>(new LrGpuImpl(api, ctx));
 }
-
-#else  // !TESSERA_HAVE_CUDA
-
-int CudaDeviceCount(std::string* why) {
-  if (why != nullptr) *why = "Tessera was built without CUDA (no nvcc at build time)";
-  return 0;
-}
-
-absl::StatusOr<std::unique_ptr<LrGpu>> LrGpu::Create() {
-  return absl::UnavailableError("no GPU: Tessera was built without CUDA");
-}
-
-#endif
 
 }  // namespace tessera

@@ -93,6 +93,8 @@ int main(int argc, char** argv) {
     try {
       exposer = std::make_unique<prometheus::Exposer>(absl::StrFormat("127.0.0.1:%d", port), 1);
       exposer->RegisterCollectable(registry);
+      const std::vector<int> ports = exposer->GetListeningPorts();
+      if (!ports.empty()) std::printf("metrics: http://127.0.0.1:%d/metrics\n", ports[0]);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "tessera-worker: cannot serve /metrics: %s\n", e.what());
       return 2;
@@ -123,9 +125,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "tessera-worker: %s\n", clock.status().ToString().c_str());
     return 1;
   }
+  const std::string mode_name = (*config)->mode() == tessera::v1::CONSISTENCY_MODE_SSP
+                                    ? absl::StrFormat("SSP(%u)", (*config)->staleness())
+                                : (*config)->mode() == tessera::v1::CONSISTENCY_MODE_ASYNC ? "async"
+                                                                                           : "BSP";
   std::printf("worker %u/%u of job '%s': %s, %d epochs, %s, backend %s\n", worker, num_workers,
               (*config)->name().c_str(), job->description.c_str(), job->loop.epochs,
-              tessera::v1::ConsistencyMode_Name((*config)->mode()).c_str(), job->backend.c_str());
+              mode_name.c_str(), job->backend.c_str());
 
   const absl::Time start = absl::Now();
   absl::Time last_report = start;
