@@ -16,6 +16,7 @@
 #include "absl/time/clock.h"
 #include "tests/test_cluster.h"
 #include "worker/idx.h"
+#include "worker/lr_kernels.h"
 
 extern char** environ;
 
@@ -154,7 +155,7 @@ std::string RunTwoWorkers(const LocalCluster& cluster, const std::string& config
   for (int w = 0; w < 2; ++w) {
     pids.push_back(Spawn({TESSERA_WORKER_BINARY, "--config=" + config,
                           "--coordinator=" + cluster.coordinator_address(),
-                          absl::StrCat("--worker=", w), "--num_workers=2", "--metrics_port=-1"},
+                          absl::StrCat("--worker=", w), "--num_workers=2", "--metrics_port=0"},
                          absl::StrCat(dir.path(), "/worker-", w, ".log")));
   }
   const int code0 = WaitExit(pids[0], absl::Seconds(120));
@@ -163,6 +164,7 @@ std::string RunTwoWorkers(const LocalCluster& cluster, const std::string& config
   INFO(log0 << "\nworker 1:\n" << ReadAll(dir.path() + "/worker-1.log"));
   CHECK(code0 == 0);
   CHECK(code1 == 0);
+  CHECK(log0.find("metrics: http://127.0.0.1:") != std::string::npos);  // /metrics served
   return log0;
 }
 
@@ -191,17 +193,19 @@ TEST_CASE("tessera-worker runs the CTR and logistic-regression models on synthet
   CHECK(ctr_auc > lr_auc + 0.02);
 }
 
-TEST_CASE("tessera-worker refuses a model on data it cannot read, and GPU for a CPU-only model",
+TEST_CASE("tessera-worker refuses a model on data it cannot read, and a GPU it does not have",
           "[worker]") {
-  for (const auto& [text, expected] :
-       {std::pair<std::string, std::string>{"name: \"x\"\nmlp {}\nsynthetic_ctr {}\n",
-                                            "the mlp model reads idx data"},
-        {"name: \"x\"\nctr {}\nlibsvm { train: \"/nonexistent\" }\n",
-         "the ctr model reads synthetic_ctr or criteo data"},
-        {"name: \"x\"\nctr {}\nsynthetic_ctr {}\nbackend: BACKEND_GPU\n", "no GPU path yet"},
-        {"name: \"x\"\nlr {}\nlibsvm { train: \"/nonexistent/a.svm\" }\n", "/nonexistent/a.svm"},
-        {"name: \"x\"\nlr {}\nsynthetic_ctr {}\nfinal_gradient_scale: 2\n",
-         "final_gradient_scale must be in [0, 1]"}}) {
+  std::vector<std::pair<std::string, std::string>> cases = {
+      {"name: \"x\"\nmlp {}\nsynthetic_ctr {}\n", "the mlp model reads idx data"},
+      {"name: \"x\"\nctr {}\nlibsvm { train: \"/nonexistent\" }\n",
+       "the ctr model reads synthetic_ctr or criteo data"},
+      {"name: \"x\"\nlr {}\nlibsvm { train: \"/nonexistent/a.svm\" }\n", "/nonexistent/a.svm"},
+      {"name: \"x\"\nlr {}\nsynthetic_ctr {}\nfinal_gradient_scale: 2\n",
+       "final_gradient_scale must be in [0, 1]"}};
+  if (CudaDeviceCount() == 0) {  // (where there is a device, BACKEND_GPU is fine)
+    cases.push_back({"name: \"x\"\nctr {}\nsynthetic_ctr {}\nbackend: BACKEND_GPU\n", "no GPU: "});
+  }
+  for (const auto& [text, expected] : cases) {
     Dir dir;
     const std::string config = dir.path() + "/bad.textproto";
     std::ofstream(config) << text;

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/logging.h"
 #include "worker/mlp_reference.h"
 #include "worker/synthetic_ctr.h"
 
@@ -52,8 +53,12 @@ absl::Status CheckCtrData(const SparseDataset& d, const EmbMlpShape& shape) {
   return absl::OkStatus();
 }
 
-CtrStepModel::CtrStepModel(const SparseDataset& train, const CtrTrainOptions& options)
-    : train_(train), options_(options), tables_(CtrTables(options)) {
+CtrStepModel::CtrStepModel(const SparseDataset& train, const CtrTrainOptions& options,
+                           std::unique_ptr<NnBackend> backend)
+    : train_(train),
+      options_(options),
+      tables_(CtrTables(options)),
+      backend_(backend != nullptr ? std::move(backend) : MakeCpuBackend()) {
   for (Slot& s : slots_) s.params = MlpParams::Zeros(options.shape.Mlp());
 }
 
@@ -65,7 +70,13 @@ uint32_t CtrStepModel::NumBatches() const {
 
 void CtrStepModel::PullInto(Client& client, const uint64_t* keys, uint32_t n, Slot& slot,
                             CallGroup& group) {
-  slot.keys = UniqueKeys(keys, size_t{n} * options_.shape.fields);
+  absl::StatusOr<BatchKeys> k = backend_->UniqueKeys(keys, size_t{n} * options_.shape.fields);
+  if (!k.ok()) {  // a failing device is no reason to stop: the CPU computes the same
+    LogWarning("%s; continuing on the CPU", k.status().ToString());
+    backend_ = MakeCpuBackend();
+    k = backend_->UniqueKeys(keys, size_t{n} * options_.shape.fields);
+  }
+  slot.keys = *std::move(k);
   slot.rows.resize(slot.keys.unique.size() * options_.shape.dim);
   client.PullSparseAsync(tables_[0].name, slot.keys.unique, absl::MakeSpan(slot.rows), group.Add());
   for (size_t l = 0; l < slot.params.w.size(); ++l) {
@@ -89,10 +100,17 @@ double CtrStepModel::Compute(uint32_t batch, int slot) {
   for (uint32_t i = 0; i < n; ++i) labels_[i] = train_.labels[start + i] > 0.5f;
   const Slot& s = slots_[slot];
   computed_ = slot;
-  return EmbMlpForwardBackward(options_.shape, s.params, s.keys, s.rows.data(),
-                               train_.dense.data() + start * options_.shape.dense, labels_.data(),
-                               n, &grads_, &emb_grads_, &ws_)
-      .loss;
+  const float* dense = train_.dense.data() + start * options_.shape.dense;
+  absl::StatusOr<MlpBatchStats> stats =
+      backend_->EmbMlpForwardBackward(options_.shape, s.params, s.keys, s.rows.data(), dense,
+                                      labels_.data(), n, &grads_, &emb_grads_);
+  if (!stats.ok()) {
+    LogWarning("%s; continuing on the CPU", stats.status().ToString());
+    backend_ = MakeCpuBackend();
+    stats = backend_->EmbMlpForwardBackward(options_.shape, s.params, s.keys, s.rows.data(), dense,
+                                            labels_.data(), n, &grads_, &emb_grads_);
+  }
+  return stats->loss;
 }
 
 void CtrStepModel::Push(Client& client, const PushOptions& push, float scale, CallGroup& group) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "worker/backend.h"
 #include "worker/emb_mlp.h"
 #include "worker/text_data.h"
 #include "worker/train_loop.h"
@@ -35,8 +36,9 @@ absl::Status CheckCtrData(const SparseDataset& data, const EmbMlpShape& shape);
 
 class CtrStepModel : public StepModel {
  public:
-  // REQUIRES: CheckCtrData(train, options.shape).ok().
-  CtrStepModel(const SparseDataset& train, const CtrTrainOptions& options);
+  // REQUIRES: CheckCtrData(train, options.shape).ok(). `backend` null: the CPU.
+  CtrStepModel(const SparseDataset& train, const CtrTrainOptions& options,
+               std::unique_ptr<NnBackend> backend = nullptr);
 
   std::vector<TableConfig> Tables() const override { return tables_; }
   uint32_t NumBatches() const override;
@@ -64,7 +66,7 @@ class CtrStepModel : public StepModel {
   MlpParams grads_;
   std::vector<float> emb_grads_;
   std::vector<uint8_t> labels_;
-  EmbMlpWorkspace ws_;
+  std::unique_ptr<NnBackend> backend_;
 };
 
 // The model's test AUC with the parameters the cluster holds now (pulls every test key).

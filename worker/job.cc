@@ -13,6 +13,7 @@
 #include "common/wire.h"
 #include "proto/job.pb.h"
 #include "proto/tessera.pb.h"
+#include "worker/backend.h"
 #include "worker/ctr_trainer.h"
 #include "worker/lr_trainer.h"
 #include "worker/mlp_trainer.h"
@@ -95,7 +96,25 @@ absl::StatusOr<std::shared_ptr<TextSets>> SyntheticCtr(const v1::SyntheticCtrDat
   return sets;
 }
 
-absl::StatusOr<PreparedJob> PrepareMlp(const v1::JobConfig& c) {
+// The backend line every worker logs at start.
+void LogBackend(const absl::Status& gpu) {
+  if (gpu.ok()) {
+    LogInfo("backend: GPU");
+  } else {
+    LogInfo("backend: CPU (%s)", gpu.message());
+  }
+}
+
+// BACKEND_CPU: the CPU; GPU: the GPU or an error; AUTO: the GPU where there is one.
+absl::StatusOr<std::unique_ptr<NnBackend>> ChooseBackend(const v1::JobConfig& c) {
+  if (c.backend() == v1::BACKEND_CPU) return MakeCpuBackend();
+  absl::StatusOr<std::unique_ptr<NnBackend>> gpu = MakeGpuBackend();
+  if (!gpu.ok() && c.backend() == v1::BACKEND_GPU) return gpu.status();
+  LogBackend(gpu.status());
+  return gpu.ok() ? *std::move(gpu) : MakeCpuBackend();
+}
+
+absl::StatusOr<PreparedJob> PrepareMlp(const v1::JobConfig& c, std::unique_ptr<NnBackend> backend) {
   if (!c.has_idx()) return absl::InvalidArgumentError("the mlp model reads idx data");
   const v1::IdxData& data = c.idx();
   absl::StatusOr<IdxDataset> train = ReadIdxDataset(data.train_images(), data.train_labels());
@@ -118,7 +137,8 @@ absl::StatusOr<PreparedJob> PrepareMlp(const v1::JobConfig& c) {
   auto owned = std::make_shared<IdxDataset>(*std::move(train));
   PreparedJob job;
   job.data = owned;
-  job.model = std::make_unique<MlpStepModel>(*owned, o);
+  job.backend = backend->name();
+  job.model = std::make_unique<MlpStepModel>(*owned, o, std::move(backend));
   job.description =
       absl::StrFormat("MLP %s on %u examples, batch %u", absl::StrJoin(o.shape.sizes, "-"),
                       owned->num_examples, o.batch_size);
@@ -136,7 +156,7 @@ absl::StatusOr<PreparedJob> PrepareMlp(const v1::JobConfig& c) {
   return job;
 }
 
-absl::StatusOr<PreparedJob> PrepareCtr(const v1::JobConfig& c) {
+absl::StatusOr<PreparedJob> PrepareCtr(const v1::JobConfig& c, std::unique_ptr<NnBackend> backend) {
   if (!c.has_synthetic_ctr() && !c.has_criteo()) {
     return absl::InvalidArgumentError("the ctr model reads synthetic_ctr or criteo data");
   }
@@ -160,7 +180,8 @@ absl::StatusOr<PreparedJob> PrepareCtr(const v1::JobConfig& c) {
   if (absl::Status s = CheckCtrData(train, o.shape); !s.ok()) return s;
   PreparedJob job;
   job.data = *sets;
-  job.model = std::make_unique<CtrStepModel>(train, o);
+  job.backend = backend->name();
+  job.model = std::make_unique<CtrStepModel>(train, o, std::move(backend));
   job.description = absl::StrFormat(
       "CTR embedding+MLP: %u fields x dim %u, %u dense, MLP %s on %u examples, batch %u",
       o.shape.fields, o.shape.dim, o.shape.dense, absl::StrJoin(o.shape.Mlp().sizes, "-"),
@@ -195,13 +216,9 @@ absl::StatusOr<PreparedJob> PrepareLr(const v1::JobConfig& c) {
   std::unique_ptr<LrGpu> gpu;
   if (c.backend() != v1::BACKEND_CPU) {
     absl::StatusOr<std::unique_ptr<LrGpu>> g = LrGpu::Create();
-    if (g.ok()) {
-      gpu = *std::move(g);
-    } else if (c.backend() == v1::BACKEND_GPU) {
-      return g.status();
-    } else {
-      LogInfo("backend: CPU (%s)", g.status().message());
-    }
+    if (!g.ok() && c.backend() == v1::BACKEND_GPU) return g.status();
+    LogBackend(g.status());
+    if (g.ok()) gpu = *std::move(g);
   }
   PreparedJob job;
   job.backend = gpu != nullptr ? "gpu" : "cpu";
@@ -225,17 +242,9 @@ absl::StatusOr<PreparedJob> PrepareLr(const v1::JobConfig& c) {
 absl::StatusOr<PreparedJob> PrepareJob(const v1::JobConfig& c) {
   absl::StatusOr<PreparedJob> job = absl::InvalidArgumentError("the job needs a model");
   if (c.has_mlp() || c.has_ctr()) {
-    // No GPU path for these models yet (docs/worker.md).
-    if (c.backend() == v1::BACKEND_GPU) {
-      return absl::UnimplementedError(absl::StrFormat(
-          "backend GPU: the %s model has no GPU path yet; use BACKEND_CPU or BACKEND_AUTO",
-          c.has_mlp() ? "mlp" : "ctr"));
-    }
-    if (c.backend() == v1::BACKEND_AUTO) {
-      LogInfo("backend: CPU (the %s model has a CPU path only)", c.has_mlp() ? "mlp" : "ctr");
-    }
-    job = c.has_mlp() ? PrepareMlp(c) : PrepareCtr(c);
-    if (job.ok()) job->backend = "cpu";
+    absl::StatusOr<std::unique_ptr<NnBackend>> backend = ChooseBackend(c);
+    if (!backend.ok()) return backend.status();
+    job = c.has_mlp() ? PrepareMlp(c, *std::move(backend)) : PrepareCtr(c, *std::move(backend));
   } else if (c.has_lr()) {
     job = PrepareLr(c);
   }

@@ -4,7 +4,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-#include "worker/lr_cuda.h"
+#include "worker/cuda_api.h"
 
 namespace tessera::cuda {
 
@@ -146,9 +146,11 @@ int LrForwardBackward(LrContext* ctx, const uint32_t* offsets, const uint32_t* s
 
 extern "C" __attribute__((visibility("default"))) const tessera::cuda::Api* tessera_cuda_api() {
   static const tessera::cuda::Api api = {
-      tessera::cuda::kApiVersion,         tessera::cuda::DeviceCount,
-      tessera::cuda::CreateLrContext,     tessera::cuda::DestroyLrContext,
-      tessera::cuda::LrForwardBackward,
+      tessera::cuda::kApiVersion,           tessera::cuda::DeviceCount,
+      tessera::cuda::CreateLrContext,       tessera::cuda::DestroyLrContext,
+      tessera::cuda::LrForwardBackward,     tessera::cuda::CreateNnContext,
+      tessera::cuda::DestroyNnContext,      tessera::cuda::MlpForwardBackward,
+      tessera::cuda::EmbMlpForwardBackward, tessera::cuda::UniqueKeys,
   };
   return &api;
 }

@@ -1,5 +1,5 @@
 // LrGpu and CudaDeviceCount: the CUDA path, loaded at run time from libtessera_cuda.so
-// (worker/lr_cuda.h says why), and a clear UNAVAILABLE where there is none.
+// (worker/cuda_api.h says why), and a clear UNAVAILABLE where there is none.
 #include <dlfcn.h>
 
 #include <cstdlib>
@@ -8,14 +8,12 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "worker/lr_cuda.h"
+#include "worker/cuda_api.h"
 #include "worker/lr_kernels.h"
 
 namespace tessera {
-namespace {
 
-// The loaded library's API, or null with the reason in *why. Loaded once per process.
-const cuda::Api* CudaApi(std::string* why) {
+const cuda::Api* LoadCudaLibrary(std::string* why) {
   static std::once_flag once;
   static const cuda::Api* api = nullptr;
   static std::string* reason = new std::string();
@@ -52,6 +50,8 @@ const cuda::Api* CudaApi(std::string* why) {
   return api;
 }
 
+namespace {
+
 class LrGpuImpl final : public LrGpu {
  public:
   LrGpuImpl(const cuda::Api* api, cuda::LrContext* ctx) : api_(api), ctx_(ctx) {}
@@ -79,7 +79,7 @@ class LrGpuImpl final : public LrGpu {
 }  // namespace
 
 int CudaDeviceCount(std::string* why) {
-  const cuda::Api* api = CudaApi(why);
+  const cuda::Api* api = LoadCudaLibrary(why);
   if (api == nullptr) return 0;
   int error = 0;
   const char* message = "";
@@ -94,7 +94,7 @@ int CudaDeviceCount(std::string* why) {
 absl::StatusOr<std::unique_ptr<LrGpu>> LrGpu::Create() {
   std::string why;
   if (CudaDeviceCount(&why) == 0) return absl::UnavailableError("no GPU: " + why);
-  const cuda::Api* api = CudaApi(nullptr);
+  const cuda::Api* api = LoadCudaLibrary(nullptr);
   const char* message = "";
   cuda::LrContext* ctx = api->create_lr_context(&message);
   if (ctx == nullptr) return absl::UnavailableError(absl::StrCat("no GPU: ", message));

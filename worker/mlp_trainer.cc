@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "common/logging.h"
 
 namespace tessera {
 
@@ -18,8 +19,12 @@ absl::StatusOr<MlpParams> PullMlpParams(Client& client, const MlpTrainOptions& o
   return p;
 }
 
-MlpStepModel::MlpStepModel(const IdxDataset& train, const MlpTrainOptions& options)
-    : train_(train), options_(options), tables_(MlpTables(options)) {
+MlpStepModel::MlpStepModel(const IdxDataset& train, const MlpTrainOptions& options,
+                           std::unique_ptr<NnBackend> backend)
+    : train_(train),
+      options_(options),
+      tables_(MlpTables(options)),
+      backend_(backend != nullptr ? std::move(backend) : MakeCpuBackend()) {
   for (MlpParams& p : params_) p = MlpParams::Zeros(options.shape);
 }
 
@@ -37,10 +42,17 @@ void MlpStepModel::Pull(Client& client, uint32_t, int slot, CallGroup& group) {
 
 double MlpStepModel::Compute(uint32_t batch, int slot) {
   const size_t start = size_t{batch} * options_.batch_size;
-  return MlpForwardBackward(options_.shape, params_[slot],
-                            train_.features.data() + start * train_.num_features,
-                            train_.labels.data() + start, options_.batch_size, &grads_, &ws_)
-      .loss;
+  const float* x = train_.features.data() + start * train_.num_features;
+  const uint8_t* labels = train_.labels.data() + start;
+  absl::StatusOr<MlpBatchStats> stats = backend_->MlpForwardBackward(
+      options_.shape, params_[slot], x, labels, options_.batch_size, &grads_);
+  if (!stats.ok()) {  // a failing device is no reason to stop: the CPU computes the same
+    LogWarning("%s; continuing on the CPU", stats.status().ToString());
+    backend_ = MakeCpuBackend();
+    stats = backend_->MlpForwardBackward(options_.shape, params_[slot], x, labels,
+                                         options_.batch_size, &grads_);
+  }
+  return stats->loss;
 }
 
 void MlpStepModel::Push(Client& client, const PushOptions& push, float scale, CallGroup& group) {

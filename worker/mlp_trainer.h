@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "client/client.h"
 #include "client/worker_clock.h"
+#include "worker/backend.h"
 #include "worker/idx.h"
 #include "worker/mlp_reference.h"
 #include "worker/train_loop.h"
@@ -21,7 +22,9 @@ namespace tessera {
 // is exactly TrainMlpReference's sequence.
 class MlpStepModel : public StepModel {
  public:
-  MlpStepModel(const IdxDataset& train, const MlpTrainOptions& options);
+  // `backend` null: the CPU.
+  MlpStepModel(const IdxDataset& train, const MlpTrainOptions& options,
+               std::unique_ptr<NnBackend> backend = nullptr);
 
   std::vector<TableConfig> Tables() const override { return tables_; }
   uint32_t NumBatches() const override;
@@ -36,7 +39,7 @@ class MlpStepModel : public StepModel {
   const std::vector<TableConfig> tables_;
   MlpParams params_[2];
   MlpParams grads_;
-  MlpWorkspace ws_;
+  std::unique_ptr<NnBackend> backend_;
 };
 
 // Trains through RunTrainLoop for options.epochs (loop.epochs is ignored).
