@@ -139,6 +139,20 @@ absl::StatusOr<JobProgress> WorkerClock::WaitFor(uint64_t step, absl::Duration t
   }
 }
 
+absl::StatusOr<JobProgress> WorkerClock::WaitForAll(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    absl::StatusOr<JobProgress> p = WaitFor(impl_->clock.load() + 1, deadline - absl::Now());
+    if (!p.ok() || p->min_clock >= impl_->clock.load()) return p;
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrFormat("the slowest worker of job '%s' is at step %u of %u", impl_->options.job,
+                          p->min_clock, impl_->clock.load()));
+    }
+    absl::SleepFor(absl::Milliseconds(20));  // (SSP and async answer at once: poll)
+  }
+}
+
 absl::Status WorkerClock::Finish() {
   impl_->clock.fetch_add(1);
   absl::StatusOr<v1::ClockResponse> r = impl_->Call(0, absl::Milliseconds(1));

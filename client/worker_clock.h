@@ -53,6 +53,10 @@ class WorkerClock {
   absl::StatusOr<JobProgress> WaitFor(uint64_t step,
                                       absl::Duration timeout = absl::InfiniteDuration());
 
+  // Blocks until every live worker has finished at least clock() steps (the end of a job whose
+  // workers all run the same number of steps): what worker 0 waits for before evaluating.
+  absl::StatusOr<JobProgress> WaitForAll(absl::Duration timeout);
+
   // The current step is finished (its pushes are acknowledged): clock() + 1 is reported.
   absl::Status Finish();
 

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "storage/checkpoint_store.h"
 #include "tests/test_cluster.h"
 #include "worker/idx.h"
 #include "worker/lr_kernels.h"
@@ -176,14 +177,29 @@ double AucIn(const std::string& log) {
 
 TEST_CASE("tessera-worker runs the CTR and logistic-regression models on synthetic CTR data",
           "[worker]") {
-  auto cluster = testing::StartCoordinated(2, 1, 2);
+  Dir checkpoints;
+  auto cluster = testing::StartCoordinated(2, 1, 2, {}, {"--checkpoint_dir=" + checkpoints.path()});
   const std::string data =
       "synthetic_ctr { train_examples: 60000 test_examples: 10000 }\n"
       "mode: CONSISTENCY_MODE_ASYNC\nprefetch: true\nepochs: 2\n";
-  const std::string ctr = RunTwoWorkers(*cluster, "name: \"ctr\"\nctr {}\n" + data);
+  // 117 steps per epoch and worker: checkpoints at steps 100 and 200 and at the end (234),
+  // keeping the newest two.
+  const std::string ctr = RunTwoWorkers(
+      *cluster, absl::StrCat("name: \"ctr\"\nctr {}\n", data, "checkpoint { dir: \"",
+                             checkpoints.path(), "\" every_steps: 100 keep_last: 2 }\n"));
   INFO(ctr);
   CHECK(ctr.find("CTR embedding+MLP: 8 fields x dim 8") != std::string::npos);
-  CHECK(ctr.find("backend cpu") != std::string::npos);
+  CHECK(ctr.find(CudaDeviceCount() > 0 ? "backend gpu" : "backend cpu") != std::string::npos);
+  CHECK(ctr.find("checkpoint 1 (full) at step 100") != std::string::npos);
+  CHECK(ctr.find("checkpoint 2 (incremental on 1) at step 200") != std::string::npos);
+  CHECK(ctr.find("checkpoint 3 (incremental on 2) at step 234") != std::string::npos);
+  absl::StatusOr<std::unique_ptr<storage::CheckpointStore>> store =
+      storage::CheckpointStore::Open(checkpoints.path());
+  TESSERA_REQUIRE_OK(store.status());
+  absl::StatusOr<std::vector<uint64_t>> ids = (*store)->List();
+  TESSERA_REQUIRE_OK(ids.status());
+  CHECK(ids->size() >= 2);  // retention keeps what the newest needs (its chain) and one more
+  CHECK(ids->back() == 3);
   const std::string lr = RunTwoWorkers(*cluster, "name: \"lr\"\nlr {}\n" + data);
   INFO(lr);
   CHECK(lr.find("sparse logistic regression") != std::string::npos);

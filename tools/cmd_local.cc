@@ -83,11 +83,13 @@ void PrintServerMetrics(const LocalCluster& cluster) {
 // Starts the servers (and, with `coordinator`, tessera-coordinator) and prints where they are.
 absl::StatusOr<std::unique_ptr<LocalCluster>> StartCluster(const LocalCommandOptions& o,
                                                            const std::string& log_dir,
-                                                           bool coordinator) {
+                                                           bool coordinator,
+                                                           const std::string& checkpoint_dir = "") {
   LocalClusterOptions co;
   co.server_binary = LocalCluster::DefaultServerBinary();
   co.num_servers = static_cast<uint32_t>(o.num_servers * o.replicas);
   co.log_dir = log_dir;
+  if (!checkpoint_dir.empty()) co.extra_args.push_back("--checkpoint_dir=" + checkpoint_dir);
   if (coordinator) {
     co.replication = static_cast<uint32_t>(o.replicas);
     co.num_shards = static_cast<uint32_t>(o.num_servers);
@@ -342,6 +344,17 @@ int RunWorkerJob(const LocalCommandOptions& o, const std::string& log_dir) {
     std::fprintf(stderr, "tessera local: %s\n", std::string(job.status().message()).c_str());
     return 2;
   }
+  // Checkpoints: where the job says, else beside the logs; the built-in jobs take one every
+  // 200 steps (worker 0 runs the rounds) and keep the newest two.
+  if (!job->has_checkpoint() && o.job.find('/') == std::string::npos &&
+      !absl::EndsWith(o.job, ".textproto")) {
+    job->mutable_checkpoint()->set_every_steps(200);
+    job->mutable_checkpoint()->set_keep_last(2);
+  }
+  if (job->has_checkpoint() && job->checkpoint().dir().empty()) {
+    job->mutable_checkpoint()->set_dir(log_dir + "/checkpoints");
+  }
+  const std::string checkpoint_dir = job->has_checkpoint() ? job->checkpoint().dir() : "";
   std::string text;
   google::protobuf::TextFormat::PrintToString(*job, &text);
   const std::string config_path = log_dir + "/job.textproto";
@@ -350,7 +363,7 @@ int RunWorkerJob(const LocalCommandOptions& o, const std::string& log_dir) {
     return 1;
   }
   absl::StatusOr<std::unique_ptr<LocalCluster>> cluster =
-      StartCluster(o, log_dir, /*coordinator=*/true);
+      StartCluster(o, log_dir, /*coordinator=*/true, checkpoint_dir);
   if (!cluster.ok()) {
     std::fprintf(stderr, "tessera local: %s\n", cluster.status().ToString().c_str());
     return 1;
@@ -412,6 +425,10 @@ int RunWorkerJob(const LocalCommandOptions& o, const std::string& log_dir) {
   }
   std::printf("\nsummary: %d workers %s; %s\n", o.workers, ok ? "finished" : "did NOT all finish",
               evaluation.empty() ? "no evaluation" : evaluation.c_str());
+  if (!checkpoint_dir.empty()) {
+    std::printf("  checkpoints in %s (see: tessera checkpoint list --checkpoint_dir=%s)\n",
+                checkpoint_dir.c_str(), checkpoint_dir.c_str());
+  }
   bool bar_met = true;
   if (job->name() == "fmnist" && o.job == "fmnist") {
     const double accuracy =

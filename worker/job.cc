@@ -256,6 +256,10 @@ absl::StatusOr<PreparedJob> PrepareJob(const v1::JobConfig& c) {
         "final_gradient_scale must be in [0, 1] (0: no decay); got %g", c.final_gradient_scale()));
   }
   job->loop.final_gradient_scale = c.final_gradient_scale() > 0 ? c.final_gradient_scale() : 1.0f;
+  job->loop.max_steps = c.max_steps();
+  if (c.has_checkpoint() && c.checkpoint().dir().empty()) {
+    return absl::InvalidArgumentError("checkpoint.dir must name the servers' --checkpoint_dir");
+  }
   return job;
 }
 

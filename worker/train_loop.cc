@@ -67,8 +67,12 @@ absl::StatusOr<WorkerReport> RunTrainLoop(Client& client, WorkerClock* clock, St
                      (mode == ConsistencyMode::kSsp && clock->options().staleness >= 1));
   std::vector<uint32_t> order;
   for (int epoch = 0; epoch < o.epochs; ++epoch) {
-    for (uint32_t k = o.worker; k < model.NumBatches(); k += o.num_workers) order.push_back(k);
+    // Every worker runs the same number of steps (the last NumBatches % num_workers batches of
+    // an epoch are left out), so that BSP barriers and the end of the job line up.
+    const uint32_t per_worker = model.NumBatches() / o.num_workers;
+    for (uint32_t j = 0; j < per_worker; ++j) order.push_back(o.worker + j * o.num_workers);
   }
+  if (o.max_steps > 0 && order.size() > o.max_steps) order.resize(o.max_steps);
 
   // Declared before anything the pulls write into outlives them: the groups' destructors wait.
   CallGroup pulls[2];

@@ -86,10 +86,12 @@ struct TrainLoopOptions {
   // the last (1: no decay). Adaptive optimizers (Adagrad, Adam, FTRL) normalise the gradient's
   // scale away, so for them this has (almost) no effect.
   float final_gradient_scale = 1.0f;
+  uint64_t max_steps = 0;  // stop after this many of this worker's steps; 0: no limit
 };
 
 // Creates the model's tables (idempotent: every worker may), then trains on the batches whose
-// index is worker (mod num_workers), epoch after epoch, in order. `clock` may be null (no
+// index is worker (mod num_workers), epoch after epoch, in order; every worker runs
+// NumBatches() / num_workers steps per epoch. `clock` may be null (no
 // coordination: like async).
 absl::StatusOr<WorkerReport> RunTrainLoop(
     Client& client, WorkerClock* clock, StepModel& model, const TrainLoopOptions& options,

@@ -25,6 +25,8 @@
 #include "common/process_setup.h"
 #include "proto/job.pb.h"
 #include "proto/tessera.pb.h"
+#include "tools/checkpoint_driver.h"
+#include "tools/local_cluster.h"
 #include "worker/job.h"
 #include "worker/mlp.h"
 
@@ -88,6 +90,17 @@ int main(int argc, char** argv) {
                         .Help("This worker's clock minus the slowest live worker's.")
                         .Register(*registry)
                         .Add({});
+  auto& checkpoint_family = prometheus::BuildCounter()
+                                .Name("tessera_worker_checkpoints_total")
+                                .Help("Checkpoint rounds this worker ran (worker 0), by result.")
+                                .Register(*registry);
+  prometheus::Counter& checkpoints_ok = checkpoint_family.Add({{"result", "ok"}});
+  prometheus::Counter& checkpoints_failed = checkpoint_family.Add({{"result", "error"}});
+  auto& last_checkpoint = prometheus::BuildGauge()
+                              .Name("tessera_worker_last_checkpoint_success_timestamp_seconds")
+                              .Help("When this worker's last checkpoint round succeeded.")
+                              .Register(*registry)
+                              .Add({});
   std::unique_ptr<prometheus::Exposer> exposer;
   if (const int port = absl::GetFlag(FLAGS_metrics_port); port >= 0) {
     try {
@@ -133,6 +146,33 @@ int main(int argc, char** argv) {
               (*config)->name().c_str(), job->description.c_str(), job->loop.epochs,
               mode_name.c_str(), job->backend.c_str());
 
+  // Worker 0's checkpoint rounds (JobConfig.checkpoint): failures are reported, not fatal.
+  const bool checkpoints = worker == 0 && (*config)->has_checkpoint();
+  auto checkpoint = [&](uint64_t step) {
+    const tessera::v1::CheckpointCadence& cc = (*config)->checkpoint();
+    absl::StatusOr<std::vector<std::string>> primaries = tessera::PrimaryAddresses(co.coordinator);
+    absl::StatusOr<tessera::CheckpointRoundResult> r =
+        primaries.ok() ? tessera::RunCheckpointRound(
+                             {.dir = cc.dir(), .servers = *primaries, .keep_last = cc.keep_last()})
+                       : primaries.status();
+    if (!r.ok()) {
+      checkpoints_failed.Increment();
+      std::fprintf(stderr, "tessera-worker: checkpoint at step %llu failed: %s\n",
+                   static_cast<unsigned long long>(step), r.status().ToString().c_str());
+      return;
+    }
+    checkpoints_ok.Increment();
+    last_checkpoint.SetToCurrentTime();
+    std::printf("checkpoint %llu (%s) at step %llu: %llu rows, %.1f MB in %.2f s\n",
+                static_cast<unsigned long long>(r->id),
+                r->parent_id == 0 ? "full"
+                                  : absl::StrFormat("incremental on %llu",
+                                                    static_cast<unsigned long long>(r->parent_id))
+                                        .c_str(),
+                static_cast<unsigned long long>(step), static_cast<unsigned long long>(r->rows),
+                r->bytes / 1e6, r->seconds);
+  };
+
   const absl::Time start = absl::Now();
   absl::Time last_report = start;
   uint64_t last_samples = 0, total_samples = 0;
@@ -164,6 +204,8 @@ int main(int argc, char** argv) {
           last_samples = total_samples;
           for (double& v : phase_sum) v = 0;
         }
+        const uint32_t every = (*config)->checkpoint().every_steps();
+        if (checkpoints && every > 0 && r.step % every == 0) checkpoint(r.step);
       });
   if (!report.ok()) {
     std::fprintf(stderr, "tessera-worker: the job stopped: %s\n",
@@ -173,13 +215,15 @@ int main(int argc, char** argv) {
   std::printf("worker %u done: %llu steps in %.1f s, mean train loss %.4f\n", worker,
               static_cast<unsigned long long>(report->steps),
               absl::ToDoubleSeconds(absl::Now() - start), report->train_loss);
-  if (worker == 0 && job->evaluate) {
+  if (worker == 0 && (job->evaluate || checkpoints)) {
     // The others may still be finishing their last step: wait for them.
-    if (absl::StatusOr<tessera::JobProgress> p = (*clock)->WaitToStart(absl::Seconds(60));
-        !p.ok()) {
-      std::printf("(evaluating without waiting for every worker: %s)\n",
+    if (absl::StatusOr<tessera::JobProgress> p = (*clock)->WaitForAll(absl::Seconds(60)); !p.ok()) {
+      std::printf("(going on without waiting for every worker: %s)\n",
                   p.status().ToString().c_str());
     }
+    if (checkpoints) checkpoint(report->steps);
+  }
+  if (worker == 0 && job->evaluate) {
     absl::StatusOr<std::string> result = job->evaluate(**client);
     if (!result.ok()) {
       std::fprintf(stderr, "tessera-worker: evaluation: %s\n", result.status().ToString().c_str());
