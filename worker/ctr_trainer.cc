@@ -54,11 +54,13 @@ absl::Status CheckCtrData(const SparseDataset& d, const EmbMlpShape& shape) {
 }
 
 CtrStepModel::CtrStepModel(const SparseDataset& train, const CtrTrainOptions& options,
-                           std::unique_ptr<NnBackend> backend)
+                           std::unique_ptr<NnBackend> backend,
+                           std::unique_ptr<NnBackend> key_backend)
     : train_(train),
       options_(options),
       tables_(CtrTables(options)),
-      backend_(backend != nullptr ? std::move(backend) : MakeCpuBackend()) {
+      backend_(backend != nullptr ? std::move(backend) : MakeCpuBackend()),
+      keys_(key_backend != nullptr ? std::move(key_backend) : MakeCpuBackend()) {
   for (Slot& s : slots_) s.params = MlpParams::Zeros(options.shape.Mlp());
 }
 
@@ -68,16 +70,18 @@ uint32_t CtrStepModel::NumBatches() const {
              : static_cast<uint32_t>(train_.num_examples() / options_.batch_size);
 }
 
-void CtrStepModel::PullInto(Client& client, const uint64_t* keys, uint32_t n, Slot& slot,
-                            CallGroup& group) {
-  absl::StatusOr<BatchKeys> k = backend_->UniqueKeys(keys, size_t{n} * options_.shape.fields);
+void CtrStepModel::PrepareKeys(const uint64_t* keys, uint32_t n, Slot& slot) {
+  absl::StatusOr<BatchKeys> k = keys_->UniqueKeys(keys, size_t{n} * options_.shape.fields);
   if (!k.ok()) {  // a failing device is no reason to stop: the CPU computes the same
     LogWarning("%s; continuing on the CPU", k.status().ToString());
-    backend_ = MakeCpuBackend();
-    k = backend_->UniqueKeys(keys, size_t{n} * options_.shape.fields);
+    keys_ = MakeCpuBackend();
+    k = keys_->UniqueKeys(keys, size_t{n} * options_.shape.fields);
   }
   slot.keys = *std::move(k);
   slot.rows.resize(slot.keys.unique.size() * options_.shape.dim);
+}
+
+void CtrStepModel::PullSlot(Client& client, Slot& slot, CallGroup& group) {
   client.PullSparseAsync(tables_[0].name, slot.keys.unique, absl::MakeSpan(slot.rows), group.Add());
   for (size_t l = 0; l < slot.params.w.size(); ++l) {
     client.PullDenseAsync(tables_[1 + 2 * l].name, 0, absl::MakeSpan(slot.params.w[l]),
@@ -87,10 +91,14 @@ void CtrStepModel::PullInto(Client& client, const uint64_t* keys, uint32_t n, Sl
   }
 }
 
-void CtrStepModel::Pull(Client& client, uint32_t batch, int slot, CallGroup& group) {
+void CtrStepModel::Prepare(uint32_t batch, int slot) {
   const size_t start = size_t{batch} * options_.batch_size;
-  PullInto(client, train_.keys.data() + start * options_.shape.fields, options_.batch_size,
-           slots_[slot], group);
+  PrepareKeys(train_.keys.data() + start * options_.shape.fields, options_.batch_size,
+              slots_[slot]);
+}
+
+void CtrStepModel::Pull(Client& client, uint32_t, int slot, CallGroup& group) {
+  PullSlot(client, slots_[slot], group);
 }
 
 double CtrStepModel::Compute(uint32_t batch, int slot) {
@@ -140,7 +148,8 @@ absl::StatusOr<double> CtrAuc(Client& client, const CtrTrainOptions& options,
     const uint32_t n = static_cast<uint32_t>(std::min<size_t>(batch, test.num_examples() - start));
     CallGroup group;
     CtrStepModel::Slot& slot = model.slots_[0];
-    model.PullInto(client, test.keys.data() + start * options.shape.fields, n, slot, group);
+    model.PrepareKeys(test.keys.data() + start * options.shape.fields, n, slot);
+    model.PullSlot(client, slot, group);
     if (absl::Status s = group.Wait(); !s.ok()) return s;
     EmbMlpScores(options.shape, slot.params, slot.keys, slot.rows.data(),
                  test.dense.data() + start * options.shape.dense, n, &batch_scores, &ws);

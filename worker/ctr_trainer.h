@@ -36,13 +36,17 @@ absl::Status CheckCtrData(const SparseDataset& data, const EmbMlpShape& shape);
 
 class CtrStepModel : public StepModel {
  public:
-  // REQUIRES: CheckCtrData(train, options.shape).ok(). `backend` null: the CPU.
+  // REQUIRES: CheckCtrData(train, options.shape).ok(). `backend` computes, `key_backend`
+  // finds each batch's distinct keys (in Prepare, which may run beside Compute: so two
+  // backends); null: the CPU.
   CtrStepModel(const SparseDataset& train, const CtrTrainOptions& options,
-               std::unique_ptr<NnBackend> backend = nullptr);
+               std::unique_ptr<NnBackend> backend = nullptr,
+               std::unique_ptr<NnBackend> key_backend = nullptr);
 
   std::vector<TableConfig> Tables() const override { return tables_; }
   uint32_t NumBatches() const override;
   uint32_t BatchSize() const override { return options_.batch_size; }
+  void Prepare(uint32_t batch, int slot) override;
   void Pull(Client& client, uint32_t batch, int slot, CallGroup& group) override;
   double Compute(uint32_t batch, int slot) override;
   void Push(Client& client, const PushOptions& options, float scale, CallGroup& group) override;
@@ -56,7 +60,8 @@ class CtrStepModel : public StepModel {
 
   friend absl::StatusOr<double> CtrAuc(Client& client, const CtrTrainOptions& options,
                                        const SparseDataset& test);
-  void PullInto(Client& client, const uint64_t* keys, uint32_t n, Slot& slot, CallGroup& group);
+  void PrepareKeys(const uint64_t* keys, uint32_t n, Slot& slot);
+  void PullSlot(Client& client, Slot& slot, CallGroup& group);
 
   const SparseDataset& train_;
   const CtrTrainOptions options_;
@@ -66,7 +71,8 @@ class CtrStepModel : public StepModel {
   MlpParams grads_;
   std::vector<float> emb_grads_;
   std::vector<uint8_t> labels_;
-  std::unique_ptr<NnBackend> backend_;
+  std::unique_ptr<NnBackend> backend_;  // Compute's
+  std::unique_ptr<NnBackend> keys_;     // Prepare's
 };
 
 // The model's test AUC with the parameters the cluster holds now (pulls every test key).

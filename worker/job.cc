@@ -181,7 +181,12 @@ absl::StatusOr<PreparedJob> PrepareCtr(const v1::JobConfig& c, std::unique_ptr<N
   PreparedJob job;
   job.data = *sets;
   job.backend = backend->name();
-  job.model = std::make_unique<CtrStepModel>(train, o, std::move(backend));
+  std::unique_ptr<NnBackend> key_backend;  // (Prepare runs beside Compute: its own context)
+  if (backend->name() == "gpu") {
+    absl::StatusOr<std::unique_ptr<NnBackend>> gpu = MakeGpuBackend();
+    if (gpu.ok()) key_backend = *std::move(gpu);
+  }
+  job.model = std::make_unique<CtrStepModel>(train, o, std::move(backend), std::move(key_backend));
   job.description = absl::StrFormat(
       "CTR embedding+MLP: %u fields x dim %u, %u dense, MLP %s on %u examples, batch %u",
       o.shape.fields, o.shape.dim, o.shape.dense, absl::StrJoin(o.shape.Mlp().sizes, "-"),

@@ -43,7 +43,7 @@ uint32_t LrStepModel::NumBatches() const {
              : static_cast<uint32_t>(train_.num_examples() / options_.batch_size);
 }
 
-void LrStepModel::Prepare(const SparseDataset& d, size_t start, uint32_t n, Slot& slot) {
+void LrStepModel::Layout(const SparseDataset& d, size_t start, uint32_t n, Slot& slot) {
   const uint64_t first = d.offsets[start], last = d.offsets[start + n];
   BatchKeys k = UniqueKeys(d.keys.data() + first, last - first);
   slot.keys = std::move(k.unique);
@@ -57,9 +57,12 @@ void LrStepModel::Prepare(const SparseDataset& d, size_t start, uint32_t n, Slot
   slot.weights.resize(slot.keys.size());
 }
 
-void LrStepModel::Pull(Client& client, uint32_t batch, int slot, CallGroup& group) {
+void LrStepModel::Prepare(uint32_t batch, int slot) {
+  Layout(train_, size_t{batch} * options_.batch_size, options_.batch_size, slots_[slot]);
+}
+
+void LrStepModel::Pull(Client& client, uint32_t, int slot, CallGroup& group) {
   Slot& s = slots_[slot];
-  Prepare(train_, size_t{batch} * options_.batch_size, options_.batch_size, s);
   client.PullSparseAsync(options_.table, s.keys, absl::MakeSpan(s.weights), group.Add());
 }
 
@@ -92,7 +95,7 @@ absl::StatusOr<double> LrAuc(Client& client, const LrModelOptions& options,
   constexpr uint32_t kBatch = 4096;
   for (size_t start = 0; start < test.num_examples(); start += kBatch) {
     const uint32_t n = static_cast<uint32_t>(std::min<size_t>(kBatch, test.num_examples() - start));
-    LrStepModel::Prepare(test, start, n, s);
+    LrStepModel::Layout(test, start, n, s);
     if (absl::Status st = client.PullSparse(options.table, s.keys, absl::MakeSpan(s.weights));
         !st.ok()) {
       return st;

@@ -35,6 +35,7 @@ class LrStepModel : public StepModel {
   std::vector<TableConfig> Tables() const override;
   uint32_t NumBatches() const override;
   uint32_t BatchSize() const override { return options_.batch_size; }
+  void Prepare(uint32_t batch, int slot) override;
   void Pull(Client& client, uint32_t batch, int slot, CallGroup& group) override;
   double Compute(uint32_t batch, int slot) override;
   void Push(Client& client, const PushOptions& options, float scale, CallGroup& group) override;
@@ -48,7 +49,7 @@ class LrStepModel : public StepModel {
   friend absl::StatusOr<double> LrAuc(Client& client, const LrModelOptions& options,
                                       const SparseDataset& test);
   // Fills slot's keys and batch from examples [start, start + n) of `data`.
-  static void Prepare(const SparseDataset& data, size_t start, uint32_t n, Slot& slot);
+  static void Layout(const SparseDataset& data, size_t start, uint32_t n, Slot& slot);
 
   const SparseDataset& train_;
   const LrModelOptions options_;

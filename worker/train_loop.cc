@@ -1,6 +1,7 @@
 #include "worker/train_loop.h"
 
 #include <algorithm>
+#include <future>
 #include <utility>
 
 #include "absl/strings/str_format.h"
@@ -82,6 +83,8 @@ absl::StatusOr<WorkerReport> RunTrainLoop(Client& client, WorkerClock* clock, St
   int slot = 0;
   bool pulled_ahead = false;  // order[i]'s pull was issued during step i - 1
   JobProgress progress;
+  // Prepare(order[i + 1], other slot) running beside step i; its destructor waits.
+  std::future<void> next_prepared;
   for (size_t i = 0; i < order.size(); ++i) {
     StepReport r;
     absl::Time t = absl::Now();
@@ -90,6 +93,11 @@ absl::StatusOr<WorkerReport> RunTrainLoop(Client& client, WorkerClock* clock, St
         absl::StatusOr<JobProgress> p = clock->WaitToStart();
         if (!p.ok()) return p.status();
         progress = *std::move(p);
+      }
+      if (next_prepared.valid()) {
+        next_prepared.get();
+      } else {
+        model.Prepare(order[i], slot);
       }
       model.Pull(client, order[i], slot, pulls[slot]);
     }
@@ -103,7 +111,12 @@ absl::StatusOr<WorkerReport> RunTrainLoop(Client& client, WorkerClock* clock, St
         if (!p.ok()) return p.status();
         progress = *std::move(p);
       }
+      model.Prepare(order[i + 1], slot ^ 1);
       model.Pull(client, order[i + 1], slot ^ 1, pulls[slot ^ 1]);
+    } else if (i + 1 < order.size()) {
+      next_prepared = std::async(
+          std::launch::async,
+          [&model, batch = order[i + 1], other = slot ^ 1] { model.Prepare(batch, other); });
     }
     r.wait_s = SecondsSince(t);
     t = absl::Now();

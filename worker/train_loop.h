@@ -1,7 +1,8 @@
 // The data-parallel training loop shared by every model (docs/worker.md): a model says what one
 // batch pulls, computes and pushes (StepModel); the loop owns the clocks (BSP / SSP / async),
-// BSP step aggregation on the servers, and pipelining: outside BSP the pull for the next batch
-// runs while this batch computes and pushes.
+// BSP step aggregation on the servers, and pipelining: the next batch is prepared (keys
+// deduplicated) on a helper thread while this one computes and pushes, and outside BSP its pull
+// can run then too (prefetch).
 #ifndef TESSERA_WORKER_TRAIN_LOOP_H_
 #define TESSERA_WORKER_TRAIN_LOOP_H_
 
@@ -45,8 +46,12 @@ class StepModel {
   virtual std::vector<TableConfig> Tables() const = 0;
   virtual uint32_t NumBatches() const = 0;  // per epoch, over all workers
   virtual uint32_t BatchSize() const = 0;
-  // Issues the (asynchronous) pulls batch `batch` needs into slot `slot` (0 or 1), each with a
-  // callback from `group`; buffers must stay valid until group.Wait() returns.
+  // The CPU work of a batch that needs no parameters (distinct keys, batch layout), into slot
+  // `slot`. May run on another thread while the other slot computes and pushes: it must touch
+  // only its slot (and what nothing else uses). Default: nothing.
+  virtual void Prepare(uint32_t batch, int slot) {}
+  // Issues the (asynchronous) pulls prepared batch `batch` needs into slot `slot` (0 or 1), each
+  // with a callback from `group`; buffers must stay valid until group.Wait() returns.
   virtual void Pull(Client& client, uint32_t batch, int slot, CallGroup& group) = 0;
   // Forward and backward of `batch` with slot's parameters; returns the batch's mean loss.
   virtual double Compute(uint32_t batch, int slot) = 0;
