@@ -17,33 +17,15 @@ namespace {
 // batches w, w + 2, ...; returns the test AUC of what the cluster holds afterwards.
 double TrainTwo(const LocalCluster& cluster, const PlantedCtrProblem& p, const CtrTrainOptions& o,
                 ConsistencyMode mode, const std::string& job, const TrainLoopOptions& loop) {
-  std::vector<std::thread> workers;
-  std::vector<absl::Status> results(2);
-  for (uint32_t w = 0; w < 2; ++w) {
-    workers.emplace_back([&, w] {
-      absl::StatusOr<std::unique_ptr<Client>> client =
-          Client::Connect({.coordinator = cluster.coordinator_address()});
-      absl::StatusOr<std::unique_ptr<WorkerClock>> clock =
-          WorkerClock::Join({.coordinator = cluster.coordinator_address(),
-                             .job = job,
-                             .num_workers = 2,
-                             .worker = w,
-                             .mode = mode,
-                             .staleness = mode == ConsistencyMode::kSsp ? 2u : 0u});
-      if (!client.ok() || !clock.ok()) {
-        results[w] = !client.ok() ? client.status() : clock.status();
-        return;
-      }
-      CtrStepModel model(p.train, o);
-      TrainLoopOptions mine = loop;
-      mine.epochs = o.epochs;
-      mine.worker = w;
-      mine.num_workers = 2;
-      results[w] = RunTrainLoop(**client, clock->get(), model, mine).status();
-    });
-  }
-  for (auto& t : workers) t.join();
-  for (const absl::Status& st : results) TESSERA_REQUIRE_OK(st);
+  testing::RunWorkerThreads(cluster, 2, job, mode, mode == ConsistencyMode::kSsp ? 2u : 0u,
+                            [&](Client& client, WorkerClock* clock, uint32_t w) {
+                              CtrStepModel model(p.train, o);
+                              TrainLoopOptions mine = loop;
+                              mine.epochs = o.epochs;
+                              mine.worker = w;
+                              mine.num_workers = 2;
+                              return RunTrainLoop(client, clock, model, mine).status();
+                            });
   std::unique_ptr<Client> client = testing::ConnectCoordinated(cluster);
   absl::StatusOr<double> auc = CtrAuc(*client, o, p.test);
   TESSERA_REQUIRE_OK(auc.status());

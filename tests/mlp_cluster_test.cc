@@ -90,31 +90,13 @@ double LargestRelativeDifference(const MlpShape& shape, const MlpParams& got, co
 MlpParams TrainTwo(const LocalCluster& cluster, const IdxDataset& train, const MlpTrainOptions& o,
                    ConsistencyMode mode, uint32_t staleness, const std::string& job,
                    const TrainLoopOptions& loop = {}) {
-  std::vector<std::thread> workers;
-  std::vector<absl::Status> results(2);
-  for (uint32_t w = 0; w < 2; ++w) {
-    workers.emplace_back([&, w] {
-      absl::StatusOr<std::unique_ptr<Client>> client =
-          Client::Connect({.coordinator = cluster.coordinator_address()});
-      absl::StatusOr<std::unique_ptr<WorkerClock>> clock =
-          WorkerClock::Join({.coordinator = cluster.coordinator_address(),
-                             .job = job,
-                             .num_workers = 2,
-                             .worker = w,
-                             .mode = mode,
-                             .staleness = staleness});
-      if (!client.ok() || !clock.ok()) {
-        results[w] = !client.ok() ? client.status() : clock.status();
-        return;
-      }
-      TrainLoopOptions mine = loop;
-      mine.worker = w;
-      mine.num_workers = 2;
-      results[w] = TrainMlpWorker(**client, clock->get(), train, o, mine).status();
-    });
-  }
-  for (auto& t : workers) t.join();
-  for (const absl::Status& st : results) TESSERA_REQUIRE_OK(st);
+  testing::RunWorkerThreads(cluster, 2, job, mode, staleness,
+                            [&](Client& client, WorkerClock* clock, uint32_t w) {
+                              TrainLoopOptions mine = loop;
+                              mine.worker = w;
+                              mine.num_workers = 2;
+                              return TrainMlpWorker(client, clock, train, o, mine).status();
+                            });
   std::unique_ptr<Client> client = ConnectTo(cluster);
   absl::StatusOr<MlpParams> trained = PullMlpParams(*client, o);
   REQUIRE(trained.ok());

@@ -6,11 +6,14 @@
 
 #include <catch2/catch.hpp>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "client/client.h"
+#include "client/worker_clock.h"
 #include "tools/local_cluster.h"
 
 namespace tessera::testing {
@@ -64,6 +67,36 @@ inline std::unique_ptr<Client> ConnectCoordinated(const LocalCluster& cluster) {
   INFO(c.status().ToString());
   REQUIRE(c.ok());
   return std::move(*c);
+}
+
+// Runs `train(client, clock, w)` for workers w = 0..n-1 of job `job`, each on its own thread
+// with its own client and clock; requires every one to succeed.
+inline void RunWorkerThreads(
+    const LocalCluster& cluster, uint32_t n, const std::string& job, ConsistencyMode mode,
+    uint32_t staleness, const std::function<absl::Status(Client&, WorkerClock*, uint32_t)>& train) {
+  std::vector<std::thread> workers;
+  std::vector<absl::Status> results(n);
+  for (uint32_t w = 0; w < n; ++w) {
+    workers.emplace_back([&, w] {
+      absl::StatusOr<std::unique_ptr<Client>> client =
+          Client::Connect({.coordinator = cluster.coordinator_address()});
+      absl::StatusOr<std::unique_ptr<WorkerClock>> clock =
+          WorkerClock::Join({.coordinator = cluster.coordinator_address(),
+                             .job = job,
+                             .num_workers = n,
+                             .worker = w,
+                             .mode = mode,
+                             .staleness = staleness});
+      results[w] = !client.ok()  ? client.status()
+                   : !clock.ok() ? clock.status()
+                                 : train(**client, clock->get(), w);
+    });
+  }
+  for (auto& t : workers) t.join();
+  for (uint32_t w = 0; w < n; ++w) {
+    INFO("worker " << w << ": " << results[w].ToString());
+    REQUIRE(results[w].ok());
+  }
 }
 
 // Runs a shell command; returns its exit code (-1 when killed) and standard output.

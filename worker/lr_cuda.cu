@@ -5,36 +5,14 @@
 #include <cuda_runtime.h>
 
 #include "worker/cuda_api.h"
+#include "worker/cuda_util.cuh"
 
 namespace tessera::cuda {
 
-// A device buffer that grows (by 1.5x) and never shrinks.
-template <typename T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  size_t cap = 0;
-
-  cudaError_t Reserve(size_t want) {
-    if (want <= cap) return cudaSuccess;
-    cudaFree(ptr);
-    ptr = nullptr;
-    cap = 0;
-    const size_t n = want + want / 2;
-    const cudaError_t e = cudaMalloc(reinterpret_cast<void**>(&ptr), n * sizeof(T));
-    if (e == cudaSuccess) cap = n;
-    return e;
-  }
-  void Free() {
-    cudaFree(ptr);
-    ptr = nullptr;
-    cap = 0;
-  }
-};
-
 struct LrContext {
   cublasHandle_t blas = nullptr;
-  DeviceBuffer<uint32_t> offsets, slots;
-  DeviceBuffer<float> labels, losses, weights, grads;
+  Buffer<uint32_t> offsets, slots;
+  Buffer<float> labels, losses, weights, grads;
 };
 
 namespace {
@@ -63,16 +41,7 @@ int DeviceCount(int* error, const char** message) {
   return e == cudaSuccess ? n : 0;
 }
 
-LrContext* CreateLrContext(const char** message) {
-  auto* ctx = new LrContext();
-  if (cublasCreate(&ctx->blas) != CUBLAS_STATUS_SUCCESS) {
-    *message = "cublasCreate failed";
-    delete ctx;
-    return nullptr;
-  }
-  cublasSetPointerMode(ctx->blas, CUBLAS_POINTER_MODE_HOST);
-  return ctx;
-}
+LrContext* CreateLrContext(const char** message) { return NewBlasContext<LrContext>(message); }
 
 void DestroyLrContext(LrContext* ctx) {
   if (ctx == nullptr) return;

@@ -10,31 +10,10 @@
 #include <vector>
 
 #include "worker/cuda_api.h"
+#include "worker/cuda_util.cuh"
 
 namespace tessera::cuda {
 namespace {
-
-template <typename T>
-struct Buffer {
-  T* ptr = nullptr;
-  size_t cap = 0;
-
-  cudaError_t Reserve(size_t want) {
-    if (want <= cap) return cudaSuccess;
-    cudaFree(ptr);
-    ptr = nullptr;
-    cap = 0;
-    const size_t n = want + want / 2 + 1;
-    const cudaError_t e = cudaMalloc(reinterpret_cast<void**>(&ptr), n * sizeof(T));
-    if (e == cudaSuccess) cap = n;
-    return e;
-  }
-  void Free() {
-    cudaFree(ptr);
-    ptr = nullptr;
-    cap = 0;
-  }
-};
 
 constexpr int kThreads = 256;
 int Blocks(size_t n) { return static_cast<int>((n + kThreads - 1) / kThreads); }
@@ -299,16 +278,7 @@ int MlpOnDevice(NnContext* ctx, uint32_t layers, const uint32_t* sizes, const fl
 
 }  // namespace
 
-NnContext* CreateNnContext(const char** message) {
-  auto* ctx = new NnContext();
-  if (cublasCreate(&ctx->blas) != CUBLAS_STATUS_SUCCESS) {
-    *message = "cublasCreate failed";
-    delete ctx;
-    return nullptr;
-  }
-  cublasSetPointerMode(ctx->blas, CUBLAS_POINTER_MODE_HOST);
-  return ctx;
-}
+NnContext* CreateNnContext(const char** message) { return NewBlasContext<NnContext>(message); }
 
 void DestroyNnContext(NnContext* ctx) {
   if (ctx == nullptr) return;
