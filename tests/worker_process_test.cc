@@ -10,6 +10,7 @@
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -207,6 +208,56 @@ TEST_CASE("tessera-worker runs the CTR and logistic-regression models on synthet
   const double ctr_auc = AucIn(ctr), lr_auc = AucIn(lr);
   CHECK(lr_auc > 0.6);
   CHECK(ctr_auc > lr_auc + 0.02);
+}
+
+// A Criteo file whose clicks follow the first categorical column (a or b: 90%, else 10%);
+// line `bad_line` (1-based, 0: none) is broken.
+std::string WriteCriteo(const std::string& path, int lines, uint32_t seed, int bad_line = 0) {
+  std::mt19937 rng(seed);
+  std::string text;
+  for (int i = 1; i <= lines; ++i) {
+    if (i == bad_line) {
+      text += "0\tbroken\n";
+      continue;
+    }
+    const char c0 = "abcd"[rng() % 4];
+    const bool click = (rng() % 10 < 9) == (c0 == 'a' || c0 == 'b');
+    std::string line = click ? "1" : "0";
+    for (int k = 0; k < 13; ++k) absl::StrAppend(&line, "\t", rng() % 10);
+    absl::StrAppend(&line, "\t", std::string(1, c0));
+    for (int k = 1; k < 26; ++k) absl::StrAppend(&line, "\t", absl::Hex(rng() % 16));
+    text += line + "\n";
+  }
+  std::ofstream(path) << text;
+  return path;
+}
+
+TEST_CASE("tessera-worker trains on a Criteo file while it is still being parsed", "[worker]") {
+  auto cluster = testing::StartCoordinated(2, 1, 2);
+  Dir dir;
+  const std::string train = WriteCriteo(dir.path() + "/train.tsv", 20000, 1);
+  const std::string test = WriteCriteo(dir.path() + "/test.tsv", 2000, 2);
+  const std::string out = RunTwoWorkers(
+      *cluster, absl::StrCat("name: \"criteo\"\nctr { hidden: 16 }\ncriteo { train: \"", train,
+                             "\" test: \"", test, "\" }\nbatch_size: 128\nepochs: 2\n"));
+  INFO(out);
+  CHECK(out.find("CTR embedding+MLP: 26 fields x dim 8, 13 dense") != std::string::npos);
+  // The planted rule's AUC is about 0.9: learned from column 0 alone.
+  CHECK(AucIn(out) > 0.8);
+
+  // A broken line deep in the file stops the job with its file and line.
+  const std::string broken = WriteCriteo(dir.path() + "/broken.tsv", 20000, 3, 15000);
+  const std::string config = dir.path() + "/broken.textproto";
+  std::ofstream(config) << absl::StrCat("name: \"broken\"\nlr {}\ncriteo { train: \"", broken,
+                                        "\" }\nbatch_size: 128\n");
+  const pid_t pid = Spawn({TESSERA_WORKER_BINARY, "--config=" + config,
+                           "--coordinator=" + cluster->coordinator_address(), "--metrics_port=-1"},
+                          dir.path() + "/broken.log");
+  CHECK(WaitExit(pid, absl::Seconds(60)) == 1);
+  const std::string log = ReadAll(dir.path() + "/broken.log");
+  INFO(log);
+  CHECK(log.find("the job stopped") != std::string::npos);
+  CHECK(log.find(broken + ":15000: 2 columns") != std::string::npos);
 }
 
 TEST_CASE("tessera-worker refuses a model on data it cannot read, and a GPU it does not have",

@@ -36,13 +36,13 @@ std::vector<TableConfig> CtrTables(const CtrTrainOptions& o) {
   return tables;
 }
 
-absl::Status CheckCtrData(const SparseDataset& d, const EmbMlpShape& shape) {
+absl::Status CheckCtrData(const SparseDataset& d, const EmbMlpShape& shape, bool check_examples) {
   if (d.num_dense != shape.dense || d.dense.size() != d.num_examples() * shape.dense) {
     return absl::InvalidArgumentError(
         absl::StrFormat("the CTR model expects %u dense features per example; the data has %u",
                         shape.dense, d.num_dense));
   }
-  for (size_t i = 0; i < d.num_examples(); ++i) {
+  for (size_t i = 0; check_examples && i < d.num_examples(); ++i) {
     if (d.offsets[i + 1] - d.offsets[i] != shape.fields) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "the CTR model expects %u categorical keys per example (one per field); example %u "
@@ -91,10 +91,20 @@ void CtrStepModel::PullSlot(Client& client, Slot& slot, CallGroup& group) {
   }
 }
 
-void CtrStepModel::Prepare(uint32_t batch, int slot) {
+absl::Status CtrStepModel::Prepare(uint32_t batch, int slot) {
   const size_t start = size_t{batch} * options_.batch_size;
+  if (absl::Status s = WaitForExamples(start + options_.batch_size); !s.ok()) return s;
+  for (size_t i = start; i < start + options_.batch_size; ++i) {
+    if (train_.offsets[i + 1] - train_.offsets[i] != options_.shape.fields) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "the CTR model expects %u categorical keys per example (one per field); example %u "
+          "has %u",
+          options_.shape.fields, i, train_.offsets[i + 1] - train_.offsets[i]));
+    }
+  }
   PrepareKeys(train_.keys.data() + start * options_.shape.fields, options_.batch_size,
               slots_[slot]);
+  return absl::OkStatus();
 }
 
 void CtrStepModel::Pull(Client& client, uint32_t, int slot, CallGroup& group) {

@@ -31,8 +31,10 @@ struct CtrTrainOptions {
 std::vector<TableConfig> CtrTables(const CtrTrainOptions& options);
 
 // INVALID_ARGUMENT unless every example of `data` has exactly shape.fields keys (in field
-// order) and shape.dense dense features.
-absl::Status CheckCtrData(const SparseDataset& data, const EmbMlpShape& shape);
+// order) and shape.dense dense features. (Data still being read: CtrStepModel::Prepare checks
+// each batch's examples as it gets to them; pass check_examples = false.)
+absl::Status CheckCtrData(const SparseDataset& data, const EmbMlpShape& shape,
+                          bool check_examples = true);
 
 class CtrStepModel : public StepModel {
  public:
@@ -46,7 +48,7 @@ class CtrStepModel : public StepModel {
   std::vector<TableConfig> Tables() const override { return tables_; }
   uint32_t NumBatches() const override;
   uint32_t BatchSize() const override { return options_.batch_size; }
-  void Prepare(uint32_t batch, int slot) override;
+  absl::Status Prepare(uint32_t batch, int slot) override;
   void Pull(Client& client, uint32_t batch, int slot, CallGroup& group) override;
   double Compute(uint32_t batch, int slot) override;
   void Push(Client& client, const PushOptions& options, float scale, CallGroup& group) override;

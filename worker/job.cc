@@ -50,25 +50,42 @@ absl::StatusOr<OptimizerConfig> Optimizer(const v1::JobConfig& c, OptimizerConfi
   return t->optimizer;
 }
 
+// A job's data: the training set in memory, or a Criteo file still being parsed (its examples
+// become readable in order while training goes on), and the evaluation set.
 struct TextSets {
-  SparseDataset train, test;
+  std::unique_ptr<CriteoStream> stream;
+  SparseDataset owned_train, test;
+
+  const SparseDataset& train() const { return stream ? stream->data() : owned_train; }
+  // Installs the stream's gate on `model` (so its Prepare waits for the examples it reads).
+  void Gate(StepModel& model) const {
+    if (stream) {
+      CriteoStream* s = stream.get();
+      model.SetDataGate([s](size_t n) { return s->WaitFor(n); });
+    }
+  }
 };
 
 absl::StatusOr<std::shared_ptr<TextSets>> ReadText(const v1::JobConfig& c) {
   const bool criteo = c.has_criteo();
   const v1::TextData& t = criteo ? c.criteo() : c.libsvm();
-  auto read = [&](const std::string& path) { return criteo ? ReadCriteo(path) : ReadLibsvm(path); };
   auto sets = std::make_shared<TextSets>();
-  absl::StatusOr<SparseDataset> train = read(t.train());
-  if (!train.ok()) return train.status();
-  sets->train = *std::move(train);
+  if (criteo) {  // parsed while training reads it
+    absl::StatusOr<std::unique_ptr<CriteoStream>> stream = CriteoStream::Open(t.train());
+    if (!stream.ok()) return stream.status();
+    sets->stream = *std::move(stream);
+  } else {
+    absl::StatusOr<SparseDataset> train = ReadLibsvm(t.train());
+    if (!train.ok()) return train.status();
+    sets->owned_train = *std::move(train);
+  }
   if (!t.test().empty()) {
-    absl::StatusOr<SparseDataset> test = read(t.test());
+    absl::StatusOr<SparseDataset> test = criteo ? ReadCriteo(t.test()) : ReadLibsvm(t.test());
     if (!test.ok()) return test.status();
     sets->test = *std::move(test);
   }
   if (!criteo) {  // libsvm labels are often -1 / +1
-    for (SparseDataset* d : {&sets->train, &sets->test}) {
+    for (SparseDataset* d : {&sets->owned_train, &sets->test}) {
       for (float& y : d->labels) y = y > 0 ? 1.0f : 0.0f;
     }
   }
@@ -91,7 +108,7 @@ absl::StatusOr<std::shared_ptr<TextSets>> SyntheticCtr(const v1::SyntheticCtrDat
   PlantedCtrProblem p = MakePlantedCtrProblem(o);
   LogInfo("synthetic CTR data: planted model's test AUC %.4f", Auc(p.test_logits, p.test.labels));
   auto sets = std::make_shared<TextSets>();
-  sets->train = std::move(p.train);
+  sets->owned_train = std::move(p.train);
   sets->test = std::move(p.test);
   return sets;
 }
@@ -163,7 +180,7 @@ absl::StatusOr<PreparedJob> PrepareCtr(const v1::JobConfig& c, std::unique_ptr<N
   absl::StatusOr<std::shared_ptr<TextSets>> sets =
       c.has_criteo() ? ReadText(c) : SyntheticCtr(c.synthetic_ctr());
   if (!sets.ok()) return sets.status();
-  const SparseDataset& train = (*sets)->train;
+  const SparseDataset& train = (*sets)->train();
   CtrTrainOptions o;
   o.shape.fields = static_cast<uint32_t>(train.num_examples() > 0 ? train.offsets[1] : 0);
   o.shape.dense = train.num_dense;
@@ -177,7 +194,9 @@ absl::StatusOr<PreparedJob> PrepareCtr(const v1::JobConfig& c, std::unique_ptr<N
   absl::StatusOr<OptimizerConfig> opt = Optimizer(c, o.optimizer);
   if (!opt.ok()) return opt.status();
   o.optimizer = *opt;
-  if (absl::Status s = CheckCtrData(train, o.shape); !s.ok()) return s;
+  if (absl::Status s = CheckCtrData(train, o.shape, /*check_examples=*/!(*sets)->stream); !s.ok()) {
+    return s;
+  }
   PreparedJob job;
   job.data = *sets;
   job.backend = backend->name();
@@ -187,6 +206,7 @@ absl::StatusOr<PreparedJob> PrepareCtr(const v1::JobConfig& c, std::unique_ptr<N
     if (gpu.ok()) key_backend = *std::move(gpu);
   }
   job.model = std::make_unique<CtrStepModel>(train, o, std::move(backend), std::move(key_backend));
+  (*sets)->Gate(*job.model);
   job.description = absl::StrFormat(
       "CTR embedding+MLP: %u fields x dim %u, %u dense, MLP %s on %u examples, batch %u",
       o.shape.fields, o.shape.dim, o.shape.dense, absl::StrJoin(o.shape.Mlp().sizes, "-"),
@@ -209,7 +229,8 @@ absl::StatusOr<PreparedJob> PrepareLr(const v1::JobConfig& c) {
   absl::StatusOr<std::shared_ptr<TextSets>> sets =
       c.has_synthetic_ctr() ? SyntheticCtr(c.synthetic_ctr()) : ReadText(c);
   if (!sets.ok()) return sets.status();
-  for (const SparseDataset* d : {&(*sets)->train, &(*sets)->test}) {
+  // (A Criteo file holds binary features and 0/1 labels by construction.)
+  for (const SparseDataset* d : {&(*sets)->owned_train, &(*sets)->test}) {
     if (absl::Status s = CheckLrData(*d); !s.ok()) return s;
   }
   LrModelOptions o;
@@ -228,9 +249,10 @@ absl::StatusOr<PreparedJob> PrepareLr(const v1::JobConfig& c) {
   PreparedJob job;
   job.backend = gpu != nullptr ? "gpu" : "cpu";
   job.data = *sets;
-  job.model = std::make_unique<LrStepModel>((*sets)->train, o, std::move(gpu));
+  job.model = std::make_unique<LrStepModel>((*sets)->train(), o, std::move(gpu));
+  (*sets)->Gate(*job.model);
   job.description = absl::StrFormat("sparse logistic regression on %u examples, batch %u",
-                                    (*sets)->train.num_examples(), o.batch_size);
+                                    (*sets)->train().num_examples(), o.batch_size);
   if ((*sets)->test.num_examples() > 0) {
     std::shared_ptr<TextSets> keep = *sets;
     job.evaluate = [o, keep](Client& client) -> absl::StatusOr<std::string> {

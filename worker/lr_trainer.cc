@@ -57,8 +57,11 @@ void LrStepModel::Layout(const SparseDataset& d, size_t start, uint32_t n, Slot&
   slot.weights.resize(slot.keys.size());
 }
 
-void LrStepModel::Prepare(uint32_t batch, int slot) {
-  Layout(train_, size_t{batch} * options_.batch_size, options_.batch_size, slots_[slot]);
+absl::Status LrStepModel::Prepare(uint32_t batch, int slot) {
+  const size_t start = size_t{batch} * options_.batch_size;
+  if (absl::Status s = WaitForExamples(start + options_.batch_size); !s.ok()) return s;
+  Layout(train_, start, options_.batch_size, slots_[slot]);
+  return absl::OkStatus();
 }
 
 void LrStepModel::Pull(Client& client, uint32_t, int slot, CallGroup& group) {

@@ -35,7 +35,7 @@ class LrStepModel : public StepModel {
   std::vector<TableConfig> Tables() const override;
   uint32_t NumBatches() const override;
   uint32_t BatchSize() const override { return options_.batch_size; }
-  void Prepare(uint32_t batch, int slot) override;
+  absl::Status Prepare(uint32_t batch, int slot) override;
   void Pull(Client& client, uint32_t batch, int slot, CallGroup& group) override;
   double Compute(uint32_t batch, int slot) override;
   void Push(Client& client, const PushOptions& options, float scale, CallGroup& group) override;

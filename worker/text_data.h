@@ -5,12 +5,16 @@
 #ifndef TESSERA_WORKER_TEXT_DATA_H_
 #define TESSERA_WORKER_TEXT_DATA_H_
 
+#include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 
 namespace tessera {
 
@@ -37,6 +41,36 @@ absl::StatusOr<SparseDataset> ReadLibsvm(const std::string& path);
 // order, as the embedding model expects.
 absl::StatusOr<SparseDataset> ParseCriteo(absl::string_view text, absl::string_view name);
 absl::StatusOr<SparseDataset> ReadCriteo(const std::string& path);
+
+// A Criteo file parsed on a background thread while training reads the examples parsed so far
+// (docs/worker.md, "Pipeline"). The file is read into memory and its example lines counted
+// first, so every array of data() has its final size from the start and never moves; examples
+// not parsed yet read as zeros.
+class CriteoStream {
+ public:
+  // NOT_FOUND when the file cannot be read; parse errors come from WaitFor.
+  static absl::StatusOr<std::unique_ptr<CriteoStream>> Open(const std::string& path);
+  ~CriteoStream();  // stops the parser
+
+  const SparseDataset& data() const { return data_; }
+  // Blocks until the first n examples are parsed. The parse error (file:line) when parsing
+  // stopped before them; OUT_OF_RANGE beyond the file's examples.
+  absl::Status WaitFor(size_t n);
+
+ private:
+  CriteoStream() = default;
+  void Parse();
+
+  std::string path_;
+  std::string text_;
+  SparseDataset data_;  // sized by Open; elements written by the parser before it publishes
+  std::atomic<bool> stop_{false};
+  absl::Mutex mu_;
+  size_t parsed_ ABSL_GUARDED_BY(mu_) = 0;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status error_ ABSL_GUARDED_BY(mu_);
+  std::thread parser_;
+};
 
 // The key of categorical column `column` (0..25) holding `value`: distinct columns never share
 // keys for the same value (the column is hashed in).

@@ -1,7 +1,10 @@
 #include "worker/text_data.h"
 
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstdio>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -68,6 +71,60 @@ TEST_CASE("bad Criteo input names the line and the column", "[data]") {
   d = ParseCriteo(line, "c");
   CHECK(std::string(d.status().message()).find("integer column 1 holds 'zz'") != std::string::npos);
   CHECK(ReadLibsvm("/nonexistent").status().code() == absl::StatusCode::kNotFound);
+}
+
+// Writes `lines` Criteo lines (with a blank line every 100th) to a temporary file, line
+// `bad_line` (1-based, 0: none) broken; returns its path.
+std::string WriteCriteoFile(int lines, int bad_line = 0) {
+  char path[] = "/tmp/tessera-criteo-XXXXXX";
+  const int fd = mkstemp(path);
+  REQUIRE(fd >= 0);
+  std::string text;
+  for (int i = 1; i <= lines; ++i) {
+    if (i == bad_line) {
+      text += "1\tnot a criteo line\n";
+    } else if (i % 100 == 0) {
+      text += "\n";
+    } else {
+      text += CriteoLine(i % 3 == 0 ? "1" : "0", i % 7) + "\n";
+    }
+  }
+  REQUIRE(write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()));
+  close(fd);
+  return path;
+}
+
+TEST_CASE("a Criteo stream yields what the whole-file reader does, readable while it parses",
+          "[data]") {
+  const std::string path = WriteCriteoFile(5000);
+  absl::StatusOr<std::unique_ptr<CriteoStream>> stream = CriteoStream::Open(path);
+  REQUIRE(stream.ok());
+  const SparseDataset& d = (*stream)->data();
+  REQUIRE(d.num_examples() == 4950);  // sized at once (blank lines are not examples)
+  CHECK((*stream)->WaitFor(1000).ok());
+  CHECK((*stream)->WaitFor(4950).ok());
+  CHECK((*stream)->WaitFor(4951).code() == absl::StatusCode::kOutOfRange);
+  absl::StatusOr<SparseDataset> whole = ReadCriteo(path);
+  REQUIRE(whole.ok());
+  CHECK(d.labels == whole->labels);
+  CHECK(d.offsets == whole->offsets);
+  CHECK(d.keys == whole->keys);
+  CHECK(d.values == whole->values);
+  CHECK(d.dense == whole->dense);
+  std::remove(path.c_str());
+}
+
+TEST_CASE("a Criteo stream reports a bad line to whoever waits past it", "[data]") {
+  const std::string path = WriteCriteoFile(5000, 3001);
+  absl::StatusOr<std::unique_ptr<CriteoStream>> stream = CriteoStream::Open(path);
+  REQUIRE(stream.ok());
+  CHECK((*stream)->WaitFor(2000).ok());  // (lines before the bad one are fine)
+  const absl::Status s = (*stream)->WaitFor(4000);
+  INFO(s.ToString());
+  CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(std::string(s.message()).find(path + ":3001: 2 columns") == 0);
+  std::remove(path.c_str());
+  CHECK(CriteoStream::Open("/nonexistent").status().code() == absl::StatusCode::kNotFound);
 }
 
 }  // namespace

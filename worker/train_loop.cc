@@ -84,7 +84,7 @@ absl::StatusOr<WorkerReport> RunTrainLoop(Client& client, WorkerClock* clock, St
   bool pulled_ahead = false;  // order[i]'s pull was issued during step i - 1
   JobProgress progress;
   // Prepare(order[i + 1], other slot) running beside step i; its destructor waits.
-  std::future<void> next_prepared;
+  std::future<absl::Status> next_prepared;
   for (size_t i = 0; i < order.size(); ++i) {
     StepReport r;
     absl::Time t = absl::Now();
@@ -94,11 +94,9 @@ absl::StatusOr<WorkerReport> RunTrainLoop(Client& client, WorkerClock* clock, St
         if (!p.ok()) return p.status();
         progress = *std::move(p);
       }
-      if (next_prepared.valid()) {
-        next_prepared.get();
-      } else {
-        model.Prepare(order[i], slot);
-      }
+      absl::Status prepared =
+          next_prepared.valid() ? next_prepared.get() : model.Prepare(order[i], slot);
+      if (!prepared.ok()) return prepared;
       model.Pull(client, order[i], slot, pulls[slot]);
     }
     if (clock != nullptr)
@@ -111,12 +109,12 @@ absl::StatusOr<WorkerReport> RunTrainLoop(Client& client, WorkerClock* clock, St
         if (!p.ok()) return p.status();
         progress = *std::move(p);
       }
-      model.Prepare(order[i + 1], slot ^ 1);
+      if (absl::Status s = model.Prepare(order[i + 1], slot ^ 1); !s.ok()) return s;
       model.Pull(client, order[i + 1], slot ^ 1, pulls[slot ^ 1]);
     } else if (i + 1 < order.size()) {
       next_prepared = std::async(
           std::launch::async,
-          [&model, batch = order[i + 1], other = slot ^ 1] { model.Prepare(batch, other); });
+          [&model, batch = order[i + 1], other = slot ^ 1] { return model.Prepare(batch, other); });
     }
     r.wait_s = SecondsSince(t);
     t = absl::Now();

@@ -48,8 +48,10 @@ class StepModel {
   virtual uint32_t BatchSize() const = 0;
   // The CPU work of a batch that needs no parameters (distinct keys, batch layout), into slot
   // `slot`. May run on another thread while the other slot computes and pushes: it must touch
-  // only its slot (and what nothing else uses). Default: nothing.
-  virtual void Prepare(uint32_t batch, int slot) {}
+  // only its slot (and what nothing else uses). Default: waits for the batch's examples.
+  virtual absl::Status Prepare(uint32_t batch, int slot) {
+    return WaitForExamples((size_t{batch} + 1) * BatchSize());
+  }
   // Issues the (asynchronous) pulls prepared batch `batch` needs into slot `slot` (0 or 1), each
   // with a callback from `group`; buffers must stay valid until group.Wait() returns.
   virtual void Pull(Client& client, uint32_t batch, int slot, CallGroup& group) = 0;
@@ -58,6 +60,16 @@ class StepModel {
   // Multiplies the gradients Compute produced by `scale`, then issues their pushes, each with
   // a callback from `group`.
   virtual void Push(Client& client, const PushOptions& options, float scale, CallGroup& group) = 0;
+
+  // Training data still being read (a CriteoStream): `gate(n)` blocks until the first n
+  // examples are there, or fails (a parse error). Prepare waits on it.
+  void SetDataGate(std::function<absl::Status(size_t examples)> gate) { gate_ = std::move(gate); }
+
+ protected:
+  absl::Status WaitForExamples(size_t n) const { return gate_ ? gate_(n) : absl::OkStatus(); }
+
+ private:
+  std::function<absl::Status(size_t)> gate_;
 };
 
 // One step of a worker, for progress lines and metrics.
