@@ -238,9 +238,23 @@ TEST_CASE("tessera-worker trains on a Criteo file while it is still being parsed
   const std::string train = WriteCriteo(dir.path() + "/train.tsv", 20000, 1);
   const std::string test = WriteCriteo(dir.path() + "/test.tsv", 2000, 2);
   const std::string out = RunTwoWorkers(
-      *cluster, absl::StrCat("name: \"criteo\"\nctr { hidden: 16 }\ncriteo { train: \"", train,
-                             "\" test: \"", test, "\" }\nbatch_size: 128\nepochs: 2\n"));
+      *cluster,
+      absl::StrCat("name: \"criteo\"\n",
+                   "ctr { hidden: 16 embedding_optimizer { kind: OPTIMIZER_KIND_ADAGRAD "
+                   "learning_rate: 0.05 } }\n",
+                   "optimizer { kind: OPTIMIZER_KIND_ADAM learning_rate: 0.002 }\n",
+                   "criteo { train: \"", train, "\" test: \"", test,
+                   "\" }\nbatch_size: 128\nepochs: 2\n"));
   INFO(out);
+  // Each table has the optimizer the config gave it.
+  std::unique_ptr<Client> client = testing::ConnectCoordinated(*cluster);
+  absl::StatusOr<TableStatus> emb = client->DescribeTable("criteo.emb");
+  absl::StatusOr<TableStatus> w0 = client->DescribeTable("criteo.w0");
+  TESSERA_REQUIRE_OK(emb.status());
+  TESSERA_REQUIRE_OK(w0.status());
+  CHECK(emb->config.optimizer.kind == OptimizerKind::kAdagrad);
+  CHECK(w0->config.optimizer.kind == OptimizerKind::kAdam);
+  CHECK(*w0->config.optimizer.learning_rate == 0.002f);
   CHECK(out.find("CTR embedding+MLP: 26 fields x dim 8, 13 dense") != std::string::npos);
   // The planted rule's AUC is about 0.9: learned from column 0 alone.
   CHECK(AucIn(out) > 0.8);

@@ -5,6 +5,7 @@
 #define TESSERA_WORKER_CTR_TRAINER_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -20,7 +21,8 @@ struct CtrTrainOptions {
   EmbMlpShape shape;
   // Adagrad everywhere by default: per-coordinate steps suit rare keys.
   OptimizerConfig optimizer = {.kind = OptimizerKind::kAdagrad, .learning_rate = 0.05f};
-  float embedding_stddev = 0.05f;  // initial embeddings ~ normal(0, stddev)
+  std::optional<OptimizerConfig> embedding_optimizer;  // the embedding table's; unset: optimizer
+  float embedding_stddev = 0.05f;                      // initial embeddings ~ normal(0, stddev)
   uint32_t batch_size = 256;
   int epochs = 3;
   uint64_t seed = 1;

@@ -36,18 +36,24 @@ class ErrorCollector : public google::protobuf::io::ErrorCollector {
   std::string first_;
 };
 
-// The config's optimizer, checked as part of a table spec, or `fallback`.
-absl::StatusOr<OptimizerConfig> Optimizer(const v1::JobConfig& c, OptimizerConfig fallback) {
-  if (!c.has_optimizer()) return fallback;
+// An optimizer of the config (`field` names it in errors), checked as part of a table spec.
+absl::StatusOr<OptimizerConfig> CheckedOptimizer(const v1::OptimizerSpec& o,
+                                                 absl::string_view field) {
   v1::TableSpec spec;
   spec.set_name("optimizer");
   spec.set_kind(v1::TABLE_KIND_DENSE);
   spec.set_dense_size(1);
-  *spec.mutable_optimizer() = c.optimizer();
+  *spec.mutable_optimizer() = o;
   absl::StatusOr<TableConfig> t = TableConfigFromProto(spec);
   if (t.ok()) t = ResolveTableConfig(*t);
-  if (!t.ok()) return absl::InvalidArgumentError(absl::StrCat("optimizer: ", t.status().message()));
+  if (!t.ok()) return absl::InvalidArgumentError(absl::StrCat(field, ": ", t.status().message()));
   return t->optimizer;
+}
+
+// The config's optimizer, or `fallback`.
+absl::StatusOr<OptimizerConfig> Optimizer(const v1::JobConfig& c, OptimizerConfig fallback) {
+  if (!c.has_optimizer()) return fallback;
+  return CheckedOptimizer(c.optimizer(), "optimizer");
 }
 
 // A job's data: the training set in memory, or a Criteo file still being parsed (its examples
@@ -66,12 +72,20 @@ struct TextSets {
   }
 };
 
-absl::StatusOr<std::shared_ptr<TextSets>> ReadText(const v1::JobConfig& c) {
+// Which worker reads: Criteo lines outside its batches are not parsed.
+struct Shard {
+  uint32_t worker = 0, num_workers = 1;
+  uint32_t batch_size = 1;
+  bool Wants(size_t example) const { return example / batch_size % num_workers == worker; }
+};
+
+absl::StatusOr<std::shared_ptr<TextSets>> ReadText(const v1::JobConfig& c, const Shard& shard) {
   const bool criteo = c.has_criteo();
   const v1::TextData& t = criteo ? c.criteo() : c.libsvm();
   auto sets = std::make_shared<TextSets>();
   if (criteo) {  // parsed while training reads it
-    absl::StatusOr<std::unique_ptr<CriteoStream>> stream = CriteoStream::Open(t.train());
+    absl::StatusOr<std::unique_ptr<CriteoStream>> stream =
+        CriteoStream::Open(t.train(), [shard](size_t i) { return shard.Wants(i); });
     if (!stream.ok()) return stream.status();
     sets->stream = *std::move(stream);
   } else {
@@ -173,12 +187,14 @@ absl::StatusOr<PreparedJob> PrepareMlp(const v1::JobConfig& c, std::unique_ptr<N
   return job;
 }
 
-absl::StatusOr<PreparedJob> PrepareCtr(const v1::JobConfig& c, std::unique_ptr<NnBackend> backend) {
+absl::StatusOr<PreparedJob> PrepareCtr(const v1::JobConfig& c, std::unique_ptr<NnBackend> backend,
+                                       Shard shard) {
+  shard.batch_size = c.batch_size() > 0 ? c.batch_size() : 256;
   if (!c.has_synthetic_ctr() && !c.has_criteo()) {
     return absl::InvalidArgumentError("the ctr model reads synthetic_ctr or criteo data");
   }
   absl::StatusOr<std::shared_ptr<TextSets>> sets =
-      c.has_criteo() ? ReadText(c) : SyntheticCtr(c.synthetic_ctr());
+      c.has_criteo() ? ReadText(c, shard) : SyntheticCtr(c.synthetic_ctr());
   if (!sets.ok()) return sets.status();
   const SparseDataset& train = (*sets)->train();
   CtrTrainOptions o;
@@ -188,7 +204,13 @@ absl::StatusOr<PreparedJob> PrepareCtr(const v1::JobConfig& c, std::unique_ptr<N
   if (c.ctr().hidden_size() > 0)
     o.shape.hidden.assign(c.ctr().hidden().begin(), c.ctr().hidden().end());
   if (c.ctr().embedding_stddev() > 0) o.embedding_stddev = c.ctr().embedding_stddev();
-  o.batch_size = c.batch_size() > 0 ? c.batch_size() : 256;
+  if (c.ctr().has_embedding_optimizer()) {
+    absl::StatusOr<OptimizerConfig> e =
+        CheckedOptimizer(c.ctr().embedding_optimizer(), "ctr.embedding_optimizer");
+    if (!e.ok()) return e.status();
+    o.embedding_optimizer = *e;
+  }
+  o.batch_size = shard.batch_size;
   o.seed = c.seed();
   o.prefix = c.name();
   absl::StatusOr<OptimizerConfig> opt = Optimizer(c, o.optimizer);
@@ -222,19 +244,20 @@ absl::StatusOr<PreparedJob> PrepareCtr(const v1::JobConfig& c, std::unique_ptr<N
   return job;
 }
 
-absl::StatusOr<PreparedJob> PrepareLr(const v1::JobConfig& c) {
+absl::StatusOr<PreparedJob> PrepareLr(const v1::JobConfig& c, Shard shard) {
+  shard.batch_size = c.batch_size() > 0 ? c.batch_size() : 512;
   if (!c.has_libsvm() && !c.has_criteo() && !c.has_synthetic_ctr()) {
     return absl::InvalidArgumentError("the lr model reads libsvm, criteo or synthetic_ctr data");
   }
   absl::StatusOr<std::shared_ptr<TextSets>> sets =
-      c.has_synthetic_ctr() ? SyntheticCtr(c.synthetic_ctr()) : ReadText(c);
+      c.has_synthetic_ctr() ? SyntheticCtr(c.synthetic_ctr()) : ReadText(c, shard);
   if (!sets.ok()) return sets.status();
   // (A Criteo file holds binary features and 0/1 labels by construction.)
   for (const SparseDataset* d : {&(*sets)->owned_train, &(*sets)->test}) {
     if (absl::Status s = CheckLrData(*d); !s.ok()) return s;
   }
   LrModelOptions o;
-  o.batch_size = c.batch_size() > 0 ? c.batch_size() : 512;
+  o.batch_size = shard.batch_size;
   o.table = absl::StrCat(c.name(), ".w");
   absl::StatusOr<OptimizerConfig> opt = Optimizer(c, o.optimizer);
   if (!opt.ok()) return opt.status();
@@ -266,14 +289,17 @@ absl::StatusOr<PreparedJob> PrepareLr(const v1::JobConfig& c) {
 
 }  // namespace
 
-absl::StatusOr<PreparedJob> PrepareJob(const v1::JobConfig& c) {
+absl::StatusOr<PreparedJob> PrepareJob(const v1::JobConfig& c, uint32_t worker,
+                                       uint32_t num_workers) {
+  const Shard shard{.worker = worker, .num_workers = std::max<uint32_t>(num_workers, 1)};
   absl::StatusOr<PreparedJob> job = absl::InvalidArgumentError("the job needs a model");
   if (c.has_mlp() || c.has_ctr()) {
     absl::StatusOr<std::unique_ptr<NnBackend>> backend = ChooseBackend(c);
     if (!backend.ok()) return backend.status();
-    job = c.has_mlp() ? PrepareMlp(c, *std::move(backend)) : PrepareCtr(c, *std::move(backend));
+    job = c.has_mlp() ? PrepareMlp(c, *std::move(backend))
+                      : PrepareCtr(c, *std::move(backend), shard);
   } else if (c.has_lr()) {
-    job = PrepareLr(c);
+    job = PrepareLr(c, shard);
   }
   if (!job.ok()) return job.status();
   job->loop.epochs = c.epochs() > 0 ? static_cast<int>(c.epochs()) : 1;

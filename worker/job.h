@@ -30,7 +30,10 @@ struct PreparedJob {
 // Loads the data and builds the model. INVALID_ARGUMENT (naming the field) for a config that
 // does not make sense, NOT_FOUND / DATA_LOSS from the readers, UNAVAILABLE for backend GPU
 // without a device. Logs the backend choice.
-absl::StatusOr<PreparedJob> PrepareJob(const v1::JobConfig& config);
+// Worker `worker` of `num_workers` (a Criteo training file is parsed only where this worker's
+// batches are).
+absl::StatusOr<PreparedJob> PrepareJob(const v1::JobConfig& config, uint32_t worker = 0,
+                                       uint32_t num_workers = 1);
 
 // Parses a JobConfig in protobuf text format; errors name the file, line and column.
 absl::StatusOr<std::unique_ptr<v1::JobConfig>> LoadJobConfig(const std::string& path);

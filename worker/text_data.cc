@@ -117,11 +117,13 @@ absl::StatusOr<SparseDataset> ParseCriteo(absl::string_view text, absl::string_v
   return d;
 }
 
-absl::StatusOr<std::unique_ptr<CriteoStream>> CriteoStream::Open(const std::string& path) {
+absl::StatusOr<std::unique_ptr<CriteoStream>> CriteoStream::Open(
+    const std::string& path, std::function<bool(size_t example)> wanted) {
   absl::StatusOr<std::string> text = ReadFile(path);
   if (!text.ok()) return text.status();
   auto stream = std::unique_ptr<CriteoStream>(new CriteoStream());
   stream->path_ = path;
+  stream->wanted_ = std::move(wanted);
   stream->text_ = *std::move(text);
   // Example lines: the non-empty ones (a lone "\r" is empty too).
   size_t examples = 0;
@@ -155,7 +157,16 @@ void CriteoStream::Parse() {
   absl::Status error;
   for (absl::string_view line : absl::StrSplit(text_, '\n')) {
     if (stop_.load(std::memory_order_relaxed)) break;
-    absl::StatusOr<bool> parsed = ParseCriteoLine(line, ++line_no, path_, &label, dense, keys);
+    ++line_no;
+    if (wanted_ && i < examples && !wanted_(i)) {  // another worker's: counted, not parsed
+      if (!line.empty() && line != "\r") ++i;
+      if (i % 1024 == 0 && i > 0) {
+        absl::MutexLock lock(&mu_);
+        parsed_ = i;
+      }
+      continue;
+    }
+    absl::StatusOr<bool> parsed = ParseCriteoLine(line, line_no, path_, &label, dense, keys);
     if (!parsed.ok()) {
       error = parsed.status();
       break;

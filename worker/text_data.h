@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -48,8 +49,10 @@ absl::StatusOr<SparseDataset> ReadCriteo(const std::string& path);
 // not parsed yet read as zeros.
 class CriteoStream {
  public:
-  // NOT_FOUND when the file cannot be read; parse errors come from WaitFor.
-  static absl::StatusOr<std::unique_ptr<CriteoStream>> Open(const std::string& path);
+  // NOT_FOUND when the file cannot be read; parse errors come from WaitFor. With `wanted`,
+  // only the examples it accepts are parsed (a worker's own batches); the others stay zeros.
+  static absl::StatusOr<std::unique_ptr<CriteoStream>> Open(
+      const std::string& path, std::function<bool(size_t example)> wanted = nullptr);
   ~CriteoStream();  // stops the parser
 
   const SparseDataset& data() const { return data_; }
@@ -62,6 +65,7 @@ class CriteoStream {
   void Parse();
 
   std::string path_;
+  std::function<bool(size_t)> wanted_;
   std::string text_;
   SparseDataset data_;  // sized by Open; elements written by the parser before it publishes
   std::atomic<bool> stop_{false};

@@ -114,6 +114,33 @@ TEST_CASE("a Criteo stream yields what the whole-file reader does, readable whil
   std::remove(path.c_str());
 }
 
+TEST_CASE("a Criteo stream parses only the examples a worker wants", "[data]") {
+  // Worker 1 of 2 with batches of 100 examples: examples 100-199, 300-399, ...; the bad line
+  // (line 51: example 50) is worker 0's, so this worker never parses it.
+  const std::string path = WriteCriteoFile(5000, 51);
+  absl::StatusOr<std::unique_ptr<CriteoStream>> stream =
+      CriteoStream::Open(path, [](size_t i) { return i / 100 % 2 == 1; });
+  REQUIRE(stream.ok());
+  CHECK((*stream)->WaitFor(4950).ok());
+  const std::string fixed = WriteCriteoFile(5000);
+  absl::StatusOr<SparseDataset> whole = ReadCriteo(fixed);
+  REQUIRE(whole.ok());
+  const SparseDataset& d = (*stream)->data();
+  REQUIRE(d.num_examples() == whole->num_examples());
+  size_t same = 0, zero = 0;
+  for (size_t i = 0; i < d.num_examples(); ++i) {
+    const bool mine = i / 100 % 2 == 1;
+    const bool equal = d.labels[i] == whole->labels[i] && d.keys[26 * i] == whole->keys[26 * i] &&
+                       d.dense[13 * i] == whole->dense[13 * i];
+    same += mine && equal;
+    zero += !mine && d.keys[26 * i] == 0;
+  }
+  CHECK(same == 2450);  // examples 100-199, 300-399, ..., 4900-4949
+  CHECK(zero == 2500);
+  std::remove(path.c_str());
+  std::remove(fixed.c_str());
+}
+
 TEST_CASE("a Criteo stream reports a bad line to whoever waits past it", "[data]") {
   const std::string path = WriteCriteoFile(5000, 3001);
   absl::StatusOr<std::unique_ptr<CriteoStream>> stream = CriteoStream::Open(path);

@@ -52,7 +52,7 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<tessera::v1::JobConfig>> config =
       tessera::LoadJobConfig(absl::GetFlag(FLAGS_config));
   absl::StatusOr<tessera::PreparedJob> job =
-      config.ok() ? tessera::PrepareJob(**config) : config.status();
+      config.ok() ? tessera::PrepareJob(**config, worker, num_workers) : config.status();
   if (!job.ok()) {
     std::fprintf(stderr, "tessera-worker: %s\n", job.status().ToString().c_str());
     return 2;
