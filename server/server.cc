@@ -10,6 +10,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/logging.h"
 #include "server/grpc_service.h"
+#include "common/process_metrics.h"
 #include "server/metrics.h"
 #include "server/replicator.h"
 
@@ -22,6 +23,7 @@ struct Server::Impl {
   std::unique_ptr<ServerMetrics> metrics;
   std::shared_ptr<TableCollector> table_collector;
   std::shared_ptr<ReplicationCollector> replication_collector;
+  std::shared_ptr<ProcessCollector> process_collector = std::make_shared<ProcessCollector>();
   std::unique_ptr<prometheus::Exposer> exposer;
   std::unique_ptr<Replicator> replicator;
   std::unique_ptr<GrpcService> service;
@@ -75,6 +77,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     }
     impl->exposer->RegisterCollectable(impl->registry);
     impl->exposer->RegisterCollectable(impl->table_collector);
+    impl->exposer->RegisterCollectable(impl->process_collector);  // (held weakly: kept in impl)
     const std::vector<int> ports = impl->exposer->GetListeningPorts();
     impl->metrics_port = ports.empty() ? -1 : ports.front();
   }

@@ -8,7 +8,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev librocksdb-dev prometheus-cpp-dev libcivetweb-dev catch2
   libopenblas-dev zlib1g-dev dataset-fashion-mnist
-  iperf3 curl procps
+  iperf3 curl procps prometheus
 )
 
 missing=()

@@ -22,6 +22,7 @@
 #include "client/client.h"
 #include "client/worker_clock.h"
 #include "common/logging.h"
+#include "common/process_metrics.h"
 #include "common/process_setup.h"
 #include "proto/job.pb.h"
 #include "proto/tessera.pb.h"
@@ -101,11 +102,13 @@ int main(int argc, char** argv) {
                               .Help("When this worker's last checkpoint round succeeded.")
                               .Register(*registry)
                               .Add({});
+  auto process_collector = std::make_shared<tessera::ProcessCollector>();
   std::unique_ptr<prometheus::Exposer> exposer;
   if (const int port = absl::GetFlag(FLAGS_metrics_port); port >= 0) {
     try {
       exposer = std::make_unique<prometheus::Exposer>(absl::StrFormat("127.0.0.1:%d", port), 1);
       exposer->RegisterCollectable(registry);
+      exposer->RegisterCollectable(process_collector);  // (held weakly)
       const std::vector<int> ports = exposer->GetListeningPorts();
       if (!ports.empty()) std::printf("metrics: http://127.0.0.1:%d/metrics\n", ports[0]);
     } catch (const std::exception& e) {

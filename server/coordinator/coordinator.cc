@@ -15,6 +15,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
+#include "common/process_metrics.h"
 #include "common/logging.h"
 #include "proto/cluster.grpc.pb.h"
 #include "server/coordinator/job_clocks.h"
@@ -50,6 +51,7 @@ struct CoordinatorServer::Impl : public v1::Coordinator::CallbackService {
   std::thread lease_thread;
 
   std::shared_ptr<prometheus::Registry> registry;
+  std::shared_ptr<ProcessCollector> process_collector = std::make_shared<ProcessCollector>();
   std::unique_ptr<prometheus::Exposer> exposer;
   int metrics_port = -1;
   prometheus::Gauge* epoch_gauge = nullptr;
@@ -320,6 +322,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
           absl::StrFormat("cannot serve /metrics on %s: %s", bind, e.what()));
     }
     impl->exposer->RegisterCollectable(impl->registry);
+    impl->exposer->RegisterCollectable(impl->process_collector);  // (held weakly: kept in impl)
     const std::vector<int> ports = impl->exposer->GetListeningPorts();
     impl->metrics_port = ports.empty() ? -1 : ports.front();
   }

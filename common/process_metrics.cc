@@ -1,0 +1,105 @@
+#include "common/process_metrics.h"
+
+#include <dirent.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+namespace tessera {
+namespace {
+
+prometheus::MetricFamily Family(const char* name, const char* help, prometheus::MetricType type,
+                                double value) {
+  prometheus::ClientMetric m;
+  if (type == prometheus::MetricType::Counter) {
+    m.counter.value = value;
+  } else {
+    m.gauge.value = value;
+  }
+  return prometheus::MetricFamily{name, help, type, {m}};
+}
+
+// Open file descriptors of this process (entries of /proc/self/fd, less the one reading it).
+int OpenFds() {
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return -1;
+  int n = 0;
+  while (const dirent* e = readdir(dir)) n += e->d_name[0] != '.';
+  closedir(dir);
+  return n - 1;
+}
+
+// The soft limit on open files, from /proc/self/limits; -1 when unknown or unlimited.
+double MaxFds() {
+  std::ifstream in("/proc/self/limits");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("Max open files", 0) != 0) continue;
+    std::istringstream fields(line.substr(14));
+    std::string soft;
+    fields >> soft;
+    return soft == "unlimited" ? -1 : std::stod(soft);
+  }
+  return -1;
+}
+
+// Seconds since the epoch at boot (btime of /proc/stat); -1 when unknown.
+double BootTime() {
+  std::ifstream in("/proc/stat");
+  std::string key;
+  double value;
+  while (in >> key) {
+    if (key == "btime" && in >> value) return value;
+    in.ignore(1 << 20, '\n');
+  }
+  return -1;
+}
+
+}  // namespace
+
+std::vector<prometheus::MetricFamily> ProcessCollector::Collect() const {
+  std::vector<prometheus::MetricFamily> out;
+  // /proc/self/stat: after "(comm)", field 3 is the state; utime 14, stime 15, num_threads 20,
+  // starttime 22 (clock ticks after boot), vsize 23 (bytes), rss 24 (pages).
+  std::ifstream in("/proc/self/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const size_t close = stat.rfind(')');
+  if (close != std::string::npos) {
+    std::istringstream fields(stat.substr(close + 2));
+    std::vector<std::string> f(3);  // f[k] is field k (1 and 2, pid and comm, are not used)
+    std::string token;
+    while (fields >> token) f.push_back(token);
+    if (f.size() > 24) {
+      const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
+      const double page = static_cast<double>(sysconf(_SC_PAGESIZE));
+      out.push_back(Family("process_cpu_seconds_total", "User and system CPU time spent, seconds.",
+                           prometheus::MetricType::Counter,
+                           (std::stod(f[14]) + std::stod(f[15])) / ticks));
+      out.push_back(Family("process_threads", "Threads of this process.",
+                           prometheus::MetricType::Gauge, std::stod(f[20])));
+      out.push_back(Family("process_virtual_memory_bytes", "Virtual memory size, bytes.",
+                           prometheus::MetricType::Gauge, std::stod(f[23])));
+      out.push_back(Family("process_resident_memory_bytes", "Resident memory size, bytes.",
+                           prometheus::MetricType::Gauge, std::stod(f[24]) * page));
+      if (const double boot = BootTime(); boot >= 0) {
+        out.push_back(Family("process_start_time_seconds",
+                             "Start time of the process since the Unix epoch, seconds.",
+                             prometheus::MetricType::Gauge, boot + std::stod(f[22]) / ticks));
+      }
+    }
+  }
+  if (const int fds = OpenFds(); fds >= 0) {
+    out.push_back(
+        Family("process_open_fds", "Open file descriptors.", prometheus::MetricType::Gauge, fds));
+  }
+  if (const double max = MaxFds(); max >= 0) {
+    out.push_back(Family("process_max_fds", "Limit on open file descriptors.",
+                         prometheus::MetricType::Gauge, max));
+  }
+  return out;
+}
+
+}  // namespace tessera
