@@ -8,8 +8,10 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev librocksdb-dev prometheus-cpp-dev libcivetweb-dev catch2
   libopenblas-dev zlib1g-dev dataset-fashion-mnist
-  iperf3 curl procps prometheus
+  iperf3 curl procps prometheus systemd nodejs
 )
+# npm comes with Node.js from some sources (NodeSource's nodejs conflicts with Debian's npm).
+command -v npm >/dev/null || packages+=(npm)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -35,6 +35,7 @@ ABSL_FLAG(std::string, config, "", "The job: a tessera.v1.JobConfig in text form
 ABSL_FLAG(std::string, coordinator, "", "host:port of tessera-coordinator. Required.");
 ABSL_FLAG(uint32_t, worker, 0, "This worker's index in [0, num_workers).");
 ABSL_FLAG(uint32_t, num_workers, 1, "Workers in the job.");
+ABSL_FLAG(std::string, metrics_address, "127.0.0.1", "Address of the /metrics endpoint.");
 ABSL_FLAG(int, metrics_port, 0, "Port of /metrics; 0 picks a free one, -1 disables.");
 ABSL_FLAG(double, report_every_s, 1.0, "Seconds between progress lines.");
 
@@ -106,11 +107,15 @@ int main(int argc, char** argv) {
   std::unique_ptr<prometheus::Exposer> exposer;
   if (const int port = absl::GetFlag(FLAGS_metrics_port); port >= 0) {
     try {
-      exposer = std::make_unique<prometheus::Exposer>(absl::StrFormat("127.0.0.1:%d", port), 1);
+      exposer = std::make_unique<prometheus::Exposer>(
+          absl::StrFormat("%s:%d", absl::GetFlag(FLAGS_metrics_address), port), 1);
       exposer->RegisterCollectable(registry);
       exposer->RegisterCollectable(process_collector);  // (held weakly)
       const std::vector<int> ports = exposer->GetListeningPorts();
-      if (!ports.empty()) std::printf("metrics: http://127.0.0.1:%d/metrics\n", ports[0]);
+      if (!ports.empty()) {
+        std::printf("metrics: http://%s:%d/metrics\n", absl::GetFlag(FLAGS_metrics_address).c_str(),
+                    ports[0]);
+      }
     } catch (const std::exception& e) {
       std::fprintf(stderr, "tessera-worker: cannot serve /metrics: %s\n", e.what());
       return 2;
