@@ -268,6 +268,7 @@ struct Replicator::Impl
     std::vector<std::unique_ptr<Sender>> stopped;
     const uint64_t core_lsn = core->lsn();  // (not under mu: Append runs under the order)
     bool primary_changed = false;
+    const char* new_role = nullptr;  // set when the role changed
     {
       absl::MutexLock lock(&mu);
       if (m.epoch() < epoch || stopping) return;
@@ -293,6 +294,7 @@ struct Replicator::Impl
       }
       const bool is_primary = role == v1::SERVER_ROLE_PRIMARY;
       core->SetRouting(epoch, is_primary);
+      if (role != old_role) new_role = RoleName(role);
       if (changed && (role != old_role || primary != old_primary)) {
         LogInfo("shard-map epoch %u: %s%s", epoch, v1::ServerRole_Name(role),
                 my_shard >= 0 ? absl::StrCat(" of shard ", my_shard, " (primary ", primary, ")")
@@ -340,6 +342,20 @@ struct Replicator::Impl
       DropParked(absl::FailedPreconditionError("the shard's primary changed"));
     }
     for (auto& [cb, st] : done) cb(st);
+    if (new_role != nullptr && options.on_role_change) options.on_role_change(new_role);
+  }
+
+  static const char* RoleName(v1::ServerRole r) {
+    switch (r) {
+      case v1::SERVER_ROLE_PRIMARY:
+        return "primary";
+      case v1::SERVER_ROLE_BACKUP:
+        return "backup";
+      case v1::SERVER_ROLE_JOINING:
+        return "joining";
+      default:
+        return "none";
+    }
   }
 
   // ---- Primary: acknowledgements ----

@@ -25,6 +25,9 @@ struct ReplicatorOptions {
   int heartbeat_ms = 250;
   // Largest batch of log entries (bytes) and snapshot chunk sent to a backup in one call.
   size_t max_batch_bytes = size_t{8} << 20;
+  // Called (outside the replicator's locks, on its heartbeat thread) with the new role
+  // ("primary", "backup", "joining" or "none") whenever it changes.
+  std::function<void(const std::string& role)> on_role_change;
 };
 
 // Replication figures for metrics.

@@ -1,5 +1,6 @@
 #include "server/server.h"
 
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <prometheus/exposer.h>
@@ -9,8 +10,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "common/logging.h"
-#include "server/grpc_service.h"
 #include "common/process_metrics.h"
+#include "server/grpc_service.h"
 #include "server/metrics.h"
 #include "server/replicator.h"
 
@@ -33,6 +34,23 @@ struct Server::Impl {
 
   absl::Mutex mu;
   bool shut_down ABSL_GUARDED_BY(mu) = false;
+  // The replica role this server has now (coordinated), for the health service.
+  std::string role ABSL_GUARDED_BY(mu) = "none";
+
+  // Per-service health (docs/operations.md, "Health"): the data service serves on a static
+  // server and on a shard's primary; the replication service on a live replica (primary or
+  // caught-up backup: NOT_SERVING while catching up or unplaced); "" while the process serves.
+  void UpdateHealth() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (grpc_server == nullptr || shut_down) return;
+    grpc::HealthCheckServiceInterface* health = grpc_server->GetHealthCheckService();
+    const bool coordinated = replicator != nullptr;
+    health->SetServingStatus(kDataService, !coordinated || role == "primary");
+    if (coordinated) {
+      health->SetServingStatus(kReplicationService, role == "primary" || role == "backup");
+    }
+  }
+  static constexpr char kDataService[] = "tessera.v1.ParameterServer";
+  static constexpr char kReplicationService[] = "tessera.v1.Replication";
 };
 
 Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -87,6 +105,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     r.coordinator = options.coordinator;
     r.metrics_port = impl->metrics_port;
     r.heartbeat_ms = options.heartbeat_ms;
+    Impl* raw = impl.get();
+    r.on_role_change = [raw](const std::string& role) {
+      absl::MutexLock lock(&raw->mu);
+      raw->role = role;
+      raw->UpdateHealth();
+    };
     impl->replicator = std::make_unique<Replicator>(r, impl->core.get());
     impl->core->SetUpdateLog(impl->replicator.get());
     if (impl->exposer != nullptr) {
@@ -98,6 +122,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   impl->service =
       std::make_unique<GrpcService>(impl->core.get(), impl->metrics.get(), impl->replicator.get());
   grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   const std::string addr = absl::StrFormat("%s:%d", options.address, options.port);
   builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &impl->port);
@@ -110,6 +135,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     return absl::UnavailableError(absl::StrFormat("cannot listen for gRPC on %s", addr));
   }
   impl->grpc_server->GetHealthCheckService()->SetServingStatus(true);
+  {
+    absl::MutexLock lock(&impl->mu);
+    impl->UpdateHealth();
+  }
   if (impl->replicator != nullptr) {
     // The advertised address is the server's identity in the cluster.
     impl->replicator->Start(options.advertise_address.empty()

@@ -346,6 +346,49 @@ TEST_CASE("R=3 survives two simultaneous kills", "[replication][fault]") {
   work.Verify();
 }
 
+// The health service per role: a primary serves data and replication, a backup only
+// replication, a spare neither; the coordinator serves its own service.
+TEST_CASE("health answers per service and role", "[replication]") {
+  auto cluster = StartReplicated(3, 2, 1);  // one spare
+  absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(0);
+  REQUIRE(replicas.ok());
+  REQUIRE(replicas->size() == 2);
+  int spare = 0;
+  while (std::find(replicas->begin(), replicas->end(), spare) != replicas->end()) ++spare;
+  auto serving = [&](int server, const char* service) {
+    // Roles reach the health service a heartbeat after the map changes: wait for a stable
+    // answer (bounded) rather than sleeping.
+    absl::StatusOr<bool> s = CheckHealth(cluster->addresses()[server], absl::Seconds(5), service);
+    INFO("server " << server << " " << service << ": " << s.status().ToString());
+    REQUIRE(s.ok());
+    return *s;
+  };
+  auto await = [&](int server, const char* service, bool want) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (serving(server, service) != want && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return serving(server, service);
+  };
+  const char* data = "tessera.v1.ParameterServer";
+  const char* replication = "tessera.v1.Replication";
+  CHECK(await((*replicas)[0], data, true));
+  CHECK(await((*replicas)[0], replication, true));
+  CHECK_FALSE(await((*replicas)[1], data, false));
+  CHECK(await((*replicas)[1], replication, true));
+  CHECK_FALSE(await(spare, data, false));
+  CHECK_FALSE(await(spare, replication, false));
+  for (int i = 0; i < 3; ++i) CHECK(serving(i, ""));  // every process serves
+  absl::StatusOr<bool> coordinator =
+      CheckHealth(cluster->coordinator_address(), absl::Seconds(5), "tessera.v1.Coordinator");
+  REQUIRE(coordinator.ok());
+  CHECK(*coordinator);
+  // The primary dies: its backup now serves data, and the spare joins as the new backup.
+  kill(cluster->pid((*replicas)[0]), SIGKILL);
+  CHECK(await((*replicas)[1], data, true));
+  CHECK(await(spare, replication, true));
+}
+
 TEST_CASE("a spare replaces a lost replica while pushes go on and can then be promoted",
           "[replication][fault]") {
   auto cluster = StartReplicated(3, 2, 1);  // one spare

@@ -123,6 +123,13 @@ TEST_CASE("metrics and health are served", "[process]") {
   absl::StatusOr<bool> healthy = CheckHealth(cluster->addresses()[0]);
   REQUIRE(healthy.ok());
   CHECK(*healthy);
+  // Per service: a static server serves data.
+  absl::StatusOr<bool> data =
+      CheckHealth(cluster->addresses()[0], absl::Seconds(5), "tessera.v1.ParameterServer");
+  REQUIRE(data.ok());
+  CHECK(*data);
+  CHECK(CheckHealth(cluster->addresses()[0], absl::Seconds(5), "no.such.Service").status().code() ==
+        absl::StatusCode::kNotFound);
 
   auto client = Connect(*cluster);
   TableConfig emb{.name = "emb", .kind = TableKind::kSparse, .dim = 4};

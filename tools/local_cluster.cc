@@ -495,14 +495,20 @@ absl::StatusOr<std::string> HttpGet(int port, const std::string& path, absl::Dur
   return response.substr(header_end + 4);
 }
 
-absl::StatusOr<bool> CheckHealth(const std::string& address, absl::Duration timeout) {
+absl::StatusOr<bool> CheckHealth(const std::string& address, absl::Duration timeout,
+                                 const std::string& service) {
   grpc::GenericStub stub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-  // grpc.health.v1.HealthCheckRequest{service: ""} serializes to zero bytes.
-  grpc::ByteBuffer request;
-  grpc::Slice empty;
-  request = grpc::ByteBuffer(&empty, 1);
+  // grpc.health.v1.HealthCheckRequest{service}: field 1, length-delimited (empty: no bytes).
+  std::string bytes_out;
+  if (!service.empty()) {
+    bytes_out.push_back(0x0a);
+    bytes_out.push_back(static_cast<char>(service.size()));  // (names are < 128 bytes)
+    bytes_out += service;
+  }
+  grpc::Slice slice(bytes_out);
+  grpc::ByteBuffer request(&slice, 1);
   grpc::ByteBuffer response;
   absl::Notification done;
   grpc::Status status;

@@ -125,10 +125,12 @@ absl::StatusOr<std::vector<std::string>> PrimaryAddresses(const std::string& coo
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path,
                                     absl::Duration timeout = absl::Seconds(10));
 
-// Asks the standard gRPC health service at `address` about the whole server ("" service).
-// Returns true for SERVING, false for any other answer; an error when it cannot be asked.
+// Asks the standard gRPC health service at `address` about `service` ("": the whole server).
+// Returns true for SERVING, false for any other answer; an error when it cannot be asked
+// (NOT_FOUND for a service the server does not know).
 absl::StatusOr<bool> CheckHealth(const std::string& address,
-                                 absl::Duration timeout = absl::Seconds(5));
+                                 absl::Duration timeout = absl::Seconds(5),
+                                 const std::string& service = "");
 
 }  // namespace tessera
 

@@ -1,6 +1,7 @@
 // CoordinatorServer: the gRPC service, the lease checker and RocksDB persistence.
 #include "server/coordinator/coordinator.h"
 
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <prometheus/counter.h>
 #include <prometheus/exposer.h>
@@ -15,8 +16,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
-#include "common/process_metrics.h"
 #include "common/logging.h"
+#include "common/process_metrics.h"
 #include "proto/cluster.grpc.pb.h"
 #include "server/coordinator/job_clocks.h"
 
@@ -328,6 +329,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   }
 
   grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   const std::string addr = absl::StrFormat("%s:%d", options.address, options.port);
   builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &impl->port);
@@ -336,6 +338,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   if (impl->server == nullptr || impl->port == 0) {
     return absl::UnavailableError(absl::StrFormat("cannot listen for gRPC on %s", addr));
   }
+  impl->server->GetHealthCheckService()->SetServingStatus("tessera.v1.Coordinator", true);
   Impl* raw = impl.get();
   impl->lease_thread = std::thread([raw] { raw->LeaseLoop(); });
   LogInfo("coordinating %u shards x %u replicas on %s:%d (lease %d ms), metrics on port %d",
