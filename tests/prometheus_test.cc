@@ -22,6 +22,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "tests/test_cluster.h"
+#include "worker/idx.h"
 
 namespace tessera {
 namespace {
@@ -165,6 +166,53 @@ TEST_CASE("a real Prometheus scrapes every daemon and sees what the test pushed"
     distinct.insert(keys.begin(), keys.end());
   }
 
+  // A worker process training (long enough to be scraped) with its /metrics on a known port.
+  char worker_tmpl[] = "/tmp/tessera-prom-worker-XXXXXX";
+  const std::string worker_dir = mkdtemp(worker_tmpl);
+  // (A dense model: its pushes leave the sparse-key counts below to what this test pushed.)
+  const std::string d = kFashionMnistDir;
+  std::ofstream(worker_dir + "/job.textproto")
+      << absl::StrCat("name: \"prom-mlp\"\nmlp { hidden: 16 }\nidx {\n  train_images: \"", d,
+                      "/train-images-idx3-ubyte.gz\"\n  train_labels: \"", d,
+                      "/train-labels-idx1-ubyte.gz\"\n  max_train_examples: 2000\n}\n",
+                      "mode: CONSISTENCY_MODE_ASYNC\nepochs: 100000\nbatch_size: 64\n");
+  const int worker_port = FreePort();
+  const pid_t worker = fork();
+  if (worker == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    const int fd = open((worker_dir + "/worker.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    execl(TESSERA_WORKER_BINARY, TESSERA_WORKER_BINARY,
+          ("--config=" + worker_dir + "/job.textproto").c_str(),
+          ("--coordinator=" + cluster->coordinator_address()).c_str(),
+          absl::StrCat("--metrics_port=", worker_port).c_str(), nullptr);
+    _exit(127);
+  }
+  REQUIRE(worker > 0);
+  struct KillWorker {
+    pid_t pid;
+    ~KillWorker() {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  } kill_worker{worker};
+  {  // (bounded) until it trains: its steps counter moves
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    absl::StatusOr<std::string> m;
+    while (absl::Now() < deadline) {
+      m = HttpGet(worker_port, "/metrics");
+      if (m.ok() && m->find("tessera_worker_steps_total ") != std::string::npos &&
+          m->find("tessera_worker_steps_total 0") == std::string::npos) {
+        break;
+      }
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    INFO("worker log: " << worker_dir << "/worker.log; " << m.status().ToString());
+    REQUIRE(m.ok());
+  }
+  CHECK(PromtoolComplaints(worker_port).empty());
+
   // Every endpoint is clean for promtool.
   std::vector<std::string> servers;
   for (int port : cluster->metrics_ports()) {
@@ -177,14 +225,14 @@ TEST_CASE("a real Prometheus scrapes every daemon and sees what the test pushed"
   char tmpl[] = "/tmp/tessera-prometheus-XXXXXX";
   const std::string dir = mkdtemp(tmpl);
   {
-    Prometheus prometheus(dir,
-                          {{"tessera-server", servers},
-                           {"tessera-coordinator",
-                            {absl::StrCat("127.0.0.1:", cluster->coordinator_metrics_port())}}});
+    Prometheus prometheus(dir, {{"tessera-server", servers},
+                                {"tessera-coordinator",
+                                 {absl::StrCat("127.0.0.1:", cluster->coordinator_metrics_port())}},
+                                {"tessera-worker", {absl::StrCat("127.0.0.1:", worker_port)}}});
     INFO("prometheus log: " << dir << "/prometheus.log");
     // Every target up.
-    CHECK(AwaitValue(prometheus.port(), "count(up == 1)", 3, absl::Seconds(60)) == 3);
-    CHECK(QueryValue(prometheus.port(), "count(up)") == 3);
+    CHECK(AwaitValue(prometheus.port(), "count(up == 1)", 4, absl::Seconds(60)) == 4);
+    CHECK(QueryValue(prometheus.port(), "count(up)") == 4);
     // What the test did, as Prometheus recorded it.
     CHECK(AwaitValue(prometheus.port(), "sum(tessera_server_keys_total{method=\"PushSparse\"})",
                      static_cast<double>(pushed), absl::Seconds(30)) == pushed);
@@ -200,10 +248,15 @@ TEST_CASE("a real Prometheus scrapes every daemon and sees what the test pushed"
           40);
     CHECK(QueryValue(prometheus.port(), "tessera_coordinator_shards_degraded") == 0);
     // Process metrics from every daemon.
-    CHECK(QueryValue(prometheus.port(), "count(process_resident_memory_bytes > 1e6)") == 3);
-    CHECK(QueryValue(prometheus.port(), "count(process_open_fds > 0)") == 3);
+    CHECK(QueryValue(prometheus.port(), "count(process_resident_memory_bytes > 1e6)") == 4);
+    CHECK(QueryValue(prometheus.port(), "count(process_open_fds > 0)") == 4);
+    // The worker trains: its samples counter grows between scrapes.
+    CHECK(AwaitValue(prometheus.port(), "count(increase(tessera_worker_samples_total[5s]) > 0)", 1,
+                     absl::Seconds(30)) == 1);
+    CHECK(QueryValue(prometheus.port(), "count(tessera_worker_step_phase_seconds_total)") == 4);
   }
   std::filesystem::remove_all(dir);
+  std::filesystem::remove_all(worker_dir);
 }
 
 }  // namespace
