@@ -24,6 +24,8 @@ TEST_CASE("tessera local runs its default job: two worker processes train Fashio
   CHECK(out.find("[worker 0]   step") != std::string::npos);  // progress lines
   CHECK(out.find("meets the 0.85 bar") != std::string::npos);
   CHECK(out.find("fmnist.w0") != std::string::npos);  // the cluster's tables at the end
+  CHECK(out.find("checkpoint 4 (incremental on 3) at step 702") != std::string::npos);
+  CHECK(out.find("last part written") != std::string::npos);  // and their checkpoints
   CHECK(out.find("all drained and exited cleanly") != std::string::npos);
 }
 

@@ -8,10 +8,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 #include "client/client.h"
 #include "common/grpc_status.h"
 #include "proto/cluster.grpc.pb.h"
 #include "tools/commands.h"
+#include "tools/local_cluster.h"
+#include "tools/prom_text.h"
 
 namespace tessera {
 namespace {
@@ -65,6 +68,44 @@ absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, 
     }
   }
 
+  // Each live server's checkpoint figures, from its /metrics.
+  struct Checkpoints {
+    std::string error;  // why the figures are missing
+    double ok = 0, failed = 0, last_unix_s = 0, last_bytes = 0;
+  };
+  std::map<std::string, Checkpoints> checkpoints;
+  const double now_s = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
+  for (const auto& m : resp.members()) {
+    Checkpoints& c = checkpoints[m.status().address()];
+    const std::string& address = m.status().address();
+    const std::string host = address.substr(0, address.rfind(':'));
+    if (!m.alive() || m.status().metrics_port() <= 0) {
+      c.error = !m.alive() ? "dead" : "no /metrics";
+      continue;
+    }
+    absl::StatusOr<std::string> text =
+        HttpGet(host, m.status().metrics_port(), "/metrics", absl::Seconds(2));
+    if (!text.ok()) {
+      c.error = std::string(text.status().message());
+      continue;
+    }
+    const std::vector<PromSample> s = ParsePromText(*text);
+    c.ok = SumSamples(s, "tessera_checkpoints_total", {{"result", "ok"}});
+    c.failed = SumSamples(s, "tessera_checkpoints_total", {{"result", "error"}});
+    c.last_unix_s = SumSamples(s, "tessera_checkpoint_last_success_timestamp_seconds");
+    c.last_bytes = SumSamples(s, "tessera_checkpoint_last_bytes");
+  }
+  auto checkpoint_line = [&](const std::string& address) {
+    const Checkpoints& c = checkpoints[address];
+    if (!c.error.empty()) return absl::StrCat("(", c.error, ")");
+    if (c.last_unix_s <= 0) {
+      return absl::StrFormat("none written%s",
+                             c.failed > 0 ? absl::StrFormat(", %.0f failed", c.failed) : "");
+    }
+    return absl::StrFormat("last part written %.0f s ago (%.1f MB); %.0f ok, %.0f failed",
+                           now_s - c.last_unix_s, c.last_bytes / 1e6, c.ok, c.failed);
+  };
+
   auto lsn_of = [&](const std::string& address) -> uint64_t {
     auto it = members.find(address);
     return it == members.end() ? 0 : it->second->status().lsn();
@@ -96,10 +137,12 @@ absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, 
     for (const auto& m : resp.members()) {
       servers.push_back(absl::StrFormat(
           "{\"address\":%s,\"alive\":%s,\"shard\":%d,\"role\":\"%s\",\"lsn\":%u,"
-          "\"seconds_since_heartbeat\":%.3f,\"metrics_port\":%d}",
+          "\"seconds_since_heartbeat\":%.3f,\"metrics_port\":%d,\"checkpoints_ok\":%.0f,"
+          "\"checkpoints_failed\":%.0f,\"last_checkpoint_unix_s\":%.3f}",
           JsonString(m.status().address()), m.alive() ? "true" : "false", m.status().shard(),
           v1::ServerRole_Name(m.status().role()), m.status().lsn(), m.seconds_since_heartbeat(),
-          m.status().metrics_port()));
+          m.status().metrics_port(), checkpoints[m.status().address()].ok,
+          checkpoints[m.status().address()].failed, checkpoints[m.status().address()].last_unix_s));
     }
     std::vector<std::string> tj;
     for (const TableStatus& t : tables) {
@@ -147,6 +190,11 @@ absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, 
                           m.status().address(), m.alive() ? "alive" : "DEAD",
                           v1::ServerRole_Name(m.status().role()), m.status().shard(),
                           m.seconds_since_heartbeat());
+  }
+  absl::StrAppend(&out, "checkpoints:\n");
+  for (const auto& m : resp.members()) {
+    absl::StrAppendFormat(&out, "  %-21s %s\n", m.status().address(),
+                          checkpoint_line(m.status().address()));
   }
   absl::StrAppend(&out, "tables:\n");
   if (!tables_error.empty()) absl::StrAppend(&out, "  (cannot list: ", tables_error, ")\n");

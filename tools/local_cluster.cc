@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -455,6 +456,11 @@ absl::StatusOr<std::vector<std::string>> ConnectOrStart(const std::vector<std::s
 }
 
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path, absl::Duration timeout) {
+  return HttpGet("127.0.0.1", port, path, timeout);
+}
+
+absl::StatusOr<std::string> HttpGet(const std::string& host, int port, const std::string& path,
+                                    absl::Duration timeout) {
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
   struct Closer {
@@ -467,12 +473,22 @@ absl::StatusOr<std::string> HttpGet(int port, const std::string& path, absl::Dur
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1) {
+    addrinfo hints{};
+    hints.ai_family = AF_INET;
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* found = nullptr;
+    if (getaddrinfo(host.c_str(), nullptr, &hints, &found) != 0 || found == nullptr) {
+      return absl::UnavailableError(absl::StrFormat("cannot resolve %s", host));
+    }
+    addr.sin_addr = reinterpret_cast<sockaddr_in*>(found->ai_addr)->sin_addr;
+    freeaddrinfo(found);
+  }
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
     return absl::UnavailableError(
-        absl::StrFormat("connect to 127.0.0.1:%d: %s", port, strerror(errno)));
+        absl::StrFormat("connect to %s:%d: %s", host, port, strerror(errno)));
   }
-  const std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+  const std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: ", host, "\r\n\r\n");
   if (send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
     return absl::UnavailableError(absl::StrCat("send: ", strerror(errno)));
   }

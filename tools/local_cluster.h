@@ -124,6 +124,9 @@ absl::StatusOr<std::vector<std::string>> PrimaryAddresses(const std::string& coo
 // Sends GET `path` to 127.0.0.1:port over HTTP/1.0 and returns the body (status 200 only).
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path,
                                     absl::Duration timeout = absl::Seconds(10));
+// The same to host:port (an IPv4 address or a name).
+absl::StatusOr<std::string> HttpGet(const std::string& host, int port, const std::string& path,
+                                    absl::Duration timeout = absl::Seconds(10));
 
 // Asks the standard gRPC health service at `address` about `service` ("": the whole server).
 // Returns true for SERVING, false for any other answer; an error when it cannot be asked
