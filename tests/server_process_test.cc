@@ -1,4 +1,5 @@
 // One real tessera-server process: bad input over the wire, metrics, health, SIGTERM drain.
+#include <google/protobuf/unknown_field_set.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
@@ -6,8 +7,10 @@
 #include <atomic>
 #include <vector>
 
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "common/grpc_status.h"
 #include "common/wire.h"
 #include "proto/tessera.grpc.pb.h"
 #include "tests/test_cluster.h"
@@ -116,6 +119,85 @@ TEST_CASE("bad requests over the wire get precise statuses and change nothing", 
 
   CHECK(snapshot() == before);
   CHECK(cluster->Stop().ok());  // and the server is still healthy enough to drain cleanly
+}
+
+// The service names a server's reflection service lists (grpc.reflection.v1alpha, spoken as
+// raw bytes: Debian ships no reflection client).
+absl::StatusOr<std::vector<std::string>> ReflectedServices(const std::string& address) {
+  grpc::GenericStub stub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  class Reactor : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+   public:
+    explicit Reactor(grpc::GenericStub& stub) {
+      ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+      stub.PrepareBidiStreamingCall(
+          &ctx_, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+          grpc::StubOptions(), this);
+      // ServerReflectionRequest{list_services: ""}: field 7, length-delimited, empty.
+      grpc::Slice slice(std::string("\x3a\x00", 2));
+      request_ = grpc::ByteBuffer(&slice, 1);
+      StartWrite(&request_);
+      StartRead(&response_);
+      StartCall();
+    }
+    void OnWriteDone(bool) override { StartWritesDone(); }
+    void OnReadDone(bool ok) override { read_ = ok; }
+    void OnDone(const grpc::Status& s) override {
+      status_ = s;
+      done_.Notify();
+    }
+    absl::StatusOr<std::string> Await() {
+      done_.WaitForNotification();
+      if (!status_.ok()) return FromGrpcStatus(status_);
+      if (!read_) return absl::DataLossError("no reflection response");
+      std::vector<grpc::Slice> slices;
+      (void)response_.Dump(&slices);
+      std::string bytes;
+      for (const grpc::Slice& s : slices) {
+        bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+      }
+      return bytes;
+    }
+
+   private:
+    grpc::ClientContext ctx_;
+    grpc::ByteBuffer request_, response_;
+    bool read_ = false;
+    grpc::Status status_;
+    absl::Notification done_;
+  } reactor(stub);
+  absl::StatusOr<std::string> bytes = reactor.Await();
+  if (!bytes.ok()) return bytes.status();
+  // ServerReflectionResponse.list_services_response (6) -> ListServiceResponse.service (1)
+  // -> ServiceResponse.name (1).
+  google::protobuf::UnknownFieldSet response;
+  if (!response.ParseFromString(*bytes)) return absl::DataLossError("unparsable response");
+  std::vector<std::string> names;
+  for (int i = 0; i < response.field_count(); ++i) {
+    const google::protobuf::UnknownField& f = response.field(i);
+    if (f.number() != 6 || f.type() != google::protobuf::UnknownField::TYPE_LENGTH_DELIMITED) {
+      continue;
+    }
+    google::protobuf::UnknownFieldSet list;
+    if (!list.ParseFromString(f.length_delimited())) continue;
+    for (int j = 0; j < list.field_count(); ++j) {
+      google::protobuf::UnknownFieldSet service;
+      if (list.field(j).number() == 1 &&
+          service.ParseFromString(list.field(j).length_delimited()) && service.field_count() > 0) {
+        names.push_back(service.field(0).length_delimited());
+      }
+    }
+  }
+  return names;
+}
+
+TEST_CASE("server reflection lists the server's services", "[process]") {
+  auto cluster = StartCluster(1);
+  absl::StatusOr<std::vector<std::string>> names = ReflectedServices(cluster->addresses()[0]);
+  INFO(names.status().ToString());
+  REQUIRE(names.ok());
+  INFO(absl::StrJoin(*names, ", "));
+  CHECK(std::find(names->begin(), names->end(), "tessera.v1.ParameterServer") != names->end());
+  CHECK(std::find(names->begin(), names->end(), "grpc.health.v1.Health") != names->end());
 }
 
 TEST_CASE("metrics and health are served", "[process]") {
