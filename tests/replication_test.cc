@@ -346,15 +346,27 @@ TEST_CASE("R=3 survives two simultaneous kills", "[replication][fault]") {
   work.Verify();
 }
 
+// One shard of R=2 and a spare: the cluster, the shard's replicas (primary first) and the
+// spare's index.
+struct WithSpare {
+  std::unique_ptr<LocalCluster> cluster;
+  std::vector<int> replicas;
+  int spare = 0;
+};
+WithSpare StartWithSpare() {
+  WithSpare w{StartReplicated(3, 2, 1), {}, 0};
+  absl::StatusOr<std::vector<int>> replicas = w.cluster->ReplicasOf(0);
+  REQUIRE(replicas.ok());
+  REQUIRE(replicas->size() == 2);
+  w.replicas = *replicas;
+  while (std::find(w.replicas.begin(), w.replicas.end(), w.spare) != w.replicas.end()) ++w.spare;
+  return w;
+}
+
 // The health service per role: a primary serves data and replication, a backup only
 // replication, a spare neither; the coordinator serves its own service.
 TEST_CASE("health answers per service and role", "[replication]") {
-  auto cluster = StartReplicated(3, 2, 1);  // one spare
-  absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(0);
-  REQUIRE(replicas.ok());
-  REQUIRE(replicas->size() == 2);
-  int spare = 0;
-  while (std::find(replicas->begin(), replicas->end(), spare) != replicas->end()) ++spare;
+  auto [cluster, replicas, spare] = StartWithSpare();
   auto serving = [&](int server, const char* service) {
     // Roles reach the health service a heartbeat after the map changes: wait for a stable
     // answer (bounded) rather than sleeping.
@@ -372,10 +384,10 @@ TEST_CASE("health answers per service and role", "[replication]") {
   };
   const char* data = "tessera.v1.ParameterServer";
   const char* replication = "tessera.v1.Replication";
-  CHECK(await((*replicas)[0], data, true));
-  CHECK(await((*replicas)[0], replication, true));
-  CHECK_FALSE(await((*replicas)[1], data, false));
-  CHECK(await((*replicas)[1], replication, true));
+  CHECK(await(replicas[0], data, true));
+  CHECK(await(replicas[0], replication, true));
+  CHECK_FALSE(await(replicas[1], data, false));
+  CHECK(await(replicas[1], replication, true));
   CHECK_FALSE(await(spare, data, false));
   CHECK_FALSE(await(spare, replication, false));
   for (int i = 0; i < 3; ++i) CHECK(serving(i, ""));  // every process serves
@@ -384,24 +396,19 @@ TEST_CASE("health answers per service and role", "[replication]") {
   REQUIRE(coordinator.ok());
   CHECK(*coordinator);
   // The primary dies: its backup now serves data, and the spare joins as the new backup.
-  kill(cluster->pid((*replicas)[0]), SIGKILL);
-  CHECK(await((*replicas)[1], data, true));
+  kill(cluster->pid(replicas[0]), SIGKILL);
+  CHECK(await(replicas[1], data, true));
   CHECK(await(spare, replication, true));
 }
 
 TEST_CASE("a spare replaces a lost replica while pushes go on and can then be promoted",
           "[replication][fault]") {
-  auto cluster = StartReplicated(3, 2, 1);  // one spare
-  absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(0);
-  REQUIRE(replicas.ok());
-  REQUIRE(replicas->size() == 2);
-  int spare = 0;
-  while (std::find(replicas->begin(), replicas->end(), spare) != replicas->end()) ++spare;
+  auto [cluster, replicas, spare] = StartWithSpare();
   Workload work(*cluster, 4);
   work.Start();
   work.WaitForMore(200);
-  kill(cluster->pid((*replicas)[1]), SIGKILL);  // the backup
-  WaitUntilRemoved(*cluster, 0, (*replicas)[1]);
+  kill(cluster->pid(replicas[1]), SIGKILL);  // the backup
+  WaitUntilRemoved(*cluster, 0, replicas[1]);
   WaitForReplicas(*cluster);  // the spare caught up while pushes went on
   absl::StatusOr<std::vector<int>> now = cluster->ReplicasOf(0);
   REQUIRE(now.ok());
