@@ -34,8 +34,9 @@ if [ "$mode" = k8s ]; then
     [ -f /etc/ssl/certs/ca-certificates.crt ] && cafile=(--cafile=/etc/ssl/certs/ca-certificates.crt)
     if ! log=$(cd "$deps" && npm ci --no-audit --no-fund --loglevel=error "${cafile[@]}" 2>&1); then
       rm -f "$deps/package-lock.json"  # (retried next time)
-      echo "SKIPPED: cannot install kubernetes-models and js-yaml from the npm registry:"
-      echo "$log" | grep -m3 -E "ERR|error" || echo "$log" | tail -3
+      why=$(echo "$log" | grep -m1 -E "reason:|ERR! code|error code" || echo "$log" | tail -1)
+      echo "SKIPPED: cannot install kubernetes-models and js-yaml from the npm registry ($why)"
+      echo "$log" | tail -5
       exit 77
     fi
   fi
