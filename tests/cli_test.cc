@@ -41,6 +41,17 @@ TEST_CASE("tessera local runs the CTR job asynchronously on a replicated cluster
   CHECK(out.find("all drained and exited cleanly") != std::string::npos);
 }
 
+TEST_CASE("tessera local --prometheus starts a Prometheus that scrapes every daemon",
+          "[cli][metrics][prometheus]") {
+  auto [code, out] = RunCommand(std::string(TESSERA_CLI_BINARY) +
+                                " local --prometheus --job=lr --epochs=1 2>&1");
+  INFO(out);
+  CHECK(code == 0);
+  CHECK(out.find("scrapes the coordinator, 2 servers and 2 workers") != std::string::npos);
+  CHECK(out.find("3 of 3 server and coordinator targets up") != std::string::npos);
+  CHECK(out.find(" 0 pushes answered OK") == std::string::npos);
+}
+
 TEST_CASE("tessera local trains to within 2 points of the planted model", "[cli]") {
   auto [code, out] =
       RunCommand(std::string(TESSERA_CLI_BINARY) +

@@ -22,35 +22,16 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "tests/test_cluster.h"
+#include "tools/local_prometheus.h"
 #include "worker/idx.h"
 
 namespace tessera {
 namespace {
 
-// A loopback port nobody listens on now (bound, then released for the child to take).
 int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
-  socklen_t len = sizeof(a);
-  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
-std::string UrlEncode(const std::string& s) {
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '_' || c == '-' || c == '.') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out += absl::StrFormat("%%%02X", c);
-    }
-  }
-  return out;
+  absl::StatusOr<int> port = FreeLoopbackPort();
+  REQUIRE(port.ok());
+  return *port;
 }
 
 // `promtool check metrics` on one endpoint's text: its complaints (empty when clean).
@@ -65,81 +46,6 @@ std::string PromtoolComplaints(int port) {
   auto [code, out] = testing::RunCommand(absl::StrCat("promtool check metrics < ", path, " 2>&1"));
   std::remove(path);
   return code == 0 && out.empty() ? "" : absl::StrCat("exit ", code, ": ", out);
-}
-
-// The single value of an instant-vector query's first result ("value":[<time>,"<v>"]), or
-// NaN when the answer has none.
-double QueryValue(int port, const std::string& query) {
-  absl::StatusOr<std::string> body = HttpGet(port, "/api/v1/query?query=" + UrlEncode(query));
-  if (!body.ok()) return NAN;
-  const size_t at = body->find("\"value\":[");
-  if (at == std::string::npos) return NAN;
-  const size_t quote = body->find('"', body->find(',', at) + 1);
-  return quote == std::string::npos ? NAN : std::atof(body->c_str() + quote + 1);
-}
-
-class Prometheus {
- public:
-  // Starts Debian's prometheus on 127.0.0.1 scraping `targets` (job -> host:port list) every
-  // 500 ms.
-  Prometheus(const std::string& dir,
-             const std::vector<std::pair<std::string, std::vector<std::string>>>& targets)
-      : port_(FreePort()) {
-    std::string config =
-        "global:\n  scrape_interval: 500ms\n  evaluation_interval: 500ms\n"
-        "scrape_configs:\n";
-    for (const auto& [job, hosts] : targets) {
-      absl::StrAppend(&config, "  - job_name: ", job, "\n    static_configs:\n      - targets: ['",
-                      absl::StrJoin(hosts, "', '"), "']\n");
-    }
-    std::ofstream(dir + "/prometheus.yml") << config;
-    std::vector<std::string> args = {
-        "/usr/bin/prometheus", "--config.file=" + dir + "/prometheus.yml",
-        "--storage.tsdb.path=" + dir + "/data",
-        absl::StrCat("--web.listen-address=127.0.0.1:", port_), "--log.level=warn"};
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const std::string log = dir + "/prometheus.log";
-    const pid_t parent = getpid();
-    pid_ = fork();
-    if (pid_ == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(127);
-      const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      dup2(fd, 1);
-      dup2(fd, 2);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    REQUIRE(pid_ > 0);
-  }
-  ~Prometheus() {
-    kill(pid_, SIGTERM);
-    int status;
-    for (int i = 0; i < 200 && waitpid(pid_, &status, WNOHANG) == 0; ++i) {
-      absl::SleepFor(absl::Milliseconds(50));
-    }
-    kill(pid_, SIGKILL);
-    waitpid(pid_, &status, 0);
-  }
-  int port() const { return port_; }
-
- private:
-  int port_;
-  pid_t pid_ = -1;
-};
-
-// Polls `query` until its value is `want` (bounded); returns the last value seen.
-double AwaitValue(int port, const std::string& query, double want, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  double v = NAN;
-  while (absl::Now() < deadline) {
-    v = QueryValue(port, query);
-    if (v == want) break;
-    absl::SleepFor(absl::Milliseconds(200));
-  }
-  return v;
 }
 
 TEST_CASE("a real Prometheus scrapes every daemon and sees what the test pushed",
@@ -225,35 +131,38 @@ TEST_CASE("a real Prometheus scrapes every daemon and sees what the test pushed"
   char tmpl[] = "/tmp/tessera-prometheus-XXXXXX";
   const std::string dir = mkdtemp(tmpl);
   {
-    Prometheus prometheus(dir, {{"tessera-server", servers},
-                                {"tessera-coordinator",
-                                 {absl::StrCat("127.0.0.1:", cluster->coordinator_metrics_port())}},
-                                {"tessera-worker", {absl::StrCat("127.0.0.1:", worker_port)}}});
+    absl::StatusOr<std::unique_ptr<LocalPrometheus>> started = LocalPrometheus::Start(
+        dir,
+        {{"tessera-server", servers},
+         {"tessera-coordinator", {absl::StrCat("127.0.0.1:", cluster->coordinator_metrics_port())}},
+         {"tessera-worker", {absl::StrCat("127.0.0.1:", worker_port)}}},
+        absl::Milliseconds(500));
+    TESSERA_REQUIRE_OK(started.status());
+    const LocalPrometheus& prometheus = **started;
     INFO("prometheus log: " << dir << "/prometheus.log");
     // Every target up.
-    CHECK(AwaitValue(prometheus.port(), "count(up == 1)", 4, absl::Seconds(60)) == 4);
-    CHECK(QueryValue(prometheus.port(), "count(up)") == 4);
+    CHECK(prometheus.AwaitValue("count(up == 1)", 4, absl::Seconds(60)) == 4);
+    CHECK(prometheus.Query("count(up)") == 4);
     // What the test did, as Prometheus recorded it.
-    CHECK(AwaitValue(prometheus.port(), "sum(tessera_server_keys_total{method=\"PushSparse\"})",
-                     static_cast<double>(pushed), absl::Seconds(30)) == pushed);
-    CHECK(AwaitValue(prometheus.port(), "sum(tessera_table_rows{table=\"prom\"})",
-                     static_cast<double>(distinct.size()), absl::Seconds(30)) == distinct.size());
+    CHECK(prometheus.AwaitValue("sum(tessera_server_keys_total{method=\"PushSparse\"})",
+                                static_cast<double>(pushed), absl::Seconds(30)) == pushed);
+    CHECK(prometheus.AwaitValue("sum(tessera_table_rows{table=\"prom\"})",
+                                static_cast<double>(distinct.size()),
+                                absl::Seconds(30)) == distinct.size());
     // Every push answered OK (table creation may be refused and retried while the servers
     // take their places).
-    CHECK(QueryValue(prometheus.port(),
-                     "sum(tessera_server_requests_total{method=\"PushSparse\",code!=\"OK\"}) "
-                     "or vector(0)") == 0);
-    CHECK(QueryValue(prometheus.port(),
-                     "sum(tessera_server_requests_total{method=\"PushSparse\",code=\"OK\"})") >=
-          40);
-    CHECK(QueryValue(prometheus.port(), "tessera_coordinator_shards_degraded") == 0);
+    CHECK(prometheus.Query("sum(tessera_server_requests_total{method=\"PushSparse\",code!=\"OK\"}) "
+                           "or vector(0)") == 0);
+    CHECK(prometheus.Query(
+              "sum(tessera_server_requests_total{method=\"PushSparse\",code=\"OK\"})") >= 40);
+    CHECK(prometheus.Query("tessera_coordinator_shards_degraded") == 0);
     // Process metrics from every daemon.
-    CHECK(QueryValue(prometheus.port(), "count(process_resident_memory_bytes > 1e6)") == 4);
-    CHECK(QueryValue(prometheus.port(), "count(process_open_fds > 0)") == 4);
+    CHECK(prometheus.Query("count(process_resident_memory_bytes > 1e6)") == 4);
+    CHECK(prometheus.Query("count(process_open_fds > 0)") == 4);
     // The worker trains: its samples counter grows between scrapes.
-    CHECK(AwaitValue(prometheus.port(), "count(increase(tessera_worker_samples_total[5s]) > 0)", 1,
-                     absl::Seconds(30)) == 1);
-    CHECK(QueryValue(prometheus.port(), "count(tessera_worker_step_phase_seconds_total)") == 4);
+    CHECK(prometheus.AwaitValue("count(increase(tessera_worker_samples_total[5s]) > 0)", 1,
+                                absl::Seconds(30)) == 1);
+    CHECK(prometheus.Query("count(tessera_worker_step_phase_seconds_total)") == 4);
   }
   std::filesystem::remove_all(dir);
   std::filesystem::remove_all(worker_dir);

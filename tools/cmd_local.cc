@@ -26,6 +26,7 @@
 #include "proto/tessera.pb.h"
 #include "tools/commands.h"
 #include "tools/local_cluster.h"
+#include "tools/local_prometheus.h"
 #include "tools/prom_text.h"
 #include "worker/job.h"
 #include "worker/logreg_trainer.h"
@@ -369,6 +370,40 @@ int RunWorkerJob(const LocalCommandOptions& o, const std::string& log_dir) {
     return 1;
   }
   const std::string binary = SiblingBinary("tessera-worker", "worker");
+  // Known /metrics ports for the workers, so that Prometheus can be told where they are.
+  std::vector<int> worker_ports;
+  for (int w = 0; w < o.workers; ++w) {
+    absl::StatusOr<int> port = FreeLoopbackPort();
+    worker_ports.push_back(port.ok() ? *port : 0);
+  }
+  std::unique_ptr<LocalPrometheus> prometheus;
+  if (o.prometheus) {
+    LocalPrometheus::Targets targets = {
+        {"tessera-coordinator",
+         {absl::StrCat("127.0.0.1:", (*cluster)->coordinator_metrics_port())}},
+        {"tessera-server", {}},
+        {"tessera-worker", {}}};
+    for (int port : (*cluster)->metrics_ports()) {
+      targets[1].second.push_back(absl::StrCat("127.0.0.1:", port));
+    }
+    for (int port : worker_ports) targets[2].second.push_back(absl::StrCat("127.0.0.1:", port));
+    // The alert rules of deploy/, where this binary runs from a build tree beside them.
+    std::vector<std::string> rules;
+    const std::string alerts = SiblingBinary("../../deploy/prometheus/alerts.yml", "");
+    if (std::filesystem::exists(alerts)) rules.push_back(std::filesystem::canonical(alerts));
+    absl::StatusOr<std::unique_ptr<LocalPrometheus>> started =
+        LocalPrometheus::Start(log_dir, targets, absl::Seconds(1), rules);
+    if (!started.ok()) {
+      std::fprintf(stderr, "tessera local: --prometheus: %s\n",
+                   std::string(started.status().message()).c_str());
+      return 1;
+    }
+    prometheus = *std::move(started);
+    std::printf(
+        "Prometheus: %s scrapes the coordinator, %zu servers and %d workers every second%s\n",
+        prometheus->url().c_str(), (*cluster)->metrics_ports().size(), o.workers,
+        rules.empty() ? "" : absl::StrCat(", with the alert rules of ", rules[0]).c_str());
+  }
   std::printf("job '%s' (%s):\n%s", job->name().c_str(), config_path.c_str(), text.c_str());
   std::printf(
       "starting %d tessera-worker processes (%s); worker 0's output follows, the others' "
@@ -389,7 +424,7 @@ int RunWorkerJob(const LocalCommandOptions& o, const std::string& log_dir) {
     pids.push_back(SpawnWorker(
         {binary, "--config=" + config_path, "--coordinator=" + (*cluster)->coordinator_address(),
          absl::StrCat("--worker=", w), absl::StrCat("--num_workers=", o.workers),
-         "--metrics_port=0"},
+         absl::StrCat("--metrics_port=", worker_ports[w])},
         out_fd));
     if (w > 0 && out_fd >= 0) close(out_fd);
   }
@@ -437,6 +472,33 @@ int RunWorkerJob(const LocalCommandOptions& o, const std::string& log_dir) {
     std::printf("  Fashion-MNIST test accuracy %.4f: %s the 0.85 bar\n", accuracy,
                 bar_met ? "meets" : "does NOT meet");
   }
+  if (prometheus != nullptr) {
+    // What Prometheus recorded, once it has scraped every server after the job (the workers
+    // have exited: their series end with their last scrape).
+    const double targets = static_cast<double>((*cluster)->metrics_ports().size() + 1);
+    const double up = prometheus->AwaitValue("count(up{job!=\"tessera-worker\"} == 1)", targets,
+                                             absl::Seconds(10));
+    const double samples =
+        prometheus->Query("sum(max_over_time(tessera_worker_samples_total[10m]))");
+    std::printf(
+        "  Prometheus (%s): %.0f of %.0f server and coordinator targets up; %.0f pushes answered "
+        "OK; %s\n",
+        prometheus->url().c_str(), std::isnan(up) ? 0 : up, targets,
+        prometheus->Query(
+            "sum(tessera_server_requests_total{method=~\"Push.*\",code=\"OK\"}) or vector(0)"),
+        std::isnan(samples)
+            ? "the workers ended before their first scrape"
+            : absl::StrFormat("%.0f training samples scraped from the workers", samples).c_str());
+  }
+  if (o.linger_s > 0) {
+    std::printf("\nthe cluster%s stays up for %.0f s (Ctrl-C stops everything)\n",
+                prometheus != nullptr
+                    ? absl::StrCat(" and Prometheus (", prometheus->url(), ")").c_str()
+                    : "",
+                o.linger_s);
+    absl::SleepFor(absl::Seconds(o.linger_s));
+  }
+  prometheus.reset();
   if (!FinishCluster(*std::move(cluster))) return 1;
   return ok && bar_met ? 0 : 1;
 }

@@ -29,6 +29,8 @@ struct LocalCommandOptions {
   std::string device = "auto";               // auto | cpu | gpu
   std::optional<OptimizerConfig> optimizer;  // unset: the job's
   std::string log_dir;                       // empty: a fresh directory under /tmp
+  bool prometheus = false;  // start Debian's Prometheus scraping every daemon (worker jobs)
+  double linger_s = 0;      // keep the cluster (and Prometheus) up this long after the job
 };
 int RunLocal(const LocalCommandOptions& options);
 

@@ -35,6 +35,11 @@ ABSL_FLAG(std::string, device, "auto",
 ABSL_FLAG(std::string, optimizer, "",
           "local: sgd, momentum, adagrad, adam or ftrl (default: the job's).");
 ABSL_FLAG(float, learning_rate, 0.1f, "local: the optimizer's learning rate, with --optimizer.");
+ABSL_FLAG(bool, prometheus, false,
+          "local: also start Debian's Prometheus, scraping every daemon (and the alert rules "
+          "of deploy/ when run from a build tree); its URL is printed.");
+ABSL_FLAG(double, linger_s, 0,
+          "local: keep the cluster (and Prometheus) running this long after the job.");
 ABSL_FLAG(std::string, log_dir, "", "local: where server logs go (default: a new /tmp dir).");
 // tessera bench
 ABSL_FLAG(std::string, connect, "",
@@ -148,6 +153,8 @@ int main(int argc, char** argv) {
                                              .learning_rate = absl::GetFlag(FLAGS_learning_rate)};
     }
     o.log_dir = absl::GetFlag(FLAGS_log_dir);
+    o.prometheus = absl::GetFlag(FLAGS_prometheus);
+    o.linger_s = absl::GetFlag(FLAGS_linger_s);
     return tessera::RunLocal(o);
   }
   if (command == "status") {
