@@ -366,7 +366,10 @@ WithSpare StartWithSpare() {
 // The health service per role: a primary serves data and replication, a backup only
 // replication, a spare neither; the coordinator serves its own service.
 TEST_CASE("health answers per service and role", "[replication]") {
-  auto [cluster, replicas, spare] = StartWithSpare();
+  WithSpare w = StartWithSpare();  // (named members: lambdas below capture them)
+  std::unique_ptr<LocalCluster>& cluster = w.cluster;
+  const std::vector<int>& replicas = w.replicas;
+  const int spare = w.spare;
   auto serving = [&](int server, const char* service) {
     // Roles reach the health service a heartbeat after the map changes: wait for a stable
     // answer (bounded) rather than sleeping.
