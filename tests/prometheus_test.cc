@@ -83,6 +83,7 @@ TEST_CASE("a real Prometheus scrapes every daemon and sees what the test pushed"
                       "/train-labels-idx1-ubyte.gz\"\n  max_train_examples: 2000\n}\n",
                       "mode: CONSISTENCY_MODE_ASYNC\nepochs: 100000\nbatch_size: 64\n");
   const int worker_port = FreePort();
+  const int health_port = FreePort();
   const pid_t worker = fork();
   if (worker == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -92,7 +93,8 @@ TEST_CASE("a real Prometheus scrapes every daemon and sees what the test pushed"
     execl(TESSERA_WORKER_BINARY, TESSERA_WORKER_BINARY,
           ("--config=" + worker_dir + "/job.textproto").c_str(),
           ("--coordinator=" + cluster->coordinator_address()).c_str(),
-          absl::StrCat("--metrics_port=", worker_port).c_str(), nullptr);
+          absl::StrCat("--metrics_port=", worker_port).c_str(),
+          absl::StrCat("--health_port=", health_port).c_str(), nullptr);
     _exit(127);
   }
   REQUIRE(worker > 0);
@@ -118,6 +120,11 @@ TEST_CASE("a real Prometheus scrapes every daemon and sees what the test pushed"
     REQUIRE(m.ok());
   }
   CHECK(PromtoolComplaints(worker_port).empty());
+  // Its health service says it trains.
+  absl::StatusOr<bool> training =
+      CheckHealth(absl::StrCat("127.0.0.1:", health_port), absl::Seconds(5), "tessera.v1.Worker");
+  TESSERA_REQUIRE_OK(training.status());
+  CHECK(*training);
 
   // Every endpoint is clean for promtool.
   std::vector<std::string> servers;

@@ -6,6 +6,9 @@
 // Prints a progress line every second (step, samples/s, loss, time split, staleness) and, on
 // worker 0, the test accuracy at the end; serves /metrics. Exit codes: 0 done, 1 the job failed
 // (the message says why, e.g. which worker died), 2 bad flags or config.
+#include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
 #include <prometheus/counter.h>
 #include <prometheus/exposer.h>
 #include <prometheus/gauge.h>
@@ -37,7 +40,14 @@ ABSL_FLAG(uint32_t, worker, 0, "This worker's index in [0, num_workers).");
 ABSL_FLAG(uint32_t, num_workers, 1, "Workers in the job.");
 ABSL_FLAG(std::string, metrics_address, "127.0.0.1", "Address of the /metrics endpoint.");
 ABSL_FLAG(int, metrics_port, 0, "Port of /metrics; 0 picks a free one, -1 disables.");
+ABSL_FLAG(int, health_port, -1,
+          "Port of a gRPC health service (tessera.v1.Worker: SERVING while the worker trains); "
+          "0 picks a free one (printed), -1: none.");
 ABSL_FLAG(double, report_every_s, 1.0, "Seconds between progress lines.");
+
+namespace {
+constexpr char kWorkerService[] = "tessera.v1.Worker";
+}  // namespace
 
 int main(int argc, char** argv) {
   tessera::SetUpProcess();
@@ -122,6 +132,32 @@ int main(int argc, char** argv) {
     }
   }
 
+  // gRPC health (docs/operations.md, "Health"): the process, and tessera.v1.Worker while the
+  // worker trains.
+  // (gRPC needs one service of its own beside health: a generic one answering UNIMPLEMENTED.)
+  grpc::CallbackGenericService unimplemented;
+  std::unique_ptr<grpc::Server> health_server;
+  if (const int port = absl::GetFlag(FLAGS_health_port); port >= 0) {
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::ServerBuilder builder;
+    builder.RegisterCallbackGenericService(&unimplemented);
+    int bound = 0;
+    builder.AddListeningPort(absl::StrFormat("%s:%d", absl::GetFlag(FLAGS_metrics_address), port),
+                             grpc::InsecureServerCredentials(), &bound);
+    health_server = builder.BuildAndStart();
+    if (health_server == nullptr || bound == 0) {
+      std::fprintf(stderr, "tessera-worker: cannot serve gRPC health on port %d\n", port);
+      return 2;
+    }
+    health_server->GetHealthCheckService()->SetServingStatus(kWorkerService, false);
+    std::printf("health: grpc %s:%d\n", absl::GetFlag(FLAGS_metrics_address).c_str(), bound);
+  }
+  auto set_training = [&](bool training) {
+    if (health_server != nullptr) {
+      health_server->GetHealthCheckService()->SetServingStatus(kWorkerService, training);
+    }
+  };
+
   tessera::ClientOptions co;
   co.coordinator = absl::GetFlag(FLAGS_coordinator);
   absl::StatusOr<std::unique_ptr<tessera::Client>> client = tessera::Client::Connect(co);
@@ -187,6 +223,7 @@ int main(int argc, char** argv) {
   double phase_sum[4] = {0, 0, 0, 0};
   job->loop.worker = worker;
   job->loop.num_workers = num_workers;
+  set_training(true);
   absl::StatusOr<tessera::WorkerReport> report = tessera::RunTrainLoop(
       **client, clock->get(), *job->model, job->loop, [&](const tessera::StepReport& r) {
         steps.Increment();
@@ -215,6 +252,7 @@ int main(int argc, char** argv) {
         const uint32_t every = (*config)->checkpoint().every_steps();
         if (checkpoints && every > 0 && r.step % every == 0) checkpoint(r.step);
       });
+  set_training(false);
   if (!report.ok()) {
     std::fprintf(stderr, "tessera-worker: the job stopped: %s\n",
                  report.status().ToString().c_str());
