@@ -43,8 +43,8 @@ TEST_CASE("tessera local runs the CTR job asynchronously on a replicated cluster
 
 TEST_CASE("tessera local --prometheus starts a Prometheus that scrapes every daemon",
           "[cli][metrics][prometheus]") {
-  auto [code, out] = RunCommand(std::string(TESSERA_CLI_BINARY) +
-                                " local --prometheus --job=lr --epochs=1 2>&1");
+  auto [code, out] =
+      RunCommand(std::string(TESSERA_CLI_BINARY) + " local --prometheus --job=lr --epochs=1 2>&1");
   INFO(out);
   CHECK(code == 0);
   CHECK(out.find("scrapes the coordinator, 2 servers and 2 workers") != std::string::npos);

@@ -238,13 +238,12 @@ TEST_CASE("tessera-worker trains on a Criteo file while it is still being parsed
   const std::string train = WriteCriteo(dir.path() + "/train.tsv", 20000, 1);
   const std::string test = WriteCriteo(dir.path() + "/test.tsv", 2000, 2);
   const std::string out = RunTwoWorkers(
-      *cluster,
-      absl::StrCat("name: \"criteo\"\n",
-                   "ctr { hidden: 16 embedding_optimizer { kind: OPTIMIZER_KIND_ADAGRAD "
-                   "learning_rate: 0.05 } }\n",
-                   "optimizer { kind: OPTIMIZER_KIND_ADAM learning_rate: 0.002 }\n",
-                   "criteo { train: \"", train, "\" test: \"", test,
-                   "\" }\nbatch_size: 128\nepochs: 2\n"));
+      *cluster, absl::StrCat("name: \"criteo\"\n",
+                             "ctr { hidden: 16 embedding_optimizer { kind: OPTIMIZER_KIND_ADAGRAD "
+                             "learning_rate: 0.05 } }\n",
+                             "optimizer { kind: OPTIMIZER_KIND_ADAM learning_rate: 0.002 }\n",
+                             "criteo { train: \"", train, "\" test: \"", test,
+                             "\" }\nbatch_size: 128\nepochs: 2\n"));
   INFO(out);
   // Each table has the optimizer the config gave it.
   std::unique_ptr<Client> client = testing::ConnectCoordinated(*cluster);
