@@ -20,10 +20,14 @@ inline uint32_t VshardOfKey(uint64_t key, uint32_t num_vshards) {
 }
 
 // The vshard of block `block` of the dense table named `table_name` (table_hash =
-// Fnv1a64(table_name)). Consecutive blocks land on consecutive vshards, so a large tensor is
-// spread over all shards. Part of the wire contract.
+// Fnv1a64(table_name)). Block b sits at fraction frac(h + b * 0.618...) of the vshard range (a
+// golden-ratio Weyl sequence, read from the high bits), so consecutive blocks of a tensor land
+// far apart and every shard's contiguous range of vshards gets its share even of a tensor of
+// a few blocks. (Consecutive vshards would put a tensor of fewer than num_vshards / num_shards
+// blocks on one shard.) Part of the wire contract.
 inline uint32_t VshardOfDenseBlock(uint64_t table_hash, uint64_t block, uint32_t num_vshards) {
-  return static_cast<uint32_t>((table_hash + block) % num_vshards);
+  const uint64_t x = table_hash + block * 0x9E3779B97F4A7C15ull;
+  return static_cast<uint32_t>(((x >> 32) * num_vshards) >> 32);
 }
 
 // Which shard owns each vshard, at one epoch. A value type; thread-compatible.

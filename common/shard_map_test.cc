@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <map>
+#include <set>
 #include <vector>
 
 namespace tessera {
@@ -77,4 +78,24 @@ TEST_CASE("grouping by vshard sorted or not", "[shard_map]") {
 }
 
 }  // namespace
+TEST_CASE("dense blocks of even a small tensor spread over every shard", "[shard_map]") {
+  // Pinned: the placement is part of the wire contract and of checkpoint files.
+  CHECK(VshardOfDenseBlock(0, 0, 1024) == 0);
+  CHECK(VshardOfDenseBlock(0, 1, 1024) == 632);  // floor(0.6180339887 * 1024)
+  for (uint32_t shards : {2u, 3u, 4u}) {
+    absl::StatusOr<ShardMap> map = ShardMap::Uniform(1, shards);
+    REQUIRE(map.ok());
+    for (const char* table : {"w", "mlp.w0", "ctr.b1"}) {
+      std::set<uint32_t> seen;
+      for (uint64_t b = 0; b < 3 * shards; ++b) {
+        seen.insert(map->ShardOf(VshardOfDenseBlock(Fnv1a64(table), b, map->num_vshards())));
+      }
+      INFO(table << " over " << shards << " shards");
+      // N golden-ratio points leave no gap wider than about 2.618 / N of the range, so 3
+      // blocks per shard reach every shard's range.
+      CHECK(seen.size() == shards);
+    }
+  }
+}
+
 }  // namespace tessera
