@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "tests/test_cluster.h"
+#include "worker/lr_kernels.h"
 
 namespace {
 
@@ -138,6 +139,12 @@ TEST_CASE("tessera rejects unknown commands and bad flags clearly", "[cli]") {
   CHECK(code3 == 2);
   CHECK(out3.find("--job must be fmnist, ctr, lr, planted-lr or a job config file") !=
         std::string::npos);
+  if (tessera::CudaDeviceCount() == 0) {  // (where there is a GPU, --device=gpu is fine)
+    auto [code5, out5] =
+        RunCommand(std::string(TESSERA_CLI_BINARY) + " local --job=lr --device=gpu 2>&1");
+    CHECK(code5 == 2);
+    CHECK(out5.find("--device=gpu but") != std::string::npos);
+  }
   auto [code4, out4] = RunCommand(std::string(TESSERA_CLI_BINARY) + " local --mode=hogwild 2>&1");
   CHECK(code4 == 2);
   CHECK(out4.find("--mode must be bsp, ssp or async") != std::string::npos);

@@ -345,6 +345,11 @@ int RunWorkerJob(const LocalCommandOptions& o, const std::string& log_dir) {
     std::fprintf(stderr, "tessera local: %s\n", std::string(job.status().message()).c_str());
     return 2;
   }
+  if (std::string why; o.device == "gpu" && CudaDeviceCount(&why) == 0) {
+    // (Before any process starts: the workers would each fail the same way.)
+    std::fprintf(stderr, "tessera local: --device=gpu but %s\n", why.c_str());
+    return 2;
+  }
   // Checkpoints: where the job says, else beside the logs; the built-in jobs take one every
   // 200 steps (worker 0 runs the rounds) and keep the newest two.
   if (!job->has_checkpoint() && o.job.find('/') == std::string::npos &&
