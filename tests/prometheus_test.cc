@@ -4,9 +4,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -84,25 +82,21 @@ TEST_CASE("a real Prometheus scrapes every daemon and sees what the test pushed"
                       "mode: CONSISTENCY_MODE_ASYNC\nepochs: 100000\nbatch_size: 64\n");
   const int worker_port = FreePort();
   const int health_port = FreePort();
-  const pid_t worker = fork();
-  if (worker == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    const int fd = open((worker_dir + "/worker.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    dup2(fd, 1);
-    dup2(fd, 2);
-    execl(TESSERA_WORKER_BINARY, TESSERA_WORKER_BINARY,
-          ("--config=" + worker_dir + "/job.textproto").c_str(),
-          ("--coordinator=" + cluster->coordinator_address()).c_str(),
-          absl::StrCat("--metrics_port=", worker_port).c_str(),
-          absl::StrCat("--health_port=", health_port).c_str(), nullptr);
-    _exit(127);
-  }
+  const int worker_log =
+      open((worker_dir + "/worker.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  REQUIRE(worker_log >= 0);
+  const pid_t worker = SpawnChild(
+      {TESSERA_WORKER_BINARY, "--config=" + worker_dir + "/job.textproto",
+       "--coordinator=" + cluster->coordinator_address(),
+       absl::StrCat("--metrics_port=", worker_port), absl::StrCat("--health_port=", health_port)},
+      worker_log);
+  close(worker_log);
   REQUIRE(worker > 0);
   struct KillWorker {
     pid_t pid;
     ~KillWorker() {
       kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
+      WaitChild(pid, absl::Seconds(10));
     }
   } kill_worker{worker};
   {  // (bounded) until it trains: its steps counter moves

@@ -3,7 +3,6 @@
 // the job with a clear message, by policy).
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -19,8 +18,6 @@
 #include "tests/test_cluster.h"
 #include "worker/idx.h"
 #include "worker/lr_kernels.h"
-
-extern char** environ;
 
 namespace tessera {
 namespace {
@@ -47,31 +44,12 @@ std::string ReadAll(const std::string& path) {
 
 // Starts `args` with stdout and stderr into `log`; returns its pid.
 pid_t Spawn(std::vector<std::string> args, const std::string& log) {
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = 0;
-  const int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  REQUIRE(rc == 0);
+  const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  REQUIRE(fd >= 0);
+  const pid_t pid = SpawnChild(std::move(args), fd);
+  close(fd);
+  REQUIRE(pid > 0);
   return pid;
-}
-
-// Waits (bounded) for `pid` to exit; returns its exit code, or -1 when killed or still running.
-int WaitExit(pid_t pid, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  int status = 0;
-  while (absl::Now() < deadline) {
-    if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  kill(pid, SIGKILL);
-  waitpid(pid, &status, 0);
-  return -1;
 }
 
 // Waits (bounded) until `log` contains `text`.
@@ -116,9 +94,9 @@ TEST_CASE("three tessera-worker processes: one killed under SSP, the others fini
     const std::string victim_log = dir.path() + "/worker-2.log";
     REQUIRE(WaitForText(victim_log, "samples/s", absl::Seconds(60)));  // mid-job
     kill(pids[2], SIGKILL);
-    WaitExit(pids[2], absl::Seconds(10));
-    const int code0 = WaitExit(pids[0], absl::Seconds(120));
-    const int code1 = WaitExit(pids[1], absl::Seconds(120));
+    WaitChild(pids[2], absl::Seconds(10));
+    const int code0 = WaitChild(pids[0], absl::Seconds(120));
+    const int code1 = WaitChild(pids[1], absl::Seconds(120));
     const std::string log0 = ReadAll(dir.path() + "/worker-0.log");
     INFO(log0);
     if (!fail) {
@@ -141,7 +119,7 @@ TEST_CASE("tessera-worker refuses a bad config with the line and the reason", "[
   const pid_t pid = Spawn({TESSERA_WORKER_BINARY, "--config=" + config, "--coordinator=127.0.0.1:1",
                            "--metrics_port=-1"},
                           log);
-  CHECK(WaitExit(pid, absl::Seconds(30)) == 2);
+  CHECK(WaitChild(pid, absl::Seconds(30)) == 2);
   const std::string out = ReadAll(log);
   INFO(out);
   CHECK(out.find("line 3") != std::string::npos);
@@ -160,8 +138,8 @@ std::string RunTwoWorkers(const LocalCluster& cluster, const std::string& config
                           absl::StrCat("--worker=", w), "--num_workers=2", "--metrics_port=0"},
                          absl::StrCat(dir.path(), "/worker-", w, ".log")));
   }
-  const int code0 = WaitExit(pids[0], absl::Seconds(120));
-  const int code1 = WaitExit(pids[1], absl::Seconds(120));
+  const int code0 = WaitChild(pids[0], absl::Seconds(120));
+  const int code1 = WaitChild(pids[1], absl::Seconds(120));
   const std::string log0 = ReadAll(dir.path() + "/worker-0.log");
   INFO(log0 << "\nworker 1:\n" << ReadAll(dir.path() + "/worker-1.log"));
   CHECK(code0 == 0);
@@ -266,7 +244,7 @@ TEST_CASE("tessera-worker trains on a Criteo file while it is still being parsed
   const pid_t pid = Spawn({TESSERA_WORKER_BINARY, "--config=" + config,
                            "--coordinator=" + cluster->coordinator_address(), "--metrics_port=-1"},
                           dir.path() + "/broken.log");
-  CHECK(WaitExit(pid, absl::Seconds(60)) == 1);
+  CHECK(WaitChild(pid, absl::Seconds(60)) == 1);
   const std::string log = ReadAll(dir.path() + "/broken.log");
   INFO(log);
   CHECK(log.find("the job stopped") != std::string::npos);
@@ -293,7 +271,7 @@ TEST_CASE("tessera-worker refuses a model on data it cannot read, and a GPU it d
     const pid_t pid = Spawn({TESSERA_WORKER_BINARY, "--config=" + config,
                              "--coordinator=127.0.0.1:1", "--metrics_port=-1"},
                             log);
-    CHECK(WaitExit(pid, absl::Seconds(30)) == 2);
+    CHECK(WaitChild(pid, absl::Seconds(30)) == 2);
     const std::string out = ReadAll(log);
     INFO(text << "\n->\n" << out);
     CHECK(out.find(expected) != std::string::npos);

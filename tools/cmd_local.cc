@@ -2,10 +2,7 @@
 // default tessera-worker processes training the Fashion-MNIST MLP (docs/worker.md).
 #include <fcntl.h>
 #include <google/protobuf/text_format.h>
-#include <signal.h>
 #include <stdlib.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -303,41 +300,6 @@ absl::StatusOr<v1::JobConfig> LocalJob(const LocalCommandOptions& o) {
   return c;
 }
 
-// Starts a worker process with stdout and stderr into `out_fd`; returns its pid (-1: failed).
-pid_t SpawnWorker(std::vector<std::string> args, int out_fd) {
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid == 0) {
-    // Child: only async-signal-safe calls until exec.
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    dup2(out_fd, STDOUT_FILENO);
-    dup2(out_fd, STDERR_FILENO);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-// Exit code of `pid`, waiting at most `timeout` (then it is killed: -1).
-int WaitWorker(pid_t pid, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  int status = 0;
-  while (true) {
-    const pid_t r = waitpid(pid, &status, WNOHANG);
-    if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    if (r < 0) return -1;
-    if (absl::Now() >= deadline) break;
-    absl::SleepFor(absl::Milliseconds(50));
-  }
-  kill(pid, SIGKILL);
-  waitpid(pid, &status, 0);
-  return -1;
-}
-
 // `tessera local`'s main job: tessera-worker processes train the job against the cluster.
 int RunWorkerJob(const LocalCommandOptions& o, const std::string& log_dir) {
   absl::StatusOr<v1::JobConfig> job = LocalJob(o);
@@ -379,7 +341,12 @@ int RunWorkerJob(const LocalCommandOptions& o, const std::string& log_dir) {
   std::vector<int> worker_ports;
   for (int w = 0; w < o.workers; ++w) {
     absl::StatusOr<int> port = FreeLoopbackPort();
-    worker_ports.push_back(port.ok() ? *port : 0);
+    if (!port.ok()) {
+      std::fprintf(stderr, "tessera local: no free port for worker metrics: %s\n",
+                   port.status().ToString().c_str());
+      return 1;
+    }
+    worker_ports.push_back(*port);
   }
   std::unique_ptr<LocalPrometheus> prometheus;
   if (o.prometheus) {
@@ -394,8 +361,13 @@ int RunWorkerJob(const LocalCommandOptions& o, const std::string& log_dir) {
     for (int port : worker_ports) targets[2].second.push_back(absl::StrCat("127.0.0.1:", port));
     // The alert rules of deploy/, where this binary runs from a build tree beside them.
     std::vector<std::string> rules;
-    const std::string alerts = SiblingBinary("../../deploy/prometheus/alerts.yml", "");
-    if (std::filesystem::exists(alerts)) rules.push_back(std::filesystem::canonical(alerts));
+    std::error_code ec;
+    const std::filesystem::path alerts =
+        std::filesystem::read_symlink("/proc/self/exe", ec).parent_path() /
+        "../../deploy/prometheus/alerts.yml";
+    if (!ec && std::filesystem::exists(alerts)) {
+      rules.push_back(std::filesystem::canonical(alerts));
+    }
     absl::StatusOr<std::unique_ptr<LocalPrometheus>> started =
         LocalPrometheus::Start(log_dir, targets, absl::Seconds(1), rules);
     if (!started.ok()) {
@@ -426,7 +398,7 @@ int RunWorkerJob(const LocalCommandOptions& o, const std::string& log_dir) {
       out_fd = open(absl::StrCat(log_dir, "/worker-", w, ".log").c_str(),
                     O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     }
-    pids.push_back(SpawnWorker(
+    pids.push_back(SpawnChild(
         {binary, "--config=" + config_path, "--coordinator=" + (*cluster)->coordinator_address(),
          absl::StrCat("--worker=", w), absl::StrCat("--num_workers=", o.workers),
          absl::StrCat("--metrics_port=", worker_ports[w])},
@@ -456,7 +428,7 @@ int RunWorkerJob(const LocalCommandOptions& o, const std::string& log_dir) {
   close(pipe_fds[0]);
   bool ok = true;
   for (int w = 0; w < o.workers; ++w) {
-    const int code = pids[w] < 0 ? -1 : WaitWorker(pids[w], absl::Seconds(w == 0 ? 10 : 120));
+    const int code = pids[w] < 0 ? -1 : WaitChild(pids[w], absl::Seconds(w == 0 ? 10 : 120));
     if (code != 0) {
       ok = false;
       std::printf("worker %d failed (exit code %d); see %s/worker-%d.log\n", w, code,

@@ -121,6 +121,13 @@ absl::StatusOr<std::vector<std::string>> ConnectOrStart(const std::vector<std::s
 // an error when a shard has none.
 absl::StatusOr<std::vector<std::string>> PrimaryAddresses(const std::string& coordinator);
 
+// Starts `args` (args[0]: the binary) with stdout and stderr into `out_fd` (-1: inherited); the
+// child dies with this process (PR_SET_PDEATHSIG). Returns its pid, or -1.
+pid_t SpawnChild(std::vector<std::string> args, int out_fd);
+// The exit code of child `pid`, waiting at most `timeout`; -1 when it was killed by a signal,
+// or did not exit in time (it is then SIGKILLed and reaped).
+int WaitChild(pid_t pid, absl::Duration timeout);
+
 // Sends GET `path` to 127.0.0.1:port over HTTP/1.0 and returns the body (status 200 only).
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path,
                                     absl::Duration timeout = absl::Seconds(10));

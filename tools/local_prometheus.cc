@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -81,22 +80,10 @@ absl::StatusOr<std::unique_ptr<LocalPrometheus>> LocalPrometheus::Start(
                                    "--storage.tsdb.path=" + dir + "/prometheus-data",
                                    absl::StrCat("--web.listen-address=127.0.0.1:", *port),
                                    "--log.level=warn"};
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
   const int log =
       open((dir + "/prometheus.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (log < 0) return absl::InternalError(absl::StrCat("cannot open ", dir, "/prometheus.log"));
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid == 0) {  // only async-signal-safe calls until exec
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    dup2(log, STDOUT_FILENO);
-    dup2(log, STDERR_FILENO);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
+  const pid_t pid = SpawnChild(std::move(args), log);
   close(log);
   if (pid < 0) return absl::InternalError(absl::StrCat("fork: ", strerror(errno)));
   auto p = std::unique_ptr<LocalPrometheus>(new LocalPrometheus());
@@ -117,12 +104,7 @@ absl::StatusOr<std::unique_ptr<LocalPrometheus>> LocalPrometheus::Start(
 LocalPrometheus::~LocalPrometheus() {
   if (pid_ <= 0) return;
   kill(pid_, SIGTERM);
-  int status;
-  for (int i = 0; i < 200 && waitpid(pid_, &status, WNOHANG) == 0; ++i) {
-    absl::SleepFor(absl::Milliseconds(50));
-  }
-  kill(pid_, SIGKILL);
-  waitpid(pid_, &status, 0);
+  WaitChild(pid_, absl::Seconds(10));  // (SIGKILL after that)
 }
 
 std::string LocalPrometheus::url() const { return absl::StrCat("http://127.0.0.1:", port_); }
