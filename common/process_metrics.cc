@@ -1,12 +1,18 @@
 #include "common/process_metrics.h"
 
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <netinet/in.h>
+#include <prometheus/exposer.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 
 namespace tessera {
 namespace {
@@ -100,6 +106,35 @@ std::vector<prometheus::MetricFamily> ProcessCollector::Collect() const {
                          prometheus::MetricType::Gauge, max));
   }
   return out;
+}
+
+void StopExposer(std::unique_ptr<prometheus::Exposer>& exposer, const std::string& host) {
+  if (exposer == nullptr) return;
+  const std::vector<int> ports = exposer->GetListeningPorts();
+  in_addr address{};
+  if (host.empty() || host == "0.0.0.0" || inet_pton(AF_INET, host.c_str(), &address) != 1) {
+    address.s_addr = htonl(INADDR_LOOPBACK);
+  }
+  std::atomic<bool> stopped{false};
+  std::thread waker([&] {
+    // 400 x 5 ms: no longer than civetweb would have taken by itself.
+    for (int i = 0; i < 400 && !stopped.load(); ++i) {
+      for (int port : ports) {
+        const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) continue;
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr = address;
+        a.sin_port = htons(static_cast<uint16_t>(port));
+        (void)connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+        close(fd);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  });
+  exposer.reset();
+  stopped.store(true);
+  waker.join();
 }
 
 }  // namespace tessera

@@ -8,7 +8,13 @@
 #include <prometheus/collectable.h>
 #include <prometheus/metric_family.h>
 
+#include <memory>
+#include <string>
 #include <vector>
+
+namespace prometheus {
+class Exposer;
+}  // namespace prometheus
 
 namespace tessera {
 
@@ -17,6 +23,12 @@ class ProcessCollector : public prometheus::Collectable {
  public:
   std::vector<prometheus::MetricFamily> Collect() const override;
 };
+
+// Destroys `exposer` (bound to `host`) promptly. Debian's civetweb sees a stop request only when
+// the poll on its listening socket returns, which an idle server's does every 2 s: a plain
+// reset() takes up to 2 s (every daemon's shutdown, and every test cluster's). Connections to
+// the socket wake it; this makes them (at most for those 2 s) until the exposer is gone.
+void StopExposer(std::unique_ptr<prometheus::Exposer>& exposer, const std::string& host);
 
 }  // namespace tessera
 

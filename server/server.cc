@@ -173,7 +173,7 @@ void Server::Shutdown() {
                                std::chrono::milliseconds(impl_->options.drain_timeout_ms));
   impl_->grpc_server->Wait();
   LogInfo("drained and stopped in %.1f ms", absl::ToDoubleMilliseconds(absl::Now() - start));
-  impl_->exposer.reset();
+  StopExposer(impl_->exposer, impl_->options.metrics_address);
 }
 
 }  // namespace tessera

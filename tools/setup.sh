@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages Tessera's build, tests and demo need. Idempotent: a second run
 # installs nothing and returns quickly. Needs root (or sudo).
+#   tools/setup.sh            the build (with the Python module), the demo, the C++ tests
+#   tools/setup.sh --python   also PyTorch and pytest (about 1.3 GB): the Python tests, examples
+#                             and benchmark (docs/python.md); tools/test.sh asks for it
 set -euo pipefail
 
 packages=(
@@ -9,7 +12,14 @@ packages=(
   libabsl-dev librocksdb-dev prometheus-cpp-dev libcivetweb-dev catch2
   libopenblas-dev zlib1g-dev dataset-fashion-mnist
   iperf3 curl procps prometheus systemd nodejs
+  pybind11-dev python3-dev python3-numpy python3-venv python3-setuptools
 )
+for arg in "$@"; do
+  case "$arg" in
+    --python) packages+=(python3-torch python3-pytest) ;;
+    *) echo "setup: unknown argument $arg (known: --python)" >&2; exit 2 ;;
+  esac
+done
 # npm comes with Node.js from some sources (NodeSource's nodejs conflicts with Debian's npm).
 command -v npm >/dev/null || packages+=(npm)
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One command on a fresh Debian 12 machine: installs the packages, builds, and runs every test
-# (unit tests, multi-process tests with real tessera-server processes, CLI end-to-end tests).
+# (unit tests, multi-process tests with real tessera-server processes, CLI end-to-end tests, the
+# Python client's pytest suites and examples).
 # GPU tests report "Skipped" with the reason when no CUDA device is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools/setup.sh
+tools/setup.sh --python
 tools/build.sh
 jobs=$(nproc 2>/dev/null || echo 2)
 status=0

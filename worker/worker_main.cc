@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <string>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -131,6 +132,10 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  // Runs before the exposer's destructor, on every return below.
+  absl::Cleanup stop_metrics = [&exposer] {
+    tessera::StopExposer(exposer, absl::GetFlag(FLAGS_metrics_address));
+  };
 
   // gRPC health (docs/operations.md, "Health"): the process, and tessera.v1.Worker while the
   // worker trains.

@@ -366,7 +366,7 @@ void CoordinatorServer::Shutdown() {
   }
   impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   impl_->server->Wait();
-  impl_->exposer.reset();
+  StopExposer(impl_->exposer, impl_->options.address);
 }
 
 }  // namespace tessera

@@ -1,0 +1,708 @@
+// tessera._tessera: the native half of the Python package (docs/python.md). It binds the C++
+// client, the worker clock and the local cluster; python/tessera/__init__.py turns user input
+// (lists, torch tensors, optimizer objects) into what this module takes:
+//   keys:   1-D C-contiguous numpy arrays of uint64 or int64 (int64 reinterpreted, negatives
+//           refused), borrowed without a copy;
+//   values: C-contiguous float32 numpy arrays, borrowed without a copy (pull outputs writable).
+// Anything else raises TypeError or ValueError naming the argument. Every call that waits on
+// the network releases the GIL. Errors from the cluster raise tessera.errors.Error subclasses
+// carrying the gRPC code and the message.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "client/client.h"
+#include "client/worker_clock.h"
+#include "common/table_config.h"
+#include "tools/local_cluster.h"
+
+namespace py = pybind11;
+
+namespace tessera {
+namespace {
+
+// ---- Errors ----
+
+// A non-OK status on its way to Python (translated below into tessera.errors.Error).
+class StatusError : public std::exception {
+ public:
+  explicit StatusError(const absl::Status& s)
+      : code_(static_cast<int>(s.code())), message_(s.message()) {}
+  const char* what() const noexcept override { return message_.c_str(); }
+  int code() const { return code_; }
+  const std::string& message() const { return message_; }
+
+ private:
+  int code_;
+  std::string message_;
+};
+
+void ThrowIfError(const absl::Status& s) {
+  if (!s.ok()) throw StatusError(s);
+}
+
+template <typename T>
+T ValueOrThrow(absl::StatusOr<T> v) {
+  ThrowIfError(v.status());
+  return *std::move(v);
+}
+
+std::optional<absl::Duration> Timeout(std::optional<double> seconds) {
+  if (!seconds) return std::nullopt;
+  if (*seconds < 0) throw py::value_error("timeout must be >= 0 seconds (or None)");
+  return absl::Seconds(*seconds);
+}
+
+// ---- Arrays ----
+
+std::string TypeName(const py::handle& o) {
+  return py::str(py::type::handle_of(o).attr("__name__"));
+}
+
+py::array AsArray(const py::object& o, const char* what) {
+  if (!py::isinstance<py::array>(o)) {
+    throw py::type_error(absl::StrFormat("%s: expected a numpy array, got %s", what, TypeName(o)));
+  }
+  py::array a = o.cast<py::array>();
+  if (!(a.flags() & py::array::c_style)) {
+    throw py::value_error(
+        absl::StrFormat("%s: the array must be C-contiguous (use numpy.ascontiguousarray)", what));
+  }
+  return a;
+}
+
+std::string DtypeName(const py::array& a) { return py::str(a.dtype()); }
+
+absl::Span<const uint64_t> KeySpan(const py::object& o) {
+  py::array a = AsArray(o, "keys");
+  const char kind = a.dtype().kind();
+  if (a.ndim() != 1 || a.itemsize() != 8 || (kind != 'u' && kind != 'i')) {
+    throw py::type_error(absl::StrFormat(
+        "keys: expected a 1-D array of uint64 or int64, got %d-D %s", a.ndim(), DtypeName(a)));
+  }
+  absl::Span<const uint64_t> keys(static_cast<const uint64_t*>(a.data()), a.size());
+  if (kind == 'i') {
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (static_cast<int64_t>(keys[i]) < 0) {
+        throw py::value_error(absl::StrFormat("keys: key %d at position %u is negative",
+                                              static_cast<int64_t>(keys[i]), i));
+      }
+    }
+  }
+  return keys;
+}
+
+py::array FloatArray(const py::object& o, const char* what) {
+  py::array a = AsArray(o, what);
+  if (a.dtype().kind() != 'f' || a.itemsize() != 4) {
+    throw py::type_error(
+        absl::StrFormat("%s: expected float32 values, got %s", what, DtypeName(a)));
+  }
+  return a;
+}
+
+absl::Span<const float> FloatSpan(const py::object& o, const char* what) {
+  py::array a = FloatArray(o, what);
+  return absl::Span<const float>(static_cast<const float*>(a.data()), a.size());
+}
+
+absl::Span<float> MutableFloatSpan(const py::object& o, const char* what) {
+  py::array a = FloatArray(o, what);
+  if (!a.writeable()) throw py::value_error(absl::StrFormat("%s: the array is read-only", what));
+  return absl::Span<float>(static_cast<float*>(a.mutable_data()), a.size());
+}
+
+// ---- Table configuration <-> dict ----
+
+template <typename T>
+std::optional<T> Opt(const py::dict& d, const char* key) {
+  if (!d.contains(key) || d[key].is_none()) return std::nullopt;
+  return d[key].cast<T>();
+}
+
+TableConfig ConfigFromDict(const py::dict& d) {
+  TableConfig c;
+  c.name = d["name"].cast<std::string>();
+  const std::string kind = d["kind"].cast<std::string>();
+  if (kind == "sparse") {
+    c.kind = TableKind::kSparse;
+  } else if (kind == "dense") {
+    c.kind = TableKind::kDense;
+  } else {
+    throw py::value_error(
+        absl::StrFormat("table kind must be 'sparse' or 'dense', got '%s'", kind));
+  }
+  c.dim = Opt<uint32_t>(d, "dim").value_or(0);
+  c.dense_size = Opt<uint64_t>(d, "size").value_or(0);
+  c.dense_block_elems = Opt<uint32_t>(d, "block_elems").value_or(0);
+  c.optimizer.kind = ValueOrThrow(ParseOptimizerKind(d["optimizer"].cast<std::string>()));
+  OptimizerConfig& o = c.optimizer;
+  o.learning_rate = Opt<float>(d, "learning_rate");
+  o.momentum = Opt<float>(d, "momentum");
+  o.beta1 = Opt<float>(d, "beta1");
+  o.beta2 = Opt<float>(d, "beta2");
+  o.epsilon = Opt<float>(d, "epsilon");
+  o.initial_accumulator = Opt<float>(d, "initial_accumulator");
+  o.l1 = Opt<float>(d, "l1");
+  o.l2 = Opt<float>(d, "l2");
+  o.ftrl_beta = Opt<float>(d, "ftrl_beta");
+  InitializerConfig& i = c.initializer;
+  i.kind = ValueOrThrow(ParseInitializerKind(d["initializer"].cast<std::string>()));
+  i.low = Opt<float>(d, "low");
+  i.high = Opt<float>(d, "high");
+  i.mean = Opt<float>(d, "mean");
+  i.stddev = Opt<float>(d, "stddev");
+  i.seed = Opt<uint64_t>(d, "seed").value_or(0);
+  return c;
+}
+
+template <typename T>
+py::object OrNone(const std::optional<T>& v) {
+  return v ? py::cast(*v) : py::none();
+}
+
+py::dict ConfigToDict(const TableConfig& c) {
+  py::dict d;
+  d["name"] = c.name;
+  d["kind"] = std::string(TableKindName(c.kind));
+  d["dim"] = c.dim;
+  d["size"] = c.dense_size;
+  d["block_elems"] = c.dense_block_elems;
+  const OptimizerConfig& o = c.optimizer;
+  d["optimizer"] = std::string(OptimizerKindName(o.kind));
+  d["learning_rate"] = OrNone(o.learning_rate);
+  d["momentum"] = OrNone(o.momentum);
+  d["beta1"] = OrNone(o.beta1);
+  d["beta2"] = OrNone(o.beta2);
+  d["epsilon"] = OrNone(o.epsilon);
+  d["initial_accumulator"] = OrNone(o.initial_accumulator);
+  d["l1"] = OrNone(o.l1);
+  d["l2"] = OrNone(o.l2);
+  d["ftrl_beta"] = OrNone(o.ftrl_beta);
+  const InitializerConfig& i = c.initializer;
+  d["initializer"] = std::string(InitializerKindName(i.kind));
+  d["low"] = OrNone(i.low);
+  d["high"] = OrNone(i.high);
+  d["mean"] = OrNone(i.mean);
+  d["stddev"] = OrNone(i.stddev);
+  d["seed"] = i.seed;
+  return d;
+}
+
+py::dict StatusToDict(const TableStatus& s) {
+  py::dict d;
+  d["config"] = ConfigToDict(s.config);
+  d["rows"] = s.rows;
+  d["bytes"] = s.bytes;
+  return d;
+}
+
+// ---- Asynchronous calls ----
+
+// Completion of one asynchronous call, shared by the Handle and the client's callback (which
+// runs on a gRPC thread and never touches Python).
+class CallState {
+ public:
+  void Finish(absl::Status s) {
+    absl::MutexLock lock(&mu_);
+    status_ = std::move(s);
+    done_ = true;
+  }
+  bool Done() {
+    absl::MutexLock lock(&mu_);
+    return done_;
+  }
+  // True when the call finished within `timeout` (nullopt: waits for it).
+  bool Wait(std::optional<absl::Duration> timeout) {
+    absl::MutexLock lock(&mu_);
+    if (!timeout) {
+      mu_.Await(absl::Condition(&done_));
+      return true;
+    }
+    return mu_.AwaitWithTimeout(absl::Condition(&done_), *timeout);
+  }
+  absl::Status status() {
+    absl::MutexLock lock(&mu_);
+    return status_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status status_ ABSL_GUARDED_BY(mu_);
+};
+
+class PyClient;
+
+// What an *_async call returns. It keeps the call's arrays (and the client) alive until the
+// call completes: dropping a Handle early waits for its call.
+class Handle {
+ public:
+  Handle(std::shared_ptr<CallState> state, std::shared_ptr<PyClient> client, py::object result,
+         std::vector<py::object> borrowed)
+      : state_(std::move(state)),
+        client_(std::move(client)),
+        result_(std::move(result)),
+        borrowed_(std::move(borrowed)) {}
+  Handle(Handle&&) = default;
+  ~Handle() {
+    if (state_ != nullptr && !state_->Done()) {
+      py::gil_scoped_release release;
+      state_->Wait(std::nullopt);
+    }
+  }
+
+  bool done() { return state_->Done(); }
+
+  // The call's result (the output array of a pull, None for a push), once it completes; raises
+  // its error, or TimeoutError when it did not complete within `timeout` seconds.
+  py::object Wait(std::optional<double> timeout_s) {
+    const std::optional<absl::Duration> timeout = Timeout(timeout_s);
+    bool finished;
+    {
+      py::gil_scoped_release release;
+      finished = state_->Wait(timeout);
+    }
+    if (!finished) {
+      PyErr_SetString(PyExc_TimeoutError,
+                      absl::StrFormat("the call did not complete within %g s", *timeout_s).c_str());
+      throw py::error_already_set();
+    }
+    borrowed_.clear();
+    ThrowIfError(state_->status());
+    return result_;
+  }
+
+ private:
+  std::shared_ptr<CallState> state_;
+  std::shared_ptr<PyClient> client_;
+  py::object result_;
+  std::vector<py::object> borrowed_;
+};
+
+// ---- Client ----
+
+ClientOptions OptionsFromDict(const py::dict& d) {
+  ClientOptions o;
+  o.coordinator = Opt<std::string>(d, "coordinator").value_or("");
+  o.servers = Opt<std::vector<std::string>>(d, "servers").value_or(std::vector<std::string>{});
+  o.shard_map_epoch = Opt<uint64_t>(d, "shard_map_epoch").value_or(o.shard_map_epoch);
+  o.num_vshards = Opt<uint32_t>(d, "num_vshards").value_or(o.num_vshards);
+  o.channels_per_server = Opt<int>(d, "channels_per_server").value_or(o.channels_per_server);
+  o.chunk_bytes = Opt<size_t>(d, "chunk_bytes").value_or(o.chunk_bytes);
+  o.max_attempts = Opt<int>(d, "max_attempts").value_or(o.max_attempts);
+  auto ms = [&](const char* key, int64_t fallback) {
+    const std::optional<double> s = Opt<double>(d, key);
+    if (s && *s <= 0) throw py::value_error(absl::StrFormat("%s must be > 0 seconds", key));
+    return s ? static_cast<int64_t>(*s * 1000) : fallback;
+  };
+  o.rpc_timeout_ms = ms("rpc_timeout", o.rpc_timeout_ms);
+  o.retry_timeout_ms = ms("retry_timeout", o.retry_timeout_ms);
+  o.connect_timeout_ms = ms("connect_timeout", o.connect_timeout_ms);
+  o.client_id = Opt<uint64_t>(d, "client_id").value_or(0);
+  return o;
+}
+
+class PyClient : public std::enable_shared_from_this<PyClient> {
+ public:
+  explicit PyClient(std::shared_ptr<Client> client) : client_(std::move(client)) {}
+
+  static std::shared_ptr<PyClient> Connect(const py::dict& options) {
+    const ClientOptions o = OptionsFromDict(options);
+    absl::StatusOr<std::unique_ptr<Client>> c;
+    {
+      py::gil_scoped_release release;
+      c = Client::Connect(o);
+    }
+    return std::make_shared<PyClient>(std::shared_ptr<Client>(ValueOrThrow(std::move(c))));
+  }
+
+  // Waits for the calls in flight, then disconnects. Later calls raise.
+  void Close() {
+    std::shared_ptr<Client> c = std::move(client_);
+    py::gil_scoped_release release;
+    c.reset();
+  }
+
+  py::dict CreateTable(const py::dict& config) {
+    const TableConfig c = ConfigFromDict(config);
+    std::shared_ptr<Client> client = Get();
+    absl::StatusOr<TableConfig> r;
+    {
+      py::gil_scoped_release release;
+      r = client->CreateTable(c);
+    }
+    return ConfigToDict(ValueOrThrow(std::move(r)));
+  }
+
+  void DropTable(const std::string& name) {
+    Blocking([&](Client& c) { return c.DropTable(name); });
+  }
+
+  py::dict DescribeTable(const std::string& name) {
+    std::shared_ptr<Client> client = Get();
+    absl::StatusOr<TableStatus> r;
+    {
+      py::gil_scoped_release release;
+      r = client->DescribeTable(name);
+    }
+    return StatusToDict(ValueOrThrow(std::move(r)));
+  }
+
+  py::list ListTables() {
+    std::shared_ptr<Client> client = Get();
+    absl::StatusOr<std::vector<TableStatus>> r;
+    {
+      py::gil_scoped_release release;
+      r = client->ListTables();
+    }
+    py::list out;
+    for (const TableStatus& s : ValueOrThrow(std::move(r))) out.append(StatusToDict(s));
+    return out;
+  }
+
+  void PullSparse(const std::string& table, const py::object& keys, const py::object& out) {
+    const absl::Span<const uint64_t> k = KeySpan(keys);
+    const absl::Span<float> o = MutableFloatSpan(out, "out");
+    Blocking([&](Client& c) { return c.PullSparse(table, k, o); });
+  }
+  void PushSparse(const std::string& table, const py::object& keys, const py::object& values,
+                  uint64_t accumulate_step) {
+    const absl::Span<const uint64_t> k = KeySpan(keys);
+    const absl::Span<const float> v = FloatSpan(values, "values");
+    Blocking([&](Client& c) { return c.PushSparse(table, k, v, {accumulate_step}); });
+  }
+  void PullDense(const std::string& table, uint64_t offset, const py::object& out) {
+    const absl::Span<float> o = MutableFloatSpan(out, "out");
+    Blocking([&](Client& c) { return c.PullDense(table, offset, o); });
+  }
+  void PushDense(const std::string& table, uint64_t offset, const py::object& values,
+                 uint64_t accumulate_step) {
+    const absl::Span<const float> v = FloatSpan(values, "values");
+    Blocking([&](Client& c) { return c.PushDense(table, offset, v, {accumulate_step}); });
+  }
+  void ApplyStep(const std::string& table, uint64_t step, float scale) {
+    Blocking([&](Client& c) { return c.ApplyStep(table, step, scale); });
+  }
+
+  Handle PullSparseAsync(const std::string& table, const py::object& keys, const py::object& out,
+                         const py::object& result) {
+    const absl::Span<const uint64_t> k = KeySpan(keys);
+    const absl::Span<float> o = MutableFloatSpan(out, "out");
+    return Async(result, {keys, out}, [&](Client& c, StatusCallback done) {
+      c.PullSparseAsync(table, k, o, std::move(done));
+    });
+  }
+  Handle PushSparseAsync(const std::string& table, const py::object& keys, const py::object& values,
+                         uint64_t accumulate_step) {
+    const absl::Span<const uint64_t> k = KeySpan(keys);
+    const absl::Span<const float> v = FloatSpan(values, "values");
+    return Async(py::none(), {keys, values}, [&](Client& c, StatusCallback done) {
+      c.PushSparseAsync(table, k, v, std::move(done), {accumulate_step});
+    });
+  }
+  Handle PullDenseAsync(const std::string& table, uint64_t offset, const py::object& out,
+                        const py::object& result) {
+    const absl::Span<float> o = MutableFloatSpan(out, "out");
+    return Async(result, {out}, [&](Client& c, StatusCallback done) {
+      c.PullDenseAsync(table, offset, o, std::move(done));
+    });
+  }
+  Handle PushDenseAsync(const std::string& table, uint64_t offset, const py::object& values,
+                        uint64_t accumulate_step) {
+    const absl::Span<const float> v = FloatSpan(values, "values");
+    return Async(py::none(), {values}, [&](Client& c, StatusCallback done) {
+      c.PushDenseAsync(table, offset, v, std::move(done), {accumulate_step});
+    });
+  }
+
+  uint64_t client_id() { return Get()->client_id(); }
+  uint64_t retries() { return Get()->retries(); }
+  uint64_t duplicate_acks() { return Get()->duplicate_acks(); }
+  uint32_t num_shards() { return Get()->shard_map().num_shards(); }
+  bool closed() const { return client_ == nullptr; }
+
+ private:
+  std::shared_ptr<Client> Get() const {
+    if (client_ == nullptr) throw py::value_error("the client is closed");
+    return client_;
+  }
+
+  template <typename Fn>
+  void Blocking(Fn&& fn) {
+    std::shared_ptr<Client> client = Get();
+    absl::Status s;
+    {
+      py::gil_scoped_release release;
+      s = fn(*client);
+    }
+    ThrowIfError(s);
+  }
+
+  template <typename Fn>
+  Handle Async(py::object result, std::vector<py::object> borrowed, Fn&& issue) {
+    std::shared_ptr<Client> client = Get();
+    auto state = std::make_shared<CallState>();
+    issue(*client, [state](absl::Status s) { state->Finish(std::move(s)); });
+    return Handle(state, shared_from_this(), std::move(result), std::move(borrowed));
+  }
+
+  std::shared_ptr<Client> client_;
+};
+
+// ---- Worker clock ----
+
+py::dict ProgressToDict(const JobProgress& p) {
+  py::dict d;
+  d["min_clock"] = p.min_clock;
+  d["live_workers"] = p.live_workers;
+  d["dead_workers"] = p.dead_workers;
+  return d;
+}
+
+class PyWorkerClock {
+ public:
+  PyWorkerClock(const std::string& coordinator, const std::string& job, uint32_t num_workers,
+                uint32_t worker, const std::string& mode, uint32_t staleness, double lease_s,
+                bool fail_on_worker_death) {
+    WorkerClockOptions o;
+    o.coordinator = coordinator;
+    o.job = job;
+    o.num_workers = num_workers;
+    o.worker = worker;
+    if (mode == "bsp") {
+      o.mode = ConsistencyMode::kBsp;
+    } else if (mode == "ssp") {
+      o.mode = ConsistencyMode::kSsp;
+    } else if (mode == "async") {
+      o.mode = ConsistencyMode::kAsync;
+    } else {
+      throw py::value_error(
+          absl::StrFormat("mode must be 'bsp', 'ssp' or 'async', got '%s'", mode));
+    }
+    o.staleness = staleness;
+    o.lease_ms = static_cast<int64_t>(lease_s * 1000);
+    o.fail_on_worker_death = fail_on_worker_death;
+    absl::StatusOr<std::unique_ptr<WorkerClock>> c;
+    {
+      py::gil_scoped_release release;
+      c = WorkerClock::Join(o);
+    }
+    clock_ = ValueOrThrow(std::move(c));
+    mode_ = mode;
+  }
+
+  uint64_t clock() const { return clock_->clock(); }
+  const std::string& mode() const { return mode_; }
+  uint32_t staleness() const { return clock_->options().staleness; }
+  uint32_t worker() const { return clock_->options().worker; }
+  uint32_t num_workers() const { return clock_->options().num_workers; }
+
+  py::dict WaitFor(uint64_t step, std::optional<double> timeout_s) {
+    const absl::Duration timeout = Timeout(timeout_s).value_or(absl::InfiniteDuration());
+    absl::StatusOr<JobProgress> p;
+    {
+      py::gil_scoped_release release;
+      p = clock_->WaitFor(step, timeout);
+    }
+    return ProgressToDict(ValueOrThrow(std::move(p)));
+  }
+  py::dict WaitToStart(std::optional<double> timeout_s) {
+    return WaitFor(clock_->clock() + 1, timeout_s);
+  }
+  py::dict WaitForAll(double timeout_s) {
+    const absl::Duration timeout = *Timeout(timeout_s);
+    absl::StatusOr<JobProgress> p;
+    {
+      py::gil_scoped_release release;
+      p = clock_->WaitForAll(timeout);
+    }
+    return ProgressToDict(ValueOrThrow(std::move(p)));
+  }
+  void Finish() {
+    absl::Status s;
+    {
+      py::gil_scoped_release release;
+      s = clock_->Finish();
+    }
+    ThrowIfError(s);
+  }
+
+ private:
+  std::unique_ptr<WorkerClock> clock_;
+  std::string mode_;
+};
+
+// ---- Local cluster ----
+
+class PyLocalCluster {
+ public:
+  PyLocalCluster(const std::string& server_binary, const std::string& coordinator_binary,
+                 uint32_t num_servers, uint32_t replication, uint32_t num_shards,
+                 std::vector<std::string> server_args, std::vector<std::string> coordinator_args,
+                 const std::string& log_dir) {
+    LocalClusterOptions o;
+    o.server_binary = server_binary;
+    o.coordinator_binary = coordinator_binary;
+    o.num_servers = num_servers;
+    o.replication = replication;
+    o.num_shards = num_shards;
+    o.extra_args = std::move(server_args);
+    o.coordinator_args = std::move(coordinator_args);
+    o.log_dir = log_dir;
+    absl::StatusOr<std::unique_ptr<LocalCluster>> c;
+    {
+      py::gil_scoped_release release;
+      c = LocalCluster::Start(o);
+    }
+    cluster_ = ValueOrThrow(std::move(c));
+  }
+
+  std::vector<std::string> addresses() const { return Get().addresses(); }
+  std::vector<int> metrics_ports() const { return Get().metrics_ports(); }
+  std::string coordinator_address() const { return Get().coordinator_address(); }
+  int pid(int i) const {
+    CheckIndex(i);
+    return Get().pid(i);
+  }
+
+  int StopServer(int i, double timeout_s) {
+    CheckIndex(i);
+    absl::StatusOr<int> r;
+    {
+      py::gil_scoped_release release;
+      r = cluster_->StopServer(i, absl::Seconds(timeout_s));
+    }
+    return ValueOrThrow(std::move(r));
+  }
+  void RestartServer(int i) {
+    CheckIndex(i);
+    absl::Status s;
+    {
+      py::gil_scoped_release release;
+      s = cluster_->RestartServer(i);
+    }
+    ThrowIfError(s);
+  }
+  // SIGTERM to every process and waits for them; later calls raise.
+  void Stop(double timeout_s) {
+    if (cluster_ == nullptr) return;
+    std::unique_ptr<LocalCluster> c = std::move(cluster_);
+    absl::Status s;
+    {
+      py::gil_scoped_release release;
+      s = c->Stop(absl::Seconds(timeout_s));
+      c.reset();
+    }
+    ThrowIfError(s);
+  }
+
+ private:
+  const LocalCluster& Get() const {
+    if (cluster_ == nullptr) throw py::value_error("the cluster is stopped");
+    return *cluster_;
+  }
+  void CheckIndex(int i) const {
+    if (i < 0 || static_cast<size_t>(i) >= Get().addresses().size()) {
+      throw py::index_error(
+          absl::StrFormat("no server %d in a cluster of %u", i, Get().addresses().size()));
+    }
+  }
+
+  std::unique_ptr<LocalCluster> cluster_;
+};
+
+}  // namespace
+}  // namespace tessera
+
+PYBIND11_MODULE(_tessera, m) {
+  using namespace tessera;
+  m.doc() = "Native part of the tessera package; use the `tessera` module instead.";
+
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const StatusError& e) {
+      py::object make = py::module_::import("tessera.errors").attr("error_from_status");
+      py::object error = make(e.code(), e.message());
+      PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(error.ptr())), error.ptr());
+    }
+  });
+
+  py::class_<Handle>(m, "Handle",
+                     "An asynchronous call in flight. wait(timeout=None) returns its result "
+                     "(the output of a pull, None for a push) or raises its error.")
+      .def("done", &Handle::done, "Whether the call has completed.")
+      .def("wait", &Handle::Wait, py::arg("timeout") = py::none(),
+           "Waits for the call (at most `timeout` seconds: TimeoutError after that) and returns "
+           "its result or raises its error.")
+      .def("result", &Handle::Wait, py::arg("timeout") = py::none(), "Same as wait().");
+
+  py::class_<PyClient, std::shared_ptr<PyClient>>(m, "Client")
+      .def_static("connect", &PyClient::Connect, py::arg("options"))
+      .def("close", &PyClient::Close)
+      .def_property_readonly("closed", &PyClient::closed)
+      .def("create_table", &PyClient::CreateTable, py::arg("config"))
+      .def("drop_table", &PyClient::DropTable, py::arg("name"))
+      .def("describe_table", &PyClient::DescribeTable, py::arg("name"))
+      .def("list_tables", &PyClient::ListTables)
+      .def("pull_sparse", &PyClient::PullSparse, py::arg("table"), py::arg("keys"), py::arg("out"))
+      .def("push_sparse", &PyClient::PushSparse, py::arg("table"), py::arg("keys"),
+           py::arg("values"), py::arg("accumulate_step") = 0)
+      .def("pull_dense", &PyClient::PullDense, py::arg("table"), py::arg("offset"), py::arg("out"))
+      .def("push_dense", &PyClient::PushDense, py::arg("table"), py::arg("offset"),
+           py::arg("values"), py::arg("accumulate_step") = 0)
+      .def("apply_step", &PyClient::ApplyStep, py::arg("table"), py::arg("step"), py::arg("scale"))
+      .def("pull_sparse_async", &PyClient::PullSparseAsync, py::arg("table"), py::arg("keys"),
+           py::arg("out"), py::arg("result"))
+      .def("push_sparse_async", &PyClient::PushSparseAsync, py::arg("table"), py::arg("keys"),
+           py::arg("values"), py::arg("accumulate_step") = 0)
+      .def("pull_dense_async", &PyClient::PullDenseAsync, py::arg("table"), py::arg("offset"),
+           py::arg("out"), py::arg("result"))
+      .def("push_dense_async", &PyClient::PushDenseAsync, py::arg("table"), py::arg("offset"),
+           py::arg("values"), py::arg("accumulate_step") = 0)
+      .def_property_readonly("client_id", &PyClient::client_id)
+      .def_property_readonly("retries", &PyClient::retries)
+      .def_property_readonly("duplicate_acks", &PyClient::duplicate_acks)
+      .def_property_readonly("num_shards", &PyClient::num_shards);
+
+  py::class_<PyWorkerClock>(m, "WorkerClock")
+      .def(py::init<const std::string&, const std::string&, uint32_t, uint32_t, const std::string&,
+                    uint32_t, double, bool>(),
+           py::arg("coordinator"), py::arg("job"), py::arg("num_workers"), py::arg("worker"),
+           py::arg("mode"), py::arg("staleness"), py::arg("lease"), py::arg("fail_on_worker_death"))
+      .def_property_readonly("clock", &PyWorkerClock::clock)
+      .def_property_readonly("mode", &PyWorkerClock::mode)
+      .def_property_readonly("staleness", &PyWorkerClock::staleness)
+      .def_property_readonly("worker", &PyWorkerClock::worker)
+      .def_property_readonly("num_workers", &PyWorkerClock::num_workers)
+      .def("wait_to_start", &PyWorkerClock::WaitToStart, py::arg("timeout") = py::none())
+      .def("wait_for", &PyWorkerClock::WaitFor, py::arg("step"), py::arg("timeout") = py::none())
+      .def("wait_for_all", &PyWorkerClock::WaitForAll, py::arg("timeout"))
+      .def("finish", &PyWorkerClock::Finish);
+
+  py::class_<PyLocalCluster>(m, "LocalCluster")
+      .def(py::init<const std::string&, const std::string&, uint32_t, uint32_t, uint32_t,
+                    std::vector<std::string>, std::vector<std::string>, const std::string&>(),
+           py::arg("server_binary"), py::arg("coordinator_binary"), py::arg("num_servers"),
+           py::arg("replication"), py::arg("num_shards"), py::arg("server_args"),
+           py::arg("coordinator_args"), py::arg("log_dir"))
+      .def_property_readonly("addresses", &PyLocalCluster::addresses)
+      .def_property_readonly("metrics_ports", &PyLocalCluster::metrics_ports)
+      .def_property_readonly("coordinator_address", &PyLocalCluster::coordinator_address)
+      .def("pid", &PyLocalCluster::pid, py::arg("i"))
+      .def("stop_server", &PyLocalCluster::StopServer, py::arg("i"), py::arg("timeout") = 30.0)
+      .def("restart_server", &PyLocalCluster::RestartServer, py::arg("i"))
+      .def("stop", &PyLocalCluster::Stop, py::arg("timeout") = 30.0);
+}

@@ -1,0 +1,318 @@
+"""PyTorch modules whose parameters live on a Tessera cluster.
+
+    import tessera, tessera.torch as tt
+
+    client = tessera.Client(coordinator=...)
+    emb = tt.Embedding(client, "ctr.emb", 16, optimizer=tessera.Adagrad(lr=0.05))
+    mlp = torch.nn.Sequential(...)
+    dense = tt.DenseParameters(client, mlp, "ctr.mlp", optimizer=tessera.Adam(lr=1e-3))
+    worker = tt.Worker(client, [emb, dense], clock=tessera.WorkerClock(...))   # clock optional
+    for ids, y in batches:
+        with worker.step():                      # waits for the clock, pulls the dense weights
+            loss = loss_fn(mlp(emb(ids).flatten(1)), y)
+            loss.backward()                      # the embedding's gradients are pushed here
+        # leaving the block pushes the dense gradients, waits for every push, ticks the clock
+        # (BSP: the step's gradients are summed on the servers and applied once, as the mean)
+
+There is no optimizer in Python: the servers apply each table's optimizer to the pushed
+gradients. `Embedding`/`EmbeddingBag` pull only the batch's distinct ids in forward and push one
+summed gradient per id from backward; `DenseParameters` copies the servers' values into a
+module's parameters (in place) and pushes their .grad. See docs/python.md.
+"""
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tessera
+
+
+class _Pushes:
+    """Pushes in flight of one module, and the BSP step they belong to."""
+
+    def __init__(self):
+        self.pending = []
+        self.accumulate_step = 0
+
+    def add(self, handle):
+        self.pending.append(handle)
+
+    def flush(self):
+        pending, self.pending = self.pending, []
+        error = None
+        for h in pending:  # wait for all, even after a failure: they borrow our tensors
+            try:
+                h.wait()
+            except tessera.Error as e:
+                error = error or e
+        if error is not None:
+            raise error
+
+
+class _SparseModule(nn.Module):
+    def __init__(self, client, table, embedding_dim, num_embeddings, optimizer, initializer,
+                 create):
+        super().__init__()
+        if embedding_dim <= 0:
+            raise ValueError(f"embedding_dim must be > 0, got {embedding_dim}")
+        self.client = client
+        self.table = table
+        self.embedding_dim = embedding_dim
+        self.num_embeddings = num_embeddings
+        self.tables = [table]
+        self._pushes = _Pushes()
+        if create:
+            if initializer is None:  # as torch.nn.Embedding: N(0, 1)
+                initializer = tessera.Normal(0.0, 1.0, seed=tessera.seed_of(table))
+            info = client.create_table(table, dim=embedding_dim,
+                                       optimizer=optimizer or tessera.Adagrad(),
+                                       initializer=initializer)
+        else:
+            info = client.describe_table(table)
+        if info.kind != "sparse" or info.dim != embedding_dim:
+            raise ValueError(f"table '{table}' is {info!r}, not sparse with dim {embedding_dim}")
+
+    def _rows(self, ids):
+        """(rows of the distinct ids, index of each id's row): rows is a leaf whose gradient
+        (summed per id by autograd) is pushed when backward reaches it."""
+        if ids.is_floating_point():
+            raise TypeError(f"{type(self).__name__}: ids must be integers, got {ids.dtype}")
+        if self.num_embeddings is not None and ids.numel() > 0:
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= self.num_embeddings:
+                raise IndexError(f"{type(self).__name__} '{self.table}': ids must be in "
+                                 f"[0, {self.num_embeddings}), got [{lo}, {hi}]")
+        self._pushes.flush()  # this module's earlier pushes are visible to its pulls
+        unique, inverse = torch.unique(ids.detach().cpu(), return_inverse=True)
+        rows = self.client.pull_sparse(self.table, unique)
+        if torch.is_grad_enabled():
+            rows.requires_grad_(True)
+            rows.register_hook(lambda grad: self._push(unique, grad))
+        return rows.to(ids.device), inverse.to(ids.device)
+
+    def _push(self, keys, grad):
+        grad = grad.detach().to(torch.float32).contiguous()
+        self._pushes.add(self.client.push_sparse_async(
+            self.table, keys, grad, accumulate_step=self._pushes.accumulate_step))
+
+    def flush(self):
+        """Waits for this module's pushes (raising the first error)."""
+        self._pushes.flush()
+
+    # Hooks for Worker.
+    def begin_step(self, accumulate_step):
+        self._pushes.accumulate_step = accumulate_step
+
+    def end_step(self):
+        pass
+
+    def extra_repr(self):
+        return f"table={self.table!r}, embedding_dim={self.embedding_dim}"
+
+
+class Embedding(_SparseModule):
+    """nn.Embedding over a sparse table: forward(ids) -> ids.shape + (embedding_dim,).
+
+    Any integer ids (no vocabulary size needed; pass num_embeddings to have ids checked).
+    forward pulls the distinct ids' rows; backward pushes one summed gradient per id,
+    asynchronously; the next forward (or flush(), or Worker.step's end) waits for it. One
+    forward per step: two forwards would push (and apply) two updates.
+    Defaults: Adagrad on the servers, rows initialized N(0, 1) like torch.nn.Embedding.
+    create=False uses an existing table.
+    """
+
+    def __init__(self, client, table, embedding_dim, *, num_embeddings=None, optimizer=None,
+                 initializer=None, create=True):
+        super().__init__(client, table, embedding_dim, num_embeddings, optimizer, initializer,
+                         create)
+
+    def forward(self, ids):
+        rows, inverse = self._rows(ids)
+        return F.embedding(inverse, rows)
+
+
+class EmbeddingBag(_SparseModule):
+    """nn.EmbeddingBag over a sparse table: sums, means or maxes of bags of ids.
+
+    forward(input, offsets=None, per_sample_weights=None) takes what
+    torch.nn.functional.embedding_bag takes (2-D input of fixed-size bags, or 1-D input with
+    offsets).
+    """
+
+    def __init__(self, client, table, embedding_dim, *, mode="mean", num_embeddings=None,
+                 optimizer=None, initializer=None, create=True):
+        if mode not in ("sum", "mean", "max"):
+            raise ValueError(f"mode must be 'sum', 'mean' or 'max', got {mode!r}")
+        super().__init__(client, table, embedding_dim, num_embeddings, optimizer, initializer,
+                         create)
+        self.mode = mode
+
+    def forward(self, input, offsets=None, per_sample_weights=None):
+        rows, inverse = self._rows(input)
+        return F.embedding_bag(inverse, rows, offsets, mode=self.mode,
+                               per_sample_weights=per_sample_weights)
+
+
+def default_initializer(table, name, param, named_params):
+    """The server-side initializer DenseParameters gives a parameter: the constant for a
+    constant tensor of more than one element (LayerNorm's ones, zero biases); else uniform(+-1/sqrt(fan_in)), PyTorch's
+    default for Linear and Conv weights and biases. Depends only on names, shapes and constants,
+    so every worker asks for the same table."""
+    flat = param.detach().reshape(-1)
+    seed = tessera.seed_of(table)
+    if flat.numel() > 1 and bool((flat == flat[0]).all()):
+        return tessera.Normal(mean=float(flat[0]), stddev=0.0, seed=seed)
+    weight = named_params.get(name[:-len("bias")] + "weight") if name.endswith("bias") else None
+    if param.dim() >= 2:
+        fan_in = param[0].numel()
+    elif weight is not None and weight.dim() >= 2:
+        fan_in = weight[0].numel()
+    else:
+        fan_in = param.numel()
+    bound = 1.0 / math.sqrt(max(fan_in, 1))
+    return tessera.Uniform(-bound, bound, seed=seed)
+
+
+class DenseParameters:
+    """Keeps `module`'s parameters on Tessera: one dense table per parameter, named
+    f"{prefix}.{parameter name}".
+
+    The tables are created (or found, with the same spec) and their values pulled into the
+    module, so every worker starts from the same weights. pull() copies the servers' values
+    into the parameters in place and clears their .grad (like optimizer.zero_grad()); push()
+    sends the .grads; the servers apply `optimizer`. initializer: None (default_initializer),
+    one tessera.Initializer for all, or a function (name, parameter) -> tessera.Initializer.
+    """
+
+    def __init__(self, client, module, prefix, *, optimizer=None, initializer=None,
+                 create=True):
+        self.client = client
+        self.module = module
+        named = dict(module.named_parameters())
+        if not named:
+            raise ValueError(f"DenseParameters('{prefix}'): the module has no parameters")
+        self.params = [(f"{prefix}.{name}", p) for name, p in named.items()]
+        self.tables = [t for t, _ in self.params]
+        self._pushes = _Pushes()
+        self._staging = {}
+        for (table, p), name in zip(self.params, named):
+            if create:
+                if initializer is None:
+                    init = default_initializer(table, name, p, named)
+                elif isinstance(initializer, tessera.Initializer):
+                    init = initializer
+                else:
+                    init = initializer(name, p)
+                info = client.create_table(table, size=p.numel(),
+                                           optimizer=optimizer or tessera.Adam(),
+                                           initializer=init)
+            else:
+                info = client.describe_table(table)
+            if info.kind != "dense" or info.size != p.numel():
+                raise ValueError(f"table '{table}' is {info!r}; parameter '{name}' has "
+                                 f"{p.numel()} elements")
+        self.pull()
+
+    def _host(self, table, p):
+        """A CPU float32 tensor the pull writes into: the parameter itself when it is a
+        contiguous CPU float32 tensor (no copy), else a staging buffer."""
+        if p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous():
+            return p.detach().view(-1)
+        buf = self._staging.get(table)
+        if buf is None:
+            buf = self._staging[table] = torch.empty(p.numel(), dtype=torch.float32)
+        return buf
+
+    def pull(self):
+        """Copies the servers' values into the parameters and clears their gradients."""
+        self._pushes.flush()
+        handles = [(p, self.client.pull_dense_async(t, out=self._host(t, p)))
+                   for t, p in self.params]
+        for p, h in handles:
+            out = h.wait()
+            if out.data_ptr() != p.data_ptr():
+                with torch.no_grad():
+                    p.copy_(out.view_as(p))
+            p.grad = None
+
+    def push(self, accumulate_step=None):
+        """Sends every parameter's .grad (parameters without one are skipped), asynchronously;
+        flush() (or the next pull) waits for them."""
+        step = self._pushes.accumulate_step if accumulate_step is None else accumulate_step
+        for t, p in self.params:
+            if p.grad is not None:
+                g = p.grad.detach().to(torch.float32).reshape(-1)
+                self._pushes.add(self.client.push_dense_async(t, g, accumulate_step=step))
+
+    def flush(self):
+        self._pushes.flush()
+
+    # Hooks for Worker.
+    def begin_step(self, accumulate_step):
+        self._pushes.accumulate_step = accumulate_step
+        self.pull()
+
+    def end_step(self):
+        self.push()
+
+
+def _leader(progress):
+    """The lowest worker index not counted dead: it applies BSP steps."""
+    dead = set(progress["dead_workers"])
+    leader = 0
+    while leader in dead:
+        leader += 1
+    return leader
+
+
+class Worker:
+    """Runs training steps over Tessera-backed modules (Embedding, EmbeddingBag,
+    DenseParameters, or anything with begin_step/end_step/flush and `tables`).
+
+    With a tessera.WorkerClock the steps follow the job's mode: BSP (every worker's gradients
+    of a step are summed on the servers and applied once, as their mean, before any worker
+    starts the next step), SSP(s) (no worker more than s steps ahead of the slowest) or async.
+    Without a clock each step simply pulls, computes and pushes.
+    """
+
+    def __init__(self, client, modules, clock=None):
+        self.client = client
+        self.modules = list(modules)
+        self.clock = clock
+        self.steps = 0
+        self.last_progress = None
+
+    @contextlib.contextmanager
+    def step(self):
+        """A training step: forward and backward go inside the block. Yields the job's progress
+        (None without a clock). On an exception nothing more is pushed and the clock does not
+        advance."""
+        clock = self.clock
+        progress = clock.wait_to_start() if clock is not None else None
+        bsp = clock is not None and clock.mode == "bsp"
+        step = clock.clock // 2 + 1 if bsp else 0
+        for m in self.modules:
+            m.begin_step(step)
+        self.last_progress = progress
+        yield progress
+        for m in self.modules:
+            m.end_step()
+        self.flush()
+        if clock is not None:
+            clock.finish()  # BSP: "pushed"
+            if bsp:
+                if clock.worker == _leader(progress):
+                    pushed = clock.wait_to_start()  # every live worker pushed
+                    scale = 1.0 / max(pushed["live_workers"], 1)
+                    for m in self.modules:
+                        for t in m.tables:
+                            self.client.apply_step(t, step, scale)
+                clock.finish()  # "applied"
+        self.steps += 1
+
+    def flush(self):
+        for m in self.modules:
+            m.flush()

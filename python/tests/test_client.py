@@ -1,0 +1,282 @@
+"""tessera.Client against a real local cluster: round trips of every accepted dtype and shape,
+zero-copy outputs, asynchronous calls, the GIL, errors, and the worker clock."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import tessera
+import tessera.testing
+from tessera import errors
+
+DIM = 8
+
+
+def assign_table(client, name, dim=DIM):
+    """A sparse table whose pushes write values (so a round trip must return them exactly)."""
+    client.create_table(name, dim=dim, optimizer=tessera.Assign())
+
+
+@pytest.mark.parametrize("dtype", [np.uint64, np.int64, np.int32, np.uint32, np.int16, np.uint8])
+def test_sparse_round_trip_every_key_dtype(client, table_name, dtype):
+    assign_table(client, table_name)
+    keys = np.array([5, 1, 250, 7], dtype=dtype)
+    values = np.random.default_rng(1).standard_normal((4, DIM)).astype(np.float32)
+    client.push_sparse(table_name, keys, values)
+    out = client.pull_sparse(table_name, keys)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (4, DIM)
+    np.testing.assert_array_equal(out, values)
+    # The same rows through uint64 keys (every dtype names the same rows).
+    np.testing.assert_array_equal(
+        client.pull_sparse(table_name, keys.astype(np.uint64)), values)
+
+
+def test_sparse_round_trip_lists_torch_and_shapes(client, table_name):
+    assign_table(client, table_name)
+    rng = np.random.default_rng(2)
+    values = rng.standard_normal((6, DIM)).astype(np.float32)
+    client.push_sparse(table_name, [10, 11, 12, 13, 14, 15], values)  # a Python list
+    # 2-D keys are flattened; pulls may repeat keys.
+    out = client.pull_sparse(table_name, np.array([[10, 15], [15, 12]]))
+    np.testing.assert_array_equal(out, values[[0, 5, 5, 2]])
+    # torch in, torch out (int64 and int32 ids).
+    for ids in (torch.tensor([11, 14]), torch.tensor([11, 14], dtype=torch.int32)):
+        t = client.pull_sparse(table_name, ids)
+        assert isinstance(t, torch.Tensor) and t.dtype == torch.float32
+        np.testing.assert_array_equal(t.numpy(), values[[1, 4]])
+    # Values as a flat array, a torch tensor, and a non-contiguous view (copied, same values).
+    client.push_sparse(table_name, np.array([20, 21], np.uint64), values[:2].reshape(-1))
+    client.push_sparse(table_name, torch.tensor([22]), torch.from_numpy(values[2:3]))
+    wide = np.zeros((2, DIM * 2), np.float32)
+    wide[:, ::2] = values[3:5]
+    client.push_sparse(table_name, [23, 24], wide[:, ::2])
+    np.testing.assert_array_equal(client.pull_sparse(table_name, [20, 21, 22, 23, 24]),
+                                  values[:5])
+    # No keys: an empty (0, dim) result without a call failing.
+    assert client.pull_sparse(table_name, []).shape == (0, DIM)
+    client.push_sparse(table_name, np.array([], np.uint64), np.zeros((0, DIM), np.float32))
+
+
+def test_sparse_full_uint64_range_and_large_batches(client, table_name):
+    assign_table(client, table_name, dim=4)
+    rng = np.random.default_rng(3)
+    keys = np.unique(rng.integers(0, 2**64 - 1, size=120_000, dtype=np.uint64, endpoint=True))
+    keys[0] = 2**64 - 1  # the high bit set: not representable as int64
+    values = rng.standard_normal((keys.size, 4)).astype(np.float32)
+    client.push_sparse(table_name, keys, values)  # several chunks per shard
+    out = np.empty((keys.size, 4), np.float32)
+    assert client.pull_sparse(table_name, keys, out=out) is out
+    np.testing.assert_array_equal(out, values)
+    assert client.describe_table(table_name).rows == keys.size
+
+
+def test_pull_writes_into_out_without_a_copy(client, table_name):
+    assign_table(client, table_name)
+    values = np.arange(3 * DIM, dtype=np.float32).reshape(3, DIM)
+    client.push_sparse(table_name, [1, 2, 3], values)
+    out_t = torch.zeros(3, DIM)
+    assert client.pull_sparse(table_name, [1, 2, 3], out=out_t) is out_t
+    np.testing.assert_array_equal(out_t.numpy(), values)
+    flat = np.zeros(3 * DIM, np.float32)  # any shape with the right number of elements
+    client.pull_sparse(table_name, [1, 2, 3], out=flat)
+    np.testing.assert_array_equal(flat, values.reshape(-1))
+
+
+def test_dense_round_trips(client, table_name):
+    size = 300_001  # several blocks and chunks, not a multiple of anything
+    client.create_table(table_name, size=size, optimizer="assign", block_elems=4096)
+    values = np.random.default_rng(4).standard_normal(size).astype(np.float32)
+    client.push_dense(table_name, values)
+    np.testing.assert_array_equal(client.pull_dense(table_name), values)
+    np.testing.assert_array_equal(client.pull_dense(table_name, offset=1000, count=5000),
+                                  values[1000:6000])
+    # A torch parameter's storage as out (what tessera.torch does): no copy.
+    param = torch.nn.Parameter(torch.zeros(100, 3))
+    view = param.detach()
+    assert client.pull_dense(table_name, offset=7, out=view) is view
+    np.testing.assert_array_equal(param.detach().numpy().reshape(-1), values[7:307])
+    # Push a slice from torch; pull it back.
+    client.push_dense(table_name, torch.ones(10), offset=size - 10)
+    np.testing.assert_array_equal(client.pull_dense(table_name, offset=size - 10),
+                                  np.ones(10, np.float32))
+
+
+def test_optimizer_runs_on_the_servers(client, table_name):
+    client.create_table(table_name, dim=2, optimizer=tessera.SGD(lr=0.5),
+                        initializer=tessera.Normal(mean=1.0, stddev=0.0))
+    client.push_sparse(table_name, [9], np.array([[2.0, -4.0]], np.float32))
+    np.testing.assert_allclose(client.pull_sparse(table_name, [9]), [[0.0, 3.0]])
+    info = client.describe_table(table_name)
+    assert (info.kind, info.dim, info.optimizer, info.config["learning_rate"]) == \
+        ("sparse", 2, "sgd", 0.5)
+    assert table_name in [t.name for t in client.list_tables()]
+
+
+def test_bad_arguments_raise_before_any_call(client, table_name):
+    assign_table(client, table_name)
+    with pytest.raises(TypeError, match="keys: expected integer ids, got float64"):
+        client.pull_sparse(table_name, np.array([1.0, 2.0]))
+    with pytest.raises(TypeError, match="keys: expected integer ids"):
+        client.pull_sparse(table_name, torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="key -3 at position 1 is negative"):
+        client.pull_sparse(table_name, np.array([1, -3], np.int64))
+    with pytest.raises(TypeError, match="grads: expected float32 values, got float64"):
+        client.push_sparse(table_name, [1], np.zeros((1, DIM)))
+    with pytest.raises(TypeError, match="expected float32 values, got torch.float64"):
+        client.push_sparse(table_name, [1], torch.zeros(1, DIM, dtype=torch.float64))
+    with pytest.raises(ValueError, match="grads: 2 rows for 1 keys"):
+        client.push_sparse(table_name, [1], np.zeros((2, DIM), np.float32))
+    with pytest.raises(ValueError, match="out: expected 16 elements"):
+        client.pull_sparse(table_name, [1, 2], out=np.zeros(15, np.float32))
+    with pytest.raises(ValueError, match="not contiguous"):
+        client.pull_sparse(table_name, [1], out=np.zeros((DIM, 2), np.float32)[:, 0])
+    with pytest.raises(ValueError, match="read-only"):
+        ro = np.zeros((1, DIM), np.float32)
+        ro.flags.writeable = False
+        client.pull_sparse(table_name, [1], out=ro)
+    with pytest.raises(ValueError, match="out: expected a contiguous float32 CPU tensor"):
+        client.pull_sparse(table_name, [1], out=torch.zeros(1, DIM, dtype=torch.float64))
+    with pytest.raises(ValueError, match="give dim= .sparse. or size= .dense."):
+        client.create_table("x", dim=4, size=4)
+    with pytest.raises(TypeError, match="optimizer must be one of"):
+        client.create_table("x", dim=4, optimizer="rmsprop")
+    with pytest.raises(TypeError, match="unknown options"):
+        tessera.Client(servers=["127.0.0.1:1"], timeout=3)
+
+
+def test_server_errors_map_to_exceptions(client, table_name):
+    assign_table(client, table_name)
+    with pytest.raises(errors.NotFoundError) as e:
+        client.pull_sparse("no_such_table", [1])
+    assert e.value.code == 5 and e.value.code_name == "NOT_FOUND"
+    assert "table 'no_such_table' does not exist" in e.value.message
+    assert isinstance(e.value, LookupError) and isinstance(e.value, tessera.Error)
+    # Wrong dimension: the server's precise message, and a ValueError.
+    with pytest.raises(errors.InvalidArgumentError, match="has dim 8, request has dim 4"):
+        client.push_sparse(table_name, [1, 2], np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError):
+        client.push_sparse(table_name, [1, 2], np.zeros((2, 4), np.float32))
+    # Repeated keys in one push.
+    with pytest.raises(errors.InvalidArgumentError, match="repeat|distinct|more than once"):
+        client.push_sparse(table_name, [3, 3], np.zeros((2, DIM), np.float32))
+    # A bad table spec; the same name with another spec.
+    with pytest.raises(errors.InvalidArgumentError, match="sparse dim must be in"):
+        client.create_table("bad_dim", dim=0)
+    with pytest.raises(errors.Error) as e:
+        client.create_table(table_name, dim=DIM + 1)
+    assert e.value.code_name in ("ALREADY_EXISTS", "FAILED_PRECONDITION")
+    # Dense range outside the table; a dense call on a sparse table.
+    client.create_table(table_name + "_d", size=10)
+    with pytest.raises(errors.InvalidArgumentError, match=r"range \[5, 15\) is outside"):
+        client.push_dense(table_name + "_d", np.zeros(10, np.float32), offset=5)
+    with pytest.raises(errors.FailedPreconditionError, match="is sparse, not dense"):
+        client.pull_dense(table_name)
+    # Nothing above changed the table's state.
+    client.push_sparse(table_name, [3], np.full((1, DIM), 2.0, np.float32))
+    np.testing.assert_array_equal(client.pull_sparse(table_name, [3]), np.full((1, DIM), 2.0))
+
+
+def test_oversized_request_is_resource_exhausted(tmp_path):
+    with tessera.testing.LocalCluster(num_servers=1, server_args=["--max_keys_per_request=100"],
+                                      log_dir=str(tmp_path)) as c, \
+            tessera.Client(servers=c.addresses, chunk_bytes=1 << 20) as client:
+        client.create_table("t", dim=2)
+        with pytest.raises(errors.ResourceExhaustedError, match="over the limit of 100"):
+            client.pull_sparse("t", np.arange(1000))
+
+
+def test_unreachable_server_is_unavailable(tmp_path):
+    c = tessera.testing.LocalCluster(num_servers=1, log_dir=str(tmp_path))
+    client = tessera.Client(servers=c.addresses, max_attempts=2, rpc_timeout=2.0)
+    client.create_table("t", dim=2)
+    c.stop()
+    with pytest.raises(errors.UnavailableError) as e:
+        client.pull_sparse("t", [1])
+    assert isinstance(e.value, ConnectionError) and e.value.code == 14
+    client.close()
+
+
+def test_async_calls(client, table_name):
+    assign_table(client, table_name)
+    rng = np.random.default_rng(5)
+    batches = [(np.arange(i * 1000, (i + 1) * 1000, dtype=np.uint64),
+                rng.standard_normal((1000, DIM)).astype(np.float32)) for i in range(20)]
+    pushes = [client.push_sparse_async(table_name, k, v) for k, v in batches]
+    assert all(h.wait(timeout=30) is None for h in pushes)
+    pulls = [client.pull_sparse_async(table_name, k) for k, _ in batches]
+    for h, (_, v) in zip(pulls, batches):
+        np.testing.assert_array_equal(h.wait(), v)
+        assert h.done()
+    # torch keys: a torch result; a dropped handle still completes (its arrays stay alive).
+    t = client.pull_sparse_async(table_name, torch.arange(3)).result()
+    assert isinstance(t, torch.Tensor) and t.shape == (3, DIM)
+    client.push_sparse_async(table_name, np.array([99], np.uint64), np.ones((1, DIM), np.float32))
+    np.testing.assert_array_equal(client.pull_sparse(table_name, [99]), np.ones((1, DIM)))
+    # Errors surface at wait().
+    h = client.push_sparse_async(table_name, [1, 1], np.zeros((2, DIM), np.float32))
+    with pytest.raises(errors.InvalidArgumentError):
+        h.wait()
+
+
+def test_wait_timeout_and_the_gil(tmp_path):
+    # Every push takes 300 ms on this server: long enough to observe both.
+    with tessera.testing.LocalCluster(num_servers=1, server_args=["--testing_push_delay_ms=300"],
+                                      log_dir=str(tmp_path)) as c, \
+            tessera.Client(servers=c.addresses) as client:
+        client.create_table("t", dim=2)
+        h = client.push_sparse_async("t", [1], np.ones((1, 2), np.float32))
+        with pytest.raises(TimeoutError, match="did not complete within 0.01 s"):
+            h.wait(timeout=0.01)
+        assert not h.done()
+        h.wait(timeout=30)
+        # A blocking push on another thread must not hold the GIL while it waits.
+        done = threading.Event()
+
+        def push():
+            client.push_sparse("t", [2], np.ones((1, 2), np.float32))
+            done.set()
+
+        thread = threading.Thread(target=push)
+        ticks = 0
+        start = time.monotonic()
+        thread.start()
+        while not done.is_set() and time.monotonic() - start < 30:
+            ticks += 1
+        thread.join(timeout=30)
+        assert done.is_set()
+        assert ticks > 10_000, f"the main thread ran only {ticks} iterations during the push"
+
+
+def test_closed_client_raises(cluster):
+    client = tessera.Client(servers=cluster.addresses)
+    client.close()
+    with pytest.raises(ValueError, match="the client is closed"):
+        client.list_tables()
+
+
+def test_worker_clock_orders_workers(coordinated):
+    """Two workers of a BSP job: neither starts step 2 before both finished step 1."""
+    clocks = [tessera.WorkerClock(coordinated.coordinator_address, "clock_job", 2, w, mode="bsp")
+              for w in range(2)]
+    clocks[0].wait_to_start(timeout=30)
+    clocks[0].finish()
+    with pytest.raises(errors.DeadlineExceededError):
+        clocks[0].wait_to_start(timeout=0.3)  # worker 1 has not finished step 1
+    progress = clocks[1].wait_to_start(timeout=30)
+    assert progress["live_workers"] == 2
+    clocks[1].finish()
+    assert clocks[0].wait_to_start(timeout=30)["min_clock"] == 1
+    assert clocks[0].clock == 1 and clocks[0].mode == "bsp"
+    with pytest.raises(ValueError, match="mode must be"):
+        tessera.WorkerClock(coordinated.coordinator_address, "j", 1, 0, mode="sync")
+
+
+def test_coordinated_client(coordinated, table_name):
+    with tessera.Client(coordinator=coordinated.coordinator_address) as client:
+        assert client.num_shards == 2
+        assign_table(client, table_name)
+        client.push_sparse(table_name, np.arange(100), np.ones((100, DIM), np.float32))
+        assert client.pull_sparse(table_name, np.arange(100)).sum() == 100 * DIM
