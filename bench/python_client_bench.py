@@ -162,7 +162,7 @@ def main():
         step = training_step(client, args)
         report["step_ms"] = step
         base = (step["local_pytorch"] + step["local_pytorch_again"]) / 2
-        print(f"\ntraining step, MLP 784-256-10, batch 128, Adam, 1 thread:")
+        print("\ntraining step, MLP 784-256-10, batch 128, Adam, 1 thread:")
         print(f"  local PyTorch            {base:7.2f} ms")
         print(f"  transfers alone          {step['transfers_only']:7.2f} ms "
               "(pull + push of every parameter)")

@@ -15,7 +15,6 @@ model that drew the labels (the best any model can do) and exits 1 when it is mo
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -110,27 +109,15 @@ def main():
     worker = tt.Worker(client, [embedding, dense], clock=clock)
     loss_fn = nn.BCEWithLogitsLoss()
 
-    batches_per_worker = len(keys) // args.batch // args.workers
-    start = last = time.monotonic()
-    losses = []
-    for epoch in range(args.epochs):
-        order = torch.randperm(len(keys), generator=torch.Generator().manual_seed(epoch))
-        for j in range(batches_per_worker):
-            b = order[(args.worker + j * args.workers) * args.batch:][:args.batch]
-            with worker.step():
-                loss = loss_fn(model(keys[b]), labels[b])
-                loss.backward()
-            losses.append(loss.item())
-            if worker.steps % args.report_every == 0:
-                now = time.monotonic()
-                print(f"worker {args.worker} epoch {epoch + 1} step {worker.steps} "
-                      f"loss {np.mean(losses[-args.report_every:]):.4f} "
-                      f"{args.report_every * args.batch / (now - last):.0f} samples/s",
-                      flush=True)
-                last = now
+    progress = tt.Progress(args.worker, args.batch, args.report_every)
+    for epoch, b in tt.worker_batches(len(keys), args.batch, args.worker, args.workers,
+                                      args.epochs):
+        with worker.step():
+            loss = loss_fn(model(keys[b]), labels[b])
+            loss.backward()
+        progress.step(epoch, loss.item())
     clock.wait_for_all(timeout=600)
-    print(f"worker {args.worker}: {worker.steps} steps in {time.monotonic() - start:.1f} s",
-          flush=True)
+    progress.done()
     if args.worker == 0:
         dense.pull()
         test_keys, test_labels, planted = synthetic_clicks(20_000, args.fields,

@@ -14,7 +14,6 @@ import argparse
 import gzip
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -76,27 +75,15 @@ def main():
     worker = tt.Worker(client, [params], clock=clock)
     loss_fn = nn.CrossEntropyLoss()
 
-    batches_per_worker = len(x) // args.batch // args.workers
-    start = last = time.monotonic()
-    losses = []
-    for epoch in range(args.epochs):
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch))
-        for j in range(batches_per_worker):
-            b = order[(args.worker + j * args.workers) * args.batch:][:args.batch]
-            with worker.step():
-                loss = loss_fn(model(x[b]), y[b])
-                loss.backward()
-            losses.append(loss.item())
-            if worker.steps % args.report_every == 0:
-                now = time.monotonic()
-                print(f"worker {args.worker} epoch {epoch + 1} step {worker.steps} "
-                      f"loss {np.mean(losses[-args.report_every:]):.4f} "
-                      f"{args.report_every * args.batch / (now - last):.0f} samples/s",
-                      flush=True)
-                last = now
+    progress = tt.Progress(args.worker, args.batch, args.report_every)
+    for epoch, b in tt.worker_batches(len(x), args.batch, args.worker, args.workers,
+                                      args.epochs):
+        with worker.step():
+            loss = loss_fn(model(x[b]), y[b])
+            loss.backward()
+        progress.step(epoch, loss.item())
     clock.wait_for_all(timeout=600)
-    elapsed = time.monotonic() - start
-    print(f"worker {args.worker}: {worker.steps} steps in {elapsed:.1f} s", flush=True)
+    progress.done()
     if args.worker == 0:
         params.pull()  # the final weights
         tx, ty = load(args.data, "test")

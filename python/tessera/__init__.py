@@ -63,20 +63,27 @@ Handle = _tessera.Handle
 # "Optimizers"). Unset fields take the servers' defaults.
 
 
-class Optimizer:
-    """Base of the optimizer specs; the servers apply the optimizer to pushed gradients."""
+class _Spec:
+    """A kind plus the fields the caller set (None: the servers' default)."""
 
     kind = ""
+    _key = ""  # the kind's key in a table config
 
     def __init__(self, **fields):
         self._fields = {k: v for k, v in fields.items() if v is not None}
 
     def config(self):
-        return dict(optimizer=self.kind, **self._fields)
+        return {self._key: self.kind, **self._fields}
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self._fields.items())
         return f"{type(self).__name__}({args})"
+
+
+class Optimizer(_Spec):
+    """Base of the optimizer specs; the servers apply the optimizer to pushed gradients."""
+
+    _key = "optimizer"
 
 
 class SGD(Optimizer):
@@ -131,21 +138,11 @@ class Assign(Optimizer):
     kind = "assign"
 
 
-class Initializer:
+class Initializer(_Spec):
     """Base of the initializer specs. Initial values are a pure function of (seed, key or
     element, column): every server and every run computes the same ones."""
 
-    kind = ""
-
-    def __init__(self, **fields):
-        self._fields = {k: v for k, v in fields.items() if v is not None}
-
-    def config(self):
-        return dict(initializer=self.kind, **self._fields)
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self._fields.items())
-        return f"{type(self).__name__}({args})"
+    _key = "initializer"
 
 
 class Zeros(Initializer):

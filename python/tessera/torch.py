@@ -22,6 +22,7 @@ module's parameters (in place) and pushes their .grad. See docs/python.md.
 
 import contextlib
 import math
+import time
 
 import torch
 import torch.nn.functional as F
@@ -158,9 +159,9 @@ class EmbeddingBag(_SparseModule):
 
 def default_initializer(table, name, param, named_params):
     """The server-side initializer DenseParameters gives a parameter: the constant for a
-    constant tensor of more than one element (LayerNorm's ones, zero biases); else uniform(+-1/sqrt(fan_in)), PyTorch's
-    default for Linear and Conv weights and biases. Depends only on names, shapes and constants,
-    so every worker asks for the same table."""
+    constant tensor of more than one element (LayerNorm's ones, zero biases); else
+    uniform(+-1/sqrt(fan_in)), PyTorch's default for Linear and Conv weights and biases.
+    Depends only on names, shapes and constants, so every worker asks for the same table."""
     flat = param.detach().reshape(-1)
     seed = tessera.seed_of(table)
     if flat.numel() > 1 and bool((flat == flat[0]).all()):
@@ -316,3 +317,47 @@ class Worker:
     def flush(self):
         for m in self.modules:
             m.flush()
+
+
+def worker_batches(num_examples, batch_size, worker, num_workers, epochs, seed=0):
+    """This worker's share of the training batches: yields (epoch, example indices).
+
+    Every epoch shuffles the examples in the same order on every worker (seeded by seed +
+    epoch) and worker i takes batches i, i + n, i + 2n, ...; every worker gets the same number
+    of batches (the last num_batches % n of an epoch are left out), as BSP needs."""
+    per_worker = num_examples // batch_size // num_workers
+    if per_worker == 0:
+        raise ValueError(f"{num_examples} examples give no batch of {batch_size} to each of "
+                         f"{num_workers} workers")
+    for epoch in range(epochs):
+        order = torch.randperm(num_examples,
+                               generator=torch.Generator().manual_seed(seed + epoch))
+        for j in range(per_worker):
+            start = (worker + j * num_workers) * batch_size
+            yield epoch, order[start:start + batch_size]
+
+
+class Progress:
+    """Prints a progress line every `every` steps: mean loss and samples/s since the last."""
+
+    def __init__(self, worker, batch_size, every=100):
+        self.worker, self.batch_size, self.every = worker, batch_size, every
+        self.steps = 0
+        self._losses = []
+        self._last = self.start = time.monotonic()
+
+    def step(self, epoch, loss):
+        self.steps += 1
+        self._losses.append(float(loss))
+        if self.steps % self.every == 0:
+            now = time.monotonic()
+            print(f"worker {self.worker} epoch {epoch + 1} step {self.steps} "
+                  f"loss {sum(self._losses) / len(self._losses):.4f} "
+                  f"{self.every * self.batch_size / (now - self._last):.0f} samples/s",
+                  flush=True)
+            self._losses.clear()
+            self._last = now
+
+    def done(self):
+        print(f"worker {self.worker}: {self.steps} steps in "
+              f"{time.monotonic() - self.start:.1f} s", flush=True)
