@@ -25,6 +25,8 @@ import numpy as np
 from . import errors
 from .errors import Error
 
+__version__ = "0.1.0"
+
 
 def _load_native():
     """Imports the compiled module: installed beside this file, or in a build tree
