@@ -108,7 +108,8 @@ class Client {
 
   // Sparse tables. out/values hold keys.size() rows of the table's dim, in key order.
   // Pull: keys may repeat. Push: keys must be distinct (sum the gradients of a repeated key
-  // first); values are gradients (or new values for the `assign` optimizer).
+  // first; a repeat fails the push with INVALID_ARGUMENT before anything is sent); values are
+  // gradients (or new values for the `assign` optimizer).
   void PullSparseAsync(absl::string_view table, absl::Span<const uint64_t> keys,
                        absl::Span<float> out, StatusCallback done);
   void PushSparseAsync(absl::string_view table, absl::Span<const uint64_t> keys,

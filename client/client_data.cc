@@ -137,8 +137,15 @@ void Client::PushSparseAsync(absl::string_view table, absl::Span<const uint64_t>
   if (keys.empty()) return done(absl::OkStatus());
   absl::StatusOr<uint32_t> dim = SparseDim(table, keys.size(), values.size());
   if (!dim.ok()) return done(dim.status());
+  std::optional<uint64_t> repeated;
   std::vector<SparseChunk> chunks = client_internal::SplitSparseKeys(
-      keys, impl_->map, KeysPerChunk(impl_->options, *dim), /*keep_vshards_whole=*/true);
+      keys, impl_->map, KeysPerChunk(impl_->options, *dim), /*keep_vshards_whole=*/true, &repeated);
+  if (repeated.has_value()) {
+    return done(absl::InvalidArgumentError(absl::StrFormat(
+        "table '%s': key %u occurs more than once in one push (sum its gradients first); "
+        "nothing was sent",
+        table, *repeated)));
+  }
   auto op = std::make_shared<OpTracker>(chunks.size(), std::move(done));
   const size_t row_bytes = size_t{*dim} * sizeof(float);
   for (const SparseChunk& chunk : chunks) {

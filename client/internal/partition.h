@@ -4,6 +4,7 @@
 #define TESSERA_CLIENT_INTERNAL_PARTITION_H_
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "absl/types/span.h"
@@ -21,8 +22,11 @@ struct SparseChunk {
 // Splits `keys` by owning shard into chunks of about max_keys_per_chunk keys. With
 // keep_vshards_whole, every vshard's keys stay in one chunk (a chunk may then exceed the
 // target by one vshard's keys), so the server sees every copy of a key in one request.
+// With `repeated` set, keys must be distinct: when one occurs twice, *repeated holds it and no
+// chunk is returned (a push must not reach some shards and be refused by another).
 std::vector<SparseChunk> SplitSparseKeys(absl::Span<const uint64_t> keys, const ShardMap& map,
-                                         uint32_t max_keys_per_chunk, bool keep_vshards_whole);
+                                         uint32_t max_keys_per_chunk, bool keep_vshards_whole,
+                                         std::optional<uint64_t>* repeated = nullptr);
 
 // A contiguous element range for one RPC.
 struct DenseChunk {

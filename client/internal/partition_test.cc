@@ -46,6 +46,23 @@ TEST_CASE("with whole vshards a vshard never spans chunks", "[partition]") {
   }
 }
 
+TEST_CASE("a repeated key is found wherever it sits and no chunk is made", "[partition]") {
+  absl::StatusOr<ShardMap> map = ShardMap::Uniform(1, 3);
+  REQUIRE(map.ok());
+  std::vector<uint64_t> keys;
+  for (uint64_t k = 0; k < 5000; ++k) keys.push_back(k * 0x9e3779b97f4a7c15ULL);
+  std::optional<uint64_t> repeated;
+  CHECK(SplitSparseKeys(keys, *map, 100, true, &repeated).size() > 3);
+  CHECK(!repeated.has_value());
+  for (size_t at : {size_t{0}, size_t{2500}, keys.size()}) {
+    std::vector<uint64_t> with = keys;
+    with.insert(with.begin() + at, keys[4321]);
+    CHECK(SplitSparseKeys(with, *map, 100, true, &repeated).empty());
+    REQUIRE(repeated.has_value());
+    CHECK(*repeated == keys[4321]);
+  }
+}
+
 // Checks that chunks tile [offset, offset + count) in order, stay within one owner each, and
 // respect the size limit.
 void CheckTiling(uint64_t size, uint32_t block, uint32_t shards, uint64_t offset, uint64_t count,

@@ -11,10 +11,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -60,8 +63,28 @@ T ValueOrThrow(absl::StatusOr<T> v) {
 
 std::optional<absl::Duration> Timeout(std::optional<double> seconds) {
   if (!seconds) return std::nullopt;
-  if (*seconds < 0) throw py::value_error("timeout must be >= 0 seconds (or None)");
+  if (!(*seconds >= 0)) throw py::value_error("timeout must be >= 0 seconds (or None)");
   return absl::Seconds(*seconds);
+}
+
+// Throws KeyboardInterrupt (or what a signal handler raised) when a signal is pending. Called
+// with the GIL held between slices of every long wait, so that Ctrl-C stops a waiting worker.
+void CheckSignals() {
+  if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+}
+
+constexpr absl::Duration kSignalCheckInterval = absl::Milliseconds(100);
+
+// Runs `fn` without the GIL when this thread holds it (destructors may also run during
+// interpreter shutdown, when it must not be released).
+template <typename Fn>
+void WithoutGil(Fn&& fn) {
+  if (PyGILState_Check() != 0) {
+    py::gil_scoped_release release;
+    fn();
+  } else {
+    fn();
+  }
 }
 
 // ---- Arrays ----
@@ -91,6 +114,9 @@ absl::Span<const uint64_t> KeySpan(const py::object& o) {
     throw py::type_error(absl::StrFormat(
         "keys: expected a 1-D array of uint64 or int64, got %d-D %s", a.ndim(), DtypeName(a)));
   }
+  if (!a.dtype().attr("isnative").cast<bool>()) {
+    throw py::type_error("keys: the array is not in native byte order");
+  }
   absl::Span<const uint64_t> keys(static_cast<const uint64_t*>(a.data()), a.size());
   if (kind == 'i') {
     for (size_t i = 0; i < keys.size(); ++i) {
@@ -105,9 +131,9 @@ absl::Span<const uint64_t> KeySpan(const py::object& o) {
 
 py::array FloatArray(const py::object& o, const char* what) {
   py::array a = AsArray(o, what);
-  if (a.dtype().kind() != 'f' || a.itemsize() != 4) {
+  if (a.dtype().kind() != 'f' || a.itemsize() != 4 || !a.dtype().attr("isnative").cast<bool>()) {
     throw py::type_error(
-        absl::StrFormat("%s: expected float32 values, got %s", what, DtypeName(a)));
+        absl::StrFormat("%s: expected native float32 values, got %s", what, DtypeName(a)));
   }
   return a;
 }
@@ -126,15 +152,37 @@ absl::Span<float> MutableFloatSpan(const py::object& o, const char* what) {
 // ---- Table configuration <-> dict ----
 
 template <typename T>
+const char* Expected() {
+  if constexpr (std::is_same_v<T, std::string>) {
+    return "a string";
+  } else if constexpr (std::is_floating_point_v<T>) {
+    return "a number";
+  } else if constexpr (std::is_integral_v<T> && std::is_unsigned_v<T>) {
+    return "a non-negative integer in range";
+  } else if constexpr (std::is_integral_v<T>) {
+    return "an integer in range";
+  } else {
+    return "a list of strings";
+  }
+}
+
+// d[key] as T; None or absent: nullopt. A value of another type raises TypeError naming the key.
+template <typename T>
 std::optional<T> Opt(const py::dict& d, const char* key) {
   if (!d.contains(key) || d[key].is_none()) return std::nullopt;
-  return d[key].cast<T>();
+  py::object v = d[key];
+  try {
+    return v.cast<T>();
+  } catch (const py::cast_error&) {
+    throw py::type_error(absl::StrFormat("%s: expected %s, got %s", key, Expected<T>(),
+                                         py::repr(v).cast<std::string>()));
+  }
 }
 
 TableConfig ConfigFromDict(const py::dict& d) {
   TableConfig c;
-  c.name = d["name"].cast<std::string>();
-  const std::string kind = d["kind"].cast<std::string>();
+  c.name = Opt<std::string>(d, "name").value_or("");
+  const std::string kind = Opt<std::string>(d, "kind").value_or("");
   if (kind == "sparse") {
     c.kind = TableKind::kSparse;
   } else if (kind == "dense") {
@@ -146,7 +194,8 @@ TableConfig ConfigFromDict(const py::dict& d) {
   c.dim = Opt<uint32_t>(d, "dim").value_or(0);
   c.dense_size = Opt<uint64_t>(d, "size").value_or(0);
   c.dense_block_elems = Opt<uint32_t>(d, "block_elems").value_or(0);
-  c.optimizer.kind = ValueOrThrow(ParseOptimizerKind(d["optimizer"].cast<std::string>()));
+  c.optimizer.kind =
+      ValueOrThrow(ParseOptimizerKind(Opt<std::string>(d, "optimizer").value_or("sgd")));
   OptimizerConfig& o = c.optimizer;
   o.learning_rate = Opt<float>(d, "learning_rate");
   o.momentum = Opt<float>(d, "momentum");
@@ -158,7 +207,7 @@ TableConfig ConfigFromDict(const py::dict& d) {
   o.l2 = Opt<float>(d, "l2");
   o.ftrl_beta = Opt<float>(d, "ftrl_beta");
   InitializerConfig& i = c.initializer;
-  i.kind = ValueOrThrow(ParseInitializerKind(d["initializer"].cast<std::string>()));
+  i.kind = ValueOrThrow(ParseInitializerKind(Opt<std::string>(d, "initializer").value_or("zeros")));
   i.low = Opt<float>(d, "low");
   i.high = Opt<float>(d, "high");
   i.mean = Opt<float>(d, "mean");
@@ -223,14 +272,10 @@ class CallState {
     absl::MutexLock lock(&mu_);
     return done_;
   }
-  // True when the call finished within `timeout` (nullopt: waits for it).
-  bool Wait(std::optional<absl::Duration> timeout) {
+  // True when the call finished within `timeout`.
+  bool Wait(absl::Duration timeout) {
     absl::MutexLock lock(&mu_);
-    if (!timeout) {
-      mu_.Await(absl::Condition(&done_));
-      return true;
-    }
-    return mu_.AwaitWithTimeout(absl::Condition(&done_), *timeout);
+    return mu_.AwaitWithTimeout(absl::Condition(&done_), timeout);
   }
   absl::Status status() {
     absl::MutexLock lock(&mu_);
@@ -258,26 +303,32 @@ class Handle {
   Handle(Handle&&) = default;
   ~Handle() {
     if (state_ != nullptr && !state_->Done()) {
-      py::gil_scoped_release release;
-      state_->Wait(std::nullopt);
+      WithoutGil([&] { state_->Wait(absl::InfiniteDuration()); });
     }
   }
 
   bool done() { return state_->Done(); }
 
   // The call's result (the output array of a pull, None for a push), once it completes; raises
-  // its error, or TimeoutError when it did not complete within `timeout` seconds.
+  // its error, TimeoutError when it did not complete within `timeout` seconds, or
+  // KeyboardInterrupt on Ctrl-C (the call goes on; the handle still holds its arrays).
   py::object Wait(std::optional<double> timeout_s) {
     const std::optional<absl::Duration> timeout = Timeout(timeout_s);
-    bool finished;
-    {
-      py::gil_scoped_release release;
-      finished = state_->Wait(timeout);
-    }
-    if (!finished) {
-      PyErr_SetString(PyExc_TimeoutError,
-                      absl::StrFormat("the call did not complete within %g s", *timeout_s).c_str());
-      throw py::error_already_set();
+    const absl::Time deadline = timeout ? absl::Now() + *timeout : absl::InfiniteFuture();
+    while (true) {
+      bool finished;
+      {
+        py::gil_scoped_release release;
+        finished = state_->Wait(std::min(deadline - absl::Now(), kSignalCheckInterval));
+      }
+      if (finished) break;
+      CheckSignals();
+      if (absl::Now() >= deadline) {
+        PyErr_SetString(
+            PyExc_TimeoutError,
+            absl::StrFormat("the call did not complete within %g s", *timeout_s).c_str());
+        throw py::error_already_set();
+      }
     }
     borrowed_.clear();
     ThrowIfError(state_->status());
@@ -304,7 +355,9 @@ ClientOptions OptionsFromDict(const py::dict& d) {
   o.max_attempts = Opt<int>(d, "max_attempts").value_or(o.max_attempts);
   auto ms = [&](const char* key, int64_t fallback) {
     const std::optional<double> s = Opt<double>(d, key);
-    if (s && *s <= 0) throw py::value_error(absl::StrFormat("%s must be > 0 seconds", key));
+    if (s && !(std::isfinite(*s) && *s > 0 && *s < 1e9)) {
+      throw py::value_error(absl::StrFormat("%s must be a finite number of seconds > 0", key));
+    }
     return s ? static_cast<int64_t>(*s * 1000) : fallback;
   };
   o.rpc_timeout_ms = ms("rpc_timeout", o.rpc_timeout_ms);
@@ -317,6 +370,9 @@ ClientOptions OptionsFromDict(const py::dict& d) {
 class PyClient : public std::enable_shared_from_this<PyClient> {
  public:
   explicit PyClient(std::shared_ptr<Client> client) : client_(std::move(client)) {}
+  ~PyClient() {
+    WithoutGil([&] { client_.reset(); });  // waits for the calls in flight
+  }
 
   static std::shared_ptr<PyClient> Connect(const py::dict& options) {
     const ClientOptions o = OptionsFromDict(options);
@@ -372,25 +428,21 @@ class PyClient : public std::enable_shared_from_this<PyClient> {
     return out;
   }
 
+  // The blocking data calls are the asynchronous ones waited for: a wait can then be
+  // interrupted (Ctrl-C) without freeing arrays a call in flight still uses (see Orphan).
   void PullSparse(const std::string& table, const py::object& keys, const py::object& out) {
-    const absl::Span<const uint64_t> k = KeySpan(keys);
-    const absl::Span<float> o = MutableFloatSpan(out, "out");
-    Blocking([&](Client& c) { return c.PullSparse(table, k, o); });
+    WaitOrOrphan(PullSparseAsync(table, keys, out, py::none()));
   }
   void PushSparse(const std::string& table, const py::object& keys, const py::object& values,
                   uint64_t accumulate_step) {
-    const absl::Span<const uint64_t> k = KeySpan(keys);
-    const absl::Span<const float> v = FloatSpan(values, "values");
-    Blocking([&](Client& c) { return c.PushSparse(table, k, v, {accumulate_step}); });
+    WaitOrOrphan(PushSparseAsync(table, keys, values, accumulate_step));
   }
   void PullDense(const std::string& table, uint64_t offset, const py::object& out) {
-    const absl::Span<float> o = MutableFloatSpan(out, "out");
-    Blocking([&](Client& c) { return c.PullDense(table, offset, o); });
+    WaitOrOrphan(PullDenseAsync(table, offset, out, py::none()));
   }
   void PushDense(const std::string& table, uint64_t offset, const py::object& values,
                  uint64_t accumulate_step) {
-    const absl::Span<const float> v = FloatSpan(values, "values");
-    Blocking([&](Client& c) { return c.PushDense(table, offset, v, {accumulate_step}); });
+    WaitOrOrphan(PushDenseAsync(table, offset, values, accumulate_step));
   }
   void ApplyStep(const std::string& table, uint64_t step, float scale) {
     Blocking([&](Client& c) { return c.ApplyStep(table, step, scale); });
@@ -450,12 +502,35 @@ class PyClient : public std::enable_shared_from_this<PyClient> {
     ThrowIfError(s);
   }
 
+  // Issues a call without the GIL (splitting, copying and encoding a large call takes
+  // milliseconds, and the first dense call on a table fetches its layout over the network).
   template <typename Fn>
   Handle Async(py::object result, std::vector<py::object> borrowed, Fn&& issue) {
     std::shared_ptr<Client> client = Get();
     auto state = std::make_shared<CallState>();
-    issue(*client, [state](absl::Status s) { state->Finish(std::move(s)); });
+    {
+      py::gil_scoped_release release;
+      issue(*client, [state](absl::Status s) { state->Finish(std::move(s)); });
+    }
     return Handle(state, shared_from_this(), std::move(result), std::move(borrowed));
+  }
+
+  // Waits for `handle`; when the wait is interrupted, the handle (with the arrays it holds)
+  // is kept until its call completes, and the interruption propagates.
+  static void WaitOrOrphan(Handle handle) {
+    try {
+      handle.Wait(std::nullopt);
+    } catch (const py::error_already_set&) {
+      if (!handle.done()) Orphan(std::move(handle));
+      throw;
+    }
+  }
+
+  static void Orphan(Handle handle) {
+    // Guarded by the GIL; never destroyed.
+    static auto* orphans = new std::vector<std::unique_ptr<Handle>>();
+    std::erase_if(*orphans, [](const std::unique_ptr<Handle>& h) { return h->done(); });
+    orphans->push_back(std::make_unique<Handle>(std::move(handle)));
   }
 
   std::shared_ptr<Client> client_;
@@ -492,6 +567,9 @@ class PyWorkerClock {
           absl::StrFormat("mode must be 'bsp', 'ssp' or 'async', got '%s'", mode));
     }
     o.staleness = staleness;
+    if (!(std::isfinite(lease_s) && lease_s > 0 && lease_s <= 3600)) {
+      throw py::value_error(absl::StrFormat("lease must be in (0, 3600] seconds, got %g", lease_s));
+    }
     o.lease_ms = static_cast<int64_t>(lease_s * 1000);
     o.fail_on_worker_death = fail_on_worker_death;
     absl::StatusOr<std::unique_ptr<WorkerClock>> c;
@@ -503,6 +581,10 @@ class PyWorkerClock {
     mode_ = mode;
   }
 
+  ~PyWorkerClock() {
+    WithoutGil([&] { clock_.reset(); });  // joins the lease thread
+  }
+
   uint64_t clock() const { return clock_->clock(); }
   const std::string& mode() const { return mode_; }
   uint32_t staleness() const { return clock_->options().staleness; }
@@ -510,25 +592,13 @@ class PyWorkerClock {
   uint32_t num_workers() const { return clock_->options().num_workers; }
 
   py::dict WaitFor(uint64_t step, std::optional<double> timeout_s) {
-    const absl::Duration timeout = Timeout(timeout_s).value_or(absl::InfiniteDuration());
-    absl::StatusOr<JobProgress> p;
-    {
-      py::gil_scoped_release release;
-      p = clock_->WaitFor(step, timeout);
-    }
-    return ProgressToDict(ValueOrThrow(std::move(p)));
+    return Sliced(timeout_s, [&](absl::Duration slice) { return clock_->WaitFor(step, slice); });
   }
   py::dict WaitToStart(std::optional<double> timeout_s) {
     return WaitFor(clock_->clock() + 1, timeout_s);
   }
   py::dict WaitForAll(double timeout_s) {
-    const absl::Duration timeout = *Timeout(timeout_s);
-    absl::StatusOr<JobProgress> p;
-    {
-      py::gil_scoped_release release;
-      p = clock_->WaitForAll(timeout);
-    }
-    return ProgressToDict(ValueOrThrow(std::move(p)));
+    return Sliced(timeout_s, [&](absl::Duration slice) { return clock_->WaitForAll(slice); });
   }
   void Finish() {
     absl::Status s;
@@ -540,6 +610,27 @@ class PyWorkerClock {
   }
 
  private:
+  // Runs wait(slice) in slices without the GIL until it succeeds, fails for good or
+  // `timeout_s` passes, checking for Ctrl-C between slices.
+  template <typename Fn>
+  py::dict Sliced(std::optional<double> timeout_s, Fn&& wait) {
+    const std::optional<absl::Duration> timeout = Timeout(timeout_s);
+    const absl::Time deadline = timeout ? absl::Now() + *timeout : absl::InfiniteFuture();
+    while (true) {
+      const absl::Duration slice =
+          std::clamp(deadline - absl::Now(), absl::ZeroDuration(), absl::Milliseconds(250));
+      absl::StatusOr<JobProgress> p;
+      {
+        py::gil_scoped_release release;
+        p = wait(slice);
+      }
+      const bool retry = !p.ok() && (p.status().code() == absl::StatusCode::kDeadlineExceeded ||
+                                     p.status().code() == absl::StatusCode::kUnavailable);
+      if (!retry || absl::Now() >= deadline) return ProgressToDict(ValueOrThrow(std::move(p)));
+      CheckSignals();
+    }
+  }
+
   std::unique_ptr<WorkerClock> clock_;
   std::string mode_;
 };
@@ -567,6 +658,9 @@ class PyLocalCluster {
       c = LocalCluster::Start(o);
     }
     cluster_ = ValueOrThrow(std::move(c));
+  }
+  ~PyLocalCluster() {
+    WithoutGil([&] { cluster_.reset(); });  // kills and reaps the processes
   }
 
   std::vector<std::string> addresses() const { return Get().addresses(); }

@@ -223,7 +223,8 @@ def _is_tensor(x):
 def _keys(keys):
     """A 1-D uint64/int64 NumPy array of the keys (a view when possible)."""
     if _is_tensor(keys):
-        if keys.is_floating_point() or keys.is_complex() or keys.dtype == sys.modules["torch"].bool:
+        if keys.is_floating_point() or keys.is_complex() or \
+                keys.dtype == sys.modules["torch"].bool:
             raise TypeError(f"keys: expected integer ids, got a {keys.dtype} tensor")
         keys = keys.detach()
         if keys.device.type != "cpu":
@@ -239,8 +240,8 @@ def _keys(keys):
             return np.empty(0, dtype=np.uint64)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"keys: expected integer ids, got {arr.dtype}")
-    if arr.dtype.itemsize != 8:
-        arr = arr.astype(np.int64)
+    if arr.dtype.itemsize != 8 or not arr.dtype.isnative:
+        arr = arr.astype(np.uint64 if arr.dtype.kind == "u" else np.int64)
     return np.ascontiguousarray(arr.reshape(-1))
 
 
@@ -255,6 +256,8 @@ def _values(values, what):
             values = values.cpu()
         return values.contiguous().numpy()
     arr = values if isinstance(values, np.ndarray) else np.asarray(values, dtype=np.float32)
+    if arr.dtype.kind == "f" and arr.dtype.itemsize == 4 and not arr.dtype.isnative:
+        arr = arr.astype(np.float32)  # big-endian float32: the same values, native order
     if arr.dtype != np.float32:
         raise TypeError(f"{what}: expected float32 values, got {arr.dtype} "
                         "(convert with .astype(numpy.float32))")
@@ -429,6 +432,9 @@ class Client:
         size = self._config(table)["size"]
         if self._config(table)["kind"] != "dense":
             raise errors.FailedPreconditionError(9, f"table '{table}' is sparse, not dense")
+        if offset < 0 or offset > size:
+            raise errors.InvalidArgumentError(
+                3, f"table '{table}': offset {offset} is outside the table's {size} elements")
         if count is None:
             count = out.numel() if _is_tensor(out) else (out.size if out is not None
                                                          else max(size - offset, 0))

@@ -159,14 +159,18 @@ class EmbeddingBag(_SparseModule):
 
 def default_initializer(table, name, param, named_params):
     """The server-side initializer DenseParameters gives a parameter: the constant for a
-    constant tensor of more than one element (LayerNorm's ones, zero biases); else
-    uniform(+-1/sqrt(fan_in)), PyTorch's default for Linear and Conv weights and biases.
+    constant tensor (LayerNorm's and BatchNorm's ones and zeros, PReLU's 0.25); else
+    uniform(+-1/sqrt(fan_in)), PyTorch's default for Linear and Conv weights and biases (other
+    layers, e.g. nn.Embedding's N(0, 1) or LSTM's, get this too: pass `initializer` for them).
     Depends only on names, shapes and constants, so every worker asks for the same table."""
     flat = param.detach().reshape(-1)
     seed = tessera.seed_of(table)
-    if flat.numel() > 1 and bool((flat == flat[0]).all()):
-        return tessera.Normal(mean=float(flat[0]), stddev=0.0, seed=seed)
     weight = named_params.get(name[:-len("bias")] + "weight") if name.endswith("bias") else None
+    # One element is "constant" too (PReLU's 0.25), unless it is a layer's bias: that one is
+    # random (and differs between workers), so it takes the layer's fan-in rule below.
+    constant = flat.numel() > 1 or (flat.numel() == 1 and weight is None)
+    if constant and bool((flat == flat[0]).all()):
+        return tessera.Normal(mean=float(flat[0]), stddev=0.0, seed=seed)
     if param.dim() >= 2:
         fan_in = param[0].numel()
     elif weight is not None and weight.dim() >= 2:
@@ -182,7 +186,8 @@ class DenseParameters:
     f"{prefix}.{parameter name}".
 
     The tables are created (or found, with the same spec) and their values pulled into the
-    module, so every worker starts from the same weights. pull() copies the servers' values
+    module, so every worker starts from the same weights: the module's own values are replaced
+    by the servers' initial values (see default_initializer), not uploaded. pull() copies the servers' values
     into the parameters in place and clears their .grad (like optimizer.zero_grad()); push()
     sends the .grads; the servers apply `optimizer`. initializer: None (default_initializer),
     one tessera.Initializer for all, or a function (name, parameter) -> tessera.Initializer.
@@ -241,7 +246,8 @@ class DenseParameters:
 
     def push(self, accumulate_step=None):
         """Sends every parameter's .grad (parameters without one are skipped), asynchronously;
-        flush() (or the next pull) waits for them."""
+        flush() (or the next pull) waits for them. The pushes read the .grad tensors until
+        then: do not change them before flush() (Worker.step does not)."""
         step = self._pushes.accumulate_step if accumulate_step is None else accumulate_step
         for t, p in self.params:
             if p.grad is not None:
@@ -289,8 +295,10 @@ class Worker:
     @contextlib.contextmanager
     def step(self):
         """A training step: forward and backward go inside the block. Yields the job's progress
-        (None without a clock). On an exception nothing more is pushed and the clock does not
-        advance."""
+        (None without a clock). On an exception the dense gradients are not pushed and the clock
+        does not advance, but the embeddings' gradients pushed during backward stay applied (or
+        in the BSP step's sums): a worker should stop after a failed step, not retry it (the job
+        goes on without it once its lease lapses, or fails, by the clock's policy)."""
         clock = self.clock
         progress = clock.wait_to_start() if clock is not None else None
         bsp = clock is not None and clock.mode == "bsp"

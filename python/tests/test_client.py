@@ -1,6 +1,9 @@
 """tessera.Client against a real local cluster: round trips of every accepted dtype and shape,
 zero-copy outputs, asynchronous calls, the GIL, errors, and the worker clock."""
 
+import gc
+import os
+import signal
 import threading
 import time
 
@@ -199,6 +202,48 @@ def test_unreachable_server_is_unavailable(tmp_path):
     client.close()
 
 
+def test_a_push_with_a_repeated_key_changes_nothing(client, table_name):
+    """The repeat is found before anything is sent: no shard applies its part."""
+    assign_table(client, table_name)
+    keys = np.arange(200, dtype=np.uint64)  # on both shards
+    client.push_sparse(table_name, keys, np.zeros((200, DIM), np.float32))
+    with pytest.raises(errors.InvalidArgumentError, match="key 7 occurs more than once"):
+        client.push_sparse(table_name, np.append(keys, np.uint64(7)), np.ones((201, DIM), np.float32))
+    np.testing.assert_array_equal(client.pull_sparse(table_name, keys), np.zeros((200, DIM)))
+
+
+def test_byte_order_is_respected(client, table_name):
+    assign_table(client, table_name)
+    values = np.arange(2 * DIM, dtype=">f4").reshape(2, DIM)
+    client.push_sparse(table_name, np.array([1, 2], ">i8"), values)
+    np.testing.assert_array_equal(client.pull_sparse(table_name, np.array([1, 2], "<u8")),
+                                  values.astype(np.float32))
+    assert client.describe_table(table_name).rows == 2
+
+
+def test_bad_configs_and_options_name_the_field(client, cluster):
+    with pytest.raises(TypeError, match="dim: expected a non-negative integer in range, got -1"):
+        client.create_table("c", dim=-1)
+    with pytest.raises(TypeError, match="dim: expected a non-negative integer in range, got 8.0"):
+        client.create_table("c", dim=8.0)
+    with pytest.raises(TypeError, match="dim: expected .* got 8589934592"):
+        client.create_table("c", dim=2**33)
+    with pytest.raises(TypeError, match="learning_rate: expected a number, got 'x'"):
+        client.create_table("c", dim=2, optimizer=tessera.SGD(lr="x"))
+    with pytest.raises(ValueError, match="rpc_timeout must be a finite number of seconds"):
+        tessera.Client(servers=cluster.addresses, rpc_timeout=float("nan"))
+    client.create_table("c_ok", dim=2)
+    with pytest.raises(ValueError, match="timeout must be >= 0"):
+        client.pull_sparse_async("c_ok", [1]).wait(timeout=float("nan"))
+
+
+def test_pull_dense_past_the_end(client, table_name):
+    client.create_table(table_name, size=10)
+    with pytest.raises(errors.InvalidArgumentError, match="offset 11 is outside"):
+        client.pull_dense(table_name, offset=11)
+    assert client.pull_dense(table_name, offset=10).shape == (0,)
+
+
 def test_async_calls(client, table_name):
     assign_table(client, table_name)
     rng = np.random.default_rng(5)
@@ -215,10 +260,30 @@ def test_async_calls(client, table_name):
     assert isinstance(t, torch.Tensor) and t.shape == (3, DIM)
     client.push_sparse_async(table_name, np.array([99], np.uint64), np.ones((1, DIM), np.float32))
     np.testing.assert_array_equal(client.pull_sparse(table_name, [99]), np.ones((1, DIM)))
+    # Dropped pulls whose keys and output exist only in the handle: the handle keeps them alive
+    # until the call completes (else the call would write into freed memory).
+    for _ in range(20):
+        client.pull_sparse_async(table_name, np.arange(5000, dtype=np.uint64))
+        gc.collect()
+    np.testing.assert_array_equal(client.pull_sparse(table_name, [0]), batches[0][1][:1])
     # Errors surface at wait().
     h = client.push_sparse_async(table_name, [1, 1], np.zeros((2, DIM), np.float32))
     with pytest.raises(errors.InvalidArgumentError):
         h.wait()
+
+
+def longest_gap_while(busy, spinning):
+    """Spins on this thread while busy() holds, setting the event `spinning` once it spins;
+    returns the longest pause between two spins (a call on another thread that kept the GIL
+    through a 300 ms wait shows as a gap >= 300 ms)."""
+    longest, last = 0.0, time.monotonic()
+    deadline = last + 30
+    while busy() and last < deadline:
+        now = time.monotonic()
+        longest, last = max(longest, now - last), now
+        if not spinning.is_set():
+            spinning.set()
+    return longest
 
 
 def test_wait_timeout_and_the_gil(tmp_path):
@@ -232,22 +297,62 @@ def test_wait_timeout_and_the_gil(tmp_path):
             h.wait(timeout=0.01)
         assert not h.done()
         h.wait(timeout=30)
-        # A blocking push on another thread must not hold the GIL while it waits.
-        done = threading.Event()
+        # A blocking push on another thread must not hold the GIL while it waits. It starts once
+        # this thread spins, so that a held GIL would show as a pause in the spinning.
+        spinning = threading.Event()
 
         def push():
+            spinning.wait(timeout=30)
             client.push_sparse("t", [2], np.ones((1, 2), np.float32))
-            done.set()
 
         thread = threading.Thread(target=push)
-        ticks = 0
-        start = time.monotonic()
         thread.start()
-        while not done.is_set() and time.monotonic() - start < 30:
-            ticks += 1
+        gap = longest_gap_while(thread.is_alive, spinning)
         thread.join(timeout=30)
-        assert done.is_set()
-        assert ticks > 10_000, f"the main thread ran only {ticks} iterations during the push"
+        assert not thread.is_alive()
+        assert gap < 0.15, f"this thread stalled {gap:.3f} s during the other thread's push"
+
+
+def interrupt_after(seconds):
+    """SIGINT to this process after `seconds` (what Ctrl-C sends)."""
+    timer = threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    return timer
+
+
+def test_ctrl_c_interrupts_waits(tmp_path, coordinated):
+    with tessera.testing.LocalCluster(num_servers=1, server_args=["--testing_push_delay_ms=2000"],
+                                      log_dir=str(tmp_path)) as c, \
+            tessera.Client(servers=c.addresses) as client:
+        client.create_table("t", dim=2)
+        h = client.push_sparse_async("t", [1], np.ones((1, 2), np.float32))
+        start = time.monotonic()
+        interrupt_after(0.2)
+        with pytest.raises(KeyboardInterrupt):
+            h.wait()
+        assert time.monotonic() - start < 1.5  # not the 2 s the push takes
+        h.wait(timeout=30)  # the call went on
+        start = time.monotonic()
+        interrupt_after(0.2)
+        with pytest.raises(KeyboardInterrupt):
+            client.push_sparse("t", [2], np.ones((1, 2), np.float32))
+        assert time.monotonic() - start < 1.5
+        gc.collect()  # the interrupted call goes on; the module keeps its arrays until it ends
+        expected = np.full((2, 2), -0.01, np.float32)  # SGD, rate 0.01, gradient 1
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # await the orphaned push's effect (bounded)
+            if np.allclose(client.pull_sparse("t", [1, 2]), expected):
+                break
+        np.testing.assert_allclose(client.pull_sparse("t", [1, 2]), expected)
+    # A worker waiting at a BSP barrier for a worker that never comes.
+    clock = tessera.WorkerClock(coordinated.coordinator_address, "ctrl_c_job", 2, 0)
+    clock.wait_to_start(timeout=30)
+    clock.finish()
+    start = time.monotonic()
+    interrupt_after(0.3)
+    with pytest.raises(KeyboardInterrupt):
+        clock.wait_to_start()
+    assert time.monotonic() - start < 3.0
 
 
 def test_closed_client_raises(cluster):
@@ -272,6 +377,8 @@ def test_worker_clock_orders_workers(coordinated):
     assert clocks[0].clock == 1 and clocks[0].mode == "bsp"
     with pytest.raises(ValueError, match="mode must be"):
         tessera.WorkerClock(coordinated.coordinator_address, "j", 1, 0, mode="sync")
+    with pytest.raises(ValueError, match="lease must be in"):
+        tessera.WorkerClock(coordinated.coordinator_address, "j", 1, 0, lease=float("nan"))
 
 
 def test_coordinated_client(coordinated, table_name):

@@ -364,7 +364,10 @@ void CoordinatorServer::Shutdown() {
     }
     impl_->waiters.clear();
   }
-  impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  // Every other RPC here answers at once, under mu, so in-flight calls need microseconds. The
+  // deadline still matters: with any client channel connected (even idle) gRPC 1.51's Shutdown
+  // ran to it (measured: 2 s to stop with a deadline of 2 s, 80 ms with nothing connected).
+  impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(250));
   impl_->server->Wait();
   StopExposer(impl_->exposer, impl_->options.address);
 }
