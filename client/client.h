@@ -75,6 +75,9 @@ struct PushOptions {
   // Non-zero: the servers add the gradients to step `accumulate_step`'s sums instead of
   // applying them; Client::ApplyStep applies the step (BSP aggregation, docs/worker.md).
   uint64_t accumulate_step = 0;
+  // true: the values replace the weights (sparse rows are created as needed); the optimizer
+  // does not run and its slots are kept. For loading weights. Not with accumulate_step.
+  bool assign = false;
 };
 
 // Runs exactly once when an asynchronous call completes.

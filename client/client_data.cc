@@ -153,6 +153,7 @@ void Client::PushSparseAsync(absl::string_view table, absl::Span<const uint64_t>
     const size_t n = chunk.positions.size();
     auto header = SparseHeader<v1::PushSparseRequest>(*impl_, table, *dim, n);
     header->set_accumulate_step(options.accumulate_step);
+    header->set_assign(options.assign);
     // Keys and rows regrouped by shard: one gathered copy, then sent in place.
     auto packed_keys = std::make_shared<std::vector<uint64_t>>(n);
     auto packed_values = std::make_shared<std::vector<float>>(n * *dim);
@@ -254,6 +255,7 @@ void Client::PushDenseAsync(absl::string_view table, uint64_t offset,
         // gRPC released it.
         const float* data = values.data() + (chunk.offset - offset);
         header->set_accumulate_step(options.accumulate_step);
+        header->set_assign(options.assign);
         rpc.encode = [header, data, count = chunk.count](Rpc& r) {
           SetPushId(r, header->mutable_id());
           return EncodeWithBulk(*header, {r.Borrow(kPushDenseValues, data, count * sizeof(float))});

@@ -83,7 +83,8 @@ void DenseTable::Pull(uint64_t offset, uint64_t count, float* out) const {
   }
 }
 
-void DenseTable::Push(uint64_t offset, uint64_t count, const float* grads, uint64_t gen) {
+void DenseTable::Push(uint64_t offset, uint64_t count, const float* grads, uint64_t gen,
+                      bool assign) {
   const uint64_t end = offset + count;
   for (uint64_t b = offset / layout_.block_elems; b < layout_.num_blocks(); ++b) {
     const uint64_t lo = std::max(offset, layout_.BlockBegin(b));
@@ -102,7 +103,11 @@ void DenseTable::Push(uint64_t offset, uint64_t count, const float* grads, uint6
     float* w = block.data + (lo - block.begin);
     float* slot0 = params_.num_slots > 0 ? w + len : nullptr;
     float* slot1 = params_.num_slots > 1 ? w + 2 * len : nullptr;
-    ApplyUpdate(params_, w, slot0, slot1, &block.step, grads + (lo - offset), hi - lo);
+    if (assign) {
+      std::memcpy(w, grads + (lo - offset), (hi - lo) * sizeof(float));
+    } else {
+      ApplyUpdate(params_, w, slot0, slot1, &block.step, grads + (lo - offset), hi - lo);
+    }
     block.gen = gen;
   }
 }

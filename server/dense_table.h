@@ -51,8 +51,9 @@ class DenseTable {
 
   // REQUIRES: offset + count <= size and every overlapping block is held here.
   void Pull(uint64_t offset, uint64_t count, float* out) const;
-  // Applies the optimizer and stamps the touched blocks with generation `gen`.
-  void Push(uint64_t offset, uint64_t count, const float* grads, uint64_t gen);
+  // Applies the optimizer (with `assign`: writes the values, slots kept) and stamps the
+  // touched blocks with generation `gen`.
+  void Push(uint64_t offset, uint64_t count, const float* grads, uint64_t gen, bool assign = false);
 
   // Checkpoints (docs/checkpoints.md), as SparseTable: a block is the unit. TakeBlock writes
   // the block's payload as of the cut (weights, slots, then the 8-byte step) to payload (room

@@ -530,6 +530,7 @@ absl::Status ServerCore::PushSparseImpl(const v1::PushSparseRequest& req, v1::Pu
       PushValues(req.values(), req.num_keys() * sparse.dim(), name, &scratch, replicated);
   if (!values.ok()) return values.status();
   if (!replicated) TESSERA_RETURN_IF_ERROR(CheckDistinct(k.keys, k.groups, name));
+  TESSERA_RETURN_IF_ERROR(CheckAssign(req.assign(), req.accumulate_step(), name));
   if (req.accumulate_step() != 0) {
     Table& t = **table;
     return ApplyOnce(req.id(), name, resp, v1::LOG_ENTRY_KIND_PUSH_SPARSE, request, replicated,
@@ -545,8 +546,9 @@ absl::Status ServerCore::PushSparseImpl(const v1::PushSparseRequest& req, v1::Pu
                        return absl::OkStatus();
                      });
   }
-  return ApplyOnce(req.id(), name, resp, v1::LOG_ENTRY_KIND_PUSH_SPARSE, request, replicated,
-                   [&](uint64_t gen) { sparse.Push(k.keys, k.groups, values->data(), gen); });
+  return ApplyOnce(
+      req.id(), name, resp, v1::LOG_ENTRY_KIND_PUSH_SPARSE, request, replicated,
+      [&](uint64_t gen) { sparse.Push(k.keys, k.groups, values->data(), gen, req.assign()); });
 }
 
 absl::Status ServerCore::PullDense(const v1::PullDenseRequest& req, v1::PullDenseResponse* resp) {
@@ -582,6 +584,7 @@ absl::Status ServerCore::PushDenseImpl(const v1::PushDenseRequest& req, v1::Push
   absl::StatusOr<absl::Span<const float>> values =
       PushValues(req.values(), req.count(), name, &scratch, replicated);
   if (!values.ok()) return values.status();
+  TESSERA_RETURN_IF_ERROR(CheckAssign(req.assign(), req.accumulate_step(), name));
   if (req.accumulate_step() != 0) {
     Table& t = **table;
     return ApplyOnce(req.id(), name, resp, v1::LOG_ENTRY_KIND_PUSH_DENSE, request, replicated,
@@ -603,9 +606,10 @@ absl::Status ServerCore::PushDenseImpl(const v1::PushDenseRequest& req, v1::Push
                        return absl::OkStatus();
                      });
   }
-  return ApplyOnce(
-      req.id(), name, resp, v1::LOG_ENTRY_KIND_PUSH_DENSE, request, replicated,
-      [&](uint64_t gen) { dense.Push(req.offset(), req.count(), values->data(), gen); });
+  return ApplyOnce(req.id(), name, resp, v1::LOG_ENTRY_KIND_PUSH_DENSE, request, replicated,
+                   [&](uint64_t gen) {
+                     dense.Push(req.offset(), req.count(), values->data(), gen, req.assign());
+                   });
 }
 
 absl::Status ServerCore::CheckDenseRange(const DenseTable& dense, const std::string& name,
@@ -627,6 +631,16 @@ absl::Status ServerCore::CheckDenseRange(const DenseTable& dense, const std::str
         "table '%s': block %d (elements [%u, %u)) is not held by shard %u at epoch %u", name,
         missing, dense.layout().BlockBegin(missing), dense.layout().BlockEnd(missing), shard_index_,
         shard_map_epoch()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ServerCore::CheckAssign(bool assign, uint64_t accumulate_step,
+                                     const std::string& name) {
+  if (assign && accumulate_step != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("table '%s': a push cannot both assign values and accumulate step %u", name,
+                        accumulate_step));
   }
   return absl::OkStatus();
 }

@@ -249,6 +249,7 @@ class ServerCore {
   };
   // Checks that `step` may accumulate in `table` now. REQUIRES: order_mu_.
   static absl::Status CheckAccumulate(const Table& table, uint64_t step);
+  static absl::Status CheckAssign(bool assign, uint64_t accumulate_step, const std::string& name);
 
   explicit ServerCore(const ServerCoreOptions& options);
 

@@ -62,7 +62,7 @@ void SparseTable::Pull(absl::Span<const uint64_t> keys, const VshardGrouping& gr
 }
 
 void SparseTable::Push(absl::Span<const uint64_t> keys, const VshardGrouping& groups,
-                       const float* grads, uint64_t gen) {
+                       const float* grads, uint64_t gen, bool assign) {
   const size_t dim = config_.dim;
   for (const VshardRun& run : groups.runs) {
     Partition& p = *partitions_[run.vshard];
@@ -75,6 +75,11 @@ void SparseTable::Push(absl::Span<const uint64_t> keys, const VshardGrouping& gr
         const uint32_t id = p.index.find(keys[i])->second;
         p.cow.try_emplace(id, reinterpret_cast<const char*>(row),
                           (payload_floats_ + 2) * sizeof(float));
+      }
+      if (assign) {
+        std::memcpy(row, grads + i * dim, dim * sizeof(float));
+        SetGen(row, gen);
+        continue;
       }
       float* slot0 = params_.num_slots > 0 ? row + dim : nullptr;
       float* slot1 = params_.num_slots > 1 ? row + 2 * dim : nullptr;

@@ -57,9 +57,10 @@ class SparseTable {
             uint64_t gen);
 
   // Applies the optimizer to each keys[i] with gradient grads[i * dim, (i + 1) * dim) and
-  // stamps the rows with `gen`. REQUIRES: as Pull, and the keys are distinct.
+  // stamps the rows with `gen`; with `assign` the values replace the weights instead (slots
+  // kept). REQUIRES: as Pull, and the keys are distinct.
   void Push(absl::Span<const uint64_t> keys, const VshardGrouping& groups, const float* grads,
-            uint64_t gen);
+            uint64_t gen, bool assign = false);
 
   // Checkpoints. BeginCut starts copy-on-write for a cut at generation cut_gen (REQUIRES: no
   // change runs concurrently: the caller holds its update gate). TakeVshard then returns the

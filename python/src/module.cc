@@ -434,15 +434,15 @@ class PyClient : public std::enable_shared_from_this<PyClient> {
     WaitOrOrphan(PullSparseAsync(table, keys, out, py::none()));
   }
   void PushSparse(const std::string& table, const py::object& keys, const py::object& values,
-                  uint64_t accumulate_step) {
-    WaitOrOrphan(PushSparseAsync(table, keys, values, accumulate_step));
+                  uint64_t accumulate_step, bool assign) {
+    WaitOrOrphan(PushSparseAsync(table, keys, values, accumulate_step, assign));
   }
   void PullDense(const std::string& table, uint64_t offset, const py::object& out) {
     WaitOrOrphan(PullDenseAsync(table, offset, out, py::none()));
   }
   void PushDense(const std::string& table, uint64_t offset, const py::object& values,
-                 uint64_t accumulate_step) {
-    WaitOrOrphan(PushDenseAsync(table, offset, values, accumulate_step));
+                 uint64_t accumulate_step, bool assign) {
+    WaitOrOrphan(PushDenseAsync(table, offset, values, accumulate_step, assign));
   }
   void ApplyStep(const std::string& table, uint64_t step, float scale) {
     Blocking([&](Client& c) { return c.ApplyStep(table, step, scale); });
@@ -457,11 +457,12 @@ class PyClient : public std::enable_shared_from_this<PyClient> {
     });
   }
   Handle PushSparseAsync(const std::string& table, const py::object& keys, const py::object& values,
-                         uint64_t accumulate_step) {
+                         uint64_t accumulate_step, bool assign) {
     const absl::Span<const uint64_t> k = KeySpan(keys);
     const absl::Span<const float> v = FloatSpan(values, "values");
     return Async(py::none(), {keys, values}, [&](Client& c, StatusCallback done) {
-      c.PushSparseAsync(table, k, v, std::move(done), {accumulate_step});
+      c.PushSparseAsync(table, k, v, std::move(done),
+                        {.accumulate_step = accumulate_step, .assign = assign});
     });
   }
   Handle PullDenseAsync(const std::string& table, uint64_t offset, const py::object& out,
@@ -472,10 +473,11 @@ class PyClient : public std::enable_shared_from_this<PyClient> {
     });
   }
   Handle PushDenseAsync(const std::string& table, uint64_t offset, const py::object& values,
-                        uint64_t accumulate_step) {
+                        uint64_t accumulate_step, bool assign) {
     const absl::Span<const float> v = FloatSpan(values, "values");
     return Async(py::none(), {values}, [&](Client& c, StatusCallback done) {
-      c.PushDenseAsync(table, offset, v, std::move(done), {accumulate_step});
+      c.PushDenseAsync(table, offset, v, std::move(done),
+                       {.accumulate_step = accumulate_step, .assign = assign});
     });
   }
 
@@ -680,6 +682,14 @@ class PyLocalCluster {
     }
     return ValueOrThrow(std::move(r));
   }
+  std::vector<int> ReplicasOf(uint32_t shard) {
+    absl::StatusOr<std::vector<int>> r;
+    {
+      py::gil_scoped_release release;
+      r = cluster_->ReplicasOf(shard);
+    }
+    return ValueOrThrow(std::move(r));
+  }
   void RestartServer(int i) {
     CheckIndex(i);
     absl::Status s;
@@ -753,19 +763,19 @@ PYBIND11_MODULE(_tessera, m) {
       .def("list_tables", &PyClient::ListTables)
       .def("pull_sparse", &PyClient::PullSparse, py::arg("table"), py::arg("keys"), py::arg("out"))
       .def("push_sparse", &PyClient::PushSparse, py::arg("table"), py::arg("keys"),
-           py::arg("values"), py::arg("accumulate_step") = 0)
+           py::arg("values"), py::arg("accumulate_step") = 0, py::arg("assign") = false)
       .def("pull_dense", &PyClient::PullDense, py::arg("table"), py::arg("offset"), py::arg("out"))
       .def("push_dense", &PyClient::PushDense, py::arg("table"), py::arg("offset"),
-           py::arg("values"), py::arg("accumulate_step") = 0)
+           py::arg("values"), py::arg("accumulate_step") = 0, py::arg("assign") = false)
       .def("apply_step", &PyClient::ApplyStep, py::arg("table"), py::arg("step"), py::arg("scale"))
       .def("pull_sparse_async", &PyClient::PullSparseAsync, py::arg("table"), py::arg("keys"),
            py::arg("out"), py::arg("result"))
       .def("push_sparse_async", &PyClient::PushSparseAsync, py::arg("table"), py::arg("keys"),
-           py::arg("values"), py::arg("accumulate_step") = 0)
+           py::arg("values"), py::arg("accumulate_step") = 0, py::arg("assign") = false)
       .def("pull_dense_async", &PyClient::PullDenseAsync, py::arg("table"), py::arg("offset"),
            py::arg("out"), py::arg("result"))
       .def("push_dense_async", &PyClient::PushDenseAsync, py::arg("table"), py::arg("offset"),
-           py::arg("values"), py::arg("accumulate_step") = 0)
+           py::arg("values"), py::arg("accumulate_step") = 0, py::arg("assign") = false)
       .def_property_readonly("client_id", &PyClient::client_id)
       .def_property_readonly("retries", &PyClient::retries)
       .def_property_readonly("duplicate_acks", &PyClient::duplicate_acks)
@@ -798,5 +808,6 @@ PYBIND11_MODULE(_tessera, m) {
       .def("pid", &PyLocalCluster::pid, py::arg("i"))
       .def("stop_server", &PyLocalCluster::StopServer, py::arg("i"), py::arg("timeout") = 30.0)
       .def("restart_server", &PyLocalCluster::RestartServer, py::arg("i"))
+      .def("replicas_of", &PyLocalCluster::ReplicasOf, py::arg("shard"))
       .def("stop", &PyLocalCluster::Stop, py::arg("timeout") = 30.0);
 }

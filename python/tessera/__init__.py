@@ -417,15 +417,17 @@ class Client:
             raise ValueError(f"grads: {v.shape[0]} rows for {k.size} keys")
         return k, v
 
-    def push_sparse(self, table, keys, grads, accumulate_step=0):
+    def push_sparse(self, table, keys, grads, accumulate_step=0, assign=False):
         """Sends gradients of distinct `keys` ((len(keys), dim) float32); the servers apply the
-        table's optimizer (or, with accumulate_step, add them to that BSP step's sums)."""
+        table's optimizer (or, with accumulate_step, add them to that BSP step's sums). With
+        assign=True the values replace the rows' weights instead (loading weights; optimizer
+        slots are kept)."""
         k, v = self._push_sparse_args(keys, grads)
-        self._native.push_sparse(table, k, v, accumulate_step)
+        self._native.push_sparse(table, k, v, accumulate_step, assign)
 
-    def push_sparse_async(self, table, keys, grads, accumulate_step=0):
+    def push_sparse_async(self, table, keys, grads, accumulate_step=0, assign=False):
         k, v = self._push_sparse_args(keys, grads)
-        return self._native.push_sparse_async(table, k, v, accumulate_step)
+        return self._native.push_sparse_async(table, k, v, accumulate_step, assign)
 
     # -- dense --
     def _pull_dense_args(self, table, offset, count, out):
@@ -452,14 +454,15 @@ class Client:
         view, result = self._pull_dense_args(table, offset, count, out)
         return self._native.pull_dense_async(table, offset, view.reshape(-1), result)
 
-    def push_dense(self, table, grads, offset=0, accumulate_step=0):
-        """Sends gradients for elements [offset, offset + grads.size) of a dense table."""
+    def push_dense(self, table, grads, offset=0, accumulate_step=0, assign=False):
+        """Sends gradients for elements [offset, offset + grads.size) of a dense table (with
+        assign=True: values that replace the weights)."""
         self._native.push_dense(table, offset, _values(grads, "grads").reshape(-1),
-                                accumulate_step)
+                                accumulate_step, assign)
 
-    def push_dense_async(self, table, grads, offset=0, accumulate_step=0):
+    def push_dense_async(self, table, grads, offset=0, accumulate_step=0, assign=False):
         return self._native.push_dense_async(table, offset, _values(grads, "grads").reshape(-1),
-                                             accumulate_step)
+                                             accumulate_step, assign)
 
     # -- BSP --
     def apply_step(self, table, step, scale):

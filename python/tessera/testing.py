@@ -57,6 +57,10 @@ class LocalCluster:
         """SIGTERM to server i; returns its exit code."""
         return self._native.stop_server(i, timeout)
 
+    def replicas_of(self, shard):
+        """With replication: the indices of `shard`'s servers, the primary first."""
+        return self._native.replicas_of(shard)
+
     def restart_server(self, i):
         self._native.restart_server(i)
 

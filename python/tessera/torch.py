@@ -157,24 +157,29 @@ class EmbeddingBag(_SparseModule):
                                per_sample_weights=per_sample_weights)
 
 
-def default_initializer(table, name, param, named_params):
-    """The server-side initializer DenseParameters gives a parameter: the constant for a
-    constant tensor (LayerNorm's and BatchNorm's ones and zeros, PReLU's 0.25); else
-    uniform(+-1/sqrt(fan_in)), PyTorch's default for Linear and Conv weights and biases (other
-    layers, e.g. nn.Embedding's N(0, 1) or LSTM's, get this too: pass `initializer` for them).
-    Depends only on names, shapes and constants, so every worker asks for the same table."""
-    flat = param.detach().reshape(-1)
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm,
+          nn.modules.instancenorm._InstanceNorm)
+
+
+def default_initializer(table, owner, attr, param):
+    """The server-side initializer DenseParameters gives parameter `attr` of layer `owner`,
+    after PyTorch's defaults: norms' weights 1 and biases 0, PReLU 0.25, embeddings N(0, 1),
+    everything else uniform(+-1/sqrt(fan_in)) (PyTorch's rule for Linear and Conv weights and
+    biases; other layers such as LSTM differ: pass `initializer` for them). Depends only on the
+    layer types, names and shapes, not on the module's current values, so every worker asks
+    for the same table whatever its module holds."""
     seed = tessera.seed_of(table)
-    weight = named_params.get(name[:-len("bias")] + "weight") if name.endswith("bias") else None
-    # One element is "constant" too (PReLU's 0.25), unless it is a layer's bias: that one is
-    # random (and differs between workers), so it takes the layer's fan-in rule below.
-    constant = flat.numel() > 1 or (flat.numel() == 1 and weight is None)
-    if constant and bool((flat == flat[0]).all()):
-        return tessera.Normal(mean=float(flat[0]), stddev=0.0, seed=seed)
-    if param.dim() >= 2:
-        fan_in = param[0].numel()
-    elif weight is not None and weight.dim() >= 2:
+    if isinstance(owner, _NORMS):
+        return tessera.Normal(mean=1.0 if attr == "weight" else 0.0, stddev=0.0, seed=seed)
+    if isinstance(owner, nn.PReLU):
+        return tessera.Normal(mean=0.25, stddev=0.0, seed=seed)
+    if isinstance(owner, (nn.Embedding, nn.EmbeddingBag)):
+        return tessera.Normal(mean=0.0, stddev=1.0, seed=seed)
+    weight = getattr(owner, "weight", None)
+    if attr == "bias" and isinstance(weight, torch.Tensor) and weight.dim() >= 2:
         fan_in = weight[0].numel()
+    elif param.dim() >= 2:
+        fan_in = param[0].numel()
     else:
         fan_in = param.numel()
     bound = 1.0 / math.sqrt(max(fan_in, 1))
@@ -187,19 +192,25 @@ class DenseParameters:
 
     The tables are created (or found, with the same spec) and their values pulled into the
     module, so every worker starts from the same weights: the module's own values are replaced
-    by the servers' initial values (see default_initializer), not uploaded. pull() copies the servers' values
-    into the parameters in place and clears their .grad (like optimizer.zero_grad()); push()
-    sends the .grads; the servers apply `optimizer`. initializer: None (default_initializer),
+    by the servers' initial values (see default_initializer) unless upload=True. pull() copies
+    the servers' values into the parameters in place and clears their .grad (like
+    optimizer.zero_grad()); push() sends the .grads; the servers apply `optimizer`. initializer: None (default_initializer),
     one tessera.Initializer for all, or a function (name, parameter) -> tessera.Initializer.
+    upload=True (or upload()) writes the module's own values instead, e.g. pretrained weights:
+    from one process, before the workers start.
     """
 
     def __init__(self, client, module, prefix, *, optimizer=None, initializer=None,
-                 create=True):
+                 create=True, upload=False):
         self.client = client
         self.module = module
         named = dict(module.named_parameters())
         if not named:
             raise ValueError(f"DenseParameters('{prefix}'): the module has no parameters")
+        owners = {}  # id(parameter) -> (layer, attribute), for default_initializer
+        for _, layer in module.named_modules():
+            for attr, p in layer.named_parameters(recurse=False):
+                owners.setdefault(id(p), (layer, attr))
         self.params = [(f"{prefix}.{name}", p) for name, p in named.items()]
         self.tables = [t for t, _ in self.params]
         self._pushes = _Pushes()
@@ -207,7 +218,7 @@ class DenseParameters:
         for (table, p), name in zip(self.params, named):
             if create:
                 if initializer is None:
-                    init = default_initializer(table, name, p, named)
+                    init = default_initializer(table, *owners[id(p)], p)
                 elif isinstance(initializer, tessera.Initializer):
                     init = initializer
                 else:
@@ -220,7 +231,19 @@ class DenseParameters:
             if info.kind != "dense" or info.size != p.numel():
                 raise ValueError(f"table '{table}' is {info!r}; parameter '{name}' has "
                                  f"{p.numel()} elements")
+        if upload:
+            self.upload()
         self.pull()
+
+    def upload(self):
+        """Writes the module's current values to the servers (e.g. pretrained weights): they
+        replace the tables' weights; the optimizer does not run and its state is kept. Do it
+        from one process before the workers train (they pull what is there when they start)."""
+        self._pushes.flush()
+        for t, p in self.params:
+            self._pushes.add(self.client.push_dense_async(
+                t, p.detach().to(torch.float32).reshape(-1), assign=True))
+        self._pushes.flush()
 
     def _host(self, table, p):
         """A CPU float32 tensor the pull writes into: the parameter itself when it is a

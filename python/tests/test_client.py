@@ -118,6 +118,39 @@ def test_optimizer_runs_on_the_servers(client, table_name):
     assert table_name in [t.name for t in client.list_tables()]
 
 
+def test_assign_loads_weights_and_keeps_the_optimizer(client, table_name):
+    client.create_table(table_name, dim=2, optimizer=tessera.Adagrad(lr=0.5))
+    client.create_table(table_name + "_d", size=5, optimizer=tessera.SGD(lr=0.5))
+    weights = np.array([[1.0, -2.0], [3.0, 4.0]], np.float32)
+    client.push_sparse(table_name, [7, 8], weights, assign=True)  # rows created by the push
+    np.testing.assert_array_equal(client.pull_sparse(table_name, [7, 8]), weights)
+    client.push_dense(table_name + "_d", np.arange(5, dtype=np.float32), assign=True)
+    np.testing.assert_array_equal(client.pull_dense(table_name + "_d"), np.arange(5))
+    # Ordinary pushes still run the optimizer from there (Adagrad: the first step is lr * sign).
+    client.push_sparse(table_name, [7], np.array([[2.0, -1.0]], np.float32))
+    np.testing.assert_allclose(client.pull_sparse(table_name, [7]), [[0.5, -1.5]], rtol=1e-6)
+    client.push_dense(table_name + "_d", np.ones(5, np.float32))
+    np.testing.assert_allclose(client.pull_dense(table_name + "_d"), np.arange(5) - 0.5)
+    with pytest.raises(errors.InvalidArgumentError, match="cannot both assign values and "
+                                                         "accumulate step 3"):
+        client.push_dense(table_name + "_d", np.ones(5, np.float32), accumulate_step=3,
+                          assign=True)
+
+
+def test_assigned_weights_survive_a_failover(tmp_path):
+    """Backups replay an assigning push as such: the promoted backup has the weights."""
+    with tessera.testing.LocalCluster(num_servers=2, replication=2, num_shards=1,
+                                      log_dir=str(tmp_path)) as c, \
+            tessera.Client(coordinator=c.coordinator_address) as client:
+        client.create_table("w", size=1000, optimizer=tessera.Adam(lr=0.1))
+        values = np.linspace(-1, 1, 1000, dtype=np.float32)
+        client.push_dense("w", values, assign=True)
+        primary = c.replicas_of(0)[0]
+        c.stop_server(primary)
+        np.testing.assert_array_equal(client.pull_dense("w"), values)
+        assert c.replicas_of(0)[0] != primary
+
+
 def test_bad_arguments_raise_before_any_call(client, table_name):
     assign_table(client, table_name)
     with pytest.raises(TypeError, match="keys: expected integer ids, got float64"):

@@ -125,6 +125,18 @@ def test_dense_parameters_train_like_local_pytorch(client, table_name):
     assert worker.steps == STEPS
 
 
+def test_dense_parameters_upload_a_modules_own_weights(client, table_name):
+    trained = mlp(seed=9)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.mul_(3.0).add_(0.5)  # not what any initializer gives
+    tt.DenseParameters(client, trained, table_name, upload=True)
+    fresh = mlp(seed=10)
+    tt.DenseParameters(client, fresh, table_name)  # another worker: pulls what is there
+    for (name, p), q in zip(trained.named_parameters(), fresh.parameters()):
+        assert torch.equal(p.detach(), q.detach()), name
+
+
 def run_workers(cluster, n, job, mode, staleness, train):
     """Runs train(client, clock, w) for w in 0..n-1 on threads, each with its own client and
     clock; re-raises the first failure."""
