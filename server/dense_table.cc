@@ -104,7 +104,7 @@ void DenseTable::Push(uint64_t offset, uint64_t count, const float* grads, uint6
     float* slot0 = params_.num_slots > 0 ? w + len : nullptr;
     float* slot1 = params_.num_slots > 1 ? w + 2 * len : nullptr;
     if (assign) {
-      std::memcpy(w, grads + (lo - offset), (hi - lo) * sizeof(float));
+      AssignWeights(params_, w, slot0, slot1, grads + (lo - offset), hi - lo);
     } else {
       ApplyUpdate(params_, w, slot0, slot1, &block.step, grads + (lo - offset), hi - lo);
     }

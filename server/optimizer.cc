@@ -113,4 +113,19 @@ void ApplyUpdate(const OptimizerParams& p, float* w, float* slot0, float* slot1,
   }
 }
 
+void AssignWeights(const OptimizerParams& p, float* w, float* slot0, float* slot1,
+                   const float* values, size_t n) {
+  std::memcpy(w, values, n * sizeof(float));
+  if (p.kind != OptimizerKind::kFtrl) return;
+  // Ftrl() gives w = -(z - sign(z) l1) / d with d = (beta + sqrt(n)) / alpha + l2 when
+  // |z| > l1, else 0; so z = -(w d + sign(w) l1) gives back w.
+  float* z = slot0;
+  const float* nacc = slot1;
+  for (size_t i = 0; i < n; ++i) {
+    const float d = (p.ftrl_beta + std::sqrt(nacc[i])) / p.learning_rate + p.l2;
+    const float sign = w[i] < 0 ? -1.0f : 1.0f;
+    z[i] = w[i] == 0.0f ? 0.0f : -(w[i] * d + sign * p.l1);
+  }
+}
+
 }  // namespace tessera

@@ -39,6 +39,12 @@ struct OptimizerParams {
 void ApplyUpdate(const OptimizerParams& p, float* w, float* slot0, float* slot1, uint64_t* step,
                  const float* g, size_t n);
 
+// Writes `values` over the weights (a push with `assign`), keeping the optimizer's state. For
+// FTRL, whose weights are a function of its z and n slots, z is set so that the next update
+// starts from the written weights (n is kept).
+void AssignWeights(const OptimizerParams& p, float* w, float* slot0, float* slot1,
+                   const float* values, size_t n);
+
 }  // namespace tessera
 
 #endif  // TESSERA_SERVER_OPTIMIZER_H_

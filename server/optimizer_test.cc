@@ -87,6 +87,32 @@ TEST_CASE("add and assign", "[optimizer]") {
   CheckTrajectory(Params({.kind = OptimizerKind::kAssign}), assign);
 }
 
+TEST_CASE("written weights are where the next update starts, FTRL included", "[optimizer]") {
+  const float values[4] = {0.75f, -1.25f, 0.0f, 0.01f};
+  const float zero[4] = {0, 0, 0, 0};
+  for (const OptimizerConfig& c :
+       {OptimizerConfig{.kind = OptimizerKind::kFtrl, .l1 = 0.1f, .l2 = 0.2f, .ftrl_beta = 1.0f},
+        OptimizerConfig{.kind = OptimizerKind::kFtrl},
+        OptimizerConfig{.kind = OptimizerKind::kAdagrad},
+        OptimizerConfig{.kind = OptimizerKind::kSgd}}) {
+    const OptimizerParams p = Params(c);
+    INFO("optimizer " << OptimizerKindName(p.kind));
+    // Some optimizer state first, then the written weights, then an update with g = 0 (FTRL
+    // with l1 = 0.1 zeroes |w| under its threshold only through z, which the write sets).
+    float w[4] = {0, 0, 0, 0};
+    float s0[4], s1[4];
+    for (int i = 0; i < 4; ++i) s0[i] = p.InitialSlotValue(0), s1[i] = p.InitialSlotValue(1);
+    uint64_t step = 0;
+    ApplyUpdate(p, w, s0, s1, &step, kGrads[1], 2);
+    const float kept_s1 = s1[1];
+    AssignWeights(p, w, s0, s1, values, 4);
+    for (int i = 0; i < 4; ++i) CHECK(w[i] == values[i]);
+    CHECK(s1[1] == kept_s1);  // (FTRL's n, Adagrad's unused slot: kept)
+    ApplyUpdate(p, w, s0, s1, &step, zero, 4);
+    for (int i = 0; i < 4; ++i) CHECK(w[i] == Approx(values[i]).epsilon(1e-5).margin(1e-7));
+  }
+}
+
 TEST_CASE("Adam advances its step counter once per update", "[optimizer]") {
   OptimizerParams p = Params({.kind = OptimizerKind::kAdam});
   float w = 0, m = 0, v = 0, g = 1;

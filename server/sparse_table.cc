@@ -76,13 +76,13 @@ void SparseTable::Push(absl::Span<const uint64_t> keys, const VshardGrouping& gr
         p.cow.try_emplace(id, reinterpret_cast<const char*>(row),
                           (payload_floats_ + 2) * sizeof(float));
       }
+      float* slot0 = params_.num_slots > 0 ? row + dim : nullptr;
+      float* slot1 = params_.num_slots > 1 ? row + 2 * dim : nullptr;
       if (assign) {
-        std::memcpy(row, grads + i * dim, dim * sizeof(float));
+        AssignWeights(params_, row, slot0, slot1, grads + i * dim, dim);
         SetGen(row, gen);
         continue;
       }
-      float* slot0 = params_.num_slots > 0 ? row + dim : nullptr;
-      float* slot1 = params_.num_slots > 1 ? row + 2 * dim : nullptr;
       uint64_t step = 0;
       if (params_.has_step) std::memcpy(&step, row + step_offset_, sizeof(step));
       ApplyUpdate(params_, row, slot0, slot1, &step, grads + i * dim, dim);
