@@ -283,6 +283,13 @@ absl::Status LocalCluster::SpawnCoordinator(int port, int metrics_port) {
   return absl::OkStatus();
 }
 
+void LocalCluster::KillServer(int i) {
+  if (pids_[i] == 0) return;
+  kill(pids_[i], SIGKILL);
+  WaitWithTimeout(pids_[i], absl::Seconds(10));
+  pids_[i] = 0;
+}
+
 void LocalCluster::KillCoordinator() {
   if (coordinator_pid_ == 0) return;
   kill(coordinator_pid_, SIGKILL);

@@ -68,6 +68,8 @@ class LocalCluster {
   // Starts server i again on its old ports (killing it first if it still runs), with
   // extra_args added to its flags. Waits until it serves.
   absl::Status RestartServer(int i, const std::vector<std::string>& extra_args = {});
+  // SIGKILL to server i (a crash); returns once it is reaped.
+  void KillServer(int i);
   // The wait status of server i if it has exited (it is then no longer running), else nullopt.
   std::optional<int> Reap(int i);
 

@@ -682,6 +682,13 @@ class PyLocalCluster {
     }
     return ValueOrThrow(std::move(r));
   }
+  // SIGKILL to server i (a crash), then reaps it.
+  void KillServer(int i) {
+    CheckIndex(i);
+    py::gil_scoped_release release;
+    cluster_->KillServer(i);
+  }
+
   std::vector<int> ReplicasOf(uint32_t shard) {
     absl::StatusOr<std::vector<int>> r;
     {
@@ -809,5 +816,6 @@ PYBIND11_MODULE(_tessera, m) {
       .def("stop_server", &PyLocalCluster::StopServer, py::arg("i"), py::arg("timeout") = 30.0)
       .def("restart_server", &PyLocalCluster::RestartServer, py::arg("i"))
       .def("replicas_of", &PyLocalCluster::ReplicasOf, py::arg("shard"))
+      .def("kill_server", &PyLocalCluster::KillServer, py::arg("i"))
       .def("stop", &PyLocalCluster::Stop, py::arg("timeout") = 30.0);
 }

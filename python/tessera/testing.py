@@ -61,6 +61,10 @@ class LocalCluster:
         """With replication: the indices of `shard`'s servers, the primary first."""
         return self._native.replicas_of(shard)
 
+    def kill_server(self, i):
+        """SIGKILL to server i (a crash); returns once it is gone."""
+        self._native.kill_server(i)
+
     def restart_server(self, i):
         self._native.restart_server(i)
 
