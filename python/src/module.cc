@@ -28,6 +28,7 @@
 #include "client/client.h"
 #include "client/worker_clock.h"
 #include "common/table_config.h"
+#include "tools/checkpoint_driver.h"
 #include "tools/local_cluster.h"
 
 namespace py = pybind11;
@@ -734,6 +735,65 @@ class PyLocalCluster {
   std::unique_ptr<LocalCluster> cluster_;
 };
 
+// ---- Checkpoints ----
+
+// The servers that write and restore checkpoints: `servers` (static shards, in order), or the
+// primaries of the coordinator's shards.
+std::vector<std::string> CheckpointServers(const std::string& coordinator,
+                                           const std::vector<std::string>& servers) {
+  if (coordinator.empty() == servers.empty()) {
+    throw py::value_error("give coordinator='host:port' or servers=[...], not both");
+  }
+  if (servers.empty()) {
+    absl::StatusOr<std::vector<std::string>> primaries;
+    {
+      py::gil_scoped_release release;
+      primaries = PrimaryAddresses(coordinator);
+    }
+    return ValueOrThrow(std::move(primaries));
+  }
+  return servers;
+}
+
+py::dict Checkpoint(const std::string& dir, const std::string& coordinator,
+                    const std::vector<std::string>& servers, size_t keep_last, bool incremental) {
+  CheckpointDriverOptions o;
+  o.dir = dir;
+  o.servers = CheckpointServers(coordinator, servers);
+  o.keep_last = keep_last;
+  o.incremental = incremental;
+  absl::StatusOr<CheckpointRoundResult> r;
+  {
+    py::gil_scoped_release release;
+    r = RunCheckpointRound(o);
+  }
+  const CheckpointRoundResult result = ValueOrThrow(std::move(r));
+  py::dict d;
+  d["id"] = result.id;
+  d["parent_id"] = result.parent_id;
+  d["seconds"] = result.seconds;
+  d["rows"] = result.rows;
+  d["bytes"] = result.bytes;
+  return d;
+}
+
+py::dict Restore(const std::string& dir, const std::string& coordinator,
+                 const std::vector<std::string>& servers, uint64_t id) {
+  const std::vector<std::string> targets = CheckpointServers(coordinator, servers);
+  absl::StatusOr<RestoreResult> r;
+  {
+    py::gil_scoped_release release;
+    r = RestoreCluster(dir, targets, /*shard_map_epoch=*/1, id);
+  }
+  const RestoreResult result = ValueOrThrow(std::move(r));
+  py::dict d;
+  d["id"] = result.id;
+  d["seconds"] = result.seconds;
+  d["rows"] = result.rows;
+  d["bytes"] = result.bytes;
+  return d;
+}
+
 }  // namespace
 }  // namespace tessera
 
@@ -802,6 +862,11 @@ PYBIND11_MODULE(_tessera, m) {
       .def("wait_for", &PyWorkerClock::WaitFor, py::arg("step"), py::arg("timeout") = py::none())
       .def("wait_for_all", &PyWorkerClock::WaitForAll, py::arg("timeout"))
       .def("finish", &PyWorkerClock::Finish);
+
+  m.def("checkpoint", &Checkpoint, py::arg("dir"), py::arg("coordinator"), py::arg("servers"),
+        py::arg("keep_last"), py::arg("incremental"));
+  m.def("restore", &Restore, py::arg("dir"), py::arg("coordinator"), py::arg("servers"),
+        py::arg("id"));
 
   py::class_<PyLocalCluster>(m, "LocalCluster")
       .def(py::init<const std::string&, const std::string&, uint32_t, uint32_t, uint32_t,

@@ -504,7 +504,28 @@ class WorkerClock:
         self._native.finish()
 
 
+def checkpoint(directory, *, coordinator=None, servers=None, keep_last=0, incremental=True):
+    """Takes a consistent checkpoint of every table while training may go on
+    (docs/checkpoints.md): each server (the primaries, with a coordinator) writes its part into
+    `directory`, the directory every server was started with (--checkpoint_dir). Incremental
+    on the newest checkpoint when possible; keep_last > 0 removes older ones afterwards.
+    Returns {id, parent_id (0: full), seconds, rows, bytes}."""
+    if isinstance(servers, str):
+        servers = [s for s in servers.split(",") if s]
+    return _tessera.checkpoint(directory, coordinator or "", list(servers or []), keep_last,
+                               incremental)
+
+
+def restore(directory, *, coordinator=None, servers=None, id=0):
+    """Every server replaces its tables with checkpoint `id` (0: the newest), all or none
+    (docs/checkpoints.md). Stop training first. Returns {id, seconds, rows, bytes}."""
+    if isinstance(servers, str):
+        servers = [s for s in servers.split(",") if s]
+    return _tessera.restore(directory, coordinator or "", list(servers or []), id)
+
+
 __all__ = [
+    "checkpoint", "restore",
     "Client", "WorkerClock", "Handle", "TableInfo", "Error", "errors",
     "Optimizer", "SGD", "Momentum", "Adagrad", "Adam", "FTRL", "Add", "Assign",
     "Initializer", "Zeros", "Uniform", "Normal", "seed_of",

@@ -275,3 +275,42 @@ def test_embedding_training_survives_a_primary_failover(tmp_path):
         assert c.replicas_of(0)[0] != primary
         assert_close(client.pull_sparse("emb", torch.arange(vocab)), local.weight.detach(),
                      what="rows after the failover")
+
+
+@pytest.mark.parametrize("replicated", [False, True], ids=["static", "coordinated"])
+def test_checkpoint_and_restore_from_python(tmp_path, replicated):
+    """Train, checkpoint, train on, restore: the rows are the checkpoint's again."""
+    directory = str(tmp_path / "checkpoints")
+    with tessera.testing.LocalCluster(num_servers=2, replication=1 if replicated else 0,
+                                      server_args=[f"--checkpoint_dir={directory}"],
+                                      log_dir=str(tmp_path / "logs")) as c:
+        target = dict(coordinator=c.coordinator_address) if replicated else \
+            dict(servers=c.addresses)
+        with tessera.Client(**target) as client:
+            emb = tt.Embedding(client, "emb", 12, optimizer=tessera.Adagrad(lr=0.1))
+            model = mlp(seed=11)
+            dense = tt.DenseParameters(client, model, "mlp")
+            worker = tt.Worker(client, [emb, dense])
+            ids = batches(50, seed=4, count=6, size=(12, 3))
+            x, y = data(seed=5, n=12)
+
+            def train(steps):
+                for b in steps:
+                    with worker.step():
+                        nn.functional.cross_entropy(model(x + emb(b).sum(1)), y).backward()
+
+            train(ids[:3])
+            first = tessera.checkpoint(directory, **target)
+            assert first["id"] > 0 and first["parent_id"] == 0 and first["rows"] > 0
+            rows = client.pull_sparse("emb", torch.arange(50))
+            weights = client.pull_dense("mlp.0.weight")
+            train(ids[3:])
+            assert not torch.equal(client.pull_sparse("emb", torch.arange(50)), rows)
+            second = tessera.checkpoint(directory, **target)  # incremental on the first
+            assert second["parent_id"] == first["id"]
+            restored = tessera.restore(directory, id=first["id"], **target)
+            assert restored["id"] == first["id"]
+            assert torch.equal(client.pull_sparse("emb", torch.arange(50)), rows)
+            np.testing.assert_array_equal(client.pull_dense("mlp.0.weight"), weights)
+            with pytest.raises(tessera.errors.Error, match="9999"):
+                tessera.restore(directory, id=9999, **target)
