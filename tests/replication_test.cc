@@ -236,7 +236,7 @@ void KillAtTenPoints(int index, uint32_t seed) {
     REQUIRE(replicas.ok());
     REQUIRE(replicas->size() == 2);
     const int victim = (*replicas)[index];
-    kill(cluster->pid(victim), SIGKILL);
+    cluster->KillServer(victim);
     if (index == 0) WaitForNewPrimary(*cluster, shard, victim);
     // Service goes on with one replica (a primary waits out a dead backup's lease first).
     work.WaitForMore(20);
@@ -321,7 +321,7 @@ TEST_CASE("the data plane serves while the coordinator is down; failover works a
   absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(1);
   REQUIRE(replicas.ok());
   const int victim = (*replicas)[0];
-  kill(cluster->pid(victim), SIGKILL);
+  cluster->KillServer(victim);
   WaitForNewPrimary(*cluster, 1, victim);
   work.WaitForMore(100);
   work.Stop();
@@ -337,8 +337,8 @@ TEST_CASE("R=3 survives two simultaneous kills", "[replication][fault]") {
   REQUIRE(replicas.ok());
   REQUIRE(replicas->size() == 3);
   const int primary = (*replicas)[0], backup = (*replicas)[1];
-  kill(cluster->pid(primary), SIGKILL);
-  kill(cluster->pid(backup), SIGKILL);
+  cluster->KillServer(primary);
+  cluster->KillServer(backup);
   const int promoted = WaitForNewPrimary(*cluster, 0, primary);
   CHECK(promoted == (*replicas)[2]);
   work.WaitForMore(100);
@@ -399,7 +399,7 @@ TEST_CASE("health answers per service and role", "[replication]") {
   REQUIRE(coordinator.ok());
   CHECK(*coordinator);
   // The primary dies: its backup now serves data, and the spare joins as the new backup.
-  kill(cluster->pid(replicas[0]), SIGKILL);
+  cluster->KillServer(replicas[0]);
   CHECK(await(replicas[1], data, true));
   CHECK(await(spare, replication, true));
 }
@@ -410,7 +410,7 @@ TEST_CASE("a spare replaces a lost replica while pushes go on and can then be pr
   Workload work(*cluster, 4);
   work.Start();
   work.WaitForMore(200);
-  kill(cluster->pid(replicas[1]), SIGKILL);  // the backup
+  cluster->KillServer(replicas[1]);  // the backup
   WaitUntilRemoved(*cluster, 0, replicas[1]);
   WaitForReplicas(*cluster);  // the spare caught up while pushes went on
   absl::StatusOr<std::vector<int>> now = cluster->ReplicasOf(0);
@@ -418,7 +418,7 @@ TEST_CASE("a spare replaces a lost replica while pushes go on and can then be pr
   REQUIRE(now->size() == 2);
   CHECK((*now)[1] == spare);
   work.WaitForMore(100);
-  kill(cluster->pid((*now)[0]), SIGKILL);  // the primary: the former spare takes over
+  cluster->KillServer((*now)[0]);  // the primary: the former spare takes over
   CHECK(WaitForNewPrimary(*cluster, 0, (*now)[0]) == spare);
   work.WaitForMore(100);
   work.Stop();
@@ -511,7 +511,7 @@ TEST_CASE("a checkpoint restored into a replicated cluster reaches the backups",
   for (uint32_t shard = 0; shard < 2; ++shard) {
     absl::StatusOr<std::vector<int>> r = cluster->ReplicasOf(shard);
     REQUIRE(r.ok());
-    kill(cluster->pid((*r)[0]), SIGKILL);
+    cluster->KillServer((*r)[0]);
     WaitForNewPrimary(*cluster, shard, (*r)[0]);
   }
   expect_all(3);
@@ -631,7 +631,7 @@ TEST_CASE("BSP step sums survive a failover between accumulation and apply", "[r
   }
   absl::StatusOr<std::vector<int>> r = cluster->ReplicasOf(0);
   REQUIRE(r.ok());
-  kill(cluster->pid((*r)[0]), SIGKILL);
+  cluster->KillServer((*r)[0]);
   WaitForNewPrimary(*cluster, 0, (*r)[0]);
   TESSERA_REQUIRE_OK(c->ApplyStep("w", 1, 0.5f));
   TESSERA_REQUIRE_OK(c->ApplyStep("w", 1, 0.5f));  // a retry changes nothing
@@ -650,10 +650,10 @@ TEST_CASE("BSP step sums travel in a catch-up snapshot", "[replication][bsp]") {
   TESSERA_REQUIRE_OK(c->PushSparse("w", keys, std::vector<float>(6, 4.0f), {.accumulate_step = 1}));
   absl::StatusOr<std::vector<int>> r = cluster->ReplicasOf(0);
   REQUIRE(r.ok());
-  kill(cluster->pid((*r)[1]), SIGKILL);  // the backup: the spare catches up from a snapshot
+  cluster->KillServer((*r)[1]);  // the backup: the spare catches up from a snapshot
   WaitUntilRemoved(*cluster, 0, (*r)[1]);
   WaitForReplicas(*cluster);
-  kill(cluster->pid((*r)[0]), SIGKILL);  // the primary: the former spare takes over
+  cluster->KillServer((*r)[0]);  // the primary: the former spare takes over
   WaitForNewPrimary(*cluster, 0, (*r)[0]);
   TESSERA_REQUIRE_OK(c->ApplyStep("w", 1, 0.5f));
   std::vector<float> got(6);
@@ -707,7 +707,7 @@ TEST_CASE("a promoted backup holds bit-identical weights and optimizer slots",
   for (int i = 0; i < 20; ++i) step();
   absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(0);
   REQUIRE(replicas.ok());
-  kill(cluster->pid((*replicas)[0]), SIGKILL);
+  cluster->KillServer((*replicas)[0]);
   WaitForNewPrimary(*cluster, 0, (*replicas)[0]);
   // More steps on the promoted backup: its optimizer slots must be the old primary's too.
   for (int i = 0; i < 20; ++i) step();

@@ -431,8 +431,9 @@ class Client:
 
     # -- dense --
     def _pull_dense_args(self, table, offset, count, out):
-        size = self._config(table)["size"]
-        if self._config(table)["kind"] != "dense":
+        config = self._config(table)
+        size = config["size"]
+        if config["kind"] != "dense":
             raise errors.FailedPreconditionError(9, f"table '{table}' is sparse, not dense")
         if offset < 0 or offset > size:
             raise errors.InvalidArgumentError(
