@@ -93,6 +93,11 @@ absl::Status Client::Impl::CallShard(uint32_t shard, const BlockingCall& call) {
   const absl::Time start = absl::Now();
   for (int attempt = 1;; ++attempt) {
     std::shared_ptr<Endpoint> endpoint = servers[shard]->Current();
+    if (endpoint == nullptr) {
+      if (std::string down = servers[shard]->Down(); !down.empty()) {
+        return absl::UnavailableError(down);  // LOST or RESTORING: fail fast
+      }
+    }
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() +
                      std::chrono::milliseconds(AttemptTimeoutMs()));
@@ -114,16 +119,23 @@ absl::StatusOr<TableConfig> Client::Impl::GetTable(absl::string_view name) {
     auto it = tables.find(name);
     if (it != tables.end()) return it->second;
   }
+  // Every shard holds every table's config: ask them in turn until one answers (a LOST shard
+  // fails at once, so this costs nothing while other shards serve).
   v1::DescribeTableRequest req;
   req.set_table(std::string(name));
   v1::DescribeTableResponse resp;
-  absl::Status s = CallShard(0, [&](v1::ParameterServer::Stub* stub, grpc::ClientContext* ctx) {
-    FillHeader(req.mutable_header());
-    return stub->DescribeTable(ctx, req, &resp);
-  });
-  if (!s.ok()) return Annotate(0, s);
+  absl::Status s;
+  uint32_t shard = 0;
+  for (; shard < servers.size(); ++shard) {
+    s = CallShard(shard, [&](v1::ParameterServer::Stub* stub, grpc::ClientContext* ctx) {
+      FillHeader(req.mutable_header());
+      return stub->DescribeTable(ctx, req, &resp);
+    });
+    if (s.ok() || s.code() != absl::StatusCode::kUnavailable) break;
+  }
+  if (!s.ok()) return Annotate(std::min<uint32_t>(shard, servers.size() - 1), s);
   absl::StatusOr<TableConfig> config = TableConfigFromProto(resp.info().spec());
-  if (!config.ok()) return Annotate(0, config.status());
+  if (!config.ok()) return Annotate(shard, config.status());
   absl::MutexLock lock(&tables_mu);
   tables[config->name] = *config;
   return config;
@@ -197,6 +209,25 @@ bool Client::Impl::Retryable(const grpc::Status& status, const grpc::ClientConte
   return md.find(kRerouteMetadataKey) != md.end();
 }
 
+namespace {
+
+// Why a LOST or RESTORING shard serves nothing, for the calls that fail at once.
+std::string ShardDownMessage(int shard, const v1::ShardReplicas& s,
+                             const std::string& coordinator) {
+  if (s.state() == v1::SHARD_STATE_RESTORING) {
+    return absl::StrFormat(
+        "shard %d is RESTORING: an operator is restoring it from a checkpoint onto %s; retry "
+        "once it serves",
+        shard, s.replicas().empty() ? std::string("a new server") : s.replicas(0).address());
+  }
+  return absl::StrFormat(
+      "shard %d is LOST: no replica holding its data is alive; it serves nothing until one "
+      "returns or a checkpoint is restored (`tessera status --coordinator=%s` says how)",
+      shard, coordinator);
+}
+
+}  // namespace
+
 void Client::Impl::RequestRefresh() {
   if (!coordinated()) return;
   absl::MutexLock lock(&refresh_mu);
@@ -221,10 +252,13 @@ absl::Status Client::Impl::FetchMap(bool require_complete) {
   }
   for (int s = 0; s < m.shards_size(); ++s) {
     const v1::ShardReplicas& shard = m.shards(s);
-    if (shard.replicas().empty() || shard.lost()) {
+    if (shard.lost()) {
+      servers[s]->MarkDown(ShardDownMessage(s, shard, options.coordinator));
+      continue;
+    }
+    if (shard.replicas().empty()) {
       if (require_complete) {
-        return absl::UnavailableError(absl::StrFormat(
-            "shard %d has %s", s, shard.lost() ? "lost every replica" : "no server yet"));
+        return absl::UnavailableError(absl::StrFormat("shard %d has no server yet", s));
       }
       continue;
     }
@@ -343,6 +377,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
 }
 
 uint64_t Client::client_id() const { return impl_->client_id; }
+absl::StatusOr<TableConfig> Client::GetTableConfig(absl::string_view name) {
+  return impl_->GetTable(name);
+}
 const ShardMap& Client::shard_map() const { return impl_->map; }
 uint64_t Client::duplicate_acks() const { return impl_->duplicate_acks.load(); }
 uint64_t Client::retries() const { return impl_->retries.load(); }

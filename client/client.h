@@ -91,7 +91,9 @@ using StatusCallback = std::function<void(absl::Status)>;
 // values unchanged) until `done` runs. `done` runs on a gRPC thread: it must not block. The
 // first dense call on a table fetches the table's layout with a blocking RPC on the calling
 // thread. Errors carry the failing server's address; when one piece of a call fails, the
-// call's other pieces still complete (pushes to other shards stay applied).
+// call's other pieces still complete (pushes to other shards stay applied). With a
+// coordinator, a piece for a shard that is LOST or RESTORING fails at once with UNAVAILABLE
+// naming the shard and its state (docs/replication.md); the other shards serve on.
 //
 // The destructor waits for calls in flight to finish.
 class Client {
@@ -108,6 +110,9 @@ class Client {
   absl::Status DropTable(absl::string_view name);
   absl::StatusOr<TableStatus> DescribeTable(absl::string_view name);
   absl::StatusOr<std::vector<TableStatus>> ListTables();
+  // The resolved config of table `name` (cached once known), asked of any shard that serves:
+  // works while other shards are LOST. Errors: NOT_FOUND, UNAVAILABLE (no shard answered).
+  absl::StatusOr<TableConfig> GetTableConfig(absl::string_view name);
 
   // Sparse tables. out/values hold keys.size() rows of the table's dim, in key order.
   // Pull: keys may repeat. Push: keys must be distinct (sum the gradients of a repeated key

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -15,7 +16,17 @@ std::string& Tag() ABSL_EXCLUSIVE_LOCKS_REQUIRED(tag_mu) {
   return *tag;
 }
 
+thread_local std::string* thread_sink = nullptr;
+thread_local bool thread_discard = false;
+
 }  // namespace
+
+void SetThreadLogSink(std::string* sink, bool discard) {
+  thread_sink = sink;
+  thread_discard = sink == nullptr && discard;
+}
+
+bool ThreadLogDiscarded() { return thread_discard; }
 
 void SetLogTag(absl::string_view tag) {
   absl::MutexLock lock(&tag_mu);
@@ -26,6 +37,11 @@ void LogLine(LogSeverity severity, absl::string_view message) {
   const char sev = severity == LogSeverity::kInfo      ? 'I'
                    : severity == LogSeverity::kWarning ? 'W'
                                                        : 'E';
+  if (thread_discard) return;
+  if (thread_sink != nullptr) {
+    absl::StrAppend(thread_sink, std::string(1, sev), " ", message, "\n");
+    return;
+  }
   std::string tag;
   {
     absl::MutexLock lock(&tag_mu);

@@ -22,6 +22,7 @@
 #include "common/logging.h"
 #include "common/slice_reader.h"
 #include "proto/cluster.grpc.pb.h"
+#include "server/replica_rules.h"
 
 namespace tessera {
 namespace {
@@ -37,6 +38,9 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) {
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
 }
+
+// Trailing metadata of a refused batch whose backup needs a snapshot first.
+constexpr char kNeedsSnapshotKey[] = "tessera-needs-snapshot";
 
 absl::Status Reroute(absl::Status status) {
   status.SetPayload("type.tessera/reroute", absl::Cord("1"));
@@ -78,6 +82,7 @@ struct DecodedBatch {
   uint64_t epoch = 0;
   uint32_t shard = 0;
   std::string primary;
+  uint64_t primary_incarnation = 0;
   uint64_t first_lsn = 0;
   struct Item {
     int kind = 0;
@@ -102,6 +107,7 @@ absl::Status DecodeBatch(const grpc::ByteBuffer& bytes, DecodedBatch* out) {
       if (field == 1) out->epoch = v;
       if (field == 2) out->shard = static_cast<uint32_t>(v);
       if (field == 4) out->first_lsn = v;
+      if (field == 6) out->primary_incarnation = v;
       continue;
     }
     if (type != 2 || !r.ReadVarint(&v)) return malformed("unexpected field");
@@ -145,6 +151,7 @@ absl::Status DecodeBatch(const grpc::ByteBuffer& bytes, DecodedBatch* out) {
 struct Replicator::Impl
     : public v1::Replication::WithRawCallbackMethod_Replicate<v1::Replication::CallbackService> {
   struct Sender {
+    ReplicaId id;  // the backup entry it serves (R3)
     std::string address;
     std::shared_ptr<grpc::Channel> channel;
     std::unique_ptr<v1::Replication::Stub> stub;
@@ -161,6 +168,8 @@ struct Replicator::Impl
     absl::Status failure;  // of a batch, handled by the send loop
     // Calls in flight, cancelled when the sender stops (a stalled backup must not hold it).
     absl::flat_hash_set<grpc::ClientContext*> calls;
+    bool live_in_map = false;      // LIVE in the map this primary acts on
+    bool found_caught_up = false;  // R6: this primary found it caught up (counts it from then)
     bool report_caught_up = false;
     uint64_t snapshot_bytes = 0;
   };
@@ -168,19 +177,24 @@ struct Replicator::Impl
   ReplicatorOptions options;
   ServerCore* core;
   std::string address;  // set once by Start(), before any thread reads it
-  const uint64_t incarnation = std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
+  // The process's identity: a restart at the same address has a larger one (wall-clock
+  // microseconds, shifted) and is a new member (docs/replication.md, "Who is who").
+  const uint64_t incarnation = NewIncarnation();
   std::unique_ptr<v1::Coordinator::Stub> coordinator;
 
   mutable absl::Mutex mu;
   bool stopping ABSL_GUARDED_BY(mu) = false;
   bool poked ABSL_GUARDED_BY(mu) = false;
+  bool confirm ABSL_GUARDED_BY(mu) = false;  // the coordinator asked for a proof (R7)
   uint64_t epoch ABSL_GUARDED_BY(mu) = 0;
-  v1::ServerRole role ABSL_GUARDED_BY(mu) = v1::SERVER_ROLE_NONE;
-  int32_t shard ABSL_GUARDED_BY(mu) = -1;
-  std::string primary ABSL_GUARDED_BY(mu);         // of our shard
-  std::string synced_primary ABSL_GUARDED_BY(mu);  // backup: whose snapshot we hold
-  absl::flat_hash_map<std::string, std::unique_ptr<Sender>> senders ABSL_GUARDED_BY(mu);
-  absl::flat_hash_set<std::string> counted ABSL_GUARDED_BY(mu);
+  Placement placement ABSL_GUARDED_BY(mu);  // in the map we act on
+  int32_t shard ABSL_GUARDED_BY(mu) = -1;   // (placement.shard, or the last one when removed)
+  // Grows with every change of placement; a replayed batch or snapshot applies only under the
+  // term it was checked in (R4).
+  uint64_t term ABSL_GUARDED_BY(mu) = 1;
+  uint64_t synced_term ABSL_GUARDED_BY(mu) = 0;  // backup: holds a snapshot taken in this term
+  uint64_t echo_life ABSL_GUARDED_BY(mu) = 0, echo_seq ABSL_GUARDED_BY(mu) = 0;
+  absl::flat_hash_map<std::string, std::unique_ptr<Sender>> senders ABSL_GUARDED_BY(mu);  // by Key
   std::multimap<uint64_t, Callback> pending ABSL_GUARDED_BY(mu);
   uint64_t appended ABSL_GUARDED_BY(mu) = 0;       // last LSN appended (primary)
   uint64_t max_completed ABSL_GUARDED_BY(mu) = 0;  // highest LSN acknowledged to a client
@@ -189,12 +203,19 @@ struct Replicator::Impl
   uint64_t snapshots_installed ABSL_GUARDED_BY(mu) = 0;
   uint64_t fenced_refusals ABSL_GUARDED_BY(mu) = 0;
   absl::Time last_heartbeat ABSL_GUARDED_BY(mu) = absl::InfinitePast();
+  std::string heartbeat_error ABSL_GUARDED_BY(mu);  // the last refusal, logged once
   std::thread heartbeat_thread;
+
+  static uint64_t NewIncarnation() {
+    const uint64_t us = static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()));
+    return (us << 12) | (std::random_device{}() & 0xfff);
+  }
 
   struct Parked {
     std::shared_ptr<DecodedBatch> batch;
     grpc::ByteBuffer* response;
     grpc::ServerUnaryReactor* reactor;
+    uint64_t term;  // checked in (R4)
   };
   // Serializes the application of snapshot chunks on a backup.
   absl::Mutex replay_mu;
@@ -215,12 +236,16 @@ struct Replicator::Impl
         absl::MutexLock lock(&mu);
         if (stopping) return;
         poked = false;
+        confirm = false;
         v1::ServerStatus* st = req.mutable_status();
         st->set_address(address);
         st->set_incarnation(incarnation);
         st->set_epoch(epoch);
-        st->set_role(role);
+        st->set_role(ToProto(placement.role));
         st->set_metrics_port(options.metrics_port);
+        st->set_echo_life(echo_life);
+        st->set_echo_seq(echo_seq);
+        st->set_checkpoint_dir(options.checkpoint_dir);
       }
       req.mutable_status()->set_shard(core->shard_index());
       req.mutable_status()->set_lsn(core->lsn());
@@ -232,10 +257,22 @@ struct Replicator::Impl
         {
           absl::MutexLock lock(&mu);
           last_heartbeat = absl::Now();
+          echo_life = resp.life();
+          echo_seq = resp.seq();
+          confirm = resp.confirm();
+          heartbeat_error.clear();
         }
         ApplyMap(resp.map());
+      } else if (s.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
+                 s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+        absl::MutexLock lock(&mu);
+        if (heartbeat_error != s.error_message()) {
+          heartbeat_error = s.error_message();
+          LogError("the coordinator refuses this server: %s", heartbeat_error);
+        }
       }
       absl::MutexLock lock(&mu);
+      if (confirm) continue;  // R7: the proof goes out at once
       auto wake = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu) { return stopping || poked; };
       mu.AwaitWithTimeout(absl::Condition(&wake), absl::Milliseconds(options.heartbeat_ms));
       if (poked && !stopping) {  // at most one extra heartbeat per 20 ms
@@ -246,80 +283,70 @@ struct Replicator::Impl
     }
   }
 
-  void ApplyMap(const v1::ClusterMap& m) {
-    int32_t my_shard = -1;
-    int my_index = -1;
-    for (int s = 0; s < m.shards_size(); ++s) {
-      const auto& replicas = m.shards(s).replicas();
-      for (int i = 0; i < replicas.size(); ++i) {
-        if (replicas[i].address() == address) {
-          my_shard = s;
-          my_index = i;
-        }
-      }
+  static v1::ServerRole ToProto(Role r) {
+    switch (r) {
+      case Role::kPrimary:
+        return v1::SERVER_ROLE_PRIMARY;
+      case Role::kBackup:
+        return v1::SERVER_ROLE_BACKUP;
+      case Role::kJoining:
+        return v1::SERVER_ROLE_JOINING;
+      case Role::kRestoring:
+        return v1::SERVER_ROLE_RESTORING;
+      default:
+        return v1::SERVER_ROLE_NONE;
     }
-    if (my_shard >= 0) {
-      if (absl::Status st = core->Bind(my_shard, m.num_shards()); !st.ok()) {
-        LogError("cannot take shard %d: %s", my_shard, st.ToString());
-        my_shard = -1;
+  }
+
+  void ApplyMap(const v1::ClusterMap& m) {
+    Placement where = Locate(m, address, incarnation);  // R1, R2
+    if (where.shard >= 0) {
+      if (absl::Status st = core->Bind(where.shard, m.num_shards()); !st.ok()) {
+        LogError("cannot take shard %d: %s", where.shard, st.ToString());
+        where = Placement();
       }
     }
     std::vector<std::pair<Callback, absl::Status>> done;
     std::vector<std::unique_ptr<Sender>> stopped;
     const uint64_t core_lsn = core->lsn();  // (not under mu: Append runs under the order)
-    bool primary_changed = false;
+    bool placement_changed = false;
     const char* new_role = nullptr;  // set when the role changed
     {
       absl::MutexLock lock(&mu);
       if (m.epoch() < epoch || stopping) return;
       appended = std::max(appended, core_lsn);
-      const bool changed = m.epoch() != epoch;
       epoch = m.epoch();
-      const v1::ServerRole old_role = role;
-      const std::string old_primary = primary;
-      if (my_shard < 0) {
-        role = v1::SERVER_ROLE_NONE;
-        primary.clear();
-      } else {
-        const auto& replicas = m.shards(my_shard).replicas();
-        primary = replicas[0].address();
-        role = my_index == 0                                          ? v1::SERVER_ROLE_PRIMARY
-               : replicas[my_index].state() == v1::REPLICA_STATE_LIVE ? v1::SERVER_ROLE_BACKUP
-                                                                      : v1::SERVER_ROLE_JOINING;
+      const Placement old = placement;
+      placement = where;
+      if (where.shard >= 0) shard = where.shard;
+      if (!(where == old)) {
+        placement_changed = true;
+        ++term;
+        synced_term = 0;
+        if (where.role != old.role) new_role = RoleName(where.role);
+        LogInfo("shard-map epoch %u: %s%s", epoch, RoleName(where.role),
+                where.shard >= 0 ? absl::StrFormat(" of shard %d (primary %s)", where.shard,
+                                                   where.primary)
+                                 : std::string());
       }
-      shard = my_shard;
-      if (primary != old_primary) {
-        synced_primary.clear();
-        primary_changed = true;
-      }
-      const bool is_primary = role == v1::SERVER_ROLE_PRIMARY;
-      core->SetRouting(epoch, is_primary);
-      if (role != old_role) new_role = RoleName(role);
-      if (changed && (role != old_role || primary != old_primary)) {
-        LogInfo("shard-map epoch %u: %s%s", epoch, v1::ServerRole_Name(role),
-                my_shard >= 0 ? absl::StrCat(" of shard ", my_shard, " (primary ", primary, ")")
-                              : std::string());
-      }
+      const bool is_primary = where.role == Role::kPrimary || where.role == Role::kRestoring;
+      core->SetRouting(epoch, is_primary, term, where.role == Role::kRestoring);
       if (!is_primary) {
-        for (auto& [addr, sender] : senders) stopped.push_back(std::move(sender));
+        for (auto& [key, sender] : senders) stopped.push_back(std::move(sender));
         senders.clear();
-        counted.clear();
         for (auto& [lsn, cb] : pending) {
           done.emplace_back(std::move(cb),
                             Reroute(absl::FailedPreconditionError(absl::StrFormat(
                                 "this server stopped being the primary of shard %d at epoch %u "
                                 "before the push reached its backups; retry at the new primary",
-                                my_shard, epoch))));
+                                shard, epoch))));
         }
         pending.clear();
       } else {
-        absl::flat_hash_set<std::string> in_map;
-        absl::flat_hash_set<std::string> live;
-        const auto& replicas = m.shards(my_shard).replicas();
-        for (int i = 1; i < replicas.size(); ++i) {
-          in_map.insert(replicas[i].address());
-          if (replicas[i].state() == v1::REPLICA_STATE_LIVE) live.insert(replicas[i].address());
-        }
+        // R3: one sender per backup entry; entries that left the map lose theirs.
+        std::vector<BackupEntry> backups = BackupsOf(m, where.shard);
+        absl::flat_hash_map<std::string, bool> in_map;
+        for (const BackupEntry& b : backups) in_map[b.id.Key()] = b.live;
         for (auto it = senders.begin(); it != senders.end();) {
           auto next = std::next(it);
           if (!in_map.contains(it->first)) {
@@ -328,45 +355,30 @@ struct Replicator::Impl
           }
           it = next;
         }
-        absl::flat_hash_set<std::string> now_counted;
-        for (const std::string& a : in_map) {
-          if (live.contains(a) || counted.contains(a)) now_counted.insert(a);
-          if (!senders.contains(a)) StartSender(a);
+        for (const BackupEntry& b : backups) {
+          auto it = senders.find(b.id.Key());
+          Sender* s = it != senders.end() ? it->second.get() : StartSender(b.id);
+          s->live_in_map = b.live;  // R5
         }
-        counted = std::move(now_counted);
         Recompute(&done);
       }
     }
     StopSenders(std::move(stopped));
-    if (primary_changed) {
-      DropParked(absl::FailedPreconditionError("the shard's primary changed"));
-    }
+    if (placement_changed) DropParked(absl::FailedPreconditionError("this replica's role changed"));
     for (auto& [cb, st] : done) cb(st);
     if (new_role != nullptr && options.on_role_change) options.on_role_change(new_role);
   }
 
-  static const char* RoleName(v1::ServerRole r) {
-    switch (r) {
-      case v1::SERVER_ROLE_PRIMARY:
-        return "primary";
-      case v1::SERVER_ROLE_BACKUP:
-        return "backup";
-      case v1::SERVER_ROLE_JOINING:
-        return "joining";
-      default:
-        return "none";
-    }
-  }
-
   // ---- Primary: acknowledgements ----
 
-  // Completes every pending acknowledgement that every counted backup has reached.
+  static bool IsCounted(const Sender& s) { return Counted(s.live_in_map, s.found_caught_up); }
+
+  // Completes every pending acknowledgement that every counted backup has reached (R5).
   void Recompute(std::vector<std::pair<Callback, absl::Status>>* done)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     uint64_t reached = appended;
-    for (const std::string& a : counted) {
-      auto it = senders.find(a);
-      reached = std::min(reached, it == senders.end() ? 0 : it->second->acked);
+    for (const auto& [key, s] : senders) {
+      if (IsCounted(*s)) reached = std::min(reached, s->acked);
     }
     while (!pending.empty() && pending.begin()->first <= reached) {
       max_completed = std::max(max_completed, pending.begin()->first);
@@ -381,7 +393,7 @@ struct Replicator::Impl
       absl::MutexLock lock(&mu);
       if (stopping) {
         done.emplace_back(std::move(cb), absl::UnavailableError("server shutting down; retry"));
-      } else if (role != v1::SERVER_ROLE_PRIMARY) {
+      } else if (placement.role != Role::kPrimary && placement.role != Role::kRestoring) {
         done.emplace_back(std::move(cb),
                           Reroute(absl::FailedPreconditionError(
                               "this server stopped being the primary before the push reached "
@@ -411,15 +423,17 @@ struct Replicator::Impl
 
   // ---- Primary: senders ----
 
-  void StartSender(const std::string& address) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+  Sender* StartSender(const ReplicaId& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     auto s = std::make_unique<Sender>();
-    s->address = address;
-    s->channel = MakeChannel(address);
+    s->id = id;
+    s->address = id.address;
+    s->channel = MakeChannel(id.address);
     s->stub = v1::Replication::NewStub(s->channel);
     s->generic = std::make_unique<grpc::GenericStub>(s->channel);
     Sender* raw = s.get();
-    senders.emplace(address, std::move(s));
+    senders.emplace(id.Key(), std::move(s));
     raw->thread = std::thread([this, raw] { SendLoop(raw); });
+    return raw;
   }
 
   void StopSenders(std::vector<std::unique_ptr<Sender>> stopped) {
@@ -490,6 +504,7 @@ struct Replicator::Impl
             header.set_epoch(epoch);
             header.set_shard(static_cast<uint32_t>(shard));
             header.set_primary(address);
+            header.set_primary_incarnation(incarnation);
             header.set_first_lsn(batch.front()->lsn);
             s->sent = batch.back()->lsn;
             ++s->in_flight;
@@ -510,13 +525,7 @@ struct Replicator::Impl
         if (snapshot || report) failures = 0;
         continue;
       }
-      if (st.code() == absl::StatusCode::kFailedPrecondition) {
-        Poke();
-        if (absl::StrContains(st.message(), "snapshot")) {
-          absl::MutexLock lock(&mu);
-          s->needs_snapshot = true;
-        }
-      }
+      if (st.code() == absl::StatusCode::kFailedPrecondition) Poke();
       if (failures == 0) {  // the first of a streak (the streak ends with a success)
         LogWarning("replication to %s: %s; retrying", s->address, st.ToString());
       }
@@ -563,6 +572,9 @@ struct Replicator::Impl
       --s->in_flight;
       if (!st.ok()) {
         if (s->failure.ok()) s->failure = st;
+        if (call.ctx.GetServerTrailingMetadata().count(kNeedsSnapshotKey) > 0) {
+          s->needs_snapshot = true;  // the backup holds no snapshot of this primary's (R4)
+        }
       } else {
         s->acked = std::max(s->acked, resp.lsn());
         while (!s->queue.empty() && s->queue.front().lsn <= s->acked) s->queue.pop_front();
@@ -573,12 +585,12 @@ struct Replicator::Impl
     for (auto& [cb, result] : done) cb(result);
   }
 
-  // A joining replica counts for acknowledgements once it has every change this primary has
-  // acknowledged; then the coordinator is told, and makes it LIVE.
+  // R6: a joining replica counts for acknowledgements once it has every change this primary
+  // has acknowledged; then the coordinator is told, and makes it LIVE.
   void MaybeCaughtUp(Sender* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    if (counted.contains(s->address) || s->needs_snapshot || s->snapshotting) return;
-    if (s->acked < max_completed) return;
-    counted.insert(s->address);
+    if (IsCounted(*s)) return;
+    if (!IsCaughtUp(!s->needs_snapshot && !s->snapshotting, s->acked, max_completed)) return;
+    s->found_caught_up = true;
     s->report_caught_up = true;
   }
 
@@ -589,7 +601,10 @@ struct Replicator::Impl
       req.set_epoch(epoch);
       req.set_shard(static_cast<uint32_t>(shard));
       req.set_primary(address);
-      req.set_replica(s->address);
+      req.set_primary_incarnation(incarnation);
+      req.set_replica(s->id.address);
+      req.set_replica_incarnation(s->id.incarnation);
+      req.set_join_epoch(s->id.join_epoch);
     }
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
@@ -623,6 +638,7 @@ struct Replicator::Impl
             chunk.set_shard(static_cast<uint32_t>(shard));
           }
           chunk.set_primary(address);
+          chunk.set_primary_incarnation(incarnation);
           chunk.set_snapshot_id(id);
           chunk.set_seq(seq++);
           grpc::ClientContext ctx;
@@ -655,24 +671,27 @@ struct Replicator::Impl
 
   // ---- Backup: the Replication service ----
 
-  // Fencing: only our shard's primary, as our map has it, may send.
-  absl::Status CheckSender(uint64_t req_epoch, uint32_t req_shard, const std::string& sender)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    if (req_epoch > epoch) {
-      poked = true;
-      return absl::UnavailableError(
-          absl::StrFormat("replica %s is at shard-map epoch %u, behind the sender's %u; retry",
-                          address, epoch, req_epoch));
+  // R4: only our shard's primary (address and incarnation), as our map has it, may send.
+  absl::Status CheckSender(uint64_t req_epoch, uint32_t req_shard, const std::string& sender,
+                           uint64_t sender_incarnation) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    switch (tessera::CheckSender(epoch, placement, req_epoch, req_shard, sender,
+                                 sender_incarnation)) {
+      case SenderCheck::kOk:
+        return absl::OkStatus();
+      case SenderCheck::kBehind:
+        poked = true;
+        return absl::UnavailableError(
+            absl::StrFormat("replica %s is at shard-map epoch %u, behind the sender's %u; retry",
+                            address, epoch, req_epoch));
+      case SenderCheck::kNotPrimary:
+        break;
     }
-    const bool replica = role == v1::SERVER_ROLE_BACKUP || role == v1::SERVER_ROLE_JOINING;
-    if (!replica || shard != static_cast<int32_t>(req_shard) || primary != sender) {
-      ++fenced_refusals;
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "%s is not a replica of shard %u with primary %s at shard-map epoch %u (its primary: "
-          "%s); the sender is not the primary",
-          address, req_shard, sender, epoch, primary.empty() ? "none" : primary));
-    }
-    return absl::OkStatus();
+    ++fenced_refusals;
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "%s is not a replica of shard %u with primary %s (incarnation %x) at shard-map epoch %u "
+        "(its primary: %s); the sender is not the primary",
+        address, req_shard, sender, sender_incarnation, epoch,
+        placement.primary.empty() ? "none" : placement.primary));
   }
 
   // Batches arrive over several calls at once; they are applied in LSN order. A batch that
@@ -683,13 +702,16 @@ struct Replicator::Impl
     auto* reactor = ctx->DefaultReactor();
     auto batch = std::make_shared<DecodedBatch>();
     absl::Status st = DecodeBatch(*request, batch.get());
+    uint64_t checked_term = 0;
     if (st.ok()) {
       absl::MutexLock lock(&mu);
-      st = CheckSender(batch->epoch, batch->shard, batch->primary);
-      if (st.ok() && synced_primary != batch->primary) {
+      st = CheckSender(batch->epoch, batch->shard, batch->primary, batch->primary_incarnation);
+      if (st.ok() && synced_term != term) {
         st = absl::FailedPreconditionError(absl::StrFormat(
             "%s holds no snapshot from %s yet: send a snapshot first", address, batch->primary));
+        ctx->AddTrailingMetadata(kNeedsSnapshotKey, "1");
       }
+      checked_term = term;
     }
     if (!st.ok()) {
       reactor->Finish(ToGrpcStatus(st));
@@ -697,11 +719,13 @@ struct Replicator::Impl
     }
     absl::MutexLock lock(&park_mu);
     const uint64_t first = batch->first_lsn;
-    auto [it, inserted] = parked.try_emplace(first, Parked{std::move(batch), response, reactor});
+    auto [it, inserted] =
+        parked.try_emplace(first, Parked{std::move(batch), response, reactor, checked_term});
     if (!inserted) {  // a resend of a batch still waiting: answer the older copy
       it->second.reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "superseded"));
       it->second.response = response;
       it->second.reactor = reactor;
+      it->second.term = checked_term;
     }
     if (draining) return reactor;  // the thread draining applies it
     draining = true;
@@ -715,7 +739,8 @@ struct Replicator::Impl
       absl::Status applied;
       for (size_t i = 0; i < p.batch->entries.size() && applied.ok(); ++i) {
         grpc::ProtoBufferReader reader(&p.batch->entries[i].request);
-        applied = core->ApplyReplicated(p.batch->first_lsn + i, p.batch->entries[i].kind, &reader);
+        applied = core->ApplyReplicated(p.term, p.batch->first_lsn + i, p.batch->entries[i].kind,
+                                        &reader);
       }
       v1::ReplicateResponse resp;
       resp.set_lsn(core->lsn());
@@ -740,18 +765,20 @@ struct Replicator::Impl
                                             v1::InstallSnapshotResponse*) override {
     auto* reactor = ctx->DefaultReactor();
     absl::Status st;
+    uint64_t checked_term = 0;
     {
       absl::MutexLock lock(&mu);
-      st = CheckSender(req->epoch(), req->shard(), req->primary());
-      if (st.ok() && req->seq() == 0) synced_primary.clear();
+      st = CheckSender(req->epoch(), req->shard(), req->primary(), req->primary_incarnation());
+      if (st.ok() && req->seq() == 0) synced_term = 0;
+      checked_term = term;
     }
     if (st.ok()) {
       absl::MutexLock replay(&replay_mu);
-      st = core->InstallSnapshot(*req);
+      st = core->InstallSnapshot(checked_term, *req);
     }
     if (st.ok() && req->done()) {
       absl::MutexLock lock(&mu);
-      synced_primary = req->primary();
+      if (term == checked_term) synced_term = term;
       ++snapshots_installed;
     }
     reactor->Finish(ToGrpcStatus(st));
@@ -782,7 +809,7 @@ void Replicator::Stop() {
     absl::MutexLock lock(&impl_->mu);
     if (impl_->stopping) return;
     impl_->stopping = true;
-    impl_->core->SetRouting(impl_->epoch, /*serving=*/false);
+    impl_->core->SetRouting(impl_->epoch, /*serving=*/false, ++impl_->term, /*restoring=*/false);
     for (auto& [addr, s] : impl_->senders) stopped.push_back(std::move(s));
     impl_->senders.clear();
     for (auto& [lsn, cb] : impl_->pending) failed.push_back(std::move(cb));
@@ -810,25 +837,13 @@ ReplicationStats Replicator::Stats() const {
   ReplicationStats out;
   absl::MutexLock lock(&impl_->mu);
   out.epoch = impl_->epoch;
-  switch (impl_->role) {
-    case v1::SERVER_ROLE_PRIMARY:
-      out.role = "primary";
-      break;
-    case v1::SERVER_ROLE_BACKUP:
-      out.role = "backup";
-      break;
-    case v1::SERVER_ROLE_JOINING:
-      out.role = "joining";
-      break;
-    default:
-      out.role = "none";
-  }
+  out.role = RoleName(impl_->placement.role);
   out.shard = impl_->shard;
   out.lsn = impl_->appended;
   for (const auto& [addr, s] : impl_->senders) {
     ReplicationStats::Backup b;
-    b.address = addr;
-    b.live = impl_->counted.contains(addr);
+    b.address = s->id.address;
+    b.live = Impl::IsCounted(*s);
     b.catching_up = s->needs_snapshot || s->snapshotting;
     b.acked_lsn = s->acked;
     b.lag = impl_->appended > s->acked ? impl_->appended - s->acked : 0;

@@ -23,17 +23,18 @@ struct ReplicatorOptions {
   std::string coordinator;  // host:port
   int metrics_port = -1;
   int heartbeat_ms = 250;
+  std::string checkpoint_dir;  // reported to the coordinator (for `tessera status`)
   // Largest batch of log entries (bytes) and snapshot chunk sent to a backup in one call.
   size_t max_batch_bytes = size_t{8} << 20;
   // Called (outside the replicator's locks, on its heartbeat thread) with the new role
-  // ("primary", "backup", "joining" or "none") whenever it changes.
+  // ("primary", "backup", "joining", "restoring" or "none") whenever it changes.
   std::function<void(const std::string& role)> on_role_change;
 };
 
 // Replication figures for metrics.
 struct ReplicationStats {
   uint64_t epoch = 0;
-  std::string role = "none";  // primary, backup, joining or none
+  std::string role = "none";  // primary, backup, joining, restoring or none
   int32_t shard = -1;
   uint64_t lsn = 0;  // last change appended (primary) or applied (backup)
   struct Backup {

@@ -105,6 +105,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     r.coordinator = options.coordinator;
     r.metrics_port = impl->metrics_port;
     r.heartbeat_ms = options.heartbeat_ms;
+    r.checkpoint_dir = options.core.checkpoint_dir;
     Impl* raw = impl.get();
     r.on_role_change = [raw](const std::string& role) {
       absl::MutexLock lock(&raw->mu);

@@ -510,7 +510,7 @@ void ServerCore::CommitRestore(std::unique_ptr<StagedRestore> staged) {
 
 absl::Status ServerCore::RestoreCheckpoint(const v1::RestoreCheckpointRequest& req,
                                            v1::RestoreCheckpointResponse* resp) {
-  TESSERA_RETURN_IF_ERROR(CheckRouting(req.header()));
+  TESSERA_RETURN_IF_ERROR(CheckRouting(req.header(), /*allow_restoring=*/true));
   if (store_ == nullptr) return NoCheckpointDir();
   std::unique_ptr<StagedRestore> staged;
   switch (req.phase()) {

@@ -142,9 +142,20 @@ absl::Status ServerCore::Bind(uint32_t shard_index, uint32_t num_shards) {
   return absl::OkStatus();
 }
 
-void ServerCore::SetRouting(uint64_t epoch, bool serving) {
+void ServerCore::SetRouting(uint64_t epoch, bool serving, uint64_t term, bool restoring) {
+  absl::WriterMutexLock role(&role_mu_);
+  term_ = term;
   epoch_.store(epoch, std::memory_order_release);
+  restoring_.store(restoring, std::memory_order_release);
   serving_.store(serving, std::memory_order_release);
+}
+
+absl::Status ServerCore::CheckReplayTerm(uint64_t term) const {
+  if (term == term_ && !serving_.load(std::memory_order_acquire)) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "this replica's role changed (term %u, now %u%s) since the sender was checked; the change "
+      "is not applied",
+      term, term_, serving_.load() ? ", serving clients" : ""));
 }
 
 uint64_t ServerCore::lsn() const {
@@ -167,7 +178,8 @@ bool ServerCore::IsReroute(const absl::Status& status) {
   return status.GetPayload(kReroutePayload).has_value();
 }
 
-absl::Status ServerCore::CheckRouting(const v1::RequestHeader& header) const {
+absl::Status ServerCore::CheckRouting(const v1::RequestHeader& header,
+                                      bool allow_restoring) const {
   const uint64_t epoch = shard_map_epoch();
   if (!coordinated_) {
     if (header.shard_map_epoch() == epoch) return absl::OkStatus();
@@ -186,6 +198,11 @@ absl::Status ServerCore::CheckRouting(const v1::RequestHeader& header) const {
     return Reroute(absl::FailedPreconditionError(absl::StrFormat(
         "this server is not the primary of %s at shard-map epoch %u; refresh the shard map",
         bound() ? absl::StrCat("shard ", shard_index_) : std::string("any shard"), epoch)));
+  }
+  if (restoring_.load(std::memory_order_acquire) && !allow_restoring) {
+    return absl::UnavailableError(absl::StrFormat(
+        "shard %u is RESTORING from a checkpoint (an operator's recovery); retry once it serves",
+        shard_index_));
   }
   return absl::OkStatus();
 }

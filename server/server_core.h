@@ -201,18 +201,23 @@ class ServerCore {
   absl::Status Bind(uint32_t shard_index, uint32_t num_shards) ABSL_LOCKS_EXCLUDED(gate_);
   bool bound() const { return bound_.load(std::memory_order_acquire); }
   int32_t shard_index() const { return bound() ? static_cast<int32_t>(shard_index_) : -1; }
-  // The map epoch this server acts on, and whether it serves clients (the primary).
-  void SetRouting(uint64_t epoch, bool serving);
+  // The map epoch this server acts on, whether it serves clients (the primary), the
+  // replicator's term (replays checked in another term are refused: docs/replication.md, R4)
+  // and whether its shard is being restored (then only the restore is served). Waits for a
+  // replay in progress to finish.
+  void SetRouting(uint64_t epoch, bool serving, uint64_t term = 0, bool restoring = false)
+      ABSL_LOCKS_EXCLUDED(role_mu_);
   // Called (without locks held) when a request shows that a newer map exists.
   void SetNewerMapCallback(std::function<void()> fn) { newer_map_ = std::move(fn); }
 
   uint64_t lsn() const ABSL_LOCKS_EXCLUDED(order_mu_);
   // A backup applies change `lsn` of its primary's order (kind: v1::LogEntryKind, request:
-  // the serialized request). A change at or below lsn() was applied before and is skipped;
-  // one above lsn() + 1 is a gap: FAILED_PRECONDITION.
-  absl::Status ApplyReplicated(uint64_t lsn, int kind,
+  // the serialized request), checked in replicator term `term`. A change at or below lsn()
+  // was applied before and is skipped; one above lsn() + 1 is a gap: FAILED_PRECONDITION;
+  // so is a term that is not the current one, or a core that serves clients (R4).
+  absl::Status ApplyReplicated(uint64_t term, uint64_t lsn, int kind,
                                google::protobuf::io::ZeroCopyInputStream* request)
-      ABSL_LOCKS_EXCLUDED(order_mu_, gate_, tables_mu_);
+      ABSL_LOCKS_EXCLUDED(role_mu_, order_mu_, gate_, tables_mu_);
 
   // Catch-up, on the primary: takes a cut (LSN and copy-on-write, as for a checkpoint) and
   // hands `send` the state as of the cut in chunks of about `chunk_bytes`: first the table
@@ -223,8 +228,9 @@ class ServerCore {
       ABSL_LOCKS_EXCLUDED(order_mu_, gate_, tables_mu_, ckpt_mu_);
   // On a backup: builds the state beside the live one, chunk by chunk; the last chunk replaces
   // every table, the exactly-once table and the LSN.
-  absl::Status InstallSnapshot(const v1::InstallSnapshotRequest& req)
-      ABSL_LOCKS_EXCLUDED(order_mu_, gate_, tables_mu_, snap_mu_);
+  // The swap is refused (FAILED_PRECONDITION) outside replicator term `term` (R4).
+  absl::Status InstallSnapshot(uint64_t term, const v1::InstallSnapshotRequest& req)
+      ABSL_LOCKS_EXCLUDED(role_mu_, order_mu_, gate_, tables_mu_, snap_mu_);
 
   // Routing errors carry this payload; the gRPC layer turns it into trailing metadata.
   static bool IsReroute(const absl::Status& status);
@@ -319,8 +325,9 @@ class ServerCore {
       ABSL_LOCKS_EXCLUDED(order_mu_, gate_);
   // Takes the next LSN and logs the change. REQUIRES: order_mu_ held.
   uint64_t NextLsn(int kind, const void* request) ABSL_EXCLUSIVE_LOCKS_REQUIRED(order_mu_);
-  // Refuses client requests this server must not serve (routing).
-  absl::Status CheckRouting(const v1::RequestHeader& header) const;
+  // Refuses client requests this server must not serve (routing). While the shard is being
+  // restored only calls with allow_restoring (the restore's own) pass: UNAVAILABLE otherwise.
+  absl::Status CheckRouting(const v1::RequestHeader& header, bool allow_restoring = false) const;
   // A change from a client: routing checked, then impl(req, resp, request, replicated=false).
   template <typename Req, typename Resp>
   using ChangeImpl = absl::Status (ServerCore::*)(const Req&, Resp*, const void*, bool);
@@ -348,6 +355,13 @@ class ServerCore {
 
   std::atomic<uint64_t> epoch_;
   std::atomic<bool> serving_;  // primary (always, without a coordinator)
+  std::atomic<bool> restoring_{false};  // the primary of a RESTORING shard: restores only
+  // Held shared by a replay (ApplyReplicated, a snapshot's swap) and exclusively by
+  // SetRouting, so that a role change and a replay never interleave (R4).
+  mutable absl::Mutex role_mu_ ABSL_ACQUIRED_BEFORE(order_mu_) ABSL_ACQUIRED_AFTER(snap_mu_);
+  uint64_t term_ ABSL_GUARDED_BY(role_mu_) = 0;
+  // Whether a replay checked in `term` may change this core now.
+  absl::Status CheckReplayTerm(uint64_t term) const ABSL_SHARED_LOCKS_REQUIRED(role_mu_);
   UpdateLog* log_ = nullptr;
   std::function<void()> newer_map_;
 

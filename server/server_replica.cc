@@ -31,8 +31,10 @@ absl::Status ParseEntry(google::protobuf::io::ZeroCopyInputStream* bytes, Req* r
 
 }  // namespace
 
-absl::Status ServerCore::ApplyReplicated(uint64_t lsn, int kind,
+absl::Status ServerCore::ApplyReplicated(uint64_t term, uint64_t lsn, int kind,
                                          google::protobuf::io::ZeroCopyInputStream* request) {
+  absl::ReaderMutexLock role(&role_mu_);
+  TESSERA_RETURN_IF_ERROR(CheckReplayTerm(term));
   const uint64_t before = this->lsn();
   if (lsn <= before) return absl::OkStatus();  // applied before (a resent batch)
   if (lsn != before + 1) {
@@ -185,7 +187,7 @@ absl::StatusOr<uint64_t> ServerCore::ExportSnapshot(
   return cut_lsn;
 }
 
-absl::Status ServerCore::InstallSnapshot(const v1::InstallSnapshotRequest& req) {
+absl::Status ServerCore::InstallSnapshot(uint64_t term, const v1::InstallSnapshotRequest& req) {
   if (!bound()) return absl::FailedPreconditionError("this server is not bound to a shard");
   absl::MutexLock lock(&snap_mu_);
   if (req.seq() == 0) {
@@ -287,6 +289,8 @@ absl::Status ServerCore::InstallSnapshot(const v1::InstallSnapshotRequest& req) 
   absl::flat_hash_map<std::string, std::shared_ptr<Table>> old;  // freed outside the locks
   const size_t num_tables = in.tables.size();
   {
+    absl::ReaderMutexLock role(&role_mu_);
+    TESSERA_RETURN_IF_ERROR(CheckReplayTerm(term));
     absl::MutexLock order(&order_mu_);
     absl::WriterMutexLock gate(&gate_);
     absl::MutexLock tables_lock(&tables_mu_);

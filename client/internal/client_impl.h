@@ -94,13 +94,30 @@ class ServerConn {
     absl::MutexLock lock(&mu_);
     return endpoint_;
   }
+  // Routes to `endpoint`; the shard serves again.
   void Replace(std::shared_ptr<Endpoint> endpoint) ABSL_LOCKS_EXCLUDED(mu_) {
     std::shared_ptr<Endpoint> old;
     {
       absl::MutexLock lock(&mu_);
       old = std::exchange(endpoint_, std::move(endpoint));
+      down_.clear();
     }
     if (old != nullptr) old->Retire();
+  }
+  // The shard serves nothing (LOST or RESTORING): calls fail at once with `why`.
+  void MarkDown(std::string why) ABSL_LOCKS_EXCLUDED(mu_) {
+    std::shared_ptr<Endpoint> old;
+    {
+      absl::MutexLock lock(&mu_);
+      old = std::exchange(endpoint_, nullptr);
+      down_ = std::move(why);
+    }
+    if (old != nullptr) old->Retire();
+  }
+  // Why the shard serves nothing; empty when it serves or only has no primary yet.
+  std::string Down() const ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return down_;
   }
 
   PushWindow pushes;
@@ -108,6 +125,7 @@ class ServerConn {
  private:
   mutable absl::Mutex mu_;
   std::shared_ptr<Endpoint> endpoint_ ABSL_GUARDED_BY(mu_);
+  std::string down_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace client_internal
@@ -146,7 +164,8 @@ struct Client::Impl {
   void RpcEnded() ABSL_LOCKS_EXCLUDED(calls_mu);
   void WaitForRpcs() ABSL_LOCKS_EXCLUDED(calls_mu);
 
-  // The resolved config of `name`, from the cache or fetched (blocking) from shard 0.
+  // The resolved config of `name`, from the cache or fetched (blocking) from the first shard
+  // that answers.
   absl::StatusOr<TableConfig> GetTable(absl::string_view name) ABSL_LOCKS_EXCLUDED(tables_mu);
   void ForgetTable(absl::string_view name) ABSL_LOCKS_EXCLUDED(tables_mu);
 
@@ -159,7 +178,9 @@ struct Client::Impl {
   bool coordinated() const { return coordinator != nullptr; }
   // Asks the refresher thread for the newest map (coalesced; returns at once).
   void RequestRefresh() ABSL_LOCKS_EXCLUDED(refresh_mu);
-  // Fetches the map now and re-routes shards whose primary changed.
+  // Fetches the map now and re-routes shards whose primary changed. require_complete: fails
+  // (UNAVAILABLE) while a shard has no server yet (a new cluster); LOST and RESTORING shards
+  // do not count.
   absl::Status FetchMap(bool require_complete) ABSL_LOCKS_EXCLUDED(refresh_mu);
   void RefreshLoop() ABSL_LOCKS_EXCLUDED(refresh_mu);
   void StopRefresher() ABSL_LOCKS_EXCLUDED(refresh_mu);

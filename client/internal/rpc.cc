@@ -46,7 +46,13 @@ void Rpc::Attempt() {
   ctx_->set_deadline(std::chrono::system_clock::now() +
                      std::chrono::milliseconds(impl_->AttemptTimeoutMs()));
   endpoint_ = conn().Current();
-  if (endpoint_ == nullptr) {  // the shard has no primary now: wait for a map that has one
+  if (endpoint_ == nullptr) {
+    if (std::string down = conn().Down(); !down.empty()) {  // LOST or RESTORING: fail fast
+      down_ = true;
+      OnDone(grpc::Status(grpc::StatusCode::UNAVAILABLE, down));
+      return;
+    }
+    // No primary yet (a new cluster): wait for a map that has one.
     OnDone(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the shard has no primary"));
     return;
   }
@@ -60,7 +66,7 @@ void Rpc::Attempt() {
 
 void Rpc::OnDone(grpc::Status s) {
   if (endpoint_ != nullptr) endpoint_->Unregister(ctx_.get());
-  const bool retryable = impl_->Retryable(s, *ctx_);
+  const bool retryable = !down_ && impl_->Retryable(s, *ctx_);
   if (retryable) impl_->RequestRefresh();  // the shard may have a new primary
   if (retryable && impl_->MayRetry(attempt_, first_attempt_)) {
     impl_->retries.fetch_add(1, std::memory_order_relaxed);

@@ -73,6 +73,7 @@ class Rpc {
   std::unique_ptr<grpc::Alarm> alarm_;
   grpc::ByteBuffer response_;
   absl::Status outcome_;
+  bool down_ = false;  // the shard serves nothing (LOST or RESTORING): no retry
   // One for the call itself plus one per borrowed bulk field not yet released.
   std::atomic<int> holds_{1};
 };

@@ -1,196 +1,97 @@
-// ClusterState: the coordinator's decisions (docs/replication.md).
+// ClusterState: the coordinator's decisions (docs/replication.md, "Coordinator transitions";
+// the T and F labels below are that table's).
+#include "server/coordinator/cluster_state.h"
+
 #include <algorithm>
-#include <map>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/logging.h"
-#include "proto/cluster.pb.h"
-#include "server/coordinator/coordinator.h"
 
 namespace tessera {
+namespace {
 
-struct ClusterState::Impl {
-  struct Member {
-    uint64_t incarnation = 0;
-    int32_t shard = -1;  // bound shard
-    bool alive = false;
-    absl::Time deadline;
-    uint64_t order = 0;  // first registration, for deterministic placement
-    v1::ServerStatus status;
-  };
-
-  CoordinatorOptions options;
-  v1::ClusterMap map;
-  std::map<std::string, Member> members;
-  uint64_t next_order = 0;
-  uint64_t failovers = 0;
-
-  explicit Impl(const CoordinatorOptions& o) : options(o) {
-    map.set_epoch(1);
-    map.set_num_shards(o.num_shards);
-    map.set_num_vshards(o.num_vshards);
-    map.set_replication(o.replication);
-    for (uint32_t s = 0; s < o.num_shards; ++s) map.add_shards();
+int FindReplica(const v1::ShardReplicas& shard, const std::string& address,
+                uint64_t incarnation) {
+  for (int i = 0; i < shard.replicas_size(); ++i) {
+    const v1::Replica& r = shard.replicas(i);
+    if (r.address() == address && r.incarnation() == incarnation) return i;
   }
+  return -1;
+}
 
-  bool Placed(const std::string& address) const {
-    for (const auto& shard : map.shards()) {
-      for (const auto& r : shard.replicas()) {
-        if (r.address() == address) return true;
-      }
-    }
-    return false;
+const char* ShardStateName(v1::ShardState s) {
+  switch (s) {
+    case v1::SHARD_STATE_LOST:
+      return "LOST";
+    case v1::SHARD_STATE_RESTORING:
+      return "RESTORING";
+    default:
+      return "SERVING";
   }
+}
 
-  // The alive, unplaced member to add to shard s: one bound to s first, then an unbound one,
-  // earliest registered first. Empty: none.
-  std::string Candidate(int32_t s) const {
-    const std::string* best = nullptr;
-    const Member* best_m = nullptr;
-    for (const auto& [addr, m] : members) {
-      if (!m.alive || (m.shard != s && m.shard != -1) || Placed(addr)) continue;
-      const bool better = best_m == nullptr || (m.shard == s && best_m->shard != s) ||
-                          ((m.shard == s) == (best_m->shard == s) && m.order < best_m->order);
-      if (better) {
-        best = &addr;
-        best_m = &m;
-      }
-    }
-    return best == nullptr ? std::string() : *best;
+}  // namespace
+
+ClusterState::ClusterState(const CoordinatorOptions& options) : options_(options) {
+  map_.set_epoch(1);
+  map_.set_num_shards(options.num_shards);
+  map_.set_num_vshards(options.num_vshards);
+  map_.set_replication(options.replication);
+  for (uint32_t s = 0; s < options.num_shards; ++s) {
+    map_.add_shards()->set_state(v1::SHARD_STATE_SERVING);
   }
+  promoting_.assign(options.num_shards, kNone);
+  lost_since_.assign(options.num_shards, kNone);
+}
 
-  void Bump(const std::string& why) {
-    map.set_epoch(map.epoch() + 1);
-    LogInfo("epoch %u: %s", map.epoch(), why);
-  }
-
-  // Fills empty shards with a primary, then every shard up to R with joining replicas.
-  bool Rebalance() {
-    bool changed = false;
-    for (int32_t s = 0; s < map.shards_size(); ++s) {
-      v1::ShardReplicas* shard = map.mutable_shards(s);
-      if (!shard->replicas().empty() || shard->lost()) continue;
-      const std::string c = Candidate(s);
-      if (c.empty()) continue;
-      v1::Replica* r = shard->add_replicas();
-      r->set_address(c);
-      r->set_state(v1::REPLICA_STATE_LIVE);
-      members[c].shard = s;
-      Bump(absl::StrFormat("%s is the primary of new shard %d", c, s));
-      changed = true;
-    }
-    for (int32_t s = 0; s < map.shards_size(); ++s) {
-      v1::ShardReplicas* shard = map.mutable_shards(s);
-      while (!shard->lost() && !shard->replicas().empty() &&
-             static_cast<uint32_t>(shard->replicas_size()) < options.replication) {
-        const std::string c = Candidate(s);
-        if (c.empty()) break;
-        v1::Replica* r = shard->add_replicas();
-        r->set_address(c);
-        r->set_state(v1::REPLICA_STATE_JOINING);
-        members[c].shard = s;
-        Bump(absl::StrFormat("%s joins shard %d", c, s));
-        changed = true;
-      }
-    }
-    return changed;
-  }
-
-  // The process at `address` is gone (lease expired, or it restarted): fail over or remove.
-  bool Remove(const std::string& address) {
-    bool changed = false;
-    for (int32_t s = 0; s < map.shards_size(); ++s) {
-      v1::ShardReplicas* shard = map.mutable_shards(s);
-      auto* replicas = shard->mutable_replicas();
-      int index = -1;
-      for (int i = 0; i < replicas->size(); ++i) {
-        if (replicas->Get(i).address() == address) index = i;
-      }
-      if (index < 0) continue;
-      changed = true;
-      if (index > 0) {
-        replicas->DeleteSubrange(index, 1);
-        Bump(absl::StrFormat("replica %s of shard %d removed", address, s));
-        continue;
-      }
-      // The primary: promote the LIVE backup with the highest LSN it reported.
-      int best = -1;
-      uint64_t best_lsn = 0;
-      for (int i = 1; i < replicas->size(); ++i) {
-        const v1::Replica& r = replicas->Get(i);
-        auto m = members.find(r.address());
-        if (r.state() != v1::REPLICA_STATE_LIVE || m == members.end() || !m->second.alive) {
-          continue;
-        }
-        if (best < 0 || m->second.status.lsn() > best_lsn) {
-          best = i;
-          best_lsn = m->second.status.lsn();
-        }
-      }
-      if (best < 0) {
-        shard->set_lost(true);
-        Bump(absl::StrFormat(
-            "primary %s of shard %d is gone and no LIVE backup is left: the shard is lost "
-            "until a checkpoint is restored",
-            address, s));
-        continue;
-      }
-      v1::ShardReplicas next;
-      v1::Replica* p = next.add_replicas();
-      p->set_address(replicas->Get(best).address());
-      p->set_state(v1::REPLICA_STATE_LIVE);
-      for (int i = 1; i < replicas->size(); ++i) {
-        if (i == best) continue;
-        v1::Replica* r = next.add_replicas();
-        r->set_address(replicas->Get(i).address());
-        r->set_state(v1::REPLICA_STATE_JOINING);  // re-synced from the new primary
-      }
-      *shard = std::move(next);
-      ++failovers;
-      Bump(absl::StrFormat("primary %s of shard %d is gone; %s (LSN %u) is promoted", address, s,
-                           p->address(), best_lsn));
-    }
-    return changed;
-  }
-};
-
-ClusterState::ClusterState(const CoordinatorOptions& options)
-    : impl_(std::make_unique<Impl>(options)) {}
-ClusterState::ClusterState(ClusterState&&) = default;
-ClusterState& ClusterState::operator=(ClusterState&&) = default;
-ClusterState::~ClusterState() = default;
-
-absl::Status ClusterState::Load(const v1::CoordinatorState& state, absl::Time now) {
+absl::Status ClusterState::Load(const v1::CoordinatorState& state, int64_t now_ms) {
   const v1::ClusterMap& m = state.map();
-  if (m.num_shards() != impl_->options.num_shards ||
-      m.num_vshards() != impl_->options.num_vshards ||
+  if (m.num_shards() != options_.num_shards || m.num_vshards() != options_.num_vshards ||
       m.shards_size() != static_cast<int>(m.num_shards())) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "the state directory holds a cluster of %u shards and %u vshards, not %u and %u",
-        m.num_shards(), m.num_vshards(), impl_->options.num_shards, impl_->options.num_vshards));
+        m.num_shards(), m.num_vshards(), options_.num_shards, options_.num_vshards));
   }
-  impl_->map = m;
-  impl_->map.set_replication(impl_->options.replication);
-  impl_->failovers = state.failovers();
-  impl_->members.clear();
+  map_ = m;
+  map_.set_replication(options_.replication);
+  failovers_ = state.failovers();
+  members_.clear();
   for (const v1::MemberRecord& r : state.members()) {
-    Impl::Member& member = impl_->members[r.address()];
+    Member& member = members_[r.address()];
     member.incarnation = r.incarnation();
     member.shard = r.shard();
-    member.alive = true;  // a fresh lease: the coordinator's downtime is not the server's
-    member.deadline = now + impl_->options.lease;
-    member.order = impl_->next_order++;
+    member.deadline_ms = now_ms + absl::ToInt64Milliseconds(options_.lease);  // T9
+    member.heard_ms = now_ms;
+    member.order = next_order_++;
     member.status.set_address(r.address());
     member.status.set_incarnation(r.incarnation());
     member.status.set_shard(r.shard());
   }
+  // A map written before replicas carried incarnations and shards carried states.
+  for (v1::ShardReplicas& shard : *map_.mutable_shards()) {
+    if (shard.state() == v1::SHARD_STATE_UNSPECIFIED) {
+      shard.set_state(shard.lost() ? v1::SHARD_STATE_LOST : v1::SHARD_STATE_SERVING);
+    }
+    for (v1::Replica& r : *shard.mutable_replicas()) {
+      auto it = members_.find(r.address());
+      if (r.incarnation() == 0 && it != members_.end()) r.set_incarnation(it->second.incarnation);
+    }
+  }
+  promoting_.assign(options_.num_shards, kNone);
+  lost_since_.assign(options_.num_shards, kNone);
+  for (uint32_t s = 0; s < options_.num_shards; ++s) {
+    // Any echo of this (new) life proves a holder alive after the loss.
+    if (map_.shards(s).state() == v1::SHARD_STATE_LOST) lost_since_[s] = 0;
+  }
+  Touch();
   return absl::OkStatus();
 }
 
 void ClusterState::Save(v1::CoordinatorState* state) const {
-  *state->mutable_map() = impl_->map;
-  state->set_failovers(impl_->failovers);
-  for (const auto& [addr, m] : impl_->members) {
+  *state->mutable_map() = map_;
+  state->set_failovers(failovers_);
+  for (const auto& [addr, m] : members_) {
     v1::MemberRecord* r = state->add_members();
     r->set_address(addr);
     r->set_incarnation(m.incarnation);
@@ -198,96 +99,404 @@ void ClusterState::Save(v1::CoordinatorState* state) const {
   }
 }
 
-bool ClusterState::Heartbeat(const v1::ServerStatus& status, absl::Time now) {
-  bool changed = false;
-  auto it = impl_->members.find(status.address());
-  if (it != impl_->members.end() && it->second.incarnation != status.incarnation()) {
-    // The same address, a new process: the old one and its memory are gone.
-    LogInfo("%s restarted (incarnation %x -> %x)", status.address(), it->second.incarnation,
-            status.incarnation());
-    changed |= impl_->Remove(status.address());
-    it->second.incarnation = status.incarnation();
-    it->second.shard = -1;
-    changed = true;
+bool ClusterState::Alive(const v1::Replica& r) const {
+  auto it = members_.find(r.address());
+  return it != members_.end() && it->second.incarnation == r.incarnation() && !it->second.expired;
+}
+
+bool ClusterState::Proven(const Member& m, int64_t batch) const {
+  return life_ != 0 && m.status.echo_life() == life_ &&
+         static_cast<int64_t>(m.status.echo_seq()) >= batch;
+}
+
+bool ClusterState::Placed(const std::string& address, uint64_t incarnation) const {
+  for (const v1::ShardReplicas& shard : map_.shards()) {
+    if (FindReplica(shard, address, incarnation) >= 0) return true;
   }
-  if (it == impl_->members.end()) {
-    it = impl_->members.emplace(status.address(), Impl::Member{}).first;
-    it->second.incarnation = status.incarnation();
-    it->second.alive = true;
-    it->second.order = impl_->next_order++;
-    LogInfo("%s registered", status.address());
-    changed = true;
-  }
-  Impl::Member& m = it->second;
-  m.status = status;
-  m.deadline = now + impl_->options.lease;
-  if (!m.alive) {
-    m.alive = true;
-    LogInfo("%s is back (same process)", status.address());
-    // A shard lost because this primary's lease expired has its state back.
-    for (int32_t s = 0; s < impl_->map.shards_size(); ++s) {
-      v1::ShardReplicas* shard = impl_->map.mutable_shards(s);
-      if (shard->lost() && !shard->replicas().empty() &&
-          shard->replicas(0).address() == status.address()) {
-        shard->set_lost(false);
-        impl_->Bump(absl::StrFormat("shard %d is back with its primary %s", s, status.address()));
-        changed = true;
-      }
+  return false;
+}
+
+std::string ClusterState::Candidate(int32_t s) const {
+  const std::string* best = nullptr;
+  const Member* best_m = nullptr;
+  for (const auto& [addr, m] : members_) {
+    if (m.expired || (m.shard != s && m.shard != -1) || Placed(addr, m.incarnation)) continue;
+    const bool better = best_m == nullptr || (m.shard == s && best_m->shard != s) ||
+                        ((m.shard == s) == (best_m->shard == s) && m.order < best_m->order);
+    if (better) {
+      best = &addr;
+      best_m = &m;
     }
   }
+  return best == nullptr ? std::string() : *best;
+}
+
+void ClusterState::Bump(const std::string& why) {
+  map_.set_epoch(map_.epoch() + 1);
+  Touch();
+  LogInfo("epoch %u: %s", map_.epoch(), why);
+}
+
+void ClusterState::SetShardState(int32_t s, v1::ShardState state) {
+  v1::ShardReplicas* shard = map_.mutable_shards(s);
+  shard->set_state(state);
+  shard->set_lost(state != v1::SHARD_STATE_SERVING);
+}
+
+v1::Replica* ClusterState::AddReplica(int32_t s, const std::string& address,
+                                      v1::ReplicaState state) {
+  Member& m = members_.at(address);
+  v1::Replica* r = map_.mutable_shards(s)->add_replicas();
+  r->set_address(address);
+  r->set_incarnation(m.incarnation);
+  r->set_state(state);
+  r->set_join_epoch(map_.epoch() + 1);  // the epoch the caller's Bump makes
+  if (m.shard != s) {
+    m.shard = s;
+    Touch();
+  }
+  return r;
+}
+
+void ClusterState::Rebalance() {
+  for (int32_t s = 0; s < map_.shards_size(); ++s) {  // T6': a new cluster's shards
+    const v1::ShardReplicas& shard = map_.shards(s);
+    if (shard.state() != v1::SHARD_STATE_SERVING || !shard.replicas().empty()) continue;
+    const std::string c = Candidate(s);
+    if (c.empty()) continue;
+    AddReplica(s, c, v1::REPLICA_STATE_LIVE);
+    Bump(absl::StrFormat("%s is the primary of new shard %d", c, s));
+  }
+  for (int32_t s = 0; s < map_.shards_size(); ++s) {  // T6
+    while (map_.shards(s).state() == v1::SHARD_STATE_SERVING && promoting_[s] == kNone &&
+           !map_.shards(s).replicas().empty() &&
+           static_cast<uint32_t>(map_.shards(s).replicas_size()) < options_.replication) {
+      const std::string c = Candidate(s);
+      if (c.empty()) break;
+      AddReplica(s, c, v1::REPLICA_STATE_JOINING);
+      Bump(absl::StrFormat("%s joins shard %d", c, s));
+    }
+  }
+}
+
+void ClusterState::Promote(int32_t s, int index, const char* why) {
+  const v1::ShardReplicas& shard = map_.shards(s);
+  const v1::Replica old = shard.replicas(0);
+  v1::ShardReplicas next;
+  next.set_state(v1::SHARD_STATE_SERVING);
+  *next.add_replicas() = shard.replicas(index);
+  for (int i = 1; i < shard.replicas_size(); ++i) {
+    // The LIVE survivors stay LIVE: they hold every acknowledged update, and the new primary
+    // counts them at once (it re-syncs them before it acknowledges anything new).
+    if (i != index && Alive(shard.replicas(i))) *next.add_replicas() = shard.replicas(i);
+  }
+  const v1::Replica& p = next.replicas(0);
+  const uint64_t lsn = members_.at(p.address()).status.lsn();
+  *map_.mutable_shards(s) = std::move(next);
+  promoting_[s] = kNone;
+  ++failovers_;
+  Bump(absl::StrFormat("primary %s (incarnation %x) of shard %d failed; %s (LSN %u, %s) is promoted",
+                       old.address(), old.incarnation(), s, p.address(), lsn, why));
+}
+
+void ClusterState::Revive(int32_t s, int index) {
+  const v1::Replica holder = map_.shards(s).replicas(index);
+  v1::ShardReplicas* shard = map_.mutable_shards(s);
+  shard->clear_replicas();
+  *shard->add_replicas() = holder;
+  SetShardState(s, v1::SHARD_STATE_SERVING);
+  lost_since_[s] = kNone;
+  Bump(absl::StrFormat("shard %d is back: its holder %s returned with its memory", s,
+                       holder.address()));
+}
+
+void ClusterState::MaybeLost(int32_t s) {
+  v1::ShardReplicas* shard = map_.mutable_shards(s);
+  if (shard->state() != v1::SHARD_STATE_SERVING || promoting_[s] == kNone) return;
+  for (const v1::Replica& r : shard->replicas()) {
+    if (r.state() == v1::REPLICA_STATE_LIVE && Alive(r)) return;
+  }
+  v1::ShardReplicas next;
+  std::vector<std::string> holders;
+  for (const v1::Replica& r : shard->replicas()) {
+    if (r.state() != v1::REPLICA_STATE_LIVE) continue;
+    *next.add_replicas() = r;
+    holders.push_back(r.address());
+  }
+  *shard = std::move(next);
+  SetShardState(s, v1::SHARD_STATE_LOST);
+  promoting_[s] = kNone;
+  lost_since_[s] = static_cast<int64_t>(seq_);
+  Bump(absl::StrFormat(
+      "shard %d is LOST: no LIVE replica is alive (holders of its data: %s); it serves nothing "
+      "until one of them returns or a checkpoint is restored",
+      s, absl::StrJoin(holders, ", ")));
+}
+
+void ClusterState::Fail(const std::string& address, uint64_t incarnation) {
+  for (int32_t s = 0; s < map_.shards_size(); ++s) {
+    v1::ShardReplicas* shard = map_.mutable_shards(s);
+    const int index = FindReplica(*shard, address, incarnation);
+    if (index < 0) continue;
+    switch (shard->state()) {
+      case v1::SHARD_STATE_LOST:
+        continue;
+      case v1::SHARD_STATE_RESTORING:
+        shard->clear_replicas();
+        SetShardState(s, v1::SHARD_STATE_LOST);
+        lost_since_[s] = static_cast<int64_t>(seq_);
+        Bump(absl::StrFormat("%s, restoring shard %d, failed: the shard is LOST; restore again",
+                             address, s));
+        continue;
+      default:
+        break;
+    }
+    if (index == 0) {
+      if (promoting_[s] != kNone) continue;
+      promoting_[s] = static_cast<int64_t>(seq_);
+      if (options_.promote_unproven_for_testing) {  // the broken rule: an unexpired lease
+        int best = -1;
+        for (int i = 1; i < shard->replicas_size(); ++i) {
+          const v1::Replica& r = shard->replicas(i);
+          if (r.state() == v1::REPLICA_STATE_LIVE && Alive(r)) {
+            best = i;
+            break;
+          }
+        }
+        if (best > 0) {
+          Promote(s, best, "lease unexpired");
+          continue;
+        }
+      }
+      LogWarning("primary %s of shard %d failed; a LIVE backup is promoted once it proves it is "
+                 "alive",
+                 address, s);
+    } else if (shard->replicas(index).state() == v1::REPLICA_STATE_JOINING ||
+               promoting_[s] == kNone) {
+      shard->mutable_replicas()->DeleteSubrange(index, 1);
+      Bump(absl::StrFormat("replica %s of shard %d failed and is removed", address, s));
+    }
+    MaybeLost(s);
+  }
+}
+
+absl::Status ClusterState::Heartbeat(const v1::ServerStatus& status, int64_t now_ms) {
+  const std::string& address = status.address();
+  if (address.empty() || status.incarnation() == 0) {
+    return absl::InvalidArgumentError("a heartbeat needs the server's address and incarnation");
+  }
+  auto it = members_.find(address);
+  if (it != members_.end() && it->second.incarnation != status.incarnation()) {
+    const uint64_t old = it->second.incarnation;
+    if (options_.ignore_incarnation_for_testing) {  // the broken rule: identity by address
+      for (v1::ShardReplicas& shard : *map_.mutable_shards()) {
+        for (v1::Replica& r : *shard.mutable_replicas()) {
+          if (r.address() == address) r.set_incarnation(status.incarnation());
+        }
+      }
+      it->second.incarnation = status.incarnation();
+      Touch();
+    } else if (status.incarnation() < old) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "%s: this process (incarnation %x) was replaced by a newer one at this address "
+          "(incarnation %x); it must not serve",
+          address, status.incarnation(), old));
+    } else {
+      LogInfo("%s restarted (incarnation %x -> %x): the old process and its memory are gone",
+              address, old, status.incarnation());
+      it->second.expired = true;
+      Fail(address, old);  // T1
+      members_.erase(it);
+      it = members_.end();
+    }
+  }
+  if (it == members_.end()) {
+    it = members_.emplace(address, Member{}).first;
+    it->second.incarnation = status.incarnation();
+    it->second.order = next_order_++;
+    Touch();
+    LogInfo("%s registered (incarnation %x)", address, status.incarnation());
+  }
+  Member& m = it->second;
+  if (m.expired) LogInfo("%s is back (same process)", address);
+  m.status = status;
+  m.expired = false;
+  m.deadline_ms = now_ms + absl::ToInt64Milliseconds(options_.lease);
+  m.heard_ms = now_ms;
   if (status.shard() >= 0 && m.shard != status.shard()) {
     m.shard = status.shard();
-    changed = true;
+    Touch();
   }
-  changed |= impl_->Rebalance();
-  return changed;
+  for (int32_t s = 0; s < map_.shards_size(); ++s) {
+    const v1::ShardReplicas& shard = map_.shards(s);
+    const int index = FindReplica(shard, address, m.incarnation);
+    if (index < 0 || shard.replicas(index).state() != v1::REPLICA_STATE_LIVE) continue;
+    if (shard.state() == v1::SHARD_STATE_SERVING && promoting_[s] != kNone &&
+        Proven(m, promoting_[s])) {
+      if (index > 0) {
+        Promote(s, index, "proven alive after the failure");  // T4
+      } else {
+        promoting_[s] = kNone;  // T4'
+        LogInfo("primary %s of shard %d proved it is alive: no failover", address, s);
+      }
+    } else if (shard.state() == v1::SHARD_STATE_LOST && Proven(m, lost_since_[s])) {
+      Revive(s, index);  // T5
+    }
+  }
+  Rebalance();
+  return absl::OkStatus();
 }
 
-bool ClusterState::ExpireLeases(absl::Time now) {
-  bool changed = false;
-  for (auto& [addr, m] : impl_->members) {
-    if (!m.alive || m.deadline > now) continue;
-    m.alive = false;
-    LogWarning("lease of %s expired", addr);
-    changed |= impl_->Remove(addr);
+bool ClusterState::NeedsProof(const std::string& address, uint64_t incarnation) const {
+  auto it = members_.find(address);
+  if (it == members_.end() || it->second.incarnation != incarnation || it->second.expired) {
+    return false;
   }
-  changed |= impl_->Rebalance();
-  return changed;
+  for (int32_t s = 0; s < map_.shards_size(); ++s) {
+    const v1::ShardReplicas& shard = map_.shards(s);
+    const int index = FindReplica(shard, address, incarnation);
+    if (index < 0 || shard.replicas(index).state() != v1::REPLICA_STATE_LIVE) continue;
+    if (shard.state() == v1::SHARD_STATE_SERVING && promoting_[s] != kNone &&
+        !Proven(it->second, promoting_[s])) {
+      return true;
+    }
+    if (shard.state() == v1::SHARD_STATE_LOST && !Proven(it->second, lost_since_[s])) {
+      return true;
+    }
+  }
+  return false;
 }
 
-absl::StatusOr<bool> ClusterState::CaughtUp(uint32_t shard, const std::string& primary,
-                                            const std::string& replica) {
-  if (shard >= impl_->options.num_shards) {
-    return absl::InvalidArgumentError(absl::StrFormat("no shard %u", shard));
+void ClusterState::ExpireLeases(int64_t now_ms) {
+  for (auto& [addr, m] : members_) {
+    if (m.expired || m.deadline_ms > now_ms) continue;
+    m.expired = true;
+    LogWarning("lease of %s (incarnation %x) ended", addr, m.incarnation);
+    Fail(addr, m.incarnation);  // T3
   }
-  v1::ShardReplicas* s = impl_->map.mutable_shards(shard);
-  if (s->replicas().empty() || s->replicas(0).address() != primary) {
+  Rebalance();
+}
+
+void ClusterState::RestartLeases(int64_t now_ms) {
+  for (auto& [addr, m] : members_) {
+    if (!m.expired) m.deadline_ms = now_ms + absl::ToInt64Milliseconds(options_.lease);
+  }
+}
+
+absl::Status ClusterState::CaughtUp(const v1::ReportCaughtUpRequest& report) {
+  if (report.shard() >= options_.num_shards) {
+    return absl::InvalidArgumentError(absl::StrFormat("no shard %u", report.shard()));
+  }
+  v1::ShardReplicas* shard = map_.mutable_shards(report.shard());
+  if (shard->state() != v1::SHARD_STATE_SERVING) {
     return absl::FailedPreconditionError(
-        absl::StrFormat("%s is not the primary of shard %u", primary, shard));
+        absl::StrFormat("shard %u is %s", report.shard(), ShardStateName(shard->state())));
   }
-  for (auto& r : *s->mutable_replicas()) {
-    if (r.address() != replica) continue;
-    if (r.state() == v1::REPLICA_STATE_LIVE) return false;
-    r.set_state(v1::REPLICA_STATE_LIVE);
-    impl_->Bump(absl::StrFormat("%s is a LIVE replica of shard %u", replica, shard));
-    return true;
+  if (shard->replicas().empty() || shard->replicas(0).address() != report.primary() ||
+      shard->replicas(0).incarnation() != report.primary_incarnation()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "%s (incarnation %x) is not the primary of shard %u", report.primary(),
+        report.primary_incarnation(), report.shard()));
   }
-  return absl::FailedPreconditionError(
-      absl::StrFormat("%s is not a replica of shard %u", replica, shard));
+  const int index = FindReplica(*shard, report.replica(), report.replica_incarnation());
+  if (index < 0 || shard->replicas(index).join_epoch() != report.join_epoch()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "%s (incarnation %x, joined at epoch %u) is not a replica of shard %u any more",
+        report.replica(), report.replica_incarnation(), report.join_epoch(), report.shard()));
+  }
+  v1::Replica* r = shard->mutable_replicas(index);
+  if (r->state() == v1::REPLICA_STATE_LIVE) return absl::OkStatus();
+  r->set_state(v1::REPLICA_STATE_LIVE);
+  Bump(absl::StrFormat("%s is a LIVE replica of shard %u", report.replica(), report.shard()));
+  return absl::OkStatus();
 }
 
-const v1::ClusterMap& ClusterState::map() const { return impl_->map; }
-uint64_t ClusterState::failovers() const { return impl_->failovers; }
+absl::StatusOr<v1::RecoverShardResponse> ClusterState::RecoverShard(
+    const v1::RecoverShardRequest& req) {
+  const uint32_t s = req.shard();
+  if (s >= options_.num_shards) return absl::InvalidArgumentError(absl::StrFormat("no shard %u", s));
+  const v1::ShardReplicas& shard = map_.shards(s);
+  v1::RecoverShardResponse resp;
+  if (shard.state() == v1::SHARD_STATE_SERVING) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("shard %u is not lost: it is serving", s));
+  }
+  if (shard.state() == v1::SHARD_STATE_RESTORING && Alive(shard.replicas(0))) {
+    resp.set_server(shard.replicas(0).address());  // (a retried recovery: the same target)
+    resp.set_incarnation(shard.replicas(0).incarnation());
+    *resp.mutable_map() = map_;
+    return resp;
+  }
+  std::string target = req.server();
+  if (!target.empty()) {
+    auto it = members_.find(target);
+    if (it == members_.end() || it->second.expired) {
+      return absl::FailedPreconditionError(
+          absl::StrFormat("%s is not an alive server of this cluster", target));
+    }
+    if (Placed(target, it->second.incarnation) ||
+        (it->second.shard != -1 && it->second.shard != static_cast<int32_t>(s))) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "%s already holds shard %d; shard %u needs a server without one", target,
+          it->second.shard, s));
+    }
+  } else {
+    target = Candidate(static_cast<int32_t>(s));
+  }
+  if (target.empty()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "no alive server without a shard can take shard %u: start a tessera-server (any address) "
+        "with --coordinator and the cluster's --checkpoint_dir, then run this again",
+        s));
+  }
+  map_.mutable_shards(s)->clear_replicas();
+  const v1::Replica* r = AddReplica(static_cast<int32_t>(s), target, v1::REPLICA_STATE_LIVE);
+  resp.set_server(target);
+  resp.set_incarnation(r->incarnation());
+  SetShardState(static_cast<int32_t>(s), v1::SHARD_STATE_RESTORING);
+  lost_since_[s] = kNone;
+  Bump(absl::StrFormat("operator: shard %u is restored onto %s", s, target));
+  *resp.mutable_map() = map_;
+  return resp;
+}
 
-void ClusterState::Status(absl::Time now, v1::GetClusterStatusResponse* out) const {
-  *out->mutable_map() = impl_->map;
-  out->set_failovers(impl_->failovers);
-  for (const auto& [addr, m] : impl_->members) {
+absl::Status ClusterState::FinishRecovery(const v1::FinishRecoveryRequest& req) {
+  const uint32_t s = req.shard();
+  if (s >= options_.num_shards) return absl::InvalidArgumentError(absl::StrFormat("no shard %u", s));
+  const v1::ShardReplicas& shard = map_.shards(s);
+  const bool target = !shard.replicas().empty() && shard.replicas(0).address() == req.server() &&
+                      shard.replicas(0).incarnation() == req.incarnation();
+  if (target && shard.state() == v1::SHARD_STATE_SERVING) return absl::OkStatus();  // a retry
+  if (!target || shard.state() != v1::SHARD_STATE_RESTORING) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "shard %u is %s, not restoring onto %s (incarnation %x)", s,
+        ShardStateName(shard.state()), req.server(), req.incarnation()));
+  }
+  SetShardState(static_cast<int32_t>(s), v1::SHARD_STATE_SERVING);
+  Bump(absl::StrFormat("operator: shard %u is restored and serves again from %s", s,
+                       req.server()));
+  Rebalance();
+  return absl::OkStatus();
+}
+
+std::vector<uint32_t> ClusterState::PromotingShards() const {
+  std::vector<uint32_t> out;
+  for (uint32_t s = 0; s < promoting_.size(); ++s) {
+    if (promoting_[s] != kNone) out.push_back(s);
+  }
+  return out;
+}
+
+void ClusterState::Status(int64_t now_ms, v1::GetClusterStatusResponse* out) const {
+  *out->mutable_map() = map_;
+  out->set_failovers(failovers_);
+  for (uint32_t s : PromotingShards()) out->add_promoting_shards(s);
+  for (const auto& [addr, m] : members_) {
     v1::MemberInfo* info = out->add_members();
     *info->mutable_status() = m.status;
-    info->set_alive(m.alive);
-    info->set_seconds_since_heartbeat(
-        absl::ToDoubleSeconds(now - (m.deadline - impl_->options.lease)));
+    info->mutable_status()->set_shard(m.shard);
+    info->set_alive(!m.expired);
+    info->set_seconds_since_heartbeat(static_cast<double>(now_ms - m.heard_ms) / 1000.0);
   }
 }
 

@@ -1,4 +1,4 @@
-// CoordinatorServer: the gRPC service, the lease checker and RocksDB persistence.
+// CoordinatorServer: the gRPC service, the loop thread that commits and publishes, metrics.
 #include "server/coordinator/coordinator.h"
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
@@ -7,9 +7,10 @@
 #include <prometheus/exposer.h>
 #include <prometheus/gauge.h>
 #include <prometheus/registry.h>
-#include <rocksdb/db.h>
 
 #include <algorithm>
+#include <chrono>
+#include <random>
 #include <thread>
 
 #include "absl/strings/str_format.h"
@@ -19,22 +20,47 @@
 #include "common/logging.h"
 #include "common/process_metrics.h"
 #include "proto/cluster.grpc.pb.h"
+#include "server/coordinator/coordinator_core.h"
 #include "server/coordinator/job_clocks.h"
 
 namespace tessera {
 namespace {
 
-constexpr char kStateKey[] = "state";
+int64_t MonotonicMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+constexpr char kService[] = "tessera.v1.Coordinator";
 
 }  // namespace
 
 struct CoordinatorServer::Impl : public v1::Coordinator::CallbackService {
   CoordinatorServerOptions options;
-  std::unique_ptr<rocksdb::DB> db;
+  std::unique_ptr<CoordinatorStore> store;
 
-  absl::Mutex mu;
-  ClusterState state ABSL_GUARDED_BY(mu);
-  bool stopping ABSL_GUARDED_BY(mu) = false;
+  // The state machine; only the loop thread touches it once Start returned.
+  std::unique_ptr<CoordinatorCore> core;
+  std::thread loop_thread;
+
+  // Requests waiting for the loop thread.
+  struct Pending {
+    CoordinatorCall call;
+    grpc::ServerUnaryReactor* reactor;
+  };
+  absl::Mutex queue_mu;
+  std::vector<Pending> queue ABSL_GUARDED_BY(queue_mu);
+  bool stopping ABSL_GUARDED_BY(queue_mu) = false;
+
+  // What the last committed batch published.
+  struct Published {
+    ClusterState state;
+    uint64_t persist_failures = 0;
+    std::string persist_error;
+  };
+  mutable absl::Mutex publish_mu ABSL_ACQUIRED_AFTER(queue_mu);
+  std::shared_ptr<const Published> published ABSL_GUARDED_BY(publish_mu);
 
   // Training clocks (docs/worker.md): Clock calls that wait for their step park here.
   struct ClockWaiter {
@@ -44,12 +70,14 @@ struct CoordinatorServer::Impl : public v1::Coordinator::CallbackService {
     grpc::ServerUnaryReactor* reactor;
     v1::ClockResponse* resp;
   };
-  JobClocks jobs ABSL_GUARDED_BY(mu);
-  std::vector<ClockWaiter> waiters ABSL_GUARDED_BY(mu);
+  absl::Mutex clock_mu;
+  JobClocks jobs ABSL_GUARDED_BY(clock_mu);
+  std::vector<ClockWaiter> waiters ABSL_GUARDED_BY(clock_mu);
+  bool clocks_stopping ABSL_GUARDED_BY(clock_mu) = false;
 
   std::unique_ptr<grpc::Server> server;
   int port = 0;
-  std::thread lease_thread;
+  bool healthy = true;  // (loop thread)
 
   std::shared_ptr<prometheus::Registry> registry;
   std::shared_ptr<ProcessCollector> process_collector = std::make_shared<ProcessCollector>();
@@ -57,43 +85,50 @@ struct CoordinatorServer::Impl : public v1::Coordinator::CallbackService {
   int metrics_port = -1;
   prometheus::Gauge* epoch_gauge = nullptr;
   prometheus::Counter* failovers_counter = nullptr;
-  uint64_t failovers_counted = 0;
+  prometheus::Counter* persist_failures_counter = nullptr;
+  prometheus::Counter* stalls_counter = nullptr;
+  uint64_t failovers_counted = 0, persist_failures_counted = 0, stalls_counted = 0;
   prometheus::Gauge* alive_gauge = nullptr;
   prometheus::Gauge* lost_gauge = nullptr;
+  prometheus::Gauge* restoring_gauge = nullptr;
+  prometheus::Gauge* promoting_gauge = nullptr;
   prometheus::Gauge* live_replicas = nullptr;
   prometheus::Gauge* joining_replicas = nullptr;
   prometheus::Gauge* degraded_shards = nullptr;
 
-  explicit Impl(const CoordinatorServerOptions& o) : options(o), state(o.cluster) {}
+  explicit Impl(const CoordinatorServerOptions& o) : options(o) {}
 
-  // Persists the state (synced) before anyone learns of it.
-  absl::Status Persist() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    v1::CoordinatorState s;
-    state.Save(&s);
-    rocksdb::WriteOptions wo;
-    wo.sync = true;
-    rocksdb::Status st = db->Put(wo, kStateKey, s.SerializeAsString());
-    if (!st.ok()) {
-      LogError("cannot persist the cluster state: %s", st.ToString());
-      return absl::InternalError(absl::StrCat("cannot persist the cluster state: ", st.ToString()));
-    }
-    UpdateGauges();
-    return absl::OkStatus();
+  std::shared_ptr<const Published> Snapshot() const ABSL_LOCKS_EXCLUDED(publish_mu) {
+    absl::MutexLock lock(&publish_mu);
+    return published;
   }
 
-  void UpdateGauges() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+  void Publish() {
+    auto p = std::make_shared<Published>(Published{core->state(), core->persist_failures(),
+                                                   core->persist_error()});
+    absl::MutexLock lock(&publish_mu);
+    published = std::move(p);
+  }
+
+  void UpdateGauges() {
     if (epoch_gauge == nullptr) return;
+    const ClusterState& state = core->state();
     const v1::ClusterMap& m = state.map();
     epoch_gauge->Set(static_cast<double>(m.epoch()));
-    if (state.failovers() > failovers_counted) {
-      failovers_counter->Increment(static_cast<double>(state.failovers() - failovers_counted));
-      failovers_counted = state.failovers();
-    }
-    int lost = 0, live = 0, joining = 0, degraded = 0;
+    auto count = [](prometheus::Counter* c, uint64_t now, uint64_t* counted) {
+      if (now > *counted) c->Increment(static_cast<double>(now - *counted));
+      *counted = now;
+    };
+    count(failovers_counter, state.failovers(), &failovers_counted);
+    count(persist_failures_counter, core->persist_failures(), &persist_failures_counted);
+    count(stalls_counter, core->stalls(), &stalls_counted);
+    int lost = 0, restoring = 0, live = 0, joining = 0, degraded = 0;
     for (const auto& s : m.shards()) {
-      lost += s.lost();
+      lost += s.state() == v1::SHARD_STATE_LOST;
+      restoring += s.state() == v1::SHARD_STATE_RESTORING;
       int shard_live = 0;
       for (const auto& r : s.replicas()) {
+        if (s.state() != v1::SHARD_STATE_SERVING) continue;
         if (r.state() == v1::REPLICA_STATE_LIVE) {
           ++live;
           ++shard_live;
@@ -104,32 +139,75 @@ struct CoordinatorServer::Impl : public v1::Coordinator::CallbackService {
       degraded += static_cast<uint32_t>(shard_live) < m.replication();
     }
     lost_gauge->Set(lost);
+    restoring_gauge->Set(restoring);
+    promoting_gauge->Set(static_cast<double>(state.PromotingShards().size()));
     live_replicas->Set(live);
     joining_replicas->Set(joining);
     degraded_shards->Set(degraded);
     v1::GetClusterStatusResponse status;
-    state.Status(absl::Now(), &status);
+    state.Status(MonotonicMs(), &status);
     int alive = 0;
     for (const auto& member : status.members()) alive += member.alive();
     alive_gauge->Set(alive);
   }
 
-  void LeaseLoop() {
+  // The coordinator's one thread of decisions: batches of queued requests (or none, every
+  // 50 ms: the lease tick), commit, publish, answer.
+  void Loop() {
     while (true) {
-      absl::MutexLock lock(&mu);
-      auto stop = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu) { return stopping; };
-      mu.AwaitWithTimeout(absl::Condition(&stop), absl::Milliseconds(100));
-      if (stopping) return;
-      const absl::Time now = absl::Now();
-      if (state.ExpireLeases(now)) (void)Persist();
-      for (const std::string& job : jobs.ExpireLeases(now)) WakeWaiters(job, now);
-      WakeWaiters("", now);  // (time-outs)
+      std::vector<Pending> batch;
+      {
+        absl::MutexLock lock(&queue_mu);
+        auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(queue_mu) {
+          return stopping || !queue.empty();
+        };
+        queue_mu.AwaitWithTimeout(absl::Condition(&ready), absl::Milliseconds(50));
+        if (stopping) break;
+        batch.swap(queue);
+      }
+      std::vector<CoordinatorCall> calls;
+      calls.reserve(batch.size());
+      for (Pending& p : batch) calls.push_back(std::move(p.call));
+      const uint64_t version = core->state().version();
+      core->Process(absl::MakeSpan(calls), MonotonicMs());
+      Publish();
+      if (core->state().version() != version || !calls.empty()) UpdateGauges();
+      const bool now_healthy = core->persist_error().empty();
+      if (now_healthy != healthy) {
+        healthy = now_healthy;
+        server->GetHealthCheckService()->SetServingStatus(kService, healthy);
+      }
+      for (size_t i = 0; i < batch.size(); ++i) batch[i].reactor->Finish(ToGrpcStatus(calls[i].status));
+      TickClocks();
     }
+    absl::MutexLock lock(&queue_mu);
+    for (Pending& p : queue) {
+      p.reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "coordinator stopping"));
+    }
+    queue.clear();
+  }
+
+  grpc::ServerUnaryReactor* Enqueue(grpc::CallbackServerContext* ctx, CoordinatorCall call) {
+    auto* reactor = ctx->DefaultReactor();
+    absl::MutexLock lock(&queue_mu);
+    if (stopping) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "coordinator stopping"));
+    } else {
+      queue.push_back({std::move(call), reactor});
+    }
+    return reactor;
+  }
+
+  void TickClocks() {
+    absl::MutexLock lock(&clock_mu);
+    const absl::Time now = absl::Now();
+    for (const std::string& job : jobs.ExpireLeases(now)) WakeWaiters(job, now);
+    WakeWaiters("", now);  // (time-outs)
   }
 
   // Answers the parked Clock calls of `job` (every job when empty) that may go on now, failed,
   // or timed out.
-  void WakeWaiters(const std::string& job, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+  void WakeWaiters(const std::string& job, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(clock_mu) {
     std::vector<ClockWaiter> keep;
     for (ClockWaiter& w : waiters) {
       if (!job.empty() && w.job != job && w.deadline > now) {
@@ -152,7 +230,7 @@ struct CoordinatorServer::Impl : public v1::Coordinator::CallbackService {
     auto* reactor = ctx->DefaultReactor();
     absl::Status st;
     {
-      absl::MutexLock lock(&mu);
+      absl::MutexLock lock(&clock_mu);
       absl::StatusOr<v1::JoinJobResponse> r = jobs.Join(*req, absl::Now());
       if (r.ok()) {
         *resp = *r;
@@ -167,11 +245,11 @@ struct CoordinatorServer::Impl : public v1::Coordinator::CallbackService {
   grpc::ServerUnaryReactor* Clock(grpc::CallbackServerContext* ctx, const v1::ClockRequest* req,
                                   v1::ClockResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    absl::MutexLock lock(&mu);
+    absl::MutexLock lock(&clock_mu);
     const absl::Time now = absl::Now();
     absl::StatusOr<v1::ClockResponse> r = jobs.Clock(*req, now);
     if (r.ok()) WakeWaiters(req->job(), now);  // the clock may let others go on
-    if (!r.ok() || r->ready() || stopping) {
+    if (!r.ok() || r->ready() || clocks_stopping) {
       if (r.ok()) *resp = *r;
       reactor->Finish(ToGrpcStatus(r.status()));
       return reactor;
@@ -185,48 +263,39 @@ struct CoordinatorServer::Impl : public v1::Coordinator::CallbackService {
   grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* ctx,
                                       const v1::HeartbeatRequest* req,
                                       v1::HeartbeatResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
-    absl::Status st;
-    if (req->status().address().empty()) {
-      st = absl::InvalidArgumentError("a heartbeat needs the server's address");
-    } else {
-      absl::MutexLock lock(&mu);
-      if (state.Heartbeat(req->status(), absl::Now())) st = Persist();
-      *resp->mutable_map() = state.map();
-      resp->set_lease_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(options.cluster.lease)));
+    if (req->status().address().empty() || req->status().incarnation() == 0) {
+      auto* reactor = ctx->DefaultReactor();
+      reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                   "a heartbeat needs the server's address and incarnation"));
+      return reactor;
     }
-    reactor->Finish(ToGrpcStatus(st));
-    return reactor;
+    return Enqueue(ctx, {HeartbeatCall{req, resp}, {}});
+  }
+
+  grpc::ServerUnaryReactor* ReportCaughtUp(grpc::CallbackServerContext* ctx,
+                                           const v1::ReportCaughtUpRequest* req,
+                                           v1::ReportCaughtUpResponse* resp) override {
+    return Enqueue(ctx, {CaughtUpCall{req, resp}, {}});
+  }
+
+  grpc::ServerUnaryReactor* RecoverShard(grpc::CallbackServerContext* ctx,
+                                         const v1::RecoverShardRequest* req,
+                                         v1::RecoverShardResponse* resp) override {
+    return Enqueue(ctx, {RecoverShardCall{req, resp}, {}});
+  }
+
+  grpc::ServerUnaryReactor* FinishRecovery(grpc::CallbackServerContext* ctx,
+                                           const v1::FinishRecoveryRequest* req,
+                                           v1::FinishRecoveryResponse* resp) override {
+    return Enqueue(ctx, {FinishRecoveryCall{req, resp}, {}});
   }
 
   grpc::ServerUnaryReactor* GetClusterMap(grpc::CallbackServerContext* ctx,
                                           const v1::GetClusterMapRequest*,
                                           v1::GetClusterMapResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    {
-      absl::MutexLock lock(&mu);
-      *resp->mutable_map() = state.map();
-    }
+    *resp->mutable_map() = Snapshot()->state.map();
     reactor->Finish(grpc::Status::OK);
-    return reactor;
-  }
-
-  grpc::ServerUnaryReactor* ReportCaughtUp(grpc::CallbackServerContext* ctx,
-                                           const v1::ReportCaughtUpRequest* req,
-                                           v1::ReportCaughtUpResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
-    absl::Status st;
-    {
-      absl::MutexLock lock(&mu);
-      absl::StatusOr<bool> changed = state.CaughtUp(req->shard(), req->primary(), req->replica());
-      if (!changed.ok()) {
-        st = changed.status();
-      } else if (*changed) {
-        st = Persist();
-      }
-      *resp->mutable_map() = state.map();
-    }
-    reactor->Finish(ToGrpcStatus(st));
     return reactor;
   }
 
@@ -234,10 +303,10 @@ struct CoordinatorServer::Impl : public v1::Coordinator::CallbackService {
                                              const v1::GetClusterStatusRequest*,
                                              v1::GetClusterStatusResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    {
-      absl::MutexLock lock(&mu);
-      state.Status(absl::Now(), resp);
-    }
+    std::shared_ptr<const Published> p = Snapshot();
+    p->state.Status(MonotonicMs(), resp);
+    resp->set_persist_failures(p->persist_failures);
+    resp->set_persist_error(p->persist_error);
     reactor->Finish(grpc::Status::OK);
     return reactor;
   }
@@ -260,35 +329,18 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     return absl::InvalidArgumentError("the coordinator needs --state_dir for its state");
   }
   auto impl = std::make_unique<Impl>(options);
-  rocksdb::Options db_options;
-  db_options.create_if_missing = true;
-  rocksdb::DB* db = nullptr;
-  rocksdb::Status st = rocksdb::DB::Open(db_options, options.state_dir, &db);
-  if (!st.ok()) {
-    return absl::UnavailableError(
-        absl::StrFormat("cannot open the state in %s: %s", options.state_dir, st.ToString()));
+  absl::StatusOr<std::unique_ptr<CoordinatorStore>> store = OpenRocksDbStore(options.state_dir);
+  if (!store.ok()) return store.status();
+  impl->store = std::move(*store);
+  if (!options.testing_persist_fault_file.empty()) {
+    impl->store = FaultInjectingStoreForTesting(std::move(impl->store),
+                                                options.testing_persist_fault_file);
   }
-  impl->db.reset(db);
-  {
-    absl::MutexLock lock(&impl->mu);
-    std::string bytes;
-    st = impl->db->Get(rocksdb::ReadOptions(), kStateKey, &bytes);
-    if (st.ok()) {
-      v1::CoordinatorState saved;
-      if (!saved.ParseFromString(bytes)) {
-        return absl::DataLossError(
-            absl::StrFormat("the state in %s does not parse", options.state_dir));
-      }
-      if (absl::Status s = impl->state.Load(saved, absl::Now()); !s.ok()) return s;
-      LogInfo("resumed at shard-map epoch %u with %u members", impl->state.map().epoch(),
-              saved.members_size());
-    } else if (!st.IsNotFound()) {
-      return absl::UnavailableError(
-          absl::StrFormat("cannot read the state in %s: %s", options.state_dir, st.ToString()));
-    } else if (absl::Status s = impl->Persist(); !s.ok()) {
-      return s;
-    }
-  }
+  uint64_t life = 0;
+  while (life == 0) life = (uint64_t{std::random_device{}()} << 32) ^ std::random_device{}();
+  impl->core = std::make_unique<CoordinatorCore>(c, impl->store.get(), life);
+  if (absl::Status s = impl->core->Start(MonotonicMs()); !s.ok()) return s;
+  impl->Publish();
 
   impl->registry = std::make_shared<prometheus::Registry>();
   auto gauge = [&](const char* name, const char* help) {
@@ -302,18 +354,28 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
                                      "created.")
                                  .Register(*impl->registry)
                                  .Add({});
+  auto counter = [&](const char* name, const char* help) {
+    return &prometheus::BuildCounter().Name(name).Help(help).Register(*impl->registry).Add({});
+  };
+  impl->persist_failures_counter =
+      counter("tessera_coordinator_persist_failures_total",
+              "Writes of the coordinator's state that failed (nothing of them was published).");
+  impl->stalls_counter = counter("tessera_coordinator_stalls_total",
+                                 "Times the coordinator could not hear for over a quarter lease "
+                                 "(a stall or pause; every lease restarted).");
   impl->alive_gauge = gauge("tessera_coordinator_servers_alive", "Servers holding a lease.");
   impl->lost_gauge = gauge("tessera_coordinator_shards_lost",
-                           "Shards whose every LIVE replica died (restore a checkpoint).");
+                           "Shards with no LIVE replica alive (restore a checkpoint).");
+  impl->restoring_gauge =
+      gauge("tessera_coordinator_shards_restoring", "Shards an operator is restoring.");
+  impl->promoting_gauge = gauge("tessera_coordinator_shards_promoting",
+                                "Shards whose primary failed, waiting for a backup's proof.");
   impl->live_replicas = gauge("tessera_coordinator_replicas_live", "LIVE replicas, all shards.");
   impl->joining_replicas =
       gauge("tessera_coordinator_replicas_joining", "Replicas catching up, all shards.");
   impl->degraded_shards =
       gauge("tessera_coordinator_shards_degraded", "Shards with fewer LIVE replicas than R.");
-  {
-    absl::MutexLock lock(&impl->mu);
-    impl->UpdateGauges();
-  }
+  impl->UpdateGauges();
   if (options.metrics_port >= 0) {
     const std::string bind = absl::StrFormat("%s:%d", options.address, options.metrics_port);
     try {
@@ -338,9 +400,9 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   if (impl->server == nullptr || impl->port == 0) {
     return absl::UnavailableError(absl::StrFormat("cannot listen for gRPC on %s", addr));
   }
-  impl->server->GetHealthCheckService()->SetServingStatus("tessera.v1.Coordinator", true);
+  impl->server->GetHealthCheckService()->SetServingStatus(kService, true);
   Impl* raw = impl.get();
-  impl->lease_thread = std::thread([raw] { raw->LeaseLoop(); });
+  impl->loop_thread = std::thread([raw] { raw->Loop(); });
   LogInfo("coordinating %u shards x %u replicas on %s:%d (lease %d ms), metrics on port %d",
           c.num_shards, c.replication, options.address, impl->port,
           static_cast<int>(absl::ToInt64Milliseconds(c.lease)), impl->metrics_port);
@@ -352,21 +414,23 @@ int CoordinatorServer::metrics_port() const { return impl_->metrics_port; }
 
 void CoordinatorServer::Shutdown() {
   {
-    absl::MutexLock lock(&impl_->mu);
+    absl::MutexLock lock(&impl_->queue_mu);
     if (impl_->stopping) return;
     impl_->stopping = true;
   }
-  if (impl_->lease_thread.joinable()) impl_->lease_thread.join();
+  if (impl_->loop_thread.joinable()) impl_->loop_thread.join();
   {
-    absl::MutexLock lock(&impl_->mu);
+    absl::MutexLock lock(&impl_->clock_mu);
+    impl_->clocks_stopping = true;
     for (auto& w : impl_->waiters) {
       w.reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "coordinator stopping"));
     }
     impl_->waiters.clear();
   }
-  // Every other RPC here answers at once, under mu, so in-flight calls need microseconds. The
-  // deadline still matters: with any client channel connected (even idle) gRPC 1.51's Shutdown
-  // ran to it (measured: 2 s to stop with a deadline of 2 s, 80 ms with nothing connected).
+  // Every RPC here answers within a batch (the loop answered what was queued), so in-flight
+  // calls need milliseconds. The deadline still matters: with any client channel connected
+  // (even idle) gRPC 1.51's Shutdown ran to it (measured: 2 s to stop with a deadline of 2 s,
+  // 80 ms with nothing connected).
   impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(250));
   impl_->server->Wait();
   StopExposer(impl_->exposer, impl_->options.address);

@@ -24,6 +24,9 @@ ABSL_FLAG(uint32_t, replication, 1, "Replicas per shard (1-3).");
 ABSL_FLAG(uint32_t, num_vshards, 1024, "Number of virtual shards.");
 ABSL_FLAG(int, lease_ms, 1500, "A server not heard from for this long is declared dead.");
 ABSL_FLAG(int, ready_fd, -1, "File descriptor to write the ready line to, then close.");
+ABSL_FLAG(std::string, testing_persist_fault_file, "",
+          "Fault injection for tests: while this file says 'fail', writes of the state fail; "
+          "while it says 'block', they wait.");
 
 int main(int argc, char** argv) {
   tessera::SetUpProcess();
@@ -41,6 +44,7 @@ int main(int argc, char** argv) {
   options.cluster.replication = absl::GetFlag(FLAGS_replication);
   options.cluster.num_vshards = absl::GetFlag(FLAGS_num_vshards);
   options.cluster.lease = absl::Milliseconds(absl::GetFlag(FLAGS_lease_ms));
+  options.testing_persist_fault_file = absl::GetFlag(FLAGS_testing_persist_fault_file);
   absl::StatusOr<std::unique_ptr<tessera::CoordinatorServer>> server =
       tessera::CoordinatorServer::Start(options);
   if (!server.ok()) {
