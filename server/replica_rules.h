@@ -47,6 +47,14 @@ struct Placement {
 };
 Placement Locate(const v1::ClusterMap& map, const std::string& address, uint64_t incarnation);
 
+// Whether a replica at `a` and at `b` follows the same stream: the same shard, primary
+// (address and incarnation) and own entry (join epoch). A JOINING replica turning LIVE does;
+// a new primary, or a replica removed and added again, does not (its term changes, R4).
+inline bool SameUpstream(const Placement& a, const Placement& b) {
+  return a.shard == b.shard && a.primary == b.primary &&
+         a.primary_incarnation == b.primary_incarnation && a.join_epoch == b.join_epoch;
+}
+
 // The other replicas of `shard` (a primary's backups, R3) and whether each is LIVE.
 struct BackupEntry {
   ReplicaId id;

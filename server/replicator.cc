@@ -193,6 +193,7 @@ struct Replicator::Impl
   // term it was checked in (R4).
   uint64_t term ABSL_GUARDED_BY(mu) = 1;
   uint64_t synced_term ABSL_GUARDED_BY(mu) = 0;  // backup: holds a snapshot taken in this term
+  uint64_t snapshot_floor ABSL_GUARDED_BY(mu) = 0;  // the newest snapshot started in this term
   uint64_t echo_life ABSL_GUARDED_BY(mu) = 0, echo_seq ABSL_GUARDED_BY(mu) = 0;
   absl::flat_hash_map<std::string, std::unique_ptr<Sender>> senders ABSL_GUARDED_BY(mu);  // by Key
   std::multimap<uint64_t, Callback> pending ABSL_GUARDED_BY(mu);
@@ -319,10 +320,13 @@ struct Replicator::Impl
       const Placement old = placement;
       placement = where;
       if (where.shard >= 0) shard = where.shard;
-      if (!(where == old)) {
-        placement_changed = true;
+      if (!SameUpstream(where, old)) {
         ++term;
         synced_term = 0;
+        snapshot_floor = 0;
+        placement_changed = true;
+      }
+      if (!(where == old)) {
         if (where.role != old.role) new_role = RoleName(where.role);
         LogInfo("shard-map epoch %u: %s%s", epoch, RoleName(where.role),
                 where.shard >= 0 ? absl::StrFormat(" of shard %d (primary %s)", where.shard,
@@ -364,7 +368,9 @@ struct Replicator::Impl
       }
     }
     StopSenders(std::move(stopped));
-    if (placement_changed) DropParked(absl::FailedPreconditionError("this replica's role changed"));
+    if (placement_changed) {
+      DropParked(absl::FailedPreconditionError("this replica's primary or entry changed"));
+    }
     for (auto& [cb, st] : done) cb(st);
     if (new_role != nullptr && options.on_role_change) options.on_role_change(new_role);
   }
@@ -769,7 +775,18 @@ struct Replicator::Impl
     {
       absl::MutexLock lock(&mu);
       st = CheckSender(req->epoch(), req->shard(), req->primary(), req->primary_incarnation());
-      if (st.ok() && req->seq() == 0) synced_term = 0;
+      if (st.ok() && req->seq() == 0) {
+        // A snapshot older than one this replica already started in this term (a call that
+        // timed out and arrived late) must not roll it back (R4).
+        if (req->snapshot_id() <= snapshot_floor) {
+          st = absl::FailedPreconditionError(absl::StrFormat(
+              "snapshot %u from %s is older than snapshot %u already started; ignored",
+              req->snapshot_id(), req->primary(), snapshot_floor));
+        } else {
+          snapshot_floor = req->snapshot_id();
+          synced_term = 0;
+        }
+      }
       checked_term = term;
     }
     if (st.ok()) {

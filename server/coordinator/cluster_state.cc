@@ -251,8 +251,7 @@ void ClusterState::Fail(const std::string& address, uint64_t incarnation) {
       default:
         break;
     }
-    if (index == 0) {
-      if (promoting_[s] != kNone) continue;
+    if (index == 0 && promoting_[s] == kNone) {
       promoting_[s] = static_cast<int64_t>(seq_);
       if (options_.promote_unproven_for_testing) {  // the broken rule: an unexpired lease
         int best = -1;
@@ -271,8 +270,8 @@ void ClusterState::Fail(const std::string& address, uint64_t incarnation) {
       LogWarning("primary %s of shard %d failed; a LIVE backup is promoted once it proves it is "
                  "alive",
                  address, s);
-    } else if (shard->replicas(index).state() == v1::REPLICA_STATE_JOINING ||
-               promoting_[s] == kNone) {
+    } else if (index > 0 && (shard->replicas(index).state() == v1::REPLICA_STATE_JOINING ||
+                             promoting_[s] == kNone)) {
       shard->mutable_replicas()->DeleteSubrange(index, 1);
       Bump(absl::StrFormat("replica %s of shard %d failed and is removed", address, s));
     }
@@ -295,7 +294,7 @@ absl::Status ClusterState::Heartbeat(const v1::ServerStatus& status, int64_t now
         }
       }
       it->second.incarnation = status.incarnation();
-      Touch();
+      Bump(absl::StrFormat("%s restarted; (broken rule) it keeps its places", address));
     } else if (status.incarnation() < old) {
       return absl::FailedPreconditionError(absl::StrFormat(
           "%s: this process (incarnation %x) was replaced by a newer one at this address "
@@ -323,8 +322,10 @@ absl::Status ClusterState::Heartbeat(const v1::ServerStatus& status, int64_t now
   m.expired = false;
   m.deadline_ms = now_ms + absl::ToInt64Milliseconds(options_.lease);
   m.heard_ms = now_ms;
-  if (status.shard() >= 0 && m.shard != status.shard()) {
-    m.shard = status.shard();
+  // The process's own binding is the truth (ServerCore::Bind): a member placed and removed
+  // before it learned of it is unbound again, unless it is placed now (about to bind).
+  if (status.shard() != m.shard && (status.shard() >= 0 || !Placed(address, m.incarnation))) {
+    m.shard = std::max(status.shard(), -1);
     Touch();
   }
   for (int32_t s = 0; s < map_.shards_size(); ++s) {
@@ -374,6 +375,20 @@ void ClusterState::ExpireLeases(int64_t now_ms) {
     LogWarning("lease of %s (incarnation %x) ended", addr, m.incarnation);
     Fail(addr, m.incarnation);  // T3
   }
+  // Entries naming a process that is no longer a member (replaced by a newer incarnation at
+  // its address) have failed too: after a restart of the coordinator that forgot a promotion
+  // in progress, nothing else would fail them again.
+  std::vector<std::pair<std::string, uint64_t>> gone;
+  for (const v1::ShardReplicas& shard : map_.shards()) {
+    if (shard.state() == v1::SHARD_STATE_LOST) continue;
+    for (const v1::Replica& r : shard.replicas()) {
+      auto it = members_.find(r.address());
+      if (it == members_.end() || it->second.incarnation != r.incarnation()) {
+        gone.emplace_back(r.address(), r.incarnation());
+      }
+    }
+  }
+  for (const auto& [address, incarnation] : gone) Fail(address, incarnation);
   Rebalance();
 }
 
