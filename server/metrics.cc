@@ -211,7 +211,7 @@ std::vector<prometheus::MetricFamily> ReplicationCollector::Collect() const {
       MetricType::Gauge, static_cast<double>(r.epoch));
   add("tessera_server_shard", "The shard this server is bound to (-1: none yet).",
       MetricType::Gauge, r.shard);
-  for (const char* role : {"primary", "backup", "joining", "none"}) {
+  for (const char* role : {"primary", "backup", "joining", "restoring", "none"}) {
     add("tessera_server_replica_role", "1 for this server's role in its shard.", MetricType::Gauge,
         r.role == role ? 1 : 0, {{"role", role}});
   }

@@ -21,6 +21,7 @@
 #include "proto/cluster.grpc.pb.h"
 #include "proto/tessera.grpc.pb.h"
 #include "tests/test_cluster.h"
+#include "tests/workload.h"
 #include "tools/checkpoint_driver.h"
 #include "tools/prom_text.h"
 
@@ -28,11 +29,11 @@ namespace tessera {
 namespace {
 
 using testing::RunCommand;
+using testing::Workload;
+constexpr uint32_t kDim = testing::kWorkloadDim;
 
-constexpr uint32_t kKeys = 256;
-constexpr uint32_t kDim = 2;
-constexpr uint64_t kDenseSize = 2048;
-constexpr uint32_t kKeysPerPush = 24;
+using testing::WaitForNewPrimary;
+using testing::WaitUntilRemoved;
 
 std::unique_ptr<LocalCluster> StartReplicated(uint32_t servers, uint32_t replication,
                                               uint32_t shards,
@@ -46,178 +47,6 @@ std::unique_ptr<Client> ConnectTo(const LocalCluster& cluster) {
   return testing::ConnectCoordinated(cluster);
 }
 
-// Clients pushing `add` updates of small integers (exact in float) to a sparse and a dense
-// table, each keeping the sum of what was acknowledged to it.
-class Workload {
- public:
-  Workload(const LocalCluster& cluster, int num_clients) : cluster_(cluster) {
-    std::unique_ptr<Client> admin = ConnectTo(cluster);
-    TableConfig sparse{.name = "sum", .kind = TableKind::kSparse, .dim = kDim};
-    sparse.optimizer.kind = OptimizerKind::kAdd;
-    TESSERA_REQUIRE_OK(admin->CreateTable(sparse).status());
-    TableConfig dense{.name = "dsum",
-                      .kind = TableKind::kDense,
-                      .dense_size = kDenseSize,
-                      .dense_block_elems = 256};
-    dense.optimizer.kind = OptimizerKind::kAdd;
-    TESSERA_REQUIRE_OK(admin->CreateTable(dense).status());
-    for (int c = 0; c < num_clients; ++c) {
-      clients_.push_back(std::make_unique<PerClient>());
-      clients_.back()->client = ConnectTo(cluster);
-    }
-  }
-
-  void Start() {
-    for (size_t c = 0; c < clients_.size(); ++c) {
-      threads_.emplace_back([this, c] { Run(c); });
-    }
-  }
-
-  void Stop() {
-    stop_ = true;
-    for (auto& t : threads_) t.join();
-    threads_.clear();
-  }
-
-  uint64_t acked() const { return acked_.load(); }
-
-  // Waits until `n` more pushes were acknowledged: the cluster serves.
-  void WaitForMore(uint64_t n, absl::Duration timeout = absl::Seconds(60)) {
-    const uint64_t target = acked() + n;
-    const absl::Time deadline = absl::Now() + timeout;
-    absl::MutexLock lock(&mu_);
-    auto reached = [this, target]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-      return acked_.load() >= target || !failures_.empty();
-    };
-    mu_.AwaitWithDeadline(absl::Condition(&reached), deadline);
-    INFO(absl::StrFormat("acknowledged %u of %u; failures: %s", acked(), target,
-                         failures_.empty() ? "none" : failures_.front()));
-    REQUIRE(failures_.empty());
-    REQUIRE(acked() >= target);
-  }
-
-  // Every value equals the sum of the acknowledged pushes; no push failed.
-  void Verify() {
-    {
-      absl::MutexLock lock(&mu_);
-      INFO(absl::StrFormat("%u failed pushes, first: %s", failures_.size(),
-                           failures_.empty() ? "" : failures_.front()));
-      REQUIRE(failures_.empty());
-    }
-    std::vector<double> want_sparse(kKeys * kDim, 0), want_dense(kDenseSize, 0);
-    uint64_t duplicates = 0;
-    for (const auto& c : clients_) {
-      for (size_t i = 0; i < want_sparse.size(); ++i) want_sparse[i] += c->sparse[i];
-      for (size_t i = 0; i < want_dense.size(); ++i) want_dense[i] += c->dense[i];
-      duplicates += c->client->duplicate_acks();
-    }
-    std::unique_ptr<Client> reader = ConnectTo(cluster_);
-    std::vector<uint64_t> keys(kKeys);
-    for (uint32_t k = 0; k < kKeys; ++k) keys[k] = k;
-    std::vector<float> got(kKeys * kDim);
-    TESSERA_REQUIRE_OK(reader->PullSparse("sum", keys, absl::MakeSpan(got)));
-    for (uint32_t k = 0; k < kKeys; ++k) {
-      for (uint32_t d = 0; d < kDim; ++d) {
-        const double want = want_sparse[k * kDim + d];
-        const double have = got[k * kDim + d];
-        if (want != have) {
-          FAIL(
-              absl::StrFormat("sparse key %u column %u: the acknowledged pushes sum to %g, the "
-                              "cluster holds %g (%s)",
-                              k, d, want, have, have > want ? "applied twice" : "lost"));
-        }
-      }
-    }
-    std::vector<float> dense(kDenseSize);
-    TESSERA_REQUIRE_OK(reader->PullDense("dsum", 0, absl::MakeSpan(dense)));
-    for (uint64_t i = 0; i < kDenseSize; ++i) {
-      if (want_dense[i] != dense[i]) {
-        FAIL(absl::StrFormat(
-            "dense element %u: the acknowledged pushes sum to %g, the cluster "
-            "holds %g (%s)",
-            i, want_dense[i], dense[i], dense[i] > want_dense[i] ? "applied twice" : "lost"));
-      }
-    }
-    WARN(
-        absl::StrFormat("verified %u acknowledged pushes (%u acknowledged as duplicates "
-                        "after a retry)",
-                        acked(), duplicates));
-  }
-
- private:
-  struct PerClient {
-    std::unique_ptr<Client> client;
-    std::vector<double> sparse = std::vector<double>(kKeys * kDim, 0);
-    std::vector<double> dense = std::vector<double>(kDenseSize, 0);
-  };
-
-  void Run(size_t c) {
-    PerClient& me = *clients_[c];
-    std::mt19937_64 rng(c + 1);
-    std::vector<uint64_t> all(kKeys);
-    for (uint32_t k = 0; k < kKeys; ++k) all[k] = k;
-    for (uint64_t n = 0; !stop_; ++n) {
-      absl::Status st;
-      const float v = static_cast<float>(1 + (c + n) % 3);
-      if (n % 8 == 7) {
-        std::vector<float> values(kDenseSize, v);
-        st = me.client->PushDense("dsum", 0, values);
-        if (st.ok()) {
-          for (auto& x : me.dense) x += v;
-        }
-      } else {
-        std::shuffle(all.begin(), all.end(), rng);
-        std::vector<uint64_t> keys(all.begin(), all.begin() + kKeysPerPush);
-        std::vector<float> values(keys.size() * kDim, v);
-        st = me.client->PushSparse("sum", keys, values);
-        if (st.ok()) {
-          for (uint64_t k : keys) {
-            for (uint32_t d = 0; d < kDim; ++d) me.sparse[k * kDim + d] += v;
-          }
-        }
-      }
-      absl::MutexLock lock(&mu_);
-      if (!st.ok()) {
-        failures_.push_back(absl::StrFormat("client %u push %u: %s", c, n, st.ToString()));
-        return;
-      }
-      acked_.fetch_add(1);
-    }
-  }
-
-  const LocalCluster& cluster_;
-  std::vector<std::unique_ptr<PerClient>> clients_;
-  std::vector<std::thread> threads_;
-  std::atomic<bool> stop_{false};
-  std::atomic<uint64_t> acked_{0};
-  absl::Mutex mu_;
-  std::vector<std::string> failures_ ABSL_GUARDED_BY(mu_);
-};
-
-// Waits until the coordinator's map has a primary for `shard` other than server `old`.
-int WaitForNewPrimary(LocalCluster& cluster, uint32_t shard, int old,
-                      absl::Duration timeout = absl::Seconds(30)) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
-    absl::StatusOr<std::vector<int>> r = cluster.ReplicasOf(shard);
-    if (r.ok() && !r->empty() && (*r)[0] != old) return (*r)[0];
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  FAIL("no new primary for shard " << shard << " in time");
-  return -1;
-}
-
-// Waits until server `gone` is no longer a replica of `shard`.
-void WaitUntilRemoved(LocalCluster& cluster, uint32_t shard, int gone) {
-  const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  while (absl::Now() < deadline) {
-    absl::StatusOr<std::vector<int>> r = cluster.ReplicasOf(shard);
-    if (r.ok() && std::find(r->begin(), r->end(), gone) == r->end()) return;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  FAIL("server " << gone << " is still a replica of shard " << shard);
-}
-
 void WaitForReplicas(LocalCluster& cluster) {
   TESSERA_REQUIRE_OK(cluster.WaitForReplicas(absl::Seconds(60)));
 }
@@ -226,7 +55,7 @@ void WaitForReplicas(LocalCluster& cluster) {
 // push; each victim is restarted empty and catches up before the next kill.
 void KillAtTenPoints(int index, uint32_t seed) {
   auto cluster = StartReplicated(4, 2, 2);
-  Workload work(*cluster, 4);
+  Workload work(*cluster, {.clients = 4});
   work.Start();
   std::mt19937 rng(seed);
   for (int k = 0; k < 10; ++k) {
@@ -261,7 +90,7 @@ TEST_CASE("R=2: killing backups at 10 points loses and doubles no acknowledged p
 TEST_CASE("R=2: a primary paused past its lease is fenced when it resumes",
           "[replication][fault]") {
   auto cluster = StartReplicated(2, 2, 1);
-  Workload work(*cluster, 4);
+  Workload work(*cluster, {.clients = 4});
   work.Start();
   work.WaitForMore(100);
   absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(0);
@@ -308,10 +137,10 @@ TEST_CASE("R=2: a primary paused past its lease is fenced when it resumes",
   work.Verify();
 }
 
-TEST_CASE("the data plane serves while the coordinator is down; failover works after its restart",
+TEST_CASE("the data plane serves while the coordinator is down, and failover works after its restart",
           "[replication][fault]") {
   auto cluster = StartReplicated(4, 2, 2);
-  Workload work(*cluster, 4);
+  Workload work(*cluster, {.clients = 4});
   work.Start();
   work.WaitForMore(100);
   cluster->KillCoordinator();
@@ -330,7 +159,7 @@ TEST_CASE("the data plane serves while the coordinator is down; failover works a
 
 TEST_CASE("R=3 survives two simultaneous kills", "[replication][fault]") {
   auto cluster = StartReplicated(6, 3, 2);
-  Workload work(*cluster, 4);
+  Workload work(*cluster, {.clients = 4});
   work.Start();
   work.WaitForMore(150);
   absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(0);
@@ -407,7 +236,7 @@ TEST_CASE("health answers per service and role", "[replication]") {
 TEST_CASE("a spare replaces a lost replica while pushes go on and can then be promoted",
           "[replication][fault]") {
   auto [cluster, replicas, spare] = StartWithSpare();
-  Workload work(*cluster, 4);
+  Workload work(*cluster, {.clients = 4});
   work.Start();
   work.WaitForMore(200);
   cluster->KillServer(replicas[1]);  // the backup
@@ -440,7 +269,7 @@ TEST_CASE("a spare replaces a lost replica while pushes go on and can then be pr
 
 TEST_CASE("replica metrics show the role and the lag of every backup", "[replication]") {
   auto cluster = StartReplicated(2, 2, 1);
-  Workload work(*cluster, 1);
+  Workload work(*cluster, {.clients = 1});
   work.Start();
   work.WaitForMore(50);
   work.Stop();
@@ -612,7 +441,7 @@ TEST_CASE("replication and coordinator endpoints refuse bad and foreign input cl
   }
   // Nothing of that changed the cluster: still complete, still serving.
   TESSERA_REQUIRE_OK(cluster->WaitForReplicas(absl::Seconds(10)));
-  Workload work(*cluster, 1);
+  Workload work(*cluster, {.clients = 1});
   work.Start();
   work.WaitForMore(20);
   work.Stop();

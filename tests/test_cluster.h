@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "client/client.h"
+#include "absl/time/clock.h"
 #include "client/worker_clock.h"
 #include "tools/local_cluster.h"
 
@@ -58,6 +59,31 @@ inline std::unique_ptr<LocalCluster> StartCoordinated(
   return std::move(*c);
 }
 #endif
+
+// Waits until the coordinator's map has a primary for `shard` other than server `old`.
+inline int WaitForNewPrimary(LocalCluster& cluster, uint32_t shard, int old,
+                      absl::Duration timeout = absl::Seconds(30)) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    absl::StatusOr<std::vector<int>> r = cluster.ReplicasOf(shard);
+    if (r.ok() && !r->empty() && (*r)[0] != old) return (*r)[0];
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  FAIL("no new primary for shard " << shard << " in time");
+  return -1;
+}
+
+// Waits until server `gone` is no longer a replica of `shard`.
+inline void WaitUntilRemoved(LocalCluster& cluster, uint32_t shard, int gone) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < deadline) {
+    absl::StatusOr<std::vector<int>> r = cluster.ReplicasOf(shard);
+    if (r.ok() && std::find(r->begin(), r->end(), gone) == r->end()) return;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  FAIL("server " << gone << " is still a replica of shard " << shard);
+}
+
 
 // A client that follows the coordinator's shard map.
 inline std::unique_ptr<Client> ConnectCoordinated(const LocalCluster& cluster) {

@@ -55,6 +55,20 @@ absl::StatusOr<RestoreResult> RestoreCluster(const std::string& dir,
                                              uint64_t shard_map_epoch, uint64_t id,
                                              absl::Duration timeout = absl::Hours(1));
 
+// The runbook for a replicated cluster (docs/operations.md, "A shard is lost"): restores
+// checkpoint `id` (0: the newest) into the cluster of the coordinator at `coordinator`. Every
+// LOST shard first gets a server to restore onto (the coordinator picks an alive server
+// without a shard, at any address: start one first), then every shard's primary restores in
+// two phases as RestoreCluster does, then the recovered shards serve again and gain backups.
+// Safe to run again after an interruption. Updates after the checkpoint are gone.
+struct ClusterRestoreResult {
+  RestoreResult restore;
+  std::vector<uint32_t> recovered_shards;  // were LOST or RESTORING
+};
+absl::StatusOr<ClusterRestoreResult> RestoreThroughCoordinator(
+    const std::string& coordinator, const std::string& dir, uint64_t id,
+    absl::Duration timeout = absl::Minutes(10));
+
 // Checks every file of checkpoint `id`'s chain against the manifests (size and CRC32C);
 // returns the number of files, or DATA_LOSS naming the first bad one.
 absl::StatusOr<size_t> VerifyCheckpoint(const std::string& dir, uint64_t id);

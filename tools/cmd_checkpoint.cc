@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <ctime>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
@@ -127,7 +128,7 @@ int RunCheckpoint(const CheckpointCommandOptions& o) {
   d.keep_last = o.keep_last;
   d.testing_crash_point = o.testing_crash_point;
   const bool needs_servers = o.action == "create" || o.action == "restore" || o.action == "run";
-  if (needs_servers && o.connect.empty()) {
+  if (needs_servers && o.connect.empty() && o.coordinator.empty()) {
     std::fprintf(stderr, "tessera checkpoint %s: --connect is required\n", o.action.c_str());
     return 2;
   }
@@ -139,6 +140,20 @@ int RunCheckpoint(const CheckpointCommandOptions& o) {
   }
   if (o.action == "list") return List(o.dir);
   if (o.action == "inspect") return Inspect(o.dir, o.id, o.verify);
+  if (o.action == "restore" && !o.coordinator.empty()) {
+    absl::StatusOr<ClusterRestoreResult> r = RestoreThroughCoordinator(o.coordinator, o.dir, o.id);
+    if (!r.ok()) return Fail(r.status());
+    std::printf("restored checkpoint %llu through %s: %llu rows, %.1f MB in %.2f s%s\n",
+                static_cast<unsigned long long>(r->restore.id), o.coordinator.c_str(),
+                static_cast<unsigned long long>(r->restore.rows), r->restore.bytes / 1e6,
+                r->restore.seconds,
+                r->recovered_shards.empty()
+                    ? ""
+                    : absl::StrCat("; lost shard(s) ", absl::StrJoin(r->recovered_shards, ", "),
+                                   " serve again (their backups catch up now)")
+                          .c_str());
+    return 0;
+  }
   if (o.action == "restore") {
     absl::StatusOr<RestoreResult> r = RestoreCluster(o.dir, o.connect, o.shard_map_epoch, o.id);
     if (!r.ok()) return Fail(r.status());

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <map>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -32,6 +33,17 @@ const char* StateName(v1::ReplicaState s) {
   return s == v1::REPLICA_STATE_LIVE ? "live" : "joining";
 }
 
+const char* ShardStateName(v1::ShardState s) {
+  switch (s) {
+    case v1::SHARD_STATE_LOST:
+      return "lost";
+    case v1::SHARD_STATE_RESTORING:
+      return "restoring";
+    default:
+      return "serving";
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, bool json) {
@@ -45,8 +57,26 @@ absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, 
     return absl::Status(s.code(), absl::StrFormat("coordinator %s: %s", coordinator, s.message()));
   }
   std::map<std::string, const v1::MemberInfo*> members;
-  for (const auto& m : resp.members()) members[m.status().address()] = &m;
+  std::string checkpoint_dir;  // the cluster's, as its servers report it
+  for (const auto& m : resp.members()) {
+    members[m.status().address()] = &m;
+    if (checkpoint_dir.empty()) checkpoint_dir = m.status().checkpoint_dir();
+  }
   const v1::ClusterMap& map = resp.map();
+  std::set<uint32_t> promoting(resp.promoting_shards().begin(), resp.promoting_shards().end());
+  // What recovers a shard beyond R-1 failures (docs/operations.md, "A shard is lost").
+  const std::string recover =
+      checkpoint_dir.empty()
+          ? std::string()
+          : absl::StrFormat("tessera checkpoint restore --coordinator=%s --checkpoint_dir=%s",
+                            coordinator, checkpoint_dir);
+  auto same_process = [&](const v1::Replica& r) {
+    auto it = members.find(r.address());
+    return it != members.end() && it->second->status().incarnation() == r.incarnation();
+  };
+  auto replica_alive = [&](const v1::Replica& r) {
+    return same_process(r) && members.at(r.address())->alive();
+  };
 
   // Tables, through a client (only when every shard has a primary).
   std::vector<TableStatus> tables;
@@ -120,18 +150,20 @@ absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, 
       std::vector<std::string> replicas;
       for (int i = 0; i < shard.replicas_size(); ++i) {
         const auto& r = shard.replicas(i);
-        auto it = members.find(r.address());
-        const bool alive = it != members.end() && it->second->alive();
-        const uint64_t lsn = lsn_of(r.address());
+        const bool alive = replica_alive(r);
+        const uint64_t lsn = same_process(r) ? lsn_of(r.address()) : 0;
         replicas.push_back(absl::StrFormat(
             "{\"address\":%s,\"role\":\"%s\",\"state\":\"%s\",\"alive\":%s,\"lsn\":%u,"
             "\"lag\":%u}",
             JsonString(r.address()), i == 0 ? "primary" : "backup", StateName(r.state()),
             alive ? "true" : "false", lsn, primary_lsn > lsn ? primary_lsn - lsn : 0));
       }
-      shards.push_back(absl::StrFormat("{\"shard\":%d,\"lost\":%s,\"replicas\":[%s]}", s,
-                                       shard.lost() ? "true" : "false",
-                                       absl::StrJoin(replicas, ",")));
+      const bool lost = shard.state() == v1::SHARD_STATE_LOST;
+      shards.push_back(absl::StrFormat(
+          "{\"shard\":%d,\"state\":\"%s\",\"lost\":%s,\"promoting\":%s,\"replicas\":[%s]%s}", s,
+          ShardStateName(shard.state()), lost ? "true" : "false",
+          promoting.contains(s) ? "true" : "false", absl::StrJoin(replicas, ","),
+          lost ? absl::StrCat(",\"recover\":", JsonString(recover)) : ""));
     }
     std::vector<std::string> servers;
     for (const auto& m : resp.members()) {
@@ -151,9 +183,11 @@ absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, 
                                    t.bytes));
     }
     out = absl::StrFormat(
-        "{\"epoch\":%u,\"num_shards\":%u,\"replication\":%u,\"failovers\":%u,\"shards\":[%s],"
+        "{\"epoch\":%u,\"num_shards\":%u,\"replication\":%u,\"failovers\":%u,"
+        "\"persist_failures\":%u,\"persist_error\":%s,\"shards\":[%s],"
         "\"servers\":[%s],\"tables\":[%s]%s}\n",
         map.epoch(), map.num_shards(), map.replication(), resp.failovers(),
+        resp.persist_failures(), JsonString(resp.persist_error()),
         absl::StrJoin(shards, ","), absl::StrJoin(servers, ","), absl::StrJoin(tj, ","),
         tables_error.empty() ? "" : absl::StrCat(",\"tables_error\":", JsonString(tables_error)));
     return out;
@@ -162,26 +196,59 @@ absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, 
                         "cluster: shard-map epoch %u, %u shards x %u replicas, %u failovers so "
                         "far\n",
                         map.epoch(), map.num_shards(), map.replication(), resp.failovers());
+  if (!resp.persist_error().empty()) {
+    absl::StrAppendFormat(&out,
+                          "coordinator: CANNOT WRITE ITS STATE (%u failed writes; no map change "
+                          "is published until a write succeeds): %s\n",
+                          resp.persist_failures(), resp.persist_error());
+  }
   absl::StrAppend(&out, "shards:\n");
   for (int s = 0; s < map.shards_size(); ++s) {
     const auto& shard = map.shards(s);
     int live = 0;
     for (const auto& r : shard.replicas()) live += r.state() == v1::REPLICA_STATE_LIVE;
-    absl::StrAppendFormat(&out, "  shard %d: %s\n", s,
-                          shard.lost()               ? "LOST: restore a checkpoint"
-                          : shard.replicas().empty() ? "no server yet"
-                          : static_cast<uint32_t>(live) < map.replication() ? "degraded"
-                                                                            : "ok");
+    std::string state;
+    if (shard.state() == v1::SHARD_STATE_LOST) {
+      state = "LOST: no replica holding its data is alive; it serves nothing";
+    } else if (shard.state() == v1::SHARD_STATE_RESTORING) {
+      state = "RESTORING from a checkpoint (run the restore again if it was interrupted)";
+    } else if (shard.replicas().empty()) {
+      state = "no server yet";
+    } else if (promoting.contains(s)) {
+      state = "primary failed: promoting a LIVE backup";
+    } else {
+      state = static_cast<uint32_t>(live) < map.replication() ? "degraded" : "ok";
+    }
+    absl::StrAppendFormat(&out, "  shard %d: %s\n", s, state);
     const uint64_t primary_lsn = shard.replicas().empty() ? 0 : lsn_of(shard.replicas(0).address());
     for (int i = 0; i < shard.replicas_size(); ++i) {
       const auto& r = shard.replicas(i);
-      auto it = members.find(r.address());
-      const bool alive = it != members.end() && it->second->alive();
-      const uint64_t lsn = lsn_of(r.address());
+      const bool alive = replica_alive(r);
+      const uint64_t lsn = same_process(r) ? lsn_of(r.address()) : 0;
+      const char* role = shard.state() == v1::SHARD_STATE_LOST ? "holder"
+                         : i == 0                              ? "primary"
+                                                               : "backup";
       absl::StrAppendFormat(
-          &out, "    %-8s %-21s %-8s %-5s lsn %u%s\n", i == 0 ? "primary" : "backup", r.address(),
-          StateName(r.state()), alive ? "alive" : "DEAD", lsn,
+          &out, "    %-8s %-21s %-8s %-5s lsn %u%s\n", role, r.address(), StateName(r.state()),
+          alive ? "alive" : (same_process(r) ? "DEAD" : "GONE"), lsn,
           i > 0 && primary_lsn > lsn ? absl::StrFormat(" (lag %u)", primary_lsn - lsn) : "");
+    }
+    if (shard.state() == v1::SHARD_STATE_LOST) {
+      absl::StrAppend(&out,
+                      "    if a holder was only paused (SIGSTOP, a VM pause) the shard comes back "
+                      "with it by itself; otherwise its data is gone from memory:\n");
+      if (recover.empty()) {
+        absl::StrAppend(&out,
+                        "    no server reports a --checkpoint_dir: without a checkpoint the "
+                        "shard's data cannot be recovered (docs/operations.md, \"A shard is "
+                        "lost\")\n");
+      } else {
+        absl::StrAppendFormat(&out,
+                              "    recover: start a server if none is spare (any address, same "
+                              "--checkpoint_dir), then\n      %s\n    (every shard goes back to "
+                              "the checkpoint; restart training from its step)\n",
+                              recover);
+      }
     }
   }
   absl::StrAppend(&out, "servers:\n");

@@ -53,6 +53,7 @@ struct BenchCommandOptions {
   std::string checkpoint_dir;  // checkpoint suite: where to write (default: a new /tmp dir)
   uint64_t table_mb = 2048;    // checkpoint suite: size of the dense table
   int threads = 8;             // replication suite: client threads pushing at once
+  int pause_rounds = 3;        // replication suite: primaries killed (and stalled) per figure
 };
 int RunBench(const BenchCommandOptions& options);
 int RunCheckpointBench(const BenchCommandOptions& options);
@@ -62,6 +63,7 @@ struct CheckpointCommandOptions {
   std::string action;  // create | list | inspect | restore | merge | run
   std::string dir;
   std::vector<std::string> connect;
+  std::string coordinator;  // restore: through the coordinator (LOST shards recovered too)
   uint64_t shard_map_epoch = 1;
   uint64_t id = 0;  // inspect/restore/merge: 0 is the newest
   bool full = false;

@@ -341,6 +341,11 @@ absl::StatusOr<std::vector<std::string>> PrimaryAddresses(const std::string& coo
   std::vector<std::string> out;
   for (int s = 0; s < m->shards_size(); ++s) {
     const auto& shard = m->shards(s);
+    if (shard.state() == v1::SHARD_STATE_LOST) {
+      return absl::UnavailableError(absl::StrFormat(
+          "shard %d is LOST (`tessera status --coordinator=%s` says how to recover it)", s,
+          coordinator));
+    }
     if (shard.replicas().empty() || shard.lost()) {
       return absl::UnavailableError(absl::StrFormat("shard %d has no primary", s));
     }
@@ -359,7 +364,11 @@ absl::Status LocalCluster::WaitForReplicas(absl::Duration timeout) {
       for (int s = 0; s < m->shards_size(); ++s) {
         int live = 0;
         for (const auto& r : m->shards(s).replicas()) live += r.state() == v1::REPLICA_STATE_LIVE;
-        if (live != m->shards(s).replicas_size() || live < static_cast<int>(m->replication())) {
+        if (m->shards(s).lost()) {
+          complete = false;
+          last = absl::StrFormat("shard %d is not serving (state %d)", s, m->shards(s).state());
+        } else if (live != m->shards(s).replicas_size() ||
+                   live < static_cast<int>(m->replication())) {
           complete = false;
           last = absl::StrFormat("shard %d has %d LIVE of %d replicas (want %u)", s, live,
                                  m->shards(s).replicas_size(), m->replication());
@@ -382,8 +391,40 @@ absl::StatusOr<std::vector<int>> LocalCluster::ReplicasOf(uint32_t shard) {
     return absl::InvalidArgumentError(absl::StrCat("no shard ", shard));
   }
   std::vector<int> out;
+  if (m->shards(shard).lost()) return out;  // (LOST or RESTORING)
   for (const auto& r : m->shards(shard).replicas()) out.push_back(IndexOf(r.address()));
   return out;
+}
+
+absl::StatusOr<std::vector<std::pair<int, bool>>> LocalCluster::ReplicaStates(uint32_t shard) {
+  absl::StatusOr<v1::ClusterMap> m = FetchMap(coordinator_channel_);
+  if (!m.ok()) return m.status();
+  if (shard >= static_cast<uint32_t>(m->shards_size())) {
+    return absl::InvalidArgumentError(absl::StrCat("no shard ", shard));
+  }
+  std::vector<std::pair<int, bool>> out;
+  if (m->shards(shard).lost()) return out;  // (LOST or RESTORING)
+  for (const auto& r : m->shards(shard).replicas()) {
+    out.emplace_back(IndexOf(r.address()), r.state() == v1::REPLICA_STATE_LIVE);
+  }
+  return out;
+}
+
+absl::StatusOr<std::string> LocalCluster::ShardState(uint32_t shard) {
+  absl::StatusOr<v1::ClusterMap> m = FetchMap(coordinator_channel_);
+  if (!m.ok()) return m.status();
+  if (shard >= static_cast<uint32_t>(m->shards_size())) {
+    return absl::InvalidArgumentError(absl::StrCat("no shard ", shard));
+  }
+  const v1::ShardReplicas& r = m->shards(shard);
+  switch (r.state() == v1::SHARD_STATE_UNSPECIFIED && r.lost() ? v1::SHARD_STATE_LOST : r.state()) {
+    case v1::SHARD_STATE_LOST:
+      return std::string("lost");
+    case v1::SHARD_STATE_RESTORING:
+      return std::string("restoring");
+    default:
+      return std::string("serving");
+  }
 }
 
 absl::StatusOr<uint64_t> LocalCluster::Epoch() {

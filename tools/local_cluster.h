@@ -88,8 +88,13 @@ class LocalCluster {
   absl::StatusOr<int> AddServer();
   // Waits until every shard has `replication` LIVE replicas and none joining.
   absl::Status WaitForReplicas(absl::Duration timeout);
-  // The servers of `shard` as the coordinator's map has them: indices, the primary first.
+  // The servers of `shard` as the coordinator's map has them: indices, the primary first
+  // (-1: a server this cluster did not start); empty while the shard is LOST or RESTORING.
   absl::StatusOr<std::vector<int>> ReplicasOf(uint32_t shard);
+  // The same with whether each is LIVE (else JOINING).
+  absl::StatusOr<std::vector<std::pair<int, bool>>> ReplicaStates(uint32_t shard);
+  // "serving", "lost" or "restoring".
+  absl::StatusOr<std::string> ShardState(uint32_t shard);
   // The coordinator's shard-map epoch.
   absl::StatusOr<uint64_t> Epoch();
   int IndexOf(const std::string& address) const;

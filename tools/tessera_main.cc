@@ -59,6 +59,8 @@ ABSL_FLAG(std::string, suite, "data",
           "against dd, 1% incremental, push pauses) or 'replication' (push throughput R=2 vs "
           "R=1, failover pauses).");
 ABSL_FLAG(int, push_threads, 8, "bench --suite=replication: client threads pushing at once.");
+ABSL_FLAG(int, pause_rounds, 3,
+          "bench --suite=replication: primaries killed (and stalled) for the pause figures.");
 ABSL_FLAG(uint64_t, table_mb, 2048, "bench --suite=checkpoint: size of the dense table in MiB.");
 // tessera status
 ABSL_FLAG(std::string, coordinator, "",
@@ -106,8 +108,10 @@ int main(int argc, char** argv) {
     o.dir = absl::GetFlag(FLAGS_checkpoint_dir);
     const std::string connect = absl::GetFlag(FLAGS_connect);
     if (!connect.empty()) o.connect = absl::StrSplit(connect, ',', absl::SkipEmpty());
-    if (const std::string c = absl::GetFlag(FLAGS_coordinator); !c.empty()) {
-      // A replicated cluster: checkpoints are written and restored by the primaries.
+    if (const std::string c = absl::GetFlag(FLAGS_coordinator); !c.empty() && o.action == "restore") {
+      o.coordinator = c;  // the runbook: LOST shards get servers, then every shard restores
+    } else if (!c.empty()) {
+      // A replicated cluster: checkpoints are written by the primaries.
       absl::StatusOr<std::vector<std::string>> primaries = tessera::PrimaryAddresses(c);
       if (!primaries.ok()) {
         std::fprintf(stderr, "tessera checkpoint: %s\n", primaries.status().ToString().c_str());
@@ -177,6 +181,7 @@ int main(int argc, char** argv) {
     o.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
     o.table_mb = absl::GetFlag(FLAGS_table_mb);
     o.threads = absl::GetFlag(FLAGS_push_threads);
+    o.pause_rounds = std::max(1, absl::GetFlag(FLAGS_pause_rounds));
     if (o.suite == "checkpoint") return tessera::RunCheckpointBench(o);
     if (o.suite == "replication") return tessera::RunReplicationBench(o);
     if (o.suite != "data") {

@@ -407,6 +407,16 @@ class PyClient : public std::enable_shared_from_this<PyClient> {
     Blocking([&](Client& c) { return c.DropTable(name); });
   }
 
+  py::dict TableConfigOf(const std::string& name) {
+    std::shared_ptr<Client> client = Get();
+    absl::StatusOr<TableConfig> r;
+    {
+      py::gil_scoped_release release;
+      r = client->GetTableConfig(name);
+    }
+    return ConfigToDict(ValueOrThrow(std::move(r)));
+  }
+
   py::dict DescribeTable(const std::string& name) {
     std::shared_ptr<Client> client = Get();
     absl::StatusOr<TableStatus> r;
@@ -827,6 +837,7 @@ PYBIND11_MODULE(_tessera, m) {
       .def("create_table", &PyClient::CreateTable, py::arg("config"))
       .def("drop_table", &PyClient::DropTable, py::arg("name"))
       .def("describe_table", &PyClient::DescribeTable, py::arg("name"))
+      .def("table_config", &PyClient::TableConfigOf, py::arg("name"))
       .def("list_tables", &PyClient::ListTables)
       .def("pull_sparse", &PyClient::PullSparse, py::arg("table"), py::arg("keys"), py::arg("out"))
       .def("push_sparse", &PyClient::PushSparse, py::arg("table"), py::arg("keys"),

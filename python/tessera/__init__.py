@@ -381,9 +381,11 @@ class Client:
         self._native.drop_table(name)
 
     def _config(self, name):
+        # From any shard that serves (works while another shard is lost); cached.
         config = self._tables.get(name)
         if config is None:
-            config = self.describe_table(name).config
+            config = self._native.table_config(name)
+            self._tables[name] = config
         return config
 
     # -- sparse --

@@ -115,7 +115,7 @@ class Harness {
 constexpr CoordinatorOptions kR2{.num_shards = 2, .replication = 2, .num_vshards = 16};
 constexpr CoordinatorOptions kR3{.num_shards = 1, .replication = 3, .num_vshards = 16};
 
-TEST_CASE("servers fill primaries first, then joining backups; a report names one entry",
+TEST_CASE("servers fill primaries first, then joining backups, and a report names one entry",
           "[coordinator]") {
   Harness h(kR2);
   const uint64_t e0 = h.map().epoch();
@@ -324,7 +324,7 @@ TEST_CASE("a failed write of the state publishes nothing and is counted", "[coor
   CHECK(store.saved()->map().SerializeAsString() == h.map().SerializeAsString());
 }
 
-TEST_CASE("the state survives a restart; every member gets a fresh lease", "[coordinator]") {
+TEST_CASE("the state survives a restart, and every member gets a fresh lease", "[coordinator]") {
   MemoryStoreForTesting store;
   v1::ClusterMap before;
   {

@@ -170,7 +170,9 @@ void CoordinatorCore::Process(absl::Span<CoordinatorCall> calls, int64_t now_ms)
   last_ms_ = now_ms;
   for (CoordinatorCall& call : calls) Apply(next, call, now_ms);
   next.ExpireLeases(now_ms);
-  if (next.version() != state_.version()) {
+  // While writes fail, every batch writes (the unchanged state, if nothing else): the
+  // coordinator is healthy again only once a write succeeded.
+  if (next.version() != state_.version() || !persist_error_.empty()) {
     v1::CoordinatorState saved;
     next.Save(&saved);
     if (absl::Status st = store_->Write(saved); !st.ok()) {
