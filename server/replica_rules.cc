@@ -5,7 +5,9 @@
 
 namespace tessera {
 
-std::string ReplicaId::Key() const { return absl::StrCat(address, "/", incarnation, "/", join_epoch); }
+std::string ReplicaId::Key() const {
+  return absl::StrCat(address, "/", incarnation, "/", join_epoch);
+}
 
 const char* RoleName(Role role) {
   switch (role) {
@@ -51,8 +53,8 @@ std::vector<BackupEntry> BackupsOf(const v1::ClusterMap& map, int32_t shard) {
   const v1::ShardReplicas& s = map.shards(shard);
   for (int i = 1; i < s.replicas_size(); ++i) {
     const v1::Replica& r = s.replicas(i);
-    out.push_back({{r.address(), r.incarnation(), r.join_epoch()},
-                   r.state() == v1::REPLICA_STATE_LIVE});
+    out.push_back(
+        {{r.address(), r.incarnation(), r.join_epoch()}, r.state() == v1::REPLICA_STATE_LIVE});
   }
   return out;
 }

@@ -192,7 +192,7 @@ struct Replicator::Impl
   // Grows with every change of placement; a replayed batch or snapshot applies only under the
   // term it was checked in (R4).
   uint64_t term ABSL_GUARDED_BY(mu) = 1;
-  uint64_t synced_term ABSL_GUARDED_BY(mu) = 0;  // backup: holds a snapshot taken in this term
+  uint64_t synced_term ABSL_GUARDED_BY(mu) = 0;     // backup: holds a snapshot taken in this term
   uint64_t snapshot_floor ABSL_GUARDED_BY(mu) = 0;  // the newest snapshot started in this term
   uint64_t echo_life ABSL_GUARDED_BY(mu) = 0, echo_seq ABSL_GUARDED_BY(mu) = 0;
   absl::flat_hash_map<std::string, std::unique_ptr<Sender>> senders ABSL_GUARDED_BY(mu);  // by Key
@@ -329,9 +329,9 @@ struct Replicator::Impl
       if (!(where == old)) {
         if (where.role != old.role) new_role = RoleName(where.role);
         LogInfo("shard-map epoch %u: %s%s", epoch, RoleName(where.role),
-                where.shard >= 0 ? absl::StrFormat(" of shard %d (primary %s)", where.shard,
-                                                   where.primary)
-                                 : std::string());
+                where.shard >= 0
+                    ? absl::StrFormat(" of shard %d (primary %s)", where.shard, where.primary)
+                    : std::string());
       }
       const bool is_primary = where.role == Role::kPrimary || where.role == Role::kRestoring;
       core->SetRouting(epoch, is_primary, term, where.role == Role::kRestoring);
@@ -680,8 +680,8 @@ struct Replicator::Impl
   // R4: only our shard's primary (address and incarnation), as our map has it, may send.
   absl::Status CheckSender(uint64_t req_epoch, uint32_t req_shard, const std::string& sender,
                            uint64_t sender_incarnation) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    switch (tessera::CheckSender(epoch, placement, req_epoch, req_shard, sender,
-                                 sender_incarnation)) {
+    switch (
+        tessera::CheckSender(epoch, placement, req_epoch, req_shard, sender, sender_incarnation)) {
       case SenderCheck::kOk:
         return absl::OkStatus();
       case SenderCheck::kBehind:

@@ -178,8 +178,7 @@ bool ServerCore::IsReroute(const absl::Status& status) {
   return status.GetPayload(kReroutePayload).has_value();
 }
 
-absl::Status ServerCore::CheckRouting(const v1::RequestHeader& header,
-                                      bool allow_restoring) const {
+absl::Status ServerCore::CheckRouting(const v1::RequestHeader& header, bool allow_restoring) const {
   const uint64_t epoch = shard_map_epoch();
   if (!coordinated_) {
     if (header.shard_map_epoch() == epoch) return absl::OkStatus();

@@ -354,7 +354,7 @@ class ServerCore {
   const bool coordinated_;  // the map comes from a coordinator (SetRouting)
 
   std::atomic<uint64_t> epoch_;
-  std::atomic<bool> serving_;  // primary (always, without a coordinator)
+  std::atomic<bool> serving_;           // primary (always, without a coordinator)
   std::atomic<bool> restoring_{false};  // the primary of a RESTORING shard: restores only
   // Held shared by a replay (ApplyReplicated, a snapshot's swap) and exclusively by
   // SetRouting, so that a role change and a replay never interleave (R4).

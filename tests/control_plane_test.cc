@@ -177,8 +177,9 @@ TEST_CASE("a lost shard is restored onto servers at new addresses with the comma
   const std::vector<float> ones(keys.size() * 2, 1.0f);
   for (int i = 0; i < 3; ++i) TESSERA_REQUIRE_OK(c->PushSparse("w", keys, ones));
   const std::string coordinator = cluster->coordinator_address();
-  auto [code, out] = RunCommand(absl::StrCat(TESSERA_CLI_BINARY, " checkpoint create --coordinator=",
-                                             coordinator, " --checkpoint_dir=", dir, " 2>&1"));
+  auto [code, out] =
+      RunCommand(absl::StrCat(TESSERA_CLI_BINARY, " checkpoint create --coordinator=", coordinator,
+                              " --checkpoint_dir=", dir, " 2>&1"));
   INFO(out);
   REQUIRE(code == 0);
   TESSERA_REQUIRE_OK(c->PushSparse("w", keys, ones));  // after the checkpoint: will be gone
@@ -276,7 +277,8 @@ TEST_CASE("a failed write of the coordinator's state is an error someone sees, n
       CheckHealth(coordinator, absl::Seconds(5), "tessera.v1.Coordinator");
   REQUIRE(healthy.ok());
   CHECK_FALSE(*healthy);
-  auto [code, out] = RunCommand(absl::StrCat(TESSERA_CLI_BINARY, " status --coordinator=", coordinator));
+  auto [code, out] =
+      RunCommand(absl::StrCat(TESSERA_CLI_BINARY, " status --coordinator=", coordinator));
   INFO(out);
   CHECK(absl::StrContains(out, "CANNOT WRITE ITS STATE"));
   // A write that blocks holds no RPC: the map is still answered.
@@ -296,8 +298,9 @@ TEST_CASE("a failed write of the coordinator's state is an error someone sees, n
 
 // 7. With a shard lost, new clients connect, the healthy shards serve (table configs come from
 // any shard), and calls touching the lost shard fail at once, naming it.
-TEST_CASE("with a shard lost, clients connect and use the healthy shards, and the lost one fails fast",
-          "[control]") {
+TEST_CASE(
+    "with a shard lost, clients connect and use the healthy shards, and the lost one fails fast",
+    "[control]") {
   auto cluster = Start(2, 1, 2);
   {
     std::unique_ptr<Client> creator = testing::ConnectCoordinated(*cluster);

@@ -306,8 +306,7 @@ class Nemesis {
 uint64_t Seed() {
   const char* s = std::getenv("TESSERA_NEMESIS_SEED");
   const uint64_t seed = s != nullptr ? std::strtoull(s, nullptr, 10) : std::random_device{}();
-  WARN("nemesis schedule seed " << seed << " (repeat it with TESSERA_NEMESIS_SEED=" << seed
-                                << ")");
+  WARN("nemesis schedule seed " << seed << " (repeat it with TESSERA_NEMESIS_SEED=" << seed << ")");
   return seed;
 }
 

@@ -137,8 +137,9 @@ TEST_CASE("R=2: a primary paused past its lease is fenced when it resumes",
   work.Verify();
 }
 
-TEST_CASE("the data plane serves while the coordinator is down, and failover works after its restart",
-          "[replication][fault]") {
+TEST_CASE(
+    "the data plane serves while the coordinator is down, and failover works after its restart",
+    "[replication][fault]") {
   auto cluster = StartReplicated(4, 2, 2);
   Workload work(*cluster, {.clients = 4});
   work.Start();

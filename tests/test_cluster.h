@@ -12,8 +12,8 @@
 #include <thread>
 #include <vector>
 
-#include "client/client.h"
 #include "absl/time/clock.h"
+#include "client/client.h"
 #include "client/worker_clock.h"
 #include "tools/local_cluster.h"
 
@@ -62,7 +62,7 @@ inline std::unique_ptr<LocalCluster> StartCoordinated(
 
 // Waits until the coordinator's map has a primary for `shard` other than server `old`.
 inline int WaitForNewPrimary(LocalCluster& cluster, uint32_t shard, int old,
-                      absl::Duration timeout = absl::Seconds(30)) {
+                             absl::Duration timeout = absl::Seconds(30)) {
   const absl::Time deadline = absl::Now() + timeout;
   while (absl::Now() < deadline) {
     absl::StatusOr<std::vector<int>> r = cluster.ReplicasOf(shard);
@@ -83,7 +83,6 @@ inline void WaitUntilRemoved(LocalCluster& cluster, uint32_t shard, int gone) {
   }
   FAIL("server " << gone << " is still a replica of shard " << shard);
 }
-
 
 // A client that follows the coordinator's shard map.
 inline std::unique_ptr<Client> ConnectCoordinated(const LocalCluster& cluster) {

@@ -128,8 +128,7 @@ class Workload {
     for (uint32_t k = 0; k < kWorkloadKeys; ++k) {
       for (uint32_t d = 0; d < kWorkloadDim; ++d) {
         const size_t i = k * kWorkloadDim + d;
-        check(absl::StrFormat("sparse key %u column %u", k, d), lo_sparse[i], hi_sparse[i],
-              got[i]);
+        check(absl::StrFormat("sparse key %u column %u", k, d), lo_sparse[i], hi_sparse[i], got[i]);
       }
     }
     for (uint64_t i = 0; i < kWorkloadDenseSize; ++i) {

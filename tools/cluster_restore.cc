@@ -24,8 +24,7 @@ absl::Status Ask(Call&& call, absl::Duration timeout = absl::Seconds(10)) {
 }  // namespace
 
 absl::StatusOr<ClusterRestoreResult> RestoreThroughCoordinator(const std::string& coordinator,
-                                                               const std::string& dir,
-                                                               uint64_t id,
+                                                               const std::string& dir, uint64_t id,
                                                                absl::Duration timeout) {
   auto stub = v1::Coordinator::NewStub(
       grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials()));
@@ -33,7 +32,8 @@ absl::StatusOr<ClusterRestoreResult> RestoreThroughCoordinator(const std::string
   absl::Status st = Ask([&](grpc::ClientContext* ctx) {
     return stub->GetClusterMap(ctx, v1::GetClusterMapRequest(), &map);
   });
-  if (!st.ok()) return absl::Status(st.code(), absl::StrCat("coordinator ", coordinator, ": ", st.message()));
+  if (!st.ok())
+    return absl::Status(st.code(), absl::StrCat("coordinator ", coordinator, ": ", st.message()));
 
   // 1. Every LOST (or interrupted RESTORING) shard gets a server (T8).
   ClusterRestoreResult result;
@@ -72,18 +72,18 @@ absl::StatusOr<ClusterRestoreResult> RestoreThroughCoordinator(const std::string
       const v1::ShardReplicas& shard = status.map().shards(s);
       const bool restoring = shard.state() == v1::SHARD_STATE_RESTORING;
       if (shard.replicas().empty() || (shard.lost() && !restoring)) {
-        return absl::UnavailableError(absl::StrFormat(
-            "shard %d lost its server while restoring; run the restore again", s));
+        return absl::UnavailableError(
+            absl::StrFormat("shard %d lost its server while restoring; run the restore again", s));
       }
       const v1::Replica& p = shard.replicas(0);
       primaries.push_back(p.address());
       bool acting = false;
       for (const v1::MemberInfo& m : status.members()) {
-        acting |= m.alive() && m.status().address() == p.address() &&
-                  m.status().incarnation() == p.incarnation() &&
-                  m.status().epoch() >= status.map().epoch() &&
-                  m.status().role() == (restoring ? v1::SERVER_ROLE_RESTORING
-                                                  : v1::SERVER_ROLE_PRIMARY);
+        acting |=
+            m.alive() && m.status().address() == p.address() &&
+            m.status().incarnation() == p.incarnation() &&
+            m.status().epoch() >= status.map().epoch() &&
+            m.status().role() == (restoring ? v1::SERVER_ROLE_RESTORING : v1::SERVER_ROLE_PRIMARY);
       }
       if (!acting) waiting = absl::StrFormat("shard %d's primary %s", s, p.address());
     }

@@ -355,7 +355,8 @@ int RunReplicationBench(const BenchCommandOptions& o) {
     }
     std::sort(pauses.begin(), pauses.end());
     const auto at = [&](double q) {
-      return pauses[std::min(pauses.size() - 1, static_cast<size_t>(q * (pauses.size() - 1) + 0.5))];
+      return pauses[std::min(pauses.size() - 1,
+                             static_cast<size_t>(q * (pauses.size() - 1) + 0.5))];
     };
     std::vector<std::string> rounds;
     for (double p : pauses) rounds.push_back(absl::StrFormat("%.3f", p));

@@ -186,9 +186,9 @@ absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, 
         "{\"epoch\":%u,\"num_shards\":%u,\"replication\":%u,\"failovers\":%u,"
         "\"persist_failures\":%u,\"persist_error\":%s,\"shards\":[%s],"
         "\"servers\":[%s],\"tables\":[%s]%s}\n",
-        map.epoch(), map.num_shards(), map.replication(), resp.failovers(),
-        resp.persist_failures(), JsonString(resp.persist_error()),
-        absl::StrJoin(shards, ","), absl::StrJoin(servers, ","), absl::StrJoin(tj, ","),
+        map.epoch(), map.num_shards(), map.replication(), resp.failovers(), resp.persist_failures(),
+        JsonString(resp.persist_error()), absl::StrJoin(shards, ","), absl::StrJoin(servers, ","),
+        absl::StrJoin(tj, ","),
         tables_error.empty() ? "" : absl::StrCat(",\"tables_error\":", JsonString(tables_error)));
     return out;
   }

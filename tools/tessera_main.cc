@@ -108,7 +108,8 @@ int main(int argc, char** argv) {
     o.dir = absl::GetFlag(FLAGS_checkpoint_dir);
     const std::string connect = absl::GetFlag(FLAGS_connect);
     if (!connect.empty()) o.connect = absl::StrSplit(connect, ',', absl::SkipEmpty());
-    if (const std::string c = absl::GetFlag(FLAGS_coordinator); !c.empty() && o.action == "restore") {
+    if (const std::string c = absl::GetFlag(FLAGS_coordinator);
+        !c.empty() && o.action == "restore") {
       o.coordinator = c;  // the runbook: LOST shards get servers, then every shard restores
     } else if (!c.empty()) {
       // A replicated cluster: checkpoints are written by the primaries.

@@ -151,6 +151,35 @@ def test_assigned_weights_survive_a_failover(tmp_path):
         assert c.replicas_of(0)[0] != primary
 
 
+def test_a_lost_shard_fails_fast_and_the_other_shards_serve(tmp_path):
+    """With a shard LOST, a new client connects, reads the healthy shard (its table config
+    comes from any shard) and gets UnavailableError naming the lost one at once."""
+    with tessera.testing.LocalCluster(num_servers=2, replication=1, num_shards=2,
+                                      server_args=["--heartbeat_ms=100"],
+                                      coordinator_args=["--lease_ms=1000"],
+                                      log_dir=str(tmp_path)) as c:
+        with tessera.Client(coordinator=c.coordinator_address) as creator:
+            creator.create_table("emb", dim=2, optimizer=tessera.Adagrad(lr=0.1))
+            creator.push_sparse("emb", np.arange(32), np.ones((32, 2), np.float32))
+        c.kill_server(c.replicas_of(0)[0])
+        deadline = time.monotonic() + 30
+        while c.replicas_of(0) and time.monotonic() < deadline:  # (empty once LOST)
+            time.sleep(0.05)
+        assert c.replicas_of(0) == []
+        with tessera.Client(coordinator=c.coordinator_address) as client:
+            served, lost = 0, 0
+            for key in range(32):
+                start = time.monotonic()
+                try:
+                    assert client.pull_sparse("emb", np.array([key])).shape == (1, 2)
+                    served += 1
+                except tessera.errors.UnavailableError as e:
+                    assert "shard 0 is LOST" in str(e)
+                    assert time.monotonic() - start < 5  # not after 30 s of retries
+                    lost += 1
+            assert served > 0 and lost > 0
+
+
 def test_bad_arguments_raise_before_any_call(client, table_name):
     assign_table(client, table_name)
     with pytest.raises(TypeError, match="keys: expected integer ids, got float64"):

@@ -11,8 +11,7 @@
 namespace tessera {
 namespace {
 
-int FindReplica(const v1::ShardReplicas& shard, const std::string& address,
-                uint64_t incarnation) {
+int FindReplica(const v1::ShardReplicas& shard, const std::string& address, uint64_t incarnation) {
   for (int i = 0; i < shard.replicas_size(); ++i) {
     const v1::Replica& r = shard.replicas(i);
     if (r.address() == address && r.incarnation() == incarnation) return i;
@@ -195,8 +194,9 @@ void ClusterState::Promote(int32_t s, int index, const char* why) {
   *map_.mutable_shards(s) = std::move(next);
   promoting_[s] = kNone;
   ++failovers_;
-  Bump(absl::StrFormat("primary %s (incarnation %x) of shard %d failed; %s (LSN %u, %s) is promoted",
-                       old.address(), old.incarnation(), s, p.address(), lsn, why));
+  Bump(
+      absl::StrFormat("primary %s (incarnation %x) of shard %d failed; %s (LSN %u, %s) is promoted",
+                      old.address(), old.incarnation(), s, p.address(), lsn, why));
 }
 
 void ClusterState::Revive(int32_t s, int index) {
@@ -267,9 +267,10 @@ void ClusterState::Fail(const std::string& address, uint64_t incarnation) {
           continue;
         }
       }
-      LogWarning("primary %s of shard %d failed; a LIVE backup is promoted once it proves it is "
-                 "alive",
-                 address, s);
+      LogWarning(
+          "primary %s of shard %d failed; a LIVE backup is promoted once it proves it is "
+          "alive",
+          address, s);
     } else if (index > 0 && (shard->replicas(index).state() == v1::REPLICA_STATE_JOINING ||
                              promoting_[s] == kNone)) {
       shard->mutable_replicas()->DeleteSubrange(index, 1);
@@ -409,9 +410,9 @@ absl::Status ClusterState::CaughtUp(const v1::ReportCaughtUpRequest& report) {
   }
   if (shard->replicas().empty() || shard->replicas(0).address() != report.primary() ||
       shard->replicas(0).incarnation() != report.primary_incarnation()) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "%s (incarnation %x) is not the primary of shard %u", report.primary(),
-        report.primary_incarnation(), report.shard()));
+    return absl::FailedPreconditionError(
+        absl::StrFormat("%s (incarnation %x) is not the primary of shard %u", report.primary(),
+                        report.primary_incarnation(), report.shard()));
   }
   const int index = FindReplica(*shard, report.replica(), report.replica_incarnation());
   if (index < 0 || shard->replicas(index).join_epoch() != report.join_epoch()) {
@@ -429,12 +430,12 @@ absl::Status ClusterState::CaughtUp(const v1::ReportCaughtUpRequest& report) {
 absl::StatusOr<v1::RecoverShardResponse> ClusterState::RecoverShard(
     const v1::RecoverShardRequest& req) {
   const uint32_t s = req.shard();
-  if (s >= options_.num_shards) return absl::InvalidArgumentError(absl::StrFormat("no shard %u", s));
+  if (s >= options_.num_shards)
+    return absl::InvalidArgumentError(absl::StrFormat("no shard %u", s));
   const v1::ShardReplicas& shard = map_.shards(s);
   v1::RecoverShardResponse resp;
   if (shard.state() == v1::SHARD_STATE_SERVING) {
-    return absl::FailedPreconditionError(
-        absl::StrFormat("shard %u is not lost: it is serving", s));
+    return absl::FailedPreconditionError(absl::StrFormat("shard %u is not lost: it is serving", s));
   }
   if (shard.state() == v1::SHARD_STATE_RESTORING && Alive(shard.replicas(0))) {
     resp.set_server(shard.replicas(0).address());  // (a retried recovery: the same target)
@@ -451,9 +452,9 @@ absl::StatusOr<v1::RecoverShardResponse> ClusterState::RecoverShard(
     }
     if (Placed(target, it->second.incarnation) ||
         (it->second.shard != -1 && it->second.shard != static_cast<int32_t>(s))) {
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "%s already holds shard %d; shard %u needs a server without one", target,
-          it->second.shard, s));
+      return absl::FailedPreconditionError(
+          absl::StrFormat("%s already holds shard %d; shard %u needs a server without one", target,
+                          it->second.shard, s));
     }
   } else {
     target = Candidate(static_cast<int32_t>(s));
@@ -477,19 +478,19 @@ absl::StatusOr<v1::RecoverShardResponse> ClusterState::RecoverShard(
 
 absl::Status ClusterState::FinishRecovery(const v1::FinishRecoveryRequest& req) {
   const uint32_t s = req.shard();
-  if (s >= options_.num_shards) return absl::InvalidArgumentError(absl::StrFormat("no shard %u", s));
+  if (s >= options_.num_shards)
+    return absl::InvalidArgumentError(absl::StrFormat("no shard %u", s));
   const v1::ShardReplicas& shard = map_.shards(s);
   const bool target = !shard.replicas().empty() && shard.replicas(0).address() == req.server() &&
                       shard.replicas(0).incarnation() == req.incarnation();
   if (target && shard.state() == v1::SHARD_STATE_SERVING) return absl::OkStatus();  // a retry
   if (!target || shard.state() != v1::SHARD_STATE_RESTORING) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "shard %u is %s, not restoring onto %s (incarnation %x)", s,
-        ShardStateName(shard.state()), req.server(), req.incarnation()));
+    return absl::FailedPreconditionError(
+        absl::StrFormat("shard %u is %s, not restoring onto %s (incarnation %x)", s,
+                        ShardStateName(shard.state()), req.server(), req.incarnation()));
   }
   SetShardState(static_cast<int32_t>(s), v1::SHARD_STATE_SERVING);
-  Bump(absl::StrFormat("operator: shard %u is restored and serves again from %s", s,
-                       req.server()));
+  Bump(absl::StrFormat("operator: shard %u is restored and serves again from %s", s, req.server()));
   Rebalance();
   return absl::OkStatus();
 }

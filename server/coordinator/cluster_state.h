@@ -108,7 +108,7 @@ class ClusterState {
   std::map<std::string, Member> members_;  // by address
   uint64_t failovers_ = 0;
   // Not persisted.
-  std::vector<int64_t> promoting_;  // per shard: the batch since which it promotes, or kNone
+  std::vector<int64_t> promoting_;   // per shard: the batch since which it promotes, or kNone
   std::vector<int64_t> lost_since_;  // per shard: the batch it became LOST in (this life)
   uint64_t next_order_ = 0;
   uint64_t version_ = 0;

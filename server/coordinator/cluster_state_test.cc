@@ -23,8 +23,8 @@ class Harness {
   }
 
   // One heartbeat, alone in a batch at the current time.
-  v1::HeartbeatResponse Beat(const std::string& address, uint64_t incarnation = 1,
-                             uint64_t lsn = 0, absl::Status* status = nullptr) {
+  v1::HeartbeatResponse Beat(const std::string& address, uint64_t incarnation = 1, uint64_t lsn = 0,
+                             absl::Status* status = nullptr) {
     v1::HeartbeatRequest req;
     v1::ServerStatus* s = req.mutable_status();
     s->set_address(address);

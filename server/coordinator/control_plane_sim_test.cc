@@ -52,7 +52,7 @@ const char* FamilyName(Family f) { return f == Family::kChaos ? "chaos" : "timed
 constexpr int64_t kLeaseMs = 1500;
 constexpr int64_t kHeartbeatMs = 250;
 constexpr int64_t kTickMs = 50;
-constexpr int64_t kRetryMs = 40;        // a sender's pause after a failed call
+constexpr int64_t kRetryMs = 40;         // a sender's pause after a failed call
 constexpr int64_t kCallTimeoutMs = 400;  // replication and client calls
 constexpr int64_t kHeartbeatTimeoutMs = 1000;
 
@@ -238,7 +238,8 @@ class Sim {
   void OnProc(const ProcPtr& p, std::function<void()> fn) {
     if (p == nullptr || !p->alive) return;
     if (now_ < p->stalled_until) {
-      At(p->stalled_until - now_, [this, p, fn = std::move(fn)]() mutable { OnProc(p, std::move(fn)); });
+      At(p->stalled_until - now_,
+         [this, p, fn = std::move(fn)]() mutable { OnProc(p, std::move(fn)); });
       return;
     }
     fn();
@@ -295,26 +296,17 @@ class Sim {
     virtual CoordinatorCall MakeCall() = 0;
     std::function<void(absl::Status)> reply;  // at the coordinator, after the batch
   };
-  struct HeartbeatReq : CoordReq {
-    v1::HeartbeatRequest req;
-    v1::HeartbeatResponse resp;
-    CoordinatorCall MakeCall() override { return {HeartbeatCall{&req, &resp}, {}}; }
+  template <typename Req, typename Resp, typename CallT>
+  struct Request : CoordReq {
+    Req req;
+    Resp resp;
+    CoordinatorCall MakeCall() override { return {CallT{&req, &resp}, {}}; }
   };
-  struct CaughtUpReq : CoordReq {
-    v1::ReportCaughtUpRequest req;
-    v1::ReportCaughtUpResponse resp;
-    CoordinatorCall MakeCall() override { return {CaughtUpCall{&req, &resp}, {}}; }
-  };
-  struct RecoverReq : CoordReq {
-    v1::RecoverShardRequest req;
-    v1::RecoverShardResponse resp;
-    CoordinatorCall MakeCall() override { return {RecoverShardCall{&req, &resp}, {}}; }
-  };
-  struct FinishReq : CoordReq {
-    v1::FinishRecoveryRequest req;
-    v1::FinishRecoveryResponse resp;
-    CoordinatorCall MakeCall() override { return {FinishRecoveryCall{&req, &resp}, {}}; }
-  };
+  using HeartbeatReq = Request<v1::HeartbeatRequest, v1::HeartbeatResponse, HeartbeatCall>;
+  using CaughtUpReq = Request<v1::ReportCaughtUpRequest, v1::ReportCaughtUpResponse, CaughtUpCall>;
+  using RecoverReq = Request<v1::RecoverShardRequest, v1::RecoverShardResponse, RecoverShardCall>;
+  using FinishReq =
+      Request<v1::FinishRecoveryRequest, v1::FinishRecoveryResponse, FinishRecoveryCall>;
 
   void StartCoordinator() {
     core_ = std::make_unique<CoordinatorCore>(options_, &store_, ++lives_);
@@ -504,7 +496,8 @@ class Sim {
   void Ack(uint32_t s, uint64_t entry) {
     if (!acked_[s].insert(entry).second) return;
     for (const ProcPtr& q : slots_) {
-      if (q != nullptr && q->alive && q->bound == static_cast<int32_t>(s) && q->has.contains(entry)) {
+      if (q != nullptr && q->alive && q->bound == static_cast<int32_t>(s) &&
+          q->has.contains(entry)) {
         ++q->held_acked;
       }
     }
@@ -599,9 +592,10 @@ class Sim {
             const uint64_t lsn = first + i;
             if (lsn <= b->data.size()) {
               if (b->data[lsn - 1] != entries[i]) {
-                Fail(absl::StrFormat("log mismatch: %s holds entry %u at LSN %u, its primary %s "
-                                     "sent %u",
-                                     b->address, b->data[lsn - 1], lsn, from, entries[i]));
+                Fail(
+                    absl::StrFormat("log mismatch: %s holds entry %u at LSN %u, its primary %s "
+                                    "sent %u",
+                                    b->address, b->data[lsn - 1], lsn, from, entries[i]));
               }
               continue;
             }
@@ -720,7 +714,8 @@ class Sim {
     Call<bool>(
         nullptr, p, kCallTimeoutMs * 2,
         [this, p, s, entry]() -> std::optional<bool> {
-          if (p->placement.role != Role::kPrimary || p->placement.shard != static_cast<int32_t>(s)) {
+          if (p->placement.role != Role::kPrimary ||
+              p->placement.shard != static_cast<int32_t>(s)) {
             return false;
           }
           if (!p->has.contains(entry)) Append(p, entry);  // (a duplicate: acknowledged later)
@@ -812,13 +807,14 @@ class Sim {
     r->req.set_shard(s);
     r->req.set_server(server);
     r->req.set_incarnation(incarnation);
-    ToCoordinator(nullptr, r, 1000, [this, s, server, incarnation, attempt](bool ok, absl::Status st) {
-      if (!ok || !st.ok()) {
-        At(200, [this, s, server, incarnation, attempt] {
-          LoadCheckpoint(s, server, incarnation, attempt + 1);
-        });
-      }
-    });
+    ToCoordinator(nullptr, r, 1000,
+                  [this, s, server, incarnation, attempt](bool ok, absl::Status st) {
+                    if (!ok || !st.ok()) {
+                      At(200, [this, s, server, incarnation, attempt] {
+                        LoadCheckpoint(s, server, incarnation, attempt + 1);
+                      });
+                    }
+                  });
   }
 
   // ---- Faults ----
@@ -948,10 +944,11 @@ class Sim {
         if (p == nullptr || p->held_acked == acked_[s].size()) continue;
         size_t really = 0;
         for (uint64_t e : acked_[s]) really += p->has.contains(e);
-        Fail(absl::StrFormat("I1: %s (incarnation %u), LIVE in shard %u of epoch %u, holds %u of "
-                             "its %u acknowledged updates (recounted: %u; %u entries)",
-                             r.address(), r.incarnation(), s, committed_.epoch(), p->held_acked,
-                             acked_[s].size(), really, p->data.size()));
+        Fail(
+            absl::StrFormat("I1: %s (incarnation %u), LIVE in shard %u of epoch %u, holds %u of "
+                            "its %u acknowledged updates (recounted: %u; %u entries)",
+                            r.address(), r.incarnation(), s, committed_.epoch(), p->held_acked,
+                            acked_[s].size(), really, p->data.size()));
         return;
       }
     }
@@ -994,10 +991,11 @@ class Sim {
                     r.state() == v1::REPLICA_STATE_LIVE;
       }
       if (!was_live) {
-        Fail(absl::StrFormat("I2/I3/I6: shard %u (%s at epoch %u) got primary %s (incarnation %u), "
-                             "which was not one of its LIVE replicas",
-                             s, a.state() == v1::SHARD_STATE_LOST ? "LOST" : "SERVING",
-                             before.epoch(), np.address(), np.incarnation()));
+        Fail(
+            absl::StrFormat("I2/I3/I6: shard %u (%s at epoch %u) got primary %s (incarnation %u), "
+                            "which was not one of its LIVE replicas",
+                            s, a.state() == v1::SHARD_STATE_LOST ? "LOST" : "SERVING",
+                            before.epoch(), np.address(), np.incarnation()));
       }
     }
   }
@@ -1034,9 +1032,10 @@ class Sim {
     for (int64_t f : failures_) late_failures += f > began && f < now_;
     const int64_t allowed = (1 + late_failures) * (kLeaseMs + promotion);
     if (now_ - start > allowed) {
-      Fail(absl::StrFormat("I7: shard %u was unreadable for %d ms (from t=%d), over the %d ms a "
-                           "lease plus the promotion time allow",
-                           focus_, now_ - start, start, allowed));
+      Fail(
+          absl::StrFormat("I7: shard %u was unreadable for %d ms (from t=%d), over the %d ms a "
+                          "lease plus the promotion time allow",
+                          focus_, now_ - start, start, allowed));
     }
   }
 
@@ -1087,7 +1086,8 @@ class Sim {
       if (shard.replicas_size() < want) {
         int spares = 0;
         for (const ProcPtr& p : slots_) {
-          if (p == nullptr || !p->alive || (p->bound != -1 && p->bound != static_cast<int32_t>(s))) {
+          if (p == nullptr || !p->alive ||
+              (p->bound != -1 && p->bound != static_cast<int32_t>(s))) {
             continue;
           }
           bool placed = false;
@@ -1101,12 +1101,12 @@ class Sim {
         want = std::min(want, shard.replicas_size() + spares);
       }
       if (!Readable(s) || live < want || shard.replicas_size() != live) {
-        Fail(absl::StrFormat("I8: %s healing, shard %u is %s with %d of %d replicas LIVE "
-                             "(want %u)%s %s",
-                             after_restore ? "after a restore and" : "12 s after", s,
-                             shard.state() == v1::SHARD_STATE_LOST ? "LOST" : "SERVING", live,
-                             shard.replicas_size(), want,
-                             Readable(s) ? "" : ", and its primary does not serve", Describe(s)));
+        Fail(absl::StrFormat(
+            "I8: %s healing, shard %u is %s with %d of %d replicas LIVE "
+            "(want %u)%s %s",
+            after_restore ? "after a restore and" : "12 s after", s,
+            shard.state() == v1::SHARD_STATE_LOST ? "LOST" : "SERVING", live, shard.replicas_size(),
+            want, Readable(s) ? "" : ", and its primary does not serve", Describe(s)));
       }
     }
   }
@@ -1213,10 +1213,11 @@ void RequireClean(Family family, uint64_t count) {
                        out.steps, seconds));
   if (!out.failures.empty()) {
     const auto& [seed, what] = out.failures.front();
-    FAIL(absl::StrFormat("%s schedule with seed %u failed: %s\nreplay: TESSERA_SIM_SEED=%u "
-                         "TESSERA_SIM_FAMILY=%s %s\n%s",
-                         FamilyName(family), seed, what, seed, FamilyName(family),
-                         "build/server/control_plane_sim_test", Replay(seed, family, {})));
+    FAIL(
+        absl::StrFormat("%s schedule with seed %u failed: %s\nreplay: TESSERA_SIM_SEED=%u "
+                        "TESSERA_SIM_FAMILY=%s %s\n%s",
+                        FamilyName(family), seed, what, seed, FamilyName(family),
+                        "build/server/control_plane_sim_test", Replay(seed, family, {})));
   }
   CHECK(out.schedules == count);
 }

@@ -104,8 +104,8 @@ struct CoordinatorServer::Impl : public v1::Coordinator::CallbackService {
   }
 
   void Publish() {
-    auto p = std::make_shared<Published>(Published{core->state(), core->persist_failures(),
-                                                   core->persist_error()});
+    auto p = std::make_shared<Published>(
+        Published{core->state(), core->persist_failures(), core->persist_error()});
     absl::MutexLock lock(&publish_mu);
     published = std::move(p);
   }
@@ -177,7 +177,8 @@ struct CoordinatorServer::Impl : public v1::Coordinator::CallbackService {
         healthy = now_healthy;
         server->GetHealthCheckService()->SetServingStatus(kService, healthy);
       }
-      for (size_t i = 0; i < batch.size(); ++i) batch[i].reactor->Finish(ToGrpcStatus(calls[i].status));
+      for (size_t i = 0; i < batch.size(); ++i)
+        batch[i].reactor->Finish(ToGrpcStatus(calls[i].status));
       TickClocks();
     }
     absl::MutexLock lock(&queue_mu);
@@ -333,8 +334,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   if (!store.ok()) return store.status();
   impl->store = std::move(*store);
   if (!options.testing_persist_fault_file.empty()) {
-    impl->store = FaultInjectingStoreForTesting(std::move(impl->store),
-                                                options.testing_persist_fault_file);
+    impl->store =
+        FaultInjectingStoreForTesting(std::move(impl->store), options.testing_persist_fault_file);
   }
   uint64_t life = 0;
   while (life == 0) life = (uint64_t{std::random_device{}()} << 32) ^ std::random_device{}();
