@@ -222,6 +222,25 @@ TEST_CASE("a lost shard is restored onto servers at new addresses with the comma
   std::filesystem::remove_all(dir, ec);
 }
 
+// The other runbook beyond R-1 failures: every LIVE replica of a shard was only paused (a VM
+// pause): the shard is LOST while they are silent and comes back with them by itself.
+TEST_CASE("a shard whose replicas were all paused past their leases comes back with them",
+          "[control][fault]") {
+  auto cluster = Start(2, 2, 1);
+  Workload work(*cluster);
+  work.Start();
+  work.WaitForMore(100);
+  work.Stop();
+  absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(0);
+  REQUIRE(replicas.ok());
+  for (int i : *replicas) kill(cluster->pid(i), SIGSTOP);
+  WaitForShardState(*cluster, 0, "lost");
+  for (int i : *replicas) kill(cluster->pid(i), SIGCONT);
+  WaitForShardState(*cluster, 0, "serving");
+  TESSERA_REQUIRE_OK(cluster->WaitForReplicas(absl::Seconds(30)));
+  work.Verify();  // every acknowledged push is back
+}
+
 // 5. A coordinator paused longer than a lease restarts the leases when it can hear again,
 // instead of expiring every server first.
 TEST_CASE("a coordinator paused for longer than a lease fails nothing over", "[control][fault]") {

@@ -159,12 +159,12 @@ class Nemesis {
     bool killed;  // kill -9 (found by its lease), else a restart (found by its new incarnation)
   };
 
-  // Per shard: its replicas and whether each is LIVE (empty when the coordinator is out).
-  std::vector<std::vector<std::pair<int, bool>>> Shards() {
-    std::vector<std::vector<std::pair<int, bool>>> out;
+  // Per shard: its replicas and their states (empty when the coordinator is out).
+  std::vector<std::vector<LocalCluster::ReplicaState>> Shards() {
+    std::vector<std::vector<LocalCluster::ReplicaState>> out;
     if (coordinator_down_ || coordinator_stopped_) return out;
     for (uint32_t s = 0; s < shards_; ++s) {
-      absl::StatusOr<std::vector<std::pair<int, bool>>> r = cluster_->ReplicaStates(s);
+      absl::StatusOr<std::vector<LocalCluster::ReplicaState>> r = cluster_->ReplicaStates(s);
       if (!r.ok()) return {};
       out.push_back(*r);
     }
@@ -177,31 +177,35 @@ class Nemesis {
   }
 
   // A server whose fault leaves its shard at least one LIVE replica that is not faulty (so
-  // at most R-1 replicas of a shard are down at once). A server restarted or replaced stays
-  // suspect until its shard is all LIVE again.
+  // at most R-1 replicas of a shard are down at once). A restarted server stays suspect until
+  // the coordinator knows its new process (its old entry then is not current).
   std::optional<std::pair<int, uint32_t>> Victim() {
-    std::vector<std::vector<std::pair<int, bool>>> map = Shards();
+    for (auto it = suspect_.begin(); it != suspect_.end();) {
+      absl::StatusOr<uint64_t> inc = cluster_->MemberIncarnation(it->first);
+      it = inc.ok() && *inc != 0 && *inc != it->second ? suspect_.erase(it) : std::next(it);
+    }
+    std::vector<std::vector<LocalCluster::ReplicaState>> map = Shards();
     if (map.empty()) return std::nullopt;
     std::vector<std::pair<int, uint32_t>> ok, primaries;
     for (uint32_t s = 0; s < shards_; ++s) {
-      int live = 0, healthy = 0;
-      for (const auto& [i, is_live] : map[s]) {
-        live += is_live;
-        healthy += is_live && i >= 0 && !Faulty(i);
+      auto healthy = [&](const LocalCluster::ReplicaState& r) {
+        return r.live && r.current && r.index >= 0 && !Faulty(r.index);
+      };
+      int count = 0;
+      for (const auto& r : map[s]) count += healthy(r);
+      if (count < 2) continue;
+      for (const auto& r : map[s]) {
+        if (healthy(r)) ok.emplace_back(r.index, s);
       }
-      if (live == static_cast<int>(replication_) && live == static_cast<int>(map[s].size())) {
-        for (const auto& [i, is_live] : map[s]) suspect_.erase(i);
-      }
-      if (healthy < 2) continue;
-      for (const auto& [i, is_live] : map[s]) {
-        if (is_live && i >= 0 && !Faulty(i)) ok.emplace_back(i, s);
-      }
-      if (!map[s].empty() && !Faulty(map[s][0].first)) primaries.emplace_back(map[s][0].first, s);
+      if (!map[s].empty() && healthy(map[s][0])) primaries.emplace_back(map[s][0].index, s);
     }
     if (ok.empty()) return std::nullopt;
     if (!primaries.empty() && rng_() % 2 == 0) return primaries[rng_() % primaries.size()];
     return ok[rng_() % ok.size()];
   }
+
+  // Marks server i as restarted: suspect until the coordinator knows its new process.
+  void Restarted(int i) { suspect_[i] = before_[i]; }
 
   void Note(const std::string& kind, int shard) {
     ++faults_;
@@ -228,8 +232,10 @@ class Nemesis {
     std::optional<std::pair<int, uint32_t>> v = Victim();
     if (!v.has_value()) return;
     const auto [victim, shard] = *v;
-    std::vector<std::vector<std::pair<int, bool>>> map = Shards();
-    const bool primary = !map.empty() && !map[shard].empty() && map[shard][0].first == victim;
+    std::vector<std::vector<LocalCluster::ReplicaState>> map = Shards();
+    const bool primary = !map.empty() && !map[shard].empty() && map[shard][0].index == victim;
+    absl::StatusOr<uint64_t> inc = cluster_->MemberIncarnation(victim);
+    before_[victim] = inc.ok() ? *inc : 0;  // the process about to be faulted
     const uint32_t how = rng_() % 100;
     if (how < 35) {
       cluster_->KillServer(victim);
@@ -238,7 +244,7 @@ class Nemesis {
     } else if (how < 55) {
       cluster_->KillServer(victim);
       TESSERA_REQUIRE_OK(cluster_->RestartServer(victim));  // at once, same address
-      suspect_.insert(victim);
+      Restarted(victim);
       Note("restart at the same address", static_cast<int>(shard));
     } else if (how < 70) {
       cluster_->KillServer(victim);
@@ -278,7 +284,7 @@ class Nemesis {
         continue;
       }
       TESSERA_REQUIRE_OK(cluster_->RestartServer(it->first));  // later, same address
-      suspect_.insert(it->first);
+      Restarted(it->first);
       it = down_.erase(it);
     }
   }
@@ -298,7 +304,9 @@ class Nemesis {
   std::vector<std::pair<absl::Time, int>> fault_log_;  // shard, -1: the coordinator
   std::vector<PrimaryFault> primary_faults_;
   std::map<int, absl::Time> down_, stopped_;  // server -> when it comes back
-  std::set<int> dead_for_good_, suspect_;
+  std::set<int> dead_for_good_;
+  std::map<int, uint64_t> before_;   // server -> the incarnation it had when last faulted
+  std::map<int, uint64_t> suspect_;  // restarted server -> the incarnation it replaced
   bool coordinator_down_ = false, coordinator_stopped_ = false;
   absl::Time coordinator_back_;
 };

@@ -396,18 +396,50 @@ absl::StatusOr<std::vector<int>> LocalCluster::ReplicasOf(uint32_t shard) {
   return out;
 }
 
-absl::StatusOr<std::vector<std::pair<int, bool>>> LocalCluster::ReplicaStates(uint32_t shard) {
-  absl::StatusOr<v1::ClusterMap> m = FetchMap(coordinator_channel_);
-  if (!m.ok()) return m.status();
-  if (shard >= static_cast<uint32_t>(m->shards_size())) {
+namespace {
+
+absl::StatusOr<v1::GetClusterStatusResponse> FetchStatus(
+    const std::shared_ptr<grpc::Channel>& coordinator) {
+  auto stub = v1::Coordinator::NewStub(coordinator);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  v1::GetClusterStatusResponse resp;
+  if (grpc::Status s = stub->GetClusterStatus(&ctx, v1::GetClusterStatusRequest(), &resp);
+      !s.ok()) {
+    return FromGrpcStatus(s);
+  }
+  return resp;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<LocalCluster::ReplicaState>> LocalCluster::ReplicaStates(
+    uint32_t shard) {
+  absl::StatusOr<v1::GetClusterStatusResponse> st = FetchStatus(coordinator_channel_);
+  if (!st.ok()) return st.status();
+  if (shard >= static_cast<uint32_t>(st->map().shards_size())) {
     return absl::InvalidArgumentError(absl::StrCat("no shard ", shard));
   }
-  std::vector<std::pair<int, bool>> out;
-  if (m->shards(shard).lost()) return out;  // (LOST or RESTORING)
-  for (const auto& r : m->shards(shard).replicas()) {
-    out.emplace_back(IndexOf(r.address()), r.state() == v1::REPLICA_STATE_LIVE);
+  std::vector<ReplicaState> out;
+  if (st->map().shards(shard).lost()) return out;  // (LOST or RESTORING)
+  for (const auto& r : st->map().shards(shard).replicas()) {
+    bool current = false;
+    for (const v1::MemberInfo& m : st->members()) {
+      current |= m.alive() && m.status().address() == r.address() &&
+                 m.status().incarnation() == r.incarnation();
+    }
+    out.push_back({IndexOf(r.address()), r.state() == v1::REPLICA_STATE_LIVE, current});
   }
   return out;
+}
+
+absl::StatusOr<uint64_t> LocalCluster::MemberIncarnation(int i) {
+  absl::StatusOr<v1::GetClusterStatusResponse> st = FetchStatus(coordinator_channel_);
+  if (!st.ok()) return st.status();
+  for (const v1::MemberInfo& m : st->members()) {
+    if (m.status().address() == addresses_[i]) return m.status().incarnation();
+  }
+  return uint64_t{0};
 }
 
 absl::StatusOr<std::string> LocalCluster::ShardState(uint32_t shard) {

@@ -91,8 +91,17 @@ class LocalCluster {
   // The servers of `shard` as the coordinator's map has them: indices, the primary first
   // (-1: a server this cluster did not start); empty while the shard is LOST or RESTORING.
   absl::StatusOr<std::vector<int>> ReplicasOf(uint32_t shard);
-  // The same with whether each is LIVE (else JOINING).
-  absl::StatusOr<std::vector<std::pair<int, bool>>> ReplicaStates(uint32_t shard);
+  // The same with each one's state: LIVE (else JOINING), and whether the entry names the
+  // process the coordinator knows at that address now, with an unexpired lease (a crashed
+  // and restarted server's old entry does not, once the coordinator heard the new process).
+  struct ReplicaState {
+    int index;
+    bool live;
+    bool current;
+  };
+  absl::StatusOr<std::vector<ReplicaState>> ReplicaStates(uint32_t shard);
+  // The incarnation of the process the coordinator knows at server i's address (0: none).
+  absl::StatusOr<uint64_t> MemberIncarnation(int i);
   // "serving", "lost" or "restoring".
   absl::StatusOr<std::string> ShardState(uint32_t shard);
   // The coordinator's shard-map epoch.

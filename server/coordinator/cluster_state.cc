@@ -119,7 +119,9 @@ std::string ClusterState::Candidate(int32_t s) const {
   const std::string* best = nullptr;
   const Member* best_m = nullptr;
   for (const auto& [addr, m] : members_) {
-    if (m.expired || (m.shard != s && m.shard != -1) || Placed(addr, m.incarnation)) continue;
+    if (m.expired || !m.heard || (m.shard != s && m.shard != -1) || Placed(addr, m.incarnation)) {
+      continue;
+    }
     const bool better = best_m == nullptr || (m.shard == s && best_m->shard != s) ||
                         ((m.shard == s) == (best_m->shard == s) && m.order < best_m->order);
     if (better) {
@@ -321,6 +323,7 @@ absl::Status ClusterState::Heartbeat(const v1::ServerStatus& status, int64_t now
   if (m.expired) LogInfo("%s is back (same process)", address);
   m.status = status;
   m.expired = false;
+  m.heard = true;
   m.deadline_ms = now_ms + absl::ToInt64Milliseconds(options_.lease);
   m.heard_ms = now_ms;
   // The process's own binding is the truth (ServerCore::Bind): a member placed and removed
@@ -446,7 +449,7 @@ absl::StatusOr<v1::RecoverShardResponse> ClusterState::RecoverShard(
   std::string target = req.server();
   if (!target.empty()) {
     auto it = members_.find(target);
-    if (it == members_.end() || it->second.expired) {
+    if (it == members_.end() || it->second.expired || !it->second.heard) {
       return absl::FailedPreconditionError(
           absl::StrFormat("%s is not an alive server of this cluster", target));
     }

@@ -72,6 +72,7 @@ class ClusterState {
     uint64_t incarnation = 0;
     int32_t shard = -1;  // bound shard
     bool expired = false;
+    bool heard = false;  // a heartbeat since this coordinator started (placement needs one)
     int64_t deadline_ms = 0;
     int64_t heard_ms = 0;
     uint64_t order = 0;  // first registration, for deterministic placement
