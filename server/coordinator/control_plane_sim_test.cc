@@ -572,21 +572,30 @@ class Sim {
     return std::nullopt;
   }
 
+  // What a call from primary p's sender s carries (and marks it in flight).
+  struct Header {
+    std::string key;
+    uint64_t gen, epoch;
+    uint32_t shard;
+    std::string from;
+    uint64_t from_inc;
+  };
+  Header Outgoing(const ProcPtr& p, Sender& s) {
+    s.in_flight = true;
+    return {s.id.Key(), s.gen,         p->epoch, static_cast<uint32_t>(p->placement.shard),
+            p->address, p->incarnation};
+  }
+
   void SendBatch(const ProcPtr& p, Sender& s) {
     const uint64_t first = s.acked + 1;
     const uint64_t last = std::min<uint64_t>(p->data.size(), s.acked + 64);
     std::vector<uint64_t> entries(p->data.begin() + (first - 1), p->data.begin() + last);
-    s.in_flight = true;
-    const std::string key = s.id.Key();
-    const uint64_t gen = s.gen, epoch = p->epoch;
-    const uint32_t shard = static_cast<uint32_t>(p->placement.shard);
-    const std::string from = p->address;
-    const uint64_t from_inc = p->incarnation;
+    const Header h = Outgoing(p, s);
     ProcPtr b = ProcAt(s.id.address);
     Call<BatchReply>(
         p, b, kCallTimeoutMs,
-        [this, b, epoch, shard, from, from_inc, first, entries]() -> std::optional<BatchReply> {
-          if (auto refused = Check(b, epoch, shard, from, from_inc)) return refused;
+        [this, b, h, first, entries]() -> std::optional<BatchReply> {
+          if (auto refused = Check(b, h.epoch, h.shard, h.from, h.from_inc)) return refused;
           if (b->synced_term != b->term) return BatchReply{Answer::kNeedsSnapshot, 0};
           for (size_t i = 0; i < entries.size(); ++i) {
             const uint64_t lsn = first + i;
@@ -595,7 +604,7 @@ class Sim {
                 Fail(
                     absl::StrFormat("log mismatch: %s holds entry %u at LSN %u, its primary %s "
                                     "sent %u",
-                                    b->address, b->data[lsn - 1], lsn, from, entries[i]));
+                                    b->address, b->data[lsn - 1], lsn, h.from, entries[i]));
               }
               continue;
             }
@@ -604,8 +613,8 @@ class Sim {
           }
           return BatchReply{Answer::kOk, b->data.size()};
         },
-        [this, p, key, gen](std::optional<BatchReply> r) {
-          Sender* s = Live(p, key, gen);
+        [this, p, h](std::optional<BatchReply> r) {
+          Sender* s = Live(p, h.key, h.gen);
           if (s == nullptr) return;
           s->in_flight = false;
           if (r.has_value() && r->answer == Answer::kOk) {
@@ -621,28 +630,23 @@ class Sim {
   }
 
   void SendSnapshot(const ProcPtr& p, Sender& s) {
-    s.in_flight = true;
-    const std::string key = s.id.Key();
-    const uint64_t gen = s.gen, epoch = p->epoch;
-    const uint32_t shard = static_cast<uint32_t>(p->placement.shard);
-    const std::string from = p->address;
-    const uint64_t from_inc = p->incarnation;
+    const Header h = Outgoing(p, s);
     std::vector<uint64_t> copy = p->data;
     const uint64_t cut = copy.size();
     const uint64_t id = ++p->snapshots_sent;
     ProcPtr b = ProcAt(s.id.address);
     Call<BatchReply>(
         p, b, kCallTimeoutMs,
-        [this, b, epoch, shard, from, from_inc, copy, id]() -> std::optional<BatchReply> {
-          if (auto refused = Check(b, epoch, shard, from, from_inc)) return refused;
+        [this, b, h, copy, id]() -> std::optional<BatchReply> {
+          if (auto refused = Check(b, h.epoch, h.shard, h.from, h.from_inc)) return refused;
           if (id <= b->snapshot_floor) return BatchReply{Answer::kFenced, 0};  // a stale one
           b->snapshot_floor = id;
           ReplaceData(b, copy);
           b->synced_term = b->term;
           return BatchReply{Answer::kOk, b->data.size()};
         },
-        [this, p, key, gen, cut](std::optional<BatchReply> r) {
-          Sender* s = Live(p, key, gen);
+        [this, p, h, cut](std::optional<BatchReply> r) {
+          Sender* s = Live(p, h.key, h.gen);
           if (s == nullptr) return;
           s->in_flight = false;
           if (r.has_value() && r->answer == Answer::kOk) {
