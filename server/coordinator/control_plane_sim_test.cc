@@ -9,6 +9,9 @@
 //
 //   TESSERA_SIM_SEED=1234 TESSERA_SIM_FAMILY=chaos build/server/control_plane_sim_test
 //
+// TESSERA_SIM_CHAOS_SCHEDULES and TESSERA_SIM_TIMED_SCHEDULES change how many run (8000 and
+// 2000); TESSERA_SIM_STOP=N makes the [mutation] cases list up to N seeds that catch them.
+//
 // Two families of schedules:
 // - chaos: every kind of fault, at random; checks I1-I6 after every step, then heals
 //   everything and checks I8 (every shard with a live holder serves with R LIVE replicas;
