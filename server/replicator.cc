@@ -186,11 +186,12 @@ struct Replicator::Impl
   bool stopping ABSL_GUARDED_BY(mu) = false;
   bool poked ABSL_GUARDED_BY(mu) = false;
   bool confirm ABSL_GUARDED_BY(mu) = false;  // the coordinator asked for a proof (R7)
+  int confirm_streak ABSL_GUARDED_BY(mu) = 0;
   uint64_t epoch ABSL_GUARDED_BY(mu) = 0;
   Placement placement ABSL_GUARDED_BY(mu);  // in the map we act on
   int32_t shard ABSL_GUARDED_BY(mu) = -1;   // (placement.shard, or the last one when removed)
-  // Grows with every change of placement; a replayed batch or snapshot applies only under the
-  // term it was checked in (R4).
+  // Grows whenever the upstream changes (SameUpstream: shard, primary, own entry); a replayed
+  // batch or snapshot applies only under the term it was checked in (R4).
   uint64_t term ABSL_GUARDED_BY(mu) = 1;
   uint64_t synced_term ABSL_GUARDED_BY(mu) = 0;     // backup: holds a snapshot taken in this term
   uint64_t snapshot_floor ABSL_GUARDED_BY(mu) = 0;  // the newest snapshot started in this term
@@ -273,7 +274,10 @@ struct Replicator::Impl
         }
       }
       absl::MutexLock lock(&mu);
-      if (confirm) continue;  // R7: the proof goes out at once
+      // R7: the proof goes out at once (twice in a row at most: a coordinator that keeps
+      // asking is answered at the normal pace).
+      confirm_streak = confirm ? confirm_streak + 1 : 0;
+      if (confirm && confirm_streak <= 2) continue;
       auto wake = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu) { return stopping || poked; };
       mu.AwaitWithTimeout(absl::Condition(&wake), absl::Milliseconds(options.heartbeat_ms));
       if (poked && !stopping) {  // at most one extra heartbeat per 20 ms
@@ -310,7 +314,7 @@ struct Replicator::Impl
     std::vector<std::pair<Callback, absl::Status>> done;
     std::vector<std::unique_ptr<Sender>> stopped;
     const uint64_t core_lsn = core->lsn();  // (not under mu: Append runs under the order)
-    bool placement_changed = false;
+    bool upstream_changed = false;
     const char* new_role = nullptr;  // set when the role changed
     {
       absl::MutexLock lock(&mu);
@@ -324,7 +328,7 @@ struct Replicator::Impl
         ++term;
         synced_term = 0;
         snapshot_floor = 0;
-        placement_changed = true;
+        upstream_changed = true;
       }
       if (!(where == old)) {
         if (where.role != old.role) new_role = RoleName(where.role);
@@ -368,7 +372,7 @@ struct Replicator::Impl
       }
     }
     StopSenders(std::move(stopped));
-    if (placement_changed) {
+    if (upstream_changed) {
       DropParked(absl::FailedPreconditionError("this replica's primary or entry changed"));
     }
     for (auto& [cb, st] : done) cb(st);

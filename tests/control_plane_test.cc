@@ -16,6 +16,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
+#include "proto/cluster.grpc.pb.h"
 #include "tests/test_cluster.h"
 #include "tests/workload.h"
 #include "tools/prom_text.h"
@@ -300,9 +301,23 @@ TEST_CASE("a failed write of the coordinator's state is an error someone sees, n
       RunCommand(absl::StrCat(TESSERA_CLI_BINARY, " status --coordinator=", coordinator));
   INFO(out);
   CHECK(absl::StrContains(out, "CANNOT WRITE ITS STATE"));
-  // A write that blocks holds no RPC: the map is still answered.
+  // A write that blocks holds no RPC: once heartbeats go unanswered (the loop is stuck in the
+  // write), the map is still answered.
   write_fault("block");
-  absl::SleepFor(absl::Milliseconds(300));  // (lets a write start and block)
+  auto stub = v1::Coordinator::NewStub(
+      grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials()));
+  bool blocked = false;
+  for (int i = 0; i < 50 && !blocked; ++i) {  // (bounded: every batch writes while failing)
+    v1::HeartbeatRequest req;
+    // (An old incarnation of a known server: refused when processed, so it changes nothing.)
+    req.mutable_status()->set_address(cluster->addresses()[(*replicas)[0]]);
+    req.mutable_status()->set_incarnation(1);
+    v1::HeartbeatResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+    blocked = stub->Heartbeat(&ctx, req, &resp).error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+  }
+  REQUIRE(blocked);
   for (int i = 0; i < 5; ++i) TESSERA_REQUIRE_OK(cluster->Epoch().status());
   // The disk recovers: the change is made, and the coordinator is healthy again.
   std::filesystem::remove(fault);
