@@ -359,6 +359,18 @@ TEST_CASE("an operator restores a lost shard onto a server at a new address", "[
     return resp;
   };
   absl::Status st;
+  {  // garbage: no such shard, a shard that serves
+    v1::RecoverShardRequest req;
+    req.set_shard(99);
+    v1::RecoverShardResponse resp;
+    CoordinatorCall call{RecoverShardCall{&req, &resp}, {}};
+    h.core().Process(absl::MakeSpan(&call, 1), h.now());
+    CHECK(call.status.code() == absl::StatusCode::kInvalidArgument);
+    req.set_shard(1);
+    CoordinatorCall serving{RecoverShardCall{&req, &resp}, {}};
+    h.core().Process(absl::MakeSpan(&serving, 1), h.now());
+    CHECK(serving.status.code() == absl::StatusCode::kFailedPrecondition);
+  }
   recover("", &st);
   CHECK(st.code() == absl::StatusCode::kFailedPrecondition);  // no server to put it on
   CHECK(std::string(st.message()).find("start a tessera-server") != std::string::npos);
@@ -375,8 +387,13 @@ TEST_CASE("an operator restores a lost shard onto a server at a new address", "[
   v1::FinishRecoveryRequest fin;
   fin.set_shard(0);
   fin.set_server("new");
-  fin.set_incarnation(r.incarnation());
+  fin.set_incarnation(r.incarnation() + 1);  // another process: refused, nothing changes
   v1::FinishRecoveryResponse fresp;
+  CoordinatorCall wrong{FinishRecoveryCall{&fin, &fresp}, {}};
+  h.core().Process(absl::MakeSpan(&wrong, 1), h.now());
+  CHECK(wrong.status.code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(h.map().shards(0).state() == v1::SHARD_STATE_RESTORING);
+  fin.set_incarnation(r.incarnation());
   CoordinatorCall call{FinishRecoveryCall{&fin, &fresp}, {}};
   h.core().Process(absl::MakeSpan(&call, 1), h.now());
   REQUIRE(call.status.ok());
