@@ -8,9 +8,14 @@
 
 namespace tessera {
 
+// Messages are capped at 1 KiB (a message echoing a huge name must not exceed what a default
+// gRPC client accepts as metadata; it would then see a transport error instead of the code).
 inline grpc::Status ToGrpcStatus(const absl::Status& s) {
   if (s.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+  constexpr size_t kMaxMessage = 1024;
+  std::string message(s.message().substr(0, kMaxMessage));
+  if (s.message().size() > kMaxMessage) message += "...";
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::move(message));
 }
 
 inline absl::Status FromGrpcStatus(const grpc::Status& s) {

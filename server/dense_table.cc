@@ -84,12 +84,13 @@ void DenseTable::Pull(uint64_t offset, uint64_t count, float* out) const {
 }
 
 void DenseTable::Push(uint64_t offset, uint64_t count, const float* grads, uint64_t gen,
-                      bool assign) {
+                      bool assign, uint32_t part, uint32_t parts) {
   const uint64_t end = offset + count;
   for (uint64_t b = offset / layout_.block_elems; b < layout_.num_blocks(); ++b) {
     const uint64_t lo = std::max(offset, layout_.BlockBegin(b));
     const uint64_t hi = std::min(end, layout_.BlockEnd(b));
     if (lo >= hi) break;
+    if (parts > 1 && VshardOf(b) % parts != part) continue;
     Block& block = *blocks_[b];
     const uint64_t len = layout_.BlockEnd(b) - block.begin;
     absl::MutexLock lock(&block.mu);
@@ -110,6 +111,20 @@ void DenseTable::Push(uint64_t offset, uint64_t count, const float* grads, uint6
     }
     block.gen = gen;
   }
+}
+
+uint64_t DenseTable::Digest() const {
+  uint64_t h = Mix64(layout_.size);
+  for (uint64_t b = 0; b < blocks_.size(); ++b) {
+    if (blocks_[b] == nullptr) continue;
+    const Block& block = *blocks_[b];
+    absl::MutexLock lock(&block.mu);
+    h = Mix64(h ^ b);
+    h = Mix64(h ^ block.step);
+    h = Mix64(h ^ Fnv1a64(absl::string_view(reinterpret_cast<const char*>(block.data),
+                                            block.size * sizeof(float))));
+  }
+  return h;
 }
 
 uint32_t DenseTable::VshardOf(uint64_t block) const {

@@ -52,8 +52,10 @@ class DenseTable {
   // REQUIRES: offset + count <= size and every overlapping block is held here.
   void Pull(uint64_t offset, uint64_t count, float* out) const;
   // Applies the optimizer (with `assign`: writes the values, slots kept) and stamps the
-  // touched blocks with generation `gen`.
-  void Push(uint64_t offset, uint64_t count, const float* grads, uint64_t gen, bool assign = false);
+  // touched blocks with generation `gen`; only blocks whose vshard v has v % parts == part
+  // (an executor's share, docs/state_machine.md).
+  void Push(uint64_t offset, uint64_t count, const float* grads, uint64_t gen, bool assign = false,
+            uint32_t part = 0, uint32_t parts = 1);
 
   // Checkpoints (docs/checkpoints.md), as SparseTable: a block is the unit. TakeBlock writes
   // the block's payload as of the cut (weights, slots, then the 8-byte step) to payload (room
@@ -69,6 +71,9 @@ class DenseTable {
   void LoadBlock(uint64_t block, absl::string_view payload);
   // Gives a held block its initial values (a restore that found no data for it).
   void InitializeBlock(uint64_t block);
+
+  // A stable hash of every held block's weights, slots and step, in block order.
+  uint64_t Digest() const;
 
   uint64_t num_elements() const { return held_elements_; }
   uint64_t bytes() const { return held_elements_ * sizeof(float) * (1 + params_.num_slots); }

@@ -2,6 +2,8 @@
 
 #include <grpcpp/support/proto_buffer_reader.h>
 
+#include <memory>
+#include <new>
 #include <string>
 #include <thread>
 
@@ -10,6 +12,7 @@
 #include "common/bulk_codec.h"
 #include "common/grpc_status.h"
 #include "common/wire.h"
+#include "server/grpc_wire.h"
 #include "server/replicator.h"
 
 namespace tessera {
@@ -89,12 +92,13 @@ void GrpcService::Run(Method method, Ctx* ctx, const Bytes* request, Bytes* resp
                       Reactor* reactor) {
   const absl::Time start = absl::Now();
   metrics_->AddInFlight(1);
-  Req req;
+  auto req = std::make_shared<Req>();
   auto resp = std::make_shared<Resp>();
-  absl::Status status = Parse(*request, &req);
-  if (status.ok()) status = fn(req, resp.get());
-  const Volume v = status.ok() ? VolumeOf(req, *resp) : Volume{0, request->Length(), 0};
-  auto finish = [this, method, ctx, response, reactor, start, v, resp](absl::Status status) {
+  absl::Status status = Parse(*request, req.get());
+  const size_t request_bytes = request->Length();
+  auto finish = [this, method, ctx, response, reactor, start, req, resp,
+                 request_bytes](absl::Status status) {
+    const Volume v = status.ok() ? VolumeOf(*req, *resp) : Volume{0, request_bytes, 0};
     if (status.ok()) {
       if constexpr (requires { resp->mutable_values(); }) {
         // Pull responses: the values travel as a slice that owns them, without a protobuf copy.
@@ -118,27 +122,43 @@ void GrpcService::Run(Method method, Ctx* ctx, const Bytes* request, Bytes* resp
     metrics_->AddInFlight(-1);
     reactor->Finish(grpc_status);
   };
+  if (!status.ok()) return finish(std::move(status));
+  ServerCore::Done done = std::move(finish);
   if constexpr (requires { resp->lsn(); }) {
     // A change is acknowledged once every counted backup has it (docs/replication.md).
-    if (status.ok() && replicator_ != nullptr) {
-      replicator_->WhenReplicated(resp->lsn(), std::move(finish));
-      return;
+    if (replicator_ != nullptr) {
+      done = [this, resp, finish = std::move(done)](absl::Status st) {
+        if (!st.ok()) return finish(std::move(st));
+        replicator_->WhenReplicated(resp->lsn(), finish);
+      };
     }
   }
-  finish(std::move(status));
+  fn(std::shared_ptr<const Req>(req), resp.get(), std::move(done));
 }
 
-#define TESSERA_RAW_METHOD(Name, ReqT, RespT)                                                  \
-  GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) {           \
-    return Handle<ReqT, RespT>(Method::k##Name, ctx, req, resp,                                \
-                               [this](const ReqT& r, RespT* p) { return core_->Name(r, p); }); \
+// Reads answer inline; memory the kernel refuses is the caller's RESOURCE_EXHAUSTED.
+#define TESSERA_RAW_METHOD(Name, ReqT, RespT)                                              \
+  GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) {       \
+    return Handle<ReqT, RespT>(                                                            \
+        Method::k##Name, ctx, req, resp,                                                   \
+        [this](std::shared_ptr<const ReqT> r, RespT* p, ServerCore::Done done) {           \
+          absl::Status st;                                                                 \
+          try {                                                                            \
+            st = core_->Name(*r, p);                                                       \
+          } catch (const std::bad_alloc&) {                                                \
+            st = absl::ResourceExhaustedError("out of memory answering " #Name);           \
+          }                                                                                \
+          done(std::move(st));                                                             \
+        });                                                                                \
   }
-// Changes hand the raw request to the core, which logs it for the backups.
-#define TESSERA_RAW_CHANGE(Name, ReqT, RespT)                                        \
-  GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) { \
-    return Handle<ReqT, RespT>(                                                      \
-        Method::k##Name, ctx, req, resp,                                             \
-        [this, req](const ReqT& r, RespT* p) { return core_->Name(r, p, req); });    \
+// Changes hand the request and its bytes to the core, which sequences, logs and applies them.
+#define TESSERA_RAW_CHANGE(Name, ReqT, RespT)                                                 \
+  GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) {          \
+    return Handle<ReqT, RespT>(                                                               \
+        Method::k##Name, ctx, req, resp,                                                      \
+        [this, req](std::shared_ptr<const ReqT> r, RespT* p, ServerCore::Done done) {         \
+          core_->Name(std::move(r), p, std::make_shared<GrpcWire>(*req), std::move(done));    \
+        });                                                                                   \
   }
 
 TESSERA_RAW_CHANGE(CreateTable, v1::CreateTableRequest, v1::CreateTableResponse)
@@ -156,17 +176,16 @@ TESSERA_RAW_METHOD(GetCheckpointState, v1::GetCheckpointStateRequest,
 GrpcService::Reactor* GrpcService::WriteCheckpoint(Ctx* ctx, const Bytes* req, Bytes* resp) {
   return Offload<v1::WriteCheckpointRequest, v1::WriteCheckpointResponse>(
       Method::kWriteCheckpoint, ctx, req, resp,
-      [this](const v1::WriteCheckpointRequest& r, v1::WriteCheckpointResponse* p) {
-        return core_->WriteCheckpoint(r, p);
-      });
+      [this](std::shared_ptr<const v1::WriteCheckpointRequest> r, v1::WriteCheckpointResponse* p,
+             ServerCore::Done done) { done(core_->WriteCheckpoint(*r, p)); });
 }
 
 GrpcService::Reactor* GrpcService::RestoreCheckpoint(Ctx* ctx, const Bytes* req, Bytes* resp) {
   return Offload<v1::RestoreCheckpointRequest, v1::RestoreCheckpointResponse>(
       Method::kRestoreCheckpoint, ctx, req, resp,
-      [this](const v1::RestoreCheckpointRequest& r, v1::RestoreCheckpointResponse* p) {
-        return core_->RestoreCheckpoint(r, p);
-      });
+      [this](std::shared_ptr<const v1::RestoreCheckpointRequest> r,
+             v1::RestoreCheckpointResponse* p,
+             ServerCore::Done done) { done(core_->RestoreCheckpoint(*r, p)); });
 }
 
 #undef TESSERA_RAW_METHOD

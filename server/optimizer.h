@@ -33,9 +33,20 @@ struct OptimizerParams {
   float InitialSlotValue(int slot) const;
 };
 
+// The nearest finite float to x (NaN is not expected: callers pass finite inputs).
+inline float SaturateToFloat(double x) {
+  constexpr double kMax = 3.4028234663852886e38;  // FLT_MAX
+  return static_cast<float>(x > kMax ? kMax : (x < -kMax ? -kMax : x));
+}
+// dst[i] += src[i], saturating at the largest finite float (BSP step sums).
+void AddSaturating(float* dst, const float* src, size_t n);
+
 // Applies one update with gradient g to n coordinates. slot0 and slot1 may be null when the
 // optimizer has fewer slots; step may be null unless has_step, and is incremented first (the
 // first update uses t = 1). For kAssign, g holds the new values.
+// Numeric safety (docs/state_machine.md, "Numbers"): with finite inputs the results are
+// finite: a chunk whose float results are not is recomputed in double precision, each stored
+// value saturated to the finite float range.
 void ApplyUpdate(const OptimizerParams& p, float* w, float* slot0, float* slot1, uint64_t* step,
                  const float* g, size_t n);
 

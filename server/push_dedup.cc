@@ -1,81 +1,63 @@
 #include "server/push_dedup.h"
 
-#include "absl/time/clock.h"
+#include <algorithm>
 
 namespace tessera {
 
-PushDeduplicator::PushDeduplicator(absl::Duration client_ttl) : client_ttl_(client_ttl) {}
+PushDeduplicator::PushDeduplicator(int64_t client_ttl_ms) : client_ttl_ms_(client_ttl_ms) {}
 
-PushDeduplicator::Decision PushDeduplicator::Begin(uint64_t client_id, uint64_t sequence,
-                                                   uint64_t floor) {
-  Stripe& s = StripeOf(client_id);
-  const absl::Time now = absl::Now();
-  absl::MutexLock lock(&s.mu);
-  SweepLocked(s, now);
-  ClientState& c = s.clients[client_id];
-  c.last_seen = now;
+bool PushDeduplicator::IsDuplicate(uint64_t client_id, uint64_t sequence, uint64_t floor) const {
+  auto it = clients_.find(client_id);
+  if (it == clients_.end()) return false;
+  const ClientState& c = it->second;
+  // A sequence below the larger of the two floors is settled: the client said so (this push's
+  // floor) or said so before (the recorded one).
+  return sequence < std::max(c.floor, floor) || c.applied.contains(sequence);
+}
+
+void PushDeduplicator::Record(uint64_t client_id, uint64_t sequence, uint64_t floor,
+                              int64_t time_ms) {
+  Sweep(time_ms);
+  ClientState& c = clients_[client_id];
+  c.last_seen_ms = time_ms;
   if (floor > c.floor) {
     c.floor = floor;
     absl::erase_if(c.applied, [&](uint64_t seq) { return seq < floor; });
   }
-  if (sequence < c.floor || c.applied.contains(sequence)) return Decision::kDuplicate;
-  if (!c.applying.insert(sequence).second) return Decision::kInProgress;
-  return Decision::kApply;
+  if (sequence >= c.floor) c.applied.insert(sequence);
 }
 
-void PushDeduplicator::Finish(uint64_t client_id, uint64_t sequence, bool applied) {
-  Stripe& s = StripeOf(client_id);
-  absl::MutexLock lock(&s.mu);
-  auto it = s.clients.find(client_id);
-  if (it == s.clients.end()) return;  // forgotten meanwhile (idle past the TTL)
-  ClientState& c = it->second;
-  c.applying.erase(sequence);
-  if (applied && sequence >= c.floor) c.applied.insert(sequence);
-}
-
-void PushDeduplicator::SweepLocked(Stripe& s, absl::Time now) {
-  if (now - s.last_sweep < client_ttl_ / 4) return;
-  s.last_sweep = now;
-  absl::erase_if(s.clients, [&](const auto& entry) {
-    const ClientState& c = entry.second;
-    return c.applying.empty() && now - c.last_seen > client_ttl_;
+void PushDeduplicator::Sweep(int64_t now_ms) {
+  // At most every quarter TTL of entry time: the sweep is O(clients).
+  if (now_ms - last_sweep_ms_ < client_ttl_ms_ / 4) return;
+  last_sweep_ms_ = now_ms;
+  absl::erase_if(clients_, [&](const auto& entry) {
+    return now_ms - entry.second.last_seen_ms > client_ttl_ms_;
   });
 }
 
 std::vector<PushDeduplicator::ClientSnapshot> PushDeduplicator::Snapshot() const {
   std::vector<ClientSnapshot> out;
-  for (const Stripe& s : stripes_) {
-    absl::MutexLock lock(&s.mu);
-    for (const auto& [id, c] : s.clients) {
-      out.push_back({id, c.floor, std::vector<uint64_t>(c.applied.begin(), c.applied.end())});
-    }
+  out.reserve(clients_.size());
+  for (const auto& [id, c] : clients_) {
+    ClientSnapshot s{id, c.floor, {c.applied.begin(), c.applied.end()}, c.last_seen_ms};
+    std::sort(s.applied.begin(), s.applied.end());
+    out.push_back(std::move(s));
   }
+  std::sort(out.begin(), out.end(),
+            [](const ClientSnapshot& a, const ClientSnapshot& b) { return a.client_id < b.client_id; });
   return out;
 }
 
 void PushDeduplicator::Restore(const std::vector<ClientSnapshot>& clients) {
-  const absl::Time now = absl::Now();
-  for (Stripe& s : stripes_) {
-    absl::MutexLock lock(&s.mu);
-    s.clients.clear();
-  }
+  clients_.clear();
+  last_sweep_ms_ = 0;
   for (const ClientSnapshot& c : clients) {
-    Stripe& s = StripeOf(c.client_id);
-    absl::MutexLock lock(&s.mu);
-    ClientState& state = s.clients[c.client_id];
+    ClientState& state = clients_[c.client_id];
     state.floor = c.floor;
     state.applied.insert(c.applied.begin(), c.applied.end());
-    state.last_seen = now;
+    state.last_seen_ms = c.last_seen_ms;
   }
-}
-
-size_t PushDeduplicator::NumClientsForTesting() const {
-  size_t n = 0;
-  for (const Stripe& s : stripes_) {
-    absl::MutexLock lock(&s.mu);
-    n += s.clients.size();
-  }
-  return n;
 }
 
 }  // namespace tessera

@@ -1,15 +1,14 @@
-// Exactly-once application of pushes: docs/design.md, "Exactly-once pushes".
+// Exactly-once application of pushes: docs/design.md, "Exactly-once pushes". Part of the
+// shard's replicated state (docs/state_machine.md): it changes only when an entry is sequenced,
+// and its only clock is the entries' time.
 #ifndef TESSERA_SERVER_PUSH_DEDUP_H_
 #define TESSERA_SERVER_PUSH_DEDUP_H_
 
-#include <array>
 #include <cstdint>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/time/time.h"
 
 namespace tessera {
 
@@ -18,57 +17,46 @@ namespace tessera {
 // flight (the floor): sequences below the floor are settled and forgotten, so the memory per
 // client is bounded by the client's in-flight window.
 //
-// Protocol per push: Begin(); if kApply, apply the push and then call Finish(applied = true),
-// or Finish(applied = false) if it was not applied after all.
+// Protocol per push: IsDuplicate() (reads only); if false and every other check passes,
+// Record() as the push is sequenced. A push that is refused leaves no trace.
 //
-// Thread-safe; clients are striped over independent mutexes.
+// Thread-compatible: the shard's order lock serializes every call.
 class PushDeduplicator {
  public:
-  enum class Decision {
-    kApply,       // new: the caller applies it, then calls Finish
-    kDuplicate,   // applied before (or below the floor): acknowledge without applying
-    kInProgress,  // the same push is being applied right now: answer UNAVAILABLE, retry later
-  };
+  // client_ttl_ms: a client with no applied push for this long (in entry time) is forgotten.
+  explicit PushDeduplicator(int64_t client_ttl_ms = int64_t{3600} * 1000);
 
-  // client_ttl: a client not heard from for this long is forgotten.
-  explicit PushDeduplicator(absl::Duration client_ttl = absl::Hours(1));
+  // Whether (client_id, sequence) was applied before or is below the client's floor.
+  bool IsDuplicate(uint64_t client_id, uint64_t sequence, uint64_t floor) const;
+  // Records that the push was applied at entry time `time_ms` (non-decreasing across calls),
+  // raising the client's floor; forgets clients idle past the TTL.
+  void Record(uint64_t client_id, uint64_t sequence, uint64_t floor, int64_t time_ms);
 
-  Decision Begin(uint64_t client_id, uint64_t sequence, uint64_t floor);
-  void Finish(uint64_t client_id, uint64_t sequence, bool applied);
-
-  // The remembered state, for checkpoints: pushes being applied count as not applied.
+  // The remembered state, for checkpoints and snapshots, sorted by client.
   struct ClientSnapshot {
     uint64_t client_id;
     uint64_t floor;
-    std::vector<uint64_t> applied;
+    std::vector<uint64_t> applied;  // sorted
+    int64_t last_seen_ms = 0;
   };
   std::vector<ClientSnapshot> Snapshot() const;
-  // Replaces the state with a snapshot (restore). REQUIRES: no push in progress.
+  // Replaces the state with a snapshot (restore, catch-up).
   void Restore(const std::vector<ClientSnapshot>& clients);
 
   // Number of clients currently remembered.
-  size_t NumClientsForTesting() const;
+  size_t NumClients() const { return clients_.size(); }
 
  private:
   struct ClientState {
-    uint64_t floor = 0;                      // every sequence < floor is settled
-    absl::flat_hash_set<uint64_t> applied;   // applied sequences >= floor
-    absl::flat_hash_set<uint64_t> applying;  // between Begin and Finish
-    absl::Time last_seen;
+    uint64_t floor = 0;                     // every sequence < floor is settled
+    absl::flat_hash_set<uint64_t> applied;  // applied sequences >= floor
+    int64_t last_seen_ms = 0;
   };
-  struct Stripe {
-    mutable absl::Mutex mu;
-    absl::flat_hash_map<uint64_t, ClientState> clients ABSL_GUARDED_BY(mu);
-    absl::Time last_sweep ABSL_GUARDED_BY(mu);
-  };
-  static constexpr size_t kStripes = 16;
+  void Sweep(int64_t now_ms);
 
-  Stripe& StripeOf(uint64_t client_id) { return stripes_[client_id % kStripes]; }
-  void SweepLocked(Stripe& s, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu);
-
-  // Constant after construction.
-  const absl::Duration client_ttl_;
-  std::array<Stripe, kStripes> stripes_;
+  const int64_t client_ttl_ms_;
+  absl::flat_hash_map<uint64_t, ClientState> clients_;
+  int64_t last_sweep_ms_ = 0;
 };
 
 }  // namespace tessera

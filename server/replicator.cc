@@ -22,6 +22,7 @@
 #include "common/logging.h"
 #include "common/slice_reader.h"
 #include "proto/cluster.grpc.pb.h"
+#include "server/grpc_wire.h"
 #include "server/replica_rules.h"
 
 namespace tessera {
@@ -41,6 +42,8 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) {
 
 // Trailing metadata of a refused batch whose backup needs a snapshot first.
 constexpr char kNeedsSnapshotKey[] = "tessera-needs-snapshot";
+// Trailing metadata of a batch refused by a FAILED replica (docs/state_machine.md): its reason.
+constexpr char kReplicaFailedKey[] = "tessera-replica-failed";
 
 absl::Status Reroute(absl::Status status) {
   status.SetPayload("type.tessera/reroute", absl::Cord("1"));
@@ -50,8 +53,15 @@ absl::Status Reroute(absl::Status status) {
 struct Entry {
   uint64_t lsn;
   int kind;
+  int64_t time_ms;
+  uint64_t table_id;
   grpc::ByteBuffer request;  // shares the client's slices
 };
+
+void AppendVarintField(uint32_t field, uint64_t v, std::string* out) {
+  AppendVarint((field << 3) | 0, out);
+  AppendVarint(v, out);
+}
 
 // A ReplicateRequest whose entries' request bytes are the clients' slices, not copies.
 grpc::ByteBuffer EncodeBatch(const v1::ReplicateRequest& header, const std::vector<Entry*>& batch) {
@@ -59,14 +69,16 @@ grpc::ByteBuffer EncodeBatch(const v1::ReplicateRequest& header, const std::vect
   slices.emplace_back(header.SerializeAsString());
   for (Entry* e : batch) {
     const size_t len = e->request.Length();
-    const size_t entry_len = 1 + VarintSize(e->kind) + 1 + VarintSize(len) + len;
+    std::string fields;  // LogEntry: kind, time_ms, table_id, then the request's header
+    AppendVarintField(1, e->kind, &fields);
+    AppendVarintField(3, static_cast<uint64_t>(e->time_ms), &fields);
+    AppendVarintField(4, e->table_id, &fields);
+    AppendVarint((2 << 3) | 2, &fields);  // request
+    AppendVarint(len, &fields);
     std::string prefix;
     AppendVarint((5 << 3) | 2, &prefix);  // entries
-    AppendVarint(entry_len, &prefix);
-    AppendVarint((1 << 3) | 0, &prefix);  // kind
-    AppendVarint(e->kind, &prefix);
-    AppendVarint((2 << 3) | 2, &prefix);  // request
-    AppendVarint(len, &prefix);
+    AppendVarint(fields.size() + len, &prefix);
+    prefix += fields;
     slices.emplace_back(prefix);
     std::vector<grpc::Slice> parts;
     (void)e->request.Dump(&parts);
@@ -86,6 +98,8 @@ struct DecodedBatch {
   uint64_t first_lsn = 0;
   struct Item {
     int kind = 0;
+    int64_t time_ms = 0;
+    uint64_t table_id = 0;
     grpc::ByteBuffer request;  // slices of the received message
   };
   std::vector<Item> entries;
@@ -112,10 +126,12 @@ absl::Status DecodeBatch(const grpc::ByteBuffer& bytes, DecodedBatch* out) {
     }
     if (type != 2 || !r.ReadVarint(&v)) return malformed("unexpected field");
     if (field == 3) {
+      // (nothing is allocated for a length the message does not hold)
+      if (v > bytes.Length()) return malformed("truncated primary");
       out->primary.resize(v);
       if (!r.Read(v, out->primary.data())) return malformed("truncated primary");
     } else if (field == 5) {
-      // A LogEntry: kind (1, varint) and request (2, bytes), in any order.
+      // A LogEntry: kind (1), time_ms (3), table_id (4), request (2, bytes), in any order.
       uint64_t left = v;
       DecodedBatch::Item item;
       std::vector<grpc::Slice> request;
@@ -125,6 +141,8 @@ absl::Status DecodeBatch(const grpc::ByteBuffer& bytes, DecodedBatch* out) {
         const uint64_t used = VarintSize(etag) + VarintSize(ev);
         if ((etag & 7) == 0) {
           if ((etag >> 3) == 1) item.kind = static_cast<int>(ev);
+          if ((etag >> 3) == 3) item.time_ms = static_cast<int64_t>(ev);
+          if ((etag >> 3) == 4) item.table_id = ev;
           if (used > left) return malformed("entry overrun");
           left -= used;
         } else if ((etag & 7) == 2) {
@@ -204,6 +222,7 @@ struct Replicator::Impl
   uint64_t snapshots_sent ABSL_GUARDED_BY(mu) = 0;
   uint64_t snapshots_installed ABSL_GUARDED_BY(mu) = 0;
   uint64_t fenced_refusals ABSL_GUARDED_BY(mu) = 0;
+  uint64_t replica_failures ABSL_GUARDED_BY(mu) = 0;  // batches a FAILED backup refused
   absl::Time last_heartbeat ABSL_GUARDED_BY(mu) = absl::InfinitePast();
   std::string heartbeat_error ABSL_GUARDED_BY(mu);  // the last refusal, logged once
   std::thread heartbeat_thread;
@@ -218,6 +237,7 @@ struct Replicator::Impl
     grpc::ByteBuffer* response;
     grpc::ServerUnaryReactor* reactor;
     uint64_t term;  // checked in (R4)
+    grpc::CallbackServerContext* ctx;
   };
   // Serializes the application of snapshot chunks on a backup.
   absl::Mutex replay_mu;
@@ -416,18 +436,20 @@ struct Replicator::Impl
     for (auto& [c, st] : done) c(st);
   }
 
-  void Append(uint64_t lsn, int kind, const void* request) {
+  void Append(const LogEntry& entry) {
     absl::MutexLock lock(&mu);
-    appended = std::max(appended, lsn);
-    if (kind == v1::LOG_ENTRY_KIND_RESTORE) {
+    appended = std::max(appended, entry.lsn);
+    if (std::holds_alternative<RestoreOp>(entry.op)) {
       // The state was replaced: every backup gets a snapshot taken after this point, which
       // acknowledges this LSN once installed.
       for (auto& [addr, s] : senders) s->needs_snapshot = true;
       return;
     }
-    if (request == nullptr) return;
+    if (entry.wire == nullptr) return;  // (only changes that came over gRPC are logged)
+    const grpc::ByteBuffer& bytes = static_cast<const GrpcWire&>(*entry.wire).bytes;
+    const int kind = LogEntryKindOf(entry);
     for (auto& [addr, s] : senders) {
-      s->queue.push_back({lsn, kind, *static_cast<const grpc::ByteBuffer*>(request)});
+      s->queue.push_back({entry.lsn, kind, entry.time_ms, entry.table_id, bytes});
     }
   }
 
@@ -582,8 +604,18 @@ struct Replicator::Impl
       --s->in_flight;
       if (!st.ok()) {
         if (s->failure.ok()) s->failure = st;
-        if (call.ctx.GetServerTrailingMetadata().count(kNeedsSnapshotKey) > 0) {
+        const auto& trailers = call.ctx.GetServerTrailingMetadata();
+        if (trailers.count(kNeedsSnapshotKey) > 0) {
           s->needs_snapshot = true;  // the backup holds no snapshot of this primary's (R4)
+        }
+        if (auto it = trailers.find(kReplicaFailedKey); it != trailers.end()) {
+          // It applied nothing it did not acknowledge; a snapshot is its way back.
+          if (!s->needs_snapshot) {
+            LogWarning("backup %s is FAILED (%s); re-syncing it with a snapshot", s->address,
+                       std::string(it->second.data(), it->second.size()));
+          }
+          s->needs_snapshot = true;
+          ++replica_failures;
         }
       } else {
         s->acked = std::max(s->acked, resp.lsn());
@@ -730,11 +762,12 @@ struct Replicator::Impl
     absl::MutexLock lock(&park_mu);
     const uint64_t first = batch->first_lsn;
     auto [it, inserted] =
-        parked.try_emplace(first, Parked{std::move(batch), response, reactor, checked_term});
+        parked.try_emplace(first, Parked{std::move(batch), response, reactor, checked_term, ctx});
     if (!inserted) {  // a resend of a batch still waiting: answer the older copy
       it->second.reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "superseded"));
       it->second.response = response;
       it->second.reactor = reactor;
+      it->second.ctx = ctx;
       it->second.term = checked_term;
     }
     if (draining) return reactor;  // the thread draining applies it
@@ -748,9 +781,24 @@ struct Replicator::Impl
       park_mu.Unlock();
       absl::Status applied;
       for (size_t i = 0; i < p.batch->entries.size() && applied.ok(); ++i) {
-        grpc::ProtoBufferReader reader(&p.batch->entries[i].request);
-        applied = core->ApplyReplicated(p.term, p.batch->first_lsn + i, p.batch->entries[i].kind,
-                                        &reader);
+        DecodedBatch::Item& item = p.batch->entries[i];
+        grpc::ProtoBufferReader reader(&item.request);
+        absl::StatusOr<LogEntry> entry = ServerCore::DecodeEntry(item.kind, &reader);
+        if (!entry.ok()) {
+          applied = entry.status();
+          break;
+        }
+        entry->lsn = p.batch->first_lsn + i;
+        entry->time_ms = item.time_ms;
+        entry->table_id = item.table_id;
+        applied = core->Replay(p.term, *std::move(entry));
+      }
+      core->WaitApplied();  // acknowledges only what is applied (docs/state_machine.md)
+      if (ServerCore::IsReplicaFailed(applied)) {
+        p.ctx->AddTrailingMetadata(
+            kReplicaFailedKey,
+            std::string(applied.GetPayload("type.tessera/replica-failed").value_or(absl::Cord()))
+                .substr(0, 200));
       }
       v1::ReplicateResponse resp;
       resp.set_lsn(core->lsn());
@@ -842,8 +890,8 @@ void Replicator::Stop() {
   for (auto& cb : failed) cb(absl::UnavailableError("server shutting down"));
 }
 
-void Replicator::Append(uint64_t lsn, int kind, const void* request) {
-  impl_->Append(lsn, kind, request);
+void Replicator::Append(const LogEntry& entry) {
+  impl_->Append(entry);
 }
 
 void Replicator::WhenReplicated(uint64_t lsn, std::function<void(absl::Status)> done) {
@@ -856,6 +904,7 @@ void Replicator::Poke() { impl_->Poke(); }
 
 ReplicationStats Replicator::Stats() const {
   ReplicationStats out;
+  out.failed = impl_->core->failed();  // (before mu: the core's order lock comes first)
   absl::MutexLock lock(&impl_->mu);
   out.epoch = impl_->epoch;
   out.role = RoleName(impl_->placement.role);
@@ -874,6 +923,7 @@ ReplicationStats Replicator::Stats() const {
   out.snapshots_sent = impl_->snapshots_sent;
   out.snapshots_installed = impl_->snapshots_installed;
   out.fenced_refusals = impl_->fenced_refusals;
+  out.backup_failures = impl_->replica_failures;
   out.seconds_since_heartbeat = absl::ToDoubleSeconds(absl::Now() - impl_->last_heartbeat);
   return out;
 }

@@ -49,6 +49,8 @@ struct ReplicationStats {
   uint64_t snapshots_sent = 0;
   uint64_t snapshots_installed = 0;
   uint64_t fenced_refusals = 0;  // batches refused because the sender was not our primary
+  uint64_t backup_failures = 0;  // batches refused by a FAILED backup (primary)
+  bool failed = false;           // this replica is FAILED (docs/state_machine.md)
   double seconds_since_heartbeat = 0;
 };
 
@@ -64,8 +66,8 @@ class Replicator final : public ServerCore::UpdateLog {
   // Stops every thread; pending acknowledgements fail with UNAVAILABLE.
   void Stop();
 
-  // UpdateLog: `request` is the client's grpc::ByteBuffer.
-  void Append(uint64_t lsn, int kind, const void* request) override;
+  // UpdateLog: entries that came over gRPC carry their GrpcWire.
+  void Append(const LogEntry& entry) override;
 
   // Runs `done` once change `lsn` is on every counted backup (OK), or fails it when this
   // server stops being the primary (FAILED_PRECONDITION with the reroute payload). `done` may

@@ -1,7 +1,9 @@
 #ifndef TESSERA_SERVER_ROW_ARENA_H_
 #define TESSERA_SERVER_ROW_ARENA_H_
 
+#include <atomic>
 #include <cstddef>
+#include <new>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -18,8 +20,16 @@ class RowArena {
   // stride_floats: floats per row, > 0.
   explicit RowArena(size_t stride_floats) : stride_(stride_floats) {}
 
-  // Adds an uninitialized row and returns its id (0, 1, 2, ...).
+  // Tests: the next N appends throw std::bad_alloc, as when the kernel refuses memory.
+  static inline std::atomic<int> fail_appends_for_testing{0};
+
+  // Adds an uninitialized row and returns its id (0, 1, 2, ...). Throws std::bad_alloc (and
+  // changes nothing) when memory cannot be had.
   uint32_t Append() {
+    if (fail_appends_for_testing.load(std::memory_order_relaxed) > 0 &&
+        fail_appends_for_testing.fetch_sub(1) > 0) {
+      throw std::bad_alloc();
+    }
     if (size_ % kRowsPerBlock == 0) {
       blocks_.push_back(std::make_unique_for_overwrite<float[]>(kRowsPerBlock * stride_));
     }

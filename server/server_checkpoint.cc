@@ -18,6 +18,7 @@
 #include "proto/checkpoint.pb.h"
 #include "proto/cluster.pb.h"
 #include "proto/tessera.pb.h"
+#include "server/apply_executors.h"
 #include "server/dense_table.h"
 #include "server/server_core.h"
 #include "server/sparse_table.h"
@@ -268,6 +269,8 @@ absl::Status ServerCore::WriteCheckpoint(const v1::WriteCheckpointRequest& req,
   std::vector<PushDeduplicator::ClientSnapshot> dedup;
   uint64_t cut_gen;
   {
+    absl::MutexLock order(&order_mu_);
+    executors_->Drain();  // the cut is an LSN fence: everything sequenced is applied
     absl::WriterMutexLock gate(&gate_);
     cut_gen = BeginCutLocked(&tables, &dedup);
   }
@@ -309,6 +312,7 @@ absl::Status ServerCore::WriteCheckpoint(const v1::WriteCheckpointRequest& req,
     d->set_client_id(c.client_id);
     d->set_floor(c.floor);
     for (uint64_t seq : c.applied) d->add_applied(seq);
+    d->set_last_seen_ms(c.last_seen_ms);
   }
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
   part.set_cut_seconds(cut_seconds);
@@ -469,8 +473,10 @@ absl::StatusOr<std::unique_ptr<ServerCore::StagedRestore>> ServerCore::PrepareRe
     for (const auto& part : last.parts()) {
       if (part.shard_index() != shard_index_) continue;
       for (const auto& c : part.dedup()) {
-        staged->dedup.push_back(
-            {c.client_id(), c.floor(), {c.applied().begin(), c.applied().end()}});
+        staged->dedup.push_back({c.client_id(),
+                                 c.floor(),
+                                 {c.applied().begin(), c.applied().end()},
+                                 c.last_seen_ms()});
       }
     }
   }
@@ -483,15 +489,20 @@ void ServerCore::CommitRestore(std::unique_ptr<StagedRestore> staged) {
   absl::flat_hash_map<std::string, std::shared_ptr<Table>> old;  // freed outside the locks
   {
     absl::MutexLock order(&order_mu_);
+    executors_->Drain();  // a barrier: changes to the old tables finish first
+    LogEntry entry;
+    entry.op = RestoreOp{};
+    for (const auto& c : staged->dedup) time_ms_ = std::max(time_ms_, c.last_seen_ms);
     {
       absl::WriterMutexLock gate(&gate_);
       absl::MutexLock lock(&tables_mu_);
+      for (auto& [name, t] : staged->tables) t->id = lsn_ + 1;  // made by the restore's entry
       old.swap(tables_);
       tables_ = std::move(staged->tables);
       dedup_.Restore(staged->dedup);  // (changes from now on carry generations > kBaseGeneration)
     }
     // One change in the update order: backups take a snapshot of the restored state.
-    NextLsn(v1::LOG_ENTRY_KIND_RESTORE, this);
+    Sequence(Origin{}, &entry);
   }
   {
     absl::MutexLock lock(&ckpt_mu_);

@@ -18,6 +18,7 @@
 #include "common/table_config.h"
 #include "server/generation.h"
 #include "server/push_dedup.h"
+#include "server/shard_log.h"
 
 namespace tessera {
 
@@ -69,6 +70,7 @@ class TableEntry;
 
 class SparseTable;
 class DenseTable;
+class ApplyExecutors;
 
 // Per-process options of the server core. Defaults suit a server with a few GB of memory.
 struct ServerCoreOptions {
@@ -96,6 +98,11 @@ struct ServerCoreOptions {
   // Fault injection for tests: each push waits this long before it is applied, so that a test
   // can hold pushes in flight. Never set in production.
   uint32_t testing_push_delay_ms = 0;
+  // Tests: runs on a client's push after it was validated, before it is sequenced.
+  std::function<void()> testing_before_sequencing;
+
+  // Threads that apply sequenced changes (docs/state_machine.md); 0: one per core, at most 16.
+  uint32_t apply_threads = 0;
 
   // Checkpoint directory shared by every server and the checkpoint driver
   // (docs/checkpoints.md); empty disables checkpoints.
@@ -145,20 +152,36 @@ class ServerCore {
   static absl::StatusOr<std::unique_ptr<ServerCore>> Create(const ServerCoreOptions& options);
   ~ServerCore();
 
-  // Changes take an optional opaque `request` handed to the UpdateLog (see SetUpdateLog).
-  absl::Status CreateTable(const v1::CreateTableRequest& req, v1::CreateTableResponse* resp,
-                           const void* request = nullptr);
-  absl::Status DropTable(const v1::DropTableRequest& req, v1::DropTableResponse* resp,
-                         const void* request = nullptr);
+  // ---- Changes (docs/state_machine.md) ----
+  // Each is validated, then sequenced (LSN, exactly-once, log) under the order lock, then
+  // applied by the executors. `done` runs exactly once: inline when the change is refused, is
+  // a duplicate or is applied under the lock, else on an executor once applied; `resp` (filled
+  // when sequenced) must stay valid until then. `wire` (may be null) travels to the log.
+  using Done = std::function<void(absl::Status)>;
+  void CreateTable(std::shared_ptr<const v1::CreateTableRequest> req,
+                   v1::CreateTableResponse* resp, std::shared_ptr<const WireBytes> wire, Done done);
+  void DropTable(std::shared_ptr<const v1::DropTableRequest> req, v1::DropTableResponse* resp,
+                 std::shared_ptr<const WireBytes> wire, Done done);
+  void PushSparse(std::shared_ptr<const v1::PushSparseRequest> req, v1::PushResponse* resp,
+                  std::shared_ptr<const WireBytes> wire, Done done);
+  void PushDense(std::shared_ptr<const v1::PushDenseRequest> req, v1::PushResponse* resp,
+                 std::shared_ptr<const WireBytes> wire, Done done);
+  // BSP steps (docs/worker.md): pushes with accumulate_step add to the step's sums; ApplyStep
+  // applies them once. Errors: FAILED_PRECONDITION when another step is pending.
+  void ApplyStep(std::shared_ptr<const v1::ApplyStepRequest> req, v1::ApplyStepResponse* resp,
+                 std::shared_ptr<const WireBytes> wire, Done done);
+  // The same, waiting until done (tests, tools).
+  absl::Status CreateTable(const v1::CreateTableRequest& req, v1::CreateTableResponse* resp);
+  absl::Status DropTable(const v1::DropTableRequest& req, v1::DropTableResponse* resp);
+  absl::Status PushSparse(const v1::PushSparseRequest& req, v1::PushResponse* resp);
+  absl::Status PushDense(const v1::PushDenseRequest& req, v1::PushResponse* resp);
+  absl::Status ApplyStep(const v1::ApplyStepRequest& req, v1::ApplyStepResponse* resp);
+
   absl::Status DescribeTable(const v1::DescribeTableRequest& req, v1::DescribeTableResponse* resp);
   absl::Status ListTables(const v1::ListTablesRequest& req, v1::ListTablesResponse* resp);
 
   absl::Status PullSparse(const v1::PullSparseRequest& req, v1::PullSparseResponse* resp);
-  absl::Status PushSparse(const v1::PushSparseRequest& req, v1::PushResponse* resp,
-                          const void* request = nullptr);
   absl::Status PullDense(const v1::PullDenseRequest& req, v1::PullDenseResponse* resp);
-  absl::Status PushDense(const v1::PushDenseRequest& req, v1::PushResponse* resp,
-                         const void* request = nullptr);
 
   // Checkpoints. WriteCheckpoint takes the cut and writes this server's part (seconds for
   // large tables: callers run it off the RPC threads); RestoreCheckpoint replaces every table
@@ -174,23 +197,17 @@ class ServerCore {
       ABSL_LOCKS_EXCLUDED(ckpt_mu_, gate_, tables_mu_);
   CheckpointStats GetCheckpointStats() const ABSL_LOCKS_EXCLUDED(ckpt_mu_);
 
-  // BSP steps (docs/worker.md): pushes with accumulate_step add to the step's sums; ApplyStep
-  // applies them once. Errors: FAILED_PRECONDITION when another step is pending.
-  absl::Status ApplyStep(const v1::ApplyStepRequest& req, v1::ApplyStepResponse* resp,
-                         const void* request = nullptr);
-
   std::vector<TableStats> GetTableStats() const ABSL_LOCKS_EXCLUDED(tables_mu_);
   uint64_t shard_map_epoch() const { return epoch_.load(std::memory_order_acquire); }
 
   // ---- Replication (docs/replication.md) ----
 
-  // Receives every change this server applies, in LSN order, while the change's order is
-  // still held: `request` is the opaque request object the caller passed in (the gRPC layer
-  // passes its grpc::ByteBuffer). Implementations must be quick and must not call back.
+  // Receives every change this server sequences for its clients, in LSN order, while the
+  // order is still held. Implementations must be quick and must not call back.
   class UpdateLog {
    public:
     virtual ~UpdateLog() = default;
-    virtual void Append(uint64_t lsn, int kind, const void* request) = 0;
+    virtual void Append(const LogEntry& entry) = 0;
   };
   // Set before serving; null: changes are not logged.
   void SetUpdateLog(UpdateLog* log) { log_ = log; }
@@ -211,13 +228,22 @@ class ServerCore {
   void SetNewerMapCallback(std::function<void()> fn) { newer_map_ = std::move(fn); }
 
   uint64_t lsn() const ABSL_LOCKS_EXCLUDED(order_mu_);
-  // A backup applies change `lsn` of its primary's order (kind: v1::LogEntryKind, request:
-  // the serialized request), checked in replicator term `term`. A change at or below lsn()
-  // was applied before and is skipped; one above lsn() + 1 is a gap: FAILED_PRECONDITION;
-  // so is a term that is not the current one, or a core that serves clients (R4).
-  absl::Status ApplyReplicated(uint64_t term, uint64_t lsn, int kind,
-                               google::protobuf::io::ZeroCopyInputStream* request)
+  // A backup replays its primary's entry through the same checks and executors as a client's
+  // change, checked in replicator term `term`. An entry at or below lsn() was applied before
+  // and is skipped; one above lsn() + 1, a term that is not the current one, or a core that
+  // serves clients: FAILED_PRECONDITION (R4). An entry this replica cannot apply exactly as
+  // its primary did puts it in the sticky FAILED state (IsReplicaFailed): nothing changes, and
+  // every later replay is refused until a snapshot is installed (docs/state_machine.md).
+  absl::Status Replay(uint64_t term, LogEntry entry)
       ABSL_LOCKS_EXCLUDED(role_mu_, order_mu_, gate_, tables_mu_);
+  // Parses a replicated entry's request (kind: v1::LogEntryKind).
+  static absl::StatusOr<LogEntry> DecodeEntry(int kind,
+                                              google::protobuf::io::ZeroCopyInputStream* request);
+  // Returns once every change sequenced so far is applied.
+  void WaitApplied();
+  // The replica-failed payload of a refused replay (the gRPC layer's trailing metadata).
+  static bool IsReplicaFailed(const absl::Status& status);
+  bool failed() const ABSL_LOCKS_EXCLUDED(order_mu_);
 
   // Catch-up, on the primary: takes a cut (LSN and copy-on-write, as for a checkpoint) and
   // hands `send` the state as of the cut in chunks of about `chunk_bytes`: first the table
@@ -231,6 +257,11 @@ class ServerCore {
   // The swap is refused (FAILED_PRECONDITION) outside replicator term `term` (R4).
   absl::Status InstallSnapshot(uint64_t term, const v1::InstallSnapshotRequest& req)
       ABSL_LOCKS_EXCLUDED(role_mu_, order_mu_, gate_, tables_mu_, snap_mu_);
+
+  // A stable hash of the replicated state (docs/state_machine.md): LSN, tables and their ids,
+  // rows, blocks, slots, BSP sums and the exactly-once table. Replicas that applied the same
+  // entries have the same digest. Waits for the executors; blocks changes while it reads.
+  uint64_t StateDigest() ABSL_LOCKS_EXCLUDED(order_mu_, gate_, tables_mu_);
 
   // Routing errors carry this payload; the gRPC layer turns it into trailing metadata.
   static bool IsReroute(const absl::Status& status);
@@ -250,12 +281,15 @@ class ServerCore {
     std::unique_ptr<SparseTable> sparse;
     std::unique_ptr<DenseTable> dense;
     uint64_t incarnation = 0;  // distinct for every creation on this server
+    uint64_t id = 0;           // the LSN that made it (create, restore, snapshot): replicated
     uint64_t created_gen = 0;  // generation at creation; 0 when restored from a checkpoint
     StepSums sums;
   };
   // Checks that `step` may accumulate in `table` now. REQUIRES: order_mu_.
   static absl::Status CheckAccumulate(const Table& table, uint64_t step);
-  static absl::Status CheckAssign(bool assign, uint64_t accumulate_step, const std::string& name);
+  // Applies the table's pending step sums, scaled. REQUIRES: order_mu_, executors drained.
+  void ApplyStepSums(Table& table, float scale, v1::ApplyStepResponse* resp)
+      ABSL_LOCKS_EXCLUDED(gate_);
 
   explicit ServerCore(const ServerCoreOptions& options);
 
@@ -275,7 +309,7 @@ class ServerCore {
   // table and captures the exactly-once table. Returns the cut's generation.
   uint64_t BeginCutLocked(std::vector<std::shared_ptr<Table>>* tables,
                           std::vector<PushDeduplicator::ClientSnapshot>* dedup)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_) ABSL_LOCKS_EXCLUDED(tables_mu_);
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(order_mu_, gate_) ABSL_LOCKS_EXCLUDED(tables_mu_);
 
   // A sparse request's keys, viewed in place and grouped by vshard.
   struct SparseKeys {
@@ -317,32 +351,56 @@ class ServerCore {
   void RecordCheckpoint(bool ok, double seconds, double cut_seconds, uint64_t bytes, uint64_t rows)
       ABSL_LOCKS_EXCLUDED(ckpt_mu_);
 
-  // Runs `apply(gen)` exactly once per (client_id, sequence), under the update gate with the
-  // current generation; sets resp->duplicate otherwise.
-  template <typename ApplyFn>
-  absl::Status ApplyOnce(const v1::PushId& id, const std::string& table, v1::PushResponse* resp,
-                         int kind, const void* request, bool replicated, ApplyFn&& apply)
-      ABSL_LOCKS_EXCLUDED(order_mu_, gate_);
-  // Takes the next LSN and logs the change. REQUIRES: order_mu_ held.
-  uint64_t NextLsn(int kind, const void* request) ABSL_EXCLUSIVE_LOCKS_REQUIRED(order_mu_);
   // Refuses client requests this server must not serve (routing). While the shard is being
   // restored only calls with allow_restoring (the restore's own) pass: UNAVAILABLE otherwise.
   absl::Status CheckRouting(const v1::RequestHeader& header, bool allow_restoring = false) const;
-  // A change from a client: routing checked, then impl(req, resp, request, replicated=false).
+
+  // ---- Sequencing (server_changes.cc) ----
+  // Where a change comes from: a client (replay == null) or the primary's log entry.
+  struct Origin {
+    const LogEntry* replay = nullptr;
+    std::shared_ptr<const WireBytes> wire;
+  };
+  struct SparsePush;
+  struct DensePush;
+  // Validates (outside the order lock) and sequences a change; returns the refusal, or OK
+  // once `done` has been taken over (it then runs exactly once, maybe inline).
+  absl::Status SubmitCreate(std::shared_ptr<const v1::CreateTableRequest> req,
+                            v1::CreateTableResponse* resp, const Origin& origin, Done& done);
+  absl::Status SubmitDrop(std::shared_ptr<const v1::DropTableRequest> req,
+                          v1::DropTableResponse* resp, const Origin& origin, Done& done);
+  absl::Status SubmitPushSparse(std::shared_ptr<const v1::PushSparseRequest> req,
+                                v1::PushResponse* resp, const Origin& origin, Done& done);
+  absl::Status SubmitPushDense(std::shared_ptr<const v1::PushDenseRequest> req,
+                               v1::PushResponse* resp, const Origin& origin, Done& done);
+  absl::Status SubmitApplyStep(std::shared_ptr<const v1::ApplyStepRequest> req,
+                               v1::ApplyStepResponse* resp, const Origin& origin, Done& done);
+  // Under the order lock, the checks every change shares: the replay's place in the order
+  // (or nothing, for a client's change) and that `name` still resolves to `table` (by id);
+  // the table it resolves to now is returned in *current (null: none).
+  absl::Status CheckSequence(const Origin& origin, const std::string& name, uint64_t table_id,
+                             std::shared_ptr<Table>* current) ABSL_EXCLUSIVE_LOCKS_REQUIRED(order_mu_);
+  // Takes the next LSN for `entry` (its time too, on the primary) and logs it.
+  void Sequence(const Origin& origin, LogEntry* entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(order_mu_);
+  // The exactly-once check of a push, under the order lock: true when it is a duplicate (a
+  // client's duplicate is answered; a replayed one is a divergence: *refusal is set).
+  bool CheckDuplicate(const Origin& origin, const v1::PushId& id, const std::string& table,
+                      v1::PushResponse* resp, absl::Status* refusal)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(order_mu_);
+  // A replay that cannot be applied as on the primary: FAILED from now on.
+  absl::Status FailReplica(absl::Status why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(order_mu_);
+  // Runs `apply` on every executor in `mask` (bit e: executor e); `done` after the last.
+  void Dispatch(uint32_t mask, std::function<void(uint32_t executor)> apply, Done done);
+  // The testing fault of options_.testing_fail_push_after_apply_every, applied to `done`.
+  Done MaybeDropResponse(const v1::PushId& id, Done done);
   template <typename Req, typename Resp>
-  using ChangeImpl = absl::Status (ServerCore::*)(const Req&, Resp*, const void*, bool);
+  using SubmitFn = absl::Status (ServerCore::*)(std::shared_ptr<const Req>, Resp*, const Origin&,
+                                                Done&);
   template <typename Req, typename Resp>
-  absl::Status Routed(ChangeImpl<Req, Resp> impl, const Req& req, Resp* resp, const void* request);
-  absl::Status PushSparseImpl(const v1::PushSparseRequest& req, v1::PushResponse* resp,
-                              const void* request, bool replicated);
-  absl::Status PushDenseImpl(const v1::PushDenseRequest& req, v1::PushResponse* resp,
-                             const void* request, bool replicated);
-  absl::Status CreateTableImpl(const v1::CreateTableRequest& req, v1::CreateTableResponse* resp,
-                               const void* request, bool replicated);
-  absl::Status DropTableImpl(const v1::DropTableRequest& req, v1::DropTableResponse* resp,
-                             const void* request, bool replicated);
-  absl::Status ApplyStepImpl(const v1::ApplyStepRequest& req, v1::ApplyStepResponse* resp,
-                             const void* request, bool replicated);
+  void SubmitFromClient(SubmitFn<Req, Resp> submit, std::shared_ptr<const Req> req, Resp* resp,
+                        std::shared_ptr<const WireBytes> wire, Done done);
+  template <typename Req, typename Resp>
+  absl::Status SubmitAndWait(SubmitFn<Req, Resp> submit, const Req& req, Resp* resp);
 
   // Constant after construction.
   const ServerCoreOptions options_;
@@ -356,7 +414,7 @@ class ServerCore {
   std::atomic<uint64_t> epoch_;
   std::atomic<bool> serving_;           // primary (always, without a coordinator)
   std::atomic<bool> restoring_{false};  // the primary of a RESTORING shard: restores only
-  // Held shared by a replay (ApplyReplicated, a snapshot's swap) and exclusively by
+  // Held shared by a replay (Replay, a snapshot's swap) and exclusively by
   // SetRouting, so that a role change and a replay never interleave (R4).
   mutable absl::Mutex role_mu_ ABSL_ACQUIRED_BEFORE(order_mu_) ABSL_ACQUIRED_AFTER(snap_mu_);
   uint64_t term_ ABSL_GUARDED_BY(role_mu_) = 0;
@@ -369,6 +427,11 @@ class ServerCore {
   // gate_.
   mutable absl::Mutex order_mu_ ABSL_ACQUIRED_BEFORE(gate_);
   uint64_t lsn_ ABSL_GUARDED_BY(order_mu_) = 0;
+  int64_t time_ms_ ABSL_GUARDED_BY(order_mu_) = 0;  // of the last entry
+  absl::Status failed_ ABSL_GUARDED_BY(order_mu_);  // not OK: this replica is FAILED
+  // The exactly-once table: replicated state, changed only when an entry is sequenced.
+  PushDeduplicator dedup_ ABSL_GUARDED_BY(order_mu_);
+  std::unique_ptr<ApplyExecutors> executors_;
 
   // A snapshot being installed (backup).
   struct IncomingSnapshot {
@@ -382,7 +445,6 @@ class ServerCore {
   mutable absl::Mutex tables_mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<Table>> tables_ ABSL_GUARDED_BY(tables_mu_);
 
-  PushDeduplicator dedup_;
   std::atomic<uint64_t> duplicate_pushes_{0};
   std::atomic<uint64_t> pushes_applied_{0};  // drives testing_fail_push_after_apply_every
 

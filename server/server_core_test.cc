@@ -134,7 +134,8 @@ void ExpectRejected(Fixture& f, absl::Status (ServerCore::*fn)(const Req&, Resp*
 TEST_CASE("sparse bad input is rejected with its code and changes nothing", "[validation]") {
   Fixture f;
   const auto pull = &ServerCore::PullSparse;
-  const auto push = &ServerCore::PushSparse;
+  absl::Status (ServerCore::*push)(const v1::PushSparseRequest&, v1::PushResponse*) =
+      &ServerCore::PushSparse;
   using C = absl::StatusCode;
 
   auto p = f.SparsePull({4, 5});
@@ -197,7 +198,8 @@ TEST_CASE("sparse bad input is rejected with its code and changes nothing", "[va
 
 TEST_CASE("dense bad input is rejected with its code and changes nothing", "[validation]") {
   Fixture f;
-  const auto push = &ServerCore::PushDense;
+  absl::Status (ServerCore::*push)(const v1::PushDenseRequest&, v1::PushResponse*) =
+      &ServerCore::PushDense;
   using C = absl::StatusCode;
 
   auto d = f.DensePush(9990, 20, 20);

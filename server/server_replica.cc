@@ -12,6 +12,7 @@
 #include "common/wire.h"
 #include "proto/cluster.pb.h"
 #include "proto/tessera.pb.h"
+#include "server/apply_executors.h"
 #include "server/dense_table.h"
 #include "server/server_core.h"
 #include "server/sparse_table.h"
@@ -22,63 +23,7 @@ namespace {
 // running_checkpoint_ while a catch-up cut is being streamed (checkpoints wait for it).
 constexpr uint64_t kCatchUpRunning = std::numeric_limits<uint64_t>::max();
 
-template <typename Req>
-absl::Status ParseEntry(google::protobuf::io::ZeroCopyInputStream* bytes, Req* req) {
-  if (req->ParseFromZeroCopyStream(bytes)) return absl::OkStatus();
-  return absl::DataLossError(
-      absl::StrFormat("replicated %s does not parse", Req::descriptor()->full_name()));
-}
-
 }  // namespace
-
-absl::Status ServerCore::ApplyReplicated(uint64_t term, uint64_t lsn, int kind,
-                                         google::protobuf::io::ZeroCopyInputStream* request) {
-  absl::ReaderMutexLock role(&role_mu_);
-  TESSERA_RETURN_IF_ERROR(CheckReplayTerm(term));
-  const uint64_t before = this->lsn();
-  if (lsn <= before) return absl::OkStatus();  // applied before (a resent batch)
-  if (lsn != before + 1) {
-    return absl::FailedPreconditionError(
-        absl::StrFormat("replicated change %u does not follow this replica's %u", lsn, before));
-  }
-  // Parses the entry and applies it through the same code as a client's request.
-  auto replay = [&]<typename Req, typename Resp>(
-                    absl::Status (ServerCore::*apply)(const Req&, Resp*, const void*, bool)) {
-    Req req;
-    Resp resp;
-    absl::Status st = ParseEntry(request, &req);
-    return st.ok() ? (this->*apply)(req, &resp, nullptr, /*replicated=*/true) : st;
-  };
-  absl::Status status;
-  switch (kind) {
-    case v1::LOG_ENTRY_KIND_CREATE_TABLE:
-      status = replay(&ServerCore::CreateTableImpl);
-      break;
-    case v1::LOG_ENTRY_KIND_DROP_TABLE:
-      status = replay(&ServerCore::DropTableImpl);
-      break;
-    case v1::LOG_ENTRY_KIND_PUSH_SPARSE:
-      status = replay(&ServerCore::PushSparseImpl);
-      break;
-    case v1::LOG_ENTRY_KIND_PUSH_DENSE:
-      status = replay(&ServerCore::PushDenseImpl);
-      break;
-    case v1::LOG_ENTRY_KIND_APPLY_STEP:
-      status = replay(&ServerCore::ApplyStepImpl);
-      break;
-    default:
-      status = absl::InvalidArgumentError(absl::StrFormat("unknown log entry kind %d", kind));
-  }
-  absl::MutexLock order(&order_mu_);
-  if (lsn_ == before) {
-    // The primary applied this change and this replica could not: the replicas differ from
-    // here on. Keep the order aligned and say so loudly.
-    LogError("replicated change %u (kind %d) failed on this replica: %s", lsn, kind,
-             status.ToString());
-    NextLsn(kind, nullptr);
-  }
-  return absl::OkStatus();
-}
 
 absl::StatusOr<uint64_t> ServerCore::ExportSnapshot(
     size_t chunk_bytes, const std::function<absl::Status(v1::InstallSnapshotRequest&)>& send) {
@@ -99,10 +44,13 @@ absl::StatusOr<uint64_t> ServerCore::ExportSnapshot(
   std::vector<PushDeduplicator::ClientSnapshot> dedup;
   google::protobuf::RepeatedPtrField<v1::SnapshotAccumulator> accumulators;
   uint64_t cut_gen, cut_lsn;
+  int64_t cut_time;
   {
     absl::MutexLock order(&order_mu_);
+    executors_->Drain();  // the cut is an LSN fence: everything sequenced is applied
     absl::WriterMutexLock gate(&gate_);
     cut_lsn = lsn_;
+    cut_time = time_ms_;
     cut_gen = BeginCutLocked(&tables, &dedup);
     // BSP sums not applied yet (they change only under the order, held here).
     for (const auto& t : tables) {
@@ -139,7 +87,10 @@ absl::StatusOr<uint64_t> ServerCore::ExportSnapshot(
     bytes = 0;
     return s;
   };
-  for (const auto& t : tables) TableConfigToProto(t->config, chunk.add_tables());
+  for (const auto& t : tables) {
+    TableConfigToProto(t->config, chunk.add_tables());
+    chunk.add_table_ids(t->id);
+  }
   TESSERA_RETURN_IF_ERROR(flush());
   VshardSnapshot snap;
   for (const auto& t : tables) {
@@ -179,10 +130,12 @@ absl::StatusOr<uint64_t> ServerCore::ExportSnapshot(
     client->set_client_id(c.client_id);
     client->set_floor(c.floor);
     for (uint64_t seq : c.applied) client->add_applied(seq);
+    client->set_last_seen_ms(c.last_seen_ms);
   }
   chunk.mutable_accumulators()->Swap(&accumulators);
   chunk.set_done(true);
   chunk.set_lsn(cut_lsn);
+  chunk.set_time_ms(cut_time);
   TESSERA_RETURN_IF_ERROR(flush());
   return cut_lsn;
 }
@@ -193,13 +146,20 @@ absl::Status ServerCore::InstallSnapshot(uint64_t term, const v1::InstallSnapsho
   if (req.seq() == 0) {
     incoming_ = std::make_unique<IncomingSnapshot>();
     incoming_->id = req.snapshot_id();
-    for (const v1::TableSpec& spec : req.tables()) {
+    if (req.table_ids_size() != req.tables_size()) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "snapshot %u names %u tables but %u table ids", req.snapshot_id(), req.tables_size(),
+          req.table_ids_size()));
+    }
+    for (int i = 0; i < req.tables_size(); ++i) {
+      const v1::TableSpec& spec = req.tables(i);
       absl::StatusOr<TableConfig> parsed = TableConfigFromProto(spec);
       if (!parsed.ok()) return parsed.status();
       absl::StatusOr<TableConfig> config = ResolveTableConfig(*parsed);
       if (!config.ok()) return config.status();
       absl::StatusOr<std::shared_ptr<Table>> table = NewTable(*config, /*initialize=*/false);
       if (!table.ok()) return table.status();
+      (*table)->id = req.table_ids(i);
       incoming_->tables.emplace(config->name, *std::move(table));
     }
   } else if (incoming_ == nullptr || incoming_->id != req.snapshot_id() ||
@@ -284,7 +244,8 @@ absl::Status ServerCore::InstallSnapshot(uint64_t term, const v1::InstallSnapsho
   }
   std::vector<PushDeduplicator::ClientSnapshot> clients;
   for (const v1::SnapshotClient& c : req.clients()) {
-    clients.push_back({c.client_id(), c.floor(), {c.applied().begin(), c.applied().end()}});
+    clients.push_back(
+        {c.client_id(), c.floor(), {c.applied().begin(), c.applied().end()}, c.last_seen_ms()});
   }
   absl::flat_hash_map<std::string, std::shared_ptr<Table>> old;  // freed outside the locks
   const size_t num_tables = in.tables.size();
@@ -292,12 +253,15 @@ absl::Status ServerCore::InstallSnapshot(uint64_t term, const v1::InstallSnapsho
     absl::ReaderMutexLock role(&role_mu_);
     TESSERA_RETURN_IF_ERROR(CheckReplayTerm(term));
     absl::MutexLock order(&order_mu_);
+    executors_->Drain();  // replays of the state being replaced finish first
     absl::WriterMutexLock gate(&gate_);
     absl::MutexLock tables_lock(&tables_mu_);
     old.swap(tables_);
     tables_ = std::move(in.tables);
     dedup_.Restore(clients);
     lsn_ = req.lsn();
+    time_ms_ = req.time_ms();
+    failed_ = absl::OkStatus();  // a snapshot is the way out of FAILED
   }
   incoming_.reset();
   {

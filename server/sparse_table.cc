@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
+
+#include "common/hash.h"
 
 namespace tessera {
 
@@ -29,10 +32,11 @@ void SparseTable::SetGen(float* row, uint64_t gen) const {
 }
 
 float* SparseTable::FindOrCreate(Partition& p, uint64_t key, uint64_t gen) {
-  auto [it, inserted] = p.index.try_emplace(key, 0);
-  if (!inserted) return p.rows.Row(it->second);
+  if (auto it = p.index.find(key); it != p.index.end()) return p.rows.Row(it->second);
+  // The row first, then the key: if either allocation throws, the index names no row that
+  // does not exist (an arena row without a key is unreachable and reused by nothing).
   const uint32_t id = p.rows.Append();
-  it->second = id;
+  p.index.emplace(key, id);
   float* row = p.rows.Row(id);
   const uint32_t dim = config_.dim;
   initializer_.FillRow(key, row, dim);
@@ -62,9 +66,11 @@ void SparseTable::Pull(absl::Span<const uint64_t> keys, const VshardGrouping& gr
 }
 
 void SparseTable::Push(absl::Span<const uint64_t> keys, const VshardGrouping& groups,
-                       const float* grads, uint64_t gen, bool assign) {
+                       const float* grads, uint64_t gen, bool assign, uint32_t part,
+                       uint32_t parts) {
   const size_t dim = config_.dim;
   for (const VshardRun& run : groups.runs) {
+    if (run.vshard % parts != part) continue;
     Partition& p = *partitions_[run.vshard];
     absl::MutexLock lock(&p.mu);
     for (uint32_t j = run.begin; j < run.end; ++j) {
@@ -156,6 +162,30 @@ void SparseTable::LoadRow(uint32_t vshard, uint64_t key, absl::string_view paylo
   float* row = FindOrCreate(p, key, kBaseGeneration);
   std::memcpy(row, payload.data(), row_bytes());
   SetGen(row, kBaseGeneration);
+}
+
+uint64_t SparseTable::Digest(uint32_t vshard) const {
+  const Partition& p = *partitions_[vshard];
+  absl::MutexLock lock(&p.mu);
+  std::vector<std::pair<uint64_t, uint32_t>> rows(p.index.begin(), p.index.end());
+  std::sort(rows.begin(), rows.end());
+  const size_t rb = row_bytes();
+  std::vector<float> fresh(payload_floats_ + 2);
+  uint64_t h = Mix64(vshard);
+  for (const auto& [key, id] : rows) {
+    const float* row = const_cast<RowArena&>(p.rows).Row(id);
+    // The row as FindOrCreate makes it: skip it when nothing changed it since.
+    initializer_.FillRow(key, fresh.data(), config_.dim);
+    for (int s = 0; s < params_.num_slots; ++s) {
+      std::fill_n(fresh.data() + size_t{config_.dim} * (1 + s), config_.dim,
+                  params_.InitialSlotValue(s));
+    }
+    if (params_.has_step) std::memset(fresh.data() + step_offset_, 0, sizeof(uint64_t));
+    if (std::memcmp(fresh.data(), row, rb) == 0) continue;
+    h = Mix64(h ^ key);
+    h = Mix64(h ^ Fnv1a64(absl::string_view(reinterpret_cast<const char*>(row), rb)));
+  }
+  return h;
 }
 
 uint64_t SparseTable::bytes() const {

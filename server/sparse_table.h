@@ -58,9 +58,10 @@ class SparseTable {
 
   // Applies the optimizer to each keys[i] with gradient grads[i * dim, (i + 1) * dim) and
   // stamps the rows with `gen`; with `assign` the values replace the weights instead (slots
-  // kept). REQUIRES: as Pull, and the keys are distinct.
+  // kept). Only the vshards v with v % parts == part (an executor's share, docs/
+  // state_machine.md). REQUIRES: as Pull, and the keys are distinct.
   void Push(absl::Span<const uint64_t> keys, const VshardGrouping& groups, const float* grads,
-            uint64_t gen, bool assign = false);
+            uint64_t gen, bool assign = false, uint32_t part = 0, uint32_t parts = 1);
 
   // Checkpoints. BeginCut starts copy-on-write for a cut at generation cut_gen (REQUIRES: no
   // change runs concurrently: the caller holds its update gate). TakeVshard then returns the
@@ -73,6 +74,10 @@ class SparseTable {
   // Restore: sets the row of `key` (in owned `vshard`) to `payload` (row_bytes() bytes) at
   // kBaseGeneration, creating it when missing. REQUIRES: the table is not yet serving.
   void LoadRow(uint32_t vshard, uint64_t key, absl::string_view payload);
+
+  // A stable hash of the vshard's rows (key, weights, slots, step), in key order; rows still at
+  // their initial values count as absent (a pull creates them on one replica only).
+  uint64_t Digest(uint32_t vshard) const;
 
   uint64_t num_rows() const { return num_rows_.load(std::memory_order_relaxed); }
   // Memory held for rows (weights, slots, steps) and their index, approximately.

@@ -1,0 +1,715 @@
+// ServerCore's changes: validation, sequencing under the order lock and applying on the
+// executors, for a client's request and a backup's replay alike (docs/state_machine.md).
+#include <bit>
+#include <cmath>
+#include <cstdlib>
+#include <new>
+#include <type_traits>
+#include <variant>
+
+#include "absl/status/status.h"
+#include "absl/strings/cord.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "common/wire.h"
+#include "proto/cluster.pb.h"
+#include "proto/tessera.pb.h"
+#include "server/apply_executors.h"
+#include "server/dense_table.h"
+#include "server/optimizer.h"
+#include "server/request_checks.h"
+#include "server/server_core.h"
+#include "server/sparse_table.h"
+
+namespace tessera {
+
+namespace {
+
+constexpr char kReplicaFailedPayload[] = "type.tessera/replica-failed";
+
+template <typename... Fs>
+struct Overloaded : Fs... {
+  using Fs::operator()...;
+};
+template <typename... Fs>
+Overloaded(Fs...) -> Overloaded<Fs...>;
+
+}  // namespace
+
+int LogEntryKindOf(const LogEntry& entry) {
+  return std::visit(
+      Overloaded{
+          [](const std::shared_ptr<const v1::CreateTableRequest>&) {
+            return int{v1::LOG_ENTRY_KIND_CREATE_TABLE};
+          },
+          [](const std::shared_ptr<const v1::DropTableRequest>&) {
+            return int{v1::LOG_ENTRY_KIND_DROP_TABLE};
+          },
+          [](const std::shared_ptr<const v1::PushSparseRequest>&) {
+            return int{v1::LOG_ENTRY_KIND_PUSH_SPARSE};
+          },
+          [](const std::shared_ptr<const v1::PushDenseRequest>&) {
+            return int{v1::LOG_ENTRY_KIND_PUSH_DENSE};
+          },
+          [](const std::shared_ptr<const v1::ApplyStepRequest>&) {
+            return int{v1::LOG_ENTRY_KIND_APPLY_STEP};
+          },
+          [](const RestoreOp&) { return int{v1::LOG_ENTRY_KIND_RESTORE}; },
+      },
+      entry.op);
+}
+
+bool ServerCore::IsReplicaFailed(const absl::Status& status) {
+  return status.GetPayload(kReplicaFailedPayload).has_value();
+}
+
+bool ServerCore::failed() const {
+  // A FAILED replica refused an entry before changing anything: it holds a prefix of its old
+  // primary's order, every acknowledged change included, and may serve it if promoted; as a
+  // backup again it installs a snapshot first (a new upstream), which clears FAILED.
+  if (serving_.load(std::memory_order_acquire)) return false;
+  absl::MutexLock lock(&order_mu_);
+  return !failed_.ok();
+}
+
+absl::Status ServerCore::FailReplica(absl::Status why) {
+  if (failed_.ok()) {
+    LogError("this replica of shard %u cannot apply change %u as its primary did: %s; it stops "
+             "acknowledging until it installs a snapshot",
+             shard_index_, lsn_ + 1, why.ToString());
+    failed_ = absl::FailedPreconditionError(absl::StrFormat(
+        "replica FAILED at change %u: %s", lsn_ + 1, std::string(why.message())));
+    failed_.SetPayload(kReplicaFailedPayload, absl::Cord(why.message()));
+  }
+  return failed_;
+}
+
+void ServerCore::WaitApplied() { executors_->Drain(); }
+
+// ---- Sequencing ----
+
+absl::Status ServerCore::CheckSequence(const Origin& origin, const std::string& name,
+                                       uint64_t table_id, std::shared_ptr<Table>* current) {
+  if (origin.replay != nullptr) {
+    if (!failed_.ok()) return failed_;
+    if (origin.replay->lsn != lsn_ + 1) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "replicated change %u does not follow this replica's %u", origin.replay->lsn, lsn_));
+    }
+  }
+  {
+    absl::ReaderMutexLock lock(&tables_mu_);
+    auto it = tables_.find(name);
+    *current = it == tables_.end() ? nullptr : it->second;
+  }
+  if (table_id == 0) return absl::OkStatus();
+  if (*current == nullptr) {
+    return absl::NotFoundError(absl::StrFormat("table '%s' does not exist", ShortName(name)));
+  }
+  if ((*current)->id != table_id) {
+    if (origin.replay != nullptr) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "table '%s' here was made by change %u, the entry is for the table of change %u",
+          ShortName(name), (*current)->id, table_id));
+    }
+    return absl::UnavailableError(absl::StrFormat(
+        "table '%s' was dropped and re-created while this change was on its way; retry",
+        ShortName(name)));
+  }
+  return absl::OkStatus();
+}
+
+void ServerCore::Sequence(const Origin& origin, LogEntry* entry) {
+  if (origin.replay != nullptr) {
+    entry->lsn = origin.replay->lsn;
+    entry->time_ms = origin.replay->time_ms;
+    lsn_ = entry->lsn;
+    time_ms_ = std::max(time_ms_, entry->time_ms);
+    return;
+  }
+  entry->lsn = ++lsn_;
+  // The only clock replicated state sees, non-decreasing along the log.
+  time_ms_ = std::max(time_ms_, absl::ToUnixMillis(absl::Now()));
+  entry->time_ms = time_ms_;
+  entry->wire = origin.wire;
+  if (log_ != nullptr) log_->Append(*entry);
+}
+
+bool ServerCore::CheckDuplicate(const Origin& origin, const v1::PushId& id,
+                                const std::string& table, v1::PushResponse* resp,
+                                absl::Status* refusal) {
+  if (!dedup_.IsDuplicate(id.client_id(), id.sequence(), id.floor())) return false;
+  if (origin.replay != nullptr) {
+    *refusal = absl::FailedPreconditionError(absl::StrFormat(
+        "push (client %u, sequence %u) to table '%s' is a duplicate here but was applied by the "
+        "primary",
+        id.client_id(), id.sequence(), ShortName(table)));
+    return true;
+  }
+  duplicate_pushes_.fetch_add(1, std::memory_order_relaxed);
+  resp->set_duplicate(true);
+  resp->set_lsn(lsn_);  // its original is at or below: acknowledged once that is
+  return true;
+}
+
+void ServerCore::Dispatch(uint32_t mask, std::function<void(uint32_t)> apply, Done done) {
+  struct Pending {
+    std::atomic<int> left;
+    std::function<void(uint32_t)> apply;
+    Done done;
+    uint64_t lsn;
+  };
+  if (mask == 0) mask = 1;  // nothing to apply: still completes in order
+  auto p = std::make_shared<Pending>();
+  p->left.store(std::popcount(mask));
+  p->apply = std::move(apply);
+  p->done = std::move(done);
+  p->lsn = lsn_;
+  for (uint32_t e = 0; e < executors_->size(); ++e) {
+    if ((mask & (1u << e)) == 0) continue;
+    executors_->Enqueue(e, [p, e]() -> std::function<void()> {
+      try {
+        p->apply(e);
+      } catch (const std::bad_alloc&) {
+        // The change is sequenced and logged; it cannot be half applied here and acknowledged
+        // elsewhere. Crash-only: the backups hold it whole and one is promoted.
+        LogError("out of memory applying change %u; exiting so that a replica takes over",
+                 p->lsn);
+        std::abort();
+      }
+      if (p->left.fetch_sub(1) != 1) return nullptr;
+      return [p] { p->done(absl::OkStatus()); };  // after the part counts as applied
+    });
+  }
+}
+
+ServerCore::Done ServerCore::MaybeDropResponse(const v1::PushId& id, Done done) {
+  const uint32_t every = options_.testing_fail_push_after_apply_every;
+  if (every == 0) return done;
+  const uint64_t n = pushes_applied_.fetch_add(1, std::memory_order_relaxed) + 1;
+  if (n % every != 0) return done;
+  return [done = std::move(done), client = id.client_id(), seq = id.sequence()](absl::Status st) {
+    if (!st.ok()) return done(std::move(st));
+    done(absl::UnavailableError(absl::StrFormat(
+        "testing: push (client %u, sequence %u) applied, response dropped", client, seq)));
+  };
+}
+
+template <typename Req, typename Resp>
+void ServerCore::SubmitFromClient(SubmitFn<Req, Resp> submit, std::shared_ptr<const Req> req,
+                                  Resp* resp, std::shared_ptr<const WireBytes> wire, Done done) {
+  absl::Status st = CheckRouting(req->header());
+  if (st.ok()) {
+    try {
+      st = (this->*submit)(std::move(req), resp, Origin{nullptr, std::move(wire)}, done);
+    } catch (const std::bad_alloc&) {
+      if (!done) throw;  // sequenced: cannot be undone (never reached: see Dispatch)
+      st = absl::ResourceExhaustedError("out of memory while validating the request");
+    }
+  }
+  if (!st.ok()) done(std::move(st));
+}
+
+template <typename Req, typename Resp>
+absl::Status ServerCore::SubmitAndWait(SubmitFn<Req, Resp> submit, const Req& req, Resp* resp) {
+  absl::Notification applied;
+  absl::Status result;
+  SubmitFromClient(submit, std::make_shared<const Req>(req), resp, nullptr,
+                   [&](absl::Status st) {
+                     result = std::move(st);
+                     applied.Notify();
+                   });
+  applied.WaitForNotification();
+  return result;
+}
+
+#define TESSERA_CHANGE(Name, Submit, ReqT, RespT)                                           \
+  void ServerCore::Name(std::shared_ptr<const ReqT> req, RespT* resp,                       \
+                        std::shared_ptr<const WireBytes> wire, Done done) {                 \
+    SubmitFromClient(&ServerCore::Submit, std::move(req), resp, std::move(wire), std::move(done)); \
+  }                                                                                         \
+  absl::Status ServerCore::Name(const ReqT& req, RespT* resp) {                             \
+    return SubmitAndWait(&ServerCore::Submit, req, resp);                                   \
+  }
+TESSERA_CHANGE(CreateTable, SubmitCreate, v1::CreateTableRequest, v1::CreateTableResponse)
+TESSERA_CHANGE(DropTable, SubmitDrop, v1::DropTableRequest, v1::DropTableResponse)
+TESSERA_CHANGE(PushSparse, SubmitPushSparse, v1::PushSparseRequest, v1::PushResponse)
+TESSERA_CHANGE(PushDense, SubmitPushDense, v1::PushDenseRequest, v1::PushResponse)
+TESSERA_CHANGE(ApplyStep, SubmitApplyStep, v1::ApplyStepRequest, v1::ApplyStepResponse)
+#undef TESSERA_CHANGE
+
+// ---- Replay (backups) ----
+
+absl::StatusOr<LogEntry> ServerCore::DecodeEntry(
+    int kind, google::protobuf::io::ZeroCopyInputStream* request) {
+  LogEntry entry;
+  auto parse = [&]<typename Req>(std::shared_ptr<Req> req) -> absl::Status {
+    if (!req->ParseFromZeroCopyStream(request)) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("replicated %s does not parse", Req::descriptor()->full_name()));
+    }
+    entry.op = std::shared_ptr<const Req>(std::move(req));
+    return absl::OkStatus();
+  };
+  absl::Status st;
+  switch (kind) {
+    case v1::LOG_ENTRY_KIND_CREATE_TABLE:
+      st = parse(std::make_shared<v1::CreateTableRequest>());
+      break;
+    case v1::LOG_ENTRY_KIND_DROP_TABLE:
+      st = parse(std::make_shared<v1::DropTableRequest>());
+      break;
+    case v1::LOG_ENTRY_KIND_PUSH_SPARSE:
+      st = parse(std::make_shared<v1::PushSparseRequest>());
+      break;
+    case v1::LOG_ENTRY_KIND_PUSH_DENSE:
+      st = parse(std::make_shared<v1::PushDenseRequest>());
+      break;
+    case v1::LOG_ENTRY_KIND_APPLY_STEP:
+      st = parse(std::make_shared<v1::ApplyStepRequest>());
+      break;
+    default:
+      st = absl::InvalidArgumentError(absl::StrFormat("log entry kind %d cannot be replayed", kind));
+  }
+  if (!st.ok()) return st;
+  return entry;
+}
+
+absl::Status ServerCore::Replay(uint64_t term, LogEntry entry) {
+  absl::ReaderMutexLock role(&role_mu_);
+  TESSERA_RETURN_IF_ERROR(CheckReplayTerm(term));
+  {
+    absl::MutexLock order(&order_mu_);
+    if (!failed_.ok()) return failed_;
+    if (entry.lsn <= lsn_) return absl::OkStatus();  // applied before (a resent batch)
+    if (entry.lsn != lsn_ + 1) {
+      return absl::FailedPreconditionError(
+          absl::StrFormat("replicated change %u does not follow this replica's %u", entry.lsn, lsn_));
+    }
+  }
+  // One replayer at a time (the replicator's), so the order checked above still holds.
+  const Origin origin{&entry, nullptr};
+  Done done = [](absl::Status) {};  // the batch is answered after WaitApplied()
+  absl::Status st = std::visit(
+      Overloaded{
+          [&](const std::shared_ptr<const v1::CreateTableRequest>& r) {
+            auto resp = std::make_shared<v1::CreateTableResponse>();
+            done = [resp](absl::Status) {};
+            return SubmitCreate(r, resp.get(), origin, done);
+          },
+          [&](const std::shared_ptr<const v1::DropTableRequest>& r) {
+            auto resp = std::make_shared<v1::DropTableResponse>();
+            done = [resp](absl::Status) {};
+            return SubmitDrop(r, resp.get(), origin, done);
+          },
+          [&](const std::shared_ptr<const v1::PushSparseRequest>& r) {
+            auto resp = std::make_shared<v1::PushResponse>();
+            done = [resp](absl::Status) {};
+            return SubmitPushSparse(r, resp.get(), origin, done);
+          },
+          [&](const std::shared_ptr<const v1::PushDenseRequest>& r) {
+            auto resp = std::make_shared<v1::PushResponse>();
+            done = [resp](absl::Status) {};
+            return SubmitPushDense(r, resp.get(), origin, done);
+          },
+          [&](const std::shared_ptr<const v1::ApplyStepRequest>& r) {
+            auto resp = std::make_shared<v1::ApplyStepResponse>();
+            done = [resp](absl::Status) {};
+            return SubmitApplyStep(r, resp.get(), origin, done);
+          },
+          [&](const RestoreOp&) {
+            return absl::InvalidArgumentError("a restore cannot be replayed (needs a snapshot)");
+          },
+      },
+      entry.op);
+  if (st.ok()) return st;
+  absl::MutexLock order(&order_mu_);
+  return FailReplica(st);
+}
+
+// ---- Tables ----
+
+absl::Status ServerCore::SubmitCreate(std::shared_ptr<const v1::CreateTableRequest> req,
+                                      v1::CreateTableResponse* resp, const Origin& origin,
+                                      Done& done) {
+  absl::StatusOr<TableConfig> parsed = TableConfigFromProto(req->spec());
+  if (!parsed.ok()) return parsed.status();
+  absl::StatusOr<TableConfig> config = ResolveTableConfig(*parsed);
+  if (!config.ok()) return config.status();
+  if (config->kind == TableKind::kDense) {
+    const uint64_t bytes = DenseTable::BytesFor(*config, owned_);
+    if (bytes > options_.max_dense_table_bytes) {
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("table '%s' would take %u bytes on shard %u, over the limit of %u bytes "
+                          "(--max_dense_table_bytes)",
+                          ShortName(config->name), bytes, shard_index_,
+                          options_.max_dense_table_bytes));
+    }
+  }
+  std::shared_ptr<Table> table;  // built outside the lock: a large dense table takes a while
+  {
+    absl::ReaderMutexLock lock(&tables_mu_);
+    auto it = tables_.find(config->name);
+    if (it != tables_.end() && !(it->second->config == *config)) {
+      return absl::AlreadyExistsError(absl::StrFormat(
+          "table '%s' already exists with a different spec; drop it first", ShortName(config->name)));
+    }
+  }
+  absl::StatusOr<std::shared_ptr<Table>> made = NewTable(*config, /*initialize=*/true);
+  if (!made.ok()) return made.status();
+  table = *std::move(made);
+  {
+    absl::MutexLock order(&order_mu_);
+    std::shared_ptr<Table> current;
+    TESSERA_RETURN_IF_ERROR(CheckSequence(origin, config->name, 0, &current));
+    if (current != nullptr) {
+      if (!(current->config == *config)) {
+        return absl::AlreadyExistsError(
+            absl::StrFormat("table '%s' already exists with a different spec; drop it first",
+                            ShortName(config->name)));
+      }
+      if (origin.replay != nullptr) {
+        return absl::FailedPreconditionError(absl::StrFormat(
+            "table '%s' exists here but its primary created it", ShortName(config->name)));
+      }
+      resp->set_lsn(lsn_);  // acknowledged once the create that made it is replicated
+    } else {
+      LogEntry entry;
+      entry.op = req;
+      Sequence(origin, &entry);
+      {
+        absl::ReaderMutexLock gate(&gate_);
+        table->created_gen = generation_.load();
+      }
+      table->id = entry.lsn;
+      entry.table_id = table->id;
+      {
+        absl::MutexLock lock(&tables_mu_);
+        tables_.emplace(config->name, std::move(table));
+      }
+      resp->set_lsn(entry.lsn);
+    }
+  }
+  TableConfigToProto(*config, resp->mutable_spec());
+  std::exchange(done, nullptr)(absl::OkStatus());
+  return absl::OkStatus();
+}
+
+absl::Status ServerCore::SubmitDrop(std::shared_ptr<const v1::DropTableRequest> req,
+                                    v1::DropTableResponse* resp, const Origin& origin, Done& done) {
+  std::shared_ptr<Table> dropped;  // freed outside the lock; entries in flight keep theirs
+  {
+    absl::MutexLock order(&order_mu_);
+    TESSERA_RETURN_IF_ERROR(CheckSequence(origin, req->table(), 0, &dropped));
+    if (dropped == nullptr) {
+      return absl::NotFoundError(
+          absl::StrFormat("table '%s' does not exist", ShortName(req->table())));
+    }
+    if (origin.replay != nullptr && origin.replay->table_id != dropped->id) {
+      return absl::FailedPreconditionError(
+          absl::StrFormat("table '%s' here was made by change %u, the drop is of change %u's",
+                          ShortName(req->table()), dropped->id, origin.replay->table_id));
+    }
+    LogEntry entry;
+    entry.op = req;
+    entry.table_id = dropped->id;
+    Sequence(origin, &entry);
+    {
+      absl::MutexLock lock(&tables_mu_);
+      tables_.erase(req->table());
+    }
+    resp->set_lsn(entry.lsn);
+  }
+  std::exchange(done, nullptr)(absl::OkStatus());
+  return absl::OkStatus();
+}
+
+// ---- Pushes ----
+
+struct ServerCore::SparsePush {
+  std::shared_ptr<const v1::PushSparseRequest> req;
+  std::shared_ptr<Table> table;
+  SparseKeys keys;
+  std::vector<float> scratch;
+  absl::Span<const float> values;
+};
+
+absl::Status ServerCore::SubmitPushSparse(std::shared_ptr<const v1::PushSparseRequest> req,
+                                          v1::PushResponse* resp, const Origin& origin,
+                                          Done& done) {
+  const bool replay = origin.replay != nullptr;
+  const std::string& name = req->table();
+  absl::StatusOr<std::shared_ptr<Table>> found = FindTable(nullptr, name, TableKind::kSparse);
+  if (!found.ok()) return found.status();
+  auto work = std::make_shared<SparsePush>();
+  work->req = req;
+  work->table = *std::move(found);
+  SparseTable& sparse = *work->table->sparse;
+  TESSERA_RETURN_IF_ERROR(CheckPushId(req->id(), name));
+  TESSERA_RETURN_IF_ERROR(CheckSparseRequest(sparse, name, req->key_type(), req->dtype(),
+                                             req->dim(), req->num_keys(), req->keys(),
+                                             &work->keys));
+  absl::StatusOr<absl::Span<const float>> values = PushValues(
+      req->values(), req->num_keys() * sparse.dim(), name, &work->scratch, /*trusted=*/replay);
+  if (!values.ok()) return values.status();
+  work->values = *values;
+  if (!replay) TESSERA_RETURN_IF_ERROR(CheckDistinct(work->keys.keys, work->keys.groups, name));
+  TESSERA_RETURN_IF_ERROR(CheckAssign(req->assign(), req->accumulate_step(), name));
+  if (options_.testing_push_delay_ms > 0 && !replay) {
+    absl::SleepFor(absl::Milliseconds(options_.testing_push_delay_ms));
+  }
+  if (options_.testing_before_sequencing && !replay) options_.testing_before_sequencing();
+  Table& t = *work->table;
+  {
+    absl::MutexLock order(&order_mu_);
+    std::shared_ptr<Table> current;
+    TESSERA_RETURN_IF_ERROR(
+        CheckSequence(origin, name, replay ? origin.replay->table_id : t.id, &current));
+    if (current.get() != &t) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "table '%s' changed while the push was checked", ShortName(name)));  // (replay only)
+    }
+    absl::Status refusal;
+    const bool duplicate = CheckDuplicate(origin, req->id(), name, resp, &refusal);
+    if (!refusal.ok()) return refusal;
+    if (!duplicate) {
+      const uint64_t step = req->accumulate_step();
+      if (step != 0) TESSERA_RETURN_IF_ERROR(CheckAccumulate(t, step));
+      LogEntry entry;
+      entry.op = req;
+      entry.table_id = t.id;
+      Sequence(origin, &entry);
+      dedup_.Record(req->id().client_id(), req->id().sequence(), req->id().floor(),
+                    entry.time_ms);
+      resp->set_lsn(entry.lsn);
+      if (!replay) done = MaybeDropResponse(req->id(), std::move(done));  // (applied ones only)
+      if (step == 0) {
+        uint32_t mask = 0;
+        for (const VshardRun& run : work->keys.groups.runs) {
+          mask |= 1u << executors_->ExecutorOf(run.vshard);
+        }
+        Dispatch(
+            mask,
+            [this, work](uint32_t e) {
+              absl::ReaderMutexLock gate(&gate_);
+              work->table->sparse->Push(work->keys.keys, work->keys.groups, work->values.data(),
+                                        generation_.load(std::memory_order_relaxed),
+                                        work->req->assign(), e, executors_->size());
+            },
+            std::exchange(done, nullptr));
+        return absl::OkStatus();
+      }
+      // BSP sums change only under the order lock: applied here, in LSN order.
+      t.sums.step = step;
+      const uint32_t dim = sparse.dim();
+      const absl::Span<const uint64_t> keys = work->keys.keys;
+      for (size_t i = 0; i < keys.size(); ++i) {
+        std::vector<float>& sum = t.sums.rows[keys[i]];
+        sum.resize(dim, 0.0f);
+        AddSaturating(&sum[0], &work->values[i * dim], dim);
+      }
+    }
+  }
+  std::exchange(done, nullptr)(absl::OkStatus());
+  return absl::OkStatus();
+}
+
+struct ServerCore::DensePush {
+  std::shared_ptr<const v1::PushDenseRequest> req;
+  std::shared_ptr<Table> table;
+  std::vector<float> scratch;
+  absl::Span<const float> values;
+};
+
+absl::Status ServerCore::SubmitPushDense(std::shared_ptr<const v1::PushDenseRequest> req,
+                                         v1::PushResponse* resp, const Origin& origin,
+                                         Done& done) {
+  const bool replay = origin.replay != nullptr;
+  const std::string& name = req->table();
+  absl::StatusOr<std::shared_ptr<Table>> found = FindTable(nullptr, name, TableKind::kDense);
+  if (!found.ok()) return found.status();
+  auto work = std::make_shared<DensePush>();
+  work->req = req;
+  work->table = *std::move(found);
+  DenseTable& dense = *work->table->dense;
+  TESSERA_RETURN_IF_ERROR(CheckDtype(req->dtype(), name));
+  TESSERA_RETURN_IF_ERROR(CheckPushId(req->id(), name));
+  TESSERA_RETURN_IF_ERROR(CheckDenseRange(dense, name, req->offset(), req->count()));
+  absl::StatusOr<absl::Span<const float>> values =
+      PushValues(req->values(), req->count(), name, &work->scratch, /*trusted=*/replay);
+  if (!values.ok()) return values.status();
+  work->values = *values;
+  TESSERA_RETURN_IF_ERROR(CheckAssign(req->assign(), req->accumulate_step(), name));
+  if (options_.testing_push_delay_ms > 0 && !replay) {
+    absl::SleepFor(absl::Milliseconds(options_.testing_push_delay_ms));
+  }
+  if (options_.testing_before_sequencing && !replay) options_.testing_before_sequencing();
+  Table& t = *work->table;
+  const DenseLayout& layout = dense.layout();
+  {
+    absl::MutexLock order(&order_mu_);
+    std::shared_ptr<Table> current;
+    TESSERA_RETURN_IF_ERROR(
+        CheckSequence(origin, name, replay ? origin.replay->table_id : t.id, &current));
+    if (current.get() != &t) {
+      return absl::FailedPreconditionError(
+          absl::StrFormat("table '%s' changed while the push was checked", ShortName(name)));
+    }
+    absl::Status refusal;
+    const bool duplicate = CheckDuplicate(origin, req->id(), name, resp, &refusal);
+    if (!refusal.ok()) return refusal;
+    if (!duplicate) {
+      const uint64_t step = req->accumulate_step();
+      if (step != 0) TESSERA_RETURN_IF_ERROR(CheckAccumulate(t, step));
+      LogEntry entry;
+      entry.op = req;
+      entry.table_id = t.id;
+      Sequence(origin, &entry);
+      dedup_.Record(req->id().client_id(), req->id().sequence(), req->id().floor(),
+                    entry.time_ms);
+      resp->set_lsn(entry.lsn);
+      if (!replay) done = MaybeDropResponse(req->id(), std::move(done));  // (applied ones only)
+      const uint64_t begin = req->offset(), end = req->offset() + req->count();
+      const uint64_t first_block = begin / layout.block_elems;
+      const uint64_t last_block = end == begin ? first_block : (end - 1) / layout.block_elems;
+      if (step == 0) {
+        uint32_t mask = 0;
+        if (last_block - first_block >= 64) {
+          mask = (1u << executors_->size()) - 1;  // (size() <= 16)
+        } else {
+          for (uint64_t b = first_block; b <= last_block && end > begin; ++b) {
+            mask |= 1u << executors_->ExecutorOf(dense.VshardOf(b));
+          }
+        }
+        Dispatch(
+            mask,
+            [this, work](uint32_t e) {
+              absl::ReaderMutexLock gate(&gate_);
+              work->table->dense->Push(work->req->offset(), work->req->count(),
+                                       work->values.data(),
+                                       generation_.load(std::memory_order_relaxed),
+                                       work->req->assign(), e, executors_->size());
+            },
+            std::exchange(done, nullptr));
+        return absl::OkStatus();
+      }
+      t.sums.step = step;
+      for (uint64_t b = first_block; b < layout.num_blocks() && layout.BlockBegin(b) < end; ++b) {
+        std::vector<float>& sum = t.sums.blocks[b];
+        sum.resize(layout.BlockEnd(b) - layout.BlockBegin(b), 0.0f);
+        const uint64_t lo = std::max(layout.BlockBegin(b), begin);
+        const uint64_t hi = std::min(layout.BlockEnd(b), end);
+        AddSaturating(&sum[lo - layout.BlockBegin(b)], &work->values[lo - begin], hi - lo);
+      }
+    }
+  }
+  std::exchange(done, nullptr)(absl::OkStatus());
+  return absl::OkStatus();
+}
+
+absl::Status ServerCore::CheckAccumulate(const Table& table, uint64_t step) {
+  const StepSums& sums = table.sums;
+  if (step <= sums.applied_step) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("table '%s': step %u was applied already (last applied: %u)",
+                        ShortName(table.config.name), step, sums.applied_step));
+  }
+  if (sums.step != 0 && sums.step != step) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("table '%s': step %u is pending; apply it before accumulating step %u",
+                        ShortName(table.config.name), sums.step, step));
+  }
+  return absl::OkStatus();
+}
+
+// ---- BSP steps: a barrier ----
+
+absl::Status ServerCore::SubmitApplyStep(std::shared_ptr<const v1::ApplyStepRequest> req,
+                                         v1::ApplyStepResponse* resp, const Origin& origin,
+                                         Done& done) {
+  absl::StatusOr<std::shared_ptr<Table>> found = LookupTable(req->table());
+  if (!found.ok()) return found.status();
+  const std::shared_ptr<Table> table = *std::move(found);
+  if (req->step() == 0 || !std::isfinite(req->scale())) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "table '%s': ApplyStep needs a step >= 1 and a finite scale", ShortName(req->table())));
+  }
+  {
+    absl::MutexLock order(&order_mu_);
+    std::shared_ptr<Table> current;
+    TESSERA_RETURN_IF_ERROR(CheckSequence(
+        origin, req->table(), origin.replay != nullptr ? origin.replay->table_id : table->id,
+        &current));
+    StepSums& sums = table->sums;
+    if (req->step() <= sums.applied_step) {
+      if (origin.replay != nullptr) {
+        return absl::FailedPreconditionError(absl::StrFormat(
+            "table '%s': step %u was applied here already but not on the primary",
+            ShortName(req->table()), req->step()));
+      }
+      resp->set_duplicate(true);
+      resp->set_lsn(lsn_);
+    } else {
+      if (sums.step != 0 && sums.step != req->step()) {
+        return absl::FailedPreconditionError(
+            absl::StrFormat("table '%s': step %u is pending, not step %u",
+                            ShortName(req->table()), sums.step, req->step()));
+      }
+      LogEntry entry;
+      entry.op = req;
+      entry.table_id = table->id;
+      Sequence(origin, &entry);
+      // A barrier: every earlier change to the table's rows is applied before the step's sums.
+      executors_->Drain();
+      ApplyStepSums(*table, req->scale(), resp);
+      sums.rows.clear();
+      sums.blocks.clear();
+      sums.step = 0;
+      sums.applied_step = req->step();
+      resp->set_lsn(entry.lsn);
+    }
+  }
+  std::exchange(done, nullptr)(absl::OkStatus());
+  return absl::OkStatus();
+}
+
+void ServerCore::ApplyStepSums(Table& table, float scale, v1::ApplyStepResponse* resp) {
+  StepSums& sums = table.sums;
+  absl::ReaderMutexLock gate(&gate_);
+  const uint64_t gen = generation_.load(std::memory_order_relaxed);
+  if (table.sparse != nullptr && !sums.rows.empty()) {
+    const uint32_t dim = table.sparse->dim();
+    std::vector<uint64_t> keys;
+    std::vector<float> grads;
+    keys.reserve(sums.rows.size());
+    grads.reserve(sums.rows.size() * dim);
+    // (Keys are distinct: the order in which rows are updated does not change any row.)
+    for (const auto& [key, sum] : sums.rows) {
+      keys.push_back(key);
+      for (float g : sum) grads.push_back(SaturateToFloat(double{g} * scale));
+    }
+    VshardGrouping groups;
+    GroupByVshard(keys, table.sparse->num_vshards(), &groups);
+    table.sparse->Push(keys, groups, grads.data(), gen);
+    resp->set_rows(keys.size());
+  } else if (table.dense != nullptr) {
+    std::vector<uint64_t> blocks;
+    for (const auto& [b, sum] : sums.blocks) blocks.push_back(b);
+    std::sort(blocks.begin(), blocks.end());
+    std::vector<float> scaled;
+    uint64_t elements = 0;
+    for (uint64_t b : blocks) {
+      const std::vector<float>& sum = sums.blocks[b];
+      scaled.resize(sum.size());
+      for (size_t i = 0; i < sum.size(); ++i) scaled[i] = SaturateToFloat(double{sum[i]} * scale);
+      table.dense->Push(table.dense->layout().BlockBegin(b), scaled.size(), scaled.data(), gen);
+      elements += scaled.size();
+    }
+    resp->set_rows(elements);
+  }
+}
+
+}  // namespace tessera

@@ -1,0 +1,288 @@
+// The shard as a deterministic state machine (docs/state_machine.md): one regression test per
+// finding of issue 14 that an in-process replica pair can show, and digests of primary and
+// backup compared after each.
+#include <catch2/catch.hpp>
+#include <cfloat>
+#include <cmath>
+#include <thread>
+
+#include "absl/synchronization/notification.h"
+#include "server/core_test_util.h"
+#include "server/optimizer.h"
+#include "server/row_arena.h"
+#include "server/sparse_table.h"
+
+namespace tessera {
+namespace {
+
+using namespace tessera::testing;  // NOLINT
+
+TEST_CASE("a push held while its table is dropped and re-created never lands in the dropped "
+          "table",
+          "[state_machine]") {
+  // Finding 1: the push was applied to the dropped table on the primary and replayed into the
+  // new one on the backup.
+  absl::Notification validated, recreated;
+  ServerCoreOptions p;
+  std::atomic<bool> hold{true};
+  p.testing_before_sequencing = [&] {
+    if (!hold.exchange(false)) return;  // the first push only
+    validated.Notify();
+    recreated.WaitForNotification();
+  };
+  ReplicaPair pair(p);
+  ServerCore& core = *pair.primary;
+  const TableConfig c = SparseConfig("t", 2, OptimizerKind::kAdd);
+  v1::CreateTableResponse cr;
+  REQUIRE(core.CreateTable(CreateReq(c), &cr).ok());
+  const v1::PushSparseRequest push = SparsePushReq("t", 2, {7}, {1.0f, 1.0f}, 11, 1);
+  absl::Status held;
+  std::thread pusher([&] {
+    v1::PushResponse resp;
+    held = core.PushSparse(push, &resp);
+  });
+  validated.WaitForNotification();
+  v1::DropTableResponse dr;
+  REQUIRE(core.DropTable(DropReq("t"), &dr).ok());
+  REQUIRE(core.CreateTable(CreateReq(c), &cr).ok());
+  recreated.Notify();
+  pusher.join();
+  // Refused, changing nothing: the client retries, and the retry is applied to the new table.
+  CHECK(held.code() == absl::StatusCode::kUnavailable);
+  CHECK(std::string(held.message()).find("re-created") != std::string::npos);
+  v1::PushResponse resp;
+  REQUIRE(core.PushSparse(push, &resp).ok());
+  CHECK_FALSE(resp.duplicate());
+  REQUIRE(pair.Replicate().ok());
+  CHECK(pair.primary->StateDigest() == pair.backup->StateDigest());
+}
+
+TEST_CASE("a backup that cannot apply an entry is FAILED, applies nothing more, and a snapshot "
+          "brings it back",
+          "[state_machine]") {
+  // Finding 2: the backup logged the failure and acknowledged the entry anyway.
+  ServerCoreOptions b;
+  b.max_keys_per_request = 2;  // a backup started with different limits
+  ReplicaPair pair({}, b);
+  const TableConfig c = SparseConfig("t", 1, OptimizerKind::kSgd);
+  v1::CreateTableResponse cr;
+  REQUIRE(pair.primary->CreateTable(CreateReq(c), &cr).ok());
+  v1::PushResponse resp;
+  REQUIRE(pair.primary->PushSparse(SparsePushReq("t", 1, {1, 2}, {1, 1}, 5, 1), &resp).ok());
+  REQUIRE(pair.Replicate().ok());
+  const uint64_t good = pair.backup->lsn();
+  REQUIRE(pair.primary->PushSparse(SparsePushReq("t", 1, {1, 2, 3}, {1, 1, 1}, 5, 2), &resp).ok());
+  REQUIRE(pair.primary->PushSparse(SparsePushReq("t", 1, {4}, {1}, 5, 3), &resp).ok());
+  absl::Status st = pair.Replicate();
+  CHECK(ServerCore::IsReplicaFailed(st));
+  CHECK(st.code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(pair.backup->failed());
+  CHECK(pair.backup->lsn() == good);  // nothing of the refused entry was applied
+  // Sticky: the next entry, which it could apply, is refused too.
+  st = pair.Replicate();
+  CHECK(ServerCore::IsReplicaFailed(st));
+  CHECK(pair.backup->lsn() == good);
+  REQUIRE(pair.Resync().ok());
+  CHECK_FALSE(pair.backup->failed());
+  CHECK(pair.backup->lsn() == pair.primary->lsn());
+  CHECK(pair.primary->StateDigest() == pair.backup->StateDigest());
+}
+
+TEST_CASE("exactly-once state forgets idle clients by entry time, never by a replica's clock",
+          "[state_machine]") {
+  // Finding 3: each replica forgot clients by its own wall clock. Here two backups replay the
+  // same entries, whose times lie far from any clock: both decide alike, by entry time.
+  ServerCoreOptions o;
+  o.coordinated = true;
+  o.dedup_client_ttl_s = 10;
+  std::unique_ptr<ServerCore> a = *ServerCore::Create(o), b = *ServerCore::Create(o);
+  for (ServerCore* r : {a.get(), b.get()}) {
+    REQUIRE(r->Bind(0, 1).ok());
+    r->SetRouting(1, false, 1);
+  }
+  const TableConfig c = SparseConfig("t", 1, OptimizerKind::kAdd);
+  auto entry = [](uint64_t lsn, int64_t time_ms, uint64_t table_id, auto req) {
+    LogEntry e;
+    e.lsn = lsn;
+    e.time_ms = time_ms;
+    e.table_id = table_id;
+    e.op = std::make_shared<const decltype(req)>(req);
+    return e;
+  };
+  const int64_t t0 = 1000;  // 1970: no replica's clock is anywhere near
+  std::vector<LogEntry> log = {
+      entry(1, t0, 1, CreateReq(c)),
+      entry(2, t0, 1, SparsePushReq("t", 1, {1}, {1}, /*client=*/7, 1)),
+      // 25 s of entry time later another client pushes: client 7 is past the 10 s TTL.
+      entry(3, t0 + 25'000, 1, SparsePushReq("t", 1, {2}, {1}, 8, 1)),
+      // The sweep runs every quarter TTL: once more, and client 7 is forgotten...
+      entry(4, t0 + 28'000, 1, SparsePushReq("t", 1, {2}, {1}, 8, 2)),
+      // ...so its sequence 1 (a very late retry) is new again, on every replica alike.
+      entry(5, t0 + 28'001, 1, SparsePushReq("t", 1, {1}, {1}, 7, 1)),
+  };
+  for (ServerCore* r : {a.get(), b.get()}) {
+    for (const LogEntry& e : log) REQUIRE(r->Replay(1, e).ok());
+    r->WaitApplied();
+  }
+  CHECK(a->lsn() == 5);
+  CHECK(a->StateDigest() == b->StateDigest());
+}
+
+TEST_CASE("a refused push leaves exactly-once state unchanged", "[state_machine]") {
+  // Finding 4: an accumulate push refused with FAILED_PRECONDITION raised the client's floor,
+  // so a later push was answered "duplicate" and never applied.
+  ReplicaPair pair;
+  ServerCore& core = *pair.primary;
+  const TableConfig c = SparseConfig("t", 1, OptimizerKind::kAdd);
+  v1::CreateTableResponse cr;
+  REQUIRE(core.CreateTable(CreateReq(c), &cr).ok());
+  v1::PushResponse resp;
+  REQUIRE(core.PushSparse(SparsePushReq("t", 1, {1}, {1}, 9, 1, 1, /*step=*/1), &resp).ok());
+  v1::ApplyStepResponse ar;
+  REQUIRE(core.ApplyStep(ApplyStepReq("t", 1, 1.0f), &ar).ok());
+  const uint64_t digest = core.StateDigest();
+  // Step 1 is applied: this push (sequence 3, floor 3) is refused...
+  absl::Status st = core.PushSparse(SparsePushReq("t", 1, {1}, {5}, 9, 3, 3, 1), &resp);
+  CHECK(st.code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(core.StateDigest() == digest);  // ...and changes nothing, exactly-once state included
+  // So sequence 2 is still new.
+  resp.Clear();
+  REQUIRE(core.PushSparse(SparsePushReq("t", 1, {1}, {2}, 9, 2, 2, /*step=*/2), &resp).ok());
+  CHECK_FALSE(resp.duplicate());
+  REQUIRE(core.ApplyStep(ApplyStepReq("t", 2, 1.0f), &ar).ok());
+  CHECK(ar.rows() == 1);
+  REQUIRE(pair.Replicate().ok());
+  CHECK(pair.primary->StateDigest() == pair.backup->StateDigest());
+}
+
+TEST_CASE("a row whose allocation fails leaves no key behind", "[state_machine]") {
+  // Finding 5: the key entered the vshard index before its row existed; after std::bad_alloc
+  // the next access to it read an unallocated row (SIGSEGV) or aliased row 0 of the vshard.
+  const TableConfig c = SparseConfig("t", 4, OptimizerKind::kAdd);
+  TableConfig resolved = *ResolveTableConfig(c);
+  SparseTable table(resolved, std::vector<bool>(4, true));
+  // Keys of one vshard, so that a broken index would alias the first key's row.
+  std::vector<uint64_t> same;
+  for (uint64_t k = 1; same.size() < 2; ++k) {
+    if (VshardOfKey(k, 4) == VshardOfKey(1, 4)) same.push_back(k);
+  }
+  // 300 rows, so that the second key's row needs a new arena block.
+  std::vector<uint64_t> keys;
+  for (uint64_t k = 1; keys.size() < RowArena::kRowsPerBlock; ++k) {
+    if (VshardOfKey(k, 4) == VshardOfKey(same[0], 4) && k != same[1]) keys.push_back(k);
+  }
+  VshardGrouping g;
+  GroupByVshard(keys, 4, &g);
+  std::vector<float> ones(keys.size() * 4, 1.0f);
+  table.Push(keys, g, ones.data(), 2);
+  const std::vector<uint64_t> victim = {same[1]};
+  VshardGrouping vg;
+  GroupByVshard(victim, 4, &vg);
+  std::vector<float> out(4);
+  RowArena::fail_appends_for_testing.store(1);
+  CHECK_THROWS_AS(table.Pull(victim, vg, out.data(), 2), std::bad_alloc);
+  RowArena::fail_appends_for_testing.store(0);
+  CHECK(table.num_rows() == keys.size());
+  // The key is new again: it gets its initial values, and the other rows are untouched.
+  std::vector<float> twice(4, 2.0f);
+  table.Push(victim, vg, twice.data(), 3);
+  table.Pull(victim, vg, out.data(), 3);
+  std::vector<float> init(4);
+  Initializer(resolved.initializer).FillRow(victim[0], init.data(), 4);
+  for (int i = 0; i < 4; ++i) CHECK(out[i] == init[i] + 2.0f);
+  std::vector<float> first(4);
+  const std::vector<uint64_t> k0 = {keys[0]};
+  VshardGrouping g0;
+  GroupByVshard(k0, 4, &g0);
+  table.Pull(k0, g0, first.data(), 3);
+  Initializer(resolved.initializer).FillRow(keys[0], init.data(), 4);
+  for (int i = 0; i < 4; ++i) CHECK(first[i] == init[i] + 1.0f);
+}
+
+bool AllFinite(const std::vector<float>& v) {
+  return std::all_of(v.begin(), v.end(), [](float x) { return std::isfinite(x); });
+}
+
+TEST_CASE("finite input never makes a weight or a slot NaN or infinite", "[state_machine]") {
+  // Finding 8: a gradient whose square overflows float32 made FTRL's weight NaN for good and
+  // froze Adagrad/Adam at an infinite accumulator; `add` of 3e38 twice gave inf.
+  for (OptimizerKind kind : {OptimizerKind::kSgd, OptimizerKind::kMomentum,
+                             OptimizerKind::kAdagrad, OptimizerKind::kAdam, OptimizerKind::kFtrl,
+                             OptimizerKind::kAdd}) {
+    OptimizerConfig oc;
+    oc.kind = kind;
+    TableConfig c = SparseConfig("t", 1, kind);
+    TableConfig resolved = *ResolveTableConfig(c);
+    const OptimizerParams p = OptimizerParams::FromConfig(resolved.optimizer);
+    INFO("optimizer " << static_cast<int>(kind));
+    const size_t n = 300;  // more than one chunk of the kernel
+    std::vector<float> w(n, 0.5f), s0(n, p.InitialSlotValue(0)), s1(n, p.InitialSlotValue(1));
+    uint64_t step = 0;
+    for (float g : {1e20f, 3e38f, -3e38f, 3e38f, 1.0f, -FLT_MAX, FLT_MAX}) {
+      std::vector<float> grads(n, g);
+      grads[7] = 1.0f;  // a chunk with ordinary coordinates too
+      ApplyUpdate(p, w.data(), p.num_slots > 0 ? s0.data() : nullptr,
+                  p.num_slots > 1 ? s1.data() : nullptr, &step, grads.data(), n);
+      CHECK(AllFinite(w));
+      CHECK(AllFinite(s0));
+      CHECK(AllFinite(s1));
+    }
+  }
+  // Through the server: add and BSP sums saturate at the largest float.
+  ReplicaPair pair;
+  ServerCore& core = *pair.primary;
+  v1::CreateTableResponse cr;
+  REQUIRE(core.CreateTable(CreateReq(SparseConfig("add", 1, OptimizerKind::kAdd)), &cr).ok());
+  REQUIRE(core.CreateTable(CreateReq(SparseConfig("bsp", 1, OptimizerKind::kAdd)), &cr).ok());
+  v1::PushResponse r;
+  REQUIRE(core.PushSparse(SparsePushReq("add", 1, {1}, {3e38f}, 1, 1), &r).ok());
+  REQUIRE(core.PushSparse(SparsePushReq("add", 1, {1}, {3e38f}, 1, 2), &r).ok());
+  CHECK(PullRows(core, "add", 1, {1})[0] == FLT_MAX);
+  REQUIRE(core.PushSparse(SparsePushReq("bsp", 1, {1}, {3e38f}, 1, 3, 1, 1), &r).ok());
+  REQUIRE(core.PushSparse(SparsePushReq("bsp", 1, {1}, {3e38f}, 2, 1, 1, 1), &r).ok());
+  v1::ApplyStepResponse ar;
+  REQUIRE(core.ApplyStep(ApplyStepReq("bsp", 1, 4.0f), &ar).ok());
+  CHECK(PullRows(core, "bsp", 1, {1})[0] == FLT_MAX);
+  REQUIRE(pair.Replicate().ok());
+  CHECK(pair.primary->StateDigest() == pair.backup->StateDigest());
+}
+
+TEST_CASE("pushes applied in parallel by the executors reach the same state on every replica",
+          "[state_machine]") {
+  // Finding 9: every push was applied under one mutex. Now executors apply them per vshard in
+  // parallel; replicas with different numbers of executors must still agree bit for bit.
+  ServerCoreOptions p, b;
+  p.apply_threads = 4;
+  b.apply_threads = 3;
+  ReplicaPair pair(p, b);
+  ServerCore& core = *pair.primary;
+  v1::CreateTableResponse cr;
+  REQUIRE(core.CreateTable(CreateReq(SparseConfig("adam", 8, OptimizerKind::kAdam)), &cr).ok());
+  REQUIRE(core.CreateTable(CreateReq(DenseConfig("d", 5000, 100, OptimizerKind::kAdam)), &cr).ok());
+  std::vector<std::thread> clients;
+  for (uint64_t client = 1; client <= 4; ++client) {
+    clients.emplace_back([&, client] {
+      std::mt19937_64 rng(client);
+      for (uint64_t seq = 1; seq <= 150; ++seq) {
+        v1::PushResponse resp;
+        if (seq % 3 == 0) {
+          std::vector<float> g(700);
+          for (float& x : g) x = std::uniform_real_distribution<float>(-1, 1)(rng);
+          REQUIRE(core.PushDense(DensePushReq("d", rng() % 4300, g, client, seq), &resp).ok());
+          continue;
+        }
+        std::vector<uint64_t> keys;
+        for (uint64_t k = rng() % 50; keys.size() < 40; k += 1 + rng() % 7) keys.push_back(k);
+        std::vector<float> g(keys.size() * 8);
+        for (float& x : g) x = std::uniform_real_distribution<float>(-1, 1)(rng);
+        REQUIRE(core.PushSparse(SparsePushReq("adam", 8, keys, g, client, seq), &resp).ok());
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  REQUIRE(pair.Replicate().ok());
+  CHECK(pair.primary->StateDigest() == pair.backup->StateDigest());
+}
+
+}  // namespace
+}  // namespace tessera
