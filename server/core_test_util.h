@@ -12,7 +12,10 @@
 
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "storage/checkpoint_store.h"
 #include "common/wire.h"
+#include "proto/checkpoint.pb.h"
 #include "proto/cluster.pb.h"
 #include "proto/tessera.pb.h"
 #include "server/server_core.h"
@@ -119,6 +122,36 @@ inline std::vector<float> PullRows(ServerCore& core, const std::string& table, u
   return std::vector<float>(v, v + keys.size() * dim);
 }
 
+// Writes a full checkpoint `id` of a single-shard core and publishes its manifest, as the
+// checkpoint driver does.
+inline absl::Status WriteCheckpoint(ServerCore& core, const std::string& dir, uint64_t id) {
+  v1::WriteCheckpointRequest req;
+  req.mutable_header()->set_shard_map_epoch(1);
+  req.set_checkpoint_id(id);
+  v1::WriteCheckpointResponse resp;
+  absl::Status st = core.WriteCheckpoint(req, &resp);
+  if (!st.ok()) return st;
+  storage::v1::CheckpointManifest m;
+  m.set_id(id);
+  m.add_chain(id);
+  m.set_num_shards(1);
+  m.set_shard_map_epoch(1);
+  if (!m.add_parts()->ParseFromString(resp.part())) return absl::DataLossError("bad part");
+  m.set_num_vshards(m.parts(0).num_vshards());
+  absl::StatusOr<std::unique_ptr<storage::CheckpointStore>> store =
+      storage::CheckpointStore::Open(dir);
+  if (!store.ok()) return store.status();
+  return (*store)->Publish(m);
+}
+
+inline absl::Status RestoreNewest(ServerCore& core) {
+  v1::RestoreCheckpointRequest req;
+  req.mutable_header()->set_shard_map_epoch(1);
+  req.set_phase(v1::RESTORE_PHASE_PREPARE_AND_COMMIT);
+  v1::RestoreCheckpointResponse resp;
+  return core.RestoreCheckpoint(req, &resp);
+}
+
 // Captures every entry the primary logs.
 class CapturingLog : public ServerCore::UpdateLog {
  public:
@@ -172,43 +205,53 @@ struct ReplicaPair {
   // Replays what the primary logged since the last call, as the replicator does: decoded from
   // bytes, in LSN order; a restore is a snapshot. Returns the first refusal.
   absl::Status Replicate() {
-    for (const LogEntry& e : log.Take(replayed)) {
-      if (std::holds_alternative<RestoreOp>(e.op)) {
-        absl::Status st = Resync();
+    for (bool again = true; again;) {
+      again = false;
+      for (const LogEntry& e : log.Take(replayed)) {
+        if (std::holds_alternative<RestoreOp>(e.op)) {
+          absl::Status st = Resync();  // sets `replayed` past its cut
+          if (!st.ok()) return st;
+          again = true;
+          break;
+        }
+        const std::string bytes = EntryBytes(e);
+        google::protobuf::io::ArrayInputStream in(bytes.data(), static_cast<int>(bytes.size()));
+        absl::StatusOr<LogEntry> decoded = ServerCore::DecodeEntry(LogEntryKindOf(e), &in);
+        if (!decoded.ok()) return decoded.status();
+        decoded->lsn = e.lsn;
+        decoded->time_ms = e.time_ms;
+        decoded->table_id = e.table_id;
+        absl::Status st = backup->Replay(1, *std::move(decoded));
         if (!st.ok()) return st;
         ++replayed;
-        continue;
       }
-      const std::string bytes = EntryBytes(e);
-      google::protobuf::io::ArrayInputStream in(bytes.data(), static_cast<int>(bytes.size()));
-      absl::StatusOr<LogEntry> decoded = ServerCore::DecodeEntry(LogEntryKindOf(e), &in);
-      if (!decoded.ok()) return decoded.status();
-      decoded->lsn = e.lsn;
-      decoded->time_ms = e.time_ms;
-      decoded->table_id = e.table_id;
-      absl::Status st = backup->Replay(1, *std::move(decoded));
-      if (!st.ok()) return st;
-      ++replayed;
     }
     backup->WaitApplied();
     return absl::OkStatus();
   }
 
-  // A catch-up snapshot of the primary installed on the backup.
+  // A catch-up snapshot of the primary installed on the backup (retried while a checkpoint
+  // is being written, a bounded number of times).
   absl::Status Resync() {
-    static uint64_t next_id = 1;
-    const uint64_t id = next_id++;
-    uint64_t seq = 0;
-    absl::StatusOr<uint64_t> cut =
-        primary->ExportSnapshot(1 << 20, [&](v1::InstallSnapshotRequest& chunk) {
-          chunk.set_snapshot_id(id);
-          chunk.set_seq(seq++);
-          return backup->InstallSnapshot(1, chunk);
-        });
+    absl::StatusOr<uint64_t> cut;
+    for (int attempt = 0; attempt < 1000; ++attempt) {
+      const uint64_t id = ++snapshots;
+      uint64_t seq = 0;
+      cut = primary->ExportSnapshot(1 << 20, [&](v1::InstallSnapshotRequest& chunk) {
+        chunk.set_snapshot_id(id);
+        chunk.set_seq(seq++);
+        return backup->InstallSnapshot(1, chunk);
+      });
+      if (cut.ok() || cut.status().code() != absl::StatusCode::kUnavailable) break;
+      absl::SleepFor(absl::Milliseconds(1));  // (a checkpoint is being written: retry)
+    }
     if (!cut.ok()) return cut.status();
-    replayed = log.size();  // the snapshot holds everything logged up to its cut
+    // The snapshot holds everything logged up to its cut.
+    replayed = 0;
+    for (const LogEntry& e : log.Take(0)) replayed += e.lsn <= *cut ? 1 : 0;
     return absl::OkStatus();
   }
+  uint64_t snapshots = 0;
 };
 
 }  // namespace tessera::testing
