@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "absl/strings/str_format.h"
 #include "common/hash.h"
 #include "common/shard_map.h"
 #include "server/generation.h"
@@ -17,9 +18,14 @@ DenseTable::DenseTable(const TableConfig& config, const std::vector<bool>& owned
       table_hash_(Fnv1a64(config.name)),
       num_vshards_(static_cast<uint32_t>(owned.size())) {
   blocks_.resize(layout_.num_blocks());
+  uint64_t held_blocks = 0;
   for (uint64_t b = 0; b < layout_.num_blocks(); ++b) {
-    if (owned[VshardOf(b)]) held_elements_ += layout_.BlockEnd(b) - layout_.BlockBegin(b);
+    if (!owned[VshardOf(b)]) continue;
+    held_elements_ += layout_.BlockEnd(b) - layout_.BlockBegin(b);
+    ++held_blocks;
   }
+  bytes_ = held_elements_ * sizeof(float) * (1 + params_.num_slots) +
+           layout_.num_blocks() * sizeof(void*) + held_blocks * BlockOverhead();
   // Zero-filled by the kernel; huge pages where the system allows them.
   storage_ = HugeBuffer(held_elements_ * (1 + params_.num_slots) * sizeof(float));
   float* next = reinterpret_cast<float*>(storage_.data());
@@ -48,17 +54,36 @@ void DenseTable::InitializeBlock(uint64_t b) {
   block.gen = kBaseGeneration;
 }
 
-uint64_t DenseTable::BytesFor(const TableConfig& config, const std::vector<bool>& owned) {
+uint64_t DenseTable::BlockOverhead() { return sizeof(Block) + sizeof(std::unique_ptr<Block>); }
+
+absl::StatusOr<uint64_t> DenseTable::BytesFor(const TableConfig& config,
+                                              const std::vector<bool>& owned, uint64_t limit) {
   const DenseLayout layout{config.dense_size, config.dense_block_elems};
+  const uint64_t blocks = layout.num_blocks();
+  if (blocks > kMaxBlocks) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "dense table '%s' would have %u blocks of %u elements, over the limit of %u blocks; use "
+        "larger dense_block_elems",
+        config.name.substr(0, 64), blocks, config.dense_block_elems, kMaxBlocks));
+  }
+  // The index of every block is held whatever the ownership: a lower bound, in O(1).
+  if (limit != 0 && blocks * sizeof(void*) > limit) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "dense table '%s' needs at least %u bytes for its block index, over the limit of %u "
+        "bytes",
+        config.name.substr(0, 64), blocks * sizeof(void*), limit));
+  }
   const uint64_t table_hash = Fnv1a64(config.name);
   const uint32_t num_vshards = static_cast<uint32_t>(owned.size());
-  uint64_t elements = 0;
-  for (uint64_t b = 0; b < layout.num_blocks(); ++b) {
+  uint64_t elements = 0, held = 0;
+  for (uint64_t b = 0; b < blocks; ++b) {
     if (owned[VshardOfDenseBlock(table_hash, b, num_vshards)]) {
       elements += layout.BlockEnd(b) - layout.BlockBegin(b);
+      ++held;
     }
   }
-  return elements * sizeof(float) * (1 + NumOptimizerSlots(config.optimizer.kind));
+  return elements * sizeof(float) * (1 + NumOptimizerSlots(config.optimizer.kind)) +
+         blocks * sizeof(void*) + held * BlockOverhead();
 }
 
 int64_t DenseTable::FirstMissingBlock(uint64_t offset, uint64_t count) const {

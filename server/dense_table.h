@@ -76,12 +76,20 @@ class DenseTable {
   uint64_t Digest() const;
 
   uint64_t num_elements() const { return held_elements_; }
-  uint64_t bytes() const { return held_elements_ * sizeof(float) * (1 + params_.num_slots); }
+  // Weights, slots and the bookkeeping of every block: what the table holds.
+  uint64_t bytes() const { return bytes_; }
 
-  // Bytes the owned blocks of `config` would take on a server owning `owned` (for admission).
-  static uint64_t BytesFor(const TableConfig& config, const std::vector<bool>& owned);
+  // Most blocks a dense table may have (RESOURCE_EXHAUSTED above): admission walks the blocks.
+  static constexpr uint64_t kMaxBlocks = uint64_t{1} << 22;
+  // Bytes the owned blocks of `config` would take on a server owning `owned`, bookkeeping
+  // included (for admission); RESOURCE_EXHAUSTED when it has more than kMaxBlocks blocks or
+  // would take more than `limit` bytes (checked in O(1) before the blocks are walked).
+  static absl::StatusOr<uint64_t> BytesFor(const TableConfig& config,
+                                           const std::vector<bool>& owned, uint64_t limit);
 
  private:
+  struct Block;
+  static uint64_t BlockOverhead();
   struct Block {
     // Constant after construction.
     uint64_t begin = 0;     // first element
@@ -107,6 +115,7 @@ class DenseTable {
   const uint32_t num_vshards_;
   std::vector<std::unique_ptr<Block>> blocks_;  // by block index; null when not held
   uint64_t held_elements_ = 0;
+  uint64_t bytes_ = 0;
   HugeBuffer storage_;  // every held block's data, contiguous
 };
 

@@ -62,7 +62,7 @@ TEST_CASE("a server holds exactly the blocks of its vshards", "[dense]") {
     for (uint32_t v = 0; v < kDefaultNumVshards; ++v) owned[v] = map->ShardOf(v) == s;
     DenseTable t(c, owned);
     total += t.num_elements();
-    CHECK(t.bytes() == DenseTable::BytesFor(c, owned));
+    CHECK(t.bytes() == *DenseTable::BytesFor(c, owned, 0));
     for (uint64_t b = 0; b < 100; ++b) {
       const bool mine = map->ShardOf(VshardOfDenseBlock(Fnv1a64("w"), b, kDefaultNumVshards)) == s;
       CHECK((t.FirstMissingBlock(b * 1000, 1000) < 0) == mine);

@@ -25,6 +25,18 @@ struct Volume {
   uint64_t bytes_out = 0;
 };
 
+// Bytes of the response a request asks for, as it declares them (pulls); 0 for the rest.
+template <typename Req>
+uint64_t ResponseBytesOf(const Req&) {
+  return 0;
+}
+uint64_t ResponseBytesOf(const v1::PullSparseRequest& req) {
+  return std::min<uint64_t>(req.num_keys(), uint64_t{1} << 40) * req.dim() * sizeof(float);
+}
+uint64_t ResponseBytesOf(const v1::PullDenseRequest& req) {
+  return std::min<uint64_t>(req.count(), uint64_t{1} << 40) * sizeof(float);
+}
+
 template <typename Req, typename Resp>
 Volume VolumeOf(const Req&, const Resp&) {
   return {};
@@ -94,10 +106,22 @@ void GrpcService::Run(Method method, Ctx* ctx, const Bytes* request, Bytes* resp
   metrics_->AddInFlight(1);
   auto req = std::make_shared<Req>();
   auto resp = std::make_shared<Resp>();
-  absl::Status status = Parse(*request, req.get());
   const size_t request_bytes = request->Length();
-  auto finish = [this, method, ctx, response, reactor, start, req, resp,
-                 request_bytes](absl::Status status) {
+  // What the call makes the server hold, reserved before it is allocated: the parsed copy of
+  // the request, then the response it asks for (docs/state_machine.md, "Resources").
+  MemoryBudget& budget = core_->budget();
+  uint64_t held = request_bytes;
+  absl::Status status = budget.Reserve(request_bytes, absl::StrFormat("a request of %u bytes",
+                                                                      request_bytes));
+  if (!status.ok()) held = 0;
+  if (status.ok()) status = Parse(*request, req.get());
+  if (status.ok()) {
+    const uint64_t out = std::min(ResponseBytesOf(*req), core_->max_response_bytes());
+    status = budget.Reserve(out, absl::StrFormat("a response of %u bytes", out));
+    if (status.ok()) held += out;
+  }
+  auto finish = [this, method, ctx, response, reactor, start, req, resp, request_bytes,
+                 held](absl::Status status) {
     const Volume v = status.ok() ? VolumeOf(*req, *resp) : Volume{0, request_bytes, 0};
     if (status.ok()) {
       if constexpr (requires { resp->mutable_values(); }) {
@@ -121,6 +145,7 @@ void GrpcService::Run(Method method, Ctx* ctx, const Bytes* request, Bytes* resp
                      status.ok() ? v.keys : 0, v.bytes_in, status.ok() ? v.bytes_out : 0);
     metrics_->AddInFlight(-1);
     reactor->Finish(grpc_status);
+    core_->budget().Release(held);
   };
   if (!status.ok()) return finish(std::move(status));
   ServerCore::Done done = std::move(finish);

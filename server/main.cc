@@ -35,8 +35,16 @@ ABSL_FLAG(int, max_request_bytes, 256 << 20, "Largest request message accepted."
 ABSL_FLAG(uint64_t, max_keys_per_request, uint64_t{1} << 20, "Most keys in one sparse request.");
 ABSL_FLAG(uint64_t, max_dense_elems_per_request, uint64_t{16} << 20,
           "Most elements in one dense request.");
-ABSL_FLAG(uint64_t, max_dense_table_bytes, uint64_t{16} << 30,
-          "Most bytes one dense table may take on this server.");
+ABSL_FLAG(uint64_t, max_table_bytes, uint64_t{16} << 30,
+          "Most bytes one table (rows or blocks, slots, bookkeeping) may hold on this server.");
+ABSL_FLAG(uint64_t, max_dense_table_bytes, 0,
+          "Older name of --max_table_bytes (when set, it is the limit).");
+ABSL_FLAG(uint64_t, max_memory_bytes, 0,
+          "Most bytes this server holds for tables, requests and responses; 0: 80% of the "
+          "machine's physical memory.");
+ABSL_FLAG(uint64_t, max_response_bytes, uint64_t{256} << 20, "Largest pull response.");
+ABSL_FLAG(uint32_t, apply_threads, 0,
+          "Threads that apply changes (per vshard, in parallel); 0: one per core, at most 16.");
 ABSL_FLAG(int64_t, dedup_client_ttl_s, 3600,
           "Forget the push sequence state of a client silent for this long.");
 ABSL_FLAG(int64_t, drain_timeout_ms, 10000, "On SIGTERM, how long in-flight requests may run.");
@@ -79,7 +87,12 @@ int main(int argc, char** argv) {
   core.shard_map_epoch = absl::GetFlag(FLAGS_shard_map_epoch);
   core.max_keys_per_request = absl::GetFlag(FLAGS_max_keys_per_request);
   core.max_dense_elems_per_request = absl::GetFlag(FLAGS_max_dense_elems_per_request);
-  core.max_dense_table_bytes = absl::GetFlag(FLAGS_max_dense_table_bytes);
+  core.max_table_bytes = absl::GetFlag(FLAGS_max_dense_table_bytes) != 0
+                             ? absl::GetFlag(FLAGS_max_dense_table_bytes)
+                             : absl::GetFlag(FLAGS_max_table_bytes);
+  core.max_memory_bytes = absl::GetFlag(FLAGS_max_memory_bytes);
+  core.max_response_bytes = absl::GetFlag(FLAGS_max_response_bytes);
+  core.apply_threads = absl::GetFlag(FLAGS_apply_threads);
   core.dedup_client_ttl_s = absl::GetFlag(FLAGS_dedup_client_ttl_s);
   core.testing_fail_push_after_apply_every =
       absl::GetFlag(FLAGS_testing_fail_push_after_apply_every);

@@ -7,6 +7,7 @@
 #include <type_traits>
 #include <variant>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/status/status.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/str_format.h"
@@ -339,16 +340,6 @@ absl::Status ServerCore::SubmitCreate(std::shared_ptr<const v1::CreateTableReque
   if (!parsed.ok()) return parsed.status();
   absl::StatusOr<TableConfig> config = ResolveTableConfig(*parsed);
   if (!config.ok()) return config.status();
-  if (config->kind == TableKind::kDense) {
-    const uint64_t bytes = DenseTable::BytesFor(*config, owned_);
-    if (bytes > options_.max_dense_table_bytes) {
-      return absl::ResourceExhaustedError(
-          absl::StrFormat("table '%s' would take %u bytes on shard %u, over the limit of %u bytes "
-                          "(--max_dense_table_bytes)",
-                          ShortName(config->name), bytes, shard_index_,
-                          options_.max_dense_table_bytes));
-    }
-  }
   std::shared_ptr<Table> table;  // built outside the lock: a large dense table takes a while
   {
     absl::ReaderMutexLock lock(&tables_mu_);
@@ -358,7 +349,8 @@ absl::Status ServerCore::SubmitCreate(std::shared_ptr<const v1::CreateTableReque
           "table '%s' already exists with a different spec; drop it first", ShortName(config->name)));
     }
   }
-  absl::StatusOr<std::shared_ptr<Table>> made = NewTable(*config, /*initialize=*/true);
+  absl::StatusOr<std::shared_ptr<Table>> made =
+      NewTable(*config, /*initialize=*/true, /*force=*/origin.replay != nullptr);
   if (!made.ok()) return made.status();
   table = *std::move(made);
   {
@@ -435,7 +427,13 @@ struct ServerCore::SparsePush {
   SparseKeys keys;
   std::vector<float> scratch;
   absl::Span<const float> values;
+  std::unique_ptr<RowReservation> rows;  // settled when the last part is done with it
 };
+
+namespace {
+// What one key's BSP sum holds: its floats, the vector and its map entry.
+uint64_t SumCharge(uint32_t dim) { return uint64_t{dim} * sizeof(float) + 64; }
+}  // namespace
 
 absl::Status ServerCore::SubmitPushSparse(std::shared_ptr<const v1::PushSparseRequest> req,
                                           v1::PushResponse* resp, const Origin& origin,
@@ -458,6 +456,23 @@ absl::Status ServerCore::SubmitPushSparse(std::shared_ptr<const v1::PushSparseRe
   work->values = *values;
   if (!replay) TESSERA_RETURN_IF_ERROR(CheckDistinct(work->keys.keys, work->keys.groups, name));
   TESSERA_RETURN_IF_ERROR(CheckAssign(req->assign(), req->accumulate_step(), name));
+  // Memory for the rows (or BSP sums) it may create, before anything is inserted.
+  uint64_t sums_reserved = 0;
+  if (req->accumulate_step() == 0) {
+    absl::StatusOr<std::unique_ptr<RowReservation>> rows =
+        ReserveRows(work->table, work->keys.keys.size(), replay, "push");
+    if (!rows.ok()) return rows.status();
+    work->rows = *std::move(rows);
+  } else {
+    sums_reserved = work->keys.keys.size() * SumCharge(sparse.dim());
+    if (replay) {
+      budget_.Force(sums_reserved);
+    } else {
+      TESSERA_RETURN_IF_ERROR(budget_.Reserve(
+          sums_reserved, absl::StrFormat("BSP sums of table '%s'", ShortName(name))));
+    }
+  }
+  absl::Cleanup release_sums = [&] { budget_.Release(sums_reserved); };
   if (options_.testing_push_delay_ms > 0 && !replay) {
     absl::SleepFor(absl::Milliseconds(options_.testing_push_delay_ms));
   }
@@ -495,9 +510,10 @@ absl::Status ServerCore::SubmitPushSparse(std::shared_ptr<const v1::PushSparseRe
             mask,
             [this, work](uint32_t e) {
               absl::ReaderMutexLock gate(&gate_);
-              work->table->sparse->Push(work->keys.keys, work->keys.groups, work->values.data(),
-                                        generation_.load(std::memory_order_relaxed),
-                                        work->req->assign(), e, executors_->size());
+              work->rows->AddCreated(work->table->sparse->Push(
+                  work->keys.keys, work->keys.groups, work->values.data(),
+                  generation_.load(std::memory_order_relaxed), work->req->assign(), e,
+                  executors_->size()));
             },
             std::exchange(done, nullptr));
         return absl::OkStatus();
@@ -506,11 +522,14 @@ absl::Status ServerCore::SubmitPushSparse(std::shared_ptr<const v1::PushSparseRe
       t.sums.step = step;
       const uint32_t dim = sparse.dim();
       const absl::Span<const uint64_t> keys = work->keys.keys;
+      uint64_t created = 0;
       for (size_t i = 0; i < keys.size(); ++i) {
         std::vector<float>& sum = t.sums.rows[keys[i]];
+        if (sum.empty()) ++created;
         sum.resize(dim, 0.0f);
         AddSaturating(&sum[0], &work->values[i * dim], dim);
       }
+      ChargeSums(t, created * SumCharge(dim), &sums_reserved);
     }
   }
   std::exchange(done, nullptr)(absl::OkStatus());
@@ -599,6 +618,12 @@ absl::Status ServerCore::SubmitPushDense(std::shared_ptr<const v1::PushDenseRequ
       t.sums.step = step;
       for (uint64_t b = first_block; b < layout.num_blocks() && layout.BlockBegin(b) < end; ++b) {
         std::vector<float>& sum = t.sums.blocks[b];
+        if (sum.empty()) {
+          const uint64_t bytes = SumCharge(layout.BlockEnd(b) - layout.BlockBegin(b));
+          budget_.Force(bytes);  // (a dense table's sums are bounded by the table itself)
+          t.sums_charged += bytes;
+          t.charged += bytes;
+        }
         sum.resize(layout.BlockEnd(b) - layout.BlockBegin(b), 0.0f);
         const uint64_t lo = std::max(layout.BlockBegin(b), begin);
         const uint64_t hi = std::min(layout.BlockEnd(b), end);
@@ -608,6 +633,14 @@ absl::Status ServerCore::SubmitPushDense(std::shared_ptr<const v1::PushDenseRequ
   }
   std::exchange(done, nullptr)(absl::OkStatus());
   return absl::OkStatus();
+}
+
+void ServerCore::ChargeSums(Table& t, uint64_t bytes, uint64_t* reserved) {
+  const uint64_t used = std::min(bytes, *reserved);
+  budget_.Force(bytes - used);  // (never: the reservation covered every key)
+  *reserved -= used;
+  t.sums_charged += bytes;
+  t.charged += bytes;
 }
 
 absl::Status ServerCore::CheckAccumulate(const Table& table, uint64_t step) {
@@ -667,6 +700,9 @@ absl::Status ServerCore::SubmitApplyStep(std::shared_ptr<const v1::ApplyStepRequ
       ApplyStepSums(*table, req->scale(), resp);
       sums.rows.clear();
       sums.blocks.clear();
+      table->charged -= table->sums_charged;  // (the sums are freed: the table holds less)
+      budget_.Release(table->sums_charged);
+      table->sums_charged = 0;
       sums.step = 0;
       sums.applied_step = req->step();
       resp->set_lsn(entry.lsn);

@@ -461,6 +461,7 @@ absl::StatusOr<std::unique_ptr<ServerCore::StagedRestore>> ServerCore::PrepareRe
     std::shared_ptr<Table> table = *std::move(made);
     uint64_t rows = 0, bytes = 0;
     TESSERA_RETURN_IF_ERROR(LoadTable(*chain, config.name, table.get(), &rows, &bytes));
+    TESSERA_RETURN_IF_ERROR(ChargeLoadedRows(*table, /*force=*/false));
     const double s = absl::ToDoubleSeconds(absl::Now() - t0);
     LogInfo("  loaded table '%s': %u rows/blocks from %.1f MB of files in %.2f s (%.0f MB/s)",
             config.name, rows, bytes / 1e6, s, bytes / 1e6 / std::max(s, 1e-9));

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <thread>
 
+#include <unistd.h>
+
 #include "absl/status/status.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
@@ -20,6 +22,17 @@
 #include "storage/checkpoint_store.h"
 
 namespace tessera {
+
+namespace {
+
+// 80% of the machine's physical memory.
+uint64_t DefaultMemoryLimit() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page <= 0) return 0;
+  return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) / 5 * 4;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<ServerCore>> ServerCore::Create(const ServerCoreOptions& options) {
   auto core = std::unique_ptr<ServerCore>(new ServerCore(options));
@@ -43,7 +56,8 @@ ServerCore::ServerCore(const ServerCoreOptions& options)
       dedup_(options.dedup_client_ttl_s * 1000),
       executors_(std::make_unique<ApplyExecutors>(
           options.apply_threads != 0 ? options.apply_threads
-                                     : std::max(1u, std::thread::hardware_concurrency()))) {}
+                                     : std::max(1u, std::thread::hardware_concurrency()))),
+      budget_(options.max_memory_bytes != 0 ? options.max_memory_bytes : DefaultMemoryLimit()) {}
 
 // The executors go first: what they still apply refers to the tables.
 ServerCore::~ServerCore() { executors_.reset(); }
@@ -146,7 +160,7 @@ absl::StatusOr<std::shared_ptr<ServerCore::Table>> ServerCore::LookupTable(
     if (it != tables_.end()) table = it->second;
   }
   if (table == nullptr) {
-    return absl::NotFoundError(absl::StrFormat("table '%s' does not exist", name));
+    return absl::NotFoundError(absl::StrFormat("table '%s' does not exist", ShortName(name)));
   }
   return table;
 }
@@ -165,8 +179,31 @@ absl::StatusOr<std::shared_ptr<ServerCore::Table>> ServerCore::FindTable(
 }
 
 absl::StatusOr<std::shared_ptr<ServerCore::Table>> ServerCore::NewTable(const TableConfig& config,
-                                                                        bool initialize) {
+                                                                        bool initialize,
+                                                                        bool force) {
+  // What the table holds before any row, reserved before anything is allocated.
+  uint64_t bytes = SparseTable::FixedBytes(owned_);
+  if (config.kind == TableKind::kDense) {
+    absl::StatusOr<uint64_t> dense =
+        DenseTable::BytesFor(config, owned_, force ? 0 : options_.max_table_bytes);
+    if (!dense.ok()) return dense.status();
+    bytes = *dense;
+  }
+  if (!force && bytes > options_.max_table_bytes) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "table '%s' would take %u bytes on shard %u, over the limit of %u bytes "
+        "(--max_table_bytes)",
+        ShortName(config.name), bytes, shard_index_, options_.max_table_bytes));
+  }
+  if (force) {
+    budget_.Force(bytes);
+  } else {
+    TESSERA_RETURN_IF_ERROR(
+        budget_.Reserve(bytes, absl::StrFormat("table '%s'", ShortName(config.name))));
+  }
   auto table = std::make_shared<Table>();
+  table->budget = &budget_;
+  table->charged = bytes;
   table->config = config;
   table->incarnation = next_incarnation_.fetch_add(1);
   if (config.kind == TableKind::kSparse) {
@@ -174,12 +211,64 @@ absl::StatusOr<std::shared_ptr<ServerCore::Table>> ServerCore::NewTable(const Ta
   } else {
     table->dense = std::make_unique<DenseTable>(config, owned_, initialize);
     if (!table->dense->allocated()) {
-      return absl::ResourceExhaustedError(
-          absl::StrFormat("table '%s': cannot map %u bytes on shard %u", config.name,
-                          DenseTable::BytesFor(config, owned_), shard_index_));
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "table '%s': cannot map %u bytes on shard %u", ShortName(config.name), bytes,
+          shard_index_));
     }
   }
   return table;
+}
+
+ServerCore::Table::~Table() {
+  if (budget != nullptr) budget->Release(charged.load());
+}
+
+// Settles a reservation of rows: the rows really created stay charged to the table, the rest
+// goes back to the budget.
+ServerCore::RowReservation::~RowReservation() {
+  const uint64_t used = std::min(reserved_, created_.load() * table_->sparse->row_charge());
+  table_->charged += used;
+  budget_->Release(reserved_ - used);
+}
+
+absl::Status ServerCore::ChargeLoadedRows(Table& t, bool force) {
+  if (t.sparse == nullptr) return absl::OkStatus();
+  const uint64_t bytes = t.sparse->num_rows() * t.sparse->row_charge();
+  if (force) {
+    budget_.Force(bytes);
+  } else {
+    if (t.charged + bytes > options_.max_table_bytes) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "table '%s' would hold %u bytes after the restore, over the limit of %u bytes "
+          "(--max_table_bytes)",
+          ShortName(t.config.name), t.charged + bytes, options_.max_table_bytes));
+    }
+    TESSERA_RETURN_IF_ERROR(
+        budget_.Reserve(bytes, absl::StrFormat("the restored rows of table '%s'",
+                                               ShortName(t.config.name))));
+  }
+  t.charged += bytes;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<ServerCore::RowReservation>> ServerCore::ReserveRows(
+    const std::shared_ptr<Table>& t, uint64_t rows, bool force, const char* what) {
+  const uint64_t bytes = rows * t->sparse->row_charge();  // (rows <= max_keys_per_request)
+  if (force) {
+    budget_.Force(bytes);
+  } else {
+    const uint64_t held = t->charged.load();
+    if (held + bytes > options_.max_table_bytes) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "table '%s' holds %u bytes; a %s of %u new rows could take %u more, over the limit of "
+          "%u bytes (--max_table_bytes)",
+          ShortName(t->config.name), held, what, rows, bytes, options_.max_table_bytes));
+    }
+    TESSERA_RETURN_IF_ERROR(budget_.Reserve(
+        bytes, absl::StrFormat("a %s of %u rows to table '%s'", what, rows,
+                               ShortName(t->config.name))));
+  }
+  return std::make_unique<RowReservation>(t, &budget_, bytes);
 }
 
 uint64_t ServerCore::BeginCutLocked(std::vector<std::shared_ptr<Table>>* tables,
@@ -267,7 +356,7 @@ absl::Status ServerCore::CheckSparseRequest(const SparseTable& table, const std:
         absl::StrFormat("table '%s': %u keys in one request, over the limit of %u", name, num_keys,
                         options_.max_keys_per_request));
   }
-  if (key_bytes.size() != num_keys * sizeof(uint64_t)) {
+  if (key_bytes.size() % sizeof(uint64_t) != 0 || key_bytes.size() / sizeof(uint64_t) != num_keys) {
     return absl::InvalidArgumentError(
         absl::StrFormat("table '%s': num_keys %u needs %u key bytes, got %u", name, num_keys,
                         num_keys * sizeof(uint64_t), key_bytes.size()));
@@ -293,12 +382,18 @@ absl::Status ServerCore::PullSparse(const v1::PullSparseRequest& req,
   SparseKeys k;
   TESSERA_RETURN_IF_ERROR(CheckSparseRequest(sparse, req.table(), req.key_type(), req.dtype(),
                                              req.dim(), req.num_keys(), req.keys(), &k));
+  TESSERA_RETURN_IF_ERROR(
+      CheckResponseBytes(req.table(), uint64_t{sparse.dim()} * k.keys.size() * sizeof(float)));
+  // A pull creates the rows it does not find: reserved before, settled after.
+  absl::StatusOr<std::unique_ptr<RowReservation>> rows =
+      ReserveRows(*table, k.keys.size(), /*force=*/false, "pull");
+  if (!rows.ok()) return rows.status();
   resp->set_dtype(v1::DTYPE_FLOAT32);
   resp->set_dim(sparse.dim());
   resp->set_num_keys(req.num_keys());
   float* out = PackedResize<float>(resp->mutable_values(), k.keys.size() * sparse.dim());
   absl::ReaderMutexLock gate(&gate_);  // a pull may create rows
-  sparse.Pull(k.keys, k.groups, out, generation_.load(std::memory_order_relaxed));
+  (*rows)->AddCreated(sparse.Pull(k.keys, k.groups, out, generation_.load(std::memory_order_relaxed)));
   return absl::OkStatus();
 }
 
@@ -310,11 +405,20 @@ absl::Status ServerCore::PullDense(const v1::PullDenseRequest& req, v1::PullDens
   const std::string& name = req.table();
   TESSERA_RETURN_IF_ERROR(CheckDtype(req.dtype(), name));
   TESSERA_RETURN_IF_ERROR(CheckDenseRange(dense, name, req.offset(), req.count()));
+  TESSERA_RETURN_IF_ERROR(CheckResponseBytes(name, req.count() * sizeof(float)));
   resp->set_dtype(v1::DTYPE_FLOAT32);
   resp->set_offset(req.offset());
   resp->set_count(req.count());
   dense.Pull(req.offset(), req.count(), PackedResize<float>(resp->mutable_values(), req.count()));
   return absl::OkStatus();
+}
+
+absl::Status ServerCore::CheckResponseBytes(const std::string& name, uint64_t bytes) const {
+  if (bytes <= options_.max_response_bytes) return absl::OkStatus();
+  return absl::ResourceExhaustedError(
+      absl::StrFormat("table '%s': the response would be %u bytes, over the limit of %u bytes "
+                      "(--max_response_bytes); pull fewer keys at once",
+                      ShortName(name), bytes, options_.max_response_bytes));
 }
 
 absl::Status ServerCore::CheckDenseRange(const DenseTable& dense, const std::string& name,

@@ -17,6 +17,7 @@
 #include "common/shard_map.h"
 #include "common/table_config.h"
 #include "server/generation.h"
+#include "server/memory_budget.h"
 #include "server/push_dedup.h"
 #include "server/shard_log.h"
 
@@ -87,8 +88,14 @@ struct ServerCoreOptions {
   uint64_t max_keys_per_request = uint64_t{1} << 20;
   // Most elements in one dense request; more is RESOURCE_EXHAUSTED. Default 16 Mi (64 MiB).
   uint64_t max_dense_elems_per_request = uint64_t{16} << 20;
-  // Most bytes one dense table may take on this server (weights + slots). Default 16 GiB.
-  uint64_t max_dense_table_bytes = uint64_t{16} << 30;
+  // Most bytes one table may hold on this server (rows or blocks, slots, bookkeeping).
+  // Default 16 GiB.
+  uint64_t max_table_bytes = uint64_t{16} << 30;
+  // Most bytes this server holds for tables, requests and responses (docs/state_machine.md,
+  // "Resources"); 0: 80% of the machine's physical memory.
+  uint64_t max_memory_bytes = 0;
+  // Largest pull response. Default 256 MiB.
+  uint64_t max_response_bytes = uint64_t{256} << 20;
   // Push state of a client not heard from for this long is forgotten. Default 1 hour.
   int64_t dedup_client_ttl_s = 3600;
 
@@ -266,6 +273,9 @@ class ServerCore {
   // Routing errors carry this payload; the gRPC layer turns it into trailing metadata.
   static bool IsReroute(const absl::Status& status);
   uint64_t duplicate_pushes() const { return duplicate_pushes_.load(std::memory_order_relaxed); }
+  // What this server holds for tables, requests and responses, against --max_memory_bytes.
+  MemoryBudget& budget() { return budget_; }
+  uint64_t max_response_bytes() const { return options_.max_response_bytes; }
 
  private:
   // A table's BSP step: gradient sums of the pending step, not applied yet. Changed only
@@ -277,14 +287,20 @@ class ServerCore {
     absl::flat_hash_map<uint64_t, std::vector<float>> blocks;  // dense: block -> sums
   };
   struct Table {
+    ~Table();  // gives its memory back to the budget
     TableConfig config;  // resolved
+    MemoryBudget* budget = nullptr;  // charged for what the table holds
+    std::atomic<uint64_t> charged{0};
     std::unique_ptr<SparseTable> sparse;
     std::unique_ptr<DenseTable> dense;
     uint64_t incarnation = 0;  // distinct for every creation on this server
     uint64_t id = 0;           // the LSN that made it (create, restore, snapshot): replicated
     uint64_t created_gen = 0;  // generation at creation; 0 when restored from a checkpoint
     StepSums sums;
+    uint64_t sums_charged = 0;  // of `charged`: the BSP sums (changed under order_mu_)
   };
+  // Charges `bytes` of new BSP sums to `t`, from *reserved first. REQUIRES: order_mu_.
+  void ChargeSums(Table& t, uint64_t bytes, uint64_t* reserved);
   // Checks that `step` may accumulate in `table` now. REQUIRES: order_mu_.
   static absl::Status CheckAccumulate(const Table& table, uint64_t step);
   // Applies the table's pending step sums, scaled. REQUIRES: order_mu_, executors drained.
@@ -303,8 +319,31 @@ class ServerCore {
       ABSL_LOCKS_EXCLUDED(tables_mu_);
   void FillInfo(const Table& table, v1::TableInfo* info) const;
   // A new table of this shard; dense blocks get their initial values when `initialize`
-  // (otherwise they are loaded by the caller). RESOURCE_EXHAUSTED when memory cannot be mapped.
-  absl::StatusOr<std::shared_ptr<Table>> NewTable(const TableConfig& config, bool initialize);
+  // (otherwise they are loaded by the caller). Its memory is reserved first (`force`: beyond
+  // the limits, for what a backup must hold): RESOURCE_EXHAUSTED over a limit or when memory
+  // cannot be mapped.
+  absl::StatusOr<std::shared_ptr<Table>> NewTable(const TableConfig& config, bool initialize,
+                                                  bool force = false);
+  // Memory for up to `rows` new rows of sparse table `t`, reserved against the table's and the
+  // server's limits (`force`: beyond them); settled by the returned object once the rows that
+  // were really created are known.
+  class RowReservation {
+   public:
+    RowReservation(std::shared_ptr<Table> t, MemoryBudget* budget, uint64_t reserved)
+        : table_(std::move(t)), budget_(budget), reserved_(reserved) {}
+    ~RowReservation();
+    void AddCreated(uint64_t n) { created_.fetch_add(n, std::memory_order_relaxed); }
+
+   private:
+    std::shared_ptr<Table> table_;
+    MemoryBudget* budget_;
+    uint64_t reserved_;
+    std::atomic<uint64_t> created_{0};
+  };
+  // Charges the rows a restore or snapshot loaded into sparse table `t` (before it serves).
+  absl::Status ChargeLoadedRows(Table& t, bool force);
+  absl::StatusOr<std::unique_ptr<RowReservation>> ReserveRows(
+      const std::shared_ptr<Table>& t, uint64_t rows, bool force, const char* what);
   // A cut (checkpoints, catch-up): advances the generation, starts copy-on-write in every
   // table and captures the exactly-once table. Returns the cut's generation.
   uint64_t BeginCutLocked(std::vector<std::shared_ptr<Table>>* tables,
@@ -321,6 +360,8 @@ class ServerCore {
   absl::Status CheckSparseRequest(const SparseTable& table, const std::string& name, int key_type,
                                   int dtype, uint32_t dim, uint64_t num_keys,
                                   const std::string& key_bytes, SparseKeys* out) const;
+  // RESOURCE_EXHAUSTED when a response of `bytes` would be over --max_response_bytes.
+  absl::Status CheckResponseBytes(const std::string& name, uint64_t bytes) const;
   // Checks a dense range against the request limit, the table size and ownership.
   absl::Status CheckDenseRange(const DenseTable& dense, const std::string& name, uint64_t offset,
                                uint64_t count) const;
@@ -432,6 +473,7 @@ class ServerCore {
   // The exactly-once table: replicated state, changed only when an entry is sequenced.
   PushDeduplicator dedup_ ABSL_GUARDED_BY(order_mu_);
   std::unique_ptr<ApplyExecutors> executors_;
+  MemoryBudget budget_;
 
   // A snapshot being installed (backup).
   struct IncomingSnapshot {

@@ -157,7 +157,8 @@ absl::Status ServerCore::InstallSnapshot(uint64_t term, const v1::InstallSnapsho
       if (!parsed.ok()) return parsed.status();
       absl::StatusOr<TableConfig> config = ResolveTableConfig(*parsed);
       if (!config.ok()) return config.status();
-      absl::StatusOr<std::shared_ptr<Table>> table = NewTable(*config, /*initialize=*/false);
+      absl::StatusOr<std::shared_ptr<Table>> table =
+          NewTable(*config, /*initialize=*/false, /*force=*/true);  // (what its primary holds)
       if (!table.ok()) return table.status();
       (*table)->id = req.table_ids(i);
       incoming_->tables.emplace(config->name, *std::move(table));
@@ -210,6 +211,7 @@ absl::Status ServerCore::InstallSnapshot(uint64_t term, const v1::InstallSnapsho
   }
   ++in.next_seq;
   if (!req.done()) return absl::OkStatus();
+  for (auto& [name, t] : in.tables) (void)ChargeLoadedRows(*t, /*force=*/true);
 
   for (const v1::SnapshotAccumulator& a : req.accumulators()) {
     auto it = in.tables.find(a.table());

@@ -31,7 +31,7 @@ void SparseTable::SetGen(float* row, uint64_t gen) const {
   std::memcpy(row + gen_offset_, &gen, sizeof(gen));
 }
 
-float* SparseTable::FindOrCreate(Partition& p, uint64_t key, uint64_t gen) {
+float* SparseTable::FindOrCreate(Partition& p, uint64_t key, uint64_t gen, uint32_t* created) {
   if (auto it = p.index.find(key); it != p.index.end()) return p.rows.Row(it->second);
   // The row first, then the key: if either allocation throws, the index names no row that
   // does not exist (an arena row without a key is unreachable and reused by nothing).
@@ -48,34 +48,38 @@ float* SparseTable::FindOrCreate(Partition& p, uint64_t key, uint64_t gen) {
   if (params_.has_step) std::memset(row + step_offset_, 0, sizeof(uint64_t));
   SetGen(row, gen);
   num_rows_.fetch_add(1, std::memory_order_relaxed);
+  ++*created;
   return row;
 }
 
-void SparseTable::Pull(absl::Span<const uint64_t> keys, const VshardGrouping& groups, float* out,
-                       uint64_t gen) {
+uint32_t SparseTable::Pull(absl::Span<const uint64_t> keys, const VshardGrouping& groups,
+                           float* out, uint64_t gen) {
   const uint32_t dim = config_.dim;
+  uint32_t created = 0;
   for (const VshardRun& run : groups.runs) {
     Partition& p = *partitions_[run.vshard];
     absl::MutexLock lock(&p.mu);
     for (uint32_t j = run.begin; j < run.end; ++j) {
       const uint32_t i = groups.KeyIndex(j);
-      const float* row = FindOrCreate(p, keys[i], gen);
+      const float* row = FindOrCreate(p, keys[i], gen, &created);
       std::memcpy(out + size_t{i} * dim, row, dim * sizeof(float));
     }
   }
+  return created;
 }
 
-void SparseTable::Push(absl::Span<const uint64_t> keys, const VshardGrouping& groups,
-                       const float* grads, uint64_t gen, bool assign, uint32_t part,
-                       uint32_t parts) {
+uint32_t SparseTable::Push(absl::Span<const uint64_t> keys, const VshardGrouping& groups,
+                           const float* grads, uint64_t gen, bool assign, uint32_t part,
+                           uint32_t parts) {
   const size_t dim = config_.dim;
+  uint32_t created = 0;
   for (const VshardRun& run : groups.runs) {
     if (run.vshard % parts != part) continue;
     Partition& p = *partitions_[run.vshard];
     absl::MutexLock lock(&p.mu);
     for (uint32_t j = run.begin; j < run.end; ++j) {
       const uint32_t i = groups.KeyIndex(j);
-      float* row = FindOrCreate(p, keys[i], gen);
+      float* row = FindOrCreate(p, keys[i], gen, &created);
       if (p.cow_gen != 0 && Gen(row) <= p.cow_gen) {
         // First change since the cut: keep the row as it was for the checkpoint.
         const uint32_t id = p.index.find(keys[i])->second;
@@ -96,6 +100,7 @@ void SparseTable::Push(absl::Span<const uint64_t> keys, const VshardGrouping& gr
       SetGen(row, gen);
     }
   }
+  return created;
 }
 
 void SparseTable::BeginCut(uint64_t cut_gen) {
@@ -159,7 +164,8 @@ void SparseTable::EndCut() {
 void SparseTable::LoadRow(uint32_t vshard, uint64_t key, absl::string_view payload) {
   Partition& p = *partitions_[vshard];
   absl::MutexLock lock(&p.mu);
-  float* row = FindOrCreate(p, key, kBaseGeneration);
+  uint32_t created = 0;
+  float* row = FindOrCreate(p, key, kBaseGeneration, &created);
   std::memcpy(row, payload.data(), row_bytes());
   SetGen(row, kBaseGeneration);
 }
@@ -189,13 +195,22 @@ uint64_t SparseTable::Digest(uint32_t vshard) const {
 }
 
 uint64_t SparseTable::bytes() const {
-  uint64_t total = 0;
+  uint64_t total = partitions_.size() * sizeof(void*);
   for (const auto& p : partitions_) {
     if (p == nullptr) continue;
     absl::MutexLock lock(&p->mu);
-    total += p->rows.bytes() + p->index.capacity() * (sizeof(uint64_t) + sizeof(uint32_t) + 1);
+    // Rows are written when appended (the rest of their block is untouched, not resident);
+    // the index's slots and control bytes are all touched.
+    total += sizeof(Partition) + p->rows.resident_bytes() +
+             p->index.capacity() * (sizeof(std::pair<uint64_t, uint32_t>) + 1);
   }
   return total;
+}
+
+uint64_t SparseTable::FixedBytes(const std::vector<bool>& owned) {
+  uint64_t n = 0;
+  for (bool o : owned) n += o ? 1 : 0;
+  return owned.size() * sizeof(void*) + n * sizeof(Partition);
 }
 
 }  // namespace tessera

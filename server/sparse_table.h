@@ -52,16 +52,18 @@ class SparseTable {
   size_t row_bytes() const { return payload_floats_ * sizeof(float); }
 
   // Copies the weights of keys[i] to out[i * dim, (i + 1) * dim), creating missing rows (at
-  // generation `gen`). REQUIRES: `groups` is GroupByVshard(keys); every run's vshard is owned.
-  void Pull(absl::Span<const uint64_t> keys, const VshardGrouping& groups, float* out,
-            uint64_t gen);
+  // generation `gen`); returns how many it created. REQUIRES: `groups` is
+  // GroupByVshard(keys); every run's vshard is owned.
+  uint32_t Pull(absl::Span<const uint64_t> keys, const VshardGrouping& groups, float* out,
+                uint64_t gen);
 
   // Applies the optimizer to each keys[i] with gradient grads[i * dim, (i + 1) * dim) and
   // stamps the rows with `gen`; with `assign` the values replace the weights instead (slots
   // kept). Only the vshards v with v % parts == part (an executor's share, docs/
   // state_machine.md). REQUIRES: as Pull, and the keys are distinct.
-  void Push(absl::Span<const uint64_t> keys, const VshardGrouping& groups, const float* grads,
-            uint64_t gen, bool assign = false, uint32_t part = 0, uint32_t parts = 1);
+  // Returns how many rows it created.
+  uint32_t Push(absl::Span<const uint64_t> keys, const VshardGrouping& groups, const float* grads,
+                uint64_t gen, bool assign = false, uint32_t part = 0, uint32_t parts = 1);
 
   // Checkpoints. BeginCut starts copy-on-write for a cut at generation cut_gen (REQUIRES: no
   // change runs concurrently: the caller holds its update gate). TakeVshard then returns the
@@ -80,8 +82,14 @@ class SparseTable {
   uint64_t Digest(uint32_t vshard) const;
 
   uint64_t num_rows() const { return num_rows_.load(std::memory_order_relaxed); }
-  // Memory held for rows (weights, slots, steps) and their index, approximately.
+  // Memory held for rows (weights, slots, steps) and their index: what is resident.
   uint64_t bytes() const;
+  // What the budget charges for one row, an upper bound of its share of bytes(): the row, its
+  // generation and its index entry at the lowest load factor.
+  uint64_t row_charge() const { return (payload_floats_ + 2) * sizeof(float) + kIndexBytesPerRow; }
+  // The table's memory before it holds any row (its partitions).
+  static uint64_t FixedBytes(const std::vector<bool>& owned);
+  static constexpr uint64_t kIndexBytesPerRow = 40;
 
  private:
   struct Partition {
@@ -95,8 +103,10 @@ class SparseTable {
     absl::flat_hash_map<uint32_t, std::string> cow ABSL_GUARDED_BY(mu);
   };
 
-  // Returns the row of `key`, creating and initializing it (at `gen`) when missing.
-  float* FindOrCreate(Partition& p, uint64_t key, uint64_t gen) ABSL_EXCLUSIVE_LOCKS_REQUIRED(p.mu);
+  // Returns the row of `key`, creating and initializing it (at `gen`) when missing; counts
+  // creations in *created.
+  float* FindOrCreate(Partition& p, uint64_t key, uint64_t gen, uint32_t* created)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(p.mu);
   uint64_t Gen(const float* row) const;
   void SetGen(float* row, uint64_t gen) const;
 

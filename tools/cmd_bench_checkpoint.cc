@@ -124,7 +124,7 @@ int RunCheckpointBench(const BenchCommandOptions& o) {
   std::unique_ptr<LocalCluster> cluster;
   absl::StatusOr<std::vector<std::string>> started = ConnectOrStart(
       o.connect, static_cast<uint32_t>(o.num_servers),
-      {"--checkpoint_dir=" + dir, absl::StrFormat("--max_dense_table_bytes=%u", (mb + 64) << 20)},
+      {"--checkpoint_dir=" + dir, absl::StrFormat("--max_table_bytes=%u", (mb + 64) << 20)},
       &cluster);
   if (!started.ok()) return fail(started.status());
   const std::vector<std::string> servers = *started;
@@ -222,7 +222,7 @@ int RunCheckpointBench(const BenchCommandOptions& o) {
     ro.server_binary = LocalCluster::DefaultServerBinary();
     ro.num_servers = static_cast<uint32_t>(o.num_servers);
     ro.extra_args = {"--checkpoint_dir=" + dir, "--restore",
-                     absl::StrFormat("--max_dense_table_bytes=%u", (mb + 64) << 20)};
+                     absl::StrFormat("--max_table_bytes=%u", (mb + 64) << 20)};
     const absl::Time t0 = absl::Now();
     absl::StatusOr<std::unique_ptr<LocalCluster>> fresh = LocalCluster::Start(ro);
     if (!fresh.ok()) return fail(fresh.status());
