@@ -19,6 +19,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
+#include "common/raw_unary.h"
 #include "common/logging.h"
 #include "common/slice_reader.h"
 #include "proto/cluster.grpc.pb.h"
@@ -167,7 +168,9 @@ absl::Status DecodeBatch(const grpc::ByteBuffer& bytes, DecodedBatch* out) {
 }
 
 struct Replicator::Impl
-    : public v1::Replication::WithRawCallbackMethod_Replicate<v1::Replication::CallbackService> {
+    : public v1::Replication::WithRawCallbackMethod_Replicate<
+          v1::Replication::WithRawCallbackMethod_InstallSnapshot<
+              v1::Replication::CallbackService>> {
   struct Sender {
     ReplicaId id;  // the backup entry it serves (R3)
     std::string address;
@@ -818,10 +821,20 @@ struct Replicator::Impl
     parked.clear();
   }
 
+  // Raw, parsed by RunParsed: garbage gets INVALID_ARGUMENT, not UNIMPLEMENTED.
   grpc::ServerUnaryReactor* InstallSnapshot(grpc::CallbackServerContext* ctx,
-                                            const v1::InstallSnapshotRequest* req,
-                                            v1::InstallSnapshotResponse*) override {
-    auto* reactor = ctx->DefaultReactor();
+                                            const grpc::ByteBuffer* in,
+                                            grpc::ByteBuffer* out) override {
+    return RunParsed<v1::InstallSnapshotRequest, v1::InstallSnapshotResponse>(
+        ctx, in, out,
+        [this](grpc::CallbackServerContext*, const v1::InstallSnapshotRequest* req,
+               v1::InstallSnapshotResponse*, ReplyReactor* reactor) {
+          reactor->Finish(ToGrpcStatus(InstallSnapshot(*req)));
+        });
+  }
+
+  absl::Status InstallSnapshot(const v1::InstallSnapshotRequest& request) {
+    const v1::InstallSnapshotRequest* req = &request;
     absl::Status st;
     uint64_t checked_term = 0;
     {
@@ -850,8 +863,7 @@ struct Replicator::Impl
       if (term == checked_term) synced_term = term;
       ++snapshots_installed;
     }
-    reactor->Finish(ToGrpcStatus(st));
-    return reactor;
+    return st;
   }
 
   void Poke() {

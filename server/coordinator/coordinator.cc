@@ -17,6 +17,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
+#include "common/raw_unary.h"
 #include "common/logging.h"
 #include "common/process_metrics.h"
 #include "proto/cluster.grpc.pb.h"
@@ -36,7 +37,15 @@ constexpr char kService[] = "tessera.v1.Coordinator";
 
 }  // namespace
 
-struct CoordinatorServer::Impl : public v1::Coordinator::CallbackService {
+// Every method raw, parsed by RunParsed: garbage gets INVALID_ARGUMENT, not UNIMPLEMENTED.
+using C = v1::Coordinator;
+using RawCoordinatorService = C::WithRawCallbackMethod_Heartbeat<
+    C::WithRawCallbackMethod_GetClusterMap<C::WithRawCallbackMethod_ReportCaughtUp<
+        C::WithRawCallbackMethod_GetClusterStatus<C::WithRawCallbackMethod_JoinJob<
+            C::WithRawCallbackMethod_Clock<C::WithRawCallbackMethod_RecoverShard<
+                C::WithRawCallbackMethod_FinishRecovery<C::CallbackService>>>>>>>>;
+
+struct CoordinatorServer::Impl : public RawCoordinatorService {
   CoordinatorServerOptions options;
   std::unique_ptr<CoordinatorStore> store;
 
@@ -47,7 +56,7 @@ struct CoordinatorServer::Impl : public v1::Coordinator::CallbackService {
   // Requests waiting for the loop thread.
   struct Pending {
     CoordinatorCall call;
-    grpc::ServerUnaryReactor* reactor;
+    ReplyReactor* reactor;
   };
   absl::Mutex queue_mu;
   std::vector<Pending> queue ABSL_GUARDED_BY(queue_mu);
@@ -67,7 +76,7 @@ struct CoordinatorServer::Impl : public v1::Coordinator::CallbackService {
     std::string job;
     uint64_t step;
     absl::Time deadline;
-    grpc::ServerUnaryReactor* reactor;
+    ReplyReactor* reactor;
     v1::ClockResponse* resp;
   };
   absl::Mutex clock_mu;
@@ -188,15 +197,13 @@ struct CoordinatorServer::Impl : public v1::Coordinator::CallbackService {
     queue.clear();
   }
 
-  grpc::ServerUnaryReactor* Enqueue(grpc::CallbackServerContext* ctx, CoordinatorCall call) {
-    auto* reactor = ctx->DefaultReactor();
+  void Enqueue(ReplyReactor* reactor, CoordinatorCall call) {
     absl::MutexLock lock(&queue_mu);
     if (stopping) {
       reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "coordinator stopping"));
     } else {
       queue.push_back({std::move(call), reactor});
     }
-    return reactor;
   }
 
   void TickClocks() {
@@ -226,9 +233,7 @@ struct CoordinatorServer::Impl : public v1::Coordinator::CallbackService {
     waiters = std::move(keep);
   }
 
-  grpc::ServerUnaryReactor* JoinJob(grpc::CallbackServerContext* ctx, const v1::JoinJobRequest* req,
-                                    v1::JoinJobResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
+  void JoinJob(const v1::JoinJobRequest* req, v1::JoinJobResponse* resp, ReplyReactor* reactor) {
     absl::Status st;
     {
       absl::MutexLock lock(&clock_mu);
@@ -240,12 +245,9 @@ struct CoordinatorServer::Impl : public v1::Coordinator::CallbackService {
       st = r.status();
     }
     reactor->Finish(ToGrpcStatus(st));
-    return reactor;
   }
 
-  grpc::ServerUnaryReactor* Clock(grpc::CallbackServerContext* ctx, const v1::ClockRequest* req,
-                                  v1::ClockResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
+  void Clock(const v1::ClockRequest* req, v1::ClockResponse* resp, ReplyReactor* reactor) {
     absl::MutexLock lock(&clock_mu);
     const absl::Time now = absl::Now();
     absl::StatusOr<v1::ClockResponse> r = jobs.Clock(*req, now);
@@ -253,64 +255,57 @@ struct CoordinatorServer::Impl : public v1::Coordinator::CallbackService {
     if (!r.ok() || r->ready() || clocks_stopping) {
       if (r.ok()) *resp = *r;
       reactor->Finish(ToGrpcStatus(r.status()));
-      return reactor;
+      return;
     }
     const uint32_t timeout_ms = std::clamp<uint32_t>(req->timeout_ms(), 1, 10000);
     waiters.push_back(
         {req->job(), req->wait_for(), now + absl::Milliseconds(timeout_ms), reactor, resp});
-    return reactor;
   }
 
-  grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* ctx,
-                                      const v1::HeartbeatRequest* req,
-                                      v1::HeartbeatResponse* resp) override {
+  void Heartbeat(const v1::HeartbeatRequest* req, v1::HeartbeatResponse* resp,
+                 ReplyReactor* reactor) {
     if (req->status().address().empty() || req->status().incarnation() == 0) {
-      auto* reactor = ctx->DefaultReactor();
       reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                    "a heartbeat needs the server's address and incarnation"));
-      return reactor;
+      return;
     }
-    return Enqueue(ctx, {HeartbeatCall{req, resp}, {}});
+    Enqueue(reactor, {HeartbeatCall{req, resp}, {}});
   }
 
-  grpc::ServerUnaryReactor* ReportCaughtUp(grpc::CallbackServerContext* ctx,
-                                           const v1::ReportCaughtUpRequest* req,
-                                           v1::ReportCaughtUpResponse* resp) override {
-    return Enqueue(ctx, {CaughtUpCall{req, resp}, {}});
-  }
-
-  grpc::ServerUnaryReactor* RecoverShard(grpc::CallbackServerContext* ctx,
-                                         const v1::RecoverShardRequest* req,
-                                         v1::RecoverShardResponse* resp) override {
-    return Enqueue(ctx, {RecoverShardCall{req, resp}, {}});
-  }
-
-  grpc::ServerUnaryReactor* FinishRecovery(grpc::CallbackServerContext* ctx,
-                                           const v1::FinishRecoveryRequest* req,
-                                           v1::FinishRecoveryResponse* resp) override {
-    return Enqueue(ctx, {FinishRecoveryCall{req, resp}, {}});
-  }
-
-  grpc::ServerUnaryReactor* GetClusterMap(grpc::CallbackServerContext* ctx,
-                                          const v1::GetClusterMapRequest*,
-                                          v1::GetClusterMapResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
+  void GetClusterMap(const v1::GetClusterMapRequest*, v1::GetClusterMapResponse* resp,
+                     ReplyReactor* reactor) {
     *resp->mutable_map() = Snapshot()->state.map();
     reactor->Finish(grpc::Status::OK);
-    return reactor;
   }
 
-  grpc::ServerUnaryReactor* GetClusterStatus(grpc::CallbackServerContext* ctx,
-                                             const v1::GetClusterStatusRequest*,
-                                             v1::GetClusterStatusResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
+  void GetClusterStatus(const v1::GetClusterStatusRequest*, v1::GetClusterStatusResponse* resp,
+                        ReplyReactor* reactor) {
     std::shared_ptr<const Published> p = Snapshot();
     p->state.Status(MonotonicMs(), resp);
     resp->set_persist_failures(p->persist_failures);
     resp->set_persist_error(p->persist_error);
     reactor->Finish(grpc::Status::OK);
-    return reactor;
   }
+
+  // The raw methods: parse, then the handlers above.
+#define TESSERA_COORDINATOR_METHOD(Name, Body)                                                 \
+  grpc::ServerUnaryReactor* Name(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,  \
+                                 grpc::ByteBuffer* out) override {                               \
+    return RunParsed<v1::Name##Request, v1::Name##Response>(                                     \
+        ctx, in, out,                                                                            \
+        [this](grpc::CallbackServerContext*, const v1::Name##Request* req,                       \
+               v1::Name##Response* resp, ReplyReactor* reactor) { Body; });                      \
+  }
+  TESSERA_COORDINATOR_METHOD(Heartbeat, Heartbeat(req, resp, reactor))
+  TESSERA_COORDINATOR_METHOD(GetClusterMap, GetClusterMap(req, resp, reactor))
+  TESSERA_COORDINATOR_METHOD(GetClusterStatus, GetClusterStatus(req, resp, reactor))
+  TESSERA_COORDINATOR_METHOD(JoinJob, JoinJob(req, resp, reactor))
+  TESSERA_COORDINATOR_METHOD(Clock, Clock(req, resp, reactor))
+  TESSERA_COORDINATOR_METHOD(ReportCaughtUp, Enqueue(reactor, {CaughtUpCall{req, resp}, {}}))
+  TESSERA_COORDINATOR_METHOD(RecoverShard, Enqueue(reactor, {RecoverShardCall{req, resp}, {}}))
+  TESSERA_COORDINATOR_METHOD(FinishRecovery,
+                             Enqueue(reactor, {FinishRecoveryCall{req, resp}, {}}))
+#undef TESSERA_COORDINATOR_METHOD
 };
 
 CoordinatorServer::CoordinatorServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
