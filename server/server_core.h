@@ -431,7 +431,8 @@ class ServerCore {
   // A replay that cannot be applied as on the primary: FAILED from now on.
   absl::Status FailReplica(absl::Status why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(order_mu_);
   // Runs `apply` on every executor in `mask` (bit e: executor e); `done` after the last.
-  void Dispatch(uint32_t mask, std::function<void(uint32_t executor)> apply, Done done);
+  void Dispatch(uint32_t mask, std::function<void(uint32_t executor)> apply, Done done)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(order_mu_);
   // The testing fault of options_.testing_fail_push_after_apply_every, applied to `done`.
   Done MaybeDropResponse(const v1::PushId& id, Done done);
   template <typename Req, typename Resp>

@@ -1,0 +1,353 @@
+// ServerCore's pushes and BSP steps: validation, sequencing under the order lock (through
+// server_changes.cc's CheckSequence and Sequence) and the executors' parts, for a client's
+// push and a backup's replay alike (docs/state_machine.md).
+#include <algorithm>
+#include <bit>
+#include <cmath>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "common/status_macros.h"
+#include "proto/cluster.pb.h"
+#include "proto/tessera.pb.h"
+#include "server/apply_executors.h"
+#include "server/dense_table.h"
+#include "server/optimizer.h"
+#include "server/request_checks.h"
+#include "server/server_core.h"
+#include "server/sparse_table.h"
+
+namespace tessera {
+
+// ---- Pushes ----
+
+struct ServerCore::SparsePush {
+  std::shared_ptr<const v1::PushSparseRequest> req;
+  std::shared_ptr<Table> table;
+  SparseKeys keys;
+  std::vector<float> scratch;
+  absl::Span<const float> values;
+  std::unique_ptr<RowReservation> rows;  // settled when the last part is done with it
+};
+
+namespace {
+// What one key's BSP sum holds: its floats, the vector and its map entry.
+uint64_t SumCharge(uint32_t dim) { return uint64_t{dim} * sizeof(float) + 64; }
+}  // namespace
+
+absl::Status ServerCore::SubmitPushSparse(std::shared_ptr<const v1::PushSparseRequest> req,
+                                          v1::PushResponse* resp, const Origin& origin,
+                                          Done& done) {
+  const bool replay = origin.replay != nullptr;
+  const std::string& name = req->table();
+  absl::StatusOr<std::shared_ptr<Table>> found = FindTable(nullptr, name, TableKind::kSparse);
+  if (!found.ok()) return found.status();
+  auto work = std::make_shared<SparsePush>();
+  work->req = req;
+  work->table = *std::move(found);
+  SparseTable& sparse = *work->table->sparse;
+  TESSERA_RETURN_IF_ERROR(CheckPushId(req->id(), name));
+  TESSERA_RETURN_IF_ERROR(CheckSparseRequest(sparse, name, req->key_type(), req->dtype(),
+                                             req->dim(), req->num_keys(), req->keys(),
+                                             &work->keys));
+  absl::StatusOr<absl::Span<const float>> values = PushValues(
+      req->values(), req->num_keys() * sparse.dim(), name, &work->scratch, /*trusted=*/replay);
+  if (!values.ok()) return values.status();
+  work->values = *values;
+  if (!replay) TESSERA_RETURN_IF_ERROR(CheckDistinct(work->keys.keys, work->keys.groups, name));
+  TESSERA_RETURN_IF_ERROR(CheckAssign(req->assign(), req->accumulate_step(), name));
+  // Memory for the rows (or BSP sums) it may create, before anything is inserted.
+  uint64_t sums_reserved = 0;
+  if (req->accumulate_step() == 0) {
+    absl::StatusOr<std::unique_ptr<RowReservation>> rows =
+        ReserveRows(work->table, work->keys.keys.size(), replay, "push");
+    if (!rows.ok()) return rows.status();
+    work->rows = *std::move(rows);
+  } else {
+    sums_reserved = work->keys.keys.size() * SumCharge(sparse.dim());
+    if (replay) {
+      budget_.Force(sums_reserved);
+    } else {
+      TESSERA_RETURN_IF_ERROR(budget_.Reserve(
+          sums_reserved, absl::StrFormat("BSP sums of table '%s'", ShortName(name))));
+    }
+  }
+  absl::Cleanup release_sums = [&] { budget_.Release(sums_reserved); };
+  if (options_.testing_push_delay_ms > 0 && !replay) {
+    absl::SleepFor(absl::Milliseconds(options_.testing_push_delay_ms));
+  }
+  if (options_.testing_before_sequencing && !replay) options_.testing_before_sequencing();
+  Table& t = *work->table;
+  {
+    absl::MutexLock order(&order_mu_);
+    std::shared_ptr<Table> current;
+    TESSERA_RETURN_IF_ERROR(
+        CheckSequence(origin, name, replay ? origin.replay->table_id : t.id, &current));
+    if (current.get() != &t) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "table '%s' changed while the push was checked", ShortName(name)));  // (replay only)
+    }
+    absl::Status refusal;
+    const bool duplicate = CheckDuplicate(origin, req->id(), name, resp, &refusal);
+    if (!refusal.ok()) return refusal;
+    if (!duplicate) {
+      const uint64_t step = req->accumulate_step();
+      if (step != 0) TESSERA_RETURN_IF_ERROR(CheckAccumulate(t, step));
+      LogEntry entry;
+      entry.op = req;
+      entry.table_id = t.id;
+      Sequence(origin, &entry);
+      dedup_.Record(req->id().client_id(), req->id().sequence(), req->id().floor(),
+                    entry.time_ms);
+      resp->set_lsn(entry.lsn);
+      if (!replay) done = MaybeDropResponse(req->id(), std::move(done));  // (applied ones only)
+      if (step == 0) {
+        uint32_t mask = 0;
+        for (const VshardRun& run : work->keys.groups.runs) {
+          mask |= 1u << executors_->ExecutorOf(run.vshard);
+        }
+        Dispatch(
+            mask,
+            [this, work](uint32_t e) {
+              absl::ReaderMutexLock gate(&gate_);
+              work->rows->AddCreated(work->table->sparse->Push(
+                  work->keys.keys, work->keys.groups, work->values.data(),
+                  generation_.load(std::memory_order_relaxed), work->req->assign(), e,
+                  executors_->size()));
+            },
+            std::exchange(done, nullptr));
+        return absl::OkStatus();
+      }
+      // BSP sums change only under the order lock: applied here, in LSN order.
+      t.sums.step = step;
+      const uint32_t dim = sparse.dim();
+      const absl::Span<const uint64_t> keys = work->keys.keys;
+      uint64_t created = 0;
+      for (size_t i = 0; i < keys.size(); ++i) {
+        std::vector<float>& sum = t.sums.rows[keys[i]];
+        if (sum.empty()) ++created;
+        sum.resize(dim, 0.0f);
+        AddSaturating(&sum[0], &work->values[i * dim], dim);
+      }
+      ChargeSums(t, created * SumCharge(dim), &sums_reserved);
+    }
+  }
+  std::exchange(done, nullptr)(absl::OkStatus());
+  return absl::OkStatus();
+}
+
+struct ServerCore::DensePush {
+  std::shared_ptr<const v1::PushDenseRequest> req;
+  std::shared_ptr<Table> table;
+  std::vector<float> scratch;
+  absl::Span<const float> values;
+};
+
+absl::Status ServerCore::SubmitPushDense(std::shared_ptr<const v1::PushDenseRequest> req,
+                                         v1::PushResponse* resp, const Origin& origin,
+                                         Done& done) {
+  const bool replay = origin.replay != nullptr;
+  const std::string& name = req->table();
+  absl::StatusOr<std::shared_ptr<Table>> found = FindTable(nullptr, name, TableKind::kDense);
+  if (!found.ok()) return found.status();
+  auto work = std::make_shared<DensePush>();
+  work->req = req;
+  work->table = *std::move(found);
+  DenseTable& dense = *work->table->dense;
+  TESSERA_RETURN_IF_ERROR(CheckDtype(req->dtype(), name));
+  TESSERA_RETURN_IF_ERROR(CheckPushId(req->id(), name));
+  TESSERA_RETURN_IF_ERROR(CheckDenseRange(dense, name, req->offset(), req->count()));
+  absl::StatusOr<absl::Span<const float>> values =
+      PushValues(req->values(), req->count(), name, &work->scratch, /*trusted=*/replay);
+  if (!values.ok()) return values.status();
+  work->values = *values;
+  TESSERA_RETURN_IF_ERROR(CheckAssign(req->assign(), req->accumulate_step(), name));
+  if (options_.testing_push_delay_ms > 0 && !replay) {
+    absl::SleepFor(absl::Milliseconds(options_.testing_push_delay_ms));
+  }
+  if (options_.testing_before_sequencing && !replay) options_.testing_before_sequencing();
+  Table& t = *work->table;
+  const DenseLayout& layout = dense.layout();
+  {
+    absl::MutexLock order(&order_mu_);
+    std::shared_ptr<Table> current;
+    TESSERA_RETURN_IF_ERROR(
+        CheckSequence(origin, name, replay ? origin.replay->table_id : t.id, &current));
+    if (current.get() != &t) {
+      return absl::FailedPreconditionError(
+          absl::StrFormat("table '%s' changed while the push was checked", ShortName(name)));
+    }
+    absl::Status refusal;
+    const bool duplicate = CheckDuplicate(origin, req->id(), name, resp, &refusal);
+    if (!refusal.ok()) return refusal;
+    if (!duplicate) {
+      const uint64_t step = req->accumulate_step();
+      if (step != 0) TESSERA_RETURN_IF_ERROR(CheckAccumulate(t, step));
+      LogEntry entry;
+      entry.op = req;
+      entry.table_id = t.id;
+      Sequence(origin, &entry);
+      dedup_.Record(req->id().client_id(), req->id().sequence(), req->id().floor(),
+                    entry.time_ms);
+      resp->set_lsn(entry.lsn);
+      if (!replay) done = MaybeDropResponse(req->id(), std::move(done));  // (applied ones only)
+      const uint64_t begin = req->offset(), end = req->offset() + req->count();
+      const uint64_t first_block = begin / layout.block_elems;
+      const uint64_t last_block = end == begin ? first_block : (end - 1) / layout.block_elems;
+      if (step == 0) {
+        uint32_t mask = 0;
+        if (last_block - first_block >= 64) {
+          mask = (1u << executors_->size()) - 1;  // (size() <= 16)
+        } else {
+          for (uint64_t b = first_block; b <= last_block && end > begin; ++b) {
+            mask |= 1u << executors_->ExecutorOf(dense.VshardOf(b));
+          }
+        }
+        Dispatch(
+            mask,
+            [this, work](uint32_t e) {
+              absl::ReaderMutexLock gate(&gate_);
+              work->table->dense->Push(work->req->offset(), work->req->count(),
+                                       work->values.data(),
+                                       generation_.load(std::memory_order_relaxed),
+                                       work->req->assign(), e, executors_->size());
+            },
+            std::exchange(done, nullptr));
+        return absl::OkStatus();
+      }
+      t.sums.step = step;
+      for (uint64_t b = first_block; b < layout.num_blocks() && layout.BlockBegin(b) < end; ++b) {
+        std::vector<float>& sum = t.sums.blocks[b];
+        if (sum.empty()) {
+          const uint64_t bytes = SumCharge(layout.BlockEnd(b) - layout.BlockBegin(b));
+          budget_.Force(bytes);  // (a dense table's sums are bounded by the table itself)
+          t.sums_charged += bytes;
+          t.charged += bytes;
+        }
+        sum.resize(layout.BlockEnd(b) - layout.BlockBegin(b), 0.0f);
+        const uint64_t lo = std::max(layout.BlockBegin(b), begin);
+        const uint64_t hi = std::min(layout.BlockEnd(b), end);
+        AddSaturating(&sum[lo - layout.BlockBegin(b)], &work->values[lo - begin], hi - lo);
+      }
+    }
+  }
+  std::exchange(done, nullptr)(absl::OkStatus());
+  return absl::OkStatus();
+}
+
+void ServerCore::ChargeSums(Table& t, uint64_t bytes, uint64_t* reserved) {
+  const uint64_t used = std::min(bytes, *reserved);
+  budget_.Force(bytes - used);  // (never: the reservation covered every key)
+  *reserved -= used;
+  t.sums_charged += bytes;
+  t.charged += bytes;
+}
+
+absl::Status ServerCore::CheckAccumulate(const Table& table, uint64_t step) {
+  const StepSums& sums = table.sums;
+  if (step <= sums.applied_step) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("table '%s': step %u was applied already (last applied: %u)",
+                        ShortName(table.config.name), step, sums.applied_step));
+  }
+  if (sums.step != 0 && sums.step != step) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("table '%s': step %u is pending; apply it before accumulating step %u",
+                        ShortName(table.config.name), sums.step, step));
+  }
+  return absl::OkStatus();
+}
+
+// ---- BSP steps: a barrier ----
+
+absl::Status ServerCore::SubmitApplyStep(std::shared_ptr<const v1::ApplyStepRequest> req,
+                                         v1::ApplyStepResponse* resp, const Origin& origin,
+                                         Done& done) {
+  absl::StatusOr<std::shared_ptr<Table>> found = LookupTable(req->table());
+  if (!found.ok()) return found.status();
+  const std::shared_ptr<Table> table = *std::move(found);
+  if (req->step() == 0 || !std::isfinite(req->scale())) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "table '%s': ApplyStep needs a step >= 1 and a finite scale", ShortName(req->table())));
+  }
+  {
+    absl::MutexLock order(&order_mu_);
+    std::shared_ptr<Table> current;
+    TESSERA_RETURN_IF_ERROR(CheckSequence(
+        origin, req->table(), origin.replay != nullptr ? origin.replay->table_id : table->id,
+        &current));
+    StepSums& sums = table->sums;
+    if (req->step() <= sums.applied_step) {
+      if (origin.replay != nullptr) {
+        return absl::FailedPreconditionError(absl::StrFormat(
+            "table '%s': step %u was applied here already but not on the primary",
+            ShortName(req->table()), req->step()));
+      }
+      resp->set_duplicate(true);
+      resp->set_lsn(lsn_);
+    } else {
+      if (sums.step != 0 && sums.step != req->step()) {
+        return absl::FailedPreconditionError(
+            absl::StrFormat("table '%s': step %u is pending, not step %u",
+                            ShortName(req->table()), sums.step, req->step()));
+      }
+      LogEntry entry;
+      entry.op = req;
+      entry.table_id = table->id;
+      Sequence(origin, &entry);
+      // A barrier: every earlier change to the table's rows is applied before the step's sums.
+      executors_->Drain();
+      ApplyStepSums(*table, req->scale(), resp);
+      sums.rows.clear();
+      sums.blocks.clear();
+      table->charged -= table->sums_charged;  // (the sums are freed: the table holds less)
+      budget_.Release(table->sums_charged);
+      table->sums_charged = 0;
+      sums.step = 0;
+      sums.applied_step = req->step();
+      resp->set_lsn(entry.lsn);
+    }
+  }
+  std::exchange(done, nullptr)(absl::OkStatus());
+  return absl::OkStatus();
+}
+
+void ServerCore::ApplyStepSums(Table& table, float scale, v1::ApplyStepResponse* resp) {
+  StepSums& sums = table.sums;
+  absl::ReaderMutexLock gate(&gate_);
+  const uint64_t gen = generation_.load(std::memory_order_relaxed);
+  if (table.sparse != nullptr && !sums.rows.empty()) {
+    const uint32_t dim = table.sparse->dim();
+    std::vector<uint64_t> keys;
+    std::vector<float> grads;
+    keys.reserve(sums.rows.size());
+    grads.reserve(sums.rows.size() * dim);
+    // (Keys are distinct: the order in which rows are updated does not change any row.)
+    for (const auto& [key, sum] : sums.rows) {
+      keys.push_back(key);
+      for (float g : sum) grads.push_back(SaturateToFloat(double{g} * scale));
+    }
+    VshardGrouping groups;
+    GroupByVshard(keys, table.sparse->num_vshards(), &groups);
+    table.sparse->Push(keys, groups, grads.data(), gen);
+    resp->set_rows(keys.size());
+  } else if (table.dense != nullptr) {
+    std::vector<uint64_t> blocks;
+    for (const auto& [b, sum] : sums.blocks) blocks.push_back(b);
+    std::sort(blocks.begin(), blocks.end());
+    std::vector<float> scaled;
+    uint64_t elements = 0;
+    for (uint64_t b : blocks) {
+      const std::vector<float>& sum = sums.blocks[b];
+      scaled.resize(sum.size());
+      for (size_t i = 0; i < sum.size(); ++i) scaled[i] = SaturateToFloat(double{sum[i]} * scale);
+      table.dense->Push(table.dense->layout().BlockBegin(b), scaled.size(), scaled.data(), gen);
+      elements += scaled.size();
+    }
+    resp->set_rows(elements);
+  }
+}
+
+}  // namespace tessera
