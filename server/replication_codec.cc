@@ -37,7 +37,6 @@ grpc::ByteBuffer EncodeBatch(const v1::ReplicateRequest& header, const std::vect
   return grpc::ByteBuffer(slices.data(), slices.size());
 }
 
-
 absl::Status DecodeBatch(const grpc::ByteBuffer& bytes, DecodedBatch* out) {
   std::vector<grpc::Slice> slices;
   if (!bytes.Dump(&slices).ok()) return absl::InvalidArgumentError("unreadable ReplicateRequest");

@@ -41,26 +41,25 @@ Overloaded(Fs...) -> Overloaded<Fs...>;
 }  // namespace
 
 int LogEntryKindOf(const LogEntry& entry) {
-  return std::visit(
-      Overloaded{
-          [](const std::shared_ptr<const v1::CreateTableRequest>&) {
-            return int{v1::LOG_ENTRY_KIND_CREATE_TABLE};
-          },
-          [](const std::shared_ptr<const v1::DropTableRequest>&) {
-            return int{v1::LOG_ENTRY_KIND_DROP_TABLE};
-          },
-          [](const std::shared_ptr<const v1::PushSparseRequest>&) {
-            return int{v1::LOG_ENTRY_KIND_PUSH_SPARSE};
-          },
-          [](const std::shared_ptr<const v1::PushDenseRequest>&) {
-            return int{v1::LOG_ENTRY_KIND_PUSH_DENSE};
-          },
-          [](const std::shared_ptr<const v1::ApplyStepRequest>&) {
-            return int{v1::LOG_ENTRY_KIND_APPLY_STEP};
-          },
-          [](const RestoreOp&) { return int{v1::LOG_ENTRY_KIND_RESTORE}; },
-      },
-      entry.op);
+  return std::visit(Overloaded{
+                        [](const std::shared_ptr<const v1::CreateTableRequest>&) {
+                          return int{v1::LOG_ENTRY_KIND_CREATE_TABLE};
+                        },
+                        [](const std::shared_ptr<const v1::DropTableRequest>&) {
+                          return int{v1::LOG_ENTRY_KIND_DROP_TABLE};
+                        },
+                        [](const std::shared_ptr<const v1::PushSparseRequest>&) {
+                          return int{v1::LOG_ENTRY_KIND_PUSH_SPARSE};
+                        },
+                        [](const std::shared_ptr<const v1::PushDenseRequest>&) {
+                          return int{v1::LOG_ENTRY_KIND_PUSH_DENSE};
+                        },
+                        [](const std::shared_ptr<const v1::ApplyStepRequest>&) {
+                          return int{v1::LOG_ENTRY_KIND_APPLY_STEP};
+                        },
+                        [](const RestoreOp&) { return int{v1::LOG_ENTRY_KIND_RESTORE}; },
+                    },
+                    entry.op);
 }
 
 bool ServerCore::IsReplicaFailed(const absl::Status& status) {
@@ -78,11 +77,12 @@ bool ServerCore::failed() const {
 
 absl::Status ServerCore::FailReplica(absl::Status why) {
   if (failed_.ok()) {
-    LogError("this replica of shard %u cannot apply change %u as its primary did: %s; it stops "
-             "acknowledging until it installs a snapshot",
-             shard_index_, lsn_ + 1, why.ToString());
-    failed_ = absl::FailedPreconditionError(absl::StrFormat(
-        "replica FAILED at change %u: %s", lsn_ + 1, std::string(why.message())));
+    LogError(
+        "this replica of shard %u cannot apply change %u as its primary did: %s; it stops "
+        "acknowledging until it installs a snapshot",
+        shard_index_, lsn_ + 1, why.ToString());
+    failed_ = absl::FailedPreconditionError(
+        absl::StrFormat("replica FAILED at change %u: %s", lsn_ + 1, std::string(why.message())));
     failed_.SetPayload(kReplicaFailedPayload, absl::Cord(why.message()));
   }
   return failed_;
@@ -177,8 +177,7 @@ void ServerCore::Dispatch(uint32_t mask, std::function<void(uint32_t)> apply, Do
       } catch (const std::bad_alloc&) {
         // The change is sequenced and logged; it cannot be half applied here and acknowledged
         // elsewhere. Crash-only: the backups hold it whole and one is promoted.
-        LogError("out of memory applying change %u; exiting so that a replica takes over",
-                 p->lsn);
+        LogError("out of memory applying change %u; exiting so that a replica takes over", p->lsn);
         std::abort();
       }
       if (p->left.fetch_sub(1) != 1) return nullptr;
@@ -218,22 +217,21 @@ template <typename Req, typename Resp>
 absl::Status ServerCore::SubmitAndWait(SubmitFn<Req, Resp> submit, const Req& req, Resp* resp) {
   absl::Notification applied;
   absl::Status result;
-  SubmitFromClient(submit, std::make_shared<const Req>(req), resp, nullptr,
-                   [&](absl::Status st) {
-                     result = std::move(st);
-                     applied.Notify();
-                   });
+  SubmitFromClient(submit, std::make_shared<const Req>(req), resp, nullptr, [&](absl::Status st) {
+    result = std::move(st);
+    applied.Notify();
+  });
   applied.WaitForNotification();
   return result;
 }
 
-#define TESSERA_CHANGE(Name, Submit, ReqT, RespT)                                           \
-  void ServerCore::Name(std::shared_ptr<const ReqT> req, RespT* resp,                       \
-                        std::shared_ptr<const WireBytes> wire, Done done) {                 \
+#define TESSERA_CHANGE(Name, Submit, ReqT, RespT)                                                  \
+  void ServerCore::Name(std::shared_ptr<const ReqT> req, RespT* resp,                              \
+                        std::shared_ptr<const WireBytes> wire, Done done) {                        \
     SubmitFromClient(&ServerCore::Submit, std::move(req), resp, std::move(wire), std::move(done)); \
-  }                                                                                         \
-  absl::Status ServerCore::Name(const ReqT& req, RespT* resp) {                             \
-    return SubmitAndWait(&ServerCore::Submit, req, resp);                                   \
+  }                                                                                                \
+  absl::Status ServerCore::Name(const ReqT& req, RespT* resp) {                                    \
+    return SubmitAndWait(&ServerCore::Submit, req, resp);                                          \
   }
 TESSERA_CHANGE(CreateTable, SubmitCreate, v1::CreateTableRequest, v1::CreateTableResponse)
 TESSERA_CHANGE(DropTable, SubmitDrop, v1::DropTableRequest, v1::DropTableResponse)
@@ -273,7 +271,8 @@ absl::StatusOr<LogEntry> ServerCore::DecodeEntry(
       st = parse(std::make_shared<v1::ApplyStepRequest>());
       break;
     default:
-      st = absl::InvalidArgumentError(absl::StrFormat("log entry kind %d cannot be replayed", kind));
+      st =
+          absl::InvalidArgumentError(absl::StrFormat("log entry kind %d cannot be replayed", kind));
   }
   if (!st.ok()) return st;
   return entry;
@@ -287,8 +286,8 @@ absl::Status ServerCore::Replay(uint64_t term, LogEntry entry) {
     if (!failed_.ok()) return failed_;
     if (entry.lsn <= lsn_) return absl::OkStatus();  // applied before (a resent batch)
     if (entry.lsn != lsn_ + 1) {
-      return absl::FailedPreconditionError(
-          absl::StrFormat("replicated change %u does not follow this replica's %u", entry.lsn, lsn_));
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "replicated change %u does not follow this replica's %u", entry.lsn, lsn_));
     }
   }
   // One replayer at a time (the replicator's), so the order checked above still holds.
@@ -345,8 +344,9 @@ absl::Status ServerCore::SubmitCreate(std::shared_ptr<const v1::CreateTableReque
     absl::ReaderMutexLock lock(&tables_mu_);
     auto it = tables_.find(config->name);
     if (it != tables_.end() && !(it->second->config == *config)) {
-      return absl::AlreadyExistsError(absl::StrFormat(
-          "table '%s' already exists with a different spec; drop it first", ShortName(config->name)));
+      return absl::AlreadyExistsError(
+          absl::StrFormat("table '%s' already exists with a different spec; drop it first",
+                          ShortName(config->name)));
     }
   }
   absl::StatusOr<std::shared_ptr<Table>> made =

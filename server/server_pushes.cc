@@ -99,8 +99,7 @@ absl::Status ServerCore::SubmitPushSparse(std::shared_ptr<const v1::PushSparseRe
       entry.op = req;
       entry.table_id = t.id;
       Sequence(origin, &entry);
-      dedup_.Record(req->id().client_id(), req->id().sequence(), req->id().floor(),
-                    entry.time_ms);
+      dedup_.Record(req->id().client_id(), req->id().sequence(), req->id().floor(), entry.time_ms);
       resp->set_lsn(entry.lsn);
       if (!replay) done = MaybeDropResponse(req->id(), std::move(done));  // (applied ones only)
       if (step == 0) {
@@ -112,10 +111,10 @@ absl::Status ServerCore::SubmitPushSparse(std::shared_ptr<const v1::PushSparseRe
             mask,
             [this, work](uint32_t e) {
               absl::ReaderMutexLock gate(&gate_);
-              work->rows->AddCreated(work->table->sparse->Push(
-                  work->keys.keys, work->keys.groups, work->values.data(),
-                  generation_.load(std::memory_order_relaxed), work->req->assign(), e,
-                  executors_->size()));
+              work->rows->AddCreated(
+                  work->table->sparse->Push(work->keys.keys, work->keys.groups, work->values.data(),
+                                            generation_.load(std::memory_order_relaxed),
+                                            work->req->assign(), e, executors_->size()));
             },
             std::exchange(done, nullptr));
         return absl::OkStatus();
@@ -146,8 +145,7 @@ struct ServerCore::DensePush {
 };
 
 absl::Status ServerCore::SubmitPushDense(std::shared_ptr<const v1::PushDenseRequest> req,
-                                         v1::PushResponse* resp, const Origin& origin,
-                                         Done& done) {
+                                         v1::PushResponse* resp, const Origin& origin, Done& done) {
   const bool replay = origin.replay != nullptr;
   const std::string& name = req->table();
   absl::StatusOr<std::shared_ptr<Table>> found = FindTable(nullptr, name, TableKind::kDense);
@@ -189,8 +187,7 @@ absl::Status ServerCore::SubmitPushDense(std::shared_ptr<const v1::PushDenseRequ
       entry.op = req;
       entry.table_id = t.id;
       Sequence(origin, &entry);
-      dedup_.Record(req->id().client_id(), req->id().sequence(), req->id().floor(),
-                    entry.time_ms);
+      dedup_.Record(req->id().client_id(), req->id().sequence(), req->id().floor(), entry.time_ms);
       resp->set_lsn(entry.lsn);
       if (!replay) done = MaybeDropResponse(req->id(), std::move(done));  // (applied ones only)
       const uint64_t begin = req->offset(), end = req->offset() + req->count();
@@ -209,8 +206,7 @@ absl::Status ServerCore::SubmitPushDense(std::shared_ptr<const v1::PushDenseRequ
             mask,
             [this, work](uint32_t e) {
               absl::ReaderMutexLock gate(&gate_);
-              work->table->dense->Push(work->req->offset(), work->req->count(),
-                                       work->values.data(),
+              work->table->dense->Push(work->req->offset(), work->req->count(), work->values.data(),
                                        generation_.load(std::memory_order_relaxed),
                                        work->req->assign(), e, executors_->size());
             },
@@ -275,23 +271,23 @@ absl::Status ServerCore::SubmitApplyStep(std::shared_ptr<const v1::ApplyStepRequ
   {
     absl::MutexLock order(&order_mu_);
     std::shared_ptr<Table> current;
-    TESSERA_RETURN_IF_ERROR(CheckSequence(
-        origin, req->table(), origin.replay != nullptr ? origin.replay->table_id : table->id,
-        &current));
+    TESSERA_RETURN_IF_ERROR(
+        CheckSequence(origin, req->table(),
+                      origin.replay != nullptr ? origin.replay->table_id : table->id, &current));
     StepSums& sums = table->sums;
     if (req->step() <= sums.applied_step) {
       if (origin.replay != nullptr) {
-        return absl::FailedPreconditionError(absl::StrFormat(
-            "table '%s': step %u was applied here already but not on the primary",
-            ShortName(req->table()), req->step()));
+        return absl::FailedPreconditionError(
+            absl::StrFormat("table '%s': step %u was applied here already but not on the primary",
+                            ShortName(req->table()), req->step()));
       }
       resp->set_duplicate(true);
       resp->set_lsn(lsn_);
     } else {
       if (sums.step != 0 && sums.step != req->step()) {
         return absl::FailedPreconditionError(
-            absl::StrFormat("table '%s': step %u is pending, not step %u",
-                            ShortName(req->table()), sums.step, req->step()));
+            absl::StrFormat("table '%s': step %u is pending, not step %u", ShortName(req->table()),
+                            sums.step, req->step()));
       }
       LogEntry entry;
       entry.op = req;
