@@ -45,8 +45,7 @@ void AddSaturating(float* dst, const float* src, size_t n);
 // optimizer has fewer slots; step may be null unless has_step, and is incremented first (the
 // first update uses t = 1). For kAssign, g holds the new values.
 // Numeric safety (docs/state_machine.md, "Numbers"): with finite inputs the results are
-// finite: a chunk whose float results are not is recomputed in double precision, each stored
-// value saturated to the finite float range.
+// finite: every intermediate that could overflow is clamped to the finite float range.
 void ApplyUpdate(const OptimizerParams& p, float* w, float* slot0, float* slot1, uint64_t* step,
                  const float* g, size_t n);
 

@@ -156,14 +156,29 @@ bool ServerCore::CheckDuplicate(const Origin& origin, const v1::PushId& id,
   return true;
 }
 
+namespace {
+
+// The change is sequenced and logged; it cannot be half applied here and acknowledged
+// elsewhere. Crash-only: the backups hold it whole and one is promoted.
+void ApplyOrDie(const std::function<void(uint32_t)>& apply, uint32_t e, uint64_t lsn) {
+  try {
+    apply(e);
+  } catch (const std::bad_alloc&) {
+    LogError("out of memory applying change %u; exiting so that a replica takes over", lsn);
+    std::abort();
+  }
+}
+
+}  // namespace
+
 void ServerCore::Dispatch(uint32_t mask, std::function<void(uint32_t)> apply, Done done) {
+  if (mask == 0) mask = 1;  // nothing to apply: still completes in order
   struct Pending {
     std::atomic<int> left;
     std::function<void(uint32_t)> apply;
     Done done;
     uint64_t lsn;
   };
-  if (mask == 0) mask = 1;  // nothing to apply: still completes in order
   auto p = std::make_shared<Pending>();
   p->left.store(std::popcount(mask));
   p->apply = std::move(apply);
@@ -172,14 +187,7 @@ void ServerCore::Dispatch(uint32_t mask, std::function<void(uint32_t)> apply, Do
   for (uint32_t e = 0; e < executors_->size(); ++e) {
     if ((mask & (1u << e)) == 0) continue;
     executors_->Enqueue(e, [p, e]() -> std::function<void()> {
-      try {
-        p->apply(e);
-      } catch (const std::bad_alloc&) {
-        // The change is sequenced and logged; it cannot be half applied here and acknowledged
-        // elsewhere. Crash-only: the backups hold it whole and one is promoted.
-        LogError("out of memory applying change %u; exiting so that a replica takes over", p->lsn);
-        std::abort();
-      }
+      ApplyOrDie(p->apply, e, p->lsn);
       if (p->left.fetch_sub(1) != 1) return nullptr;
       return [p] { p->done(absl::OkStatus()); };  // after the part counts as applied
     });
