@@ -52,10 +52,10 @@ grpc::ServerUnaryReactor* RunParsed(grpc::CallbackServerContext* ctx, const grpc
   grpc::ByteBuffer copy(*in);  // shares the slices
   grpc::ProtoBufferReader reader(&copy);
   if (!reader.status().ok() || !call->req.ParseFromZeroCopyStream(&reader)) {
-    call->Finish(grpc::Status(
-        grpc::StatusCode::INVALID_ARGUMENT,
-        absl::StrFormat("malformed %s (%u bytes): not a valid protobuf message",
-                        Req::descriptor()->full_name(), in->Length())));
+    call->Finish(
+        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                     absl::StrFormat("malformed %s (%u bytes): not a valid protobuf message",
+                                     Req::descriptor()->full_name(), in->Length())));
     return call;
   }
   handler(ctx, &call->req, &call->resp, static_cast<ReplyReactor*>(call));

@@ -7,19 +7,17 @@
 // Raw bytes are never handed to RocksDB's parser with a matching CRC: a restore checks the
 // whole file against the manifest's CRC32C first, so a corrupted file never gets that far
 // (RocksDB's Debian build asserts on some malformed blocks; fuzzing it is RocksDB's business).
+#include <rocksdb/options.h>
+#include <rocksdb/sst_file_reader.h>
+#include <rocksdb/sst_file_writer.h>
 #include <unistd.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
-#include <string>
-
-#include <rocksdb/options.h>
-#include <rocksdb/sst_file_reader.h>
-#include <rocksdb/sst_file_writer.h>
-
 #include <map>
+#include <string>
 
 #include "fuzz/fuzz_util.h"
 #include "proto/checkpoint.pb.h"

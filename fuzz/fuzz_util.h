@@ -16,8 +16,7 @@ inline void MaybeWriteSeeds(const std::vector<std::string>& seeds) {
   const char* dir = std::getenv("TESSERA_FUZZ_WRITE_SEEDS");
   if (dir == nullptr) return;
   for (size_t i = 0; i < seeds.size(); ++i) {
-    std::ofstream(std::string(dir) + "/seed_" + std::to_string(i), std::ios::binary)
-        << seeds[i];
+    std::ofstream(std::string(dir) + "/seed_" + std::to_string(i), std::ios::binary) << seeds[i];
   }
   std::printf("wrote %zu seeds to %s\n", seeds.size(), dir);
   std::exit(0);

@@ -107,8 +107,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       break;
     case 3:
       Run<v1::PushSparseRequest, v1::PushResponse>(
-          data, size, fix_epoch,
-          [&](auto& q, auto* p) { return core.PushSparse(q, p); });
+          data, size, fix_epoch, [&](auto& q, auto* p) { return core.PushSparse(q, p); });
       break;
     case 4:
       Run<v1::PullDenseRequest, v1::PullDenseResponse>(
@@ -116,8 +115,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       break;
     case 5:
       Run<v1::PushDenseRequest, v1::PushResponse>(
-          data, size, fix_epoch,
-          [&](auto& q, auto* p) { return core.PushDense(q, p); });
+          data, size, fix_epoch, [&](auto& q, auto* p) { return core.PushDense(q, p); });
       break;
     case 6:
       Run<v1::ApplyStepRequest, v1::ApplyStepResponse>(

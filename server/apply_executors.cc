@@ -8,7 +8,8 @@ namespace tessera {
 ApplyExecutors::ApplyExecutors(uint32_t threads) {
   threads = std::clamp<uint32_t>(threads, 1, kMaxThreads);
   for (uint32_t i = 0; i < threads; ++i) queues_.push_back(std::make_unique<Queue>());
-  for (uint32_t i = 0; i < threads; ++i) threads_.emplace_back(&ApplyExecutors::Loop, this, queues_[i].get());
+  for (uint32_t i = 0; i < threads; ++i)
+    threads_.emplace_back(&ApplyExecutors::Loop, this, queues_[i].get());
 }
 
 ApplyExecutors::~ApplyExecutors() {
@@ -31,9 +32,8 @@ void ApplyExecutors::Drain() {
     absl::MutexLock lock(&q->mu);
     std::pair<Queue*, uint64_t> wait{q.get(), q->enqueued};
     q->mu.Await(absl::Condition(
-        +[](std::pair<Queue*, uint64_t>* a) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-          return a->first->done >= a->second;
-        },
+        +[](std::pair<Queue*, uint64_t>* a)
+             ABSL_NO_THREAD_SAFETY_ANALYSIS { return a->first->done >= a->second; },
         &wait));
   }
 }

@@ -13,12 +13,12 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "storage/checkpoint_store.h"
 #include "common/wire.h"
 #include "proto/checkpoint.pb.h"
 #include "proto/cluster.pb.h"
 #include "proto/tessera.pb.h"
 #include "server/server_core.h"
+#include "storage/checkpoint_store.h"
 
 namespace tessera::testing {
 
@@ -54,11 +54,10 @@ inline v1::DropTableRequest DropReq(const std::string& name) {
   return req;
 }
 
-inline v1::PushSparseRequest SparsePushReq(const std::string& table, uint32_t dim,
-                                           const std::vector<uint64_t>& keys,
-                                           const std::vector<float>& values, uint64_t client,
-                                           uint64_t seq, uint64_t floor = 1, uint64_t step = 0) {
-  v1::PushSparseRequest r;
+// A sparse pull or push of `keys` (epoch 1), without values.
+template <typename Req>
+Req SparseReq(const std::string& table, uint32_t dim, const std::vector<uint64_t>& keys) {
+  Req r;
   r.mutable_header()->set_shard_map_epoch(1);
   r.set_table(table);
   r.set_key_type(v1::KEY_TYPE_UINT64);
@@ -66,11 +65,25 @@ inline v1::PushSparseRequest SparsePushReq(const std::string& table, uint32_t di
   r.set_dim(dim);
   r.set_num_keys(keys.size());
   PackedAssign<uint64_t>(r.mutable_keys(), keys);
+  return r;
+}
+
+// The push id and BSP step of a push.
+template <typename Req>
+void SetPushId(Req* r, uint64_t client, uint64_t seq, uint64_t floor, uint64_t step) {
+  r->mutable_id()->set_client_id(client);
+  r->mutable_id()->set_sequence(seq);
+  r->mutable_id()->set_floor(floor);
+  r->set_accumulate_step(step);
+}
+
+inline v1::PushSparseRequest SparsePushReq(const std::string& table, uint32_t dim,
+                                           const std::vector<uint64_t>& keys,
+                                           const std::vector<float>& values, uint64_t client,
+                                           uint64_t seq, uint64_t floor = 1, uint64_t step = 0) {
+  auto r = SparseReq<v1::PushSparseRequest>(table, dim, keys);
   PackedAssign<float>(r.mutable_values(), values);
-  r.mutable_id()->set_client_id(client);
-  r.mutable_id()->set_sequence(seq);
-  r.mutable_id()->set_floor(floor);
-  r.set_accumulate_step(step);
+  SetPushId(&r, client, seq, floor, step);
   return r;
 }
 
@@ -84,10 +97,7 @@ inline v1::PushDenseRequest DensePushReq(const std::string& table, uint64_t offs
   r.set_offset(offset);
   r.set_count(values.size());
   PackedAssign<float>(r.mutable_values(), values);
-  r.mutable_id()->set_client_id(client);
-  r.mutable_id()->set_sequence(seq);
-  r.mutable_id()->set_floor(floor);
-  r.set_accumulate_step(step);
+  SetPushId(&r, client, seq, floor, step);
   return r;
 }
 
@@ -102,15 +112,7 @@ inline v1::ApplyStepRequest ApplyStepReq(const std::string& table, uint64_t step
 
 inline v1::PullSparseRequest SparsePullReq(const std::string& table, uint32_t dim,
                                            const std::vector<uint64_t>& keys) {
-  v1::PullSparseRequest r;
-  r.mutable_header()->set_shard_map_epoch(1);
-  r.set_table(table);
-  r.set_key_type(v1::KEY_TYPE_UINT64);
-  r.set_dtype(v1::DTYPE_FLOAT32);
-  r.set_dim(dim);
-  r.set_num_keys(keys.size());
-  PackedAssign<uint64_t>(r.mutable_keys(), keys);
-  return r;
+  return SparseReq<v1::PullSparseRequest>(table, dim, keys);
 }
 
 // The weights of `keys` (empty on error).

@@ -111,8 +111,8 @@ void GrpcService::Run(Method method, Ctx* ctx, const Bytes* request, Bytes* resp
   // the request, then the response it asks for (docs/state_machine.md, "Resources").
   MemoryBudget& budget = core_->budget();
   uint64_t held = request_bytes;
-  absl::Status status = budget.Reserve(request_bytes, absl::StrFormat("a request of %u bytes",
-                                                                      request_bytes));
+  absl::Status status =
+      budget.Reserve(request_bytes, absl::StrFormat("a request of %u bytes", request_bytes));
   if (!status.ok()) held = 0;
   if (status.ok()) status = Parse(*request, req.get());
   if (status.ok()) {
@@ -162,28 +162,28 @@ void GrpcService::Run(Method method, Ctx* ctx, const Bytes* request, Bytes* resp
 }
 
 // Reads answer inline; memory the kernel refuses is the caller's RESOURCE_EXHAUSTED.
-#define TESSERA_RAW_METHOD(Name, ReqT, RespT)                                              \
+#define TESSERA_RAW_METHOD(Name, ReqT, RespT)                                        \
+  GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) { \
+    return Handle<ReqT, RespT>(                                                      \
+        Method::k##Name, ctx, req, resp,                                             \
+        [this](std::shared_ptr<const ReqT> r, RespT* p, ServerCore::Done done) {     \
+          absl::Status st;                                                           \
+          try {                                                                      \
+            st = core_->Name(*r, p);                                                 \
+          } catch (const std::bad_alloc&) {                                          \
+            st = absl::ResourceExhaustedError("out of memory answering " #Name);     \
+          }                                                                          \
+          done(std::move(st));                                                       \
+        });                                                                          \
+  }
+// Changes hand the request and its bytes to the core, which sequences, logs and applies them.
+#define TESSERA_RAW_CHANGE(Name, ReqT, RespT)                                              \
   GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) {       \
     return Handle<ReqT, RespT>(                                                            \
         Method::k##Name, ctx, req, resp,                                                   \
-        [this](std::shared_ptr<const ReqT> r, RespT* p, ServerCore::Done done) {           \
-          absl::Status st;                                                                 \
-          try {                                                                            \
-            st = core_->Name(*r, p);                                                       \
-          } catch (const std::bad_alloc&) {                                                \
-            st = absl::ResourceExhaustedError("out of memory answering " #Name);           \
-          }                                                                                \
-          done(std::move(st));                                                             \
+        [this, req](std::shared_ptr<const ReqT> r, RespT* p, ServerCore::Done done) {      \
+          core_->Name(std::move(r), p, std::make_shared<GrpcWire>(*req), std::move(done)); \
         });                                                                                \
-  }
-// Changes hand the request and its bytes to the core, which sequences, logs and applies them.
-#define TESSERA_RAW_CHANGE(Name, ReqT, RespT)                                                 \
-  GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) {          \
-    return Handle<ReqT, RespT>(                                                               \
-        Method::k##Name, ctx, req, resp,                                                      \
-        [this, req](std::shared_ptr<const ReqT> r, RespT* p, ServerCore::Done done) {         \
-          core_->Name(std::move(r), p, std::make_shared<GrpcWire>(*req), std::move(done));    \
-        });                                                                                   \
   }
 
 TESSERA_RAW_CHANGE(CreateTable, v1::CreateTableRequest, v1::CreateTableResponse)

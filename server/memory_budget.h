@@ -24,9 +24,9 @@ class MemoryBudget {
     uint64_t used = used_.load(std::memory_order_relaxed);
     for (;;) {
       if (limit_ != 0 && (bytes > limit_ || used > limit_ - bytes)) {
-        return absl::ResourceExhaustedError(absl::StrFormat(
-            "%s needs %u bytes; this server holds %u of its --max_memory_bytes %u", what, bytes,
-            used, limit_));
+        return absl::ResourceExhaustedError(
+            absl::StrFormat("%s needs %u bytes; this server holds %u of its --max_memory_bytes %u",
+                            what, bytes, used, limit_));
       }
       if (used_.compare_exchange_weak(used, used + bytes, std::memory_order_relaxed)) {
         return absl::OkStatus();

@@ -188,6 +188,12 @@ std::vector<prometheus::MetricFamily> TableCollector::Collect() const {
          MetricType::Counter, {{counter(static_cast<double>(c.restores)), {}}});
   family("tessera_restore_last_duration_seconds", "Duration of the last restore.",
          MetricType::Gauge, {{GaugeValue(c.last_restore_seconds), {}}});
+  family("tessera_server_memory_bytes",
+         "Bytes this server holds for tables, requests and responses, as reserved against "
+         "--max_memory_bytes (docs/state_machine.md).",
+         MetricType::Gauge, {{GaugeValue(static_cast<double>(core_->budget().used())), {}}});
+  family("tessera_server_memory_limit_bytes", "--max_memory_bytes as resolved.", MetricType::Gauge,
+         {{GaugeValue(static_cast<double>(core_->budget().limit())), {}}});
   return out;
 }
 
@@ -217,6 +223,13 @@ std::vector<prometheus::MetricFamily> ReplicationCollector::Collect() const {
   }
   add("tessera_server_lsn", "Changes applied to this shard (its update order).", MetricType::Gauge,
       static_cast<double>(core_->lsn()));
+  add("tessera_server_replica_failed",
+      "1 while this backup is FAILED: it could not apply an entry as its primary did and waits "
+      "for a snapshot (docs/state_machine.md).",
+      MetricType::Gauge, r.failed ? 1 : 0);
+  add("tessera_server_backup_failures_total",
+      "Batches this primary's backups refused as FAILED (each is then re-synced by snapshot).",
+      MetricType::Counter, static_cast<double>(r.backup_failures));
   for (const auto& b : r.backups) {
     add("tessera_replica_lag_updates",
         "Changes this primary applied that the backup has not acknowledged yet.", MetricType::Gauge,

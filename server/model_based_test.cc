@@ -159,8 +159,8 @@ std::string RunHistory(uint64_t seed, const std::string& dir, Totals* totals) {
     }
     // A quiescent point: every replica has applied the same entries.
     if (pair.primary->lsn() != pair.backup->lsn()) {
-      fail(absl::StrCat("phase ", phase, ": LSN ", pair.primary->lsn(), " vs ",
-                        pair.backup->lsn()));
+      fail(
+          absl::StrCat("phase ", phase, ": LSN ", pair.primary->lsn(), " vs ", pair.backup->lsn()));
     } else if (pair.primary->StateDigest() != pair.backup->StateDigest()) {
       fail(absl::StrCat("phase ", phase, ": digests differ at LSN ", pair.primary->lsn()));
     }
@@ -185,8 +185,8 @@ TEST_CASE("primary and backup agree at every quiescent point of random concurren
           "[model]") {
   const uint64_t histories = EnvOr("TESSERA_MODEL_HISTORIES", 1000);
   const uint64_t first = EnvOr("TESSERA_MODEL_SEED", 1);
-  const std::string root = std::filesystem::temp_directory_path() /
-                           absl::StrCat("tessera_model_", getpid());
+  const std::string root =
+      std::filesystem::temp_directory_path() / absl::StrCat("tessera_model_", getpid());
   uint64_t divergences = 0;
   Totals totals;
   for (uint64_t seed = first; seed < first + histories; ++seed) {
@@ -202,14 +202,15 @@ TEST_CASE("primary and backup agree at every quiescent point of random concurren
     }
   }
   std::filesystem::remove_all(root);
-  std::printf("model-based test: %llu histories, %llu entries, %llu snapshots installed, %llu "
-              "changes accepted, %llu refused, %llu divergences\n",
-              static_cast<unsigned long long>(histories),
-              static_cast<unsigned long long>(totals.entries.load()),
-              static_cast<unsigned long long>(totals.snapshots.load()),
-              static_cast<unsigned long long>(totals.ok.load()),
-              static_cast<unsigned long long>(totals.refused.load()),
-              static_cast<unsigned long long>(divergences));
+  std::printf(
+      "model-based test: %llu histories, %llu entries, %llu snapshots installed, %llu "
+      "changes accepted, %llu refused, %llu divergences\n",
+      static_cast<unsigned long long>(histories),
+      static_cast<unsigned long long>(totals.entries.load()),
+      static_cast<unsigned long long>(totals.snapshots.load()),
+      static_cast<unsigned long long>(totals.ok.load()),
+      static_cast<unsigned long long>(totals.refused.load()),
+      static_cast<unsigned long long>(divergences));
   CHECK(divergences == 0);
 }
 

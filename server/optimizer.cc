@@ -1,8 +1,7 @@
 #include "server/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
-#include <algorithm>
-#include <algorithm>
 #include <cstring>
 
 namespace tessera {

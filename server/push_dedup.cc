@@ -44,8 +44,9 @@ std::vector<PushDeduplicator::ClientSnapshot> PushDeduplicator::Snapshot() const
     std::sort(s.applied.begin(), s.applied.end());
     out.push_back(std::move(s));
   }
-  std::sort(out.begin(), out.end(),
-            [](const ClientSnapshot& a, const ClientSnapshot& b) { return a.client_id < b.client_id; });
+  std::sort(out.begin(), out.end(), [](const ClientSnapshot& a, const ClientSnapshot& b) {
+    return a.client_id < b.client_id;
+  });
   return out;
 }
 

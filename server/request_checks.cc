@@ -48,9 +48,9 @@ absl::StatusOr<absl::Span<const float>> PushValues(const std::string& bytes, uin
   // (count is bounded by the request limits, so count * 4 does not wrap; still, compare by
   // division so that no limit setting can make it.)
   if (bytes.size() % sizeof(float) != 0 || bytes.size() / sizeof(float) != count) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "table '%s': %u values need %u value bytes, got %u", ShortName(table), count,
-        count * sizeof(float), bytes.size()));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("table '%s': %u values need %u value bytes, got %u", ShortName(table),
+                        count, count * sizeof(float), bytes.size()));
   }
   absl::Span<const float> values = PackedView<float>(bytes, scratch);
   if (!trusted) {

@@ -6,7 +6,6 @@
 #include <fstream>
 
 #include "absl/synchronization/notification.h"
-
 #include "server/core_test_util.h"
 #include "server/dense_table.h"
 #include "server/row_arena.h"
@@ -43,13 +42,12 @@ TEST_CASE("a dense table's limit counts the bookkeeping of its blocks", "[resour
   CHECK(Contains(st, "--max_table_bytes"));
   CHECK(core->GetTableStats().empty());
   // Its bytes as reported are what admission counted.
-  REQUIRE(core->CreateTable(CreateReq(DenseConfig("e", 100000, 1000, OptimizerKind::kAdam)), &r)
-              .ok());
+  REQUIRE(
+      core->CreateTable(CreateReq(DenseConfig("e", 100000, 1000, OptimizerKind::kAdam)), &r).ok());
   const std::vector<TableStats> stats = core->GetTableStats();
   REQUIRE(stats.size() == 1);
-  CHECK(stats[0].bytes == *DenseTable::BytesFor(*ResolveTableConfig(
-                                                    DenseConfig("e", 100000, 1000,
-                                                                OptimizerKind::kAdam)),
+  CHECK(stats[0].bytes == *DenseTable::BytesFor(*ResolveTableConfig(DenseConfig(
+                                                    "e", 100000, 1000, OptimizerKind::kAdam)),
                                                 std::vector<bool>(kDefaultNumVshards, true), 0));
   CHECK(stats[0].bytes > 100000 * 3 * sizeof(float));
 }
@@ -64,8 +62,7 @@ TEST_CASE("a dense table of 2^40 one-element blocks is refused at once", "[resou
   CHECK(Contains(st, "blocks"));
 }
 
-TEST_CASE("a pull whose response would be too large is refused before it is built",
-          "[resources]") {
+TEST_CASE("a pull whose response would be too large is refused before it is built", "[resources]") {
   auto core = Core();
   v1::CreateTableResponse r;
   REQUIRE(core->CreateTable(CreateReq(SparseConfig("wide", 65536, OptimizerKind::kSgd)), &r).ok());
@@ -93,9 +90,9 @@ TEST_CASE("reported table bytes are within 10% of what is resident", "[resources
   v1::PushResponse resp;
   // Warm up: the executor's allocator arena exists before the measurement.
   REQUIRE(core->CreateTable(CreateReq(SparseConfig("w", 1024, OptimizerKind::kAdam)), &r).ok());
-  REQUIRE(core->PushSparse(SparsePushReq("w", 1024, {1, 2, 3}, std::vector<float>(3072), 1, 1),
-                           &resp)
-              .ok());
+  REQUIRE(
+      core->PushSparse(SparsePushReq("w", 1024, {1, 2, 3}, std::vector<float>(3072), 1, 1), &resp)
+          .ok());
   auto stats = [&] {
     for (const TableStats& t : core->GetTableStats()) {
       if (t.name == "t") return t.bytes;
@@ -104,7 +101,8 @@ TEST_CASE("reported table bytes are within 10% of what is resident", "[resources
   };
   const uint64_t before_bytes = stats();
   // The request is built before the measurement and handed over without a copy.
-  auto push = std::make_shared<const v1::PushSparseRequest>(SparsePushReq("t", 1024, keys, g, 1, 2));
+  auto push =
+      std::make_shared<const v1::PushSparseRequest>(SparsePushReq("t", 1024, keys, g, 1, 2));
   const uint64_t rss_before = ResidentBytes();
   absl::Notification applied;
   core->PushSparse(push, &resp, nullptr, [&](absl::Status st) {
@@ -157,9 +155,9 @@ TEST_CASE("the server's memory budget refuses rows before they exist and changes
   CHECK(core->budget().used() == held);  // the reservation went back
   // A push that fits is applied, and what it holds stays charged until the table is dropped.
   keys.resize(100);
-  REQUIRE(core->PushSparse(SparsePushReq("t", 256, keys, std::vector<float>(100 * 256, 1), 1, 1),
-                           &resp)
-              .ok());
+  REQUIRE(
+      core->PushSparse(SparsePushReq("t", 256, keys, std::vector<float>(100 * 256, 1), 1, 1), &resp)
+          .ok());
   CHECK(core->budget().used() > held);
   v1::DropTableResponse dr;
   REQUIRE(core->DropTable(DropReq("t"), &dr).ok());
@@ -167,8 +165,7 @@ TEST_CASE("the server's memory budget refuses rows before they exist and changes
   CHECK(core->budget().used() == 0);
 }
 
-TEST_CASE("row arenas grow by blocks of 4 to 256 rows and keep every row in place",
-          "[resources]") {
+TEST_CASE("row arenas grow by blocks of 4 to 256 rows and keep every row in place", "[resources]") {
   RowArena arena(3);
   std::vector<float*> rows;
   for (uint32_t i = 0; i < 2000; ++i) {

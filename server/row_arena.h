@@ -78,8 +78,8 @@ class RowArena {
   static uint32_t BlockRows(uint32_t b) {
     return b < kGrowthBlocks ? kFirstBlockRows << b : kRowsPerBlock;
   }
-  static constexpr uint32_t kGrowthBlocks = 6;    // 4 .. 128
-  static constexpr uint32_t kGrowthRows = 252;    // 4 + 8 + ... + 128
+  static constexpr uint32_t kGrowthBlocks = 6;  // 4 .. 128
+  static constexpr uint32_t kGrowthRows = 252;  // 4 + 8 + ... + 128
   static void Locate(uint32_t id, uint32_t* block, uint32_t* offset) {
     if (id < kGrowthRows) {
       // Block b starts at 4 (2^b - 1).

@@ -474,10 +474,8 @@ absl::StatusOr<std::unique_ptr<ServerCore::StagedRestore>> ServerCore::PrepareRe
     for (const auto& part : last.parts()) {
       if (part.shard_index() != shard_index_) continue;
       for (const auto& c : part.dedup()) {
-        staged->dedup.push_back({c.client_id(),
-                                 c.floor(),
-                                 {c.applied().begin(), c.applied().end()},
-                                 c.last_seen_ms()});
+        staged->dedup.push_back(
+            {c.client_id(), c.floor(), {c.applied().begin(), c.applied().end()}, c.last_seen_ms()});
       }
     }
   }

@@ -1,10 +1,10 @@
 #include "server/server_core.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <thread>
-
-#include <unistd.h>
 
 #include "absl/status/status.h"
 #include "absl/strings/cord.h"
@@ -190,10 +190,10 @@ absl::StatusOr<std::shared_ptr<ServerCore::Table>> ServerCore::NewTable(const Ta
     bytes = *dense;
   }
   if (!force && bytes > options_.max_table_bytes) {
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "table '%s' would take %u bytes on shard %u, over the limit of %u bytes "
-        "(--max_table_bytes)",
-        ShortName(config.name), bytes, shard_index_, options_.max_table_bytes));
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("table '%s' would take %u bytes on shard %u, over the limit of %u bytes "
+                        "(--max_table_bytes)",
+                        ShortName(config.name), bytes, shard_index_, options_.max_table_bytes));
   }
   if (force) {
     budget_.Force(bytes);
@@ -211,9 +211,9 @@ absl::StatusOr<std::shared_ptr<ServerCore::Table>> ServerCore::NewTable(const Ta
   } else {
     table->dense = std::make_unique<DenseTable>(config, owned_, initialize);
     if (!table->dense->allocated()) {
-      return absl::ResourceExhaustedError(absl::StrFormat(
-          "table '%s': cannot map %u bytes on shard %u", ShortName(config.name), bytes,
-          shard_index_));
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("table '%s': cannot map %u bytes on shard %u", ShortName(config.name),
+                          bytes, shard_index_));
     }
   }
   return table;
@@ -243,9 +243,8 @@ absl::Status ServerCore::ChargeLoadedRows(Table& t, bool force) {
           "(--max_table_bytes)",
           ShortName(t.config.name), t.charged + bytes, options_.max_table_bytes));
     }
-    TESSERA_RETURN_IF_ERROR(
-        budget_.Reserve(bytes, absl::StrFormat("the restored rows of table '%s'",
-                                               ShortName(t.config.name))));
+    TESSERA_RETURN_IF_ERROR(budget_.Reserve(
+        bytes, absl::StrFormat("the restored rows of table '%s'", ShortName(t.config.name))));
   }
   t.charged += bytes;
   return absl::OkStatus();
@@ -265,8 +264,8 @@ absl::StatusOr<std::unique_ptr<ServerCore::RowReservation>> ServerCore::ReserveR
           ShortName(t->config.name), held, what, rows, bytes, options_.max_table_bytes));
     }
     TESSERA_RETURN_IF_ERROR(budget_.Reserve(
-        bytes, absl::StrFormat("a %s of %u rows to table '%s'", what, rows,
-                               ShortName(t->config.name))));
+        bytes,
+        absl::StrFormat("a %s of %u rows to table '%s'", what, rows, ShortName(t->config.name))));
   }
   return std::make_unique<RowReservation>(t, &budget_, bytes);
 }
@@ -393,7 +392,8 @@ absl::Status ServerCore::PullSparse(const v1::PullSparseRequest& req,
   resp->set_num_keys(req.num_keys());
   float* out = PackedResize<float>(resp->mutable_values(), k.keys.size() * sparse.dim());
   absl::ReaderMutexLock gate(&gate_);  // a pull may create rows
-  (*rows)->AddCreated(sparse.Pull(k.keys, k.groups, out, generation_.load(std::memory_order_relaxed)));
+  (*rows)->AddCreated(
+      sparse.Pull(k.keys, k.groups, out, generation_.load(std::memory_order_relaxed)));
   return absl::OkStatus();
 }
 

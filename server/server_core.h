@@ -165,8 +165,8 @@ class ServerCore {
   // a duplicate or is applied under the lock, else on an executor once applied; `resp` (filled
   // when sequenced) must stay valid until then. `wire` (may be null) travels to the log.
   using Done = std::function<void(absl::Status)>;
-  void CreateTable(std::shared_ptr<const v1::CreateTableRequest> req,
-                   v1::CreateTableResponse* resp, std::shared_ptr<const WireBytes> wire, Done done);
+  void CreateTable(std::shared_ptr<const v1::CreateTableRequest> req, v1::CreateTableResponse* resp,
+                   std::shared_ptr<const WireBytes> wire, Done done);
   void DropTable(std::shared_ptr<const v1::DropTableRequest> req, v1::DropTableResponse* resp,
                  std::shared_ptr<const WireBytes> wire, Done done);
   void PushSparse(std::shared_ptr<const v1::PushSparseRequest> req, v1::PushResponse* resp,
@@ -275,6 +275,7 @@ class ServerCore {
   uint64_t duplicate_pushes() const { return duplicate_pushes_.load(std::memory_order_relaxed); }
   // What this server holds for tables, requests and responses, against --max_memory_bytes.
   MemoryBudget& budget() { return budget_; }
+  const MemoryBudget& budget() const { return budget_; }
   uint64_t max_response_bytes() const { return options_.max_response_bytes; }
 
  private:
@@ -287,8 +288,8 @@ class ServerCore {
     absl::flat_hash_map<uint64_t, std::vector<float>> blocks;  // dense: block -> sums
   };
   struct Table {
-    ~Table();  // gives its memory back to the budget
-    TableConfig config;  // resolved
+    ~Table();                        // gives its memory back to the budget
+    TableConfig config;              // resolved
     MemoryBudget* budget = nullptr;  // charged for what the table holds
     std::atomic<uint64_t> charged{0};
     std::unique_ptr<SparseTable> sparse;
@@ -342,8 +343,9 @@ class ServerCore {
   };
   // Charges the rows a restore or snapshot loaded into sparse table `t` (before it serves).
   absl::Status ChargeLoadedRows(Table& t, bool force);
-  absl::StatusOr<std::unique_ptr<RowReservation>> ReserveRows(
-      const std::shared_ptr<Table>& t, uint64_t rows, bool force, const char* what);
+  absl::StatusOr<std::unique_ptr<RowReservation>> ReserveRows(const std::shared_ptr<Table>& t,
+                                                              uint64_t rows, bool force,
+                                                              const char* what);
   // A cut (checkpoints, catch-up): advances the generation, starts copy-on-write in every
   // table and captures the exactly-once table. Returns the cut's generation.
   uint64_t BeginCutLocked(std::vector<std::shared_ptr<Table>>* tables,
@@ -420,13 +422,21 @@ class ServerCore {
   // (or nothing, for a client's change) and that `name` still resolves to `table` (by id);
   // the table it resolves to now is returned in *current (null: none).
   absl::Status CheckSequence(const Origin& origin, const std::string& name, uint64_t table_id,
-                             std::shared_ptr<Table>* current) ABSL_EXCLUSIVE_LOCKS_REQUIRED(order_mu_);
+                             std::shared_ptr<Table>* current)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(order_mu_);
   // Takes the next LSN for `entry` (its time too, on the primary) and logs it.
   void Sequence(const Origin& origin, LogEntry* entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(order_mu_);
   // The exactly-once check of a push, under the order lock: true when it is a duplicate (a
   // client's duplicate is answered; a replayed one is a divergence: *refusal is set).
   bool CheckDuplicate(const Origin& origin, const v1::PushId& id, const std::string& table,
                       v1::PushResponse* resp, absl::Status* refusal)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(order_mu_);
+  // Under the order lock, what every push shares: the sequence checks, exactly-once, BSP step
+  // checks, then (unless a duplicate, answered in resp: false) its LSN, time, log entry and
+  // exactly-once record: true. A client's `done` gets the testing fault, if any.
+  absl::StatusOr<bool> SequencePush(const Origin& origin, const std::string& name, Table& t,
+                                    const v1::PushId& id, uint64_t step, LogEntry::Op op,
+                                    v1::PushResponse* resp, Done* done)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(order_mu_);
   // A replay that cannot be applied as on the primary: FAILED from now on.
   absl::Status FailReplica(absl::Status why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(order_mu_);

@@ -37,6 +37,34 @@ namespace {
 uint64_t SumCharge(uint32_t dim) { return uint64_t{dim} * sizeof(float) + 64; }
 }  // namespace
 
+absl::StatusOr<bool> ServerCore::SequencePush(const Origin& origin, const std::string& name,
+                                              Table& t, const v1::PushId& id, uint64_t step,
+                                              LogEntry::Op op, v1::PushResponse* resp,
+                                              Done* done) {
+  const bool replay = origin.replay != nullptr;
+  std::shared_ptr<Table> current;
+  TESSERA_RETURN_IF_ERROR(
+      CheckSequence(origin, name, replay ? origin.replay->table_id : t.id, &current));
+  if (current.get() != &t) {  // (replays only: a client's is refused by CheckSequence)
+    return absl::FailedPreconditionError(
+        absl::StrFormat("table '%s' changed while the push was checked", ShortName(name)));
+  }
+  absl::Status refusal;
+  if (CheckDuplicate(origin, id, name, resp, &refusal)) {
+    if (!refusal.ok()) return refusal;
+    return false;
+  }
+  if (step != 0) TESSERA_RETURN_IF_ERROR(CheckAccumulate(t, step));
+  LogEntry entry;
+  entry.op = std::move(op);
+  entry.table_id = t.id;
+  Sequence(origin, &entry);
+  dedup_.Record(id.client_id(), id.sequence(), id.floor(), entry.time_ms);
+  resp->set_lsn(entry.lsn);
+  if (!replay) *done = MaybeDropResponse(id, std::move(*done));  // (applied ones only)
+  return true;
+}
+
 absl::Status ServerCore::SubmitPushSparse(std::shared_ptr<const v1::PushSparseRequest> req,
                                           v1::PushResponse* resp, const Origin& origin,
                                           Done& done) {
@@ -82,26 +110,11 @@ absl::Status ServerCore::SubmitPushSparse(std::shared_ptr<const v1::PushSparseRe
   Table& t = *work->table;
   {
     absl::MutexLock order(&order_mu_);
-    std::shared_ptr<Table> current;
-    TESSERA_RETURN_IF_ERROR(
-        CheckSequence(origin, name, replay ? origin.replay->table_id : t.id, &current));
-    if (current.get() != &t) {
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "table '%s' changed while the push was checked", ShortName(name)));  // (replay only)
-    }
-    absl::Status refusal;
-    const bool duplicate = CheckDuplicate(origin, req->id(), name, resp, &refusal);
-    if (!refusal.ok()) return refusal;
-    if (!duplicate) {
+    absl::StatusOr<bool> sequenced = SequencePush(origin, name, t, req->id(),
+                                                  req->accumulate_step(), req, resp, &done);
+    if (!sequenced.ok()) return sequenced.status();
+    if (*sequenced) {
       const uint64_t step = req->accumulate_step();
-      if (step != 0) TESSERA_RETURN_IF_ERROR(CheckAccumulate(t, step));
-      LogEntry entry;
-      entry.op = req;
-      entry.table_id = t.id;
-      Sequence(origin, &entry);
-      dedup_.Record(req->id().client_id(), req->id().sequence(), req->id().floor(), entry.time_ms);
-      resp->set_lsn(entry.lsn);
-      if (!replay) done = MaybeDropResponse(req->id(), std::move(done));  // (applied ones only)
       if (step == 0) {
         uint32_t mask = 0;
         for (const VshardRun& run : work->keys.groups.runs) {
@@ -170,26 +183,11 @@ absl::Status ServerCore::SubmitPushDense(std::shared_ptr<const v1::PushDenseRequ
   const DenseLayout& layout = dense.layout();
   {
     absl::MutexLock order(&order_mu_);
-    std::shared_ptr<Table> current;
-    TESSERA_RETURN_IF_ERROR(
-        CheckSequence(origin, name, replay ? origin.replay->table_id : t.id, &current));
-    if (current.get() != &t) {
-      return absl::FailedPreconditionError(
-          absl::StrFormat("table '%s' changed while the push was checked", ShortName(name)));
-    }
-    absl::Status refusal;
-    const bool duplicate = CheckDuplicate(origin, req->id(), name, resp, &refusal);
-    if (!refusal.ok()) return refusal;
-    if (!duplicate) {
+    absl::StatusOr<bool> sequenced = SequencePush(origin, name, t, req->id(),
+                                                  req->accumulate_step(), req, resp, &done);
+    if (!sequenced.ok()) return sequenced.status();
+    if (*sequenced) {
       const uint64_t step = req->accumulate_step();
-      if (step != 0) TESSERA_RETURN_IF_ERROR(CheckAccumulate(t, step));
-      LogEntry entry;
-      entry.op = req;
-      entry.table_id = t.id;
-      Sequence(origin, &entry);
-      dedup_.Record(req->id().client_id(), req->id().sequence(), req->id().floor(), entry.time_ms);
-      resp->set_lsn(entry.lsn);
-      if (!replay) done = MaybeDropResponse(req->id(), std::move(done));  // (applied ones only)
       const uint64_t begin = req->offset(), end = req->offset() + req->count();
       const uint64_t first_block = begin / layout.block_elems;
       const uint64_t last_block = end == begin ? first_block : (end - 1) / layout.block_elems;

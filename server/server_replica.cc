@@ -147,9 +147,9 @@ absl::Status ServerCore::InstallSnapshot(uint64_t term, const v1::InstallSnapsho
     incoming_ = std::make_unique<IncomingSnapshot>();
     incoming_->id = req.snapshot_id();
     if (req.table_ids_size() != req.tables_size()) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "snapshot %u names %u tables but %u table ids", req.snapshot_id(), req.tables_size(),
-          req.table_ids_size()));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("snapshot %u names %u tables but %u table ids", req.snapshot_id(),
+                          req.tables_size(), req.table_ids_size()));
     }
     for (int i = 0; i < req.tables_size(); ++i) {
       const v1::TableSpec& spec = req.tables(i);

@@ -28,15 +28,14 @@ class WireBytes {
 struct RestoreOp {};
 
 struct LogEntry {
+  using Op = std::variant<
+      std::shared_ptr<const v1::CreateTableRequest>, std::shared_ptr<const v1::DropTableRequest>,
+      std::shared_ptr<const v1::PushSparseRequest>, std::shared_ptr<const v1::PushDenseRequest>,
+      std::shared_ptr<const v1::ApplyStepRequest>, RestoreOp>;
   uint64_t lsn = 0;
   int64_t time_ms = 0;    // the primary's clock at sequencing, non-decreasing along the log
   uint64_t table_id = 0;  // the table it changes (the LSN that created it); 0: none
-  std::variant<std::shared_ptr<const v1::CreateTableRequest>,
-               std::shared_ptr<const v1::DropTableRequest>,
-               std::shared_ptr<const v1::PushSparseRequest>,
-               std::shared_ptr<const v1::PushDenseRequest>,
-               std::shared_ptr<const v1::ApplyStepRequest>, RestoreOp>
-      op;
+  Op op;
   std::shared_ptr<const WireBytes> wire;  // null: not received over the wire
 };
 

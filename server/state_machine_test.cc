@@ -17,9 +17,10 @@ namespace {
 
 using namespace tessera::testing;  // NOLINT
 
-TEST_CASE("a push held while its table is dropped and re-created never lands in the dropped "
-          "table",
-          "[state_machine]") {
+TEST_CASE(
+    "a push held while its table is dropped and re-created never lands in the dropped "
+    "table",
+    "[state_machine]") {
   // Finding 1: the push was applied to the dropped table on the primary and replayed into the
   // new one on the backup.
   absl::Notification validated, recreated;
@@ -57,9 +58,10 @@ TEST_CASE("a push held while its table is dropped and re-created never lands in 
   CHECK(pair.primary->StateDigest() == pair.backup->StateDigest());
 }
 
-TEST_CASE("a backup that cannot apply an entry is FAILED, applies nothing more, and a snapshot "
-          "brings it back",
-          "[state_machine]") {
+TEST_CASE(
+    "a backup that cannot apply an entry is FAILED, applies nothing more, and a snapshot "
+    "brings it back",
+    "[state_machine]") {
   // Finding 2: the backup logged the failure and acknowledged the entry anyway.
   ServerCoreOptions b;
   b.max_keys_per_request = 2;  // a backup started with different limits
@@ -206,9 +208,8 @@ bool AllFinite(const std::vector<float>& v) {
 TEST_CASE("finite input never makes a weight or a slot NaN or infinite", "[state_machine]") {
   // Finding 8: a gradient whose square overflows float32 made FTRL's weight NaN for good and
   // froze Adagrad/Adam at an infinite accumulator; `add` of 3e38 twice gave inf.
-  for (OptimizerKind kind : {OptimizerKind::kSgd, OptimizerKind::kMomentum,
-                             OptimizerKind::kAdagrad, OptimizerKind::kAdam, OptimizerKind::kFtrl,
-                             OptimizerKind::kAdd}) {
+  for (OptimizerKind kind : {OptimizerKind::kSgd, OptimizerKind::kMomentum, OptimizerKind::kAdagrad,
+                             OptimizerKind::kAdam, OptimizerKind::kFtrl, OptimizerKind::kAdd}) {
     OptimizerConfig oc;
     oc.kind = kind;
     TableConfig c = SparseConfig("t", 1, kind);

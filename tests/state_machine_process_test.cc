@@ -22,8 +22,7 @@ namespace {
 
 std::unique_ptr<LocalCluster> StartPair(std::vector<std::string> server_args = {}) {
   server_args.insert(server_args.begin(), "--heartbeat_ms=100");
-  auto cluster =
-      testing::StartCoordinated(2, 2, 1, {"--lease_ms=1000"}, std::move(server_args));
+  auto cluster = testing::StartCoordinated(2, 2, 1, {"--lease_ms=1000"}, std::move(server_args));
   REQUIRE(cluster->WaitForReplicas(absl::Seconds(60)).ok());
   return cluster;
 }
@@ -53,9 +52,10 @@ uint64_t ResidentBytesOf(pid_t pid) {
   return resident * 4096;
 }
 
-TEST_CASE("a push held while its table is dropped and re-created lands in the new table on "
-          "every replica",
-          "[state_machine][replication]") {
+TEST_CASE(
+    "a push held while its table is dropped and re-created lands in the new table on "
+    "every replica",
+    "[state_machine][replication]") {
   // Finding 1: the primary applied it to the dropped table and the backup replayed it into
   // the new one; after a failover the value differed (0 vs 1), nothing logged.
   auto cluster = StartPair({"--testing_push_delay_ms=400"});
@@ -99,9 +99,10 @@ TEST_CASE("a push held while its table is dropped and re-created lands in the ne
   CHECK(cluster->Stop().ok());
 }
 
-TEST_CASE("garbage to every replication and coordinator method gets INVALID_ARGUMENT naming "
-          "the message, and claimed lengths allocate nothing",
-          "[state_machine][validation]") {
+TEST_CASE(
+    "garbage to every replication and coordinator method gets INVALID_ARGUMENT naming "
+    "the message, and claimed lengths allocate nothing",
+    "[state_machine][validation]") {
   // Finding 7: gRPC's own deserialization answered UNIMPLEMENTED with no message. Finding 6:
   // 6 bytes of Replicate declaring a 512 MiB field made the server reserve 512 MiB.
   auto cluster = StartPair();

@@ -36,7 +36,7 @@ for name in "${names[@]}"; do
     status=1
     continue
   fi
-  grep -E "^stat::number_of_executed_units|^stat::new_units_added|Done [0-9]+ runs" "$work/log" || true
+  grep -aE "^stat::number_of_executed_units|^stat::new_units_added|Done [0-9]+ runs" "$work/log" || true
   rm -rf "$work"
 done
 exit $status

@@ -17,9 +17,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
-#include "common/raw_unary.h"
 #include "common/logging.h"
 #include "common/process_metrics.h"
+#include "common/raw_unary.h"
 #include "proto/cluster.grpc.pb.h"
 #include "server/coordinator/coordinator_core.h"
 #include "server/coordinator/job_clocks.h"
@@ -289,12 +289,12 @@ struct CoordinatorServer::Impl : public RawCoordinatorService {
 
   // The raw methods: parse, then the handlers above.
 #define TESSERA_COORDINATOR_METHOD(Name, Body)                                                 \
-  grpc::ServerUnaryReactor* Name(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,  \
-                                 grpc::ByteBuffer* out) override {                               \
-    return RunParsed<v1::Name##Request, v1::Name##Response>(                                     \
-        ctx, in, out,                                                                            \
-        [this](grpc::CallbackServerContext*, const v1::Name##Request* req,                       \
-               v1::Name##Response* resp, ReplyReactor* reactor) { Body; });                      \
+  grpc::ServerUnaryReactor* Name(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in, \
+                                 grpc::ByteBuffer* out) override {                             \
+    return RunParsed<v1::Name##Request, v1::Name##Response>(                                   \
+        ctx, in, out,                                                                          \
+        [this](grpc::CallbackServerContext*, const v1::Name##Request* req,                     \
+               v1::Name##Response* resp, ReplyReactor* reactor) { Body; });                    \
   }
   TESSERA_COORDINATOR_METHOD(Heartbeat, Heartbeat(req, resp, reactor))
   TESSERA_COORDINATOR_METHOD(GetClusterMap, GetClusterMap(req, resp, reactor))
@@ -303,8 +303,7 @@ struct CoordinatorServer::Impl : public RawCoordinatorService {
   TESSERA_COORDINATOR_METHOD(Clock, Clock(req, resp, reactor))
   TESSERA_COORDINATOR_METHOD(ReportCaughtUp, Enqueue(reactor, {CaughtUpCall{req, resp}, {}}))
   TESSERA_COORDINATOR_METHOD(RecoverShard, Enqueue(reactor, {RecoverShardCall{req, resp}, {}}))
-  TESSERA_COORDINATOR_METHOD(FinishRecovery,
-                             Enqueue(reactor, {FinishRecoveryCall{req, resp}, {}}))
+  TESSERA_COORDINATOR_METHOD(FinishRecovery, Enqueue(reactor, {FinishRecoveryCall{req, resp}, {}}))
 #undef TESSERA_COORDINATOR_METHOD
 };
 
