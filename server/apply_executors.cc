@@ -51,6 +51,7 @@ void ApplyExecutors::Loop(Queue* q) {
       q->tasks.pop_front();
     }
     std::function<void()> then = task();
+    task = nullptr;  // what the task held (its entry, the table, a reservation) goes first
     {
       absl::MutexLock lock(&q->mu);
       ++q->done;

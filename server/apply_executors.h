@@ -31,8 +31,8 @@ class ApplyExecutors {
   using Task = std::function<std::function<void()>()>;
   // Queues `task` on executor `executor`; tasks of one executor run in enqueue order.
   void Enqueue(uint32_t executor, Task task);
-  // Returns once every task enqueued before the call has run (on every executor); their
-  // completions may still be running.
+  // Returns once every task enqueued before the call has run and been destroyed (on every
+  // executor); their completions may still be running.
   void Drain();
 
  private:

@@ -189,7 +189,9 @@ void ServerCore::Dispatch(uint32_t mask, std::function<void(uint32_t)> apply, Do
     executors_->Enqueue(e, [p, e]() -> std::function<void()> {
       ApplyOrDie(p->apply, e, p->lsn);
       if (p->left.fetch_sub(1) != 1) return nullptr;
-      return [p] { p->done(absl::OkStatus()); };  // after the part counts as applied
+      // Runs after the part counts as applied; holds only the completion, so that the entry
+      // (its table, its memory reservation) is freed before a Drain() returns.
+      return [done = std::move(p->done)]() mutable { done(absl::OkStatus()); };
     });
   }
 }
@@ -301,38 +303,43 @@ absl::Status ServerCore::Replay(uint64_t term, LogEntry entry) {
   // One replayer at a time (the replicator's), so the order checked above still holds.
   const Origin origin{&entry, nullptr};
   Done done = [](absl::Status) {};  // the batch is answered after WaitApplied()
-  absl::Status st = std::visit(
-      Overloaded{
-          [&](const std::shared_ptr<const v1::CreateTableRequest>& r) {
-            auto resp = std::make_shared<v1::CreateTableResponse>();
-            done = [resp](absl::Status) {};
-            return SubmitCreate(r, resp.get(), origin, done);
-          },
-          [&](const std::shared_ptr<const v1::DropTableRequest>& r) {
-            auto resp = std::make_shared<v1::DropTableResponse>();
-            done = [resp](absl::Status) {};
-            return SubmitDrop(r, resp.get(), origin, done);
-          },
-          [&](const std::shared_ptr<const v1::PushSparseRequest>& r) {
-            auto resp = std::make_shared<v1::PushResponse>();
-            done = [resp](absl::Status) {};
-            return SubmitPushSparse(r, resp.get(), origin, done);
-          },
-          [&](const std::shared_ptr<const v1::PushDenseRequest>& r) {
-            auto resp = std::make_shared<v1::PushResponse>();
-            done = [resp](absl::Status) {};
-            return SubmitPushDense(r, resp.get(), origin, done);
-          },
-          [&](const std::shared_ptr<const v1::ApplyStepRequest>& r) {
-            auto resp = std::make_shared<v1::ApplyStepResponse>();
-            done = [resp](absl::Status) {};
-            return SubmitApplyStep(r, resp.get(), origin, done);
-          },
-          [&](const RestoreOp&) {
-            return absl::InvalidArgumentError("a restore cannot be replayed (needs a snapshot)");
-          },
-      },
-      entry.op);
+  absl::Status st;
+  try {
+    st = std::visit(
+        Overloaded{
+            [&](const std::shared_ptr<const v1::CreateTableRequest>& r) {
+              auto resp = std::make_shared<v1::CreateTableResponse>();
+              done = [resp](absl::Status) {};
+              return SubmitCreate(r, resp.get(), origin, done);
+            },
+            [&](const std::shared_ptr<const v1::DropTableRequest>& r) {
+              auto resp = std::make_shared<v1::DropTableResponse>();
+              done = [resp](absl::Status) {};
+              return SubmitDrop(r, resp.get(), origin, done);
+            },
+            [&](const std::shared_ptr<const v1::PushSparseRequest>& r) {
+              auto resp = std::make_shared<v1::PushResponse>();
+              done = [resp](absl::Status) {};
+              return SubmitPushSparse(r, resp.get(), origin, done);
+            },
+            [&](const std::shared_ptr<const v1::PushDenseRequest>& r) {
+              auto resp = std::make_shared<v1::PushResponse>();
+              done = [resp](absl::Status) {};
+              return SubmitPushDense(r, resp.get(), origin, done);
+            },
+            [&](const std::shared_ptr<const v1::ApplyStepRequest>& r) {
+              auto resp = std::make_shared<v1::ApplyStepResponse>();
+              done = [resp](absl::Status) {};
+              return SubmitApplyStep(r, resp.get(), origin, done);
+            },
+            [&](const RestoreOp&) {
+              return absl::InvalidArgumentError("a restore cannot be replayed (needs a snapshot)");
+            },
+        },
+        entry.op);
+  } catch (const std::bad_alloc&) {  // (validating, before anything changed)
+    st = absl::ResourceExhaustedError("out of memory while checking the entry");
+  }
   if (st.ok()) return st;
   absl::MutexLock order(&order_mu_);
   return FailReplica(st);
