@@ -13,6 +13,7 @@
 #include "server/generation.h"
 #include "server/huge_buffer.h"
 #include "server/optimizer.h"
+#include "server/table_data.h"
 
 namespace tessera {
 
@@ -33,7 +34,7 @@ struct DenseLayout {
 // belongs to vshard VshardOfDenseBlock(Fnv1a64(name), b, num_vshards).
 //
 // Thread-safe: each block has its own mutex, held only while it is read or updated.
-class DenseTable {
+class DenseTable final : public TableData {
  public:
   // Allocates the owned blocks and, unless `initialize` is false (a restore, which loads every
   // block), fills them with the initializer. REQUIRES: config came out of ResolveTableConfig
@@ -64,16 +65,18 @@ class DenseTable {
   bool Holds(uint64_t block) const { return blocks_[block] != nullptr; }
   uint32_t VshardOf(uint64_t block) const;
   size_t BlockPayloadBytes(uint64_t block) const;
-  void BeginCut(uint64_t cut_gen);
+  void BeginCut(uint64_t cut_gen) override;
   bool TakeBlock(uint64_t block, uint64_t cut_gen, uint64_t parent_gen, char* payload);
-  void EndCut();
+  void EndCut() override;
   // Restore: REQUIRES a held block, payload of BlockPayloadBytes(block), a table not serving.
   void LoadBlock(uint64_t block, absl::string_view payload);
   // Gives a held block its initial values (a restore that found no data for it).
   void InitializeBlock(uint64_t block);
 
   // A stable hash of every held block's weights, slots and step, in block order.
-  uint64_t Digest() const;
+  uint64_t Digest() const override;
+  uint64_t Entries() const override { return num_elements(); }
+  uint64_t Bytes() const override { return bytes(); }
 
   uint64_t num_elements() const { return held_elements_; }
   // Weights, slots and the bookkeeping of every block: what the table holds.

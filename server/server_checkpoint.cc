@@ -287,8 +287,7 @@ absl::Status ServerCore::WriteCheckpoint(const v1::WriteCheckpointRequest& req,
   for (size_t i = 0; i < tables.size(); ++i) {
     const Table& t = *tables[i];
     if (!status.ok()) {  // end the copy-on-write of the tables not written
-      if (t.sparse != nullptr) t.sparse->EndCut();
-      if (t.dense != nullptr) t.dense->EndCut();
+      t.data().EndCut();
       continue;
     }
     // A table created after the parent's cut is written in full.

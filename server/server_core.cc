@@ -219,6 +219,11 @@ absl::StatusOr<std::shared_ptr<ServerCore::Table>> ServerCore::NewTable(const Ta
   return table;
 }
 
+TableData& ServerCore::Table::data() const {
+  if (sparse != nullptr) return *sparse;
+  return *dense;
+}
+
 ServerCore::Table::~Table() {
   if (budget != nullptr) budget->Release(charged.load());
 }
@@ -277,26 +282,15 @@ uint64_t ServerCore::BeginCutLocked(std::vector<std::shared_ptr<Table>>* tables,
     absl::ReaderMutexLock lock(&tables_mu_);
     for (const auto& [name, table] : tables_) tables->push_back(table);
   }
-  for (const auto& t : *tables) {
-    if (t->sparse != nullptr) {
-      t->sparse->BeginCut(cut_gen);
-    } else {
-      t->dense->BeginCut(cut_gen);
-    }
-  }
+  for (const auto& t : *tables) t->data().BeginCut(cut_gen);
   *dedup = dedup_.Snapshot();
   return cut_gen;
 }
 
 void ServerCore::FillInfo(const Table& table, v1::TableInfo* info) const {
   TableConfigToProto(table.config, info->mutable_spec());
-  if (table.sparse != nullptr) {
-    info->set_rows(table.sparse->num_rows());
-    info->set_bytes(table.sparse->bytes());
-  } else {
-    info->set_rows(table.dense->num_elements());
-    info->set_bytes(table.dense->bytes());
-  }
+  info->set_rows(table.data().Entries());
+  info->set_bytes(table.data().Bytes());
 }
 
 absl::Status ServerCore::DescribeTable(const v1::DescribeTableRequest& req,
@@ -330,12 +324,7 @@ std::vector<TableStats> ServerCore::GetTableStats() const {
   }
   std::vector<TableStats> stats;
   for (const auto& t : tables) {
-    if (t->sparse != nullptr) {
-      stats.push_back({t->config.name, t->config.kind, t->sparse->num_rows(), t->sparse->bytes()});
-    } else {
-      stats.push_back(
-          {t->config.name, t->config.kind, t->dense->num_elements(), t->dense->bytes()});
-    }
+    stats.push_back({t->config.name, t->config.kind, t->data().Entries(), t->data().Bytes()});
   }
   return stats;
 }

@@ -72,6 +72,7 @@ class TableEntry;
 class SparseTable;
 class DenseTable;
 class ApplyExecutors;
+class TableData;
 
 // Per-process options of the server core. Defaults suit a server with a few GB of memory.
 struct ServerCoreOptions {
@@ -299,6 +300,8 @@ class ServerCore {
     uint64_t created_gen = 0;  // generation at creation; 0 when restored from a checkpoint
     StepSums sums;
     uint64_t sums_charged = 0;  // of `charged`: the BSP sums (changed under order_mu_)
+    // What the table holds, whatever its kind.
+    TableData& data() const;
   };
   // Charges `bytes` of new BSP sums to `t`, from *reserved first. REQUIRES: order_mu_.
   void ChargeSums(Table& t, uint64_t bytes, uint64_t* reserved);

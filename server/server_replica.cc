@@ -74,8 +74,7 @@ absl::StatusOr<uint64_t> ServerCore::ExportSnapshot(
   }
   absl::Cleanup end_cut = [&] {
     for (const auto& t : tables) {
-      if (t->sparse != nullptr) t->sparse->EndCut();
-      if (t->dense != nullptr) t->dense->EndCut();
+      t->data().EndCut();
     }
   };
 

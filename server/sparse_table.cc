@@ -194,6 +194,14 @@ uint64_t SparseTable::Digest(uint32_t vshard) const {
   return h;
 }
 
+uint64_t SparseTable::Digest() const {
+  uint64_t h = 0;
+  for (uint32_t v = 0; v < num_vshards(); ++v) {
+    if (Owns(v)) h = Mix64(h ^ Digest(v));
+  }
+  return h;
+}
+
 uint64_t SparseTable::bytes() const {
   uint64_t total = partitions_.size() * sizeof(void*);
   for (const auto& p : partitions_) {

@@ -17,6 +17,7 @@
 #include "server/initializer.h"
 #include "server/optimizer.h"
 #include "server/row_arena.h"
+#include "server/table_data.h"
 
 namespace tessera {
 
@@ -38,7 +39,7 @@ struct VshardSnapshot {
 //
 // Thread-safe: each vshard has its own mutex, held only while its rows are read or updated
 // (never across I/O), so requests touching different vshards run in parallel.
-class SparseTable {
+class SparseTable final : public TableData {
  public:
   // REQUIRES: config came out of ResolveTableConfig with kind kSparse; owned[v] tells whether
   // this server owns vshard v.
@@ -69,9 +70,9 @@ class SparseTable {
   // change runs concurrently: the caller holds its update gate). TakeVshard then returns the
   // vshard's rows as of the cut that changed after parent_gen (0: all rows) and ends its
   // copy-on-write; EndCut ends it everywhere (after an error).
-  void BeginCut(uint64_t cut_gen);
+  void BeginCut(uint64_t cut_gen) override;
   void TakeVshard(uint32_t vshard, uint64_t cut_gen, uint64_t parent_gen, VshardSnapshot* out);
-  void EndCut();
+  void EndCut() override;
 
   // Restore: sets the row of `key` (in owned `vshard`) to `payload` (row_bytes() bytes) at
   // kBaseGeneration, creating it when missing. REQUIRES: the table is not yet serving.
@@ -80,6 +81,9 @@ class SparseTable {
   // A stable hash of the vshard's rows (key, weights, slots, step), in key order; rows still at
   // their initial values count as absent (a pull creates them on one replica only).
   uint64_t Digest(uint32_t vshard) const;
+  uint64_t Digest() const override;  // every owned vshard's, in order
+  uint64_t Entries() const override { return num_rows(); }
+  uint64_t Bytes() const override { return bytes(); }
 
   uint64_t num_rows() const { return num_rows_.load(std::memory_order_relaxed); }
   // Memory held for rows (weights, slots, steps) and their index: what is resident.

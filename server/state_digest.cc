@@ -47,13 +47,7 @@ uint64_t ServerCore::StateDigest() {
     h = Mix64(Mix64(h ^ t->sums.step) ^ t->sums.applied_step);
     h = HashSums(h, t->sums.rows);
     h = HashSums(h, t->sums.blocks);
-    if (t->sparse != nullptr) {
-      for (uint32_t v = 0; v < t->sparse->num_vshards(); ++v) {
-        if (t->sparse->Owns(v)) h = Mix64(h ^ t->sparse->Digest(v));
-      }
-    } else {
-      h = Mix64(h ^ t->dense->Digest());
-    }
+    h = Mix64(h ^ t->data().Digest());
   }
   for (const PushDeduplicator::ClientSnapshot& c : dedup_.Snapshot()) {
     h = Mix64(Mix64(Mix64(h ^ c.client_id) ^ c.floor) ^ static_cast<uint64_t>(c.last_seen_ms));
