@@ -185,3 +185,24 @@ TEST_CASE("row arenas grow by blocks of 4 to 256 rows and keep every row in plac
 
 }  // namespace
 }  // namespace tessera
+
+namespace tessera {
+namespace {
+
+TEST_CASE("a retried create of an existing table allocates nothing", "[resources]") {
+  // A broadcast create is retried; the retry must not build (and reserve) the table again.
+  const TableConfig c = testing::DenseConfig("d", uint64_t{1} << 20, 1 << 16, OptimizerKind::kSgd);
+  ServerCoreOptions o;
+  o.max_memory_bytes = (uint64_t{3} << 20) * 2;  // room for one 4 MiB table, not two
+  auto core = *ServerCore::Create(o);
+  v1::CreateTableResponse r;
+  REQUIRE(core->CreateTable(testing::CreateReq(c), &r).ok());
+  const uint64_t held = core->budget().used();
+  const absl::Status again = core->CreateTable(testing::CreateReq(c), &r);
+  INFO(again.ToString());
+  CHECK(again.ok());
+  CHECK(core->budget().used() == held);
+}
+
+}  // namespace
+}  // namespace tessera

@@ -354,21 +354,17 @@ absl::Status ServerCore::SubmitCreate(std::shared_ptr<const v1::CreateTableReque
   if (!parsed.ok()) return parsed.status();
   absl::StatusOr<TableConfig> config = ResolveTableConfig(*parsed);
   if (!config.ok()) return config.status();
-  std::shared_ptr<Table> table;  // built outside the lock: a large dense table takes a while
-  {
-    absl::ReaderMutexLock lock(&tables_mu_);
-    auto it = tables_.find(config->name);
-    if (it != tables_.end() && !(it->second->config == *config)) {
-      return absl::AlreadyExistsError(
-          absl::StrFormat("table '%s' already exists with a different spec; drop it first",
-                          ShortName(config->name)));
+  // Pass 1 answers a table that exists already without building one (a retried create of a
+  // large dense table must not allocate it again); otherwise the table is built outside the
+  // lock (that takes a while) and pass 2 inserts it, unless a concurrent create won meanwhile.
+  std::shared_ptr<Table> table;
+  for (int pass = 0; pass < 2; ++pass) {
+    if (pass == 1) {
+      absl::StatusOr<std::shared_ptr<Table>> made =
+          NewTable(*config, /*initialize=*/true, /*force=*/origin.replay != nullptr);
+      if (!made.ok()) return made.status();
+      table = *std::move(made);
     }
-  }
-  absl::StatusOr<std::shared_ptr<Table>> made =
-      NewTable(*config, /*initialize=*/true, /*force=*/origin.replay != nullptr);
-  if (!made.ok()) return made.status();
-  table = *std::move(made);
-  {
     absl::MutexLock order(&order_mu_);
     std::shared_ptr<Table> current;
     TESSERA_RETURN_IF_ERROR(CheckSequence(origin, config->name, 0, &current));
@@ -383,22 +379,23 @@ absl::Status ServerCore::SubmitCreate(std::shared_ptr<const v1::CreateTableReque
             "table '%s' exists here but its primary created it", ShortName(config->name)));
       }
       resp->set_lsn(lsn_);  // acknowledged once the create that made it is replicated
-    } else {
-      LogEntry entry;
-      entry.op = req;
-      Sequence(origin, &entry);
-      {
-        absl::ReaderMutexLock gate(&gate_);
-        table->created_gen = generation_.load();
-      }
-      table->id = entry.lsn;
-      entry.table_id = table->id;
-      {
-        absl::MutexLock lock(&tables_mu_);
-        tables_.emplace(config->name, std::move(table));
-      }
-      resp->set_lsn(entry.lsn);
+      break;
     }
+    if (table == nullptr) continue;  // absent: build it
+    LogEntry entry;
+    entry.op = req;
+    Sequence(origin, &entry);
+    {
+      absl::ReaderMutexLock gate(&gate_);
+      table->created_gen = generation_.load();
+    }
+    table->id = entry.lsn;
+    entry.table_id = table->id;
+    {
+      absl::MutexLock lock(&tables_mu_);
+      tables_.emplace(config->name, std::move(table));
+    }
+    resp->set_lsn(entry.lsn);
   }
   TableConfigToProto(*config, resp->mutable_spec());
   std::exchange(done, nullptr)(absl::OkStatus());
