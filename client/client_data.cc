@@ -91,39 +91,55 @@ void Client::PullSparseAsync(absl::string_view table, absl::Span<const uint64_t>
   if (keys.empty()) return done(absl::OkStatus());
   absl::StatusOr<uint32_t> dim = SparseDim(table, keys.size(), out.size());
   if (!dim.ok()) return done(dim.status());
-  std::vector<SparseChunk> chunks = client_internal::SplitSparseKeys(
-      keys, impl_->map, KeysPerChunk(impl_->options, *dim), /*keep_vshards_whole=*/false);
+  std::vector<SparseChunk> chunks =
+      client_internal::SplitSparseKeys(keys, impl_->map, KeysPerChunk(impl_->options, *dim));
   auto op = std::make_shared<OpTracker>(chunks.size(), std::move(done));
+  const size_t row_bytes = size_t{*dim} * sizeof(float);
   for (SparseChunk& chunk : chunks) {
     auto* rpc = new Rpc(impl_.get(), chunk.shard, "PullSparse", /*push=*/false, op);
-    const size_t n = chunk.positions.size();
+    const size_t n = chunk.count;
     auto header = SparseHeader<v1::PullSparseRequest>(*impl_, table, *dim, n);
-    auto packed = std::make_shared<std::vector<uint64_t>>(n);
-    for (size_t j = 0; j < n; ++j) (*packed)[j] = keys[chunk.positions[j]];
-    rpc->encode = [header, packed](Rpc& r) {
-      return EncodeWithBulk(
-          *header, {r.Borrow(kPullSparseKeys, packed->data(), packed->size() * sizeof(uint64_t))});
-    };
-    rpc->consume = [positions = std::move(chunk.positions), out = out.data(), dim = *dim,
+    if (chunk.contiguous()) {
+      // Keys sent from the caller's array, rows decoded straight into the caller's buffer.
+      const uint64_t* first_key = keys.data() + chunk.first;
+      rpc->encode = [header, first_key, n](Rpc& r) {
+        return EncodeWithBulk(*header,
+                              {r.Borrow(kPullSparseKeys, first_key, n * sizeof(uint64_t))});
+      };
+    } else {
+      auto packed = std::make_shared<std::vector<uint64_t>>(n);
+      for (size_t j = 0; j < n; ++j) (*packed)[j] = keys[chunk.positions[j]];
+      rpc->encode = [header, packed](Rpc& r) {
+        return EncodeWithBulk(*header, {r.Borrow(kPullSparseKeys, packed->data(),
+                                                 packed->size() * sizeof(uint64_t))});
+      };
+    }
+    rpc->consume = [chunk = std::move(chunk), out = out.data(), dim = *dim, row_bytes,
                     table = std::string(table)](const grpc::ByteBuffer& bytes) {
-      const size_t row_bytes = size_t{dim} * sizeof(float);
-      std::vector<float> values;
+      std::unique_ptr<char[]> rows;  // the rows of a scattered chunk, before they are placed
       v1::PullSparseResponse resp;
       absl::Status s =
           DecodeWithBulk(bytes, &resp, kPullSparseValues, [&](size_t size, char** dest) {
-            if (size != positions.size() * row_bytes) {
+            if (size != chunk.count * row_bytes) {
               return absl::DataLossError(
                   absl::StrFormat("table '%s': pull of %u keys of dim %u returned "
                                   "%u value bytes",
-                                  table, positions.size(), dim, size));
+                                  table, chunk.count, dim, size));
             }
-            values.resize(size / sizeof(float));
-            *dest = reinterpret_cast<char*>(values.data());
+            if (chunk.contiguous()) {
+              *dest = reinterpret_cast<char*>(out + size_t{chunk.first} * dim);
+            } else {
+              rows.reset(new char[size]);
+              *dest = rows.get();
+            }
             return absl::OkStatus();
           });
       if (!s.ok()) return AsDataLoss(s);
-      for (size_t j = 0; j < positions.size(); ++j) {
-        std::memcpy(out + size_t{positions[j]} * dim, values.data() + j * dim, row_bytes);
+      if (rows != nullptr) {
+        for (size_t j = 0; j < chunk.positions.size(); ++j) {
+          std::memcpy(out + size_t{chunk.positions[j]} * dim, rows.get() + j * row_bytes,
+                      row_bytes);
+        }
       }
       return absl::OkStatus();
     };
@@ -139,7 +155,7 @@ void Client::PushSparseAsync(absl::string_view table, absl::Span<const uint64_t>
   if (!dim.ok()) return done(dim.status());
   std::optional<uint64_t> repeated;
   std::vector<SparseChunk> chunks = client_internal::SplitSparseKeys(
-      keys, impl_->map, KeysPerChunk(impl_->options, *dim), /*keep_vshards_whole=*/true, &repeated);
+      keys, impl_->map, KeysPerChunk(impl_->options, *dim), &repeated);
   if (repeated.has_value()) {
     return done(absl::InvalidArgumentError(absl::StrFormat(
         "table '%s': key %u occurs more than once in one push (sum its gradients first); "
@@ -150,27 +166,38 @@ void Client::PushSparseAsync(absl::string_view table, absl::Span<const uint64_t>
   const size_t row_bytes = size_t{*dim} * sizeof(float);
   for (const SparseChunk& chunk : chunks) {
     auto* rpc = new Rpc(impl_.get(), chunk.shard, "PushSparse", /*push=*/true, op);
-    const size_t n = chunk.positions.size();
+    const size_t n = chunk.count;
     auto header = SparseHeader<v1::PushSparseRequest>(*impl_, table, *dim, n);
     header->set_accumulate_step(options.accumulate_step);
     header->set_assign(options.assign);
-    // Keys and rows regrouped by shard: one gathered copy, then sent in place.
-    auto packed_keys = std::make_shared<std::vector<uint64_t>>(n);
-    auto packed_values = std::make_shared<std::vector<float>>(n * *dim);
-    const char* src = reinterpret_cast<const char*>(values.data());
-    char* dst = reinterpret_cast<char*>(packed_values->data());
-    for (size_t j = 0; j < n; ++j) {
-      const uint32_t p = chunk.positions[j];
-      (*packed_keys)[j] = keys[p];
-      std::memcpy(dst + j * row_bytes, src + size_t{p} * row_bytes, row_bytes);
+    if (chunk.contiguous()) {
+      // Sent from the caller's buffers in place (zero copy).
+      const uint64_t* first_key = keys.data() + chunk.first;
+      const float* first_row = values.data() + size_t{chunk.first} * *dim;
+      rpc->encode = [header, first_key, first_row, n, row_bytes](Rpc& r) {
+        SetPushId(r, header->mutable_id());
+        return EncodeWithBulk(*header, {r.Borrow(kPushSparseKeys, first_key, n * sizeof(uint64_t)),
+                                        r.Borrow(kPushSparseValues, first_row, n * row_bytes)});
+      };
+    } else {
+      // Keys and rows regrouped by shard: one gathered copy, then sent in place.
+      auto packed_keys = std::make_shared<std::vector<uint64_t>>(n);
+      auto packed_values = std::make_shared<std::vector<float>>(n * *dim);
+      const char* src = reinterpret_cast<const char*>(values.data());
+      char* dst = reinterpret_cast<char*>(packed_values->data());
+      for (size_t j = 0; j < n; ++j) {
+        const uint32_t p = chunk.positions[j];
+        (*packed_keys)[j] = keys[p];
+        std::memcpy(dst + j * row_bytes, src + size_t{p} * row_bytes, row_bytes);
+      }
+      rpc->encode = [header, packed_keys, packed_values](Rpc& r) {
+        SetPushId(r, header->mutable_id());
+        return EncodeWithBulk(*header, {r.Borrow(kPushSparseKeys, packed_keys->data(),
+                                                 packed_keys->size() * sizeof(uint64_t)),
+                                        r.Borrow(kPushSparseValues, packed_values->data(),
+                                                 packed_values->size() * sizeof(float))});
+      };
     }
-    rpc->encode = [header, packed_keys, packed_values](Rpc& r) {
-      SetPushId(r, header->mutable_id());
-      return EncodeWithBulk(*header, {r.Borrow(kPushSparseKeys, packed_keys->data(),
-                                               packed_keys->size() * sizeof(uint64_t)),
-                                      r.Borrow(kPushSparseValues, packed_values->data(),
-                                               packed_values->size() * sizeof(float))});
-    };
     rpc->consume = ConsumePush(impl_.get());
     rpc->Start();
   }

@@ -51,4 +51,26 @@ void GroupByVshard(absl::Span<const uint64_t> keys, uint32_t num_vshards, Vshard
   for (uint32_t i = 0; i < n; ++i) out->order[start[vs[i]]++] = i;
 }
 
+std::optional<uint64_t> FindRepeatedKey(absl::Span<const uint64_t> keys) {
+  int bits = 4;
+  while ((size_t{1} << bits) < 2 * keys.size()) ++bits;
+  const size_t mask = (size_t{1} << bits) - 1;
+  std::vector<uint64_t> slots(mask + 1);
+  std::vector<uint8_t> used(mask + 1, 0);
+  for (const uint64_t k : keys) {
+    uint64_t h = k ^ (k >> 33);  // (MurmurHash3's finalizer: any key pattern spreads)
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    for (size_t i = h >> (64 - bits);; i = (i + 1) & mask) {
+      if (!used[i]) {
+        used[i] = 1;
+        slots[i] = k;
+        break;
+      }
+      if (slots[i] == k) return k;
+    }
+  }
+  return std::nullopt;
+}
+
 }  // namespace tessera

@@ -4,6 +4,7 @@
 #define TESSERA_COMMON_SHARD_MAP_H_
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -71,6 +72,11 @@ struct VshardGrouping {
 
 // Fills *out (reusing its memory). REQUIRES: keys.size() < 2^32.
 void GroupByVshard(absl::Span<const uint64_t> keys, uint32_t num_vshards, VshardGrouping* out);
+
+// A key that occurs more than once in `keys`, if any. O(n) expected: linear probing in a table
+// of at least twice as many slots as keys (0.4 ms for 100k keys; sorting took 2 ms, a
+// flat_hash_set 1.9 ms). Allocates 9 bytes per slot. REQUIRES: keys.size() < 2^31.
+std::optional<uint64_t> FindRepeatedKey(absl::Span<const uint64_t> keys);
 
 }  // namespace tessera
 

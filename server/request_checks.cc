@@ -60,21 +60,11 @@ absl::StatusOr<absl::Span<const float>> PushValues(const std::string& bytes, uin
   return values;
 }
 
-absl::Status CheckDistinct(absl::Span<const uint64_t> keys, const VshardGrouping& groups,
-                           const std::string& table) {
-  std::vector<uint64_t> scratch;
-  for (const VshardRun& run : groups.runs) {
-    const uint32_t len = run.end - run.begin;
-    if (len < 2) continue;
-    scratch.resize(len);
-    for (uint32_t j = 0; j < len; ++j) scratch[j] = keys[groups.KeyIndex(run.begin + j)];
-    std::sort(scratch.begin(), scratch.end());
-    auto dup = std::adjacent_find(scratch.begin(), scratch.end());
-    if (dup != scratch.end()) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "table '%s': key %u appears more than once in one push; sum its gradients first",
-          ShortName(table), *dup));
-    }
+absl::Status CheckDistinct(absl::Span<const uint64_t> keys, const std::string& table) {
+  if (std::optional<uint64_t> dup = FindRepeatedKey(keys); dup.has_value()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "table '%s': key %u appears more than once in one push; sum its gradients first",
+        ShortName(table), *dup));
   }
   return absl::OkStatus();
 }

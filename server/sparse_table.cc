@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <random>
 #include <utility>
 
 #include "common/hash.h"
@@ -16,8 +17,9 @@ SparseTable::SparseTable(const TableConfig& config, const std::vector<bool>& own
       step_offset_(size_t{config.dim} * (1 + params_.num_slots)),
       gen_offset_(payload_floats_) {
   partitions_.resize(owned.size());
+  const uint64_t seed = std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
   for (size_t v = 0; v < owned.size(); ++v) {
-    if (owned[v]) partitions_[v] = std::make_unique<Partition>(payload_floats_ + 2);
+    if (owned[v]) partitions_[v] = std::make_unique<Partition>(payload_floats_ + 2, seed + v);
   }
 }
 
@@ -31,12 +33,12 @@ void SparseTable::SetGen(float* row, uint64_t gen) const {
   std::memcpy(row + gen_offset_, &gen, sizeof(gen));
 }
 
-float* SparseTable::FindOrCreate(Partition& p, uint64_t key, uint64_t gen, uint32_t* created) {
-  if (auto it = p.index.find(key); it != p.index.end()) return p.rows.Row(it->second);
+uint32_t SparseTable::FindOrCreate(Partition& p, uint64_t key, uint64_t gen, uint32_t* created) {
+  if (const uint32_t id = p.index.Find(key); id != KeyIndex::kNone) return id;
   // The row first, then the key: if either allocation throws, the index names no row that
   // does not exist (an arena row without a key is unreachable and reused by nothing).
   const uint32_t id = p.rows.Append();
-  p.index.emplace(key, id);
+  p.index.Insert(key, id);
   float* row = p.rows.Row(id);
   const uint32_t dim = config_.dim;
   initializer_.FillRow(key, row, dim);
@@ -49,22 +51,74 @@ float* SparseTable::FindOrCreate(Partition& p, uint64_t key, uint64_t gen, uint3
   SetGen(row, gen);
   num_rows_.fetch_add(1, std::memory_order_relaxed);
   ++*created;
-  return row;
+  return id;
+}
+
+namespace {
+
+// Keys are looked up in batches of kBatch: first every key's index slot is prefetched, then
+// the keys are found (their rows prefetched), then the rows are used. The cache misses of a
+// batch overlap instead of coming one after another (random keys miss on the index and on the
+// row: about 3x faster on 100k-key requests, docs/benchmarks.md).
+constexpr uint32_t kBatch = 16;
+
+// Every cache line of [p, p + bytes).
+void PrefetchBytes(const void* p, size_t bytes, bool write) {
+  const uintptr_t first = reinterpret_cast<uintptr_t>(p) & ~uintptr_t{63};
+  const uintptr_t end = reinterpret_cast<uintptr_t>(p) + bytes;
+  for (uintptr_t line = first; line < end; line += 64) {
+    if (write) {
+      __builtin_prefetch(reinterpret_cast<const void*>(line), 1, 3);
+    } else {
+      __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 3);
+    }
+  }
+}
+
+}  // namespace
+
+template <typename UseRow>
+void SparseTable::ForEachRow(absl::Span<const uint64_t> keys, const VshardGrouping& groups,
+                             uint64_t gen, bool write, const float* side, uint32_t part,
+                             uint32_t parts, uint32_t* created, UseRow&& use) {
+  const size_t side_bytes = size_t{config_.dim} * sizeof(float);
+  const size_t touched_bytes = (write ? payload_floats_ + 2 : config_.dim) * sizeof(float);
+  for (size_t r = 0; r < groups.runs.size(); ++r) {
+    const VshardRun& run = groups.runs[r];
+    if (run.vshard % parts != part) continue;
+    // The next run's partition (its mutex and table header) is on its way while this one runs.
+    // (An address only: nothing is read without the lock.)
+    if (r + 1 < groups.runs.size())
+      PrefetchBytes(partitions_[groups.runs[r + 1].vshard].get(), 128, true);
+    Partition& p = *partitions_[run.vshard];
+    absl::MutexLock lock(&p.mu);
+    for (uint32_t j0 = run.begin; j0 < run.end; j0 += kBatch) {
+      const uint32_t n = std::min(kBatch, run.end - j0);
+      uint32_t index[kBatch];
+      uint32_t ids[kBatch];
+      for (uint32_t k = 0; k < n; ++k) {
+        index[k] = groups.KeyIndex(j0 + k);
+        p.index.Prefetch(keys[index[k]]);
+      }
+      for (uint32_t k = 0; k < n; ++k) {
+        ids[k] = FindOrCreate(p, keys[index[k]], gen, created);
+        PrefetchBytes(p.rows.Row(ids[k]), touched_bytes, write);
+        // (A pull writes its side, a push reads it.)
+        PrefetchBytes(side + size_t{index[k]} * config_.dim, side_bytes, !write);
+      }
+      for (uint32_t k = 0; k < n; ++k) use(p, index[k], ids[k]);
+    }
+  }
 }
 
 uint32_t SparseTable::Pull(absl::Span<const uint64_t> keys, const VshardGrouping& groups,
                            float* out, uint64_t gen) {
   const uint32_t dim = config_.dim;
   uint32_t created = 0;
-  for (const VshardRun& run : groups.runs) {
-    Partition& p = *partitions_[run.vshard];
-    absl::MutexLock lock(&p.mu);
-    for (uint32_t j = run.begin; j < run.end; ++j) {
-      const uint32_t i = groups.KeyIndex(j);
-      const float* row = FindOrCreate(p, keys[i], gen, &created);
-      std::memcpy(out + size_t{i} * dim, row, dim * sizeof(float));
-    }
-  }
+  ForEachRow(keys, groups, gen, /*write=*/false, out, 0, 1, &created,
+             [&](Partition& p, uint32_t i, uint32_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(p.mu) {
+               std::memcpy(out + size_t{i} * dim, p.rows.Row(id), dim * sizeof(float));
+             });
   return created;
 }
 
@@ -73,33 +127,27 @@ uint32_t SparseTable::Push(absl::Span<const uint64_t> keys, const VshardGrouping
                            uint32_t parts) {
   const size_t dim = config_.dim;
   uint32_t created = 0;
-  for (const VshardRun& run : groups.runs) {
-    if (run.vshard % parts != part) continue;
-    Partition& p = *partitions_[run.vshard];
-    absl::MutexLock lock(&p.mu);
-    for (uint32_t j = run.begin; j < run.end; ++j) {
-      const uint32_t i = groups.KeyIndex(j);
-      float* row = FindOrCreate(p, keys[i], gen, &created);
-      if (p.cow_gen != 0 && Gen(row) <= p.cow_gen) {
-        // First change since the cut: keep the row as it was for the checkpoint.
-        const uint32_t id = p.index.find(keys[i])->second;
-        p.cow.try_emplace(id, reinterpret_cast<const char*>(row),
-                          (payload_floats_ + 2) * sizeof(float));
-      }
-      float* slot0 = params_.num_slots > 0 ? row + dim : nullptr;
-      float* slot1 = params_.num_slots > 1 ? row + 2 * dim : nullptr;
-      if (assign) {
-        AssignWeights(params_, row, slot0, slot1, grads + i * dim, dim);
-        SetGen(row, gen);
-        continue;
-      }
-      uint64_t step = 0;
-      if (params_.has_step) std::memcpy(&step, row + step_offset_, sizeof(step));
-      ApplyUpdate(params_, row, slot0, slot1, &step, grads + i * dim, dim);
-      if (params_.has_step) std::memcpy(row + step_offset_, &step, sizeof(step));
-      SetGen(row, gen);
-    }
-  }
+  ForEachRow(keys, groups, gen, /*write=*/true, grads, part, parts, &created,
+             [&](Partition& p, uint32_t i, uint32_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(p.mu) {
+               float* row = p.rows.Row(id);
+               if (p.cow_gen != 0 && Gen(row) <= p.cow_gen) {
+                 // First change since the cut: keep the row as it was for the checkpoint.
+                 p.cow.try_emplace(id, reinterpret_cast<const char*>(row),
+                                   (payload_floats_ + 2) * sizeof(float));
+               }
+               float* slot0 = params_.num_slots > 0 ? row + dim : nullptr;
+               float* slot1 = params_.num_slots > 1 ? row + 2 * dim : nullptr;
+               if (assign) {
+                 AssignWeights(params_, row, slot0, slot1, grads + i * dim, dim);
+                 SetGen(row, gen);
+                 return;
+               }
+               uint64_t step = 0;
+               if (params_.has_step) std::memcpy(&step, row + step_offset_, sizeof(step));
+               ApplyUpdate(params_, row, slot0, slot1, &step, grads + i * dim, dim);
+               if (params_.has_step) std::memcpy(row + step_offset_, &step, sizeof(step));
+               SetGen(row, gen);
+             });
   return created;
 }
 
@@ -126,20 +174,20 @@ void SparseTable::TakeVshard(uint32_t vshard, uint64_t cut_gen, uint64_t parent_
   };
   std::vector<Item> items;
   items.reserve(p.index.size());
-  for (const auto& [key, id] : p.index) {
+  p.index.ForEach([&](uint64_t key, uint32_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(p.mu) {
     const float* row = p.rows.Row(id);
     const char* payload = nullptr;
     uint64_t gen = Gen(row);
     if (gen > cut_gen) {
       auto it = p.cow.find(id);
-      if (it == p.cow.end()) continue;
+      if (it == p.cow.end()) return;
       payload = it->second.data();
       gen = Gen(reinterpret_cast<const float*>(payload));
     } else {
       payload = reinterpret_cast<const char*>(row);
     }
     if (gen > parent_gen) items.push_back({key, payload});
-  }
+  });
   std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.key < b.key; });
   const size_t rb = row_bytes();
   out->keys.reserve(items.size());
@@ -165,7 +213,7 @@ void SparseTable::LoadRow(uint32_t vshard, uint64_t key, absl::string_view paylo
   Partition& p = *partitions_[vshard];
   absl::MutexLock lock(&p.mu);
   uint32_t created = 0;
-  float* row = FindOrCreate(p, key, kBaseGeneration, &created);
+  float* row = p.rows.Row(FindOrCreate(p, key, kBaseGeneration, &created));
   std::memcpy(row, payload.data(), row_bytes());
   SetGen(row, kBaseGeneration);
 }
@@ -173,7 +221,9 @@ void SparseTable::LoadRow(uint32_t vshard, uint64_t key, absl::string_view paylo
 uint64_t SparseTable::Digest(uint32_t vshard) const {
   const Partition& p = *partitions_[vshard];
   absl::MutexLock lock(&p.mu);
-  std::vector<std::pair<uint64_t, uint32_t>> rows(p.index.begin(), p.index.end());
+  std::vector<std::pair<uint64_t, uint32_t>> rows;
+  rows.reserve(p.index.size());
+  p.index.ForEach([&](uint64_t key, uint32_t id) { rows.emplace_back(key, id); });
   std::sort(rows.begin(), rows.end());
   const size_t rb = row_bytes();
   std::vector<float> fresh(payload_floats_ + 2);
@@ -209,8 +259,7 @@ uint64_t SparseTable::bytes() const {
     absl::MutexLock lock(&p->mu);
     // Rows are written when appended (the rest of their block is untouched, not resident);
     // the index's slots and control bytes are all touched.
-    total += sizeof(Partition) + p->rows.resident_bytes() +
-             p->index.capacity() * (sizeof(std::pair<uint64_t, uint32_t>) + 1);
+    total += sizeof(Partition) + p->rows.resident_bytes() + p->index.bytes();
   }
   return total;
 }

@@ -15,6 +15,7 @@
 #include "common/table_config.h"
 #include "server/generation.h"
 #include "server/initializer.h"
+#include "server/key_index.h"
 #include "server/optimizer.h"
 #include "server/row_arena.h"
 #include "server/table_data.h"
@@ -93,13 +94,13 @@ class SparseTable final : public TableData {
   uint64_t row_charge() const { return (payload_floats_ + 2) * sizeof(float) + kIndexBytesPerRow; }
   // The table's memory before it holds any row (its partitions).
   static uint64_t FixedBytes(const std::vector<bool>& owned);
-  static constexpr uint64_t kIndexBytesPerRow = 40;
+  static constexpr uint64_t kIndexBytesPerRow = 43;  // KeyIndex: 16 bytes a slot, > 3/8 full
 
  private:
   struct Partition {
-    explicit Partition(size_t stride) : rows(stride) {}
+    Partition(size_t stride, uint64_t seed) : index(seed), rows(stride) {}
     mutable absl::Mutex mu;
-    absl::flat_hash_map<uint64_t, uint32_t> index ABSL_GUARDED_BY(mu);  // key -> row id
+    KeyIndex index ABSL_GUARDED_BY(mu);  // key -> row id
     RowArena rows ABSL_GUARDED_BY(mu);
     // Copy-on-write of a checkpoint in progress: when cow_gen != 0, rows of generation
     // <= cow_gen keep their pre-image (payload and generation) in cow before they change.
@@ -107,10 +108,18 @@ class SparseTable final : public TableData {
     absl::flat_hash_map<uint32_t, std::string> cow ABSL_GUARDED_BY(mu);
   };
 
-  // Returns the row of `key`, creating and initializing it (at `gen`) when missing; counts
-  // creations in *created.
-  float* FindOrCreate(Partition& p, uint64_t key, uint64_t gen, uint32_t* created)
+  // Returns the row id of `key`, creating and initializing the row (at `gen`) when missing;
+  // counts creations in *created.
+  uint32_t FindOrCreate(Partition& p, uint64_t key, uint64_t gen, uint32_t* created)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(p.mu);
+  // Calls use(partition, i, row id) for each keys[i] of the runs of vshards v with
+  // v % parts == part, run by run under the vshard's lock, creating missing rows. `write`:
+  // use() changes the whole row and reads side[i * dim, (i + 1) * dim) (else it reads the
+  // weights and writes that side range); both are prefetched.
+  template <typename UseRow>
+  void ForEachRow(absl::Span<const uint64_t> keys, const VshardGrouping& groups, uint64_t gen,
+                  bool write, const float* side, uint32_t part, uint32_t parts, uint32_t* created,
+                  UseRow&& use);
   uint64_t Gen(const float* row) const;
   void SetGen(float* row, uint64_t gen) const;
 

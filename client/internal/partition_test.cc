@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <map>
 #include <set>
 
 #include "common/hash.h"
@@ -10,40 +11,67 @@ namespace tessera::client_internal {
 namespace {
 
 TEST_CASE("sparse keys split by shard with every position exactly once", "[partition]") {
-  absl::StatusOr<ShardMap> map = ShardMap::Uniform(1, 3);
-  REQUIRE(map.ok());
   std::vector<uint64_t> keys;
   for (uint64_t k = 0; k < 10007; ++k) keys.push_back(k * 0x9e3779b97f4a7c15ULL);
-  for (bool whole : {false, true}) {
-    std::vector<SparseChunk> chunks = SplitSparseKeys(keys, *map, 1000, whole);
+  for (uint32_t shards : {1u, 3u}) {
+    absl::StatusOr<ShardMap> map = ShardMap::Uniform(1, shards);
+    REQUIRE(map.ok());
+    std::vector<SparseChunk> chunks = SplitSparseKeys(keys, *map, 1000);
     std::vector<int> seen(keys.size());
     for (const SparseChunk& c : chunks) {
-      if (!whole) CHECK(c.positions.size() <= 1000);
-      uint32_t last_vshard = 0;
-      for (uint32_t p : c.positions) {
+      CHECK(c.count <= 1000);
+      CHECK(c.count > 0);
+      CHECK(!c.contiguous());  // (more keys than one chunk holds)
+      CHECK(c.positions.size() == c.count);
+      for (uint32_t j = 0; j < c.count; ++j) {
+        const uint32_t p = c.Position(j);
+        REQUIRE(p < keys.size());
         ++seen[p];
         CHECK(map->ShardOfKey(keys[p]) == c.shard);
-        const uint32_t v = VshardOfKey(keys[p], map->num_vshards());
-        CHECK(v >= last_vshard);  // grouped by vshard, ascending
-        last_vshard = v;
+        if (j > 0) CHECK(p > c.Position(j - 1));  // the caller's order
       }
     }
     CHECK(std::all_of(seen.begin(), seen.end(), [](int n) { return n == 1; }));
   }
 }
 
-TEST_CASE("with whole vshards a vshard never spans chunks", "[partition]") {
-  absl::StatusOr<ShardMap> map = ShardMap::Uniform(1, 1, 16);
+TEST_CASE("a vshard's keys stay in one chunk unless they alone are over the limit", "[partition]") {
+  absl::StatusOr<ShardMap> map = ShardMap::Uniform(1, 2, 16);
   REQUIRE(map.ok());
   std::vector<uint64_t> keys;
   for (uint64_t k = 0; k < 1000; ++k) keys.push_back(k);
-  std::vector<SparseChunk> chunks = SplitSparseKeys(keys, *map, 10, true);
-  std::set<uint32_t> vshards_seen;
-  for (const SparseChunk& c : chunks) {
-    std::set<uint32_t> mine;
-    for (uint32_t p : c.positions) mine.insert(VshardOfKey(keys[p], 16));
-    for (uint32_t v : mine) CHECK(vshards_seen.insert(v).second);
+  for (uint32_t limit : {10u, 70u, 300u}) {
+    std::vector<SparseChunk> chunks = SplitSparseKeys(keys, *map, limit);
+    std::map<uint32_t, std::set<size_t>> chunks_of_vshard;
+    std::map<uint32_t, uint32_t> keys_of_vshard;
+    for (size_t c = 0; c < chunks.size(); ++c) {
+      CHECK(chunks[c].count <= limit);
+      for (uint32_t p : chunks[c].positions) {
+        const uint32_t v = VshardOfKey(keys[p], 16);
+        chunks_of_vshard[v].insert(c);
+        ++keys_of_vshard[v];
+      }
+    }
+    for (const auto& [v, in] : chunks_of_vshard) {
+      if (keys_of_vshard[v] <= limit) {
+        CHECK(in.size() == 1);
+      } else {
+        CHECK(in.size() == (keys_of_vshard[v] + limit - 1) / limit);
+      }
+    }
   }
+}
+
+TEST_CASE("keys that fit one chunk of one shard are sent in place", "[partition]") {
+  absl::StatusOr<ShardMap> map = ShardMap::Uniform(1, 1);
+  REQUIRE(map.ok());
+  std::vector<uint64_t> keys = {5, 9, 1, 7};
+  std::vector<SparseChunk> chunks = SplitSparseKeys(keys, *map, 4);
+  REQUIRE(chunks.size() == 1);
+  CHECK(chunks[0].contiguous());
+  CHECK(chunks[0].first == 0);
+  CHECK(chunks[0].count == 4);
+  CHECK(SplitSparseKeys(keys, *map, 3).size() == 2);
 }
 
 TEST_CASE("a repeated key is found wherever it sits and no chunk is made", "[partition]") {
@@ -52,12 +80,12 @@ TEST_CASE("a repeated key is found wherever it sits and no chunk is made", "[par
   std::vector<uint64_t> keys;
   for (uint64_t k = 0; k < 5000; ++k) keys.push_back(k * 0x9e3779b97f4a7c15ULL);
   std::optional<uint64_t> repeated;
-  CHECK(SplitSparseKeys(keys, *map, 100, true, &repeated).size() > 3);
+  CHECK(SplitSparseKeys(keys, *map, 100, &repeated).size() > 3);
   CHECK(!repeated.has_value());
   for (size_t at : {size_t{0}, size_t{2500}, keys.size()}) {
     std::vector<uint64_t> with = keys;
     with.insert(with.begin() + at, keys[4321]);
-    CHECK(SplitSparseKeys(with, *map, 100, true, &repeated).empty());
+    CHECK(SplitSparseKeys(with, *map, 100, &repeated).empty());
     REQUIRE(repeated.has_value());
     CHECK(*repeated == keys[4321]);
   }
