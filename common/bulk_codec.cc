@@ -23,6 +23,12 @@ BulkField OwnedBulk(int field_number, std::string bytes) {
                    [](void* p) { delete static_cast<std::string*>(p); }, owned};
 }
 
+BulkField OwnedBulk(int field_number, BulkBuffer bytes) {
+  char* data = bytes.data.release();
+  return BulkField{field_number, data, bytes.size, [](void* p) { delete[] static_cast<char*>(p); },
+                   data};
+}
+
 grpc::ByteBuffer EncodeWithBulk(const google::protobuf::MessageLite& header,
                                 const std::vector<BulkField>& bulk) {
   std::string small;

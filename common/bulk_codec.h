@@ -37,8 +37,23 @@ struct BulkField {
   void* release_arg = nullptr;
 };
 
+// Bytes for a bulk field, allocated without being zeroed (a response written in place).
+struct BulkBuffer {
+  std::unique_ptr<char[]> data;
+  size_t size = 0;
+
+  // Replaces the contents with `n` uninitialized elements of T and returns them.
+  template <typename T>
+  T* Allocate(size_t n) {
+    data.reset(new char[n * sizeof(T)]);
+    size = n * sizeof(T);
+    return reinterpret_cast<T*>(data.get());
+  }
+};
+
 // A bulk field that owns its bytes (freed on release).
 BulkField OwnedBulk(int field_number, std::string bytes);
+BulkField OwnedBulk(int field_number, BulkBuffer bytes);
 
 // header's serialization followed by the bulk fields.
 grpc::ByteBuffer EncodeWithBulk(const google::protobuf::MessageLite& header,

@@ -41,14 +41,14 @@ template <typename Req, typename Resp>
 Volume VolumeOf(const Req&, const Resp&) {
   return {};
 }
-Volume VolumeOf(const v1::PullSparseRequest& req, const v1::PullSparseResponse& resp) {
-  return {req.num_keys(), req.keys().size(), resp.values().size()};
+Volume VolumeOf(const v1::PullSparseRequest& req, const v1::PullSparseResponse&) {
+  return {req.num_keys(), req.keys().size(), 0};  // (bytes out: the BulkBuffer's)
 }
 Volume VolumeOf(const v1::PushSparseRequest& req, const v1::PushResponse&) {
   return {req.num_keys(), req.keys().size() + req.values().size(), 0};
 }
-Volume VolumeOf(const v1::PullDenseRequest& req, const v1::PullDenseResponse& resp) {
-  return {req.count(), 0, resp.values().size()};
+Volume VolumeOf(const v1::PullDenseRequest& req, const v1::PullDenseResponse&) {
+  return {req.count(), 0, 0};  // (bytes out: the BulkBuffer's)
 }
 Volume VolumeOf(const v1::PushDenseRequest& req, const v1::PushResponse&) {
   return {req.count(), req.values().size(), 0};
@@ -106,6 +106,10 @@ void GrpcService::Run(Method method, Ctx* ctx, const Bytes* request, Bytes* resp
   metrics_->AddInFlight(1);
   auto req = std::make_shared<Req>();
   auto resp = std::make_shared<Resp>();
+  constexpr bool kPull = requires { resp->mutable_values(); };
+  // A pull's values, written in place by the core and sent without a copy.
+  std::shared_ptr<BulkBuffer> values;
+  if constexpr (kPull) values = std::make_shared<BulkBuffer>();
   const size_t request_bytes = request->Length();
   // What the call makes the server hold, reserved before it is allocated: the parsed copy of
   // the request, then the response it asks for (docs/state_machine.md, "Resources").
@@ -120,15 +124,17 @@ void GrpcService::Run(Method method, Ctx* ctx, const Bytes* request, Bytes* resp
     status = budget.Reserve(out, absl::StrFormat("a response of %u bytes", out));
     if (status.ok()) held += out;
   }
-  auto finish = [this, method, ctx, response, reactor, start, req, resp, request_bytes,
+  auto finish = [this, method, ctx, response, reactor, start, req, resp, values, request_bytes,
                  held](absl::Status status) {
-    const Volume v = status.ok() ? VolumeOf(*req, *resp) : Volume{0, request_bytes, 0};
+    Volume v = status.ok() ? VolumeOf(*req, *resp) : Volume{0, request_bytes, 0};
+    if constexpr (kPull) {
+      if (status.ok()) v.bytes_out = values->size;  // (written in place, not in resp)
+    }
     if (status.ok()) {
-      if constexpr (requires { resp->mutable_values(); }) {
+      if constexpr (kPull) {
         // Pull responses: the values travel as a slice that owns them, without a protobuf copy.
-        std::string values = std::move(*resp->mutable_values());
-        resp->clear_values();
-        *response = EncodeWithBulk(*resp, {OwnedBulk(Resp::kValuesFieldNumber, std::move(values))});
+        *response =
+            EncodeWithBulk(*resp, {OwnedBulk(Resp::kValuesFieldNumber, std::move(*values))});
       } else {
         bool own = false;
         if (grpc::Status s = grpc::SerializationTraits<Resp>::Serialize(*resp, response, &own);
@@ -158,7 +164,11 @@ void GrpcService::Run(Method method, Ctx* ctx, const Bytes* request, Bytes* resp
       };
     }
   }
-  fn(std::shared_ptr<const Req>(req), resp.get(), std::move(done));
+  if constexpr (kPull) {
+    fn(std::shared_ptr<const Req>(req), resp.get(), std::move(done), values.get());
+  } else {
+    fn(std::shared_ptr<const Req>(req), resp.get(), std::move(done));
+  }
 }
 
 // Reads answer inline; memory the kernel refuses is the caller's RESOURCE_EXHAUSTED.
@@ -176,6 +186,21 @@ void GrpcService::Run(Method method, Ctx* ctx, const Bytes* request, Bytes* resp
           done(std::move(st));                                                       \
         });                                                                          \
   }
+// Pulls write their values in place (BulkBuffer).
+#define TESSERA_RAW_PULL(Name, ReqT, RespT)                                                     \
+  GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) {            \
+    return Handle<ReqT, RespT>(                                                                 \
+        Method::k##Name, ctx, req, resp,                                                        \
+        [this](std::shared_ptr<const ReqT> r, RespT* p, ServerCore::Done done, BulkBuffer* v) { \
+          absl::Status st;                                                                      \
+          try {                                                                                 \
+            st = core_->Name(*r, p, v);                                                         \
+          } catch (const std::bad_alloc&) {                                                     \
+            st = absl::ResourceExhaustedError("out of memory answering " #Name);                \
+          }                                                                                     \
+          done(std::move(st));                                                                  \
+        });                                                                                     \
+  }
 // Changes hand the request and its bytes to the core, which sequences, logs and applies them.
 #define TESSERA_RAW_CHANGE(Name, ReqT, RespT)                                              \
   GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) {       \
@@ -190,9 +215,9 @@ TESSERA_RAW_CHANGE(CreateTable, v1::CreateTableRequest, v1::CreateTableResponse)
 TESSERA_RAW_CHANGE(DropTable, v1::DropTableRequest, v1::DropTableResponse)
 TESSERA_RAW_METHOD(DescribeTable, v1::DescribeTableRequest, v1::DescribeTableResponse)
 TESSERA_RAW_METHOD(ListTables, v1::ListTablesRequest, v1::ListTablesResponse)
-TESSERA_RAW_METHOD(PullSparse, v1::PullSparseRequest, v1::PullSparseResponse)
+TESSERA_RAW_PULL(PullSparse, v1::PullSparseRequest, v1::PullSparseResponse)
 TESSERA_RAW_CHANGE(PushSparse, v1::PushSparseRequest, v1::PushResponse)
-TESSERA_RAW_METHOD(PullDense, v1::PullDenseRequest, v1::PullDenseResponse)
+TESSERA_RAW_PULL(PullDense, v1::PullDenseRequest, v1::PullDenseResponse)
 TESSERA_RAW_CHANGE(PushDense, v1::PushDenseRequest, v1::PushResponse)
 TESSERA_RAW_CHANGE(ApplyStep, v1::ApplyStepRequest, v1::ApplyStepResponse)
 TESSERA_RAW_METHOD(GetCheckpointState, v1::GetCheckpointStateRequest,
@@ -214,6 +239,7 @@ GrpcService::Reactor* GrpcService::RestoreCheckpoint(Ctx* ctx, const Bytes* req,
 }
 
 #undef TESSERA_RAW_METHOD
+#undef TESSERA_RAW_PULL
 #undef TESSERA_RAW_CHANGE
 
 }  // namespace tessera

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "common/bulk_codec.h"
 #include "common/status_macros.h"
 #include "common/wire.h"
 #include "proto/cluster.pb.h"
@@ -361,8 +362,8 @@ absl::Status ServerCore::CheckSparseRequest(const SparseTable& table, const std:
   return absl::OkStatus();
 }
 
-absl::Status ServerCore::PullSparse(const v1::PullSparseRequest& req,
-                                    v1::PullSparseResponse* resp) {
+absl::Status ServerCore::PullSparse(const v1::PullSparseRequest& req, v1::PullSparseResponse* resp,
+                                    BulkBuffer* values) {
   absl::StatusOr<std::shared_ptr<Table>> table =
       FindTable(&req.header(), req.table(), TableKind::kSparse);
   if (!table.ok()) return table.status();
@@ -379,14 +380,17 @@ absl::Status ServerCore::PullSparse(const v1::PullSparseRequest& req,
   resp->set_dtype(v1::DTYPE_FLOAT32);
   resp->set_dim(sparse.dim());
   resp->set_num_keys(req.num_keys());
-  float* out = PackedResize<float>(resp->mutable_values(), k.keys.size() * sparse.dim());
+  const size_t n = k.keys.size() * sparse.dim();
+  float* out = values != nullptr ? values->Allocate<float>(n)
+                                 : PackedResize<float>(resp->mutable_values(), n);
   absl::ReaderMutexLock gate(&gate_);  // a pull may create rows
   (*rows)->AddCreated(
       sparse.Pull(k.keys, k.groups, out, generation_.load(std::memory_order_relaxed)));
   return absl::OkStatus();
 }
 
-absl::Status ServerCore::PullDense(const v1::PullDenseRequest& req, v1::PullDenseResponse* resp) {
+absl::Status ServerCore::PullDense(const v1::PullDenseRequest& req, v1::PullDenseResponse* resp,
+                                   BulkBuffer* values) {
   absl::StatusOr<std::shared_ptr<Table>> table =
       FindTable(&req.header(), req.table(), TableKind::kDense);
   if (!table.ok()) return table.status();
@@ -398,7 +402,9 @@ absl::Status ServerCore::PullDense(const v1::PullDenseRequest& req, v1::PullDens
   resp->set_dtype(v1::DTYPE_FLOAT32);
   resp->set_offset(req.offset());
   resp->set_count(req.count());
-  dense.Pull(req.offset(), req.count(), PackedResize<float>(resp->mutable_values(), req.count()));
+  dense.Pull(req.offset(), req.count(),
+             values != nullptr ? values->Allocate<float>(req.count())
+                               : PackedResize<float>(resp->mutable_values(), req.count()));
   return absl::OkStatus();
 }
 

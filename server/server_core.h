@@ -23,6 +23,8 @@
 
 namespace tessera {
 
+struct BulkBuffer;  // common/bulk_codec.h
+
 namespace v1 {
 class RequestHeader;
 class PushId;
@@ -188,8 +190,12 @@ class ServerCore {
   absl::Status DescribeTable(const v1::DescribeTableRequest& req, v1::DescribeTableResponse* resp);
   absl::Status ListTables(const v1::ListTablesRequest& req, v1::ListTablesResponse* resp);
 
-  absl::Status PullSparse(const v1::PullSparseRequest& req, v1::PullSparseResponse* resp);
-  absl::Status PullDense(const v1::PullDenseRequest& req, v1::PullDenseResponse* resp);
+  // Pulls. With `values`, the pulled values go there (written in place, never zeroed first)
+  // instead of resp->values.
+  absl::Status PullSparse(const v1::PullSparseRequest& req, v1::PullSparseResponse* resp,
+                          BulkBuffer* values = nullptr);
+  absl::Status PullDense(const v1::PullDenseRequest& req, v1::PullDenseResponse* resp,
+                         BulkBuffer* values = nullptr);
 
   // Checkpoints. WriteCheckpoint takes the cut and writes this server's part (seconds for
   // large tables: callers run it off the RPC threads); RestoreCheckpoint replaces every table
