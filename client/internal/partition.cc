@@ -20,7 +20,7 @@ std::vector<SparseChunk> SplitSparseKeys(absl::Span<const uint64_t> keys, const 
     return chunks;
   }
   // Keys per vshard, then chunks as ranges of whole vshards of one shard (a vshard with more
-  // than `limit` keys gets chunks of its own), then positions in the caller's order.
+  // than `limit` keys gets chunks of its own), then positions in vshard order.
   const uint32_t num_vshards = map.num_vshards();
   std::vector<uint32_t> vshard(n);
   std::vector<uint32_t> count(num_vshards, 0);
@@ -46,7 +46,12 @@ std::vector<SparseChunk> SplitSparseKeys(absl::Span<const uint64_t> keys, const 
     chunks[c].count += count[v];
   }
   for (SparseChunk& c : chunks) c.positions.reserve(c.count > 0 ? c.count : limit);
-  for (uint32_t i = 0; i < n; ++i) {
+  // (Positions in vshard order: a stable counting sort.)
+  std::vector<uint32_t> start(num_vshards + 1, 0);
+  for (uint32_t v = 0; v < num_vshards; ++v) start[v + 1] = start[v] + count[v];
+  std::vector<uint32_t> by_vshard(n);
+  for (uint32_t i = 0; i < n; ++i) by_vshard[start[vshard[i]]++] = i;
+  for (uint32_t i : by_vshard) {
     const uint32_t v = vshard[i];
     uint32_t c = chunk_of[v];
     if (count[v] > limit) {

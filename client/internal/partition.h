@@ -12,9 +12,9 @@
 
 namespace tessera::client_internal {
 
-// Keys for one RPC: positions into the caller's key array, ascending (the caller's order).
-// When `positions` is empty the chunk is the contiguous range [first, first + count): keys and
-// values are then sent from, and land in, the caller's buffers in place.
+// Keys for one RPC: positions into the caller's key array. When `positions` is empty the
+// chunk is the contiguous range [first, first + count): keys and values are then sent from,
+// and land in, the caller's buffers in place.
 struct SparseChunk {
   uint32_t shard = 0;
   uint32_t first = 0;
@@ -26,14 +26,14 @@ struct SparseChunk {
 };
 
 // Splits `keys` by owning shard into chunks of at most max_keys_per_chunk keys. A chunk holds
-// whole vshards (a range of them, unless one vshard alone is over the limit), so that the
-// server touches few vshards per request, each with many keys: their locks, indexes and
-// arenas stay in cache (chunks of the caller's order, each spanning every vshard, made the
-// 100k-key push of `tessera bench` about 1.3x slower). Within a chunk keys keep the caller's order,
-// so rows are gathered and scattered in ascending positions; the server groups them by vshard. All
-// keys in one chunk (one shard, few keys): the caller's arrays are sent and filled in place. With
-// `repeated` set, keys must be distinct: when one occurs twice, *repeated holds it and no chunk is
-// returned (a push must not reach some shards and be refused by another).
+// whole vshards (a range of them, unless one vshard alone is over the limit), its keys grouped
+// by vshard in ascending order: the server touches few vshards per request, each with many
+// keys, in the order it applies them. (Measured on `tessera bench`'s 100k-key calls, one
+// server: chunks of the caller's order, each spanning every vshard, made pushes about 1.2x and
+// pulls about 1.07x slower, even though their pulls are filled in place.) Keys that all fit one
+// chunk of one shard are sent as they are, from the caller's array.
+// With `repeated` set, keys must be distinct: when one occurs twice, *repeated holds it and no
+// chunk is returned (a push must not reach some shards and be refused by another).
 std::vector<SparseChunk> SplitSparseKeys(absl::Span<const uint64_t> keys, const ShardMap& map,
                                          uint32_t max_keys_per_chunk,
                                          std::optional<uint64_t>* repeated = nullptr);
