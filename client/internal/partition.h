@@ -29,8 +29,8 @@ struct SparseChunk {
 // whole vshards (a range of them, unless one vshard alone is over the limit), its keys grouped
 // by vshard in ascending order: the server touches few vshards per request, each with many
 // keys, in the order it applies them. (Measured on `tessera bench`'s 100k-key calls, one
-// server: chunks of the caller's order, each spanning every vshard, made pushes about 1.2x and
-// pulls about 1.07x slower, even though their pulls are filled in place.) Keys that all fit one
+// server: chunks of the caller's order, each spanning every vshard, made pulls and pushes about
+// 1.07x slower, even though they are sent and filled in place.) Keys that all fit one
 // chunk of one shard are sent as they are, from the caller's array.
 // With `repeated` set, keys must be distinct: when one occurs twice, *repeated holds it and no
 // chunk is returned (a push must not reach some shards and be refused by another).
