@@ -171,35 +171,21 @@ void GrpcService::Run(Method method, Ctx* ctx, const Bytes* request, Bytes* resp
   }
 }
 
-// Reads answer inline; memory the kernel refuses is the caller's RESOURCE_EXHAUSTED.
-#define TESSERA_RAW_METHOD(Name, ReqT, RespT)                                        \
-  GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) { \
-    return Handle<ReqT, RespT>(                                                      \
-        Method::k##Name, ctx, req, resp,                                             \
-        [this](std::shared_ptr<const ReqT> r, RespT* p, ServerCore::Done done) {     \
-          absl::Status st;                                                           \
-          try {                                                                      \
-            st = core_->Name(*r, p);                                                 \
-          } catch (const std::bad_alloc&) {                                          \
-            st = absl::ResourceExhaustedError("out of memory answering " #Name);     \
-          }                                                                          \
-          done(std::move(st));                                                       \
-        });                                                                          \
-  }
-// Pulls write their values in place (BulkBuffer).
-#define TESSERA_RAW_PULL(Name, ReqT, RespT)                                                     \
-  GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) {            \
-    return Handle<ReqT, RespT>(                                                                 \
-        Method::k##Name, ctx, req, resp,                                                        \
-        [this](std::shared_ptr<const ReqT> r, RespT* p, ServerCore::Done done, BulkBuffer* v) { \
-          absl::Status st;                                                                      \
-          try {                                                                                 \
-            st = core_->Name(*r, p, v);                                                         \
-          } catch (const std::bad_alloc&) {                                                     \
-            st = absl::ResourceExhaustedError("out of memory answering " #Name);                \
-          }                                                                                     \
-          done(std::move(st));                                                                  \
-        });                                                                                     \
+// Reads answer inline; memory the kernel refuses is the caller's RESOURCE_EXHAUSTED. Pulls
+// get one more argument, the BulkBuffer their values are written into (Run passes it).
+#define TESSERA_RAW_METHOD(Name, ReqT, RespT)                                                  \
+  GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) {           \
+    return Handle<ReqT, RespT>(                                                                \
+        Method::k##Name, ctx, req, resp,                                                       \
+        [this](std::shared_ptr<const ReqT> r, RespT* p, ServerCore::Done done, auto*... out) { \
+          absl::Status st;                                                                     \
+          try {                                                                                \
+            st = core_->Name(*r, p, out...);                                                   \
+          } catch (const std::bad_alloc&) {                                                    \
+            st = absl::ResourceExhaustedError("out of memory answering " #Name);               \
+          }                                                                                    \
+          done(std::move(st));                                                                 \
+        });                                                                                    \
   }
 // Changes hand the request and its bytes to the core, which sequences, logs and applies them.
 #define TESSERA_RAW_CHANGE(Name, ReqT, RespT)                                              \
@@ -215,9 +201,9 @@ TESSERA_RAW_CHANGE(CreateTable, v1::CreateTableRequest, v1::CreateTableResponse)
 TESSERA_RAW_CHANGE(DropTable, v1::DropTableRequest, v1::DropTableResponse)
 TESSERA_RAW_METHOD(DescribeTable, v1::DescribeTableRequest, v1::DescribeTableResponse)
 TESSERA_RAW_METHOD(ListTables, v1::ListTablesRequest, v1::ListTablesResponse)
-TESSERA_RAW_PULL(PullSparse, v1::PullSparseRequest, v1::PullSparseResponse)
+TESSERA_RAW_METHOD(PullSparse, v1::PullSparseRequest, v1::PullSparseResponse)
 TESSERA_RAW_CHANGE(PushSparse, v1::PushSparseRequest, v1::PushResponse)
-TESSERA_RAW_PULL(PullDense, v1::PullDenseRequest, v1::PullDenseResponse)
+TESSERA_RAW_METHOD(PullDense, v1::PullDenseRequest, v1::PullDenseResponse)
 TESSERA_RAW_CHANGE(PushDense, v1::PushDenseRequest, v1::PushResponse)
 TESSERA_RAW_CHANGE(ApplyStep, v1::ApplyStepRequest, v1::ApplyStepResponse)
 TESSERA_RAW_METHOD(GetCheckpointState, v1::GetCheckpointStateRequest,
@@ -239,7 +225,6 @@ GrpcService::Reactor* GrpcService::RestoreCheckpoint(Ctx* ctx, const Bytes* req,
 }
 
 #undef TESSERA_RAW_METHOD
-#undef TESSERA_RAW_PULL
 #undef TESSERA_RAW_CHANGE
 
 }  // namespace tessera

@@ -303,34 +303,31 @@ absl::Status ServerCore::Replay(uint64_t term, LogEntry entry) {
   // One replayer at a time (the replicator's), so the order checked above still holds.
   const Origin origin{&entry, nullptr};
   Done done = [](absl::Status) {};  // the batch is answered after WaitApplied()
+  // Each kind through its Submit function; the response lives until `done` is dropped.
+  auto replay = [&]<typename Req, typename Resp>(SubmitFn<Req, Resp> submit,
+                                                 const std::shared_ptr<const Req>& r) {
+    auto resp = std::make_shared<Resp>();
+    done = [resp](absl::Status) {};
+    return (this->*submit)(r, resp.get(), origin, done);
+  };
   absl::Status st;
   try {
     st = std::visit(
         Overloaded{
             [&](const std::shared_ptr<const v1::CreateTableRequest>& r) {
-              auto resp = std::make_shared<v1::CreateTableResponse>();
-              done = [resp](absl::Status) {};
-              return SubmitCreate(r, resp.get(), origin, done);
+              return replay(&ServerCore::SubmitCreate, r);
             },
             [&](const std::shared_ptr<const v1::DropTableRequest>& r) {
-              auto resp = std::make_shared<v1::DropTableResponse>();
-              done = [resp](absl::Status) {};
-              return SubmitDrop(r, resp.get(), origin, done);
+              return replay(&ServerCore::SubmitDrop, r);
             },
             [&](const std::shared_ptr<const v1::PushSparseRequest>& r) {
-              auto resp = std::make_shared<v1::PushResponse>();
-              done = [resp](absl::Status) {};
-              return SubmitPushSparse(r, resp.get(), origin, done);
+              return replay(&ServerCore::SubmitPushSparse, r);
             },
             [&](const std::shared_ptr<const v1::PushDenseRequest>& r) {
-              auto resp = std::make_shared<v1::PushResponse>();
-              done = [resp](absl::Status) {};
-              return SubmitPushDense(r, resp.get(), origin, done);
+              return replay(&ServerCore::SubmitPushDense, r);
             },
             [&](const std::shared_ptr<const v1::ApplyStepRequest>& r) {
-              auto resp = std::make_shared<v1::ApplyStepResponse>();
-              done = [resp](absl::Status) {};
-              return SubmitApplyStep(r, resp.get(), origin, done);
+              return replay(&ServerCore::SubmitApplyStep, r);
             },
             [&](const RestoreOp&) {
               return absl::InvalidArgumentError("a restore cannot be replayed (needs a snapshot)");
