@@ -56,7 +56,7 @@ Rpc::ConsumeFn ConsumePush(Client::Impl* impl) {
   return [impl](const grpc::ByteBuffer& bytes) {
     v1::PushResponse resp;
     absl::Status s = DecodeWithBulk(bytes, &resp, /*bulk_field_number=*/-1,
-                                    [](size_t, char**) { return absl::OkStatus(); });
+                                    [](size_t, BulkDest*) { return absl::OkStatus(); });
     if (s.ok() && resp.duplicate()) {
       impl->duplicate_acks.fetch_add(1, std::memory_order_relaxed);
     }
@@ -116,10 +116,9 @@ void Client::PullSparseAsync(absl::string_view table, absl::Span<const uint64_t>
     }
     rpc->consume = [chunk = std::move(chunk), out = out.data(), dim = *dim, row_bytes,
                     table = std::string(table)](const grpc::ByteBuffer& bytes) {
-      std::unique_ptr<char[]> rows;  // the rows of a scattered chunk, before they are placed
       v1::PullSparseResponse resp;
-      absl::Status s =
-          DecodeWithBulk(bytes, &resp, kPullSparseValues, [&](size_t size, char** dest) {
+      return AsDataLoss(
+          DecodeWithBulk(bytes, &resp, kPullSparseValues, [&](size_t size, BulkDest* dest) {
             if (size != chunk.count * row_bytes) {
               return absl::DataLossError(
                   absl::StrFormat("table '%s': pull of %u keys of dim %u returned "
@@ -127,21 +126,15 @@ void Client::PullSparseAsync(absl::string_view table, absl::Span<const uint64_t>
                                   table, chunk.count, dim, size));
             }
             if (chunk.contiguous()) {
-              *dest = reinterpret_cast<char*>(out + size_t{chunk.first} * dim);
+              dest->data = reinterpret_cast<char*>(out + size_t{chunk.first} * dim);
             } else {
-              rows.reset(new char[size]);
-              *dest = rows.get();
+              // Each row straight from the received slices to its place in the caller's order.
+              dest->data = reinterpret_cast<char*>(out);
+              dest->record_bytes = row_bytes;
+              dest->places = chunk.positions.data();
             }
             return absl::OkStatus();
-          });
-      if (!s.ok()) return AsDataLoss(s);
-      if (rows != nullptr) {
-        for (size_t j = 0; j < chunk.positions.size(); ++j) {
-          std::memcpy(out + size_t{chunk.positions[j]} * dim, rows.get() + j * row_bytes,
-                      row_bytes);
-        }
-      }
-      return absl::OkStatus();
+          }));
     };
     rpc->Start();
   }
@@ -260,14 +253,16 @@ void Client::PullDenseAsync(absl::string_view table, uint64_t offset, absl::Span
         rpc.consume = [dst = reinterpret_cast<char*>(out.data() + (chunk.offset - offset)),
                        count = chunk.count, table = std::string(table)](const grpc::ByteBuffer& b) {
           v1::PullDenseResponse resp;
-          return AsDataLoss(DecodeWithBulk(b, &resp, kPullDenseValues, [&](size_t size, char** d) {
-            if (size != count * sizeof(float)) {
-              return absl::DataLossError(absl::StrFormat(
-                  "table '%s': pull of %u elements returned %u value bytes", table, count, size));
-            }
-            *d = dst;
-            return absl::OkStatus();
-          }));
+          return AsDataLoss(
+              DecodeWithBulk(b, &resp, kPullDenseValues, [&](size_t size, BulkDest* d) {
+                if (size != count * sizeof(float)) {
+                  return absl::DataLossError(
+                      absl::StrFormat("table '%s': pull of %u elements returned %u value bytes",
+                                      table, count, size));
+                }
+                d->data = dst;
+                return absl::OkStatus();
+              }));
         };
       });
 }

@@ -73,9 +73,13 @@ absl::Status DecodeWithBulk(const grpc::ByteBuffer& bytes, google::protobuf::Mes
       }
       if (saw_bulk) return Malformed(*header, total, "bulk field repeated");
       saw_bulk = true;
-      char* dest = nullptr;
+      BulkDest dest;
       if (absl::Status s = sink(static_cast<size_t>(len), &dest); !s.ok()) return s;
-      if (!r.Read(static_cast<size_t>(len), dest)) return Malformed(*header, total, "truncated");
+      const bool read = dest.record_bytes == 0
+                            ? r.Read(static_cast<size_t>(len), dest.data)
+                            : r.ReadScattered(static_cast<size_t>(len), dest.data,
+                                              dest.record_bytes, dest.places);
+      if (!read) return Malformed(*header, total, "truncated");
       continue;
     }
     AppendVarint(tag, &small);
@@ -109,7 +113,7 @@ absl::Status DecodeWithBulk(const grpc::ByteBuffer& bytes, google::protobuf::Mes
   }
   if (!header->ParseFromString(small)) return Malformed(*header, total, "bad small fields");
   if (!saw_bulk) {
-    char* dest = nullptr;
+    BulkDest dest;
     return sink(0, &dest);
   }
   return absl::OkStatus();

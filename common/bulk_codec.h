@@ -59,9 +59,20 @@ BulkField OwnedBulk(int field_number, BulkBuffer bytes);
 grpc::ByteBuffer EncodeWithBulk(const google::protobuf::MessageLite& header,
                                 const std::vector<BulkField>& bulk);
 
-// Where a decoded bulk field goes: given its length in bytes, returns the destination (which
-// must have room for that many bytes) or an error to reject the message.
-using BulkSink = std::function<absl::Status(size_t size, char** dest)>;
+// Where a decoded bulk field's bytes go. Contiguous (record_bytes == 0): `data` has room for
+// the whole field. Scattered: the field is records of `record_bytes` each, record j copied to
+// data + places[j] * record_bytes (a pull's rows put straight back in the caller's order, in
+// one pass over the received slices); the sink guarantees that size is a multiple of
+// record_bytes and that `places` has size / record_bytes entries, each in range.
+struct BulkDest {
+  char* data = nullptr;
+  size_t record_bytes = 0;
+  const uint32_t* places = nullptr;
+};
+
+// Given the bulk field's length in bytes, sets its destination or returns an error to reject
+// the message.
+using BulkSink = std::function<absl::Status(size_t size, BulkDest* dest)>;
 
 // Parses `bytes` into `header`, except field `bulk_field_number` (a length-delimited field),
 // whose contents go to `sink`. A message without the bulk field calls sink(0). Errors:

@@ -1,7 +1,9 @@
 #include "common/bulk_codec.h"
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <numeric>
+#include <random>
 #include <vector>
 
 #include "common/wire.h"
@@ -64,9 +66,9 @@ TEST_CASE("decoding copies the bulk field to its destination across slices", "[b
     v1::PullSparseResponse header;
     absl::Status s =
         DecodeWithBulk(FromString(wire, piece), &header, v1::PullSparseResponse::kValuesFieldNumber,
-                       [&](size_t size, char** dest) {
+                       [&](size_t size, BulkDest* dest) {
                          REQUIRE(size == out.size() * sizeof(float));
-                         *dest = reinterpret_cast<char*>(out.data());
+                         dest->data = reinterpret_cast<char*>(out.data());
                          return absl::OkStatus();
                        });
     REQUIRE(s.ok());
@@ -74,6 +76,40 @@ TEST_CASE("decoding copies the bulk field to its destination across slices", "[b
     CHECK(header.num_keys() == 300);
     CHECK(header.values().empty());
     CHECK(out == values);
+  }
+}
+
+TEST_CASE("scattered decoding puts each record at its place across any slicing", "[bulk_codec]") {
+  // 300 rows of 3 floats (12 bytes: rows straddle slices of 1, 7, 4096 bytes), placed in a
+  // permuted order into a buffer with room for 301 rows (the last must stay untouched).
+  v1::PullSparseResponse resp;
+  std::vector<float> values(900);
+  std::iota(values.begin(), values.end(), 1.0f);
+  PackedAssign<float>(resp.mutable_values(), values);
+  const std::string wire = resp.SerializeAsString();
+  std::vector<uint32_t> places(300);
+  std::iota(places.begin(), places.end(), 0u);
+  std::mt19937 rng(7);
+  std::shuffle(places.begin(), places.end(), rng);
+  for (size_t piece : {1ul, 7ul, 13ul, 4096ul, wire.size()}) {
+    INFO("slices of " << piece << " bytes");
+    std::vector<float> out(903, -1.0f);
+    v1::PullSparseResponse header;
+    absl::Status s =
+        DecodeWithBulk(FromString(wire, piece), &header, v1::PullSparseResponse::kValuesFieldNumber,
+                       [&](size_t size, BulkDest* dest) {
+                         REQUIRE(size == values.size() * sizeof(float));
+                         dest->data = reinterpret_cast<char*>(out.data());
+                         dest->record_bytes = 3 * sizeof(float);
+                         dest->places = places.data();
+                         return absl::OkStatus();
+                       });
+    REQUIRE(s.ok());
+    for (size_t j = 0; j < places.size(); ++j) {
+      for (size_t c = 0; c < 3; ++c) REQUIRE(out[places[j] * 3 + c] == values[j * 3 + c]);
+    }
+    CHECK(out[900] == -1.0f);
+    CHECK(out[902] == -1.0f);
   }
 }
 
@@ -86,9 +122,9 @@ TEST_CASE("malformed bytes are rejected and never read past the end", "[bulk_cod
     v1::PullDenseResponse header;
     char sink[64];
     return DecodeWithBulk(FromString(bytes, 3), &header, v1::PullDenseResponse::kValuesFieldNumber,
-                          [&](size_t size, char** dest) {
+                          [&](size_t size, BulkDest* dest) {
                             if (size > sizeof(sink)) return absl::DataLossError("too big");
-                            *dest = sink;
+                            dest->data = sink;
                             return absl::OkStatus();
                           });
   };

@@ -68,6 +68,32 @@ class SliceReader {
     return true;
   }
 
+  // Copies n bytes (a whole number of records of record_bytes) to dest, record j at
+  // dest + places[j] * record_bytes. A record may straddle slices.
+  bool ReadScattered(size_t n, char* dest, size_t record_bytes, const uint32_t* places) {
+    size_t record = 0, in_record = 0;
+    while (n > 0) {
+      if (done()) return false;
+      const char* src = reinterpret_cast<const char*>(slices_[index_].begin()) + offset_;
+      size_t avail = slices_[index_].size() - offset_;
+      if (avail > n) avail = n;
+      Advance(avail);
+      n -= avail;
+      while (avail > 0) {
+        const size_t take = avail < record_bytes - in_record ? avail : record_bytes - in_record;
+        std::memcpy(dest + places[record] * record_bytes + in_record, src, take);
+        src += take;
+        avail -= take;
+        in_record += take;
+        if (in_record == record_bytes) {
+          ++record;
+          in_record = 0;
+        }
+      }
+    }
+    return true;
+  }
+
   // Copies n bytes to dest (or skips them when dest is null).
   bool Read(size_t n, char* dest) {
     while (n > 0) {
