@@ -53,25 +53,32 @@ void PushRandom(DenseTable& t, std::mt19937_64& rng, uint64_t gen) {
 // Everything a checkpoint would store: (vshard, key, payload) of every row.
 using Image = std::vector<std::tuple<uint32_t, uint64_t, std::string>>;
 
-Image Take(SparseTable& t, uint64_t cut, uint64_t parent) {
-  Image img;
-  VshardSnapshot snap;
-  for (uint32_t v = 0; v < t.num_vshards(); ++v) {
-    t.TakeVshard(v, cut, parent, &snap);
-    for (size_t i = 0; i < snap.keys.size(); ++i) {
-      img.emplace_back(v, snap.keys[i], snap.payload.substr(i * t.row_bytes(), t.row_bytes()));
-    }
+// Through TableData, as checkpoints and snapshots take them.
+class ImageSink final : public EntrySink {
+ public:
+  explicit ImageSink(Image* img) : img_(img) {}
+  absl::Status Add(uint32_t vshard, uint64_t id, absl::string_view payload) override {
+    img_->emplace_back(vshard, id, std::string(payload));
+    return absl::OkStatus();
   }
+
+ private:
+  Image* img_;
+};
+
+Image Take(TableData& t, uint64_t cut, uint64_t parent) {
+  Image img;
+  ImageSink sink(&img);
+  for (const EntryGroup& g : t.HeldGroups()) REQUIRE(t.TakeGroup(g, cut, parent, sink).ok());
   return img;
 }
 
-Image Take(DenseTable& t, uint64_t cut, uint64_t parent) {
-  Image img;
-  for (uint64_t b = 0; b < t.layout().num_blocks(); ++b) {
-    std::string payload(t.BlockPayloadBytes(b), '\0');
-    if (t.TakeBlock(b, cut, parent, payload.data())) img.emplace_back(t.VshardOf(b), b, payload);
+void Load(TableData& t, const Image& img) {
+  for (const auto& [v, id, payload] : img) {
+    REQUIRE(t.EntryBytes(v, id) == payload.size());
+    t.LoadEntry(v, id, payload);
   }
-  return img;
+  t.FinishLoad();
 }
 
 TEST_CASE("sparse rows reload bit for bit with their slots and steps", "[checkpoint]") {
@@ -84,7 +91,7 @@ TEST_CASE("sparse rows reload bit for bit with their slots and steps", "[checkpo
     const Image img = Take(t, 1, 0);
     REQUIRE(img.size() == t.num_rows());
     SparseTable loaded(Sparse(opt), kAllOwned);
-    for (const auto& [v, k, payload] : img) loaded.LoadRow(v, k, payload);
+    Load(loaded, img);
     loaded.BeginCut(1);
     CHECK(Take(loaded, 1, 0) == img);
     // Same future: identical pushes give identical rows (slots and steps came back too).
@@ -107,7 +114,7 @@ TEST_CASE("dense blocks reload bit for bit with their slots and steps", "[checkp
     const Image img = Take(t, 1, 0);
     REQUIRE(img.size() == t.layout().num_blocks());
     DenseTable loaded(Dense(opt), kAllOwned, /*initialize=*/false);
-    for (const auto& [v, b, payload] : img) loaded.LoadBlock(b, payload);
+    Load(loaded, img);
     std::mt19937_64 a(7), c(7);
     PushRandom(t, a, 2);
     PushRandom(loaded, c, 2);
@@ -160,6 +167,87 @@ TEST_CASE("only rows changed after the parent are dirty", "[checkpoint]") {
     CHECK(std::find(touched.begin(), touched.end(), k) != touched.end());
   }
   CHECK(full.size() > 100);
+}
+
+TEST_CASE("entries that do not belong to the table are refused before loading", "[checkpoint]") {
+  std::vector<bool> half(kDefaultNumVshards, false);
+  for (uint32_t v = 0; v < kDefaultNumVshards / 2; ++v) half[v] = true;
+  SparseTable s(Sparse(OptimizerKind::kAdam), half);
+  uint64_t mine = 0, other = 0;
+  while (!half[VshardOfKey(mine, kDefaultNumVshards)]) ++mine;
+  while (half[VshardOfKey(other, kDefaultNumVshards)]) ++other;
+  const uint32_t v = VshardOfKey(mine, kDefaultNumVshards);
+  CHECK(s.EntryBytes(v, mine) == s.row_bytes());
+  CHECK(s.EntryBytes(v + 1, mine) == 0);  // a key in another vshard than it says
+  CHECK(s.EntryBytes(VshardOfKey(other, kDefaultNumVshards), other) == 0);  // not owned
+  CHECK(s.EntryBytes(kDefaultNumVshards, mine) == 0);
+  DenseTable d(Dense(OptimizerKind::kAdam), half, /*initialize=*/false);
+  for (uint64_t b = 0; b < d.layout().num_blocks(); ++b) {
+    CHECK(d.EntryBytes(d.VshardOf(b), b) == (d.Holds(b) ? d.BlockPayloadBytes(b) : 0));
+    CHECK(d.EntryBytes(d.VshardOf(b) + 1, b) == 0);
+  }
+  CHECK(d.EntryBytes(0, d.layout().num_blocks()) == 0);
+}
+
+TEST_CASE("a dense load initializes exactly the blocks nothing was loaded into", "[checkpoint]") {
+  std::mt19937_64 rng(3);
+  DenseTable t(Dense(OptimizerKind::kAdagrad), kAllOwned);
+  for (int r = 0; r < 5; ++r) PushRandom(t, rng, 1);
+  t.BeginCut(1);
+  Image img = Take(t, 1, 0);
+  const uint64_t b0 = std::get<1>(img.front());
+  img.erase(img.begin());  // the first block is not in the image
+  DenseTable loaded(Dense(OptimizerKind::kAdagrad), kAllOwned, /*initialize=*/false);
+  Load(loaded, img);
+  DenseTable fresh(Dense(OptimizerKind::kAdagrad), kAllOwned);
+  loaded.BeginCut(1);
+  fresh.BeginCut(1);
+  const Image got = Take(loaded, 1, 0), initial = Take(fresh, 1, 0);
+  REQUIRE(got.size() == initial.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    INFO("block " << std::get<1>(got[i]));
+    if (i == 0) {
+      REQUIRE(std::get<1>(got[i]) == b0);
+      CHECK(got[i] == initial[i]);  // the initializer's values, not the zeros it was mapped with
+    } else {
+      CHECK(got[i] == img[i - 1]);
+    }
+  }
+}
+
+TEST_CASE("step sums applied through the table equal the same pushes", "[checkpoint]") {
+  SparseTable s(Sparse(OptimizerKind::kAdam), kAllOwned),
+      s_ref(Sparse(OptimizerKind::kAdam), kAllOwned);
+  EntrySums sums;
+  std::vector<uint64_t> keys = {7, 1000003, 42};
+  std::vector<float> grads;
+  for (uint64_t k : keys) {
+    std::vector<float>& sum = sums[k];
+    for (uint32_t i = 0; i < s.dim(); ++i) sum.push_back(0.25f * (k % 5) - 0.5f + i);
+    for (float g : sum) grads.push_back(g * 0.5f);
+  }
+  CHECK(s.ApplySums(sums, 0.5f, 2) == keys.size());
+  VshardGrouping groups;
+  GroupByVshard(keys, s_ref.num_vshards(), &groups);
+  s_ref.Push(keys, groups, grads.data(), 2);
+  s.BeginCut(2);
+  s_ref.BeginCut(2);
+  CHECK(Take(s, 2, 0) == Take(s_ref, 2, 0));
+
+  DenseTable d(Dense(OptimizerKind::kAdam), kAllOwned),
+      d_ref(Dense(OptimizerKind::kAdam), kAllOwned);
+  EntrySums dense_sums;
+  const uint64_t b = 3;
+  const size_t len = d.SumFloats(b);
+  REQUIRE(len == d.layout().BlockEnd(b) - d.layout().BlockBegin(b));
+  CHECK(d.SumFloats(d.layout().num_blocks()) == 0);
+  std::vector<float> g(len, 2.0f), half(len, 1.0f);
+  dense_sums[b] = g;
+  CHECK(d.ApplySums(dense_sums, 0.5f, 2) == len);
+  d_ref.Push(d.layout().BlockBegin(b), len, half.data(), 2);
+  d.BeginCut(2);
+  d_ref.BeginCut(2);
+  CHECK(Take(d, 2, 0) == Take(d_ref, 2, 0));
 }
 
 }  // namespace

@@ -52,6 +52,7 @@ void DenseTable::InitializeBlock(uint64_t b) {
   }
   block.step = 0;
   block.gen = kBaseGeneration;
+  block.has_values = true;
 }
 
 uint64_t DenseTable::BlockOverhead() { return sizeof(Block) + sizeof(std::unique_ptr<Block>); }
@@ -205,6 +206,68 @@ void DenseTable::LoadBlock(uint64_t b, absl::string_view payload) {
   std::memcpy(block.data, payload.data(), data_bytes);
   std::memcpy(&block.step, payload.data() + data_bytes, sizeof(block.step));
   block.gen = kBaseGeneration;
+  block.has_values = true;
+}
+
+std::vector<EntryGroup> DenseTable::HeldGroups() const {
+  std::vector<EntryGroup> groups;
+  for (uint64_t b = 0; b < layout_.num_blocks(); ++b) {
+    if (Holds(b)) groups.push_back({.vshard = VshardOf(b), .block = b});
+  }
+  std::sort(groups.begin(), groups.end(), [](const EntryGroup& x, const EntryGroup& y) {
+    return std::pair(x.vshard, x.block) < std::pair(y.vshard, y.block);
+  });
+  return groups;
+}
+
+absl::Status DenseTable::TakeGroup(const EntryGroup& group, uint64_t cut_gen, uint64_t parent_gen,
+                                   EntrySink& sink) {
+  const size_t n = BlockPayloadBytes(group.block);
+  std::unique_ptr<char[]> own;
+  char* payload = sink.Buffer(n);
+  if (payload == nullptr) {
+    own = std::make_unique_for_overwrite<char[]>(n);
+    payload = own.get();
+  }
+  if (!TakeBlock(group.block, cut_gen, parent_gen, payload)) return absl::OkStatus();
+  return sink.Add(group.vshard, group.block, absl::string_view(payload, n));
+}
+
+size_t DenseTable::EntryBytes(uint32_t vshard, uint64_t block) const {
+  if (block >= layout_.num_blocks() || !Holds(block) || VshardOf(block) != vshard) return 0;
+  return BlockPayloadBytes(block);
+}
+
+void DenseTable::FinishLoad() {
+  for (uint64_t b = 0; b < layout_.num_blocks(); ++b) {
+    if (!Holds(b)) continue;
+    bool loaded;
+    {
+      absl::MutexLock lock(&blocks_[b]->mu);
+      loaded = blocks_[b]->has_values;
+    }
+    if (!loaded) InitializeBlock(b);
+  }
+}
+
+size_t DenseTable::SumFloats(uint64_t block) const {
+  return block < layout_.num_blocks() ? layout_.BlockEnd(block) - layout_.BlockBegin(block) : 0;
+}
+
+uint64_t DenseTable::ApplySums(const EntrySums& sums, float scale, uint64_t gen) {
+  std::vector<uint64_t> blocks;
+  for (const auto& [b, sum] : sums) blocks.push_back(b);
+  std::sort(blocks.begin(), blocks.end());
+  std::vector<float> scaled;
+  uint64_t elements = 0;
+  for (uint64_t b : blocks) {
+    const std::vector<float>& sum = sums.at(b);
+    scaled.resize(sum.size());
+    for (size_t i = 0; i < sum.size(); ++i) scaled[i] = SaturateToFloat(double{sum[i]} * scale);
+    Push(layout_.BlockBegin(b), scaled.size(), scaled.data(), gen);
+    elements += scaled.size();
+  }
+  return elements;
 }
 
 }  // namespace tessera

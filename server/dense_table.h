@@ -72,6 +72,17 @@ class DenseTable final : public TableData {
   void LoadBlock(uint64_t block, absl::string_view payload);
   // Gives a held block its initial values (a restore that found no data for it).
   void InitializeBlock(uint64_t block);
+  // TableData's entries and groups are blocks.
+  std::vector<EntryGroup> HeldGroups() const override;
+  absl::Status TakeGroup(const EntryGroup& group, uint64_t cut_gen, uint64_t parent_gen,
+                         EntrySink& sink) override;
+  size_t EntryBytes(uint32_t vshard, uint64_t block) const override;
+  void LoadEntry(uint32_t, uint64_t block, absl::string_view payload) override {
+    LoadBlock(block, payload);
+  }
+  void FinishLoad() override;  // initializes every held block that nothing was loaded into
+  size_t SumFloats(uint64_t block) const override;
+  uint64_t ApplySums(const EntrySums& sums, float scale, uint64_t gen) override;
 
   // A stable hash of every held block's weights, slots and step, in block order.
   uint64_t Digest() const override;
@@ -102,6 +113,7 @@ class DenseTable final : public TableData {
     mutable absl::Mutex mu;                              // guards *data and the fields below
     uint64_t step ABSL_GUARDED_BY(mu) = 0;               // Adam's step counter
     uint64_t gen ABSL_GUARDED_BY(mu) = kBaseGeneration;  // generation of the last change
+    bool has_values ABSL_GUARDED_BY(mu) = false;         // initialized or loaded
     // Copy-on-write of a checkpoint in progress (see SparseTable).
     uint64_t cow_gen ABSL_GUARDED_BY(mu) = 0;
     bool has_cow ABSL_GUARDED_BY(mu) = false;

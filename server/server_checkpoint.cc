@@ -20,6 +20,7 @@
 #include "proto/tessera.pb.h"
 #include "server/apply_executors.h"
 #include "server/dense_table.h"
+#include "server/request_checks.h"
 #include "server/server_core.h"
 #include "server/sparse_table.h"
 #include "storage/checkpoint_store.h"
@@ -93,53 +94,61 @@ absl::Status ServerCore::GetCheckpointState(const v1::GetCheckpointStateRequest&
 
 namespace {
 
-// The rows of one table in one vshard range, written to one file by one thread.
+// The entries of one table in a range of its groups, written to one file by one thread.
 struct FileJob {
-  std::vector<uint32_t> vshards;                      // sparse: owned vshards, ascending
-  std::vector<std::pair<uint32_t, uint64_t>> blocks;  // dense: (vshard, block), ascending
+  std::vector<EntryGroup> groups;  // in (vshard, id) order
   std::string name;
   absl::Status status;
   storage::FileInfo info;
 };
 
-// Writes job.vshards of a sparse table. Every vshard is taken even after an error: that ends
-// its copy-on-write.
-void WriteSparseFile(SparseTable& t, uint64_t cut_gen, uint64_t parent_gen, const std::string& path,
-                     FileJob& job) {
-  absl::StatusOr<std::unique_ptr<storage::TableFileWriter>> writer =
-      storage::TableFileWriter::Create(path);
-  job.status = writer.status();
-  VshardSnapshot snap;
-  const size_t rb = t.row_bytes();
-  for (uint32_t v : job.vshards) {
-    t.TakeVshard(v, cut_gen, parent_gen, &snap);
-    for (size_t i = 0; i < snap.keys.size() && job.status.ok(); ++i) {
-      job.status =
-          (*writer)->AddRow(v, snap.keys[i], absl::string_view(snap.payload.data() + i * rb, rb));
-    }
-  }
-  if (!job.status.ok()) return;
-  absl::StatusOr<storage::FileInfo> info = (*writer)->Finish();
-  job.status = info.status();
-  if (info.ok()) job.info = *info;
-}
+// Adds entries to a table file. A payload the table wrote into Buffer() goes to RocksDB as it
+// is, behind the entry type byte reserved in front of it (a dense block is not copied again).
+class FileSink final : public EntrySink {
+ public:
+  explicit FileSink(storage::TableFileWriter* writer) : writer_(writer) {}
 
-void WriteDenseFile(DenseTable& t, uint64_t cut_gen, uint64_t parent_gen, const std::string& path,
-                    FileJob& job) {
+  char* Buffer(size_t bytes) override {
+    if (bytes + 1 > capacity_) {
+      value_ = std::make_unique_for_overwrite<char[]>(bytes + 1);
+      value_[0] = static_cast<char>(storage::EntryType::kRow);
+      capacity_ = bytes + 1;
+    }
+    return value_.get() + 1;
+  }
+  absl::Status Add(uint32_t vshard, uint64_t id, absl::string_view payload) override {
+    if (value_ != nullptr && payload.data() == value_.get() + 1) {
+      return writer_->AddEncodedRow(vshard, id,
+                                    absl::string_view(value_.get(), payload.size() + 1));
+    }
+    return writer_->AddRow(vshard, id, payload);
+  }
+
+ private:
+  storage::TableFileWriter* const writer_;
+  std::unique_ptr<char[]> value_;
+  size_t capacity_ = 0;
+};
+
+// Takes entries and drops them: a group is taken even after a write failed, which ends its
+// copy-on-write.
+class DiscardSink final : public EntrySink {
+ public:
+  absl::Status Add(uint32_t, uint64_t, absl::string_view) override { return absl::OkStatus(); }
+};
+
+void WriteFile(TableData& data, uint64_t cut_gen, uint64_t parent_gen, const std::string& path,
+               FileJob& job) {
   absl::StatusOr<std::unique_ptr<storage::TableFileWriter>> writer =
       storage::TableFileWriter::Create(path);
   job.status = writer.status();
-  // One buffer for every block: the type byte, then the payload copied out under the block's
-  // lock, then handed to RocksDB as it is.
-  size_t max_payload = 0;
-  for (const auto& [v, b] : job.blocks) max_payload = std::max(max_payload, t.BlockPayloadBytes(b));
-  auto value = std::make_unique_for_overwrite<char[]>(max_payload + 1);
-  value[0] = static_cast<char>(storage::EntryType::kRow);
-  for (const auto& [v, b] : job.blocks) {
-    if (t.TakeBlock(b, cut_gen, parent_gen, value.get() + 1) && job.status.ok()) {
-      job.status = (*writer)->AddEncodedRow(
-          v, b, absl::string_view(value.get(), t.BlockPayloadBytes(b) + 1));
-    }
+  std::unique_ptr<FileSink> file;
+  if (writer.ok()) file = std::make_unique<FileSink>(writer->get());
+  DiscardSink discard;
+  for (const EntryGroup& g : job.groups) {
+    EntrySink& sink = job.status.ok() ? static_cast<EntrySink&>(*file) : discard;
+    absl::Status s = data.TakeGroup(g, cut_gen, parent_gen, sink);
+    if (job.status.ok()) job.status = s;
   }
   if (!job.status.ok()) return;
   absl::StatusOr<storage::FileInfo> info = (*writer)->Finish();
@@ -170,20 +179,8 @@ absl::Status ServerCore::WriteTableFile(const Table& table, size_t index, uint64
   const size_t threads =
       parent_gen != 0 ? 1 : std::max<uint32_t>(1, options_.checkpoint_write_threads);
   std::vector<FileJob> jobs;
-  if (table.sparse != nullptr) {
-    std::vector<uint32_t> vshards;
-    for (uint32_t v = 0; v < table.sparse->num_vshards(); ++v) {
-      if (table.sparse->Owns(v)) vshards.push_back(v);
-    }
-    for (auto& piece : Split(vshards, threads)) jobs.push_back({.vshards = std::move(piece)});
-  } else {
-    const DenseTable& t = *table.dense;
-    std::vector<std::pair<uint32_t, uint64_t>> blocks;  // (vshard, block): the files' key order
-    for (uint64_t b = 0; b < t.layout().num_blocks(); ++b) {
-      if (t.Holds(b)) blocks.emplace_back(t.VshardOf(b), b);
-    }
-    std::sort(blocks.begin(), blocks.end());
-    for (auto& piece : Split(blocks, threads)) jobs.push_back({.blocks = std::move(piece)});
+  for (auto& piece : Split(table.data().HeldGroups(), threads)) {
+    jobs.push_back({.groups = std::move(piece)});
   }
   if (jobs.empty()) jobs.emplace_back();  // a table with nothing here still gets a file
   const std::string dir = store_->PartDir(id, shard_index_);
@@ -193,11 +190,7 @@ absl::Status ServerCore::WriteTableFile(const Table& table, size_t index, uint64
     workers.emplace_back([&, j] {
       FileJob& job = jobs[j];
       const std::string path = absl::StrCat(dir, "/", job.name);
-      if (table.sparse != nullptr) {
-        WriteSparseFile(*table.sparse, cut_gen, parent_gen, path, job);
-      } else {
-        WriteDenseFile(*table.dense, cut_gen, parent_gen, path, job);
-      }
+      WriteFile(table.data(), cut_gen, parent_gen, path, job);
     });
   }
   for (auto& w : workers) w.join();
@@ -212,12 +205,8 @@ absl::Status ServerCore::WriteTableFile(const Table& table, size_t index, uint64
     f->set_crc32c(job.info.crc32c);
     f->set_rows(job.info.rows);
     f->set_tombstones(job.info.tombstones);
-    f->set_first_vshard(!job.vshards.empty()  ? job.vshards.front()
-                        : !job.blocks.empty() ? job.blocks.front().first
-                                              : 0);
-    f->set_last_vshard(!job.vshards.empty()  ? job.vshards.back()
-                       : !job.blocks.empty() ? job.blocks.back().first
-                                             : 0);
+    f->set_first_vshard(job.groups.empty() ? 0 : job.groups.front().vshard);
+    f->set_last_vshard(job.groups.empty() ? 0 : job.groups.back().vshard);
     entry->set_rows(entry->rows() + job.info.rows);
     entry->set_bytes(entry->bytes() + job.info.size_bytes);
   }
@@ -337,8 +326,8 @@ absl::Status ServerCore::LoadTable(const std::vector<storage::v1::CheckpointMani
                                    uint64_t* bytes) {
   const storage::v1::CheckpointManifest& last = chain.back();
   // Dense blocks are allocated without initial values; any the checkpoint does not hold get
-  // them at the end. (One byte per block: threads set different ones.)
-  std::vector<char> loaded(table->dense != nullptr ? table->dense->layout().num_blocks() : 0, 0);
+  // them at the end (FinishLoad).
+  TableData& data = table->data();
   std::atomic<uint64_t> loaded_rows{0};
   const auto [mine_first, mine_last] = VshardRange(shard_index_, num_shards_, options_.num_vshards);
   const uint32_t threads = std::max<uint32_t>(1, options_.checkpoint_write_threads);
@@ -358,26 +347,13 @@ absl::Status ServerCore::LoadTable(const std::vector<storage::v1::CheckpointMani
     }
     const std::string& file = oldest_first.back()->path();
     auto load = [&](const storage::Entry& e) -> absl::Status {
-      if (table->sparse != nullptr) {
-        SparseTable& t = *table->sparse;
-        if (e.bytes.size() != t.row_bytes() || VshardOfKey(e.key, t.num_vshards()) != e.vshard ||
-            !t.Owns(e.vshard)) {
-          return absl::DataLossError(
-              absl::StrFormat("checkpoint file %s: row %u of table '%s' does not fit the table",
-                              file, e.key, name));
-        }
-        t.LoadRow(e.vshard, e.key, e.bytes);
-      } else {
-        DenseTable& t = *table->dense;
-        if (e.key >= t.layout().num_blocks() || !t.Holds(e.key) || t.VshardOf(e.key) != e.vshard ||
-            e.bytes.size() != t.BlockPayloadBytes(e.key)) {
-          return absl::DataLossError(
-              absl::StrFormat("checkpoint file %s: block %u of table '%s' does not fit the table",
-                              file, e.key, name));
-        }
-        t.LoadBlock(e.key, e.bytes);
-        loaded[e.key] = 1;
+      if (e.bytes.empty() || data.EntryBytes(e.vshard, e.key) != e.bytes.size()) {
+        return absl::DataLossError(absl::StrFormat(
+            "checkpoint file %s: %s %u of table '%s' (vshard %u, %u bytes) does not fit the table",
+            file, table->config.kind == TableKind::kSparse ? "row" : "block", e.key,
+            ShortName(name), e.vshard, e.bytes.size()));
       }
+      data.LoadEntry(e.vshard, e.key, e.bytes);
       loaded_rows.fetch_add(1, std::memory_order_relaxed);
       return absl::OkStatus();
     };
@@ -396,9 +372,7 @@ absl::Status ServerCore::LoadTable(const std::vector<storage::v1::CheckpointMani
     for (auto& w : workers) w.join();
     for (const absl::Status& st : statuses) TESSERA_RETURN_IF_ERROR(st);
   }
-  for (uint64_t b = 0; b < loaded.size(); ++b) {
-    if (table->dense->Holds(b) && !loaded[b]) table->dense->InitializeBlock(b);
-  }
+  data.FinishLoad();
   *rows += loaded_rows.load();
   return absl::OkStatus();
 }

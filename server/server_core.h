@@ -20,6 +20,7 @@
 #include "server/memory_budget.h"
 #include "server/push_dedup.h"
 #include "server/shard_log.h"
+#include "server/table_data.h"
 
 namespace tessera {
 
@@ -74,7 +75,6 @@ class TableEntry;
 class SparseTable;
 class DenseTable;
 class ApplyExecutors;
-class TableData;
 
 // Per-process options of the server core. Defaults suit a server with a few GB of memory.
 struct ServerCoreOptions {
@@ -289,10 +289,9 @@ class ServerCore {
   // A table's BSP step: gradient sums of the pending step, not applied yet. Changed only
   // under the core's order_mu_ (like every change), so it needs no lock of its own.
   struct StepSums {
-    uint64_t step = 0;                                         // pending step; 0: none
-    uint64_t applied_step = 0;                                 // the last step applied
-    absl::flat_hash_map<uint64_t, std::vector<float>> rows;    // sparse: key -> dim sums
-    absl::flat_hash_map<uint64_t, std::vector<float>> blocks;  // dense: block -> sums
+    uint64_t step = 0;          // pending step; 0: none
+    uint64_t applied_step = 0;  // the last step applied
+    EntrySums entries;          // entry id (a key, a block) -> its sums
   };
   struct Table {
     ~Table();                        // gives its memory back to the budget

@@ -39,8 +39,7 @@ uint64_t SumCharge(uint32_t dim) { return uint64_t{dim} * sizeof(float) + 64; }
 
 absl::StatusOr<bool> ServerCore::SequencePush(const Origin& origin, const std::string& name,
                                               Table& t, const v1::PushId& id, uint64_t step,
-                                              LogEntry::Op op, v1::PushResponse* resp,
-                                              Done* done) {
+                                              LogEntry::Op op, v1::PushResponse* resp, Done* done) {
   const bool replay = origin.replay != nullptr;
   std::shared_ptr<Table> current;
   TESSERA_RETURN_IF_ERROR(
@@ -110,8 +109,8 @@ absl::Status ServerCore::SubmitPushSparse(std::shared_ptr<const v1::PushSparseRe
   Table& t = *work->table;
   {
     absl::MutexLock order(&order_mu_);
-    absl::StatusOr<bool> sequenced = SequencePush(origin, name, t, req->id(),
-                                                  req->accumulate_step(), req, resp, &done);
+    absl::StatusOr<bool> sequenced =
+        SequencePush(origin, name, t, req->id(), req->accumulate_step(), req, resp, &done);
     if (!sequenced.ok()) return sequenced.status();
     if (*sequenced) {
       const uint64_t step = req->accumulate_step();
@@ -138,7 +137,7 @@ absl::Status ServerCore::SubmitPushSparse(std::shared_ptr<const v1::PushSparseRe
       const absl::Span<const uint64_t> keys = work->keys.keys;
       uint64_t created = 0;
       for (size_t i = 0; i < keys.size(); ++i) {
-        std::vector<float>& sum = t.sums.rows[keys[i]];
+        std::vector<float>& sum = t.sums.entries[keys[i]];
         if (sum.empty()) ++created;
         sum.resize(dim, 0.0f);
         AddSaturating(&sum[0], &work->values[i * dim], dim);
@@ -183,8 +182,8 @@ absl::Status ServerCore::SubmitPushDense(std::shared_ptr<const v1::PushDenseRequ
   const DenseLayout& layout = dense.layout();
   {
     absl::MutexLock order(&order_mu_);
-    absl::StatusOr<bool> sequenced = SequencePush(origin, name, t, req->id(),
-                                                  req->accumulate_step(), req, resp, &done);
+    absl::StatusOr<bool> sequenced =
+        SequencePush(origin, name, t, req->id(), req->accumulate_step(), req, resp, &done);
     if (!sequenced.ok()) return sequenced.status();
     if (*sequenced) {
       const uint64_t step = req->accumulate_step();
@@ -213,7 +212,7 @@ absl::Status ServerCore::SubmitPushDense(std::shared_ptr<const v1::PushDenseRequ
       }
       t.sums.step = step;
       for (uint64_t b = first_block; b < layout.num_blocks() && layout.BlockBegin(b) < end; ++b) {
-        std::vector<float>& sum = t.sums.blocks[b];
+        std::vector<float>& sum = t.sums.entries[b];
         if (sum.empty()) {
           const uint64_t bytes = SumCharge(layout.BlockEnd(b) - layout.BlockBegin(b));
           budget_.Force(bytes);  // (a dense table's sums are bounded by the table itself)
@@ -294,8 +293,7 @@ absl::Status ServerCore::SubmitApplyStep(std::shared_ptr<const v1::ApplyStepRequ
       // A barrier: every earlier change to the table's rows is applied before the step's sums.
       executors_->Drain();
       ApplyStepSums(*table, req->scale(), resp);
-      sums.rows.clear();
-      sums.blocks.clear();
+      sums.entries.clear();
       table->charged -= table->sums_charged;  // (the sums are freed: the table holds less)
       budget_.Release(table->sums_charged);
       table->sums_charged = 0;
@@ -309,39 +307,9 @@ absl::Status ServerCore::SubmitApplyStep(std::shared_ptr<const v1::ApplyStepRequ
 }
 
 void ServerCore::ApplyStepSums(Table& table, float scale, v1::ApplyStepResponse* resp) {
-  StepSums& sums = table.sums;
   absl::ReaderMutexLock gate(&gate_);
-  const uint64_t gen = generation_.load(std::memory_order_relaxed);
-  if (table.sparse != nullptr && !sums.rows.empty()) {
-    const uint32_t dim = table.sparse->dim();
-    std::vector<uint64_t> keys;
-    std::vector<float> grads;
-    keys.reserve(sums.rows.size());
-    grads.reserve(sums.rows.size() * dim);
-    // (Keys are distinct: the order in which rows are updated does not change any row.)
-    for (const auto& [key, sum] : sums.rows) {
-      keys.push_back(key);
-      for (float g : sum) grads.push_back(SaturateToFloat(double{g} * scale));
-    }
-    VshardGrouping groups;
-    GroupByVshard(keys, table.sparse->num_vshards(), &groups);
-    table.sparse->Push(keys, groups, grads.data(), gen);
-    resp->set_rows(keys.size());
-  } else if (table.dense != nullptr) {
-    std::vector<uint64_t> blocks;
-    for (const auto& [b, sum] : sums.blocks) blocks.push_back(b);
-    std::sort(blocks.begin(), blocks.end());
-    std::vector<float> scaled;
-    uint64_t elements = 0;
-    for (uint64_t b : blocks) {
-      const std::vector<float>& sum = sums.blocks[b];
-      scaled.resize(sum.size());
-      for (size_t i = 0; i < sum.size(); ++i) scaled[i] = SaturateToFloat(double{sum[i]} * scale);
-      table.dense->Push(table.dense->layout().BlockBegin(b), scaled.size(), scaled.data(), gen);
-      elements += scaled.size();
-    }
-    resp->set_rows(elements);
-  }
+  resp->set_rows(table.data().ApplySums(table.sums.entries, scale,
+                                        generation_.load(std::memory_order_relaxed)));
 }
 
 }  // namespace tessera

@@ -14,6 +14,7 @@
 #include "proto/tessera.pb.h"
 #include "server/apply_executors.h"
 #include "server/dense_table.h"
+#include "server/request_checks.h"
 #include "server/server_core.h"
 #include "server/sparse_table.h"
 
@@ -22,6 +23,33 @@ namespace {
 
 // running_checkpoint_ while a catch-up cut is being streamed (checkpoints wait for it).
 constexpr uint64_t kCatchUpRunning = std::numeric_limits<uint64_t>::max();
+
+// A group's entries as one SnapshotRows of `chunk` (added at the first entry; none for a group
+// with nothing to send): ids in `keys`, payloads back to back.
+class SnapshotRowsSink final : public EntrySink {
+ public:
+  SnapshotRowsSink(v1::InstallSnapshotRequest* chunk, const TableConfig& config)
+      : chunk_(chunk), config_(config) {}
+
+  absl::Status Add(uint32_t vshard, uint64_t id, absl::string_view payload) override {
+    if (rows_ == nullptr) {
+      rows_ = chunk_->add_rows();
+      TableConfigToProto(config_, rows_->mutable_spec());
+      rows_->set_vshard(vshard);
+    }
+    rows_->mutable_keys()->append(reinterpret_cast<const char*>(&id), sizeof(id));
+    rows_->mutable_payload()->append(payload.data(), payload.size());
+    return absl::OkStatus();
+  }
+  size_t bytes() const {
+    return rows_ == nullptr ? 0 : rows_->keys().size() + rows_->payload().size();
+  }
+
+ private:
+  v1::InstallSnapshotRequest* const chunk_;
+  const TableConfig& config_;
+  v1::SnapshotRows* rows_ = nullptr;
+};
 
 }  // namespace
 
@@ -60,13 +88,8 @@ absl::StatusOr<uint64_t> ServerCore::ExportSnapshot(
       a->set_table(t->config.name);
       a->set_step(sums.step);
       a->set_applied_step(sums.applied_step);
-      for (const auto& [key, sum] : sums.rows) {
-        a->mutable_keys()->append(reinterpret_cast<const char*>(&key), sizeof(key));
-        a->mutable_sums()->append(reinterpret_cast<const char*>(sum.data()),
-                                  sum.size() * sizeof(float));
-      }
-      for (const auto& [block, sum] : sums.blocks) {
-        a->mutable_keys()->append(reinterpret_cast<const char*>(&block), sizeof(block));
+      for (const auto& [id, sum] : sums.entries) {
+        a->mutable_keys()->append(reinterpret_cast<const char*>(&id), sizeof(id));
         a->mutable_sums()->append(reinterpret_cast<const char*>(sum.data()),
                                   sum.size() * sizeof(float));
       }
@@ -91,37 +114,13 @@ absl::StatusOr<uint64_t> ServerCore::ExportSnapshot(
     chunk.add_table_ids(t->id);
   }
   TESSERA_RETURN_IF_ERROR(flush());
-  VshardSnapshot snap;
   for (const auto& t : tables) {
-    if (t->sparse != nullptr) {
-      SparseTable& sparse = *t->sparse;
-      for (uint32_t v = 0; v < sparse.num_vshards(); ++v) {
-        if (!sparse.Owns(v)) continue;
-        sparse.TakeVshard(v, cut_gen, /*parent_gen=*/0, &snap);
-        if (snap.keys.empty()) continue;
-        v1::SnapshotRows* rows = chunk.add_rows();
-        TableConfigToProto(t->config, rows->mutable_spec());
-        rows->set_vshard(v);
-        rows->set_keys(snap.keys.data(), snap.keys.size() * sizeof(uint64_t));
-        rows->set_payload(std::move(snap.payload));
-        snap.payload.clear();
-        bytes += rows->keys().size() + rows->payload().size();
-        if (bytes >= chunk_bytes) TESSERA_RETURN_IF_ERROR(flush());
-      }
-    } else {
-      DenseTable& dense = *t->dense;
-      for (uint64_t b = 0; b < dense.layout().num_blocks(); ++b) {
-        if (!dense.Holds(b)) continue;
-        std::string payload(dense.BlockPayloadBytes(b), '\0');
-        if (!dense.TakeBlock(b, cut_gen, /*parent_gen=*/0, payload.data())) continue;
-        v1::SnapshotRows* rows = chunk.add_rows();
-        TableConfigToProto(t->config, rows->mutable_spec());
-        rows->set_vshard(dense.VshardOf(b));
-        rows->set_dense_block(b);
-        rows->set_payload(std::move(payload));
-        bytes += rows->payload().size();
-        if (bytes >= chunk_bytes) TESSERA_RETURN_IF_ERROR(flush());
-      }
+    // Each group's entries become one SnapshotRows (ids in `keys`, payloads back to back).
+    for (const EntryGroup& g : t->data().HeldGroups()) {
+      SnapshotRowsSink sink(&chunk, t->config);
+      TESSERA_RETURN_IF_ERROR(t->data().TakeGroup(g, cut_gen, /*parent_gen=*/0, sink));
+      bytes += sink.bytes();
+      if (bytes >= chunk_bytes) TESSERA_RETURN_IF_ERROR(flush());
     }
   }
   for (const PushDeduplicator::ClientSnapshot& c : dedup) {
@@ -175,42 +174,43 @@ absl::Status ServerCore::InstallSnapshot(uint64_t term, const v1::InstallSnapsho
       return absl::InvalidArgumentError(
           absl::StrFormat("snapshot rows for unknown table '%s'", rows.spec().name()));
     }
-    Table& t = *it->second;
-    if (t.sparse != nullptr) {
-      SparseTable& sparse = *t.sparse;
-      const size_t n = rows.keys().size() / sizeof(uint64_t);
-      const size_t rb = sparse.row_bytes();
-      if (rows.keys().size() != n * sizeof(uint64_t) || rows.payload().size() != n * rb ||
-          rows.vshard() >= sparse.num_vshards() || !sparse.Owns(rows.vshard())) {
+    TableData& data = it->second->data();
+    if (rows.keys().size() % sizeof(uint64_t) != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("snapshot rows of table '%s' (vshard %u): %u bytes of ids",
+                          ShortName(rows.spec().name()), rows.vshard(), rows.keys().size()));
+    }
+    std::vector<uint64_t> scratch;
+    const absl::Span<const uint64_t> ids = PackedView<uint64_t>(rows.keys(), &scratch);
+    // Every entry is checked before any is loaded: a chunk that does not fit changes nothing.
+    size_t offset = 0;
+    for (uint64_t id : ids) {
+      const size_t n = data.EntryBytes(rows.vshard(), id);
+      if (n == 0 || n > rows.payload().size() - offset) {
         return absl::InvalidArgumentError(
-            absl::StrFormat("snapshot rows of table '%s' (vshard %u) do not fit",
-                            rows.spec().name(), rows.vshard()));
+            absl::StrFormat("snapshot entry %u of table '%s' (vshard %u) does not fit the table",
+                            id, ShortName(rows.spec().name()), rows.vshard()));
       }
-      std::vector<uint64_t> scratch;
-      absl::Span<const uint64_t> keys = PackedView<uint64_t>(rows.keys(), &scratch);
-      for (size_t i = 0; i < n; ++i) {
-        if (VshardOfKey(keys[i], sparse.num_vshards()) != rows.vshard()) {
-          return absl::InvalidArgumentError(
-              absl::StrFormat("snapshot key %u of table '%s' is not in vshard %u", keys[i],
-                              rows.spec().name(), rows.vshard()));
-        }
-        sparse.LoadRow(rows.vshard(), keys[i],
-                       absl::string_view(rows.payload().data() + i * rb, rb));
-      }
-    } else {
-      DenseTable& dense = *t.dense;
-      const uint64_t b = rows.dense_block();
-      if (b >= dense.layout().num_blocks() || !dense.Holds(b) ||
-          rows.payload().size() != dense.BlockPayloadBytes(b)) {
-        return absl::InvalidArgumentError(
-            absl::StrFormat("snapshot block %u of table '%s' does not fit", b, rows.spec().name()));
-      }
-      dense.LoadBlock(b, rows.payload());
+      offset += n;
+    }
+    if (offset != rows.payload().size()) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "snapshot rows of table '%s' (vshard %u): %u payload bytes left over",
+          ShortName(rows.spec().name()), rows.vshard(), rows.payload().size() - offset));
+    }
+    offset = 0;
+    for (uint64_t id : ids) {
+      const size_t n = data.EntryBytes(rows.vshard(), id);
+      data.LoadEntry(rows.vshard(), id, absl::string_view(rows.payload().data() + offset, n));
+      offset += n;
     }
   }
   ++in.next_seq;
   if (!req.done()) return absl::OkStatus();
-  for (auto& [name, t] : in.tables) (void)ChargeLoadedRows(*t, /*force=*/true);
+  for (auto& [name, t] : in.tables) {
+    t->data().FinishLoad();
+    (void)ChargeLoadedRows(*t, /*force=*/true);
+  }
 
   for (const v1::SnapshotAccumulator& a : req.accumulators()) {
     auto it = in.tables.find(a.table());
@@ -227,17 +227,12 @@ absl::Status ServerCore::InstallSnapshot(uint64_t term, const v1::InstallSnapsho
     size_t offset = 0;  // in floats
     const size_t total = a.sums().size() / sizeof(float);
     for (uint64_t id : ids) {
-      const size_t len =
-          t.sparse != nullptr
-              ? t.sparse->dim()
-              : (id < t.dense->layout().num_blocks()
-                     ? t.dense->layout().BlockEnd(id) - t.dense->layout().BlockBegin(id)
-                     : total + 1);
-      if (offset + len > total) {
+      const size_t len = t.data().SumFloats(id);
+      if (len == 0 || offset + len > total) {
         return absl::InvalidArgumentError(
-            absl::StrFormat("snapshot step sums of table '%s' do not fit", a.table()));
+            absl::StrFormat("snapshot step sums of table '%s' do not fit", ShortName(a.table())));
       }
-      std::vector<float>& sum = t.sparse != nullptr ? t.sums.rows[id] : t.sums.blocks[id];
+      std::vector<float>& sum = t.sums.entries[id];
       sum.resize(len);
       std::memcpy(sum.data(), a.sums().data() + offset * sizeof(float), len * sizeof(float));
       offset += len;

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "common/hash.h"
+#include "common/status_macros.h"
 
 namespace tessera {
 
@@ -219,6 +220,51 @@ void SparseTable::LoadRow(uint32_t vshard, uint64_t key, absl::string_view paylo
   float* row = p.rows.Row(FindOrCreate(p, key, kBaseGeneration, &created));
   std::memcpy(row, payload.data(), row_bytes());
   SetGen(row, kBaseGeneration);
+}
+
+std::vector<EntryGroup> SparseTable::HeldGroups() const {
+  std::vector<EntryGroup> groups;
+  for (uint32_t v = 0; v < num_vshards(); ++v) {
+    if (Owns(v)) groups.push_back({.vshard = v});
+  }
+  return groups;
+}
+
+absl::Status SparseTable::TakeGroup(const EntryGroup& group, uint64_t cut_gen, uint64_t parent_gen,
+                                    EntrySink& sink) {
+  VshardSnapshot snap;
+  TakeVshard(group.vshard, cut_gen, parent_gen, &snap);
+  const size_t rb = row_bytes();
+  for (size_t i = 0; i < snap.keys.size(); ++i) {
+    TESSERA_RETURN_IF_ERROR(
+        sink.Add(group.vshard, snap.keys[i], absl::string_view(snap.payload.data() + i * rb, rb)));
+  }
+  return absl::OkStatus();
+}
+
+size_t SparseTable::EntryBytes(uint32_t vshard, uint64_t key) const {
+  if (vshard >= num_vshards() || !Owns(vshard) || VshardOfKey(key, num_vshards()) != vshard) {
+    return 0;
+  }
+  return row_bytes();
+}
+
+uint64_t SparseTable::ApplySums(const EntrySums& sums, float scale, uint64_t gen) {
+  if (sums.empty()) return 0;
+  const uint32_t dim = config_.dim;
+  std::vector<uint64_t> keys;
+  std::vector<float> grads;
+  keys.reserve(sums.size());
+  grads.reserve(sums.size() * dim);
+  // (Keys are distinct: the order in which rows are updated does not change any row.)
+  for (const auto& [key, sum] : sums) {
+    keys.push_back(key);
+    for (float g : sum) grads.push_back(SaturateToFloat(double{g} * scale));
+  }
+  VshardGrouping groups;
+  GroupByVshard(keys, num_vshards(), &groups);
+  Push(keys, groups, grads.data(), gen);
+  return keys.size();
 }
 
 uint64_t SparseTable::Digest(uint32_t vshard) const {

@@ -78,6 +78,17 @@ class SparseTable final : public TableData {
   // Restore: sets the row of `key` (in owned `vshard`) to `payload` (row_bytes() bytes) at
   // kBaseGeneration, creating it when missing. REQUIRES: the table is not yet serving.
   void LoadRow(uint32_t vshard, uint64_t key, absl::string_view payload);
+  // TableData's entries are rows; a group is an owned vshard.
+  std::vector<EntryGroup> HeldGroups() const override;
+  absl::Status TakeGroup(const EntryGroup& group, uint64_t cut_gen, uint64_t parent_gen,
+                         EntrySink& sink) override;
+  size_t EntryBytes(uint32_t vshard, uint64_t key) const override;
+  void LoadEntry(uint32_t vshard, uint64_t key, absl::string_view payload) override {
+    LoadRow(vshard, key, payload);
+  }
+  void FinishLoad() override {}
+  size_t SumFloats(uint64_t) const override { return config_.dim; }
+  uint64_t ApplySums(const EntrySums& sums, float scale, uint64_t gen) override;
 
   // A stable hash of the vshard's rows (key, weights, slots, step), in key order; rows still at
   // their initial values count as absent (a pull creates them on one replica only).

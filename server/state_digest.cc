@@ -45,8 +45,7 @@ uint64_t ServerCore::StateDigest() {
     h = Mix64(h ^ Fnv1a64(spec.SerializeAsString()));
     h = Mix64(h ^ t->id);
     h = Mix64(Mix64(h ^ t->sums.step) ^ t->sums.applied_step);
-    h = HashSums(h, t->sums.rows);
-    h = HashSums(h, t->sums.blocks);
+    h = HashSums(h, t->sums.entries);
     h = Mix64(h ^ t->data().Digest());
   }
   for (const PushDeduplicator::ClientSnapshot& c : dedup_.Snapshot()) {

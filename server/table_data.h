@@ -2,12 +2,45 @@
 // the operations that do not depend on the kind go through this interface instead of being
 // dispatched by hand. Rows and blocks themselves are read and written through the concrete
 // classes (SparseTable, DenseTable), on the hot paths without a virtual call.
+//
+// Checkpoints, snapshots and BSP sums see a table as entries: a sparse table's entries are its
+// rows (id = key), a dense table's its blocks (id = block index). Each lives in one vshard and
+// has a payload (weights, slots, then the 8-byte step when the optimizer has one).
 #ifndef TESSERA_SERVER_TABLE_DATA_H_
 #define TESSERA_SERVER_TABLE_DATA_H_
 
+#include <cstddef>
 #include <cstdint>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 
 namespace tessera {
+
+// Entries taken together at a cut: a sparse table's vshard (all its rows; block unused), a
+// dense table's block. Checkpoint files store entries in (vshard, id) order.
+struct EntryGroup {
+  uint32_t vshard = 0;
+  uint64_t block = 0;
+};
+
+// Receives the entries of a cut, in id order within a group.
+class EntrySink {
+ public:
+  virtual ~EntrySink() = default;
+  // Room for a payload of `bytes` that a table may fill and pass to the next Add in place (no
+  // copy), or null (the default): the table passes its own bytes.
+  virtual char* Buffer(size_t bytes) {
+    (void)bytes;
+    return nullptr;
+  }
+  virtual absl::Status Add(uint32_t vshard, uint64_t id, absl::string_view payload) = 0;
+};
+
+// A BSP step's gradient sums by entry id (docs/replication.md, "Steps").
+using EntrySums = absl::flat_hash_map<uint64_t, std::vector<float>>;
 
 class TableData {
  public:
@@ -16,6 +49,28 @@ class TableData {
   // change runs concurrently), and its end everywhere (after an error or once taken).
   virtual void BeginCut(uint64_t cut_gen) = 0;
   virtual void EndCut() = 0;
+  // The groups held here, in (vshard, id) order.
+  virtual std::vector<EntryGroup> HeldGroups() const = 0;
+  // Hands the group's entries as they were at the cut that changed after parent_gen (0: all)
+  // to `sink` and ends the group's copy-on-write (also when the sink fails: its first error is
+  // returned and no further entry is handed over).
+  virtual absl::Status TakeGroup(const EntryGroup& group, uint64_t cut_gen, uint64_t parent_gen,
+                                 EntrySink& sink) = 0;
+  // Payload bytes of entry `id` of `vshard` when this table may hold it here (a key of that
+  // owned vshard, a held block of it), else 0: what a loader checks before LoadEntry.
+  virtual size_t EntryBytes(uint32_t vshard, uint64_t id) const = 0;
+  // Restore and snapshot install: sets the entry. REQUIRES: the table is not yet serving,
+  // payload.size() == EntryBytes(vshard, id) != 0; concurrent calls for different vshards.
+  virtual void LoadEntry(uint32_t vshard, uint64_t id, absl::string_view payload) = 0;
+  // After the last LoadEntry: entries that nothing was loaded for get their initial values
+  // (dense blocks; a sparse row is created when it is first touched).
+  virtual void FinishLoad() = 0;
+  // Floats in entry id's step sum (a row's dim, a block's length), 0 when there is no such id.
+  virtual size_t SumFloats(uint64_t id) const = 0;
+  // Applies step sums, each scaled by `scale` (saturating to float), at generation gen;
+  // returns the rows or elements updated. REQUIRES: every id has SumFloats(id) sums and is
+  // held here; no change runs concurrently.
+  virtual uint64_t ApplySums(const EntrySums& sums, float scale, uint64_t gen) = 0;
   // Sparse rows or dense elements held here.
   virtual uint64_t Entries() const = 0;
   // Memory held here: what is resident.
