@@ -85,6 +85,9 @@ struct Replicator::Impl : public v1::Replication::WithRawCallbackMethod_Replicat
     bool live_in_map = false;      // LIVE in the map this primary acts on
     bool found_caught_up = false;  // R6: this primary found it caught up (counts it from then)
     bool report_caught_up = false;
+    // The backup answered FAILED: the coordinator is asked, once, to make it JOINING (T10).
+    bool report_failed = false;
+    std::string failed_reason;
     uint64_t snapshot_bytes = 0;
   };
 
@@ -194,6 +197,9 @@ struct Replicator::Impl : public v1::Replication::WithRawCallbackMethod_Replicat
   void MaybeCaughtUp(Sender* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
 
   absl::Status ReportCaughtUp(Sender* s);
+  // T10: asks the coordinator to make a FAILED backup JOINING, so that it is neither counted
+  // nor promoted while it is re-synced.
+  absl::Status ReportReplicaFailed(Sender* s);
 
   absl::Status SendSnapshot(Sender* s);
 

@@ -38,7 +38,7 @@ void Replicator::Impl::Backoff(Sender* s, int* failures) {
 void Replicator::Impl::SendLoop(Sender* s) {
   int failures = 0;
   while (true) {
-    bool snapshot = false, report = false;
+    bool snapshot = false, report = false, report_failed = false;
     absl::Status failed;
     std::vector<Entry*> batch;
     v1::ReplicateRequest header;
@@ -46,7 +46,9 @@ void Replicator::Impl::SendLoop(Sender* s) {
       absl::MutexLock lock(&mu);
       auto ready = [s]() {
         if (s->stop || !s->failure.ok()) return true;
-        if (s->needs_snapshot || s->report_caught_up) return s->in_flight == 0;
+        if (s->needs_snapshot || s->report_caught_up || s->report_failed) {
+          return s->in_flight == 0;
+        }
         return s->in_flight < kMaxInFlight && !s->queue.empty() && s->queue.back().lsn > s->sent;
       };
       mu.AwaitWithTimeout(absl::Condition(&ready), absl::Milliseconds(200));
@@ -62,13 +64,16 @@ void Replicator::Impl::SendLoop(Sender* s) {
         s->sent = s->acked;  // resend what was not acknowledged
       } else if (s->in_flight > 0) {
         // (only sending is possible now)
+      } else if (s->report_failed) {
+        report_failed = true;
+        s->report_failed = false;  // one attempt; the snapshot follows whatever the answer
       } else if (s->needs_snapshot) {
         snapshot = true;
         s->snapshotting = true;
       } else if (s->report_caught_up) {
         report = true;
       }
-      if (failed.ok() && !snapshot && !report && !s->needs_snapshot &&
+      if (failed.ok() && !snapshot && !report && !report_failed && !s->needs_snapshot &&
           s->in_flight < kMaxInFlight) {
         size_t bytes = 0;
         for (Entry& e : s->queue) {
@@ -89,6 +94,22 @@ void Replicator::Impl::SendLoop(Sender* s) {
       }
     }
     absl::Status st = failed;
+    if (report_failed) {
+      // Refused (a coordinator that is down or already moved on): the backup stays counted and
+      // is re-synced all the same, while writes wait for it (docs/state_machine.md).
+      if (absl::Status r = ReportReplicaFailed(s); !r.ok()) {
+        LogWarning("could not report FAILED backup %s to the coordinator: %s", s->address,
+                   r.ToString());
+      } else {
+        // This sender's entry is gone from the new map: give the heartbeat thread a moment to
+        // apply it (and stop this sender) rather than snapshot an entry that no longer exists.
+        absl::MutexLock lock(&mu);
+        auto stopped = [s]() { return s->stop; };
+        mu.AwaitWithTimeout(absl::Condition(&stopped),
+                            absl::Milliseconds(4 * std::max(options.heartbeat_ms, 50)));
+      }
+      continue;
+    }
     if (snapshot) {
       st = SendSnapshot(s);
     } else if (report) {
@@ -151,8 +172,10 @@ void Replicator::Impl::OnBatchDone(Sender* s, BatchCall& call, const grpc::Statu
       if (auto it = trailers.find(kReplicaFailedKey); it != trailers.end()) {
         // It applied nothing it did not acknowledge; a snapshot is its way back.
         if (!s->needs_snapshot) {
+          s->failed_reason = std::string(it->second.data(), it->second.size());
           LogWarning("backup %s is FAILED (%s); re-syncing it with a snapshot", s->address,
-                     std::string(it->second.data(), it->second.size()));
+                     s->failed_reason);
+          s->report_failed = true;
         }
         s->needs_snapshot = true;
         ++replica_failures;
@@ -197,6 +220,30 @@ absl::Status Replicator::Impl::ReportCaughtUp(Sender* s) {
   }
   LogInfo("replica %s of shard %u caught up", req.replica(), req.shard());
   Poke();  // the heartbeat thread applies the new map (this thread may be stopped by it)
+  return absl::OkStatus();
+}
+
+absl::Status Replicator::Impl::ReportReplicaFailed(Sender* s) {
+  v1::ReportReplicaFailedRequest req;
+  {
+    absl::MutexLock lock(&mu);
+    req.set_epoch(epoch);
+    req.set_shard(static_cast<uint32_t>(shard));
+    req.set_primary(address);
+    req.set_primary_incarnation(incarnation);
+    req.set_replica(s->id.address);
+    req.set_replica_incarnation(s->id.incarnation);
+    req.set_join_epoch(s->id.join_epoch);
+    req.set_reason(s->failed_reason);
+  }
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  v1::ReportReplicaFailedResponse resp;
+  const grpc::Status status = coordinator->ReportReplicaFailed(&ctx, req, &resp);
+  if (!status.ok()) return FromGrpcStatus(status);
+  LogInfo("FAILED backup %s of shard %u is JOINING again; re-syncing it", req.replica(),
+          req.shard());
+  Poke();  // the heartbeat thread applies the new map: a new sender snapshots it as a joiner
   return absl::OkStatus();
 }
 

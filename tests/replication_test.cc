@@ -440,6 +440,16 @@ TEST_CASE("replication and coordinator endpoints refuse bad and foreign input cl
     CHECK(coord->ReportCaughtUp(&ctx, req, &resp).error_code() ==
           grpc::StatusCode::FAILED_PRECONDITION);
   }
+  {
+    v1::ReportReplicaFailedRequest req;  // a stranger (not the primary) demoting the primary
+    req.set_shard(0);
+    req.set_primary(backup);
+    req.set_replica(primary);
+    v1::ReportReplicaFailedResponse resp;
+    grpc::ClientContext ctx;
+    CHECK(coord->ReportReplicaFailed(&ctx, req, &resp).error_code() ==
+          grpc::StatusCode::FAILED_PRECONDITION);
+  }
   // Nothing of that changed the cluster: still complete, still serving.
   TESSERA_REQUIRE_OK(cluster->WaitForReplicas(absl::Seconds(10)));
   Workload work(*cluster, {.clients = 1});

@@ -120,6 +120,8 @@ TEST_CASE(
       {coord, "/tessera.v1.Coordinator/GetClusterMap", "malformed tessera.v1.GetClusterMapRequest"},
       {coord, "/tessera.v1.Coordinator/ReportCaughtUp",
        "malformed tessera.v1.ReportCaughtUpRequest"},
+      {coord, "/tessera.v1.Coordinator/ReportReplicaFailed",
+       "malformed tessera.v1.ReportReplicaFailedRequest"},
       {coord, "/tessera.v1.Coordinator/GetClusterStatus",
        "malformed tessera.v1.GetClusterStatusRequest"},
       {coord, "/tessera.v1.Coordinator/JoinJob", "malformed tessera.v1.JoinJobRequest"},
@@ -172,6 +174,67 @@ TEST_CASE("a refusal naming a 100 KB table name stays small and carries the epoc
   CHECK(st.error_message().size() < 2048);
   CHECK(st.error_message().find("100000 bytes") != std::string::npos);
   CHECK(ctx->GetServerTrailingMetadata().count(kEpochMetadataKey) == 1);
+  CHECK(cluster->Stop().ok());
+}
+
+// The join epoch of `address`'s entry in shard 0 of the coordinator's map (0: none).
+uint64_t JoinEpochOf(const LocalCluster& cluster, const std::string& address) {
+  auto coord = v1::Coordinator::NewStub(
+      grpc::CreateChannel(cluster.coordinator_address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::GetClusterMapResponse resp;
+  REQUIRE(coord->GetClusterMap(&ctx, v1::GetClusterMapRequest(), &resp).ok());
+  for (const v1::Replica& r : resp.map().shards(0).replicas()) {
+    if (r.address() == address) return r.join_epoch();
+  }
+  return 0;
+}
+
+TEST_CASE(
+    "a backup that refuses an entry is FAILED, JOINING again while it is re-synced, and LIVE "
+    "with every acknowledged push",
+    "[state_machine][replication]") {
+  // Finding 2 through processes: a backup started with a lower limit than its primary's. It
+  // refuses the push and acknowledges nothing; the primary has the coordinator make it
+  // JOINING again (a new entry: neither counted nor promotable while it is re-synced) and
+  // snapshots it back.
+  auto cluster = StartPair();
+  const std::vector<int> replicas = *cluster->ReplicasOf(0);
+  const int backup = replicas[1];
+  const std::string backup_address = cluster->addresses()[backup];
+  const uint64_t join_initial = JoinEpochOf(*cluster, backup_address);
+  REQUIRE(cluster->RestartServer(backup, {"--heartbeat_ms=100", "--max_keys_per_request=2"}).ok());
+  // The restarted process gets an entry of its own (a new join) once the coordinator sees it.
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (JoinEpochOf(*cluster, backup_address) == join_initial && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  REQUIRE(cluster->WaitForReplicas(absl::Seconds(60)).ok());
+  const uint64_t join_before = JoinEpochOf(*cluster, backup_address);
+  REQUIRE(join_before > join_initial);
+  std::unique_ptr<Client> client = testing::ConnectCoordinated(*cluster);
+  TableConfig t{.name = "t", .kind = TableKind::kSparse, .dim = 1};
+  t.optimizer.kind = OptimizerKind::kAdd;
+  REQUIRE(client->CreateTable(t).ok());
+  const std::vector<uint64_t> keys = {1, 2, 3};
+  REQUIRE(client->PushSparse("t", keys, std::vector<float>{1, 2, 3}).ok());
+  // Re-synced: LIVE again, under a new entry (the old one was made JOINING).
+  REQUIRE(cluster->WaitForReplicas(absl::Seconds(60)).ok());
+  CHECK(JoinEpochOf(*cluster, backup_address) > join_before);
+  absl::StatusOr<std::string> metrics = HttpGet(cluster->metrics_ports()[replicas[0]], "/metrics");
+  REQUIRE(metrics.ok());
+  CHECK(SumSamples(ParsePromText(*metrics), "tessera_server_backup_failures_total") >= 1);
+  // The primary dies: the re-synced backup holds the push.
+  cluster->KillServer(replicas[0]);
+  REQUIRE(testing::WaitForNewPrimary(*cluster, 0, replicas[0]) == backup);
+  for (uint64_t k : keys) {  // (one at a time: this server takes at most 2 keys a request)
+    float got = 0;
+    absl::Status st = client->PullSparse("t", {k}, absl::MakeSpan(&got, 1));
+    INFO(st.ToString());
+    REQUIRE(st.ok());
+    CHECK(got == static_cast<float>(k));
+  }
   CHECK(cluster->Stop().ok());
 }
 

@@ -402,31 +402,56 @@ void ClusterState::RestartLeases(int64_t now_ms) {
   }
 }
 
-absl::Status ClusterState::CaughtUp(const v1::ReportCaughtUpRequest& report) {
-  if (report.shard() >= options_.num_shards) {
-    return absl::InvalidArgumentError(absl::StrFormat("no shard %u", report.shard()));
-  }
-  v1::ShardReplicas* shard = map_.mutable_shards(report.shard());
-  if (shard->state() != v1::SHARD_STATE_SERVING) {
+absl::StatusOr<int> ClusterState::ReportedReplica(uint32_t s, const std::string& primary,
+                                                  uint64_t primary_incarnation,
+                                                  const std::string& replica,
+                                                  uint64_t replica_incarnation,
+                                                  uint64_t join_epoch) const {
+  if (s >= options_.num_shards)
+    return absl::InvalidArgumentError(absl::StrFormat("no shard %u", s));
+  const v1::ShardReplicas& shard = map_.shards(s);
+  if (shard.state() != v1::SHARD_STATE_SERVING) {
     return absl::FailedPreconditionError(
-        absl::StrFormat("shard %u is %s", report.shard(), ShardStateName(shard->state())));
+        absl::StrFormat("shard %u is %s", s, ShardStateName(shard.state())));
   }
-  if (shard->replicas().empty() || shard->replicas(0).address() != report.primary() ||
-      shard->replicas(0).incarnation() != report.primary_incarnation()) {
-    return absl::FailedPreconditionError(
-        absl::StrFormat("%s (incarnation %x) is not the primary of shard %u", report.primary(),
-                        report.primary_incarnation(), report.shard()));
-  }
-  const int index = FindReplica(*shard, report.replica(), report.replica_incarnation());
-  if (index < 0 || shard->replicas(index).join_epoch() != report.join_epoch()) {
+  if (shard.replicas().empty() || shard.replicas(0).address() != primary ||
+      shard.replicas(0).incarnation() != primary_incarnation) {
     return absl::FailedPreconditionError(absl::StrFormat(
-        "%s (incarnation %x, joined at epoch %u) is not a replica of shard %u any more",
-        report.replica(), report.replica_incarnation(), report.join_epoch(), report.shard()));
+        "%s (incarnation %x) is not the primary of shard %u", primary, primary_incarnation, s));
   }
-  v1::Replica* r = shard->mutable_replicas(index);
+  const int index = FindReplica(shard, replica, replica_incarnation);
+  if (index <= 0 || shard.replicas(index).join_epoch() != join_epoch) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "%s (incarnation %x, joined at epoch %u) is not a replica of shard %u any more", replica,
+        replica_incarnation, join_epoch, s));
+  }
+  return index;
+}
+
+absl::Status ClusterState::CaughtUp(const v1::ReportCaughtUpRequest& report) {
+  absl::StatusOr<int> index =
+      ReportedReplica(report.shard(), report.primary(), report.primary_incarnation(),
+                      report.replica(), report.replica_incarnation(), report.join_epoch());
+  if (!index.ok()) return index.status();
+  v1::Replica* r = map_.mutable_shards(report.shard())->mutable_replicas(*index);
   if (r->state() == v1::REPLICA_STATE_LIVE) return absl::OkStatus();
   r->set_state(v1::REPLICA_STATE_LIVE);
   Bump(absl::StrFormat("%s is a LIVE replica of shard %u", report.replica(), report.shard()));
+  return absl::OkStatus();
+}
+
+absl::Status ClusterState::ReplicaFailed(const v1::ReportReplicaFailedRequest& report) {
+  absl::StatusOr<int> index =
+      ReportedReplica(report.shard(), report.primary(), report.primary_incarnation(),
+                      report.replica(), report.replica_incarnation(), report.join_epoch());
+  if (!index.ok()) return index.status();
+  // A new entry for the same process: the primary's sender for the old one stops (and with it
+  // the counting), a new one snapshots it as a joiner; the replica sees a new upstream (R4).
+  v1::Replica* r = map_.mutable_shards(report.shard())->mutable_replicas(*index);
+  r->set_state(v1::REPLICA_STATE_JOINING);
+  r->set_join_epoch(map_.epoch() + 1);  // the epoch Bump makes
+  Bump(absl::StrFormat("%s of shard %u is FAILED (%s): JOINING again until it is re-synced",
+                       report.replica(), report.shard(), report.reason().substr(0, 200)));
   return absl::OkStatus();
 }
 

@@ -55,6 +55,9 @@ class ClusterState {
   // T7. Errors: INVALID_ARGUMENT (no such shard), FAILED_PRECONDITION (the reporter is not
   // the shard's primary, or the entry is not a JOINING replica of it any more).
   absl::Status CaughtUp(const v1::ReportCaughtUpRequest& report);
+  // T10: a FAILED backup, reported by its primary, is JOINING again at a new join epoch.
+  // Errors as CaughtUp.
+  absl::Status ReplicaFailed(const v1::ReportReplicaFailedRequest& report);
   // T8 (operator). Errors: INVALID_ARGUMENT, FAILED_PRECONDITION (the shard is not lost, or no
   // alive unplaced server can hold it).
   absl::StatusOr<v1::RecoverShardResponse> RecoverShard(const v1::RecoverShardRequest& req);
@@ -68,6 +71,12 @@ class ClusterState {
   void Status(int64_t now_ms, v1::GetClusterStatusResponse* out) const;
 
  private:
+  // The replica entry a primary reports on (T7, T10): its index in shard `shard`, or
+  // INVALID_ARGUMENT (no such shard) / FAILED_PRECONDITION (the shard does not serve, the
+  // reporter is not its primary, or the entry is not a replica of it any more).
+  absl::StatusOr<int> ReportedReplica(uint32_t shard, const std::string& primary,
+                                      uint64_t primary_incarnation, const std::string& replica,
+                                      uint64_t replica_incarnation, uint64_t join_epoch) const;
   struct Member {
     uint64_t incarnation = 0;
     int32_t shard = -1;  // bound shard

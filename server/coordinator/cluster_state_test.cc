@@ -78,6 +78,27 @@ class Harness {
     }
     return Report(req);
   }
+  absl::Status Failed(int shard, const std::string& primary, const std::string& replica) {
+    v1::ReportReplicaFailedRequest req;
+    req.set_shard(shard);
+    req.set_primary(primary);
+    req.set_replica(replica);
+    req.set_reason("testing");
+    const v1::ShardReplicas s =
+        shard < map().shards_size() ? map().shards(shard) : v1::ShardReplicas();
+    for (const v1::Replica& r : s.replicas()) {
+      if (r.address() == primary) req.set_primary_incarnation(r.incarnation());
+      if (r.address() == replica) {
+        req.set_replica_incarnation(r.incarnation());
+        req.set_join_epoch(r.join_epoch());
+      }
+    }
+    v1::ReportReplicaFailedResponse resp;
+    CoordinatorCall call{ReplicaFailedCall{&req, &resp}, {}};
+    core_.Process(absl::MakeSpan(&call, 1), now_);
+    if (call.status.ok()) CHECK(resp.map().epoch() == map().epoch());
+    return call.status;
+  }
   absl::Status Report(const v1::ReportCaughtUpRequest& req) {
     v1::ReportCaughtUpResponse resp;
     CoordinatorCall call{CaughtUpCall{&req, &resp}, {}};
@@ -142,6 +163,47 @@ TEST_CASE("servers fill primaries first, then joining backups, and a report name
   stale.set_replica_incarnation(1);
   stale.set_join_epoch(h.map().shards(1).replicas(1).join_epoch() - 1);
   CHECK(h.Report(stale).code() == absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_CASE("a FAILED backup reported by its primary is JOINING again, never promoted",
+          "[coordinator]") {
+  Harness h(kR3);
+  for (const char* a : {"p", "b1", "b2"}) h.Beat(a);
+  REQUIRE(h.CaughtUp(0, "p", "b1").ok());
+  REQUIRE(h.CaughtUp(0, "p", "b2").ok());
+  REQUIRE(h.Replicas(0) == std::vector<std::string>{"p", "b1", "b2"});
+  const uint64_t e0 = h.map().epoch();
+  const uint64_t join0 = h.map().shards(0).replicas(1).join_epoch();
+  // Only the shard's primary may report, about a backup entry of its own shard.
+  CHECK(h.Failed(0, "b2", "b1").code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(h.Failed(0, "p", "p").code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(h.Failed(0, "p", "nobody").code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(h.Failed(5, "p", "b1").code() == absl::StatusCode::kInvalidArgument);
+  CHECK(h.map().epoch() == e0);
+  REQUIRE(h.Failed(0, "p", "b1").ok());
+  CHECK(h.Replicas(0) == std::vector<std::string>{"p", "b1?", "b2"});
+  CHECK(h.map().epoch() == e0 + 1);
+  CHECK(h.map().shards(0).replicas(1).join_epoch() == e0 + 1);  // a new entry (R4)
+  CHECK(h.map().shards(0).replicas(1).join_epoch() != join0);
+  // A second report about the old entry is stale.
+  v1::ReportReplicaFailedRequest stale;
+  stale.set_shard(0);
+  stale.set_primary("p");
+  stale.set_primary_incarnation(h.incarnation_of("p"));
+  stale.set_replica("b1");
+  stale.set_replica_incarnation(h.incarnation_of("b1"));
+  stale.set_join_epoch(join0);
+  v1::ReportReplicaFailedResponse resp;
+  CoordinatorCall call{ReplicaFailedCall{&stale, &resp}, {}};
+  h.core().Process(absl::MakeSpan(&call, 1), h.now());
+  CHECK(call.status.code() == absl::StatusCode::kFailedPrecondition);
+  // The primary dies: the LIVE backup is promoted, never the JOINING one.
+  h.Advance(3000, {"b1", "b2"});
+  REQUIRE_FALSE(h.Replicas(0).empty());
+  CHECK(h.Replicas(0).front() == "b2");
+  // Re-synced, it is LIVE again under its new entry.
+  REQUIRE(h.CaughtUp(0, "b2", "b1").ok());
+  CHECK(std::find(h.Replicas(0).begin(), h.Replicas(0).end(), "b1") != h.Replicas(0).end());
 }
 
 // A promoting shard waits for a proof: an answer asks for it, the next heartbeat carries it.

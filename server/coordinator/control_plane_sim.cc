@@ -381,8 +381,13 @@ void Sim::ChaosFault() {
     } else {
       CrashAndMaybeRestart(p, -1, true);  // stays down until healed
     }
-  } else if (kind < 70 && !alive.empty()) {
+  } else if (kind < 62 && !alive.empty()) {
     Stall(alive[Rand(alive.size())], RandIn(50, 3000));
+  } else if (kind < 70 && !alive.empty()) {
+    // A replay refused (a backup started with other limits): FAILED until a snapshot.
+    ProcPtr p = alive[Rand(alive.size())];
+    Note(absl::StrFormat("%s turns FAILED", p->address));
+    p->failed = true;
   } else if (kind < 80 && coord_up_) {
     CoordinatorCrash();
   } else if (kind < 90) {

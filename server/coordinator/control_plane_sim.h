@@ -110,6 +110,8 @@ class Sim {
     bool in_flight = false;
     bool report_pending = false;
     bool report_in_flight = false;
+    bool failed_report_pending = false;  // T10: the backup answered FAILED; tell the coordinator
+    bool failed_report_in_flight = false;
     uint64_t acked = 0;
     int64_t retry_at = 0;
   };
@@ -124,6 +126,9 @@ class Sim {
     uint64_t incarnation = 0;
     bool alive = true;
     int64_t stalled_until = 0;
+    // FAILED (docs/state_machine.md): refuses every batch, applying nothing, until it installs
+    // a snapshot.
+    bool failed = false;
     uint64_t epoch = 0;
     Placement placement;
     uint64_t term = 1, synced_term = 0;
@@ -200,6 +205,8 @@ class Sim {
   };
   using HeartbeatReq = Request<v1::HeartbeatRequest, v1::HeartbeatResponse, HeartbeatCall>;
   using CaughtUpReq = Request<v1::ReportCaughtUpRequest, v1::ReportCaughtUpResponse, CaughtUpCall>;
+  using FailedReq =
+      Request<v1::ReportReplicaFailedRequest, v1::ReportReplicaFailedResponse, ReplicaFailedCall>;
   using RecoverReq = Request<v1::RecoverShardRequest, v1::RecoverShardResponse, RecoverShardCall>;
   using FinishReq =
       Request<v1::FinishRecoveryRequest, v1::FinishRecoveryResponse, FinishRecoveryCall>;
@@ -244,7 +251,7 @@ class Sim {
   // A sender's reply arrived: the sender if it still exists (same entry, same generation).
   Sender* Live(const ProcPtr& p, const std::string& key, uint64_t gen);
 
-  enum class Answer { kOk, kBehind, kFenced, kNeedsSnapshot, kGap };
+  enum class Answer { kOk, kBehind, kFenced, kNeedsSnapshot, kGap, kReplicaFailed };
   struct BatchReply {
     Answer answer;
     uint64_t lsn;
@@ -268,6 +275,9 @@ class Sim {
   void SendSnapshot(const ProcPtr& p, Sender& s);
 
   void SendReport(const ProcPtr& p, Sender& s);
+
+  // T10: one report that backup entry s is FAILED; the snapshot goes on meanwhile.
+  void SendFailedReport(const ProcPtr& p, Sender& s);
 
   // ---- Clients: one synchronous writer per shard, pushes retried with the same id ----
 

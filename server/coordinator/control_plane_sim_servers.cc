@@ -157,6 +157,7 @@ void Sim::Pump(const ProcPtr& p) {
       }
     }
     if (s.report_pending && !s.report_in_flight) SendReport(p, s);
+    if (s.failed_report_pending && !s.failed_report_in_flight) SendFailedReport(p, s);
   }
 }
 
@@ -196,6 +197,7 @@ void Sim::SendBatch(const ProcPtr& p, Sender& s) {
       [this, b, h, first, entries]() -> std::optional<BatchReply> {
         if (auto refused = Check(b, h.epoch, h.shard, h.from, h.from_inc)) return refused;
         if (b->synced_term != b->term) return BatchReply{Answer::kNeedsSnapshot, 0};
+        if (b->failed) return BatchReply{Answer::kReplicaFailed, 0};  // applies nothing
         for (size_t i = 0; i < entries.size(); ++i) {
           const uint64_t lsn = first + i;
           if (lsn <= b->data.size()) {
@@ -222,6 +224,14 @@ void Sim::SendBatch(const ProcPtr& p, Sender& s) {
           Recompute(p);
         } else {
           if (r.has_value() && r->answer == Answer::kNeedsSnapshot) s->needs_snapshot = true;
+          if (r.has_value() && r->answer == Answer::kReplicaFailed && !s->needs_snapshot) {
+            s->needs_snapshot = true;  // still counted while the coordinator is asked
+            s->failed_report_pending = true;
+            if (options_.uncount_failed_backup_for_testing) {
+              s->live_in_map = s->found = false;
+              Recompute(p);
+            }
+          }
           s->retry_at = now_ + kRetryMs;
         }
         Pump(p);
@@ -242,6 +252,9 @@ void Sim::SendSnapshot(const ProcPtr& p, Sender& s) {
         b->snapshot_floor = id;
         ReplaceData(b, copy);
         b->synced_term = b->term;
+        if (b->failed)
+          Note(absl::StrFormat("%s installs a snapshot: no longer FAILED", b->address));
+        b->failed = false;
         return BatchReply{Answer::kOk, b->data.size()};
       },
       [this, p, h, cut](std::optional<BatchReply> r) {
@@ -282,6 +295,28 @@ void Sim::SendReport(const ProcPtr& p, Sender& s) {
       return;
     }
     At(kRetryMs * 3, [this, p] { OnProc(p, [this, p] { Pump(p); }); });
+  });
+}
+
+void Sim::SendFailedReport(const ProcPtr& p, Sender& s) {
+  s.failed_report_in_flight = true;
+  auto r = std::make_shared<FailedReq>();
+  r->req.set_epoch(p->epoch);
+  r->req.set_shard(static_cast<uint32_t>(p->placement.shard));
+  r->req.set_primary(p->address);
+  r->req.set_primary_incarnation(p->incarnation);
+  r->req.set_replica(s.id.address);
+  r->req.set_replica_incarnation(s.id.incarnation);
+  r->req.set_join_epoch(s.id.join_epoch);
+  r->req.set_reason("simulated");
+  const std::string key = s.id.Key();
+  const uint64_t gen = s.gen;
+  ToCoordinator(p, r, kCallTimeoutMs, [this, p, key, gen](bool ok, absl::Status st) {
+    Sender* s = Live(p, key, gen);
+    if (s == nullptr) return;
+    s->failed_report_in_flight = false;
+    s->failed_report_pending = false;  // one attempt, as the Replicator makes
+    if (ok && st.ok()) Poke(p);
   });
 }
 

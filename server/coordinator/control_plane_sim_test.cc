@@ -135,5 +135,11 @@ TEST_CASE("control-plane simulation catches identity by address instead of incar
                 "identity by address");
 }
 
+TEST_CASE("control-plane simulation catches a primary that stops counting a FAILED backup itself",
+          "[sim][mutation]") {
+  RequireCaught(Family::kChaos, 2000, {.uncount_failed_backup_for_testing = true},
+                "a FAILED backup uncounted before it is JOINING");
+}
+
 }  // namespace
 }  // namespace tessera::control_plane_sim

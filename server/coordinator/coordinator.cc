@@ -39,11 +39,12 @@ constexpr char kService[] = "tessera.v1.Coordinator";
 
 // Every method raw, parsed by RunParsed: garbage gets INVALID_ARGUMENT, not UNIMPLEMENTED.
 using C = v1::Coordinator;
-using RawCoordinatorService = C::WithRawCallbackMethod_Heartbeat<
-    C::WithRawCallbackMethod_GetClusterMap<C::WithRawCallbackMethod_ReportCaughtUp<
-        C::WithRawCallbackMethod_GetClusterStatus<C::WithRawCallbackMethod_JoinJob<
-            C::WithRawCallbackMethod_Clock<C::WithRawCallbackMethod_RecoverShard<
-                C::WithRawCallbackMethod_FinishRecovery<C::CallbackService>>>>>>>>;
+using RawCoordinatorService =
+    C::WithRawCallbackMethod_Heartbeat<C::WithRawCallbackMethod_GetClusterMap<
+        C::WithRawCallbackMethod_ReportCaughtUp<C::WithRawCallbackMethod_ReportReplicaFailed<
+            C::WithRawCallbackMethod_GetClusterStatus<C::WithRawCallbackMethod_JoinJob<
+                C::WithRawCallbackMethod_Clock<C::WithRawCallbackMethod_RecoverShard<
+                    C::WithRawCallbackMethod_FinishRecovery<C::CallbackService>>>>>>>>>;
 
 struct CoordinatorServer::Impl : public RawCoordinatorService {
   CoordinatorServerOptions options;
@@ -302,6 +303,8 @@ struct CoordinatorServer::Impl : public RawCoordinatorService {
   TESSERA_COORDINATOR_METHOD(JoinJob, JoinJob(req, resp, reactor))
   TESSERA_COORDINATOR_METHOD(Clock, Clock(req, resp, reactor))
   TESSERA_COORDINATOR_METHOD(ReportCaughtUp, Enqueue(reactor, {CaughtUpCall{req, resp}, {}}))
+  TESSERA_COORDINATOR_METHOD(ReportReplicaFailed,
+                             Enqueue(reactor, {ReplicaFailedCall{req, resp}, {}}))
   TESSERA_COORDINATOR_METHOD(RecoverShard, Enqueue(reactor, {RecoverShardCall{req, resp}, {}}))
   TESSERA_COORDINATOR_METHOD(FinishRecovery, Enqueue(reactor, {FinishRecoveryCall{req, resp}, {}}))
 #undef TESSERA_COORDINATOR_METHOD

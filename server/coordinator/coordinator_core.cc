@@ -125,6 +125,8 @@ void CoordinatorCore::Apply(ClusterState& next, CoordinatorCall& call, int64_t n
     call.status = next.Heartbeat(hb->request->status(), now_ms);
   } else if (auto* cu = std::get_if<CaughtUpCall>(&call.call)) {
     call.status = next.CaughtUp(*cu->request);
+  } else if (auto* rf = std::get_if<ReplicaFailedCall>(&call.call)) {
+    call.status = next.ReplicaFailed(*rf->request);
   } else if (auto* rs = std::get_if<RecoverShardCall>(&call.call)) {
     absl::StatusOr<v1::RecoverShardResponse> r = next.RecoverShard(*rs->request);
     call.status = r.status();
@@ -147,6 +149,8 @@ void CoordinatorCore::Answer(CoordinatorCall& call) const {
     hb->response->set_confirm(state_.NeedsProof(st.address(), st.incarnation()));
   } else if (auto* cu = std::get_if<CaughtUpCall>(&call.call)) {
     *cu->response->mutable_map() = state_.map();
+  } else if (auto* rf = std::get_if<ReplicaFailedCall>(&call.call)) {
+    *rf->response->mutable_map() = state_.map();
   } else if (auto* rs = std::get_if<RecoverShardCall>(&call.call)) {
     *rs->response->mutable_map() = state_.map();
   } else if (auto* fr = std::get_if<FinishRecoveryCall>(&call.call)) {

@@ -51,6 +51,10 @@ struct CaughtUpCall {
   const v1::ReportCaughtUpRequest* request;
   v1::ReportCaughtUpResponse* response;
 };
+struct ReplicaFailedCall {
+  const v1::ReportReplicaFailedRequest* request;
+  v1::ReportReplicaFailedResponse* response;
+};
 struct RecoverShardCall {
   const v1::RecoverShardRequest* request;
   v1::RecoverShardResponse* response;
@@ -60,7 +64,8 @@ struct FinishRecoveryCall {
   v1::FinishRecoveryResponse* response;
 };
 struct CoordinatorCall {
-  std::variant<HeartbeatCall, CaughtUpCall, RecoverShardCall, FinishRecoveryCall> call;
+  std::variant<HeartbeatCall, CaughtUpCall, ReplicaFailedCall, RecoverShardCall, FinishRecoveryCall>
+      call;
   absl::Status status;  // set by Process
 };
 

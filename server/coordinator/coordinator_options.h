@@ -21,6 +21,9 @@ struct CoordinatorOptions {
   bool promote_unproven_for_testing = false;
   // Treats a new incarnation at a known address as the same member (identity by address).
   bool ignore_incarnation_for_testing = false;
+  // A server rule, for the simulation's servers: a primary stops counting a FAILED backup at
+  // once, without the coordinator making it JOINING first (T10).
+  bool uncount_failed_backup_for_testing = false;
 };
 
 }  // namespace tessera
