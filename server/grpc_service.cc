@@ -37,6 +37,22 @@ uint64_t ResponseBytesOf(const v1::PullDenseRequest& req) {
   return std::min<uint64_t>(req.count(), uint64_t{1} << 40) * sizeof(float);
 }
 
+// Working memory of a sparse call beyond its parsed copy, per key: the vshard order (4 bytes)
+// and its runs (up to 12), an aligned copy of the keys (8) and the repeated-key table (below 4
+// slots of 9 bytes); plus the table's minimum. An upper bound, reserved with the request.
+constexpr uint64_t kScratchBytesPerKey = 64;
+constexpr uint64_t kScratchBytesFixed = 4096;
+template <typename Req>
+uint64_t ScratchBytesOf(const Req&) {
+  return 0;
+}
+uint64_t ScratchBytesOf(const v1::PullSparseRequest& req) {
+  return kScratchBytesFixed + req.keys().size() / sizeof(uint64_t) * kScratchBytesPerKey;
+}
+uint64_t ScratchBytesOf(const v1::PushSparseRequest& req) {
+  return kScratchBytesFixed + req.keys().size() / sizeof(uint64_t) * kScratchBytesPerKey;
+}
+
 template <typename Req, typename Resp>
 Volume VolumeOf(const Req&, const Resp&) {
   return {};
@@ -123,6 +139,14 @@ void GrpcService::Run(Method method, Ctx* ctx, const Bytes* request, Bytes* resp
     const uint64_t out = std::min(ResponseBytesOf(*req), core_->max_response_bytes());
     status = budget.Reserve(out, absl::StrFormat("a response of %u bytes", out));
     if (status.ok()) held += out;
+  }
+  if (status.ok()) {
+    // (Keys are bounded by the request's bytes, which are bounded by --max_request_bytes.)
+    const uint64_t scratch = ScratchBytesOf(*req);
+    status = budget.Reserve(scratch, absl::StrFormat("working memory of %u bytes for a request "
+                                                     "of %u bytes",
+                                                     scratch, request_bytes));
+    if (status.ok()) held += scratch;
   }
   auto finish = [this, method, ctx, response, reactor, start, req, resp, values, request_bytes,
                  held](absl::Status status) {

@@ -47,6 +47,34 @@ grpc::Status Call(v1::ParameterServer::Stub& stub, const v1::PullSparseRequest& 
   return stub.PullSparse(&ctx, req, &resp);
 }
 
+TEST_CASE("a sparse call's working memory is reserved before it is allocated", "[process]") {
+  // The per-key scratch (vshard order, the repeated-key table) counts against
+  // --max_memory_bytes with the request and the response: 100,000 keys of dim 1 need 0.8 MB
+  // of request and 0.4 MB of response, which fit in 3 MiB, but 6.4 MB of scratch does not.
+  auto cluster = StartCluster(1, {"--max_memory_bytes=3145728"});
+  auto client = Connect(*cluster);
+  TableConfig t{.name = "t", .kind = TableKind::kSparse, .dim = 1};
+  t.optimizer.kind = OptimizerKind::kAdd;
+  REQUIRE(client->CreateTable(t).ok());
+  auto stub = RawStub(cluster->addresses()[0]);
+  std::vector<uint64_t> keys(100000);
+  for (size_t i = 0; i < keys.size(); ++i) keys[i] = i * 7919;
+  v1::PullSparseRequest req = Pull(keys);
+  req.set_table("t");
+  req.set_dim(1);
+  const grpc::Status s = Call(*stub, req);
+  INFO(s.error_message());
+  CHECK(s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED);
+  CHECK(s.error_message().find("working memory of 6404096 bytes") != std::string::npos);
+  CHECK(s.error_message().find("--max_memory_bytes") != std::string::npos);
+  absl::StatusOr<TableStatus> d = client->DescribeTable("t");
+  REQUIRE(d.ok());
+  CHECK(d->rows == 0);
+  // A call that fits is served.
+  std::vector<float> v(1000);
+  CHECK(client->PullSparse("t", absl::MakeSpan(keys).subspan(0, 1000), absl::MakeSpan(v)).ok());
+}
+
 TEST_CASE("bad requests over the wire get precise statuses and change nothing", "[process]") {
   auto cluster = StartCluster(1, {"--max_request_bytes=1048576", "--max_keys_per_request=4096"});
   auto client = Connect(*cluster);
