@@ -203,6 +203,7 @@ absl::StatusOr<std::shared_ptr<ServerCore::Table>> ServerCore::NewTable(const Ta
         budget_.Reserve(bytes, absl::StrFormat("table '%s'", ShortName(config.name))));
   }
   auto table = std::make_shared<Table>();
+  table->sums.parts.resize(executors_->size());
   table->budget = &budget_;
   table->charged = bytes;
   table->config = config;
@@ -231,6 +232,31 @@ ServerCore::Table::~Table() {
 
 // Settles a reservation of rows: the rows really created stay charged to the table, the rest
 // goes back to the budget.
+ServerCore::SumsReservation::~SumsReservation() {
+  const uint64_t created = created_.load();
+  const uint64_t used = std::min(reserved_, created);
+  budget_->Force(created - used);  // (never: the reservation covered every key)
+  budget_->Release(reserved_ - used);
+  table_->sums_charged += created;
+  table_->charged += created;
+}
+
+std::vector<std::pair<uint64_t, const std::vector<float>*>> ServerCore::StepSums::Sorted() const {
+  std::vector<std::pair<uint64_t, const std::vector<float>*>> out;
+  for (const EntrySums& part : parts) {
+    for (const auto& [id, sum] : part) out.emplace_back(id, &sum);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+bool ServerCore::StepSums::empty() const {
+  for (const EntrySums& part : parts) {
+    if (!part.empty()) return false;
+  }
+  return true;
+}
+
 ServerCore::RowReservation::~RowReservation() {
   const uint64_t used = std::min(reserved_, created_.load() * table_->sparse->row_charge());
   table_->charged += used;

@@ -286,12 +286,18 @@ class ServerCore {
   uint64_t max_response_bytes() const { return options_.max_response_bytes; }
 
  private:
-  // A table's BSP step: gradient sums of the pending step, not applied yet. Changed only
-  // under the core's order_mu_ (like every change), so it needs no lock of its own.
+  // A table's BSP step: gradient sums of the pending step, not applied yet. step and
+  // applied_step change under the core's order_mu_ (they are sequencing decisions); the sums
+  // are accumulated by the executors like any change: parts[e] holds the entries of the
+  // vshards executor e applies, changed only by it, in LSN order per vshard, and read only
+  // with the executors drained (ApplyStep, snapshots, the digest).
   struct StepSums {
-    uint64_t step = 0;          // pending step; 0: none
-    uint64_t applied_step = 0;  // the last step applied
-    EntrySums entries;          // entry id (a key, a block) -> its sums
+    uint64_t step = 0;             // pending step; 0: none
+    uint64_t applied_step = 0;     // the last step applied
+    std::vector<EntrySums> parts;  // by executor (one per executor, from creation on)
+    // Every entry id with its sums, in id order (REQUIRES: executors drained).
+    std::vector<std::pair<uint64_t, const std::vector<float>*>> Sorted() const;
+    bool empty() const;
   };
   struct Table {
     ~Table();                        // gives its memory back to the budget
@@ -304,12 +310,25 @@ class ServerCore {
     uint64_t id = 0;           // the LSN that made it (create, restore, snapshot): replicated
     uint64_t created_gen = 0;  // generation at creation; 0 when restored from a checkpoint
     StepSums sums;
-    uint64_t sums_charged = 0;  // of `charged`: the BSP sums (changed under order_mu_)
+    std::atomic<uint64_t> sums_charged{0};  // of `charged`: the BSP sums
     // What the table holds, whatever its kind.
     TableData& data() const;
   };
-  // Charges `bytes` of new BSP sums to `t`, from *reserved first. REQUIRES: order_mu_.
-  void ChargeSums(Table& t, uint64_t bytes, uint64_t* reserved);
+  // Memory reserved for the BSP sums a push may create, settled when the push is applied (as
+  // RowReservation): what it created stays charged to the table, the rest is released.
+  class SumsReservation {
+   public:
+    SumsReservation(std::shared_ptr<Table> t, MemoryBudget* budget, uint64_t reserved)
+        : table_(std::move(t)), budget_(budget), reserved_(reserved) {}
+    ~SumsReservation();
+    void AddCreated(uint64_t bytes) { created_.fetch_add(bytes, std::memory_order_relaxed); }
+
+   private:
+    std::shared_ptr<Table> table_;
+    MemoryBudget* budget_;
+    uint64_t reserved_;
+    std::atomic<uint64_t> created_{0};
+  };
   // Checks that `step` may accumulate in `table` now. REQUIRES: order_mu_.
   static absl::Status CheckAccumulate(const Table& table, uint64_t step);
   // Applies the table's pending step sums, scaled. REQUIRES: order_mu_, executors drained.
@@ -414,6 +433,10 @@ class ServerCore {
   };
   struct SparsePush;
   struct DensePush;
+  // An accumulate push's part on executor e: adds its gradients to the step sums of the
+  // vshards e applies (on e's thread, in LSN order per vshard).
+  void AccumulateSparse(SparsePush& work, uint32_t e);
+  void AccumulateDense(DensePush& work, uint32_t e);
   // Validates (outside the order lock) and sequences a change; returns the refusal, or OK
   // once `done` has been taken over (it then runs exactly once, maybe inline).
   absl::Status SubmitCreate(std::shared_ptr<const v1::CreateTableRequest> req,

@@ -29,7 +29,8 @@ struct ServerCore::SparsePush {
   SparseKeys keys;
   std::vector<float> scratch;
   absl::Span<const float> values;
-  std::unique_ptr<RowReservation> rows;  // settled when the last part is done with it
+  std::unique_ptr<RowReservation> rows;   // settled when the last part is done with it
+  std::unique_ptr<SumsReservation> sums;  // (an accumulate push: its BSP sums instead)
 };
 
 namespace {
@@ -86,22 +87,21 @@ absl::Status ServerCore::SubmitPushSparse(std::shared_ptr<const v1::PushSparseRe
   if (!replay) TESSERA_RETURN_IF_ERROR(CheckDistinct(work->keys.keys, name));
   TESSERA_RETURN_IF_ERROR(CheckAssign(req->assign(), req->accumulate_step(), name));
   // Memory for the rows (or BSP sums) it may create, before anything is inserted.
-  uint64_t sums_reserved = 0;
   if (req->accumulate_step() == 0) {
     absl::StatusOr<std::unique_ptr<RowReservation>> rows =
         ReserveRows(work->table, work->keys.keys.size(), replay, "push");
     if (!rows.ok()) return rows.status();
     work->rows = *std::move(rows);
   } else {
-    sums_reserved = work->keys.keys.size() * SumCharge(sparse.dim());
+    const uint64_t bytes = work->keys.keys.size() * SumCharge(sparse.dim());
     if (replay) {
-      budget_.Force(sums_reserved);
+      budget_.Force(bytes);
     } else {
-      TESSERA_RETURN_IF_ERROR(budget_.Reserve(
-          sums_reserved, absl::StrFormat("BSP sums of table '%s'", ShortName(name))));
+      TESSERA_RETURN_IF_ERROR(
+          budget_.Reserve(bytes, absl::StrFormat("BSP sums of table '%s'", ShortName(name))));
     }
+    work->sums = std::make_unique<SumsReservation>(work->table, &budget_, bytes);
   }
-  absl::Cleanup release_sums = [&] { budget_.Release(sums_reserved); };
   if (options_.testing_push_delay_ms > 0 && !replay) {
     absl::SleepFor(absl::Milliseconds(options_.testing_push_delay_ms));
   }
@@ -114,39 +114,47 @@ absl::Status ServerCore::SubmitPushSparse(std::shared_ptr<const v1::PushSparseRe
     if (!sequenced.ok()) return sequenced.status();
     if (*sequenced) {
       const uint64_t step = req->accumulate_step();
-      if (step == 0) {
-        uint32_t mask = 0;
-        for (const VshardRun& run : work->keys.groups.runs) {
-          mask |= 1u << executors_->ExecutorOf(run.vshard);
-        }
-        Dispatch(
-            mask,
-            [this, work](uint32_t e) {
-              absl::ReaderMutexLock gate(&gate_);
-              work->rows->AddCreated(
-                  work->table->sparse->Push(work->keys.keys, work->keys.groups, work->values.data(),
-                                            generation_.load(std::memory_order_relaxed),
-                                            work->req->assign(), e, executors_->size()));
-            },
-            std::exchange(done, nullptr));
-        return absl::OkStatus();
+      if (step != 0) t.sums.step = step;  // (the decision; the sums change on the executors)
+      uint32_t mask = 0;
+      for (const VshardRun& run : work->keys.groups.runs) {
+        mask |= 1u << executors_->ExecutorOf(run.vshard);
       }
-      // BSP sums change only under the order lock: applied here, in LSN order.
-      t.sums.step = step;
-      const uint32_t dim = sparse.dim();
-      const absl::Span<const uint64_t> keys = work->keys.keys;
-      uint64_t created = 0;
-      for (size_t i = 0; i < keys.size(); ++i) {
-        std::vector<float>& sum = t.sums.entries[keys[i]];
-        if (sum.empty()) ++created;
-        sum.resize(dim, 0.0f);
-        AddSaturating(&sum[0], &work->values[i * dim], dim);
-      }
-      ChargeSums(t, created * SumCharge(dim), &sums_reserved);
+      Dispatch(
+          mask,
+          [this, work, step](uint32_t e) {
+            if (step != 0) return AccumulateSparse(*work, e);
+            absl::ReaderMutexLock gate(&gate_);
+            work->rows->AddCreated(
+                work->table->sparse->Push(work->keys.keys, work->keys.groups, work->values.data(),
+                                          generation_.load(std::memory_order_relaxed),
+                                          work->req->assign(), e, executors_->size()));
+          },
+          std::exchange(done, nullptr));
+      return absl::OkStatus();
     }
   }
   std::exchange(done, nullptr)(absl::OkStatus());
   return absl::OkStatus();
+}
+
+void ServerCore::AccumulateSparse(SparsePush& work, uint32_t e) {
+  Table& t = *work.table;
+  EntrySums& part = t.sums.parts[e];
+  const uint32_t dim = t.sparse->dim();
+  uint64_t created = 0;
+  for (const VshardRun& run : work.keys.groups.runs) {
+    if (executors_->ExecutorOf(run.vshard) != e) continue;
+    for (uint32_t j = run.begin; j < run.end; ++j) {
+      const uint32_t i = work.keys.groups.KeyIndex(j);
+      std::vector<float>& sum = part[work.keys.keys[i]];
+      if (sum.empty()) {
+        sum.resize(dim, 0.0f);
+        ++created;
+      }
+      AddSaturating(sum.data(), &work.values[size_t{i} * dim], dim);
+    }
+  }
+  work.sums->AddCreated(created * SumCharge(dim));
 }
 
 struct ServerCore::DensePush {
@@ -190,52 +198,52 @@ absl::Status ServerCore::SubmitPushDense(std::shared_ptr<const v1::PushDenseRequ
       const uint64_t begin = req->offset(), end = req->offset() + req->count();
       const uint64_t first_block = begin / layout.block_elems;
       const uint64_t last_block = end == begin ? first_block : (end - 1) / layout.block_elems;
-      if (step == 0) {
-        uint32_t mask = 0;
-        if (last_block - first_block >= 64) {
-          mask = (1u << executors_->size()) - 1;  // (size() <= 16)
-        } else {
-          for (uint64_t b = first_block; b <= last_block && end > begin; ++b) {
-            mask |= 1u << executors_->ExecutorOf(dense.VshardOf(b));
-          }
+      uint32_t mask = 0;
+      if (last_block - first_block >= 64) {
+        mask = (1u << executors_->size()) - 1;  // (size() <= 16)
+      } else {
+        for (uint64_t b = first_block; b <= last_block && end > begin; ++b) {
+          mask |= 1u << executors_->ExecutorOf(dense.VshardOf(b));
         }
-        Dispatch(
-            mask,
-            [this, work](uint32_t e) {
-              absl::ReaderMutexLock gate(&gate_);
-              work->table->dense->Push(work->req->offset(), work->req->count(), work->values.data(),
-                                       generation_.load(std::memory_order_relaxed),
-                                       work->req->assign(), e, executors_->size());
-            },
-            std::exchange(done, nullptr));
-        return absl::OkStatus();
       }
-      t.sums.step = step;
-      for (uint64_t b = first_block; b < layout.num_blocks() && layout.BlockBegin(b) < end; ++b) {
-        std::vector<float>& sum = t.sums.entries[b];
-        if (sum.empty()) {
-          const uint64_t bytes = SumCharge(layout.BlockEnd(b) - layout.BlockBegin(b));
-          budget_.Force(bytes);  // (a dense table's sums are bounded by the table itself)
-          t.sums_charged += bytes;
-          t.charged += bytes;
-        }
-        sum.resize(layout.BlockEnd(b) - layout.BlockBegin(b), 0.0f);
-        const uint64_t lo = std::max(layout.BlockBegin(b), begin);
-        const uint64_t hi = std::min(layout.BlockEnd(b), end);
-        AddSaturating(&sum[lo - layout.BlockBegin(b)], &work->values[lo - begin], hi - lo);
-      }
+      if (step != 0) t.sums.step = step;  // (the decision; the sums change on the executors)
+      Dispatch(
+          mask,
+          [this, work, step](uint32_t e) {
+            if (step != 0) return AccumulateDense(*work, e);
+            absl::ReaderMutexLock gate(&gate_);
+            work->table->dense->Push(work->req->offset(), work->req->count(), work->values.data(),
+                                     generation_.load(std::memory_order_relaxed),
+                                     work->req->assign(), e, executors_->size());
+          },
+          std::exchange(done, nullptr));
+      return absl::OkStatus();
     }
   }
   std::exchange(done, nullptr)(absl::OkStatus());
   return absl::OkStatus();
 }
 
-void ServerCore::ChargeSums(Table& t, uint64_t bytes, uint64_t* reserved) {
-  const uint64_t used = std::min(bytes, *reserved);
-  budget_.Force(bytes - used);  // (never: the reservation covered every key)
-  *reserved -= used;
-  t.sums_charged += bytes;
-  t.charged += bytes;
+void ServerCore::AccumulateDense(DensePush& work, uint32_t e) {
+  Table& t = *work.table;
+  EntrySums& part = t.sums.parts[e];
+  const DenseLayout& layout = t.dense->layout();
+  const uint64_t begin = work.req->offset(), end = begin + work.req->count();
+  for (uint64_t b = begin / layout.block_elems;
+       b < layout.num_blocks() && layout.BlockBegin(b) < end; ++b) {
+    if (executors_->ExecutorOf(t.dense->VshardOf(b)) != e) continue;
+    std::vector<float>& sum = part[b];
+    if (sum.empty()) {
+      const uint64_t bytes = SumCharge(layout.BlockEnd(b) - layout.BlockBegin(b));
+      budget_.Force(bytes);  // (a dense table's sums are bounded by the table itself)
+      t.sums_charged += bytes;
+      t.charged += bytes;
+      sum.resize(layout.BlockEnd(b) - layout.BlockBegin(b), 0.0f);
+    }
+    const uint64_t lo = std::max(layout.BlockBegin(b), begin);
+    const uint64_t hi = std::min(layout.BlockEnd(b), end);
+    AddSaturating(&sum[lo - layout.BlockBegin(b)], &work.values[lo - begin], hi - lo);
+  }
 }
 
 absl::Status ServerCore::CheckAccumulate(const Table& table, uint64_t step) {
@@ -293,10 +301,10 @@ absl::Status ServerCore::SubmitApplyStep(std::shared_ptr<const v1::ApplyStepRequ
       // A barrier: every earlier change to the table's rows is applied before the step's sums.
       executors_->Drain();
       ApplyStepSums(*table, req->scale(), resp);
-      sums.entries.clear();
-      table->charged -= table->sums_charged;  // (the sums are freed: the table holds less)
-      budget_.Release(table->sums_charged);
-      table->sums_charged = 0;
+      for (EntrySums& part : sums.parts) part.clear();
+      const uint64_t freed = table->sums_charged.exchange(0);
+      table->charged -= freed;  // (the sums are freed: the table holds less)
+      budget_.Release(freed);
       sums.step = 0;
       sums.applied_step = req->step();
       resp->set_lsn(entry.lsn);
@@ -308,8 +316,11 @@ absl::Status ServerCore::SubmitApplyStep(std::shared_ptr<const v1::ApplyStepRequ
 
 void ServerCore::ApplyStepSums(Table& table, float scale, v1::ApplyStepResponse* resp) {
   absl::ReaderMutexLock gate(&gate_);
-  resp->set_rows(table.data().ApplySums(table.sums.entries, scale,
-                                        generation_.load(std::memory_order_relaxed)));
+  uint64_t rows = 0;
+  for (const EntrySums& part : table.sums.parts) {
+    rows += table.data().ApplySums(part, scale, generation_.load(std::memory_order_relaxed));
+  }
+  resp->set_rows(rows);
 }
 
 }  // namespace tessera

@@ -88,10 +88,10 @@ absl::StatusOr<uint64_t> ServerCore::ExportSnapshot(
       a->set_table(t->config.name);
       a->set_step(sums.step);
       a->set_applied_step(sums.applied_step);
-      for (const auto& [id, sum] : sums.entries) {
+      for (const auto& [id, sum] : sums.Sorted()) {
         a->mutable_keys()->append(reinterpret_cast<const char*>(&id), sizeof(id));
-        a->mutable_sums()->append(reinterpret_cast<const char*>(sum.data()),
-                                  sum.size() * sizeof(float));
+        a->mutable_sums()->append(reinterpret_cast<const char*>(sum->data()),
+                                  sum->size() * sizeof(float));
       }
     }
   }
@@ -232,7 +232,9 @@ absl::Status ServerCore::InstallSnapshot(uint64_t term, const v1::InstallSnapsho
         return absl::InvalidArgumentError(
             absl::StrFormat("snapshot step sums of table '%s' do not fit", ShortName(a.table())));
       }
-      std::vector<float>& sum = t.sums.entries[id];
+      // (In the part of the executor that applies the entry's vshard, as if accumulated here.)
+      std::vector<float>& sum =
+          t.sums.parts[executors_->ExecutorOf(t.data().VshardOfEntry(id))][id];
       sum.resize(len);
       std::memcpy(sum.data(), a.sums().data() + offset * sizeof(float), len * sizeof(float));
       offset += len;

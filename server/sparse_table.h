@@ -88,6 +88,7 @@ class SparseTable final : public TableData {
   }
   void FinishLoad() override {}
   size_t SumFloats(uint64_t) const override { return config_.dim; }
+  uint32_t VshardOfEntry(uint64_t key) const override { return VshardOfKey(key, num_vshards()); }
   uint64_t ApplySums(const EntrySums& sums, float scale, uint64_t gen) override;
 
   // A stable hash of the vshard's rows (key, weights, slots, step), in key order; rows still at

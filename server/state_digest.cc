@@ -16,12 +16,10 @@ uint64_t HashFloats(const std::vector<float>& v) {
   return Fnv1a64(absl::string_view(reinterpret_cast<const char*>(v.data()), v.size() * 4));
 }
 
-template <typename Map>
-uint64_t HashSums(uint64_t h, const Map& sums) {
-  std::vector<uint64_t> ids;
-  for (const auto& [id, sum] : sums) ids.push_back(id);
-  std::sort(ids.begin(), ids.end());
-  for (uint64_t id : ids) h = Mix64(Mix64(h ^ id) ^ HashFloats(sums.at(id)));
+// (Over every executor's part, in id order: replicas with other executor counts agree.)
+template <typename Sums>
+uint64_t HashSums(uint64_t h, const Sums& sums) {
+  for (const auto& [id, sum] : sums.Sorted()) h = Mix64(Mix64(h ^ id) ^ HashFloats(*sum));
   return h;
 }
 
@@ -45,7 +43,7 @@ uint64_t ServerCore::StateDigest() {
     h = Mix64(h ^ Fnv1a64(spec.SerializeAsString()));
     h = Mix64(h ^ t->id);
     h = Mix64(Mix64(h ^ t->sums.step) ^ t->sums.applied_step);
-    h = HashSums(h, t->sums.entries);
+    h = HashSums(h, t->sums);
     h = Mix64(h ^ t->data().Digest());
   }
   for (const PushDeduplicator::ClientSnapshot& c : dedup_.Snapshot()) {

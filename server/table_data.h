@@ -67,6 +67,8 @@ class TableData {
   virtual void FinishLoad() = 0;
   // Floats in entry id's step sum (a row's dim, a block's length), 0 when there is no such id.
   virtual size_t SumFloats(uint64_t id) const = 0;
+  // The vshard of entry id. REQUIRES: SumFloats(id) != 0.
+  virtual uint32_t VshardOfEntry(uint64_t id) const = 0;
   // Applies step sums, each scaled by `scale` (saturating to float), at generation gen;
   // returns the rows or elements updated. REQUIRES: every id has SumFloats(id) sums and is
   // held here; no change runs concurrently.
