@@ -61,9 +61,9 @@ TEST_CASE("SSP(2): a worker runs at most 2 steps ahead of the slowest", "[clocks
   CHECK(j.Tick(0, 1, 2)->ready());
   CHECK(j.Tick(0, 2, 3)->ready());
   CHECK_FALSE(j.Tick(0, 3, 4)->ready());  // 4 - 1 - 2 = 1 > 0
-  j.Tick(1, 1, 0);
+  (void)j.Tick(1, 1, 0);
   CHECK_FALSE(j.clocks.Check("j", 4)->ready());
-  j.Tick(2, 1, 0);
+  (void)j.Tick(2, 1, 0);
   CHECK(j.clocks.Check("j", 4)->ready());
 }
 
@@ -76,8 +76,8 @@ TEST_CASE("a dead worker stops counting, or fails the job, by policy", "[clocks]
   const absl::Time later = kT0 + absl::Milliseconds(1500);
   SECTION("continue") {
     Job j(v1::CONSISTENCY_MODE_SSP, 1);
-    j.Tick(0, 5, 0, kT0 + absl::Milliseconds(900));
-    j.Tick(1, 5, 0, kT0 + absl::Milliseconds(900));
+    (void)j.Tick(0, 5, 0, kT0 + absl::Milliseconds(900));
+    (void)j.Tick(1, 5, 0, kT0 + absl::Milliseconds(900));
     CHECK_FALSE(j.clocks.Check("j", 7)->ready());  // worker 2 is at 0
     CHECK(j.clocks.ExpireLeases(later) == std::vector<std::string>{"j"});
     absl::StatusOr<v1::ClockResponse> r = j.clocks.Check("j", 7);
@@ -87,8 +87,8 @@ TEST_CASE("a dead worker stops counting, or fails the job, by policy", "[clocks]
   }
   SECTION("fail") {
     Job j(v1::CONSISTENCY_MODE_SSP, 1, v1::WORKER_DEATH_POLICY_FAIL);
-    j.Tick(0, 5, 0, kT0 + absl::Milliseconds(900));
-    j.Tick(1, 5, 0, kT0 + absl::Milliseconds(900));
+    (void)j.Tick(0, 5, 0, kT0 + absl::Milliseconds(900));
+    (void)j.Tick(1, 5, 0, kT0 + absl::Milliseconds(900));
     j.clocks.ExpireLeases(later);
     absl::StatusOr<v1::ClockResponse> r = j.Tick(0, 6, 7, later);
     CHECK(r.status().code() == absl::StatusCode::kFailedPrecondition);
@@ -98,7 +98,7 @@ TEST_CASE("a dead worker stops counting, or fails the job, by policy", "[clocks]
 
 TEST_CASE("bad clock calls are refused clearly", "[clocks]") {
   Job j(v1::CONSISTENCY_MODE_BSP);
-  j.Tick(0, 3, 0);
+  (void)j.Tick(0, 3, 0);
   CHECK(j.Tick(0, 2, 0).status().code() == absl::StatusCode::kInvalidArgument);  // backwards
   v1::ClockRequest stale;
   stale.set_job("j");
