@@ -37,13 +37,14 @@ namespace replicator_detail {
 
 using Callback = std::function<void(absl::Status)>;
 
-inline std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) {
+inline std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address,
+                                                  int max_backoff_ms = 1000) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
   args.SetMaxSendMessageSize(-1);
   // Reconnect quickly after a peer comes back: the default backoff reaches 120 s.
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::min(100, max_backoff_ms));
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, max_backoff_ms);
   return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
 }
 
@@ -145,7 +146,12 @@ struct Replicator::Impl : public v1::Replication::WithRawCallbackMethod_Replicat
   bool draining ABSL_GUARDED_BY(park_mu) = false;
 
   Impl(const ReplicatorOptions& o, ServerCore* c) : options(o), core(c) {
-    coordinator = v1::Coordinator::NewStub(MakeChannel(options.coordinator));
+    // A restarted coordinator restarts every lease (T9): this server's first heartbeat must
+    // reach it well within one lease (1.5 s), so its channel retries at most a heartbeat
+    // interval apart (gRPC's 1 s cap plus jitter, a failed heartbeat's wait and a busy
+    // machine made live servers miss it: tests/nemesis_test.cc).
+    coordinator = v1::Coordinator::NewStub(
+        MakeChannel(options.coordinator, std::clamp(options.heartbeat_ms, 20, 1000)));
   }
 
   // ---- Map and roles ----
