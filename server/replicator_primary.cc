@@ -28,6 +28,24 @@ void Replicator::Impl::StopSenders(std::vector<std::unique_ptr<Sender>> stopped)
   for (auto& s : stopped) s->thread.join();
 }
 
+namespace {
+
+// What a primary's report about one of its backup entries names (T7, T10): itself, the map it
+// acts on and the entry.
+template <typename Report>
+void FillReport(uint64_t epoch, int32_t shard, const std::string& primary, uint64_t incarnation,
+                const ReplicaId& entry, Report* r) {
+  r->set_epoch(epoch);
+  r->set_shard(static_cast<uint32_t>(shard));
+  r->set_primary(primary);
+  r->set_primary_incarnation(incarnation);
+  r->set_replica(entry.address);
+  r->set_replica_incarnation(entry.incarnation);
+  r->set_join_epoch(entry.join_epoch);
+}
+
+}  // namespace
+
 void Replicator::Impl::Backoff(Sender* s, int* failures) {
   *failures = std::min(*failures + 1, 6);
   absl::MutexLock lock(&mu);
@@ -201,13 +219,7 @@ absl::Status Replicator::Impl::ReportCaughtUp(Sender* s) {
   v1::ReportCaughtUpRequest req;
   {
     absl::MutexLock lock(&mu);
-    req.set_epoch(epoch);
-    req.set_shard(static_cast<uint32_t>(shard));
-    req.set_primary(address);
-    req.set_primary_incarnation(incarnation);
-    req.set_replica(s->id.address);
-    req.set_replica_incarnation(s->id.incarnation);
-    req.set_join_epoch(s->id.join_epoch);
+    FillReport(epoch, shard, address, incarnation, s->id, &req);
   }
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
@@ -227,13 +239,7 @@ absl::Status Replicator::Impl::ReportReplicaFailed(Sender* s) {
   v1::ReportReplicaFailedRequest req;
   {
     absl::MutexLock lock(&mu);
-    req.set_epoch(epoch);
-    req.set_shard(static_cast<uint32_t>(shard));
-    req.set_primary(address);
-    req.set_primary_incarnation(incarnation);
-    req.set_replica(s->id.address);
-    req.set_replica_incarnation(s->id.incarnation);
-    req.set_join_epoch(s->id.join_epoch);
+    FillReport(epoch, shard, address, incarnation, s->id, &req);
     req.set_reason(s->failed_reason);
   }
   grpc::ClientContext ctx;

@@ -232,13 +232,13 @@ ServerCore::Table::~Table() {
 
 // Settles a reservation of rows: the rows really created stay charged to the table, the rest
 // goes back to the budget.
-ServerCore::SumsReservation::~SumsReservation() {
-  const uint64_t created = created_.load();
+ServerCore::Reservation::~Reservation() {
+  const uint64_t created = created_.load() * unit_bytes_;
   const uint64_t used = std::min(reserved_, created);
-  budget_->Force(created - used);  // (never: the reservation covered every key)
+  budget_->Force(created - used);  // (never: a reservation covers every key)
   budget_->Release(reserved_ - used);
-  table_->sums_charged += created;
   table_->charged += created;
+  if (sums_) table_->sums_charged += created;
 }
 
 std::vector<std::pair<uint64_t, const std::vector<float>*>> ServerCore::StepSums::Sorted() const {
@@ -255,12 +255,6 @@ bool ServerCore::StepSums::empty() const {
     if (!part.empty()) return false;
   }
   return true;
-}
-
-ServerCore::RowReservation::~RowReservation() {
-  const uint64_t used = std::min(reserved_, created_.load() * table_->sparse->row_charge());
-  table_->charged += used;
-  budget_->Release(reserved_ - used);
 }
 
 absl::Status ServerCore::ChargeLoadedRows(Table& t, bool force) {
@@ -282,7 +276,7 @@ absl::Status ServerCore::ChargeLoadedRows(Table& t, bool force) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<ServerCore::RowReservation>> ServerCore::ReserveRows(
+absl::StatusOr<std::unique_ptr<ServerCore::Reservation>> ServerCore::ReserveRows(
     const std::shared_ptr<Table>& t, uint64_t rows, bool force, const char* what) {
   const uint64_t bytes = rows * t->sparse->row_charge();  // (rows <= max_keys_per_request)
   if (force) {
@@ -299,7 +293,7 @@ absl::StatusOr<std::unique_ptr<ServerCore::RowReservation>> ServerCore::ReserveR
         bytes,
         absl::StrFormat("a %s of %u rows to table '%s'", what, rows, ShortName(t->config.name))));
   }
-  return std::make_unique<RowReservation>(t, &budget_, bytes);
+  return std::make_unique<Reservation>(t, &budget_, bytes, t->sparse->row_charge(), false);
 }
 
 uint64_t ServerCore::BeginCutLocked(std::vector<std::shared_ptr<Table>>* tables,
@@ -400,7 +394,7 @@ absl::Status ServerCore::PullSparse(const v1::PullSparseRequest& req, v1::PullSp
   TESSERA_RETURN_IF_ERROR(
       CheckResponseBytes(req.table(), uint64_t{sparse.dim()} * k.keys.size() * sizeof(float)));
   // A pull creates the rows it does not find: reserved before, settled after.
-  absl::StatusOr<std::unique_ptr<RowReservation>> rows =
+  absl::StatusOr<std::unique_ptr<Reservation>> rows =
       ReserveRows(*table, k.keys.size(), /*force=*/false, "pull");
   if (!rows.ok()) return rows.status();
   resp->set_dtype(v1::DTYPE_FLOAT32);

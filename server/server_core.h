@@ -314,19 +314,27 @@ class ServerCore {
     // What the table holds, whatever its kind.
     TableData& data() const;
   };
-  // Memory reserved for the BSP sums a push may create, settled when the push is applied (as
-  // RowReservation): what it created stays charged to the table, the rest is released.
-  class SumsReservation {
+  // Memory reserved for what a change may create in table `t` (sparse rows, or BSP sums),
+  // settled when the change has been applied: what it created (AddCreated units of
+  // `unit_bytes`) stays charged to the table, the rest is released.
+  class Reservation {
    public:
-    SumsReservation(std::shared_ptr<Table> t, MemoryBudget* budget, uint64_t reserved)
-        : table_(std::move(t)), budget_(budget), reserved_(reserved) {}
-    ~SumsReservation();
-    void AddCreated(uint64_t bytes) { created_.fetch_add(bytes, std::memory_order_relaxed); }
+    Reservation(std::shared_ptr<Table> t, MemoryBudget* budget, uint64_t reserved,
+                uint64_t unit_bytes, bool sums)
+        : table_(std::move(t)),
+          budget_(budget),
+          reserved_(reserved),
+          unit_bytes_(unit_bytes),
+          sums_(sums) {}
+    ~Reservation();
+    void AddCreated(uint64_t units) { created_.fetch_add(units, std::memory_order_relaxed); }
 
    private:
     std::shared_ptr<Table> table_;
     MemoryBudget* budget_;
-    uint64_t reserved_;
+    const uint64_t reserved_;
+    const uint64_t unit_bytes_;
+    const bool sums_;  // of the table's BSP sums (released by ApplyStep)
     std::atomic<uint64_t> created_{0};
   };
   // Checks that `step` may accumulate in `table` now. REQUIRES: order_mu_.
@@ -355,24 +363,11 @@ class ServerCore {
   // Memory for up to `rows` new rows of sparse table `t`, reserved against the table's and the
   // server's limits (`force`: beyond them); settled by the returned object once the rows that
   // were really created are known.
-  class RowReservation {
-   public:
-    RowReservation(std::shared_ptr<Table> t, MemoryBudget* budget, uint64_t reserved)
-        : table_(std::move(t)), budget_(budget), reserved_(reserved) {}
-    ~RowReservation();
-    void AddCreated(uint64_t n) { created_.fetch_add(n, std::memory_order_relaxed); }
-
-   private:
-    std::shared_ptr<Table> table_;
-    MemoryBudget* budget_;
-    uint64_t reserved_;
-    std::atomic<uint64_t> created_{0};
-  };
   // Charges the rows a restore or snapshot loaded into sparse table `t` (before it serves).
   absl::Status ChargeLoadedRows(Table& t, bool force);
-  absl::StatusOr<std::unique_ptr<RowReservation>> ReserveRows(const std::shared_ptr<Table>& t,
-                                                              uint64_t rows, bool force,
-                                                              const char* what);
+  absl::StatusOr<std::unique_ptr<Reservation>> ReserveRows(const std::shared_ptr<Table>& t,
+                                                           uint64_t rows, bool force,
+                                                           const char* what);
   // A cut (checkpoints, catch-up): advances the generation, starts copy-on-write in every
   // table and captures the exactly-once table. Returns the cut's generation.
   uint64_t BeginCutLocked(std::vector<std::shared_ptr<Table>>* tables,

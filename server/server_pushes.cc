@@ -29,8 +29,8 @@ struct ServerCore::SparsePush {
   SparseKeys keys;
   std::vector<float> scratch;
   absl::Span<const float> values;
-  std::unique_ptr<RowReservation> rows;   // settled when the last part is done with it
-  std::unique_ptr<SumsReservation> sums;  // (an accumulate push: its BSP sums instead)
+  std::unique_ptr<Reservation> rows;  // settled when the last part is done with it
+  std::unique_ptr<Reservation> sums;  // (an accumulate push: its BSP sums instead)
 };
 
 namespace {
@@ -88,7 +88,7 @@ absl::Status ServerCore::SubmitPushSparse(std::shared_ptr<const v1::PushSparseRe
   TESSERA_RETURN_IF_ERROR(CheckAssign(req->assign(), req->accumulate_step(), name));
   // Memory for the rows (or BSP sums) it may create, before anything is inserted.
   if (req->accumulate_step() == 0) {
-    absl::StatusOr<std::unique_ptr<RowReservation>> rows =
+    absl::StatusOr<std::unique_ptr<Reservation>> rows =
         ReserveRows(work->table, work->keys.keys.size(), replay, "push");
     if (!rows.ok()) return rows.status();
     work->rows = *std::move(rows);
@@ -100,7 +100,8 @@ absl::Status ServerCore::SubmitPushSparse(std::shared_ptr<const v1::PushSparseRe
       TESSERA_RETURN_IF_ERROR(
           budget_.Reserve(bytes, absl::StrFormat("BSP sums of table '%s'", ShortName(name))));
     }
-    work->sums = std::make_unique<SumsReservation>(work->table, &budget_, bytes);
+    work->sums = std::make_unique<Reservation>(work->table, &budget_, bytes,
+                                               SumCharge(sparse.dim()), /*sums=*/true);
   }
   if (options_.testing_push_delay_ms > 0 && !replay) {
     absl::SleepFor(absl::Milliseconds(options_.testing_push_delay_ms));
@@ -154,7 +155,7 @@ void ServerCore::AccumulateSparse(SparsePush& work, uint32_t e) {
       AddSaturating(sum.data(), &work.values[size_t{i} * dim], dim);
     }
   }
-  work.sums->AddCreated(created * SumCharge(dim));
+  work.sums->AddCreated(created);
 }
 
 struct ServerCore::DensePush {

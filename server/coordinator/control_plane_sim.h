@@ -274,6 +274,8 @@ class Sim {
 
   void SendSnapshot(const ProcPtr& p, Sender& s);
 
+  template <typename Report>
+  static void FillReport(const Proc& p, const Sender& s, Report* r);
   void SendReport(const ProcPtr& p, Sender& s);
 
   // T10: one report that backup entry s is FAILED; the snapshot goes on meanwhile.

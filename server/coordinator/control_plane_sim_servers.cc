@@ -273,16 +273,23 @@ void Sim::SendSnapshot(const ProcPtr& p, Sender& s) {
       });
 }
 
+// What a primary's report about one of its backup entries names (T7, T10), as the
+// Replicator fills it.
+template <typename Report>
+void Sim::FillReport(const Proc& p, const Sender& s, Report* r) {
+  r->set_epoch(p.epoch);
+  r->set_shard(static_cast<uint32_t>(p.placement.shard));
+  r->set_primary(p.address);
+  r->set_primary_incarnation(p.incarnation);
+  r->set_replica(s.id.address);
+  r->set_replica_incarnation(s.id.incarnation);
+  r->set_join_epoch(s.id.join_epoch);
+}
+
 void Sim::SendReport(const ProcPtr& p, Sender& s) {
   s.report_in_flight = true;
   auto r = std::make_shared<CaughtUpReq>();
-  r->req.set_epoch(p->epoch);
-  r->req.set_shard(static_cast<uint32_t>(p->placement.shard));
-  r->req.set_primary(p->address);
-  r->req.set_primary_incarnation(p->incarnation);
-  r->req.set_replica(s.id.address);
-  r->req.set_replica_incarnation(s.id.incarnation);
-  r->req.set_join_epoch(s.id.join_epoch);
+  FillReport(*p, s, &r->req);
   const std::string key = s.id.Key();
   const uint64_t gen = s.gen;
   ToCoordinator(p, r, kCallTimeoutMs, [this, p, key, gen](bool ok, absl::Status st) {
@@ -301,13 +308,7 @@ void Sim::SendReport(const ProcPtr& p, Sender& s) {
 void Sim::SendFailedReport(const ProcPtr& p, Sender& s) {
   s.failed_report_in_flight = true;
   auto r = std::make_shared<FailedReq>();
-  r->req.set_epoch(p->epoch);
-  r->req.set_shard(static_cast<uint32_t>(p->placement.shard));
-  r->req.set_primary(p->address);
-  r->req.set_primary_incarnation(p->incarnation);
-  r->req.set_replica(s.id.address);
-  r->req.set_replica_incarnation(s.id.incarnation);
-  r->req.set_join_epoch(s.id.join_epoch);
+  FillReport(*p, s, &r->req);
   r->req.set_reason("simulated");
   const std::string key = s.id.Key();
   const uint64_t gen = s.gen;
