@@ -43,14 +43,12 @@ uint64_t ResponseBytesOf(const v1::PullDenseRequest& req) {
 constexpr uint64_t kScratchBytesPerKey = 64;
 constexpr uint64_t kScratchBytesFixed = 4096;
 template <typename Req>
-uint64_t ScratchBytesOf(const Req&) {
-  return 0;
-}
-uint64_t ScratchBytesOf(const v1::PullSparseRequest& req) {
-  return kScratchBytesFixed + req.keys().size() / sizeof(uint64_t) * kScratchBytesPerKey;
-}
-uint64_t ScratchBytesOf(const v1::PushSparseRequest& req) {
-  return kScratchBytesFixed + req.keys().size() / sizeof(uint64_t) * kScratchBytesPerKey;
+uint64_t ScratchBytesOf(const Req& req) {
+  if constexpr (requires { req.keys(); }) {  // (the sparse requests)
+    return kScratchBytesFixed + req.keys().size() / sizeof(uint64_t) * kScratchBytesPerKey;
+  } else {
+    return 0;
+  }
 }
 
 template <typename Req, typename Resp>

@@ -230,8 +230,8 @@ ServerCore::Table::~Table() {
   if (budget != nullptr) budget->Release(charged.load());
 }
 
-// Settles a reservation of rows: the rows really created stay charged to the table, the rest
-// goes back to the budget.
+// Settles a reservation (rows or BSP sums): what was really created stays charged to the
+// table, the rest goes back to the budget.
 ServerCore::Reservation::~Reservation() {
   const uint64_t created = created_.load() * unit_bytes_;
   const uint64_t used = std::min(reserved_, created);
@@ -248,13 +248,6 @@ std::vector<std::pair<uint64_t, const std::vector<float>*>> ServerCore::StepSums
   }
   std::sort(out.begin(), out.end());
   return out;
-}
-
-bool ServerCore::StepSums::empty() const {
-  for (const EntrySums& part : parts) {
-    if (!part.empty()) return false;
-  }
-  return true;
 }
 
 absl::Status ServerCore::ChargeLoadedRows(Table& t, bool force) {

@@ -297,7 +297,6 @@ class ServerCore {
     std::vector<EntrySums> parts;  // by executor (one per executor, from creation on)
     // Every entry id with its sums, in id order (REQUIRES: executors drained).
     std::vector<std::pair<uint64_t, const std::vector<float>*>> Sorted() const;
-    bool empty() const;
   };
   struct Table {
     ~Table();                        // gives its memory back to the budget

@@ -407,8 +407,9 @@ absl::StatusOr<int> ClusterState::ReportedReplica(uint32_t s, const std::string&
                                                   const std::string& replica,
                                                   uint64_t replica_incarnation,
                                                   uint64_t join_epoch) const {
-  if (s >= options_.num_shards)
+  if (s >= options_.num_shards) {
     return absl::InvalidArgumentError(absl::StrFormat("no shard %u", s));
+  }
   const v1::ShardReplicas& shard = map_.shards(s);
   if (shard.state() != v1::SHARD_STATE_SERVING) {
     return absl::FailedPreconditionError(

@@ -62,10 +62,13 @@ class Harness {
   // The coordinator is stopped (SIGSTOP) for `ms`: no batch runs meanwhile.
   void Stall(int64_t ms) { now_ += ms; }
 
-  absl::Status CaughtUp(int shard, const std::string& primary, const std::string& replica) {
+  // A primary's report about replica `replica` of `shard`, with the entries' incarnations and
+  // join epoch as the map has them.
+  template <typename Req>
+  Req Reported(int shard, const std::string& primary, const std::string& replica) const {
     const v1::ShardReplicas s =
         shard < map().shards_size() ? map().shards(shard) : v1::ShardReplicas();
-    v1::ReportCaughtUpRequest req;
+    Req req;
     req.set_shard(shard);
     req.set_primary(primary);
     req.set_replica(replica);
@@ -76,23 +79,15 @@ class Harness {
         req.set_join_epoch(r.join_epoch());
       }
     }
-    return Report(req);
+    return req;
+  }
+  absl::Status CaughtUp(int shard, const std::string& primary, const std::string& replica) {
+    return Report(Reported<v1::ReportCaughtUpRequest>(shard, primary, replica));
   }
   absl::Status Failed(int shard, const std::string& primary, const std::string& replica) {
-    v1::ReportReplicaFailedRequest req;
-    req.set_shard(shard);
-    req.set_primary(primary);
-    req.set_replica(replica);
+    v1::ReportReplicaFailedRequest req =
+        Reported<v1::ReportReplicaFailedRequest>(shard, primary, replica);
     req.set_reason("testing");
-    const v1::ShardReplicas s =
-        shard < map().shards_size() ? map().shards(shard) : v1::ShardReplicas();
-    for (const v1::Replica& r : s.replicas()) {
-      if (r.address() == primary) req.set_primary_incarnation(r.incarnation());
-      if (r.address() == replica) {
-        req.set_replica_incarnation(r.incarnation());
-        req.set_join_epoch(r.join_epoch());
-      }
-    }
     v1::ReportReplicaFailedResponse resp;
     CoordinatorCall call{ReplicaFailedCall{&req, &resp}, {}};
     core_.Process(absl::MakeSpan(&call, 1), now_);
