@@ -7,7 +7,7 @@
 #include "common/hash.h"
 #include "common/shard_map.h"
 #include "server/generation.h"
-#include "server/initializer.h"
+#include "optimizer/initializer.h"
 
 namespace tessera {
 

@@ -12,7 +12,7 @@
 #include "common/table_config.h"
 #include "server/generation.h"
 #include "server/huge_buffer.h"
-#include "server/optimizer.h"
+#include "optimizer/optimizer.h"
 #include "server/table_data.h"
 
 namespace tessera {

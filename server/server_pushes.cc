@@ -14,7 +14,7 @@
 #include "proto/tessera.pb.h"
 #include "server/apply_executors.h"
 #include "server/dense_table.h"
-#include "server/optimizer.h"
+#include "optimizer/optimizer.h"
 #include "server/request_checks.h"
 #include "server/server_core.h"
 #include "server/sparse_table.h"

@@ -14,9 +14,9 @@
 #include "common/shard_map.h"
 #include "common/table_config.h"
 #include "server/generation.h"
-#include "server/initializer.h"
+#include "optimizer/initializer.h"
 #include "server/key_index.h"
-#include "server/optimizer.h"
+#include "optimizer/optimizer.h"
 #include "server/row_arena.h"
 #include "server/table_data.h"
 

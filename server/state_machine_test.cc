@@ -8,7 +8,7 @@
 
 #include "absl/synchronization/notification.h"
 #include "server/core_test_util.h"
-#include "server/optimizer.h"
+#include "optimizer/optimizer.h"
 #include "server/row_arena.h"
 #include "server/sparse_table.h"
 

@@ -10,12 +10,13 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "client/admin.h"
+#include "common/http_get.h"
+#include "common/prom_text.h"
 #include "proto/checkpoint.pb.h"
 #include "proto/tessera.grpc.pb.h"
 #include "storage/checkpoint_store.h"
 #include "tests/test_cluster.h"
-#include "tools/checkpoint_driver.h"
-#include "tools/prom_text.h"
 
 namespace tessera {
 namespace {

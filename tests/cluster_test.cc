@@ -5,11 +5,12 @@
 #include <vector>
 
 #include "absl/synchronization/notification.h"
+#include "common/http_get.h"
+#include "common/prom_text.h"
 #include "common/shard_map.h"
 #include "server/dense_table.h"
 #include "server/sparse_table.h"
 #include "tests/test_cluster.h"
-#include "tools/prom_text.h"
 
 namespace tessera {
 namespace {

@@ -16,10 +16,11 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
+#include "common/http_get.h"
+#include "common/prom_text.h"
 #include "proto/cluster.grpc.pb.h"
 #include "tests/test_cluster.h"
 #include "tests/workload.h"
-#include "tools/prom_text.h"
 
 namespace tessera {
 namespace {

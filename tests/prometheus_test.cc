@@ -19,8 +19,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "common/http_get.h"
+#include "testing/local_prometheus.h"
 #include "tests/test_cluster.h"
-#include "tools/local_prometheus.h"
 #include "worker/idx.h"
 
 namespace tessera {

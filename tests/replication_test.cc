@@ -17,13 +17,14 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "client/admin.h"
 #include "client/client.h"
+#include "common/http_get.h"
+#include "common/prom_text.h"
 #include "proto/cluster.grpc.pb.h"
 #include "proto/tessera.grpc.pb.h"
 #include "tests/test_cluster.h"
 #include "tests/workload.h"
-#include "tools/checkpoint_driver.h"
-#include "tools/prom_text.h"
 
 namespace tessera {
 namespace {

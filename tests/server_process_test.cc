@@ -11,10 +11,11 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "common/grpc_status.h"
+#include "common/http_get.h"
+#include "common/prom_text.h"
 #include "common/wire.h"
 #include "proto/tessera.grpc.pb.h"
 #include "tests/test_cluster.h"
-#include "tools/prom_text.h"
 
 namespace tessera {
 namespace {

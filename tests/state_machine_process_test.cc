@@ -11,11 +11,12 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
+#include "common/http_get.h"
+#include "common/prom_text.h"
 #include "common/wire.h"
 #include "proto/cluster.grpc.pb.h"
 #include "proto/tessera.grpc.pb.h"
 #include "tests/test_cluster.h"
-#include "tools/prom_text.h"
 
 namespace tessera {
 namespace {

@@ -15,7 +15,7 @@
 #include "absl/time/clock.h"
 #include "client/client.h"
 #include "client/worker_clock.h"
-#include "tools/local_cluster.h"
+#include "testing/local_cluster.h"
 
 namespace tessera::testing {
 

@@ -16,8 +16,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
+#include "testing/local_cluster.h"
 #include "tools/commands.h"
-#include "tools/local_cluster.h"
 
 namespace tessera {
 namespace {

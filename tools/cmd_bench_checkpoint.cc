@@ -15,11 +15,11 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "client/admin.h"
 #include "client/client.h"
+#include "testing/local_cluster.h"
 #include "tools/bench_report.h"
-#include "tools/checkpoint_driver.h"
 #include "tools/commands.h"
-#include "tools/local_cluster.h"
 
 namespace tessera {
 namespace {

@@ -19,9 +19,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
+#include "testing/local_cluster.h"
 #include "tools/bench_report.h"
 #include "tools/commands.h"
-#include "tools/local_cluster.h"
 
 namespace tessera {
 namespace {

@@ -9,10 +9,10 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "client/admin.h"
 #include "proto/checkpoint.pb.h"
 #include "storage/checkpoint_store.h"
 #include "storage/table_file.h"
-#include "tools/checkpoint_driver.h"
 #include "tools/commands.h"
 
 namespace {

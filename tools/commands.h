@@ -34,8 +34,11 @@ struct LocalCommandOptions {
 };
 int RunLocal(const LocalCommandOptions& options);
 
-// `tessera status`: the coordinator's view of the cluster, as text or one JSON object.
-absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, bool json);
+// `tessera local-cluster`: a testing/ LocalCluster driven over stdin and stdout, for
+// python/tessera/testing.py (the protocol: cmd_local_cluster.cc).
+int RunLocalClusterControl();
+
+// `tessera status`: client/admin.h FormatClusterStatus, printed.
 int RunStatus(const std::string& coordinator, bool json);
 
 struct BenchCommandOptions {

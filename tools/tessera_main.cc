@@ -8,9 +8,10 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_split.h"
+#include "client/admin.h"
 #include "common/process_setup.h"
+#include "testing/local_cluster.h"
 #include "tools/commands.h"
-#include "tools/local_cluster.h"
 
 // tessera local
 ABSL_FLAG(int, servers, 2,
@@ -92,6 +93,9 @@ Commands:
   status  the cluster as its coordinator sees it: shards, replicas, lag, tables (--json)
   checkpoint create|list|inspect|restore|merge|run
           consistent, incremental checkpoints of a running cluster (docs/checkpoints.md)
+  local-cluster
+          servers (and a coordinator) driven over stdin/stdout, for tessera.testing in
+          Python (the protocol: tools/cmd_local_cluster.cc)
 
 Run 'tessera --helpfull' for every flag.)";
 
@@ -162,6 +166,7 @@ int main(int argc, char** argv) {
     o.linger_s = absl::GetFlag(FLAGS_linger_s);
     return tessera::RunLocal(o);
   }
+  if (command == "local-cluster") return tessera::RunLocalClusterControl();
   if (command == "status") {
     return tessera::RunStatus(absl::GetFlag(FLAGS_coordinator), absl::GetFlag(FLAGS_json));
   }

@@ -9,6 +9,10 @@ tools/setup.sh --python
 tools/build.sh
 jobs=$(nproc 2>/dev/null || echo 2)
 status=0
+# Static checks first (they are quick to fail): the include layering (docs/layout.md) and
+# clang's thread-safety analysis of every ABSL_GUARDED_BY annotation.
+tools/check_includes.sh || status=$?
+tools/check_thread_safety.sh || status=$?
 ctest --test-dir build -j "$jobs" --output-on-failure --timeout 600 || status=$?
 # Skipped tests say why (e.g. no CUDA device); show it rather than a bare "Skipped".
 log=build/Testing/Temporary/LastTest.log

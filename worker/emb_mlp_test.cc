@@ -5,7 +5,7 @@
 #include <random>
 
 #include "absl/container/flat_hash_map.h"
-#include "server/optimizer.h"
+#include "optimizer/optimizer.h"
 #include "worker/synthetic_ctr.h"
 
 namespace tessera {

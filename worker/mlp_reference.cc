@@ -4,8 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "server/initializer.h"
-#include "server/optimizer.h"
+#include "optimizer/initializer.h"
+#include "optimizer/optimizer.h"
 
 namespace tessera {
 

@@ -23,6 +23,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "client/admin.h"
 #include "client/client.h"
 #include "client/worker_clock.h"
 #include "common/logging.h"
@@ -30,8 +31,6 @@
 #include "common/process_setup.h"
 #include "proto/job.pb.h"
 #include "proto/tessera.pb.h"
-#include "tools/checkpoint_driver.h"
-#include "tools/local_cluster.h"
 #include "worker/job.h"
 #include "worker/mlp.h"
 

@@ -1,6 +1,8 @@
 // tessera._tessera: the native half of the Python package (docs/python.md). It binds the C++
-// client, the worker clock and the local cluster; python/tessera/__init__.py turns user input
-// (lists, torch tensors, optimizer objects) into what this module takes:
+// client, the worker clock and the admin calls (tessera.testing runs its local clusters
+// through the `tessera` CLI, so that this module never links the test harness);
+// python/tessera/__init__.py turns user input (lists, torch tensors, optimizer objects) into what
+// this module takes:
 //   keys:   1-D C-contiguous numpy arrays of uint64 or int64 (int64 reinterpreted, negatives
 //           refused), borrowed without a copy;
 //   values: C-contiguous float32 numpy arrays, borrowed without a copy (pull outputs writable).
@@ -25,11 +27,10 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "client/admin.h"
 #include "client/client.h"
 #include "client/worker_clock.h"
 #include "common/table_config.h"
-#include "tools/checkpoint_driver.h"
-#include "tools/local_cluster.h"
 
 namespace py = pybind11;
 
@@ -648,103 +649,6 @@ class PyWorkerClock {
   std::string mode_;
 };
 
-// ---- Local cluster ----
-
-class PyLocalCluster {
- public:
-  PyLocalCluster(const std::string& server_binary, const std::string& coordinator_binary,
-                 uint32_t num_servers, uint32_t replication, uint32_t num_shards,
-                 std::vector<std::string> server_args, std::vector<std::string> coordinator_args,
-                 const std::string& log_dir) {
-    LocalClusterOptions o;
-    o.server_binary = server_binary;
-    o.coordinator_binary = coordinator_binary;
-    o.num_servers = num_servers;
-    o.replication = replication;
-    o.num_shards = num_shards;
-    o.extra_args = std::move(server_args);
-    o.coordinator_args = std::move(coordinator_args);
-    o.log_dir = log_dir;
-    absl::StatusOr<std::unique_ptr<LocalCluster>> c;
-    {
-      py::gil_scoped_release release;
-      c = LocalCluster::Start(o);
-    }
-    cluster_ = ValueOrThrow(std::move(c));
-  }
-  ~PyLocalCluster() {
-    WithoutGil([&] { cluster_.reset(); });  // kills and reaps the processes
-  }
-
-  std::vector<std::string> addresses() const { return Get().addresses(); }
-  std::vector<int> metrics_ports() const { return Get().metrics_ports(); }
-  std::string coordinator_address() const { return Get().coordinator_address(); }
-  int pid(int i) const {
-    CheckIndex(i);
-    return Get().pid(i);
-  }
-
-  int StopServer(int i, double timeout_s) {
-    CheckIndex(i);
-    absl::StatusOr<int> r;
-    {
-      py::gil_scoped_release release;
-      r = cluster_->StopServer(i, absl::Seconds(timeout_s));
-    }
-    return ValueOrThrow(std::move(r));
-  }
-  // SIGKILL to server i (a crash), then reaps it.
-  void KillServer(int i) {
-    CheckIndex(i);
-    py::gil_scoped_release release;
-    cluster_->KillServer(i);
-  }
-
-  std::vector<int> ReplicasOf(uint32_t shard) {
-    absl::StatusOr<std::vector<int>> r;
-    {
-      py::gil_scoped_release release;
-      r = cluster_->ReplicasOf(shard);
-    }
-    return ValueOrThrow(std::move(r));
-  }
-  void RestartServer(int i) {
-    CheckIndex(i);
-    absl::Status s;
-    {
-      py::gil_scoped_release release;
-      s = cluster_->RestartServer(i);
-    }
-    ThrowIfError(s);
-  }
-  // SIGTERM to every process and waits for them; later calls raise.
-  void Stop(double timeout_s) {
-    if (cluster_ == nullptr) return;
-    std::unique_ptr<LocalCluster> c = std::move(cluster_);
-    absl::Status s;
-    {
-      py::gil_scoped_release release;
-      s = c->Stop(absl::Seconds(timeout_s));
-      c.reset();
-    }
-    ThrowIfError(s);
-  }
-
- private:
-  const LocalCluster& Get() const {
-    if (cluster_ == nullptr) throw py::value_error("the cluster is stopped");
-    return *cluster_;
-  }
-  void CheckIndex(int i) const {
-    if (i < 0 || static_cast<size_t>(i) >= Get().addresses().size()) {
-      throw py::index_error(
-          absl::StrFormat("no server %d in a cluster of %u", i, Get().addresses().size()));
-    }
-  }
-
-  std::unique_ptr<LocalCluster> cluster_;
-};
-
 // ---- Checkpoints ----
 
 // The servers that write and restore checkpoints: `servers` (static shards, in order), or the
@@ -878,20 +782,4 @@ PYBIND11_MODULE(_tessera, m) {
         py::arg("keep_last"), py::arg("incremental"));
   m.def("restore", &Restore, py::arg("dir"), py::arg("coordinator"), py::arg("servers"),
         py::arg("id"));
-
-  py::class_<PyLocalCluster>(m, "LocalCluster")
-      .def(py::init<const std::string&, const std::string&, uint32_t, uint32_t, uint32_t,
-                    std::vector<std::string>, std::vector<std::string>, const std::string&>(),
-           py::arg("server_binary"), py::arg("coordinator_binary"), py::arg("num_servers"),
-           py::arg("replication"), py::arg("num_shards"), py::arg("server_args"),
-           py::arg("coordinator_args"), py::arg("log_dir"))
-      .def_property_readonly("addresses", &PyLocalCluster::addresses)
-      .def_property_readonly("metrics_ports", &PyLocalCluster::metrics_ports)
-      .def_property_readonly("coordinator_address", &PyLocalCluster::coordinator_address)
-      .def("pid", &PyLocalCluster::pid, py::arg("i"))
-      .def("stop_server", &PyLocalCluster::StopServer, py::arg("i"), py::arg("timeout") = 30.0)
-      .def("restart_server", &PyLocalCluster::RestartServer, py::arg("i"))
-      .def("replicas_of", &PyLocalCluster::ReplicasOf, py::arg("shard"))
-      .def("kill_server", &PyLocalCluster::KillServer, py::arg("i"))
-      .def("stop", &PyLocalCluster::Stop, py::arg("timeout") = 30.0);
 }

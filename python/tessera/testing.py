@@ -10,8 +10,10 @@ With replication=1..3 a tessera-coordinator starts first and places the servers 
 
 import os
 import shutil
+import subprocess
+import threading
 
-from . import _tessera
+from . import errors
 
 
 def find_binary(name):
@@ -33,43 +35,100 @@ def find_binary(name):
 
 class LocalCluster:
     """num_servers servers; replication=0 gives static shards (connect with servers=), 1-3 a
-    coordinator and replicated shards (connect with coordinator=)."""
+    coordinator and replicated shards (connect with coordinator=).
+
+    The processes are started and watched by `tessera local-cluster` (the C++ harness the
+    tests use, driven over a pipe; tools/cmd_local_cluster.cc), so the native client module
+    never links test code. Errors raise tessera.errors.Error subclasses."""
 
     def __init__(self, num_servers=2, replication=0, num_shards=0, server_args=(),
                  coordinator_args=(), log_dir=""):
         if log_dir:
             os.makedirs(log_dir, exist_ok=True)
-        server = find_binary("tessera-server")
-        coordinator = find_binary("tessera-coordinator") if replication else ""
-        self._native = _tessera.LocalCluster(server, coordinator, num_servers, replication,
-                                             num_shards, list(server_args),
-                                             list(coordinator_args), log_dir)
+        options = [("server_binary", find_binary("tessera-server")),
+                   ("num_servers", num_servers), ("replication", replication),
+                   ("num_shards", num_shards), ("log_dir", log_dir)]
+        if replication:
+            options.append(("coordinator_binary", find_binary("tessera-coordinator")))
+        options += [("server_arg", a) for a in server_args]
+        options += [("coordinator_arg", a) for a in coordinator_args]
+        self._lock = threading.Lock()
+        self._control = subprocess.Popen([find_binary("tessera"), "local-cluster"],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         text=True, bufsize=1)
+        try:
+            for name, value in options:
+                value = str(value)
+                if "\n" in value:
+                    raise ValueError(f"{name} must not contain a newline: {value!r}")
+                self._call(f"option {name} {value}")
+            self._call("start")
+            self._addresses = self._call("addresses")
+            self._metrics_ports = [int(p) for p in self._call("metrics_ports")]
+            self._coordinator_address = " ".join(self._call("coordinator_address"))
+        except BaseException:
+            self._control.kill()
+            self._control.wait()
+            raise
 
-    addresses = property(lambda self: self._native.addresses,
+    def _call(self, request):
+        """Sends one request line; returns the answer's values, or raises its error."""
+        with self._lock:
+            if self._control.poll() is not None:
+                raise ValueError("the cluster is stopped")
+            self._control.stdin.write(request + "\n")
+            self._control.stdin.flush()
+            answer = self._control.stdout.readline().rstrip("\n")
+        if not answer:
+            raise errors.InternalError(
+                13, f"tessera local-cluster exited ({self._control.wait()}) during '{request}'")
+        kind, _, rest = answer.partition(" ")
+        if kind == "error":
+            code, _, message = rest.partition(" ")
+            raise errors.error_from_status(int(code), message)
+        return rest.split() if rest else []
+
+    addresses = property(lambda self: list(self._addresses),
                          doc="host:port of each server, in shard order")
-    metrics_ports = property(lambda self: self._native.metrics_ports)
-    coordinator_address = property(lambda self: self._native.coordinator_address)
+    metrics_ports = property(lambda self: list(self._metrics_ports))
+    coordinator_address = property(lambda self: self._coordinator_address)
 
     def pid(self, i):
-        return self._native.pid(i)
+        return int(self._call(f"pid {int(i)}")[0])
 
     def stop_server(self, i, timeout=30.0):
         """SIGTERM to server i; returns its exit code."""
-        return self._native.stop_server(i, timeout)
+        return int(self._call(f"stop_server {int(i)} {float(timeout)}")[0])
 
     def replicas_of(self, shard):
         """With replication: the indices of `shard`'s servers, the primary first."""
-        return self._native.replicas_of(shard)
+        return [int(i) for i in self._call(f"replicas_of {int(shard)}")]
 
     def kill_server(self, i):
         """SIGKILL to server i (a crash); returns once it is gone."""
-        self._native.kill_server(i)
+        self._call(f"kill_server {int(i)}")
 
     def restart_server(self, i):
-        self._native.restart_server(i)
+        """Starts server i again on its old ports; returns once it serves."""
+        self._call(f"restart_server {int(i)}")
 
     def stop(self, timeout=30.0):
-        self._native.stop(timeout)
+        """SIGTERM to every process and waits for them; an error names those that did not exit
+        cleanly. Later calls do nothing."""
+        if self._control.poll() is not None:
+            return
+        try:
+            self._call(f"stop {float(timeout)}")
+        finally:
+            self._control.stdin.close()
+            self._control.wait()
+            self._control.stdout.close()
+
+    def __del__(self):
+        control = getattr(self, "_control", None)
+        if control is not None and control.poll() is None:
+            control.kill()  # its servers die with it (PR_SET_PDEATHSIG)
+            control.wait()
 
     def __enter__(self):
         return self

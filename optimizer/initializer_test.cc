@@ -1,4 +1,4 @@
-#include "server/initializer.h"
+#include "optimizer/initializer.h"
 
 #include <catch2/catch.hpp>
 #include <cmath>

@@ -1,7 +1,8 @@
-// The driver of checkpoint rounds (docs/checkpoints.md, "The round"), restores and merges. Used
-// by `tessera checkpoint`, `tessera local` and the tests; the coordinator will host it later.
-#ifndef TESSERA_TOOLS_CHECKPOINT_DRIVER_H_
-#define TESSERA_TOOLS_CHECKPOINT_DRIVER_H_
+// The admin client: a cluster's primaries and status, checkpoint rounds (docs/checkpoints.md,
+// "The round"), restores and merges. Used by the `tessera` CLI, tessera-worker, the Python
+// module and the tests; the coordinator will host the checkpoint driver later. Proto-free.
+#ifndef TESSERA_CLIENT_ADMIN_H_
+#define TESSERA_CLIENT_ADMIN_H_
 
 #include <cstdint>
 #include <string>
@@ -11,6 +12,14 @@
 #include "absl/time/time.h"
 
 namespace tessera {
+
+// The primary of every shard in the map of the coordinator at `coordinator`, in shard order;
+// an error when a shard has none.
+absl::StatusOr<std::vector<std::string>> PrimaryAddresses(const std::string& coordinator);
+
+// `tessera status`'s report of the cluster of the coordinator at `coordinator`: servers, each
+// shard's replicas with their state and lag, the tables; as text or (json) one JSON object.
+absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, bool json);
 
 struct CheckpointDriverOptions {
   std::string dir;                   // the checkpoint directory the servers use
@@ -79,4 +88,4 @@ absl::StatusOr<uint64_t> MergeCheckpointChain(const std::string& dir, uint64_t i
 
 }  // namespace tessera
 
-#endif  // TESSERA_TOOLS_CHECKPOINT_DRIVER_H_
+#endif  // TESSERA_CLIENT_ADMIN_H_

@@ -1,4 +1,4 @@
-#include "tools/local_cluster.h"
+#include "testing/local_cluster.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -26,6 +26,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "client/internal/coordinator_queries.h"
 #include "common/grpc_status.h"
 #include "proto/cluster.grpc.pb.h"
 
@@ -320,45 +321,11 @@ int LocalCluster::IndexOf(const std::string& address) const {
   return -1;
 }
 
-namespace {
-
-absl::StatusOr<v1::ClusterMap> FetchMap(const std::shared_ptr<grpc::Channel>& coordinator) {
-  auto stub = v1::Coordinator::NewStub(coordinator);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
-  v1::GetClusterMapRequest req;
-  v1::GetClusterMapResponse resp;
-  if (grpc::Status s = stub->GetClusterMap(&ctx, req, &resp); !s.ok()) return FromGrpcStatus(s);
-  return resp.map();
-}
-
-}  // namespace
-
-absl::StatusOr<std::vector<std::string>> PrimaryAddresses(const std::string& coordinator) {
-  absl::StatusOr<v1::ClusterMap> m =
-      FetchMap(grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials()));
-  if (!m.ok()) return m.status();
-  std::vector<std::string> out;
-  for (int s = 0; s < m->shards_size(); ++s) {
-    const auto& shard = m->shards(s);
-    if (shard.state() == v1::SHARD_STATE_LOST) {
-      return absl::UnavailableError(absl::StrFormat(
-          "shard %d is LOST (`tessera status --coordinator=%s` says how to recover it)", s,
-          coordinator));
-    }
-    if (shard.replicas().empty() || shard.lost()) {
-      return absl::UnavailableError(absl::StrFormat("shard %d has no primary", s));
-    }
-    out.push_back(shard.replicas(0).address());
-  }
-  return out;
-}
-
 absl::Status LocalCluster::WaitForReplicas(absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   std::string last = "no answer";
   while (absl::Now() < deadline) {
-    absl::StatusOr<v1::ClusterMap> m = FetchMap(coordinator_channel_);
+    absl::StatusOr<v1::ClusterMap> m = client_internal::FetchClusterMap(coordinator_channel_);
     if (m.ok()) {
       bool complete = true;
       for (int s = 0; s < m->shards_size(); ++s) {
@@ -385,7 +352,7 @@ absl::Status LocalCluster::WaitForReplicas(absl::Duration timeout) {
 }
 
 absl::StatusOr<std::vector<int>> LocalCluster::ReplicasOf(uint32_t shard) {
-  absl::StatusOr<v1::ClusterMap> m = FetchMap(coordinator_channel_);
+  absl::StatusOr<v1::ClusterMap> m = client_internal::FetchClusterMap(coordinator_channel_);
   if (!m.ok()) return m.status();
   if (shard >= static_cast<uint32_t>(m->shards_size())) {
     return absl::InvalidArgumentError(absl::StrCat("no shard ", shard));
@@ -396,26 +363,10 @@ absl::StatusOr<std::vector<int>> LocalCluster::ReplicasOf(uint32_t shard) {
   return out;
 }
 
-namespace {
-
-absl::StatusOr<v1::GetClusterStatusResponse> FetchStatus(
-    const std::shared_ptr<grpc::Channel>& coordinator) {
-  auto stub = v1::Coordinator::NewStub(coordinator);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
-  v1::GetClusterStatusResponse resp;
-  if (grpc::Status s = stub->GetClusterStatus(&ctx, v1::GetClusterStatusRequest(), &resp);
-      !s.ok()) {
-    return FromGrpcStatus(s);
-  }
-  return resp;
-}
-
-}  // namespace
-
 absl::StatusOr<std::vector<LocalCluster::ReplicaState>> LocalCluster::ReplicaStates(
     uint32_t shard) {
-  absl::StatusOr<v1::GetClusterStatusResponse> st = FetchStatus(coordinator_channel_);
+  absl::StatusOr<v1::GetClusterStatusResponse> st =
+      client_internal::FetchClusterStatus(coordinator_channel_);
   if (!st.ok()) return st.status();
   if (shard >= static_cast<uint32_t>(st->map().shards_size())) {
     return absl::InvalidArgumentError(absl::StrCat("no shard ", shard));
@@ -434,7 +385,8 @@ absl::StatusOr<std::vector<LocalCluster::ReplicaState>> LocalCluster::ReplicaSta
 }
 
 absl::StatusOr<uint64_t> LocalCluster::MemberIncarnation(int i) {
-  absl::StatusOr<v1::GetClusterStatusResponse> st = FetchStatus(coordinator_channel_);
+  absl::StatusOr<v1::GetClusterStatusResponse> st =
+      client_internal::FetchClusterStatus(coordinator_channel_);
   if (!st.ok()) return st.status();
   for (const v1::MemberInfo& m : st->members()) {
     if (m.status().address() == addresses_[i]) return m.status().incarnation();
@@ -443,7 +395,7 @@ absl::StatusOr<uint64_t> LocalCluster::MemberIncarnation(int i) {
 }
 
 absl::StatusOr<std::string> LocalCluster::ShardState(uint32_t shard) {
-  absl::StatusOr<v1::ClusterMap> m = FetchMap(coordinator_channel_);
+  absl::StatusOr<v1::ClusterMap> m = client_internal::FetchClusterMap(coordinator_channel_);
   if (!m.ok()) return m.status();
   if (shard >= static_cast<uint32_t>(m->shards_size())) {
     return absl::InvalidArgumentError(absl::StrCat("no shard ", shard));
@@ -460,7 +412,7 @@ absl::StatusOr<std::string> LocalCluster::ShardState(uint32_t shard) {
 }
 
 absl::StatusOr<uint64_t> LocalCluster::Epoch() {
-  absl::StatusOr<v1::ClusterMap> m = FetchMap(coordinator_channel_);
+  absl::StatusOr<v1::ClusterMap> m = client_internal::FetchClusterMap(coordinator_channel_);
   if (!m.ok()) return m.status();
   return m->epoch();
 }
@@ -571,62 +523,6 @@ int WaitChild(pid_t pid, absl::Duration timeout) {
   kill(pid, SIGKILL);
   waitpid(pid, &status, 0);
   return -1;
-}
-
-absl::StatusOr<std::string> HttpGet(int port, const std::string& path, absl::Duration timeout) {
-  return HttpGet("127.0.0.1", port, path, timeout);
-}
-
-absl::StatusOr<std::string> HttpGet(const std::string& host, int port, const std::string& path,
-                                    absl::Duration timeout) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
-  struct Closer {
-    int fd;
-    ~Closer() { close(fd); }
-  } closer{fd};
-  timeval tv{static_cast<time_t>(absl::ToInt64Seconds(timeout)), 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  if (inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1) {
-    addrinfo hints{};
-    hints.ai_family = AF_INET;
-    hints.ai_socktype = SOCK_STREAM;
-    addrinfo* found = nullptr;
-    if (getaddrinfo(host.c_str(), nullptr, &hints, &found) != 0 || found == nullptr) {
-      return absl::UnavailableError(absl::StrFormat("cannot resolve %s", host));
-    }
-    addr.sin_addr = reinterpret_cast<sockaddr_in*>(found->ai_addr)->sin_addr;
-    freeaddrinfo(found);
-  }
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    return absl::UnavailableError(
-        absl::StrFormat("connect to %s:%d: %s", host, port, strerror(errno)));
-  }
-  const std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: ", host, "\r\n\r\n");
-  if (send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
-    return absl::UnavailableError(absl::StrCat("send: ", strerror(errno)));
-  }
-  std::string response;
-  char buf[65536];
-  while (true) {
-    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return absl::UnavailableError(absl::StrCat("recv: ", strerror(errno)));
-    if (n == 0) break;
-    response.append(buf, static_cast<size_t>(n));
-  }
-  const size_t header_end = response.find("\r\n\r\n");
-  const bool ok_status =
-      response.compare(0, 12, "HTTP/1.1 200") == 0 || response.compare(0, 12, "HTTP/1.0 200") == 0;
-  if (header_end == std::string::npos || !ok_status) {
-    return absl::UnavailableError(absl::StrFormat("GET %s on port %d: unexpected response '%s'",
-                                                  path, port, response.substr(0, 40)));
-  }
-  return response.substr(header_end + 4);
 }
 
 absl::StatusOr<bool> CheckHealth(const std::string& address, absl::Duration timeout,

@@ -1,5 +1,3 @@
-#include "tools/checkpoint_driver.h"
-
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 
@@ -10,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "client/admin.h"
 #include "common/grpc_status.h"
 #include "proto/checkpoint.pb.h"
 #include "proto/tessera.grpc.pb.h"

@@ -1,6 +1,6 @@
 // Reading Prometheus text exposition (what /metrics serves), for the CLI and the tests.
-#ifndef TESSERA_TOOLS_PROM_TEXT_H_
-#define TESSERA_TOOLS_PROM_TEXT_H_
+#ifndef TESSERA_COMMON_PROM_TEXT_H_
+#define TESSERA_COMMON_PROM_TEXT_H_
 
 #include <map>
 #include <string>
@@ -25,4 +25,4 @@ double SumSamples(const std::vector<PromSample>& samples, absl::string_view name
 
 }  // namespace tessera
 
-#endif  // TESSERA_TOOLS_PROM_TEXT_H_
+#endif  // TESSERA_COMMON_PROM_TEXT_H_

@@ -1,7 +1,7 @@
 // Optimizer kernels applied on the server. A row's weights and its optimizer slots are always
 // updated together, under the lock of the row's vshard. Formulas: docs/design.md, "Optimizers".
-#ifndef TESSERA_SERVER_OPTIMIZER_H_
-#define TESSERA_SERVER_OPTIMIZER_H_
+#ifndef TESSERA_OPTIMIZER_OPTIMIZER_H_
+#define TESSERA_OPTIMIZER_OPTIMIZER_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -57,4 +57,4 @@ void AssignWeights(const OptimizerParams& p, float* w, float* slot0, float* slot
 
 }  // namespace tessera
 
-#endif  // TESSERA_SERVER_OPTIMIZER_H_
+#endif  // TESSERA_OPTIMIZER_OPTIMIZER_H_

@@ -1,4 +1,4 @@
-#include "tools/local_prometheus.h"
+#include "testing/local_prometheus.h"
 
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -18,7 +18,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
-#include "tools/local_cluster.h"
+#include "common/http_get.h"
+#include "testing/local_cluster.h"
 
 namespace tessera {
 namespace {

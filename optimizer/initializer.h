@@ -1,6 +1,6 @@
 // Deterministic initial values for rows created on first touch.
-#ifndef TESSERA_SERVER_INITIALIZER_H_
-#define TESSERA_SERVER_INITIALIZER_H_
+#ifndef TESSERA_OPTIMIZER_INITIALIZER_H_
+#define TESSERA_OPTIMIZER_INITIALIZER_H_
 
 #include <cstdint>
 
@@ -32,4 +32,4 @@ class Initializer {
 
 }  // namespace tessera
 
-#endif  // TESSERA_SERVER_INITIALIZER_H_
+#endif  // TESSERA_OPTIMIZER_INITIALIZER_H_

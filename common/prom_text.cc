@@ -1,4 +1,4 @@
-#include "tools/prom_text.h"
+#include "common/prom_text.h"
 
 #include <cstdlib>
 

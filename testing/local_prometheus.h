@@ -1,7 +1,7 @@
 // Debian's Prometheus as a child process on 127.0.0.1, scraping given targets: used by
 // `tessera local --prometheus` and the metrics integration test (tests/prometheus_test.cc).
-#ifndef TESSERA_TOOLS_LOCAL_PROMETHEUS_H_
-#define TESSERA_TOOLS_LOCAL_PROMETHEUS_H_
+#ifndef TESSERA_TESTING_LOCAL_PROMETHEUS_H_
+#define TESSERA_TESTING_LOCAL_PROMETHEUS_H_
 
 #include <sys/types.h>
 
@@ -47,4 +47,4 @@ class LocalPrometheus {
 
 }  // namespace tessera
 
-#endif  // TESSERA_TOOLS_LOCAL_PROMETHEUS_H_
+#endif  // TESSERA_TESTING_LOCAL_PROMETHEUS_H_

@@ -1,7 +1,7 @@
 // Starts and stops real tessera-server processes on this machine (127.0.0.1, free ports). Used
 // by `tessera local`, `tessera bench` and the multi-process tests.
-#ifndef TESSERA_TOOLS_LOCAL_CLUSTER_H_
-#define TESSERA_TOOLS_LOCAL_CLUSTER_H_
+#ifndef TESSERA_TESTING_LOCAL_CLUSTER_H_
+#define TESSERA_TESTING_LOCAL_CLUSTER_H_
 
 #include <sys/types.h>
 
@@ -133,23 +133,12 @@ absl::StatusOr<std::vector<std::string>> ConnectOrStart(const std::vector<std::s
                                                         std::vector<std::string> extra_args,
                                                         std::unique_ptr<LocalCluster>* owned);
 
-// The primary of every shard in the map of the coordinator at `coordinator`, in shard order;
-// an error when a shard has none.
-absl::StatusOr<std::vector<std::string>> PrimaryAddresses(const std::string& coordinator);
-
 // Starts `args` (args[0]: the binary) with stdout and stderr into `out_fd` (-1: inherited); the
 // child dies with this process (PR_SET_PDEATHSIG). Returns its pid, or -1.
 pid_t SpawnChild(std::vector<std::string> args, int out_fd);
 // The exit code of child `pid`, waiting at most `timeout`; -1 when it was killed by a signal,
 // or did not exit in time (it is then SIGKILLed and reaped).
 int WaitChild(pid_t pid, absl::Duration timeout);
-
-// Sends GET `path` to 127.0.0.1:port over HTTP/1.0 and returns the body (status 200 only).
-absl::StatusOr<std::string> HttpGet(int port, const std::string& path,
-                                    absl::Duration timeout = absl::Seconds(10));
-// The same to host:port (an IPv4 address or a name).
-absl::StatusOr<std::string> HttpGet(const std::string& host, int port, const std::string& path,
-                                    absl::Duration timeout = absl::Seconds(10));
 
 // Asks the standard gRPC health service at `address` about `service` ("": the whole server).
 // Returns true for SERVING, false for any other answer; an error when it cannot be asked
@@ -160,4 +149,4 @@ absl::StatusOr<bool> CheckHealth(const std::string& address,
 
 }  // namespace tessera
 
-#endif  // TESSERA_TOOLS_LOCAL_CLUSTER_H_
+#endif  // TESSERA_TESTING_LOCAL_CLUSTER_H_

@@ -1,6 +1,6 @@
 // Each optimizer against trajectories computed independently, in double precision, from the
 // formulas in docs/design.md ("Optimizers"): w0 = {1, -0.5}, three steps of gradients.
-#include "server/optimizer.h"
+#include "optimizer/optimizer.h"
 
 #include <catch2/catch.hpp>
 #include <vector>

@@ -7,9 +7,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "client/admin.h"
 #include "common/grpc_status.h"
 #include "proto/cluster.grpc.pb.h"
-#include "tools/checkpoint_driver.h"
 
 namespace tessera {
 namespace {

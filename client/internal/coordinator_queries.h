@@ -1,0 +1,24 @@
+// The coordinator's read-only queries, shared by the admin client and the test harness
+// (testing/local_cluster.h). Includes generated protobuf headers: never include it from a
+// public header.
+#ifndef TESSERA_CLIENT_INTERNAL_COORDINATOR_QUERIES_H_
+#define TESSERA_CLIENT_INTERNAL_COORDINATOR_QUERIES_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "proto/cluster.grpc.pb.h"
+
+namespace tessera::client_internal {
+
+absl::StatusOr<v1::ClusterMap> FetchClusterMap(const std::shared_ptr<grpc::Channel>& coordinator,
+                                               absl::Duration timeout = absl::Seconds(2));
+absl::StatusOr<v1::GetClusterStatusResponse> FetchClusterStatus(
+    const std::shared_ptr<grpc::Channel>& coordinator, absl::Duration timeout = absl::Seconds(2));
+
+}  // namespace tessera::client_internal
+
+#endif  // TESSERA_CLIENT_INTERNAL_COORDINATOR_QUERIES_H_
