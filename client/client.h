@@ -21,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "common/export.h"
 #include "common/shard_map.h"
 #include "common/table_config.h"
 
@@ -96,7 +97,7 @@ using StatusCallback = std::function<void(absl::Status)>;
 // naming the shard and its state (docs/replication.md); the other shards serve on.
 //
 // The destructor waits for calls in flight to finish.
-class Client {
+class TESSERA_EXPORT Client {
  public:
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const ClientOptions& options);
   ~Client();

@@ -13,7 +13,7 @@
 
 namespace tessera {
 
-struct WorkerClock::Impl {
+struct TESSERA_HIDDEN WorkerClock::Impl {
   WorkerClockOptions options;
   std::unique_ptr<v1::Coordinator::Stub> stub;
   uint64_t incarnation = 0;

@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/export.h"
 
 namespace tessera {
 
@@ -35,7 +36,7 @@ struct JobProgress {
 };
 
 // Thread-compatible (one training loop drives it); the lease thread is internal.
-class WorkerClock {
+class TESSERA_EXPORT WorkerClock {
  public:
   // Joins (or creates) the job. A worker index that rejoins resumes at its clock.
   static absl::StatusOr<std::unique_ptr<WorkerClock>> Join(const WorkerClockOptions& options);

@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/export.h"
 
 namespace tessera {
 
@@ -64,18 +65,18 @@ struct TableConfig {
 
 // Validates `config` and fills every unset field with its default. INVALID_ARGUMENT names the
 // table and the offending field.
-absl::StatusOr<TableConfig> ResolveTableConfig(const TableConfig& config);
+TESSERA_EXPORT absl::StatusOr<TableConfig> ResolveTableConfig(const TableConfig& config);
 
 // Number of dim-sized optimizer slot vectors kept beside each row (0, 1 or 2).
-int NumOptimizerSlots(OptimizerKind kind);
+TESSERA_EXPORT int NumOptimizerSlots(OptimizerKind kind);
 // Whether the optimizer keeps a step counter (Adam).
-bool OptimizerHasStep(OptimizerKind kind);
+TESSERA_EXPORT bool OptimizerHasStep(OptimizerKind kind);
 
-absl::string_view TableKindName(TableKind kind);
-absl::string_view OptimizerKindName(OptimizerKind kind);
-absl::string_view InitializerKindName(InitializerKind kind);
-absl::StatusOr<OptimizerKind> ParseOptimizerKind(absl::string_view name);
-absl::StatusOr<InitializerKind> ParseInitializerKind(absl::string_view name);
+TESSERA_EXPORT absl::string_view TableKindName(TableKind kind);
+TESSERA_EXPORT absl::string_view OptimizerKindName(OptimizerKind kind);
+TESSERA_EXPORT absl::string_view InitializerKindName(InitializerKind kind);
+TESSERA_EXPORT absl::StatusOr<OptimizerKind> ParseOptimizerKind(absl::string_view name);
+TESSERA_EXPORT absl::StatusOr<InitializerKind> ParseInitializerKind(absl::string_view name);
 
 }  // namespace tessera
 

@@ -3,6 +3,7 @@
     tools/build.sh                                       # builds build/python/tessera/_tessera*.so
     /usr/bin/python3 -m venv --system-site-packages .venv
     .venv/bin/pip install --no-build-isolation ./python  # no network needed
+    pip wheel --no-deps --no-build-isolation -w dist ./python   # a wheel to install elsewhere
 
 The native module is the one CMake built: from $TESSERA_BUILD_DIR, else ../build. When it is
 missing this builds it (cmake --build on that tree, configuring it first if needed).
@@ -14,7 +15,7 @@ import shutil
 import subprocess
 import sys
 
-from setuptools import setup
+from setuptools import Distribution, setup
 from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -44,6 +45,14 @@ class BuildPyWithNative(build_py):
         shutil.copy2(native_module(), target)
 
 
+class NativeDistribution(Distribution):
+    """The package carries a native module: its wheel is for this Python and platform
+    (cp311-cp311-linux_x86_64 on Debian 12), not py3-none-any."""
+
+    def has_ext_modules(self):
+        return True
+
+
 setup(
     name="tessera",
     version="0.1.0",
@@ -52,5 +61,6 @@ setup(
     package_dir={"": HERE},
     python_requires=">=3.9",
     cmdclass={"build_py": BuildPyWithNative},
+    distclass=NativeDistribution,
     zip_safe=False,
 )

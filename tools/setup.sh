@@ -7,12 +7,12 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake ninja-build pkg-config git ccache
+  build-essential dpkg-dev cmake ninja-build pkg-config git ccache
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev librocksdb-dev prometheus-cpp-dev libcivetweb-dev catch2
   libopenblas-dev zlib1g-dev dataset-fashion-mnist
   iperf3 curl procps prometheus systemd nodejs
-  pybind11-dev python3-dev python3-numpy python3-venv python3-setuptools
+  pybind11-dev python3-dev python3-numpy python3-venv python3-setuptools python3-wheel
   clang libclang-rt-14-dev
 )
 for arg in "$@"; do

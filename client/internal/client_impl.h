@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "client/client.h"
+#include "common/export.h"
 #include "proto/cluster.grpc.pb.h"
 #include "proto/tessera.grpc.pb.h"
 
@@ -130,7 +131,7 @@ class ServerConn {
 
 }  // namespace client_internal
 
-struct Client::Impl {
+struct TESSERA_HIDDEN Client::Impl {
   // Constant after Connect.
   ClientOptions options;
   ShardMap map;  // vshard -> shard (fixed); the epoch is `epoch` below

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The documented install: a virtual environment that sees Debian's packages, then
-# `pip install --no-build-isolation ./python` (no network), then an import from elsewhere that
-# must find the installed package (not the source tree) and talk to a real server.
+# The documented install: a wheel built with `pip wheel --no-build-isolation ./python` (no
+# network; tagged for this Python and platform, as it carries the native module), installed into
+# a virtual environment that sees Debian's packages, then an import from elsewhere that must
+# find the installed package (not the source tree) and talk to a real server.
 # Usage: pip_install_test.sh PYTHON BUILD_DIR
 set -euo pipefail
 python=$1
@@ -15,8 +16,18 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$python" -m venv --system-site-packages "$work/venv"
 # Everything pip needs is local: no index, no build isolation.
-TESSERA_BUILD_DIR=$build "$work/venv/bin/pip" install --no-index --no-build-isolation -q \
-  "$root/python"
+TESSERA_BUILD_DIR=$build "$work/venv/bin/pip" wheel --no-deps --no-index --no-build-isolation \
+  -q -w "$work/dist" "$root/python"
+tag=$("$python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+wheel=$(ls "$work"/dist/tessera-*.whl)
+case "$(basename "$wheel")" in
+  tessera-*-"$tag"-"$tag"-linux_*.whl) ;;
+  *) echo "FAIL: $(basename "$wheel") is not tagged for $tag on Linux"; exit 1 ;;
+esac
+listing=$("$python" -m zipfile -l "$wheel")
+grep -q 'tessera/_tessera.*\.so' <<<"$listing" ||
+  { echo "FAIL: the wheel carries no native module"; exit 1; }
+"$work/venv/bin/pip" install --no-index -q "$wheel"
 cd "$work"
 TESSERA_BUILD_DIR=$build "$work/venv/bin/python" - <<'PY'
 import os, numpy as np, tessera, tessera.testing
