@@ -10,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "tests/test_cluster.h"
-#include "worker/lr_kernels.h"
+#include "worker/models/lr_kernels.h"
 
 namespace {
 

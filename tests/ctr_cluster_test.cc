@@ -7,8 +7,8 @@
 #include "absl/strings/str_format.h"
 #include "tests/test_cluster.h"
 #include "worker/ctr_trainer.h"
-#include "worker/mlp.h"
-#include "worker/synthetic_ctr.h"
+#include "worker/models/mlp.h"
+#include "worker/data/synthetic_ctr.h"
 
 namespace tessera {
 namespace {

@@ -22,7 +22,7 @@
 #include "common/http_get.h"
 #include "testing/local_prometheus.h"
 #include "tests/test_cluster.h"
-#include "worker/idx.h"
+#include "worker/data/idx.h"
 
 namespace tessera {
 namespace {

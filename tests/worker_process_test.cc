@@ -16,8 +16,8 @@
 #include "absl/time/clock.h"
 #include "storage/checkpoint_store.h"
 #include "tests/test_cluster.h"
-#include "worker/idx.h"
-#include "worker/lr_kernels.h"
+#include "worker/data/idx.h"
+#include "worker/models/lr_kernels.h"
 
 namespace tessera {
 namespace {

@@ -29,8 +29,8 @@
 #include "tools/commands.h"
 #include "worker/job.h"
 #include "worker/logreg_trainer.h"
-#include "worker/lr_kernels.h"
-#include "worker/synthetic.h"
+#include "worker/models/lr_kernels.h"
+#include "worker/data/synthetic.h"
 
 namespace tessera {
 namespace {

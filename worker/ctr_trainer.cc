@@ -5,8 +5,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/logging.h"
-#include "worker/mlp_reference.h"
-#include "worker/synthetic_ctr.h"
+#include "worker/models/mlp_reference.h"
+#include "worker/data/synthetic_ctr.h"
 
 namespace tessera {
 namespace {

@@ -12,7 +12,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
-#include "worker/lr_kernels.h"
+#include "worker/models/lr_kernels.h"
 
 namespace tessera {
 namespace {

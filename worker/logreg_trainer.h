@@ -12,7 +12,7 @@
 #include "absl/time/time.h"
 #include "client/client.h"
 #include "common/table_config.h"
-#include "worker/synthetic.h"
+#include "worker/data/synthetic.h"
 
 namespace tessera {
 

@@ -5,8 +5,8 @@
 
 #include "absl/strings/str_format.h"
 #include "common/logging.h"
-#include "worker/emb_mlp.h"
-#include "worker/synthetic_ctr.h"
+#include "worker/models/emb_mlp.h"
+#include "worker/data/synthetic_ctr.h"
 
 namespace tessera {
 

@@ -10,9 +10,9 @@
 #include "absl/status/statusor.h"
 #include "client/client.h"
 #include "client/worker_clock.h"
-#include "worker/backend.h"
-#include "worker/idx.h"
-#include "worker/mlp_reference.h"
+#include "worker/models/backend.h"
+#include "worker/data/idx.h"
+#include "worker/models/mlp_reference.h"
 #include "worker/train_loop.h"
 
 namespace tessera {

@@ -1,6 +1,6 @@
 // The server-less reference path on real data: Debian's Fashion-MNIST (tools/setup.sh installs
 // dataset-fashion-mnist).
-#include "worker/mlp_reference.h"
+#include "worker/models/mlp_reference.h"
 
 #include <catch2/catch.hpp>
 

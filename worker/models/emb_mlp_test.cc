@@ -1,4 +1,4 @@
-#include "worker/emb_mlp.h"
+#include "worker/models/emb_mlp.h"
 
 #include <catch2/catch.hpp>
 #include <cmath>
@@ -6,7 +6,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "optimizer/optimizer.h"
-#include "worker/synthetic_ctr.h"
+#include "worker/data/synthetic_ctr.h"
 
 namespace tessera {
 namespace {

@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "worker/mlp.h"
+#include "worker/models/mlp.h"
 
 namespace tessera {
 

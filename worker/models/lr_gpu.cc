@@ -8,8 +8,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "worker/cuda_api.h"
-#include "worker/lr_kernels.h"
+#include "worker/cuda/cuda_api.h"
+#include "worker/models/lr_kernels.h"
 
 namespace tessera {
 

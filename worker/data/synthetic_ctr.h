@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "absl/types/span.h"
-#include "worker/text_data.h"
+#include "worker/data/text_data.h"
 
 namespace tessera {
 

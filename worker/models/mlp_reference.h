@@ -11,8 +11,8 @@
 
 #include "absl/status/statusor.h"
 #include "common/table_config.h"
-#include "worker/idx.h"
-#include "worker/mlp.h"
+#include "worker/data/idx.h"
+#include "worker/models/mlp.h"
 
 namespace tessera {
 

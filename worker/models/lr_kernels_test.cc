@@ -1,4 +1,4 @@
-#include "worker/lr_kernels.h"
+#include "worker/models/lr_kernels.h"
 
 #include <catch2/catch.hpp>
 #include <cmath>

@@ -1,4 +1,4 @@
-#include "worker/text_data.h"
+#include "worker/data/text_data.h"
 
 #include <unistd.h>
 

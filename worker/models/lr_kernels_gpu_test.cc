@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "worker/lr_kernels.h"
+#include "worker/models/lr_kernels.h"
 
 int main() {
   std::string why;

@@ -1,4 +1,4 @@
-#include "worker/emb_mlp.h"
+#include "worker/models/emb_mlp.h"
 
 #include <algorithm>
 

@@ -1,4 +1,4 @@
-#include "worker/synthetic.h"
+#include "worker/data/synthetic.h"
 
 #include <catch2/catch.hpp>
 

@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "worker/backend.h"
-#include "worker/lr_kernels.h"
+#include "worker/models/backend.h"
+#include "worker/models/lr_kernels.h"
 
 namespace tessera {
 namespace {

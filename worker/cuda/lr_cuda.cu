@@ -4,8 +4,8 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-#include "worker/cuda_api.h"
-#include "worker/cuda_util.cuh"
+#include "worker/cuda/cuda_api.h"
+#include "worker/cuda/cuda_util.cuh"
 
 namespace tessera::cuda {
 

@@ -1,9 +1,9 @@
-#include "worker/backend.h"
+#include "worker/models/backend.h"
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "worker/cuda_api.h"
-#include "worker/lr_kernels.h"
+#include "worker/cuda/cuda_api.h"
+#include "worker/models/lr_kernels.h"
 
 namespace tessera {
 namespace {

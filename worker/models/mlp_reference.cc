@@ -1,4 +1,4 @@
-#include "worker/mlp_reference.h"
+#include "worker/models/mlp_reference.h"
 
 #include <cmath>
 

@@ -1,4 +1,4 @@
-#include "worker/mlp.h"
+#include "worker/models/mlp.h"
 
 #include <catch2/catch.hpp>
 #include <random>

@@ -1,4 +1,4 @@
-#include "worker/mlp.h"
+#include "worker/models/mlp.h"
 
 #include <cblas.h>
 

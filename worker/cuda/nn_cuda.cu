@@ -9,8 +9,8 @@
 #include <cub/cub.cuh>
 #include <vector>
 
-#include "worker/cuda_api.h"
-#include "worker/cuda_util.cuh"
+#include "worker/cuda/cuda_api.h"
+#include "worker/cuda/cuda_util.cuh"
 
 namespace tessera::cuda {
 namespace {

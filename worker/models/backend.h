@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "worker/emb_mlp.h"
-#include "worker/mlp.h"
+#include "worker/models/emb_mlp.h"
+#include "worker/models/mlp.h"
 
 namespace tessera {
 
