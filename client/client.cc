@@ -499,14 +499,9 @@ namespace {
 
 template <typename AsyncFn>
 absl::Status Blocking(AsyncFn&& start) {
-  absl::Notification done;
-  absl::Status result;
-  start([&](absl::Status s) {
-    result = std::move(s);
-    done.Notify();
-  });
-  done.WaitForNotification();
-  return result;
+  auto [call, done] = Call::Pending();
+  start(std::move(done));
+  return call.Wait();
 }
 
 }  // namespace

@@ -7,7 +7,8 @@
 //   emb.optimizer.kind = OptimizerKind::kAdagrad;
 //   (*client)->CreateTable(emb);
 //   (*client)->PullSparse("emb", keys, absl::MakeSpan(weights));
-//   (*client)->PushSparseAsync("emb", keys, grads, [](absl::Status s) { ... });
+//   Call push = (*client)->PushSparseAsync("emb", keys, grads);   // a handle (client/call.h)
+//   ... push.Wait();
 #ifndef TESSERA_CLIENT_CLIENT_H_
 #define TESSERA_CLIENT_CLIENT_H_
 
@@ -21,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "client/call.h"
 #include "common/export.h"
 #include "common/shard_map.h"
 #include "common/table_config.h"
@@ -81,16 +83,14 @@ struct PushOptions {
   bool assign = false;
 };
 
-// Runs exactly once when an asynchronous call completes.
-using StatusCallback = std::function<void(absl::Status)>;
-
 // Thread-safe: any number of threads may issue calls concurrently. Each call is split by shard
 // (and into chunks of about chunk_bytes) and the pieces run in parallel; results land in the
 // caller's order.
 //
-// Asynchronous calls borrow their buffers: keys, values and out must stay valid (and keys and
-// values unchanged) until `done` runs. `done` runs on a gRPC thread: it must not block. The
-// first dense call on a table fetches the table's layout with a blocking RPC on the calling
+// Asynchronous calls borrow their buffers, except the owned-buffer overloads: keys, values and
+// out must stay valid (and keys and values unchanged) until `done` runs or the returned Call
+// completes. `done` (and a Call's OnDone continuation) runs on a gRPC thread: it must not block.
+// The first dense call on a table fetches the table's layout with a blocking RPC on the calling
 // thread. Errors carry the failing server's address; when one piece of a call fails, the
 // call's other pieces still complete (pushes to other shards stay applied). With a
 // coordinator, a piece for a shard that is LOST or RESTORING fails at once with UNAVAILABLE
@@ -130,6 +130,34 @@ class TESSERA_EXPORT Client {
                       StatusCallback done);
   void PushDenseAsync(absl::string_view table, uint64_t offset, absl::Span<const float> values,
                       StatusCallback done, const PushOptions& options = {});
+
+  // The same calls returning a handle (client/call.h) instead of taking a callback; they
+  // borrow keys, values and out the same way: wait for the Call before reusing or freeing them.
+  Call PullSparseAsync(absl::string_view table, absl::Span<const uint64_t> keys,
+                       absl::Span<float> out);
+  Call PushSparseAsync(absl::string_view table, absl::Span<const uint64_t> keys,
+                       absl::Span<const float> values, const PushOptions& options = {});
+  Call PullDenseAsync(absl::string_view table, uint64_t offset, absl::Span<float> out);
+  Call PushDenseAsync(absl::string_view table, uint64_t offset, absl::Span<const float> values,
+                      const PushOptions& options = {});
+
+  // Owned buffers: the call keeps the keys and values it is given (moved in) and the rows it
+  // pulls until it completes, so nothing of the caller's needs to outlive it. A pull's rows
+  // come back through Result::Take(). The sparse pull learns the table's dim with
+  // GetTableConfig (a blocking RPC the first time per table); the dense pull checks the range
+  // against the table before it allocates.
+  Result<std::vector<float>> PullSparseAsync(absl::string_view table, std::vector<uint64_t> keys);
+  Result<std::vector<float>> PullDenseAsync(absl::string_view table, uint64_t offset, size_t size);
+  Call PushSparseAsync(absl::string_view table, std::vector<uint64_t>&& keys,
+                       std::vector<float>&& values, const PushOptions& options = {});
+  Call PushDenseAsync(absl::string_view table, uint64_t offset, std::vector<float>&& values,
+                      const PushOptions& options = {});
+  // A push that would borrow one temporary and own the other is refused at compile time:
+  // move both in, or keep both alive and pass spans.
+  Call PushSparseAsync(absl::string_view table, absl::Span<const uint64_t> keys,
+                       std::vector<float>&& values, const PushOptions& options = {}) = delete;
+  Call PushSparseAsync(absl::string_view table, std::vector<uint64_t>&& keys,
+                       absl::Span<const float> values, const PushOptions& options = {}) = delete;
 
   // Blocking versions of the calls above.
   absl::Status PullSparse(absl::string_view table, absl::Span<const uint64_t> keys,

@@ -1,5 +1,6 @@
 // Multi-process correctness: real tessera-server processes on random loopback ports, driven
 // through the client library and compared with a single in-process reference table.
+#include <limits>
 #include <random>
 #include <thread>
 #include <vector>
@@ -229,6 +230,78 @@ TEST_CASE("UNAVAILABLE is retried until the server comes up", "[cluster]") {
   // The server came up without the table: the retried call reached it and got NOT_FOUND.
   CHECK(result.code() == absl::StatusCode::kNotFound);
   CHECK((*client)->retries() > 0);
+}
+
+}  // namespace
+}  // namespace tessera
+
+namespace tessera {
+namespace {
+
+TEST_CASE("handles and owned buffers: calls compose, own what they are given, refuse bad ranges",
+          "[cluster]") {
+  auto cluster = StartCluster(2);
+  ClientOptions options;
+  options.chunk_bytes = 4096;  // several RPCs per call
+  auto client = Connect(*cluster, options);
+  TableConfig emb{.name = "emb", .kind = TableKind::kSparse, .dim = 3};
+  emb.optimizer.kind = OptimizerKind::kAssign;
+  TableConfig w{
+      .name = "w", .kind = TableKind::kDense, .dense_size = 5000, .dense_block_elems = 512};
+  w.optimizer = {.kind = OptimizerKind::kSgd, .learning_rate = 1.0f};
+  REQUIRE(client->CreateTable(emb).ok());
+  REQUIRE(client->CreateTable(w).ok());
+
+  // Owned pushes: the vectors are moved in and gone from the caller before the calls finish.
+  std::vector<uint64_t> keys(2000);
+  std::vector<float> rows(keys.size() * 3);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    keys[i] = i * 7919 + 1;
+    for (int d = 0; d < 3; ++d) rows[i * 3 + d] = static_cast<float>(i) + d * 0.25f;
+  }
+  const std::vector<uint64_t> keys_copy = keys;
+  const std::vector<float> rows_copy = rows;
+  Call sparse = client->PushSparseAsync("emb", std::move(keys), std::move(rows));
+  Call dense = client->PushDenseAsync("w", 100, std::vector<float>(1000, 2.0f));
+  TESSERA_REQUIRE_OK(Call::All({sparse, dense}).Wait());
+
+  // Owned pulls: the client allocates the rows and hands them over.
+  Result<std::vector<float>> pulled = client->PullSparseAsync("emb", keys_copy);
+  Result<std::vector<float>> tensor = client->PullDenseAsync("w", 0, 5000);
+  absl::StatusOr<std::vector<float>> got_rows = pulled.Take();
+  absl::StatusOr<std::vector<float>> got_w = tensor.Take();
+  TESSERA_REQUIRE_OK(got_rows.status());
+  TESSERA_REQUIRE_OK(got_w.status());
+  CHECK(*got_rows == rows_copy);
+  REQUIRE(got_w->size() == 5000);
+  for (size_t i = 0; i < 5000; ++i) {
+    INFO("element " << i);
+    REQUIRE((*got_w)[i] == (i >= 100 && i < 1100 ? -2.0f : 0.0f));  // SGD: 0 - 1.0 x 2
+  }
+
+  // Borrowing handles, the same rows.
+  std::vector<float> out(keys_copy.size() * 3);
+  TESSERA_REQUIRE_OK(client->PullSparseAsync("emb", keys_copy, absl::MakeSpan(out)).Wait());
+  CHECK(out == rows_copy);
+
+  // Bad calls fail through the handle with a precise status, and change nothing.
+  Result<std::vector<float>> outside = client->PullDenseAsync("w", 4990, 11);
+  CHECK(outside.done());
+  CHECK(outside.Take().status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(client->PullDenseAsync("w", 0, std::numeric_limits<size_t>::max()).Take().status().code() ==
+        absl::StatusCode::kInvalidArgument);
+  CHECK(client->PullDenseAsync("emb", 0, 4).Take().status().code() ==
+        absl::StatusCode::kFailedPrecondition);
+  CHECK(client->PullSparseAsync("w", {1, 2}).Take().status().code() ==
+        absl::StatusCode::kFailedPrecondition);
+  CHECK(client->PullSparseAsync("nope", {1}).Take().status().code() == absl::StatusCode::kNotFound);
+  Call repeated =
+      client->PushSparseAsync("emb", std::vector<uint64_t>{5, 5}, std::vector<float>(6, 9.0f));
+  CHECK(repeated.Wait().code() == absl::StatusCode::kInvalidArgument);
+  std::vector<float> w_after(5000);
+  TESSERA_REQUIRE_OK(client->PullDense("w", 0, absl::MakeSpan(w_after)));
+  CHECK(w_after == *got_w);
+  CHECK(cluster->Stop().ok());
 }
 
 }  // namespace

@@ -19,7 +19,7 @@ fail() { echo "FAIL: $*"; exit 1; }
 
 cmake --install "$build" --prefix "$prefix" >"$work/install.log"
 for f in bin/tessera-server bin/tessera-coordinator bin/tessera bin/tessera-worker \
-    include/tessera/client/client.h include/tessera/client/worker_clock.h \
+    include/tessera/client/call.h include/tessera/client/client.h include/tessera/client/worker_clock.h \
     include/tessera/common/table_config.h lib/cmake/Tessera/TesseraConfig.cmake \
     lib/cmake/Tessera/TesseraTargets.cmake lib/systemd/system/tessera-server@.service \
     lib/systemd/system/tessera-coordinator.service lib/systemd/system/tessera-worker@.service; do

@@ -5,8 +5,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/logging.h"
-#include "worker/models/mlp_reference.h"
 #include "worker/data/synthetic_ctr.h"
+#include "worker/models/mlp_reference.h"
 
 namespace tessera {
 namespace {
@@ -82,12 +82,10 @@ void CtrStepModel::PrepareKeys(const uint64_t* keys, uint32_t n, Slot& slot) {
 }
 
 void CtrStepModel::PullSlot(Client& client, Slot& slot, CallGroup& group) {
-  client.PullSparseAsync(tables_[0].name, slot.keys.unique, absl::MakeSpan(slot.rows), group.Add());
+  group.Add(client.PullSparseAsync(tables_[0].name, slot.keys.unique, absl::MakeSpan(slot.rows)));
   for (size_t l = 0; l < slot.params.w.size(); ++l) {
-    client.PullDenseAsync(tables_[1 + 2 * l].name, 0, absl::MakeSpan(slot.params.w[l]),
-                          group.Add());
-    client.PullDenseAsync(tables_[2 + 2 * l].name, 0, absl::MakeSpan(slot.params.b[l]),
-                          group.Add());
+    group.Add(client.PullDenseAsync(tables_[1 + 2 * l].name, 0, absl::MakeSpan(slot.params.w[l])));
+    group.Add(client.PullDenseAsync(tables_[2 + 2 * l].name, 0, absl::MakeSpan(slot.params.b[l])));
   }
 }
 
@@ -139,11 +137,11 @@ void CtrStepModel::Push(Client& client, const PushOptions& push, float scale, Ca
       for (float& g : grads_.b[l]) g *= scale;
     }
   }
-  client.PushSparseAsync(tables_[0].name, slots_[computed_].keys.unique, emb_grads_, group.Add(),
-                         push);
+  group.Add(
+      client.PushSparseAsync(tables_[0].name, slots_[computed_].keys.unique, emb_grads_, push));
   for (size_t l = 0; l < grads_.w.size(); ++l) {
-    client.PushDenseAsync(tables_[1 + 2 * l].name, 0, grads_.w[l], group.Add(), push);
-    client.PushDenseAsync(tables_[2 + 2 * l].name, 0, grads_.b[l], group.Add(), push);
+    group.Add(client.PushDenseAsync(tables_[1 + 2 * l].name, 0, grads_.w[l], push));
+    group.Add(client.PushDenseAsync(tables_[2 + 2 * l].name, 0, grads_.b[l], push));
   }
 }
 

@@ -10,9 +10,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "worker/data/text_data.h"
 #include "worker/models/backend.h"
 #include "worker/models/emb_mlp.h"
-#include "worker/data/text_data.h"
 #include "worker/train_loop.h"
 
 namespace tessera {

@@ -13,11 +13,11 @@
 #include "common/wire.h"
 #include "proto/job.pb.h"
 #include "proto/tessera.pb.h"
-#include "worker/models/backend.h"
 #include "worker/ctr_trainer.h"
+#include "worker/data/synthetic_ctr.h"
 #include "worker/lr_trainer.h"
 #include "worker/mlp_trainer.h"
-#include "worker/data/synthetic_ctr.h"
+#include "worker/models/backend.h"
 
 namespace tessera {
 namespace {

@@ -5,8 +5,8 @@
 
 #include "absl/strings/str_format.h"
 #include "common/logging.h"
-#include "worker/models/emb_mlp.h"
 #include "worker/data/synthetic_ctr.h"
+#include "worker/models/emb_mlp.h"
 
 namespace tessera {
 
@@ -66,7 +66,7 @@ absl::Status LrStepModel::Prepare(uint32_t batch, int slot) {
 
 void LrStepModel::Pull(Client& client, uint32_t, int slot, CallGroup& group) {
   Slot& s = slots_[slot];
-  client.PullSparseAsync(options_.table, s.keys, absl::MakeSpan(s.weights), group.Add());
+  group.Add(client.PullSparseAsync(options_.table, s.keys, absl::MakeSpan(s.weights)));
 }
 
 double LrStepModel::Compute(uint32_t, int slot) {
@@ -87,7 +87,7 @@ void LrStepModel::Push(Client& client, const PushOptions& push, float scale, Cal
   if (scale != 1.0f) {
     for (float& g : grads_) g *= scale;
   }
-  client.PushSparseAsync(options_.table, slots_[computed_].keys, grads_, group.Add(), push);
+  group.Add(client.PushSparseAsync(options_.table, slots_[computed_].keys, grads_, push));
 }
 
 absl::StatusOr<double> LrAuc(Client& client, const LrModelOptions& options,

@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "worker/models/lr_kernels.h"
 #include "worker/data/text_data.h"
+#include "worker/models/lr_kernels.h"
 #include "worker/train_loop.h"
 
 namespace tessera {

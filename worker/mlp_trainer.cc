@@ -12,8 +12,8 @@ absl::StatusOr<MlpParams> PullMlpParams(Client& client, const MlpTrainOptions& o
   const std::vector<TableConfig> tables = MlpTables(o);
   CallGroup group;
   for (size_t l = 0; l < o.shape.num_layers(); ++l) {
-    client.PullDenseAsync(tables[2 * l].name, 0, absl::MakeSpan(p.w[l]), group.Add());
-    client.PullDenseAsync(tables[2 * l + 1].name, 0, absl::MakeSpan(p.b[l]), group.Add());
+    group.Add(client.PullDenseAsync(tables[2 * l].name, 0, absl::MakeSpan(p.w[l])));
+    group.Add(client.PullDenseAsync(tables[2 * l + 1].name, 0, absl::MakeSpan(p.b[l])));
   }
   if (absl::Status s = group.Wait(); !s.ok()) return s;
   return p;
@@ -35,8 +35,8 @@ uint32_t MlpStepModel::NumBatches() const {
 void MlpStepModel::Pull(Client& client, uint32_t, int slot, CallGroup& group) {
   MlpParams& p = params_[slot];
   for (size_t l = 0; l < options_.shape.num_layers(); ++l) {
-    client.PullDenseAsync(tables_[2 * l].name, 0, absl::MakeSpan(p.w[l]), group.Add());
-    client.PullDenseAsync(tables_[2 * l + 1].name, 0, absl::MakeSpan(p.b[l]), group.Add());
+    group.Add(client.PullDenseAsync(tables_[2 * l].name, 0, absl::MakeSpan(p.w[l])));
+    group.Add(client.PullDenseAsync(tables_[2 * l + 1].name, 0, absl::MakeSpan(p.b[l])));
   }
 }
 
@@ -61,8 +61,8 @@ void MlpStepModel::Push(Client& client, const PushOptions& push, float scale, Ca
       for (float& g : grads_.w[l]) g *= scale;
       for (float& g : grads_.b[l]) g *= scale;
     }
-    client.PushDenseAsync(tables_[2 * l].name, 0, grads_.w[l], group.Add(), push);
-    client.PushDenseAsync(tables_[2 * l + 1].name, 0, grads_.b[l], group.Add(), push);
+    group.Add(client.PushDenseAsync(tables_[2 * l].name, 0, grads_.w[l], push));
+    group.Add(client.PushDenseAsync(tables_[2 * l + 1].name, 0, grads_.b[l], push));
   }
 }
 

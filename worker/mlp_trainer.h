@@ -10,8 +10,8 @@
 #include "absl/status/statusor.h"
 #include "client/client.h"
 #include "client/worker_clock.h"
-#include "worker/models/backend.h"
 #include "worker/data/idx.h"
+#include "worker/models/backend.h"
 #include "worker/models/mlp_reference.h"
 #include "worker/train_loop.h"
 

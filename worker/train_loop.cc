@@ -9,25 +9,6 @@
 
 namespace tessera {
 
-StatusCallback CallGroup::Add() {
-  {
-    absl::MutexLock lock(&mu_);
-    ++pending_;
-  }
-  return [this](absl::Status s) {
-    absl::MutexLock lock(&mu_);
-    if (!s.ok() && first_error_.ok()) first_error_ = std::move(s);
-    --pending_;
-  };
-}
-
-absl::Status CallGroup::Wait() {
-  absl::MutexLock lock(&mu_);
-  mu_.Await(absl::Condition(
-      +[](int* pending) { return *pending == 0; }, &pending_));
-  return std::exchange(first_error_, absl::OkStatus());
-}
-
 namespace {
 
 double SecondsSince(absl::Time t) { return absl::ToDoubleSeconds(absl::Now() - t); }

@@ -8,17 +8,19 @@
 
 #include <cstdint>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "client/client.h"
 #include "client/worker_clock.h"
 #include "common/table_config.h"
 
 namespace tessera {
 
-// Waits for a group of asynchronous client calls; keeps the first error. Thread-safe.
+// The asynchronous client calls (client/call.h) of one step's pulls or pushes, waited for
+// together; keeps the first error. Its destructor waits: destroy it before the buffers its
+// calls borrow. One thread at a time.
 class CallGroup {
  public:
   CallGroup() = default;
@@ -26,15 +28,12 @@ class CallGroup {
   CallGroup& operator=(const CallGroup&) = delete;
   ~CallGroup() { (void)Wait(); }
 
-  // A callback for one more call of the group.
-  StatusCallback Add();
-  // Blocks until every added call completed; returns the first error and resets the group.
-  absl::Status Wait();
+  void Add(Call call) { calls_.push_back(std::move(call)); }
+  // Blocks until every added call completed; returns the first error and empties the group.
+  absl::Status Wait() { return Call::All(std::exchange(calls_, {})).Wait(); }
 
  private:
-  absl::Mutex mu_;
-  int pending_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::Status first_error_ ABSL_GUARDED_BY(mu_);
+  std::vector<Call> calls_;
 };
 
 // One model's work on one batch. The loop may pull batch k+1 (into the other slot) while it

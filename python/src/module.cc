@@ -261,55 +261,29 @@ py::dict StatusToDict(const TableStatus& s) {
 
 // ---- Asynchronous calls ----
 
-// Completion of one asynchronous call, shared by the Handle and the client's callback (which
-// runs on a gRPC thread and never touches Python).
-class CallState {
- public:
-  void Finish(absl::Status s) {
-    absl::MutexLock lock(&mu_);
-    status_ = std::move(s);
-    done_ = true;
-  }
-  bool Done() {
-    absl::MutexLock lock(&mu_);
-    return done_;
-  }
-  // True when the call finished within `timeout`.
-  bool Wait(absl::Duration timeout) {
-    absl::MutexLock lock(&mu_);
-    return mu_.AwaitWithTimeout(absl::Condition(&done_), timeout);
-  }
-  absl::Status status() {
-    absl::MutexLock lock(&mu_);
-    return status_;
-  }
-
- private:
-  absl::Mutex mu_;
-  bool done_ ABSL_GUARDED_BY(mu_) = false;
-  absl::Status status_ ABSL_GUARDED_BY(mu_);
-};
-
 class PyClient;
 
 // What an *_async call returns. It keeps the call's arrays (and the client) alive until the
 // call completes: dropping a Handle early waits for its call.
 class Handle {
  public:
-  Handle(std::shared_ptr<CallState> state, std::shared_ptr<PyClient> client, py::object result,
+  Handle(Call call, std::shared_ptr<PyClient> client, py::object result,
          std::vector<py::object> borrowed)
-      : state_(std::move(state)),
+      : call_(std::move(call)),
         client_(std::move(client)),
         result_(std::move(result)),
         borrowed_(std::move(borrowed)) {}
-  Handle(Handle&&) = default;
+  // A moved-from Handle no longer owns the wait (a Call's copies all see the same call).
+  Handle(Handle&& other) noexcept
+      : call_(std::exchange(other.call_, std::nullopt)),
+        client_(std::move(other.client_)),
+        result_(std::move(other.result_)),
+        borrowed_(std::move(other.borrowed_)) {}
   ~Handle() {
-    if (state_ != nullptr && !state_->Done()) {
-      WithoutGil([&] { state_->Wait(absl::InfiniteDuration()); });
-    }
+    if (call_ && !call_->done()) WithoutGil([&] { (void)call_->Wait(); });
   }
 
-  bool done() { return state_->Done(); }
+  bool done() { return call_->done(); }
 
   // The call's result (the output array of a pull, None for a push), once it completes; raises
   // its error, TimeoutError when it did not complete within `timeout` seconds, or
@@ -321,7 +295,7 @@ class Handle {
       bool finished;
       {
         py::gil_scoped_release release;
-        finished = state_->Wait(std::min(deadline - absl::Now(), kSignalCheckInterval));
+        finished = call_->WaitFor(std::min(deadline - absl::Now(), kSignalCheckInterval));
       }
       if (finished) break;
       CheckSignals();
@@ -333,12 +307,13 @@ class Handle {
       }
     }
     borrowed_.clear();
-    ThrowIfError(state_->status());
+    ThrowIfError(call_->status());
     return result_;
   }
 
  private:
-  std::shared_ptr<CallState> state_;
+  // client/call.h; completed on a gRPC thread, which never touches Python. Empty once moved.
+  std::optional<Call> call_;
   std::shared_ptr<PyClient> client_;
   py::object result_;
   std::vector<py::object> borrowed_;
@@ -521,12 +496,12 @@ class PyClient : public std::enable_shared_from_this<PyClient> {
   template <typename Fn>
   Handle Async(py::object result, std::vector<py::object> borrowed, Fn&& issue) {
     std::shared_ptr<Client> client = Get();
-    auto state = std::make_shared<CallState>();
+    auto [call, done] = Call::Pending();
     {
       py::gil_scoped_release release;
-      issue(*client, [state](absl::Status s) { state->Finish(std::move(s)); });
+      issue(*client, std::move(done));
     }
-    return Handle(state, shared_from_this(), std::move(result), std::move(borrowed));
+    return Handle(call, shared_from_this(), std::move(result), std::move(borrowed));
   }
 
   // Waits for `handle`; when the wait is interrupted, the handle (with the arrays it holds)

@@ -1,0 +1,116 @@
+// The handle-returning and owned-buffer forms of the client's asynchronous calls
+// (client/client.h), on top of the callback forms in client_data.cc.
+#include <limits>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "client/call.h"
+#include "client/client.h"
+#include "client/internal/client_impl.h"
+
+namespace tessera {
+
+Call Client::PullSparseAsync(absl::string_view table, absl::Span<const uint64_t> keys,
+                             absl::Span<float> out) {
+  auto [call, done] = Call::Pending();
+  PullSparseAsync(table, keys, out, std::move(done));
+  return call;
+}
+
+Call Client::PushSparseAsync(absl::string_view table, absl::Span<const uint64_t> keys,
+                             absl::Span<const float> values, const PushOptions& options) {
+  auto [call, done] = Call::Pending();
+  PushSparseAsync(table, keys, values, std::move(done), options);
+  return call;
+}
+
+Call Client::PullDenseAsync(absl::string_view table, uint64_t offset, absl::Span<float> out) {
+  auto [call, done] = Call::Pending();
+  PullDenseAsync(table, offset, out, std::move(done));
+  return call;
+}
+
+Call Client::PushDenseAsync(absl::string_view table, uint64_t offset,
+                            absl::Span<const float> values, const PushOptions& options) {
+  auto [call, done] = Call::Pending();
+  PushDenseAsync(table, offset, values, std::move(done), options);
+  return call;
+}
+
+Result<std::vector<float>> Client::PullSparseAsync(absl::string_view table,
+                                                   std::vector<uint64_t> keys) {
+  auto rows = std::make_shared<std::vector<float>>();
+  if (keys.empty()) return Result(Call::Done(), rows);
+  absl::StatusOr<TableConfig> config = impl_->GetTable(table);
+  if (!config.ok()) return Result(Call::Done(config.status()), rows);
+  if (config->kind != TableKind::kSparse) {
+    return Result(Call::Done(absl::FailedPreconditionError(
+                      absl::StrFormat("table '%s' is dense, not sparse", table))),
+                  rows);
+  }
+  if (config->dim == 0 ||
+      keys.size() > std::numeric_limits<size_t>::max() / sizeof(float) / config->dim) {
+    return Result(Call::Done(absl::InvalidArgumentError(
+                      absl::StrFormat("table '%s': %u keys of dim %u do not fit in memory", table,
+                                      keys.size(), config->dim))),
+                  rows);
+  }
+  rows->resize(keys.size() * config->dim);
+  auto owned = std::make_shared<std::vector<uint64_t>>(std::move(keys));
+  auto [call, done] = Call::Pending();
+  // The callback holds the keys and the rows until the last RPC is done with them.
+  PullSparseAsync(table, *owned, absl::MakeSpan(*rows),
+                  [owned, rows, done = std::move(done)](absl::Status s) { done(std::move(s)); });
+  return Result(call, rows);
+}
+
+Result<std::vector<float>> Client::PullDenseAsync(absl::string_view table, uint64_t offset,
+                                                  size_t size) {
+  auto values = std::make_shared<std::vector<float>>();
+  if (size == 0) return Result(Call::Done(), values);
+  // The range is checked before the buffer is allocated (a size is the caller's to get wrong).
+  absl::StatusOr<TableConfig> config = impl_->GetTable(table);
+  if (!config.ok()) return Result(Call::Done(config.status()), values);
+  if (config->kind != TableKind::kDense) {
+    return Result(Call::Done(absl::FailedPreconditionError(
+                      absl::StrFormat("table '%s' is sparse, not dense", table))),
+                  values);
+  }
+  if (offset > config->dense_size || size > config->dense_size - offset) {
+    return Result(Call::Done(absl::InvalidArgumentError(absl::StrFormat(
+                      "table '%s': range [%u, %u) is outside the table's %u elements", table,
+                      offset, offset + size, config->dense_size))),
+                  values);
+  }
+  values->resize(size);
+  auto [call, done] = Call::Pending();
+  PullDenseAsync(table, offset, absl::MakeSpan(*values),
+                 [values, done = std::move(done)](absl::Status s) { done(std::move(s)); });
+  return Result(call, values);
+}
+
+Call Client::PushSparseAsync(absl::string_view table, std::vector<uint64_t>&& keys,
+                             std::vector<float>&& values, const PushOptions& options) {
+  auto owned_keys = std::make_shared<std::vector<uint64_t>>(std::move(keys));
+  auto owned_values = std::make_shared<std::vector<float>>(std::move(values));
+  auto [call, done] = Call::Pending();
+  PushSparseAsync(
+      table, *owned_keys, *owned_values,
+      [owned_keys, owned_values, done = std::move(done)](absl::Status s) { done(std::move(s)); },
+      options);
+  return call;
+}
+
+Call Client::PushDenseAsync(absl::string_view table, uint64_t offset, std::vector<float>&& values,
+                            const PushOptions& options) {
+  auto owned = std::make_shared<std::vector<float>>(std::move(values));
+  auto [call, done] = Call::Pending();
+  PushDenseAsync(
+      table, offset, *owned,
+      [owned, done = std::move(done)](absl::Status s) { done(std::move(s)); }, options);
+  return call;
+}
+
+}  // namespace tessera
