@@ -10,6 +10,17 @@
 namespace tessera {
 namespace {
 
+// n pending calls and their completers.
+std::pair<std::vector<Call>, std::vector<StatusCallback>> PendingCalls(int n) {
+  std::pair<std::vector<Call>, std::vector<StatusCallback>> out;
+  for (int i = 0; i < n; ++i) {
+    auto [c, done] = Call::Pending();
+    out.first.push_back(c);
+    out.second.push_back(done);
+  }
+  return out;
+}
+
 TEST_CASE("a pending call completes once, with the first status", "[call]") {
   auto [call, complete] = Call::Pending();
   CHECK_FALSE(call.done());
@@ -48,13 +59,7 @@ TEST_CASE("continuations run once: at once when done, else on the completing thr
 
 TEST_CASE("All waits for every call and reports the first error in order", "[call]") {
   CHECK(Call::All({}).done());
-  std::vector<Call> calls;
-  std::vector<StatusCallback> completers;
-  for (int i = 0; i < 4; ++i) {
-    auto [c, done] = Call::Pending();
-    calls.push_back(c);
-    completers.push_back(done);
-  }
+  auto [calls, completers] = PendingCalls(4);
   Call all = Call::All(calls);
   completers[3](absl::InternalError("late in order"));
   completers[0](absl::OkStatus());
@@ -69,13 +74,9 @@ TEST_CASE("All waits for every call and reports the first error in order", "[cal
 
 TEST_CASE("All completes exactly once under concurrent completions", "[call]") {
   for (int round = 0; round < 50; ++round) {
-    std::vector<Call> calls;
-    std::vector<StatusCallback> completers;
-    for (int i = 0; i < 16; ++i) {
-      auto [c, done] = Call::Pending();
-      calls.push_back(c);
-      completers.push_back(done);
-    }
+    auto pending = PendingCalls(16);  // (not a structured binding: the lambdas below use it)
+    std::vector<Call>& calls = pending.first;
+    std::vector<StatusCallback>& completers = pending.second;
     std::atomic<int> runs{0};
     Call all = Call::All(calls);
     all.OnDone([&](absl::Status) { ++runs; });

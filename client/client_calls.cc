@@ -39,56 +39,62 @@ Call Client::PushDenseAsync(absl::string_view table, uint64_t offset,
   return call;
 }
 
-Result<std::vector<float>> Client::PullSparseAsync(absl::string_view table,
-                                                   std::vector<uint64_t> keys) {
-  auto rows = std::make_shared<std::vector<float>>();
-  if (keys.empty()) return Result(Call::Done(), rows);
-  absl::StatusOr<TableConfig> config = impl_->GetTable(table);
-  if (!config.ok()) return Result(Call::Done(config.status()), rows);
-  if (config->kind != TableKind::kSparse) {
-    return Result(Call::Done(absl::FailedPreconditionError(
-                      absl::StrFormat("table '%s' is dense, not sparse", table))),
-                  rows);
+namespace {
+
+using Rows = Result<std::vector<float>>;
+
+Rows Refused(absl::Status s) {
+  return Rows(Call::Done(std::move(s)), std::make_shared<std::vector<float>>());
+}
+
+// The resolved config of `table` (cached by the client), which must be of `kind`.
+absl::StatusOr<TableConfig> TableOfKind(Client::Impl& impl, absl::string_view table,
+                                        TableKind kind) {
+  absl::StatusOr<TableConfig> config = impl.GetTable(table);
+  if (config.ok() && config->kind != kind) {
+    const bool sparse = kind == TableKind::kSparse;
+    return absl::FailedPreconditionError(absl::StrFormat("table '%s' is %s, not %s", table,
+                                                         sparse ? "dense" : "sparse",
+                                                         sparse ? "sparse" : "dense"));
   }
+  return config;
+}
+
+}  // namespace
+
+Rows Client::PullSparseAsync(absl::string_view table, std::vector<uint64_t> keys) {
+  if (keys.empty()) return Refused(absl::OkStatus());
+  absl::StatusOr<TableConfig> config = TableOfKind(*impl_, table, TableKind::kSparse);
+  if (!config.ok()) return Refused(config.status());
   if (config->dim == 0 ||
       keys.size() > std::numeric_limits<size_t>::max() / sizeof(float) / config->dim) {
-    return Result(Call::Done(absl::InvalidArgumentError(
-                      absl::StrFormat("table '%s': %u keys of dim %u do not fit in memory", table,
-                                      keys.size(), config->dim))),
-                  rows);
+    return Refused(absl::InvalidArgumentError(absl::StrFormat(
+        "table '%s': %u keys of dim %u do not fit in memory", table, keys.size(), config->dim)));
   }
-  rows->resize(keys.size() * config->dim);
+  auto rows = std::make_shared<std::vector<float>>(keys.size() * config->dim);
   auto owned = std::make_shared<std::vector<uint64_t>>(std::move(keys));
   auto [call, done] = Call::Pending();
   // The callback holds the keys and the rows until the last RPC is done with them.
   PullSparseAsync(table, *owned, absl::MakeSpan(*rows),
                   [owned, rows, done = std::move(done)](absl::Status s) { done(std::move(s)); });
-  return Result(call, rows);
+  return Rows(call, rows);
 }
 
-Result<std::vector<float>> Client::PullDenseAsync(absl::string_view table, uint64_t offset,
-                                                  size_t size) {
-  auto values = std::make_shared<std::vector<float>>();
-  if (size == 0) return Result(Call::Done(), values);
+Rows Client::PullDenseAsync(absl::string_view table, uint64_t offset, size_t size) {
+  if (size == 0) return Refused(absl::OkStatus());
   // The range is checked before the buffer is allocated (a size is the caller's to get wrong).
-  absl::StatusOr<TableConfig> config = impl_->GetTable(table);
-  if (!config.ok()) return Result(Call::Done(config.status()), values);
-  if (config->kind != TableKind::kDense) {
-    return Result(Call::Done(absl::FailedPreconditionError(
-                      absl::StrFormat("table '%s' is sparse, not dense", table))),
-                  values);
-  }
+  absl::StatusOr<TableConfig> config = TableOfKind(*impl_, table, TableKind::kDense);
+  if (!config.ok()) return Refused(config.status());
   if (offset > config->dense_size || size > config->dense_size - offset) {
-    return Result(Call::Done(absl::InvalidArgumentError(absl::StrFormat(
-                      "table '%s': range [%u, %u) is outside the table's %u elements", table,
-                      offset, offset + size, config->dense_size))),
-                  values);
+    return Refused(absl::InvalidArgumentError(
+        absl::StrFormat("table '%s': range [%u, %u) is outside the table's %u elements", table,
+                        offset, offset + size, config->dense_size)));
   }
-  values->resize(size);
+  auto values = std::make_shared<std::vector<float>>(size);
   auto [call, done] = Call::Pending();
   PullDenseAsync(table, offset, absl::MakeSpan(*values),
                  [values, done = std::move(done)](absl::Status s) { done(std::move(s)); });
-  return Result(call, values);
+  return Rows(call, values);
 }
 
 Call Client::PushSparseAsync(absl::string_view table, std::vector<uint64_t>&& keys,
