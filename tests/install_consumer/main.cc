@@ -1,6 +1,6 @@
 // Creates a sparse and a dense table on a running tessera-server, pushes, pulls (blocking, and
-// through Call handles) and checks what came back; exits 0 when everything matches. Usage: consumer
-// HOST:PORT
+// through Call handles) and checks what came back; exits 0 when everything matches.
+// Usage: consumer HOST:PORT
 #include <tessera/client/client.h>
 
 #include <cstdio>
