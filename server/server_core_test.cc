@@ -48,8 +48,10 @@ struct Fixture {
     REQUIRE(core->CreateTable(req, &resp).ok());
   }
 
-  v1::PullSparseRequest SparsePull(const std::vector<uint64_t>& k) const {
-    v1::PullSparseRequest r;
+  // A pull or push of keys `k` on "emb", the fields both share filled in.
+  template <typename Request>
+  Request OnKeys(const std::vector<uint64_t>& k) const {
+    Request r;
     r.mutable_header()->set_shard_map_epoch(1);
     r.set_table("emb");
     r.set_key_type(v1::KEY_TYPE_UINT64);
@@ -60,15 +62,12 @@ struct Fixture {
     return r;
   }
 
+  v1::PullSparseRequest SparsePull(const std::vector<uint64_t>& k) const {
+    return OnKeys<v1::PullSparseRequest>(k);
+  }
+
   v1::PushSparseRequest SparsePush(const std::vector<uint64_t>& k, float g, uint64_t seq) const {
-    v1::PushSparseRequest r;
-    r.mutable_header()->set_shard_map_epoch(1);
-    r.set_table("emb");
-    r.set_key_type(v1::KEY_TYPE_UINT64);
-    r.set_dtype(v1::DTYPE_FLOAT32);
-    r.set_dim(kDim);
-    r.set_num_keys(k.size());
-    PackedAssign<uint64_t>(r.mutable_keys(), k);
+    v1::PushSparseRequest r = OnKeys<v1::PushSparseRequest>(k);
     std::vector<float> v(k.size() * kDim, g);
     PackedAssign<float>(r.mutable_values(), v);
     r.mutable_id()->set_client_id(99);

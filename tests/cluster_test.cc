@@ -19,6 +19,14 @@ namespace {
 using testing::Connect;
 using testing::StartCluster;
 
+// Creates a sparse and a dense table whose optimizer adds the pushed values.
+void CreateAddTables(Client& client, TableConfig sparse, TableConfig dense) {
+  for (TableConfig* t : {&sparse, &dense}) {
+    t->optimizer.kind = OptimizerKind::kAdd;
+    REQUIRE(client.CreateTable(*t).ok());
+  }
+}
+
 TableConfig Resolve(const TableConfig& c) {
   absl::StatusOr<TableConfig> r = ResolveTableConfig(c);
   REQUIRE(r.ok());
@@ -104,13 +112,11 @@ TEST_CASE("three servers behave exactly like one reference table", "[cluster]") 
 TEST_CASE("four clients pushing concurrently with add sum exactly", "[cluster]") {
   auto cluster = StartCluster(2);
   auto admin = Connect(*cluster);
-  TableConfig sparse{.name = "counts", .kind = TableKind::kSparse, .dim = 4};
-  sparse.optimizer.kind = OptimizerKind::kAdd;
-  TableConfig dense{
-      .name = "total", .kind = TableKind::kDense, .dense_size = 300001, .dense_block_elems = 10007};
-  dense.optimizer.kind = OptimizerKind::kAdd;
-  REQUIRE(admin->CreateTable(sparse).ok());
-  REQUIRE(admin->CreateTable(dense).ok());
+  CreateAddTables(*admin, {.name = "counts", .kind = TableKind::kSparse, .dim = 4},
+                  {.name = "total",
+                   .kind = TableKind::kDense,
+                   .dense_size = 300001,
+                   .dense_block_elems = 10007});
 
   constexpr int kClients = 4, kRounds = 25, kKeys = 2000;
   std::vector<uint64_t> keys(kKeys);
@@ -162,13 +168,9 @@ TEST_CASE("a push retried after a lost reply is applied exactly once", "[cluster
   ClientOptions o;
   o.chunk_bytes = 2048;
   auto client = Connect(*cluster, o);
-  TableConfig sparse{.name = "s", .kind = TableKind::kSparse, .dim = 2};
-  sparse.optimizer.kind = OptimizerKind::kAdd;
-  TableConfig dense{
-      .name = "d", .kind = TableKind::kDense, .dense_size = 5000, .dense_block_elems = 700};
-  dense.optimizer.kind = OptimizerKind::kAdd;
-  REQUIRE(client->CreateTable(sparse).ok());
-  REQUIRE(client->CreateTable(dense).ok());
+  CreateAddTables(
+      *client, {.name = "s", .kind = TableKind::kSparse, .dim = 2},
+      {.name = "d", .kind = TableKind::kDense, .dense_size = 5000, .dense_block_elems = 700});
 
   std::vector<uint64_t> keys(1500);
   for (size_t i = 0; i < keys.size(); ++i) keys[i] = i * 7 + 1;

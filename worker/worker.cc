@@ -27,26 +27,17 @@ namespace {
 
 constexpr char kWorkerService[] = "tessera.v1.Worker";
 
-ConsistencyMode ModeOf(const v1::JobConfig& c) {
-  switch (c.mode()) {
-    case v1::CONSISTENCY_MODE_SSP:
-      return ConsistencyMode::kSsp;
-    case v1::CONSISTENCY_MODE_ASYNC:
-      return ConsistencyMode::kAsync;
-    default:
-      return ConsistencyMode::kBsp;
-  }
-}
+struct Mode {
+  ConsistencyMode mode;
+  std::string name;  // for the start line
+};
 
-std::string ModeName(const v1::JobConfig& c) {
-  switch (c.mode()) {
-    case v1::CONSISTENCY_MODE_SSP:
-      return absl::StrFormat("SSP(%u)", c.staleness());
-    case v1::CONSISTENCY_MODE_ASYNC:
-      return "async";
-    default:
-      return "BSP";
+Mode ModeOf(const v1::JobConfig& c) {
+  if (c.mode() == v1::CONSISTENCY_MODE_SSP) {
+    return {ConsistencyMode::kSsp, absl::StrFormat("SSP(%u)", c.staleness())};
   }
+  if (c.mode() == v1::CONSISTENCY_MODE_ASYNC) return {ConsistencyMode::kAsync, "async"};
+  return {ConsistencyMode::kBsp, "BSP"};
 }
 
 }  // namespace
@@ -181,7 +172,7 @@ struct Worker::Impl {
   }
 };
 
-Worker::Worker(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Worker::Worker() = default;
 Worker::~Worker() = default;
 int Worker::metrics_port() const { return impl_->metrics_port; }
 int Worker::health_port() const { return impl_->health_port; }
@@ -208,7 +199,9 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(const WorkerOptions& opti
   impl->RegisterMetrics();
   if (absl::Status s = impl->ServeMetrics(); !s.ok()) return s;
   if (absl::Status s = impl->ServeHealth(); !s.ok()) return s;
-  return std::unique_ptr<Worker>(new Worker(std::move(impl)));
+  std::unique_ptr<Worker> worker(new Worker());
+  worker->impl_ = std::move(impl);
+  return worker;
 }
 
 absl::Status Worker::Run() {
@@ -224,7 +217,8 @@ absl::Status Worker::Run() {
   wo.job = config.name();
   wo.num_workers = w.options.num_workers;
   wo.worker = worker;
-  wo.mode = ModeOf(config);
+  const Mode mode = ModeOf(config);
+  wo.mode = mode.mode;
   wo.staleness = config.staleness();
   wo.lease_ms = config.worker_lease_ms() > 0 ? config.worker_lease_ms() : 5000;
   wo.fail_on_worker_death = config.on_worker_death() == v1::WORKER_DEATH_POLICY_FAIL;
@@ -232,7 +226,7 @@ absl::Status Worker::Run() {
   if (!clock.ok()) return clock.status();
   std::printf("worker %u/%u of job '%s': %s, %d epochs, %s, backend %s\n", worker,
               w.options.num_workers, config.name().c_str(), w.job.description.c_str(),
-              w.job.loop.epochs, ModeName(config).c_str(), w.job.backend.c_str());
+              w.job.loop.epochs, mode.name.c_str(), w.job.backend.c_str());
 
   const bool checkpoints = worker == 0 && config.has_checkpoint();
   const absl::Time start = absl::Now();

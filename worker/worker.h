@@ -34,17 +34,17 @@ class Worker {
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
-  // Trains to the end of the job. An error says why the job stopped (the coordinator is
-  // unreachable, a worker died under WORKER_DEATH_POLICY_FAIL, the evaluation failed, ...).
-  absl::Status Run();
-
   // The bound ports (-1 when disabled).
   int metrics_port() const;
   int health_port() const;
 
+  // Trains to the end of the job. An error says why the job stopped (the coordinator is
+  // unreachable, a worker died under WORKER_DEATH_POLICY_FAIL, the evaluation failed, ...).
+  absl::Status Run();
+
  private:
-  struct Impl;
-  explicit Worker(std::unique_ptr<Impl> impl);
+  Worker();
+  struct Impl;  // worker/worker.cc
   std::unique_ptr<Impl> impl_;
 };
 
