@@ -13,8 +13,13 @@ if [ "${1:-}" = --no-build ]; then
 fi
 build=${1:-build}
 out=${2:-$build/packages}
-command -v dpkg-shlibdeps >/dev/null ||
-  { echo "package: dpkg-shlibdeps is missing (apt install dpkg-dev; tools/setup.sh does)" >&2; exit 1; }
+# CPack's DEB generator finds the binaries for dpkg-shlibdeps with file(1).
+for tool in dpkg-shlibdeps:dpkg-dev file:file; do
+  command -v "${tool%%:*}" >/dev/null || {
+    echo "package: ${tool%%:*} is missing (apt install ${tool#*:}; tools/setup.sh does)" >&2
+    exit 1
+  }
+done
 if [ "$build_first" = 1 ]; then
   if [ ! -f "$build/CMakeCache.txt" ]; then
     generator=()

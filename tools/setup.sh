@@ -7,7 +7,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential dpkg-dev adduser cmake ninja-build pkg-config git ccache
+  build-essential dpkg-dev file adduser cmake ninja-build pkg-config git ccache
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev librocksdb-dev prometheus-cpp-dev libcivetweb-dev catch2
   libopenblas-dev zlib1g-dev dataset-fashion-mnist
