@@ -43,7 +43,8 @@ namespace {
 
 using Rows = Result<std::vector<float>>;
 
-Rows Refused(absl::Status s) {
+// A call that completed before anything was sent: a refusal, or nothing to do (OK).
+Rows Completed(absl::Status s) {
   return Rows(Call::Done(std::move(s)), std::make_shared<std::vector<float>>());
 }
 
@@ -63,12 +64,12 @@ absl::StatusOr<TableConfig> TableOfKind(Client::Impl& impl, absl::string_view ta
 }  // namespace
 
 Rows Client::PullSparseAsync(absl::string_view table, std::vector<uint64_t> keys) {
-  if (keys.empty()) return Refused(absl::OkStatus());
+  if (keys.empty()) return Completed(absl::OkStatus());
   absl::StatusOr<TableConfig> config = TableOfKind(*impl_, table, TableKind::kSparse);
-  if (!config.ok()) return Refused(config.status());
+  if (!config.ok()) return Completed(config.status());
   if (config->dim == 0 ||
       keys.size() > std::numeric_limits<size_t>::max() / sizeof(float) / config->dim) {
-    return Refused(absl::InvalidArgumentError(absl::StrFormat(
+    return Completed(absl::InvalidArgumentError(absl::StrFormat(
         "table '%s': %u keys of dim %u do not fit in memory", table, keys.size(), config->dim)));
   }
   auto rows = std::make_shared<std::vector<float>>(keys.size() * config->dim);
@@ -81,12 +82,12 @@ Rows Client::PullSparseAsync(absl::string_view table, std::vector<uint64_t> keys
 }
 
 Rows Client::PullDenseAsync(absl::string_view table, uint64_t offset, size_t size) {
-  if (size == 0) return Refused(absl::OkStatus());
+  if (size == 0) return Completed(absl::OkStatus());
   // The range is checked before the buffer is allocated (a size is the caller's to get wrong).
   absl::StatusOr<TableConfig> config = TableOfKind(*impl_, table, TableKind::kDense);
-  if (!config.ok()) return Refused(config.status());
+  if (!config.ok()) return Completed(config.status());
   if (offset > config->dense_size || size > config->dense_size - offset) {
-    return Refused(absl::InvalidArgumentError(
+    return Completed(absl::InvalidArgumentError(
         absl::StrFormat("table '%s': range [%u, %u) is outside the table's %u elements", table,
                         offset, offset + size, config->dense_size)));
   }

@@ -182,9 +182,6 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(const WorkerOptions& opti
       options.worker >= options.num_workers) {
     return absl::InvalidArgumentError("need --coordinator and --worker < --num_workers");
   }
-  if (!(options.report_every_s > 0)) {
-    return absl::InvalidArgumentError("--report_every_s must be positive");
-  }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   absl::StatusOr<std::unique_ptr<v1::JobConfig>> config = LoadJobConfig(options.config_path);
