@@ -294,12 +294,13 @@ absl::StatusOr<std::vector<std::string>> PrimaryAddresses(const std::string& coo
 namespace client_internal {
 
 absl::StatusOr<v1::ClusterMap> FetchClusterMap(const std::shared_ptr<grpc::Channel>& coordinator,
-                                               absl::Duration timeout) {
+                                               absl::Duration timeout, bool wait_for_ready) {
   if (coordinator == nullptr)
     return absl::FailedPreconditionError("no coordinator (static shards)");
   auto stub = v1::Coordinator::NewStub(coordinator);
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  ctx.set_wait_for_ready(wait_for_ready);
   v1::GetClusterMapResponse resp;
   if (grpc::Status s = stub->GetClusterMap(&ctx, v1::GetClusterMapRequest(), &resp); !s.ok()) {
     return FromGrpcStatus(s);
@@ -308,12 +309,14 @@ absl::StatusOr<v1::ClusterMap> FetchClusterMap(const std::shared_ptr<grpc::Chann
 }
 
 absl::StatusOr<v1::GetClusterStatusResponse> FetchClusterStatus(
-    const std::shared_ptr<grpc::Channel>& coordinator, absl::Duration timeout) {
+    const std::shared_ptr<grpc::Channel>& coordinator, absl::Duration timeout,
+    bool wait_for_ready) {
   if (coordinator == nullptr)
     return absl::FailedPreconditionError("no coordinator (static shards)");
   auto stub = v1::Coordinator::NewStub(coordinator);
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  ctx.set_wait_for_ready(wait_for_ready);
   v1::GetClusterStatusResponse resp;
   if (grpc::Status s = stub->GetClusterStatus(&ctx, v1::GetClusterStatusRequest(), &resp);
       !s.ok()) {

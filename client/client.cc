@@ -4,6 +4,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -172,6 +173,101 @@ Endpoint::Endpoint(const std::string& addr, const ClientOptions& options) : addr
     stubs.push_back(v1::ParameterServer::NewStub(channel));
     generic_stubs.push_back(std::make_unique<grpc::GenericStub>(channel));
   }
+  if (options.data_plane) {
+    const int timeout_ms = static_cast<int>(std::clamp<int64_t>(options.rpc_timeout_ms, 1, 2000));
+    const int connections = std::max(1, options.data_connections_per_server);
+    data_thread =
+        std::thread([this, connections, timeout_ms] { DataLoop(connections, timeout_ms); });
+  }
+}
+
+Endpoint::~Endpoint() {
+  StopData("the client is closing");
+  if (data_thread.joinable()) data_thread.join();
+}
+
+std::shared_ptr<DataConn> Endpoint::Data() {
+  absl::MutexLock lock(&data_mu);
+  if (data.empty()) return nullptr;
+  const std::shared_ptr<DataConn>& d = data[next_data++ % data.size()];
+  return d->broken() ? nullptr : d;
+}
+
+bool Endpoint::DataBroken() const {
+  for (const auto& d : data) {
+    if (d->broken()) return true;
+  }
+  return false;
+}
+
+void Endpoint::StopData(const std::string& why) {
+  absl::MutexLock lock(&data_mu);
+  data_stop = true;
+  if (data_query != nullptr) data_query->TryCancel();
+  for (const auto& d : data) d->Close(why);
+}
+
+namespace {
+
+// The host part of a "host:port" address ("[v6]:port" too); empty when it is not one.
+std::string HostOf(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0 || address.find('/') != std::string::npos) {
+    return "";
+  }
+  std::string host = address.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  return host;
+}
+
+}  // namespace
+
+void Endpoint::DataLoop(int connections, int timeout_ms) {
+  const std::string host = HostOf(address);
+  if (host.empty()) return;
+  for (;;) {
+    {
+      absl::MutexLock lock(&data_mu);
+      if (data_stop) return;
+    }
+    // Asks for the port every time: a server restarted at the same address has a new one.
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
+    {
+      absl::MutexLock lock(&data_mu);
+      if (data_stop) return;
+      data_query = &ctx;
+    }
+    v1::GetDataPlaneResponse resp;
+    const grpc::Status s = stubs[0]->GetDataPlane(&ctx, v1::GetDataPlaneRequest(), &resp);
+    {
+      absl::MutexLock lock(&data_mu);
+      data_query = nullptr;
+    }
+    // A server without a data plane (or from before it): gRPC only, for good.
+    if (s.error_code() == grpc::StatusCode::UNIMPLEMENTED || (s.ok() && resp.port() == 0)) return;
+    std::vector<std::shared_ptr<DataConn>> conns;
+    for (int i = 0; s.ok() && i < connections; ++i) {
+      absl::StatusOr<std::shared_ptr<DataConn>> conn =
+          DataConn::Open(host, static_cast<int>(resp.port()), timeout_ms);
+      if (!conn.ok()) break;
+      conns.push_back(*std::move(conn));
+    }
+    absl::MutexLock lock(&data_mu);
+    for (const auto& d : data) d->Close("replaced by new connections");
+    data.clear();
+    if (static_cast<int>(conns.size()) == connections && !data_stop) {
+      data = std::move(conns);
+    } else {
+      for (const auto& d : conns) d->Close("the endpoint is closing");
+    }
+    // Wait for a break (checked every second), or the end.
+    do {
+      data_mu.AwaitWithTimeout(absl::Condition(&data_stop), absl::Seconds(1));
+    } while (!data_stop && !data.empty() && !DataBroken());
+  }
 }
 
 void Endpoint::Register(grpc::ClientContext* ctx) {
@@ -186,6 +282,7 @@ void Endpoint::Unregister(grpc::ClientContext* ctx) {
 }
 
 void Endpoint::Retire() {
+  StopData("the shard's primary moved");  // calls in flight there retry at the new one
   absl::MutexLock lock(&calls_mu);
   retired = true;
   for (grpc::ClientContext* ctx : calls) ctx->TryCancel();
@@ -194,6 +291,12 @@ void Endpoint::Retire() {
 }  // namespace client_internal
 
 bool Client::Impl::Retryable(const grpc::Status& status, const grpc::ClientContext& ctx) const {
+  if (status.error_code() != grpc::StatusCode::FAILED_PRECONDITION) return Retryable(status, false);
+  const auto& md = ctx.GetServerTrailingMetadata();
+  return Retryable(status, md.find(kRerouteMetadataKey) != md.end());
+}
+
+bool Client::Impl::Retryable(const grpc::Status& status, bool reroute) const {
   // CANCELLED is what gRPC reports for a call cut off by a server shutting down (this client
   // never cancels its own calls); like UNAVAILABLE it is safe to retry: pulls are idempotent
   // and a retried push keeps its sequence number. A routing refusal carries kRerouteMetadataKey.
@@ -204,9 +307,7 @@ bool Client::Impl::Retryable(const grpc::Status& status, const grpc::ClientConte
       (coordinated() && status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)) {
     return true;
   }
-  if (status.error_code() != grpc::StatusCode::FAILED_PRECONDITION) return false;
-  const auto& md = ctx.GetServerTrailingMetadata();
-  return md.find(kRerouteMetadataKey) != md.end();
+  return status.error_code() == grpc::StatusCode::FAILED_PRECONDITION && reroute;
 }
 
 namespace {

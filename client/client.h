@@ -61,6 +61,13 @@ struct ClientOptions {
   int64_t coordinated_attempt_timeout_ms = 5000;
   // With a coordinator: how long Connect waits for every shard to have a primary. Default 30 s.
   int64_t connect_timeout_ms = 30000;
+  // Bulk calls (pulls and pushes) travel on each server's data plane, a framed TCP connection
+  // beside gRPC (docs/data_plane.md), whenever the server offers one and it is connected;
+  // otherwise on gRPC. Same results either way. false: gRPC only. Default true.
+  bool data_plane = true;
+  // Data-plane connections per server; calls are spread over them and the server runs each
+  // connection's calls on a thread of its own. Default 2.
+  int data_connections_per_server = 2;
   // Identifies this client's pushes for exactly-once application. 0 (default) picks a random
   // id; reusing the id of a live client breaks exactly-once.
   uint64_t client_id = 0;

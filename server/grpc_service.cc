@@ -7,9 +7,11 @@
 #include <string>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/bulk_codec.h"
+#include "common/data_frame.h"
 #include "common/grpc_status.h"
 #include "common/wire.h"
 #include "server/grpc_wire.h"
@@ -89,11 +91,21 @@ GrpcService::~GrpcService() {
       +[](int* n) { return *n == 0; }, &offloaded_));
 }
 
+GrpcService::Sink GrpcService::GrpcSink(Ctx* ctx, Reactor* reactor) {
+  return [ctx, reactor](const grpc::Status& status, uint64_t epoch, bool reroute) {
+    if (!status.ok()) {
+      ctx->AddTrailingMetadata(kEpochMetadataKey, std::to_string(epoch));
+      if (reroute) ctx->AddTrailingMetadata(kRerouteMetadataKey, "1");
+    }
+    reactor->Finish(status);
+  };
+}
+
 template <typename Req, typename Resp, typename Fn>
 GrpcService::Reactor* GrpcService::Handle(Method method, Ctx* ctx, const Bytes* request,
                                           Bytes* response, Fn fn) {
   Reactor* reactor = ctx->DefaultReactor();  // constructs the reactor: call it once per call
-  Run<Req, Resp>(method, ctx, request, response, fn, reactor);
+  Run<Req, Resp>(method, request, response, fn, GrpcSink(ctx, reactor));
   return reactor;
 }
 
@@ -105,8 +117,8 @@ GrpcService::Reactor* GrpcService::Offload(Method method, Ctx* ctx, const Bytes*
     absl::MutexLock lock(&offload_mu_);
     ++offloaded_;
   }
-  std::thread([this, method, ctx, request, response, fn, reactor] {
-    Run<Req, Resp>(method, ctx, request, response, fn, reactor);
+  std::thread([this, method, request, response, fn, sink = GrpcSink(ctx, reactor)] {
+    Run<Req, Resp>(method, request, response, fn, sink);
     absl::MutexLock lock(&offload_mu_);
     --offloaded_;  // the last use of `this`
   }).detach();
@@ -114,8 +126,7 @@ GrpcService::Reactor* GrpcService::Offload(Method method, Ctx* ctx, const Bytes*
 }
 
 template <typename Req, typename Resp, typename Fn>
-void GrpcService::Run(Method method, Ctx* ctx, const Bytes* request, Bytes* response, Fn fn,
-                      Reactor* reactor) {
+void GrpcService::Run(Method method, const Bytes* request, Bytes* response, Fn fn, Sink sink) {
   const absl::Time start = absl::Now();
   metrics_->AddInFlight(1);
   auto req = std::make_shared<Req>();
@@ -146,7 +157,7 @@ void GrpcService::Run(Method method, Ctx* ctx, const Bytes* request, Bytes* resp
                                                      scratch, request_bytes));
     if (status.ok()) held += scratch;
   }
-  auto finish = [this, method, ctx, response, reactor, start, req, resp, values, request_bytes,
+  auto finish = [this, method, response, sink, start, req, resp, values, request_bytes,
                  held](absl::Status status) {
     Volume v = status.ok() ? VolumeOf(*req, *resp) : Volume{0, request_bytes, 0};
     if constexpr (kPull) {
@@ -164,15 +175,13 @@ void GrpcService::Run(Method method, Ctx* ctx, const Bytes* request, Bytes* resp
           status = absl::InternalError("cannot serialize the response: " + s.error_message());
         }
       }
-    } else {
-      ctx->AddTrailingMetadata(kEpochMetadataKey, std::to_string(core_->shard_map_epoch()));
-      if (ServerCore::IsReroute(status)) ctx->AddTrailingMetadata(kRerouteMetadataKey, "1");
     }
+    const bool reroute = !status.ok() && ServerCore::IsReroute(status);
     const grpc::Status grpc_status = ToGrpcStatus(status);
     metrics_->Record(method, grpc_status.error_code(), absl::ToDoubleSeconds(absl::Now() - start),
                      status.ok() ? v.keys : 0, v.bytes_in, status.ok() ? v.bytes_out : 0);
     metrics_->AddInFlight(-1);
-    reactor->Finish(grpc_status);
+    sink(grpc_status, grpc_status.ok() ? 0 : core_->shard_map_epoch(), reroute);
     core_->budget().Release(held);
   };
   if (!status.ok()) return finish(std::move(status));
@@ -195,28 +204,30 @@ void GrpcService::Run(Method method, Ctx* ctx, const Bytes* request, Bytes* resp
 
 // Reads answer inline; memory the kernel refuses is the caller's RESOURCE_EXHAUSTED. Pulls
 // get one more argument, the BulkBuffer their values are written into (Run passes it).
-#define TESSERA_RAW_METHOD(Name, ReqT, RespT)                                                  \
-  GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) {           \
-    return Handle<ReqT, RespT>(                                                                \
-        Method::k##Name, ctx, req, resp,                                                       \
-        [this](std::shared_ptr<const ReqT> r, RespT* p, ServerCore::Done done, auto*... out) { \
-          absl::Status st;                                                                     \
-          try {                                                                                \
-            st = core_->Name(*r, p, out...);                                                   \
-          } catch (const std::bad_alloc&) {                                                    \
-            st = absl::ResourceExhaustedError("out of memory answering " #Name);               \
-          }                                                                                    \
-          done(std::move(st));                                                                 \
-        });                                                                                    \
+#define TESSERA_READ_FN(Name, ReqT, RespT)                                               \
+  [this](std::shared_ptr<const ReqT> r, RespT* p, ServerCore::Done done, auto*... out) { \
+    absl::Status st;                                                                     \
+    try {                                                                                \
+      st = core_->Name(*r, p, out...);                                                   \
+    } catch (const std::bad_alloc&) {                                                    \
+      st = absl::ResourceExhaustedError("out of memory answering " #Name);               \
+    }                                                                                    \
+    done(std::move(st));                                                                 \
   }
 // Changes hand the request and its bytes to the core, which sequences, logs and applies them.
-#define TESSERA_RAW_CHANGE(Name, ReqT, RespT)                                              \
-  GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) {       \
-    return Handle<ReqT, RespT>(                                                            \
-        Method::k##Name, ctx, req, resp,                                                   \
-        [this, req](std::shared_ptr<const ReqT> r, RespT* p, ServerCore::Done done) {      \
-          core_->Name(std::move(r), p, std::make_shared<GrpcWire>(*req), std::move(done)); \
-        });                                                                                \
+#define TESSERA_CHANGE_FN(Name, ReqT, RespT)                                         \
+  [this, req](std::shared_ptr<const ReqT> r, RespT* p, ServerCore::Done done) {      \
+    core_->Name(std::move(r), p, std::make_shared<GrpcWire>(*req), std::move(done)); \
+  }
+#define TESSERA_RAW_METHOD(Name, ReqT, RespT)                                        \
+  GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) { \
+    return Handle<ReqT, RespT>(Method::k##Name, ctx, req, resp,                      \
+                               TESSERA_READ_FN(Name, ReqT, RespT));                  \
+  }
+#define TESSERA_RAW_CHANGE(Name, ReqT, RespT)                                        \
+  GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) { \
+    return Handle<ReqT, RespT>(Method::k##Name, ctx, req, resp,                      \
+                               TESSERA_CHANGE_FN(Name, ReqT, RespT));                \
   }
 
 TESSERA_RAW_CHANGE(CreateTable, v1::CreateTableRequest, v1::CreateTableResponse)
@@ -246,6 +257,51 @@ GrpcService::Reactor* GrpcService::RestoreCheckpoint(Ctx* ctx, const Bytes* req,
              ServerCore::Done done) { done(core_->RestoreCheckpoint(*r, p)); });
 }
 
+void GrpcService::RunBulk(Method method, const Bytes* req, Bytes* resp, Sink sink) {
+  switch (method) {
+    case Method::kPullSparse:
+      return Run<v1::PullSparseRequest, v1::PullSparseResponse>(
+          method, req, resp,
+          TESSERA_READ_FN(PullSparse, v1::PullSparseRequest, v1::PullSparseResponse),
+          std::move(sink));
+    case Method::kPushSparse:
+      return Run<v1::PushSparseRequest, v1::PushResponse>(
+          method, req, resp, TESSERA_CHANGE_FN(PushSparse, v1::PushSparseRequest, v1::PushResponse),
+          std::move(sink));
+    case Method::kPullDense:
+      return Run<v1::PullDenseRequest, v1::PullDenseResponse>(
+          method, req, resp,
+          TESSERA_READ_FN(PullDense, v1::PullDenseRequest, v1::PullDenseResponse), std::move(sink));
+    case Method::kPushDense:
+      return Run<v1::PushDenseRequest, v1::PushResponse>(
+          method, req, resp, TESSERA_CHANGE_FN(PushDense, v1::PushDenseRequest, v1::PushResponse),
+          std::move(sink));
+    default:
+      return sink(grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
+                               absl::StrCat(MethodName(method), " is not a bulk call")),
+                  core_->shard_map_epoch(), false);
+  }
+}
+
+GrpcService::Reactor* GrpcService::GetDataPlane(Ctx* ctx, const Bytes* req, Bytes* resp) {
+  Reactor* reactor = ctx->DefaultReactor();
+  v1::GetDataPlaneRequest request;
+  if (!Parse(*req, &request).ok()) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                 "malformed tessera.v1.GetDataPlaneRequest"));
+    return reactor;
+  }
+  v1::GetDataPlaneResponse response;
+  response.set_port(static_cast<uint32_t>(data_port_.load(std::memory_order_relaxed)));
+  response.set_version(data_frame::kVersion);
+  bool own = false;
+  reactor->Finish(
+      grpc::SerializationTraits<v1::GetDataPlaneResponse>::Serialize(response, resp, &own));
+  return reactor;
+}
+
+#undef TESSERA_READ_FN
+#undef TESSERA_CHANGE_FN
 #undef TESSERA_RAW_METHOD
 #undef TESSERA_RAW_CHANGE
 

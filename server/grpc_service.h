@@ -2,6 +2,9 @@
 #ifndef TESSERA_SERVER_GRPC_SERVICE_H_
 #define TESSERA_SERVER_GRPC_SERVICE_H_
 
+#include <atomic>
+#include <functional>
+
 #include "proto/tessera.grpc.pb.h"
 #include "server/metrics.h"
 #include "server/server_core.h"
@@ -22,7 +25,8 @@ using RawParameterServerService = PS::WithRawCallbackMethod_CreateTable<
                 PS::WithRawCallbackMethod_PushDense<PS::WithRawCallbackMethod_WriteCheckpoint<
                     PS::WithRawCallbackMethod_GetCheckpointState<
                         PS::WithRawCallbackMethod_RestoreCheckpoint<
-                            PS::WithRawCallbackMethod_ApplyStep<PS::Service>>>>>>>>>>>>;
+                            PS::WithRawCallbackMethod_ApplyStep<
+                                PS::WithRawCallbackMethod_GetDataPlane<PS::Service>>>>>>>>>>>>>;
 
 // Handlers run ServerCore inline on gRPC's callback threads: the work is CPU-bound and holds
 // only vshard locks, never across I/O. Checkpoint writes and restores, which do file I/O for
@@ -50,6 +54,17 @@ class GrpcService final : public RawParameterServerService {
   Reactor* GetCheckpointState(Ctx* ctx, const Bytes* req, Bytes* resp) override;
   Reactor* RestoreCheckpoint(Ctx* ctx, const Bytes* req, Bytes* resp) override;
   Reactor* ApplyStep(Ctx* ctx, const Bytes* req, Bytes* resp) override;
+  Reactor* GetDataPlane(Ctx* ctx, const Bytes* req, Bytes* resp) override;
+
+  // Where a call's outcome goes: status, and for a refusal the server's shard-map epoch and
+  // whether it is a routing refusal (gRPC: trailing metadata). Runs once.
+  using Sink = std::function<void(const grpc::Status& status, uint64_t epoch, bool reroute)>;
+  // The data plane's entry (server/data_plane.h): runs bulk call `method` (kPullSparse,
+  // kPushSparse, kPullDense or kPushDense) on `request` exactly as its gRPC method does;
+  // *response is written before `sink` runs with OK. Both must stay valid until then.
+  void RunBulk(Method method, const Bytes* request, Bytes* response, Sink sink);
+  // The port GetDataPlane answers (0: no data plane). Set before serving.
+  void set_data_port(int port) { data_port_ = port; }
 
  private:
   // Runs fn(request, response) inline (Handle) or on a thread of its own (Offload) and
@@ -60,11 +75,13 @@ class GrpcService final : public RawParameterServerService {
   Reactor* Offload(Method method, Ctx* ctx, const Bytes* request, Bytes* response, Fn fn)
       ABSL_LOCKS_EXCLUDED(offload_mu_);
   template <typename Req, typename Resp, typename Fn>
-  void Run(Method method, Ctx* ctx, const Bytes* request, Bytes* response, Fn fn, Reactor* reactor);
+  void Run(Method method, const Bytes* request, Bytes* response, Fn fn, Sink sink);
+  static Sink GrpcSink(Ctx* ctx, Reactor* reactor);
 
   ServerCore* core_;
   ServerMetrics* metrics_;
   Replicator* replicator_;
+  std::atomic<int> data_port_{0};
   absl::Mutex offload_mu_;
   int offloaded_ ABSL_GUARDED_BY(offload_mu_) = 0;  // offloaded handlers still running
 };

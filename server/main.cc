@@ -20,6 +20,10 @@ ABSL_FLAG(std::string, address, "127.0.0.1", "Address to serve gRPC on.");
 ABSL_FLAG(int, port, 0, "gRPC port; 0 picks a free one.");
 ABSL_FLAG(std::string, metrics_address, "127.0.0.1", "Address of the /metrics endpoint.");
 ABSL_FLAG(int, metrics_port, 0, "Port of the /metrics endpoint; 0 picks a free one, -1 disables.");
+ABSL_FLAG(int, data_port, 0,
+          "Port of the data plane (bulk pulls and pushes on framed TCP beside gRPC, "
+          "docs/data_plane.md), on --address; 0 picks a free one, -1 disables it.");
+ABSL_FLAG(int, max_data_connections, 256, "Data-plane connections open at once.");
 ABSL_FLAG(uint32_t, shard_index, 0, "This server's shard, in [0, num_shards).");
 ABSL_FLAG(uint32_t, num_shards, 1, "Number of shards (servers) in the cluster.");
 ABSL_FLAG(uint32_t, num_vshards, 1024, "Number of virtual shards; the same on every server.");
@@ -76,6 +80,8 @@ int main(int argc, char** argv) {
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   options.max_request_bytes = absl::GetFlag(FLAGS_max_request_bytes);
+  options.data_port = absl::GetFlag(FLAGS_data_port);
+  options.max_data_connections = absl::GetFlag(FLAGS_max_data_connections);
   options.drain_timeout_ms = absl::GetFlag(FLAGS_drain_timeout_ms);
   options.coordinator = absl::GetFlag(FLAGS_coordinator);
   options.advertise_address = absl::GetFlag(FLAGS_advertise_address);

@@ -11,6 +11,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/logging.h"
 #include "common/process_metrics.h"
+#include "server/data_plane.h"
 #include "server/grpc_service.h"
 #include "server/metrics.h"
 #include "server/replicator.h"
@@ -28,6 +29,7 @@ struct Server::Impl {
   std::unique_ptr<prometheus::Exposer> exposer;
   std::unique_ptr<Replicator> replicator;
   std::unique_ptr<GrpcService> service;
+  std::unique_ptr<DataPlane> data_plane;  // null: disabled
   std::unique_ptr<grpc::Server> grpc_server;
   int port = 0;
   int metrics_port = -1;
@@ -122,6 +124,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   }
   impl->service =
       std::make_unique<GrpcService>(impl->core.get(), impl->metrics.get(), impl->replicator.get());
+  if (options.data_port >= 0) {
+    DataPlaneOptions d;
+    d.address = options.address;
+    d.port = options.data_port;
+    d.max_connections = options.max_data_connections;
+    d.max_frame_bytes = static_cast<uint32_t>(std::max(options.max_request_bytes, 0));
+    absl::StatusOr<std::unique_ptr<DataPlane>> plane =
+        DataPlane::Start(d, impl->service.get(), &impl->core->budget(), impl->registry.get());
+    if (!plane.ok()) return plane.status();
+    impl->data_plane = std::move(*plane);
+    impl->service->set_data_port(impl->data_plane->port());
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -145,18 +159,27 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     impl->replicator->Start(options.advertise_address.empty()
                                 ? absl::StrFormat("%s:%d", options.address, impl->port)
                                 : options.advertise_address);
-    LogInfo("serving on %s:%d, metrics on port %d; coordinator %s places this server",
-            options.address, impl->port, impl->metrics_port, options.coordinator);
+    LogInfo(
+        "serving on %s:%d (data plane on port %d), metrics on port %d; coordinator %s "
+        "places this server",
+        options.address, impl->port, impl->data_plane != nullptr ? impl->data_plane->port() : 0,
+        impl->metrics_port, options.coordinator);
   } else {
-    LogInfo("serving shard %u/%u (epoch %u, %u vshards) on %s:%d, metrics on port %d",
-            options.core.shard_index, options.core.num_shards, options.core.shard_map_epoch,
-            options.core.num_vshards, options.address, impl->port, impl->metrics_port);
+    LogInfo(
+        "serving shard %u/%u (epoch %u, %u vshards) on %s:%d (data plane on port %d), "
+        "metrics on port %d",
+        options.core.shard_index, options.core.num_shards, options.core.shard_map_epoch,
+        options.core.num_vshards, options.address, impl->port,
+        impl->data_plane != nullptr ? impl->data_plane->port() : 0, impl->metrics_port);
   }
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 
 int Server::port() const { return impl_->port; }
 int Server::metrics_port() const { return impl_->metrics_port; }
+int Server::data_port() const {
+  return impl_->data_plane != nullptr ? impl_->data_plane->port() : 0;
+}
 ServerCore* Server::core() { return impl_->core.get(); }
 Replicator* Server::replicator() { return impl_->replicator.get(); }
 
@@ -170,9 +193,13 @@ void Server::Shutdown() {
   const absl::Time start = absl::Now();
   // Pushes waiting for their backups fail (UNAVAILABLE: the client retries them elsewhere).
   if (impl_->replicator != nullptr) impl_->replicator->Stop();
-  impl_->grpc_server->Shutdown(std::chrono::system_clock::now() +
-                               std::chrono::milliseconds(impl_->options.drain_timeout_ms));
+  // Both transports drain at once: no new requests, those in flight answered until the
+  // deadline (data-plane clients then see their connection close and retry elsewhere).
+  const absl::Time drain_deadline = start + absl::Milliseconds(impl_->options.drain_timeout_ms);
+  if (impl_->data_plane != nullptr) impl_->data_plane->Drain();
+  impl_->grpc_server->Shutdown(absl::ToChronoTime(drain_deadline));
   impl_->grpc_server->Wait();
+  if (impl_->data_plane != nullptr) impl_->data_plane->Stop(drain_deadline);
   LogInfo("drained and stopped in %.1f ms", absl::ToDoubleMilliseconds(absl::Now() - start));
   StopExposer(impl_->exposer, impl_->options.metrics_address);
 }

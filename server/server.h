@@ -21,7 +21,13 @@ struct ServerOptions {
   // Address and port of the Prometheus /metrics endpoint; port 0 picks a free port, -1 disables.
   std::string metrics_address = "127.0.0.1";
   int metrics_port = 0;
-  // Largest request message gRPC accepts; larger is RESOURCE_EXHAUSTED. Default 256 MiB.
+  // Port of the data plane (docs/data_plane.md: the bulk calls on framed TCP beside gRPC), on
+  // `address`; 0 picks a free port, -1 disables it (clients then use gRPC only).
+  int data_port = 0;
+  // Data-plane connections open at once. Default 256.
+  int max_data_connections = 256;
+  // Largest request message gRPC (or a data-plane frame) accepts; larger is RESOURCE_EXHAUSTED.
+  // Default 256 MiB.
   int max_request_bytes = 256 << 20;
   // On Shutdown(), how long in-flight requests may run before they are cancelled. Default 10 s.
   int64_t drain_timeout_ms = 10000;
@@ -46,6 +52,7 @@ class Server {
 
   int port() const;
   int metrics_port() const;  // -1 when disabled
+  int data_port() const;     // 0 when disabled
 
   // Reports NOT_SERVING on the health service, stops accepting calls, lets in-flight calls
   // finish for up to drain_timeout_ms, then cancels what is left. Idempotent.

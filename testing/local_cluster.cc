@@ -33,6 +33,22 @@
 namespace tessera {
 namespace {
 
+// The harness's coordinator queries wait (this long at most) for a coordinator that is not
+// reachable yet, such as one just restarted (tests ask right after a restart): a call sent on
+// the dead one's connection fails UNAVAILABLE ("Socket closed") and is sent again.
+constexpr absl::Duration kQueryTimeout = absl::Seconds(5);
+template <typename Fetch>
+auto Query(Fetch fetch, const std::shared_ptr<grpc::Channel>& channel) {
+  const absl::Time deadline = absl::Now() + kQueryTimeout;
+  for (;;) {
+    auto r = fetch(channel, std::max(deadline - absl::Now(), absl::Milliseconds(1)), true);
+    if (r.ok() || r.status().code() != absl::StatusCode::kUnavailable || absl::Now() >= deadline) {
+      return r;
+    }
+    absl::SleepFor(absl::Milliseconds(20));  // (bounded by the deadline)
+  }
+}
+
 // Waits until child `pid` exits or `timeout` passes; returns the wait status, or nullopt on
 // timeout. Awaits the exit on a pidfd (Linux >= 5.3); polls waitpid only where pidfds are
 // unavailable.
@@ -325,7 +341,8 @@ absl::Status LocalCluster::WaitForReplicas(absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   std::string last = "no answer";
   while (absl::Now() < deadline) {
-    absl::StatusOr<v1::ClusterMap> m = client_internal::FetchClusterMap(coordinator_channel_);
+    absl::StatusOr<v1::ClusterMap> m =
+        Query(client_internal::FetchClusterMap, coordinator_channel_);
     if (m.ok()) {
       bool complete = true;
       for (int s = 0; s < m->shards_size(); ++s) {
@@ -352,7 +369,7 @@ absl::Status LocalCluster::WaitForReplicas(absl::Duration timeout) {
 }
 
 absl::StatusOr<std::vector<int>> LocalCluster::ReplicasOf(uint32_t shard) {
-  absl::StatusOr<v1::ClusterMap> m = client_internal::FetchClusterMap(coordinator_channel_);
+  absl::StatusOr<v1::ClusterMap> m = Query(client_internal::FetchClusterMap, coordinator_channel_);
   if (!m.ok()) return m.status();
   if (shard >= static_cast<uint32_t>(m->shards_size())) {
     return absl::InvalidArgumentError(absl::StrCat("no shard ", shard));
@@ -366,7 +383,7 @@ absl::StatusOr<std::vector<int>> LocalCluster::ReplicasOf(uint32_t shard) {
 absl::StatusOr<std::vector<LocalCluster::ReplicaState>> LocalCluster::ReplicaStates(
     uint32_t shard) {
   absl::StatusOr<v1::GetClusterStatusResponse> st =
-      client_internal::FetchClusterStatus(coordinator_channel_);
+      Query(client_internal::FetchClusterStatus, coordinator_channel_);
   if (!st.ok()) return st.status();
   if (shard >= static_cast<uint32_t>(st->map().shards_size())) {
     return absl::InvalidArgumentError(absl::StrCat("no shard ", shard));
@@ -386,7 +403,7 @@ absl::StatusOr<std::vector<LocalCluster::ReplicaState>> LocalCluster::ReplicaSta
 
 absl::StatusOr<uint64_t> LocalCluster::MemberIncarnation(int i) {
   absl::StatusOr<v1::GetClusterStatusResponse> st =
-      client_internal::FetchClusterStatus(coordinator_channel_);
+      Query(client_internal::FetchClusterStatus, coordinator_channel_);
   if (!st.ok()) return st.status();
   for (const v1::MemberInfo& m : st->members()) {
     if (m.status().address() == addresses_[i]) return m.status().incarnation();
@@ -395,7 +412,7 @@ absl::StatusOr<uint64_t> LocalCluster::MemberIncarnation(int i) {
 }
 
 absl::StatusOr<std::string> LocalCluster::ShardState(uint32_t shard) {
-  absl::StatusOr<v1::ClusterMap> m = client_internal::FetchClusterMap(coordinator_channel_);
+  absl::StatusOr<v1::ClusterMap> m = Query(client_internal::FetchClusterMap, coordinator_channel_);
   if (!m.ok()) return m.status();
   if (shard >= static_cast<uint32_t>(m->shards_size())) {
     return absl::InvalidArgumentError(absl::StrCat("no shard ", shard));
@@ -412,7 +429,7 @@ absl::StatusOr<std::string> LocalCluster::ShardState(uint32_t shard) {
 }
 
 absl::StatusOr<uint64_t> LocalCluster::Epoch() {
-  absl::StatusOr<v1::ClusterMap> m = client_internal::FetchClusterMap(coordinator_channel_);
+  absl::StatusOr<v1::ClusterMap> m = Query(client_internal::FetchClusterMap, coordinator_channel_);
   if (!m.ok()) return m.status();
   return m->epoch();
 }

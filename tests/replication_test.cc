@@ -150,6 +150,7 @@ TEST_CASE(
   TESSERA_REQUIRE_OK(cluster->RestartCoordinator());
   work.WaitForMore(100);
   absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(1);
+  INFO(replicas.status().ToString());
   REQUIRE(replicas.ok());
   const int victim = (*replicas)[0];
   cluster->KillServer(victim);

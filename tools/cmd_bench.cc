@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <random>
@@ -131,6 +132,7 @@ int RunBench(const BenchCommandOptions& o) {
   ClientOptions co;
   co.servers = servers;
   co.channels_per_server = o.channels;
+  co.data_plane = o.data_plane;
   co.chunk_bytes = o.chunk_bytes;
   absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(co);
   if (!client.ok()) {
@@ -138,9 +140,10 @@ int RunBench(const BenchCommandOptions& o) {
     return 1;
   }
   Client& c = **client;
-  const std::string setup = absl::StrFormat("%d server(s), %d channels, %llu KiB chunks",
-                                            static_cast<int>(servers.size()), o.channels,
-                                            static_cast<unsigned long long>(o.chunk_bytes >> 10));
+  const std::string setup = absl::StrFormat(
+      "%d server(s), %s, %llu KiB chunks", static_cast<int>(servers.size()),
+      o.data_plane ? std::string("data plane") : absl::StrFormat("gRPC, %d channels", o.channels),
+      static_cast<unsigned long long>(o.chunk_bytes >> 10));
   double baseline = 0;
   if (o.iperf3) {
     absl::StatusOr<double> b = Iperf3Baseline(o.seconds_per_workload);
@@ -156,6 +159,10 @@ int RunBench(const BenchCommandOptions& o) {
   }
 
   int failures = 0;
+  auto wanted = [&](const char* w) {
+    return o.workloads.empty() ||
+           std::find(o.workloads.begin(), o.workloads.end(), w) != o.workloads.end();
+  };
   auto report = [&](const std::string& name, const std::string& unit, double per_iteration,
                     const absl::StatusOr<std::pair<uint64_t, double>>& m) {
     if (!m.ok()) {
@@ -178,12 +185,23 @@ int RunBench(const BenchCommandOptions& o) {
     return 1;
   }
   std::vector<float> grad(elems, 0.5f), out(elems);
-  report(absl::StrFormat("dense_push_pull_%lluKiB",
-                         static_cast<unsigned long long>(o.dense_bytes >> 10)),
-         "GB/s", 2.0 * elems * sizeof(float) / 1e9, Measure(o.seconds_per_workload, [&] {
-           absl::Status s = c.PushDense(dense.name, 0, grad);
-           return s.ok() ? c.PullDense(dense.name, 0, absl::MakeSpan(out)) : s;
-         }));
+  if (wanted("dense_push")) {
+    report("dense_push", "GB/s", 1.0 * elems * sizeof(float) / 1e9,
+           Measure(o.seconds_per_workload, [&] { return c.PushDense(dense.name, 0, grad); }));
+  }
+  if (wanted("dense_pull")) {
+    report("dense_pull", "GB/s", 1.0 * elems * sizeof(float) / 1e9,
+           Measure(o.seconds_per_workload,
+                   [&] { return c.PullDense(dense.name, 0, absl::MakeSpan(out)); }));
+  }
+  if (wanted("dense")) {
+    report(absl::StrFormat("dense_push_pull_%lluKiB",
+                           static_cast<unsigned long long>(o.dense_bytes >> 10)),
+           "GB/s", 2.0 * elems * sizeof(float) / 1e9, Measure(o.seconds_per_workload, [&] {
+             absl::Status s = c.PushDense(dense.name, 0, grad);
+             return s.ok() ? c.PullDense(dense.name, 0, absl::MakeSpan(out)) : s;
+           }));
+  }
 
   // Sparse: distinct random keys; the first pull creates the rows.
   std::mt19937_64 rng(1);
@@ -199,11 +217,23 @@ int RunBench(const BenchCommandOptions& o) {
   }
   const std::string keys_label =
       absl::StrFormat("%llux%u", static_cast<unsigned long long>(keys.size()), o.sparse_dim);
-  report("sparse_pull_" + keys_label, "Mkeys/s", keys.size() / 1e6,
-         Measure(o.seconds_per_workload,
-                 [&] { return c.PullSparse(sparse.name, keys, absl::MakeSpan(values)); }));
-  report("sparse_push_adagrad_" + keys_label, "Mkeys/s", keys.size() / 1e6,
-         Measure(o.seconds_per_workload, [&] { return c.PushSparse(sparse.name, keys, values); }));
+  if (wanted("pull") || wanted("push")) {
+    // (the first pull creates the rows, so a push-only run pulls once first)
+    if (absl::Status s = c.PullSparse(sparse.name, keys, absl::MakeSpan(values)); !s.ok()) {
+      std::fprintf(stderr, "tessera bench: %s\n", s.ToString().c_str());
+      return 1;
+    }
+  }
+  if (wanted("pull")) {
+    report("sparse_pull_" + keys_label, "Mkeys/s", keys.size() / 1e6,
+           Measure(o.seconds_per_workload,
+                   [&] { return c.PullSparse(sparse.name, keys, absl::MakeSpan(values)); }));
+  }
+  if (wanted("push")) {
+    report(
+        "sparse_push_adagrad_" + keys_label, "Mkeys/s", keys.size() / 1e6,
+        Measure(o.seconds_per_workload, [&] { return c.PushSparse(sparse.name, keys, values); }));
+  }
 
   (void)c.DropTable(dense.name);
   (void)c.DropTable(sparse.name);

@@ -42,6 +42,7 @@ absl::StatusOr<std::unique_ptr<Client>> ConnectTo(const LocalCluster& cluster,
   ClientOptions co;
   co.coordinator = cluster.coordinator_address();
   co.channels_per_server = o.channels;
+  co.data_plane = o.data_plane;
   co.chunk_bytes = o.chunk_bytes;
   return Client::Connect(co);
 }

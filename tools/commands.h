@@ -50,7 +50,10 @@ struct BenchCommandOptions {
   uint64_t sparse_keys = 100000;
   uint32_t sparse_dim = 16;
   int channels = 4;
+  bool data_plane = true;  // bulk calls on the servers' data plane (docs/data_plane.md)
   uint64_t chunk_bytes = 512 << 10;
+  // Data suite: which workloads run, any of "dense", "pull", "push"; empty: all three.
+  std::vector<std::string> workloads;
   bool iperf3 = true;          // measure the loopback baseline with iperf3 when it is installed
   std::string suite = "data";  // data | checkpoint | replication
   std::string checkpoint_dir;  // checkpoint suite: where to write (default: a new /tmp dir)

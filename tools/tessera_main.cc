@@ -53,7 +53,13 @@ ABSL_FLAG(uint64_t, dense_bytes, 4 << 20, "bench: size of the dense tensor.");
 ABSL_FLAG(uint64_t, sparse_keys, 100000, "bench: keys per sparse pull/push.");
 ABSL_FLAG(uint32_t, sparse_dim, 16, "bench: floats per sparse row.");
 ABSL_FLAG(int, channels, 4, "bench: client channels (TCP connections) per server.");
+ABSL_FLAG(std::string, transport, "data",
+          "bench: how bulk calls travel: data (the servers' data plane, docs/data_plane.md, "
+          "falling back to gRPC) or grpc (gRPC only).");
 ABSL_FLAG(uint64_t, chunk_bytes, 512 << 10, "bench: client chunk size.");
+ABSL_FLAG(std::string, workloads, "dense,pull,push",
+          "bench (data suite): the workloads to run, comma-separated: dense (4 MiB push+pull), "
+          "pull (sparse), push (sparse Adagrad).");
 ABSL_FLAG(bool, iperf3, true, "bench: also measure loopback with iperf3 as a baseline.");
 ABSL_FLAG(std::string, suite, "data",
           "bench: 'data' (pull/push throughput), 'checkpoint' (checkpoint write/restore "
@@ -181,7 +187,22 @@ int main(int argc, char** argv) {
     o.sparse_keys = absl::GetFlag(FLAGS_sparse_keys);
     o.sparse_dim = absl::GetFlag(FLAGS_sparse_dim);
     o.channels = absl::GetFlag(FLAGS_channels);
+    const std::string transport = absl::GetFlag(FLAGS_transport);
+    if (transport != "data" && transport != "grpc") {
+      std::fprintf(stderr, "tessera bench: --transport must be data or grpc, not '%s'\n",
+                   transport.c_str());
+      return 2;
+    }
+    o.data_plane = transport == "data";
     o.chunk_bytes = absl::GetFlag(FLAGS_chunk_bytes);
+    o.workloads = absl::StrSplit(absl::GetFlag(FLAGS_workloads), ',', absl::SkipEmpty());
+    for (const std::string& w : o.workloads) {
+      if (w != "dense" && w != "pull" && w != "push" && w != "dense_push" && w != "dense_pull") {
+        std::fprintf(stderr, "tessera bench: unknown workload '%s' (known: dense, pull, push)\n",
+                     w.c_str());
+        return 2;
+      }
+    }
     o.iperf3 = absl::GetFlag(FLAGS_iperf3);
     o.suite = absl::GetFlag(FLAGS_suite);
     o.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);

@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "client/client.h"
+#include "client/internal/data_conn.h"
 #include "common/export.h"
 #include "proto/cluster.grpc.pb.h"
 #include "proto/tessera.grpc.pb.h"
@@ -64,6 +65,10 @@ struct Endpoint {
   std::atomic<uint32_t> next_stub{0};
 
   Endpoint(const std::string& address, const ClientOptions& options);
+  ~Endpoint();  // closes the data plane and stops its thread
+
+  // The server's data plane (docs/data_plane.md), when connected and healthy; null: use gRPC.
+  std::shared_ptr<DataConn> Data() ABSL_LOCKS_EXCLUDED(data_mu);
 
   // Calls in flight on the data path. Once this endpoint is no longer the shard's primary
   // (Retire), they are cancelled so that they retry at the new one at once instead of waiting
@@ -75,6 +80,19 @@ struct Endpoint {
   absl::Mutex calls_mu;
   absl::flat_hash_set<grpc::ClientContext*> calls ABSL_GUARDED_BY(calls_mu);
   bool retired ABSL_GUARDED_BY(calls_mu) = false;
+
+  // The data plane, found and (re)connected by data_thread: it asks GetDataPlane, opens
+  // data_connections_per_server connections (calls are spread over them, so the server runs them in
+  // parallel), and reconnects at most once per second while one is broken.
+  void DataLoop(int connections, int timeout_ms) ABSL_LOCKS_EXCLUDED(data_mu);
+  bool DataBroken() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(data_mu);
+  void StopData(const std::string& why) ABSL_LOCKS_EXCLUDED(data_mu);
+  absl::Mutex data_mu;
+  std::vector<std::shared_ptr<DataConn>> data ABSL_GUARDED_BY(data_mu);  // all or none
+  uint32_t next_data ABSL_GUARDED_BY(data_mu) = 0;
+  bool data_stop ABSL_GUARDED_BY(data_mu) = false;
+  grpc::ClientContext* data_query ABSL_GUARDED_BY(data_mu) = nullptr;  // GetDataPlane in flight
+  std::thread data_thread;
 
   v1::ParameterServer::Stub* NextStub() {
     return stubs[next_stub.fetch_add(1, std::memory_order_relaxed) % stubs.size()].get();
@@ -192,8 +210,10 @@ struct TESSERA_HIDDEN Client::Impl {
   using BlockingCall =
       std::function<grpc::Status(v1::ParameterServer::Stub* stub, grpc::ClientContext* ctx)>;
   absl::Status CallShard(uint32_t shard, const BlockingCall& call);
-  // Whether a failed call may be retried (at the same or a new primary).
+  // Whether a failed call may be retried (at the same or a new primary); reroute: the refusal
+  // carried the reroute mark (kRerouteMetadataKey, or the data plane's flag).
   bool Retryable(const grpc::Status& status, const grpc::ClientContext& ctx) const;
+  bool Retryable(const grpc::Status& status, bool reroute) const;
   // Deadline of one attempt.
   int64_t AttemptTimeoutMs() const;
 };

@@ -14,10 +14,14 @@
 
 namespace tessera::client_internal {
 
+// wait_for_ready: a coordinator that is not reachable yet (a channel backing off after a
+// restart) is waited for until the timeout, instead of UNAVAILABLE at once.
 absl::StatusOr<v1::ClusterMap> FetchClusterMap(const std::shared_ptr<grpc::Channel>& coordinator,
-                                               absl::Duration timeout = absl::Seconds(2));
+                                               absl::Duration timeout = absl::Seconds(2),
+                                               bool wait_for_ready = false);
 absl::StatusOr<v1::GetClusterStatusResponse> FetchClusterStatus(
-    const std::shared_ptr<grpc::Channel>& coordinator, absl::Duration timeout = absl::Seconds(2));
+    const std::shared_ptr<grpc::Channel>& coordinator, absl::Duration timeout = absl::Seconds(2),
+    bool wait_for_ready = false);
 
 }  // namespace tessera::client_internal
 

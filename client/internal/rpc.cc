@@ -4,10 +4,25 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "common/data_frame.h"
 #include "common/grpc_status.h"
 #include "proto/tessera.grpc.pb.h"
 
 namespace tessera::client_internal {
+
+namespace {
+
+// The data plane's number of a bulk method (docs/data_plane.md); 0 for the rest.
+uint16_t DataMethodOf(absl::string_view method) {
+  using data_frame::BulkMethod;
+  if (method == "PullSparse") return static_cast<uint16_t>(BulkMethod::kPullSparse);
+  if (method == "PushSparse") return static_cast<uint16_t>(BulkMethod::kPushSparse);
+  if (method == "PullDense") return static_cast<uint16_t>(BulkMethod::kPullDense);
+  if (method == "PushDense") return static_cast<uint16_t>(BulkMethod::kPushDense);
+  return 0;
+}
+
+}  // namespace
 
 std::chrono::milliseconds Backoff(const Client::Impl& impl, int attempt) {
   thread_local std::minstd_rand rng(std::random_device{}());
@@ -26,6 +41,7 @@ Rpc::Rpc(Client::Impl* impl, uint32_t shard, const char* method, bool push,
     : impl_(impl),
       shard_(shard),
       method_(absl::StrCat("/", v1::ParameterServer::service_full_name(), "/", method)),
+      data_method_(DataMethodOf(method)),
       op_(std::move(op)) {
   impl_->RpcStarted();
   if (push) sequence_ = conn().pushes.Issue();
@@ -58,6 +74,21 @@ void Rpc::Attempt() {
   }
   const grpc::ByteBuffer request = encode(*this);
   response_.Clear();
+  on_data_ = false;
+  if (data_method_ != 0) {
+    if (std::shared_ptr<DataConn> data = endpoint_->Data(); data != nullptr) {
+      on_data_ = true;
+      reroute_ = false;
+      // (`done` may run before Call returns; nothing here touches this object after it.)
+      data->Call(data_method_, request, &response_,
+                 absl::Now() + absl::Milliseconds(impl_->AttemptTimeoutMs()),
+                 [this](grpc::Status s, bool reroute) {
+                   reroute_ = reroute;
+                   OnDone(std::move(s));
+                 });
+      return;
+    }
+  }
   endpoint_->Register(ctx_.get());
   endpoint_->NextGenericStub()->UnaryCall(ctx_.get(), method_, grpc::StubOptions(), &request,
                                           &response_,
@@ -65,8 +96,9 @@ void Rpc::Attempt() {
 }
 
 void Rpc::OnDone(grpc::Status s) {
-  if (endpoint_ != nullptr) endpoint_->Unregister(ctx_.get());
-  const bool retryable = !down_ && impl_->Retryable(s, *ctx_);
+  if (endpoint_ != nullptr && !on_data_) endpoint_->Unregister(ctx_.get());
+  const bool retryable =
+      !down_ && (on_data_ ? impl_->Retryable(s, reroute_) : impl_->Retryable(s, *ctx_));
   if (retryable) impl_->RequestRefresh();  // the shard may have a new primary
   if (retryable && impl_->MayRetry(attempt_, first_attempt_)) {
     impl_->retries.fetch_add(1, std::memory_order_relaxed);

@@ -63,7 +63,8 @@ class Rpc {
 
   Client::Impl* const impl_;
   const uint32_t shard_;
-  const std::string method_;  // full path, /tessera.v1.ParameterServer/<name>
+  const std::string method_;    // full path, /tessera.v1.ParameterServer/<name>
+  const uint16_t data_method_;  // data_frame::BulkMethod; 0: gRPC only
   const std::shared_ptr<OpTracker> op_;
   uint64_t sequence_ = 0;  // 0: not a push
   int attempt_ = 0;
@@ -73,7 +74,9 @@ class Rpc {
   std::unique_ptr<grpc::Alarm> alarm_;
   grpc::ByteBuffer response_;
   absl::Status outcome_;
-  bool down_ = false;  // the shard serves nothing (LOST or RESTORING): no retry
+  bool down_ = false;     // the shard serves nothing (LOST or RESTORING): no retry
+  bool on_data_ = false;  // the current attempt went over the data plane
+  bool reroute_ = false;  // its refusal carried the data plane's reroute flag
   // One for the call itself plus one per borrowed bulk field not yet released.
   std::atomic<int> holds_{1};
 };

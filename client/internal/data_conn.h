@@ -1,0 +1,69 @@
+// A client's data-plane connection to one server (docs/data_plane.md, "Client side").
+#ifndef TESSERA_CLIENT_INTERNAL_DATA_CONN_H_
+#define TESSERA_CLIENT_INTERNAL_DATA_CONN_H_
+
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/status.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+
+namespace tessera::client_internal {
+
+// Thread-safe. Many calls may be in flight; each gets its response by call id.
+class DataConn : public std::enable_shared_from_this<DataConn> {
+ public:
+  // status, and whether a refusal is for routing (the gRPC path's reroute trailer).
+  using Done = std::function<void(grpc::Status status, bool reroute)>;
+
+  // Connects to host:port and shakes hands, within timeout_ms.
+  static absl::StatusOr<std::shared_ptr<DataConn>> Open(const std::string& host, int port,
+                                                        int timeout_ms);
+  ~DataConn();
+
+  // Sends one call of wire method `method` (data_frame::BulkMethod): returns once the kernel
+  // has the request's bytes. `done` runs once: with the response in *response (which must stay
+  // valid until then), DEADLINE_EXCEEDED at `deadline`, or UNAVAILABLE when the connection is
+  // or becomes broken; on the connection's reader thread, or on this one before Call returns.
+  void Call(uint16_t method, const grpc::ByteBuffer& request, grpc::ByteBuffer* response,
+            absl::Time deadline, Done done) ABSL_LOCKS_EXCLUDED(mu_, write_mu_);
+
+  bool broken() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Breaks the connection: calls in flight fail with UNAVAILABLE `why` (on the reader
+  // thread), later calls at once. Idempotent.
+  void Close(const std::string& why) ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  struct Pending {
+    grpc::ByteBuffer* response;
+    absl::Time deadline;
+    Done done;
+  };
+  DataConn(int fd, std::string peer) : fd_(fd), peer_(std::move(peer)) {}
+  void ReadLoop(std::shared_ptr<DataConn> self);
+  // Reads n bytes, failing deadlines of calls in flight while it waits; false: broken.
+  bool Read(void* buf, size_t n);
+  void FailExpired() ABSL_LOCKS_EXCLUDED(mu_);
+
+  const int fd_;
+  const std::string peer_;  // host:port, for messages
+  std::thread reader_;
+  absl::Mutex write_mu_;  // one frame at a time on the socket
+  mutable absl::Mutex mu_;
+  uint32_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::flat_hash_map<uint32_t, Pending> pending_ ABSL_GUARDED_BY(mu_);
+  std::string broken_ ABSL_GUARDED_BY(mu_);       // why, once broken
+  absl::Time last_sweep_ = absl::InfinitePast();  // (reader thread only)
+};
+
+}  // namespace tessera::client_internal
+
+#endif  // TESSERA_CLIENT_INTERNAL_DATA_CONN_H_

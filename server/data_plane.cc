@@ -1,0 +1,406 @@
+#include "server/data_plane.h"
+
+#include <grpc/slice.h>
+#include <grpcpp/support/byte_buffer.h>
+#include <poll.h>
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <deque>
+#include <list>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "common/data_frame.h"
+#include "common/logging.h"
+#include "common/socket_io.h"
+#include "server/grpc_service.h"
+#include "server/memory_budget.h"
+
+namespace tessera {
+namespace {
+
+namespace df = data_frame;
+
+constexpr int kMaxCallsInFlight = 64;  // per connection (docs/data_plane.md)
+
+Method MethodOf(uint16_t wire) {
+  switch (static_cast<df::BulkMethod>(wire)) {
+    case df::BulkMethod::kPullSparse:
+      return Method::kPullSparse;
+    case df::BulkMethod::kPushSparse:
+      return Method::kPushSparse;
+    case df::BulkMethod::kPullDense:
+      return Method::kPullDense;
+    case df::BulkMethod::kPushDense:
+      break;
+  }
+  return Method::kPushDense;
+}
+
+// A received frame: its bytes and what they hold of the budget, freed with the last slice
+// referring to them (a push's bytes live on in its log entry until replicated).
+struct FrameBytes {
+  MemoryBudget* budget;
+  uint64_t reserved;
+  char* data() { return reinterpret_cast<char*>(this + 1); }
+};
+void FreeFrame(void* p) {
+  auto* f = static_cast<FrameBytes*>(p);
+  f->budget->Release(f->reserved);
+  std::free(f);
+}
+
+// One call in flight: the request as gRPC would hold it, and its response.
+struct PendingCall {
+  grpc::ByteBuffer request;
+  grpc::ByteBuffer response;
+};
+
+// A response waiting for the writer.
+struct Outgoing {
+  char header[df::kResponseHeaderBytes];
+  std::string message;
+  grpc::ByteBuffer payload;
+  bool close_after = false;  // a protocol error: the stream is not to be trusted further
+};
+
+}  // namespace
+
+struct DataPlane::Impl {
+  struct Conn;
+
+  DataPlaneOptions options;
+  GrpcService* service = nullptr;
+  MemoryBudget* budget = nullptr;
+  Listener listener;
+  prometheus::Gauge* connections_gauge = nullptr;
+  prometheus::Counter* frames = nullptr;
+  prometheus::Counter* refused_frames = nullptr;
+  prometheus::Counter* refused_connections = nullptr;
+  std::thread acceptor;
+
+  absl::Mutex mu;
+  bool stopping ABSL_GUARDED_BY(mu) = false;
+  bool stopped ABSL_GUARDED_BY(mu) = false;
+  std::list<std::shared_ptr<Conn>> conns ABSL_GUARDED_BY(mu);
+  // Calls started and not finished, over every connection (Stop waits for zero).
+  int64_t calls ABSL_GUARDED_BY(mu) = 0;
+
+  void AcceptLoop();
+  void Serve(const std::shared_ptr<Conn>& conn);
+  void Reap(bool all) ABSL_LOCKS_EXCLUDED(mu);
+};
+
+struct DataPlane::Impl::Conn : std::enable_shared_from_this<Conn> {
+  Impl* plane = nullptr;
+  int fd = -1;
+  std::thread reader;
+  std::thread writer;
+
+  absl::Mutex mu;
+  std::deque<Outgoing> queue ABSL_GUARDED_BY(mu);
+  bool closing ABSL_GUARDED_BY(mu) = false;  // responses are dropped from now on
+  bool reader_done ABSL_GUARDED_BY(mu) = false;
+  int in_flight ABSL_GUARDED_BY(mu) = 0;
+  bool finished = false;  // (guarded by plane->mu) reader and writer have ended
+
+  void Respond(uint32_t call_id, const grpc::Status& status, uint64_t epoch, bool reroute,
+               grpc::ByteBuffer payload, bool close_after) ABSL_LOCKS_EXCLUDED(mu) {
+    Outgoing o;
+    df::ResponseHeader h;
+    h.call_id = call_id;
+    h.code = static_cast<uint16_t>(status.error_code());
+    h.flags = reroute ? df::kFlagReroute : 0;
+    o.message = status.error_message().substr(0, df::kMaxMessageBytes);
+    h.message_length = static_cast<uint32_t>(o.message.size());
+    h.payload_length = status.ok() ? static_cast<uint32_t>(payload.Length()) : 0;
+    h.epoch = epoch;
+    df::Put(h, o.header);
+    if (status.ok()) o.payload = std::move(payload);
+    o.close_after = close_after;
+    absl::MutexLock lock(&mu);
+    if (!closing) queue.push_back(std::move(o));
+  }
+
+  void WriteLoop() ABSL_LOCKS_EXCLUDED(mu) {
+    std::vector<iovec> iov;
+    std::vector<grpc::Slice> slices;
+    for (;;) {
+      Outgoing o;
+      {
+        absl::MutexLock lock(&mu);
+        mu.Await(absl::Condition(
+            +[](Conn* c) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+              return !c->queue.empty() || c->closing || (c->reader_done && c->in_flight == 0);
+            },
+            this));
+        if (closing || queue.empty()) break;
+        o = std::move(queue.front());
+        queue.pop_front();
+      }
+      iov.clear();
+      slices.clear();
+      iov.push_back({o.header, sizeof(o.header)});
+      if (!o.message.empty()) iov.push_back({o.message.data(), o.message.size()});
+      if (o.payload.Length() > 0 && o.payload.Dump(&slices).ok()) {
+        for (const grpc::Slice& s : slices) {
+          iov.push_back({const_cast<uint8_t*>(s.begin()), s.size()});
+        }
+      }
+      if (!WriteAll(fd, iov) || o.close_after) break;
+    }
+    // The peer gets nothing more: unblock the reader, drop what is queued.
+    ::shutdown(fd, SHUT_RDWR);
+    absl::MutexLock lock(&mu);
+    closing = true;
+    queue.clear();
+  }
+};
+
+absl::StatusOr<std::unique_ptr<DataPlane>> DataPlane::Start(const DataPlaneOptions& options,
+                                                            GrpcService* service,
+                                                            MemoryBudget* budget,
+                                                            prometheus::Registry* registry) {
+  absl::StatusOr<Listener> listener = ListenTcp(options.address, options.port);
+  if (!listener.ok()) return listener.status();
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->service = service;
+  impl->budget = budget;
+  impl->listener = *listener;
+  impl->connections_gauge = &prometheus::BuildGauge()
+                                 .Name("tessera_data_plane_connections")
+                                 .Help("Open data-plane connections (docs/data_plane.md).")
+                                 .Register(*registry)
+                                 .Add({});
+  auto& frames = prometheus::BuildCounter()
+                     .Name("tessera_data_plane_frames_total")
+                     .Help(
+                         "Request frames received on the data plane, by outcome: served "
+                         "(run as the gRPC method would; its own status is in "
+                         "tessera_server_requests_total) or refused before running.")
+                     .Register(*registry);
+  impl->frames = &frames.Add({{"outcome", "served"}});
+  impl->refused_frames = &frames.Add({{"outcome", "refused"}});
+  impl->refused_connections = &prometheus::BuildCounter()
+                                   .Name("tessera_data_plane_refused_connections_total")
+                                   .Help(
+                                       "Connections closed at accept: over the limit or a bad "
+                                       "handshake.")
+                                   .Register(*registry)
+                                   .Add({});
+  Impl* raw = impl.get();
+  impl->acceptor = std::thread([raw] { raw->AcceptLoop(); });
+  return std::unique_ptr<DataPlane>(new DataPlane(std::move(impl)));
+}
+
+DataPlane::DataPlane(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+DataPlane::~DataPlane() { Stop(); }
+int DataPlane::port() const { return impl_->listener.port; }
+
+void DataPlane::Drain() {
+  {
+    absl::MutexLock lock(&impl_->mu);
+    if (impl_->stopping) return;
+    impl_->stopping = true;
+    // Readers see the end of their streams; writers send what is answered, then close.
+    for (const auto& c : impl_->conns) ::shutdown(c->fd, SHUT_RD);
+  }
+  impl_->acceptor.join();
+  ::close(impl_->listener.fd);
+}
+
+void DataPlane::Stop(absl::Time deadline) {
+  Drain();
+  {
+    absl::MutexLock lock(&impl_->mu);
+    if (impl_->stopped) return;
+    impl_->mu.AwaitWithDeadline(absl::Condition(
+                                    +[](Impl* i) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                                      for (const auto& c : i->conns) {
+                                        if (!c->finished) return false;
+                                      }
+                                      return true;
+                                    },
+                                    impl_.get()),
+                                deadline);
+    for (const auto& c : impl_->conns) ::shutdown(c->fd, SHUT_RDWR);
+  }
+  impl_->Reap(/*all=*/true);
+  absl::MutexLock lock(&impl_->mu);
+  impl_->mu.Await(absl::Condition(
+      +[](Impl* i) ABSL_NO_THREAD_SAFETY_ANALYSIS { return i->calls == 0; }, impl_.get()));
+  impl_->stopped = true;
+}
+
+void DataPlane::Impl::AcceptLoop() {
+  for (;;) {
+    {
+      absl::MutexLock lock(&mu);
+      if (stopping) return;
+    }
+    Reap(/*all=*/false);
+    pollfd p{listener.fd, POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0) continue;  // (a timeout: look at `stopping` again)
+    const int fd = ::accept4(listener.fd, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) continue;
+    TuneSocket(fd);
+    absl::MutexLock lock(&mu);
+    if (stopping || static_cast<int>(conns.size()) >= options.max_connections) {
+      refused_connections->Increment();
+      ::close(fd);
+      continue;
+    }
+    auto conn = std::make_shared<Conn>();
+    conn->plane = this;
+    conn->fd = fd;
+    conns.push_back(conn);
+    connections_gauge->Increment();
+    conn->reader = std::thread([this, conn] { Serve(conn); });
+  }
+}
+
+// Joins the threads of finished connections (all: waits for every connection to finish).
+void DataPlane::Impl::Reap(bool all) {
+  std::vector<std::shared_ptr<Conn>> done;
+  {
+    absl::MutexLock lock(&mu);
+    if (all) {
+      mu.Await(absl::Condition(
+          +[](Impl* i) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+            for (const auto& c : i->conns) {
+              if (!c->finished) return false;
+            }
+            return true;
+          },
+          this));
+    }
+    for (auto it = conns.begin(); it != conns.end();) {
+      if ((*it)->finished) {
+        done.push_back(std::move(*it));
+        it = conns.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& c : done) {
+    c->reader.join();
+    ::close(c->fd);
+    connections_gauge->Decrement();
+  }
+}
+
+void DataPlane::Impl::Serve(const std::shared_ptr<Conn>& conn) {
+  const int fd = conn->fd;
+  char hello[df::kHandshakeBytes];
+  bool ok = ReadFull(fd, hello, sizeof(hello)) && df::HandshakeOk(hello);
+  if (ok) {
+    df::PutHandshake(hello);
+    std::vector<iovec> iov = {{hello, sizeof(hello)}};
+    ok = WriteAll(fd, iov);
+  } else {
+    refused_connections->Increment();
+  }
+  if (ok) conn->writer = std::thread([conn] { conn->WriteLoop(); });
+  // A refusal before running: counted, answered, and (close) the end of the connection.
+  auto refuse = [&](uint32_t id, grpc::StatusCode code, const std::string& why, bool close) {
+    refused_frames->Increment();
+    conn->Respond(id, grpc::Status(code, why), 0, false, {}, close);
+  };
+  while (ok) {
+    char raw[df::kRequestHeaderBytes];
+    if (!ReadFull(fd, raw, sizeof(raw))) break;
+    const df::RequestHeader h = df::GetRequest(raw);
+    if (const char* problem = df::RequestHeaderProblem(h); problem != nullptr) {
+      refuse(h.call_id, grpc::StatusCode::INVALID_ARGUMENT,
+             absl::StrFormat("data plane: %s (method %u, flags %u); closing the connection",
+                             problem, h.method, h.flags),
+             true);
+      break;
+    }
+    if (h.length > options.max_frame_bytes) {
+      refuse(h.call_id, grpc::StatusCode::RESOURCE_EXHAUSTED,
+             absl::StrFormat("data plane: a frame of %u bytes is over this server's "
+                             "--max_request_bytes %u; closing the connection",
+                             h.length, options.max_frame_bytes),
+             true);
+      break;
+    }
+    {
+      absl::MutexLock lock(&conn->mu);  // back-pressure: at most kMaxCallsInFlight
+      conn->mu.Await(absl::Condition(
+          +[](Conn* c) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+            return c->in_flight < kMaxCallsInFlight || c->closing;
+          },
+          conn.get()));
+      if (conn->closing) break;
+    }
+    const uint64_t reserved = sizeof(FrameBytes) + h.length;
+    if (absl::Status s =
+            budget->Reserve(reserved, absl::StrFormat("a data-plane frame of %u bytes", h.length));
+        !s.ok()) {
+      if (!Discard(fd, h.length)) break;
+      refuse(h.call_id, grpc::StatusCode::RESOURCE_EXHAUSTED, std::string(s.message()), false);
+      continue;
+    }
+    auto* frame = static_cast<FrameBytes*>(std::malloc(reserved));
+    if (frame == nullptr) {
+      budget->Release(reserved);
+      if (!Discard(fd, h.length)) break;
+      refuse(h.call_id, grpc::StatusCode::RESOURCE_EXHAUSTED,
+             absl::StrFormat("data plane: out of memory for a frame of %u bytes", h.length), false);
+      continue;
+    }
+    frame->budget = budget;
+    frame->reserved = reserved;
+    if (!ReadFull(fd, frame->data(), h.length)) {
+      FreeFrame(frame);
+      break;
+    }
+    auto call = std::make_shared<PendingCall>();
+    if (h.length > 0) {
+      grpc::Slice slice(grpc_slice_new_with_user_data(frame->data(), h.length, FreeFrame, frame),
+                        grpc::Slice::STEAL_REF);
+      call->request = grpc::ByteBuffer(&slice, 1);
+    } else {
+      FreeFrame(frame);
+    }
+    frames->Increment();
+    {
+      absl::MutexLock lock(&conn->mu);
+      ++conn->in_flight;
+    }
+    {
+      absl::MutexLock lock(&mu);
+      ++calls;
+    }
+    service->RunBulk(MethodOf(h.method), &call->request, &call->response,
+                     [this, conn, call, id = h.call_id](const grpc::Status& status, uint64_t epoch,
+                                                        bool reroute) {
+                       conn->Respond(id, status, epoch, reroute, std::move(call->response), false);
+                       {
+                         absl::MutexLock lock(&conn->mu);
+                         --conn->in_flight;
+                       }
+                       absl::MutexLock lock(&mu);
+                       --calls;  // the last use of the plane
+                     });
+  }
+  {
+    absl::MutexLock lock(&conn->mu);
+    conn->reader_done = true;
+  }
+  if (conn->writer.joinable()) conn->writer.join();
+  absl::MutexLock lock(&mu);
+  conn->finished = true;
+}
+
+}  // namespace tessera

@@ -1,0 +1,58 @@
+// The server's data plane (docs/data_plane.md): the four bulk calls on framed TCP connections
+// beside gRPC, run through GrpcService::RunBulk exactly as their gRPC methods.
+#ifndef TESSERA_SERVER_DATA_PLANE_H_
+#define TESSERA_SERVER_DATA_PLANE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace prometheus {
+class Registry;
+}  // namespace prometheus
+
+namespace tessera {
+
+class GrpcService;
+class MemoryBudget;
+
+struct DataPlaneOptions {
+  std::string address = "127.0.0.1";
+  int port = 0;  // 0: a free port
+  // Connections open at once; more are closed at accept (their clients use gRPC).
+  int max_connections = 256;
+  // Largest request frame (the server's --max_request_bytes).
+  uint32_t max_frame_bytes = 256 << 20;
+};
+
+// Thread-safe. `service`, `budget` and `registry` must outlive it.
+class DataPlane {
+ public:
+  static absl::StatusOr<std::unique_ptr<DataPlane>> Start(const DataPlaneOptions& options,
+                                                          GrpcService* service,
+                                                          MemoryBudget* budget,
+                                                          prometheus::Registry* registry);
+  ~DataPlane();  // Stop()
+
+  int port() const;
+  // Stops accepting connections and reading requests; calls in flight go on and their
+  // responses are sent. Idempotent.
+  void Drain();
+  // Drain(), waits until `deadline` for the calls in flight to be answered, then closes every
+  // connection and waits until every call it started has finished (bounded once the
+  // replicator is stopped: pushes waiting for backups fail). Idempotent.
+  void Stop(absl::Time deadline = absl::InfinitePast());
+
+  struct Impl;
+
+ private:
+  explicit DataPlane(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tessera
+
+#endif  // TESSERA_SERVER_DATA_PLANE_H_
