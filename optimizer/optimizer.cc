@@ -43,21 +43,26 @@ inline float Sat(float x) {
   return y > -kMax ? y : -kMax;
 }
 
-// Each kernel is a plain loop over restrict pointers so that the compiler vectorizes it.
-void Sgd(float lr, float* __restrict w, const float* __restrict g, size_t n) {
+// Each kernel is a plain loop over restrict pointers so that the compiler vectorizes it, once
+// per instruction set (target_clones: the loader picks the widest the CPU has). The clones give
+// the same bits: every operation is an IEEE one applied element by element (no reductions), and
+// optimizer.cc is compiled with -ffp-contract=off, so no clone fuses a multiply and an add.
+#define TESSERA_KERNEL __attribute__((target_clones("avx512f", "avx2", "default")))
+
+TESSERA_KERNEL void Sgd(float lr, float* __restrict w, const float* __restrict g, size_t n) {
   for (size_t i = 0; i < n; ++i) w[i] = Sat(w[i] - lr * g[i]);
 }
 
-void Momentum(float lr, float mu, float* __restrict w, float* __restrict v,
-              const float* __restrict g, size_t n) {
+TESSERA_KERNEL void Momentum(float lr, float mu, float* __restrict w, float* __restrict v,
+                             const float* __restrict g, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     v[i] = Sat(mu * v[i] + g[i]);
     w[i] = Sat(w[i] - lr * v[i]);
   }
 }
 
-void Adagrad(float lr, float eps, float* __restrict w, float* __restrict a,
-             const float* __restrict g, size_t n) {
+TESSERA_KERNEL void Adagrad(float lr, float eps, float* __restrict w, float* __restrict a,
+                            const float* __restrict g, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     a[i] = Sat(a[i] + g[i] * g[i]);  // (sqrt(a) is finite below: lr g / finite is at most inf)
     w[i] = Sat(w[i] - lr * g[i] / (std::sqrt(a[i]) + eps));
@@ -75,8 +80,9 @@ AdamStep AdamFactors(const OptimizerParams& p, uint64_t t) {
   return {p.learning_rate / bc1, 1.0f / bc2};
 }
 
-void Adam(const OptimizerParams& p, const AdamStep& f, float* __restrict w, float* __restrict m,
-          float* __restrict v, const float* __restrict g, size_t n) {
+TESSERA_KERNEL void Adam(const OptimizerParams& p, const AdamStep& f, float* __restrict w,
+                         float* __restrict m, float* __restrict v, const float* __restrict g,
+                         size_t n) {
   const float b1 = p.beta1, b2 = p.beta2;
   const float step_size = f.step_size;
   const float inv_bc2 = f.inv_bc2;
@@ -88,8 +94,8 @@ void Adam(const OptimizerParams& p, const AdamStep& f, float* __restrict w, floa
   }
 }
 
-void Ftrl(const OptimizerParams& p, float* __restrict w, float* __restrict z,
-          float* __restrict nacc, const float* __restrict g, size_t n) {
+TESSERA_KERNEL void Ftrl(const OptimizerParams& p, float* __restrict w, float* __restrict z,
+                         float* __restrict nacc, const float* __restrict g, size_t n) {
   const float inv_alpha = 1.0f / p.learning_rate;
   for (size_t i = 0; i < n; ++i) {
     const float n_new = Sat(nacc[i] + g[i] * g[i]);
@@ -107,10 +113,18 @@ void Ftrl(const OptimizerParams& p, float* __restrict w, float* __restrict z,
   }
 }
 
+TESSERA_KERNEL void Add(float* __restrict dst, const float* __restrict src, size_t n) {
+  for (size_t i = 0; i < n; ++i) dst[i] = Sat(dst[i] + src[i]);
+}
+
 }  // namespace
 
 void AddSaturating(float* dst, const float* src, size_t n) {
-  for (size_t i = 0; i < n; ++i) dst[i] = Sat(dst[i] + src[i]);
+  if (dst == src) {  // (restrict: the kernel may not alias)
+    for (size_t i = 0; i < n; ++i) dst[i] = Sat(dst[i] + dst[i]);
+    return;
+  }
+  Add(dst, src, n);
 }
 
 void ApplyUpdate(const OptimizerParams& p, float* w, float* slot0, float* slot1, uint64_t* step,
@@ -132,7 +146,7 @@ void ApplyUpdate(const OptimizerParams& p, float* w, float* slot0, float* slot1,
       Ftrl(p, w, slot0, slot1, g, n);
       break;
     case OptimizerKind::kAdd:
-      for (size_t i = 0; i < n; ++i) w[i] = Sat(w[i] + g[i]);
+      AddSaturating(w, g, n);
       break;
     case OptimizerKind::kAssign:
       std::memcpy(w, g, n * sizeof(float));

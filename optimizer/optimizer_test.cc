@@ -3,6 +3,8 @@
 #include "optimizer/optimizer.h"
 
 #include <catch2/catch.hpp>
+#include <cmath>
+#include <cstring>
 #include <vector>
 
 namespace tessera {
@@ -110,6 +112,84 @@ TEST_CASE("written weights are where the next update starts, FTRL included", "[o
     CHECK(s1[1] == kept_s1);  // (FTRL's n, Adagrad's unused slot: kept)
     ApplyUpdate(p, w, s0, s1, &step, zero, 4);
     for (int i = 0; i < 4; ++i) CHECK(w[i] == Approx(values[i]).epsilon(1e-5).margin(1e-7));
+  }
+}
+
+// The kernels are vectorized, once per instruction set (optimizer.cc), and replicas on
+// different CPUs must hold the same bits. So a long vector (vector body and scalar tail) is
+// checked bit for bit against the formulas evaluated here in plain scalar float (this file is
+// compiled for the baseline instruction set: no fused multiply-add can creep in), and, for every
+// optimizer, against the same update applied one element at a time.
+TEST_CASE("vectorized updates equal the scalar formulas bit for bit", "[optimizer]") {
+  constexpr size_t n = 1031;
+  std::vector<float> g(n), w0(n), a0(n), b0(n);
+  uint32_t x = 12345;
+  auto next = [&x] {  // (a fixed LCG: values across many magnitudes and both signs)
+    x = x * 1664525u + 1013904223u;
+    return (static_cast<float>(x >> 8) / 16777216.0f - 0.5f) * 8.0f;
+  };
+  for (size_t i = 0; i < n; ++i) {
+    g[i] = next() * (i % 5 == 0 ? 1e-3f : 1.0f);
+    w0[i] = next();
+    a0[i] = std::abs(next());
+    b0[i] = std::abs(next());
+  }
+  // The documented formulas (docs/design.md, "Optimizers"), in the kernels' order of operations;
+  // every value stays in range, so the kernels' saturation changes nothing.
+  auto scalar = [](const OptimizerParams& p, uint64_t t, float& w, float& s0, float& s1, float gi) {
+    switch (p.kind) {
+      case OptimizerKind::kSgd:
+        w = w - p.learning_rate * gi;
+        break;
+      case OptimizerKind::kMomentum:
+        s0 = p.momentum * s0 + gi;
+        w = w - p.learning_rate * s0;
+        break;
+      case OptimizerKind::kAdagrad:
+        s0 = s0 + gi * gi;
+        w = w - p.learning_rate * gi / (std::sqrt(s0) + p.epsilon);
+        break;
+      case OptimizerKind::kAdam: {
+        const float bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(p.beta1), t));
+        const float bc2 = static_cast<float>(1.0 - std::pow(static_cast<double>(p.beta2), t));
+        const float step_size = p.learning_rate / bc1, inv_bc2 = 1.0f / bc2;
+        s0 = p.beta1 * s0 + (1.0f - p.beta1) * gi;
+        s1 = p.beta2 * s1 + (1.0f - p.beta2) * gi * gi;
+        w = w - step_size * s0 / (std::sqrt(s1 * inv_bc2) + p.epsilon);
+        break;
+      }
+      default:
+        w = w + gi;  // (kAdd)
+    }
+  };
+  for (OptimizerKind kind : {OptimizerKind::kSgd, OptimizerKind::kMomentum, OptimizerKind::kAdagrad,
+                             OptimizerKind::kAdam, OptimizerKind::kAdd, OptimizerKind::kFtrl}) {
+    const OptimizerParams p =
+        kind == OptimizerKind::kFtrl
+            ? Params({.kind = kind, .l1 = 0.05f, .l2 = 0.1f, .ftrl_beta = 1.0f})
+            : Params({.kind = kind});
+    INFO("optimizer " << OptimizerKindName(kind));
+    std::vector<float> w = w0, s0 = a0, s1 = b0;   // the vectorized kernel
+    std::vector<float> we = w0, e0 = a0, e1 = b0;  // one element at a time
+    std::vector<float> wr = w0, r0 = a0, r1 = b0;  // the formulas above
+    uint64_t step = 3, step_e = 3;
+    for (int round = 0; round < 3; ++round) {
+      ApplyUpdate(p, w.data(), s0.data(), s1.data(), &step, g.data(), n);
+      ++step_e;
+      for (size_t i = 0; i < n; ++i) {
+        uint64_t st = step_e - 1;  // (Adam: every element at the same step)
+        ApplyUpdate(p, &we[i], &e0[i], &e1[i], &st, &g[i], 1);
+        scalar(p, step_e, wr[i], r0[i], r1[i], g[i]);
+      }
+    }
+    CHECK(std::memcmp(w.data(), we.data(), n * sizeof(float)) == 0);
+    CHECK(std::memcmp(s0.data(), e0.data(), n * sizeof(float)) == 0);
+    CHECK(std::memcmp(s1.data(), e1.data(), n * sizeof(float)) == 0);
+    if (kind != OptimizerKind::kFtrl) {  // (FTRL: element by element only)
+      CHECK(std::memcmp(w.data(), wr.data(), n * sizeof(float)) == 0);
+      CHECK(std::memcmp(s0.data(), r0.data(), n * sizeof(float)) == 0);
+      CHECK(std::memcmp(s1.data(), r1.data(), n * sizeof(float)) == 0);
+    }
   }
 }
 
