@@ -107,11 +107,11 @@ void Client::PullSparseAsync(absl::string_view table, absl::Span<const uint64_t>
                               {r.Borrow(kPullSparseKeys, first_key, n * sizeof(uint64_t))});
       };
     } else {
-      auto packed = std::make_shared<std::vector<uint64_t>>(n);
-      for (size_t j = 0; j < n; ++j) (*packed)[j] = keys[chunk.positions[j]];
-      rpc->encode = [header, packed](Rpc& r) {
-        return EncodeWithBulk(*header, {r.Borrow(kPullSparseKeys, packed->data(),
-                                                 packed->size() * sizeof(uint64_t))});
+      std::shared_ptr<uint64_t[]> packed(new uint64_t[n]);  // (not zeroed first)
+      for (size_t j = 0; j < n; ++j) packed[j] = keys[chunk.positions[j]];
+      rpc->encode = [header, packed, n](Rpc& r) {
+        return EncodeWithBulk(*header,
+                              {r.Borrow(kPullSparseKeys, packed.get(), n * sizeof(uint64_t))});
       };
     }
     rpc->consume = [chunk = std::move(chunk), out = out.data(), dim = *dim, row_bytes,
@@ -173,22 +173,22 @@ void Client::PushSparseAsync(absl::string_view table, absl::Span<const uint64_t>
                                         r.Borrow(kPushSparseValues, first_row, n * row_bytes)});
       };
     } else {
-      // Keys and rows regrouped by shard: one gathered copy, then sent in place.
-      auto packed_keys = std::make_shared<std::vector<uint64_t>>(n);
-      auto packed_values = std::make_shared<std::vector<float>>(n * *dim);
+      // Keys and rows regrouped by shard: one gathered copy (into buffers that are not
+      // zeroed first), then sent in place.
+      std::shared_ptr<uint64_t[]> packed_keys(new uint64_t[n]);
+      std::shared_ptr<char[]> packed_values(new char[n * row_bytes]);
       const char* src = reinterpret_cast<const char*>(values.data());
-      char* dst = reinterpret_cast<char*>(packed_values->data());
+      char* dst = packed_values.get();
       for (size_t j = 0; j < n; ++j) {
         const uint32_t p = chunk.positions[j];
-        (*packed_keys)[j] = keys[p];
+        packed_keys[j] = keys[p];
         std::memcpy(dst + j * row_bytes, src + size_t{p} * row_bytes, row_bytes);
       }
-      rpc->encode = [header, packed_keys, packed_values](Rpc& r) {
+      rpc->encode = [header, packed_keys, packed_values, n, row_bytes](Rpc& r) {
         SetPushId(r, header->mutable_id());
-        return EncodeWithBulk(*header, {r.Borrow(kPushSparseKeys, packed_keys->data(),
-                                                 packed_keys->size() * sizeof(uint64_t)),
-                                        r.Borrow(kPushSparseValues, packed_values->data(),
-                                                 packed_values->size() * sizeof(float))});
+        return EncodeWithBulk(*header,
+                              {r.Borrow(kPushSparseKeys, packed_keys.get(), n * sizeof(uint64_t)),
+                               r.Borrow(kPushSparseValues, packed_values.get(), n * row_bytes)});
       };
     }
     rpc->consume = ConsumePush(impl_.get());

@@ -1,5 +1,8 @@
 #include "common/shard_map.h"
 
+#include <algorithm>
+#include <memory>
+
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
 
@@ -68,6 +71,37 @@ std::optional<uint64_t> FindRepeatedKey(absl::Span<const uint64_t> keys) {
         break;
       }
       if (slots[i] == k) return k;
+    }
+  }
+  return std::nullopt;
+}
+
+std::optional<uint64_t> FindRepeatedKeyInRuns(absl::Span<const uint64_t> keys,
+                                              absl::Span<const uint32_t> order,
+                                              absl::Span<const VshardRun> runs) {
+  uint32_t longest = 0;
+  for (const VshardRun& r : runs) longest = std::max(longest, r.end - r.begin);
+  int bits = 4;
+  while ((size_t{1} << bits) < 2 * size_t{longest}) ++bits;
+  const size_t mask = (size_t{1} << bits) - 1;
+  // A slot is in use for run r when stamp == r + 1: the next run starts with an empty table.
+  std::unique_ptr<uint64_t[]> slots(new uint64_t[mask + 1]);
+  std::vector<uint32_t> stamp(mask + 1, 0);
+  for (uint32_t r = 0; r < runs.size(); ++r) {
+    const uint32_t mark = r + 1;
+    for (uint32_t i = runs[r].begin; i < runs[r].end; ++i) {
+      const uint64_t k = keys[order.empty() ? i : order[i]];
+      uint64_t h = k ^ (k >> 33);  // (as FindRepeatedKey)
+      h *= 0xff51afd7ed558ccdULL;
+      h ^= h >> 33;
+      for (size_t s = h >> (64 - bits);; s = (s + 1) & mask) {
+        if (stamp[s] != mark) {
+          stamp[s] = mark;
+          slots[s] = k;
+          break;
+        }
+        if (slots[s] == k) return k;
+      }
     }
   }
   return std::nullopt;

@@ -79,6 +79,13 @@ TESSERA_EXPORT void GroupByVshard(absl::Span<const uint64_t> keys, uint32_t num_
 // of at least twice as many slots as keys (0.4 ms for 100k keys; sorting took 2 ms, a
 // flat_hash_set 1.9 ms). Allocates 9 bytes per slot. REQUIRES: keys.size() < 2^31.
 TESSERA_EXPORT std::optional<uint64_t> FindRepeatedKey(absl::Span<const uint64_t> keys);
+// The same for keys grouped by vshard: a key occurs in one vshard only, so each run is checked
+// on its own, in a table sized for the largest run (a few KiB for typical requests, so it
+// stays in the L1 cache; no clearing between runs). keys[order[i]] for i in a run's
+// [begin, end) (order empty: the identity).
+TESSERA_EXPORT std::optional<uint64_t> FindRepeatedKeyInRuns(absl::Span<const uint64_t> keys,
+                                                             absl::Span<const uint32_t> order,
+                                                             absl::Span<const VshardRun> runs);
 
 }  // namespace tessera
 

@@ -78,6 +78,34 @@ TEST_CASE("grouping by vshard sorted or not", "[shard_map]") {
 }
 
 }  // namespace
+TEST_CASE("a repeated key is found, grouped by vshard or not", "[shard_map]") {
+  for (uint32_t n : {1u, 2u, 17u, 1000u, 100000u}) {
+    std::vector<uint64_t> keys(n);
+    for (uint32_t i = 0; i < n; ++i) keys[i] = uint64_t{i} * 0x9e3779b97f4a7c15ULL + 3;
+    for (uint32_t vshards : {1u, 7u, 1024u}) {
+      INFO(n << " keys, " << vshards << " vshards");
+      VshardGrouping g;
+      GroupByVshard(keys, vshards, &g);
+      CHECK_FALSE(FindRepeatedKey(keys).has_value());
+      CHECK_FALSE(FindRepeatedKeyInRuns(keys, g.order, g.runs).has_value());
+      if (n < 2) continue;
+      // Repeat one key at the end, at the start, and in the middle.
+      for (uint32_t at : {n - 1, 0u, n / 2}) {
+        std::vector<uint64_t> with = keys;
+        with[at] = keys[(at + n / 3 + 1) % n];
+        if (with[at] == keys[at]) continue;
+        GroupByVshard(with, vshards, &g);
+        std::optional<uint64_t> a = FindRepeatedKey(with),
+                                b = FindRepeatedKeyInRuns(with, g.order, g.runs);
+        REQUIRE(a.has_value());
+        REQUIRE(b.has_value());
+        CHECK(*a == with[at]);
+        CHECK(*b == with[at]);
+      }
+    }
+  }
+}
+
 TEST_CASE("dense blocks of even a small tensor spread over every shard", "[shard_map]") {
   // Pinned: the placement is part of the wire contract and of checkpoint files.
   CHECK(VshardOfDenseBlock(0, 0, 1024) == 0);

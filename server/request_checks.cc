@@ -60,8 +60,10 @@ absl::StatusOr<absl::Span<const float>> PushValues(const std::string& bytes, uin
   return values;
 }
 
-absl::Status CheckDistinct(absl::Span<const uint64_t> keys, const std::string& table) {
-  if (std::optional<uint64_t> dup = FindRepeatedKey(keys); dup.has_value()) {
+absl::Status CheckDistinct(absl::Span<const uint64_t> keys, const VshardGrouping& groups,
+                           const std::string& table) {
+  if (std::optional<uint64_t> dup = FindRepeatedKeyInRuns(keys, groups.order, groups.runs);
+      dup.has_value()) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "table '%s': key %u appears more than once in one push; sum its gradients first",
         ShortName(table), *dup));

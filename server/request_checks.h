@@ -31,8 +31,9 @@ absl::Status CheckFinite(const float* values, size_t n, const std::string& table
 absl::StatusOr<absl::Span<const float>> PushValues(const std::string& bytes, uint64_t count,
                                                    const std::string& table,
                                                    std::vector<float>* scratch, bool trusted);
-// Distinct keys: INVALID_ARGUMENT naming a repeated one.
-absl::Status CheckDistinct(absl::Span<const uint64_t> keys, const std::string& table);
+// Distinct keys (grouped by vshard in `groups`): INVALID_ARGUMENT naming a repeated one.
+absl::Status CheckDistinct(absl::Span<const uint64_t> keys, const VshardGrouping& groups,
+                           const std::string& table);
 absl::Status CheckPushId(const v1::PushId& id, const std::string& table);
 absl::Status CheckAssign(bool assign, uint64_t accumulate_step, const std::string& table);
 

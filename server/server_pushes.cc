@@ -84,7 +84,7 @@ absl::Status ServerCore::SubmitPushSparse(std::shared_ptr<const v1::PushSparseRe
       req->values(), req->num_keys() * sparse.dim(), name, &work->scratch, /*trusted=*/replay);
   if (!values.ok()) return values.status();
   work->values = *values;
-  if (!replay) TESSERA_RETURN_IF_ERROR(CheckDistinct(work->keys.keys, name));
+  if (!replay) TESSERA_RETURN_IF_ERROR(CheckDistinct(work->keys.keys, work->keys.groups, name));
   TESSERA_RETURN_IF_ERROR(CheckAssign(req->assign(), req->accumulate_step(), name));
   // Memory for the rows (or BSP sums) it may create, before anything is inserted.
   if (req->accumulate_step() == 0) {

@@ -9,13 +9,13 @@ std::vector<SparseChunk> SplitSparseKeys(absl::Span<const uint64_t> keys, const 
                                          std::optional<uint64_t>* repeated) {
   std::vector<SparseChunk> chunks;
   if (keys.empty()) return chunks;
-  if (repeated != nullptr) {
-    *repeated = FindRepeatedKey(keys);
-    if (repeated->has_value()) return chunks;
-  }
   const uint32_t limit = std::max<uint32_t>(1, max_keys_per_chunk);
   const uint32_t n = static_cast<uint32_t>(keys.size());
   if (map.num_shards() == 1 && n <= limit) {
+    if (repeated != nullptr) {
+      *repeated = FindRepeatedKey(keys);
+      if (repeated->has_value()) return chunks;
+    }
     chunks.push_back({.shard = 0, .first = 0, .count = n});
     return chunks;
   }
@@ -51,6 +51,14 @@ std::vector<SparseChunk> SplitSparseKeys(absl::Span<const uint64_t> keys, const 
   for (uint32_t v = 0; v < num_vshards; ++v) start[v + 1] = start[v] + count[v];
   std::vector<uint32_t> by_vshard(n);
   for (uint32_t i = 0; i < n; ++i) by_vshard[start[vshard[i]]++] = i;
+  if (repeated != nullptr) {  // (a repeated key is repeated within its vshard)
+    std::vector<VshardRun> runs;
+    for (uint32_t v = 0, begin = 0; v < num_vshards; begin += count[v], ++v) {
+      if (count[v] > 0) runs.push_back({v, begin, begin + count[v]});
+    }
+    *repeated = FindRepeatedKeyInRuns(keys, by_vshard, runs);
+    if (repeated->has_value()) return {};
+  }
   for (uint32_t i : by_vshard) {
     const uint32_t v = vshard[i];
     uint32_t c = chunk_of[v];
