@@ -44,29 +44,36 @@ bool Discard(int fd, size_t n) {
   return true;
 }
 
-bool WriteAll(int fd, std::vector<iovec>& iov) {
-  size_t first = 0;
-  while (first < iov.size()) {
+WriteResult WriteSome(int fd, std::vector<iovec>& iov, size_t* first, bool block) {
+  size_t& f = *first;
+  while (f < iov.size() && iov[f].iov_len == 0) ++f;
+  while (f < iov.size()) {
     msghdr msg{};
-    msg.msg_iov = iov.data() + first;
-    msg.msg_iovlen = std::min<size_t>(iov.size() - first, IOV_MAX);
-    const ssize_t w = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+    msg.msg_iov = iov.data() + f;
+    msg.msg_iovlen = std::min<size_t>(iov.size() - f, IOV_MAX);
+    const ssize_t w = ::sendmsg(fd, &msg, MSG_NOSIGNAL | (block ? 0 : MSG_DONTWAIT));
     if (w < 0) {
       if (errno == EINTR) continue;
-      return false;
+      if (!block && (errno == EAGAIN || errno == EWOULDBLOCK)) return WriteResult::kWouldBlock;
+      return WriteResult::kError;
     }
     size_t left = static_cast<size_t>(w);
-    while (left > 0 && first < iov.size()) {
-      iovec& v = iov[first];
+    while (left > 0 && f < iov.size()) {
+      iovec& v = iov[f];
       const size_t take = std::min(left, v.iov_len);
       v.iov_base = static_cast<char*>(v.iov_base) + take;
       v.iov_len -= take;
       left -= take;
-      if (v.iov_len == 0) ++first;
+      if (v.iov_len == 0) ++f;
     }
-    while (first < iov.size() && iov[first].iov_len == 0) ++first;
+    while (f < iov.size() && iov[f].iov_len == 0) ++f;
   }
-  return true;
+  return WriteResult::kDone;
+}
+
+bool WriteAll(int fd, std::vector<iovec>& iov) {
+  size_t first = 0;
+  return WriteSome(fd, iov, &first, /*block=*/true) == WriteResult::kDone;
 }
 
 void TuneSocket(int fd) {

@@ -20,6 +20,10 @@ bool Discard(int fd, size_t n);
 // Writes every byte of iov[0..count) (which it consumes); false on an error. Never raises
 // SIGPIPE.
 bool WriteAll(int fd, std::vector<iovec>& iov);
+// Writes iov[*first..] (consuming it, advancing *first) until all is sent, or, unless `block`,
+// until the socket takes no more without waiting. Never raises SIGPIPE.
+enum class WriteResult { kDone, kWouldBlock, kError };
+WriteResult WriteSome(int fd, std::vector<iovec>& iov, size_t* first, bool block);
 
 // A listening TCP socket on address:port (port 0: a free one), with its port.
 struct Listener {

@@ -63,12 +63,25 @@ struct PendingCall {
   grpc::ByteBuffer response;
 };
 
-// A response waiting for the writer.
+// A response on its way: its bytes as a gather list, sent by whoever owns the socket (the
+// writer thread, or the thread that finished the call: docs/data_plane.md, "Responses").
+// Never moved once built (the list points into it).
 struct Outgoing {
   char header[df::kResponseHeaderBytes];
   std::string message;
   grpc::ByteBuffer payload;
+  std::vector<grpc::Slice> slices;  // the payload's, alive while `iov` points into them
+  std::vector<iovec> iov;           // what is left to send, from iov[next]
+  size_t next = 0;
   bool close_after = false;  // a protocol error: the stream is not to be trusted further
+
+  void Build() {
+    iov.push_back({header, sizeof(header)});
+    if (!message.empty()) iov.push_back({message.data(), message.size()});
+    if (payload.Length() > 0 && payload.Dump(&slices).ok()) {
+      for (const grpc::Slice& s : slices) iov.push_back({const_cast<uint8_t*>(s.begin()), s.size()});
+    }
+  }
 };
 
 }  // namespace
@@ -104,63 +117,90 @@ struct DataPlane::Impl::Conn : std::enable_shared_from_this<Conn> {
   std::thread reader;
   std::thread writer;
 
+  std::thread::id reader_id;  // (set before the first call starts)
+
   absl::Mutex mu;
-  std::deque<Outgoing> queue ABSL_GUARDED_BY(mu);
+  std::deque<std::unique_ptr<Outgoing>> queue ABSL_GUARDED_BY(mu);  // for the writer thread
+  // A thread owns the socket for writing (the writer, or one sending its response inline):
+  // the bytes of one response are never interleaved with another's.
+  bool writing ABSL_GUARDED_BY(mu) = false;
   bool closing ABSL_GUARDED_BY(mu) = false;  // responses are dropped from now on
   bool reader_done ABSL_GUARDED_BY(mu) = false;
   int in_flight ABSL_GUARDED_BY(mu) = 0;
   bool finished = false;  // (guarded by plane->mu) reader and writer have ended
 
+  // Sends a call's response. When nobody is writing and nothing waits, the calling thread
+  // sends it itself (no hand-off to the writer): the reader thread blocking until it is sent
+  // (back-pressure on this connection only), any other thread (an executor, the replicator)
+  // only as far as the socket takes it without waiting, leaving the rest to the writer.
   void Respond(uint32_t call_id, const grpc::Status& status, uint64_t epoch, bool reroute,
                grpc::ByteBuffer payload, bool close_after) ABSL_LOCKS_EXCLUDED(mu) {
-    Outgoing o;
+    auto o = std::make_unique<Outgoing>();
     df::ResponseHeader h;
     h.call_id = call_id;
     h.code = static_cast<uint16_t>(status.error_code());
     h.flags = reroute ? df::kFlagReroute : 0;
-    o.message = status.error_message().substr(0, df::kMaxMessageBytes);
-    h.message_length = static_cast<uint32_t>(o.message.size());
+    o->message = status.error_message().substr(0, df::kMaxMessageBytes);
+    h.message_length = static_cast<uint32_t>(o->message.size());
     h.payload_length = status.ok() ? static_cast<uint32_t>(payload.Length()) : 0;
     h.epoch = epoch;
-    df::Put(h, o.header);
-    if (status.ok()) o.payload = std::move(payload);
-    o.close_after = close_after;
+    df::Put(h, o->header);
+    if (status.ok()) o->payload = std::move(payload);
+    o->close_after = close_after;
+    o->Build();
     absl::MutexLock lock(&mu);
-    if (!closing) queue.push_back(std::move(o));
+    if (closing) return;
+    if (writing || !queue.empty()) {
+      queue.push_back(std::move(o));
+      return;
+    }
+    writing = true;
+    mu.Unlock();
+    const WriteResult r =
+        WriteSome(fd, o->iov, &o->next, /*block=*/std::this_thread::get_id() == reader_id);
+    mu.Lock();
+    writing = false;
+    Sent(r, std::move(o));
+  }
+
+  // After `o` was (partly) sent: the rest goes first to the writer; an error or a protocol
+  // error's response ends the connection.
+  void Sent(WriteResult r, std::unique_ptr<Outgoing> o) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (r == WriteResult::kWouldBlock) {
+      queue.push_front(std::move(o));
+    } else if (r == WriteResult::kError || o->close_after) {
+      Close();
+    }
+  }
+
+  // The peer gets nothing more: the reader is unblocked, what is queued dropped.
+  void Close() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (closing) return;
+    closing = true;
+    queue.clear();
+    ::shutdown(fd, SHUT_RDWR);
   }
 
   void WriteLoop() ABSL_LOCKS_EXCLUDED(mu) {
-    std::vector<iovec> iov;
-    std::vector<grpc::Slice> slices;
-    for (;;) {
-      Outgoing o;
-      {
-        absl::MutexLock lock(&mu);
-        mu.Await(absl::Condition(
-            +[](Conn* c) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-              return !c->queue.empty() || c->closing || (c->reader_done && c->in_flight == 0);
-            },
-            this));
-        if (closing || queue.empty()) break;
-        o = std::move(queue.front());
-        queue.pop_front();
-      }
-      iov.clear();
-      slices.clear();
-      iov.push_back({o.header, sizeof(o.header)});
-      if (!o.message.empty()) iov.push_back({o.message.data(), o.message.size()});
-      if (o.payload.Length() > 0 && o.payload.Dump(&slices).ok()) {
-        for (const grpc::Slice& s : slices) {
-          iov.push_back({const_cast<uint8_t*>(s.begin()), s.size()});
-        }
-      }
-      if (!WriteAll(fd, iov) || o.close_after) break;
-    }
-    // The peer gets nothing more: unblock the reader, drop what is queued.
-    ::shutdown(fd, SHUT_RDWR);
     absl::MutexLock lock(&mu);
-    closing = true;
-    queue.clear();
+    for (;;) {
+      mu.Await(absl::Condition(
+          +[](Conn* c) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+            return (!c->queue.empty() && !c->writing) || c->closing ||
+                   (c->reader_done && c->in_flight == 0 && c->queue.empty() && !c->writing);
+          },
+          this));
+      if (closing || queue.empty()) break;
+      std::unique_ptr<Outgoing> o = std::move(queue.front());
+      queue.pop_front();
+      writing = true;
+      mu.Unlock();
+      const WriteResult r = WriteSome(fd, o->iov, &o->next, /*block=*/true);
+      mu.Lock();
+      writing = false;
+      Sent(r, std::move(o));
+    }
+    Close();
   }
 };
 
@@ -309,6 +349,7 @@ void DataPlane::Impl::Serve(const std::shared_ptr<Conn>& conn) {
   } else {
     refused_connections->Increment();
   }
+  conn->reader_id = std::this_thread::get_id();
   if (ok) conn->writer = std::thread([conn] { conn->WriteLoop(); });
   // A refusal before running: counted, answered, and (close) the end of the connection.
   auto refuse = [&](uint32_t id, grpc::StatusCode code, const std::string& why, bool close) {
