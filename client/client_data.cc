@@ -30,6 +30,9 @@ constexpr int kPushSparseKeys = v1::PushSparseRequest::kKeysFieldNumber;
 constexpr int kPushSparseValues = v1::PushSparseRequest::kValuesFieldNumber;
 constexpr int kPullDenseValues = v1::PullDenseResponse::kValuesFieldNumber;
 constexpr int kPushDenseValues = v1::PushDenseRequest::kValuesFieldNumber;
+// Pushes pad their keys and values to 8-byte alignment: the server reads them in place.
+constexpr int kPushPadding = v1::PushSparseRequest::kPaddingFieldNumber;
+static_assert(kPushPadding == v1::PushDenseRequest::kPaddingFieldNumber);
 
 // dim of a sparse call, from the buffer sizes.
 absl::StatusOr<uint32_t> SparseDim(absl::string_view table, size_t num_keys, size_t num_values) {
@@ -169,8 +172,10 @@ void Client::PushSparseAsync(absl::string_view table, absl::Span<const uint64_t>
       const float* first_row = values.data() + size_t{chunk.first} * *dim;
       rpc->encode = [header, first_key, first_row, n, row_bytes](Rpc& r) {
         SetPushId(r, header->mutable_id());
-        return EncodeWithBulk(*header, {r.Borrow(kPushSparseKeys, first_key, n * sizeof(uint64_t)),
-                                        r.Borrow(kPushSparseValues, first_row, n * row_bytes)});
+        return EncodeWithBulk(*header,
+                              {r.Borrow(kPushSparseKeys, first_key, n * sizeof(uint64_t)),
+                               r.Borrow(kPushSparseValues, first_row, n * row_bytes)},
+                              kPushPadding);
       };
     } else {
       // Keys and rows regrouped by shard: one gathered copy (into buffers that are not
@@ -188,7 +193,8 @@ void Client::PushSparseAsync(absl::string_view table, absl::Span<const uint64_t>
         SetPushId(r, header->mutable_id());
         return EncodeWithBulk(*header,
                               {r.Borrow(kPushSparseKeys, packed_keys.get(), n * sizeof(uint64_t)),
-                               r.Borrow(kPushSparseValues, packed_values.get(), n * row_bytes)});
+                               r.Borrow(kPushSparseValues, packed_values.get(), n * row_bytes)},
+                              kPushPadding);
       };
     }
     rpc->consume = ConsumePush(impl_.get());
@@ -280,7 +286,8 @@ void Client::PushDenseAsync(absl::string_view table, uint64_t offset,
         header->set_assign(options.assign);
         rpc.encode = [header, data, count = chunk.count](Rpc& r) {
           SetPushId(r, header->mutable_id());
-          return EncodeWithBulk(*header, {r.Borrow(kPushDenseValues, data, count * sizeof(float))});
+          return EncodeWithBulk(*header, {r.Borrow(kPushDenseValues, data, count * sizeof(float))},
+                                kPushPadding);
         };
         rpc.consume = ConsumePush(rpc.impl());
       });

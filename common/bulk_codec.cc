@@ -15,6 +15,38 @@ absl::Status Malformed(const google::protobuf::MessageLite& m, size_t size, cons
       absl::StrFormat("malformed %s (%u bytes): %s", m.GetTypeName(), size, what));
 }
 
+// Copies the field whose tag was just read (not a bulk one) from r to *small, for protobuf.
+absl::Status AppendSmallField(SliceReader& r, uint64_t tag, size_t total,
+                              const google::protobuf::MessageLite& m, std::string* small) {
+  AppendVarint(tag, small);
+  uint64_t v;
+  switch (static_cast<int>(tag & 7)) {
+    case 0:
+      if (!r.ReadVarint(&v)) return Malformed(m, total, "truncated varint");
+      AppendVarint(v, small);
+      return absl::OkStatus();
+    case 1:
+    case 5: {
+      const size_t n = (tag & 7) == 1 ? 8 : 4;
+      const size_t at = small->size();
+      small->resize(at + n);
+      if (!r.Read(n, small->data() + at)) return Malformed(m, total, "truncated");
+      return absl::OkStatus();
+    }
+    case 2: {
+      if (!r.ReadVarint(&v) || v > total) return Malformed(m, total, "bad length");
+      AppendVarint(v, small);
+      const size_t at = small->size();
+      small->resize(at + v);
+      if (!r.Read(static_cast<size_t>(v), small->data() + at))
+        return Malformed(m, total, "truncated");
+      return absl::OkStatus();
+    }
+    default:
+      return Malformed(m, total, "unsupported wire type");
+  }
+}
+
 }  // namespace
 
 BulkField OwnedBulk(int field_number, std::string bytes) {
@@ -30,18 +62,35 @@ BulkField OwnedBulk(int field_number, BulkBuffer bytes) {
 }
 
 grpc::ByteBuffer EncodeWithBulk(const google::protobuf::MessageLite& header,
-                                const std::vector<BulkField>& bulk) {
+                                const std::vector<BulkField>& bulk, int padding_field_number) {
   std::string small;
   header.AppendToString(&small);
   std::vector<grpc::Slice> slices;
+  size_t sent = 0;  // bytes in `slices`
   for (const BulkField& f : bulk) {
-    AppendVarint((static_cast<uint64_t>(f.field_number) << 3) | 2, &small);
+    const uint64_t tag = (static_cast<uint64_t>(f.field_number) << 3) | 2;
+    if (padding_field_number > 0) {
+      // Where the field's bytes would start, and a padding field (tag, length, zeros) that
+      // moves them to a multiple of 8. (Its length stays below 128: a one-byte varint.)
+      const uint64_t pad_tag = (static_cast<uint64_t>(padding_field_number) << 3) | 2;
+      const size_t start = sent + small.size() + VarintSize(tag) + VarintSize(f.size);
+      size_t shift = (8 - start % 8) % 8;
+      if (shift > 0) {
+        const size_t overhead = VarintSize(pad_tag) + 1;
+        while (shift < overhead) shift += 8;
+        AppendVarint(pad_tag, &small);
+        AppendVarint(shift - overhead, &small);
+        small.append(shift - overhead, '\0');
+      }
+    }
+    AppendVarint(tag, &small);
     AppendVarint(f.size, &small);
     if (f.size == 0) {
       if (f.release != nullptr) f.release(f.release_arg);
       continue;
     }
     slices.emplace_back(small);  // copies the (small) bytes so far
+    sent += small.size() + f.size;
     small.clear();
     if (f.release != nullptr) {
       slices.emplace_back(const_cast<void*>(f.data), f.size, f.release, f.release_arg);
@@ -82,40 +131,51 @@ absl::Status DecodeWithBulk(const grpc::ByteBuffer& bytes, google::protobuf::Mes
       if (!read) return Malformed(*header, total, "truncated");
       continue;
     }
-    AppendVarint(tag, &small);
-    uint64_t v;
-    switch (wire_type) {
-      case 0:
-        if (!r.ReadVarint(&v)) return Malformed(*header, total, "truncated varint");
-        AppendVarint(v, &small);
-        break;
-      case 1:
-      case 5: {
-        const size_t n = wire_type == 1 ? 8 : 4;
-        const size_t at = small.size();
-        small.resize(at + n);
-        if (!r.Read(n, small.data() + at)) return Malformed(*header, total, "truncated");
-        break;
-      }
-      case 2: {
-        if (!r.ReadVarint(&v) || v > total) return Malformed(*header, total, "bad length");
-        AppendVarint(v, &small);
-        const size_t at = small.size();
-        small.resize(at + v);
-        if (!r.Read(static_cast<size_t>(v), small.data() + at)) {
-          return Malformed(*header, total, "truncated");
-        }
-        break;
-      }
-      default:
-        return Malformed(*header, total, "unsupported wire type");
-    }
+    if (absl::Status st = AppendSmallField(r, tag, total, *header, &small); !st.ok()) return st;
   }
   if (!header->ParseFromString(small)) return Malformed(*header, total, "bad small fields");
   if (!saw_bulk) {
     BulkDest dest;
     return sink(0, &dest);
   }
+  return absl::OkStatus();
+}
+
+absl::Status DecodeWithBulkViews(const grpc::ByteBuffer& bytes,
+                                 google::protobuf::MessageLite* header, BulkView* views,
+                                 size_t num_views) {
+  std::vector<grpc::Slice> slices;
+  const size_t total = bytes.Length();
+  if (total > 0 && !bytes.Dump(&slices).ok()) return Malformed(*header, total, "unreadable");
+  SliceReader r(std::move(slices));
+  std::string small;
+  while (!r.done()) {
+    uint64_t tag;
+    if (!r.ReadVarint(&tag) || tag >> 3 == 0) return Malformed(*header, total, "bad field tag");
+    const int field = static_cast<int>(tag >> 3);
+    const int wire_type = static_cast<int>(tag & 7);
+    BulkView* view = nullptr;
+    for (size_t i = 0; i < num_views; ++i) {
+      if (views[i].field_number == field) view = &views[i];
+    }
+    if (view != nullptr) {
+      uint64_t len;
+      if (wire_type != 2 || !r.ReadVarint(&len) || len > total) {
+        return Malformed(*header, total, "bad bulk field");
+      }
+      if (view->present) return Malformed(*header, total, "bulk field repeated");
+      view->present = true;
+      view->size = static_cast<size_t>(len);
+      if (!r.ReadInPlace(view->size, &view->data)) {
+        view->spill.resize(view->size);
+        if (!r.Read(view->size, view->spill.data())) return Malformed(*header, total, "truncated");
+        view->data = view->spill.data();
+      }
+      continue;
+    }
+    if (absl::Status st = AppendSmallField(r, tag, total, *header, &small); !st.ok()) return st;
+  }
+  if (!header->ParseFromString(small)) return Malformed(*header, total, "bad small fields");
   return absl::OkStatus();
 }
 

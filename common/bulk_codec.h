@@ -55,9 +55,13 @@ struct BulkBuffer {
 BulkField OwnedBulk(int field_number, std::string bytes);
 BulkField OwnedBulk(int field_number, BulkBuffer bytes);
 
-// header's serialization followed by the bulk fields.
+// header's serialization followed by the bulk fields. With padding_field_number > 0, a
+// length-delimited field of that number (ignored by the receiver) is put before each bulk
+// field where needed so that the field's bytes start 8-byte aligned from the message's start:
+// a receiver holding the message in one aligned buffer reads keys and values in place
+// (DecodeWithBulkViews).
 grpc::ByteBuffer EncodeWithBulk(const google::protobuf::MessageLite& header,
-                                const std::vector<BulkField>& bulk);
+                                const std::vector<BulkField>& bulk, int padding_field_number = 0);
 
 // Where a decoded bulk field's bytes go. Contiguous (record_bytes == 0): `data` has room for
 // the whole field. Scattered: the field is records of `record_bytes` each, record j copied to
@@ -79,6 +83,24 @@ using BulkSink = std::function<absl::Status(size_t size, BulkDest* dest)>;
 // INVALID_ARGUMENT (or DATA_LOSS on the client side, chosen by the caller) for malformed bytes.
 absl::Status DecodeWithBulk(const grpc::ByteBuffer& bytes, google::protobuf::MessageLite* header,
                             int bulk_field_number, const BulkSink& sink);
+
+// A bulk field of a message decoded by DecodeWithBulkViews.
+struct BulkView {
+  int field_number = 0;
+  bool present = false;
+  // The field's bytes: inside the decoded ByteBuffer's memory when they lie within one of its
+  // slices (no copy: valid while those slices live), else in `spill`.
+  const char* data = "";
+  size_t size = 0;
+  std::string spill;
+};
+
+// Parses `bytes` into `header`, except the fields named in `views` (length-delimited, each at
+// most once), which are left out of `header` and viewed in place instead. Errors as
+// DecodeWithBulk.
+absl::Status DecodeWithBulkViews(const grpc::ByteBuffer& bytes,
+                                 google::protobuf::MessageLite* header, BulkView* views,
+                                 size_t num_views);
 
 }  // namespace tessera
 

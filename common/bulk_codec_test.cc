@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <cstring>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -113,6 +115,61 @@ TEST_CASE("scattered decoding puts each record at its place across any slicing",
   }
 }
 
+TEST_CASE("padded bulk fields start 8-byte aligned and are viewed in place", "[bulk_codec]") {
+  // Table names of every length move the bulk fields to every offset mod 8.
+  for (size_t name_len = 0; name_len < 24; ++name_len) {
+    INFO("table name of " << name_len << " bytes");
+    std::vector<uint64_t> keys(37);
+    std::iota(keys.begin(), keys.end(), 1000);
+    std::vector<float> values(37 * 3);
+    std::iota(values.begin(), values.end(), 0.25f);
+    v1::PushSparseRequest header;
+    header.set_table(std::string(name_len, 't'));
+    header.set_dim(3);
+    header.set_num_keys(keys.size());
+    const std::string flat = Flatten(EncodeWithBulk(
+        header,
+        {{v1::PushSparseRequest::kKeysFieldNumber, keys.data(), keys.size() * sizeof(uint64_t)},
+         {v1::PushSparseRequest::kValuesFieldNumber, values.data(), values.size() * sizeof(float)}},
+        v1::PushSparseRequest::kPaddingFieldNumber));
+    // Plain protobuf reads the same message (the padding is a field it ignores).
+    v1::PushSparseRequest parsed;
+    REQUIRE(parsed.ParseFromString(flat));
+    CHECK(parsed.table() == header.table());
+    CHECK(parsed.keys() ==
+          std::string(reinterpret_cast<const char*>(keys.data()), keys.size() * sizeof(uint64_t)));
+    // In one aligned buffer, both fields are viewed in place, at multiples of 8.
+    std::unique_ptr<uint64_t[]> aligned(new uint64_t[flat.size() / 8 + 1]);
+    std::memcpy(aligned.get(), flat.data(), flat.size());
+    grpc::Slice slice(aligned.get(), flat.size(), grpc::Slice::STATIC_SLICE);
+    grpc::ByteBuffer one(&slice, 1);
+    BulkView views[2];
+    views[0].field_number = v1::PushSparseRequest::kKeysFieldNumber;
+    views[1].field_number = v1::PushSparseRequest::kValuesFieldNumber;
+    v1::PushSparseRequest small;
+    REQUIRE(DecodeWithBulkViews(one, &small, views, 2).ok());
+    CHECK(small.keys().empty());
+    CHECK(small.table() == header.table());
+    const char* base = reinterpret_cast<const char*>(aligned.get());
+    for (const BulkView& v : views) {
+      REQUIRE(v.present);
+      CHECK(v.spill.empty());
+      CHECK(v.data >= base);
+      CHECK(v.data < base + flat.size());
+      CHECK((v.data - base) % 8 == 0);
+    }
+    CHECK(std::memcmp(views[0].data, keys.data(), views[0].size) == 0);
+    CHECK(std::memcmp(views[1].data, values.data(), views[1].size) == 0);
+    // Cut into 5-byte slices, the fields straddle slices: copied, the same bytes.
+    BulkView cut[2];
+    cut[0].field_number = views[0].field_number;
+    cut[1].field_number = views[1].field_number;
+    REQUIRE(DecodeWithBulkViews(FromString(flat, 5), &small, cut, 2).ok());
+    CHECK(!cut[1].spill.empty());
+    CHECK(std::memcmp(cut[1].data, values.data(), cut[1].size) == 0);
+  }
+}
+
 TEST_CASE("malformed bytes are rejected and never read past the end", "[bulk_codec]") {
   v1::PullDenseResponse resp;
   resp.set_count(2);
@@ -141,6 +198,27 @@ TEST_CASE("malformed bytes are rejected and never read past the end", "[bulk_cod
         absl::StatusCode::kDataLoss);  // the sink's own refusal comes back
   // A message without the bulk field hands the sink an empty field.
   CHECK(decode(std::string("\x18\x02", 2)).ok());
+
+  // The same for the in-place decoder, on a push.
+  v1::PushDenseRequest push;
+  push.set_count(2);
+  push.mutable_values()->assign(8, 'x');
+  const std::string push_wire = push.SerializeAsString();
+  auto view = [](const std::string& bytes) {
+    v1::PushDenseRequest header;
+    BulkView v;
+    v.field_number = v1::PushDenseRequest::kValuesFieldNumber;
+    return DecodeWithBulkViews(FromString(bytes, 3), &header, &v, 1);
+  };
+  CHECK(view(push_wire).ok());
+  for (size_t cut = 1; cut < push_wire.size(); ++cut) {
+    if (cut == 2) continue;
+    INFO("push truncated to " << cut);
+    CHECK_FALSE(view(push_wire.substr(0, cut)).ok());
+  }
+  CHECK(view(push_wire + push_wire.substr(2)).code() == absl::StatusCode::kInvalidArgument);
+  CHECK(view(std::string("\x32\xff\xff\xff\xff\x0f", 6)).code() ==
+        absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -94,6 +94,19 @@ class SliceReader {
     return true;
   }
 
+  // When the next n bytes lie within one slice: points *view at them (no copy; valid while the
+  // slices live) and moves past them. Otherwise false, nothing consumed.
+  bool ReadInPlace(size_t n, const char** view) {
+    if (n == 0) {
+      *view = "";
+      return true;
+    }
+    if (done() || slices_[index_].size() - offset_ < n) return false;
+    *view = reinterpret_cast<const char*>(slices_[index_].begin()) + offset_;
+    Advance(n);
+    return true;
+  }
+
   // Copies n bytes to dest (or skips them when dest is null).
   bool Read(size_t n, char* dest) {
     while (n > 0) {

@@ -37,7 +37,7 @@ absl::StatusOr<TableConfig> TableConfigFromProto(const v1::TableSpec& spec);
 // A view of `bytes` as an array of T. REQUIRES: bytes.size() % sizeof(T) == 0. When the bytes are
 // not suitably aligned (never the case for buffers from the heap), copies them into *scratch.
 template <typename T>
-absl::Span<const T> PackedView(const std::string& bytes, std::vector<T>* scratch) {
+absl::Span<const T> PackedView(absl::string_view bytes, std::vector<T>* scratch) {
   const size_t n = bytes.size() / sizeof(T);
   if (reinterpret_cast<uintptr_t>(bytes.data()) % alignof(T) == 0) {
     return absl::Span<const T>(reinterpret_cast<const T*>(bytes.data()), n);

@@ -79,7 +79,8 @@ struct Outgoing {
     iov.push_back({header, sizeof(header)});
     if (!message.empty()) iov.push_back({message.data(), message.size()});
     if (payload.Length() > 0 && payload.Dump(&slices).ok()) {
-      for (const grpc::Slice& s : slices) iov.push_back({const_cast<uint8_t*>(s.begin()), s.size()});
+      for (const grpc::Slice& s : slices)
+        iov.push_back({const_cast<uint8_t*>(s.begin()), s.size()});
     }
   }
 };

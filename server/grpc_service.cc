@@ -6,6 +6,7 @@
 #include <new>
 #include <string>
 #include <thread>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -83,6 +84,36 @@ absl::Status Parse(const grpc::ByteBuffer& bytes, Req* req) {
   return absl::OkStatus();
 }
 
+// Parses a push, leaving its keys and values in the request's bytes where each lies within one
+// slice (always on the data plane): *wire points at them (docs/data_plane.md, "Zero copy").
+template <typename Req>
+absl::Status ParseChange(const grpc::ByteBuffer& bytes, Req* req, GrpcWire*) {
+  return Parse(bytes, req);
+}
+template <typename Req>
+requires requires(Req r) { r.id(); }  // (the pushes)
+absl::Status ParseChange(const grpc::ByteBuffer& bytes, Req* req, GrpcWire* wire) {
+  constexpr bool kSparse = requires { req->keys(); };
+  BulkView views[2];
+  views[0].field_number = Req::kValuesFieldNumber;
+  if constexpr (kSparse) views[1].field_number = Req::kKeysFieldNumber;
+  if (absl::Status s = DecodeWithBulkViews(bytes, req, views, kSparse ? 2 : 1); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("malformed %s (%u bytes): not a valid protobuf message (%s)",
+                        Req::descriptor()->full_name(), bytes.Length(), s.message()));
+  }
+  WireBytes::Field* fields[2] = {&wire->values, &wire->keys};
+  for (int i = 0; i < 2; ++i) {
+    if (views[i].field_number == 0) continue;
+    if (!views[i].spill.empty()) {
+      wire->spill[i] = std::move(views[i].spill);
+      views[i].data = wire->spill[i].data();
+    }
+    *fields[i] = {views[i].data, views[i].size};
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 GrpcService::~GrpcService() {
@@ -132,6 +163,11 @@ void GrpcService::Run(Method method, const Bytes* request, Bytes* response, Fn f
   auto req = std::make_shared<Req>();
   auto resp = std::make_shared<Resp>();
   constexpr bool kPull = requires { resp->mutable_values(); };
+  // A change's bytes travel to the log and the backups as they came (GrpcWire).
+  constexpr bool kChange = std::is_invocable_v<Fn, std::shared_ptr<const Req>, Resp*,
+                                               ServerCore::Done, std::shared_ptr<GrpcWire>>;
+  std::shared_ptr<GrpcWire> wire;
+  if constexpr (kChange) wire = std::make_shared<GrpcWire>(*request);
   // A pull's values, written in place by the core and sent without a copy.
   std::shared_ptr<BulkBuffer> values;
   if constexpr (kPull) values = std::make_shared<BulkBuffer>();
@@ -143,7 +179,13 @@ void GrpcService::Run(Method method, const Bytes* request, Bytes* response, Fn f
   absl::Status status =
       budget.Reserve(request_bytes, absl::StrFormat("a request of %u bytes", request_bytes));
   if (!status.ok()) held = 0;
-  if (status.ok()) status = Parse(*request, req.get());
+  if (status.ok()) {
+    if constexpr (kChange) {
+      status = ParseChange(*request, req.get(), wire.get());
+    } else {
+      status = Parse(*request, req.get());
+    }
+  }
   if (status.ok()) {
     const uint64_t out = std::min(ResponseBytesOf(*req), core_->max_response_bytes());
     status = budget.Reserve(out, absl::StrFormat("a response of %u bytes", out));
@@ -157,9 +199,12 @@ void GrpcService::Run(Method method, const Bytes* request, Bytes* response, Fn f
                                                      scratch, request_bytes));
     if (status.ok()) held += scratch;
   }
-  auto finish = [this, method, response, sink, start, req, resp, values, request_bytes,
-                 held](absl::Status status) {
+  auto finish = [this, method, response, sink, start, req, resp, values, request_bytes, held,
+                 wire](absl::Status status) {
     Volume v = status.ok() ? VolumeOf(*req, *resp) : Volume{0, request_bytes, 0};
+    if (wire != nullptr && status.ok()) {
+      v.bytes_in += wire->keys.size + wire->values.size;  // (not in the parsed message)
+    }
     if constexpr (kPull) {
       if (status.ok()) v.bytes_out = values->size;  // (written in place, not in resp)
     }
@@ -197,6 +242,8 @@ void GrpcService::Run(Method method, const Bytes* request, Bytes* response, Fn f
   }
   if constexpr (kPull) {
     fn(std::shared_ptr<const Req>(req), resp.get(), std::move(done), values.get());
+  } else if constexpr (kChange) {
+    fn(std::shared_ptr<const Req>(req), resp.get(), std::move(done), std::move(wire));
   } else {
     fn(std::shared_ptr<const Req>(req), resp.get(), std::move(done));
   }
@@ -215,9 +262,10 @@ void GrpcService::Run(Method method, const Bytes* request, Bytes* response, Fn f
     done(std::move(st));                                                                 \
   }
 // Changes hand the request and its bytes to the core, which sequences, logs and applies them.
-#define TESSERA_CHANGE_FN(Name, ReqT, RespT)                                         \
-  [this, req](std::shared_ptr<const ReqT> r, RespT* p, ServerCore::Done done) {      \
-    core_->Name(std::move(r), p, std::make_shared<GrpcWire>(*req), std::move(done)); \
+#define TESSERA_CHANGE_FN(Name, ReqT, RespT)                             \
+  [this](std::shared_ptr<const ReqT> r, RespT* p, ServerCore::Done done, \
+         std::shared_ptr<GrpcWire> wire) {                               \
+    core_->Name(std::move(r), p, std::move(wire), std::move(done));      \
   }
 #define TESSERA_RAW_METHOD(Name, ReqT, RespT)                                        \
   GrpcService::Reactor* GrpcService::Name(Ctx* ctx, const Bytes* req, Bytes* resp) { \

@@ -5,6 +5,8 @@
 
 #include <grpcpp/support/byte_buffer.h>
 
+#include <string>
+
 #include "server/shard_log.h"
 
 namespace tessera {
@@ -12,6 +14,8 @@ namespace tessera {
 struct GrpcWire final : WireBytes {
   explicit GrpcWire(const grpc::ByteBuffer& b) : bytes(b) {}  // shares the slices
   grpc::ByteBuffer bytes;
+  // Bulk fields that straddled slices, copied (keys and values point here then).
+  std::string spill[2];
 };
 
 }  // namespace tessera

@@ -42,7 +42,7 @@ absl::Status CheckFinite(const float* values, size_t n, const std::string& table
                                                     ShortName(table), i, n, values[i]));
 }
 
-absl::StatusOr<absl::Span<const float>> PushValues(const std::string& bytes, uint64_t count,
+absl::StatusOr<absl::Span<const float>> PushValues(absl::string_view bytes, uint64_t count,
                                                    const std::string& table,
                                                    std::vector<float>* scratch, bool trusted) {
   // (count is bounded by the request limits, so count * 4 does not wrap; still, compare by

@@ -28,7 +28,7 @@ absl::Status CheckKeyType(int key_type, const std::string& table);
 absl::Status CheckFinite(const float* values, size_t n, const std::string& table);
 // The values of a push: exactly `count` floats, finite unless `trusted` (a replayed push,
 // which its primary checked: only what memory safety needs is checked again).
-absl::StatusOr<absl::Span<const float>> PushValues(const std::string& bytes, uint64_t count,
+absl::StatusOr<absl::Span<const float>> PushValues(absl::string_view bytes, uint64_t count,
                                                    const std::string& table,
                                                    std::vector<float>* scratch, bool trusted);
 // Distinct keys (grouped by vshard in `groups`): INVALID_ARGUMENT naming a repeated one.

@@ -345,7 +345,7 @@ std::vector<TableStats> ServerCore::GetTableStats() const {
 
 absl::Status ServerCore::CheckSparseRequest(const SparseTable& table, const std::string& name,
                                             int key_type, int dtype, uint32_t dim,
-                                            uint64_t num_keys, const std::string& key_bytes,
+                                            uint64_t num_keys, absl::string_view key_bytes,
                                             SparseKeys* out) const {
   TESSERA_RETURN_IF_ERROR(CheckKeyType(static_cast<v1::KeyType>(key_type), name));
   TESSERA_RETURN_IF_ERROR(CheckDtype(static_cast<v1::DType>(dtype), name));

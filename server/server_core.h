@@ -382,7 +382,7 @@ class ServerCore {
   // Checks key type, dtype, dim, key count and bytes, and that this shard owns every key.
   absl::Status CheckSparseRequest(const SparseTable& table, const std::string& name, int key_type,
                                   int dtype, uint32_t dim, uint64_t num_keys,
-                                  const std::string& key_bytes, SparseKeys* out) const;
+                                  absl::string_view key_bytes, SparseKeys* out) const;
   // RESOURCE_EXHAUSTED when a response of `bytes` would be over --max_response_bytes.
   absl::Status CheckResponseBytes(const std::string& name, uint64_t bytes) const;
   // Checks a dense range against the request limit, the table size and ownership.

@@ -10,11 +10,11 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/status_macros.h"
+#include "optimizer/optimizer.h"
 #include "proto/cluster.pb.h"
 #include "proto/tessera.pb.h"
 #include "server/apply_executors.h"
 #include "server/dense_table.h"
-#include "optimizer/optimizer.h"
 #include "server/request_checks.h"
 #include "server/server_core.h"
 #include "server/sparse_table.h"
@@ -23,8 +23,18 @@ namespace tessera {
 
 // ---- Pushes ----
 
+namespace {
+
+// A push's bulk field: where the transport left it (in the request's bytes), else the message's.
+absl::string_view BulkBytes(const WireBytes::Field& f, const std::string& in_message) {
+  return f.data != nullptr ? absl::string_view(f.data, f.size) : absl::string_view(in_message);
+}
+
+}  // namespace
+
 struct ServerCore::SparsePush {
   std::shared_ptr<const v1::PushSparseRequest> req;
+  std::shared_ptr<const WireBytes> wire;  // (keys and values may point into it)
   std::shared_ptr<Table> table;
   SparseKeys keys;
   std::vector<float> scratch;
@@ -74,14 +84,17 @@ absl::Status ServerCore::SubmitPushSparse(std::shared_ptr<const v1::PushSparseRe
   if (!found.ok()) return found.status();
   auto work = std::make_shared<SparsePush>();
   work->req = req;
+  work->wire = origin.wire;
+  const WireBytes::Field none;
   work->table = *std::move(found);
   SparseTable& sparse = *work->table->sparse;
   TESSERA_RETURN_IF_ERROR(CheckPushId(req->id(), name));
-  TESSERA_RETURN_IF_ERROR(CheckSparseRequest(sparse, name, req->key_type(), req->dtype(),
-                                             req->dim(), req->num_keys(), req->keys(),
-                                             &work->keys));
-  absl::StatusOr<absl::Span<const float>> values = PushValues(
-      req->values(), req->num_keys() * sparse.dim(), name, &work->scratch, /*trusted=*/replay);
+  TESSERA_RETURN_IF_ERROR(CheckSparseRequest(
+      sparse, name, req->key_type(), req->dtype(), req->dim(), req->num_keys(),
+      BulkBytes(origin.wire != nullptr ? origin.wire->keys : none, req->keys()), &work->keys));
+  absl::StatusOr<absl::Span<const float>> values =
+      PushValues(BulkBytes(origin.wire != nullptr ? origin.wire->values : none, req->values()),
+                 req->num_keys() * sparse.dim(), name, &work->scratch, /*trusted=*/replay);
   if (!values.ok()) return values.status();
   work->values = *values;
   if (!replay) TESSERA_RETURN_IF_ERROR(CheckDistinct(work->keys.keys, work->keys.groups, name));
@@ -160,6 +173,7 @@ void ServerCore::AccumulateSparse(SparsePush& work, uint32_t e) {
 
 struct ServerCore::DensePush {
   std::shared_ptr<const v1::PushDenseRequest> req;
+  std::shared_ptr<const WireBytes> wire;  // (values may point into it)
   std::shared_ptr<Table> table;
   std::vector<float> scratch;
   absl::Span<const float> values;
@@ -173,13 +187,16 @@ absl::Status ServerCore::SubmitPushDense(std::shared_ptr<const v1::PushDenseRequ
   if (!found.ok()) return found.status();
   auto work = std::make_shared<DensePush>();
   work->req = req;
+  work->wire = origin.wire;
+  const WireBytes::Field none;
   work->table = *std::move(found);
   DenseTable& dense = *work->table->dense;
   TESSERA_RETURN_IF_ERROR(CheckDtype(req->dtype(), name));
   TESSERA_RETURN_IF_ERROR(CheckPushId(req->id(), name));
   TESSERA_RETURN_IF_ERROR(CheckDenseRange(dense, name, req->offset(), req->count()));
   absl::StatusOr<absl::Span<const float>> values =
-      PushValues(req->values(), req->count(), name, &work->scratch, /*trusted=*/replay);
+      PushValues(BulkBytes(origin.wire != nullptr ? origin.wire->values : none, req->values()),
+                 req->count(), name, &work->scratch, /*trusted=*/replay);
   if (!values.ok()) return values.status();
   work->values = *values;
   TESSERA_RETURN_IF_ERROR(CheckAssign(req->assign(), req->accumulate_step(), name));

@@ -3,6 +3,7 @@
 #ifndef TESSERA_SERVER_SHARD_LOG_H_
 #define TESSERA_SERVER_SHARD_LOG_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <variant>
@@ -22,6 +23,16 @@ class ApplyStepRequest;
 class WireBytes {
  public:
   virtual ~WireBytes() = default;
+
+  // A push's keys and values where the transport left them in these bytes instead of copying
+  // them into the parsed message (whose fields are then empty); data == nullptr: in the
+  // message. Valid as long as this object.
+  struct Field {
+    const char* data = nullptr;
+    size_t size = 0;
+  };
+  Field keys;
+  Field values;
 };
 
 // A restore replaced the whole state: backups need a snapshot taken after it.
