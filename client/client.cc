@@ -450,6 +450,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   if (!map.ok()) return map.status();
   auto impl = std::make_unique<Impl>(std::move(*map));
   impl->options = options;
+  if (impl->options.data_connections_per_server <= 0) {
+    // About 16 connections in all: a chunk per connection in flight (docs/data_plane.md).
+    impl->options.data_connections_per_server =
+        static_cast<int>(std::clamp<uint32_t>(16 / std::max<uint32_t>(num_shards, 1), 1, 8));
+  }
   impl->client_id = options.client_id;
   impl->epoch = epoch;
   impl->coordinator = std::move(coordinator);
@@ -459,7 +464,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   }
   for (uint32_t s = 0; s < num_shards; ++s) {
     impl->servers.push_back(std::make_unique<ServerConn>(
-        impl->coordinated() ? nullptr : std::make_shared<Endpoint>(options.servers[s], options)));
+        impl->coordinated() ? nullptr
+                            : std::make_shared<Endpoint>(options.servers[s], impl->options)));
   }
   if (impl->coordinated()) {
     // Wait until every shard has a primary (servers register as they start).

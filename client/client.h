@@ -66,8 +66,9 @@ struct ClientOptions {
   // otherwise on gRPC. Same results either way. false: gRPC only. Default true.
   bool data_plane = true;
   // Data-plane connections per server; calls are spread over them and the server runs each
-  // connection's calls on a thread of its own. Default 2.
-  int data_connections_per_server = 2;
+  // connection's calls on a thread of its own, so chunks of one call travel and run in
+  // parallel. 0 (default): 16 / number of servers, between 1 and 8 (docs/data_plane.md).
+  int data_connections_per_server = 0;
   // Identifies this client's pushes for exactly-once application. 0 (default) picks a random
   // id; reusing the id of a live client breaks exactly-once.
   uint64_t client_id = 0;

@@ -23,7 +23,7 @@ struct DataPlaneOptions {
   std::string address = "127.0.0.1";
   int port = 0;  // 0: a free port
   // Connections open at once; more are closed at accept (their clients use gRPC).
-  int max_connections = 256;
+  int max_connections = 1024;
   // Largest request frame (the server's --max_request_bytes).
   uint32_t max_frame_bytes = 256 << 20;
 };

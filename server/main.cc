@@ -23,7 +23,9 @@ ABSL_FLAG(int, metrics_port, 0, "Port of the /metrics endpoint; 0 picks a free o
 ABSL_FLAG(int, data_port, 0,
           "Port of the data plane (bulk pulls and pushes on framed TCP beside gRPC, "
           "docs/data_plane.md), on --address; 0 picks a free one, -1 disables it.");
-ABSL_FLAG(int, max_data_connections, 256, "Data-plane connections open at once.");
+ABSL_FLAG(int, max_data_connections, 1024,
+          "Data-plane connections open at once (two threads each); more are refused and their "
+          "clients use gRPC.");
 ABSL_FLAG(uint32_t, shard_index, 0, "This server's shard, in [0, num_shards).");
 ABSL_FLAG(uint32_t, num_shards, 1, "Number of shards (servers) in the cluster.");
 ABSL_FLAG(uint32_t, num_vshards, 1024, "Number of virtual shards; the same on every server.");

@@ -24,8 +24,8 @@ struct ServerOptions {
   // Port of the data plane (docs/data_plane.md: the bulk calls on framed TCP beside gRPC), on
   // `address`; 0 picks a free port, -1 disables it (clients then use gRPC only).
   int data_port = 0;
-  // Data-plane connections open at once. Default 256.
-  int max_data_connections = 256;
+  // Data-plane connections open at once (two threads each). Default 1024.
+  int max_data_connections = 1024;
   // Largest request message gRPC (or a data-plane frame) accepts; larger is RESOURCE_EXHAUSTED.
   // Default 256 MiB.
   int max_request_bytes = 256 << 20;

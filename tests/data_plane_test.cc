@@ -127,9 +127,9 @@ TEST_CASE("bulk calls on the data plane answer as on gRPC, and really travel on 
   ClientOptions grpc_only;
   grpc_only.data_plane = false;
   auto g = Connect(*cluster, grpc_only);
-  auto d = Connect(*cluster);  // default: the data plane, 2 connections per server
-  WaitForConnections(m0, 2);
-  WaitForConnections(m1, 2);
+  auto d = Connect(*cluster);  // default: the data plane, 16 / 2 = 8 connections per server
+  WaitForConnections(m0, 8);
+  WaitForConnections(m1, 8);
   const double frames_before =
       Metric(m0, "tessera_data_plane_frames_total") + Metric(m1, "tessera_data_plane_frames_total");
 

@@ -133,6 +133,7 @@ int RunBench(const BenchCommandOptions& o) {
   co.servers = servers;
   co.channels_per_server = o.channels;
   co.data_plane = o.data_plane;
+  co.data_connections_per_server = o.data_connections;
   co.chunk_bytes = o.chunk_bytes;
   absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(co);
   if (!client.ok()) {

@@ -27,10 +27,10 @@
 #include "testing/local_cluster.h"
 #include "testing/local_prometheus.h"
 #include "tools/commands.h"
+#include "worker/data/synthetic.h"
 #include "worker/job.h"
 #include "worker/logreg_trainer.h"
 #include "worker/models/lr_kernels.h"
-#include "worker/data/synthetic.h"
 
 namespace tessera {
 namespace {

@@ -50,7 +50,8 @@ struct BenchCommandOptions {
   uint64_t sparse_keys = 100000;
   uint32_t sparse_dim = 16;
   int channels = 4;
-  bool data_plane = true;  // bulk calls on the servers' data plane (docs/data_plane.md)
+  bool data_plane = true;    // bulk calls on the servers' data plane (docs/data_plane.md)
+  int data_connections = 0;  // data-plane connections per server (0: the client's default)
   uint64_t chunk_bytes = 512 << 10;
   // Data suite: which workloads run, any of "dense", "pull", "push"; empty: all three.
   std::vector<std::string> workloads;

@@ -57,6 +57,9 @@ ABSL_FLAG(std::string, transport, "data",
           "bench: how bulk calls travel: data (the servers' data plane, docs/data_plane.md, "
           "falling back to gRPC) or grpc (gRPC only).");
 ABSL_FLAG(uint64_t, chunk_bytes, 512 << 10, "bench: client chunk size.");
+ABSL_FLAG(int, data_connections, 0,
+          "bench: data-plane connections per server (0: the client's default, 16 / servers, "
+          "1 to 8).");
 ABSL_FLAG(std::string, workloads, "dense,pull,push",
           "bench (data suite): the workloads to run, comma-separated: dense (4 MiB push+pull), "
           "pull (sparse), push (sparse Adagrad).");
@@ -194,6 +197,7 @@ int main(int argc, char** argv) {
       return 2;
     }
     o.data_plane = transport == "data";
+    o.data_connections = absl::GetFlag(FLAGS_data_connections);
     o.chunk_bytes = absl::GetFlag(FLAGS_chunk_bytes);
     o.workloads = absl::StrSplit(absl::GetFlag(FLAGS_workloads), ',', absl::SkipEmpty());
     for (const std::string& w : o.workloads) {
