@@ -18,7 +18,11 @@ inline constexpr uint32_t kDefaultNumVshards = 1024;
 
 // The vshard of a sparse key. Part of the wire contract.
 inline uint32_t VshardOfKey(uint64_t key, uint32_t num_vshards) {
-  return static_cast<uint32_t>(Mix64(key) % num_vshards);
+  const uint64_t h = Mix64(key);
+  // (The same value as h % num_vshards; a mask instead of a 64-bit division for the usual
+  // power-of-two counts: the division was a tenth of a client's pull.)
+  if ((num_vshards & (num_vshards - 1)) == 0) return static_cast<uint32_t>(h & (num_vshards - 1));
+  return static_cast<uint32_t>(h % num_vshards);
 }
 
 // The vshard of block `block` of the dense table named `table_name` (table_hash =
