@@ -10,16 +10,21 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/credentials.h"
 
 namespace tessera {
 
 // The primary of every shard in the map of the coordinator at `coordinator`, in shard order;
 // an error when a shard has none.
-absl::StatusOr<std::vector<std::string>> PrimaryAddresses(const std::string& coordinator);
+// Every function here presents `credentials` (docs/security.md: the admin role; the shard map
+// alone needs any role).
+absl::StatusOr<std::vector<std::string>> PrimaryAddresses(const std::string& coordinator,
+                                                          const Credentials& credentials = {});
 
 // `tessera status`'s report of the cluster of the coordinator at `coordinator`: servers, each
 // shard's replicas with their state and lag, the tables; as text or (json) one JSON object.
-absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, bool json);
+absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, bool json,
+                                                const Credentials& credentials = {});
 
 struct CheckpointDriverOptions {
   std::string dir;                   // the checkpoint directory the servers use
@@ -28,6 +33,7 @@ struct CheckpointDriverOptions {
   bool incremental = true;  // incremental on the newest checkpoint when every server can
   size_t keep_last = 0;     // retention after a successful round; 0 keeps everything
   absl::Duration rpc_timeout = absl::Hours(1);
+  Credentials credentials;  // an admin token
   // Fault injection for tests: SIGKILL the driver after every part is written but before the
   // manifest (1), or after MANIFEST.tmp is written but before its rename (2).
   int testing_crash_point = 0;
@@ -62,7 +68,8 @@ struct RestoreResult {
 absl::StatusOr<RestoreResult> RestoreCluster(const std::string& dir,
                                              const std::vector<std::string>& servers,
                                              uint64_t shard_map_epoch, uint64_t id,
-                                             absl::Duration timeout = absl::Hours(1));
+                                             absl::Duration timeout = absl::Hours(1),
+                                             const Credentials& credentials = {});
 
 // The runbook for a replicated cluster (docs/operations.md, "A shard is lost"): restores
 // checkpoint `id` (0: the newest) into the cluster of the coordinator at `coordinator`. Every
@@ -76,7 +83,7 @@ struct ClusterRestoreResult {
 };
 absl::StatusOr<ClusterRestoreResult> RestoreThroughCoordinator(
     const std::string& coordinator, const std::string& dir, uint64_t id,
-    absl::Duration timeout = absl::Minutes(10));
+    absl::Duration timeout = absl::Minutes(10), const Credentials& credentials = {});
 
 // Checks every file of checkpoint `id`'s chain against the manifests (size and CRC32C);
 // returns the number of files, or DATA_LOSS naming the first bad one.

@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "client/admin.h"
+#include "common/grpc_channel.h"
 #include "common/grpc_status.h"
 #include "proto/checkpoint.pb.h"
 #include "proto/tessera.grpc.pb.h"
@@ -21,13 +22,13 @@ namespace {
 
 // Runs call(shard) for every server on threads of its own and returns the statuses.
 template <typename Fn>
-std::vector<absl::Status> OnEveryServer(const std::vector<std::string>& servers, Fn&& call) {
+std::vector<absl::Status> OnEveryServer(const std::vector<std::string>& servers,
+                                        const Credentials& credentials, Fn&& call) {
   std::vector<absl::Status> statuses(servers.size());
   std::vector<std::thread> threads;
   for (size_t i = 0; i < servers.size(); ++i) {
     threads.emplace_back([&, i] {
-      auto stub = v1::ParameterServer::NewStub(
-          grpc::CreateChannel(servers[i], grpc::InsecureChannelCredentials()));
+      auto stub = v1::ParameterServer::NewStub(MakeChannel(servers[i], credentials));
       statuses[i] = call(*stub, static_cast<uint32_t>(i));
       if (!statuses[i].ok()) {
         statuses[i] = absl::Status(
@@ -79,8 +80,8 @@ absl::StatusOr<CheckpointRoundResult> RunCheckpointRound(const CheckpointDriverO
   if (o.incremental && newest != 0 && s.ReadManifest(newest, &parent).ok() &&
       parent.num_shards() == o.servers.size()) {
     std::vector<bool> knows(o.servers.size(), false);
-    const absl::Status st =
-        FirstError(OnEveryServer(o.servers, [&](v1::ParameterServer::Stub& stub, uint32_t shard) {
+    const absl::Status st = FirstError(OnEveryServer(
+        o.servers, o.credentials, [&](v1::ParameterServer::Stub& stub, uint32_t shard) {
           v1::GetCheckpointStateRequest req;
           req.mutable_header()->set_shard_map_epoch(o.shard_map_epoch);
           v1::GetCheckpointStateResponse resp;
@@ -101,8 +102,8 @@ absl::StatusOr<CheckpointRoundResult> RunCheckpointRound(const CheckpointDriverO
   }
 
   std::vector<storage::v1::PartManifest> parts(o.servers.size());
-  const absl::Status written =
-      FirstError(OnEveryServer(o.servers, [&](v1::ParameterServer::Stub& stub, uint32_t shard) {
+  const absl::Status written = FirstError(
+      OnEveryServer(o.servers, o.credentials, [&](v1::ParameterServer::Stub& stub, uint32_t shard) {
         v1::WriteCheckpointRequest req;
         req.mutable_header()->set_shard_map_epoch(o.shard_map_epoch);
         req.set_checkpoint_id(result.id);
@@ -182,7 +183,8 @@ absl::StatusOr<size_t> VerifyCheckpoint(const std::string& dir, uint64_t id) {
 absl::StatusOr<RestoreResult> RestoreCluster(const std::string& dir,
                                              const std::vector<std::string>& servers,
                                              uint64_t shard_map_epoch, uint64_t id,
-                                             absl::Duration timeout) {
+                                             absl::Duration timeout,
+                                             const Credentials& credentials) {
   const absl::Time start = absl::Now();
   if (id == 0) {
     absl::StatusOr<std::unique_ptr<storage::CheckpointStore>> store =
@@ -192,18 +194,19 @@ absl::StatusOr<RestoreResult> RestoreCluster(const std::string& dir,
     if (id == 0) return absl::NotFoundError(absl::StrCat("no complete checkpoint in ", dir));
   }
   auto phase = [&](v1::RestorePhase p, std::vector<v1::RestoreCheckpointResponse>* responses) {
-    return OnEveryServer(servers, [&](v1::ParameterServer::Stub& stub, uint32_t shard) {
-      v1::RestoreCheckpointRequest req;
-      req.mutable_header()->set_shard_map_epoch(shard_map_epoch);
-      req.set_checkpoint_id(id);
-      req.set_phase(p);
-      v1::RestoreCheckpointResponse resp;
-      grpc::ClientContext ctx;
-      SetDeadline(&ctx, timeout);
-      absl::Status s = FromGrpcStatus(stub.RestoreCheckpoint(&ctx, req, &resp));
-      if (responses != nullptr) (*responses)[shard] = resp;
-      return s;
-    });
+    return OnEveryServer(
+        servers, credentials, [&](v1::ParameterServer::Stub& stub, uint32_t shard) {
+          v1::RestoreCheckpointRequest req;
+          req.mutable_header()->set_shard_map_epoch(shard_map_epoch);
+          req.set_checkpoint_id(id);
+          req.set_phase(p);
+          v1::RestoreCheckpointResponse resp;
+          grpc::ClientContext ctx;
+          SetDeadline(&ctx, timeout);
+          absl::Status s = FromGrpcStatus(stub.RestoreCheckpoint(&ctx, req, &resp));
+          if (responses != nullptr) (*responses)[shard] = resp;
+          return s;
+        });
   };
   // Everyone loads first; only when all succeeded does anyone swap.
   std::vector<v1::RestoreCheckpointResponse> prepared(servers.size());

@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "client/admin.h"
+#include "common/grpc_channel.h"
 #include "common/grpc_status.h"
 #include "proto/cluster.grpc.pb.h"
 
@@ -25,9 +26,9 @@ absl::Status Ask(Call&& call, absl::Duration timeout = absl::Seconds(10)) {
 
 absl::StatusOr<ClusterRestoreResult> RestoreThroughCoordinator(const std::string& coordinator,
                                                                const std::string& dir, uint64_t id,
-                                                               absl::Duration timeout) {
-  auto stub = v1::Coordinator::NewStub(
-      grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials()));
+                                                               absl::Duration timeout,
+                                                               const Credentials& credentials) {
+  auto stub = v1::Coordinator::NewStub(MakeChannel(coordinator, credentials));
   v1::GetClusterMapResponse map;
   absl::Status st = Ask([&](grpc::ClientContext* ctx) {
     return stub->GetClusterMap(ctx, v1::GetClusterMapRequest(), &map);
@@ -96,7 +97,8 @@ absl::StatusOr<ClusterRestoreResult> RestoreThroughCoordinator(const std::string
   }
 
   // 3. Every shard restores (two phases); 4. the recovered ones serve again (T8').
-  absl::StatusOr<RestoreResult> restored = RestoreCluster(dir, primaries, 1, id, timeout);
+  absl::StatusOr<RestoreResult> restored =
+      RestoreCluster(dir, primaries, 1, id, timeout, credentials);
   if (!restored.ok()) return restored.status();
   result.restore = *restored;
   for (const Target& t : targets) {

@@ -13,6 +13,7 @@
 #include "client/admin.h"
 #include "client/client.h"
 #include "client/internal/coordinator_queries.h"
+#include "common/grpc_channel.h"
 #include "common/grpc_status.h"
 #include "common/http_get.h"
 #include "common/prom_text.h"
@@ -47,9 +48,10 @@ const char* ShardStateName(v1::ShardState s) {
 
 }  // namespace
 
-absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, bool json) {
-  absl::StatusOr<v1::GetClusterStatusResponse> status = client_internal::FetchClusterStatus(
-      grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials()), absl::Seconds(5));
+absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, bool json,
+                                                const Credentials& credentials) {
+  absl::StatusOr<v1::GetClusterStatusResponse> status =
+      client_internal::FetchClusterStatus(MakeChannel(coordinator, credentials), absl::Seconds(5));
   if (!status.ok()) {
     return absl::Status(status.status().code(), absl::StrFormat("coordinator %s: %s", coordinator,
                                                                 status.status().message()));
@@ -271,9 +273,10 @@ absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, 
   return out;
 }
 
-absl::StatusOr<std::vector<std::string>> PrimaryAddresses(const std::string& coordinator) {
-  absl::StatusOr<v1::ClusterMap> m = client_internal::FetchClusterMap(
-      grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials()));
+absl::StatusOr<std::vector<std::string>> PrimaryAddresses(const std::string& coordinator,
+                                                          const Credentials& credentials) {
+  absl::StatusOr<v1::ClusterMap> m =
+      client_internal::FetchClusterMap(MakeChannel(coordinator, credentials));
   if (!m.ok()) return m.status();
   std::vector<std::string> out;
   for (int s = 0; s < m->shards_size(); ++s) {

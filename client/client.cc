@@ -12,6 +12,7 @@
 #include "absl/synchronization/notification.h"
 #include "client/internal/client_impl.h"
 #include "client/internal/rpc.h"
+#include "common/grpc_channel.h"
 #include "common/grpc_status.h"
 #include "common/wire.h"
 
@@ -156,7 +157,8 @@ Client::~Client() {
 
 namespace client_internal {
 
-Endpoint::Endpoint(const std::string& addr, const ClientOptions& options) : address(addr) {
+Endpoint::Endpoint(const std::string& addr, const ClientOptions& options)
+    : address(addr), token(options.credentials.auth_token) {
   for (int c = 0; c < options.channels_per_server; ++c) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(-1);
@@ -169,7 +171,7 @@ Endpoint::Endpoint(const std::string& addr, const ClientOptions& options) : addr
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::max(options.initial_backoff_ms, 20));
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, std::max(options.initial_backoff_ms, 20));
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, std::max(options.max_backoff_ms, 20));
-    auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+    auto channel = MakeChannel(address, options.credentials, args);
     stubs.push_back(v1::ParameterServer::NewStub(channel));
     generic_stubs.push_back(std::make_unique<grpc::GenericStub>(channel));
   }
@@ -251,7 +253,7 @@ void Endpoint::DataLoop(int connections, int timeout_ms) {
     std::vector<std::shared_ptr<DataConn>> conns;
     for (int i = 0; s.ok() && i < connections; ++i) {
       absl::StatusOr<std::shared_ptr<DataConn>> conn =
-          DataConn::Open(host, static_cast<int>(resp.port()), timeout_ms);
+          DataConn::Open(host, static_cast<int>(resp.port()), timeout_ms, token);
       if (!conn.ok()) break;
       conns.push_back(*std::move(conn));
     }
@@ -425,8 +427,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-    coordinator = v1::Coordinator::NewStub(
-        grpc::CreateCustomChannel(options.coordinator, grpc::InsecureChannelCredentials(), args));
+    coordinator =
+        v1::Coordinator::NewStub(MakeChannel(options.coordinator, options.credentials, args));
     v1::GetClusterMapRequest req;
     v1::GetClusterMapResponse resp;
     grpc::ClientContext ctx;

@@ -23,6 +23,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "client/call.h"
+#include "common/credentials.h"
 #include "common/export.h"
 #include "common/shard_map.h"
 #include "common/table_config.h"
@@ -69,6 +70,9 @@ struct ClientOptions {
   // connection's calls on a thread of its own, so chunks of one call travel and run in
   // parallel. 0 (default): 16 / number of servers, between 1 and 8 (docs/data_plane.md).
   int data_connections_per_server = 0;
+  // What this client presents to the daemons (docs/security.md): a token with the roles its
+  // calls need (worker for pulls and pushes, admin for creating tables).
+  Credentials credentials;
   // Identifies this client's pushes for exactly-once application. 0 (default) picks a random
   // id; reusing the id of a live client breaks exactly-once.
   uint64_t client_id = 0;

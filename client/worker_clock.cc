@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/grpc_channel.h"
 #include "common/grpc_status.h"
 #include "proto/cluster.grpc.pb.h"
 
@@ -73,8 +74,7 @@ absl::StatusOr<std::unique_ptr<WorkerClock>> WorkerClock::Join(const WorkerClock
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  impl->stub = v1::Coordinator::NewStub(
-      grpc::CreateCustomChannel(o.coordinator, grpc::InsecureChannelCredentials(), args));
+  impl->stub = v1::Coordinator::NewStub(MakeChannel(o.coordinator, o.credentials, args));
   v1::JoinJobRequest req;
   v1::JobSpec* spec = req.mutable_spec();
   spec->set_job(o.job);

@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/credentials.h"
 #include "common/export.h"
 
 namespace tessera {
@@ -27,6 +28,7 @@ struct WorkerClockOptions {
   // A worker silent this long is dead: the job goes on without it, or fails (by policy).
   int64_t lease_ms = 5000;
   bool fail_on_worker_death = false;
+  Credentials credentials;  // a worker token (docs/security.md)
 };
 
 struct JobProgress {

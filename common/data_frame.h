@@ -6,12 +6,15 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <string>
 
 namespace tessera::data_frame {
 
 inline constexpr char kMagic[4] = {'T', 'S', 'D', 'P'};
-inline constexpr uint32_t kVersion = 1;
-inline constexpr size_t kHandshakeBytes = 8;
+inline constexpr uint32_t kVersion = 2;
+inline constexpr size_t kHandshakeBytes = 8;          // the server's answer: magic, version
+inline constexpr size_t kClientHelloFixedBytes = 12;  // magic, version, token length
+inline constexpr uint32_t kMaxHelloTokenBytes = 256;
 inline constexpr size_t kRequestHeaderBytes = 12;
 inline constexpr size_t kResponseHeaderBytes = 24;
 inline constexpr uint32_t kMaxMessageBytes = 64 << 10;  // of a response's status message
@@ -50,6 +53,23 @@ inline bool HandshakeOk(const char* in) {
   uint32_t version;
   std::memcpy(&version, in + 4, 4);
   return std::memcmp(in, kMagic, 4) == 0 && version == kVersion;
+}
+
+// The client's handshake: magic, version, u32 token length, the token (docs/security.md, "The
+// data plane"; empty: none).
+inline std::string ClientHello(const std::string& token) {
+  std::string out(kClientHelloFixedBytes + token.size(), '\0');
+  PutHandshake(out.data());
+  const uint32_t n = static_cast<uint32_t>(token.size());
+  std::memcpy(out.data() + 8, &n, 4);
+  std::memcpy(out.data() + kClientHelloFixedBytes, token.data(), token.size());
+  return out;
+}
+// The fixed part of a client's handshake: false unless magic, version and a token length of at
+// most kMaxHelloTokenBytes.
+inline bool ClientHelloOk(const char* in, uint32_t* token_length) {
+  std::memcpy(token_length, in + 8, 4);
+  return HandshakeOk(in) && *token_length <= kMaxHelloTokenBytes;
 }
 
 inline void Put(const RequestHeader& h, char* out) {

@@ -3,7 +3,9 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <netinet/in.h>
+#include <prometheus/counter.h>
 #include <prometheus/exposer.h>
+#include <prometheus/registry.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -13,6 +15,8 @@
 #include <sstream>
 #include <string>
 #include <thread>
+
+#include "common/auth.h"
 
 namespace tessera {
 namespace {
@@ -135,6 +139,32 @@ void StopExposer(std::unique_ptr<prometheus::Exposer>& exposer, const std::strin
   exposer.reset();
   stopped.store(true);
   waker.join();
+}
+
+void ExportAuthMetrics(Authenticator& auth, prometheus::Registry& registry) {
+  auto* refusals = &prometheus::BuildCounter()
+                        .Name("tessera_auth_refusals_total")
+                        .Help(
+                            "Calls refused before they were parsed (docs/security.md), by "
+                            "method and code: UNAUTHENTICATED (no or unknown token) or "
+                            "PERMISSION_DENIED (a token without the method's role).")
+                        .Register(registry);
+  auto* reloads = &prometheus::BuildCounter()
+                       .Name("tessera_auth_reloads_total")
+                       .Help(
+                           "Reloads of --auth_token_file (SIGHUP), by outcome; a failed one "
+                           "keeps the tokens in use.")
+                       .Register(registry);
+  prometheus::Counter* ok = &reloads->Add({{"outcome", "succeeded"}});
+  prometheus::Counter* failed = &reloads->Add({{"outcome", "failed"}});
+  auth.set_refusal_hook([refusals](absl::string_view method, grpc::StatusCode code) {
+    refusals
+        ->Add({{"method", std::string(method)},
+               {"code", code == grpc::StatusCode::UNAUTHENTICATED ? "UNAUTHENTICATED"
+                                                                  : "PERMISSION_DENIED"}})
+        .Increment();
+  });
+  auth.set_reload_hook([ok, failed](bool succeeded) { (succeeded ? ok : failed)->Increment(); });
 }
 
 }  // namespace tessera

@@ -14,9 +14,17 @@
 
 namespace prometheus {
 class Exposer;
+class Registry;
 }  // namespace prometheus
 
 namespace tessera {
+
+class Authenticator;
+
+// Counts `auth`'s refusals (tessera_auth_refusals_total{method, code}) and reloads
+// (tessera_auth_reloads_total{outcome}) in `registry` (docs/security.md). Call before serving;
+// `registry` must outlive `auth`'s use.
+void ExportAuthMetrics(Authenticator& auth, prometheus::Registry& registry);
 
 // Thread-safe. A value that cannot be read (no /proc) is left out, not reported as 0.
 class ProcessCollector : public prometheus::Collectable {

@@ -26,6 +26,7 @@ sigset_t StopSignals() {
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
   return set;
 }
 
@@ -37,11 +38,14 @@ void BlockStopSignals() {
   signal(SIGPIPE, SIG_IGN);
 }
 
-const char* WaitForStopSignal() {
+const char* WaitForStopSignal(const std::function<void()>& on_reload) {
   const sigset_t set = StopSignals();
-  int sig = 0;
-  sigwait(&set, &sig);
-  return sig == SIGTERM ? "SIGTERM" : "SIGINT";
+  for (;;) {
+    int sig = 0;
+    sigwait(&set, &sig);
+    if (sig != SIGHUP) return sig == SIGTERM ? "SIGTERM" : "SIGINT";
+    if (on_reload) on_reload();
+  }
 }
 
 void WriteReadyLine(int fd, int port, int metrics_port) {

@@ -1,6 +1,8 @@
 #ifndef TESSERA_COMMON_PROCESS_SETUP_H_
 #define TESSERA_COMMON_PROCESS_SETUP_H_
 
+#include <functional>
+
 namespace tessera {
 
 // Process-wide settings every Tessera daemon, tool and benchmark applies first thing in main():
@@ -11,11 +13,12 @@ namespace tessera {
 //   graph lookup on every lock).
 void SetUpProcess();
 
-// Daemons: blocks SIGTERM and SIGINT in every thread (call before any thread starts) so that
-// only WaitForStopSignal() sees them, and ignores SIGPIPE.
+// Daemons: blocks SIGTERM, SIGINT and SIGHUP in every thread (call before any thread starts)
+// so that only WaitForStopSignal() sees them, and ignores SIGPIPE.
 void BlockStopSignals();
-// Waits for SIGTERM or SIGINT; returns its name.
-const char* WaitForStopSignal();
+// Waits for SIGTERM or SIGINT and returns its name; runs `on_reload` on every SIGHUP meanwhile
+// (re-reading credentials: docs/security.md).
+const char* WaitForStopSignal(const std::function<void()>& on_reload = nullptr);
 // Writes "TESSERA_READY port=P metrics_port=M" to `fd` and closes it (nothing when fd < 0).
 void WriteReadyLine(int fd, int port, int metrics_port);
 

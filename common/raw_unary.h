@@ -11,6 +11,7 @@
 #include <string>
 
 #include "absl/strings/str_format.h"
+#include "common/auth.h"
 
 namespace tessera {
 
@@ -43,12 +44,18 @@ class ParsedCall final : public ReplyReactor {
   grpc::ByteBuffer* out_;
 };
 
-// Parses `in` and runs handler(ctx, &req, &resp, reactor), which finishes the reactor (now
-// or later); a request that does not parse is finished with INVALID_ARGUMENT.
+// Checks the call with `auth` (docs/security.md: refused before anything is parsed), parses
+// `in` and runs handler(ctx, &req, &resp, reactor), which finishes the reactor (now or later);
+// a request that does not parse is finished with INVALID_ARGUMENT.
 template <typename Req, typename Resp, typename Handler>
 grpc::ServerUnaryReactor* RunParsed(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,
-                                    grpc::ByteBuffer* out, Handler&& handler) {
+                                    grpc::ByteBuffer* out, const Authenticator& auth,
+                                    absl::string_view full_method, Handler&& handler) {
   auto* call = new ParsedCall<Req, Resp>(out);
+  if (grpc::Status s = auth.Check(*ctx, full_method); !s.ok()) {
+    call->Finish(std::move(s));
+    return call;
+  }
   grpc::ByteBuffer copy(*in);  // shares the slices
   grpc::ProtoBufferReader reader(&copy);
   if (!reader.status().ok() || !call->req.ParseFromZeroCopyStream(&reader)) {

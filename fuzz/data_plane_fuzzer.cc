@@ -118,11 +118,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   timeval tv{10, 0};
   ::setsockopt(*fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   std::string stream;
-  if (data[0] % 2 == 0) {
-    char hello[df::kHandshakeBytes];
-    df::PutHandshake(hello);
-    stream.assign(hello, sizeof(hello));
-  }
+  if (data[0] % 2 == 0) stream = df::ClientHello("");
   stream.append(reinterpret_cast<const char*>(data) + 1, size - 1);
   std::vector<iovec> iov = {{stream.data(), stream.size()}};
   (void)WriteAll(*fd, iov);  // (the server may close early: a refusal)

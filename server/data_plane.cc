@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "common/auth.h"
 #include "common/data_frame.h"
 #include "common/logging.h"
 #include "common/socket_io.h"
@@ -28,7 +29,25 @@ namespace {
 
 namespace df = data_frame;
 
-constexpr int kMaxCallsInFlight = 64;  // per connection (docs/data_plane.md)
+constexpr int kMaxCallsInFlight = 64;   // per connection (docs/data_plane.md)
+constexpr int kHandshakeTimeoutS = 10;  // for the client's hello
+
+constexpr char kGetDataPlane[] = "/tessera.v1.ParameterServer/GetDataPlane";
+
+// The gRPC name of a bulk method (its roles: docs/security.md).
+const char* FullMethodOf(uint16_t wire) {
+  switch (static_cast<df::BulkMethod>(wire)) {
+    case df::BulkMethod::kPullSparse:
+      return "/tessera.v1.ParameterServer/PullSparse";
+    case df::BulkMethod::kPushSparse:
+      return "/tessera.v1.ParameterServer/PushSparse";
+    case df::BulkMethod::kPullDense:
+      return "/tessera.v1.ParameterServer/PullDense";
+    case df::BulkMethod::kPushDense:
+      break;
+  }
+  return "/tessera.v1.ParameterServer/PushDense";
+}
 
 Method MethodOf(uint16_t wire) {
   switch (static_cast<df::BulkMethod>(wire)) {
@@ -93,6 +112,7 @@ struct DataPlane::Impl {
   DataPlaneOptions options;
   GrpcService* service = nullptr;
   MemoryBudget* budget = nullptr;
+  const Authenticator* auth = nullptr;
   Listener listener;
   prometheus::Gauge* connections_gauge = nullptr;
   prometheus::Counter* frames = nullptr;
@@ -208,13 +228,15 @@ struct DataPlane::Impl::Conn : std::enable_shared_from_this<Conn> {
 absl::StatusOr<std::unique_ptr<DataPlane>> DataPlane::Start(const DataPlaneOptions& options,
                                                             GrpcService* service,
                                                             MemoryBudget* budget,
-                                                            prometheus::Registry* registry) {
+                                                            prometheus::Registry* registry,
+                                                            const Authenticator* auth) {
   absl::StatusOr<Listener> listener = ListenTcp(options.address, options.port);
   if (!listener.ok()) return listener.status();
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   impl->service = service;
   impl->budget = budget;
+  impl->auth = auth;
   impl->listener = *listener;
   impl->connections_gauge = &prometheus::BuildGauge()
                                  .Name("tessera_data_plane_connections")
@@ -341,11 +363,26 @@ void DataPlane::Impl::Reap(bool all) {
 
 void DataPlane::Impl::Serve(const std::shared_ptr<Conn>& conn) {
   const int fd = conn->fd;
-  char hello[df::kHandshakeBytes];
-  bool ok = ReadFull(fd, hello, sizeof(hello)) && df::HandshakeOk(hello);
+  // The client's hello and its token (docs/security.md, "The data plane"), each part checked
+  // before the next is read, within kHandshakeTimeout; a token this server does not accept for
+  // pulls or pushes ends the connection before anything else is read.
+  timeval limit{kHandshakeTimeoutS, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
+  char hello[df::kClientHelloFixedBytes];
+  uint32_t token_length = 0;
+  std::string token;
+  bool ok = ReadFull(fd, hello, df::kHandshakeBytes) && df::HandshakeOk(hello) &&
+            ReadFull(fd, hello + df::kHandshakeBytes, sizeof(hello) - df::kHandshakeBytes) &&
+            df::ClientHelloOk(hello, &token_length);
+  if (ok) {
+    token.resize(token_length);
+    ok = ReadFull(fd, token.data(), token.size()) && auth->CheckToken(token, kGetDataPlane).ok();
+  }
+  limit = {0, 0};  // (then no limit: a connection may idle between calls)
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
   if (ok) {
     df::PutHandshake(hello);
-    std::vector<iovec> iov = {{hello, sizeof(hello)}};
+    std::vector<iovec> iov = {{hello, df::kHandshakeBytes}};
     ok = WriteAll(fd, iov);
   } else {
     refused_connections->Increment();
@@ -375,6 +412,19 @@ void DataPlane::Impl::Serve(const std::shared_ptr<Conn>& conn) {
                              h.length, options.max_frame_bytes),
              true);
       break;
+    }
+    // The token's roles now (a reload may have removed it): checked before the body is read.
+    if (auth->enabled()) {
+      const grpc::Status allowed = auth->CheckToken(token, FullMethodOf(h.method));
+      if (allowed.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
+        refuse(h.call_id, allowed.error_code(), allowed.error_message(), true);
+        break;
+      }
+      if (!allowed.ok()) {
+        if (!Discard(fd, h.length)) break;
+        refuse(h.call_id, allowed.error_code(), allowed.error_message(), false);
+        continue;
+      }
     }
     {
       absl::MutexLock lock(&conn->mu);  // back-pressure: at most kMaxCallsInFlight

@@ -16,6 +16,7 @@ class Registry;
 
 namespace tessera {
 
+class Authenticator;
 class GrpcService;
 class MemoryBudget;
 
@@ -28,13 +29,15 @@ struct DataPlaneOptions {
   uint32_t max_frame_bytes = 256 << 20;
 };
 
-// Thread-safe. `service`, `budget` and `registry` must outlive it.
+// Thread-safe. `service`, `budget`, `registry` and `auth` must outlive it.
 class DataPlane {
  public:
+  // `auth` checks the token of every handshake and the role of every frame (docs/security.md).
   static absl::StatusOr<std::unique_ptr<DataPlane>> Start(const DataPlaneOptions& options,
                                                           GrpcService* service,
                                                           MemoryBudget* budget,
-                                                          prometheus::Registry* registry);
+                                                          prometheus::Registry* registry,
+                                                          const Authenticator* auth);
   ~DataPlane();  // Stop()
 
   int port() const;

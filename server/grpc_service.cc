@@ -122,6 +122,15 @@ GrpcService::~GrpcService() {
       +[](int* n) { return *n == 0; }, &offloaded_));
 }
 
+bool GrpcService::Refused(Ctx* ctx, Reactor* reactor, const char* method) {
+  if (!auth_->enabled()) return false;
+  const grpc::Status s =
+      auth_->Check(*ctx, absl::StrCat("/", v1::ParameterServer::service_full_name(), "/", method));
+  if (s.ok()) return false;
+  GrpcSink(ctx, reactor)(s, core_->shard_map_epoch(), false);
+  return true;
+}
+
 GrpcService::Sink GrpcService::GrpcSink(Ctx* ctx, Reactor* reactor) {
   return [ctx, reactor](const grpc::Status& status, uint64_t epoch, bool reroute) {
     if (!status.ok()) {
@@ -136,6 +145,7 @@ template <typename Req, typename Resp, typename Fn>
 GrpcService::Reactor* GrpcService::Handle(Method method, Ctx* ctx, const Bytes* request,
                                           Bytes* response, Fn fn) {
   Reactor* reactor = ctx->DefaultReactor();  // constructs the reactor: call it once per call
+  if (Refused(ctx, reactor, MethodName(method))) return reactor;
   Run<Req, Resp>(method, request, response, fn, GrpcSink(ctx, reactor));
   return reactor;
 }
@@ -144,6 +154,7 @@ template <typename Req, typename Resp, typename Fn>
 GrpcService::Reactor* GrpcService::Offload(Method method, Ctx* ctx, const Bytes* request,
                                            Bytes* response, Fn fn) {
   Reactor* reactor = ctx->DefaultReactor();  // constructs the reactor: call it once per call
+  if (Refused(ctx, reactor, MethodName(method))) return reactor;
   {
     absl::MutexLock lock(&offload_mu_);
     ++offloaded_;
@@ -333,6 +344,7 @@ void GrpcService::RunBulk(Method method, const Bytes* req, Bytes* resp, Sink sin
 
 GrpcService::Reactor* GrpcService::GetDataPlane(Ctx* ctx, const Bytes* req, Bytes* resp) {
   Reactor* reactor = ctx->DefaultReactor();
+  if (Refused(ctx, reactor, "GetDataPlane")) return reactor;
   v1::GetDataPlaneRequest request;
   if (!Parse(*req, &request).ok()) {
     reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <functional>
 
+#include "common/auth.h"
 #include "proto/tessera.grpc.pb.h"
 #include "server/metrics.h"
 #include "server/server_core.h"
@@ -33,9 +34,11 @@ using RawParameterServerService = PS::WithRawCallbackMethod_CreateTable<
 // seconds, run on a thread of their own. Thread-safe. `core` and `metrics` must outlive it.
 class GrpcService final : public RawParameterServerService {
  public:
-  // replicator: null without a coordinator.
-  GrpcService(ServerCore* core, ServerMetrics* metrics, Replicator* replicator)
-      : core_(core), metrics_(metrics), replicator_(replicator) {}
+  // replicator: null without a coordinator. `auth` checks every call before its request is
+  // parsed (docs/security.md); it must outlive this object.
+  GrpcService(ServerCore* core, ServerMetrics* metrics, Replicator* replicator,
+              const Authenticator* auth)
+      : core_(core), metrics_(metrics), replicator_(replicator), auth_(auth) {}
   ~GrpcService() override;  // waits for offloaded handlers
 
   using Reactor = grpc::ServerUnaryReactor;
@@ -77,10 +80,13 @@ class GrpcService final : public RawParameterServerService {
   template <typename Req, typename Resp, typename Fn>
   void Run(Method method, const Bytes* request, Bytes* response, Fn fn, Sink sink);
   static Sink GrpcSink(Ctx* ctx, Reactor* reactor);
+  // The authentication refusal of a call to `method` (OK: none), answered on `reactor`.
+  bool Refused(Ctx* ctx, Reactor* reactor, const char* method);
 
   ServerCore* core_;
   ServerMetrics* metrics_;
   Replicator* replicator_;
+  const Authenticator* auth_;
   std::atomic<int> data_port_{0};
   absl::Mutex offload_mu_;
   int offloaded_ ABSL_GUARDED_BY(offload_mu_) = 0;  // offloaded handlers still running

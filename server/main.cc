@@ -23,6 +23,10 @@ ABSL_FLAG(int, metrics_port, 0, "Port of the /metrics endpoint; 0 picks a free o
 ABSL_FLAG(int, data_port, 0,
           "Port of the data plane (bulk pulls and pushes on framed TCP beside gRPC, "
           "docs/data_plane.md), on --address; 0 picks a free one, -1 disables it.");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "Tokens and their roles, 'ROLE TOKEN' per line (docs/security.md); every call then "
+          "needs one, and this server presents its first 'server' token to its peers. Re-read "
+          "on SIGHUP. Empty: no authentication.");
 ABSL_FLAG(int, max_data_connections, 1024,
           "Data-plane connections open at once (two threads each); more are refused and their "
           "clients use gRPC.");
@@ -83,6 +87,7 @@ int main(int argc, char** argv) {
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   options.max_request_bytes = absl::GetFlag(FLAGS_max_request_bytes);
   options.data_port = absl::GetFlag(FLAGS_data_port);
+  options.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
   options.max_data_connections = absl::GetFlag(FLAGS_max_data_connections);
   options.drain_timeout_ms = absl::GetFlag(FLAGS_drain_timeout_ms);
   options.coordinator = absl::GetFlag(FLAGS_coordinator);
@@ -126,7 +131,14 @@ int main(int argc, char** argv) {
   }
   tessera::WriteReadyLine(absl::GetFlag(FLAGS_ready_fd), (*server)->port(),
                           (*server)->metrics_port());
-  tessera::LogInfo("received %s; draining", tessera::WaitForStopSignal());
+  tessera::LogInfo("received %s; draining", tessera::WaitForStopSignal([&] {
+                     absl::Status s = (*server)->ReloadCredentials();
+                     if (s.ok()) {
+                       tessera::LogInfo("SIGHUP: credentials reloaded");
+                     } else {
+                       tessera::LogError("SIGHUP: credentials kept: %s", s.ToString());
+                     }
+                   }));
   (*server)->Shutdown();
   server->reset();
   return 0;

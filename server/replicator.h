@@ -19,6 +19,8 @@ class Service;
 
 namespace tessera {
 
+class Authenticator;
+
 struct ReplicatorOptions {
   std::string coordinator;  // host:port
   int metrics_port = -1;
@@ -26,6 +28,9 @@ struct ReplicatorOptions {
   std::string checkpoint_dir;  // reported to the coordinator (for `tessera status`)
   // Largest batch of log entries (bytes) and snapshot chunk sent to a backup in one call.
   size_t max_batch_bytes = size_t{8} << 20;
+  // Checks the Replication service's calls and gives the server token presented to the
+  // coordinator and the backups (docs/security.md). Required; must outlive the replicator.
+  const Authenticator* auth = nullptr;
   // Called (outside the replicator's locks, on its heartbeat thread) with the new role
   // ("primary", "backup", "joining", "restoring" or "none") whenever it changes.
   std::function<void(const std::string& role)> on_role_change;

@@ -29,6 +29,10 @@ grpc::ServerUnaryReactor* Replicator::Impl::Replicate(grpc::CallbackServerContex
                                                       const grpc::ByteBuffer* request,
                                                       grpc::ByteBuffer* response) {
   auto* reactor = ctx->DefaultReactor();
+  if (grpc::Status s = options.auth->Check(*ctx, "/tessera.v1.Replication/Replicate"); !s.ok()) {
+    reactor->Finish(std::move(s));
+    return reactor;
+  }
   auto batch = std::make_shared<DecodedBatch>();
   absl::Status st = DecodeBatch(*request, batch.get());
   uint64_t checked_term = 0;
@@ -108,7 +112,7 @@ grpc::ServerUnaryReactor* Replicator::Impl::InstallSnapshot(grpc::CallbackServer
                                                             const grpc::ByteBuffer* in,
                                                             grpc::ByteBuffer* out) {
   return RunParsed<v1::InstallSnapshotRequest, v1::InstallSnapshotResponse>(
-      ctx, in, out,
+      ctx, in, out, *options.auth, "/tessera.v1.Replication/InstallSnapshot",
       [this](grpc::CallbackServerContext*, const v1::InstallSnapshotRequest* req,
              v1::InstallSnapshotResponse*,
              ReplyReactor* reactor) { reactor->Finish(ToGrpcStatus(InstallChunk(*req))); });

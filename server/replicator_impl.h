@@ -22,6 +22,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "common/auth.h"
+#include "common/grpc_channel.h"
 #include "common/grpc_status.h"
 #include "common/logging.h"
 #include "common/raw_unary.h"
@@ -37,7 +39,9 @@ namespace replicator_detail {
 
 using Callback = std::function<void(absl::Status)>;
 
-inline std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address,
+// A channel to a peer (the coordinator, a backup), presenting this server's token.
+inline std::shared_ptr<grpc::Channel> PeerChannel(const std::string& address,
+                                                  const Authenticator* auth,
                                                   int max_backoff_ms = 1000) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
@@ -45,7 +49,9 @@ inline std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address,
   // Reconnect quickly after a peer comes back: the default backoff reaches 120 s.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::min(100, max_backoff_ms));
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, max_backoff_ms);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  TokenSource token;  // (asked on every call: a reloaded file takes effect at once)
+  if (auth->enabled()) token = [auth] { return auth->OutgoingToken(kRoleServer); };
+  return MakeChannel(address, Credentials{}, args, std::move(token));
 }
 
 // Trailing metadata of a refused batch whose backup needs a snapshot first.
@@ -151,7 +157,7 @@ struct Replicator::Impl : public v1::Replication::WithRawCallbackMethod_Replicat
     // interval apart (gRPC's 1 s cap plus jitter, a failed heartbeat's wait and a busy
     // machine made live servers miss it: tests/nemesis_test.cc).
     coordinator = v1::Coordinator::NewStub(
-        MakeChannel(options.coordinator, std::clamp(options.heartbeat_ms, 20, 1000)));
+        PeerChannel(options.coordinator, options.auth, std::clamp(options.heartbeat_ms, 20, 1000)));
   }
 
   // ---- Map and roles ----

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "common/auth.h"
 #include "common/logging.h"
 #include "common/process_metrics.h"
 #include "server/data_plane.h"
@@ -27,6 +28,7 @@ struct Server::Impl {
   std::shared_ptr<ReplicationCollector> replication_collector;
   std::shared_ptr<ProcessCollector> process_collector = std::make_shared<ProcessCollector>();
   std::unique_ptr<prometheus::Exposer> exposer;
+  std::unique_ptr<Authenticator> auth;
   std::unique_ptr<Replicator> replicator;
   std::unique_ptr<GrpcService> service;
   std::unique_ptr<DataPlane> data_plane;  // null: disabled
@@ -85,6 +87,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
 
   impl->registry = std::make_shared<prometheus::Registry>();
   impl->metrics = std::make_unique<ServerMetrics>(impl->registry.get());
+  absl::StatusOr<std::unique_ptr<Authenticator>> auth =
+      Authenticator::Create(options.auth_token_file);
+  if (!auth.ok()) return auth.status();
+  impl->auth = *std::move(auth);
+  ExportAuthMetrics(*impl->auth, *impl->registry);
+  if (!impl->auth->enabled()) {
+    LogInfo("no --auth_token_file: every call is accepted (docs/security.md)");
+  }
   impl->table_collector = std::make_shared<TableCollector>(impl->core.get());
   if (options.metrics_port >= 0) {
     const std::string bind =
@@ -108,6 +118,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     r.metrics_port = impl->metrics_port;
     r.heartbeat_ms = options.heartbeat_ms;
     r.checkpoint_dir = options.core.checkpoint_dir;
+    r.auth = impl->auth.get();
     Impl* raw = impl.get();
     r.on_role_change = [raw](const std::string& role) {
       absl::MutexLock lock(&raw->mu);
@@ -122,16 +133,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
       impl->exposer->RegisterCollectable(impl->replication_collector);
     }
   }
-  impl->service =
-      std::make_unique<GrpcService>(impl->core.get(), impl->metrics.get(), impl->replicator.get());
+  impl->service = std::make_unique<GrpcService>(impl->core.get(), impl->metrics.get(),
+                                                impl->replicator.get(), impl->auth.get());
   if (options.data_port >= 0) {
     DataPlaneOptions d;
     d.address = options.address;
     d.port = options.data_port;
     d.max_connections = options.max_data_connections;
     d.max_frame_bytes = static_cast<uint32_t>(std::max(options.max_request_bytes, 0));
-    absl::StatusOr<std::unique_ptr<DataPlane>> plane =
-        DataPlane::Start(d, impl->service.get(), &impl->core->budget(), impl->registry.get());
+    absl::StatusOr<std::unique_ptr<DataPlane>> plane = DataPlane::Start(
+        d, impl->service.get(), &impl->core->budget(), impl->registry.get(), impl->auth.get());
     if (!plane.ok()) return plane.status();
     impl->data_plane = std::move(*plane);
     impl->service->set_data_port(impl->data_plane->port());
@@ -176,6 +187,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
 }
 
 int Server::port() const { return impl_->port; }
+absl::Status Server::ReloadCredentials() { return impl_->auth->Reload(); }
 int Server::metrics_port() const { return impl_->metrics_port; }
 int Server::data_port() const {
   return impl_->data_plane != nullptr ? impl_->data_plane->port() : 0;

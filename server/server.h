@@ -26,6 +26,9 @@ struct ServerOptions {
   int data_port = 0;
   // Data-plane connections open at once (two threads each). Default 1024.
   int max_data_connections = 1024;
+  // Token file (docs/security.md): every call needs a token with a role its method allows.
+  // Empty: no authentication.
+  std::string auth_token_file;
   // Largest request message gRPC (or a data-plane frame) accepts; larger is RESOURCE_EXHAUSTED.
   // Default 256 MiB.
   int max_request_bytes = 256 << 20;
@@ -52,7 +55,9 @@ class Server {
 
   int port() const;
   int metrics_port() const;  // -1 when disabled
-  int data_port() const;     // 0 when disabled
+  // Reads the token file again (SIGHUP); on an error the tokens in use stay.
+  absl::Status ReloadCredentials();
+  int data_port() const;  // 0 when disabled
 
   // Reports NOT_SERVING on the health service, stops accepting calls, lets in-flight calls
   // finish for up to drain_timeout_ms, then cancels what is left. Idempotent.

@@ -27,6 +27,8 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "client/internal/coordinator_queries.h"
+#include "common/auth.h"
+#include "common/grpc_channel.h"
 #include "common/grpc_status.h"
 #include "proto/cluster.grpc.pb.h"
 
@@ -261,6 +263,9 @@ absl::Status LocalCluster::Spawn(uint32_t i, int port, int metrics_port,
   args.push_back(absl::StrCat("--num_vshards=", options.num_vshards));
   args.push_back(absl::StrCat("--port=", port));
   args.push_back(absl::StrCat("--metrics_port=", metrics_port));
+  if (!options.auth_token_file.empty()) {
+    args.push_back("--auth_token_file=" + options.auth_token_file);
+  }
   args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
   args.insert(args.end(), more_args.begin(), more_args.end());
   const std::string log_path =
@@ -285,6 +290,7 @@ absl::Status LocalCluster::SpawnCoordinator(int port, int metrics_port) {
       absl::StrCat("--replication=", o.replication),
       absl::StrCat("--num_vshards=", o.num_vshards),
   };
+  if (!o.auth_token_file.empty()) args.push_back("--auth_token_file=" + o.auth_token_file);
   args.insert(args.end(), o.coordinator_args.begin(), o.coordinator_args.end());
   const std::string log_path = o.log_dir.empty() ? "" : absl::StrCat(o.log_dir, "/coordinator.log");
   absl::StatusOr<Spawned> p =
@@ -293,8 +299,13 @@ absl::Status LocalCluster::SpawnCoordinator(int port, int metrics_port) {
   coordinator_pid_ = p->pid;
   coordinator_address_ = absl::StrCat("127.0.0.1:", p->port);
   if (coordinator_channel_ == nullptr) {  // (a restart keeps the port: the channel reconnects)
-    coordinator_channel_ =
-        grpc::CreateChannel(coordinator_address_, grpc::InsecureChannelCredentials());
+    Credentials admin;
+    if (!o.auth_token_file.empty()) {
+      absl::StatusOr<std::string> token = ReadClientToken(o.auth_token_file, kRoleAdmin);
+      if (!token.ok()) return token.status();
+      admin.auth_token = *token;
+    }
+    coordinator_channel_ = MakeChannel(coordinator_address_, admin);
   }
   coordinator_metrics_port_ = p->metrics_port;
   return absl::OkStatus();

@@ -32,6 +32,9 @@ struct LocalClusterOptions {
   std::string log_dir;
   // How long to wait for each server's ready line.
   absl::Duration start_timeout = absl::Seconds(60);
+  // Token file for every daemon (--auth_token_file, docs/security.md); the harness's own
+  // queries present its first admin token. Empty: no authentication.
+  std::string auth_token_file;
 
   // Replication (docs/replication.md). 0: static shards, one server each, no coordinator.
   // 1..3: tessera-coordinator starts first and places the num_servers servers into num_shards

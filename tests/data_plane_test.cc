@@ -57,14 +57,13 @@ void WaitForConnections(int metrics_port, double n) {
 // A raw data-plane connection, as a stranger would open one.
 struct RawConn {
   int fd = -1;
-  explicit RawConn(int port, bool handshake = true) {
+  explicit RawConn(int port, bool handshake = true, const std::string& token = "") {
     absl::StatusOr<int> c = ConnectTcp("127.0.0.1", port, 5000);
     REQUIRE(c.ok());
     fd = *c;
     if (handshake) {
+      Send(df::ClientHello(token));
       char hello[df::kHandshakeBytes];
-      df::PutHandshake(hello);
-      Send(std::string(hello, sizeof(hello)));
       REQUIRE(ReadFull(fd, hello, sizeof(hello)));
       REQUIRE(df::HandshakeOk(hello));
     }
@@ -262,10 +261,10 @@ TEST_CASE("bad input on the data port is answered precisely and changes nothing"
     for (int i = 0; i < 4; ++i) open.push_back(std::make_unique<RawConn>(port));
     absl::StatusOr<int> extra = ConnectTcp("127.0.0.1", port, 5000);
     REQUIRE(extra.ok());
-    char hello[df::kHandshakeBytes];
-    df::PutHandshake(hello);
-    std::vector<iovec> iov = {{hello, sizeof(hello)}};
+    std::string client_hello = df::ClientHello("");
+    std::vector<iovec> iov = {{client_hello.data(), client_hello.size()}};
     (void)WriteAll(*extra, iov);  // (may fail: the server may have closed it already)
+    char hello[df::kHandshakeBytes];
     CHECK_FALSE(ReadFull(*extra, hello, sizeof(hello)));
     ::close(*extra);
     // A data-plane client then uses gRPC: its calls still succeed.

@@ -131,6 +131,7 @@ int RunBench(const BenchCommandOptions& o) {
   const std::vector<std::string> servers = *started;
   ClientOptions co;
   co.servers = servers;
+  co.credentials = o.credentials;
   co.channels_per_server = o.channels;
   co.data_plane = o.data_plane;
   co.data_connections_per_server = o.data_connections;

@@ -6,12 +6,12 @@
 
 namespace tessera {
 
-int RunStatus(const std::string& coordinator, bool json) {
+int RunStatus(const std::string& coordinator, bool json, const Credentials& credentials) {
   if (coordinator.empty()) {
     std::fprintf(stderr, "tessera status: --coordinator=host:port is required\n");
     return 2;
   }
-  absl::StatusOr<std::string> text = FormatClusterStatus(coordinator, json);
+  absl::StatusOr<std::string> text = FormatClusterStatus(coordinator, json, credentials);
   if (!text.ok()) {
     std::fprintf(stderr, "tessera status: %s\n", text.status().ToString().c_str());
     return 1;

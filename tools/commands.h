@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/credentials.h"
 #include "common/table_config.h"
 
 namespace tessera {
@@ -39,7 +40,7 @@ int RunLocal(const LocalCommandOptions& options);
 int RunLocalClusterControl();
 
 // `tessera status`: client/admin.h FormatClusterStatus, printed.
-int RunStatus(const std::string& coordinator, bool json);
+int RunStatus(const std::string& coordinator, bool json, const Credentials& credentials);
 
 struct BenchCommandOptions {
   std::vector<std::string> connect;  // existing servers; empty: start num_servers locally
@@ -61,6 +62,7 @@ struct BenchCommandOptions {
   uint64_t table_mb = 2048;    // checkpoint suite: size of the dense table
   int threads = 8;             // replication suite: client threads pushing at once
   int pause_rounds = 3;        // replication suite: primaries killed (and stalled) per figure
+  Credentials credentials;     // connected clusters: a token with the admin and worker roles
 };
 int RunBench(const BenchCommandOptions& options);
 int RunCheckpointBench(const BenchCommandOptions& options);
@@ -79,6 +81,7 @@ struct CheckpointCommandOptions {
   uint64_t full_every = 10;  // run: every N-th round is a full checkpoint (0: only the first)
   bool verify = false;
   int testing_crash_point = 0;
+  Credentials credentials;  // an admin token (docs/security.md)
 };
 int RunCheckpoint(const CheckpointCommandOptions& options);
 

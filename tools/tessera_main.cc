@@ -1,6 +1,7 @@
 // tessera: the command-line tool. `tessera local` runs a whole cluster and a training demo on
 // this machine; `tessera bench` measures a cluster.
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -9,6 +10,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_split.h"
 #include "client/admin.h"
+#include "common/auth.h"
 #include "common/process_setup.h"
 #include "testing/local_cluster.h"
 #include "tools/commands.h"
@@ -48,6 +50,10 @@ ABSL_FLAG(std::string, connect, "",
           "--bench_servers local servers.");
 ABSL_FLAG(int, bench_servers, 1, "bench: servers to start when --connect is empty.");
 ABSL_FLAG(bool, json, false, "bench, status: print JSON.");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "status, checkpoint, bench (--connect): the token to present (docs/security.md): a "
+          "file with the token alone, or the daemons' 'ROLE TOKEN' file (the first token with "
+          "the roles the command needs: admin; bench: admin and worker).");
 ABSL_FLAG(double, seconds, 3.0, "bench: measuring time per workload.");
 ABSL_FLAG(uint64_t, dense_bytes, 4 << 20, "bench: size of the dense tensor.");
 ABSL_FLAG(uint64_t, sparse_keys, 100000, "bench: keys per sparse pull/push.");
@@ -110,6 +116,20 @@ Run 'tessera --helpfull' for every flag.)";
 
 }  // namespace
 
+// The credentials of --auth_token_file with `roles` (none without the flag); exits on an error.
+tessera::Credentials CredentialsOrExit(tessera::RoleSet roles) {
+  tessera::Credentials c;
+  const std::string path = absl::GetFlag(FLAGS_auth_token_file);
+  if (path.empty()) return c;
+  absl::StatusOr<std::string> token = tessera::ReadClientToken(path, roles);
+  if (!token.ok()) {
+    std::fprintf(stderr, "tessera: %s\n", token.status().ToString().c_str());
+    std::exit(2);
+  }
+  c.auth_token = *token;
+  return c;
+}
+
 int main(int argc, char** argv) {
   tessera::SetUpProcess();
   absl::SetProgramUsageMessage(kUsage);
@@ -118,6 +138,7 @@ int main(int argc, char** argv) {
   if (command == "checkpoint" && args.size() == 3) {
     tessera::CheckpointCommandOptions o;
     o.action = args[2];
+    o.credentials = CredentialsOrExit(tessera::kRoleAdmin);
     o.dir = absl::GetFlag(FLAGS_checkpoint_dir);
     const std::string connect = absl::GetFlag(FLAGS_connect);
     if (!connect.empty()) o.connect = absl::StrSplit(connect, ',', absl::SkipEmpty());
@@ -126,7 +147,8 @@ int main(int argc, char** argv) {
       o.coordinator = c;  // the runbook: LOST shards get servers, then every shard restores
     } else if (!c.empty()) {
       // A replicated cluster: checkpoints are written by the primaries.
-      absl::StatusOr<std::vector<std::string>> primaries = tessera::PrimaryAddresses(c);
+      absl::StatusOr<std::vector<std::string>> primaries =
+          tessera::PrimaryAddresses(c, o.credentials);
       if (!primaries.ok()) {
         std::fprintf(stderr, "tessera checkpoint: %s\n", primaries.status().ToString().c_str());
         return 1;
@@ -177,10 +199,12 @@ int main(int argc, char** argv) {
   }
   if (command == "local-cluster") return tessera::RunLocalClusterControl();
   if (command == "status") {
-    return tessera::RunStatus(absl::GetFlag(FLAGS_coordinator), absl::GetFlag(FLAGS_json));
+    return tessera::RunStatus(absl::GetFlag(FLAGS_coordinator), absl::GetFlag(FLAGS_json),
+                              CredentialsOrExit(tessera::kRoleAdmin));
   }
   if (command == "bench") {
     tessera::BenchCommandOptions o;
+    o.credentials = CredentialsOrExit(tessera::kRoleAdmin | tessera::kRoleWorker);
     const std::string connect = absl::GetFlag(FLAGS_connect);
     if (!connect.empty()) o.connect = absl::StrSplit(connect, ',', absl::SkipEmpty());
     o.num_servers = absl::GetFlag(FLAGS_bench_servers);

@@ -148,10 +148,13 @@ struct Worker::Impl {
   // Worker 0's checkpoint rounds (JobConfig.checkpoint): failures are reported, not fatal.
   void Checkpoint(uint64_t step) {
     const v1::CheckpointCadence& cc = config->checkpoint();
-    absl::StatusOr<std::vector<std::string>> primaries = PrimaryAddresses(options.coordinator);
+    absl::StatusOr<std::vector<std::string>> primaries =
+        PrimaryAddresses(options.coordinator, options.credentials);
     absl::StatusOr<CheckpointRoundResult> r =
-        primaries.ok() ? RunCheckpointRound(
-                             {.dir = cc.dir(), .servers = *primaries, .keep_last = cc.keep_last()})
+        primaries.ok() ? RunCheckpointRound({.dir = cc.dir(),
+                                             .servers = *primaries,
+                                             .keep_last = cc.keep_last(),
+                                             .credentials = options.credentials})
                        : primaries.status();
     if (!r.ok()) {
       checkpoints_failed->Increment();
@@ -207,10 +210,12 @@ absl::Status Worker::Run() {
   const uint32_t worker = w.options.worker;
   ClientOptions co;
   co.coordinator = w.options.coordinator;
+  co.credentials = w.options.credentials;
   absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(co);
   if (!client.ok()) return client.status();
   WorkerClockOptions wo;
   wo.coordinator = co.coordinator;
+  wo.credentials = w.options.credentials;
   wo.job = config.name();
   wo.num_workers = w.options.num_workers;
   wo.worker = worker;

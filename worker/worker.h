@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/credentials.h"
 
 namespace tessera {
 
@@ -23,6 +24,9 @@ struct WorkerOptions {
   int metrics_port = 0;                       // 0: a free one; -1: no /metrics
   int health_port = -1;                       // 0: a free one; -1: no health service
   double report_every_s = 1.0;
+  // Presented to the daemons (docs/security.md): a worker token (with admin too when the job
+  // creates its tables; worker 0's checkpoint rounds need admin).
+  Credentials credentials;
 };
 
 class Worker {

@@ -14,6 +14,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_format.h"
+#include "common/auth.h"
 #include "common/logging.h"
 #include "common/process_setup.h"
 #include "worker/worker.h"
@@ -28,12 +29,27 @@ ABSL_FLAG(int, health_port, -1,
           "Port of a gRPC health service (tessera.v1.Worker: SERVING while the worker trains); "
           "0 picks a free one (printed), -1: none.");
 ABSL_FLAG(double, report_every_s, 1.0, "Seconds between progress lines.");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "The token to present (docs/security.md): a file with the token alone, or the "
+          "daemons' 'ROLE TOKEN' file (the first token with the admin and worker roles, else "
+          "the first worker token). Empty: none.");
 
 int main(int argc, char** argv) {
   tessera::SetUpProcess();
   absl::SetProgramUsageMessage("tessera-worker: one worker of a Tessera training job");
   absl::ParseCommandLine(argc, argv);
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  tessera::Credentials credentials;
+  if (const std::string path = absl::GetFlag(FLAGS_auth_token_file); !path.empty()) {
+    absl::StatusOr<std::string> token =
+        tessera::ReadClientToken(path, tessera::kRoleAdmin | tessera::kRoleWorker);
+    if (!token.ok()) token = tessera::ReadClientToken(path, tessera::kRoleWorker);
+    if (!token.ok()) {
+      std::fprintf(stderr, "tessera-worker: %s\n", token.status().ToString().c_str());
+      return 2;
+    }
+    credentials.auth_token = *token;
+  }
   const tessera::WorkerOptions options{
       .config_path = absl::GetFlag(FLAGS_config),
       .coordinator = absl::GetFlag(FLAGS_coordinator),
@@ -43,6 +59,7 @@ int main(int argc, char** argv) {
       .metrics_port = absl::GetFlag(FLAGS_metrics_port),
       .health_port = absl::GetFlag(FLAGS_health_port),
       .report_every_s = absl::GetFlag(FLAGS_report_every_s),
+      .credentials = credentials,
   };
   tessera::SetLogTag(absl::StrFormat("worker/%u", options.worker));
   absl::StatusOr<std::unique_ptr<tessera::Worker>> worker = tessera::Worker::Create(options);

@@ -60,6 +60,7 @@ struct Endpoint {
   // Constant after construction. One of each per channel (TCP connection): typed stubs for
   // table management, generic (ByteBuffer) stubs for the data path.
   std::string address;
+  const std::string token;  // presented in the data plane's handshake
   std::vector<std::unique_ptr<v1::ParameterServer::Stub>> stubs;
   std::vector<std::unique_ptr<grpc::GenericStub>> generic_stubs;
   std::atomic<uint32_t> next_stub{0};

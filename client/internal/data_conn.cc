@@ -24,20 +24,20 @@ constexpr int kPollMs = 100;
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<DataConn>> DataConn::Open(const std::string& host, int port,
-                                                         int timeout_ms) {
+                                                         int timeout_ms, const std::string& token) {
   absl::StatusOr<int> fd = ConnectTcp(host, port, timeout_ms);
   if (!fd.ok()) return fd.status();
   const std::string peer = absl::StrFormat("%s:%d", host, port);
+  std::string client_hello = df::ClientHello(token);
   char hello[df::kHandshakeBytes];
-  df::PutHandshake(hello);
-  std::vector<iovec> iov = {{hello, sizeof(hello)}};
+  std::vector<iovec> iov = {{client_hello.data(), client_hello.size()}};
   pollfd p{*fd, POLLIN, 0};
   if (!WriteAll(*fd, iov) || ::poll(&p, 1, timeout_ms) != 1 ||
       !ReadFull(*fd, hello, sizeof(hello)) || !df::HandshakeOk(hello)) {
     ::close(*fd);
     return absl::UnavailableError(
         absl::StrFormat("data plane at %s: no handshake (not a Tessera data plane of frame "
-                        "version %u, or over its connection limit)",
+                        "version %u, over its connection limit, or a token it refuses)",
                         peer, df::kVersion));
   }
   std::shared_ptr<DataConn> conn(new DataConn(*fd, peer));

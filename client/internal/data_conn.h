@@ -24,9 +24,9 @@ class DataConn : public std::enable_shared_from_this<DataConn> {
   // status, and whether a refusal is for routing (the gRPC path's reroute trailer).
   using Done = std::function<void(grpc::Status status, bool reroute)>;
 
-  // Connects to host:port and shakes hands, within timeout_ms.
+  // Connects to host:port and shakes hands presenting `token` (empty: none), within timeout_ms.
   static absl::StatusOr<std::shared_ptr<DataConn>> Open(const std::string& host, int port,
-                                                        int timeout_ms);
+                                                        int timeout_ms, const std::string& token);
   ~DataConn();
 
   // Sends one call of wire method `method` (data_frame::BulkMethod): returns once the kernel

@@ -341,6 +341,7 @@ ClientOptions OptionsFromDict(const py::dict& d) {
   o.retry_timeout_ms = ms("retry_timeout", o.retry_timeout_ms);
   o.connect_timeout_ms = ms("connect_timeout", o.connect_timeout_ms);
   o.client_id = Opt<uint64_t>(d, "client_id").value_or(0);
+  o.credentials.auth_token = Opt<std::string>(d, "auth_token").value_or("");
   return o;
 }
 

@@ -306,11 +306,13 @@ class Client:
     Client(coordinator="host:port") follows the coordinator's shard map (and failovers);
     Client(servers=["host:port", ...]) talks to static shards, in shard order. Options (all
     optional): shard_map_epoch, num_vshards, channels_per_server, chunk_bytes, max_attempts,
-    rpc_timeout, retry_timeout, connect_timeout (seconds), client_id.
+    rpc_timeout, retry_timeout, connect_timeout (seconds), client_id, auth_token (presented to
+    daemons started with --auth_token_file; docs/security.md).
     """
 
     _OPTIONS = ("shard_map_epoch", "num_vshards", "channels_per_server", "chunk_bytes",
-                "max_attempts", "rpc_timeout", "retry_timeout", "connect_timeout", "client_id")
+                "max_attempts", "rpc_timeout", "retry_timeout", "connect_timeout", "client_id",
+                "auth_token")
 
     def __init__(self, coordinator=None, servers=None, **options):
         unknown = sorted(set(options) - set(self._OPTIONS))

@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/auth.h"
 #include "common/grpc_status.h"
 #include "common/logging.h"
 #include "common/process_metrics.h"
@@ -48,6 +49,7 @@ using RawCoordinatorService =
 
 struct CoordinatorServer::Impl : public RawCoordinatorService {
   CoordinatorServerOptions options;
+  std::unique_ptr<Authenticator> auth;  // checks every call first (docs/security.md)
   std::unique_ptr<CoordinatorStore> store;
 
   // The state machine; only the loop thread touches it once Start returned.
@@ -293,7 +295,7 @@ struct CoordinatorServer::Impl : public RawCoordinatorService {
   grpc::ServerUnaryReactor* Name(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in, \
                                  grpc::ByteBuffer* out) override {                             \
     return RunParsed<v1::Name##Request, v1::Name##Response>(                                   \
-        ctx, in, out,                                                                          \
+        ctx, in, out, *auth, "/tessera.v1.Coordinator/" #Name,                                 \
         [this](grpc::CallbackServerContext*, const v1::Name##Request* req,                     \
                v1::Name##Response* resp, ReplyReactor* reactor) { Body; });                    \
   }
@@ -327,6 +329,10 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     return absl::InvalidArgumentError("the coordinator needs --state_dir for its state");
   }
   auto impl = std::make_unique<Impl>(options);
+  absl::StatusOr<std::unique_ptr<Authenticator>> auth =
+      Authenticator::Create(options.auth_token_file);
+  if (!auth.ok()) return auth.status();
+  impl->auth = *std::move(auth);
   absl::StatusOr<std::unique_ptr<CoordinatorStore>> store = OpenRocksDbStore(options.state_dir);
   if (!store.ok()) return store.status();
   impl->store = std::move(*store);
@@ -341,6 +347,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   impl->Publish();
 
   impl->registry = std::make_shared<prometheus::Registry>();
+  ExportAuthMetrics(*impl->auth, *impl->registry);
   auto gauge = [&](const char* name, const char* help) {
     return &prometheus::BuildGauge().Name(name).Help(help).Register(*impl->registry).Add({});
   };
@@ -409,6 +416,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
 
 int CoordinatorServer::port() const { return impl_->port; }
 int CoordinatorServer::metrics_port() const { return impl_->metrics_port; }
+absl::Status CoordinatorServer::ReloadCredentials() { return impl_->auth->Reload(); }
 
 void CoordinatorServer::Shutdown() {
   {

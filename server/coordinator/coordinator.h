@@ -19,6 +19,8 @@ struct CoordinatorServerOptions {
   int metrics_port = 0;   // -1 disables
   std::string state_dir;  // RocksDB; required
   CoordinatorOptions cluster;
+  // Token file (docs/security.md); empty: no authentication.
+  std::string auth_token_file;
   // Test hook: FaultInjectingStoreForTesting on this path (coordinator_core.h). Empty: off.
   std::string testing_persist_fault_file;
 };
@@ -33,6 +35,8 @@ class CoordinatorServer {
   ~CoordinatorServer();
   int port() const;
   int metrics_port() const;
+  // Reads the token file again (SIGHUP); on an error the tokens in use stay.
+  absl::Status ReloadCredentials();
   void Shutdown();
 
  private:

@@ -24,6 +24,9 @@ ABSL_FLAG(uint32_t, replication, 1, "Replicas per shard (1-3).");
 ABSL_FLAG(uint32_t, num_vshards, 1024, "Number of virtual shards.");
 ABSL_FLAG(int, lease_ms, 1500, "A server not heard from for this long is declared dead.");
 ABSL_FLAG(int, ready_fd, -1, "File descriptor to write the ready line to, then close.");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "Tokens and their roles, 'ROLE TOKEN' per line (docs/security.md); every call then "
+          "needs one. Re-read on SIGHUP. Empty: no authentication.");
 ABSL_FLAG(std::string, testing_persist_fault_file, "",
           "Fault injection for tests: while this file says 'fail', writes of the state fail; "
           "while it says 'block', they wait.");
@@ -45,6 +48,7 @@ int main(int argc, char** argv) {
   options.cluster.num_vshards = absl::GetFlag(FLAGS_num_vshards);
   options.cluster.lease = absl::Milliseconds(absl::GetFlag(FLAGS_lease_ms));
   options.testing_persist_fault_file = absl::GetFlag(FLAGS_testing_persist_fault_file);
+  options.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
   absl::StatusOr<std::unique_ptr<tessera::CoordinatorServer>> server =
       tessera::CoordinatorServer::Start(options);
   if (!server.ok()) {
@@ -53,7 +57,14 @@ int main(int argc, char** argv) {
   }
   tessera::WriteReadyLine(absl::GetFlag(FLAGS_ready_fd), (*server)->port(),
                           (*server)->metrics_port());
-  tessera::LogInfo("received %s; stopping", tessera::WaitForStopSignal());
+  tessera::LogInfo("received %s; stopping", tessera::WaitForStopSignal([&] {
+                     absl::Status s = (*server)->ReloadCredentials();
+                     if (s.ok()) {
+                       tessera::LogInfo("SIGHUP: credentials reloaded");
+                     } else {
+                       tessera::LogError("SIGHUP: credentials kept: %s", s.ToString());
+                     }
+                   }));
   (*server)->Shutdown();
   server->reset();
   return 0;
