@@ -50,7 +50,8 @@ install(TARGETS tessera_client_library EXPORT TesseraTargets
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT dev)
 install(FILES client/call.h client/client.h client/worker_clock.h
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/tessera/client COMPONENT dev)
-install(FILES common/export.h common/hash.h common/shard_map.h common/table_config.h
+install(FILES common/credentials.h common/export.h common/hash.h common/shard_map.h
+  common/table_config.h
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/tessera/common COMPONENT dev)
 set(TESSERA_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/Tessera)
 install(EXPORT TesseraTargets NAMESPACE tessera:: DESTINATION ${TESSERA_CMAKE_DIR}

@@ -38,13 +38,18 @@ void BlockStopSignals() {
   signal(SIGPIPE, SIG_IGN);
 }
 
-const char* WaitForStopSignal(const std::function<void()>& on_reload) {
+const char* WaitForStopSignal(const std::function<absl::Status()>& reload) {
   const sigset_t set = StopSignals();
   for (;;) {
     int sig = 0;
     sigwait(&set, &sig);
     if (sig != SIGHUP) return sig == SIGTERM ? "SIGTERM" : "SIGINT";
-    if (on_reload) on_reload();
+    if (!reload) continue;
+    if (absl::Status s = reload(); s.ok()) {
+      LogInfo("SIGHUP: credentials reloaded");
+    } else {
+      LogError("SIGHUP: credentials kept: %s", s.ToString());
+    }
   }
 }
 

@@ -3,6 +3,8 @@
 
 #include <functional>
 
+#include "absl/status/status.h"
+
 namespace tessera {
 
 // Process-wide settings every Tessera daemon, tool and benchmark applies first thing in main():
@@ -16,9 +18,9 @@ void SetUpProcess();
 // Daemons: blocks SIGTERM, SIGINT and SIGHUP in every thread (call before any thread starts)
 // so that only WaitForStopSignal() sees them, and ignores SIGPIPE.
 void BlockStopSignals();
-// Waits for SIGTERM or SIGINT and returns its name; runs `on_reload` on every SIGHUP meanwhile
-// (re-reading credentials: docs/security.md).
-const char* WaitForStopSignal(const std::function<void()>& on_reload = nullptr);
+// Waits for SIGTERM or SIGINT and returns its name; runs `reload` on every SIGHUP meanwhile
+// (re-reading credentials: docs/security.md) and logs its outcome.
+const char* WaitForStopSignal(const std::function<absl::Status()>& reload = nullptr);
 // Writes "TESSERA_READY port=P metrics_port=M" to `fd` and closes it (nothing when fd < 0).
 void WriteReadyLine(int fd, int port, int metrics_port);
 

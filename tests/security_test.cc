@@ -71,6 +71,24 @@ std::unique_ptr<LocalCluster> StartSecure(const std::string& token_file, uint32_
   return std::move(*c);
 }
 
+// Waits (at most `timeout`) until done() holds.
+template <typename Fn>
+void WaitUntil(Fn&& done, absl::Duration timeout = absl::Seconds(20)) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!done()) {
+    REQUIRE(absl::Now() < deadline);
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+}
+
+// A counter or gauge of the daemon serving /metrics on `port`, summed over `labels`.
+double Metric(int port, const std::string& name,
+              const std::map<std::string, std::string>& labels = {}) {
+  absl::StatusOr<std::string> m = HttpGet(port, "/metrics");
+  REQUIRE(m.ok());
+  return SumSamples(ParsePromText(*m), name, labels);
+}
+
 std::unique_ptr<Client> ConnectAs(const LocalCluster& cluster, const std::string& token) {
   ClientOptions o;
   o.coordinator = cluster.coordinator_address();
@@ -291,10 +309,8 @@ TEST_CASE("every RPC of every service is refused without a token and with a wron
   CHECK(Take(*cluster, *client) == before);
 
   // The refusals are counted.
-  absl::StatusOr<std::string> m = HttpGet(cluster->metrics_ports()[0], "/metrics");
-  REQUIRE(m.ok());
-  CHECK(SumSamples(ParsePromText(*m), "tessera_auth_refusals_total",
-                   {{"code", "PERMISSION_DENIED"}}) > 0);
+  CHECK(Metric(cluster->metrics_ports()[0], "tessera_auth_refusals_total",
+               {{"code", "PERMISSION_DENIED"}}) > 0);
 }
 
 TEST_CASE("a stranger cannot register with the coordinator or replicate to a backup",
@@ -340,21 +356,13 @@ TEST_CASE("the data plane checks the token of its handshake and the role of ever
   const std::string file = TokenFile(AllRoles() + "admin " + kWorker + "\n");
   auto cluster = StartSecure(file, 1, 1);
   const int metrics = cluster->metrics_ports()[0];
-  auto count = [&](const std::string& name, const std::map<std::string, std::string>& l = {}) {
-    absl::StatusOr<std::string> m = HttpGet(metrics, "/metrics");
-    REQUIRE(m.ok());
-    return SumSamples(ParsePromText(*m), name, l);
-  };
+  auto count = [&](const std::string& name) { return Metric(metrics, name); };
   auto worker = ConnectAs(*cluster, kWorker);
   TableConfig emb{.name = "emb", .kind = TableKind::kSparse, .dim = 4};
   REQUIRE(worker->CreateTable(emb).ok());
   // The worker's connections (8 for one server) are accepted: its frames travel on the data
   // plane.
-  const absl::Time deadline = absl::Now() + absl::Seconds(20);
-  while (count("tessera_data_plane_connections") < 8) {
-    REQUIRE(absl::Now() < deadline);
-    absl::SleepFor(absl::Milliseconds(10));
-  }
+  WaitUntil([&] { return count("tessera_data_plane_connections") >= 8; });
   const double frames = count("tessera_data_plane_frames_total");
   TESSERA_REQUIRE_OK(
       worker->PushSparse("emb", std::vector<uint64_t>{7}, std::vector<float>(4, 1.0f)));
@@ -448,10 +456,7 @@ TEST_CASE("the data plane checks the token of its handshake and the role of ever
     CHECK_FALSE(ReadFull(*fd, answer, sizeof(answer)));  // closed, not answered
     ::close(*fd);
   }
-  while (count("tessera_data_plane_refused_connections_total") < refused + 3) {
-    REQUIRE(absl::Now() < deadline + absl::Seconds(20));
-    absl::SleepFor(absl::Milliseconds(10));
-  }
+  WaitUntil([&] { return count("tessera_data_plane_refused_connections_total") >= refused + 3; });
 }
 
 TEST_CASE("tokens rotate by SIGHUP while a client pushes, without a failed push",
@@ -475,20 +480,13 @@ TEST_CASE("tokens rotate by SIGHUP while a client pushes, without a failed push"
     }
     // (the reloads are counted: wait until every daemon did it)
   };
-  auto reloads = [&](int metrics_port) {
-    absl::StatusOr<std::string> m = HttpGet(metrics_port, "/metrics");
-    REQUIRE(m.ok());
-    return SumSamples(ParsePromText(*m), "tessera_auth_reloads_total", {{"outcome", "succeeded"}});
-  };
-  auto wait_reloads = [&](double n) {
-    const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  auto wait_reloads = [&](double n, const char* outcome = "succeeded") {
     std::vector<int> ports = cluster->metrics_ports();
     ports.push_back(cluster->coordinator_metrics_port());
     for (int p : ports) {
-      while (reloads(p) < n) {
-        REQUIRE(absl::Now() < deadline);
-        absl::SleepFor(absl::Milliseconds(10));
-      }
+      WaitUntil([&] {
+        return Metric(p, "tessera_auth_reloads_total", {{"outcome", outcome}}) >= n;
+      });
     }
   };
   auto old_client = ConnectAs(*cluster, old_worker);
@@ -514,11 +512,7 @@ TEST_CASE("tokens rotate by SIGHUP while a client pushes, without a failed push"
   });
   auto wait_pushes = [&](int more) {
     const int target = pushes + more;
-    const absl::Time deadline = absl::Now() + absl::Seconds(30);
-    while (pushes < target) {
-      REQUIRE(absl::Now() < deadline);
-      absl::SleepFor(absl::Milliseconds(5));
-    }
+    WaitUntil([&] { return pushes >= target; }, absl::Seconds(30));
   };
   wait_pushes(50);
   // 1. The new tokens are added (after the old ones: daemons still present the old server one).
@@ -555,15 +549,7 @@ TEST_CASE("tokens rotate by SIGHUP while a client pushes, without a failed push"
   // A file that does not parse keeps the tokens in use.
   write(file, "bogus\n");
   hup_all();
-  const absl::Time deadline = absl::Now() + absl::Seconds(20);
-  for (;;) {
-    absl::StatusOr<std::string> m = HttpGet(cluster->metrics_ports()[0], "/metrics");
-    REQUIRE(m.ok());
-    if (SumSamples(ParsePromText(*m), "tessera_auth_reloads_total", {{"outcome", "failed"}}) >= 1)
-      break;
-    REQUIRE(absl::Now() < deadline);
-    absl::SleepFor(absl::Milliseconds(10));
-  }
+  wait_reloads(1, "failed");
   TESSERA_REQUIRE_OK(
       new_client->PushSparse("emb", std::vector<uint64_t>{1}, std::vector<float>(4, 1.0f)));
 }

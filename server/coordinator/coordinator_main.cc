@@ -57,14 +57,8 @@ int main(int argc, char** argv) {
   }
   tessera::WriteReadyLine(absl::GetFlag(FLAGS_ready_fd), (*server)->port(),
                           (*server)->metrics_port());
-  tessera::LogInfo("received %s; stopping", tessera::WaitForStopSignal([&] {
-                     absl::Status s = (*server)->ReloadCredentials();
-                     if (s.ok()) {
-                       tessera::LogInfo("SIGHUP: credentials reloaded");
-                     } else {
-                       tessera::LogError("SIGHUP: credentials kept: %s", s.ToString());
-                     }
-                   }));
+  tessera::LogInfo("received %s; stopping",
+                   tessera::WaitForStopSignal([&] { return (*server)->ReloadCredentials(); }));
   (*server)->Shutdown();
   server->reset();
   return 0;
