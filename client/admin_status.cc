@@ -85,6 +85,7 @@ absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, 
   {
     ClientOptions o;
     o.coordinator = coordinator;
+    o.credentials = credentials;
     o.connect_timeout_ms = 2000;
     o.retry_timeout_ms = 2000;
     o.num_vshards = map.num_vshards();

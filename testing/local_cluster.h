@@ -76,6 +76,9 @@ class LocalCluster {
   // The wait status of server i if it has exited (it is then no longer running), else nullopt.
   std::optional<int> Reap(int i);
 
+  // The options' token file (empty: no authentication).
+  const std::string& auth_token_file() const { return options_.auth_token_file; }
+
   // Finds tessera-server next to the running executable (or on PATH as a fallback).
   static std::string DefaultServerBinary();
 

@@ -30,12 +30,17 @@ TEST_CASE("tessera local runs its default job: two worker processes train Fashio
   CHECK(out.find("all drained and exited cleanly") != std::string::npos);
 }
 
-TEST_CASE("tessera local runs the CTR job asynchronously on a replicated cluster",
-          "[cli][worker][replication]") {
+TEST_CASE("tessera local --secure runs the CTR job asynchronously on a replicated cluster",
+          "[cli][worker][replication][security]") {
+  // Every daemon checks tokens: servers register and replicate with theirs, the workers train
+  // and checkpoint with the job's, the status lists the tables with the admin's.
   auto [code, out] = RunCommand(std::string(TESSERA_CLI_BINARY) +
-                                " local --job=ctr --mode=async --replicas=2 --epochs=1 2>&1");
+                                " local --secure --job=ctr --mode=async --replicas=2 --epochs=1 "
+                                "2>&1");
   INFO(out);
   CHECK(code == 0);
+  CHECK(out.find("--secure: every daemon checks tokens") != std::string::npos);
+  CHECK(out.find("unknown token") == std::string::npos);
   CHECK(out.find("2 shards x 2 replicas") != std::string::npos);
   CHECK(out.find("test AUC") != std::string::npos);
   CHECK(out.find("ctr.emb") != std::string::npos);

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <random>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -19,6 +20,7 @@
 #include "absl/time/clock.h"
 #include "client/admin.h"
 #include "client/client.h"
+#include "common/auth.h"
 #include "common/http_get.h"
 #include "common/prom_text.h"
 #include "common/wire.h"
@@ -80,6 +82,38 @@ void PrintServerMetrics(const LocalCluster& cluster) {
 
 }  // namespace
 
+// A fresh token file for `tessera local --secure` (docs/security.md): a random token per role,
+// the job's with both admin (its tables) and worker; readable by this user only.
+absl::StatusOr<std::string> WriteTokenFile(const std::string& dir) {
+  std::random_device rd;
+  auto token = [&] {
+    std::string t;
+    for (int i = 0; i < 8; ++i) t += absl::StrFormat("%08x", rd());
+    return t;
+  };
+  const std::string job = token();
+  const std::string text = absl::StrCat("admin ", token(), "\nadmin ", job, "\nworker ", job,
+                                        "\nreader ", token(), "\nserver ", token(), "\n");
+  const std::string path = dir + "/tokens";
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0 || write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
+    if (fd >= 0) close(fd);
+    return absl::InternalError(absl::StrCat("cannot write ", path));
+  }
+  close(fd);
+  return path;
+}
+
+// What this process presents to a cluster started with `token_file` (empty: nothing), with
+// every role of `roles`.
+Credentials CredentialsFor(const std::string& token_file, RoleSet roles) {
+  Credentials c;
+  if (token_file.empty()) return c;
+  absl::StatusOr<std::string> token = ReadClientToken(token_file, roles);
+  if (token.ok()) c.auth_token = *token;
+  return c;
+}
+
 // Starts the servers (and, with `coordinator`, tessera-coordinator) and prints where they are.
 absl::StatusOr<std::unique_ptr<LocalCluster>> StartCluster(const LocalCommandOptions& o,
                                                            const std::string& log_dir,
@@ -90,6 +124,15 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> StartCluster(const LocalCommandOpt
   co.num_servers = static_cast<uint32_t>(o.num_servers * o.replicas);
   co.log_dir = log_dir;
   if (!checkpoint_dir.empty()) co.extra_args.push_back("--checkpoint_dir=" + checkpoint_dir);
+  if (o.secure) {
+    absl::StatusOr<std::string> tokens = WriteTokenFile(log_dir);
+    if (!tokens.ok()) return tokens.status();
+    co.auth_token_file = *tokens;
+    std::printf(
+        "tessera local: --secure: every daemon checks tokens (%s; docs/security.md); "
+        "TLS is not there yet\n",
+        tokens->c_str());
+  }
   if (coordinator) {
     co.replication = static_cast<uint32_t>(o.replicas);
     co.num_shards = static_cast<uint32_t>(o.num_servers);
@@ -120,7 +163,8 @@ bool FinishCluster(std::unique_ptr<LocalCluster> cluster) {
   PrintServerMetrics(*cluster);
   if (!cluster->coordinator_address().empty()) {
     absl::StatusOr<std::string> status =
-        FormatClusterStatus(cluster->coordinator_address(), /*json=*/false);
+        FormatClusterStatus(cluster->coordinator_address(), /*json=*/false,
+                            CredentialsFor(cluster->auth_token_file(), kRoleAdmin));
     std::printf("\n%s", status.ok() ? status->c_str() : status.status().ToString().c_str());
   }
   const absl::Status stopped = cluster->Stop();
@@ -172,6 +216,8 @@ int RunPlantedLr(const LocalCommandOptions& in, const std::string& log_dir) {
       static_cast<unsigned long long>(po.num_features), po.features_per_sample);
 
   ClientOptions client_options;
+  client_options.credentials =
+      CredentialsFor((*cluster)->auth_token_file(), kRoleAdmin | kRoleWorker);
   if (o.replicas > 1) {
     client_options.coordinator = (*cluster)->coordinator_address();
   } else {
@@ -400,11 +446,16 @@ int RunWorkerJob(const LocalCommandOptions& o, const std::string& log_dir) {
       out_fd = open(absl::StrCat(log_dir, "/worker-", w, ".log").c_str(),
                     O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     }
-    pids.push_back(SpawnChild(
-        {binary, "--config=" + config_path, "--coordinator=" + (*cluster)->coordinator_address(),
-         absl::StrCat("--worker=", w), absl::StrCat("--num_workers=", o.workers),
-         absl::StrCat("--metrics_port=", worker_ports[w])},
-        out_fd));
+    std::vector<std::string> args = {binary,
+                                     "--config=" + config_path,
+                                     "--coordinator=" + (*cluster)->coordinator_address(),
+                                     absl::StrCat("--worker=", w),
+                                     absl::StrCat("--num_workers=", o.workers),
+                                     absl::StrCat("--metrics_port=", worker_ports[w])};
+    if (!(*cluster)->auth_token_file().empty()) {
+      args.push_back("--auth_token_file=" + (*cluster)->auth_token_file());
+    }
+    pids.push_back(SpawnChild(std::move(args), out_fd));
     if (w > 0 && out_fd >= 0) close(out_fd);
   }
   close(pipe_fds[1]);

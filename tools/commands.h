@@ -32,6 +32,9 @@ struct LocalCommandOptions {
   std::string log_dir;                       // empty: a fresh directory under /tmp
   bool prometheus = false;  // start Debian's Prometheus scraping every daemon (worker jobs)
   double linger_s = 0;      // keep the cluster (and Prometheus) up this long after the job
+  // Every daemon with --auth_token_file: fresh random tokens for each role in the log
+  // directory, the workers and the CLI presenting theirs (docs/security.md).
+  bool secure = false;
 };
 int RunLocal(const LocalCommandOptions& options);
 

@@ -38,6 +38,9 @@ ABSL_FLAG(std::string, device, "auto",
 ABSL_FLAG(std::string, optimizer, "",
           "local: sgd, momentum, adagrad, adam or ftrl (default: the job's).");
 ABSL_FLAG(float, learning_rate, 0.1f, "local: the optimizer's learning rate, with --optimizer.");
+ABSL_FLAG(bool, secure, false,
+          "local: every daemon checks tokens (fresh random ones per role, in the log directory; "
+          "docs/security.md).");
 ABSL_FLAG(bool, prometheus, false,
           "local: also start Debian's Prometheus, scraping every daemon (and the alert rules "
           "of deploy/ when run from a build tree); its URL is printed.");
@@ -194,6 +197,7 @@ int main(int argc, char** argv) {
     }
     o.log_dir = absl::GetFlag(FLAGS_log_dir);
     o.prometheus = absl::GetFlag(FLAGS_prometheus);
+    o.secure = absl::GetFlag(FLAGS_secure);
     o.linger_s = absl::GetFlag(FLAGS_linger_s);
     return tessera::RunLocal(o);
   }
