@@ -404,27 +404,23 @@ TEST_CASE("the data plane checks the token of its handshake and the role of ever
                       h);
       return std::string(h, sizeof(h)) + payload;
     };
-    v1::PushSparseRequest push;
-    push.mutable_header()->set_shard_map_epoch(1);
-    push.set_table("emb");
-    push.set_key_type(v1::KEY_TYPE_UINT64);
-    push.set_dtype(v1::DTYPE_FLOAT32);
-    push.set_dim(4);
-    push.set_num_keys(1);
-    const uint64_t key = 7;
-    push.set_keys(std::string(reinterpret_cast<const char*>(&key), 8));
+    auto request = [](auto r) {  // key 7 of "emb" (dim 4)
+      r.mutable_header()->set_shard_map_epoch(1);
+      r.set_table("emb");
+      r.set_key_type(v1::KEY_TYPE_UINT64);
+      r.set_dtype(v1::DTYPE_FLOAT32);
+      r.set_dim(4);
+      r.set_num_keys(1);
+      const uint64_t key = 7;
+      r.set_keys(std::string(reinterpret_cast<const char*>(&key), 8));
+      return r;
+    };
+    v1::PushSparseRequest push = request(v1::PushSparseRequest());
     push.set_values(std::string(16, '\0'));
     push.mutable_id()->set_client_id(5);
     push.mutable_id()->set_sequence(1);
     push.mutable_id()->set_floor(1);
-    v1::PullSparseRequest pull;
-    pull.mutable_header()->set_shard_map_epoch(1);
-    pull.set_table("emb");
-    pull.set_key_type(v1::KEY_TYPE_UINT64);
-    pull.set_dtype(v1::DTYPE_FLOAT32);
-    pull.set_dim(4);
-    pull.set_num_keys(1);
-    pull.set_keys(push.keys());
+    const v1::PullSparseRequest pull = request(v1::PullSparseRequest());
     std::string stream = data_frame::ClientHello(kReader) +
                          frame(1, data_frame::BulkMethod::kPushSparse, push.SerializeAsString()) +
                          frame(2, data_frame::BulkMethod::kPullSparse, pull.SerializeAsString());
