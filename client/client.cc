@@ -412,6 +412,7 @@ void Client::Impl::StopRefresher() {
 }
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
+  if (absl::Status s = CheckCredentials(options.credentials); !s.ok()) return s;
   if (options.servers.empty() && options.coordinator.empty()) {
     return absl::InvalidArgumentError(
         "ClientOptions: set `coordinator`, or name every shard's server in `servers`");

@@ -11,6 +11,14 @@ struct Credentials {
   // Sent as "authorization: Bearer TOKEN" on every call and in the data plane's handshake, to
   // daemons started with --auth_token_file. Empty (default): none.
   std::string auth_token;
+  // TLS: the PEM file of the CA that signed the daemons' certificates; set, every connection
+  // is TLS and the daemons' certificates are verified against it (and their names against the
+  // addresses dialled). Empty (default): plaintext.
+  std::string tls_ca_file;
+  // The client's own certificate (chain) and key, PEM, for daemons that require mutual TLS
+  // (started with --tls_ca_file). Both or neither.
+  std::string tls_cert_file;
+  std::string tls_key_file;
 };
 
 }  // namespace tessera

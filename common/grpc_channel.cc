@@ -6,6 +6,8 @@
 
 #include <vector>
 
+#include "common/tls.h"
+
 namespace tessera {
 namespace {
 
@@ -42,15 +44,29 @@ class TokenInterceptorFactory final : public ex::ClientInterceptorFactoryInterfa
 
 }  // namespace
 
+absl::Status CheckCredentials(const Credentials& credentials) {
+  return ClientChannelCredentials(credentials).status();
+}
+
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address,
                                            const Credentials& credentials,
                                            const grpc::ChannelArguments& args,
-                                           TokenSource token_source) {
+                                           TokenSource token_source,
+                                           std::shared_ptr<grpc::ChannelCredentials> transport) {
   if (token_source == nullptr && !credentials.auth_token.empty()) {
     token_source = [token = credentials.auth_token] { return token; };
   }
-  std::shared_ptr<grpc::ChannelCredentials> channel_credentials =
-      grpc::InsecureChannelCredentials();
+  std::shared_ptr<grpc::ChannelCredentials> channel_credentials = std::move(transport);
+  if (channel_credentials == nullptr) {
+    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> c =
+        ClientChannelCredentials(credentials);
+    // (unusable files: a channel to nowhere, so that every call fails naming them)
+    channel_credentials = c.ok() ? *c : grpc::InsecureChannelCredentials();
+    if (!c.ok()) {
+      return grpc::CreateChannel(std::string("unix:/nonexistent/tessera-tls-files-unusable"),
+                                 grpc::InsecureChannelCredentials());
+    }
+  }
   if (token_source == nullptr) {
     return grpc::CreateCustomChannel(address, channel_credentials, args);
   }

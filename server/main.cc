@@ -23,6 +23,13 @@ ABSL_FLAG(int, metrics_port, 0, "Port of the /metrics endpoint; 0 picks a free o
 ABSL_FLAG(int, data_port, 0,
           "Port of the data plane (bulk pulls and pushes on framed TCP beside gRPC, "
           "docs/data_plane.md), on --address; 0 picks a free one, -1 disables it.");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "TLS (docs/security.md): this daemon's certificate (chain), PEM; with --tls_key_file. "
+          "Re-read on SIGHUP. Empty: plaintext.");
+ABSL_FLAG(std::string, tls_key_file, "", "TLS: this daemon's private key, PEM.");
+ABSL_FLAG(std::string, tls_ca_file, "",
+          "TLS: the CA whose certificates peers must present (mutual TLS); a server also "
+          "verifies its coordinator and backups with it.");
 ABSL_FLAG(std::string, auth_token_file, "",
           "Tokens and their roles, 'ROLE TOKEN' per line (docs/security.md); every call then "
           "needs one, and this server presents its first 'server' token to its peers. Re-read "
@@ -88,6 +95,8 @@ int main(int argc, char** argv) {
   options.max_request_bytes = absl::GetFlag(FLAGS_max_request_bytes);
   options.data_port = absl::GetFlag(FLAGS_data_port);
   options.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
+  options.tls = {absl::GetFlag(FLAGS_tls_cert_file), absl::GetFlag(FLAGS_tls_key_file),
+                 absl::GetFlag(FLAGS_tls_ca_file)};
   options.max_data_connections = absl::GetFlag(FLAGS_max_data_connections);
   options.drain_timeout_ms = absl::GetFlag(FLAGS_drain_timeout_ms);
   options.coordinator = absl::GetFlag(FLAGS_coordinator);

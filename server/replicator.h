@@ -14,6 +14,7 @@
 #include "server/server_core.h"
 
 namespace grpc {
+class ChannelCredentials;
 class Service;
 }  // namespace grpc
 
@@ -31,6 +32,8 @@ struct ReplicatorOptions {
   // Checks the Replication service's calls and gives the server token presented to the
   // coordinator and the backups (docs/security.md). Required; must outlive the replicator.
   const Authenticator* auth = nullptr;
+  // TLS for the calls to the coordinator and the backups (docs/security.md); null: plaintext.
+  std::shared_ptr<grpc::ChannelCredentials> peer_credentials;
   // Called (outside the replicator's locks, on its heartbeat thread) with the new role
   // ("primary", "backup", "joining", "restoring" or "none") whenever it changes.
   std::function<void(const std::string& role)> on_role_change;

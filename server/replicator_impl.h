@@ -41,8 +41,9 @@ using Callback = std::function<void(absl::Status)>;
 
 // A channel to a peer (the coordinator, a backup), presenting this server's token.
 inline std::shared_ptr<grpc::Channel> PeerChannel(const std::string& address,
-                                                  const Authenticator* auth,
+                                                  const ReplicatorOptions& options,
                                                   int max_backoff_ms = 1000) {
+  const Authenticator* auth = options.auth;
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
   args.SetMaxSendMessageSize(-1);
@@ -51,7 +52,7 @@ inline std::shared_ptr<grpc::Channel> PeerChannel(const std::string& address,
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, max_backoff_ms);
   TokenSource token;  // (asked on every call: a reloaded file takes effect at once)
   if (auth->enabled()) token = [auth] { return auth->OutgoingToken(kRoleServer); };
-  return MakeChannel(address, Credentials{}, args, std::move(token));
+  return MakeChannel(address, Credentials{}, args, std::move(token), options.peer_credentials);
 }
 
 // Trailing metadata of a refused batch whose backup needs a snapshot first.
@@ -157,7 +158,7 @@ struct Replicator::Impl : public v1::Replication::WithRawCallbackMethod_Replicat
     // interval apart (gRPC's 1 s cap plus jitter, a failed heartbeat's wait and a busy
     // machine made live servers miss it: tests/nemesis_test.cc).
     coordinator = v1::Coordinator::NewStub(
-        PeerChannel(options.coordinator, options.auth, std::clamp(options.heartbeat_ms, 20, 1000)));
+        PeerChannel(options.coordinator, options, std::clamp(options.heartbeat_ms, 20, 1000)));
   }
 
   // ---- Map and roles ----

@@ -8,7 +8,7 @@ Replicator::Impl::Sender* Replicator::Impl::StartSender(const ReplicaId& id) {
   auto s = std::make_unique<Sender>();
   s->id = id;
   s->address = id.address;
-  s->channel = PeerChannel(id.address, options.auth);
+  s->channel = PeerChannel(id.address, options);
   s->stub = v1::Replication::NewStub(s->channel);
   s->generic = std::make_unique<grpc::GenericStub>(s->channel);
   Sender* raw = s.get();

@@ -29,6 +29,7 @@ struct Server::Impl {
   std::shared_ptr<ProcessCollector> process_collector = std::make_shared<ProcessCollector>();
   std::unique_ptr<prometheus::Exposer> exposer;
   std::unique_ptr<Authenticator> auth;
+  std::unique_ptr<TlsMaterial> tls;
   std::unique_ptr<Replicator> replicator;
   std::unique_ptr<GrpcService> service;
   std::unique_ptr<DataPlane> data_plane;  // null: disabled
@@ -92,6 +93,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   if (!auth.ok()) return auth.status();
   impl->auth = *std::move(auth);
   ExportAuthMetrics(*impl->auth, *impl->registry);
+  absl::StatusOr<std::unique_ptr<TlsMaterial>> tls = TlsMaterial::Create(options.tls);
+  if (!tls.ok()) return tls.status();
+  impl->tls = *std::move(tls);
+  if (impl->tls->enabled() && !options.coordinator.empty() && !impl->tls->mutual()) {
+    return absl::InvalidArgumentError(
+        "with TLS, a server of a replicated cluster needs --tls_ca_file: it verifies the "
+        "coordinator and its backups with it (docs/security.md)");
+  }
   if (!impl->auth->enabled()) {
     LogInfo("no --auth_token_file: every call is accepted (docs/security.md)");
   }
@@ -119,6 +128,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     r.heartbeat_ms = options.heartbeat_ms;
     r.checkpoint_dir = options.core.checkpoint_dir;
     r.auth = impl->auth.get();
+    if (impl->tls->enabled()) r.peer_credentials = impl->tls->PeerCredentials();
     Impl* raw = impl.get();
     r.on_role_change = [raw](const std::string& role) {
       absl::MutexLock lock(&raw->mu);
@@ -135,7 +145,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   }
   impl->service = std::make_unique<GrpcService>(impl->core.get(), impl->metrics.get(),
                                                 impl->replicator.get(), impl->auth.get());
-  if (options.data_port >= 0) {
+  if (options.data_port >= 0 && impl->tls->enabled()) {
+    LogInfo("TLS: the data plane is off, bulk calls travel on gRPC (docs/security.md)");
+  } else if (options.data_port >= 0) {
     DataPlaneOptions d;
     d.address = options.address;
     d.port = options.data_port;
@@ -151,7 +163,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   const std::string addr = absl::StrFormat("%s:%d", options.address, options.port);
-  builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &impl->port);
+  builder.AddListeningPort(addr, impl->tls->ServerCredentials(), &impl->port);
   builder.RegisterService(impl->service.get());
   if (impl->replicator != nullptr) builder.RegisterService(impl->replicator->service());
   builder.SetMaxReceiveMessageSize(options.max_request_bytes);
@@ -187,7 +199,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
 }
 
 int Server::port() const { return impl_->port; }
-absl::Status Server::ReloadCredentials() { return impl_->auth->Reload(); }
+absl::Status Server::ReloadCredentials() {
+  absl::Status tokens = impl_->auth->Reload();
+  absl::Status tls = impl_->tls->Reload();
+  return tokens.ok() ? tls : tokens;
+}
 int Server::metrics_port() const { return impl_->metrics_port; }
 int Server::data_port() const {
   return impl_->data_plane != nullptr ? impl_->data_plane->port() : 0;

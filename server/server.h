@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "common/tls.h"
 #include "server/server_core.h"
 
 namespace tessera {
@@ -29,6 +30,10 @@ struct ServerOptions {
   // Token file (docs/security.md): every call needs a token with a role its method allows.
   // Empty: no authentication.
   std::string auth_token_file;
+  // TLS (docs/security.md, "TLS"): this server's certificate and key; with the CA, clients
+  // must present a certificate from it (mutual TLS) and this server's calls to its peers verify
+  // them. Without a certificate: plaintext. With TLS, the data plane is off (gRPC carries all).
+  TlsFiles tls;
   // Largest request message gRPC (or a data-plane frame) accepts; larger is RESOURCE_EXHAUSTED.
   // Default 256 MiB.
   int max_request_bytes = 256 << 20;
@@ -55,7 +60,7 @@ class Server {
 
   int port() const;
   int metrics_port() const;  // -1 when disabled
-  // Reads the token file again (SIGHUP); on an error the tokens in use stay.
+  // Reads the token file and the TLS files again (SIGHUP); on an error what is in use stays.
   absl::Status ReloadCredentials();
   int data_port() const;  // 0 when disabled
 

@@ -35,6 +35,16 @@
 namespace tessera {
 namespace {
 
+// The daemons' flags for the options' token and TLS files.
+void AddSecurityFlags(const LocalClusterOptions& o, std::vector<std::string>* args) {
+  if (!o.auth_token_file.empty()) args->push_back("--auth_token_file=" + o.auth_token_file);
+  if (!o.tls_cert_file.empty()) {
+    args->push_back("--tls_cert_file=" + o.tls_cert_file);
+    args->push_back("--tls_key_file=" + o.tls_key_file);
+  }
+  if (!o.tls_ca_file.empty()) args->push_back("--tls_ca_file=" + o.tls_ca_file);
+}
+
 // The harness's coordinator queries wait (this long at most) for a coordinator that is not
 // reachable yet, such as one just restarted (tests ask right after a restart): a call sent on
 // the dead one's connection fails UNAVAILABLE ("Socket closed") and is sent again.
@@ -263,9 +273,7 @@ absl::Status LocalCluster::Spawn(uint32_t i, int port, int metrics_port,
   args.push_back(absl::StrCat("--num_vshards=", options.num_vshards));
   args.push_back(absl::StrCat("--port=", port));
   args.push_back(absl::StrCat("--metrics_port=", metrics_port));
-  if (!options.auth_token_file.empty()) {
-    args.push_back("--auth_token_file=" + options.auth_token_file);
-  }
+  AddSecurityFlags(options, &args);
   args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
   args.insert(args.end(), more_args.begin(), more_args.end());
   const std::string log_path =
@@ -290,7 +298,7 @@ absl::Status LocalCluster::SpawnCoordinator(int port, int metrics_port) {
       absl::StrCat("--replication=", o.replication),
       absl::StrCat("--num_vshards=", o.num_vshards),
   };
-  if (!o.auth_token_file.empty()) args.push_back("--auth_token_file=" + o.auth_token_file);
+  AddSecurityFlags(o, &args);
   args.insert(args.end(), o.coordinator_args.begin(), o.coordinator_args.end());
   const std::string log_path = o.log_dir.empty() ? "" : absl::StrCat(o.log_dir, "/coordinator.log");
   absl::StatusOr<Spawned> p =
@@ -299,13 +307,7 @@ absl::Status LocalCluster::SpawnCoordinator(int port, int metrics_port) {
   coordinator_pid_ = p->pid;
   coordinator_address_ = absl::StrCat("127.0.0.1:", p->port);
   if (coordinator_channel_ == nullptr) {  // (a restart keeps the port: the channel reconnects)
-    Credentials admin;
-    if (!o.auth_token_file.empty()) {
-      absl::StatusOr<std::string> token = ReadClientToken(o.auth_token_file, kRoleAdmin);
-      if (!token.ok()) return token.status();
-      admin.auth_token = *token;
-    }
-    coordinator_channel_ = MakeChannel(coordinator_address_, admin);
+    coordinator_channel_ = MakeChannel(coordinator_address_, ClientCredentials(kRoleAdmin));
   }
   coordinator_metrics_port_ = p->metrics_port;
   return absl::OkStatus();
@@ -339,6 +341,18 @@ absl::StatusOr<int> LocalCluster::AddServer() {
   metrics_ports_.push_back(0);
   if (absl::Status s = Spawn(static_cast<uint32_t>(i), 0, 0, {}); !s.ok()) return s;
   return i;
+}
+
+Credentials LocalCluster::ClientCredentials(RoleSet roles) const {
+  Credentials c;
+  c.tls_ca_file = options_.tls_ca_file;
+  c.tls_cert_file = options_.tls_cert_file;
+  c.tls_key_file = options_.tls_key_file;
+  if (!options_.auth_token_file.empty()) {
+    absl::StatusOr<std::string> token = ReadClientToken(options_.auth_token_file, roles);
+    if (token.ok()) c.auth_token = *token;
+  }
+  return c;
 }
 
 int LocalCluster::IndexOf(const std::string& address) const {

@@ -13,6 +13,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/auth.h"
+#include "common/credentials.h"
 
 namespace grpc {
 class Channel;
@@ -35,6 +37,11 @@ struct LocalClusterOptions {
   // Token file for every daemon (--auth_token_file, docs/security.md); the harness's own
   // queries present its first admin token. Empty: no authentication.
   std::string auth_token_file;
+  // TLS files for every daemon (--tls_cert_file, --tls_key_file, --tls_ca_file); the harness's
+  // own queries present the same certificate and trust the same CA. Empty: plaintext.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_ca_file;
 
   // Replication (docs/replication.md). 0: static shards, one server each, no coordinator.
   // 1..3: tessera-coordinator starts first and places the num_servers servers into num_shards
@@ -78,6 +85,9 @@ class LocalCluster {
 
   // The options' token file (empty: no authentication).
   const std::string& auth_token_file() const { return options_.auth_token_file; }
+  // What a client of this cluster presents: the TLS files (when the daemons use TLS) and, when
+  // the daemons check tokens, the first token with every role of `roles`.
+  Credentials ClientCredentials(RoleSet roles) const;
 
   // Finds tessera-server next to the running executable (or on PATH as a fallback).
   static std::string DefaultServerBinary();

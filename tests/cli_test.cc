@@ -39,7 +39,7 @@ TEST_CASE("tessera local --secure runs the CTR job asynchronously on a replicate
                                 "2>&1");
   INFO(out);
   CHECK(code == 0);
-  CHECK(out.find("--secure: every daemon checks tokens") != std::string::npos);
+  CHECK(out.find("--secure: mutual TLS with a throwaway CA") != std::string::npos);
   CHECK(out.find("unknown token") == std::string::npos);
   CHECK(out.find("2 shards x 2 replicas") != std::string::npos);
   CHECK(out.find("test AUC") != std::string::npos);

@@ -19,6 +19,7 @@
 #include "absl/time/clock.h"
 #include "client/admin.h"
 #include "client/client.h"
+#include "common/grpc_channel.h"
 #include "common/http_get.h"
 #include "common/prom_text.h"
 #include "proto/cluster.grpc.pb.h"
@@ -107,7 +108,7 @@ TEST_CASE("R=2: a primary paused past its lease is fenced when it resumes",
   // A client that still has the old map writes to the old primary as it resumes.
   kill(cluster->pid(paused), SIGCONT);
   auto stub = v1::ParameterServer::NewStub(
-      grpc::CreateChannel(cluster->addresses()[paused], grpc::InsecureChannelCredentials()));
+      MakeChannel(cluster->addresses()[paused], testing::JobCredentials(*cluster)));
   v1::PushSparseRequest req;
   req.mutable_header()->set_shard_map_epoch(*old_epoch);
   req.set_table("sum");
@@ -260,8 +261,9 @@ TEST_CASE("a spare replaces a lost replica while pushes go on and can then be pr
   absl::StatusOr<std::string> text = HttpGet(cluster->coordinator_metrics_port(), "/metrics");
   REQUIRE(text.ok());
   CHECK(SumSamples(ParsePromText(*text), "tessera_coordinator_failovers_total") == 1);
-  const auto [code, out] = RunCommand(absl::StrCat(
-      TESSERA_CLI_BINARY, " status --coordinator=", cluster->coordinator_address(), " --json"));
+  const auto [code, out] = RunCommand(
+      absl::StrCat(TESSERA_CLI_BINARY, " status --coordinator=", cluster->coordinator_address(),
+                   " --json", testing::CliSecurityFlags(*cluster)));
   INFO(out);
   CHECK(code == 0);
   CHECK(out.find("\"failovers\":1") != std::string::npos);

@@ -25,10 +25,12 @@
 #include "absl/synchronization/notification.h"
 #include "common/auth.h"
 #include "common/data_frame.h"
+#include "common/grpc_channel.h"
 #include "common/http_get.h"
 #include "common/prom_text.h"
 #include "common/socket_io.h"
 #include "proto/tessera.grpc.pb.h"
+#include "testing/local_pki.h"
 #include "tests/test_cluster.h"
 
 namespace tessera {
@@ -57,8 +59,13 @@ std::string AllRoles() {
 }
 
 std::unique_ptr<LocalCluster> StartSecure(const std::string& token_file, uint32_t servers = 2,
-                                          uint32_t replication = 2) {
+                                          uint32_t replication = 2, const LocalPki* pki = nullptr) {
   LocalClusterOptions o;
+  if (pki != nullptr) {
+    o.tls_ca_file = pki->ca_file;
+    o.tls_cert_file = pki->cert_file;
+    o.tls_key_file = pki->key_file;
+  }
   o.server_binary = TESSERA_SERVER_BINARY;
   o.coordinator_binary = TESSERA_COORDINATOR_BINARY;
   o.num_servers = servers;
@@ -548,6 +555,146 @@ TEST_CASE("tokens rotate by SIGHUP while a client pushes, without a failed push"
   wait_reloads(1, "failed");
   TESSERA_REQUIRE_OK(
       new_client->PushSparse("emb", std::vector<uint64_t>{1}, std::vector<float>(4, 1.0f)));
+}
+
+std::string TempDir() {
+  char dir[] = "/tmp/tessera_security_test_XXXXXX";
+  REQUIRE(mkdtemp(dir) != nullptr);
+  return dir;
+}
+
+LocalPki Pki(const std::string& dir, const std::string& name = "tessera") {
+  absl::StatusOr<LocalPki> pki = MakeLocalPki(dir, name);
+  INFO(pki.status().ToString());
+  REQUIRE(pki.ok());
+  return *pki;
+}
+
+// A client of `cluster` presenting `credentials` (the cluster's address filled in).
+absl::StatusOr<std::unique_ptr<Client>> TryConnect(const LocalCluster& cluster,
+                                                   Credentials credentials) {
+  ClientOptions o;
+  o.servers = {cluster.addresses()[0]};  // (static: nothing is called at connect)
+  o.credentials = std::move(credentials);
+  o.rpc_timeout_ms = 2000;
+  o.retry_timeout_ms = 2000;
+  return Client::Connect(o);
+}
+
+// The certificate (PEM) the daemon at `address` presents in a new TLS connection.
+std::string PresentedCertificate(const std::string& address, const Credentials& c) {
+  auto stub = v1::ParameterServer::NewStub(MakeChannel(address, c));
+  grpc::ClientContext ctx;
+  v1::ListTablesResponse resp;
+  const grpc::Status s = stub->ListTables(&ctx, {}, &resp);
+  INFO(s.error_message());
+  REQUIRE(s.ok());
+  const std::vector<grpc::string_ref> pem = ctx.auth_context()->FindPropertyValues("x509_pem_cert");
+  REQUIRE(pem.size() == 1);
+  return std::string(pem[0].data(), pem[0].size());
+}
+
+TEST_CASE("under mutual TLS only clients with a certificate from the CA get in",
+          "[process][security][tls]") {
+  const LocalPki pki = Pki(TempDir());
+  const LocalPki other = Pki(TempDir(), "other");
+  const std::string file = TokenFile(AllRoles() + "admin " + kWorker + "\n");
+  auto cluster = StartSecure(file, 2, 2, &pki);  // (R=2: servers replicate over TLS too)
+  const Credentials good = cluster->ClientCredentials(kRoleAdmin | kRoleWorker);
+  REQUIRE(!good.tls_ca_file.empty());
+  absl::StatusOr<std::unique_ptr<Client>> client = TryConnect(*cluster, good);
+  REQUIRE(client.ok());
+  TableConfig emb{.name = "emb", .kind = TableKind::kSparse, .dim = 4};
+  emb.optimizer.kind = OptimizerKind::kAdd;
+  REQUIRE((*client)->CreateTable(emb).ok());
+  TESSERA_REQUIRE_OK(
+      (*client)->PushSparse("emb", std::vector<uint64_t>{1}, std::vector<float>(4, 1.0f)));
+  TESSERA_REQUIRE_OK(cluster->WaitForReplicas(absl::Seconds(20)));
+
+  struct Case {
+    const char* what;
+    Credentials credentials;
+  };
+  Credentials plaintext;
+  plaintext.auth_token = kWorker;
+  Credentials no_certificate = good;
+  no_certificate.tls_cert_file.clear();
+  no_certificate.tls_key_file.clear();
+  Credentials other_certificate = good;
+  other_certificate.tls_cert_file = other.cert_file;
+  other_certificate.tls_key_file = other.key_file;
+  Credentials other_ca = good;  // (cannot verify the daemons' certificate)
+  other_ca.tls_ca_file = other.ca_file;
+  other_ca.tls_cert_file = other.cert_file;
+  other_ca.tls_key_file = other.key_file;
+  for (const Case& c :
+       {Case{"a plaintext client", plaintext}, Case{"no client certificate", no_certificate},
+        Case{"a client certificate from another CA", other_certificate},
+        Case{"a client trusting another CA", other_ca}}) {
+    INFO(c.what);
+    absl::StatusOr<std::unique_ptr<Client>> stranger = TryConnect(*cluster, c.credentials);
+    REQUIRE(stranger.ok());
+    std::vector<float> row(4);
+    const absl::Status s =
+        (*stranger)->PullSparse("emb", std::vector<uint64_t>{1}, absl::MakeSpan(row));
+    CHECK(s.code() == absl::StatusCode::kUnavailable);
+    CHECK((*stranger)
+              ->PushSparse("emb", std::vector<uint64_t>{1}, std::vector<float>(4, 5.0f))
+              .code() == absl::StatusCode::kUnavailable);
+  }
+  std::vector<float> row(4);
+  TESSERA_REQUIRE_OK((*client)->PullSparse("emb", std::vector<uint64_t>{1}, absl::MakeSpan(row)));
+  CHECK(row == std::vector<float>(4, 1.0f));
+  // Unusable files are refused at once, naming the file.
+  Credentials missing = good;
+  missing.tls_ca_file = "/nonexistent/ca.pem";
+  absl::StatusOr<std::unique_ptr<Client>> refused = TryConnect(*cluster, missing);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.status().message().find("/nonexistent/ca.pem") != std::string::npos);
+}
+
+TEST_CASE("certificates rotate by SIGHUP while a client pushes, without a failed push",
+          "[process][security][tls]") {
+  const std::string dir = TempDir();
+  const LocalPki pki = Pki(dir);
+  const std::string file = TokenFile(AllRoles() + "admin " + kWorker + "\n");
+  auto cluster = StartSecure(file, 2, 2, &pki);
+  const Credentials creds = cluster->ClientCredentials(kRoleAdmin | kRoleWorker);
+  absl::StatusOr<std::unique_ptr<Client>> client = TryConnect(*cluster, creds);
+  REQUIRE(client.ok());
+  TableConfig emb{.name = "emb", .kind = TableKind::kSparse, .dim = 4};
+  emb.optimizer.kind = OptimizerKind::kAdd;
+  REQUIRE((*client)->CreateTable(emb).ok());
+  const std::string before = PresentedCertificate(cluster->addresses()[0], creds);
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> pushes{0}, failures{0};
+  std::thread job([&] {
+    for (uint64_t k = 0; !stop && k < 100000; ++k) {
+      if ((*client)
+              ->PushSparse("emb", std::vector<uint64_t>{k % 64}, std::vector<float>(4, 1.0f))
+              .ok()) {
+        ++pushes;
+      } else {
+        ++failures;
+      }
+    }
+  });
+  WaitUntil([&] { return pushes >= 50; });
+  // A new certificate from the same CA, in place; every daemon re-reads it on SIGHUP.
+  REQUIRE(MakeLocalPki(dir).ok());
+  REQUIRE(kill(cluster->coordinator_pid(), SIGHUP) == 0);
+  for (size_t i = 0; i < cluster->addresses().size(); ++i) {
+    REQUIRE(kill(cluster->pid(static_cast<int>(i)), SIGHUP) == 0);
+  }
+  // New connections get it within about a second (gRPC reads the daemon's copies every second).
+  WaitUntil([&] { return PresentedCertificate(cluster->addresses()[0], creds) != before; });
+  const int at_switch = pushes;
+  WaitUntil([&] { return pushes >= at_switch + 50; });
+  stop = true;
+  job.join();
+  CHECK(failures == 0);
+  TESSERA_REQUIRE_OK(cluster->WaitForReplicas(absl::Seconds(20)));
 }
 
 }  // namespace

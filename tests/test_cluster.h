@@ -6,6 +6,8 @@
 
 #include <catch2/catch.hpp>
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <string>
@@ -16,6 +18,7 @@
 #include "client/client.h"
 #include "client/worker_clock.h"
 #include "testing/local_cluster.h"
+#include "testing/local_pki.h"
 
 namespace tessera::testing {
 
@@ -39,6 +42,47 @@ inline std::unique_ptr<Client> Connect(const LocalCluster& cluster, ClientOption
   return std::move(*c);
 }
 
+// With TESSERA_TEST_SECURE set (tests/CMakeLists.txt registers such runs), the coordinated
+// clusters below use mutual TLS from a throwaway CA and tokens (docs/security.md), and the
+// helpers' clients present theirs: the same tests run, secured.
+inline void SecureFromEnvironment(LocalClusterOptions* o) {
+  if (std::getenv("TESSERA_TEST_SECURE") == nullptr) return;
+  static const std::pair<LocalPki, std::string> material = [] {
+    char dir[] = "/tmp/tessera_secure_test_XXXXXX";
+    REQUIRE(mkdtemp(dir) != nullptr);
+    absl::StatusOr<LocalPki> pki = MakeLocalPki(dir);
+    INFO(pki.status().ToString());
+    REQUIRE(pki.ok());
+    const std::string tokens = std::string(dir) + "/tokens";
+    std::ofstream(tokens) << "admin job-0123456789abcdef\nworker job-0123456789abcdef\n"
+                          << "server server-0123456789abcdef\n";
+    return std::make_pair(*pki, tokens);
+  }();
+  o->tls_ca_file = material.first.ca_file;
+  o->tls_cert_file = material.first.cert_file;
+  o->tls_key_file = material.first.key_file;
+  o->auth_token_file = material.second;
+}
+
+// What the helpers' clients of `cluster` present (nothing for an unsecured cluster).
+inline Credentials JobCredentials(const LocalCluster& cluster) {
+  return cluster.ClientCredentials(kRoleAdmin | kRoleWorker);
+}
+
+// The `tessera` CLI's flags for the same credentials ("" for an unsecured cluster).
+inline std::string CliSecurityFlags(const LocalCluster& cluster) {
+  const Credentials c = JobCredentials(cluster);
+  std::string flags;
+  if (!c.tls_ca_file.empty()) {
+    flags += " --tls_ca_file=" + c.tls_ca_file + " --tls_cert_file=" + c.tls_cert_file +
+             " --tls_key_file=" + c.tls_key_file;
+  }
+  if (!cluster.auth_token_file().empty()) {
+    flags += " --auth_token_file=" + cluster.auth_token_file();
+  }
+  return flags;
+}
+
 #ifdef TESSERA_COORDINATOR_BINARY  // (set by tests/CMakeLists.txt for the tests that need it)
 // A coordinator and `num_servers` servers it places into `num_shards` shards of `replication`
 // replicas (docs/replication.md); returns once every shard has its replicas.
@@ -46,6 +90,7 @@ inline std::unique_ptr<LocalCluster> StartCoordinated(
     uint32_t num_servers, uint32_t replication, uint32_t num_shards,
     std::vector<std::string> coordinator_args = {}, std::vector<std::string> server_args = {}) {
   LocalClusterOptions o;
+  SecureFromEnvironment(&o);
   o.server_binary = TESSERA_SERVER_BINARY;
   o.coordinator_binary = TESSERA_COORDINATOR_BINARY;
   o.num_servers = num_servers;
@@ -88,6 +133,7 @@ inline void WaitUntilRemoved(LocalCluster& cluster, uint32_t shard, int gone) {
 inline std::unique_ptr<Client> ConnectCoordinated(const LocalCluster& cluster) {
   ClientOptions o;
   o.coordinator = cluster.coordinator_address();
+  o.credentials = JobCredentials(cluster);
   absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(o);
   INFO(c.status().ToString());
   REQUIRE(c.ok());
@@ -103,15 +149,18 @@ inline void RunWorkerThreads(
   std::vector<absl::Status> results(n);
   for (uint32_t w = 0; w < n; ++w) {
     workers.emplace_back([&, w] {
-      absl::StatusOr<std::unique_ptr<Client>> client =
-          Client::Connect({.coordinator = cluster.coordinator_address()});
+      ClientOptions co;
+      co.coordinator = cluster.coordinator_address();
+      co.credentials = JobCredentials(cluster);
+      absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(co);
       absl::StatusOr<std::unique_ptr<WorkerClock>> clock =
           WorkerClock::Join({.coordinator = cluster.coordinator_address(),
                              .job = job,
                              .num_workers = n,
                              .worker = w,
                              .mode = mode,
-                             .staleness = staleness});
+                             .staleness = staleness,
+                             .credentials = JobCredentials(cluster)});
       results[w] = !client.ok()  ? client.status()
                    : !clock.ok() ? clock.status()
                                  : train(**client, clock->get(), w);

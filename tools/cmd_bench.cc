@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
 #include <memory>
 #include <random>
 #include <string>
@@ -17,13 +18,15 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
+#include "common/auth.h"
 #include "testing/local_cluster.h"
+#include "testing/local_pki.h"
 #include "tools/commands.h"
 
 namespace tessera {
 namespace {
 
-struct Result {
+struct BenchResult {
   std::string workload;
   double value;
   std::string unit;
@@ -98,7 +101,7 @@ absl::StatusOr<double> Iperf3Baseline(double seconds) {
   return bits / 8 / 1e9;
 }
 
-void Print(const Result& r, bool json, double baseline_gbps) {
+void Print(const BenchResult& r, bool json, double baseline_gbps) {
   if (json) {
     std::string extra;
     if (r.unit == "GB/s" && baseline_gbps > 0) {
@@ -117,13 +120,46 @@ void Print(const Result& r, bool json, double baseline_gbps) {
   }
 }
 
-}  // namespace
+// Starts `num_servers` servers with mutual TLS from a throwaway CA and tokens (docs/security.md)
+// in a new directory; *credentials: what a client presents to them.
+absl::StatusOr<std::unique_ptr<LocalCluster>> StartSecured(uint32_t num_servers,
+                                                           Credentials* credentials) {
+  char dir[] = "/tmp/tessera-bench-secure-XXXXXX";
+  if (mkdtemp(dir) == nullptr) return absl::InternalError("cannot create a directory");
+  absl::StatusOr<LocalPki> pki = MakeLocalPki(dir);
+  if (!pki.ok()) return pki.status();
+  LocalClusterOptions lo;
+  lo.server_binary = LocalCluster::DefaultServerBinary();
+  lo.num_servers = num_servers;
+  lo.tls_ca_file = pki->ca_file;
+  lo.tls_cert_file = pki->cert_file;
+  lo.tls_key_file = pki->key_file;
+  lo.auth_token_file = absl::StrCat(dir, "/tokens");
+  std::ofstream(lo.auth_token_file) << "admin bench-0123456789abcdef\n"
+                                    << "worker bench-0123456789abcdef\n";
+  absl::StatusOr<std::unique_ptr<LocalCluster>> c = LocalCluster::Start(lo);
+  if (!c.ok()) return c.status();
+  *credentials = (*c)->ClientCredentials(kRoleAdmin | kRoleWorker);
+  return c;
+}
 
-int RunBench(const BenchCommandOptions& o) {
-  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+// The data suite; every result is printed and, with `collected`, kept there.
+int RunDataBench(const BenchCommandOptions& o, std::vector<BenchResult>* collected) {
   std::unique_ptr<LocalCluster> cluster;
-  absl::StatusOr<std::vector<std::string>> started =
-      ConnectOrStart(o.connect, static_cast<uint32_t>(o.num_servers), {}, &cluster);
+  Credentials credentials = o.credentials;
+  absl::StatusOr<std::vector<std::string>> started = o.connect;
+  if (o.secure && o.connect.empty()) {
+    absl::StatusOr<std::unique_ptr<LocalCluster>> c =
+        StartSecured(static_cast<uint32_t>(o.num_servers), &credentials);
+    if (c.ok()) {
+      cluster = *std::move(c);
+      started = cluster->addresses();
+    } else {
+      started = c.status();
+    }
+  } else {
+    started = ConnectOrStart(o.connect, static_cast<uint32_t>(o.num_servers), {}, &cluster);
+  }
   if (!started.ok()) {
     std::fprintf(stderr, "tessera bench: %s\n", started.status().ToString().c_str());
     return 1;
@@ -131,7 +167,7 @@ int RunBench(const BenchCommandOptions& o) {
   const std::vector<std::string> servers = *started;
   ClientOptions co;
   co.servers = servers;
-  co.credentials = o.credentials;
+  co.credentials = credentials;
   co.channels_per_server = o.channels;
   co.data_plane = o.data_plane;
   co.data_connections_per_server = o.data_connections;
@@ -142,10 +178,13 @@ int RunBench(const BenchCommandOptions& o) {
     return 1;
   }
   Client& c = **client;
-  const std::string setup = absl::StrFormat(
-      "%d server(s), %s, %llu KiB chunks", static_cast<int>(servers.size()),
-      o.data_plane ? std::string("data plane") : absl::StrFormat("gRPC, %d channels", o.channels),
-      static_cast<unsigned long long>(o.chunk_bytes >> 10));
+  const std::string setup =
+      absl::StrFormat("%d server(s), %s, %llu KiB chunks%s", static_cast<int>(servers.size()),
+                      o.data_plane && credentials.tls_ca_file.empty()
+                          ? std::string("data plane")
+                          : absl::StrFormat("gRPC, %d channels", o.channels),
+                      static_cast<unsigned long long>(o.chunk_bytes >> 10),
+                      credentials.tls_ca_file.empty() ? "" : ", mutual TLS and tokens");
   double baseline = 0;
   if (o.iperf3) {
     absl::StatusOr<double> b = Iperf3Baseline(o.seconds_per_workload);
@@ -173,8 +212,10 @@ int RunBench(const BenchCommandOptions& o) {
       ++failures;
       return;
     }
-    Print({name, per_iteration * m->first / m->second, unit, m->first, m->second, setup}, o.json,
-          baseline);
+    const BenchResult r{name, per_iteration * m->first / m->second, unit, m->first, m->second,
+                        setup};
+    Print(r, o.json, baseline);
+    if (collected != nullptr) collected->push_back(r);
   };
 
   // Dense: push the whole tensor (SGD), then pull it back. Counted as 2 x payload.
@@ -247,6 +288,34 @@ int RunBench(const BenchCommandOptions& o) {
     }
   }
   return failures == 0 ? 0 : 1;
+}
+
+}  // namespace
+
+int RunBench(const BenchCommandOptions& o) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  if (o.suite != "security") return RunDataBench(o, nullptr);
+  // The data workloads on a plaintext cluster, then on one with mutual TLS and tokens, both
+  // started here; then each secured figure over its plaintext one.
+  if (!o.connect.empty()) {
+    std::fprintf(stderr, "tessera bench --suite=security starts its own clusters (no --connect)\n");
+    return 2;
+  }
+  BenchCommandOptions plain = o, secured = o;
+  plain.secure = false;
+  secured.secure = true;
+  secured.iperf3 = false;
+  std::vector<BenchResult> a, b;
+  if (RunDataBench(plain, &a) != 0 || RunDataBench(secured, &b) != 0) return 1;
+  for (const BenchResult& p : a) {
+    for (const BenchResult& q : b) {
+      if (q.workload != p.workload || p.value <= 0) continue;
+      Print({p.workload + "_secured_over_plaintext", q.value / p.value, "x", q.iterations,
+             q.seconds, "mutual TLS and tokens over plaintext, same run"},
+            o.json, 0);
+    }
+  }
+  return 0;
 }
 
 }  // namespace tessera

@@ -27,6 +27,7 @@
 #include "proto/job.pb.h"
 #include "proto/tessera.pb.h"
 #include "testing/local_cluster.h"
+#include "testing/local_pki.h"
 #include "testing/local_prometheus.h"
 #include "tools/commands.h"
 #include "worker/data/synthetic.h"
@@ -104,16 +105,6 @@ absl::StatusOr<std::string> WriteTokenFile(const std::string& dir) {
   return path;
 }
 
-// What this process presents to a cluster started with `token_file` (empty: nothing), with
-// every role of `roles`.
-Credentials CredentialsFor(const std::string& token_file, RoleSet roles) {
-  Credentials c;
-  if (token_file.empty()) return c;
-  absl::StatusOr<std::string> token = ReadClientToken(token_file, roles);
-  if (token.ok()) c.auth_token = *token;
-  return c;
-}
-
 // Starts the servers (and, with `coordinator`, tessera-coordinator) and prints where they are.
 absl::StatusOr<std::unique_ptr<LocalCluster>> StartCluster(const LocalCommandOptions& o,
                                                            const std::string& log_dir,
@@ -128,10 +119,15 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> StartCluster(const LocalCommandOpt
     absl::StatusOr<std::string> tokens = WriteTokenFile(log_dir);
     if (!tokens.ok()) return tokens.status();
     co.auth_token_file = *tokens;
+    absl::StatusOr<LocalPki> pki = MakeLocalPki(log_dir);
+    if (!pki.ok()) return pki.status();
+    co.tls_ca_file = pki->ca_file;
+    co.tls_cert_file = pki->cert_file;
+    co.tls_key_file = pki->key_file;
     std::printf(
-        "tessera local: --secure: every daemon checks tokens (%s; docs/security.md); "
-        "TLS is not there yet\n",
-        tokens->c_str());
+        "tessera local: --secure: mutual TLS with a throwaway CA (%s) and tokens (%s) on "
+        "every daemon (docs/security.md)\n",
+        pki->ca_file.c_str(), tokens->c_str());
   }
   if (coordinator) {
     co.replication = static_cast<uint32_t>(o.replicas);
@@ -162,9 +158,8 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> StartCluster(const LocalCommandOpt
 bool FinishCluster(std::unique_ptr<LocalCluster> cluster) {
   PrintServerMetrics(*cluster);
   if (!cluster->coordinator_address().empty()) {
-    absl::StatusOr<std::string> status =
-        FormatClusterStatus(cluster->coordinator_address(), /*json=*/false,
-                            CredentialsFor(cluster->auth_token_file(), kRoleAdmin));
+    absl::StatusOr<std::string> status = FormatClusterStatus(
+        cluster->coordinator_address(), /*json=*/false, cluster->ClientCredentials(kRoleAdmin));
     std::printf("\n%s", status.ok() ? status->c_str() : status.status().ToString().c_str());
   }
   const absl::Status stopped = cluster->Stop();
@@ -216,8 +211,7 @@ int RunPlantedLr(const LocalCommandOptions& in, const std::string& log_dir) {
       static_cast<unsigned long long>(po.num_features), po.features_per_sample);
 
   ClientOptions client_options;
-  client_options.credentials =
-      CredentialsFor((*cluster)->auth_token_file(), kRoleAdmin | kRoleWorker);
+  client_options.credentials = (*cluster)->ClientCredentials(kRoleAdmin | kRoleWorker);
   if (o.replicas > 1) {
     client_options.coordinator = (*cluster)->coordinator_address();
   } else {
@@ -452,8 +446,14 @@ int RunWorkerJob(const LocalCommandOptions& o, const std::string& log_dir) {
                                      absl::StrCat("--worker=", w),
                                      absl::StrCat("--num_workers=", o.workers),
                                      absl::StrCat("--metrics_port=", worker_ports[w])};
+    const Credentials c = (*cluster)->ClientCredentials(kRoleAdmin | kRoleWorker);
     if (!(*cluster)->auth_token_file().empty()) {
       args.push_back("--auth_token_file=" + (*cluster)->auth_token_file());
+    }
+    if (!c.tls_ca_file.empty()) {
+      args.push_back("--tls_ca_file=" + c.tls_ca_file);
+      args.push_back("--tls_cert_file=" + c.tls_cert_file);
+      args.push_back("--tls_key_file=" + c.tls_key_file);
     }
     pids.push_back(SpawnChild(std::move(args), out_fd));
     if (w > 0 && out_fd >= 0) close(out_fd);

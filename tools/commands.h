@@ -60,12 +60,13 @@ struct BenchCommandOptions {
   // Data suite: which workloads run, any of "dense", "pull", "push"; empty: all three.
   std::vector<std::string> workloads;
   bool iperf3 = true;          // measure the loopback baseline with iperf3 when it is installed
-  std::string suite = "data";  // data | checkpoint | replication
+  std::string suite = "data";  // data | checkpoint | replication | security
   std::string checkpoint_dir;  // checkpoint suite: where to write (default: a new /tmp dir)
   uint64_t table_mb = 2048;    // checkpoint suite: size of the dense table
   int threads = 8;             // replication suite: client threads pushing at once
   int pause_rounds = 3;        // replication suite: primaries killed (and stalled) per figure
   Credentials credentials;     // connected clusters: a token with the admin and worker roles
+  bool secure = false;         // the cluster bench starts: mutual TLS and tokens (docs/security.md)
 };
 int RunBench(const BenchCommandOptions& options);
 int RunCheckpointBench(const BenchCommandOptions& options);

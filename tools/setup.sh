@@ -9,7 +9,7 @@ set -euo pipefail
 packages=(
   build-essential dpkg-dev file adduser cmake ninja-build pkg-config git ccache
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev librocksdb-dev prometheus-cpp-dev libcivetweb-dev catch2
+  libabsl-dev librocksdb-dev prometheus-cpp-dev libcivetweb-dev catch2 libssl-dev openssl
   libopenblas-dev zlib1g-dev dataset-fashion-mnist
   iperf3 curl procps prometheus systemd nodejs
   pybind11-dev python3-dev python3-numpy python3-venv python3-setuptools python3-wheel

@@ -11,6 +11,7 @@
 #include "absl/strings/str_split.h"
 #include "client/admin.h"
 #include "common/auth.h"
+#include "common/grpc_channel.h"
 #include "common/process_setup.h"
 #include "testing/local_cluster.h"
 #include "tools/commands.h"
@@ -53,6 +54,12 @@ ABSL_FLAG(std::string, connect, "",
           "--bench_servers local servers.");
 ABSL_FLAG(int, bench_servers, 1, "bench: servers to start when --connect is empty.");
 ABSL_FLAG(bool, json, false, "bench, status: print JSON.");
+ABSL_FLAG(std::string, tls_ca_file, "",
+          "status, checkpoint, bench (--connect): TLS, verifying the daemons with this CA "
+          "(docs/security.md); empty: plaintext.");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "with --tls_ca_file: this client's certificate, for daemons that require mutual TLS.");
+ABSL_FLAG(std::string, tls_key_file, "", "with --tls_cert_file: its key.");
 ABSL_FLAG(std::string, auth_token_file, "",
           "status, checkpoint, bench (--connect): the token to present (docs/security.md): a "
           "file with the token alone, or the daemons' 'ROLE TOKEN' file (the first token with "
@@ -75,8 +82,9 @@ ABSL_FLAG(std::string, workloads, "dense,pull,push",
 ABSL_FLAG(bool, iperf3, true, "bench: also measure loopback with iperf3 as a baseline.");
 ABSL_FLAG(std::string, suite, "data",
           "bench: 'data' (pull/push throughput), 'checkpoint' (checkpoint write/restore "
-          "against dd, 1% incremental, push pauses) or 'replication' (push throughput R=2 vs "
-          "R=1, failover pauses).");
+          "against dd, 1% incremental, push pauses), 'replication' (push throughput R=2 vs "
+          "R=1, failover pauses) or 'security' (the data workloads with mutual TLS and tokens "
+          "over plaintext, same run).");
 ABSL_FLAG(int, push_threads, 8, "bench --suite=replication: client threads pushing at once.");
 ABSL_FLAG(int, pause_rounds, 3,
           "bench --suite=replication: primaries killed (and stalled) for the pause figures.");
@@ -119,17 +127,22 @@ Run 'tessera --helpfull' for every flag.)";
 
 }  // namespace
 
-// The credentials of --auth_token_file with `roles` (none without the flag); exits on an error.
+// The credentials of the TLS flags and --auth_token_file with `roles`; exits on an error.
 tessera::Credentials CredentialsOrExit(tessera::RoleSet roles) {
   tessera::Credentials c;
-  const std::string path = absl::GetFlag(FLAGS_auth_token_file);
-  if (path.empty()) return c;
-  absl::StatusOr<std::string> token = tessera::ReadClientToken(path, roles);
-  if (!token.ok()) {
-    std::fprintf(stderr, "tessera: %s\n", token.status().ToString().c_str());
+  c.tls_ca_file = absl::GetFlag(FLAGS_tls_ca_file);
+  c.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  c.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
+  absl::Status s = tessera::CheckCredentials(c);
+  if (const std::string path = absl::GetFlag(FLAGS_auth_token_file); s.ok() && !path.empty()) {
+    absl::StatusOr<std::string> token = tessera::ReadClientToken(path, roles);
+    if (token.ok()) c.auth_token = *token;
+    s = token.status();
+  }
+  if (!s.ok()) {
+    std::fprintf(stderr, "tessera: %s\n", s.ToString().c_str());
     std::exit(2);
   }
-  c.auth_token = *token;
   return c;
 }
 
@@ -243,8 +256,9 @@ int main(int argc, char** argv) {
     o.pause_rounds = std::max(1, absl::GetFlag(FLAGS_pause_rounds));
     if (o.suite == "checkpoint") return tessera::RunCheckpointBench(o);
     if (o.suite == "replication") return tessera::RunReplicationBench(o);
-    if (o.suite != "data") {
-      std::fprintf(stderr, "tessera bench: --suite must be data, checkpoint or replication\n");
+    if (o.suite != "data" && o.suite != "security") {
+      std::fprintf(stderr,
+                   "tessera bench: --suite must be data, checkpoint, replication or security\n");
       return 2;
     }
     return tessera::RunBench(o);

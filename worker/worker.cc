@@ -18,6 +18,7 @@
 #include "client/client.h"
 #include "client/worker_clock.h"
 #include "common/process_metrics.h"
+#include "common/tls.h"
 #include "proto/job.pb.h"
 #include "worker/job.h"
 #include "worker/models/mlp.h"
@@ -64,6 +65,7 @@ struct Worker::Impl {
   // gRPC health: the process, and tessera.v1.Worker while the worker trains. (gRPC needs one
   // service of its own beside health: a generic one answering UNIMPLEMENTED.)
   grpc::CallbackGenericService unimplemented;
+  std::unique_ptr<TlsMaterial> health_tls;  // (outlives health_server)
   std::unique_ptr<grpc::Server> health_server;
   int health_port = -1;
 
@@ -125,8 +127,14 @@ struct Worker::Impl {
     grpc::ServerBuilder builder;
     builder.RegisterCallbackGenericService(&unimplemented);
     int bound = 0;
+    // (TLS with the worker's own certificate when it has one; its CA then makes it mutual)
+    const Credentials& c = options.credentials;
+    absl::StatusOr<std::unique_ptr<TlsMaterial>> tls = TlsMaterial::Create(
+        {c.tls_cert_file, c.tls_key_file, c.tls_cert_file.empty() ? std::string() : c.tls_ca_file});
+    if (!tls.ok()) return tls.status();
+    health_tls = *std::move(tls);
     builder.AddListeningPort(absl::StrFormat("%s:%d", options.metrics_address, options.health_port),
-                             grpc::InsecureServerCredentials(), &bound);
+                             health_tls->ServerCredentials(), &bound);
     health_server = builder.BuildAndStart();
     if (health_server == nullptr || bound == 0) {
       health_server.reset();

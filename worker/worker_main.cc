@@ -29,6 +29,12 @@ ABSL_FLAG(int, health_port, -1,
           "Port of a gRPC health service (tessera.v1.Worker: SERVING while the worker trains); "
           "0 picks a free one (printed), -1: none.");
 ABSL_FLAG(double, report_every_s, 1.0, "Seconds between progress lines.");
+ABSL_FLAG(std::string, tls_ca_file, "",
+          "TLS (docs/security.md): verify the daemons with this CA; with --tls_cert_file and "
+          "--tls_key_file also present that certificate (mutual TLS) and serve --health_port "
+          "over TLS with it. Empty: plaintext.");
+ABSL_FLAG(std::string, tls_cert_file, "", "This worker's certificate (chain), PEM.");
+ABSL_FLAG(std::string, tls_key_file, "", "Its private key, PEM.");
 ABSL_FLAG(std::string, auth_token_file, "",
           "The token to present (docs/security.md): a file with the token alone, or the "
           "daemons' 'ROLE TOKEN' file (the first token with the admin and worker roles, else "
@@ -40,6 +46,9 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   tessera::Credentials credentials;
+  credentials.tls_ca_file = absl::GetFlag(FLAGS_tls_ca_file);
+  credentials.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  credentials.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
   if (const std::string path = absl::GetFlag(FLAGS_auth_token_file); !path.empty()) {
     absl::StatusOr<std::string> token =
         tessera::ReadClientToken(path, tessera::kRoleAdmin | tessera::kRoleWorker);

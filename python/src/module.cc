@@ -342,6 +342,9 @@ ClientOptions OptionsFromDict(const py::dict& d) {
   o.connect_timeout_ms = ms("connect_timeout", o.connect_timeout_ms);
   o.client_id = Opt<uint64_t>(d, "client_id").value_or(0);
   o.credentials.auth_token = Opt<std::string>(d, "auth_token").value_or("");
+  o.credentials.tls_ca_file = Opt<std::string>(d, "tls_ca_file").value_or("");
+  o.credentials.tls_cert_file = Opt<std::string>(d, "tls_cert_file").value_or("");
+  o.credentials.tls_key_file = Opt<std::string>(d, "tls_key_file").value_or("");
   return o;
 }
 

@@ -307,12 +307,13 @@ class Client:
     Client(servers=["host:port", ...]) talks to static shards, in shard order. Options (all
     optional): shard_map_epoch, num_vshards, channels_per_server, chunk_bytes, max_attempts,
     rpc_timeout, retry_timeout, connect_timeout (seconds), client_id, auth_token (presented to
-    daemons started with --auth_token_file; docs/security.md).
+    daemons started with --auth_token_file), tls_ca_file (TLS: the daemons' CA), tls_cert_file
+    and tls_key_file (a client certificate, for mutual TLS); docs/security.md.
     """
 
     _OPTIONS = ("shard_map_epoch", "num_vshards", "channels_per_server", "chunk_bytes",
                 "max_attempts", "rpc_timeout", "retry_timeout", "connect_timeout", "client_id",
-                "auth_token")
+                "auth_token", "tls_ca_file", "tls_cert_file", "tls_key_file")
 
     def __init__(self, coordinator=None, servers=None, **options):
         unknown = sorted(set(options) - set(self._OPTIONS))

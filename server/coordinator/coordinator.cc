@@ -50,6 +50,7 @@ using RawCoordinatorService =
 struct CoordinatorServer::Impl : public RawCoordinatorService {
   CoordinatorServerOptions options;
   std::unique_ptr<Authenticator> auth;  // checks every call first (docs/security.md)
+  std::unique_ptr<TlsMaterial> tls;
   std::unique_ptr<CoordinatorStore> store;
 
   // The state machine; only the loop thread touches it once Start returned.
@@ -333,6 +334,9 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
       Authenticator::Create(options.auth_token_file);
   if (!auth.ok()) return auth.status();
   impl->auth = *std::move(auth);
+  absl::StatusOr<std::unique_ptr<TlsMaterial>> tls = TlsMaterial::Create(options.tls);
+  if (!tls.ok()) return tls.status();
+  impl->tls = *std::move(tls);
   absl::StatusOr<std::unique_ptr<CoordinatorStore>> store = OpenRocksDbStore(options.state_dir);
   if (!store.ok()) return store.status();
   impl->store = std::move(*store);
@@ -399,7 +403,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   const std::string addr = absl::StrFormat("%s:%d", options.address, options.port);
-  builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &impl->port);
+  builder.AddListeningPort(addr, impl->tls->ServerCredentials(), &impl->port);
   builder.RegisterService(impl.get());
   impl->server = builder.BuildAndStart();
   if (impl->server == nullptr || impl->port == 0) {
@@ -416,7 +420,11 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
 
 int CoordinatorServer::port() const { return impl_->port; }
 int CoordinatorServer::metrics_port() const { return impl_->metrics_port; }
-absl::Status CoordinatorServer::ReloadCredentials() { return impl_->auth->Reload(); }
+absl::Status CoordinatorServer::ReloadCredentials() {
+  absl::Status tokens = impl_->auth->Reload();
+  absl::Status tls = impl_->tls->Reload();
+  return tokens.ok() ? tls : tokens;
+}
 
 void CoordinatorServer::Shutdown() {
   {

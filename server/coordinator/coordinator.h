@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/tls.h"
 #include "server/coordinator/coordinator_options.h"
 
 namespace tessera {
@@ -21,6 +22,8 @@ struct CoordinatorServerOptions {
   CoordinatorOptions cluster;
   // Token file (docs/security.md); empty: no authentication.
   std::string auth_token_file;
+  // TLS (docs/security.md, "TLS"); without a certificate: plaintext.
+  TlsFiles tls;
   // Test hook: FaultInjectingStoreForTesting on this path (coordinator_core.h). Empty: off.
   std::string testing_persist_fault_file;
 };
@@ -35,7 +38,7 @@ class CoordinatorServer {
   ~CoordinatorServer();
   int port() const;
   int metrics_port() const;
-  // Reads the token file again (SIGHUP); on an error the tokens in use stay.
+  // Reads the token file and the TLS files again (SIGHUP); on an error what is in use stays.
   absl::Status ReloadCredentials();
   void Shutdown();
 

@@ -24,6 +24,13 @@ ABSL_FLAG(uint32_t, replication, 1, "Replicas per shard (1-3).");
 ABSL_FLAG(uint32_t, num_vshards, 1024, "Number of virtual shards.");
 ABSL_FLAG(int, lease_ms, 1500, "A server not heard from for this long is declared dead.");
 ABSL_FLAG(int, ready_fd, -1, "File descriptor to write the ready line to, then close.");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "TLS (docs/security.md): this daemon's certificate (chain), PEM; with --tls_key_file. "
+          "Re-read on SIGHUP. Empty: plaintext.");
+ABSL_FLAG(std::string, tls_key_file, "", "TLS: this daemon's private key, PEM.");
+ABSL_FLAG(std::string, tls_ca_file, "",
+          "TLS: the CA whose certificates peers must present (mutual TLS); a server also "
+          "verifies its coordinator and backups with it.");
 ABSL_FLAG(std::string, auth_token_file, "",
           "Tokens and their roles, 'ROLE TOKEN' per line (docs/security.md); every call then "
           "needs one. Re-read on SIGHUP. Empty: no authentication.");
@@ -49,6 +56,8 @@ int main(int argc, char** argv) {
   options.cluster.lease = absl::Milliseconds(absl::GetFlag(FLAGS_lease_ms));
   options.testing_persist_fault_file = absl::GetFlag(FLAGS_testing_persist_fault_file);
   options.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
+  options.tls = {absl::GetFlag(FLAGS_tls_cert_file), absl::GetFlag(FLAGS_tls_key_file),
+                 absl::GetFlag(FLAGS_tls_ca_file)};
   absl::StatusOr<std::unique_ptr<tessera::CoordinatorServer>> server =
       tessera::CoordinatorServer::Start(options);
   if (!server.ok()) {
