@@ -12,6 +12,7 @@
 #include "absl/synchronization/notification.h"
 #include "client/internal/client_impl.h"
 #include "client/internal/rpc.h"
+#include "common/byte_stream.h"
 #include "common/grpc_channel.h"
 #include "common/grpc_status.h"
 #include "common/wire.h"
@@ -175,7 +176,12 @@ Endpoint::Endpoint(const std::string& addr, const ClientOptions& options)
     stubs.push_back(v1::ParameterServer::NewStub(channel));
     generic_stubs.push_back(std::make_unique<grpc::GenericStub>(channel));
   }
-  if (options.data_plane) {
+  if (options.data_plane && !options.credentials.tls_ca_file.empty()) {
+    // (unusable files were refused by Connect; a context that fails here: gRPC only)
+    absl::StatusOr<std::shared_ptr<SSL_CTX>> ctx = ClientTlsContext(options.credentials);
+    if (ctx.ok()) tls = *std::move(ctx);
+  }
+  if (options.data_plane && (options.credentials.tls_ca_file.empty() || tls != nullptr)) {
     const int timeout_ms = static_cast<int>(std::clamp<int64_t>(options.rpc_timeout_ms, 1, 2000));
     const int connections = std::max(1, options.data_connections_per_server);
     data_thread =
@@ -253,7 +259,7 @@ void Endpoint::DataLoop(int connections, int timeout_ms) {
     std::vector<std::shared_ptr<DataConn>> conns;
     for (int i = 0; s.ok() && i < connections; ++i) {
       absl::StatusOr<std::shared_ptr<DataConn>> conn =
-          DataConn::Open(host, static_cast<int>(resp.port()), timeout_ms, token);
+          DataConn::Open(host, static_cast<int>(resp.port()), timeout_ms, token, tls.get());
       if (!conn.ok()) break;
       conns.push_back(*std::move(conn));
     }

@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/byte_stream.h"
 
 namespace tessera {
 namespace {
@@ -150,13 +151,22 @@ absl::Status TlsMaterial::Reload() {
   absl::StatusOr<std::string> key = ReadPem(files_.key_file, "the key file");
   if (!cert.ok()) return cert.status();
   if (!key.ok()) return key.status();
+  absl::StatusOr<std::shared_ptr<SSL_CTX>> data_plane = ServerTlsContext(files_);
+  if (!data_plane.ok()) return data_plane.status();
   if (!files_.ca_file.empty()) {
     absl::StatusOr<std::string> ca = ReadPem(files_.ca_file, "the CA file");
     if (!ca.ok()) return ca.status();
     if (absl::Status s = WritePrivate(dir_, "ca.pem", *ca); !s.ok()) return s;
   }
   if (absl::Status s = WritePrivate(dir_, "key.pem", *key); !s.ok()) return s;
-  return WritePrivate(dir_, "cert.pem", *cert);
+  if (absl::Status s = WritePrivate(dir_, "cert.pem", *cert); !s.ok()) return s;
+  data_plane_ = *std::move(data_plane);
+  return absl::OkStatus();
+}
+
+std::shared_ptr<SSL_CTX> TlsMaterial::DataPlaneContext() const {
+  absl::MutexLock lock(&mu_);
+  return data_plane_;
 }
 
 std::shared_ptr<grpc::ServerCredentials> TlsMaterial::ServerCredentials() const {

@@ -13,6 +13,8 @@
 #include "absl/synchronization/mutex.h"
 #include "common/credentials.h"
 
+typedef struct ssl_ctx_st SSL_CTX;
+
 namespace grpc::experimental {
 class FileWatcherCertificateProvider;
 }  // namespace grpc::experimental
@@ -53,13 +55,17 @@ class TlsMaterial {
   // For this daemon's own calls to its peers: verifies them against the CA, presents this
   // certificate. REQUIRES: mutual() (a daemon needs the CA to check whom it calls).
   std::shared_ptr<grpc::ChannelCredentials> PeerCredentials() const;
+  // The data plane's TLS context (common/byte_stream.h) as of the last good (re)load; null
+  // without TLS.
+  std::shared_ptr<SSL_CTX> DataPlaneContext() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   explicit TlsMaterial(TlsFiles files) : files_(std::move(files)) {}
   const TlsFiles files_;
   std::string dir_;  // the private copies gRPC watches
   std::shared_ptr<grpc::experimental::FileWatcherCertificateProvider> provider_;
-  absl::Mutex mu_;  // one reload at a time
+  mutable absl::Mutex mu_;  // one reload at a time
+  std::shared_ptr<SSL_CTX> data_plane_ ABSL_GUARDED_BY(mu_);
 };
 
 // A client's channel credentials from `credentials` (TLS when tls_ca_file is set, else

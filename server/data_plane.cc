@@ -18,6 +18,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "common/auth.h"
+#include "common/byte_stream.h"
 #include "common/data_frame.h"
 #include "common/logging.h"
 #include "common/socket_io.h"
@@ -29,8 +30,8 @@ namespace {
 
 namespace df = data_frame;
 
-constexpr int kMaxCallsInFlight = 64;   // per connection (docs/data_plane.md)
-constexpr int kHandshakeTimeoutS = 10;  // for the client's hello
+constexpr int kMaxCallsInFlight = 64;       // per connection (docs/data_plane.md)
+constexpr int kHandshakeTimeoutMs = 10000;  // for TLS and the client's hello
 
 constexpr char kGetDataPlane[] = "/tessera.v1.ParameterServer/GetDataPlane";
 
@@ -135,6 +136,7 @@ struct DataPlane::Impl {
 struct DataPlane::Impl::Conn : std::enable_shared_from_this<Conn> {
   Impl* plane = nullptr;
   int fd = -1;
+  std::unique_ptr<ByteStream> stream;  // over fd: plain or TLS (set by the reader first)
   std::thread reader;
   std::thread writer;
 
@@ -178,7 +180,7 @@ struct DataPlane::Impl::Conn : std::enable_shared_from_this<Conn> {
     writing = true;
     mu.Unlock();
     const WriteResult r =
-        WriteSome(fd, o->iov, &o->next, /*block=*/std::this_thread::get_id() == reader_id);
+        stream->WriteSome(o->iov, &o->next, /*block=*/std::this_thread::get_id() == reader_id);
     mu.Lock();
     writing = false;
     Sent(r, std::move(o));
@@ -216,7 +218,7 @@ struct DataPlane::Impl::Conn : std::enable_shared_from_this<Conn> {
       queue.pop_front();
       writing = true;
       mu.Unlock();
-      const WriteResult r = WriteSome(fd, o->iov, &o->next, /*block=*/true);
+      const WriteResult r = stream->WriteSome(o->iov, &o->next, /*block=*/true);
       mu.Lock();
       writing = false;
       Sent(r, std::move(o));
@@ -363,27 +365,36 @@ void DataPlane::Impl::Reap(bool all) {
 
 void DataPlane::Impl::Serve(const std::shared_ptr<Conn>& conn) {
   const int fd = conn->fd;
-  // The client's hello and its token (docs/security.md, "The data plane"), each part checked
-  // before the next is read, within kHandshakeTimeout; a token this server does not accept for
-  // pulls or pushes ends the connection before anything else is read.
-  timeval limit{kHandshakeTimeoutS, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
+  // TLS first when this server has it (docs/security.md, "TLS on the data plane"), then the
+  // client's hello and its token, each part checked before the next is read, all within
+  // kHandshakeTimeoutMs; a token this server does not accept for pulls or pushes ends the
+  // connection before anything else is read.
+  bool ok = true;
+  if (std::shared_ptr<SSL_CTX> ctx = options.tls_context ? options.tls_context() : nullptr) {
+    absl::StatusOr<std::unique_ptr<ByteStream>> tls = AcceptTls(fd, ctx.get(), kHandshakeTimeoutMs);
+    ok = tls.ok();
+    if (ok) conn->stream = *std::move(tls);
+  } else {
+    conn->stream = PlainStream(fd);
+  }
+  ByteStream* const stream = conn->stream.get();
   char hello[df::kClientHelloFixedBytes];
   uint32_t token_length = 0;
   std::string token;
-  bool ok = ReadFull(fd, hello, df::kHandshakeBytes) && df::HandshakeOk(hello) &&
-            ReadFull(fd, hello + df::kHandshakeBytes, sizeof(hello) - df::kHandshakeBytes) &&
-            df::ClientHelloOk(hello, &token_length);
+  ok = ok && stream->ReadFullWithin(hello, df::kHandshakeBytes, kHandshakeTimeoutMs) &&
+       df::HandshakeOk(hello) &&
+       stream->ReadFullWithin(hello + df::kHandshakeBytes, sizeof(hello) - df::kHandshakeBytes,
+                              kHandshakeTimeoutMs) &&
+       df::ClientHelloOk(hello, &token_length);
   if (ok) {
     token.resize(token_length);
-    ok = ReadFull(fd, token.data(), token.size()) && auth->CheckToken(token, kGetDataPlane).ok();
+    ok = stream->ReadFullWithin(token.data(), token.size(), kHandshakeTimeoutMs) &&
+         auth->CheckToken(token, kGetDataPlane).ok();
   }
-  limit = {0, 0};  // (then no limit: a connection may idle between calls)
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
   if (ok) {
     df::PutHandshake(hello);
     std::vector<iovec> iov = {{hello, df::kHandshakeBytes}};
-    ok = WriteAll(fd, iov);
+    ok = stream->WriteAll(iov);
   } else {
     refused_connections->Increment();
   }
@@ -396,7 +407,7 @@ void DataPlane::Impl::Serve(const std::shared_ptr<Conn>& conn) {
   };
   while (ok) {
     char raw[df::kRequestHeaderBytes];
-    if (!ReadFull(fd, raw, sizeof(raw))) break;
+    if (!stream->ReadFull(raw, sizeof(raw))) break;
     const df::RequestHeader h = df::GetRequest(raw);
     if (const char* problem = df::RequestHeaderProblem(h); problem != nullptr) {
       refuse(h.call_id, grpc::StatusCode::INVALID_ARGUMENT,
@@ -421,7 +432,7 @@ void DataPlane::Impl::Serve(const std::shared_ptr<Conn>& conn) {
         break;
       }
       if (!allowed.ok()) {
-        if (!Discard(fd, h.length)) break;
+        if (!stream->Discard(h.length)) break;
         refuse(h.call_id, allowed.error_code(), allowed.error_message(), false);
         continue;
       }
@@ -439,21 +450,21 @@ void DataPlane::Impl::Serve(const std::shared_ptr<Conn>& conn) {
     if (absl::Status s =
             budget->Reserve(reserved, absl::StrFormat("a data-plane frame of %u bytes", h.length));
         !s.ok()) {
-      if (!Discard(fd, h.length)) break;
+      if (!stream->Discard(h.length)) break;
       refuse(h.call_id, grpc::StatusCode::RESOURCE_EXHAUSTED, std::string(s.message()), false);
       continue;
     }
     auto* frame = static_cast<FrameBytes*>(std::malloc(reserved));
     if (frame == nullptr) {
       budget->Release(reserved);
-      if (!Discard(fd, h.length)) break;
+      if (!stream->Discard(h.length)) break;
       refuse(h.call_id, grpc::StatusCode::RESOURCE_EXHAUSTED,
              absl::StrFormat("data plane: out of memory for a frame of %u bytes", h.length), false);
       continue;
     }
     frame->budget = budget;
     frame->reserved = reserved;
-    if (!ReadFull(fd, frame->data(), h.length)) {
+    if (!stream->ReadFull(frame->data(), h.length)) {
       FreeFrame(frame);
       break;
     }

@@ -4,11 +4,14 @@
 #define TESSERA_SERVER_DATA_PLANE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+
+typedef struct ssl_ctx_st SSL_CTX;
 
 namespace prometheus {
 class Registry;
@@ -27,6 +30,9 @@ struct DataPlaneOptions {
   int max_connections = 1024;
   // Largest request frame (the server's --max_request_bytes).
   uint32_t max_frame_bytes = 256 << 20;
+  // TLS (docs/security.md): the context for a new connection (asked at each accept, so that a
+  // reload takes effect); null, or answering null: plaintext.
+  std::function<std::shared_ptr<SSL_CTX>()> tls_context;
 };
 
 // Thread-safe. `service`, `budget`, `registry` and `auth` must outlive it.

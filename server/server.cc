@@ -145,14 +145,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   }
   impl->service = std::make_unique<GrpcService>(impl->core.get(), impl->metrics.get(),
                                                 impl->replicator.get(), impl->auth.get());
-  if (options.data_port >= 0 && impl->tls->enabled()) {
-    LogInfo("TLS: the data plane is off, bulk calls travel on gRPC (docs/security.md)");
-  } else if (options.data_port >= 0) {
+  if (options.data_port >= 0) {
     DataPlaneOptions d;
     d.address = options.address;
     d.port = options.data_port;
     d.max_connections = options.max_data_connections;
     d.max_frame_bytes = static_cast<uint32_t>(std::max(options.max_request_bytes, 0));
+    if (impl->tls->enabled()) {
+      TlsMaterial* tls = impl->tls.get();
+      d.tls_context = [tls] { return tls->DataPlaneContext(); };
+    }
     absl::StatusOr<std::unique_ptr<DataPlane>> plane = DataPlane::Start(
         d, impl->service.get(), &impl->core->budget(), impl->registry.get(), impl->auth.get());
     if (!plane.ok()) return plane.status();

@@ -610,6 +610,13 @@ TEST_CASE("under mutual TLS only clients with a certificate from the CA get in",
   TESSERA_REQUIRE_OK(
       (*client)->PushSparse("emb", std::vector<uint64_t>{1}, std::vector<float>(4, 1.0f)));
   TESSERA_REQUIRE_OK(cluster->WaitForReplicas(absl::Seconds(20)));
+  // The bulk calls travel on the data plane, over TLS too (its 8 connections to the server).
+  const int metrics = cluster->metrics_ports()[0];
+  WaitUntil([&] { return Metric(metrics, "tessera_data_plane_connections") >= 8; });
+  const double frames = Metric(metrics, "tessera_data_plane_frames_total");
+  TESSERA_REQUIRE_OK(
+      (*client)->PushSparse("emb", std::vector<uint64_t>{2}, std::vector<float>(4, 1.0f)));
+  CHECK(Metric(metrics, "tessera_data_plane_frames_total") > frames);
 
   struct Case {
     const char* what;

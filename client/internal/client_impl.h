@@ -24,6 +24,8 @@
 #include "proto/cluster.grpc.pb.h"
 #include "proto/tessera.grpc.pb.h"
 
+typedef struct ssl_ctx_st SSL_CTX;
+
 namespace tessera {
 namespace client_internal {
 
@@ -60,7 +62,8 @@ struct Endpoint {
   // Constant after construction. One of each per channel (TCP connection): typed stubs for
   // table management, generic (ByteBuffer) stubs for the data path.
   std::string address;
-  const std::string token;  // presented in the data plane's handshake
+  const std::string token;       // presented in the data plane's handshake
+  std::shared_ptr<SSL_CTX> tls;  // the data plane's TLS (null: plaintext)
   std::vector<std::unique_ptr<v1::ParameterServer::Stub>> stubs;
   std::vector<std::unique_ptr<grpc::GenericStub>> generic_stubs;
   std::atomic<uint32_t> next_stub{0};

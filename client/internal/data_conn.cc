@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "common/byte_stream.h"
 #include "common/data_frame.h"
 #include "common/socket_io.h"
 
@@ -24,23 +25,36 @@ constexpr int kPollMs = 100;
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<DataConn>> DataConn::Open(const std::string& host, int port,
-                                                         int timeout_ms, const std::string& token) {
+                                                         int timeout_ms, const std::string& token,
+                                                         SSL_CTX* tls) {
   absl::StatusOr<int> fd = ConnectTcp(host, port, timeout_ms);
   if (!fd.ok()) return fd.status();
   const std::string peer = absl::StrFormat("%s:%d", host, port);
+  std::unique_ptr<ByteStream> stream;
+  if (tls != nullptr) {
+    absl::StatusOr<std::unique_ptr<ByteStream>> s = ConnectTls(*fd, tls, host, timeout_ms);
+    if (!s.ok()) {
+      ::close(*fd);
+      return absl::Status(s.status().code(),
+                          absl::StrFormat("data plane at %s: %s", peer, s.status().message()));
+    }
+    stream = *std::move(s);
+  } else {
+    stream = PlainStream(*fd);
+  }
   std::string client_hello = df::ClientHello(token);
   char hello[df::kHandshakeBytes];
   std::vector<iovec> iov = {{client_hello.data(), client_hello.size()}};
-  pollfd p{*fd, POLLIN, 0};
-  if (!WriteAll(*fd, iov) || ::poll(&p, 1, timeout_ms) != 1 ||
-      !ReadFull(*fd, hello, sizeof(hello)) || !df::HandshakeOk(hello)) {
+  if (!stream->WriteAll(iov) || !stream->ReadFullWithin(hello, sizeof(hello), timeout_ms) ||
+      !df::HandshakeOk(hello)) {
+    stream.reset();
     ::close(*fd);
     return absl::UnavailableError(
         absl::StrFormat("data plane at %s: no handshake (not a Tessera data plane of frame "
                         "version %u, over its connection limit, or a token it refuses)",
                         peer, df::kVersion));
   }
-  std::shared_ptr<DataConn> conn(new DataConn(*fd, peer));
+  std::shared_ptr<DataConn> conn(new DataConn(*fd, std::move(stream), peer));
   conn->reader_ = std::thread([self = conn]() mutable { self->ReadLoop(std::move(self)); });
   return conn;
 }
@@ -54,6 +68,7 @@ DataConn::~DataConn() {
       reader_.join();
     }
   }
+  stream_.reset();  // (TLS state first, then the socket)
   ::close(fd_);
 }
 
@@ -65,7 +80,7 @@ bool DataConn::broken() const {
 void DataConn::Close(const std::string& why) {
   absl::MutexLock lock(&mu_);
   if (broken_.empty()) broken_ = why;
-  ::shutdown(fd_, SHUT_RDWR);  // the reader sees the end and fails what is in flight
+  stream_->Shutdown();  // the reader sees the end and fails what is in flight
 }
 
 void DataConn::Call(uint16_t method, const grpc::ByteBuffer& request, grpc::ByteBuffer* response,
@@ -94,7 +109,7 @@ void DataConn::Call(uint16_t method, const grpc::ByteBuffer& request, grpc::Byte
   bool ok;
   {
     absl::MutexLock lock(&write_mu_);
-    ok = WriteAll(fd_, iov);
+    ok = stream_->WriteAll(iov);
   }
   if (!ok) {
     Close(absl::StrFormat("data plane at %s: cannot send: %s", peer_, std::strerror(errno)));
@@ -128,16 +143,9 @@ bool DataConn::Read(void* buf, size_t n) {
   char* p = static_cast<char*>(buf);
   while (n > 0) {
     if (absl::Now() - last_sweep_ > absl::Milliseconds(kPollMs)) FailExpired();
-    pollfd pfd{fd_, POLLIN, 0};
-    const int rc = ::poll(&pfd, 1, kPollMs);
-    if (rc < 0 && errno != EINTR) return false;
-    if (rc <= 0) continue;
-    const ssize_t r = ::read(fd_, p, n);
-    if (r == 0) return false;
-    if (r < 0) {
-      if (errno == EINTR || errno == EAGAIN) continue;
-      return false;
-    }
+    const ssize_t r = stream_->ReadSome(p, n, kPollMs);
+    if (r == -2) continue;  // (nothing yet: deadlines are checked again)
+    if (r <= 0) return false;
     p += r;
     n -= static_cast<size_t>(r);
   }
@@ -197,7 +205,7 @@ void DataConn::ReadLoop(std::shared_ptr<DataConn> self) {
     why = broken_;
     failed.swap(pending_);
   }
-  ::shutdown(fd_, SHUT_RDWR);
+  stream_->Shutdown();
   for (auto& [id, call] : failed)
     call.done(grpc::Status(grpc::StatusCode::UNAVAILABLE, why), false);
   // `self` goes last: this object may end here, on its own thread.

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/byte_stream.h"
 
 namespace tessera::client_internal {
 
@@ -24,9 +25,12 @@ class DataConn : public std::enable_shared_from_this<DataConn> {
   // status, and whether a refusal is for routing (the gRPC path's reroute trailer).
   using Done = std::function<void(grpc::Status status, bool reroute)>;
 
-  // Connects to host:port and shakes hands presenting `token` (empty: none), within timeout_ms.
+  // Connects to host:port (over TLS with `tls`, when not null, checking that the server's
+  // certificate names `host`) and shakes hands presenting `token` (empty: none), within
+  // timeout_ms.
   static absl::StatusOr<std::shared_ptr<DataConn>> Open(const std::string& host, int port,
-                                                        int timeout_ms, const std::string& token);
+                                                        int timeout_ms, const std::string& token,
+                                                        SSL_CTX* tls = nullptr);
   ~DataConn();
 
   // Sends one call of wire method `method` (data_frame::BulkMethod): returns once the kernel
@@ -47,14 +51,16 @@ class DataConn : public std::enable_shared_from_this<DataConn> {
     absl::Time deadline;
     Done done;
   };
-  DataConn(int fd, std::string peer) : fd_(fd), peer_(std::move(peer)) {}
+  DataConn(int fd, std::unique_ptr<ByteStream> stream, std::string peer)
+      : fd_(fd), stream_(std::move(stream)), peer_(std::move(peer)) {}
   void ReadLoop(std::shared_ptr<DataConn> self);
   // Reads n bytes, failing deadlines of calls in flight while it waits; false: broken.
   bool Read(void* buf, size_t n);
   void FailExpired() ABSL_LOCKS_EXCLUDED(mu_);
 
   const int fd_;
-  const std::string peer_;  // host:port, for messages
+  std::unique_ptr<ByteStream> stream_;  // over fd_; reset only by the destructor
+  const std::string peer_;              // host:port, for messages
   std::thread reader_;
   absl::Mutex write_mu_;  // one frame at a time on the socket
   mutable absl::Mutex mu_;
