@@ -115,8 +115,9 @@ absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, 
       c.error = !m.alive() ? "dead" : "no /metrics";
       continue;
     }
-    absl::StatusOr<std::string> text =
-        HttpGet(host, m.status().metrics_port(), "/metrics", absl::Seconds(2));
+    absl::StatusOr<std::string> text = HttpGet(
+        host, m.status().metrics_port(), "/metrics", absl::Seconds(2),
+        {credentials.metrics_tls ? credentials.tls_ca_file : "", credentials.metrics_basic_auth});
     if (!text.ok()) {
       c.error = std::string(text.status().message());
       continue;

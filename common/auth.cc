@@ -192,6 +192,42 @@ absl::StatusOr<std::string> ReadClientToken(const std::string& path, RoleSet rol
   return token;
 }
 
+absl::StatusOr<BasicAuthUsers> ReadBasicAuthUsers(const std::string& path) {
+  absl::StatusOr<std::string> text = ReadFile(path);
+  if (!text.ok()) return text.status();
+  BasicAuthUsers users;
+  int line_number = 0;
+  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+    ++line_number;
+    line = absl::StripAsciiWhitespace(line);
+    if (line.empty() || line.front() == '#') continue;
+    std::vector<std::string> fields =
+        absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty());
+    if (fields.size() != 2) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s line %d: want 'USER PASSWORD'", path, line_number));
+    }
+    users.emplace_back(fields[0], fields[1]);
+  }
+  if (users.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": no users"));
+  return users;
+}
+
+absl::StatusOr<std::string> ReadBasicAuthUser(const std::string& path) {
+  absl::StatusOr<BasicAuthUsers> users = ReadBasicAuthUsers(path);
+  if (!users.ok()) return users.status();
+  return absl::StrCat(users->front().first, ":", users->front().second);
+}
+
+bool EqualInConstantTime(absl::string_view a, absl::string_view b) {
+  unsigned diff = static_cast<unsigned>(a.size() ^ b.size());
+  for (size_t i = 0; i < std::max(a.size(), b.size()); ++i) {
+    diff |= static_cast<unsigned char>(i < a.size() ? a[i] : 0) ^
+            static_cast<unsigned char>(i < b.size() ? b[i] : 0);
+  }
+  return diff == 0;
+}
+
 absl::string_view BearerToken(absl::string_view header) {
   constexpr absl::string_view kBearer = "Bearer ";
   if (header.size() <= kBearer.size() || header.substr(0, kBearer.size()) != kBearer) return {};

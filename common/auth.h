@@ -10,6 +10,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -98,6 +99,15 @@ class Authenticator {
   mutable absl::Mutex mu_;
   std::shared_ptr<const TokenTable> table_ ABSL_GUARDED_BY(mu_);
 };
+
+// The users of an HTTP basic authentication file (/metrics: docs/security.md): lines
+// "USER PASSWORD"; errors name the file and the line.
+using BasicAuthUsers = std::vector<std::pair<std::string, std::string>>;
+absl::StatusOr<BasicAuthUsers> ReadBasicAuthUsers(const std::string& path);
+// The first of them as "USER:PASSWORD" (what a scraper sends).
+absl::StatusOr<std::string> ReadBasicAuthUser(const std::string& path);
+// Whether a == b, in a time that depends on their lengths only.
+bool EqualInConstantTime(absl::string_view a, absl::string_view b);
 
 // The token of an "authorization: Bearer TOKEN" value; empty when it is not one.
 absl::string_view BearerToken(absl::string_view header);

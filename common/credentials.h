@@ -19,6 +19,10 @@ struct Credentials {
   // (started with --tls_ca_file). Both or neither.
   std::string tls_cert_file;
   std::string tls_key_file;
+  // Reading the daemons' /metrics (`tessera status`): over HTTPS (verified with tls_ca_file),
+  // and "USER:PASSWORD" for basic authentication (empty: none). docs/security.md, "/metrics".
+  bool metrics_tls = false;
+  std::string metrics_basic_auth;
 };
 
 }  // namespace tessera

@@ -8,9 +8,13 @@
 
 #include <cerrno>
 #include <cstring>
+#include <memory>
+#include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/byte_stream.h"
 
 namespace tessera {
 
@@ -20,6 +24,11 @@ absl::StatusOr<std::string> HttpGet(int port, const std::string& path, absl::Dur
 
 absl::StatusOr<std::string> HttpGet(const std::string& host, int port, const std::string& path,
                                     absl::Duration timeout) {
+  return HttpGet(host, port, path, timeout, HttpGetSecurity{});
+}
+
+absl::StatusOr<std::string> HttpGet(const std::string& host, int port, const std::string& path,
+                                    absl::Duration timeout, const HttpGetSecurity& security) {
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
   struct Closer {
@@ -47,17 +56,36 @@ absl::StatusOr<std::string> HttpGet(const std::string& host, int port, const std
     return absl::UnavailableError(
         absl::StrFormat("connect to %s:%d: %s", host, port, strerror(errno)));
   }
-  const std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: ", host, "\r\n\r\n");
-  if (send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
-    return absl::UnavailableError(absl::StrCat("send: ", strerror(errno)));
+  std::unique_ptr<ByteStream> stream = PlainStream(fd);
+  if (!security.tls_ca_file.empty()) {
+    Credentials c;
+    c.tls_ca_file = security.tls_ca_file;
+    absl::StatusOr<std::shared_ptr<SSL_CTX>> ctx = ClientTlsContext(c);
+    if (!ctx.ok()) return ctx.status();
+    absl::StatusOr<std::unique_ptr<ByteStream>> tls =
+        ConnectTls(fd, ctx->get(), host, static_cast<int>(absl::ToInt64Milliseconds(timeout)));
+    if (!tls.ok()) {
+      return absl::UnavailableError(
+          absl::StrFormat("https://%s:%d: %s", host, port, tls.status().message()));
+    }
+    stream = *std::move(tls);
   }
+  std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: ", host, "\r\n");
+  if (!security.basic_auth.empty()) {
+    absl::StrAppend(&req, "Authorization: Basic ", absl::Base64Escape(security.basic_auth), "\r\n");
+  }
+  req += "\r\n";
+  std::vector<iovec> iov = {{req.data(), req.size()}};
+  if (!stream->WriteAll(iov))
+    return absl::UnavailableError(absl::StrCat("send: ", strerror(errno)));
   std::string response;
   char buf[65536];
+  const int timeout_ms = static_cast<int>(absl::ToInt64Milliseconds(timeout));
   while (true) {
-    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return absl::UnavailableError(absl::StrCat("recv: ", strerror(errno)));
+    const ssize_t n = stream->ReadSome(buf, sizeof(buf), timeout_ms);
     if (n == 0) break;
+    if (n < 0)
+      return absl::UnavailableError(absl::StrFormat("GET %s on port %d: no answer", path, port));
     response.append(buf, static_cast<size_t>(n));
   }
   const size_t header_end = response.find("\r\n\r\n");

@@ -16,6 +16,14 @@ absl::StatusOr<std::string> HttpGet(int port, const std::string& path,
 // The same to host:port (an IPv4 address or a name).
 absl::StatusOr<std::string> HttpGet(const std::string& host, int port, const std::string& path,
                                     absl::Duration timeout = absl::Seconds(10));
+
+// How to reach a protected /metrics (docs/security.md, "/metrics").
+struct HttpGetSecurity {
+  std::string tls_ca_file;  // set: HTTPS, the server's certificate verified with this CA
+  std::string basic_auth;   // "USER:PASSWORD" for basic authentication; empty: none
+};
+absl::StatusOr<std::string> HttpGet(const std::string& host, int port, const std::string& path,
+                                    absl::Duration timeout, const HttpGetSecurity& security);
 }  // namespace tessera
 
 #endif  // TESSERA_COMMON_HTTP_GET_H_

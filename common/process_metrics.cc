@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <prometheus/counter.h>
 #include <prometheus/exposer.h>
 #include <prometheus/registry.h>
@@ -11,12 +12,22 @@
 
 #include <atomic>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <thread>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "common/auth.h"
+#include "common/byte_stream.h"
+#include "common/socket_io.h"
+#include "common/tls.h"
 
 namespace tessera {
 namespace {
@@ -139,6 +150,157 @@ void StopExposer(std::unique_ptr<prometheus::Exposer>& exposer, const std::strin
   exposer.reset();
   stopped.store(true);
   waker.join();
+}
+
+// The TLS front of a MetricsServer: accepts TLS connections on the configured port and, for
+// each, passes the request (with "Connection: close") to the exposer's loopback port and its
+// answer back. A connection at a time per thread, at most kMaxConnections at once (more are
+// closed), each bounded by kTimeoutMs for the handshake, the request and the answer.
+struct MetricsServer::TlsFront {
+  static constexpr int kMaxConnections = 16;
+  static constexpr int kTimeoutMs = 10000;
+  static constexpr size_t kMaxRequestBytes = 16 << 10;
+
+  Listener listener;
+  std::shared_ptr<SSL_CTX> ctx;
+  int backend_port = 0;
+  std::thread acceptor;
+  absl::Mutex mu;
+  bool stopping ABSL_GUARDED_BY(mu) = false;
+  int active ABSL_GUARDED_BY(mu) = 0;
+
+  ~TlsFront() {
+    {
+      absl::MutexLock lock(&mu);
+      stopping = true;
+    }
+    if (acceptor.joinable()) acceptor.join();
+    ::close(listener.fd);
+    absl::MutexLock lock(&mu);
+    mu.Await(absl::Condition(
+        +[](int* n) { return *n == 0; }, &active));
+  }
+
+  void AcceptLoop() {
+    for (;;) {
+      {
+        absl::MutexLock lock(&mu);
+        if (stopping) return;
+      }
+      pollfd p{listener.fd, POLLIN, 0};
+      if (::poll(&p, 1, 100) <= 0) continue;
+      const int fd = ::accept4(listener.fd, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) continue;
+      {
+        absl::MutexLock lock(&mu);
+        if (stopping || active >= kMaxConnections) {
+          ::close(fd);
+          continue;
+        }
+        ++active;
+      }
+      std::thread([this, fd] {
+        Serve(fd);
+        ::close(fd);
+        absl::MutexLock lock(&mu);
+        --active;  // (the last use of `this`)
+      }).detach();
+    }
+  }
+
+  void Serve(int fd) {
+    absl::StatusOr<std::unique_ptr<ByteStream>> tls = AcceptTls(fd, ctx.get(), kTimeoutMs);
+    if (!tls.ok()) return;
+    // The request's head (a GET has no body), then its headers without Connection.
+    std::string head;
+    char buf[4096];
+    while (head.find("\r\n\r\n") == std::string::npos) {
+      const ssize_t n = (*tls)->ReadSome(buf, sizeof(buf), kTimeoutMs);
+      if (n <= 0 || head.size() + static_cast<size_t>(n) > kMaxRequestBytes) return;
+      head.append(buf, static_cast<size_t>(n));
+    }
+    std::string request;
+    for (absl::string_view line : absl::StrSplit(head.substr(0, head.find("\r\n\r\n")), "\r\n")) {
+      if (absl::StartsWithIgnoreCase(line, "connection:")) continue;
+      absl::StrAppend(&request, line, "\r\n");
+    }
+    absl::StrAppend(&request, "Connection: close\r\n\r\n");
+    absl::StatusOr<int> backend = ConnectTcp("127.0.0.1", backend_port, kTimeoutMs);
+    if (!backend.ok()) return;
+    std::unique_ptr<ByteStream> plain = PlainStream(*backend);
+    std::vector<iovec> iov = {{request.data(), request.size()}};
+    if (plain->WriteAll(iov)) {
+      for (;;) {
+        const ssize_t n = plain->ReadSome(buf, sizeof(buf), kTimeoutMs);
+        if (n <= 0) break;
+        std::vector<iovec> out = {{buf, static_cast<size_t>(n)}};
+        if (!(*tls)->WriteAll(out)) break;
+      }
+    }
+    plain.reset();
+    ::close(*backend);
+  }
+};
+
+absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
+    const std::string& host, int port, const MetricsSecurity& security) {
+  std::unique_ptr<MetricsServer> m(new MetricsServer());
+  m->host_ = host;
+  const bool tls = !security.tls_cert_file.empty() || !security.tls_key_file.empty();
+  BasicAuthUsers users;
+  if (!security.basic_auth_file.empty()) {
+    absl::StatusOr<BasicAuthUsers> read = ReadBasicAuthUsers(security.basic_auth_file);
+    if (!read.ok()) return read.status();
+    users = *std::move(read);
+  }
+  std::unique_ptr<TlsFront> front;
+  if (tls) {
+    front = std::make_unique<TlsFront>();
+    absl::StatusOr<std::shared_ptr<SSL_CTX>> ctx =
+        ServerTlsContext({security.tls_cert_file, security.tls_key_file, ""});
+    if (!ctx.ok()) return ctx.status();
+    front->ctx = *std::move(ctx);
+    absl::StatusOr<Listener> listener = ListenTcp(host, port);
+    if (!listener.ok()) return listener.status();
+    front->listener = *listener;
+  }
+  // With TLS the exposer is the front's, on a loopback port of its own.
+  const std::string bind = tls ? std::string("127.0.0.1:0") : absl::StrFormat("%s:%d", host, port);
+  try {  // prometheus-cpp reports a failed start by throwing; converted here
+    m->exposer_ = std::make_unique<prometheus::Exposer>(bind, /*num_threads=*/1);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(
+        absl::StrFormat("cannot serve /metrics on %s: %s", bind, e.what()));
+  }
+  const std::vector<int> ports = m->exposer_->GetListeningPorts();
+  const int exposer_port = ports.empty() ? -1 : ports.front();
+  if (!users.empty()) {
+    m->exposer_->RegisterAuth(
+        [users](const std::string& user, const std::string& password) {
+          bool ok = false;
+          for (const auto& [u, p] : users) {
+            ok |= EqualInConstantTime(u, user) & EqualInConstantTime(p, password);
+          }  // (every user compared, whatever matched)
+          return ok;
+        },
+        "tessera");
+  }
+  if (front != nullptr) {
+    front->backend_port = exposer_port;
+    m->port_ = front->listener.port;
+    TlsFront* raw = front.get();
+    front->acceptor = std::thread([raw] { raw->AcceptLoop(); });
+    m->front_ = std::move(front);
+  } else {
+    m->port_ = exposer_port;
+  }
+  return m;
+}
+
+MetricsServer::~MetricsServer() {
+  const std::string exposer_host = front_ != nullptr ? "127.0.0.1" : host_;
+  front_.reset();
+  StopExposer(exposer_, exposer_host);
 }
 
 void ExportAuthMetrics(Authenticator& auth, prometheus::Registry& registry) {

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
+
 namespace prometheus {
 class Exposer;
 class Registry;
@@ -20,6 +22,42 @@ class Registry;
 namespace tessera {
 
 class Authenticator;
+
+// How a daemon protects its /metrics (docs/security.md, "/metrics").
+struct MetricsSecurity {
+  // Both: HTTPS with this certificate (the daemon's own, PEM).
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // Lines "USER PASSWORD": scrapers must send one of them (HTTP basic authentication; compared
+  // in constant time). Empty: none.
+  std::string basic_auth_file;
+};
+
+// A daemon's /metrics endpoint: prometheus-cpp's exposer, protected as MetricsSecurity says.
+// Debian 12's civetweb cannot serve TLS with its OpenSSL 3 (its table of OpenSSL functions, filled
+// when it loads libssl, has a null entry that a TLS request calls: the process crashes), so
+// with TLS the exposer listens on a loopback port of its own and a front made here terminates
+// TLS on the configured port and passes each request on. Thread-safe.
+class MetricsServer {
+ public:
+  // Serves on host:port (0: a free port); the error names what failed (the bind, an unusable
+  // file). REQUIRES: host is a name or an IPv4 address (no brackets).
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(const std::string& host, int port,
+                                                              const MetricsSecurity& security);
+  ~MetricsServer();  // stops promptly (see StopExposer)
+
+  prometheus::Exposer& exposer() { return *exposer_; }
+  int port() const { return port_; }  // where scrapers connect
+
+  struct TlsFront;
+
+ private:
+  MetricsServer() = default;
+  std::string host_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<TlsFront> front_;
+  int port_ = -1;
+};
 
 // Counts `auth`'s refusals (tessera_auth_refusals_total{method, code}) and reloads
 // (tessera_auth_reloads_total{outcome}) in `registry` (docs/security.md). Call before serving;

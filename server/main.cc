@@ -30,6 +30,10 @@ ABSL_FLAG(std::string, tls_key_file, "", "TLS: this daemon's private key, PEM.")
 ABSL_FLAG(std::string, tls_ca_file, "",
           "TLS: the CA whose certificates peers must present (mutual TLS); a server also "
           "verifies its coordinator and backups with it.");
+ABSL_FLAG(bool, metrics_tls, false,
+          "Serve /metrics over HTTPS with --tls_cert_file and --tls_key_file (docs/security.md).");
+ABSL_FLAG(std::string, metrics_basic_auth_file, "",
+          "/metrics requires HTTP basic authentication: lines 'USER PASSWORD'. Empty: none.");
 ABSL_FLAG(std::string, auth_token_file, "",
           "Tokens and their roles, 'ROLE TOKEN' per line (docs/security.md); every call then "
           "needs one, and this server presents its first 'server' token to its peers. Re-read "
@@ -97,6 +101,11 @@ int main(int argc, char** argv) {
   options.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
   options.tls = {absl::GetFlag(FLAGS_tls_cert_file), absl::GetFlag(FLAGS_tls_key_file),
                  absl::GetFlag(FLAGS_tls_ca_file)};
+  if (absl::GetFlag(FLAGS_metrics_tls)) {
+    options.metrics_security.tls_cert_file = options.tls.cert_file;
+    options.metrics_security.tls_key_file = options.tls.key_file;
+  }
+  options.metrics_security.basic_auth_file = absl::GetFlag(FLAGS_metrics_basic_auth_file);
   options.max_data_connections = absl::GetFlag(FLAGS_max_data_connections);
   options.drain_timeout_ms = absl::GetFlag(FLAGS_drain_timeout_ms);
   options.coordinator = absl::GetFlag(FLAGS_coordinator);

@@ -27,7 +27,7 @@ struct Server::Impl {
   std::shared_ptr<TableCollector> table_collector;
   std::shared_ptr<ReplicationCollector> replication_collector;
   std::shared_ptr<ProcessCollector> process_collector = std::make_shared<ProcessCollector>();
-  std::unique_ptr<prometheus::Exposer> exposer;
+  std::unique_ptr<MetricsServer> metrics_server;  // null: no /metrics
   std::unique_ptr<Authenticator> auth;
   std::unique_ptr<TlsMaterial> tls;
   std::unique_ptr<Replicator> replicator;
@@ -106,19 +106,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   }
   impl->table_collector = std::make_shared<TableCollector>(impl->core.get());
   if (options.metrics_port >= 0) {
-    const std::string bind =
-        absl::StrFormat("%s:%d", options.metrics_address, options.metrics_port);
-    try {  // prometheus-cpp reports a failed bind by throwing; convert at this boundary
-      impl->exposer = std::make_unique<prometheus::Exposer>(bind, /*num_threads=*/1);
-    } catch (const std::exception& e) {
-      return absl::UnavailableError(
-          absl::StrFormat("cannot serve /metrics on %s: %s", bind, e.what()));
-    }
-    impl->exposer->RegisterCollectable(impl->registry);
-    impl->exposer->RegisterCollectable(impl->table_collector);
-    impl->exposer->RegisterCollectable(impl->process_collector);  // (held weakly: kept in impl)
-    const std::vector<int> ports = impl->exposer->GetListeningPorts();
-    impl->metrics_port = ports.empty() ? -1 : ports.front();
+    absl::StatusOr<std::unique_ptr<MetricsServer>> metrics = MetricsServer::Start(
+        options.metrics_address, options.metrics_port, options.metrics_security);
+    if (!metrics.ok()) return metrics.status();
+    impl->metrics_server = *std::move(metrics);
+    prometheus::Exposer& exposer = impl->metrics_server->exposer();
+    exposer.RegisterCollectable(impl->registry);
+    exposer.RegisterCollectable(impl->table_collector);
+    exposer.RegisterCollectable(impl->process_collector);  // (held weakly: kept in impl)
+    impl->metrics_port = impl->metrics_server->port();
   }
 
   if (!options.coordinator.empty()) {
@@ -137,10 +133,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     };
     impl->replicator = std::make_unique<Replicator>(r, impl->core.get());
     impl->core->SetUpdateLog(impl->replicator.get());
-    if (impl->exposer != nullptr) {
+    if (impl->metrics_server != nullptr) {
       impl->replication_collector =
           std::make_shared<ReplicationCollector>(impl->replicator.get(), impl->core.get());
-      impl->exposer->RegisterCollectable(impl->replication_collector);
+      impl->metrics_server->exposer().RegisterCollectable(impl->replication_collector);
     }
   }
   impl->service = std::make_unique<GrpcService>(impl->core.get(), impl->metrics.get(),
@@ -231,7 +227,7 @@ void Server::Shutdown() {
   impl_->grpc_server->Wait();
   if (impl_->data_plane != nullptr) impl_->data_plane->Stop(drain_deadline);
   LogInfo("drained and stopped in %.1f ms", absl::ToDoubleMilliseconds(absl::Now() - start));
-  StopExposer(impl_->exposer, impl_->options.metrics_address);
+  impl_->metrics_server.reset();
 }
 
 }  // namespace tessera

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "common/process_metrics.h"
 #include "common/tls.h"
 #include "server/server_core.h"
 
@@ -22,6 +23,8 @@ struct ServerOptions {
   // Address and port of the Prometheus /metrics endpoint; port 0 picks a free port, -1 disables.
   std::string metrics_address = "127.0.0.1";
   int metrics_port = 0;
+  // HTTPS and basic authentication on /metrics (docs/security.md, "/metrics").
+  MetricsSecurity metrics_security;
   // Port of the data plane (docs/data_plane.md: the bulk calls on framed TCP beside gRPC), on
   // `address`; 0 picks a free port, -1 disables it (clients then use gRPC only).
   int data_port = 0;

@@ -54,7 +54,7 @@ absl::StatusOr<int> FreeLoopbackPort() {
 
 absl::StatusOr<std::unique_ptr<LocalPrometheus>> LocalPrometheus::Start(
     const std::string& dir, const Targets& targets, absl::Duration interval,
-    const std::vector<std::string>& rule_files) {
+    const std::vector<std::string>& rule_files, const Scrape& scrape) {
   const std::string binary = "/usr/bin/prometheus";
   if (!std::filesystem::exists(binary)) {
     return absl::FailedPreconditionError(
@@ -73,6 +73,14 @@ absl::StatusOr<std::unique_ptr<LocalPrometheus>> LocalPrometheus::Start(
   for (const auto& [job, hosts] : targets) {
     absl::StrAppend(&config, "  - job_name: ", job, "\n    static_configs:\n      - targets: ['",
                     absl::StrJoin(hosts, "', '"), "']\n");
+    if (!scrape.ca_file.empty()) {
+      absl::StrAppend(&config,
+                      "    scheme: https\n    tls_config:\n      ca_file: ", scrape.ca_file, "\n");
+    }
+    if (!scrape.username.empty()) {
+      absl::StrAppend(&config, "    basic_auth:\n      username: ", scrape.username,
+                      "\n      password: ", scrape.password, "\n");
+    }
   }
   if (!(std::ofstream(dir + "/prometheus.yml") << config)) {
     return absl::InternalError(absl::StrCat("cannot write ", dir, "/prometheus.yml"));

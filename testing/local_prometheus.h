@@ -22,13 +22,20 @@ class LocalPrometheus {
  public:
   // (job name, host:port targets) pairs.
   using Targets = std::vector<std::pair<std::string, std::vector<std::string>>>;
+  // How every target is scraped: HTTPS verified with ca_file (empty: HTTP), and basic
+  // authentication (empty username: none). docs/security.md, "/metrics".
+  struct Scrape {
+    std::string ca_file;
+    std::string username;
+    std::string password;
+  };
 
   // Starts /usr/bin/prometheus with its configuration and data in `dir`, scraping `targets`
   // every `interval`, with `rule_files` loaded (may be empty). FAILED_PRECONDITION when
   // Prometheus is not installed. It dies with this process.
   static absl::StatusOr<std::unique_ptr<LocalPrometheus>> Start(
       const std::string& dir, const Targets& targets, absl::Duration interval,
-      const std::vector<std::string>& rule_files = {});
+      const std::vector<std::string>& rule_files = {}, const Scrape& scrape = {});
   ~LocalPrometheus();  // SIGTERM, then SIGKILL after 10 s
 
   int port() const { return port_; }

@@ -60,6 +60,11 @@ ABSL_FLAG(std::string, tls_ca_file, "",
 ABSL_FLAG(std::string, tls_cert_file, "",
           "with --tls_ca_file: this client's certificate, for daemons that require mutual TLS.");
 ABSL_FLAG(std::string, tls_key_file, "", "with --tls_cert_file: its key.");
+ABSL_FLAG(bool, metrics_tls, false,
+          "status: read the daemons' /metrics over HTTPS, verified with --tls_ca_file.");
+ABSL_FLAG(std::string, metrics_basic_auth_file, "",
+          "status: the daemons' /metrics basic authentication file ('USER PASSWORD' lines: the "
+          "first is used).");
 ABSL_FLAG(std::string, auth_token_file, "",
           "status, checkpoint, bench (--connect): the token to present (docs/security.md): a "
           "file with the token alone, or the daemons' 'ROLE TOKEN' file (the first token with "
@@ -133,7 +138,14 @@ tessera::Credentials CredentialsOrExit(tessera::RoleSet roles) {
   c.tls_ca_file = absl::GetFlag(FLAGS_tls_ca_file);
   c.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
   c.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
+  c.metrics_tls = absl::GetFlag(FLAGS_metrics_tls);
   absl::Status s = tessera::CheckCredentials(c);
+  if (const std::string path = absl::GetFlag(FLAGS_metrics_basic_auth_file);
+      s.ok() && !path.empty()) {
+    absl::StatusOr<std::string> user = tessera::ReadBasicAuthUser(path);
+    if (user.ok()) c.metrics_basic_auth = *user;
+    s = user.status();
+  }
   if (const std::string path = absl::GetFlag(FLAGS_auth_token_file); s.ok() && !path.empty()) {
     absl::StatusOr<std::string> token = tessera::ReadClientToken(path, roles);
     if (token.ok()) c.auth_token = *token;

@@ -59,7 +59,7 @@ struct Worker::Impl {
   prometheus::Counter* checkpoints_failed = nullptr;
   prometheus::Gauge* last_checkpoint = nullptr;
   std::shared_ptr<ProcessCollector> process_collector = std::make_shared<ProcessCollector>();
-  std::unique_ptr<prometheus::Exposer> exposer;
+  std::unique_ptr<MetricsServer> metrics_server;  // null: no /metrics
   int metrics_port = -1;
 
   // gRPC health: the process, and tessera.v1.Worker while the worker trains. (gRPC needs one
@@ -71,7 +71,7 @@ struct Worker::Impl {
 
   ~Impl() {
     if (health_server != nullptr) health_server->Shutdown(absl::ToChronoTime(absl::Now()));
-    StopExposer(exposer, options.metrics_address);
+    metrics_server.reset();
   }
 
   void RegisterMetrics() {
@@ -103,19 +103,14 @@ struct Worker::Impl {
 
   absl::Status ServeMetrics() {
     if (options.metrics_port < 0) return absl::OkStatus();
-    try {
-      exposer = std::make_unique<prometheus::Exposer>(
-          absl::StrFormat("%s:%d", options.metrics_address, options.metrics_port), 1);
-    } catch (const std::exception& e) {
-      return absl::UnavailableError(absl::StrFormat("cannot serve /metrics on %s:%d: %s",
-                                                    options.metrics_address, options.metrics_port,
-                                                    e.what()));
-    }
-    exposer->RegisterCollectable(registry);
-    exposer->RegisterCollectable(process_collector);  // (held weakly)
-    const std::vector<int> ports = exposer->GetListeningPorts();
-    if (!ports.empty()) {
-      metrics_port = ports[0];
+    absl::StatusOr<std::unique_ptr<MetricsServer>> started = MetricsServer::Start(
+        options.metrics_address, options.metrics_port, options.metrics_security);
+    if (!started.ok()) return started.status();
+    metrics_server = *std::move(started);
+    metrics_server->exposer().RegisterCollectable(registry);
+    metrics_server->exposer().RegisterCollectable(process_collector);  // (held weakly)
+    if (metrics_server->port() > 0) {
+      metrics_port = metrics_server->port();
       std::printf("metrics: http://%s:%d/metrics\n", options.metrics_address.c_str(), metrics_port);
     }
     return absl::OkStatus();

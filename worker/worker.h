@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/credentials.h"
+#include "common/process_metrics.h"
 
 namespace tessera {
 
@@ -24,6 +25,8 @@ struct WorkerOptions {
   int metrics_port = 0;                       // 0: a free one; -1: no /metrics
   int health_port = -1;                       // 0: a free one; -1: no health service
   double report_every_s = 1.0;
+  // HTTPS and basic authentication on /metrics (docs/security.md, "/metrics").
+  MetricsSecurity metrics_security;
   // Presented to the daemons (docs/security.md): a worker token (with admin too when the job
   // creates its tables; worker 0's checkpoint rounds need admin).
   Credentials credentials;

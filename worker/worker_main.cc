@@ -35,6 +35,10 @@ ABSL_FLAG(std::string, tls_ca_file, "",
           "over TLS with it. Empty: plaintext.");
 ABSL_FLAG(std::string, tls_cert_file, "", "This worker's certificate (chain), PEM.");
 ABSL_FLAG(std::string, tls_key_file, "", "Its private key, PEM.");
+ABSL_FLAG(bool, metrics_tls, false,
+          "Serve /metrics over HTTPS with --tls_cert_file and --tls_key_file (docs/security.md).");
+ABSL_FLAG(std::string, metrics_basic_auth_file, "",
+          "/metrics requires HTTP basic authentication: lines 'USER PASSWORD'. Empty: none.");
 ABSL_FLAG(std::string, auth_token_file, "",
           "The token to present (docs/security.md): a file with the token alone, or the "
           "daemons' 'ROLE TOKEN' file (the first token with the admin and worker roles, else "
@@ -68,6 +72,9 @@ int main(int argc, char** argv) {
       .metrics_port = absl::GetFlag(FLAGS_metrics_port),
       .health_port = absl::GetFlag(FLAGS_health_port),
       .report_every_s = absl::GetFlag(FLAGS_report_every_s),
+      .metrics_security = {absl::GetFlag(FLAGS_metrics_tls) ? credentials.tls_cert_file : "",
+                           absl::GetFlag(FLAGS_metrics_tls) ? credentials.tls_key_file : "",
+                           absl::GetFlag(FLAGS_metrics_basic_auth_file)},
       .credentials = credentials,
   };
   tessera::SetLogTag(absl::StrFormat("worker/%u", options.worker));

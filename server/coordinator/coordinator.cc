@@ -94,7 +94,7 @@ struct CoordinatorServer::Impl : public RawCoordinatorService {
 
   std::shared_ptr<prometheus::Registry> registry;
   std::shared_ptr<ProcessCollector> process_collector = std::make_shared<ProcessCollector>();
-  std::unique_ptr<prometheus::Exposer> exposer;
+  std::unique_ptr<MetricsServer> metrics_server;  // null: no /metrics
   int metrics_port = -1;
   prometheus::Gauge* epoch_gauge = nullptr;
   prometheus::Counter* failovers_counter = nullptr;
@@ -386,17 +386,14 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
       gauge("tessera_coordinator_shards_degraded", "Shards with fewer LIVE replicas than R.");
   impl->UpdateGauges();
   if (options.metrics_port >= 0) {
-    const std::string bind = absl::StrFormat("%s:%d", options.address, options.metrics_port);
-    try {
-      impl->exposer = std::make_unique<prometheus::Exposer>(bind, 1);
-    } catch (const std::exception& e) {
-      return absl::UnavailableError(
-          absl::StrFormat("cannot serve /metrics on %s: %s", bind, e.what()));
-    }
-    impl->exposer->RegisterCollectable(impl->registry);
-    impl->exposer->RegisterCollectable(impl->process_collector);  // (held weakly: kept in impl)
-    const std::vector<int> ports = impl->exposer->GetListeningPorts();
-    impl->metrics_port = ports.empty() ? -1 : ports.front();
+    absl::StatusOr<std::unique_ptr<MetricsServer>> metrics =
+        MetricsServer::Start(options.address, options.metrics_port, options.metrics_security);
+    if (!metrics.ok()) return metrics.status();
+    impl->metrics_server = *std::move(metrics);
+    impl->metrics_server->exposer().RegisterCollectable(impl->registry);
+    // (held weakly: kept in impl)
+    impl->metrics_server->exposer().RegisterCollectable(impl->process_collector);
+    impl->metrics_port = impl->metrics_server->port();
   }
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -447,7 +444,7 @@ void CoordinatorServer::Shutdown() {
   // 80 ms with nothing connected).
   impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(250));
   impl_->server->Wait();
-  StopExposer(impl_->exposer, impl_->options.address);
+  impl_->metrics_server.reset();
 }
 
 }  // namespace tessera

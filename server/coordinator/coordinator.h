@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/process_metrics.h"
 #include "common/tls.h"
 #include "server/coordinator/coordinator_options.h"
 
@@ -24,6 +25,8 @@ struct CoordinatorServerOptions {
   std::string auth_token_file;
   // TLS (docs/security.md, "TLS"); without a certificate: plaintext.
   TlsFiles tls;
+  // HTTPS and basic authentication on /metrics (docs/security.md, "/metrics").
+  MetricsSecurity metrics_security;
   // Test hook: FaultInjectingStoreForTesting on this path (coordinator_core.h). Empty: off.
   std::string testing_persist_fault_file;
 };
