@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <random>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
@@ -298,13 +299,33 @@ void Endpoint::Retire() {
 
 }  // namespace client_internal
 
-bool Client::Impl::Retryable(const grpc::Status& status, const grpc::ClientContext& ctx) const {
-  if (status.error_code() != grpc::StatusCode::FAILED_PRECONDITION) return Retryable(status, false);
+namespace client_internal {
+
+int64_t RetryAfterMs(const grpc::ClientContext& ctx) {
   const auto& md = ctx.GetServerTrailingMetadata();
-  return Retryable(status, md.find(kRerouteMetadataKey) != md.end());
+  auto it = md.find(kRetryAfterMetadataKey);
+  int64_t ms = 0;
+  if (it == md.end() ||
+      !absl::SimpleAtoi(absl::string_view(it->second.data(), it->second.size()), &ms)) {
+    return 0;
+  }
+  return std::clamp<int64_t>(ms, 0, 60000);
 }
 
-bool Client::Impl::Retryable(const grpc::Status& status, bool reroute) const {
+}  // namespace client_internal
+
+bool Client::Impl::Retryable(const grpc::Status& status, const grpc::ClientContext& ctx) const {
+  const auto& md = ctx.GetServerTrailingMetadata();
+  return Retryable(status, md.find(kRerouteMetadataKey) != md.end(),
+                   client_internal::RetryAfterMs(ctx));
+}
+
+bool Client::Impl::Retryable(const grpc::Status& status, bool reroute,
+                             int64_t retry_after_ms) const {
+  // A refusal for a call limit (docs/security.md, "Abuse limits") says when to come back.
+  if (status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED && retry_after_ms > 0) {
+    return true;
+  }
   // CANCELLED is what gRPC reports for a call cut off by a server shutting down (this client
   // never cancels its own calls); like UNAVAILABLE it is safe to retry: pulls are idempotent
   // and a retried push keeps its sequence number. A routing refusal carries kRerouteMetadataKey.

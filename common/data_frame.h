@@ -11,12 +11,12 @@
 namespace tessera::data_frame {
 
 inline constexpr char kMagic[4] = {'T', 'S', 'D', 'P'};
-inline constexpr uint32_t kVersion = 2;
+inline constexpr uint32_t kVersion = 3;
 inline constexpr size_t kHandshakeBytes = 8;          // the server's answer: magic, version
 inline constexpr size_t kClientHelloFixedBytes = 12;  // magic, version, token length
 inline constexpr uint32_t kMaxHelloTokenBytes = 256;
 inline constexpr size_t kRequestHeaderBytes = 12;
-inline constexpr size_t kResponseHeaderBytes = 24;
+inline constexpr size_t kResponseHeaderBytes = 28;
 inline constexpr uint32_t kMaxMessageBytes = 64 << 10;  // of a response's status message
 inline constexpr uint16_t kFlagReroute = 1;
 
@@ -43,6 +43,8 @@ struct ResponseHeader {
   uint32_t message_length = 0;
   uint32_t payload_length = 0;
   uint64_t epoch = 0;
+  // A refusal for a limit (RESOURCE_EXHAUSTED): retry after this long (0: do not retry).
+  uint32_t retry_after_ms = 0;
 };
 
 inline void PutHandshake(char* out) {
@@ -94,6 +96,7 @@ inline void Put(const ResponseHeader& h, char* out) {
   std::memcpy(out + 8, &h.message_length, 4);
   std::memcpy(out + 12, &h.payload_length, 4);
   std::memcpy(out + 16, &h.epoch, 8);
+  std::memcpy(out + 24, &h.retry_after_ms, 4);
 }
 inline ResponseHeader GetResponse(const char* in) {
   ResponseHeader h;
@@ -103,6 +106,7 @@ inline ResponseHeader GetResponse(const char* in) {
   std::memcpy(&h.message_length, in + 8, 4);
   std::memcpy(&h.payload_length, in + 12, 4);
   std::memcpy(&h.epoch, in + 16, 8);
+  std::memcpy(&h.retry_after_ms, in + 24, 4);
   return h;
 }
 

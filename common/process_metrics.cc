@@ -26,6 +26,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/auth.h"
 #include "common/byte_stream.h"
+#include "common/call_limiter.h"
 #include "common/socket_io.h"
 #include "common/tls.h"
 
@@ -301,6 +302,19 @@ MetricsServer::~MetricsServer() {
   const std::string exposer_host = front_ != nullptr ? "127.0.0.1" : host_;
   front_.reset();
   StopExposer(exposer_, exposer_host);
+}
+
+void ExportCallLimitMetrics(CallLimiter& limiter, prometheus::Registry& registry) {
+  auto* family = &prometheus::BuildCounter()
+                      .Name("tessera_call_limit_refusals_total")
+                      .Help(
+                          "Calls refused RESOURCE_EXHAUSTED with a retry hint for a call limit "
+                          "(docs/security.md, 'Abuse limits'), by limit: token_in_flight, "
+                          "token_rate, connection_in_flight, connection_rate.")
+                      .Register(registry);
+  limiter.set_refusal_hook([family](const char* limit) {
+    family->Add({{"limit", limit}}).Increment();
+  });
 }
 
 void ExportAuthMetrics(Authenticator& auth, prometheus::Registry& registry) {

@@ -22,6 +22,7 @@ class Registry;
 namespace tessera {
 
 class Authenticator;
+class CallLimiter;
 
 // How a daemon protects its /metrics (docs/security.md, "/metrics").
 struct MetricsSecurity {
@@ -58,6 +59,9 @@ class MetricsServer {
   std::unique_ptr<TlsFront> front_;
   int port_ = -1;
 };
+
+// Counts `limiter`'s refusals (tessera_call_limit_refusals_total{limit}). Call before serving.
+void ExportCallLimitMetrics(CallLimiter& limiter, prometheus::Registry& registry);
 
 // Counts `auth`'s refusals (tessera_auth_refusals_total{method, code}) and reloads
 // (tessera_auth_reloads_total{outcome}) in `registry` (docs/security.md). Call before serving;

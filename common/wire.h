@@ -29,6 +29,9 @@ inline constexpr char kEpochMetadataKey[] = "tessera-shard-map-epoch";
 // Trailing metadata on a refusal for routing reasons (stale map, not the primary): the client
 // refreshes its shard map and retries the same request (docs/replication.md).
 inline constexpr char kRerouteMetadataKey[] = "tessera-reroute";
+// Trailing metadata of a refusal for a call limit (RESOURCE_EXHAUSTED, docs/security.md): the
+// milliseconds to wait before the call may be retried.
+inline constexpr char kRetryAfterMetadataKey[] = "tessera-retry-after-ms";
 
 void TableConfigToProto(const TableConfig& config, v1::TableSpec* spec);
 // INVALID_ARGUMENT for unknown enum values. Does not resolve defaults.

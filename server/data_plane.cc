@@ -19,7 +19,9 @@
 #include "absl/synchronization/mutex.h"
 #include "common/auth.h"
 #include "common/byte_stream.h"
+#include "common/call_limiter.h"
 #include "common/data_frame.h"
+#include "common/grpc_status.h"
 #include "common/logging.h"
 #include "common/socket_io.h"
 #include "server/grpc_service.h"
@@ -114,6 +116,7 @@ struct DataPlane::Impl {
   GrpcService* service = nullptr;
   MemoryBudget* budget = nullptr;
   const Authenticator* auth = nullptr;
+  CallLimiter* limiter = nullptr;
   Listener listener;
   prometheus::Gauge* connections_gauge = nullptr;
   prometheus::Counter* frames = nullptr;
@@ -157,7 +160,8 @@ struct DataPlane::Impl::Conn : std::enable_shared_from_this<Conn> {
   // (back-pressure on this connection only), any other thread (an executor, the replicator)
   // only as far as the socket takes it without waiting, leaving the rest to the writer.
   void Respond(uint32_t call_id, const grpc::Status& status, uint64_t epoch, bool reroute,
-               grpc::ByteBuffer payload, bool close_after) ABSL_LOCKS_EXCLUDED(mu) {
+               grpc::ByteBuffer payload, bool close_after, uint32_t retry_after_ms = 0)
+      ABSL_LOCKS_EXCLUDED(mu) {
     auto o = std::make_unique<Outgoing>();
     df::ResponseHeader h;
     h.call_id = call_id;
@@ -167,6 +171,7 @@ struct DataPlane::Impl::Conn : std::enable_shared_from_this<Conn> {
     h.message_length = static_cast<uint32_t>(o->message.size());
     h.payload_length = status.ok() ? static_cast<uint32_t>(payload.Length()) : 0;
     h.epoch = epoch;
+    h.retry_after_ms = retry_after_ms;
     df::Put(h, o->header);
     if (status.ok()) o->payload = std::move(payload);
     o->close_after = close_after;
@@ -227,11 +232,9 @@ struct DataPlane::Impl::Conn : std::enable_shared_from_this<Conn> {
   }
 };
 
-absl::StatusOr<std::unique_ptr<DataPlane>> DataPlane::Start(const DataPlaneOptions& options,
-                                                            GrpcService* service,
-                                                            MemoryBudget* budget,
-                                                            prometheus::Registry* registry,
-                                                            const Authenticator* auth) {
+absl::StatusOr<std::unique_ptr<DataPlane>> DataPlane::Start(
+    const DataPlaneOptions& options, GrpcService* service, MemoryBudget* budget,
+    prometheus::Registry* registry, const Authenticator* auth, CallLimiter* limiter) {
   absl::StatusOr<Listener> listener = ListenTcp(options.address, options.port);
   if (!listener.ok()) return listener.status();
   auto impl = std::make_unique<Impl>();
@@ -239,6 +242,7 @@ absl::StatusOr<std::unique_ptr<DataPlane>> DataPlane::Start(const DataPlaneOptio
   impl->service = service;
   impl->budget = budget;
   impl->auth = auth;
+  impl->limiter = limiter;
   impl->listener = *listener;
   impl->connections_gauge = &prometheus::BuildGauge()
                                  .Name("tessera_data_plane_connections")
@@ -398,6 +402,8 @@ void DataPlane::Impl::Serve(const std::shared_ptr<Conn>& conn) {
   } else {
     refused_connections->Increment();
   }
+  const std::string connection_key =
+      absl::StrFormat("data-plane:%p", static_cast<const void*>(conn.get()));
   conn->reader_id = std::this_thread::get_id();
   if (ok) conn->writer = std::thread([conn] { conn->WriteLoop(); });
   // A refusal before running: counted, answered, and (close) the end of the connection.
@@ -437,6 +443,18 @@ void DataPlane::Impl::Serve(const std::shared_ptr<Conn>& conn) {
         continue;
       }
     }
+    // The call limits (docs/security.md, "Abuse limits"): this connection and its token.
+    int64_t retry_after_ms = 0;
+    absl::StatusOr<std::unique_ptr<CallLimiter::Ticket>> admitted =
+        limiter->Admit(token, connection_key, &retry_after_ms);
+    if (!admitted.ok()) {
+      if (!stream->Discard(h.length)) break;
+      refused_frames->Increment();
+      conn->Respond(h.call_id, ToGrpcStatus(admitted.status()), 0, false, {}, false,
+                    static_cast<uint32_t>(retry_after_ms));
+      continue;
+    }
+    std::shared_ptr<CallLimiter::Ticket> ticket = *std::move(admitted);
     {
       absl::MutexLock lock(&conn->mu);  // back-pressure: at most kMaxCallsInFlight
       conn->mu.Await(absl::Condition(
@@ -486,8 +504,8 @@ void DataPlane::Impl::Serve(const std::shared_ptr<Conn>& conn) {
       ++calls;
     }
     service->RunBulk(MethodOf(h.method), &call->request, &call->response,
-                     [this, conn, call, id = h.call_id](const grpc::Status& status, uint64_t epoch,
-                                                        bool reroute) {
+                     [this, conn, call, ticket, id = h.call_id](const grpc::Status& status,
+                                                                uint64_t epoch, bool reroute) {
                        conn->Respond(id, status, epoch, reroute, std::move(call->response), false);
                        {
                          absl::MutexLock lock(&conn->mu);

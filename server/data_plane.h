@@ -20,6 +20,7 @@ class Registry;
 namespace tessera {
 
 class Authenticator;
+class CallLimiter;
 class GrpcService;
 class MemoryBudget;
 
@@ -35,15 +36,14 @@ struct DataPlaneOptions {
   std::function<std::shared_ptr<SSL_CTX>()> tls_context;
 };
 
-// Thread-safe. `service`, `budget`, `registry` and `auth` must outlive it.
+// Thread-safe. `service`, `budget`, `registry`, `auth` and `limiter` must outlive it.
 class DataPlane {
  public:
-  // `auth` checks the token of every handshake and the role of every frame (docs/security.md).
-  static absl::StatusOr<std::unique_ptr<DataPlane>> Start(const DataPlaneOptions& options,
-                                                          GrpcService* service,
-                                                          MemoryBudget* budget,
-                                                          prometheus::Registry* registry,
-                                                          const Authenticator* auth);
+  // `auth` checks the token of every handshake and the role of every frame, `limiter` admits
+  // every frame (docs/security.md).
+  static absl::StatusOr<std::unique_ptr<DataPlane>> Start(
+      const DataPlaneOptions& options, GrpcService* service, MemoryBudget* budget,
+      prometheus::Registry* registry, const Authenticator* auth, CallLimiter* limiter);
   ~DataPlane();  // Stop()
 
   int port() const;

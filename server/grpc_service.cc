@@ -122,17 +122,37 @@ GrpcService::~GrpcService() {
       +[](int* n) { return *n == 0; }, &offloaded_));
 }
 
-bool GrpcService::Refused(Ctx* ctx, Reactor* reactor, const char* method) {
-  if (!auth_->enabled()) return false;
-  const grpc::Status s =
-      auth_->Check(*ctx, absl::StrCat("/", v1::ParameterServer::service_full_name(), "/", method));
-  if (s.ok()) return false;
-  GrpcSink(ctx, reactor)(s, core_->shard_map_epoch(), false);
-  return true;
+bool GrpcService::Refused(Ctx* ctx, Reactor* reactor, const char* method,
+                          std::shared_ptr<CallLimiter::Ticket>* ticket) {
+  if (auth_->enabled()) {
+    const grpc::Status s = auth_->Check(
+        *ctx, absl::StrCat("/", v1::ParameterServer::service_full_name(), "/", method));
+    if (!s.ok()) {
+      GrpcSink(ctx, reactor)(s, core_->shard_map_epoch(), false);
+      return true;
+    }
+  }
+  // The call limits (docs/security.md, "Abuse limits"), per token and per connection.
+  const auto& md = ctx->client_metadata();
+  auto it = md.find("authorization");
+  const absl::string_view token =
+      it == md.end() ? absl::string_view()
+                     : BearerToken(absl::string_view(it->second.data(), it->second.size()));
+  int64_t retry_after_ms = 0;
+  absl::StatusOr<std::unique_ptr<CallLimiter::Ticket>> admitted =
+      limiter_->Admit(token, ctx->peer(), &retry_after_ms);
+  if (!admitted.ok()) {
+    ctx->AddTrailingMetadata(kRetryAfterMetadataKey, std::to_string(retry_after_ms));
+    GrpcSink(ctx, reactor)(ToGrpcStatus(admitted.status()), core_->shard_map_epoch(), false);
+    return true;
+  }
+  *ticket = *std::move(admitted);
+  return false;
 }
 
-GrpcService::Sink GrpcService::GrpcSink(Ctx* ctx, Reactor* reactor) {
-  return [ctx, reactor](const grpc::Status& status, uint64_t epoch, bool reroute) {
+GrpcService::Sink GrpcService::GrpcSink(Ctx* ctx, Reactor* reactor,
+                                        std::shared_ptr<CallLimiter::Ticket> ticket) {
+  return [ctx, reactor, ticket](const grpc::Status& status, uint64_t epoch, bool reroute) {
     if (!status.ok()) {
       ctx->AddTrailingMetadata(kEpochMetadataKey, std::to_string(epoch));
       if (reroute) ctx->AddTrailingMetadata(kRerouteMetadataKey, "1");
@@ -145,8 +165,9 @@ template <typename Req, typename Resp, typename Fn>
 GrpcService::Reactor* GrpcService::Handle(Method method, Ctx* ctx, const Bytes* request,
                                           Bytes* response, Fn fn) {
   Reactor* reactor = ctx->DefaultReactor();  // constructs the reactor: call it once per call
-  if (Refused(ctx, reactor, MethodName(method))) return reactor;
-  Run<Req, Resp>(method, request, response, fn, GrpcSink(ctx, reactor));
+  std::shared_ptr<CallLimiter::Ticket> ticket;
+  if (Refused(ctx, reactor, MethodName(method), &ticket)) return reactor;
+  Run<Req, Resp>(method, request, response, fn, GrpcSink(ctx, reactor, std::move(ticket)));
   return reactor;
 }
 
@@ -154,12 +175,14 @@ template <typename Req, typename Resp, typename Fn>
 GrpcService::Reactor* GrpcService::Offload(Method method, Ctx* ctx, const Bytes* request,
                                            Bytes* response, Fn fn) {
   Reactor* reactor = ctx->DefaultReactor();  // constructs the reactor: call it once per call
-  if (Refused(ctx, reactor, MethodName(method))) return reactor;
+  std::shared_ptr<CallLimiter::Ticket> ticket;
+  if (Refused(ctx, reactor, MethodName(method), &ticket)) return reactor;
   {
     absl::MutexLock lock(&offload_mu_);
     ++offloaded_;
   }
-  std::thread([this, method, request, response, fn, sink = GrpcSink(ctx, reactor)] {
+  std::thread([this, method, request, response, fn,
+               sink = GrpcSink(ctx, reactor, std::move(ticket))] {
     Run<Req, Resp>(method, request, response, fn, sink);
     absl::MutexLock lock(&offload_mu_);
     --offloaded_;  // the last use of `this`
@@ -344,7 +367,8 @@ void GrpcService::RunBulk(Method method, const Bytes* req, Bytes* resp, Sink sin
 
 GrpcService::Reactor* GrpcService::GetDataPlane(Ctx* ctx, const Bytes* req, Bytes* resp) {
   Reactor* reactor = ctx->DefaultReactor();
-  if (Refused(ctx, reactor, "GetDataPlane")) return reactor;
+  std::shared_ptr<CallLimiter::Ticket> ticket;  // (released when this returns)
+  if (Refused(ctx, reactor, "GetDataPlane", &ticket)) return reactor;
   v1::GetDataPlaneRequest request;
   if (!Parse(*req, &request).ok()) {
     reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,

@@ -6,6 +6,7 @@
 #include <functional>
 
 #include "common/auth.h"
+#include "common/call_limiter.h"
 #include "proto/tessera.grpc.pb.h"
 #include "server/metrics.h"
 #include "server/server_core.h"
@@ -36,9 +37,10 @@ class GrpcService final : public RawParameterServerService {
  public:
   // replicator: null without a coordinator. `auth` checks every call before its request is
   // parsed (docs/security.md); it must outlive this object.
+  // `limiter` admits every call after authentication (docs/security.md, "Abuse limits").
   GrpcService(ServerCore* core, ServerMetrics* metrics, Replicator* replicator,
-              const Authenticator* auth)
-      : core_(core), metrics_(metrics), replicator_(replicator), auth_(auth) {}
+              const Authenticator* auth, CallLimiter* limiter)
+      : core_(core), metrics_(metrics), replicator_(replicator), auth_(auth), limiter_(limiter) {}
   ~GrpcService() override;  // waits for offloaded handlers
 
   using Reactor = grpc::ServerUnaryReactor;
@@ -79,14 +81,19 @@ class GrpcService final : public RawParameterServerService {
       ABSL_LOCKS_EXCLUDED(offload_mu_);
   template <typename Req, typename Resp, typename Fn>
   void Run(Method method, const Bytes* request, Bytes* response, Fn fn, Sink sink);
-  static Sink GrpcSink(Ctx* ctx, Reactor* reactor);
-  // The authentication refusal of a call to `method` (OK: none), answered on `reactor`.
-  bool Refused(Ctx* ctx, Reactor* reactor, const char* method);
+  // The sink of a gRPC call; `ticket` (its place under the call limits) goes with it.
+  static Sink GrpcSink(Ctx* ctx, Reactor* reactor,
+                       std::shared_ptr<CallLimiter::Ticket> ticket = nullptr);
+  // Whether a call to `method` is refused (and answered on `reactor`): no token, a wrong role,
+  // or over a call limit; otherwise *ticket holds its place under the limits.
+  bool Refused(Ctx* ctx, Reactor* reactor, const char* method,
+               std::shared_ptr<CallLimiter::Ticket>* ticket);
 
   ServerCore* core_;
   ServerMetrics* metrics_;
   Replicator* replicator_;
   const Authenticator* auth_;
+  CallLimiter* limiter_;
   std::atomic<int> data_port_{0};
   absl::Mutex offload_mu_;
   int offloaded_ ABSL_GUARDED_BY(offload_mu_) = 0;  // offloaded handlers still running

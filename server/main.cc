@@ -34,6 +34,16 @@ ABSL_FLAG(bool, metrics_tls, false,
           "Serve /metrics over HTTPS with --tls_cert_file and --tls_key_file (docs/security.md).");
 ABSL_FLAG(std::string, metrics_basic_auth_file, "",
           "/metrics requires HTTP basic authentication: lines 'USER PASSWORD'. Empty: none.");
+ABSL_FLAG(int, max_calls_in_flight_per_token, 16384,
+          "Data calls (pulls, pushes, table calls; gRPC and the data plane) in flight at once "
+          "per token; more are refused RESOURCE_EXHAUSTED with a retry hint (docs/security.md). "
+          "0: no limit.");
+ABSL_FLAG(double, max_calls_per_second_per_token, 0,
+          "Data calls per second per token (bursts of one second's worth); 0: no limit.");
+ABSL_FLAG(int, max_calls_in_flight_per_connection, 1024,
+          "Data calls in flight at once per connection; 0: no limit.");
+ABSL_FLAG(double, max_calls_per_second_per_connection, 0,
+          "Data calls per second per connection; 0: no limit.");
 ABSL_FLAG(std::string, auth_token_file, "",
           "Tokens and their roles, 'ROLE TOKEN' per line (docs/security.md); every call then "
           "needs one, and this server presents its first 'server' token to its peers. Re-read "
@@ -99,6 +109,11 @@ int main(int argc, char** argv) {
   options.max_request_bytes = absl::GetFlag(FLAGS_max_request_bytes);
   options.data_port = absl::GetFlag(FLAGS_data_port);
   options.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
+  options.call_limits = {
+      .max_in_flight_per_token = absl::GetFlag(FLAGS_max_calls_in_flight_per_token),
+      .max_per_second_per_token = absl::GetFlag(FLAGS_max_calls_per_second_per_token),
+      .max_in_flight_per_connection = absl::GetFlag(FLAGS_max_calls_in_flight_per_connection),
+      .max_per_second_per_connection = absl::GetFlag(FLAGS_max_calls_per_second_per_connection)};
   options.tls = {absl::GetFlag(FLAGS_tls_cert_file), absl::GetFlag(FLAGS_tls_key_file),
                  absl::GetFlag(FLAGS_tls_ca_file)};
   if (absl::GetFlag(FLAGS_metrics_tls)) {

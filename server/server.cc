@@ -30,6 +30,7 @@ struct Server::Impl {
   std::unique_ptr<MetricsServer> metrics_server;  // null: no /metrics
   std::unique_ptr<Authenticator> auth;
   std::unique_ptr<TlsMaterial> tls;
+  std::unique_ptr<CallLimiter> limiter;
   std::unique_ptr<Replicator> replicator;
   std::unique_ptr<GrpcService> service;
   std::unique_ptr<DataPlane> data_plane;  // null: disabled
@@ -93,6 +94,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   if (!auth.ok()) return auth.status();
   impl->auth = *std::move(auth);
   ExportAuthMetrics(*impl->auth, *impl->registry);
+  impl->limiter = std::make_unique<CallLimiter>(options.call_limits);
+  ExportCallLimitMetrics(*impl->limiter, *impl->registry);
   absl::StatusOr<std::unique_ptr<TlsMaterial>> tls = TlsMaterial::Create(options.tls);
   if (!tls.ok()) return tls.status();
   impl->tls = *std::move(tls);
@@ -139,8 +142,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
       impl->metrics_server->exposer().RegisterCollectable(impl->replication_collector);
     }
   }
-  impl->service = std::make_unique<GrpcService>(impl->core.get(), impl->metrics.get(),
-                                                impl->replicator.get(), impl->auth.get());
+  impl->service =
+      std::make_unique<GrpcService>(impl->core.get(), impl->metrics.get(), impl->replicator.get(),
+                                    impl->auth.get(), impl->limiter.get());
   if (options.data_port >= 0) {
     DataPlaneOptions d;
     d.address = options.address;
@@ -151,8 +155,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
       TlsMaterial* tls = impl->tls.get();
       d.tls_context = [tls] { return tls->DataPlaneContext(); };
     }
-    absl::StatusOr<std::unique_ptr<DataPlane>> plane = DataPlane::Start(
-        d, impl->service.get(), &impl->core->budget(), impl->registry.get(), impl->auth.get());
+    absl::StatusOr<std::unique_ptr<DataPlane>> plane =
+        DataPlane::Start(d, impl->service.get(), &impl->core->budget(), impl->registry.get(),
+                         impl->auth.get(), impl->limiter.get());
     if (!plane.ok()) return plane.status();
     impl->data_plane = std::move(*plane);
     impl->service->set_data_port(impl->data_plane->port());

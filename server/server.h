@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "common/call_limiter.h"
 #include "common/process_metrics.h"
 #include "common/tls.h"
 #include "server/server_core.h"
@@ -33,6 +34,9 @@ struct ServerOptions {
   // Token file (docs/security.md): every call needs a token with a role its method allows.
   // Empty: no authentication.
   std::string auth_token_file;
+  // Calls per token and per connection, in flight and per second, of the ParameterServer
+  // service and the data plane (docs/security.md, "Abuse limits").
+  CallLimits call_limits;
   // TLS (docs/security.md, "TLS"): this server's certificate and key; with the CA, clients
   // must present a certificate from it (mutual TLS) and this server's calls to its peers verify
   // them. Without a certificate: plaintext. With TLS, the data plane is off (gRPC carries all).

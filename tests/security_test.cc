@@ -705,6 +705,65 @@ TEST_CASE("certificates rotate by SIGHUP while a client pushes, without a failed
   TESSERA_REQUIRE_OK(cluster->WaitForReplicas(absl::Seconds(20)));
 }
 
+TEST_CASE("over a call limit a call is refused with a retry hint and clients wait and retry",
+          "[process][security]") {
+  const std::string file = TokenFile(AllRoles() + "admin " + kWorker + "\n");
+  LocalClusterOptions o;
+  o.server_binary = TESSERA_SERVER_BINARY;
+  o.num_servers = 1;
+  o.auth_token_file = file;
+  o.extra_args = {"--max_calls_per_second_per_token=20"};
+  absl::StatusOr<std::unique_ptr<LocalCluster>> cluster = LocalCluster::Start(o);
+  REQUIRE(cluster.ok());
+  const std::string address = (*cluster)->addresses()[0];
+  // Raw calls: a burst of a second's worth passes, the next is refused with the hint.
+  grpc::Status refused;
+  std::string hint;
+  for (int i = 0; i < 40 && refused.ok(); ++i) {
+    auto stub = v1::ParameterServer::NewStub(MakeChannel(address, {.auth_token = kReader}));
+    grpc::ClientContext ctx;
+    v1::ListTablesRequest req;
+    req.mutable_header()->set_shard_map_epoch(1);
+    v1::ListTablesResponse resp;
+    refused = stub->ListTables(&ctx, req, &resp);
+    const auto& md = ctx.GetServerTrailingMetadata();
+    auto it = md.find("tessera-retry-after-ms");
+    if (it != md.end()) hint.assign(it->second.data(), it->second.size());
+  }
+  CHECK(refused.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED);
+  CHECK(refused.error_message().find("20 calls per second per token") != std::string::npos);
+  CHECK(refused.error_message().find(kReader) == std::string::npos);
+  CHECK(std::atoi(hint.c_str()) >= 1);
+  // Another token has its own budget.
+  {
+    auto stub = v1::ParameterServer::NewStub(MakeChannel(address, {.auth_token = kAdmin}));
+    grpc::ClientContext ctx;
+    v1::ListTablesRequest req;
+    req.mutable_header()->set_shard_map_epoch(1);
+    v1::ListTablesResponse resp;
+    CHECK(stub->ListTables(&ctx, req, &resp).ok());
+  }
+  // A client over the limit waits as told and retries: every push lands, none fails.
+  ClientOptions co;
+  co.servers = {address};
+  co.credentials.auth_token = kWorker;
+  co.retry_timeout_ms = 60000;
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(co);
+  REQUIRE(client.ok());
+  TableConfig emb{.name = "emb", .kind = TableKind::kSparse, .dim = 4};
+  emb.optimizer.kind = OptimizerKind::kAdd;
+  REQUIRE((*client)->CreateTable(emb).ok());
+  for (int i = 0; i < 60; ++i) {
+    TESSERA_REQUIRE_OK(
+        (*client)->PushSparse("emb", std::vector<uint64_t>{7}, std::vector<float>(4, 1.0f)));
+  }
+  std::vector<float> row(4);
+  TESSERA_REQUIRE_OK((*client)->PullSparse("emb", std::vector<uint64_t>{7}, absl::MakeSpan(row)));
+  CHECK(row == std::vector<float>(4, 60.0f));  // (each exactly once)
+  CHECK(Metric((*cluster)->metrics_ports()[0], "tessera_call_limit_refusals_total",
+               {{"limit", "token_rate"}}) > 0);
+}
+
 TEST_CASE("/metrics over HTTPS with basic authentication answers only who knows the password",
           "[process][security][tls]") {
   const std::string dir = TempDir();

@@ -217,7 +217,7 @@ struct TESSERA_HIDDEN Client::Impl {
   // Whether a failed call may be retried (at the same or a new primary); reroute: the refusal
   // carried the reroute mark (kRerouteMetadataKey, or the data plane's flag).
   bool Retryable(const grpc::Status& status, const grpc::ClientContext& ctx) const;
-  bool Retryable(const grpc::Status& status, bool reroute) const;
+  bool Retryable(const grpc::Status& status, bool reroute, int64_t retry_after_ms = 0) const;
   // Deadline of one attempt.
   int64_t AttemptTimeoutMs() const;
 };

@@ -96,7 +96,7 @@ void DataConn::Call(uint16_t method, const grpc::ByteBuffer& request, grpc::Byte
       why = broken_;
     }
   }
-  if (!why.empty()) return done(grpc::Status(grpc::StatusCode::UNAVAILABLE, why), false);
+  if (!why.empty()) return done(grpc::Status(grpc::StatusCode::UNAVAILABLE, why), {});
   h.method = method;
   h.length = static_cast<uint32_t>(request.Length());
   char header[df::kRequestHeaderBytes];
@@ -135,7 +135,7 @@ void DataConn::FailExpired() {
     d(grpc::Status(
           grpc::StatusCode::DEADLINE_EXCEEDED,
           absl::StrFormat("no answer from the data plane at %s before the deadline", peer_)),
-      false);
+      {});
   }
 }
 
@@ -187,16 +187,16 @@ void DataConn::ReadLoop(std::shared_ptr<DataConn> self) {
     }
     if (h.code != 0) {
       call.done(grpc::Status(static_cast<grpc::StatusCode>(h.code), message),
-                (h.flags & df::kFlagReroute) != 0);
+                {(h.flags & df::kFlagReroute) != 0, h.retry_after_ms});
       continue;
     }
     grpc::Slice payload(grpc_slice_malloc(h.payload_length), grpc::Slice::STEAL_REF);
     if (!Read(const_cast<uint8_t*>(payload.begin()), h.payload_length)) {
-      call.done(grpc::Status(grpc::StatusCode::UNAVAILABLE, why), false);
+      call.done(grpc::Status(grpc::StatusCode::UNAVAILABLE, why), {});
       break;
     }
     *call.response = grpc::ByteBuffer(&payload, 1);
-    call.done(grpc::Status::OK, false);
+    call.done(grpc::Status::OK, {});
   }
   absl::flat_hash_map<uint32_t, Pending> failed;
   {
@@ -206,8 +206,7 @@ void DataConn::ReadLoop(std::shared_ptr<DataConn> self) {
     failed.swap(pending_);
   }
   stream_->Shutdown();
-  for (auto& [id, call] : failed)
-    call.done(grpc::Status(grpc::StatusCode::UNAVAILABLE, why), false);
+  for (auto& [id, call] : failed) call.done(grpc::Status(grpc::StatusCode::UNAVAILABLE, why), {});
   // `self` goes last: this object may end here, on its own thread.
 }
 

@@ -22,8 +22,13 @@ namespace tessera::client_internal {
 // Thread-safe. Many calls may be in flight; each gets its response by call id.
 class DataConn : public std::enable_shared_from_this<DataConn> {
  public:
-  // status, and whether a refusal is for routing (the gRPC path's reroute trailer).
-  using Done = std::function<void(grpc::Status status, bool reroute)>;
+  // What a refusal says besides its status: whether it is for routing (the gRPC path's reroute
+  // trailer) and, for a limit, how long to wait before retrying (0: do not).
+  struct Hints {
+    bool reroute = false;
+    int64_t retry_after_ms = 0;
+  };
+  using Done = std::function<void(grpc::Status status, Hints hints)>;
 
   // Connects to host:port (over TLS with `tls`, when not null, checking that the server's
   // certificate names `host`) and shakes hands presenting `token` (empty: none), within

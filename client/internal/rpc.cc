@@ -82,8 +82,9 @@ void Rpc::Attempt() {
       // (`done` may run before Call returns; nothing here touches this object after it.)
       data->Call(data_method_, request, &response_,
                  absl::Now() + absl::Milliseconds(impl_->AttemptTimeoutMs()),
-                 [this](grpc::Status s, bool reroute) {
-                   reroute_ = reroute;
+                 [this](grpc::Status s, DataConn::Hints hints) {
+                   reroute_ = hints.reroute;
+                   retry_after_ms_ = hints.retry_after_ms;
                    OnDone(std::move(s));
                  });
       return;
@@ -96,15 +97,20 @@ void Rpc::Attempt() {
 }
 
 void Rpc::OnDone(grpc::Status s) {
-  if (endpoint_ != nullptr && !on_data_) endpoint_->Unregister(ctx_.get());
-  const bool retryable =
-      !down_ && (on_data_ ? impl_->Retryable(s, reroute_) : impl_->Retryable(s, *ctx_));
+  if (endpoint_ != nullptr && !on_data_) {
+    endpoint_->Unregister(ctx_.get());
+    retry_after_ms_ = RetryAfterMs(*ctx_);
+  }
+  const bool retryable = !down_ && (on_data_ ? impl_->Retryable(s, reroute_, retry_after_ms_)
+                                             : impl_->Retryable(s, *ctx_));
   if (retryable) impl_->RequestRefresh();  // the shard may have a new primary
   if (retryable && impl_->MayRetry(attempt_, first_attempt_)) {
     impl_->retries.fetch_add(1, std::memory_order_relaxed);
     alarm_ = std::make_unique<grpc::Alarm>();
-    alarm_->Set(std::chrono::system_clock::now() + Backoff(*impl_, attempt_ + 1),
-                [this](bool) { Attempt(); });
+    alarm_->Set(
+        std::chrono::system_clock::now() +
+            std::max(Backoff(*impl_, attempt_ + 1), std::chrono::milliseconds(retry_after_ms_)),
+        [this](bool) { Attempt(); });
     return;
   }
   absl::Status status = FromGrpcStatus(s);

@@ -16,6 +16,9 @@
 
 namespace tessera::client_internal {
 
+// A limit's refusal's wait, from its trailing metadata (docs/security.md); 0: none.
+int64_t RetryAfterMs(const grpc::ClientContext& ctx);
+
 // Backoff before attempt `attempt` (2, 3, ...): exponential with jitter in [50%, 100%].
 // (At most 250 ms with a coordinator: a failover is waited out by retrying.)
 std::chrono::milliseconds Backoff(const Client::Impl& impl, int attempt);
@@ -74,9 +77,10 @@ class Rpc {
   std::unique_ptr<grpc::Alarm> alarm_;
   grpc::ByteBuffer response_;
   absl::Status outcome_;
-  bool down_ = false;     // the shard serves nothing (LOST or RESTORING): no retry
-  bool on_data_ = false;  // the current attempt went over the data plane
-  bool reroute_ = false;  // its refusal carried the data plane's reroute flag
+  bool down_ = false;           // the shard serves nothing (LOST or RESTORING): no retry
+  bool on_data_ = false;        // the current attempt went over the data plane
+  bool reroute_ = false;        // its refusal carried the data plane's reroute flag
+  int64_t retry_after_ms_ = 0;  // a limit's refusal: retry no sooner (docs/security.md)
   // One for the call itself plus one per borrowed bulk field not yet released.
   std::atomic<int> holds_{1};
 };
