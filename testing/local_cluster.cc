@@ -568,8 +568,9 @@ int WaitChild(pid_t pid, absl::Duration timeout) {
 }
 
 absl::StatusOr<bool> CheckHealth(const std::string& address, absl::Duration timeout,
-                                 const std::string& service) {
-  grpc::GenericStub stub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+                                 const std::string& service, const Credentials& credentials) {
+  if (absl::Status s = CheckCredentials(credentials); !s.ok()) return s;
+  grpc::GenericStub stub(MakeChannel(address, credentials));
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   // grpc.health.v1.HealthCheckRequest{service}: field 1, length-delimited (empty: no bytes).

@@ -161,7 +161,8 @@ int WaitChild(pid_t pid, absl::Duration timeout);
 // (NOT_FOUND for a service the server does not know).
 absl::StatusOr<bool> CheckHealth(const std::string& address,
                                  absl::Duration timeout = absl::Seconds(5),
-                                 const std::string& service = "");
+                                 const std::string& service = "",
+                                 const Credentials& credentials = {});
 
 }  // namespace tessera
 

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "testing/local_cluster.h"
 #include "tests/test_cluster.h"
 #include "worker/models/lr_kernels.h"
 
@@ -130,6 +131,43 @@ TEST_CASE("tessera bench --suite=checkpoint reports every figure beside dd", "[c
   }
   CHECK(out.find("\"ratio_to_dd\":") != std::string::npos);
   CHECK(out.find("\"ratio_to_full\":") != std::string::npos);
+}
+
+TEST_CASE("the Kubernetes Secrets script's files run a secured server that tessera health probes",
+          "[cli][security]") {
+  char dir[] = "/tmp/tessera_cli_test_secrets_XXXXXX";
+  REQUIRE(mkdtemp(dir) != nullptr);
+  auto [made, out] = RunCommand(
+      absl::StrCat(TESSERA_SOURCE_DIR, "/deploy/k8s/make-secrets.sh --out ", dir, " 2>&1"));
+  INFO(out);
+  REQUIRE(made == 0);
+  const std::string d = dir;
+  tessera::LocalClusterOptions o;
+  o.server_binary = TESSERA_SERVER_BINARY;
+  o.num_servers = 1;
+  o.tls_cert_file = d + "/node.pem";
+  o.tls_key_file = d + "/node.key";
+  o.tls_ca_file = d + "/ca.pem";
+  o.auth_token_file = d + "/tokens";
+  absl::StatusOr<std::unique_ptr<tessera::LocalCluster>> cluster = tessera::LocalCluster::Start(o);
+  INFO(cluster.status().ToString());
+  REQUIRE(cluster.ok());
+  const std::string health =
+      absl::StrCat(TESSERA_CLI_BINARY, " health --address=", (*cluster)->addresses()[0]);
+  const std::string tls = absl::StrCat(" --tls_ca_file=", d, "/ca.pem --tls_cert_file=", d,
+                                       "/node.pem --tls_key_file=", d, "/node.key");
+  auto [ok, serving] = RunCommand(health + tls + " 2>&1");
+  INFO(serving);
+  CHECK(ok == 0);
+  CHECK(serving.find("SERVING") != std::string::npos);
+  auto [plain, refused] = RunCommand(health + " 2>&1");  // no TLS: cannot even ask
+  CHECK(plain == 1);
+  // The job's token (admin and worker) creates a table through the CLI's bench connection.
+  auto [benched, bench_out] = RunCommand(absl::StrCat(
+      TESSERA_CLI_BINARY, " bench --connect=", (*cluster)->addresses()[0], tls,
+      " --auth_token_file=", d, "/tokens --iperf3=false --seconds=0.2 --workloads=pull 2>&1"));
+  INFO(bench_out);
+  CHECK(benched == 0);
 }
 
 TEST_CASE("tessera rejects unknown commands and bad flags clearly", "[cli]") {

@@ -60,6 +60,8 @@ ABSL_FLAG(std::string, tls_ca_file, "",
 ABSL_FLAG(std::string, tls_cert_file, "",
           "with --tls_ca_file: this client's certificate, for daemons that require mutual TLS.");
 ABSL_FLAG(std::string, tls_key_file, "", "with --tls_cert_file: its key.");
+ABSL_FLAG(std::string, address, "", "health: host:port of the daemon.");
+ABSL_FLAG(std::string, service, "", "health: the service to ask about (empty: the daemon).");
 ABSL_FLAG(bool, metrics_tls, false,
           "status: read the daemons' /metrics over HTTPS, verified with --tls_ca_file.");
 ABSL_FLAG(std::string, metrics_basic_auth_file, "",
@@ -122,6 +124,8 @@ Commands:
           evaluation, server metrics and the cluster's status, then shut down
   bench   measure dense push+pull and sparse pull/push throughput (--json for machines)
   status  the cluster as its coordinator sees it: shards, replicas, lag, tables (--json)
+  health  asks a daemon's gRPC health service (--address, --service; the TLS flags): exit 0
+          when SERVING (a Kubernetes exec probe for daemons that run TLS)
   checkpoint create|list|inspect|restore|merge|run
           consistent, incremental checkpoints of a running cluster (docs/checkpoints.md)
   local-cluster
@@ -227,6 +231,21 @@ int main(int argc, char** argv) {
     return tessera::RunLocal(o);
   }
   if (command == "local-cluster") return tessera::RunLocalClusterControl();
+  if (command == "health") {
+    const std::string address = absl::GetFlag(FLAGS_address);
+    if (address.empty()) {
+      std::fprintf(stderr, "tessera health: --address=host:port is required\n");
+      return 2;
+    }
+    absl::StatusOr<bool> serving = tessera::CheckHealth(
+        address, absl::Seconds(5), absl::GetFlag(FLAGS_service), CredentialsOrExit(0));
+    if (!serving.ok()) {
+      std::fprintf(stderr, "tessera health: %s\n", serving.status().ToString().c_str());
+      return 1;
+    }
+    std::printf("%s\n", *serving ? "SERVING" : "NOT_SERVING");
+    return *serving ? 0 : 1;
+  }
   if (command == "status") {
     return tessera::RunStatus(absl::GetFlag(FLAGS_coordinator), absl::GetFlag(FLAGS_json),
                               CredentialsOrExit(tessera::kRoleAdmin));

@@ -55,7 +55,16 @@ for (const file of fs.readdirSync(k8sDir).filter((f) => f.endsWith(".yaml")).sor
       }
       if (component === "server" || component === "coordinator") {
         for (const probe of ["readinessProbe", "livenessProbe"]) {
-          if (!c[probe]?.grpc?.port) problems.push(`${where}: container ${c.name} needs a gRPC ${probe}`);
+          // A gRPC probe, or (under TLS, which kubelet's gRPC probes cannot speak) `tessera
+          // health` with the daemon's own TLS files.
+          const p = c[probe];
+          const cmd = p?.exec?.command ?? [];
+          const tlsArgs = (c.args ?? []).filter((a) => /^--tls_(cert|key|ca)_file=/.test(a));
+          const execOk = cmd.length >= 3 && cmd[0].endsWith("/tessera") && cmd[1] === "health" &&
+            cmd.some((a) => /^--address=127\.0\.0\.1:\d+$/.test(a)) && tlsArgs.every((a) => cmd.includes(a));
+          if (!p?.grpc?.port && !execOk) {
+            problems.push(`${where}: container ${c.name} needs a gRPC ${probe} (or tessera health with its TLS files)`);
+          }
         }
       }
     }
