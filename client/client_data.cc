@@ -94,30 +94,21 @@ void Client::PullSparseAsync(absl::string_view table, absl::Span<const uint64_t>
   if (keys.empty()) return done(absl::OkStatus());
   absl::StatusOr<uint32_t> dim = SparseDim(table, keys.size(), out.size());
   if (!dim.ok()) return done(dim.status());
-  std::vector<SparseChunk> chunks =
+  client_internal::SparseSplit split =
       client_internal::SplitSparseKeys(keys, impl_->map, KeysPerChunk(impl_->options, *dim));
-  auto op = std::make_shared<OpTracker>(chunks.size(), std::move(done));
+  auto op = std::make_shared<OpTracker>(split.chunks.size(), std::move(done));
   const size_t row_bytes = size_t{*dim} * sizeof(float);
-  for (SparseChunk& chunk : chunks) {
+  for (const SparseChunk& chunk : split.chunks) {
     auto* rpc = new Rpc(impl_.get(), chunk.shard, "PullSparse", /*push=*/false, op);
     const size_t n = chunk.count;
     auto header = SparseHeader<v1::PullSparseRequest>(*impl_, table, *dim, n);
-    if (chunk.contiguous()) {
-      // Keys sent from the caller's array, rows decoded straight into the caller's buffer.
-      const uint64_t* first_key = keys.data() + chunk.first;
-      rpc->encode = [header, first_key, n](Rpc& r) {
-        return EncodeWithBulk(*header,
-                              {r.Borrow(kPullSparseKeys, first_key, n * sizeof(uint64_t))});
-      };
-    } else {
-      std::shared_ptr<uint64_t[]> packed(new uint64_t[n]);  // (not zeroed first)
-      for (size_t j = 0; j < n; ++j) packed[j] = keys[chunk.positions[j]];
-      rpc->encode = [header, packed, n](Rpc& r) {
-        return EncodeWithBulk(*header,
-                              {r.Borrow(kPullSparseKeys, packed.get(), n * sizeof(uint64_t))});
-      };
-    }
-    rpc->consume = [chunk = std::move(chunk), out = out.data(), dim = *dim, row_bytes,
+    // Keys sent from the caller's array, or from the split's regrouped copy of them.
+    const uint64_t* first_key =
+        (split.in_place() ? keys.data() : split.keys.get()) + size_t{chunk.first};
+    rpc->encode = [header, first_key, n, packed = split.keys](Rpc& r) {
+      return EncodeWithBulk(*header, {r.Borrow(kPullSparseKeys, first_key, n * sizeof(uint64_t))});
+    };
+    rpc->consume = [chunk, order = split.order, out = out.data(), dim = *dim, row_bytes,
                     table = std::string(table)](const grpc::ByteBuffer& bytes) {
       v1::PullSparseResponse resp;
       return AsDataLoss(
@@ -128,13 +119,13 @@ void Client::PullSparseAsync(absl::string_view table, absl::Span<const uint64_t>
                                   "%u value bytes",
                                   table, chunk.count, dim, size));
             }
-            if (chunk.contiguous()) {
+            if (order == nullptr) {
               dest->data = reinterpret_cast<char*>(out + size_t{chunk.first} * dim);
             } else {
               // Each row straight from the received slices to its place in the caller's order.
               dest->data = reinterpret_cast<char*>(out);
               dest->record_bytes = row_bytes;
-              dest->places = chunk.positions.data();
+              dest->places = order.get() + chunk.first;
             }
             return absl::OkStatus();
           }));
@@ -150,7 +141,7 @@ void Client::PushSparseAsync(absl::string_view table, absl::Span<const uint64_t>
   absl::StatusOr<uint32_t> dim = SparseDim(table, keys.size(), values.size());
   if (!dim.ok()) return done(dim.status());
   std::optional<uint64_t> repeated;
-  std::vector<SparseChunk> chunks = client_internal::SplitSparseKeys(
+  client_internal::SparseSplit split = client_internal::SplitSparseKeys(
       keys, impl_->map, KeysPerChunk(impl_->options, *dim), &repeated);
   if (repeated.has_value()) {
     return done(absl::InvalidArgumentError(absl::StrFormat(
@@ -158,15 +149,15 @@ void Client::PushSparseAsync(absl::string_view table, absl::Span<const uint64_t>
         "nothing was sent",
         table, *repeated)));
   }
-  auto op = std::make_shared<OpTracker>(chunks.size(), std::move(done));
+  auto op = std::make_shared<OpTracker>(split.chunks.size(), std::move(done));
   const size_t row_bytes = size_t{*dim} * sizeof(float);
-  for (const SparseChunk& chunk : chunks) {
+  for (const SparseChunk& chunk : split.chunks) {
     auto* rpc = new Rpc(impl_.get(), chunk.shard, "PushSparse", /*push=*/true, op);
     const size_t n = chunk.count;
     auto header = SparseHeader<v1::PushSparseRequest>(*impl_, table, *dim, n);
     header->set_accumulate_step(options.accumulate_step);
     header->set_assign(options.assign);
-    if (chunk.contiguous()) {
+    if (split.in_place()) {
       // Sent from the caller's buffers in place (zero copy).
       const uint64_t* first_key = keys.data() + chunk.first;
       const float* first_row = values.data() + size_t{chunk.first} * *dim;
@@ -178,21 +169,26 @@ void Client::PushSparseAsync(absl::string_view table, absl::Span<const uint64_t>
                               kPushPadding);
       };
     } else {
-      // Keys and rows regrouped by shard: one gathered copy (into buffers that are not
-      // zeroed first), then sent in place.
-      std::shared_ptr<uint64_t[]> packed_keys(new uint64_t[n]);
+      // Keys from the split's regrouped copy; rows gathered once (into a buffer that is not
+      // zeroed first), the next rows on their way while one is copied.
       std::shared_ptr<char[]> packed_values(new char[n * row_bytes]);
       const char* src = reinterpret_cast<const char*>(values.data());
+      const uint32_t* from = split.order.get() + chunk.first;
       char* dst = packed_values.get();
+      constexpr size_t kAhead = 8;
       for (size_t j = 0; j < n; ++j) {
-        const uint32_t p = chunk.positions[j];
-        packed_keys[j] = keys[p];
-        std::memcpy(dst + j * row_bytes, src + size_t{p} * row_bytes, row_bytes);
+        if (j + kAhead < n) {
+          const char* next = src + size_t{from[j + kAhead]} * row_bytes;
+          __builtin_prefetch(next);
+          __builtin_prefetch(next + row_bytes - 1);
+        }
+        std::memcpy(dst + j * row_bytes, src + size_t{from[j]} * row_bytes, row_bytes);
       }
-      rpc->encode = [header, packed_keys, packed_values, n, row_bytes](Rpc& r) {
+      const uint64_t* first_key = split.keys.get() + chunk.first;
+      rpc->encode = [header, packed = split.keys, first_key, packed_values, n, row_bytes](Rpc& r) {
         SetPushId(r, header->mutable_id());
         return EncodeWithBulk(*header,
-                              {r.Borrow(kPushSparseKeys, packed_keys.get(), n * sizeof(uint64_t)),
+                              {r.Borrow(kPushSparseKeys, first_key, n * sizeof(uint64_t)),
                                r.Borrow(kPushSparseValues, packed_values.get(), n * row_bytes)},
                               kPushPadding);
       };

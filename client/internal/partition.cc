@@ -4,71 +4,75 @@
 
 namespace tessera::client_internal {
 
-std::vector<SparseChunk> SplitSparseKeys(absl::Span<const uint64_t> keys, const ShardMap& map,
-                                         uint32_t max_keys_per_chunk,
-                                         std::optional<uint64_t>* repeated) {
-  std::vector<SparseChunk> chunks;
-  if (keys.empty()) return chunks;
+SparseSplit SplitSparseKeys(absl::Span<const uint64_t> keys, const ShardMap& map,
+                            uint32_t max_keys_per_chunk, std::optional<uint64_t>* repeated) {
+  SparseSplit split;
+  if (keys.empty()) return split;
   const uint32_t limit = std::max<uint32_t>(1, max_keys_per_chunk);
   const uint32_t n = static_cast<uint32_t>(keys.size());
   if (map.num_shards() == 1 && n <= limit) {
     if (repeated != nullptr) {
       *repeated = FindRepeatedKey(keys);
-      if (repeated->has_value()) return chunks;
+      if (repeated->has_value()) return split;
     }
-    chunks.push_back({.shard = 0, .first = 0, .count = n});
-    return chunks;
+    split.chunks.push_back({.shard = 0, .first = 0, .count = n});
+    return split;
   }
-  // Keys per vshard, then chunks as ranges of whole vshards of one shard (a vshard with more
-  // than `limit` keys gets chunks of its own), then positions in vshard order.
+  // Keys per vshard; the vshards shard by shard (ascending within one); chunks as ranges of
+  // whole vshards of one shard in that order (a vshard with more than `limit` keys gets chunks
+  // of its own), so every chunk is a contiguous range of the order.
   const uint32_t num_vshards = map.num_vshards();
   std::vector<uint32_t> vshard(n);
   std::vector<uint32_t> count(num_vshards, 0);
   for (uint32_t i = 0; i < n; ++i) ++count[vshard[i] = VshardOfKey(keys[i], num_vshards)];
-  std::vector<uint32_t> chunk_of(num_vshards);      // the (first) chunk of each vshard
-  std::vector<int64_t> open(map.num_shards(), -1);  // each shard's chunk being filled
-  for (uint32_t v = 0; v < num_vshards; ++v) {
-    if (count[v] == 0) continue;
+  std::vector<uint32_t> shard_start(map.num_shards() + 1, 0);
+  for (uint32_t v = 0; v < num_vshards; ++v) ++shard_start[map.ShardOf(v) + 1];
+  for (uint32_t s = 0; s < map.num_shards(); ++s) shard_start[s + 1] += shard_start[s];
+  std::vector<uint32_t> by_shard(num_vshards);  // vshards, shard by shard
+  for (uint32_t v = 0; v < num_vshards; ++v) by_shard[shard_start[map.ShardOf(v)]++] = v;
+  std::vector<uint32_t> start(num_vshards);  // where each vshard's keys begin in the order
+  std::vector<VshardRun> runs;
+  uint32_t pos = 0;
+  int64_t open = -1;  // the chunk being filled (of the shard of the last vshard)
+  for (uint32_t v : by_shard) {
+    const uint32_t c = count[v];
+    if (c == 0) continue;
     const uint32_t shard = map.ShardOf(v);
-    if (count[v] > limit) {
-      chunk_of[v] = static_cast<uint32_t>(chunks.size());
-      for (uint32_t left = count[v]; left > 0; left -= std::min(left, limit)) {
-        chunks.push_back({.shard = shard});
+    start[v] = pos;
+    if (repeated != nullptr) runs.push_back({v, pos, pos + c});
+    if (c > limit) {
+      for (uint32_t left = c, at = pos; left > 0;) {
+        const uint32_t take = std::min(left, limit);
+        split.chunks.push_back({.shard = shard, .first = at, .count = take});
+        left -= take;
+        at += take;
       }
-      continue;
+      open = -1;
+    } else {
+      if (open < 0 || split.chunks[open].shard != shard || split.chunks[open].count + c > limit) {
+        open = static_cast<int64_t>(split.chunks.size());
+        split.chunks.push_back({.shard = shard, .first = pos, .count = 0});
+      }
+      split.chunks[open].count += c;
     }
-    int64_t& c = open[shard];
-    if (c < 0 || chunks[c].count + count[v] > limit) {
-      c = static_cast<int64_t>(chunks.size());
-      chunks.push_back({.shard = shard});
-    }
-    chunk_of[v] = static_cast<uint32_t>(c);
-    chunks[c].count += count[v];
+    pos += c;
   }
-  for (SparseChunk& c : chunks) c.positions.reserve(c.count > 0 ? c.count : limit);
-  // (Positions in vshard order: a stable counting sort.)
-  std::vector<uint32_t> start(num_vshards + 1, 0);
-  for (uint32_t v = 0; v < num_vshards; ++v) start[v + 1] = start[v] + count[v];
-  std::vector<uint32_t> by_vshard(n);
-  for (uint32_t i = 0; i < n; ++i) by_vshard[start[vshard[i]]++] = i;
+  // One pass over the caller's keys in order (a stable counting sort): each key's position and
+  // the key itself to their place.
+  split.order.reset(new uint32_t[n]);  // (not zeroed first: every element is written)
+  split.keys.reset(new uint64_t[n]);
+  uint32_t* order = split.order.get();
+  uint64_t* packed = split.keys.get();
+  for (uint32_t i = 0; i < n; ++i) {
+    const uint32_t at = start[vshard[i]]++;
+    order[at] = i;
+    packed[at] = keys[i];
+  }
   if (repeated != nullptr) {  // (a repeated key is repeated within its vshard)
-    std::vector<VshardRun> runs;
-    for (uint32_t v = 0, begin = 0; v < num_vshards; begin += count[v], ++v) {
-      if (count[v] > 0) runs.push_back({v, begin, begin + count[v]});
-    }
-    *repeated = FindRepeatedKeyInRuns(keys, by_vshard, runs);
+    *repeated = FindRepeatedKeyInRuns(absl::MakeConstSpan(packed, n), {}, runs);
     if (repeated->has_value()) return {};
   }
-  for (uint32_t i : by_vshard) {
-    const uint32_t v = vshard[i];
-    uint32_t c = chunk_of[v];
-    if (count[v] > limit) {
-      while (chunks[c].positions.size() == limit) ++c;  // (a big vshard's chunks, in order)
-    }
-    chunks[c].positions.push_back(i);
-  }
-  for (SparseChunk& c : chunks) c.count = static_cast<uint32_t>(c.positions.size());
-  return chunks;
+  return split;
 }
 
 std::vector<DenseChunk> SplitDenseRange(uint64_t table_hash, uint64_t table_size,

@@ -16,21 +16,24 @@ TEST_CASE("sparse keys split by shard with every position exactly once", "[parti
   for (uint32_t shards : {1u, 3u}) {
     absl::StatusOr<ShardMap> map = ShardMap::Uniform(1, shards);
     REQUIRE(map.ok());
-    std::vector<SparseChunk> chunks = SplitSparseKeys(keys, *map, 1000);
+    SparseSplit split = SplitSparseKeys(keys, *map, 1000);
+    CHECK(!split.in_place());  // (more keys than one chunk holds)
     std::vector<int> seen(keys.size());
-    for (const SparseChunk& c : chunks) {
+    uint32_t next = 0;
+    for (const SparseChunk& c : split.chunks) {
       CHECK(c.count <= 1000);
       CHECK(c.count > 0);
-      CHECK(!c.contiguous());  // (more keys than one chunk holds)
-      CHECK(c.positions.size() == c.count);
+      CHECK(c.first == next);  // the chunks tile the order
+      next = c.first + c.count;
       for (uint32_t j = 0; j < c.count; ++j) {
-        const uint32_t p = c.Position(j);
+        const uint32_t p = split.Position(c, j);
         REQUIRE(p < keys.size());
         ++seen[p];
+        CHECK(split.keys[c.first + j] == keys[p]);
         CHECK(map->ShardOfKey(keys[p]) == c.shard);
         if (j > 0) {
           // Grouped by vshard, ascending; within a vshard in the caller's order.
-          const uint32_t q = c.Position(j - 1);
+          const uint32_t q = split.Position(c, j - 1);
           const uint32_t v = VshardOfKey(keys[p], map->num_vshards());
           const uint32_t w = VshardOfKey(keys[q], map->num_vshards());
           CHECK(v >= w);
@@ -38,6 +41,7 @@ TEST_CASE("sparse keys split by shard with every position exactly once", "[parti
         }
       }
     }
+    CHECK(next == keys.size());
     CHECK(std::all_of(seen.begin(), seen.end(), [](int n) { return n == 1; }));
   }
 }
@@ -48,13 +52,13 @@ TEST_CASE("a vshard's keys stay in one chunk unless they alone are over the limi
   std::vector<uint64_t> keys;
   for (uint64_t k = 0; k < 1000; ++k) keys.push_back(k);
   for (uint32_t limit : {10u, 70u, 300u}) {
-    std::vector<SparseChunk> chunks = SplitSparseKeys(keys, *map, limit);
+    SparseSplit split = SplitSparseKeys(keys, *map, limit);
     std::map<uint32_t, std::set<size_t>> chunks_of_vshard;
     std::map<uint32_t, uint32_t> keys_of_vshard;
-    for (size_t c = 0; c < chunks.size(); ++c) {
-      CHECK(chunks[c].count <= limit);
-      for (uint32_t p : chunks[c].positions) {
-        const uint32_t v = VshardOfKey(keys[p], 16);
+    for (size_t c = 0; c < split.chunks.size(); ++c) {
+      CHECK(split.chunks[c].count <= limit);
+      for (uint32_t j = 0; j < split.chunks[c].count; ++j) {
+        const uint32_t v = VshardOfKey(keys[split.Position(split.chunks[c], j)], 16);
         chunks_of_vshard[v].insert(c);
         ++keys_of_vshard[v];
       }
@@ -73,12 +77,12 @@ TEST_CASE("keys that fit one chunk of one shard are sent in place", "[partition]
   absl::StatusOr<ShardMap> map = ShardMap::Uniform(1, 1);
   REQUIRE(map.ok());
   std::vector<uint64_t> keys = {5, 9, 1, 7};
-  std::vector<SparseChunk> chunks = SplitSparseKeys(keys, *map, 4);
-  REQUIRE(chunks.size() == 1);
-  CHECK(chunks[0].contiguous());
-  CHECK(chunks[0].first == 0);
-  CHECK(chunks[0].count == 4);
-  CHECK(SplitSparseKeys(keys, *map, 3).size() == 2);
+  SparseSplit split = SplitSparseKeys(keys, *map, 4);
+  REQUIRE(split.chunks.size() == 1);
+  CHECK(split.in_place());
+  CHECK(split.chunks[0].first == 0);
+  CHECK(split.chunks[0].count == 4);
+  CHECK(SplitSparseKeys(keys, *map, 3).chunks.size() == 2);
 }
 
 TEST_CASE("a repeated key is found wherever it sits and no chunk is made", "[partition]") {
@@ -87,12 +91,12 @@ TEST_CASE("a repeated key is found wherever it sits and no chunk is made", "[par
   std::vector<uint64_t> keys;
   for (uint64_t k = 0; k < 5000; ++k) keys.push_back(k * 0x9e3779b97f4a7c15ULL);
   std::optional<uint64_t> repeated;
-  CHECK(SplitSparseKeys(keys, *map, 100, &repeated).size() > 3);
+  CHECK(SplitSparseKeys(keys, *map, 100, &repeated).chunks.size() > 3);
   CHECK(!repeated.has_value());
   for (size_t at : {size_t{0}, size_t{2500}, keys.size()}) {
     std::vector<uint64_t> with = keys;
     with.insert(with.begin() + at, keys[4321]);
-    CHECK(SplitSparseKeys(with, *map, 100, &repeated).empty());
+    CHECK(SplitSparseKeys(with, *map, 100, &repeated).chunks.empty());
     REQUIRE(repeated.has_value());
     CHECK(*repeated == keys[4321]);
   }
