@@ -180,6 +180,10 @@ class Nemesis {
   // at most R-1 replicas of a shard are down at once). A restarted server stays suspect until
   // the coordinator knows its new process (its old entry then is not current).
   std::optional<std::pair<int, uint32_t>> Victim() {
+    // (With the coordinator killed or stopped nobody can say; asking would wait for it, up to
+    // the harness's query timeout per suspect, and keep a stopped coordinator stopped that
+    // much longer than the schedule said.)
+    if (coordinator_down_ || coordinator_stopped_) return std::nullopt;
     for (auto it = suspect_.begin(); it != suspect_.end();) {
       absl::StatusOr<uint64_t> inc = cluster_->MemberIncarnation(it->first);
       it = inc.ok() && *inc != 0 && *inc != it->second ? suspect_.erase(it) : std::next(it);
