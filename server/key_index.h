@@ -74,6 +74,31 @@ class KeyIndex {
     ++size_;
   }
 
+  // Removes `key` and returns its row id, or kNone when it is absent. Backward-shift deletion
+  // (linear probing needs no tombstones): each later entry of the probe run moves into the hole
+  // unless its home lies cyclically after the hole, so every remaining key stays reachable from
+  // its home and probe chains stay as short as if the key had never been inserted. Never
+  // allocates; the capacity stays (memory follows the most rows a vshard held).
+  uint32_t Erase(uint64_t key) {
+    if (capacity_ == 0) return kNone;
+    const size_t mask = capacity_ - 1;
+    size_t hole = Home(key);
+    while (slots_[hole].id != kNone && slots_[hole].key != key) hole = (hole + 1) & mask;
+    const uint32_t id = slots_[hole].id;
+    if (id == kNone) return kNone;
+    for (size_t j = (hole + 1) & mask; slots_[j].id != kNone; j = (j + 1) & mask) {
+      // The entry at j may fill the hole when its home is not in (hole, j], cyclically: its
+      // distance from home to j is at least the hole's distance to j.
+      if (((j - Home(slots_[j].key)) & mask) >= ((j - hole) & mask)) {
+        slots_[hole] = slots_[j];
+        hole = j;
+      }
+    }
+    slots_[hole] = {0, kNone};
+    --size_;
+    return id;
+  }
+
   // Calls fn(key, id) for every entry, in slot order (not a stable order: sort when it matters).
   template <typename Fn>
   void ForEach(Fn&& fn) const {

@@ -183,6 +183,27 @@ TEST_CASE("row arenas grow by blocks of 4 to 256 rows and keep every row in plac
   CHECK(small.bytes() == 4 * 3 * sizeof(float));
 }
 
+TEST_CASE("released rows are reused, newest first, before the arena grows", "[resources]") {
+  RowArena arena(2);
+  for (uint32_t i = 0; i < 300; ++i) REQUIRE(arena.Append() == i);
+  const size_t bytes = arena.bytes();
+  for (uint32_t id : {7u, 250u, 3u}) arena.Release(id);
+  CHECK(arena.live() == 297);
+  CHECK(arena.size() == 300);
+  CHECK(arena.used_bytes() == 297 * 2 * sizeof(float));
+  float* kept = arena.Row(8);
+  kept[0] = 8.0f;
+  kept[1] = -8.0f;
+  CHECK(arena.Append() == 3);
+  CHECK(arena.Append() == 250);
+  CHECK(arena.Append() == 7);
+  CHECK(arena.bytes() == bytes);  // no block added
+  CHECK(arena.live() == 300);
+  CHECK(arena.Append() == 300);  // the list is empty: a new id
+  CHECK(kept[0] == 8.0f);        // (a neighbour of a released row is untouched)
+  CHECK(kept[1] == -8.0f);
+}
+
 }  // namespace
 }  // namespace tessera
 

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <new>
 #include <vector>
@@ -27,12 +28,19 @@ class RowArena {
   // stride_floats: floats per row, > 0.
   explicit RowArena(size_t stride_floats) : stride_(stride_floats) {}
 
-  // Adds an uninitialized row and returns its id (0, 1, 2, ...). Throws std::bad_alloc (and
-  // changes nothing) when memory cannot be had.
+  // Adds an uninitialized row and returns its id: the most recently released one if any (its
+  // memory reused), else the next new id (0, 1, 2, ...). Throws std::bad_alloc (and changes
+  // nothing) when memory cannot be had.
   uint32_t Append() {
     if (fail_appends_for_testing.load(std::memory_order_relaxed) > 0 &&
         fail_appends_for_testing.fetch_sub(1) > 0) {
       throw std::bad_alloc();
+    }
+    if (free_head_ != kNoRow) {
+      const uint32_t id = free_head_;
+      std::memcpy(&free_head_, Row(id), sizeof(free_head_));
+      --free_;
+      return id;
     }
     if (size_ == capacity_) {
       const uint32_t rows = BlockRows(static_cast<uint32_t>(blocks_.size()));
@@ -49,12 +57,23 @@ class RowArena {
     return blocks_[block].get() + size_t{offset} * stride_;
   }
 
+  // Makes row `id` free for a later Append (a LIFO list linked through the free rows' first
+  // four bytes: no memory of its own). REQUIRES: id was appended and is not free; stride_ >= 1.
+  void Release(uint32_t id) {
+    std::memcpy(Row(id), &free_head_, sizeof(free_head_));
+    free_head_ = id;
+    ++free_;
+  }
+
+  // Ids handed out so far (rows in use and free ones).
   uint32_t size() const { return size_; }
+  // Rows in use.
+  uint32_t live() const { return size_ - free_; }
   size_t stride() const { return stride_; }
   // Bytes allocated for rows.
   size_t bytes() const { return size_t{capacity_} * stride_ * sizeof(float); }
   // Bytes of the rows in use (rows are written when appended).
-  size_t used_bytes() const { return size_t{size_} * stride_ * sizeof(float); }
+  size_t used_bytes() const { return size_t{live()} * stride_ * sizeof(float); }
   // What the rows make resident: blocks of a page or more are page-aligned and written from
   // their start, so they count the pages their used rows touch (and glibc's header page);
   // smaller ones their used bytes.
@@ -104,8 +123,12 @@ class RowArena {
     return Block(static_cast<float*>(p));
   }
 
+  static constexpr uint32_t kNoRow = ~uint32_t{0};
+
   size_t stride_;
   uint32_t size_ = 0;
+  uint32_t free_ = 0;            // rows released and not appended again
+  uint32_t free_head_ = kNoRow;  // the most recently released row
   uint32_t capacity_ = 0;
   std::vector<Block> blocks_;
 };
