@@ -1,7 +1,10 @@
 // Tables under checkpoints: the cut's copy-on-write, dirty tracking, and bit-exact reloads of
 // weights, every optimizer's slots and Adam's step counters.
 #include <catch2/catch.hpp>
+#include <map>
+#include <optional>
 #include <random>
+#include <set>
 #include <vector>
 
 #include "server/dense_table.h"
@@ -167,6 +170,143 @@ TEST_CASE("only rows changed after the parent are dirty", "[checkpoint]") {
     CHECK(std::find(touched.begin(), touched.end(), k) != touched.end());
   }
   CHECK(full.size() > 100);
+}
+
+// A take with its tombstones: the rows and the removed keys, each in (vshard, key) order.
+class ChainSink final : public EntrySink {
+ public:
+  absl::Status Add(uint32_t vshard, uint64_t id, absl::string_view payload) override {
+    if (!last_.has_value() || *last_ < std::make_pair(vshard, id)) {
+      last_ = std::make_pair(vshard, id);
+    } else {
+      return absl::InternalError("entries out of order");
+    }
+    rows[{vshard, id}] = std::string(payload);
+    return absl::OkStatus();
+  }
+  absl::Status Remove(uint32_t vshard, uint64_t id) override {
+    if (last_.has_value() && !(*last_ < std::make_pair(vshard, id))) {
+      return absl::InternalError("tombstone out of order");
+    }
+    last_ = std::make_pair(vshard, id);
+    removed.emplace(vshard, id);
+    return absl::OkStatus();
+  }
+  std::map<std::pair<uint32_t, uint64_t>, std::string> rows;
+  std::set<std::pair<uint32_t, uint64_t>> removed;
+
+ private:
+  std::optional<std::pair<uint32_t, uint64_t>> last_;
+};
+
+ChainSink TakeChain(SparseTable& t, uint64_t cut, uint64_t parent) {
+  t.BeginCut(cut);
+  ChainSink sink;
+  for (const EntryGroup& g : t.HeldGroups()) REQUIRE(t.TakeGroup(g, cut, parent, sink).ok());
+  return sink;
+}
+
+// Applies an increment to a restored image, as a chain restore does: newest wins, a tombstone
+// removes.
+void ApplyIncrement(std::map<std::pair<uint32_t, uint64_t>, std::string>& image,
+                    const ChainSink& inc) {
+  for (const auto& k : inc.removed) {
+    REQUIRE(!inc.rows.contains(k));  // (never a row and a tombstone for one key)
+    image.erase(k);
+  }
+  for (const auto& [k, payload] : inc.rows) image[k] = payload;
+}
+
+void RemoveKeys(SparseTable& t, const std::vector<uint64_t>& keys, uint64_t gen) {
+  std::map<uint32_t, std::vector<uint64_t>> by_vshard;
+  for (uint64_t k : keys) by_vshard[VshardOfKey(k, t.num_vshards())].push_back(k);
+  for (const auto& [v, ks] : by_vshard) t.Remove(v, ks, gen);
+}
+
+TEST_CASE("increments after removals carry tombstones and a chain restores the live rows",
+          "[checkpoint][lifecycle]") {
+  std::mt19937_64 rng(12);
+  SparseTable t(Sparse(OptimizerKind::kAdam), kAllOwned);
+  PushRandom(t, rng, 1, 800);
+  auto image = TakeChain(t, 1, 0).rows;  // the full base
+  REQUIRE(image.size() == t.num_rows());
+  uint64_t parent = 1;
+  for (uint64_t gen = 2; gen <= 5; ++gen) {
+    PushRandom(t, rng, gen, 200);
+    std::vector<uint64_t> gone;
+    for (int i = 0; i < 150; ++i) gone.push_back(rng() % 1000);  // present or not
+    std::sort(gone.begin(), gone.end());
+    gone.erase(std::unique(gone.begin(), gone.end()), gone.end());
+    RemoveKeys(t, gone, gen);
+    if (gen == 3) PushRandom(t, rng, gen, 200);  // some removed keys come back in the same step
+    const ChainSink inc = TakeChain(t, gen, parent);
+    CHECK(!inc.removed.empty());
+    ApplyIncrement(image, inc);
+    t.ForgetRemovals(parent);
+    parent = gen;
+    // The chain equals a full take of the live table.
+    const ChainSink full = TakeChain(t, gen, 0);
+    CHECK(full.removed.empty());
+    REQUIRE(image.size() == t.num_rows());
+    CHECK(image == full.rows);
+  }
+}
+
+TEST_CASE("a row removed after the cut is written as it was at the cut, not its reused memory",
+          "[checkpoint][lifecycle]") {
+  std::mt19937_64 rng(13);
+  SparseTable t(Sparse(OptimizerKind::kAdagrad), kAllOwned);
+  PushRandom(t, rng, 1, 800);
+  const auto at_cut = TakeChain(t, 1, 0).rows;
+  t.BeginCut(1);
+  // After the cut: change some rows, then remove them and others, then create new keys that
+  // take over the released rows' memory, before the writer takes anything.
+  std::vector<uint64_t> present;
+  for (const auto& [k, payload] : at_cut) present.push_back(k.second);
+  std::vector<uint64_t> changed(present.begin(), present.begin() + 40);
+  std::vector<float> g(changed.size() * t.dim(), 0.25f);
+  VshardGrouping groups;
+  GroupByVshard(changed, t.num_vshards(), &groups);
+  t.Push(changed, groups, g.data(), 2);
+  RemoveKeys(t, std::vector<uint64_t>(present.begin(), present.begin() + 80), 2);
+  std::vector<uint64_t> fresh;
+  for (uint64_t k = 5000; k < 5300; ++k) fresh.push_back(k);
+  std::vector<float> f(fresh.size() * t.dim(), 1.0f);
+  GroupByVshard(fresh, t.num_vshards(), &groups);
+  t.Push(fresh, groups, f.data(), 2);
+  ChainSink sink;
+  for (const EntryGroup& grp : t.HeldGroups()) REQUIRE(t.TakeGroup(grp, 1, 0, sink).ok());
+  CHECK(sink.rows == at_cut);
+}
+
+TEST_CASE("removal counts, recreation from the initializer and the increment horizon",
+          "[checkpoint][lifecycle]") {
+  std::mt19937_64 rng(14);
+  SparseTable t(Sparse(OptimizerKind::kSgd), kAllOwned);
+  const std::vector<uint64_t> keys = {11, 12};
+  std::vector<float> first(keys.size() * t.dim());
+  VshardGrouping groups;
+  GroupByVshard(keys, t.num_vshards(), &groups);
+  t.Pull(keys, groups, first.data(), 1);
+  std::vector<float> g(keys.size() * t.dim(), 3.0f);
+  t.Push(keys, groups, g.data(), 2);
+  REQUIRE(t.num_rows() == 2);
+  const uint32_t v = VshardOfKey(11, t.num_vshards());
+  CHECK(t.Remove(v, std::vector<uint64_t>{11, 99999}, 3) == 1);  // (an absent key is skipped)
+  CHECK(t.num_rows() == 1);
+  std::vector<float> again(keys.size() * t.dim());
+  t.Pull(keys, groups, again.data(), 4);
+  // Key 11 starts over from the initializer; key 12 kept its update.
+  CHECK(std::equal(again.begin(), again.begin() + t.dim(), first.begin()));
+  CHECK(!std::equal(again.begin() + t.dim(), again.end(), first.begin() + t.dim()));
+  // Increments: on any parent until the removal is forgotten, then not below it.
+  CHECK(t.CanIncrement(1));
+  t.ForgetRemovals(3);
+  CHECK(!t.CanIncrement(2));
+  CHECK(t.CanIncrement(3));
+  SparseTable quiet(Sparse(OptimizerKind::kSgd), kAllOwned);
+  quiet.ForgetRemovals(10);  // nothing was removed: nothing lost
+  CHECK(quiet.CanIncrement(1));
 }
 
 TEST_CASE("entries that do not belong to the table are refused before loading", "[checkpoint]") {

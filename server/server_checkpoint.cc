@@ -80,9 +80,23 @@ CheckpointStats ServerCore::GetCheckpointStats() const {
 absl::Status ServerCore::GetCheckpointState(const v1::GetCheckpointStateRequest& req,
                                             v1::GetCheckpointStateResponse* resp) {
   TESSERA_RETURN_IF_ERROR(CheckRouting(req.header()));
+  std::vector<std::shared_ptr<Table>> tables;
+  {
+    absl::ReaderMutexLock lock(&tables_mu_);
+    for (const auto& [name, table] : tables_) tables.push_back(table);
+  }
   absl::MutexLock lock(&ckpt_mu_);
   std::vector<uint64_t> known;
-  for (const auto& [id, gen] : known_cuts_) known.push_back(id);
+  for (const auto& [id, gen] : known_cuts_) {
+    // Known only while every table it held can still write an increment on it (one that
+    // forgot removals since cannot: the driver then takes a full checkpoint).
+    const uint64_t cut = gen;
+    if (std::all_of(tables.begin(), tables.end(), [cut](const auto& t) {
+          return t->created_gen > cut || t->data().CanIncrement(cut);
+        })) {
+      known.push_back(id);
+    }
+  }
   std::sort(known.begin(), known.end());
   for (uint64_t id : known) resp->add_known_checkpoints(id);
   resp->set_running_checkpoint(running_checkpoint_);
@@ -123,6 +137,9 @@ class FileSink final : public EntrySink {
     }
     return writer_->AddRow(vshard, id, payload);
   }
+  absl::Status Remove(uint32_t vshard, uint64_t id) override {
+    return writer_->AddTombstone(vshard, id);
+  }
 
  private:
   storage::TableFileWriter* const writer_;
@@ -135,6 +152,7 @@ class FileSink final : public EntrySink {
 class DiscardSink final : public EntrySink {
  public:
   absl::Status Add(uint32_t, uint64_t, absl::string_view) override { return absl::OkStatus(); }
+  absl::Status Remove(uint32_t, uint64_t) override { return absl::OkStatus(); }
 };
 
 void WriteFile(TableData& data, uint64_t cut_gen, uint64_t parent_gen, const std::string& path,
@@ -273,6 +291,15 @@ absl::Status ServerCore::WriteCheckpoint(const v1::WriteCheckpointRequest& req,
   part.set_num_shards(num_shards_);
   part.set_num_vshards(options_.num_vshards);
   part.set_cut_generation(cut_gen);
+  for (const auto& t : tables) {
+    // (A table that forgot removals after the parent's cut cannot write its tombstones.)
+    if (parent_gen != 0 && t->created_gen <= parent_gen && !t->data().CanIncrement(parent_gen)) {
+      status = absl::FailedPreconditionError(absl::StrFormat(
+          "table '%s' on shard %u no longer knows what was removed since checkpoint %u; take a "
+          "full checkpoint",
+          t->config.name, shard_index_, parent));
+    }
+  }
   for (size_t i = 0; i < tables.size(); ++i) {
     const Table& t = *tables[i];
     if (!status.ok()) {  // end the copy-on-write of the tables not written
@@ -309,6 +336,12 @@ absl::Status ServerCore::WriteCheckpoint(const v1::WriteCheckpointRequest& req,
   {
     absl::MutexLock lock(&ckpt_mu_);
     known_cuts_[id] = cut_gen;
+  }
+  // Removals this file covers need no tombstone again: the next increment's parent is this
+  // checkpoint or (this round failing elsewhere) the same parent as this one's.
+  for (const auto& t : tables) {
+    t->data().ForgetRemovals(parent_gen != 0 && t->created_gen <= parent_gen ? parent_gen
+                                                                             : cut_gen);
   }
   RecordCheckpoint(true, seconds, cut_seconds, part.bytes(), part.rows());
   LogInfo(

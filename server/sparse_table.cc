@@ -192,7 +192,28 @@ void SparseTable::TakeVshard(uint32_t vshard, uint64_t cut_gen, uint64_t parent_
     }
     if (gen > parent_gen) items.push_back({key, payload});
   });
+  // Rows removed since the cut, as they were at it.
+  for (const auto& [key, pre] : p.removed_cow) {
+    if (Gen(reinterpret_cast<const float*>(pre.data())) > parent_gen) {
+      items.push_back({key, pre.data()});
+    }
+  }
   std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.key < b.key; });
+  // Tombstones: keys removed between the parent's cut and this one that the cut does not hold.
+  // (A key the cut holds despite such a removal was created again after it, so its row is
+  // dirty, among the items.)
+  out->removed.clear();
+  if (parent_gen != 0) {
+    for (const auto& [key, gen] : p.removals) {
+      if (gen > parent_gen && gen <= cut_gen) out->removed.push_back(key);
+    }
+    std::sort(out->removed.begin(), out->removed.end());
+    out->removed.erase(std::unique(out->removed.begin(), out->removed.end()), out->removed.end());
+    std::erase_if(out->removed, [&](uint64_t key) {
+      return std::binary_search(items.begin(), items.end(), Item{key, nullptr},
+                                [](const Item& a, const Item& b) { return a.key < b.key; });
+    });
+  }
   const size_t rb = row_bytes();
   out->keys.reserve(items.size());
   out->payload.resize(items.size() * rb);
@@ -202,6 +223,7 @@ void SparseTable::TakeVshard(uint32_t vshard, uint64_t cut_gen, uint64_t parent_
   }
   p.cow_gen = 0;
   p.cow.clear();
+  p.removed_cow.clear();
 }
 
 void SparseTable::EndCut() {
@@ -210,6 +232,49 @@ void SparseTable::EndCut() {
     absl::MutexLock lock(&p->mu);
     p->cow_gen = 0;
     p->cow.clear();
+    p->removed_cow.clear();
+  }
+}
+
+uint32_t SparseTable::Remove(uint32_t vshard, absl::Span<const uint64_t> keys, uint64_t gen) {
+  Partition& p = *partitions_[vshard];
+  absl::MutexLock lock(&p.mu);
+  const size_t stored = (payload_floats_ + 2) * sizeof(float);
+  uint32_t removed = 0;
+  for (uint64_t key : keys) {
+    const uint32_t id = p.index.Find(key);
+    if (id == KeyIndex::kNone) continue;
+    const float* row = p.rows.Row(id);
+    if (p.cow_gen != 0) {
+      // A checkpoint in progress holds this row at its cut if it existed then: keep that state
+      // by key (its pre-image, or the row itself when unchanged since the cut).
+      auto it = p.cow.find(id);
+      if (it != p.cow.end()) {
+        p.removed_cow.emplace_back(key, std::move(it->second));
+        p.cow.erase(it);
+      } else if (Gen(row) <= p.cow_gen) {
+        p.removed_cow.emplace_back(key, std::string(reinterpret_cast<const char*>(row), stored));
+      }
+    }
+    p.removals.emplace_back(key, gen);
+    p.index.Erase(key);
+    p.rows.Release(id);
+    ++removed;
+  }
+  num_rows_.fetch_sub(removed, std::memory_order_relaxed);
+  return removed;
+}
+
+void SparseTable::ForgetRemovals(uint64_t gen) {
+  size_t forgotten = 0;
+  for (auto& p : partitions_) {
+    if (p == nullptr) continue;
+    absl::MutexLock lock(&p->mu);
+    forgotten += std::erase_if(p->removals, [gen](const auto& r) { return r.second <= gen; });
+  }
+  if (forgotten == 0) return;  // (nothing lost: every parent still works)
+  uint64_t horizon = removal_horizon_.load(std::memory_order_relaxed);
+  while (horizon < gen && !removal_horizon_.compare_exchange_weak(horizon, gen)) {
   }
 }
 
@@ -235,9 +300,17 @@ absl::Status SparseTable::TakeGroup(const EntryGroup& group, uint64_t cut_gen, u
   VshardSnapshot snap;
   TakeVshard(group.vshard, cut_gen, parent_gen, &snap);
   const size_t rb = row_bytes();
+  // Rows and tombstones merged in key order (a key is never both).
+  size_t r = 0;
   for (size_t i = 0; i < snap.keys.size(); ++i) {
+    for (; r < snap.removed.size() && snap.removed[r] < snap.keys[i]; ++r) {
+      TESSERA_RETURN_IF_ERROR(sink.Remove(group.vshard, snap.removed[r]));
+    }
     TESSERA_RETURN_IF_ERROR(
         sink.Add(group.vshard, snap.keys[i], absl::string_view(snap.payload.data() + i * rb, rb)));
+  }
+  for (; r < snap.removed.size(); ++r) {
+    TESSERA_RETURN_IF_ERROR(sink.Remove(group.vshard, snap.removed[r]));
   }
   return absl::OkStatus();
 }

@@ -13,10 +13,10 @@
 #include "absl/types/span.h"
 #include "common/shard_map.h"
 #include "common/table_config.h"
-#include "server/generation.h"
 #include "optimizer/initializer.h"
-#include "server/key_index.h"
 #include "optimizer/optimizer.h"
+#include "server/generation.h"
+#include "server/key_index.h"
 #include "server/row_arena.h"
 #include "server/table_data.h"
 
@@ -27,6 +27,9 @@ namespace tessera {
 struct VshardSnapshot {
   std::vector<uint64_t> keys;
   std::string payload;
+  // Keys removed after the parent's cut and before this one, absent at the cut, sorted: an
+  // increment's tombstones (always empty without a parent).
+  std::vector<uint64_t> removed;
 };
 
 // The rows of one sparse table that this server holds: uint64 key -> `dim` weights plus the
@@ -67,13 +70,25 @@ class SparseTable final : public TableData {
   uint32_t Push(absl::Span<const uint64_t> keys, const VshardGrouping& groups, const float* grads,
                 uint64_t gen, bool assign = false, uint32_t part = 0, uint32_t parts = 1);
 
+  // Removes the rows of `keys` (all of owned `vshard`; absent ones are skipped) at generation
+  // `gen` (docs/embedding_lifecycle.md): their index entries and rows go (a row's memory is
+  // reused by the vshard's next new row), a row that a checkpoint in progress must still write
+  // keeps its pre-image, and the removal is remembered for the next increment's tombstones.
+  // A later touch creates the key anew from the initializer. Returns the rows removed.
+  uint32_t Remove(uint32_t vshard, absl::Span<const uint64_t> keys, uint64_t gen);
+
   // Checkpoints. BeginCut starts copy-on-write for a cut at generation cut_gen (REQUIRES: no
   // change runs concurrently: the caller holds its update gate). TakeVshard then returns the
-  // vshard's rows as of the cut that changed after parent_gen (0: all rows) and ends its
-  // copy-on-write; EndCut ends it everywhere (after an error).
+  // vshard's rows as of the cut that changed after parent_gen (0: all rows), and the keys
+  // removed since parent_gen, and ends its copy-on-write; EndCut ends it everywhere (after an
+  // error).
   void BeginCut(uint64_t cut_gen) override;
   void TakeVshard(uint32_t vshard, uint64_t cut_gen, uint64_t parent_gen, VshardSnapshot* out);
   void EndCut() override;
+  bool CanIncrement(uint64_t parent_gen) const override {
+    return parent_gen >= removal_horizon_.load(std::memory_order_relaxed);
+  }
+  void ForgetRemovals(uint64_t gen) override;
 
   // Restore: sets the row of `key` (in owned `vshard`) to `payload` (row_bytes() bytes) at
   // kBaseGeneration, creating it when missing. REQUIRES: the table is not yet serving.
@@ -118,6 +133,11 @@ class SparseTable final : public TableData {
     // <= cow_gen keep their pre-image (payload and generation) in cow before they change.
     uint64_t cow_gen ABSL_GUARDED_BY(mu) = 0;
     absl::flat_hash_map<uint32_t, std::string> cow ABSL_GUARDED_BY(mu);
+    // Rows removed during that copy-on-write that existed at its cut: key and pre-image (by
+    // key, not row id: the id is reused by the next new row).
+    std::vector<std::pair<uint64_t, std::string>> removed_cow ABSL_GUARDED_BY(mu);
+    // (key, generation) of each removal not yet covered by a checkpoint: the tombstones.
+    std::vector<std::pair<uint64_t, uint64_t>> removals ABSL_GUARDED_BY(mu);
   };
 
   // Returns the row id of `key`, creating and initializing the row (at `gen`) when missing;
@@ -145,6 +165,8 @@ class SparseTable final : public TableData {
   std::vector<std::unique_ptr<Partition>> partitions_;  // by vshard; null when not owned
 
   std::atomic<uint64_t> num_rows_{0};
+  // Removals at or below this generation are forgotten (CanIncrement).
+  std::atomic<uint64_t> removal_horizon_{0};
 };
 
 }  // namespace tessera

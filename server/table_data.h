@@ -37,6 +37,13 @@ class EntrySink {
     return nullptr;
   }
   virtual absl::Status Add(uint32_t vshard, uint64_t id, absl::string_view payload) = 0;
+  // An entry removed since the parent's cut (an increment's tombstone), in id order with the
+  // entries Add receives. Only sinks of increments receive them.
+  virtual absl::Status Remove(uint32_t vshard, uint64_t id) {
+    (void)vshard;
+    (void)id;
+    return absl::InternalError("this sink takes no removed entries");
+  }
 };
 
 // A BSP step's gradient sums by entry id (docs/replication.md, "Steps").
@@ -49,6 +56,15 @@ class TableData {
   // change runs concurrently), and its end everywhere (after an error or once taken).
   virtual void BeginCut(uint64_t cut_gen) = 0;
   virtual void EndCut() = 0;
+  // Whether TakeGroup can still tell what changed since a parent cut at parent_gen (a table
+  // that forgot older removals cannot: the checkpoint must then be full).
+  virtual bool CanIncrement(uint64_t parent_gen) const {
+    (void)parent_gen;
+    return true;
+  }
+  // Forgets the removals at or below generation gen (a checkpoint that covers them is
+  // written); CanIncrement is false below gen from then on.
+  virtual void ForgetRemovals(uint64_t gen) { (void)gen; }
   // The groups held here, in (vshard, id) order.
   virtual std::vector<EntryGroup> HeldGroups() const = 0;
   // Hands the group's entries as they were at the cut that changed after parent_gen (0: all)
