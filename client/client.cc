@@ -265,7 +265,9 @@ void Endpoint::DataLoop(int connections, int timeout_ms) {
       conns.push_back(*std::move(conn));
     }
     absl::MutexLock lock(&data_mu);
-    for (const auto& d : data) d->Close("replaced by new connections");
+    // The healthy old connections finish the calls they carry (a draining server answers
+    // them; closing would fail them); the broken ones already failed theirs.
+    for (const auto& d : data) d->Retire("replaced by new connections");
     data.clear();
     if (static_cast<int>(conns.size()) == connections && !data_stop) {
       data = std::move(conns);

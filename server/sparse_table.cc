@@ -37,9 +37,14 @@ void SparseTable::SetGen(float* row, uint64_t gen) const {
 uint32_t SparseTable::FindOrCreate(Partition& p, uint64_t key, uint64_t gen, uint32_t* created) {
   if (const uint32_t id = p.index.Find(key); id != KeyIndex::kNone) return id;
   // The row first, then the key: if either allocation throws, the index names no row that
-  // does not exist (an arena row without a key is unreachable and reused by nothing).
+  // does not exist (a row whose key could not be added goes back to the free list).
   const uint32_t id = p.rows.Append();
-  p.index.Insert(key, id);
+  try {
+    p.index.Insert(key, id);
+  } catch (const std::bad_alloc&) {
+    p.rows.Release(id);  // (reused by the next new row, not lost)
+    throw;
+  }
   float* row = p.rows.Row(id);
   const uint32_t dim = config_.dim;
   initializer_.FillRow(key, row, dim);
@@ -160,6 +165,7 @@ void SparseTable::BeginCut(uint64_t cut_gen) {
     absl::MutexLock lock(&p->mu);
     p->cow_gen = cut_gen;
     p->cow.clear();
+    p->removed_cow.clear();
   }
 }
 

@@ -75,6 +75,8 @@ class SparseTable final : public TableData {
   // reused by the vshard's next new row), a row that a checkpoint in progress must still write
   // keeps its pre-image, and the removal is remembered for the next increment's tombstones.
   // A later touch creates the key anew from the initializer. Returns the rows removed.
+  // REQUIRES: as a push's: `gen` is the current generation (above every cut begun), and the
+  // caller holds the update gate (shared), so that a cut sees the removal wholly or not at all.
   uint32_t Remove(uint32_t vshard, absl::Span<const uint64_t> keys, uint64_t gen);
 
   // Checkpoints. BeginCut starts copy-on-write for a cut at generation cut_gen (REQUIRES: no

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/synchronization/notification.h"
+#include "client/internal/data_conn.h"
 #include "common/data_frame.h"
 #include "common/http_get.h"
 #include "common/prom_text.h"
@@ -178,6 +180,60 @@ TEST_CASE("bulk calls on the data plane answer as on gRPC, and really travel on 
   CHECK(Metric(m0, "tessera_data_plane_frames_total") +
             Metric(m1, "tessera_data_plane_frames_total") ==
         grpc_frames);
+}
+
+TEST_CASE("a retired client connection answers its calls in flight and then closes", "[process]") {
+  // What a client does with its healthy connections when it replaces a broken one (a draining
+  // server closes its idle connections first): the calls they carry must still be answered.
+  auto cluster = StartCluster(1, {"--testing_push_delay_ms=1000"});
+  auto client = Connect(*cluster);
+  TableConfig emb{.name = "emb", .kind = TableKind::kSparse, .dim = 4};
+  emb.optimizer.kind = OptimizerKind::kAdd;
+  REQUIRE(client->CreateTable(emb).ok());
+  v1::PushSparseRequest push;
+  push.mutable_header()->set_shard_map_epoch(1);
+  push.set_table("emb");
+  push.set_key_type(v1::KEY_TYPE_UINT64);
+  push.set_dtype(v1::DTYPE_FLOAT32);
+  push.set_dim(4);
+  push.set_num_keys(1);
+  PackedAssign<uint64_t>(push.mutable_keys(), std::vector<uint64_t>{7});
+  PackedAssign<float>(push.mutable_values(), std::vector<float>{1, 2, 3, 4});
+  push.mutable_id()->set_client_id(77);
+  push.mutable_id()->set_sequence(1);
+  const std::string bytes = push.SerializeAsString();
+  grpc::Slice slice(bytes);
+  const grpc::ByteBuffer request(&slice, 1);
+  absl::StatusOr<std::shared_ptr<client_internal::DataConn>> conn =
+      client_internal::DataConn::Open("127.0.0.1", DataPort(cluster->addresses()[0]), 5000, "");
+  REQUIRE(conn.ok());
+  constexpr uint16_t kPush = static_cast<uint16_t>(df::BulkMethod::kPushSparse);
+  grpc::ByteBuffer response;
+  absl::Notification answered;
+  grpc::Status first;
+  (*conn)->Call(kPush, request, &response, absl::Now() + absl::Seconds(20),
+                [&](grpc::Status s, client_internal::DataConn::Hints) {
+                  first = s;
+                  answered.Notify();
+                });
+  (*conn)->Retire("retired by the test");  // while the push is held in the server
+  grpc::Status later;
+  grpc::ByteBuffer unused;
+  (*conn)->Call(kPush, request, &unused, absl::Now() + absl::Seconds(20),
+                [&](grpc::Status s, client_internal::DataConn::Hints) { later = s; });
+  CHECK(later.error_code() == grpc::StatusCode::UNAVAILABLE);  // refused at once
+  CHECK(later.error_message() == "retired by the test");
+  REQUIRE(answered.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  INFO(first.error_message());
+  CHECK(first.ok());  // the call in flight got its answer
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (!(*conn)->broken()) {  // and then the connection ended
+    REQUIRE(absl::Now() < deadline);
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  std::vector<float> row(4);
+  REQUIRE(client->PullSparse("emb", std::vector<uint64_t>{7}, absl::MakeSpan(row)).ok());
+  CHECK(row == std::vector<float>{1, 2, 3, 4});  // applied once
 }
 
 TEST_CASE("bad input on the data port is answered precisely and changes nothing", "[process]") {

@@ -83,17 +83,34 @@ void DataConn::Close(const std::string& why) {
   stream_->Shutdown();  // the reader sees the end and fails what is in flight
 }
 
+void DataConn::Retire(const std::string& why) {
+  absl::MutexLock lock(&mu_);
+  if (!broken_.empty() || !retiring_.empty()) return;
+  retiring_ = why;
+  if (pending_.empty()) {
+    broken_ = why;
+    stream_->Shutdown();  // (nothing to wait for: the reader ends now)
+  }
+}
+
+bool DataConn::RetiredAndIdle() {
+  absl::MutexLock lock(&mu_);
+  if (retiring_.empty() || !pending_.empty()) return false;
+  if (broken_.empty()) broken_ = retiring_;
+  return true;
+}
+
 void DataConn::Call(uint16_t method, const grpc::ByteBuffer& request, grpc::ByteBuffer* response,
                     absl::Time deadline, Done done) {
   df::RequestHeader h;
   std::string why;
   {
     absl::MutexLock lock(&mu_);
-    if (broken_.empty()) {
+    if (broken_.empty() && retiring_.empty()) {
       h.call_id = next_id_++;
       pending_.emplace(h.call_id, Pending{response, deadline, std::move(done)});
     } else {
-      why = broken_;
+      why = broken_.empty() ? retiring_ : broken_;
     }
   }
   if (!why.empty()) return done(grpc::Status(grpc::StatusCode::UNAVAILABLE, why), {});
@@ -139,10 +156,17 @@ void DataConn::FailExpired() {
   }
 }
 
-bool DataConn::Read(void* buf, size_t n) {
+bool DataConn::Read(void* buf, size_t n, bool between_frames) {
   char* p = static_cast<char*>(buf);
   while (n > 0) {
-    if (absl::Now() - last_sweep_ > absl::Milliseconds(kPollMs)) FailExpired();
+    if (absl::Now() - last_sweep_ > absl::Milliseconds(kPollMs)) {
+      FailExpired();
+      // (A retired connection whose last call expired: no answer is coming that anyone
+      // waits for. Only between frames: inside one, its call is being answered.)
+      if (between_frames && p == buf && RetiredAndIdle()) {
+        return false;
+      }
+    }
     const ssize_t r = stream_->ReadSome(p, n, kPollMs);
     if (r == -2) continue;  // (nothing yet: deadlines are checked again)
     if (r <= 0) return false;
@@ -155,8 +179,9 @@ bool DataConn::Read(void* buf, size_t n) {
 void DataConn::ReadLoop(std::shared_ptr<DataConn> self) {
   std::string why = absl::StrFormat("data plane at %s: connection closed by the server", peer_);
   for (;;) {
+    if (RetiredAndIdle()) break;  // every call it had is answered
     char raw[df::kResponseHeaderBytes];
-    if (!Read(raw, sizeof(raw))) break;
+    if (!Read(raw, sizeof(raw), /*between_frames=*/true)) break;
     const df::ResponseHeader h = df::GetResponse(raw);
     if (const char* problem = df::ResponseHeaderProblem(h, kMaxPayloadBytes); problem != nullptr) {
       why = absl::StrFormat("data plane at %s: malformed response (%s)", peer_, problem);

@@ -49,6 +49,9 @@ class DataConn : public std::enable_shared_from_this<DataConn> {
   // Breaks the connection: calls in flight fail with UNAVAILABLE `why` (on the reader
   // thread), later calls at once. Idempotent.
   void Close(const std::string& why) ABSL_LOCKS_EXCLUDED(mu_);
+  // Ends the connection gracefully: later calls fail at once with UNAVAILABLE `why`, the calls
+  // in flight get their answers (or their deadlines), then it closes. A no-op when broken.
+  void Retire(const std::string& why) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   struct Pending {
@@ -59,9 +62,12 @@ class DataConn : public std::enable_shared_from_this<DataConn> {
   DataConn(int fd, std::unique_ptr<ByteStream> stream, std::string peer)
       : fd_(fd), stream_(std::move(stream)), peer_(std::move(peer)) {}
   void ReadLoop(std::shared_ptr<DataConn> self);
-  // Reads n bytes, failing deadlines of calls in flight while it waits; false: broken.
-  bool Read(void* buf, size_t n);
+  // Reads n bytes, failing deadlines of calls in flight while it waits; false: broken (or,
+  // between_frames, retired with nothing left in flight).
+  bool Read(void* buf, size_t n, bool between_frames = false);
   void FailExpired() ABSL_LOCKS_EXCLUDED(mu_);
+  // Whether a retired connection has nothing left in flight: it then counts as broken.
+  bool RetiredAndIdle() ABSL_LOCKS_EXCLUDED(mu_);
 
   const int fd_;
   std::unique_ptr<ByteStream> stream_;  // over fd_; reset only by the destructor
@@ -72,6 +78,7 @@ class DataConn : public std::enable_shared_from_this<DataConn> {
   uint32_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<uint32_t, Pending> pending_ ABSL_GUARDED_BY(mu_);
   std::string broken_ ABSL_GUARDED_BY(mu_);       // why, once broken
+  std::string retiring_ ABSL_GUARDED_BY(mu_);     // why, once retired (closes when idle)
   absl::Time last_sweep_ = absl::InfinitePast();  // (reader thread only)
 };
 
