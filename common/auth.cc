@@ -34,6 +34,7 @@ const absl::flat_hash_map<std::string, RoleSet>& MethodRoles() {
       {"/tessera.v1.ParameterServer/PushSparse", kRoleWorker},
       {"/tessera.v1.ParameterServer/PushDense", kRoleWorker},
       {"/tessera.v1.ParameterServer/ApplyStep", kRoleWorker},
+      {"/tessera.v1.ParameterServer/RemoveRows", kRoleAdmin},
       {"/tessera.v1.Coordinator/Heartbeat", kRoleServer},
       {"/tessera.v1.Coordinator/ReportCaughtUp", kRoleServer},
       {"/tessera.v1.Coordinator/ReportReplicaFailed", kRoleServer},

@@ -54,6 +54,7 @@ std::vector<std::string> Seeds() {
   add(v1::LOG_ENTRY_KIND_PUSH_SPARSE, SparsePushReq("s", 2, {1, 9}, {1, 2, 3, 4}, 5, 1), 1);
   add(v1::LOG_ENTRY_KIND_PUSH_SPARSE, SparsePushReq("s", 2, {3}, {1, 2}, 5, 2, 2, 1), 1);
   add(v1::LOG_ENTRY_KIND_APPLY_STEP, ApplyStepReq("s", 1, 1.0f), 1);
+  add(v1::LOG_ENTRY_KIND_REMOVE_ROWS, RemoveRowsReq("s", {9, 4}), 1);
   add(v1::LOG_ENTRY_KIND_CREATE_TABLE, CreateReq(DenseConfig("d", 300, 50, OptimizerKind::kSgd)),
       5);
   add(v1::LOG_ENTRY_KIND_PUSH_DENSE, DensePushReq("d", 20, std::vector<float>(60, 1), 6, 1), 5);

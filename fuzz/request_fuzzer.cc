@@ -72,6 +72,7 @@ std::vector<std::string> Seeds() {
   v1::ListTablesRequest lt;
   lt.mutable_header()->set_shard_map_epoch(1);
   add(8, lt);
+  add(9, RemoveRowsReq("s", {1, 3, 99}));
   return seeds;
 }
 
@@ -88,7 +89,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace tessera;  // NOLINT
   if (size == 0) return 0;
   ServerCore& core = Core();
-  const uint8_t method = data[0] % 9;
+  const uint8_t method = data[0] % 10;
   const bool fix_epoch = (data[0] & 0x80) == 0;
   ++data;
   --size;
@@ -128,6 +129,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case 8:
       Run<v1::ListTablesRequest, v1::ListTablesResponse>(
           data, size, fix_epoch, [&](auto& q, auto* p) { return core.ListTables(q, p); });
+      break;
+    case 9:
+      Run<v1::RemoveRowsRequest, v1::RemoveRowsResponse>(
+          data, size, fix_epoch, [&](auto& q, auto* p) { return core.RemoveRows(q, p); });
       break;
   }
   return 0;

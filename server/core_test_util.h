@@ -110,6 +110,17 @@ inline v1::ApplyStepRequest ApplyStepReq(const std::string& table, uint64_t step
   return r;
 }
 
+inline v1::RemoveRowsRequest RemoveRowsReq(const std::string& table,
+                                           const std::vector<uint64_t>& keys) {
+  v1::RemoveRowsRequest r;
+  r.mutable_header()->set_shard_map_epoch(1);
+  r.set_table(table);
+  r.set_key_type(v1::KEY_TYPE_UINT64);
+  r.set_num_keys(keys.size());
+  PackedAssign<uint64_t>(r.mutable_keys(), keys);
+  return r;
+}
+
 inline v1::PullSparseRequest SparsePullReq(const std::string& table, uint32_t dim,
                                            const std::vector<uint64_t>& keys) {
   return SparseReq<v1::PullSparseRequest>(table, dim, keys);
@@ -124,17 +135,21 @@ inline std::vector<float> PullRows(ServerCore& core, const std::string& table, u
   return std::vector<float>(v, v + keys.size() * dim);
 }
 
-// Writes a full checkpoint `id` of a single-shard core and publishes its manifest, as the
-// checkpoint driver does.
-inline absl::Status WriteCheckpoint(ServerCore& core, const std::string& dir, uint64_t id) {
+// Writes checkpoint `id` of a single-shard core, full or (parent != 0, `chain` its parent's
+// chain) incremental, and publishes its manifest, as the checkpoint driver does.
+inline absl::Status WriteCheckpoint(ServerCore& core, const std::string& dir, uint64_t id,
+                                    uint64_t parent = 0, std::vector<uint64_t> chain = {}) {
   v1::WriteCheckpointRequest req;
   req.mutable_header()->set_shard_map_epoch(1);
   req.set_checkpoint_id(id);
+  req.set_parent_id(parent);
   v1::WriteCheckpointResponse resp;
   absl::Status st = core.WriteCheckpoint(req, &resp);
   if (!st.ok()) return st;
   storage::v1::CheckpointManifest m;
   m.set_id(id);
+  m.set_parent_id(parent);
+  for (uint64_t c : chain) m.add_chain(c);
   m.add_chain(id);
   m.set_num_shards(1);
   m.set_shard_map_epoch(1);

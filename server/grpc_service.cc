@@ -321,6 +321,7 @@ TESSERA_RAW_CHANGE(PushSparse, v1::PushSparseRequest, v1::PushResponse)
 TESSERA_RAW_METHOD(PullDense, v1::PullDenseRequest, v1::PullDenseResponse)
 TESSERA_RAW_CHANGE(PushDense, v1::PushDenseRequest, v1::PushResponse)
 TESSERA_RAW_CHANGE(ApplyStep, v1::ApplyStepRequest, v1::ApplyStepResponse)
+TESSERA_RAW_CHANGE(RemoveRows, v1::RemoveRowsRequest, v1::RemoveRowsResponse)
 TESSERA_RAW_METHOD(GetCheckpointState, v1::GetCheckpointStateRequest,
                    v1::GetCheckpointStateResponse)
 

@@ -28,7 +28,9 @@ using RawParameterServerService = PS::WithRawCallbackMethod_CreateTable<
                     PS::WithRawCallbackMethod_GetCheckpointState<
                         PS::WithRawCallbackMethod_RestoreCheckpoint<
                             PS::WithRawCallbackMethod_ApplyStep<
-                                PS::WithRawCallbackMethod_GetDataPlane<PS::Service>>>>>>>>>>>>>;
+                                PS::WithRawCallbackMethod_RemoveRows<
+                                    PS::WithRawCallbackMethod_GetDataPlane<
+                                        PS::Service>>>>>>>>>>>>>>;
 
 // Handlers run ServerCore inline on gRPC's callback threads: the work is CPU-bound and holds
 // only vshard locks, never across I/O. Checkpoint writes and restores, which do file I/O for
@@ -59,6 +61,7 @@ class GrpcService final : public RawParameterServerService {
   Reactor* GetCheckpointState(Ctx* ctx, const Bytes* req, Bytes* resp) override;
   Reactor* RestoreCheckpoint(Ctx* ctx, const Bytes* req, Bytes* resp) override;
   Reactor* ApplyStep(Ctx* ctx, const Bytes* req, Bytes* resp) override;
+  Reactor* RemoveRows(Ctx* ctx, const Bytes* req, Bytes* resp) override;
   Reactor* GetDataPlane(Ctx* ctx, const Bytes* req, Bytes* resp) override;
 
   // Where a call's outcome goes: status, and for a refusal the server's shard-map epoch and

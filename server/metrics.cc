@@ -43,9 +43,9 @@ prometheus::ClientMetric GaugeValue(double v) {
 
 const char* MethodName(Method m) {
   static constexpr const char* kNames[kNumMethods] = {
-      "CreateTable",     "DropTable",          "DescribeTable",     "ListTables",
-      "PullSparse",      "PushSparse",         "PullDense",         "PushDense",
-      "WriteCheckpoint", "GetCheckpointState", "RestoreCheckpoint", "ApplyStep"};
+      "CreateTable",       "DropTable", "DescribeTable", "ListTables",      "PullSparse",
+      "PushSparse",        "PullDense", "PushDense",     "WriteCheckpoint", "GetCheckpointState",
+      "RestoreCheckpoint", "ApplyStep", "RemoveRows"};
   return kNames[static_cast<int>(m)];
 }
 

@@ -36,8 +36,9 @@ enum class Method {
   kGetCheckpointState,
   kRestoreCheckpoint,
   kApplyStep,
+  kRemoveRows,
 };
-inline constexpr int kNumMethods = 12;
+inline constexpr int kNumMethods = 13;
 const char* MethodName(Method m);
 
 // Request metrics per method and status code. Thread-safe; Record() takes no lock once the

@@ -16,11 +16,11 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "common/wire.h"
+#include "optimizer/optimizer.h"
 #include "proto/cluster.pb.h"
 #include "proto/tessera.pb.h"
 #include "server/apply_executors.h"
 #include "server/dense_table.h"
-#include "optimizer/optimizer.h"
 #include "server/request_checks.h"
 #include "server/server_core.h"
 #include "server/sparse_table.h"
@@ -58,6 +58,9 @@ int LogEntryKindOf(const LogEntry& entry) {
                           return int{v1::LOG_ENTRY_KIND_APPLY_STEP};
                         },
                         [](const RestoreOp&) { return int{v1::LOG_ENTRY_KIND_RESTORE}; },
+                        [](const std::shared_ptr<const v1::RemoveRowsRequest>&) {
+                          return int{v1::LOG_ENTRY_KIND_REMOVE_ROWS};
+                        },
                     },
                     entry.op);
 }
@@ -248,6 +251,7 @@ TESSERA_CHANGE(DropTable, SubmitDrop, v1::DropTableRequest, v1::DropTableRespons
 TESSERA_CHANGE(PushSparse, SubmitPushSparse, v1::PushSparseRequest, v1::PushResponse)
 TESSERA_CHANGE(PushDense, SubmitPushDense, v1::PushDenseRequest, v1::PushResponse)
 TESSERA_CHANGE(ApplyStep, SubmitApplyStep, v1::ApplyStepRequest, v1::ApplyStepResponse)
+TESSERA_CHANGE(RemoveRows, SubmitRemoveRows, v1::RemoveRowsRequest, v1::RemoveRowsResponse)
 #undef TESSERA_CHANGE
 
 // ---- Replay (backups) ----
@@ -279,6 +283,9 @@ absl::StatusOr<LogEntry> ServerCore::DecodeEntry(
       break;
     case v1::LOG_ENTRY_KIND_APPLY_STEP:
       st = parse(std::make_shared<v1::ApplyStepRequest>());
+      break;
+    case v1::LOG_ENTRY_KIND_REMOVE_ROWS:
+      st = parse(std::make_shared<v1::RemoveRowsRequest>());
       break;
     default:
       st =
@@ -331,6 +338,9 @@ absl::Status ServerCore::Replay(uint64_t term, LogEntry entry) {
             },
             [&](const RestoreOp&) {
               return absl::InvalidArgumentError("a restore cannot be replayed (needs a snapshot)");
+            },
+            [&](const std::shared_ptr<const v1::RemoveRowsRequest>& r) {
+              return replay(&ServerCore::SubmitRemoveRows, r);
             },
         },
         entry.op);

@@ -54,6 +54,8 @@ class RestoreCheckpointResponse;
 class InstallSnapshotRequest;
 class ApplyStepRequest;
 class ApplyStepResponse;
+class RemoveRowsRequest;
+class RemoveRowsResponse;
 }  // namespace v1
 
 }  // namespace tessera
@@ -186,6 +188,11 @@ class ServerCore {
   absl::Status PushSparse(const v1::PushSparseRequest& req, v1::PushResponse* resp);
   absl::Status PushDense(const v1::PushDenseRequest& req, v1::PushResponse* resp);
   absl::Status ApplyStep(const v1::ApplyStepRequest& req, v1::ApplyStepResponse* resp);
+
+  // Removes sparse rows (docs/embedding_lifecycle.md): a change in the log like a push.
+  void RemoveRows(std::shared_ptr<const v1::RemoveRowsRequest> req, v1::RemoveRowsResponse* resp,
+                  std::shared_ptr<const WireBytes> wire, Done done);
+  absl::Status RemoveRows(const v1::RemoveRowsRequest& req, v1::RemoveRowsResponse* resp);
 
   absl::Status DescribeTable(const v1::DescribeTableRequest& req, v1::DescribeTableResponse* resp);
   absl::Status ListTables(const v1::ListTablesRequest& req, v1::ListTablesResponse* resp);
@@ -443,6 +450,8 @@ class ServerCore {
                                v1::PushResponse* resp, const Origin& origin, Done& done);
   absl::Status SubmitApplyStep(std::shared_ptr<const v1::ApplyStepRequest> req,
                                v1::ApplyStepResponse* resp, const Origin& origin, Done& done);
+  absl::Status SubmitRemoveRows(std::shared_ptr<const v1::RemoveRowsRequest> req,
+                                v1::RemoveRowsResponse* resp, const Origin& origin, Done& done);
   // Under the order lock, the checks every change shares: the replay's place in the order
   // (or nothing, for a client's change) and that `name` still resolves to `table` (by id);
   // the table it resolves to now is returned in *current (null: none).

@@ -16,6 +16,7 @@ class DropTableRequest;
 class PushSparseRequest;
 class PushDenseRequest;
 class ApplyStepRequest;
+class RemoveRowsRequest;
 }  // namespace v1
 
 // The request bytes as they arrived, owned by the transport (the gRPC layer's ByteBuffer):
@@ -42,7 +43,8 @@ struct LogEntry {
   using Op = std::variant<
       std::shared_ptr<const v1::CreateTableRequest>, std::shared_ptr<const v1::DropTableRequest>,
       std::shared_ptr<const v1::PushSparseRequest>, std::shared_ptr<const v1::PushDenseRequest>,
-      std::shared_ptr<const v1::ApplyStepRequest>, RestoreOp>;
+      std::shared_ptr<const v1::ApplyStepRequest>, RestoreOp,
+      std::shared_ptr<const v1::RemoveRowsRequest>>;
   uint64_t lsn = 0;
   int64_t time_ms = 0;    // the primary's clock at sequencing, non-decreasing along the log
   uint64_t table_id = 0;  // the table it changes (the LSN that created it); 0: none
