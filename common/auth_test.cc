@@ -66,6 +66,7 @@ TEST_CASE("a bad token file is refused naming the line, never the token", "[auth
 TEST_CASE("methods allow their roles only", "[auth]") {
   CHECK(RolesOfMethod("/tessera.v1.ParameterServer/PushSparse") == kRoleWorker);
   CHECK(RolesOfMethod("/tessera.v1.ParameterServer/CreateTable") == kRoleAdmin);
+  CHECK(RolesOfMethod("/tessera.v1.ParameterServer/RemoveRows") == kRoleAdmin);  // (not workers)
   CHECK(RolesOfMethod("/tessera.v1.Replication/Replicate") == kRoleServer);
   CHECK(RolesOfMethod("/tessera.v1.ParameterServer/NoSuchMethod") == 0);
   CHECK((RolesOfMethod("/tessera.v1.ParameterServer/PullSparse") & kRoleReader) != 0);

@@ -65,6 +65,8 @@ class RowArena {
     ++free_;
   }
 
+  // Whether the next Append reuses a released row (no new memory).
+  bool HasFree() const { return free_head_ != kNoRow; }
   // Ids handed out so far (rows in use and free ones).
   uint32_t size() const { return size_; }
   // Rows in use.

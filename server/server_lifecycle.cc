@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
 #include "proto/tessera.pb.h"
 #include "server/apply_executors.h"
@@ -29,12 +30,27 @@ absl::Status ServerCore::SubmitRemoveRows(std::shared_ptr<const v1::RemoveRowsRe
   TESSERA_RETURN_IF_ERROR(CheckSparseRequest(sparse, req->table(), req->key_type(),
                                              v1::DTYPE_FLOAT32, sparse.dim(), req->num_keys(),
                                              req->keys(), &keys));
+  // Each vshard's keys, gathered before the change is logged: nothing after Sequence may fail.
+  std::vector<std::pair<uint32_t, std::vector<uint64_t>>> by_vshard;
+  by_vshard.reserve(keys.groups.runs.size());
+  for (const VshardRun& run : keys.groups.runs) {
+    std::vector<uint64_t>& run_keys =
+        by_vshard.emplace_back(run.vshard, std::vector<uint64_t>{}).second;
+    run_keys.reserve(run.end - run.begin);
+    for (uint32_t j = run.begin; j < run.end; ++j) {
+      run_keys.push_back(keys.keys[keys.groups.KeyIndex(j)]);
+    }
+  }
   {
     absl::MutexLock order(&order_mu_);
     std::shared_ptr<Table> current;
     TESSERA_RETURN_IF_ERROR(
         CheckSequence(origin, req->table(),
                       origin.replay != nullptr ? origin.replay->table_id : table->id, &current));
+    if (current != table) {  // (replays only: a client's is refused by CheckSequence)
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "table '%s' changed while the removal was checked", ShortName(req->table())));
+    }
     LogEntry entry;
     entry.op = req;
     entry.table_id = table->id;
@@ -43,23 +59,19 @@ absl::Status ServerCore::SubmitRemoveRows(std::shared_ptr<const v1::RemoveRowsRe
     // removal lands in every vshard's LSN order on every replica.
     executors_->Drain();
     uint64_t removed = 0;
-    {
+    try {
       absl::ReaderMutexLock gate(&gate_);  // (a checkpoint's cut sees all of it or none)
       const uint64_t gen = generation_.load(std::memory_order_relaxed);
-      std::vector<uint64_t> run_keys;
-      for (const VshardRun& run : keys.groups.runs) {
-        run_keys.clear();
-        for (uint32_t j = run.begin; j < run.end; ++j) {
-          run_keys.push_back(keys.keys[keys.groups.KeyIndex(j)]);
-        }
-        removed += sparse.Remove(run.vshard, run_keys, gen);
-      }
+      for (const auto& [vshard, run_keys] : by_vshard)
+        removed += sparse.Remove(vshard, run_keys, gen);
+    } catch (const std::bad_alloc&) {
+      // Logged and half applied: crash-only, as an executor that cannot apply (a replica that
+      // holds the entry whole takes over; docs/state_machine.md).
+      LogError("out of memory applying change %u; exiting so that a replica takes over", entry.lsn);
+      std::abort();
     }
-    // The removed rows' charge goes back (their memory is reused by the next new rows, which
-    // are charged again).
-    const uint64_t freed = std::min(removed * sparse.row_charge(), table->charged.load());
-    table->charged -= freed;
-    budget_.Release(freed);
+    // The rows' memory stays (reused by the vshard's next new rows, which are then not charged
+    // again): so does their charge.
     resp->set_rows(removed);
     resp->set_lsn(entry.lsn);
   }

@@ -38,6 +38,7 @@ uint32_t SparseTable::FindOrCreate(Partition& p, uint64_t key, uint64_t gen, uin
   if (const uint32_t id = p.index.Find(key); id != KeyIndex::kNone) return id;
   // The row first, then the key: if either allocation throws, the index names no row that
   // does not exist (a row whose key could not be added goes back to the free list).
+  const bool new_memory = !p.rows.HasFree();
   const uint32_t id = p.rows.Append();
   try {
     p.index.Insert(key, id);
@@ -56,7 +57,9 @@ uint32_t SparseTable::FindOrCreate(Partition& p, uint64_t key, uint64_t gen, uin
   if (params_.has_step) std::memset(row + step_offset_, 0, sizeof(uint64_t));
   SetGen(row, gen);
   num_rows_.fetch_add(1, std::memory_order_relaxed);
-  ++*created;
+  // (The budget charges rows by the memory they take: a row in a removed row's memory is
+  // charged already. The index does not shrink either: its entry is charged too.)
+  if (new_memory) ++*created;
   return id;
 }
 

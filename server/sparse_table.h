@@ -57,7 +57,8 @@ class SparseTable final : public TableData {
   size_t row_bytes() const { return payload_floats_ * sizeof(float); }
 
   // Copies the weights of keys[i] to out[i * dim, (i + 1) * dim), creating missing rows (at
-  // generation `gen`); returns how many it created. REQUIRES: `groups` is
+  // generation `gen`); returns how many it created in new memory (not in a removed row's, which
+  // the budget still charges: what it charges). REQUIRES: `groups` is
   // GroupByVshard(keys); every run's vshard is owned.
   uint32_t Pull(absl::Span<const uint64_t> keys, const VshardGrouping& groups, float* out,
                 uint64_t gen);
@@ -66,13 +67,14 @@ class SparseTable final : public TableData {
   // stamps the rows with `gen`; with `assign` the values replace the weights instead (slots
   // kept). Only the vshards v with v % parts == part (an executor's share, docs/
   // state_machine.md). REQUIRES: as Pull, and the keys are distinct.
-  // Returns how many rows it created.
+  // Returns how many rows it created in new memory (as Pull).
   uint32_t Push(absl::Span<const uint64_t> keys, const VshardGrouping& groups, const float* grads,
                 uint64_t gen, bool assign = false, uint32_t part = 0, uint32_t parts = 1);
 
   // Removes the rows of `keys` (all of owned `vshard`; absent ones are skipped) at generation
   // `gen` (docs/embedding_lifecycle.md): their index entries and rows go (a row's memory is
-  // reused by the vshard's next new row), a row that a checkpoint in progress must still write
+  // reused by the vshard's next new row, so the budget keeps charging it), a row that a
+  // checkpoint in progress must still write
   // keeps its pre-image, and the removal is remembered for the next increment's tombstones.
   // A later touch creates the key anew from the initializer. Returns the rows removed.
   // REQUIRES: as a push's: `gen` is the current generation (above every cut begun), and the
@@ -143,7 +145,7 @@ class SparseTable final : public TableData {
   };
 
   // Returns the row id of `key`, creating and initializing the row (at `gen`) when missing;
-  // counts creations in *created.
+  // counts creations in new memory in *created.
   uint32_t FindOrCreate(Partition& p, uint64_t key, uint64_t gen, uint32_t* created)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(p.mu);
   // Calls use(partition, i, row id) for each keys[i] of the runs of vshards v with
