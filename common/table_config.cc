@@ -140,6 +140,35 @@ absl::Status ResolveInitializer(TableConfig& c) {
   return absl::OkStatus();
 }
 
+absl::Status ResolveLifecycle(TableConfig& c) {
+  LifecycleConfig& l = c.lifecycle;
+  const bool any = l.enabled() || l.victims != EvictionVictims::kLru ||
+                   l.lfu_half_life_seconds != 0 || l.dry_run;
+  if (!any) return absl::OkStatus();
+  if (c.kind != TableKind::kSparse) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("table '%s': a lifecycle applies only to sparse tables", c.name));
+  }
+  if (!l.enabled()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "table '%s': lifecycle victims, lfu_half_life_seconds and dry_run need a policy: set "
+        "ttl_seconds, capacity_rows or capacity_bytes",
+        c.name));
+  }
+  if (l.ttl_seconds > kMaxTtlSeconds) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("table '%s': lifecycle ttl_seconds must be at most %u, got %u", c.name,
+                        kMaxTtlSeconds, l.ttl_seconds));
+  }
+  if (l.victims == EvictionVictims::kLfu) {
+    if (l.lfu_half_life_seconds == 0) l.lfu_half_life_seconds = kDefaultLfuHalfLifeSeconds;
+  } else if (l.lfu_half_life_seconds != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "table '%s': lifecycle lfu_half_life_seconds applies only to LFU victims", c.name));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<TableConfig> ResolveTableConfig(const TableConfig& config) {
@@ -177,6 +206,7 @@ absl::StatusOr<TableConfig> ResolveTableConfig(const TableConfig& config) {
   }
   if (absl::Status s = ResolveOptimizer(c); !s.ok()) return s;
   if (absl::Status s = ResolveInitializer(c); !s.ok()) return s;
+  if (absl::Status s = ResolveLifecycle(c); !s.ok()) return s;
   return c;
 }
 
@@ -250,6 +280,17 @@ absl::StatusOr<InitializerKind> ParseInitializerKind(absl::string_view name) {
   }
   return absl::InvalidArgumentError(
       absl::StrFormat("unknown initializer '%s' (want zeros, uniform or normal)", name));
+}
+
+absl::string_view EvictionVictimsName(EvictionVictims victims) {
+  return victims == EvictionVictims::kLfu ? "lfu" : "lru";
+}
+
+absl::StatusOr<EvictionVictims> ParseEvictionVictims(absl::string_view name) {
+  if (name == "lru") return EvictionVictims::kLru;
+  if (name == "lfu") return EvictionVictims::kLfu;
+  return absl::InvalidArgumentError(
+      absl::StrFormat("unknown eviction victims '%s' (want lru or lfu)", name));
 }
 
 }  // namespace tessera

@@ -45,6 +45,25 @@ struct InitializerConfig {
   bool operator==(const InitializerConfig&) const = default;
 };
 
+enum class EvictionVictims { kLru, kLfu };
+
+// A sparse table's embedding lifecycle (docs/embedding_lifecycle.md); all 0: off.
+struct LifecycleConfig {
+  uint64_t ttl_seconds = 0;     // remove rows not updated for this long
+  uint64_t capacity_rows = 0;   // per server
+  uint64_t capacity_bytes = 0;  // per server, what the budget charges its rows
+  EvictionVictims victims = EvictionVictims::kLru;
+  uint32_t lfu_half_life_seconds = 0;  // LFU: resolved to 3600 when unset
+  bool dry_run = false;
+
+  // Whether rows carry lifecycle metadata (any policy set).
+  bool enabled() const { return ttl_seconds != 0 || capacity_rows != 0 || capacity_bytes != 0; }
+  bool operator==(const LifecycleConfig&) const = default;
+};
+
+inline constexpr uint32_t kDefaultLfuHalfLifeSeconds = 3600;
+inline constexpr uint64_t kMaxTtlSeconds = uint64_t{100} * 365 * 24 * 3600;
+
 inline constexpr uint32_t kDefaultDenseBlockElems = 128 * 1024;  // 512 KiB of float32
 inline constexpr uint32_t kMaxDenseBlockElems = 16 * 1024 * 1024;
 inline constexpr uint32_t kMaxSparseDim = 65536;
@@ -59,6 +78,7 @@ struct TableConfig {
   uint32_t dense_block_elems = 0;  // dense only: 0 = kDefaultDenseBlockElems
   OptimizerConfig optimizer;
   InitializerConfig initializer;
+  LifecycleConfig lifecycle;  // sparse only
 
   bool operator==(const TableConfig&) const = default;
 };
@@ -75,6 +95,8 @@ TESSERA_EXPORT bool OptimizerHasStep(OptimizerKind kind);
 TESSERA_EXPORT absl::string_view TableKindName(TableKind kind);
 TESSERA_EXPORT absl::string_view OptimizerKindName(OptimizerKind kind);
 TESSERA_EXPORT absl::string_view InitializerKindName(InitializerKind kind);
+TESSERA_EXPORT absl::string_view EvictionVictimsName(EvictionVictims victims);
+TESSERA_EXPORT absl::StatusOr<EvictionVictims> ParseEvictionVictims(absl::string_view name);
 TESSERA_EXPORT absl::StatusOr<OptimizerKind> ParseOptimizerKind(absl::string_view name);
 TESSERA_EXPORT absl::StatusOr<InitializerKind> ParseInitializerKind(absl::string_view name);
 

@@ -55,6 +55,41 @@ TEST_CASE("invalid configs name the table and the field", "[table_config]") {
   TableConfig norm{.name = "e", .dim = 4};
   norm.initializer = {.kind = InitializerKind::kNormal, .low = 1.0f};
   CHECK(error(norm).find("only mean and stddev") != std::string::npos);
+  TableConfig dense_ttl{.name = "d", .kind = TableKind::kDense, .dense_size = 9};
+  dense_ttl.lifecycle.ttl_seconds = 5;
+  CHECK(error(dense_ttl).find("only to sparse tables") != std::string::npos);
+  TableConfig no_policy{.name = "e", .dim = 4};
+  no_policy.lifecycle.dry_run = true;
+  CHECK(error(no_policy).find("need a policy") != std::string::npos);
+  TableConfig half_life{.name = "e", .dim = 4};
+  half_life.lifecycle = {.capacity_rows = 10, .lfu_half_life_seconds = 5};
+  CHECK(error(half_life).find("only to LFU") != std::string::npos);
+  TableConfig long_ttl{.name = "e", .dim = 4};
+  long_ttl.lifecycle.ttl_seconds = kMaxTtlSeconds + 1;
+  CHECK(error(long_ttl).find("ttl_seconds must be at most") != std::string::npos);
+}
+
+TEST_CASE("a lifecycle resolves its LFU half-life and survives the wire", "[table_config]") {
+  TableConfig c{.name = "emb", .kind = TableKind::kSparse, .dim = 8};
+  c.lifecycle = {.ttl_seconds = 86400, .capacity_rows = 1000, .victims = EvictionVictims::kLfu};
+  absl::StatusOr<TableConfig> r = ResolveTableConfig(c);
+  REQUIRE(r.ok());
+  CHECK(r->lifecycle.lfu_half_life_seconds == kDefaultLfuHalfLifeSeconds);
+  CHECK(r->lifecycle.enabled());
+  v1::TableSpec spec;
+  TableConfigToProto(*r, &spec);
+  CHECK(spec.lifecycle().victims() == v1::EVICTION_VICTIMS_LFU);
+  absl::StatusOr<TableConfig> back = TableConfigFromProto(spec);
+  REQUIRE(back.ok());
+  CHECK(*back == *r);
+  // A table without one sends no lifecycle at all (specs of older servers compare equal).
+  TableConfig plain{.name = "emb", .kind = TableKind::kSparse, .dim = 8};
+  TableConfigToProto(plain, &spec);
+  CHECK_FALSE(spec.has_lifecycle());
+  spec.mutable_lifecycle()->set_victims(static_cast<v1::EvictionVictims>(7));
+  CHECK(TableConfigFromProto(spec).status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(*ParseEvictionVictims("lfu") == EvictionVictims::kLfu);
+  CHECK_FALSE(ParseEvictionVictims("fifo").ok());
 }
 
 TEST_CASE("table configs survive the wire", "[table_config]") {

@@ -43,6 +43,18 @@ void TableConfigToProto(const TableConfig& c, v1::TableSpec* spec) {
   if (ic.mean) i->set_mean(*ic.mean);
   if (ic.stddev) i->set_stddev(*ic.stddev);
   i->set_seed(ic.seed);
+
+  const LifecycleConfig& lc = c.lifecycle;
+  if (lc != LifecycleConfig{}) {
+    v1::LifecycleSpec* l = spec->mutable_lifecycle();
+    l->set_ttl_seconds(lc.ttl_seconds);
+    l->set_capacity_rows(lc.capacity_rows);
+    l->set_capacity_bytes(lc.capacity_bytes);
+    l->set_victims(lc.victims == EvictionVictims::kLfu ? v1::EVICTION_VICTIMS_LFU
+                                                       : v1::EVICTION_VICTIMS_LRU);
+    l->set_lfu_half_life_seconds(lc.lfu_half_life_seconds);
+    l->set_dry_run(lc.dry_run);
+  }
 }
 
 absl::StatusOr<TableConfig> TableConfigFromProto(const v1::TableSpec& spec) {
@@ -96,6 +108,26 @@ absl::StatusOr<TableConfig> TableConfigFromProto(const v1::TableSpec& spec) {
   if (i.has_mean()) c.initializer.mean = i.mean();
   if (i.has_stddev()) c.initializer.stddev = i.stddev();
   c.initializer.seed = i.seed();
+
+  const v1::LifecycleSpec& l = spec.lifecycle();
+  c.lifecycle.ttl_seconds = l.ttl_seconds();
+  c.lifecycle.capacity_rows = l.capacity_rows();
+  c.lifecycle.capacity_bytes = l.capacity_bytes();
+  switch (l.victims()) {
+    case v1::EVICTION_VICTIMS_UNSPECIFIED:
+    case v1::EVICTION_VICTIMS_LRU:
+      c.lifecycle.victims = EvictionVictims::kLru;
+      break;
+    case v1::EVICTION_VICTIMS_LFU:
+      c.lifecycle.victims = EvictionVictims::kLfu;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrFormat("table '%s': lifecycle.victims %d is not LRU or LFU", spec.name(),
+                          static_cast<int>(l.victims())));
+  }
+  c.lifecycle.lfu_half_life_seconds = l.lfu_half_life_seconds();
+  c.lifecycle.dry_run = l.dry_run();
   return c;
 }
 

@@ -220,7 +220,7 @@ void ApplyIncrement(std::map<std::pair<uint32_t, uint64_t>, std::string>& image,
 void RemoveKeys(SparseTable& t, const std::vector<uint64_t>& keys, uint64_t gen) {
   std::map<uint32_t, std::vector<uint64_t>> by_vshard;
   for (uint64_t k : keys) by_vshard[VshardOfKey(k, t.num_vshards())].push_back(k);
-  for (const auto& [v, ks] : by_vshard) t.Remove(v, ks, gen);
+  for (const auto& [v, ks] : by_vshard) t.Remove(v, ks, {}, gen);
 }
 
 TEST_CASE("increments after removals carry tombstones and a chain restores the live rows",
@@ -292,7 +292,7 @@ TEST_CASE("removal counts, recreation from the initializer and the increment hor
   t.Push(keys, groups, g.data(), 2);
   REQUIRE(t.num_rows() == 2);
   const uint32_t v = VshardOfKey(11, t.num_vshards());
-  CHECK(t.Remove(v, std::vector<uint64_t>{11, 99999}, 3) == 1);  // (an absent key is skipped)
+  CHECK(t.Remove(v, std::vector<uint64_t>{11, 99999}, {}, 3) == 1);  // (an absent key is skipped)
   CHECK(t.num_rows() == 1);
   std::vector<float> again(keys.size() * t.dim());
   t.Pull(keys, groups, again.data(), 4);
@@ -366,7 +366,7 @@ TEST_CASE("step sums applied through the table equal the same pushes", "[checkpo
     for (uint32_t i = 0; i < s.dim(); ++i) sum.push_back(0.25f * (k % 5) - 0.5f + i);
     for (float g : sum) grads.push_back(g * 0.5f);
   }
-  CHECK(s.ApplySums(sums, 0.5f, 2) == keys.size());
+  CHECK(s.ApplySums(sums, 0.5f, 2, 0) == keys.size());
   VshardGrouping groups;
   GroupByVshard(keys, s_ref.num_vshards(), &groups);
   s_ref.Push(keys, groups, grads.data(), 2);
@@ -383,7 +383,7 @@ TEST_CASE("step sums applied through the table equal the same pushes", "[checkpo
   CHECK(d.SumFloats(d.layout().num_blocks()) == 0);
   std::vector<float> g(len, 2.0f), half(len, 1.0f);
   dense_sums[b] = g;
-  CHECK(d.ApplySums(dense_sums, 0.5f, 2) == len);
+  CHECK(d.ApplySums(dense_sums, 0.5f, 2, 0) == len);
   d_ref.Push(d.layout().BlockBegin(b), len, half.data(), 2);
   d.BeginCut(2);
   d_ref.BeginCut(2);

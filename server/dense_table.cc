@@ -6,8 +6,8 @@
 #include "absl/strings/str_format.h"
 #include "common/hash.h"
 #include "common/shard_map.h"
-#include "server/generation.h"
 #include "optimizer/initializer.h"
+#include "server/generation.h"
 
 namespace tessera {
 
@@ -254,7 +254,8 @@ size_t DenseTable::SumFloats(uint64_t block) const {
   return block < layout_.num_blocks() ? layout_.BlockEnd(block) - layout_.BlockBegin(block) : 0;
 }
 
-uint64_t DenseTable::ApplySums(const EntrySums& sums, float scale, uint64_t gen) {
+uint64_t DenseTable::ApplySums(const EntrySums& sums, float scale, uint64_t gen,
+                               int64_t /*time_ms*/) {
   std::vector<uint64_t> blocks;
   for (const auto& [b, sum] : sums) blocks.push_back(b);
   std::sort(blocks.begin(), blocks.end());

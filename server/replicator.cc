@@ -1,4 +1,9 @@
 // The Replicator: the map and roles, heartbeats, acknowledgements (docs/replication.md).
+#include <string>
+#include <type_traits>
+#include <variant>
+
+#include "proto/tessera.pb.h"
 #include "server/replicator_impl.h"
 
 namespace tessera {
@@ -182,17 +187,39 @@ void Replicator::Impl::WhenReplicated(uint64_t lsn, Callback cb) {
   for (auto& [c, st] : done) c(st);
 }
 
+namespace {
+
+// The request of a change this server made itself (the lifecycle task's), which has no bytes
+// as received: serialized, so that it travels to the backups like every change.
+grpc::ByteBuffer SerializeRequest(const LogEntry& entry) {
+  std::string bytes;
+  std::visit(
+      [&](const auto& op) {
+        if constexpr (!std::is_same_v<std::decay_t<decltype(op)>, RestoreOp>) {
+          op->SerializeToString(&bytes);
+        }
+      },
+      entry.op);
+  grpc::Slice slice(bytes);
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+}  // namespace
+
 void Replicator::Impl::Append(const LogEntry& entry) {
+  const bool restore = std::holds_alternative<RestoreOp>(entry.op);
+  const grpc::ByteBuffer bytes = restore ? grpc::ByteBuffer()
+                                 : entry.wire == nullptr
+                                     ? SerializeRequest(entry)
+                                     : static_cast<const GrpcWire&>(*entry.wire).bytes;
   absl::MutexLock lock(&mu);
   appended = std::max(appended, entry.lsn);
-  if (std::holds_alternative<RestoreOp>(entry.op)) {
+  if (restore) {
     // The state was replaced: every backup gets a snapshot taken after this point, which
     // acknowledges this LSN once installed.
     for (auto& [addr, s] : senders) s->needs_snapshot = true;
     return;
   }
-  if (entry.wire == nullptr) return;  // (only changes that came over gRPC are logged)
-  const grpc::ByteBuffer& bytes = static_cast<const GrpcWire&>(*entry.wire).bytes;
   const int kind = LogEntryKindOf(entry);
   for (auto& [addr, s] : senders) {
     s->queue.push_back({entry.lsn, kind, entry.time_ms, entry.table_id, bytes});

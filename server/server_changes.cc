@@ -136,7 +136,7 @@ void ServerCore::Sequence(const Origin& origin, LogEntry* entry) {
   }
   entry->lsn = ++lsn_;
   // The only clock replicated state sees, non-decreasing along the log.
-  time_ms_ = std::max(time_ms_, absl::ToUnixMillis(absl::Now()));
+  time_ms_ = std::max(time_ms_, NowMs());
   entry->time_ms = time_ms_;
   entry->wire = origin.wire;
   if (log_ != nullptr) log_->Append(*entry);

@@ -46,6 +46,9 @@ absl::StatusOr<std::unique_ptr<ServerCore>> ServerCore::Create(const ServerCoreO
     if (!store.ok()) return store.status();
     core->store_ = std::move(*store);
   }
+  if (options.lifecycle_interval_ms > 0) {
+    core->lifecycle_thread_ = std::thread([c = core.get()] { c->LifecycleLoop(); });
+  }
   return core;
 }
 
@@ -60,8 +63,22 @@ ServerCore::ServerCore(const ServerCoreOptions& options)
                                      : std::max(1u, std::thread::hardware_concurrency()))),
       budget_(options.max_memory_bytes != 0 ? options.max_memory_bytes : DefaultMemoryLimit()) {}
 
-// The executors go first: what they still apply refers to the tables.
-ServerCore::~ServerCore() { executors_.reset(); }
+// The lifecycle task stops first (it sequences changes), then the executors: what they still
+// apply refers to the tables.
+ServerCore::~ServerCore() {
+  if (lifecycle_thread_.joinable()) {
+    {
+      absl::MutexLock lock(&lifecycle_mu_);
+      lifecycle_stop_ = true;
+    }
+    lifecycle_thread_.join();
+  }
+  executors_.reset();
+}
+
+int64_t ServerCore::NowMs() const {
+  return options_.testing_clock_ms ? options_.testing_clock_ms() : absl::ToUnixMillis(absl::Now());
+}
 
 absl::Status ServerCore::Bind(uint32_t shard_index, uint32_t num_shards) {
   absl::StatusOr<ShardMap> map =
@@ -305,6 +322,12 @@ void ServerCore::FillInfo(const Table& table, v1::TableInfo* info) const {
   TableConfigToProto(table.config, info->mutable_spec());
   info->set_rows(table.data().Entries());
   info->set_bytes(table.data().Bytes());
+  if (table.sparse != nullptr && table.sparse->has_lifecycle()) {
+    const SparseTable::LifecycleCounters& c = table.sparse->lifecycle_counters();
+    info->set_evicted_ttl(c.evicted_ttl.load(std::memory_order_relaxed));
+    info->set_evicted_capacity(c.evicted_capacity.load(std::memory_order_relaxed));
+    info->set_would_evict(c.would_evict.load(std::memory_order_relaxed));
+  }
 }
 
 absl::Status ServerCore::DescribeTable(const v1::DescribeTableRequest& req,
@@ -338,7 +361,16 @@ std::vector<TableStats> ServerCore::GetTableStats() const {
   }
   std::vector<TableStats> stats;
   for (const auto& t : tables) {
-    stats.push_back({t->config.name, t->config.kind, t->data().Entries(), t->data().Bytes()});
+    TableStats& s = stats.emplace_back(
+        TableStats{t->config.name, t->config.kind, t->data().Entries(), t->data().Bytes()});
+    if (t->sparse != nullptr && t->sparse->has_lifecycle()) {
+      const SparseTable::LifecycleCounters& c = t->sparse->lifecycle_counters();
+      s.lifecycle = true;
+      s.evicted_ttl = c.evicted_ttl.load(std::memory_order_relaxed);
+      s.evicted_capacity = c.evicted_capacity.load(std::memory_order_relaxed);
+      s.would_evict = c.would_evict.load(std::memory_order_relaxed);
+      s.kept = c.kept.load(std::memory_order_relaxed);
+    }
   }
   return stats;
 }
@@ -386,10 +418,15 @@ absl::Status ServerCore::PullSparse(const v1::PullSparseRequest& req, v1::PullSp
                                              req.dim(), req.num_keys(), req.keys(), &k));
   TESSERA_RETURN_IF_ERROR(
       CheckResponseBytes(req.table(), uint64_t{sparse.dim()} * k.keys.size() * sizeof(float)));
-  // A pull creates the rows it does not find: reserved before, settled after.
-  absl::StatusOr<std::unique_ptr<Reservation>> rows =
-      ReserveRows(*table, k.keys.size(), /*force=*/false, "pull");
-  if (!rows.ok()) return rows.status();
+  // A pull creates the rows it does not find (not in a table with a lifecycle): reserved
+  // before, settled after.
+  std::unique_ptr<Reservation> rows;
+  if (!sparse.has_lifecycle()) {
+    absl::StatusOr<std::unique_ptr<Reservation>> reserved =
+        ReserveRows(*table, k.keys.size(), /*force=*/false, "pull");
+    if (!reserved.ok()) return reserved.status();
+    rows = *std::move(reserved);
+  }
   resp->set_dtype(v1::DTYPE_FLOAT32);
   resp->set_dim(sparse.dim());
   resp->set_num_keys(req.num_keys());
@@ -397,8 +434,9 @@ absl::Status ServerCore::PullSparse(const v1::PullSparseRequest& req, v1::PullSp
   float* out = values != nullptr ? values->Allocate<float>(n)
                                  : PackedResize<float>(resp->mutable_values(), n);
   absl::ReaderMutexLock gate(&gate_);  // a pull may create rows
-  (*rows)->AddCreated(
-      sparse.Pull(k.keys, k.groups, out, generation_.load(std::memory_order_relaxed)));
+  const uint32_t created =
+      sparse.Pull(k.keys, k.groups, out, generation_.load(std::memory_order_relaxed));
+  if (rows != nullptr) rows->AddCreated(created);
   return absl::OkStatus();
 }
 

@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -116,6 +117,13 @@ struct ServerCoreOptions {
   // Threads that apply sequenced changes (docs/state_machine.md); 0: one per core, at most 16.
   uint32_t apply_threads = 0;
 
+  // The primary's lifecycle task (docs/embedding_lifecycle.md) runs a round this often while
+  // a table has a lifecycle; 0: no task (tests call RunLifecycle).
+  uint32_t lifecycle_interval_ms = 100;
+  // Tests: the primary's clock in Unix milliseconds (entry times, lifecycle decisions); unset:
+  // the system clock.
+  std::function<int64_t()> testing_clock_ms;
+
   // Checkpoint directory shared by every server and the checkpoint driver
   // (docs/checkpoints.md); empty disables checkpoints.
   std::string checkpoint_dir;
@@ -148,6 +156,12 @@ struct TableStats {
   TableKind kind;
   uint64_t rows;   // sparse rows / dense elements held here
   uint64_t bytes;  // memory for weights and slots held here
+  // A sparse table's lifecycle (docs/embedding_lifecycle.md), when it has one.
+  bool lifecycle = false;
+  uint64_t evicted_ttl = 0;
+  uint64_t evicted_capacity = 0;
+  uint64_t would_evict = 0;
+  uint64_t kept = 0;  // listed for removal but updated since
 };
 
 // Thread-safe. Every method validates its request completely before touching state: on any
@@ -193,6 +207,12 @@ class ServerCore {
   void RemoveRows(std::shared_ptr<const v1::RemoveRowsRequest> req, v1::RemoveRowsResponse* resp,
                   std::shared_ptr<const WireBytes> wire, Done done);
   absl::Status RemoveRows(const v1::RemoveRowsRequest& req, v1::RemoveRowsResponse* resp);
+
+  // One round of the primary's lifecycle task (docs/embedding_lifecycle.md): for every sparse
+  // table with a lifecycle whose TTL scan is due or that is over its capacity, chooses the
+  // rows to remove and sequences RemoveRows entries for them (a dry run only counts them).
+  // Does nothing unless this server is the serving primary. Returns the rows removed.
+  uint64_t RunLifecycle() ABSL_LOCKS_EXCLUDED(order_mu_, tables_mu_);
 
   absl::Status DescribeTable(const v1::DescribeTableRequest& req, v1::DescribeTableResponse* resp);
   absl::Status ListTables(const v1::ListTablesRequest& req, v1::ListTablesResponse* resp);
@@ -314,6 +334,8 @@ class ServerCore {
     std::unique_ptr<DenseTable> dense;
     uint64_t incarnation = 0;  // distinct for every creation on this server
     uint64_t id = 0;           // the LSN that made it (create, restore, snapshot): replicated
+    // The lifecycle task's last TTL scan of the table (the primary's clock; its thread only).
+    std::atomic<int64_t> ttl_scan_ms{0};
     uint64_t created_gen = 0;  // generation at creation; 0 when restored from a checkpoint
     StepSums sums;
     std::atomic<uint64_t> sums_charged{0};  // of `charged`: the BSP sums
@@ -345,8 +367,9 @@ class ServerCore {
   };
   // Checks that `step` may accumulate in `table` now. REQUIRES: order_mu_.
   static absl::Status CheckAccumulate(const Table& table, uint64_t step);
-  // Applies the table's pending step sums, scaled. REQUIRES: order_mu_, executors drained.
-  void ApplyStepSums(Table& table, float scale, v1::ApplyStepResponse* resp)
+  // Applies the table's pending step sums, scaled, at the entry's time. REQUIRES: order_mu_,
+  // executors drained.
+  void ApplyStepSums(Table& table, float scale, int64_t time_ms, v1::ApplyStepResponse* resp)
       ABSL_LOCKS_EXCLUDED(gate_);
 
   explicit ServerCore(const ServerCoreOptions& options);
@@ -533,6 +556,14 @@ class ServerCore {
   absl::flat_hash_map<std::string, std::shared_ptr<Table>> tables_ ABSL_GUARDED_BY(tables_mu_);
 
   std::atomic<uint64_t> duplicate_pushes_{0};
+
+  // The primary's clock (options_.testing_clock_ms or the system's), Unix milliseconds.
+  int64_t NowMs() const;
+  // The lifecycle task's thread (options_.lifecycle_interval_ms > 0).
+  absl::Mutex lifecycle_mu_;
+  bool lifecycle_stop_ ABSL_GUARDED_BY(lifecycle_mu_) = false;
+  std::thread lifecycle_thread_;
+  void LifecycleLoop() ABSL_LOCKS_EXCLUDED(lifecycle_mu_);
   std::atomic<uint64_t> pushes_applied_{0};  // drives testing_fail_push_after_apply_every
 
   // Shared by every change to the tables (pushes, row-creating pulls, create, drop);

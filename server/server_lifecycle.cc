@@ -1,9 +1,11 @@
 // Changes of the embedding lifecycle (docs/embedding_lifecycle.md): the removal of sparse rows
 // as an entry of the shard's log, applied alike on the primary and on every backup.
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "absl/time/time.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "proto/tessera.pb.h"
@@ -30,15 +32,41 @@ absl::Status ServerCore::SubmitRemoveRows(std::shared_ptr<const v1::RemoveRowsRe
   TESSERA_RETURN_IF_ERROR(CheckSparseRequest(sparse, req->table(), req->key_type(),
                                              v1::DTYPE_FLOAT32, sparse.dim(), req->num_keys(),
                                              req->keys(), &keys));
-  // Each vshard's keys, gathered before the change is logged: nothing after Sequence may fail.
-  std::vector<std::pair<uint32_t, std::vector<uint64_t>>> by_vshard;
+  const uint64_t n = keys.keys.size();
+  if (!req->stamps().empty() && req->stamps().size() != n * sizeof(uint64_t)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "table '%s': RemoveRows stamps must be empty or num_keys (%u) x 8 bytes, got %u bytes",
+        ShortName(req->table()), n, req->stamps().size()));
+  }
+  if (!req->stamps().empty() && !sparse.has_lifecycle()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("table '%s' has no lifecycle: its rows carry no stamps to compare",
+                        ShortName(req->table())));
+  }
+  if (!v1::RemoveReason_IsValid(req->reason())) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("table '%s': RemoveRows reason %d is not a known reason",
+                        ShortName(req->table()), static_cast<int>(req->reason())));
+  }
+  // Each vshard's keys (and stamps), gathered before the change is logged: nothing after
+  // Sequence may fail.
+  struct Run {
+    uint32_t vshard;
+    std::vector<uint64_t> keys, stamps;
+  };
+  std::vector<Run> by_vshard;
   by_vshard.reserve(keys.groups.runs.size());
   for (const VshardRun& run : keys.groups.runs) {
-    std::vector<uint64_t>& run_keys =
-        by_vshard.emplace_back(run.vshard, std::vector<uint64_t>{}).second;
-    run_keys.reserve(run.end - run.begin);
+    Run& r = by_vshard.emplace_back(Run{run.vshard, {}, {}});
+    r.keys.reserve(run.end - run.begin);
     for (uint32_t j = run.begin; j < run.end; ++j) {
-      run_keys.push_back(keys.keys[keys.groups.KeyIndex(j)]);
+      const uint32_t i = keys.groups.KeyIndex(j);
+      r.keys.push_back(keys.keys[i]);
+      if (!req->stamps().empty()) {
+        uint64_t stamp;
+        std::memcpy(&stamp, req->stamps().data() + size_t{i} * sizeof(stamp), sizeof(stamp));
+        r.stamps.push_back(stamp);  // (little-endian hosts: common/wire.h)
+      }
     }
   }
   {
@@ -59,11 +87,13 @@ absl::Status ServerCore::SubmitRemoveRows(std::shared_ptr<const v1::RemoveRowsRe
     // removal lands in every vshard's LSN order on every replica.
     executors_->Drain();
     uint64_t removed = 0;
+    uint32_t kept = 0;
     try {
       absl::ReaderMutexLock gate(&gate_);  // (a checkpoint's cut sees all of it or none)
       const uint64_t gen = generation_.load(std::memory_order_relaxed);
-      for (const auto& [vshard, run_keys] : by_vshard)
-        removed += sparse.Remove(vshard, run_keys, gen);
+      for (const Run& r : by_vshard) {
+        removed += sparse.Remove(r.vshard, r.keys, r.stamps, gen, &kept);
+      }
     } catch (const std::bad_alloc&) {
       // Logged and half applied: crash-only, as an executor that cannot apply (a replica that
       // holds the entry whole takes over; docs/state_machine.md).
@@ -72,11 +102,113 @@ absl::Status ServerCore::SubmitRemoveRows(std::shared_ptr<const v1::RemoveRowsRe
     }
     // The rows' memory stays (reused by the vshard's next new rows, which are then not charged
     // again): so does their charge.
+    SparseTable::LifecycleCounters& counters = sparse.lifecycle_counters();
+    if (req->reason() == v1::REMOVE_REASON_TTL) counters.evicted_ttl += removed;
+    if (req->reason() == v1::REMOVE_REASON_CAPACITY) counters.evicted_capacity += removed;
+    counters.kept += kept;
     resp->set_rows(removed);
+    resp->set_kept(kept);
     resp->set_lsn(entry.lsn);
   }
   std::exchange(done, nullptr)(absl::OkStatus());
   return absl::OkStatus();
+}
+
+// ---- The primary's lifecycle task ----
+
+namespace {
+
+// How often a table's rows are scanned for its TTL: a quarter of it, from 100 ms to a minute.
+int64_t TtlScanIntervalMs(uint64_t ttl_seconds) {
+  return std::clamp<int64_t>(static_cast<int64_t>(ttl_seconds) * 250, 100, 60'000);
+}
+
+// Most keys in one RemoveRows entry of the lifecycle task.
+constexpr size_t kRemoveBatch = 4096;
+
+}  // namespace
+
+void ServerCore::LifecycleLoop() {
+  const absl::Duration interval = absl::Milliseconds(options_.lifecycle_interval_ms);
+  for (;;) {
+    {
+      absl::MutexLock lock(&lifecycle_mu_);
+      if (lifecycle_mu_.AwaitWithTimeout(absl::Condition(&lifecycle_stop_), interval)) return;
+    }
+    RunLifecycle();
+  }
+}
+
+uint64_t ServerCore::RunLifecycle() {
+  if (!bound() || !serving_.load(std::memory_order_acquire) ||
+      restoring_.load(std::memory_order_acquire)) {
+    return 0;  // (backups never decide: they apply the primary's entries)
+  }
+  std::vector<std::shared_ptr<Table>> tables;
+  {
+    absl::ReaderMutexLock lock(&tables_mu_);
+    for (const auto& [name, t] : tables_) {
+      if (t->sparse != nullptr && t->sparse->has_lifecycle()) tables.push_back(t);
+    }
+  }
+  uint64_t removed = 0;
+  for (const std::shared_ptr<Table>& t : tables) {
+    SparseTable& sparse = *t->sparse;
+    const LifecycleConfig& policy = t->config.lifecycle;
+    const int64_t now = NowMs();
+    const bool ttl_due = policy.ttl_seconds != 0 &&
+                         now - t->ttl_scan_ms.load() >= TtlScanIntervalMs(policy.ttl_seconds);
+    const uint64_t capacity = sparse.CapacityRows();
+    if (!ttl_due && (capacity == 0 || sparse.num_rows() <= capacity)) continue;
+    if (ttl_due) t->ttl_scan_ms = now;
+    SparseTable::EvictionPlan plan;
+    sparse.PlanEvictions(now, ttl_due, capacity, &plan);
+    const std::pair<v1::RemoveReason,
+                    const std::vector<std::pair<uint32_t, std::vector<SparseTable::Victim>>>*>
+        kinds[] = {{v1::REMOVE_REASON_TTL, &plan.ttl},
+                   {v1::REMOVE_REASON_CAPACITY, &plan.capacity}};
+    for (const auto& [reason, chosen] : kinds) {
+      // Entries of at most kRemoveBatch keys, any vshards of the shard.
+      auto req = std::make_shared<v1::RemoveRowsRequest>();
+      auto submit = [&, reason = reason] {
+        if (req->num_keys() == 0) return;
+        if (policy.dry_run) {
+          sparse.lifecycle_counters().would_evict += req->num_keys();
+        } else {
+          req->mutable_header()->set_shard_map_epoch(shard_map_epoch());
+          req->set_table(t->config.name);
+          req->set_key_type(v1::KEY_TYPE_UINT64);
+          req->set_reason(reason);
+          v1::RemoveRowsResponse resp;
+          absl::Status result = absl::UnknownError("not answered");
+          // (Applied under the order lock: `done` runs before this returns.)
+          SubmitFromClient(&ServerCore::SubmitRemoveRows,
+                           std::shared_ptr<const v1::RemoveRowsRequest>(req), &resp, nullptr,
+                           [&result](absl::Status st) { result = std::move(st); });
+          if (result.ok()) {
+            removed += resp.rows();
+          } else if (!absl::IsFailedPrecondition(result) && !absl::IsNotFound(result) &&
+                     !absl::IsUnavailable(result)) {
+            // (Not the primary any more, or the table dropped: the next round sees it.)
+            LogWarning("lifecycle: removing %u rows of table '%s' failed: %s", req->num_keys(),
+                       ShortName(t->config.name), result.ToString());
+          }
+        }
+        req = std::make_shared<v1::RemoveRowsRequest>();
+      };
+      for (const auto& [vshard, victims] : *chosen) {
+        for (const SparseTable::Victim& v : victims) {
+          // (Little-endian hosts: common/wire.h.)
+          req->mutable_keys()->append(reinterpret_cast<const char*>(&v.key), sizeof(v.key));
+          req->mutable_stamps()->append(reinterpret_cast<const char*>(&v.stamp), sizeof(v.stamp));
+          req->set_num_keys(req->num_keys() + 1);
+          if (req->num_keys() == kRemoveBatch) submit();
+        }
+      }
+      submit();
+    }
+  }
+  return removed;
 }
 
 }  // namespace tessera

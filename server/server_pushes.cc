@@ -133,15 +133,16 @@ absl::Status ServerCore::SubmitPushSparse(std::shared_ptr<const v1::PushSparseRe
       for (const VshardRun& run : work->keys.groups.runs) {
         mask |= 1u << executors_->ExecutorOf(run.vshard);
       }
+      const int64_t time_ms = replay ? origin.replay->time_ms : time_ms_;  // (the entry's)
       Dispatch(
           mask,
-          [this, work, step](uint32_t e) {
+          [this, work, step, time_ms](uint32_t e) {
             if (step != 0) return AccumulateSparse(*work, e);
             absl::ReaderMutexLock gate(&gate_);
             work->rows->AddCreated(
                 work->table->sparse->Push(work->keys.keys, work->keys.groups, work->values.data(),
                                           generation_.load(std::memory_order_relaxed),
-                                          work->req->assign(), e, executors_->size()));
+                                          work->req->assign(), e, executors_->size(), time_ms));
           },
           std::exchange(done, nullptr));
       return absl::OkStatus();
@@ -318,7 +319,7 @@ absl::Status ServerCore::SubmitApplyStep(std::shared_ptr<const v1::ApplyStepRequ
       Sequence(origin, &entry);
       // A barrier: every earlier change to the table's rows is applied before the step's sums.
       executors_->Drain();
-      ApplyStepSums(*table, req->scale(), resp);
+      ApplyStepSums(*table, req->scale(), entry.time_ms, resp);
       for (EntrySums& part : sums.parts) part.clear();
       const uint64_t freed = table->sums_charged.exchange(0);
       table->charged -= freed;  // (the sums are freed: the table holds less)
@@ -332,11 +333,13 @@ absl::Status ServerCore::SubmitApplyStep(std::shared_ptr<const v1::ApplyStepRequ
   return absl::OkStatus();
 }
 
-void ServerCore::ApplyStepSums(Table& table, float scale, v1::ApplyStepResponse* resp) {
+void ServerCore::ApplyStepSums(Table& table, float scale, int64_t time_ms,
+                               v1::ApplyStepResponse* resp) {
   absl::ReaderMutexLock gate(&gate_);
   uint64_t rows = 0;
   for (const EntrySums& part : table.sums.parts) {
-    rows += table.data().ApplySums(part, scale, generation_.load(std::memory_order_relaxed));
+    rows +=
+        table.data().ApplySums(part, scale, generation_.load(std::memory_order_relaxed), time_ms);
   }
   resp->set_rows(rows);
 }

@@ -14,8 +14,11 @@ SparseTable::SparseTable(const TableConfig& config, const std::vector<bool>& own
     : config_(config),
       params_(OptimizerParams::FromConfig(config.optimizer)),
       initializer_(config.initializer),
-      payload_floats_(size_t{config.dim} * (1 + params_.num_slots) + (params_.has_step ? 2 : 0)),
+      payload_floats_(size_t{config.dim} * (1 + params_.num_slots) + (params_.has_step ? 2 : 0) +
+                      (config.lifecycle.enabled() ? kMetaBytes / sizeof(float) : 0)),
       step_offset_(size_t{config.dim} * (1 + params_.num_slots)),
+      has_meta_(config.lifecycle.enabled()),
+      meta_offset_(step_offset_ + (params_.has_step ? 2 : 0)),
       gen_offset_(payload_floats_) {
   partitions_.resize(owned.size());
   const uint64_t seed = std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
@@ -32,6 +35,39 @@ uint64_t SparseTable::Gen(const float* row) const {
 
 void SparseTable::SetGen(float* row, uint64_t gen) const {
   std::memcpy(row + gen_offset_, &gen, sizeof(gen));
+}
+
+namespace {
+// A second of entry time as the metadata keeps it (until 2106; earlier times are 0).
+uint32_t MetaSecond(int64_t time_ms) {
+  return static_cast<uint32_t>(std::clamp<int64_t>(time_ms / 1000, 0, UINT32_MAX));
+}
+// An LFU count last updated at `last`, as of `now`: halved per half-life since.
+uint32_t DecayedCount(uint32_t count, uint32_t last, uint32_t now, uint32_t half_life) {
+  const uint32_t halvings = now > last ? (now - last) / half_life : 0;
+  return halvings >= 32 ? 0 : count >> halvings;
+}
+}  // namespace
+
+uint64_t SparseTable::Stamp(const float* row) const {
+  uint32_t meta[2];
+  std::memcpy(meta, row + meta_offset_, sizeof(meta));
+  return (uint64_t{meta[0]} << 32) | meta[1];
+}
+
+void SparseTable::Touch(float* row, int64_t time_ms) const {
+  uint32_t meta[2];  // last update second, score
+  std::memcpy(meta, row + meta_offset_, sizeof(meta));
+  const uint32_t now = MetaSecond(time_ms);
+  if (config_.lifecycle.victims == EvictionVictims::kLfu) {
+    const uint32_t count =
+        DecayedCount(meta[1], meta[0], now, config_.lifecycle.lfu_half_life_seconds);
+    meta[1] = count == UINT32_MAX ? count : count + 1;
+  } else {
+    ++meta[1];  // (wraps: a count of updates, so that every update changes the stamp)
+  }
+  meta[0] = std::max(meta[0], now);
+  std::memcpy(row + meta_offset_, meta, sizeof(meta));
 }
 
 uint32_t SparseTable::FindOrCreate(Partition& p, uint64_t key, uint64_t gen, uint32_t* created) {
@@ -55,6 +91,7 @@ uint32_t SparseTable::FindOrCreate(Partition& p, uint64_t key, uint64_t gen, uin
     for (uint32_t i = 0; i < dim; ++i) slot[i] = init;
   }
   if (params_.has_step) std::memset(row + step_offset_, 0, sizeof(uint64_t));
+  if (has_meta_) std::memset(row + meta_offset_, 0, kMetaBytes);
   SetGen(row, gen);
   num_rows_.fetch_add(1, std::memory_order_relaxed);
   // (The budget charges rows by the memory they take: a row in a removed row's memory is
@@ -110,8 +147,9 @@ void SparseTable::ForEachRow(absl::Span<const uint64_t> keys, const VshardGroupi
         p.index.Prefetch(keys[index[k]]);
       }
       for (uint32_t k = 0; k < n; ++k) {
-        ids[k] = FindOrCreate(p, keys[index[k]], gen, created);
-        PrefetchBytes(p.rows.Row(ids[k]), touched_bytes, write);
+        ids[k] = created != nullptr ? FindOrCreate(p, keys[index[k]], gen, created)
+                                    : p.index.Find(keys[index[k]]);
+        if (ids[k] != KeyIndex::kNone) PrefetchBytes(p.rows.Row(ids[k]), touched_bytes, write);
         // (A pull writes its side, a push reads it.)
         PrefetchBytes(side + size_t{index[k]} * config_.dim, side_bytes, !write);
       }
@@ -124,9 +162,13 @@ uint32_t SparseTable::Pull(absl::Span<const uint64_t> keys, const VshardGrouping
                            float* out, uint64_t gen) {
   const uint32_t dim = config_.dim;
   uint32_t created = 0;
-  ForEachRow(keys, groups, gen, /*write=*/false, out, 0, 1, &created,
+  ForEachRow(keys, groups, gen, /*write=*/false, out, 0, 1, has_meta_ ? nullptr : &created,
              [&](Partition& p, uint32_t i, uint32_t id) {
                p.mu.AssertHeld();  // (ForEachRow holds it; the analysis cannot see into lambdas)
+               if (id == KeyIndex::kNone) {
+                 initializer_.FillRow(keys[i], out + size_t{i} * dim, dim);  // (as if created)
+                 return;
+               }
                std::memcpy(out + size_t{i} * dim, p.rows.Row(id), dim * sizeof(float));
              });
   return created;
@@ -134,7 +176,7 @@ uint32_t SparseTable::Pull(absl::Span<const uint64_t> keys, const VshardGrouping
 
 uint32_t SparseTable::Push(absl::Span<const uint64_t> keys, const VshardGrouping& groups,
                            const float* grads, uint64_t gen, bool assign, uint32_t part,
-                           uint32_t parts) {
+                           uint32_t parts, int64_t time_ms) {
   const size_t dim = config_.dim;
   uint32_t created = 0;
   ForEachRow(keys, groups, gen, /*write=*/true, grads, part, parts, &created,
@@ -146,6 +188,7 @@ uint32_t SparseTable::Push(absl::Span<const uint64_t> keys, const VshardGrouping
                  p.cow.try_emplace(id, reinterpret_cast<const char*>(row),
                                    (payload_floats_ + 2) * sizeof(float));
                }
+               if (has_meta_) Touch(row, time_ms);
                float* slot0 = params_.num_slots > 0 ? row + dim : nullptr;
                float* slot1 = params_.num_slots > 1 ? row + 2 * dim : nullptr;
                if (assign) {
@@ -245,15 +288,21 @@ void SparseTable::EndCut() {
   }
 }
 
-uint32_t SparseTable::Remove(uint32_t vshard, absl::Span<const uint64_t> keys, uint64_t gen) {
+uint32_t SparseTable::Remove(uint32_t vshard, absl::Span<const uint64_t> keys,
+                             absl::Span<const uint64_t> stamps, uint64_t gen, uint32_t* kept) {
   Partition& p = *partitions_[vshard];
   absl::MutexLock lock(&p.mu);
   const size_t stored = (payload_floats_ + 2) * sizeof(float);
   uint32_t removed = 0;
-  for (uint64_t key : keys) {
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const uint64_t key = keys[i];
     const uint32_t id = p.index.Find(key);
     if (id == KeyIndex::kNone) continue;
     const float* row = p.rows.Row(id);
+    if (!stamps.empty() && (!has_meta_ || Stamp(row) != stamps[i])) {
+      if (kept != nullptr) ++*kept;  // (updated since the remover looked)
+      continue;
+    }
     if (p.cow_gen != 0) {
       // A checkpoint in progress holds this row at its cut if it existed then: keep that state
       // by key (its pre-image, or the row itself when unchanged since the cut).
@@ -331,7 +380,7 @@ size_t SparseTable::EntryBytes(uint32_t vshard, uint64_t key) const {
   return row_bytes();
 }
 
-uint64_t SparseTable::ApplySums(const EntrySums& sums, float scale, uint64_t gen) {
+uint64_t SparseTable::ApplySums(const EntrySums& sums, float scale, uint64_t gen, int64_t time_ms) {
   if (sums.empty()) return 0;
   const uint32_t dim = config_.dim;
   std::vector<uint64_t> keys;
@@ -345,7 +394,7 @@ uint64_t SparseTable::ApplySums(const EntrySums& sums, float scale, uint64_t gen
   }
   VshardGrouping groups;
   GroupByVshard(keys, num_vshards(), &groups);
-  Push(keys, groups, grads.data(), gen);
+  Push(keys, groups, grads.data(), gen, /*assign=*/false, 0, 1, time_ms);
   return keys.size();
 }
 
@@ -399,6 +448,118 @@ uint64_t SparseTable::FixedBytes(const std::vector<bool>& owned) {
   uint64_t n = 0;
   for (bool o : owned) n += o ? 1 : 0;
   return owned.size() * sizeof(void*) + n * sizeof(Partition);
+}
+
+uint64_t SparseTable::CapacityRows() const {
+  const LifecycleConfig& l = config_.lifecycle;
+  uint64_t rows = l.capacity_rows;
+  if (l.capacity_bytes != 0) {
+    const uint64_t by_bytes = std::max<uint64_t>(1, l.capacity_bytes / row_charge());
+    rows = rows == 0 ? by_bytes : std::min(rows, by_bytes);
+  }
+  return rows;
+}
+
+void SparseTable::PlanEvictions(int64_t now_ms, bool ttl, uint64_t capacity_rows,
+                                EvictionPlan* out) const {
+  out->ttl.clear();
+  out->capacity.clear();
+  const LifecycleConfig& l = config_.lifecycle;
+  const uint32_t now = MetaSecond(now_ms);
+  const uint64_t ttl_s = ttl ? l.ttl_seconds : 0;
+  // Rows to give up: down to 95% of the capacity.
+  const uint64_t total = num_rows();
+  const uint64_t target = capacity_rows - capacity_rows / 20;
+  uint64_t over = capacity_rows != 0 && total > capacity_rows ? total - target : 0;
+  if (ttl_s == 0 && over == 0) return;
+  // A row's place in the order of victims: lower goes first. LRU: the oldest update; LFU: the
+  // lowest count decayed to now, then the oldest.
+  const auto order_of = [&](uint64_t stamp) {
+    const uint32_t last = static_cast<uint32_t>(stamp >> 32);
+    if (l.victims != EvictionVictims::kLfu) return uint64_t{last};
+    return (uint64_t{DecayedCount(static_cast<uint32_t>(stamp), last, now, l.lfu_half_life_seconds)}
+            << 32) |
+           last;
+  };
+  const auto expired = [&](uint64_t stamp) {
+    const uint32_t last = static_cast<uint32_t>(stamp >> 32);
+    return ttl_s != 0 && now >= last && now - last >= ttl_s;
+  };
+  // Pass 1: the rows past the TTL, and a uniform sample of the others' order (reservoir): the
+  // whole of it when the table is small, so that the threshold below is then exact.
+  constexpr size_t kSample = 8192;
+  std::vector<uint64_t> sample;
+  uint64_t others = 0;
+  uint64_t rng = Mix64(now_ms ^ total);
+  for (uint32_t v = 0; v < num_vshards(); ++v) {
+    if (!Owns(v)) continue;
+    const Partition& p = *partitions_[v];
+    std::vector<Victim> gone;
+    {
+      absl::MutexLock lock(&p.mu);
+      p.index.ForEach([&](uint64_t key, uint32_t id) {
+        p.mu.AssertHeld();
+        const uint64_t stamp = Stamp(const_cast<RowArena&>(p.rows).Row(id));
+        if (expired(stamp)) {
+          gone.push_back({key, stamp});
+          return;
+        }
+        if (over == 0) return;
+        ++others;
+        if (sample.size() < kSample) {
+          sample.push_back(order_of(stamp));
+        } else {
+          rng = Mix64(rng);
+          if (const uint64_t j = rng % others; j < kSample) sample[j] = order_of(stamp);
+        }
+      });
+    }
+    over -= std::min<uint64_t>(over, gone.size());
+    if (!gone.empty()) out->ttl.emplace_back(v, std::move(gone));
+  }
+  if (over == 0 || others == 0) return;
+  // The order below which about `over` of the other rows lie (exactly, from a whole sample).
+  std::sort(sample.begin(), sample.end());
+  const size_t rank = std::min<size_t>(
+      sample.size() - 1, static_cast<size_t>(static_cast<double>(over) * sample.size() / others));
+  const uint64_t threshold = sample[rank];
+  // Pass 2: those rows, then rows at the threshold until `over` are chosen.
+  std::vector<Victim> at_threshold;
+  uint64_t chosen = 0;
+  for (uint32_t v = 0; v < num_vshards() && chosen < over; ++v) {
+    if (!Owns(v)) continue;
+    const Partition& p = *partitions_[v];
+    std::vector<Victim> victims;
+    {
+      absl::MutexLock lock(&p.mu);
+      p.index.ForEach([&](uint64_t key, uint32_t id) {
+        p.mu.AssertHeld();
+        const uint64_t stamp = Stamp(const_cast<RowArena&>(p.rows).Row(id));
+        if (expired(stamp) || chosen >= over) return;
+        const uint64_t order = order_of(stamp);
+        if (order < threshold) {
+          victims.push_back({key, stamp});
+          ++chosen;
+        } else if (order == threshold && at_threshold.size() < over) {
+          at_threshold.push_back({key, stamp});
+        }
+      });
+    }
+    if (!victims.empty()) out->capacity.emplace_back(v, std::move(victims));
+  }
+  // (Rows at the threshold, vshard by vshard: appended to their vshard's list.)
+  for (const Victim& victim : at_threshold) {
+    if (chosen >= over) break;
+    const uint32_t v = VshardOfKey(victim.key, num_vshards());
+    auto it = std::find_if(out->capacity.begin(), out->capacity.end(),
+                           [v](const auto& e) { return e.first == v; });
+    if (it == out->capacity.end()) {
+      out->capacity.emplace_back(v, std::vector<Victim>{});
+      it = out->capacity.end() - 1;
+    }
+    it->second.push_back(victim);
+    ++chosen;
+  }
 }
 
 }  // namespace tessera

@@ -36,6 +36,12 @@ struct VshardSnapshot {
 // optimizer's slots (and Adam's step counter) in one contiguous row, partitioned by vshard.
 // Rows are created on first touch (pull or push) with the table's initializer.
 //
+// A table with a lifecycle (docs/embedding_lifecycle.md) keeps 8 more bytes per row, part of
+// its payload (checkpoints, snapshots, digests): the second of the last push that named it
+// (entry time) and a score (LRU: a count of its updates, wrapping; LFU: its count, halved per
+// half-life since the previous update, saturating). Its pulls create no rows: a key without
+// one reads the initializer's values.
+//
 // Every row also records the generation of its last change, for checkpoints
 // (docs/checkpoints.md): between BeginCut(g) and the vshard's TakeVshard, the first change to
 // a row of generation <= g saves its pre-image, so TakeVshard returns the rows exactly as they
@@ -53,13 +59,16 @@ class SparseTable final : public TableData {
   uint32_t dim() const { return config_.dim; }
   uint32_t num_vshards() const { return static_cast<uint32_t>(partitions_.size()); }
   bool Owns(uint32_t vshard) const { return partitions_[vshard] != nullptr; }
-  // Bytes of one row in a checkpoint: weights, slots, then the 8-byte step when there is one.
+  // Bytes of one row in a checkpoint: weights, slots, then the 8-byte step when there is one,
+  // then the 8-byte lifecycle metadata when the table has a lifecycle.
   size_t row_bytes() const { return payload_floats_ * sizeof(float); }
+  bool has_lifecycle() const { return has_meta_; }
 
   // Copies the weights of keys[i] to out[i * dim, (i + 1) * dim), creating missing rows (at
   // generation `gen`); returns how many it created in new memory (not in a removed row's, which
   // the budget still charges: what it charges). REQUIRES: `groups` is
   // GroupByVshard(keys); every run's vshard is owned.
+  // (With a lifecycle: missing rows are not created; returns 0.)
   uint32_t Pull(absl::Span<const uint64_t> keys, const VshardGrouping& groups, float* out,
                 uint64_t gen);
 
@@ -67,19 +76,56 @@ class SparseTable final : public TableData {
   // stamps the rows with `gen`; with `assign` the values replace the weights instead (slots
   // kept). Only the vshards v with v % parts == part (an executor's share, docs/
   // state_machine.md). REQUIRES: as Pull, and the keys are distinct.
-  // Returns how many rows it created in new memory (as Pull).
+  // Returns how many rows it created in new memory (as Pull). `time_ms`: the entry's time, the
+  // rows' last update (with a lifecycle).
   uint32_t Push(absl::Span<const uint64_t> keys, const VshardGrouping& groups, const float* grads,
-                uint64_t gen, bool assign = false, uint32_t part = 0, uint32_t parts = 1);
+                uint64_t gen, bool assign = false, uint32_t part = 0, uint32_t parts = 1,
+                int64_t time_ms = 0);
 
   // Removes the rows of `keys` (all of owned `vshard`; absent ones are skipped) at generation
   // `gen` (docs/embedding_lifecycle.md): their index entries and rows go (a row's memory is
   // reused by the vshard's next new row, so the budget keeps charging it), a row that a
   // checkpoint in progress must still write
   // keeps its pre-image, and the removal is remembered for the next increment's tombstones.
-  // A later touch creates the key anew from the initializer. Returns the rows removed.
+  // A later touch creates the key anew from the initializer. With `stamps` (one per key, else
+  // empty) a row whose Stamp() differs from its key's is kept (updated since the remover looked)
+  // and counted in *kept. Returns the rows removed.
   // REQUIRES: as a push's: `gen` is the current generation (above every cut begun), and the
   // caller holds the update gate (shared), so that a cut sees the removal wholly or not at all.
-  uint32_t Remove(uint32_t vshard, absl::Span<const uint64_t> keys, uint64_t gen);
+  uint32_t Remove(uint32_t vshard, absl::Span<const uint64_t> keys,
+                  absl::Span<const uint64_t> stamps, uint64_t gen, uint32_t* kept = nullptr);
+
+  // ---- Lifecycle (docs/embedding_lifecycle.md) ----
+  // A row's lifecycle metadata as one number: last update second (high half), score (low).
+  struct Victim {
+    uint64_t key;
+    uint64_t stamp;
+  };
+  struct EvictionPlan {
+    // By owned vshard, in vshard order: rows past the TTL, and rows chosen to bring the table
+    // under its capacity.
+    std::vector<std::pair<uint32_t, std::vector<Victim>>> ttl, capacity;
+  };
+  // Chooses the rows the policy removes at `now_ms` (the primary's; a decision, not a change):
+  // with `ttl`, every row not updated for ttl_seconds; when the table holds more than
+  // `capacity_rows` (0: no capacity), enough of the others to bring it to 95% of it, the least
+  // recently (LRU) or least frequently (LFU, decayed to now) updated first, over the whole
+  // table: a first scan samples the rows' order (all of them up to 8,192 rows: then the choice
+  // is exact), a second takes the rows below the sample's threshold. Reads each vshard under
+  // its lock, one at a time. REQUIRES: has_lifecycle().
+  void PlanEvictions(int64_t now_ms, bool ttl, uint64_t capacity_rows, EvictionPlan* out) const;
+  // The rows' capacity in rows: capacity_rows and capacity_bytes (by row_charge()) combined;
+  // 0 when neither is set.
+  uint64_t CapacityRows() const;
+  // What the lifecycle removed here (every replica counts the entries it applies) and what a
+  // dry run would have removed (the primary counts its decisions).
+  struct LifecycleCounters {
+    std::atomic<uint64_t> evicted_ttl{0};
+    std::atomic<uint64_t> evicted_capacity{0};
+    std::atomic<uint64_t> would_evict{0};
+    std::atomic<uint64_t> kept{0};  // listed for removal, updated since: kept
+  };
+  LifecycleCounters& lifecycle_counters() const { return counters_; }
 
   // Checkpoints. BeginCut starts copy-on-write for a cut at generation cut_gen (REQUIRES: no
   // change runs concurrently: the caller holds its update gate). TakeVshard then returns the
@@ -108,7 +154,7 @@ class SparseTable final : public TableData {
   void FinishLoad() override {}
   size_t SumFloats(uint64_t) const override { return config_.dim; }
   uint32_t VshardOfEntry(uint64_t key) const override { return VshardOfKey(key, num_vshards()); }
-  uint64_t ApplySums(const EntrySums& sums, float scale, uint64_t gen) override;
+  uint64_t ApplySums(const EntrySums& sums, float scale, uint64_t gen, int64_t time_ms) override;
 
   // A stable hash of the vshard's rows (key, weights, slots, step), in key order; rows still at
   // their initial values count as absent (a pull creates them on one replica only).
@@ -123,6 +169,8 @@ class SparseTable final : public TableData {
   // What the budget charges for one row, an upper bound of its share of bytes(): the row, its
   // generation and its index entry at the lowest load factor.
   uint64_t row_charge() const { return (payload_floats_ + 2) * sizeof(float) + kIndexBytesPerRow; }
+  // The payload's bytes of lifecycle metadata, when the table has a lifecycle.
+  static constexpr size_t kMetaBytes = 8;
   // The table's memory before it holds any row (its partitions).
   static uint64_t FixedBytes(const std::vector<bool>& owned);
   static constexpr uint64_t kIndexBytesPerRow = 43;  // KeyIndex: 16 bytes a slot, > 3/8 full
@@ -152,12 +200,16 @@ class SparseTable final : public TableData {
   // v % parts == part, run by run under the vshard's lock, creating missing rows. `write`:
   // use() changes the whole row and reads side[i * dim, (i + 1) * dim) (else it reads the
   // weights and writes that side range); both are prefetched.
+  // With created == null, missing rows are not created: use() gets KeyIndex::kNone.
   template <typename UseRow>
   void ForEachRow(absl::Span<const uint64_t> keys, const VshardGrouping& groups, uint64_t gen,
                   bool write, const float* side, uint32_t part, uint32_t parts, uint32_t* created,
                   UseRow&& use);
   uint64_t Gen(const float* row) const;
   void SetGen(float* row, uint64_t gen) const;
+  // Lifecycle metadata (REQUIRES: has_meta_).
+  uint64_t Stamp(const float* row) const;
+  void Touch(float* row, int64_t time_ms) const;
 
   // Constant after construction.
   const TableConfig config_;
@@ -165,12 +217,15 @@ class SparseTable final : public TableData {
   const Initializer initializer_;
   const size_t payload_floats_;  // weights, slots and the step: what a checkpoint stores
   const size_t step_offset_;     // float offset of the 8-byte step counter in a row
+  const bool has_meta_;          // the table has a lifecycle: rows carry its metadata
+  const size_t meta_offset_;     // float offset of the 8-byte metadata (when has_meta_)
   const size_t gen_offset_;      // float offset of the 8-byte generation in a row
   std::vector<std::unique_ptr<Partition>> partitions_;  // by vshard; null when not owned
 
   std::atomic<uint64_t> num_rows_{0};
   // Removals at or below this generation are forgotten (CanIncrement).
   std::atomic<uint64_t> removal_horizon_{0};
+  mutable LifecycleCounters counters_;
 };
 
 }  // namespace tessera

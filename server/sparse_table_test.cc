@@ -1,5 +1,6 @@
 #include "server/sparse_table.h"
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <vector>
 
@@ -87,6 +88,143 @@ TEST_CASE("a large push across many vshards", "[sparse]") {
   CHECK(t.num_rows() == 20000);
   CHECK(Pull(t, keys) == grads);
   CHECK(t.bytes() > 20000 * 3 * sizeof(float));
+}
+
+// ---- Lifecycle (docs/embedding_lifecycle.md) ----
+
+using Plan = std::vector<std::pair<uint32_t, std::vector<SparseTable::Victim>>>;
+
+TableConfig LifecycleConfigOf(OptimizerKind opt, LifecycleConfig l) {
+  TableConfig t{.name = "emb", .kind = TableKind::kSparse, .dim = 3};
+  t.optimizer.kind = opt;
+  t.initializer = {.kind = InitializerKind::kUniform, .seed = 9};
+  t.lifecycle = l;
+  absl::StatusOr<TableConfig> r = ResolveTableConfig(t);
+  REQUIRE(r.ok());
+  return *r;
+}
+
+// Pushes `keys` (gradient 1 everywhere) with entry time `time_s` seconds.
+void PushAt(SparseTable& t, const std::vector<uint64_t>& keys, int64_t time_s) {
+  VshardGrouping g;
+  GroupByVshard(keys, t.num_vshards(), &g);
+  const std::vector<float> grads(keys.size() * t.dim(), 1.0f);
+  t.Push(keys, g, grads.data(), 1, false, 0, 1, time_s * 1000);
+}
+
+// The keys a plan chose, sorted.
+std::vector<uint64_t> Chosen(const Plan& plan) {
+  std::vector<uint64_t> keys;
+  for (const auto& [v, victims] : plan) {
+    for (const SparseTable::Victim& victim : victims) keys.push_back(victim.key);
+  }
+  std::sort(keys.begin(), keys.end());
+  return keys;
+}
+
+// Removes what a plan chose, with its stamps; returns the rows removed.
+uint32_t RemovePlanned(SparseTable& t, const Plan& plan, uint32_t* kept) {
+  uint32_t removed = 0;
+  for (const auto& [v, victims] : plan) {
+    std::vector<uint64_t> keys, stamps;
+    for (const SparseTable::Victim& victim : victims) {
+      keys.push_back(victim.key);
+      stamps.push_back(victim.stamp);
+    }
+    removed += t.Remove(v, keys, stamps, 5, kept);
+  }
+  return removed;
+}
+
+TEST_CASE("a table with a lifecycle keeps 8 bytes of metadata and pulls create no rows",
+          "[sparse][lifecycle]") {
+  const TableConfig plain =
+      Config(OptimizerKind::kAdam, {.kind = InitializerKind::kUniform, .seed = 9});
+  const TableConfig with = LifecycleConfigOf(OptimizerKind::kAdam, {.ttl_seconds = 60});
+  SparseTable a(plain, AllOwned()), b(with, AllOwned());
+  CHECK(b.row_bytes() == a.row_bytes() + SparseTable::kMetaBytes);
+  CHECK(b.row_charge() == a.row_charge() + SparseTable::kMetaBytes);
+  const std::vector<uint64_t> keys = {4, 8, 15};
+  CHECK(Pull(b, keys) == Pull(a, keys));  // the initializer's values...
+  CHECK(b.num_rows() == 0);               // ...without a row
+  CHECK(a.num_rows() == 3);
+  PushAt(b, {4}, 1000);
+  CHECK(b.num_rows() == 1);
+}
+
+TEST_CASE("a removal with stamps keeps a row updated since the remover looked",
+          "[sparse][lifecycle]") {
+  SparseTable t(LifecycleConfigOf(OptimizerKind::kSgd, {.ttl_seconds = 10}), AllOwned());
+  PushAt(t, {1, 2, 3}, 1000);
+  SparseTable::EvictionPlan plan;
+  t.PlanEvictions(1009'999, true, 0, &plan);
+  CHECK(plan.ttl.empty());  // 9.999 s < 10 s
+  t.PlanEvictions(1010'000, true, 0, &plan);
+  CHECK(Chosen(plan.ttl) == std::vector<uint64_t>{1, 2, 3});
+  for (const auto& [v, victims] : plan.ttl) {
+    for (const SparseTable::Victim& victim : victims) {
+      CHECK(victim.stamp == ((uint64_t{1000} << 32) | 1));  // second 1000, one update
+    }
+  }
+  PushAt(t, {2}, 1000);  // the same second: the stamp still changes (its count)
+  uint32_t kept = 0;
+  CHECK(RemovePlanned(t, plan.ttl, &kept) == 2);
+  CHECK(kept == 1);
+  CHECK(t.num_rows() == 1);
+  // Without stamps a removal takes an updated row too.
+  t.PlanEvictions(1010'000, true, 0, &plan);
+  REQUIRE(Chosen(plan.ttl) == std::vector<uint64_t>{2});
+  PushAt(t, {2}, 1010);
+  CHECK(t.Remove(plan.ttl[0].first, std::vector<uint64_t>{2}, {}, 5) == 1);
+}
+
+TEST_CASE("capacity with LRU removes the least recently updated rows of the whole table",
+          "[sparse][lifecycle]") {
+  SparseTable t(LifecycleConfigOf(OptimizerKind::kAdagrad, {.capacity_rows = 100}), AllOwned());
+  for (uint64_t k = 1; k <= 150; ++k) PushAt(t, {k}, 1000 + static_cast<int64_t>(k));
+  PushAt(t, {3, 7}, 2000);  // recently updated: kept
+  SparseTable::EvictionPlan plan;
+  t.PlanEvictions(2001'000, false, t.CapacityRows(), &plan);
+  CHECK(plan.ttl.empty());
+  // Down to 95 rows: the 55 oldest, skipping 3 and 7.
+  std::vector<uint64_t> want;
+  for (uint64_t k = 1; want.size() < 55; ++k) {
+    if (k != 3 && k != 7) want.push_back(k);
+  }
+  CHECK(Chosen(plan.capacity) == want);
+  uint32_t kept = 0;
+  CHECK(RemovePlanned(t, plan.capacity, &kept) == 55);
+  CHECK(t.num_rows() == 95);
+  t.PlanEvictions(2001'000, false, t.CapacityRows(), &plan);
+  CHECK(plan.capacity.empty());  // at 95 <= 100
+}
+
+TEST_CASE("capacity with LFU removes the least frequently updated rows by decayed count",
+          "[sparse][lifecycle]") {
+  SparseTable t(LifecycleConfigOf(OptimizerKind::kSgd, {.capacity_rows = 10,
+                                                        .victims = EvictionVictims::kLfu,
+                                                        .lfu_half_life_seconds = 100}),
+                AllOwned());
+  // Key k (1..11) updated k times at second 10,000; key 12 fifty times 1,000 s earlier: ten
+  // half-lives, so its count decays to 0.
+  for (uint64_t k = 1; k <= 11; ++k) {
+    for (uint64_t n = 0; n < k; ++n) PushAt(t, {k}, 10'000);
+  }
+  for (int n = 0; n < 50; ++n) PushAt(t, {12}, 9'000);
+  SparseTable::EvictionPlan plan;
+  t.PlanEvictions(10'000'000, false, t.CapacityRows(), &plan);
+  // 12 rows, down to 10 - 10/20 = 10: two go, the lowest decayed counts: 12 (50 >> 10 = 0)
+  // and 1 (count 1).
+  CHECK(Chosen(plan.capacity) == std::vector<uint64_t>{1, 12});
+}
+
+TEST_CASE("capacity in bytes counts what the budget charges a row", "[sparse][lifecycle]") {
+  SparseTable t(LifecycleConfigOf(OptimizerKind::kSgd, {.capacity_bytes = 1000}), AllOwned());
+  CHECK(t.CapacityRows() == 1000 / t.row_charge());
+  SparseTable u(
+      LifecycleConfigOf(OptimizerKind::kSgd, {.capacity_rows = 2, .capacity_bytes = 1000}),
+      AllOwned());
+  CHECK(u.CapacityRows() == 2);
 }
 
 }  // namespace

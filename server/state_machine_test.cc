@@ -3,6 +3,7 @@
 // backup compared after each.
 #include <unistd.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <cfloat>
 #include <cmath>
@@ -381,6 +382,168 @@ TEST_CASE("a removal is refused before the log when its request is wrong",
   bad.set_num_keys(3);  // more keys declared than sent
   CHECK(core.RemoveRows(bad, &rr).code() == absl::StatusCode::kInvalidArgument);
   CHECK(core.lsn() == lsn);  // nothing sequenced
+}
+
+// ---- The lifecycle task (docs/embedding_lifecycle.md) ----
+
+// A table's lifecycle figures on a core.
+TableStats StatsOf(const ServerCore& core, const std::string& name) {
+  for (const TableStats& t : core.GetTableStats()) {
+    if (t.name == name) return t;
+  }
+  return TableStats{};
+}
+
+TableConfig LifecycleTable(const std::string& name, LifecycleConfig l) {
+  TableConfig c = SparseConfig(name, 2, OptimizerKind::kAdagrad);
+  c.lifecycle = l;
+  return c;
+}
+
+// Pushes `keys` (gradient 1) as client 5 with the next sequence number.
+void PushKeys(ServerCore& core, const std::string& table, const std::vector<uint64_t>& keys,
+              uint64_t* seq) {
+  v1::PushResponse pr;
+  REQUIRE(core.PushSparse(SparsePushReq(table, 2, keys, std::vector<float>(keys.size() * 2, 1.0f),
+                                        5, ++*seq),
+                          &pr)
+              .ok());
+}
+
+TEST_CASE("the primary's TTL removes rows by entry time on every replica and from checkpoints",
+          "[state_machine][lifecycle]") {
+  const std::string dir =
+      std::filesystem::temp_directory_path() / absl::StrCat("tessera_ttl_", getpid());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  std::atomic<int64_t> clock{1'000'000};  // second 1,000 of 1970: no real clock is near
+  ServerCoreOptions p, b;
+  p.checkpoint_dir = dir;
+  p.testing_clock_ms = [&clock] { return clock.load(); };
+  p.lifecycle_interval_ms = b.lifecycle_interval_ms = 0;  // (rounds run here)
+  ReplicaPair pair(p, b);
+  ServerCore& core = *pair.primary;
+  v1::CreateTableResponse cr;
+  REQUIRE(core.CreateTable(CreateReq(LifecycleTable("t", {.ttl_seconds = 60})), &cr).ok());
+  uint64_t seq = 0;
+  PushKeys(core, "t", {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, &seq);
+  clock = 1'030'000;
+  PushKeys(core, "t", {1, 2, 3, 4, 5}, &seq);
+  clock = 1'059'999;
+  CHECK(core.RunLifecycle() == 0);  // keys 6..10: 59.999 s
+  clock = 1'070'000;
+  CHECK(core.RunLifecycle() == 0);  // (a scan is due every quarter TTL: 15 s)
+  clock = 1'075'000;
+  const uint64_t lsn = core.lsn();
+  CHECK(core.RunLifecycle() == 5);  // keys 6..10: 75 s; 1..5: 45 s
+  CHECK(core.lsn() == lsn + 1);     // one entry
+  REQUIRE(pair.Replicate().ok());
+  CHECK(pair.primary->StateDigest() == pair.backup->StateDigest());
+  for (ServerCore* r : {pair.primary.get(), pair.backup.get()}) {
+    CHECK(StatsOf(*r, "t").rows == 5);
+    CHECK(StatsOf(*r, "t").evicted_ttl == 5);  // (a backup counts what it applies)
+  }
+  // A removed key reads as never seen, and a pull creates no row.
+  REQUIRE(core.CreateTable(CreateReq(SparseConfig("u", 2, OptimizerKind::kAdagrad)), &cr).ok());
+  CHECK(PullRows(core, "t", 2, {7, 8}) == PullRows(core, "u", 2, {7, 8}));
+  CHECK(StatsOf(core, "t").rows == 5);
+  // The next checkpoint lacks them.
+  REQUIRE(WriteCheckpoint(core, dir, 1).ok());
+  ServerCoreOptions fresh_options;
+  fresh_options.checkpoint_dir = dir;
+  fresh_options.lifecycle_interval_ms = 0;
+  auto restored = *ServerCore::Create(fresh_options);
+  REQUIRE(RestoreNewest(*restored).ok());
+  CHECK(StatsOf(*restored, "t").rows == 5);
+  CHECK(PullRows(*restored, "t", 2, {1, 7}) == PullRows(core, "t", 2, {1, 7}));
+  // Later the other five age out too.
+  clock = 1'089'000;
+  CHECK(core.RunLifecycle() == 0);  // (not due)
+  clock = 1'090'000;
+  CHECK(core.RunLifecycle() == 5);  // 1..5: 60 s
+  REQUIRE(pair.Replicate().ok());
+  CHECK(pair.primary->StateDigest() == pair.backup->StateDigest());
+  CHECK(StatsOf(*pair.backup, "t").rows == 0);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("a removal keeps, on every replica, a row pushed after the remover looked",
+          "[state_machine][lifecycle]") {
+  std::atomic<int64_t> clock{1'000'000};
+  ServerCoreOptions p, b;
+  p.testing_clock_ms = [&clock] { return clock.load(); };
+  p.lifecycle_interval_ms = b.lifecycle_interval_ms = 0;
+  ReplicaPair pair(p, b);
+  ServerCore& core = *pair.primary;
+  v1::CreateTableResponse cr;
+  REQUIRE(core.CreateTable(CreateReq(LifecycleTable("t", {.ttl_seconds = 60})), &cr).ok());
+  REQUIRE(core.CreateTable(CreateReq(SparseConfig("plain", 2, OptimizerKind::kAdd)), &cr).ok());
+  uint64_t seq = 0;
+  PushKeys(core, "t", {1, 2}, &seq);
+  // The stamps a remover saw: second 1,000, one update each. Then key 1 is pushed again in
+  // the same second.
+  const uint64_t seen = (uint64_t{1000} << 32) | 1;
+  PushKeys(core, "t", {1}, &seq);
+  v1::RemoveRowsRequest req = RemoveRowsReq("t", {1, 2});
+  PackedAssign<uint64_t>(req.mutable_stamps(), std::vector<uint64_t>{seen, seen});
+  req.set_reason(v1::REMOVE_REASON_TTL);
+  v1::RemoveRowsResponse rr;
+  REQUIRE(core.RemoveRows(req, &rr).ok());
+  CHECK(rr.rows() == 1);  // key 2
+  CHECK(rr.kept() == 1);  // key 1, updated since
+  REQUIRE(pair.Replicate().ok());
+  CHECK(pair.primary->StateDigest() == pair.backup->StateDigest());
+  for (ServerCore* r : {pair.primary.get(), pair.backup.get()}) {
+    CHECK(StatsOf(*r, "t").rows == 1);
+    CHECK(StatsOf(*r, "t").kept == 1);
+  }
+  // Stamps of the wrong length, on a table without a lifecycle, or an unknown reason: refused
+  // before the log.
+  const uint64_t lsn = core.lsn();
+  v1::RemoveRowsRequest bad = req;
+  bad.mutable_stamps()->resize(12);
+  CHECK(core.RemoveRows(bad, &rr).code() == absl::StatusCode::kInvalidArgument);
+  bad = RemoveRowsReq("plain", {1});
+  PackedAssign<uint64_t>(bad.mutable_stamps(), std::vector<uint64_t>{seen});
+  CHECK(core.RemoveRows(bad, &rr).code() == absl::StatusCode::kInvalidArgument);
+  bad = req;
+  bad.set_reason(static_cast<v1::RemoveReason>(99));
+  CHECK(core.RemoveRows(bad, &rr).code() == absl::StatusCode::kInvalidArgument);
+  CHECK(core.lsn() == lsn);
+}
+
+TEST_CASE("capacity keeps the most recently updated rows; a dry run only counts",
+          "[state_machine][lifecycle]") {
+  std::atomic<int64_t> clock{1'000'000};
+  ServerCoreOptions p, b;
+  p.testing_clock_ms = [&clock] { return clock.load(); };
+  p.lifecycle_interval_ms = b.lifecycle_interval_ms = 0;
+  ReplicaPair pair(p, b);
+  ServerCore& core = *pair.primary;
+  v1::CreateTableResponse cr;
+  REQUIRE(core.CreateTable(CreateReq(LifecycleTable("t", {.capacity_rows = 40})), &cr).ok());
+  REQUIRE(core.CreateTable(CreateReq(LifecycleTable("dry", {.capacity_rows = 40, .dry_run = true})),
+                           &cr)
+              .ok());
+  uint64_t seq = 0;
+  for (uint64_t k = 1; k <= 60; ++k) {
+    clock += 1000;
+    PushKeys(core, "t", {k}, &seq);
+    PushKeys(core, "dry", {k}, &seq);
+  }
+  const uint64_t lsn = core.lsn();
+  CHECK(core.RunLifecycle() == 22);  // 60 rows, down to 40 - 2
+  CHECK(core.lsn() == lsn + 1);      // (the dry run sequenced nothing)
+  REQUIRE(pair.Replicate().ok());
+  CHECK(pair.primary->StateDigest() == pair.backup->StateDigest());
+  CHECK(StatsOf(*pair.backup, "t").rows == 38);
+  CHECK(StatsOf(*pair.backup, "t").evicted_capacity == 22);
+  CHECK(StatsOf(core, "dry").rows == 60);
+  CHECK(StatsOf(core, "dry").would_evict == 22);
+  // The oldest went: keys 1..22 read as never seen, 23.. kept their updates.
+  REQUIRE(core.CreateTable(CreateReq(SparseConfig("u", 2, OptimizerKind::kAdagrad)), &cr).ok());
+  CHECK(PullRows(core, "t", 2, {22}) == PullRows(core, "u", 2, {22}));
+  CHECK(PullRows(core, "t", 2, {23}) != PullRows(core, "u", 2, {23}));
 }
 
 }  // namespace
