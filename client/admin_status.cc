@@ -181,9 +181,12 @@ absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, 
     }
     std::vector<std::string> tj;
     for (const TableStatus& t : tables) {
-      tj.push_back(absl::StrFormat("{\"name\":%s,\"kind\":\"%s\",\"rows\":%u,\"bytes\":%u}",
-                                   JsonString(t.config.name), TableKindName(t.config.kind), t.rows,
-                                   t.bytes));
+      tj.push_back(
+          absl::StrFormat("{\"name\":%s,\"kind\":\"%s\",\"rows\":%u,\"bytes\":%u,\"lifecycle\":%s,"
+                          "\"evicted_ttl\":%u,\"evicted_capacity\":%u,\"would_evict\":%u}",
+                          JsonString(t.config.name), TableKindName(t.config.kind), t.rows, t.bytes,
+                          JsonString(DescribeLifecycle(t.config.lifecycle)), t.evicted_ttl,
+                          t.evicted_capacity, t.would_evict));
     }
     out = absl::StrFormat(
         "{\"epoch\":%u,\"num_shards\":%u,\"replication\":%u,\"failovers\":%u,"
@@ -271,6 +274,13 @@ absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, 
   for (const TableStatus& t : tables) {
     absl::StrAppendFormat(&out, "  %-20s %-6s %12u rows %10.1f MB\n", t.config.name,
                           TableKindName(t.config.kind), t.rows, t.bytes / 1e6);
+    if (t.config.lifecycle.enabled()) {
+      absl::StrAppendFormat(
+          &out, "    lifecycle: %s; evicted %u by ttl, %u by capacity%s\n",
+          DescribeLifecycle(t.config.lifecycle), t.evicted_ttl, t.evicted_capacity,
+          t.config.lifecycle.dry_run ? absl::StrFormat(", %u would be (dry run)", t.would_evict)
+                                     : "");
+    }
   }
   return out;
 }

@@ -582,6 +582,9 @@ absl::Status AddInfo(const v1::TableInfo& info, TableStatus* status) {
   status->config = *std::move(config);
   status->rows += info.rows();
   status->bytes += info.bytes();
+  status->evicted_ttl += info.evicted_ttl();
+  status->evicted_capacity += info.evicted_capacity();
+  status->would_evict += info.would_evict();
   return absl::OkStatus();
 }
 

@@ -83,6 +83,11 @@ struct TableStatus {
   TableConfig config;  // resolved: every default filled in
   uint64_t rows = 0;   // sparse rows / dense elements, summed over servers
   uint64_t bytes = 0;  // memory for weights and slots, summed over servers
+  // Rows the table's lifecycle removed (by TTL, by capacity) and a dry run would have removed,
+  // summed over the primaries (docs/embedding_lifecycle.md).
+  uint64_t evicted_ttl = 0;
+  uint64_t evicted_capacity = 0;
+  uint64_t would_evict = 0;
 };
 
 // Options of one push.

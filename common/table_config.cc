@@ -1,10 +1,12 @@
 #include "common/table_config.h"
 
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 
 namespace tessera {
 namespace {
@@ -284,6 +286,23 @@ absl::StatusOr<InitializerKind> ParseInitializerKind(absl::string_view name) {
 
 absl::string_view EvictionVictimsName(EvictionVictims victims) {
   return victims == EvictionVictims::kLfu ? "lfu" : "lru";
+}
+
+std::string DescribeLifecycle(const LifecycleConfig& l) {
+  if (!l.enabled()) return "none";
+  std::vector<std::string> parts;
+  if (l.ttl_seconds != 0) parts.push_back(absl::StrFormat("ttl %u s", l.ttl_seconds));
+  if (l.capacity_rows != 0) parts.push_back(absl::StrFormat("capacity %u rows", l.capacity_rows));
+  if (l.capacity_bytes != 0) {
+    parts.push_back(absl::StrFormat("capacity %u bytes", l.capacity_bytes));
+  }
+  if (l.capacity_rows != 0 || l.capacity_bytes != 0) {
+    parts.push_back(l.victims == EvictionVictims::kLfu
+                        ? absl::StrFormat("lfu (half-life %u s)", l.lfu_half_life_seconds)
+                        : std::string("lru"));
+  }
+  if (l.dry_run) parts.push_back("DRY RUN");
+  return absl::StrJoin(parts, ", ");
 }
 
 absl::StatusOr<EvictionVictims> ParseEvictionVictims(absl::string_view name) {

@@ -96,6 +96,8 @@ TESSERA_EXPORT absl::string_view TableKindName(TableKind kind);
 TESSERA_EXPORT absl::string_view OptimizerKindName(OptimizerKind kind);
 TESSERA_EXPORT absl::string_view InitializerKindName(InitializerKind kind);
 TESSERA_EXPORT absl::string_view EvictionVictimsName(EvictionVictims victims);
+// "ttl 3600 s, capacity 1000000 rows, lru" (resolved configs); "none" when off.
+TESSERA_EXPORT std::string DescribeLifecycle(const LifecycleConfig& lifecycle);
 TESSERA_EXPORT absl::StatusOr<EvictionVictims> ParseEvictionVictims(absl::string_view name);
 TESSERA_EXPORT absl::StatusOr<OptimizerKind> ParseOptimizerKind(absl::string_view name);
 TESSERA_EXPORT absl::StatusOr<InitializerKind> ParseInitializerKind(absl::string_view name);

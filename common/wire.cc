@@ -57,6 +57,30 @@ void TableConfigToProto(const TableConfig& c, v1::TableSpec* spec) {
   }
 }
 
+absl::StatusOr<LifecycleConfig> LifecycleFromProto(const v1::LifecycleSpec& l,
+                                                   absl::string_view table) {
+  LifecycleConfig c;
+  c.ttl_seconds = l.ttl_seconds();
+  c.capacity_rows = l.capacity_rows();
+  c.capacity_bytes = l.capacity_bytes();
+  switch (l.victims()) {
+    case v1::EVICTION_VICTIMS_UNSPECIFIED:
+    case v1::EVICTION_VICTIMS_LRU:
+      c.victims = EvictionVictims::kLru;
+      break;
+    case v1::EVICTION_VICTIMS_LFU:
+      c.victims = EvictionVictims::kLfu;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrFormat("table '%s': lifecycle.victims %d is not LRU or LFU", table,
+                          static_cast<int>(l.victims())));
+  }
+  c.lfu_half_life_seconds = l.lfu_half_life_seconds();
+  c.dry_run = l.dry_run();
+  return c;
+}
+
 absl::StatusOr<TableConfig> TableConfigFromProto(const v1::TableSpec& spec) {
   TableConfig c;
   c.name = spec.name();
@@ -109,25 +133,9 @@ absl::StatusOr<TableConfig> TableConfigFromProto(const v1::TableSpec& spec) {
   if (i.has_stddev()) c.initializer.stddev = i.stddev();
   c.initializer.seed = i.seed();
 
-  const v1::LifecycleSpec& l = spec.lifecycle();
-  c.lifecycle.ttl_seconds = l.ttl_seconds();
-  c.lifecycle.capacity_rows = l.capacity_rows();
-  c.lifecycle.capacity_bytes = l.capacity_bytes();
-  switch (l.victims()) {
-    case v1::EVICTION_VICTIMS_UNSPECIFIED:
-    case v1::EVICTION_VICTIMS_LRU:
-      c.lifecycle.victims = EvictionVictims::kLru;
-      break;
-    case v1::EVICTION_VICTIMS_LFU:
-      c.lifecycle.victims = EvictionVictims::kLfu;
-      break;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrFormat("table '%s': lifecycle.victims %d is not LRU or LFU", spec.name(),
-                          static_cast<int>(l.victims())));
-  }
-  c.lifecycle.lfu_half_life_seconds = l.lfu_half_life_seconds();
-  c.lifecycle.dry_run = l.dry_run();
+  absl::StatusOr<LifecycleConfig> lifecycle = LifecycleFromProto(spec.lifecycle(), spec.name());
+  if (!lifecycle.ok()) return lifecycle.status();
+  c.lifecycle = *lifecycle;
   return c;
 }
 

@@ -16,6 +16,7 @@
 
 namespace tessera::v1 {
 class TableSpec;
+class LifecycleSpec;
 }  // namespace tessera::v1
 
 namespace tessera {
@@ -36,6 +37,9 @@ inline constexpr char kRetryAfterMetadataKey[] = "tessera-retry-after-ms";
 void TableConfigToProto(const TableConfig& config, v1::TableSpec* spec);
 // INVALID_ARGUMENT for unknown enum values. Does not resolve defaults.
 absl::StatusOr<TableConfig> TableConfigFromProto(const v1::TableSpec& spec);
+// A lifecycle (of table `table`, for messages); not resolved.
+absl::StatusOr<LifecycleConfig> LifecycleFromProto(const v1::LifecycleSpec& lifecycle,
+                                                   absl::string_view table);
 
 // A view of `bytes` as an array of T. REQUIRES: bytes.size() % sizeof(T) == 0. When the bytes are
 // not suitably aligned (never the case for buffers from the heap), copies them into *scratch.

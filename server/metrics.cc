@@ -194,6 +194,28 @@ std::vector<prometheus::MetricFamily> TableCollector::Collect() const {
          MetricType::Gauge, {{GaugeValue(static_cast<double>(core_->budget().used())), {}}});
   family("tessera_server_memory_limit_bytes", "--max_memory_bytes as resolved.", MetricType::Gauge,
          {{GaugeValue(static_cast<double>(core_->budget().limit())), {}}});
+  // The embedding lifecycle (docs/embedding_lifecycle.md), per sparse table that has one.
+  std::vector<std::pair<prometheus::ClientMetric, prometheus::Labels>> evicted, would, kept;
+  for (const TableStats& t : stats) {
+    if (!t.lifecycle) continue;
+    evicted.push_back(
+        {counter(static_cast<double>(t.evicted_ttl)), {{"table", t.name}, {"reason", "ttl"}}});
+    evicted.push_back({counter(static_cast<double>(t.evicted_capacity)),
+                       {{"table", t.name}, {"reason", "capacity"}}});
+    would.push_back({counter(static_cast<double>(t.would_evict)), {{"table", t.name}}});
+    kept.push_back({counter(static_cast<double>(t.kept)), {{"table", t.name}}});
+  }
+  family("tessera_lifecycle_evicted_total",
+         "Rows removed by a table's lifecycle policy on this server (every replica counts the "
+         "removals it applies), by reason.",
+         MetricType::Counter, std::move(evicted));
+  family("tessera_lifecycle_would_evict_total",
+         "Rows a table's lifecycle policy in dry-run mode would have removed (counted by the "
+         "primary).",
+         MetricType::Counter, std::move(would));
+  family("tessera_lifecycle_kept_total",
+         "Rows chosen for removal but updated before the removal was applied: kept.",
+         MetricType::Counter, std::move(kept));
   return out;
 }
 

@@ -27,6 +27,7 @@ std::string EmbeddingTable(const CtrTrainOptions& o) { return absl::StrCat(o.pre
 std::vector<TableConfig> CtrTables(const CtrTrainOptions& o) {
   TableConfig emb{.name = EmbeddingTable(o), .kind = TableKind::kSparse, .dim = o.shape.dim};
   emb.optimizer = o.embedding_optimizer.value_or(o.optimizer);
+  emb.lifecycle = o.embedding_lifecycle;
   emb.initializer = {.kind = InitializerKind::kNormal,
                      .mean = 0.0f,
                      .stddev = o.embedding_stddev,

@@ -22,6 +22,7 @@ struct CtrTrainOptions {
   // Adagrad everywhere by default: per-coordinate steps suit rare keys.
   OptimizerConfig optimizer = {.kind = OptimizerKind::kAdagrad, .learning_rate = 0.05f};
   std::optional<OptimizerConfig> embedding_optimizer;  // the embedding table's; unset: optimizer
+  LifecycleConfig embedding_lifecycle;                 // the embedding table's; default: none
   float embedding_stddev = 0.05f;                      // initial embeddings ~ normal(0, stddev)
   uint32_t batch_size = 256;
   int epochs = 3;

@@ -210,6 +210,12 @@ absl::StatusOr<PreparedJob> PrepareCtr(const v1::JobConfig& c, std::unique_ptr<N
     if (!e.ok()) return e.status();
     o.embedding_optimizer = *e;
   }
+  if (c.ctr().has_embedding_lifecycle()) {
+    absl::StatusOr<LifecycleConfig> l =
+        LifecycleFromProto(c.ctr().embedding_lifecycle(), "ctr.embedding_lifecycle");
+    if (!l.ok()) return l.status();
+    o.embedding_lifecycle = *l;
+  }
   o.batch_size = shard.batch_size;
   o.seed = c.seed();
   o.prefix = c.name();

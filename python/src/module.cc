@@ -215,6 +215,16 @@ TableConfig ConfigFromDict(const py::dict& d) {
   i.mean = Opt<float>(d, "mean");
   i.stddev = Opt<float>(d, "stddev");
   i.seed = Opt<uint64_t>(d, "seed").value_or(0);
+  if (d.contains("lifecycle") && !d["lifecycle"].is_none()) {
+    const py::dict l = d["lifecycle"].cast<py::dict>();
+    LifecycleConfig& lc = c.lifecycle;
+    lc.ttl_seconds = Opt<uint64_t>(l, "ttl_seconds").value_or(0);
+    lc.capacity_rows = Opt<uint64_t>(l, "capacity_rows").value_or(0);
+    lc.capacity_bytes = Opt<uint64_t>(l, "capacity_bytes").value_or(0);
+    lc.victims = ValueOrThrow(ParseEvictionVictims(Opt<std::string>(l, "victims").value_or("lru")));
+    lc.lfu_half_life_seconds = Opt<uint32_t>(l, "lfu_half_life_seconds").value_or(0);
+    lc.dry_run = Opt<bool>(l, "dry_run").value_or(false);
+  }
   return c;
 }
 
@@ -248,6 +258,19 @@ py::dict ConfigToDict(const TableConfig& c) {
   d["mean"] = OrNone(i.mean);
   d["stddev"] = OrNone(i.stddev);
   d["seed"] = i.seed;
+  if (c.lifecycle.enabled()) {
+    const LifecycleConfig& lc = c.lifecycle;
+    py::dict l;
+    l["ttl_seconds"] = lc.ttl_seconds;
+    l["capacity_rows"] = lc.capacity_rows;
+    l["capacity_bytes"] = lc.capacity_bytes;
+    l["victims"] = std::string(EvictionVictimsName(lc.victims));
+    l["lfu_half_life_seconds"] = lc.lfu_half_life_seconds;
+    l["dry_run"] = lc.dry_run;
+    d["lifecycle"] = l;
+  } else {
+    d["lifecycle"] = py::none();
+  }
   return d;
 }
 
@@ -256,6 +279,13 @@ py::dict StatusToDict(const TableStatus& s) {
   d["config"] = ConfigToDict(s.config);
   d["rows"] = s.rows;
   d["bytes"] = s.bytes;
+  if (s.config.lifecycle.enabled()) {
+    py::dict e;
+    e["ttl"] = s.evicted_ttl;
+    e["capacity"] = s.evicted_capacity;
+    e["would"] = s.would_evict;
+    d["evicted"] = e;
+  }
   return d;
 }
 

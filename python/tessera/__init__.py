@@ -167,6 +167,31 @@ class Normal(Initializer):
         super().__init__(mean=mean, stddev=stddev, seed=seed)
 
 
+class Lifecycle:
+    """A sparse table's embedding lifecycle (docs/embedding_lifecycle.md): rows not pushed for
+    `ttl_seconds`, or beyond a per-server capacity (`capacity_rows`, `capacity_bytes`; the least
+    recently (victims="lru") or frequently ("lfu") updated go first), are removed on every
+    replica. `dry_run=True` only counts what would go. Rows of such a table are not created by
+    pulls: a key without a row reads as the initializer's values."""
+
+    def __init__(self, ttl_seconds=0, capacity_rows=0, capacity_bytes=0, victims="lru",
+                 lfu_half_life_seconds=None, dry_run=False):
+        self.ttl_seconds = ttl_seconds
+        self.capacity_rows = capacity_rows
+        self.capacity_bytes = capacity_bytes
+        self.victims = victims
+        self.lfu_half_life_seconds = lfu_half_life_seconds
+        self.dry_run = dry_run
+
+    def config(self):
+        return dict(ttl_seconds=self.ttl_seconds, capacity_rows=self.capacity_rows,
+                    capacity_bytes=self.capacity_bytes, victims=self.victims,
+                    lfu_half_life_seconds=self.lfu_half_life_seconds, dry_run=self.dry_run)
+
+    def __repr__(self):
+        return "Lifecycle(" + ", ".join(f"{k}={v!r}" for k, v in self.config().items()) + ")"
+
+
 _OPTIMIZERS = {c.kind: c for c in (SGD, Momentum, Adagrad, Adam, FTRL, Add, Assign)}
 _INITIALIZERS = {c.kind: c for c in (Zeros, Uniform, Normal)}
 
@@ -197,8 +222,10 @@ class TableInfo:
         self.dim = config["dim"]
         self.size = config["size"]
         self.optimizer = config["optimizer"]
+        self.lifecycle = config.get("lifecycle")  # a dict, None without a policy
         self.rows = d.get("rows")
         self.bytes = d.get("bytes")
+        self.evicted = d.get("evicted")  # {"ttl": n, "capacity": n, "would": n} (describe/list)
 
     def __repr__(self):
         shape = f"dim={self.dim}" if self.kind == "sparse" else f"size={self.size}"
@@ -353,10 +380,11 @@ class Client:
 
     # -- tables --
     def create_table(self, name, *, dim=None, size=None, optimizer="sgd", initializer="zeros",
-                     block_elems=None):
+                     block_elems=None, lifecycle=None):
         """Creates a sparse table (rows of `dim` floats, created on first pull) or a dense one
         (`size` floats). Succeeds when the table exists with the same spec, so every worker may
-        call it. Returns the resolved TableInfo."""
+        call it. `lifecycle`: a tessera.Lifecycle (sparse only). Returns the resolved
+        TableInfo."""
         if (dim is None) == (size is None):
             raise ValueError(f"create_table('{name}'): give dim= (sparse) or size= (dense), "
                              "not both")
@@ -366,6 +394,11 @@ class Client:
                       dim=dim, size=size, block_elems=block_elems)
         config.update(optimizer.config())
         config.update(initializer.config())
+        if lifecycle is not None:
+            if not isinstance(lifecycle, Lifecycle):
+                raise TypeError(f"table '{name}': lifecycle must be a tessera.Lifecycle, "
+                                f"got {lifecycle!r}")
+            config["lifecycle"] = lifecycle.config()
         resolved = self._native.create_table(config)
         self._tables[name] = resolved
         return TableInfo(resolved)
@@ -534,5 +567,5 @@ __all__ = [
     "checkpoint", "restore",
     "Client", "WorkerClock", "Handle", "TableInfo", "Error", "errors",
     "Optimizer", "SGD", "Momentum", "Adagrad", "Adam", "FTRL", "Add", "Assign",
-    "Initializer", "Zeros", "Uniform", "Normal", "seed_of",
+    "Initializer", "Zeros", "Uniform", "Normal", "seed_of", "Lifecycle",
 ]

@@ -449,3 +449,25 @@ def test_coordinated_client(coordinated, table_name):
         assign_table(client, table_name)
         client.push_sparse(table_name, np.arange(100), np.ones((100, DIM), np.float32))
         assert client.pull_sparse(table_name, np.arange(100)).sum() == 100 * DIM
+
+
+def test_lifecycle_ttl_removes_rows_not_pushed_for_its_time(client, table_name):
+    info = client.create_table(table_name, dim=2, optimizer="adagrad",
+                               lifecycle=tessera.Lifecycle(ttl_seconds=1))
+    assert info.lifecycle["ttl_seconds"] == 1 and info.lifecycle["victims"] == "lru"
+    client.push_sparse(table_name, [1, 2], np.ones((2, 2), np.float32))
+    # A pull of a key without a row reads the initializer's values and creates nothing.
+    np.testing.assert_array_equal(client.pull_sparse(table_name, [3]), np.zeros((1, 2)))
+    assert client.describe_table(table_name).rows == 2
+    # Both rows go once a second has passed without a push (bounded wait on the condition).
+    deadline = time.monotonic() + 20
+    while client.describe_table(table_name).rows != 0:
+        assert time.monotonic() < deadline, "rows not removed by their TTL within 20 s"
+        time.sleep(0.05)
+    assert client.describe_table(table_name).evicted == {"ttl": 2, "capacity": 0, "would": 0}
+    np.testing.assert_array_equal(client.pull_sparse(table_name, [1]), np.zeros((1, 2)))
+    with pytest.raises(errors.InvalidArgumentError, match="need a policy"):
+        client.create_table(table_name + "_x", dim=2, lifecycle=tessera.Lifecycle(dry_run=True))
+    with pytest.raises(errors.InvalidArgumentError, match="only to sparse tables"):
+        client.create_table(table_name + "_d", size=4,
+                            lifecycle=tessera.Lifecycle(ttl_seconds=5))
