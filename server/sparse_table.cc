@@ -472,11 +472,11 @@ void SparseTable::PlanEvictions(int64_t now_ms, bool ttl, uint64_t capacity_rows
   const uint64_t target = capacity_rows - capacity_rows / 20;
   uint64_t over = capacity_rows != 0 && total > capacity_rows ? total - target : 0;
   if (ttl_s == 0 && over == 0) return;
-  // A row's place in the order of victims: lower goes first. LRU: the oldest update; LFU: the
-  // lowest count decayed to now, then the oldest.
+  // A row's place in the order of victims: lower goes first. LRU: the oldest update, then the
+  // fewest updates (the stamp itself); LFU: the lowest count decayed to now, then the oldest.
   const auto order_of = [&](uint64_t stamp) {
     const uint32_t last = static_cast<uint32_t>(stamp >> 32);
-    if (l.victims != EvictionVictims::kLfu) return uint64_t{last};
+    if (l.victims != EvictionVictims::kLfu) return stamp;
     return (uint64_t{DecayedCount(static_cast<uint32_t>(stamp), last, now, l.lfu_half_life_seconds)}
             << 32) |
            last;

@@ -199,6 +199,26 @@ TEST_CASE("capacity with LRU removes the least recently updated rows of the whol
   CHECK(plan.capacity.empty());  // at 95 <= 100
 }
 
+TEST_CASE("LRU breaks ties within a second by the fewest updates", "[sparse][lifecycle]") {
+  SparseTable t(LifecycleConfigOf(OptimizerKind::kSgd, {.capacity_rows = 20}), AllOwned());
+  for (uint64_t k = 1; k <= 30; ++k) {
+    for (uint64_t n = 0; n < k % 5 + 1; ++n) PushAt(t, {k}, 1000);  // key k: k % 5 + 1 updates
+  }
+  SparseTable::EvictionPlan plan;
+  t.PlanEvictions(1000'000, false, t.CapacityRows(), &plan);
+  // Down to 19: the 11 rows with the fewest updates: the six with one (keys 5, 10, .., 30) and
+  // five of the six with two (1, 6, .., 26).
+  const std::vector<uint64_t> chosen = Chosen(plan.capacity);
+  REQUIRE(chosen.size() == 11);
+  int ones = 0, twos = 0;
+  for (uint64_t k : chosen) {
+    ones += k % 5 == 0;
+    twos += k % 5 == 1;
+  }
+  CHECK(ones == 6);
+  CHECK(twos == 5);
+}
+
 TEST_CASE("capacity with LFU removes the least frequently updated rows by decayed count",
           "[sparse][lifecycle]") {
   SparseTable t(LifecycleConfigOf(OptimizerKind::kSgd, {.capacity_rows = 10,

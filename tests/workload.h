@@ -34,6 +34,8 @@ struct WorkloadOptions {
   // false: a failed push fails the test (WaitForMore, Verify). true: it is counted in doubt,
   // and the client goes on.
   bool tolerate_errors = false;
+  // The sparse table's lifecycle (docs/embedding_lifecycle.md); default: none.
+  LifecycleConfig sum_lifecycle;
 };
 
 // Thread-safe where it matters: Start/Stop/Verify from the test's thread; WaitForMore and
@@ -45,6 +47,7 @@ class Workload {
     std::unique_ptr<Client> admin = ConnectCoordinated(cluster);
     TableConfig sparse{.name = "sum", .kind = TableKind::kSparse, .dim = kWorkloadDim};
     sparse.optimizer.kind = OptimizerKind::kAdd;
+    sparse.lifecycle = options.sum_lifecycle;
     TESSERA_REQUIRE_OK(admin->CreateTable(sparse).status());
     TableConfig dense{.name = "dsum",
                       .kind = TableKind::kDense,
