@@ -252,7 +252,8 @@ ServerCore::Table::~Table() {
 ServerCore::Reservation::~Reservation() {
   const uint64_t created = created_.load() * unit_bytes_;
   const uint64_t used = std::min(reserved_, created);
-  budget_->Force(created - used);  // (never: a reservation covers every key)
+  budget_->Force(created - used);  // (a push that counted on released rows
+                                   // another change took first)
   budget_->Release(reserved_ - used);
   table_->charged += created;
   if (sums_) table_->sums_charged += created;

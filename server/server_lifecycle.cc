@@ -94,6 +94,9 @@ absl::Status ServerCore::SubmitRemoveRows(std::shared_ptr<const v1::RemoveRowsRe
       for (const Run& r : by_vshard) {
         removed += sparse.Remove(r.vshard, r.keys, r.stamps, gen, &kept);
       }
+      // Removal records beyond a quarter of the rows (at least 64 Ki): forgotten, the next
+      // checkpoint full.
+      sparse.BoundRemovals(gen, std::max<uint64_t>(uint64_t{1} << 16, sparse.num_rows() / 4));
     } catch (const std::bad_alloc&) {
       // Logged and half applied: crash-only, as an executor that cannot apply (a replica that
       // holds the entry whole takes over; docs/state_machine.md).
@@ -159,7 +162,7 @@ uint64_t ServerCore::RunLifecycle() {
     const bool ttl_due = policy.ttl_seconds != 0 &&
                          now - t->ttl_scan_ms.load() >= TtlScanIntervalMs(policy.ttl_seconds);
     const uint64_t capacity = sparse.CapacityRows();
-    if (!ttl_due && (capacity == 0 || sparse.num_rows() <= capacity)) continue;
+    if (!ttl_due && !sparse.NeedsEviction(capacity)) continue;
     if (ttl_due) t->ttl_scan_ms = now;
     SparseTable::EvictionPlan plan;
     sparse.PlanEvictions(now, ttl_due, capacity, &plan);

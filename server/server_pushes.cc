@@ -101,8 +101,17 @@ absl::Status ServerCore::SubmitPushSparse(std::shared_ptr<const v1::PushSparseRe
   TESSERA_RETURN_IF_ERROR(CheckAssign(req->assign(), req->accumulate_step(), name));
   // Memory for the rows (or BSP sums) it may create, before anything is inserted.
   if (req->accumulate_step() == 0) {
+    // (Rows released by removals are reused first: only the rest can need new memory. An
+    // estimate; a row created beyond it is charged when the push is settled.)
     absl::StatusOr<std::unique_ptr<Reservation>> rows =
-        ReserveRows(work->table, work->keys.keys.size(), replay, "push");
+        ReserveRows(work->table, sparse.RowsNeedingMemory(work->keys.groups), replay, "push");
+    if (!rows.ok() && absl::IsResourceExhausted(rows.status())) {
+      // Near a limit: only keys without a row can take memory (most of a push's keys are
+      // resident in a table that fills its memory): look them up before refusing.
+      rows = ReserveRows(work->table,
+                         sparse.MissingRowsNeedingMemory(work->keys.keys, work->keys.groups),
+                         replay, "push");
+    }
     if (!rows.ok()) return rows.status();
     work->rows = *std::move(rows);
   } else {

@@ -82,6 +82,8 @@ uint32_t SparseTable::FindOrCreate(Partition& p, uint64_t key, uint64_t gen, uin
     p.rows.Release(id);  // (reused by the next new row, not lost)
     throw;
   }
+  if (!new_memory) p.free_rows.store(p.rows.size() - p.rows.live(), std::memory_order_relaxed);
+  p.live_rows.store(p.rows.live(), std::memory_order_relaxed);
   float* row = p.rows.Row(id);
   const uint32_t dim = config_.dim;
   initializer_.FillRow(key, row, dim);
@@ -319,8 +321,22 @@ uint32_t SparseTable::Remove(uint32_t vshard, absl::Span<const uint64_t> keys,
     p.rows.Release(id);
     ++removed;
   }
+  p.free_rows.store(p.rows.size() - p.rows.live(), std::memory_order_relaxed);
+  p.live_rows.store(p.rows.live(), std::memory_order_relaxed);
   num_rows_.fetch_sub(removed, std::memory_order_relaxed);
+  removal_records_.fetch_add(removed, std::memory_order_relaxed);
   return removed;
+}
+
+bool SparseTable::BoundRemovals(uint64_t gen, uint64_t limit) {
+  if (removal_records_.load(std::memory_order_relaxed) <= limit) return false;
+  for (auto& p : partitions_) {
+    if (p == nullptr) continue;
+    absl::MutexLock lock(&p->mu);
+    if (p->cow_gen != 0) return false;  // (a checkpoint being written may need them)
+  }
+  ForgetRemovals(gen);
+  return true;
 }
 
 void SparseTable::ForgetRemovals(uint64_t gen) {
@@ -330,6 +346,7 @@ void SparseTable::ForgetRemovals(uint64_t gen) {
     absl::MutexLock lock(&p->mu);
     forgotten += std::erase_if(p->removals, [gen](const auto& r) { return r.second <= gen; });
   }
+  removal_records_.fetch_sub(forgotten, std::memory_order_relaxed);
   if (forgotten == 0) return;  // (nothing lost: every parent still works)
   uint64_t horizon = removal_horizon_.load(std::memory_order_relaxed);
   while (horizon < gen && !removal_horizon_.compare_exchange_weak(horizon, gen)) {
@@ -450,6 +467,32 @@ uint64_t SparseTable::FixedBytes(const std::vector<bool>& owned) {
   return owned.size() * sizeof(void*) + n * sizeof(Partition);
 }
 
+uint64_t SparseTable::RowsNeedingMemory(const VshardGrouping& groups) const {
+  uint64_t rows = 0;
+  for (const VshardRun& run : groups.runs) {
+    const uint32_t n = run.end - run.begin;
+    const uint32_t free = partitions_[run.vshard]->free_rows.load(std::memory_order_relaxed);
+    rows += n > free ? n - free : 0;
+  }
+  return rows;
+}
+
+uint64_t SparseTable::MissingRowsNeedingMemory(absl::Span<const uint64_t> keys,
+                                               const VshardGrouping& groups) const {
+  uint64_t rows = 0;
+  for (const VshardRun& run : groups.runs) {
+    const Partition& p = *partitions_[run.vshard];
+    absl::MutexLock lock(&p.mu);
+    uint64_t missing = 0;
+    for (uint32_t j = run.begin; j < run.end; ++j) {
+      missing += p.index.Find(keys[groups.KeyIndex(j)]) == KeyIndex::kNone ? 1 : 0;
+    }
+    const uint64_t free = p.rows.size() - p.rows.live();
+    rows += missing > free ? missing - free : 0;
+  }
+  return rows;
+}
+
 uint64_t SparseTable::CapacityRows() const {
   const LifecycleConfig& l = config_.lifecycle;
   uint64_t rows = l.capacity_rows;
@@ -460,6 +503,25 @@ uint64_t SparseTable::CapacityRows() const {
   return rows;
 }
 
+uint32_t SparseTable::VshardCap(uint64_t capacity_rows) const {
+  if (capacity_rows == 0) return 0;
+  uint64_t owned = 0;
+  for (const auto& p : partitions_) owned += p != nullptr ? 1 : 0;
+  const uint64_t share =
+      (capacity_rows + capacity_rows / 10 + owned - 1) / std::max<uint64_t>(owned, 1);
+  return static_cast<uint32_t>(std::min<uint64_t>(share + kVshardSlack, UINT32_MAX));
+}
+
+bool SparseTable::NeedsEviction(uint64_t capacity_rows) const {
+  if (capacity_rows == 0) return false;
+  if (num_rows() > capacity_rows) return true;
+  const uint32_t cap = VshardCap(capacity_rows);
+  for (const auto& p : partitions_) {
+    if (p != nullptr && p->live_rows.load(std::memory_order_relaxed) > cap) return true;
+  }
+  return false;
+}
+
 void SparseTable::PlanEvictions(int64_t now_ms, bool ttl, uint64_t capacity_rows,
                                 EvictionPlan* out) const {
   out->ttl.clear();
@@ -467,11 +529,12 @@ void SparseTable::PlanEvictions(int64_t now_ms, bool ttl, uint64_t capacity_rows
   const LifecycleConfig& l = config_.lifecycle;
   const uint32_t now = MetaSecond(now_ms);
   const uint64_t ttl_s = ttl ? l.ttl_seconds : 0;
-  // Rows to give up: down to 95% of the capacity.
+  // Rows to give up: down to 95% of the capacity; and in each vshard, down to its cap.
   const uint64_t total = num_rows();
   const uint64_t target = capacity_rows - capacity_rows / 20;
   uint64_t over = capacity_rows != 0 && total > capacity_rows ? total - target : 0;
-  if (ttl_s == 0 && over == 0) return;
+  const uint32_t vshard_cap = VshardCap(capacity_rows);
+  if (ttl_s == 0 && !NeedsEviction(capacity_rows)) return;
   // A row's place in the order of victims: lower goes first. LRU: the oldest update, then the
   // fewest updates (the stamp itself); LFU: the lowest count decayed to now, then the oldest.
   const auto order_of = [&](uint64_t stamp) {
@@ -485,10 +548,13 @@ void SparseTable::PlanEvictions(int64_t now_ms, bool ttl, uint64_t capacity_rows
     const uint32_t last = static_cast<uint32_t>(stamp >> 32);
     return ttl_s != 0 && now >= last && now - last >= ttl_s;
   };
-  // Pass 1: the rows past the TTL, and a uniform sample of the others' order (reservoir): the
-  // whole of it when the table is small, so that the threshold below is then exact.
+  // Pass 1: the rows past the TTL, the rows each vshard keeps, and a uniform sample of their
+  // order (reservoir): the whole of it when the table is small, so that the threshold below is
+  // then exact.
   constexpr size_t kSample = 8192;
   std::vector<uint64_t> sample;
+  std::vector<uint32_t> kept(num_vshards(), 0);
+  bool vshard_over = false;
   uint64_t others = 0;
   uint64_t rng = Mix64(now_ms ^ total);
   for (uint32_t v = 0; v < num_vshards(); ++v) {
@@ -504,6 +570,7 @@ void SparseTable::PlanEvictions(int64_t now_ms, bool ttl, uint64_t capacity_rows
           gone.push_back({key, stamp});
           return;
         }
+        ++kept[v];
         if (over == 0) return;
         ++others;
         if (sample.size() < kSample) {
@@ -514,40 +581,65 @@ void SparseTable::PlanEvictions(int64_t now_ms, bool ttl, uint64_t capacity_rows
         }
       });
     }
+    vshard_over |= vshard_cap != 0 && kept[v] > vshard_cap;
     over -= std::min<uint64_t>(over, gone.size());
     if (!gone.empty()) out->ttl.emplace_back(v, std::move(gone));
   }
-  if (over == 0 || others == 0) return;
-  // The order below which about `over` of the other rows lie (exactly, from a whole sample).
-  std::sort(sample.begin(), sample.end());
-  const size_t rank = std::min<size_t>(
-      sample.size() - 1, static_cast<size_t>(static_cast<double>(over) * sample.size() / others));
-  const uint64_t threshold = sample[rank];
-  // Pass 2: those rows, then rows at the threshold until `over` are chosen.
+  if ((over == 0 || others == 0) && !vshard_over) return;
+  // The order below which about `over` of the other rows lie (exactly, from a whole sample);
+  // none without an excess over the table's capacity.
+  uint64_t threshold = 0;
+  if (over != 0 && others != 0) {
+    std::sort(sample.begin(), sample.end());
+    const size_t rank = std::min<size_t>(
+        sample.size() - 1, static_cast<size_t>(static_cast<double>(over) * sample.size() / others));
+    threshold = sample[rank];
+  }
+  // Pass 2: those rows, then rows at the threshold until `over` are chosen; and in a vshard
+  // still above its cap after that, its lowest-ordered others down to the cap (rows released
+  // in one vshard serve only its own new rows: the cap keeps the memory each vshard holds, and
+  // so the table's, near the capacity whatever the spread of new keys).
   std::vector<Victim> at_threshold;
   uint64_t chosen = 0;
-  for (uint32_t v = 0; v < num_vshards() && chosen < over; ++v) {
-    if (!Owns(v)) continue;
+  struct Candidate {
+    uint64_t order;
+    Victim victim;
+  };
+  std::vector<Candidate> rest;
+  for (uint32_t v = 0; v < num_vshards(); ++v) {
+    if (!Owns(v) || (chosen >= over && kept[v] <= vshard_cap)) continue;
     const Partition& p = *partitions_[v];
     std::vector<Victim> victims;
+    rest.clear();
+    const bool capped = vshard_cap != 0 && kept[v] > vshard_cap;
     {
       absl::MutexLock lock(&p.mu);
       p.index.ForEach([&](uint64_t key, uint32_t id) {
         p.mu.AssertHeld();
         const uint64_t stamp = Stamp(const_cast<RowArena&>(p.rows).Row(id));
-        if (expired(stamp) || chosen >= over) return;
+        if (expired(stamp)) return;
         const uint64_t order = order_of(stamp);
-        if (order < threshold) {
+        if (chosen < over && order < threshold) {
           victims.push_back({key, stamp});
           ++chosen;
-        } else if (order == threshold && at_threshold.size() < over) {
-          at_threshold.push_back({key, stamp});
+        } else {
+          if (chosen < over && order == threshold && at_threshold.size() < over) {
+            at_threshold.push_back({key, stamp});
+          }
+          if (capped) rest.push_back({order, {key, stamp}});
         }
       });
     }
+    const uint64_t left = kept[v] - std::min<uint64_t>(kept[v], victims.size());
+    if (capped && left > vshard_cap) {
+      const size_t more = std::min<size_t>(rest.size(), left - vshard_cap);
+      std::nth_element(rest.begin(), rest.begin() + (more - 1), rest.end(),
+                       [](const Candidate& a, const Candidate& b) { return a.order < b.order; });
+      for (size_t i = 0; i < more; ++i) victims.push_back(rest[i].victim);
+    }
     if (!victims.empty()) out->capacity.emplace_back(v, std::move(victims));
   }
-  // (Rows at the threshold, vshard by vshard: appended to their vshard's list.)
+  // (Rows at the threshold, vshard by vshard: appended to their vshard's list unless chosen.)
   for (const Victim& victim : at_threshold) {
     if (chosen >= over) break;
     const uint32_t v = VshardOfKey(victim.key, num_vshards());
@@ -556,6 +648,10 @@ void SparseTable::PlanEvictions(int64_t now_ms, bool ttl, uint64_t capacity_rows
     if (it == out->capacity.end()) {
       out->capacity.emplace_back(v, std::vector<Victim>{});
       it = out->capacity.end() - 1;
+    }
+    if (std::any_of(it->second.begin(), it->second.end(),
+                    [&](const Victim& x) { return x.key == victim.key; })) {
+      continue;  // (taken by its vshard's cap already)
     }
     it->second.push_back(victim);
     ++chosen;

@@ -117,6 +117,13 @@ class SparseTable final : public TableData {
   // The rows' capacity in rows: capacity_rows and capacity_bytes (by row_charge()) combined;
   // 0 when neither is set.
   uint64_t CapacityRows() const;
+  // A vshard's cap under a capacity: its share of 110% of it, plus a few rows. Released rows
+  // serve only their own vshard's new rows, so the memory a table holds follows the most rows
+  // each vshard held: the cap bounds that by the capacity whatever the spread of new keys.
+  uint32_t VshardCap(uint64_t capacity_rows) const;
+  static constexpr uint32_t kVshardSlack = 4;
+  // Whether the table is over `capacity_rows`, or a vshard over its cap.
+  bool NeedsEviction(uint64_t capacity_rows) const;
   // What the lifecycle removed here (every replica counts the entries it applies) and what a
   // dry run would have removed (the primary counts its decisions).
   struct LifecycleCounters {
@@ -139,6 +146,14 @@ class SparseTable final : public TableData {
     return parent_gen >= removal_horizon_.load(std::memory_order_relaxed);
   }
   void ForgetRemovals(uint64_t gen) override;
+  // Removal records (16 bytes each) are forgotten when a checkpoint covers them; a table that
+  // removes rows faster than checkpoints are taken (or without checkpoints) would keep them
+  // without bound. Above `limit` records, and when no checkpoint is being written, forgets
+  // them all at `gen` (the current generation): the next checkpoint of this table is then a
+  // full one (CanIncrement). Returns whether it forgot. REQUIRES: the update gate (shared:
+  // no cut begins meanwhile).
+  bool BoundRemovals(uint64_t gen, uint64_t limit);
+  uint64_t removal_records() const { return removal_records_.load(std::memory_order_relaxed); }
 
   // Restore: sets the row of `key` (in owned `vshard`) to `payload` (row_bytes() bytes) at
   // kBaseGeneration, creating it when missing. REQUIRES: the table is not yet serving.
@@ -164,16 +179,29 @@ class SparseTable final : public TableData {
   uint64_t Bytes() const override { return bytes(); }
 
   uint64_t num_rows() const { return num_rows_.load(std::memory_order_relaxed); }
+  // How many of the keys of `groups`' runs could at most need new memory: each run's keys less
+  // the released rows its vshard holds now (an estimate: concurrent changes may take them).
+  uint64_t RowsNeedingMemory(const VshardGrouping& groups) const;
+  // The same counting only the keys without a row (a lookup of each, under its vshard's lock):
+  // for a push near the memory limit, whose keys are mostly resident.
+  uint64_t MissingRowsNeedingMemory(absl::Span<const uint64_t> keys,
+                                    const VshardGrouping& groups) const;
   // Memory held for rows (weights, slots, steps) and their index: what is resident.
   uint64_t bytes() const;
   // What the budget charges for one row, an upper bound of its share of bytes(): the row, its
-  // generation and its index entry at the lowest load factor.
-  uint64_t row_charge() const { return (payload_floats_ + 2) * sizeof(float) + kIndexBytesPerRow; }
+  // generation, its index entry at the lowest load factor and its share of its arena block's
+  // page rounding and allocator header page.
+  uint64_t row_charge() const {
+    return (payload_floats_ + 2) * sizeof(float) + kIndexBytesPerRow + kBlockBytesPerRow;
+  }
   // The payload's bytes of lifecycle metadata, when the table has a lifecycle.
   static constexpr size_t kMetaBytes = 8;
   // The table's memory before it holds any row (its partitions).
   static uint64_t FixedBytes(const std::vector<bool>& owned);
   static constexpr uint64_t kIndexBytesPerRow = 43;  // KeyIndex: 16 bytes a slot, > 3/8 full
+  // Two pages over a full block of RowArena::kRowsPerBlock rows (measured: a stream of new
+  // keys held 139 bytes a row of dim 8 with Adagrad where the row and its index entry took 123).
+  static constexpr uint64_t kBlockBytesPerRow = 2 * 4096 / RowArena::kRowsPerBlock;
 
  private:
   struct Partition {
@@ -190,6 +218,9 @@ class SparseTable final : public TableData {
     std::vector<std::pair<uint64_t, std::string>> removed_cow ABSL_GUARDED_BY(mu);
     // (key, generation) of each removal not yet covered by a checkpoint: the tombstones.
     std::vector<std::pair<uint64_t, uint64_t>> removals ABSL_GUARDED_BY(mu);
+    // rows.free(), readable without the lock (a reservation's estimate).
+    std::atomic<uint32_t> free_rows{0};
+    std::atomic<uint32_t> live_rows{0};  // rows.live(), likewise
   };
 
   // Returns the row id of `key`, creating and initializing the row (at `gen`) when missing;
@@ -225,6 +256,7 @@ class SparseTable final : public TableData {
   std::atomic<uint64_t> num_rows_{0};
   // Removals at or below this generation are forgotten (CanIncrement).
   std::atomic<uint64_t> removal_horizon_{0};
+  std::atomic<uint64_t> removal_records_{0};  // (key, generation) pairs kept in removals
   mutable LifecycleCounters counters_;
 };
 

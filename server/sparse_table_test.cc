@@ -247,5 +247,26 @@ TEST_CASE("capacity in bytes counts what the budget charges a row", "[sparse][li
   CHECK(u.CapacityRows() == 2);
 }
 
+TEST_CASE("removal records are bounded: beyond the limit they go and the next checkpoint is full",
+          "[sparse][lifecycle]") {
+  SparseTable t(Config(OptimizerKind::kAdd), AllOwned());
+  std::vector<uint64_t> keys;
+  for (uint64_t k = 1; k <= 100; ++k) keys.push_back(k);
+  Push(t, keys, std::vector<float>(keys.size() * 3, 1.0f));
+  for (uint64_t k : keys)
+    t.Remove(VshardOfKey(k, t.num_vshards()), std::vector<uint64_t>{k}, {}, 5);
+  CHECK(t.removal_records() == 100);
+  CHECK(t.CanIncrement(4));
+  CHECK_FALSE(t.BoundRemovals(5, 100));  // (at the limit: kept)
+  t.BeginCut(5);                         // a checkpoint being written needs them
+  CHECK_FALSE(t.BoundRemovals(5, 50));
+  CHECK(t.removal_records() == 100);
+  t.EndCut();
+  CHECK(t.BoundRemovals(6, 50));
+  CHECK(t.removal_records() == 0);
+  CHECK_FALSE(t.CanIncrement(4));  // an increment on an older checkpoint would lack them
+  CHECK(t.CanIncrement(6));
+}
+
 }  // namespace
 }  // namespace tessera

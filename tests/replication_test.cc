@@ -590,9 +590,9 @@ TEST_CASE("R=2: primaries killed while capacity eviction runs lose no acknowledg
   // replicas, or chose a hot key, shows as LOST.
   constexpr uint64_t kCapacity = 1500;
   auto cluster = StartReplicated(2, 2, 1);
-  Workload work(*cluster, {.clients = 2,
-                           .sum_lifecycle = {.capacity_rows = kCapacity,
-                                             .victims = EvictionVictims::kLfu}});
+  Workload work(*cluster,
+                {.clients = 2,
+                 .sum_lifecycle = {.capacity_rows = kCapacity, .victims = EvictionVictims::kLfu}});
   work.Start();
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> streamed{0};

@@ -65,12 +65,15 @@ struct BenchCommandOptions {
   uint64_t table_mb = 2048;    // checkpoint suite: size of the dense table
   int threads = 8;             // replication suite: client threads pushing at once
   int pause_rounds = 3;        // replication suite: primaries killed (and stalled) per figure
-  Credentials credentials;     // connected clusters: a token with the admin and worker roles
-  bool secure = false;         // the cluster bench starts: mutual TLS and tokens (docs/security.md)
+  uint64_t lifecycle_keys = 50'000'000;  // lifecycle suite: new keys streamed
+  uint64_t lifecycle_budget_mb = 1024;   // lifecycle suite: the server's --max_memory_bytes
+  Credentials credentials;  // connected clusters: a token with the admin and worker roles
+  bool secure = false;      // the cluster bench starts: mutual TLS and tokens (docs/security.md)
 };
 int RunBench(const BenchCommandOptions& options);
 int RunCheckpointBench(const BenchCommandOptions& options);
 int RunReplicationBench(const BenchCommandOptions& options);
+int RunLifecycleBench(const BenchCommandOptions& options);
 
 struct CheckpointCommandOptions {
   std::string action;  // create | list | inspect | restore | merge | run

@@ -90,12 +90,17 @@ ABSL_FLAG(bool, iperf3, true, "bench: also measure loopback with iperf3 as a bas
 ABSL_FLAG(std::string, suite, "data",
           "bench: 'data' (pull/push throughput), 'checkpoint' (checkpoint write/restore "
           "against dd, 1% incremental, push pauses), 'replication' (push throughput R=2 vs "
-          "R=1, failover pauses) or 'security' (the data workloads with mutual TLS and tokens "
-          "over plaintext, same run).");
+          "R=1, failover pauses), 'security' (the data workloads with mutual TLS and tokens "
+          "over plaintext, same run) or 'lifecycle' (a stream of new keys into a table with a "
+          "capacity under a memory budget, RSS sampled; resident push throughput against a "
+          "table without a policy).");
 ABSL_FLAG(int, push_threads, 8, "bench --suite=replication: client threads pushing at once.");
 ABSL_FLAG(int, pause_rounds, 3,
           "bench --suite=replication: primaries killed (and stalled) for the pause figures.");
 ABSL_FLAG(uint64_t, table_mb, 2048, "bench --suite=checkpoint: size of the dense table in MiB.");
+ABSL_FLAG(uint64_t, lifecycle_keys, 50'000'000, "bench --suite=lifecycle: new keys streamed.");
+ABSL_FLAG(uint64_t, lifecycle_budget_mb, 1024,
+          "bench --suite=lifecycle: the server's --max_memory_bytes, in MiB.");
 // tessera status
 ABSL_FLAG(std::string, coordinator, "",
           "status, checkpoint: host:port of tessera-coordinator (checkpoint: instead of "
@@ -287,9 +292,13 @@ int main(int argc, char** argv) {
     o.pause_rounds = std::max(1, absl::GetFlag(FLAGS_pause_rounds));
     if (o.suite == "checkpoint") return tessera::RunCheckpointBench(o);
     if (o.suite == "replication") return tessera::RunReplicationBench(o);
+    o.lifecycle_keys = absl::GetFlag(FLAGS_lifecycle_keys);
+    o.lifecycle_budget_mb = absl::GetFlag(FLAGS_lifecycle_budget_mb);
+    if (o.suite == "lifecycle") return tessera::RunLifecycleBench(o);
     if (o.suite != "data" && o.suite != "security") {
       std::fprintf(stderr,
-                   "tessera bench: --suite must be data, checkpoint, replication or security\n");
+                   "tessera bench: --suite must be data, checkpoint, replication, security or "
+                   "lifecycle\n");
       return 2;
     }
     return tessera::RunBench(o);
