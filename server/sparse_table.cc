@@ -482,8 +482,10 @@ uint64_t SparseTable::MissingRowsNeedingMemory(absl::Span<const uint64_t> keys,
   uint64_t rows = 0;
   for (const VshardRun& run : groups.runs) {
     const Partition& p = *partitions_[run.vshard];
+    if (run.end - run.begin <= p.free_rows.load(std::memory_order_relaxed)) continue;
     absl::MutexLock lock(&p.mu);
     uint64_t missing = 0;
+    for (uint32_t j = run.begin; j < run.end; ++j) p.index.Prefetch(keys[groups.KeyIndex(j)]);
     for (uint32_t j = run.begin; j < run.end; ++j) {
       missing += p.index.Find(keys[groups.KeyIndex(j)]) == KeyIndex::kNone ? 1 : 0;
     }
@@ -501,6 +503,26 @@ uint64_t SparseTable::CapacityRows() const {
     rows = rows == 0 ? by_bytes : std::min(rows, by_bytes);
   }
   return rows;
+}
+
+template <typename Fn>
+void SparseTable::ScanStamps(const Partition& p, std::vector<std::pair<uint64_t, uint32_t>>* rows,
+                             Fn&& fn) const {
+  // The index first (sequential), then the rows' metadata with kAhead rows' cache misses in
+  // flight: rows lie in the arena in creation order, at random with respect to the index.
+  rows->clear();
+  rows->reserve(p.index.size());
+  p.index.ForEach([&](uint64_t key, uint32_t id) { rows->emplace_back(key, id); });
+  RowArena& arena = const_cast<RowArena&>(p.rows);
+  constexpr size_t kAhead = 16;
+  const size_t n = rows->size();
+  for (size_t i = 0; i < std::min(n, kAhead); ++i) {
+    __builtin_prefetch(arena.Row((*rows)[i].second) + meta_offset_, 0, 0);
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (i + kAhead < n) __builtin_prefetch(arena.Row((*rows)[i + kAhead].second) + meta_offset_, 0, 0);
+    fn((*rows)[i].first, Stamp(arena.Row((*rows)[i].second)));
+  }
 }
 
 uint32_t SparseTable::VshardCap(uint64_t capacity_rows) const {
@@ -552,6 +574,7 @@ void SparseTable::PlanEvictions(int64_t now_ms, bool ttl, uint64_t capacity_rows
   // order (reservoir): the whole of it when the table is small, so that the threshold below is
   // then exact.
   constexpr size_t kSample = 8192;
+  std::vector<std::pair<uint64_t, uint32_t>> scratch;
   std::vector<uint64_t> sample;
   std::vector<uint32_t> kept(num_vshards(), 0);
   bool vshard_over = false;
@@ -563,9 +586,7 @@ void SparseTable::PlanEvictions(int64_t now_ms, bool ttl, uint64_t capacity_rows
     std::vector<Victim> gone;
     {
       absl::MutexLock lock(&p.mu);
-      p.index.ForEach([&](uint64_t key, uint32_t id) {
-        p.mu.AssertHeld();
-        const uint64_t stamp = Stamp(const_cast<RowArena&>(p.rows).Row(id));
+      ScanStamps(p, &scratch, [&](uint64_t key, uint64_t stamp) {
         if (expired(stamp)) {
           gone.push_back({key, stamp});
           return;
@@ -614,9 +635,7 @@ void SparseTable::PlanEvictions(int64_t now_ms, bool ttl, uint64_t capacity_rows
     const bool capped = vshard_cap != 0 && kept[v] > vshard_cap;
     {
       absl::MutexLock lock(&p.mu);
-      p.index.ForEach([&](uint64_t key, uint32_t id) {
-        p.mu.AssertHeld();
-        const uint64_t stamp = Stamp(const_cast<RowArena&>(p.rows).Row(id));
+      ScanStamps(p, &scratch, [&](uint64_t key, uint64_t stamp) {
         if (expired(stamp)) return;
         const uint64_t order = order_of(stamp);
         if (chosen < over && order < threshold) {

@@ -240,6 +240,10 @@ class SparseTable final : public TableData {
   void SetGen(float* row, uint64_t gen) const;
   // Lifecycle metadata (REQUIRES: has_meta_).
   uint64_t Stamp(const float* row) const;
+  // Calls fn(key, stamp) for each row of `p` (rows: scratch).
+  template <typename Fn>
+  void ScanStamps(const Partition& p, std::vector<std::pair<uint64_t, uint32_t>>* rows,
+                  Fn&& fn) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(p.mu);
   void Touch(float* row, int64_t time_ms) const;
 
   // Constant after construction.
