@@ -666,6 +666,35 @@ absl::Status Client::PushDense(absl::string_view table, uint64_t offset,
       [&](StatusCallback cb) { PushDenseAsync(table, offset, values, std::move(cb), options); });
 }
 
+absl::StatusOr<uint64_t> Client::RemoveRows(absl::string_view table,
+                                            absl::Span<const uint64_t> keys) {
+  const ShardMap& map = shard_map();
+  std::vector<std::vector<uint64_t>> by_shard(map.num_shards());
+  for (uint64_t k : keys) by_shard[map.ShardOfKey(k)].push_back(k);
+  constexpr size_t kPerRequest = 65536;  // (well within a server's key limit)
+  uint64_t removed = 0;
+  for (uint32_t shard = 0; shard < by_shard.size(); ++shard) {
+    const std::vector<uint64_t>& mine = by_shard[shard];
+    for (size_t i = 0; i < mine.size(); i += kPerRequest) {
+      const size_t n = std::min(kPerRequest, mine.size() - i);
+      v1::RemoveRowsRequest req;
+      req.set_table(std::string(table));
+      req.set_key_type(v1::KEY_TYPE_UINT64);
+      req.set_num_keys(n);
+      req.set_keys(reinterpret_cast<const char*>(mine.data() + i), n * sizeof(uint64_t));
+      v1::RemoveRowsResponse resp;
+      absl::Status st =
+          impl_->CallShard(shard, [&](v1::ParameterServer::Stub* stub, grpc::ClientContext* ctx) {
+            impl_->FillHeader(req.mutable_header());
+            return stub->RemoveRows(ctx, req, &resp);
+          });
+      if (!st.ok()) return st;
+      removed += resp.rows();
+    }
+  }
+  return removed;
+}
+
 absl::Status Client::ApplyStep(absl::string_view table, uint64_t step, float scale) {
   v1::ApplyStepRequest req;
   req.set_table(std::string(table));

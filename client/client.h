@@ -189,6 +189,11 @@ class TESSERA_EXPORT Client {
   // with sum x scale (e.g. 1 / workers). Retried like pushes; a step already applied is fine.
   absl::Status ApplyStep(absl::string_view table, uint64_t step, float scale);
 
+  // Removes the rows of `keys` from a sparse table on every replica (docs/embedding_lifecycle.md):
+  // each is afterwards as if never seen, and absent from the next checkpoint. Keys without a
+  // row are skipped; returns the rows removed. Needs the admin role. Safe to retry.
+  absl::StatusOr<uint64_t> RemoveRows(absl::string_view table, absl::Span<const uint64_t> keys);
+
   uint64_t client_id() const;
   const ShardMap& shard_map() const;
 

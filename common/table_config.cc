@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 
@@ -303,6 +304,33 @@ std::string DescribeLifecycle(const LifecycleConfig& l) {
   }
   if (l.dry_run) parts.push_back("DRY RUN");
   return absl::StrJoin(parts, ", ");
+}
+
+std::string DescribeSpecDifference(const TableConfig& a, const TableConfig& b) {
+  auto diff = [](absl::string_view field, const std::string& x, const std::string& y) {
+    return absl::StrFormat("%s: %s here, %s requested", field, x, y);
+  };
+  if (a.kind != b.kind) {
+    return diff("kind", std::string(TableKindName(a.kind)), std::string(TableKindName(b.kind)));
+  }
+  if (a.dim != b.dim) return diff("dim", absl::StrCat(a.dim), absl::StrCat(b.dim));
+  if (a.dense_size != b.dense_size) {
+    return diff("dense_size", absl::StrCat(a.dense_size), absl::StrCat(b.dense_size));
+  }
+  if (a.dense_block_elems != b.dense_block_elems) {
+    return diff("dense_block_elems", absl::StrCat(a.dense_block_elems),
+                absl::StrCat(b.dense_block_elems));
+  }
+  if (a.optimizer.kind != b.optimizer.kind) {
+    return diff("optimizer", std::string(OptimizerKindName(a.optimizer.kind)),
+                std::string(OptimizerKindName(b.optimizer.kind)));
+  }
+  if (!(a.optimizer == b.optimizer)) return "the optimizer's parameters differ";
+  if (!(a.initializer == b.initializer)) return "the initializer differs";
+  if (!(a.lifecycle == b.lifecycle)) {
+    return diff("lifecycle", DescribeLifecycle(a.lifecycle), DescribeLifecycle(b.lifecycle));
+  }
+  return "";
 }
 
 absl::StatusOr<EvictionVictims> ParseEvictionVictims(absl::string_view name) {

@@ -98,6 +98,10 @@ TESSERA_EXPORT absl::string_view InitializerKindName(InitializerKind kind);
 TESSERA_EXPORT absl::string_view EvictionVictimsName(EvictionVictims victims);
 // "ttl 3600 s, capacity 1000000 rows, lru" (resolved configs); "none" when off.
 TESSERA_EXPORT std::string DescribeLifecycle(const LifecycleConfig& lifecycle);
+// What differs between two resolved configs of one table, for messages: "lifecycle: ttl 60 s
+// here, none requested"; empty when they are equal.
+TESSERA_EXPORT std::string DescribeSpecDifference(const TableConfig& here,
+                                                  const TableConfig& requested);
 TESSERA_EXPORT absl::StatusOr<EvictionVictims> ParseEvictionVictims(absl::string_view name);
 TESSERA_EXPORT absl::StatusOr<OptimizerKind> ParseOptimizerKind(absl::string_view name);
 TESSERA_EXPORT absl::StatusOr<InitializerKind> ParseInitializerKind(absl::string_view name);

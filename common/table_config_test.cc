@@ -92,6 +92,19 @@ TEST_CASE("a lifecycle resolves its LFU half-life and survives the wire", "[tabl
   CHECK_FALSE(ParseEvictionVictims("fifo").ok());
 }
 
+TEST_CASE("a spec difference names the field", "[table_config]") {
+  TableConfig a{.name = "emb", .kind = TableKind::kSparse, .dim = 8};
+  TableConfig b = a;
+  CHECK(DescribeSpecDifference(a, b).empty());
+  b.lifecycle.ttl_seconds = 60;
+  CHECK(DescribeSpecDifference(a, b) == "lifecycle: none here, ttl 60 s requested");
+  b.dim = 4;
+  CHECK(DescribeSpecDifference(a, b) == "dim: 8 here, 4 requested");
+  b = a;
+  b.optimizer.kind = OptimizerKind::kAdam;
+  CHECK(DescribeSpecDifference(a, b) == "optimizer: sgd here, adam requested");
+}
+
 TEST_CASE("table configs survive the wire", "[table_config]") {
   TableConfig c{.name = "emb", .kind = TableKind::kSparse, .dim = 16};
   c.optimizer = {.kind = OptimizerKind::kFtrl, .learning_rate = 0.2f, .l1 = 0.5f};

@@ -377,9 +377,9 @@ absl::Status ServerCore::SubmitCreate(std::shared_ptr<const v1::CreateTableReque
     TESSERA_RETURN_IF_ERROR(CheckSequence(origin, config->name, 0, &current));
     if (current != nullptr) {
       if (!(current->config == *config)) {
-        return absl::AlreadyExistsError(
-            absl::StrFormat("table '%s' already exists with a different spec; drop it first",
-                            ShortName(config->name)));
+        return absl::AlreadyExistsError(absl::StrFormat(
+            "table '%s' already exists with a different spec (%s); drop it first",
+            ShortName(config->name), DescribeSpecDifference(current->config, *config)));
       }
       if (origin.replay != nullptr) {
         return absl::FailedPreconditionError(absl::StrFormat(

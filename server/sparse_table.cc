@@ -520,7 +520,8 @@ void SparseTable::ScanStamps(const Partition& p, std::vector<std::pair<uint64_t,
     __builtin_prefetch(arena.Row((*rows)[i].second) + meta_offset_, 0, 0);
   }
   for (size_t i = 0; i < n; ++i) {
-    if (i + kAhead < n) __builtin_prefetch(arena.Row((*rows)[i + kAhead].second) + meta_offset_, 0, 0);
+    if (i + kAhead < n)
+      __builtin_prefetch(arena.Row((*rows)[i + kAhead].second) + meta_offset_, 0, 0);
     fn((*rows)[i].first, Stamp(arena.Row((*rows)[i].second)));
   }
 }

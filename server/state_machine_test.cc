@@ -512,7 +512,7 @@ TEST_CASE("a removal keeps, on every replica, a row pushed after the remover loo
   CHECK(core.lsn() == lsn);
 }
 
-TEST_CASE("capacity keeps the most recently updated rows; a dry run only counts",
+TEST_CASE("capacity keeps the most recently updated rows and a dry run only counts",
           "[state_machine][lifecycle]") {
   std::atomic<int64_t> clock{1'000'000};
   ServerCoreOptions p, b;

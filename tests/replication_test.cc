@@ -582,7 +582,7 @@ TEST_CASE("a promoted backup holds bit-identical weights and optimizer slots",
 
 TEST_CASE("R=2: primaries killed while capacity eviction runs lose no acknowledged push",
           "[replication][fault][lifecycle]") {
-  // The workload's 256 keys are pushed all the time (high LFU counts); a second client streams
+  // The workload's 256 keys are pushed all the time (high LFU counts); a third client streams
   // new keys, each pushed once, so the table stays over its capacity and the primary's
   // lifecycle task keeps evicting those. Primaries are killed at three points; each victim
   // comes back empty and catches up by snapshot (rows and their lifecycle metadata). Every
@@ -594,6 +594,9 @@ TEST_CASE("R=2: primaries killed while capacity eviction runs lose no acknowledg
                 {.clients = 2,
                  .sum_lifecycle = {.capacity_rows = kCapacity, .victims = EvictionVictims::kLfu}});
   work.Start();
+  // Every workload key pushed a few times first (about 19 each): with LFU a key seen once is
+  // as good a victim as a streamed one, and the oldest of those goes first.
+  work.WaitForMore(200);
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> streamed{0};
   std::thread stream([&] {

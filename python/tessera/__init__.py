@@ -508,6 +508,13 @@ class Client:
         """Applies BSP step `step`'s accumulated gradients once, times `scale` (e.g. 1/workers)."""
         self._native.apply_step(table, step, scale)
 
+    # -- the embedding lifecycle --
+    def remove_rows(self, table, keys):
+        """Removes the rows of `keys` from a sparse table on every replica: each is afterwards
+        as if never seen, and absent from the next checkpoint. Returns the rows removed (keys
+        without a row are skipped). Needs the admin role."""
+        return self._native.remove_rows(table, _keys(keys))
+
 
 class WorkerClock:
     """This worker's clock in a job hosted by the coordinator: "bsp", "ssp" (with staleness)

@@ -471,3 +471,18 @@ def test_lifecycle_ttl_removes_rows_not_pushed_for_its_time(client, table_name):
     with pytest.raises(errors.InvalidArgumentError, match="only to sparse tables"):
         client.create_table(table_name + "_d", size=4,
                             lifecycle=tessera.Lifecycle(ttl_seconds=5))
+
+
+def test_remove_rows_on_every_shard_and_a_changed_spec_is_named(client, table_name):
+    client.create_table(table_name, dim=2, optimizer="add")
+    keys = np.arange(1, 101, dtype=np.uint64)  # spread over both shards
+    client.push_sparse(table_name, keys, np.ones((100, 2), np.float32))
+    assert client.remove_rows(table_name, keys[:40]) == 40
+    assert client.remove_rows(table_name, keys[:40]) == 0  # (already gone: a retry is safe)
+    assert client.describe_table(table_name).rows == 60
+    np.testing.assert_array_equal(client.pull_sparse(table_name, keys[[0, 50]]),
+                                  [[0, 0], [1, 1]])  # removed: as if never seen
+    with pytest.raises(errors.AlreadyExistsError,
+                       match=r"lifecycle: none here, ttl 5 s requested"):
+        client.create_table(table_name, dim=2, optimizer="add",
+                            lifecycle=tessera.Lifecycle(ttl_seconds=5))
