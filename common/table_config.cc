@@ -145,18 +145,45 @@ absl::Status ResolveInitializer(TableConfig& c) {
 
 absl::Status ResolveLifecycle(TableConfig& c) {
   LifecycleConfig& l = c.lifecycle;
-  const bool any = l.enabled() || l.victims != EvictionVictims::kLru ||
-                   l.lfu_half_life_seconds != 0 || l.dry_run;
+  const bool any = !(l == LifecycleConfig{});
   if (!any) return absl::OkStatus();
   if (c.kind != TableKind::kSparse) {
     return absl::InvalidArgumentError(
         absl::StrFormat("table '%s': a lifecycle applies only to sparse tables", c.name));
   }
-  if (!l.enabled()) {
+  const bool admission_fields = l.admission_sketch_width != 0 || l.admission_sketch_depth != 0 ||
+                                l.admission_aging_sightings != 0;
+  if (!l.admission() && (admission_fields || l.admission_min_count == 1)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "table '%s': lifecycle admission_sketch_* and admission_aging_sightings need "
+        "admission_min_count >= 2 (1 admits every key: leave it 0)",
+        c.name));
+  }
+  if (!l.eviction() &&
+      (l.victims != EvictionVictims::kLru || l.lfu_half_life_seconds != 0 || l.dry_run)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "table '%s': lifecycle victims, lfu_half_life_seconds and dry_run need a policy: set "
         "ttl_seconds, capacity_rows or capacity_bytes",
         c.name));
+  }
+  if (l.admission()) {
+    if (l.admission_min_count > 0xffff) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("table '%s': lifecycle admission_min_count must be at most 65535, got %u",
+                          c.name, l.admission_min_count));
+    }
+    if (l.admission_sketch_width == 0) l.admission_sketch_width = kDefaultSketchWidth;
+    if (l.admission_sketch_depth == 0) l.admission_sketch_depth = kDefaultSketchDepth;
+    if (l.admission_sketch_width < 64 || l.admission_sketch_width > kMaxSketchWidth ||
+        l.admission_sketch_depth > 8) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "table '%s': lifecycle admission sketch must be 64 to %u counters wide and 1 to 8 "
+          "deep, got %u x %u",
+          c.name, kMaxSketchWidth, l.admission_sketch_width, l.admission_sketch_depth));
+    }
+    if (l.admission_aging_sightings == 0) {
+      l.admission_aging_sightings = 16 * l.admission_sketch_width;
+    }
   }
   if (l.ttl_seconds > kMaxTtlSeconds) {
     return absl::InvalidArgumentError(
@@ -303,6 +330,11 @@ std::string DescribeLifecycle(const LifecycleConfig& l) {
                         : std::string("lru"));
   }
   if (l.dry_run) parts.push_back("DRY RUN");
+  if (l.admission()) {
+    parts.push_back(absl::StrFormat("admission at %u sightings (sketch %u x %u)",
+                                    l.admission_min_count, l.admission_sketch_width,
+                                    l.admission_sketch_depth));
+  }
   return absl::StrJoin(parts, ", ");
 }
 

@@ -55,13 +55,23 @@ struct LifecycleConfig {
   EvictionVictims victims = EvictionVictims::kLru;
   uint32_t lfu_half_life_seconds = 0;  // LFU: resolved to 3600 when unset
   bool dry_run = false;
+  // Admission (k >= 2: on); the sketch's defaults are resolved when admission is on.
+  uint32_t admission_min_count = 0;
+  uint64_t admission_sketch_width = 0;     // over all vshards; default 2^21
+  uint32_t admission_sketch_depth = 0;     // default 4
+  uint64_t admission_aging_sightings = 0;  // default 16 x width
 
+  bool admission() const { return admission_min_count >= 2; }
+  bool eviction() const { return ttl_seconds != 0 || capacity_rows != 0 || capacity_bytes != 0; }
   // Whether rows carry lifecycle metadata (any policy set).
-  bool enabled() const { return ttl_seconds != 0 || capacity_rows != 0 || capacity_bytes != 0; }
+  bool enabled() const { return eviction() || admission(); }
   bool operator==(const LifecycleConfig&) const = default;
 };
 
 inline constexpr uint32_t kDefaultLfuHalfLifeSeconds = 3600;
+inline constexpr uint64_t kDefaultSketchWidth = uint64_t{1} << 21;
+inline constexpr uint32_t kDefaultSketchDepth = 4;
+inline constexpr uint64_t kMaxSketchWidth = uint64_t{1} << 30;
 inline constexpr uint64_t kMaxTtlSeconds = uint64_t{100} * 365 * 24 * 3600;
 
 inline constexpr uint32_t kDefaultDenseBlockElems = 128 * 1024;  // 512 KiB of float32

@@ -67,6 +67,19 @@ TEST_CASE("invalid configs name the table and the field", "[table_config]") {
   TableConfig long_ttl{.name = "e", .dim = 4};
   long_ttl.lifecycle.ttl_seconds = kMaxTtlSeconds + 1;
   CHECK(error(long_ttl).find("ttl_seconds must be at most") != std::string::npos);
+  TableConfig width_alone{.name = "e", .dim = 4};
+  width_alone.lifecycle.admission_sketch_width = 1 << 20;
+  CHECK(error(width_alone).find("need admission_min_count >= 2") != std::string::npos);
+  TableConfig narrow{.name = "e", .dim = 4};
+  narrow.lifecycle = {.admission_min_count = 2, .admission_sketch_width = 8};
+  CHECK(error(narrow).find("64 to") != std::string::npos);
+  TableConfig admission{.name = "e", .dim = 4};
+  admission.lifecycle.admission_min_count = 3;
+  absl::StatusOr<TableConfig> resolved = ResolveTableConfig(admission);
+  REQUIRE(resolved.ok());
+  CHECK(resolved->lifecycle.admission_sketch_width == kDefaultSketchWidth);
+  CHECK(resolved->lifecycle.admission_sketch_depth == kDefaultSketchDepth);
+  CHECK(resolved->lifecycle.admission_aging_sightings == 16 * kDefaultSketchWidth);
 }
 
 TEST_CASE("a lifecycle resolves its LFU half-life and survives the wire", "[table_config]") {

@@ -54,6 +54,10 @@ void TableConfigToProto(const TableConfig& c, v1::TableSpec* spec) {
                                                        : v1::EVICTION_VICTIMS_LRU);
     l->set_lfu_half_life_seconds(lc.lfu_half_life_seconds);
     l->set_dry_run(lc.dry_run);
+    l->set_admission_min_count(lc.admission_min_count);
+    l->set_admission_sketch_width(lc.admission_sketch_width);
+    l->set_admission_sketch_depth(lc.admission_sketch_depth);
+    l->set_admission_aging_sightings(lc.admission_aging_sightings);
   }
 }
 
@@ -78,6 +82,10 @@ absl::StatusOr<LifecycleConfig> LifecycleFromProto(const v1::LifecycleSpec& l,
   }
   c.lfu_half_life_seconds = l.lfu_half_life_seconds();
   c.dry_run = l.dry_run();
+  c.admission_min_count = l.admission_min_count();
+  c.admission_sketch_width = l.admission_sketch_width();
+  c.admission_sketch_depth = l.admission_sketch_depth();
+  c.admission_aging_sightings = l.admission_aging_sightings();
   return c;
 }
 

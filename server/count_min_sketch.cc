@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstring>
 
 #include "common/hash.h"
 
@@ -46,6 +47,23 @@ uint32_t CountMinSketch::Estimate(uint64_t key) const {
   uint32_t low = kMaxCount;
   for (uint32_t row = 0; row < depth_; ++row) low = std::min<uint32_t>(low, counters_[slots[row]]);
   return low;
+}
+
+std::string CountMinSketch::Save() const {
+  std::string out(sizeof(adds_) + bytes(), '\0');
+  std::memcpy(out.data(), &adds_, sizeof(adds_));
+  std::memcpy(out.data() + sizeof(adds_), counters_.data(), bytes());
+  return out;
+}
+
+bool CountMinSketch::Load(std::string_view state) {
+  if (state.size() != sizeof(adds_) + bytes()) return false;
+  uint64_t adds;
+  std::memcpy(&adds, state.data(), sizeof(adds));
+  if (aging_adds_ != 0 && adds >= aging_adds_) return false;
+  adds_ = adds;
+  std::memcpy(counters_.data(), state.data() + sizeof(adds_), bytes());
+  return true;
 }
 
 void CountMinSketch::Age() {

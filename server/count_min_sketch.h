@@ -15,6 +15,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <string_view>
 #include <vector>
 
 namespace tessera {
@@ -43,6 +45,12 @@ class CountMinSketch {
   size_t bytes() const { return counters_.size() * sizeof(uint16_t); }
   // The counters, row by row (digests and snapshots).
   const std::vector<uint16_t>& counters() const { return counters_; }
+
+  // The replicated state (the adds since the last aging, then the counters) as bytes, for
+  // catch-up snapshots and digests; Load takes such bytes from a sketch of the same shape and
+  // returns false (changing nothing) for any other.
+  std::string Save() const;
+  bool Load(std::string_view state);
 
  private:
   // The counter of `key` in each row: double hashing of one 64-bit mix (Kirsch-Mitzenmacher).

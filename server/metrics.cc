@@ -195,7 +195,8 @@ std::vector<prometheus::MetricFamily> TableCollector::Collect() const {
   family("tessera_server_memory_limit_bytes", "--max_memory_bytes as resolved.", MetricType::Gauge,
          {{GaugeValue(static_cast<double>(core_->budget().limit())), {}}});
   // The embedding lifecycle (docs/embedding_lifecycle.md), per sparse table that has one.
-  std::vector<std::pair<prometheus::ClientMetric, prometheus::Labels>> evicted, would, kept;
+  std::vector<std::pair<prometheus::ClientMetric, prometheus::Labels>> evicted, would, kept,
+      admitted, not_admitted, sketch;
   for (const TableStats& t : stats) {
     if (!t.lifecycle) continue;
     evicted.push_back(
@@ -204,6 +205,10 @@ std::vector<prometheus::MetricFamily> TableCollector::Collect() const {
                        {{"table", t.name}, {"reason", "capacity"}}});
     would.push_back({counter(static_cast<double>(t.would_evict)), {{"table", t.name}}});
     kept.push_back({counter(static_cast<double>(t.kept)), {{"table", t.name}}});
+    if (t.sketch_bytes == 0) continue;
+    admitted.push_back({counter(static_cast<double>(t.admitted)), {{"table", t.name}}});
+    not_admitted.push_back({counter(static_cast<double>(t.not_admitted)), {{"table", t.name}}});
+    sketch.push_back({GaugeValue(static_cast<double>(t.sketch_bytes)), {{"table", t.name}}});
   }
   family("tessera_lifecycle_evicted_total",
          "Rows removed by a table's lifecycle policy on this server (every replica counts the "
@@ -216,6 +221,14 @@ std::vector<prometheus::MetricFamily> TableCollector::Collect() const {
   family("tessera_lifecycle_kept_total",
          "Rows chosen for removal but updated before the removal was applied: kept.",
          MetricType::Counter, std::move(kept));
+  family("tessera_lifecycle_admitted_total",
+         "Rows created by a push that was their key's admission_min_count-th sighting.",
+         MetricType::Counter, std::move(admitted));
+  family("tessera_lifecycle_not_admitted_total",
+         "Pushed keys without a row below their admission count: counted, gradient dropped.",
+         MetricType::Counter, std::move(not_admitted));
+  family("tessera_lifecycle_sketch_bytes", "Memory of a table's admission sketches here.",
+         MetricType::Gauge, std::move(sketch));
   return out;
 }
 

@@ -200,7 +200,7 @@ absl::StatusOr<std::shared_ptr<ServerCore::Table>> ServerCore::NewTable(const Ta
                                                                         bool initialize,
                                                                         bool force) {
   // What the table holds before any row, reserved before anything is allocated.
-  uint64_t bytes = SparseTable::FixedBytes(owned_);
+  uint64_t bytes = SparseTable::FixedBytes(config, owned_);
   if (config.kind == TableKind::kDense) {
     absl::StatusOr<uint64_t> dense =
         DenseTable::BytesFor(config, owned_, force ? 0 : options_.max_table_bytes);
@@ -371,6 +371,9 @@ std::vector<TableStats> ServerCore::GetTableStats() const {
       s.evicted_capacity = c.evicted_capacity.load(std::memory_order_relaxed);
       s.would_evict = c.would_evict.load(std::memory_order_relaxed);
       s.kept = c.kept.load(std::memory_order_relaxed);
+      s.admitted = c.admitted.load(std::memory_order_relaxed);
+      s.not_admitted = c.not_admitted.load(std::memory_order_relaxed);
+      s.sketch_bytes = t->sparse->sketch_bytes();
     }
   }
   return stats;

@@ -161,7 +161,10 @@ struct TableStats {
   uint64_t evicted_ttl = 0;
   uint64_t evicted_capacity = 0;
   uint64_t would_evict = 0;
-  uint64_t kept = 0;  // listed for removal but updated since
+  uint64_t kept = 0;          // listed for removal but updated since
+  uint64_t admitted = 0;      // rows created at their admission count
+  uint64_t not_admitted = 0;  // sightings below it
+  uint64_t sketch_bytes = 0;  // the admission sketches held here
 };
 
 // Thread-safe. Every method validates its request completely before touching state: on any

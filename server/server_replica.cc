@@ -32,20 +32,30 @@ class SnapshotRowsSink final : public EntrySink {
       : chunk_(chunk), config_(config) {}
 
   absl::Status Add(uint32_t vshard, uint64_t id, absl::string_view payload) override {
-    if (rows_ == nullptr) {
-      rows_ = chunk_->add_rows();
-      TableConfigToProto(config_, rows_->mutable_spec());
-      rows_->set_vshard(vshard);
-    }
+    Start(vshard);
     rows_->mutable_keys()->append(reinterpret_cast<const char*>(&id), sizeof(id));
     rows_->mutable_payload()->append(payload.data(), payload.size());
     return absl::OkStatus();
   }
+  absl::Status SetState(uint32_t vshard, absl::string_view state) override {
+    Start(vshard);
+    rows_->set_state(std::string(state));
+    return absl::OkStatus();
+  }
   size_t bytes() const {
-    return rows_ == nullptr ? 0 : rows_->keys().size() + rows_->payload().size();
+    return rows_ == nullptr
+               ? 0
+               : rows_->keys().size() + rows_->payload().size() + rows_->state().size();
   }
 
  private:
+  void Start(uint32_t vshard) {
+    if (rows_ != nullptr) return;
+    rows_ = chunk_->add_rows();
+    TableConfigToProto(config_, rows_->mutable_spec());
+    rows_->set_vshard(vshard);
+  }
+
   v1::InstallSnapshotRequest* const chunk_;
   const TableConfig& config_;
   v1::SnapshotRows* rows_ = nullptr;
@@ -198,6 +208,8 @@ absl::Status ServerCore::InstallSnapshot(uint64_t term, const v1::InstallSnapsho
           "snapshot rows of table '%s' (vshard %u): %u payload bytes left over",
           ShortName(rows.spec().name()), rows.vshard(), rows.payload().size() - offset));
     }
+    // (The state is checked as it is loaded: nothing of it changes when it does not fit.)
+    TESSERA_RETURN_IF_ERROR(data.LoadState(rows.vshard(), rows.state()));
     offset = 0;
     for (uint64_t id : ids) {
       const size_t n = data.EntryBytes(rows.vshard(), id);

@@ -1,10 +1,12 @@
 #include "server/sparse_table.h"
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <random>
 #include <utility>
 
+#include "absl/strings/str_format.h"
 #include "common/hash.h"
 #include "common/status_macros.h"
 
@@ -25,6 +27,39 @@ SparseTable::SparseTable(const TableConfig& config, const std::vector<bool>& own
   for (size_t v = 0; v < owned.size(); ++v) {
     if (owned[v]) partitions_[v] = std::make_unique<Partition>(payload_floats_ + 2, seed + v);
   }
+  const LifecycleConfig& l = config.lifecycle;
+  if (l.admission()) {
+    // Per vshard (a sketch's counters depend on the order of its adds: a vshard's pushes are
+    // applied in LSN order on every replica), seeded by the table's spec, never the process.
+    const uint64_t vshards = std::max<size_t>(owned.size(), 1);
+    const uint32_t width =
+        static_cast<uint32_t>(std::max<uint64_t>(64, l.admission_sketch_width / vshards));
+    const uint64_t aging = l.admission_aging_sightings == 0
+                               ? 0
+                               : std::max<uint64_t>(1, l.admission_aging_sightings / vshards);
+    const uint64_t table_seed = Mix64(config.initializer.seed ^ Fnv1a64(config.name));
+    for (size_t v = 0; v < owned.size(); ++v) {
+      if (partitions_[v] == nullptr) continue;
+      Partition& p = *partitions_[v];
+      absl::MutexLock lock(&p.mu);
+      p.sketch = std::make_unique<CountMinSketch>(width, l.admission_sketch_depth,
+                                                  Mix64(table_seed + v), aging);
+      sketch_bytes_ += p.sketch->bytes();
+    }
+  }
+}
+
+bool SparseTable::Admit(Partition& p, uint64_t key) {
+  if (p.cow_gen != 0 && !p.sketch_saved) {
+    p.sketch_at_cut = p.sketch->Save();  // (a cut in progress takes the sketch as it was)
+    p.sketch_saved = true;
+  }
+  if (p.sketch->Add(key) >= config_.lifecycle.admission_min_count) {
+    counters_.admitted.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+  counters_.not_admitted.fetch_add(1, std::memory_order_relaxed);
+  return false;
 }
 
 uint64_t SparseTable::Gen(const float* row) const {
@@ -128,7 +163,7 @@ void PrefetchBytes(const void* p, size_t bytes, bool write) {
 template <typename UseRow>
 void SparseTable::ForEachRow(absl::Span<const uint64_t> keys, const VshardGrouping& groups,
                              uint64_t gen, bool write, const float* side, uint32_t part,
-                             uint32_t parts, uint32_t* created, UseRow&& use) {
+                             uint32_t parts, uint32_t* created, bool admit, UseRow&& use) {
   const size_t side_bytes = size_t{config_.dim} * sizeof(float);
   const size_t touched_bytes = (write ? payload_floats_ + 2 : config_.dim) * sizeof(float);
   for (size_t r = 0; r < groups.runs.size(); ++r) {
@@ -149,8 +184,16 @@ void SparseTable::ForEachRow(absl::Span<const uint64_t> keys, const VshardGroupi
         p.index.Prefetch(keys[index[k]]);
       }
       for (uint32_t k = 0; k < n; ++k) {
-        ids[k] = created != nullptr ? FindOrCreate(p, keys[index[k]], gen, created)
-                                    : p.index.Find(keys[index[k]]);
+        const uint64_t key = keys[index[k]];
+        if (created == nullptr) {
+          ids[k] = p.index.Find(key);
+        } else if (admit) {
+          ids[k] = p.index.Find(key);
+          if (ids[k] == KeyIndex::kNone && Admit(p, key))
+            ids[k] = FindOrCreate(p, key, gen, created);
+        } else {
+          ids[k] = FindOrCreate(p, key, gen, created);
+        }
         if (ids[k] != KeyIndex::kNone) PrefetchBytes(p.rows.Row(ids[k]), touched_bytes, write);
         // (A pull writes its side, a push reads it.)
         PrefetchBytes(side + size_t{index[k]} * config_.dim, side_bytes, !write);
@@ -165,7 +208,7 @@ uint32_t SparseTable::Pull(absl::Span<const uint64_t> keys, const VshardGrouping
   const uint32_t dim = config_.dim;
   uint32_t created = 0;
   ForEachRow(keys, groups, gen, /*write=*/false, out, 0, 1, has_meta_ ? nullptr : &created,
-             [&](Partition& p, uint32_t i, uint32_t id) {
+             /*admit=*/false, [&](Partition& p, uint32_t i, uint32_t id) {
                p.mu.AssertHeld();  // (ForEachRow holds it; the analysis cannot see into lambdas)
                if (id == KeyIndex::kNone) {
                  initializer_.FillRow(keys[i], out + size_t{i} * dim, dim);  // (as if created)
@@ -181,9 +224,12 @@ uint32_t SparseTable::Push(absl::Span<const uint64_t> keys, const VshardGrouping
                            uint32_t parts, int64_t time_ms) {
   const size_t dim = config_.dim;
   uint32_t created = 0;
-  ForEachRow(keys, groups, gen, /*write=*/true, grads, part, parts, &created,
+  // (Assigned values are loaded weights: admitted at once.)
+  const bool admit = config_.lifecycle.admission() && !assign;
+  ForEachRow(keys, groups, gen, /*write=*/true, grads, part, parts, &created, admit,
              [&](Partition& p, uint32_t i, uint32_t id) {
                p.mu.AssertHeld();  // (ForEachRow holds it; the analysis cannot see into lambdas)
+               if (id == KeyIndex::kNone) return;  // not admitted yet: only counted
                float* row = p.rows.Row(id);
                if (p.cow_gen != 0 && Gen(row) <= p.cow_gen) {
                  // First change since the cut: keep the row as it was for the checkpoint.
@@ -214,6 +260,8 @@ void SparseTable::BeginCut(uint64_t cut_gen) {
     p->cow_gen = cut_gen;
     p->cow.clear();
     p->removed_cow.clear();
+    p->sketch_saved = false;
+    p->sketch_at_cut.clear();
   }
 }
 
@@ -275,9 +323,13 @@ void SparseTable::TakeVshard(uint32_t vshard, uint64_t cut_gen, uint64_t parent_
     out->keys.push_back(items[i].key);
     std::memcpy(out->payload.data() + i * rb, items[i].payload, rb);
   }
+  out->state.clear();
+  if (p.sketch != nullptr) out->state = p.sketch_saved ? p.sketch_at_cut : p.sketch->Save();
   p.cow_gen = 0;
   p.cow.clear();
   p.removed_cow.clear();
+  p.sketch_saved = false;
+  p.sketch_at_cut.clear();
 }
 
 void SparseTable::EndCut() {
@@ -287,6 +339,8 @@ void SparseTable::EndCut() {
     p->cow_gen = 0;
     p->cow.clear();
     p->removed_cow.clear();
+    p->sketch_saved = false;
+    p->sketch_at_cut.clear();
   }
 }
 
@@ -374,6 +428,7 @@ absl::Status SparseTable::TakeGroup(const EntryGroup& group, uint64_t cut_gen, u
                                     EntrySink& sink) {
   VshardSnapshot snap;
   TakeVshard(group.vshard, cut_gen, parent_gen, &snap);
+  if (!snap.state.empty()) TESSERA_RETURN_IF_ERROR(sink.SetState(group.vshard, snap.state));
   const size_t rb = row_bytes();
   // Rows and tombstones merged in key order (a key is never both).
   size_t r = 0;
@@ -438,7 +493,28 @@ uint64_t SparseTable::Digest(uint32_t vshard) const {
     h = Mix64(h ^ key);
     h = Mix64(h ^ Fnv1a64(absl::string_view(reinterpret_cast<const char*>(row), rb)));
   }
+  if (p.sketch != nullptr) h = Mix64(h ^ Fnv1a64(p.sketch->Save()));  // (admission counts)
   return h;
+}
+
+absl::Status SparseTable::LoadState(uint32_t vshard, absl::string_view state) {
+  if (vshard >= num_vshards() || !Owns(vshard)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("state for vshard %u, not held here", vshard));
+  }
+  Partition& p = *partitions_[vshard];
+  absl::MutexLock lock(&p.mu);
+  if (p.sketch == nullptr) {
+    if (state.empty()) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrFormat("table '%s' admits every key: it keeps no admission sketch", config_.name));
+  }
+  if (!p.sketch->Load(std::string_view(state.data(), state.size()))) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("the admission sketch of table '%s' (vshard %u) has %u bytes here, %u sent",
+                        config_.name, vshard, p.sketch->bytes() + sizeof(uint64_t), state.size()));
+  }
+  return absl::OkStatus();
 }
 
 uint64_t SparseTable::Digest() const {
@@ -456,15 +532,29 @@ uint64_t SparseTable::bytes() const {
     absl::MutexLock lock(&p->mu);
     // Rows are written when appended (the rest of their block is untouched, not resident);
     // the index's slots and control bytes are all touched.
-    total += sizeof(Partition) + p->rows.resident_bytes() + p->index.bytes();
+    total += sizeof(Partition) + p->rows.resident_bytes() + p->index.bytes() +
+             (p->sketch != nullptr ? p->sketch->bytes() : 0);
   }
   return total;
 }
 
-uint64_t SparseTable::FixedBytes(const std::vector<bool>& owned) {
+uint64_t SparseTable::FixedBytes(const TableConfig& config, const std::vector<bool>& owned) {
   uint64_t n = 0;
   for (bool o : owned) n += o ? 1 : 0;
-  return owned.size() * sizeof(void*) + n * sizeof(Partition);
+  uint64_t sketch = 0;
+  if (config.lifecycle.admission()) {
+    // (As the constructor sizes them: a power of two of at least 64 counters a row.)
+    const uint64_t width = std::bit_ceil(std::max<uint64_t>(
+        64, config.lifecycle.admission_sketch_width / std::max<size_t>(owned.size(), 1)));
+    sketch = width * config.lifecycle.admission_sketch_depth * sizeof(uint16_t) + 64;
+  }
+  return owned.size() * sizeof(void*) + n * (sizeof(Partition) + sketch);
+}
+
+bool SparseTable::HasRow(uint64_t key) const {
+  const Partition& p = *partitions_[VshardOfKey(key, num_vshards())];
+  absl::MutexLock lock(&p.mu);
+  return p.index.Find(key) != KeyIndex::kNone;
 }
 
 uint64_t SparseTable::RowsNeedingMemory(const VshardGrouping& groups) const {

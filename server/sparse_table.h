@@ -15,6 +15,7 @@
 #include "common/table_config.h"
 #include "optimizer/initializer.h"
 #include "optimizer/optimizer.h"
+#include "server/count_min_sketch.h"
 #include "server/generation.h"
 #include "server/key_index.h"
 #include "server/row_arena.h"
@@ -30,6 +31,9 @@ struct VshardSnapshot {
   // Keys removed after the parent's cut and before this one, absent at the cut, sorted: an
   // increment's tombstones (always empty without a parent).
   std::vector<uint64_t> removed;
+  // Replicated state of the vshard beside its rows, as of the cut (the admission sketch);
+  // empty without one.
+  std::string state;
 };
 
 // The rows of one sparse table that this server holds: uint64 key -> `dim` weights plus the
@@ -130,8 +134,12 @@ class SparseTable final : public TableData {
     std::atomic<uint64_t> evicted_ttl{0};
     std::atomic<uint64_t> evicted_capacity{0};
     std::atomic<uint64_t> would_evict{0};
-    std::atomic<uint64_t> kept{0};  // listed for removal, updated since: kept
+    std::atomic<uint64_t> kept{0};          // listed for removal, updated since: kept
+    std::atomic<uint64_t> admitted{0};      // rows created by reaching the admission count
+    std::atomic<uint64_t> not_admitted{0};  // sightings below it (their gradients dropped)
   };
+  // Bytes of the admission sketches held here (0 without admission).
+  uint64_t sketch_bytes() const { return sketch_bytes_; }
   LifecycleCounters& lifecycle_counters() const { return counters_; }
 
   // Checkpoints. BeginCut starts copy-on-write for a cut at generation cut_gen (REQUIRES: no
@@ -166,6 +174,7 @@ class SparseTable final : public TableData {
   void LoadEntry(uint32_t vshard, uint64_t key, absl::string_view payload) override {
     LoadRow(vshard, key, payload);
   }
+  absl::Status LoadState(uint32_t vshard, absl::string_view state) override;
   void FinishLoad() override {}
   size_t SumFloats(uint64_t) const override { return config_.dim; }
   uint32_t VshardOfEntry(uint64_t key) const override { return VshardOfKey(key, num_vshards()); }
@@ -179,6 +188,8 @@ class SparseTable final : public TableData {
   uint64_t Bytes() const override { return bytes(); }
 
   uint64_t num_rows() const { return num_rows_.load(std::memory_order_relaxed); }
+  // Whether `key` has a row here (tests, benchmarks). REQUIRES: its vshard is owned.
+  bool HasRow(uint64_t key) const;
   // How many of the keys of `groups`' runs could at most need new memory: each run's keys less
   // the released rows its vshard holds now (an estimate: concurrent changes may take them).
   uint64_t RowsNeedingMemory(const VshardGrouping& groups) const;
@@ -197,7 +208,7 @@ class SparseTable final : public TableData {
   // The payload's bytes of lifecycle metadata, when the table has a lifecycle.
   static constexpr size_t kMetaBytes = 8;
   // The table's memory before it holds any row (its partitions).
-  static uint64_t FixedBytes(const std::vector<bool>& owned);
+  static uint64_t FixedBytes(const TableConfig& config, const std::vector<bool>& owned);
   static constexpr uint64_t kIndexBytesPerRow = 43;  // KeyIndex: 16 bytes a slot, > 3/8 full
   // Two pages over a full block of RowArena::kRowsPerBlock rows (measured: a stream of new
   // keys held 139 bytes a row of dim 8 with Adagrad where the row and its index entry took 123).
@@ -221,6 +232,11 @@ class SparseTable final : public TableData {
     // rows.free(), readable without the lock (a reservation's estimate).
     std::atomic<uint32_t> free_rows{0};
     std::atomic<uint32_t> live_rows{0};  // rows.live(), likewise
+    // Admission (when the table has it): the vshard's sketch, and its state at the cut of a
+    // checkpoint or snapshot in progress once it changed after it.
+    std::unique_ptr<CountMinSketch> sketch ABSL_GUARDED_BY(mu);
+    std::string sketch_at_cut ABSL_GUARDED_BY(mu);
+    bool sketch_saved ABSL_GUARDED_BY(mu) = false;
   };
 
   // Returns the row id of `key`, creating and initializing the row (at `gen`) when missing;
@@ -232,10 +248,14 @@ class SparseTable final : public TableData {
   // use() changes the whole row and reads side[i * dim, (i + 1) * dim) (else it reads the
   // weights and writes that side range); both are prefetched.
   // With created == null, missing rows are not created: use() gets KeyIndex::kNone.
+  // With `admit`, a missing key gets a row only when the admission sketch admits it (else
+  // use() gets KeyIndex::kNone).
   template <typename UseRow>
   void ForEachRow(absl::Span<const uint64_t> keys, const VshardGrouping& groups, uint64_t gen,
                   bool write, const float* side, uint32_t part, uint32_t parts, uint32_t* created,
-                  UseRow&& use);
+                  bool admit, UseRow&& use);
+  // One sighting of `key` (without a row) in p's sketch: whether it reaches the admission count.
+  bool Admit(Partition& p, uint64_t key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(p.mu);
   uint64_t Gen(const float* row) const;
   void SetGen(float* row, uint64_t gen) const;
   // Lifecycle metadata (REQUIRES: has_meta_).
@@ -261,6 +281,7 @@ class SparseTable final : public TableData {
   // Removals at or below this generation are forgotten (CanIncrement).
   std::atomic<uint64_t> removal_horizon_{0};
   std::atomic<uint64_t> removal_records_{0};  // (key, generation) pairs kept in removals
+  uint64_t sketch_bytes_ = 0;                 // constant after construction
   mutable LifecycleCounters counters_;
 };
 

@@ -268,5 +268,62 @@ TEST_CASE("removal records are bounded: beyond the limit they go and the next ch
   CHECK(t.CanIncrement(6));
 }
 
+TEST_CASE("admission: a key becomes a row at its k-th push, counted per vshard",
+          "[sparse][lifecycle]") {
+  SparseTable t(LifecycleConfigOf(OptimizerKind::kAdd, {.admission_min_count = 3}), AllOwned());
+  SparseTable plain(Config(OptimizerKind::kAdd, {.kind = InitializerKind::kUniform, .seed = 9}),
+                    AllOwned());
+  const std::vector<float> init = Pull(plain, {7});
+  PushAt(t, {7}, 1000);
+  PushAt(t, {7}, 1000);
+  CHECK(t.num_rows() == 0);  // two sightings: counted, gradients dropped
+  CHECK(Pull(t, {7}) == init);
+  PushAt(t, {7}, 1000);  // the third creates the row and applies its gradient
+  CHECK(t.num_rows() == 1);
+  std::vector<float> want = init;
+  for (float& x : want) x += 1.0f;
+  CHECK(Pull(t, {7}) == want);
+  CHECK(t.lifecycle_counters().admitted == 1);
+  CHECK(t.lifecycle_counters().not_admitted == 2);
+  // Assigned values (loaded weights) are admitted at once.
+  VshardGrouping g;
+  GroupByVshard(std::vector<uint64_t>{8}, t.num_vshards(), &g);
+  const std::vector<float> w = {1, 2, 3};
+  t.Push(std::vector<uint64_t>{8}, g, w.data(), 1, /*assign=*/true);
+  CHECK(Pull(t, {8}) == w);
+  // A removed key keeps its count: its next push brings it back at once.
+  t.Remove(VshardOfKey(7, t.num_vshards()), std::vector<uint64_t>{7}, {}, 5);
+  PushAt(t, {7}, 1001);
+  CHECK(Pull(t, {7}) == want);
+  CHECK(t.sketch_bytes() > 0);
+}
+
+TEST_CASE("admission: a cut takes each vshard's sketch as it was at the cut",
+          "[sparse][lifecycle]") {
+  const TableConfig c = LifecycleConfigOf(OptimizerKind::kAdd, {.admission_min_count = 3});
+  SparseTable t(c, AllOwned());
+  PushAt(t, {11}, 1000);  // one sighting before the cut
+  const uint32_t v = VshardOfKey(11, t.num_vshards());
+  t.BeginCut(1);
+  PushAt(t, {11}, 1000);  // a second after it: the cut must not see it
+  VshardSnapshot snap;
+  t.TakeVshard(v, 1, 0, &snap);
+  // Loaded into a fresh table, that state needs two more pushes, as the source did at the cut.
+  // (Mutation: taking the live sketch instead admits at the first.)
+  SparseTable u(c, AllOwned());
+  REQUIRE(u.LoadState(v, snap.state).ok());
+  PushAt(u, {11}, 1000);
+  CHECK(u.num_rows() == 0);
+  PushAt(u, {11}, 1000);
+  CHECK(u.num_rows() == 1);
+  // A state of another shape, or for a table without admission, is refused.
+  SparseTable w(LifecycleConfigOf(OptimizerKind::kAdd,
+                                  {.admission_min_count = 3, .admission_sketch_depth = 2}),
+                AllOwned());
+  CHECK(w.LoadState(v, snap.state).code() == absl::StatusCode::kInvalidArgument);
+  SparseTable plain(Config(OptimizerKind::kAdd), AllOwned());
+  CHECK(plain.LoadState(v, snap.state).code() == absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace tessera

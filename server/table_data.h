@@ -37,6 +37,13 @@ class EntrySink {
     return nullptr;
   }
   virtual absl::Status Add(uint32_t vshard, uint64_t id, absl::string_view payload) = 0;
+  // Replicated state of the group beside its entries (a sparse vshard's admission sketch), as
+  // of the cut. Catch-up snapshots carry it; checkpoints do not (a restore starts it afresh).
+  virtual absl::Status SetState(uint32_t vshard, absl::string_view state) {
+    (void)vshard;
+    (void)state;
+    return absl::OkStatus();
+  }
   // An entry removed since the parent's cut (an increment's tombstone), in id order with the
   // entries Add receives. Only sinks of increments receive them.
   virtual absl::Status Remove(uint32_t vshard, uint64_t id) {
@@ -81,6 +88,13 @@ class TableData {
   // After the last LoadEntry: entries that nothing was loaded for get their initial values
   // (dense blocks; a sparse row is created when it is first touched).
   virtual void FinishLoad() = 0;
+  // Snapshot install: the group's state from SetState. INVALID_ARGUMENT (nothing changed) when
+  // it does not fit; the default takes none.
+  virtual absl::Status LoadState(uint32_t vshard, absl::string_view state) {
+    (void)vshard;
+    if (state.empty()) return absl::OkStatus();
+    return absl::InvalidArgumentError("this table keeps no state beside its entries");
+  }
   // Floats in entry id's step sum (a row's dim, a block's length), 0 when there is no such id.
   virtual size_t SumFloats(uint64_t id) const = 0;
   // The vshard of entry id. REQUIRES: SumFloats(id) != 0.

@@ -224,6 +224,10 @@ TableConfig ConfigFromDict(const py::dict& d) {
     lc.victims = ValueOrThrow(ParseEvictionVictims(Opt<std::string>(l, "victims").value_or("lru")));
     lc.lfu_half_life_seconds = Opt<uint32_t>(l, "lfu_half_life_seconds").value_or(0);
     lc.dry_run = Opt<bool>(l, "dry_run").value_or(false);
+    lc.admission_min_count = Opt<uint32_t>(l, "admission_min_count").value_or(0);
+    lc.admission_sketch_width = Opt<uint64_t>(l, "admission_sketch_width").value_or(0);
+    lc.admission_sketch_depth = Opt<uint32_t>(l, "admission_sketch_depth").value_or(0);
+    lc.admission_aging_sightings = Opt<uint64_t>(l, "admission_aging_sightings").value_or(0);
   }
   return c;
 }
@@ -267,6 +271,10 @@ py::dict ConfigToDict(const TableConfig& c) {
     l["victims"] = std::string(EvictionVictimsName(lc.victims));
     l["lfu_half_life_seconds"] = lc.lfu_half_life_seconds;
     l["dry_run"] = lc.dry_run;
+    l["admission_min_count"] = lc.admission_min_count;
+    l["admission_sketch_width"] = lc.admission_sketch_width;
+    l["admission_sketch_depth"] = lc.admission_sketch_depth;
+    l["admission_aging_sightings"] = lc.admission_aging_sightings;
     d["lifecycle"] = l;
   } else {
     d["lifecycle"] = py::none();

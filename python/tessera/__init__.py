@@ -171,22 +171,34 @@ class Lifecycle:
     """A sparse table's embedding lifecycle (docs/embedding_lifecycle.md): rows not pushed for
     `ttl_seconds`, or beyond a per-server capacity (`capacity_rows`, `capacity_bytes`; the least
     recently (victims="lru") or frequently ("lfu") updated go first), are removed on every
-    replica. `dry_run=True` only counts what would go. Rows of such a table are not created by
-    pulls: a key without a row reads as the initializer's values."""
+    replica. `dry_run=True` only counts what would go. `admission_min_count=k` (k >= 2): a key
+    becomes a row at the push that is its k-th sighting (counted in a count-min sketch per
+    vshard; until then its pushes only count). Rows of such a table are not created by pulls: a
+    key without a row reads as the initializer's values."""
 
     def __init__(self, ttl_seconds=0, capacity_rows=0, capacity_bytes=0, victims="lru",
-                 lfu_half_life_seconds=None, dry_run=False):
+                 lfu_half_life_seconds=None, dry_run=False, admission_min_count=0,
+                 admission_sketch_width=None, admission_sketch_depth=None,
+                 admission_aging_sightings=None):
         self.ttl_seconds = ttl_seconds
         self.capacity_rows = capacity_rows
         self.capacity_bytes = capacity_bytes
         self.victims = victims
         self.lfu_half_life_seconds = lfu_half_life_seconds
         self.dry_run = dry_run
+        self.admission_min_count = admission_min_count
+        self.admission_sketch_width = admission_sketch_width
+        self.admission_sketch_depth = admission_sketch_depth
+        self.admission_aging_sightings = admission_aging_sightings
 
     def config(self):
         return dict(ttl_seconds=self.ttl_seconds, capacity_rows=self.capacity_rows,
                     capacity_bytes=self.capacity_bytes, victims=self.victims,
-                    lfu_half_life_seconds=self.lfu_half_life_seconds, dry_run=self.dry_run)
+                    lfu_half_life_seconds=self.lfu_half_life_seconds, dry_run=self.dry_run,
+                    admission_min_count=self.admission_min_count,
+                    admission_sketch_width=self.admission_sketch_width,
+                    admission_sketch_depth=self.admission_sketch_depth,
+                    admission_aging_sightings=self.admission_aging_sightings)
 
     def __repr__(self):
         return "Lifecycle(" + ", ".join(f"{k}={v!r}" for k, v in self.config().items()) + ")"

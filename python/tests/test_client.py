@@ -486,3 +486,14 @@ def test_remove_rows_on_every_shard_and_a_changed_spec_is_named(client, table_na
                        match=r"lifecycle: none here, ttl 5 s requested"):
         client.create_table(table_name, dim=2, optimizer="add",
                             lifecycle=tessera.Lifecycle(ttl_seconds=5))
+
+
+def test_lifecycle_admission_creates_a_row_at_the_kth_push(client, table_name):
+    info = client.create_table(table_name, dim=2, optimizer="add",
+                               lifecycle=tessera.Lifecycle(admission_min_count=2))
+    assert info.lifecycle["admission_sketch_width"] == 2 ** 21  # resolved default
+    client.push_sparse(table_name, [5], np.ones((1, 2), np.float32))
+    assert client.describe_table(table_name).rows == 0  # one sighting: counted only
+    client.push_sparse(table_name, [5], np.ones((1, 2), np.float32))
+    assert client.describe_table(table_name).rows == 1
+    np.testing.assert_array_equal(client.pull_sparse(table_name, [5]), [[1, 1]])
