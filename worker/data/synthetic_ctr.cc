@@ -5,6 +5,7 @@
 #include <numeric>
 #include <random>
 
+#include "absl/random/zipf_distribution.h"
 #include "common/hash.h"
 
 namespace tessera {
@@ -30,6 +31,18 @@ class Zipf {
   std::vector<double> cdf_;
 };
 
+// A normal(0, stddev) value that is a pure function of (seed, index): the planted parameters of
+// a large vocabulary, which would not fit in memory as tables (Box-Muller on two hashed
+// uniforms).
+float HashedNormal(uint64_t seed, uint64_t index, float stddev) {
+  const uint64_t h1 = Mix64(seed ^ Mix64(2 * index));
+  const uint64_t h2 = Mix64(seed ^ Mix64(2 * index + 1));
+  const double u1 = (static_cast<double>(h1 >> 11) + 1.0) * 0x1.0p-53;  // (0, 1]
+  const double u2 = static_cast<double>(h2 >> 11) * 0x1.0p-53;
+  return static_cast<float>(stddev * std::sqrt(-2.0 * std::log(u1)) *
+                            std::cos(2.0 * 3.14159265358979323846 * u2));
+}
+
 }  // namespace
 
 PlantedCtrProblem MakePlantedCtrProblem(const PlantedCtrOptions& o) {
@@ -37,27 +50,50 @@ PlantedCtrProblem MakePlantedCtrProblem(const PlantedCtrOptions& o) {
   std::normal_distribution<float> planted(0, o.planted_stddev);
   std::normal_distribution<float> unit(0, 1);
   const uint32_t f = o.num_fields, v = o.vocabulary, d = o.planted_dim;
-  std::vector<float> w(size_t{f} * v), e(size_t{f} * v * d), dense_w(o.num_dense);
+  // Small vocabularies: tables of planted parameters and a Zipf CDF (the data of every
+  // earlier run). Large ones: parameters hashed from (field, id) and absl's Zipf sampler
+  // (rejection-inversion): memory independent of the vocabulary.
+  const bool large = v > kLargeVocabulary;
+  std::vector<float> w(large ? 0 : size_t{f} * v), e(large ? 0 : size_t{f} * v * d),
+      dense_w(o.num_dense);
   for (float& x : w) x = planted(rng);
   for (float& x : e) x = planted(rng);
   for (float& x : dense_w) x = planted(rng);
-  const Zipf zipf(v, o.zipf_exponent);
+  const uint64_t param_seed = Mix64(o.seed * 0x9E3779B97F4A7C15ull);
+  std::vector<float> e_hashed(large ? size_t{f} * d : 0);
+  auto weight = [&](uint32_t a, uint32_t id) {
+    return large ? HashedNormal(param_seed, (uint64_t{a} << 32 | id) * (d + 1), o.planted_stddev)
+                 : w[size_t{a} * v + id];
+  };
+  auto embedding = [&](uint32_t a, uint32_t id) -> const float* {
+    if (!large) return &e[(size_t{a} * v + id) * d];
+    float* out = &e_hashed[size_t{a} * d];
+    for (uint32_t k = 0; k < d; ++k) {
+      out[k] =
+          HashedNormal(param_seed, (uint64_t{a} << 32 | id) * (d + 1) + 1 + k, o.planted_stddev);
+    }
+    return out;
+  };
+  const Zipf zipf(large ? 1 : v, o.zipf_exponent);
+  absl::zipf_distribution<uint32_t> large_zipf(large ? v - 1 : 1, o.zipf_exponent, 1.0);
+  auto draw = [&]() { return large ? large_zipf(rng) : zipf(rng); };
   PlantedCtrProblem p;
   std::vector<uint32_t> ids(f);
+  std::vector<const float*> embeddings(f);
   std::vector<float> dense(o.num_dense);
   auto make = [&](uint64_t n, SparseDataset* out, std::vector<float>* logits) {
     out->num_dense = o.num_dense;
     for (uint64_t i = 0; i < n; ++i) {
       double logit = o.bias;
       for (uint32_t a = 0; a < f; ++a) {
-        ids[a] = zipf(rng);
-        logit += w[size_t{a} * v + ids[a]];
+        ids[a] = draw();
+        logit += weight(a, ids[a]);
       }
+      std::vector<const float*>& emb = embeddings;
+      for (uint32_t a = 0; a < f; ++a) emb[a] = embedding(a, ids[a]);
       for (uint32_t a = 0; a < f; ++a) {
-        const float* ea = &e[(size_t{a} * v + ids[a]) * d];
         for (uint32_t b = a + 1; b < f; ++b) {
-          const float* eb = &e[(size_t{b} * v + ids[b]) * d];
-          for (uint32_t k = 0; k < d; ++k) logit += ea[k] * eb[k];
+          for (uint32_t k = 0; k < d; ++k) logit += emb[a][k] * emb[b][k];
         }
       }
       for (uint32_t k = 0; k < o.num_dense; ++k) {

@@ -12,6 +12,11 @@
 
 namespace tessera {
 
+// Above this many ids per field the planted parameters are hashed from (field, id) instead of
+// drawn into tables, and ids come from a Zipf sampler of constant memory: vocabularies of 10^7
+// ids and more (docs/embedding_lifecycle.md, the CTR demonstration).
+inline constexpr uint32_t kLargeVocabulary = 1u << 20;
+
 struct PlantedCtrOptions {
   uint32_t num_fields = 8;   // categorical fields per example (one id each)
   uint32_t vocabulary = 50;  // ids per field, Zipf-distributed

@@ -1,6 +1,8 @@
 #include "worker/data/synthetic_ctr.h"
 
+#include <algorithm>
 #include <catch2/catch.hpp>
+#include <map>
 
 namespace tessera {
 namespace {
@@ -39,6 +41,32 @@ TEST_CASE("the planted CTR problem is deterministic and learnable", "[ctr]") {
   // Another seed gives another problem.
   o.seed = 2;
   CHECK(MakePlantedCtrProblem(o).train.labels != a.train.labels);
+}
+
+TEST_CASE("a vocabulary of 10^7 ids is Zipf-distributed, deterministic and learnable", "[ctr]") {
+  PlantedCtrOptions o;
+  o.vocabulary = 10'000'000;  // (planted parameters hashed: no 10^7-entry tables)
+  o.train_examples = 20000;
+  o.test_examples = 20000;
+  const PlantedCtrProblem a = MakePlantedCtrProblem(o);
+  const PlantedCtrProblem b = MakePlantedCtrProblem(o);
+  CHECK(a.train.keys == b.train.keys);
+  CHECK(a.train.labels == b.train.labels);
+  // Zipf(1.1): the most popular id of a field takes a few percent of its draws, and most ids
+  // drawn are drawn once.
+  std::map<uint64_t, int> field0;
+  for (size_t i = 0; i < a.train.num_examples(); ++i) ++field0[a.train.keys[a.train.offsets[i]]];
+  int most = 0, once = 0;
+  for (const auto& [key, n] : field0) {
+    most = std::max(most, n);
+    once += n == 1;
+  }
+  INFO(field0.size() << " distinct ids in field 0, the most popular drawn " << most << " times");
+  CHECK(most > 20000 / 50);
+  CHECK(once > static_cast<int>(field0.size()) / 2);
+  const double planted = Auc(a.test_logits, a.test.labels);
+  INFO("planted AUC " << planted);
+  CHECK(planted > 0.7);
 }
 
 }  // namespace
