@@ -503,17 +503,19 @@ void DataPlane::Impl::Serve(const std::shared_ptr<Conn>& conn) {
       absl::MutexLock lock(&mu);
       ++calls;
     }
-    service->RunBulk(MethodOf(h.method), &call->request, &call->response,
-                     [this, conn, call, ticket, id = h.call_id](const grpc::Status& status,
-                                                                uint64_t epoch, bool reroute) {
-                       conn->Respond(id, status, epoch, reroute, std::move(call->response), false);
-                       {
-                         absl::MutexLock lock(&conn->mu);
-                         --conn->in_flight;
-                       }
-                       absl::MutexLock lock(&mu);
-                       --calls;  // the last use of the plane
-                     });
+    service->RunBulk(
+        MethodOf(h.method), &call->request, &call->response,
+        [this, conn, call, ticket, id = h.call_id](const grpc::Status& status, uint64_t epoch,
+                                                   bool reroute, uint32_t retry_after_ms) {
+          conn->Respond(id, status, epoch, reroute, std::move(call->response), false,
+                        retry_after_ms);
+          {
+            absl::MutexLock lock(&conn->mu);
+            --conn->in_flight;
+          }
+          absl::MutexLock lock(&mu);
+          --calls;  // the last use of the plane
+        });
   }
   {
     absl::MutexLock lock(&conn->mu);

@@ -128,7 +128,7 @@ bool GrpcService::Refused(Ctx* ctx, Reactor* reactor, const char* method,
     const grpc::Status s = auth_->Check(
         *ctx, absl::StrCat("/", v1::ParameterServer::service_full_name(), "/", method));
     if (!s.ok()) {
-      GrpcSink(ctx, reactor)(s, core_->shard_map_epoch(), false);
+      GrpcSink(ctx, reactor)(s, core_->shard_map_epoch(), false, 0);
       return true;
     }
   }
@@ -143,7 +143,7 @@ bool GrpcService::Refused(Ctx* ctx, Reactor* reactor, const char* method,
       limiter_->Admit(token, ctx->peer(), &retry_after_ms);
   if (!admitted.ok()) {
     ctx->AddTrailingMetadata(kRetryAfterMetadataKey, std::to_string(retry_after_ms));
-    GrpcSink(ctx, reactor)(ToGrpcStatus(admitted.status()), core_->shard_map_epoch(), false);
+    GrpcSink(ctx, reactor)(ToGrpcStatus(admitted.status()), core_->shard_map_epoch(), false, 0);
     return true;
   }
   *ticket = *std::move(admitted);
@@ -152,10 +152,14 @@ bool GrpcService::Refused(Ctx* ctx, Reactor* reactor, const char* method,
 
 GrpcService::Sink GrpcService::GrpcSink(Ctx* ctx, Reactor* reactor,
                                         std::shared_ptr<CallLimiter::Ticket> ticket) {
-  return [ctx, reactor, ticket](const grpc::Status& status, uint64_t epoch, bool reroute) {
+  return [ctx, reactor, ticket](const grpc::Status& status, uint64_t epoch, bool reroute,
+                                uint32_t retry_after_ms) {
     if (!status.ok()) {
       ctx->AddTrailingMetadata(kEpochMetadataKey, std::to_string(epoch));
       if (reroute) ctx->AddTrailingMetadata(kRerouteMetadataKey, "1");
+      if (retry_after_ms > 0) {
+        ctx->AddTrailingMetadata(kRetryAfterMetadataKey, std::to_string(retry_after_ms));
+      }
     }
     reactor->Finish(status);
   };
@@ -260,7 +264,8 @@ void GrpcService::Run(Method method, const Bytes* request, Bytes* response, Fn f
     metrics_->Record(method, grpc_status.error_code(), absl::ToDoubleSeconds(absl::Now() - start),
                      status.ok() ? v.keys : 0, v.bytes_in, status.ok() ? v.bytes_out : 0);
     metrics_->AddInFlight(-1);
-    sink(grpc_status, grpc_status.ok() ? 0 : core_->shard_map_epoch(), reroute);
+    sink(grpc_status, grpc_status.ok() ? 0 : core_->shard_map_epoch(), reroute,
+         status.ok() ? 0 : ServerCore::RetryAfterMs(status));
     core_->budget().Release(held);
   };
   if (!status.ok()) return finish(std::move(status));
@@ -362,7 +367,7 @@ void GrpcService::RunBulk(Method method, const Bytes* req, Bytes* resp, Sink sin
     default:
       return sink(grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
                                absl::StrCat(MethodName(method), " is not a bulk call")),
-                  core_->shard_map_epoch(), false);
+                  core_->shard_map_epoch(), false, 0);
   }
 }
 

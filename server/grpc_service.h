@@ -66,7 +66,9 @@ class GrpcService final : public RawParameterServerService {
 
   // Where a call's outcome goes: status, and for a refusal the server's shard-map epoch and
   // whether it is a routing refusal (gRPC: trailing metadata). Runs once.
-  using Sink = std::function<void(const grpc::Status& status, uint64_t epoch, bool reroute)>;
+  // retry_after_ms > 0: the refusal says when to come back (the client retries by itself).
+  using Sink = std::function<void(const grpc::Status& status, uint64_t epoch, bool reroute,
+                                  uint32_t retry_after_ms)>;
   // The data plane's entry (server/data_plane.h): runs bulk call `method` (kPullSparse,
   // kPushSparse, kPullDense or kPushDense) on `request` exactly as its gRPC method does;
   // *response is written before `sink` runs with OK. Both must stay valid until then.

@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
@@ -136,6 +137,22 @@ absl::Status Reroute(absl::Status status) {
 }
 
 }  // namespace
+
+namespace {
+constexpr char kRetryAfterPayload[] = "type.tessera/retry-after-ms";
+}  // namespace
+
+absl::Status ServerCore::RetryLater(absl::Status status, uint32_t retry_after_ms) {
+  status.SetPayload(kRetryAfterPayload, absl::Cord(absl::StrCat(retry_after_ms)));
+  return status;
+}
+
+uint32_t ServerCore::RetryAfterMs(const absl::Status& status) {
+  const auto p = status.GetPayload(kRetryAfterPayload);
+  uint32_t ms = 0;
+  if (!p.has_value() || !absl::SimpleAtoi(std::string(*p), &ms)) return 0;
+  return ms;
+}
 
 bool ServerCore::IsReroute(const absl::Status& status) {
   return status.GetPayload(kReroutePayload).has_value();

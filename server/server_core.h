@@ -309,6 +309,10 @@ class ServerCore {
 
   // Routing errors carry this payload; the gRPC layer turns it into trailing metadata.
   static bool IsReroute(const absl::Status& status);
+  // A refusal that passes (the lifecycle evicting rows to make room) says when to retry: the
+  // gRPC layer and the data plane send it, clients retry by themselves. 0: none.
+  static uint32_t RetryAfterMs(const absl::Status& status);
+  static absl::Status RetryLater(absl::Status status, uint32_t retry_after_ms);
   uint64_t duplicate_pushes() const { return duplicate_pushes_.load(std::memory_order_relaxed); }
   // What this server holds for tables, requests and responses, against --max_memory_bytes.
   MemoryBudget& budget() { return budget_; }

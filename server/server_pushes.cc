@@ -7,6 +7,7 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/status_macros.h"
@@ -112,7 +113,18 @@ absl::Status ServerCore::SubmitPushSparse(std::shared_ptr<const v1::PushSparseRe
                          sparse.MissingRowsNeedingMemory(work->keys.keys, work->keys.groups),
                          replay, "push");
     }
-    if (!rows.ok()) return rows.status();
+    if (!rows.ok()) {
+      if (absl::IsResourceExhausted(rows.status()) && sparse.CapacityRows() != 0 &&
+          options_.lifecycle_interval_ms > 0) {
+        // The table's lifecycle makes room (its capacity's evictions give rows back to their
+        // vshards): a refusal that passes, with a hint when to retry (L4).
+        return RetryLater(
+            absl::ResourceExhaustedError(absl::StrCat(
+                rows.status().message(), "; the table's lifecycle is evicting rows: retry")),
+            options_.lifecycle_interval_ms);
+      }
+      return rows.status();
+    }
     work->rows = *std::move(rows);
   } else {
     const uint64_t bytes = work->keys.keys.size() * SumCharge(sparse.dim());

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "optimizer/optimizer.h"
@@ -602,6 +603,40 @@ TEST_CASE("admission counts are replicated state: a backup that joined by snapsh
   CHECK(pair.primary->StateDigest() == pair.backup->StateDigest());
   CHECK(StatsOf(*pair.primary, "t").admitted == 250);
   CHECK(StatsOf(*pair.primary, "t").sketch_bytes > 0);
+}
+
+TEST_CASE("a push refused at the memory limit while a capacity evicts says when to retry",
+          "[state_machine][lifecycle]") {
+  ServerCoreOptions o;
+  o.max_memory_bytes = 4 << 20;
+  o.lifecycle_interval_ms = 100;  // (the task runs: the hint is one round)
+  std::unique_ptr<ServerCore> core = *ServerCore::Create(o);
+  v1::CreateTableResponse cr;
+  REQUIRE(
+      core->CreateTable(CreateReq(LifecycleTable("t", {.capacity_rows = 1'000'000})), &cr).ok());
+  REQUIRE(
+      core->CreateTable(CreateReq(SparseConfig("plain", 2, OptimizerKind::kAdagrad)), &cr).ok());
+  auto fill = [&](const std::string& table) {
+    uint64_t next = 1;
+    for (int push = 0; push < 1000; ++push) {
+      std::vector<uint64_t> keys(1000);
+      for (uint64_t& k : keys) k = next++;
+      v1::PushResponse pr;
+      absl::Status st = core->PushSparse(
+          SparsePushReq(table, 2, keys, std::vector<float>(keys.size() * 2, 1.0f), 9, push + 1),
+          &pr);
+      if (!st.ok()) return st;
+    }
+    return absl::OkStatus();
+  };
+  const absl::Status refused = fill("t");
+  REQUIRE(refused.code() == absl::StatusCode::kResourceExhausted);
+  CHECK(ServerCore::RetryAfterMs(refused) == 100);
+  CHECK(absl::StrContains(refused.message(), "evicting rows: retry"));
+  // A table without a capacity: nothing makes room for it, no hint.
+  const absl::Status plain = fill("plain");
+  REQUIRE(plain.code() == absl::StatusCode::kResourceExhausted);
+  CHECK(ServerCore::RetryAfterMs(plain) == 0);
 }
 
 }  // namespace
