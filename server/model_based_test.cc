@@ -3,11 +3,14 @@
 // assigns), pulls, ApplySteps, checkpoints and restores concurrently against a primary, while
 // a replicator thread replays its log on a backup (snapshots after restores); at every
 // quiescent point the primary's and the backup's state digests must be equal, and so must a
-// fresh replica's that replays the whole history from a snapshot.
+// fresh replica's that replays the whole history from a snapshot. One table has every lifecycle
+// policy (TTL, capacity, admission): lifecycle rounds of the primary and operators' removals
+// (with stale stamps too) are operations of the histories.
 //
 // TESSERA_MODEL_HISTORIES (default 1000) and TESSERA_MODEL_SEED (first seed, default 1).
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <cstdio>
@@ -31,9 +34,17 @@ struct TableKindSpec {
 };
 
 std::vector<TableKindSpec> Specs() {
+  // A table with every lifecycle policy (docs/embedding_lifecycle.md): a TTL, a capacity below
+  // the keys the clients touch, admission at the second push.
+  TableConfig life = SparseConfig("s_life", 2, OptimizerKind::kAdagrad);
+  life.lifecycle = {.ttl_seconds = 1,
+                    .capacity_rows = 12,
+                    .admission_min_count = 2,
+                    .admission_sketch_width = 1024};  // (small: snapshots copy it whole)
   return {{"s_adam", SparseConfig("s_adam", 3, OptimizerKind::kAdam), 3},
           {"s_ftrl", SparseConfig("s_ftrl", 2, OptimizerKind::kFtrl), 2},
-          {"d_adagrad", DenseConfig("d_adagrad", 300, 50, OptimizerKind::kAdagrad), 0}};
+          {"d_adagrad", DenseConfig("d_adagrad", 300, 50, OptimizerKind::kAdagrad), 0},
+          {"s_life", life, 2}};
 }
 
 uint64_t EnvOr(const char* name, uint64_t fallback) {
@@ -42,7 +53,7 @@ uint64_t EnvOr(const char* name, uint64_t fallback) {
 }
 
 struct Totals {
-  std::atomic<uint64_t> entries{0}, snapshots{0}, ok{0}, refused{0};
+  std::atomic<uint64_t> entries{0}, snapshots{0}, ok{0}, refused{0}, removed{0};
 };
 
 // One history; returns a description of the first divergence, or "".
@@ -54,6 +65,11 @@ std::string RunHistory(uint64_t seed, const std::string& dir, Totals* totals) {
   p.num_vshards = b.num_vshards = 16;
   p.checkpoint_dir = dir;
   p.checkpoint_write_threads = 1;
+  // The primary's clock moves 50 ms at every reading (entry times, lifecycle decisions), so
+  // that TTLs expire within a history; lifecycle rounds are client operations here.
+  std::atomic<int64_t> clock{1'000'000'000};
+  p.testing_clock_ms = [&clock] { return clock.fetch_add(50); };
+  p.lifecycle_interval_ms = b.lifecycle_interval_ms = 0;
   ReplicaPair pair(p, b);
   ServerCore& core = *pair.primary;
   const std::vector<TableKindSpec> specs = Specs();
@@ -75,6 +91,27 @@ std::string RunHistory(uint64_t seed, const std::string& dir, Totals* totals) {
       const TableKindSpec& t = specs[rng() % specs.size()];
       absl::Status st;
       const int what = static_cast<int>(rng() % 100);
+      if (what >= 96) {
+        totals->removed += core.RunLifecycle();  // the primary's task: removals in the log
+        continue;
+      }
+      if (what >= 93 && t.dim != 0) {
+        // An operator's removal: random keys, sometimes with (mostly stale) stamps.
+        std::vector<uint64_t> keys;
+        for (int i = 0; i < 1 + static_cast<int>(rng() % 6); ++i) keys.push_back(rng() % 40);
+        std::sort(keys.begin(), keys.end());
+        keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+        v1::RemoveRowsRequest req = RemoveRowsReq(t.name, keys);
+        if (t.config.lifecycle.enabled() && rng() % 2 == 0) {
+          std::vector<uint64_t> stamps(keys.size());
+          for (uint64_t& s : stamps) s = (uint64_t{1'000'000 + rng() % 3} << 32) | (rng() % 3);
+          PackedAssign<uint64_t>(req.mutable_stamps(), stamps);
+        }
+        v1::RemoveRowsResponse r;
+        st = core.RemoveRows(req, &r);
+        (st.ok() ? totals->ok : totals->refused).fetch_add(1);
+        continue;
+      }
       if (what < 6) {
         v1::CreateTableResponse r;
         st = core.CreateTable(CreateReq(t.config), &r);
@@ -204,12 +241,14 @@ TEST_CASE("primary and backup agree at every quiescent point of random concurren
   std::filesystem::remove_all(root);
   std::printf(
       "model-based test: %llu histories, %llu entries, %llu snapshots installed, %llu "
-      "changes accepted, %llu refused, %llu divergences\n",
+      "changes accepted, %llu refused, %llu rows removed by lifecycle rounds, %llu "
+      "divergences\n",
       static_cast<unsigned long long>(histories),
       static_cast<unsigned long long>(totals.entries.load()),
       static_cast<unsigned long long>(totals.snapshots.load()),
       static_cast<unsigned long long>(totals.ok.load()),
       static_cast<unsigned long long>(totals.refused.load()),
+      static_cast<unsigned long long>(totals.removed.load()),
       static_cast<unsigned long long>(divergences));
   CHECK(divergences == 0);
 }
