@@ -65,11 +65,17 @@ struct RestoreResult {
 // load it beside their live tables (checking every block's checksum), then all swap; if any
 // load fails, none swaps. Stop training first: each server swaps atomically, but not all at
 // the same instant. Needs memory for both copies while it runs.
+// A live table whose lifecycle differs from the checkpoint's: refused (kMatch), restored with
+// the checkpoint's (kCheckpoint) or with the live one's (kLive; both with or both without a
+// lifecycle). docs/embedding_lifecycle.md.
+enum class RestoreLifecycle { kMatch, kCheckpoint, kLive };
+absl::StatusOr<RestoreLifecycle> ParseRestoreLifecycle(absl::string_view name);
 absl::StatusOr<RestoreResult> RestoreCluster(const std::string& dir,
                                              const std::vector<std::string>& servers,
                                              uint64_t shard_map_epoch, uint64_t id,
                                              absl::Duration timeout = absl::Hours(1),
-                                             const Credentials& credentials = {});
+                                             const Credentials& credentials = {},
+                                             RestoreLifecycle lifecycle = RestoreLifecycle::kMatch);
 
 // The runbook for a replicated cluster (docs/operations.md, "A shard is lost"): restores
 // checkpoint `id` (0: the newest) into the cluster of the coordinator at `coordinator`. Every
@@ -83,7 +89,8 @@ struct ClusterRestoreResult {
 };
 absl::StatusOr<ClusterRestoreResult> RestoreThroughCoordinator(
     const std::string& coordinator, const std::string& dir, uint64_t id,
-    absl::Duration timeout = absl::Minutes(10), const Credentials& credentials = {});
+    absl::Duration timeout = absl::Minutes(10), const Credentials& credentials = {},
+    RestoreLifecycle lifecycle = RestoreLifecycle::kMatch);
 
 // Checks every file of checkpoint `id`'s chain against the manifests (size and CRC32C);
 // returns the number of files, or DATA_LOSS naming the first bad one.

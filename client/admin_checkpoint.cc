@@ -180,11 +180,19 @@ absl::StatusOr<size_t> VerifyCheckpoint(const std::string& dir, uint64_t id) {
   return files;
 }
 
+absl::StatusOr<RestoreLifecycle> ParseRestoreLifecycle(absl::string_view name) {
+  if (name == "match") return RestoreLifecycle::kMatch;
+  if (name == "checkpoint") return RestoreLifecycle::kCheckpoint;
+  if (name == "live") return RestoreLifecycle::kLive;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--lifecycle must be match, checkpoint or live; got '", name, "'"));
+}
+
 absl::StatusOr<RestoreResult> RestoreCluster(const std::string& dir,
                                              const std::vector<std::string>& servers,
                                              uint64_t shard_map_epoch, uint64_t id,
-                                             absl::Duration timeout,
-                                             const Credentials& credentials) {
+                                             absl::Duration timeout, const Credentials& credentials,
+                                             RestoreLifecycle lifecycle) {
   const absl::Time start = absl::Now();
   if (id == 0) {
     absl::StatusOr<std::unique_ptr<storage::CheckpointStore>> store =
@@ -200,6 +208,10 @@ absl::StatusOr<RestoreResult> RestoreCluster(const std::string& dir,
           req.mutable_header()->set_shard_map_epoch(shard_map_epoch);
           req.set_checkpoint_id(id);
           req.set_phase(p);
+          req.set_lifecycle(lifecycle == RestoreLifecycle::kCheckpoint
+                                ? v1::RESTORE_LIFECYCLE_CHECKPOINT
+                            : lifecycle == RestoreLifecycle::kLive ? v1::RESTORE_LIFECYCLE_LIVE
+                                                                   : v1::RESTORE_LIFECYCLE_MATCH);
           v1::RestoreCheckpointResponse resp;
           grpc::ClientContext ctx;
           SetDeadline(&ctx, timeout);

@@ -27,7 +27,8 @@ absl::Status Ask(Call&& call, absl::Duration timeout = absl::Seconds(10)) {
 absl::StatusOr<ClusterRestoreResult> RestoreThroughCoordinator(const std::string& coordinator,
                                                                const std::string& dir, uint64_t id,
                                                                absl::Duration timeout,
-                                                               const Credentials& credentials) {
+                                                               const Credentials& credentials,
+                                                               RestoreLifecycle lifecycle) {
   auto stub = v1::Coordinator::NewStub(MakeChannel(coordinator, credentials));
   v1::GetClusterMapResponse map;
   absl::Status st = Ask([&](grpc::ClientContext* ctx) {
@@ -98,7 +99,7 @@ absl::StatusOr<ClusterRestoreResult> RestoreThroughCoordinator(const std::string
 
   // 3. Every shard restores (two phases); 4. the recovered ones serve again (T8').
   absl::StatusOr<RestoreResult> restored =
-      RestoreCluster(dir, primaries, 1, id, timeout, credentials);
+      RestoreCluster(dir, primaries, 1, id, timeout, credentials, lifecycle);
   if (!restored.ok()) return restored.status();
   result.restore = *restored;
   for (const Target& t : targets) {

@@ -410,7 +410,8 @@ absl::Status ServerCore::LoadTable(const std::vector<storage::v1::CheckpointMani
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<ServerCore::StagedRestore>> ServerCore::PrepareRestore(uint64_t id) {
+absl::StatusOr<std::unique_ptr<ServerCore::StagedRestore>> ServerCore::PrepareRestore(
+    uint64_t id, int lifecycle) {
   if (id == 0) {
     id = store_->NewestOrZero();
     if (id == 0) {
@@ -459,6 +460,36 @@ absl::StatusOr<std::unique_ptr<ServerCore::StagedRestore>> ServerCore::PrepareRe
         specs.push_back(*resolved);
       }
     }
+  }
+  // A live table whose lifecycle differs from the checkpoint's: never silently
+  // (docs/embedding_lifecycle.md).
+  for (TableConfig& config : specs) {
+    std::shared_ptr<Table> live;
+    {
+      absl::ReaderMutexLock lock(&tables_mu_);
+      auto it = tables_.find(config.name);
+      if (it != tables_.end()) live = it->second;
+    }
+    if (live == nullptr || live->config.lifecycle == config.lifecycle) continue;
+    const std::string both = absl::StrFormat(
+        "table '%s': the checkpoint's lifecycle is %s, the live table's %s", ShortName(config.name),
+        DescribeLifecycle(config.lifecycle), DescribeLifecycle(live->config.lifecycle));
+    if (lifecycle == v1::RESTORE_LIFECYCLE_CHECKPOINT) continue;
+    if (lifecycle != v1::RESTORE_LIFECYCLE_LIVE) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(both,
+                       "; restore with --lifecycle=checkpoint to take the checkpoint's, or "
+                       "--lifecycle=live to keep the live one's"));
+    }
+    if (live->config.lifecycle.enabled() != config.lifecycle.enabled()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(both,
+                       "; the rows of a table with a lifecycle carry 8 more bytes than without: "
+                       "--lifecycle=live keeps a policy only between tables that both have one (or "
+                       "both none)"));
+    }
+    LogInfo("%s: keeping the live one's (--lifecycle=live)", both);
+    config.lifecycle = live->config.lifecycle;
   }
   for (const TableConfig& config : specs) {
     const absl::Time t0 = absl::Now();
@@ -532,7 +563,8 @@ absl::Status ServerCore::RestoreCheckpoint(const v1::RestoreCheckpointRequest& r
   switch (req.phase()) {
     case v1::RESTORE_PHASE_PREPARE:
     case v1::RESTORE_PHASE_PREPARE_AND_COMMIT: {
-      absl::StatusOr<std::unique_ptr<StagedRestore>> prepared = PrepareRestore(req.checkpoint_id());
+      absl::StatusOr<std::unique_ptr<StagedRestore>> prepared =
+          PrepareRestore(req.checkpoint_id(), req.lifecycle());
       if (!prepared.ok()) return prepared.status();
       staged = std::move(*prepared);
       break;

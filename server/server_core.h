@@ -445,7 +445,8 @@ class ServerCore {
     uint64_t bytes = 0;
     double seconds = 0;
   };
-  absl::StatusOr<std::unique_ptr<StagedRestore>> PrepareRestore(uint64_t id)
+  // `lifecycle`: a v1::RestoreLifecycle.
+  absl::StatusOr<std::unique_ptr<StagedRestore>> PrepareRestore(uint64_t id, int lifecycle)
       ABSL_LOCKS_EXCLUDED(ckpt_mu_);
   void CommitRestore(std::unique_ptr<StagedRestore> staged)
       ABSL_LOCKS_EXCLUDED(ckpt_mu_, order_mu_, gate_, tables_mu_);

@@ -639,5 +639,65 @@ TEST_CASE("a push refused at the memory limit while a capacity evicts says when 
   CHECK(ServerCore::RetryAfterMs(plain) == 0);
 }
 
+TEST_CASE("a restore never changes a live table's lifecycle silently",
+          "[state_machine][lifecycle]") {
+  const std::string dir =
+      std::filesystem::temp_directory_path() / absl::StrCat("tessera_restore_policy_", getpid());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  ServerCoreOptions o;
+  o.checkpoint_dir = dir;
+  o.lifecycle_interval_ms = 0;
+  std::unique_ptr<ServerCore> core = *ServerCore::Create(o);
+  v1::CreateTableResponse cr;
+  REQUIRE(core->CreateTable(CreateReq(LifecycleTable("t", {.ttl_seconds = 60})), &cr).ok());
+  uint64_t seq = 0;
+  PushKeys(*core, "t", {1, 2, 3}, &seq);
+  REQUIRE(WriteCheckpoint(*core, dir, 1).ok());
+  auto restore = [&](v1::RestoreLifecycle lifecycle) {
+    v1::RestoreCheckpointRequest req;
+    req.mutable_header()->set_shard_map_epoch(1);
+    req.set_phase(v1::RESTORE_PHASE_PREPARE_AND_COMMIT);
+    req.set_lifecycle(lifecycle);
+    v1::RestoreCheckpointResponse resp;
+    return core->RestoreCheckpoint(req, &resp);
+  };
+  auto recreate = [&](LifecycleConfig l) {
+    v1::DropTableResponse dr;
+    REQUIRE(core->DropTable(DropReq("t"), &dr).ok());
+    REQUIRE(core->CreateTable(CreateReq(LifecycleTable("t", l)), &cr).ok());
+  };
+  auto ttl_of_t = [&] {
+    v1::DescribeTableRequest req;
+    req.mutable_header()->set_shard_map_epoch(1);
+    req.set_table("t");
+    v1::DescribeTableResponse resp;
+    REQUIRE(core->DescribeTable(req, &resp).ok());
+    return resp.info().spec().lifecycle().ttl_seconds();
+  };
+  // The same policy: restored as always.
+  CHECK(restore(v1::RESTORE_LIFECYCLE_MATCH).ok());
+  // Another one live: refused, naming both, unless the choice is explicit.
+  recreate({.ttl_seconds = 120});
+  const absl::Status refused = restore(v1::RESTORE_LIFECYCLE_MATCH);
+  CHECK(refused.code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(absl::StrContains(refused.message(), "checkpoint's lifecycle is ttl 60 s"));
+  CHECK(absl::StrContains(refused.message(), "live table's ttl 120 s"));
+  CHECK(ttl_of_t() == 120);  // (nothing changed)
+  REQUIRE(restore(v1::RESTORE_LIFECYCLE_LIVE).ok());
+  CHECK(ttl_of_t() == 120);
+  CHECK(StatsOf(*core, "t").rows == 3);  // the checkpoint's rows, the live policy
+  REQUIRE(restore(v1::RESTORE_LIFECYCLE_CHECKPOINT).ok());
+  CHECK(ttl_of_t() == 60);
+  // Keeping "no lifecycle" for rows that carry one cannot be done: refused.
+  v1::DropTableResponse dr;
+  REQUIRE(core->DropTable(DropReq("t"), &dr).ok());
+  REQUIRE(core->CreateTable(CreateReq(SparseConfig("t", 2, OptimizerKind::kAdagrad)), &cr).ok());
+  const absl::Status layout = restore(v1::RESTORE_LIFECYCLE_LIVE);
+  CHECK(layout.code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(absl::StrContains(layout.message(), "8 more bytes"));
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace tessera

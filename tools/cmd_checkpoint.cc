@@ -142,8 +142,8 @@ int RunCheckpoint(const CheckpointCommandOptions& o) {
   if (o.action == "list") return List(o.dir);
   if (o.action == "inspect") return Inspect(o.dir, o.id, o.verify);
   if (o.action == "restore" && !o.coordinator.empty()) {
-    absl::StatusOr<ClusterRestoreResult> r =
-        RestoreThroughCoordinator(o.coordinator, o.dir, o.id, absl::Minutes(10), o.credentials);
+    absl::StatusOr<ClusterRestoreResult> r = RestoreThroughCoordinator(
+        o.coordinator, o.dir, o.id, absl::Minutes(10), o.credentials, o.lifecycle);
     if (!r.ok()) return Fail(r.status());
     std::printf("restored checkpoint %llu through %s: %llu rows, %.1f MB in %.2f s%s\n",
                 static_cast<unsigned long long>(r->restore.id), o.coordinator.c_str(),
@@ -157,8 +157,8 @@ int RunCheckpoint(const CheckpointCommandOptions& o) {
     return 0;
   }
   if (o.action == "restore") {
-    absl::StatusOr<RestoreResult> r =
-        RestoreCluster(o.dir, o.connect, o.shard_map_epoch, o.id, absl::Hours(1), o.credentials);
+    absl::StatusOr<RestoreResult> r = RestoreCluster(o.dir, o.connect, o.shard_map_epoch, o.id,
+                                                     absl::Hours(1), o.credentials, o.lifecycle);
     if (!r.ok()) return Fail(r.status());
     std::printf("restored checkpoint %llu on %zu servers: %llu rows, %.1f MB in %.2f s\n",
                 static_cast<unsigned long long>(r->id), o.connect.size(),

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "client/admin.h"
 #include "common/credentials.h"
 #include "common/table_config.h"
 
@@ -88,7 +89,8 @@ struct CheckpointCommandOptions {
   uint64_t full_every = 10;  // run: every N-th round is a full checkpoint (0: only the first)
   bool verify = false;
   int testing_crash_point = 0;
-  Credentials credentials;  // an admin token (docs/security.md)
+  Credentials credentials;                                // an admin token (docs/security.md)
+  RestoreLifecycle lifecycle = RestoreLifecycle::kMatch;  // restore: a live table's lifecycle
 };
 int RunCheckpoint(const CheckpointCommandOptions& options);
 

@@ -111,6 +111,9 @@ ABSL_FLAG(uint64_t, id, 0, "checkpoint inspect/restore/merge: checkpoint id; 0 =
 ABSL_FLAG(bool, full, false, "checkpoint create/run: always write full checkpoints.");
 ABSL_FLAG(uint64_t, keep, 0, "checkpoint create/run: keep the newest N checkpoints; 0 = all.");
 ABSL_FLAG(double, every_s, 0, "checkpoint run: seconds between rounds.");
+ABSL_FLAG(std::string, lifecycle, "match",
+          "checkpoint restore: when a live table's lifecycle differs from the checkpoint's: "
+          "match (refuse), checkpoint (take the checkpoint's) or live (keep the live one's).");
 ABSL_FLAG(uint64_t, full_every, 10,
           "checkpoint run: every N-th round is full (0: only the first), so that --keep can "
           "drop old chains.");
@@ -198,6 +201,14 @@ int main(int argc, char** argv) {
     o.keep_last = absl::GetFlag(FLAGS_keep);
     o.every_s = absl::GetFlag(FLAGS_every_s);
     o.full_every = absl::GetFlag(FLAGS_full_every);
+    absl::StatusOr<tessera::RestoreLifecycle> lifecycle =
+        tessera::ParseRestoreLifecycle(absl::GetFlag(FLAGS_lifecycle));
+    if (!lifecycle.ok()) {
+      std::fprintf(stderr, "tessera checkpoint: %s\n",
+                   std::string(lifecycle.status().message()).c_str());
+      return 2;
+    }
+    o.lifecycle = *lifecycle;
     o.verify = absl::GetFlag(FLAGS_verify);
     o.testing_crash_point = absl::GetFlag(FLAGS_testing_driver_crash_point);
     return tessera::RunCheckpoint(o);
