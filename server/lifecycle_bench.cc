@@ -39,6 +39,20 @@ ABSL_FLAG(uint64_t, seed, 1, "stream and sketch seed");
 namespace tessera {
 namespace {
 
+// Keys admitted (by `admitted`) that the exact count did not bring to k, and keys it did that
+// were not admitted.
+template <typename Admitted>
+std::pair<uint64_t, uint64_t> CountErrors(const absl::flat_hash_map<uint64_t, uint32_t>& exact,
+                                          uint32_t k, Admitted&& admitted) {
+  uint64_t false_admissions = 0, missed = 0;
+  for (const auto& [key, n] : exact) {
+    const bool in = admitted(key);
+    false_admissions += in && n < k;
+    missed += !in && n >= k;
+  }
+  return {false_admissions, missed};
+}
+
 int Run() {
   const uint64_t vocabulary = absl::GetFlag(FLAGS_keys);
   const uint64_t draws = absl::GetFlag(FLAGS_draws);
@@ -81,12 +95,8 @@ int Run() {
     }
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    uint64_t false_admissions = 0, missed = 0;
-    for (const auto& [key, n] : exact) {
-      const bool row = table.HasRow(key);
-      false_admissions += row && n < k;
-      missed += !row && n >= k;
-    }
+    const auto [false_admissions, missed] =
+        CountErrors(exact, k, [&](uint64_t key) { return table.HasRow(key); });
     std::printf(
         "{\"benchmark\":\"admission_table\",\"k\":%u,\"rows\":%llu,\"sketch_bytes\":%llu,"
         "\"false_admissions\":%llu,\"false_over_true\":%.5f,\"missed\":%llu,"
@@ -113,14 +123,11 @@ int Run() {
     for (uint64_t key : stream) sketches[VshardOfKey(key, vshards)]->Add(key);
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    uint64_t false_admissions = 0, missed = 0;
     size_t bytes = 0;
     for (const auto& s : sketches) bytes += s->bytes();
-    for (const auto& [key, n] : exact) {
-      const bool by_sketch = sketches[VshardOfKey(key, vshards)]->Estimate(key) >= k;
-      false_admissions += by_sketch && n < k;
-      missed += !by_sketch && n >= k;
-    }
+    const auto [false_admissions, missed] = CountErrors(exact, k, [&](uint64_t key) {
+      return sketches[VshardOfKey(key, vshards)]->Estimate(key) >= k;
+    });
     std::printf(
         "{\"benchmark\":\"admission_sketch\",\"width\":%llu,\"depth\":%u,\"vshards\":%u,"
         "\"bytes\":%zu,\"bytes_per_distinct_key\":%.2f,\"false_admissions\":%llu,"

@@ -411,18 +411,31 @@ void PushKeys(ServerCore& core, const std::string& table, const std::vector<uint
               .ok());
 }
 
+// A replica pair whose primary reads its clock from `clock` (Unix ms; second 1,000 of 1970 at
+// first: no real clock is near), and no lifecycle task of its own (tests run the rounds).
+struct ClockedPair {
+  static ServerCoreOptions WithClock(ServerCoreOptions o, std::atomic<int64_t>* clock) {
+    o.testing_clock_ms = [clock] { return clock->load(); };
+    o.lifecycle_interval_ms = 0;
+    return o;
+  }
+  explicit ClockedPair(ServerCoreOptions p = {})
+      : pair(WithClock(std::move(p), &clock), WithClock({}, &clock)) {}
+  std::atomic<int64_t> clock{1'000'000};
+  ReplicaPair pair;
+};
+
 TEST_CASE("the primary's TTL removes rows by entry time on every replica and from checkpoints",
           "[state_machine][lifecycle]") {
   const std::string dir =
       std::filesystem::temp_directory_path() / absl::StrCat("tessera_ttl_", getpid());
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
-  std::atomic<int64_t> clock{1'000'000};  // second 1,000 of 1970: no real clock is near
-  ServerCoreOptions p, b;
+  ServerCoreOptions p;
   p.checkpoint_dir = dir;
-  p.testing_clock_ms = [&clock] { return clock.load(); };
-  p.lifecycle_interval_ms = b.lifecycle_interval_ms = 0;  // (rounds run here)
-  ReplicaPair pair(p, b);
+  ClockedPair clocked(p);
+  std::atomic<int64_t>& clock = clocked.clock;
+  ReplicaPair& pair = clocked.pair;
   ServerCore& core = *pair.primary;
   v1::CreateTableResponse cr;
   REQUIRE(core.CreateTable(CreateReq(LifecycleTable("t", {.ttl_seconds = 60})), &cr).ok());
@@ -470,11 +483,8 @@ TEST_CASE("the primary's TTL removes rows by entry time on every replica and fro
 
 TEST_CASE("a removal keeps, on every replica, a row pushed after the remover looked",
           "[state_machine][lifecycle]") {
-  std::atomic<int64_t> clock{1'000'000};
-  ServerCoreOptions p, b;
-  p.testing_clock_ms = [&clock] { return clock.load(); };
-  p.lifecycle_interval_ms = b.lifecycle_interval_ms = 0;
-  ReplicaPair pair(p, b);
+  ClockedPair clocked;
+  ReplicaPair& pair = clocked.pair;
   ServerCore& core = *pair.primary;
   v1::CreateTableResponse cr;
   REQUIRE(core.CreateTable(CreateReq(LifecycleTable("t", {.ttl_seconds = 60})), &cr).ok());
@@ -515,11 +525,9 @@ TEST_CASE("a removal keeps, on every replica, a row pushed after the remover loo
 
 TEST_CASE("capacity keeps the most recently updated rows and a dry run only counts",
           "[state_machine][lifecycle]") {
-  std::atomic<int64_t> clock{1'000'000};
-  ServerCoreOptions p, b;
-  p.testing_clock_ms = [&clock] { return clock.load(); };
-  p.lifecycle_interval_ms = b.lifecycle_interval_ms = 0;
-  ReplicaPair pair(p, b);
+  ClockedPair clocked;
+  std::atomic<int64_t>& clock = clocked.clock;
+  ReplicaPair& pair = clocked.pair;
   ServerCore& core = *pair.primary;
   v1::CreateTableResponse cr;
   REQUIRE(core.CreateTable(CreateReq(LifecycleTable("t", {.capacity_rows = 40})), &cr).ok());

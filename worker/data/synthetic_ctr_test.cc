@@ -16,14 +16,20 @@ TEST_CASE("AUC ranks positives above negatives, ties count one half", "[ctr]") {
   CHECK(Auc(std::vector<float>{0.1f, 0.2f}, std::vector<float>{1, 1}) == 0.5);
 }
 
-TEST_CASE("the planted CTR problem is deterministic and learnable", "[ctr]") {
-  PlantedCtrOptions o;
+// The problem of `o` with 20,000 training and test examples, made twice: the same both times.
+PlantedCtrProblem MakeDeterministic(PlantedCtrOptions o) {
   o.train_examples = 20000;
   o.test_examples = 20000;
-  const PlantedCtrProblem a = MakePlantedCtrProblem(o);
+  PlantedCtrProblem a = MakePlantedCtrProblem(o);
   const PlantedCtrProblem b = MakePlantedCtrProblem(o);
   CHECK(a.train.keys == b.train.keys);
   CHECK(a.train.labels == b.train.labels);
+  return a;
+}
+
+TEST_CASE("the planted CTR problem is deterministic and learnable", "[ctr]") {
+  PlantedCtrOptions o;
+  const PlantedCtrProblem a = MakeDeterministic(o);
   REQUIRE(a.test.num_examples() == 20000);
   CHECK(a.test.offsets.back() == 20000 * o.num_fields);
   CHECK(a.test.dense.size() == 20000 * o.num_dense);
@@ -46,12 +52,7 @@ TEST_CASE("the planted CTR problem is deterministic and learnable", "[ctr]") {
 TEST_CASE("a vocabulary of 10^7 ids is Zipf-distributed, deterministic and learnable", "[ctr]") {
   PlantedCtrOptions o;
   o.vocabulary = 10'000'000;  // (planted parameters hashed: no 10^7-entry tables)
-  o.train_examples = 20000;
-  o.test_examples = 20000;
-  const PlantedCtrProblem a = MakePlantedCtrProblem(o);
-  const PlantedCtrProblem b = MakePlantedCtrProblem(o);
-  CHECK(a.train.keys == b.train.keys);
-  CHECK(a.train.labels == b.train.labels);
+  const PlantedCtrProblem a = MakeDeterministic(o);
   // Zipf(1.1): the most popular id of a field takes a few percent of its draws, and most ids
   // drawn are drawn once.
   std::map<uint64_t, int> field0;
