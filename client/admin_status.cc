@@ -181,12 +181,13 @@ absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, 
     }
     std::vector<std::string> tj;
     for (const TableStatus& t : tables) {
-      tj.push_back(
-          absl::StrFormat("{\"name\":%s,\"kind\":\"%s\",\"rows\":%u,\"bytes\":%u,\"lifecycle\":%s,"
-                          "\"evicted_ttl\":%u,\"evicted_capacity\":%u,\"would_evict\":%u}",
-                          JsonString(t.config.name), TableKindName(t.config.kind), t.rows, t.bytes,
-                          JsonString(DescribeLifecycle(t.config.lifecycle)), t.evicted_ttl,
-                          t.evicted_capacity, t.would_evict));
+      tj.push_back(absl::StrFormat(
+          "{\"name\":%s,\"kind\":\"%s\",\"rows\":%u,\"bytes\":%u,\"lifecycle\":%s,"
+          "\"evicted_ttl\":%u,\"evicted_capacity\":%u,\"would_evict\":%u,"
+          "\"update_age_quantiles_s\":[%s]}",
+          JsonString(t.config.name), TableKindName(t.config.kind), t.rows, t.bytes,
+          JsonString(DescribeLifecycle(t.config.lifecycle)), t.evicted_ttl, t.evicted_capacity,
+          t.would_evict, absl::StrJoin(t.update_age_quantiles_s, ",")));
     }
     out = absl::StrFormat(
         "{\"epoch\":%u,\"num_shards\":%u,\"replication\":%u,\"failovers\":%u,"
@@ -280,6 +281,11 @@ absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, 
           DescribeLifecycle(t.config.lifecycle), t.evicted_ttl, t.evicted_capacity,
           t.config.lifecycle.dry_run ? absl::StrFormat(", %u would be (dry run)", t.would_evict)
                                      : "");
+      if (t.update_age_quantiles_s.size() == 3) {
+        absl::StrAppendFormat(
+            &out, "    seconds since the rows' last update (sampled): p50 %u, p90 %u, p99 %u\n",
+            t.update_age_quantiles_s[0], t.update_age_quantiles_s[1], t.update_age_quantiles_s[2]);
+      }
     }
   }
   return out;

@@ -585,6 +585,12 @@ absl::Status AddInfo(const v1::TableInfo& info, TableStatus* status) {
   status->evicted_ttl += info.evicted_ttl();
   status->evicted_capacity += info.evicted_capacity();
   status->would_evict += info.would_evict();
+  const auto& ages = info.update_age_quantiles_s();
+  status->update_age_quantiles_s.resize(
+      std::max<size_t>(status->update_age_quantiles_s.size(), static_cast<size_t>(ages.size())));
+  for (int i = 0; i < ages.size(); ++i) {
+    status->update_age_quantiles_s[i] = std::max(status->update_age_quantiles_s[i], ages[i]);
+  }
   return absl::OkStatus();
 }
 

@@ -88,6 +88,9 @@ struct TableStatus {
   uint64_t evicted_ttl = 0;
   uint64_t evicted_capacity = 0;
   uint64_t would_evict = 0;
+  // Seconds since the rows were last updated, quantiles 0.5, 0.9, 0.99 of a sample: the
+  // oldest of the shards' (empty without a lifecycle).
+  std::vector<uint64_t> update_age_quantiles_s;
 };
 
 // Options of one push.

@@ -345,6 +345,11 @@ void ServerCore::FillInfo(const Table& table, v1::TableInfo* info) const {
     info->set_evicted_ttl(c.evicted_ttl.load(std::memory_order_relaxed));
     info->set_evicted_capacity(c.evicted_capacity.load(std::memory_order_relaxed));
     info->set_would_evict(c.would_evict.load(std::memory_order_relaxed));
+    const std::vector<uint32_t> ages = table.sparse->SampleUpdateAges(NowMs(), 4096);
+    for (double q : {0.5, 0.9, 0.99}) {
+      info->add_update_age_quantiles_s(
+          ages.empty() ? 0 : ages[std::min(ages.size() - 1, static_cast<size_t>(q * ages.size()))]);
+    }
   }
 }
 

@@ -551,6 +551,27 @@ uint64_t SparseTable::FixedBytes(const TableConfig& config, const std::vector<bo
   return owned.size() * sizeof(void*) + n * (sizeof(Partition) + sketch);
 }
 
+std::vector<uint32_t> SparseTable::SampleUpdateAges(int64_t now_ms, size_t max_rows) const {
+  size_t owned = 0;
+  for (const auto& p : partitions_) owned += p != nullptr ? 1 : 0;
+  const size_t per_vshard = owned == 0 ? 0 : (max_rows + owned - 1) / owned;
+  const uint32_t now = MetaSecond(now_ms);
+  std::vector<uint32_t> ages;
+  std::vector<std::pair<uint64_t, uint32_t>> scratch;
+  for (const auto& p : partitions_) {
+    if (p == nullptr || ages.size() >= max_rows) continue;
+    absl::MutexLock lock(&p->mu);
+    size_t taken = 0;
+    ScanStamps(*p, &scratch, [&](uint64_t, uint64_t stamp) {
+      if (taken++ >= per_vshard || ages.size() >= max_rows) return;
+      const uint32_t last = static_cast<uint32_t>(stamp >> 32);
+      ages.push_back(now > last ? now - last : 0);
+    });
+  }
+  std::sort(ages.begin(), ages.end());
+  return ages;
+}
+
 bool SparseTable::HasRow(uint64_t key) const {
   const Partition& p = *partitions_[VshardOfKey(key, num_vshards())];
   absl::MutexLock lock(&p.mu);

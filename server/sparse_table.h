@@ -190,6 +190,9 @@ class SparseTable final : public TableData {
   uint64_t num_rows() const { return num_rows_.load(std::memory_order_relaxed); }
   // Whether `key` has a row here (tests, benchmarks). REQUIRES: its vshard is owned.
   bool HasRow(uint64_t key) const;
+  // Seconds since the last update of up to `max_rows` rows (a share of each owned vshard's, in
+  // slot order: keys are hashed), at `now_ms`, sorted. REQUIRES: has_lifecycle().
+  std::vector<uint32_t> SampleUpdateAges(int64_t now_ms, size_t max_rows) const;
   // How many of the keys of `groups`' runs could at most need new memory: each run's keys less
   // the released rows its vshard holds now (an estimate: concurrent changes may take them).
   uint64_t RowsNeedingMemory(const VshardGrouping& groups) const;

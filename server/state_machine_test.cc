@@ -451,6 +451,17 @@ TEST_CASE("the primary's TTL removes rows by entry time on every replica and fro
   const uint64_t lsn = core.lsn();
   CHECK(core.RunLifecycle() == 5);  // keys 6..10: 75 s; 1..5: 45 s
   CHECK(core.lsn() == lsn + 1);     // one entry
+  {
+    // tessera status shows how old the rows are: the five left, 45 s.
+    v1::DescribeTableRequest req;
+    req.mutable_header()->set_shard_map_epoch(1);
+    req.set_table("t");
+    v1::DescribeTableResponse resp;
+    REQUIRE(core.DescribeTable(req, &resp).ok());
+    CHECK(std::vector<uint64_t>(resp.info().update_age_quantiles_s().begin(),
+                                resp.info().update_age_quantiles_s().end()) ==
+          std::vector<uint64_t>{45, 45, 45});
+  }
   REQUIRE(pair.Replicate().ok());
   CHECK(pair.primary->StateDigest() == pair.backup->StateDigest());
   for (ServerCore* r : {pair.primary.get(), pair.backup.get()}) {

@@ -293,6 +293,7 @@ py::dict StatusToDict(const TableStatus& s) {
     e["capacity"] = s.evicted_capacity;
     e["would"] = s.would_evict;
     d["evicted"] = e;
+    d["update_age_quantiles_s"] = s.update_age_quantiles_s;
   }
   return d;
 }

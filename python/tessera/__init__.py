@@ -238,6 +238,8 @@ class TableInfo:
         self.rows = d.get("rows")
         self.bytes = d.get("bytes")
         self.evicted = d.get("evicted")  # {"ttl": n, "capacity": n, "would": n} (describe/list)
+        # Seconds since the rows' last update, quantiles 0.5, 0.9, 0.99 of a sample (lifecycle).
+        self.update_age_quantiles_s = d.get("update_age_quantiles_s")
 
     def __repr__(self):
         shape = f"dim={self.dim}" if self.kind == "sparse" else f"size={self.size}"
