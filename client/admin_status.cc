@@ -183,11 +183,11 @@ absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, 
     for (const TableStatus& t : tables) {
       tj.push_back(absl::StrFormat(
           "{\"name\":%s,\"kind\":\"%s\",\"rows\":%u,\"bytes\":%u,\"lifecycle\":%s,"
-          "\"evicted_ttl\":%u,\"evicted_capacity\":%u,\"would_evict\":%u,"
-          "\"update_age_quantiles_s\":[%s]}",
+          "\"evicted_ttl\":%u,\"evicted_capacity\":%u,\"evicted_memory\":%u,"
+          "\"would_evict\":%u,\"update_age_quantiles_s\":[%s]}",
           JsonString(t.config.name), TableKindName(t.config.kind), t.rows, t.bytes,
           JsonString(DescribeLifecycle(t.config.lifecycle)), t.evicted_ttl, t.evicted_capacity,
-          t.would_evict, absl::StrJoin(t.update_age_quantiles_s, ",")));
+          t.evicted_memory, t.would_evict, absl::StrJoin(t.update_age_quantiles_s, ",")));
     }
     out = absl::StrFormat(
         "{\"epoch\":%u,\"num_shards\":%u,\"replication\":%u,\"failovers\":%u,"
@@ -277,8 +277,10 @@ absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, 
                           TableKindName(t.config.kind), t.rows, t.bytes / 1e6);
     if (t.config.lifecycle.enabled()) {
       absl::StrAppendFormat(
-          &out, "    lifecycle: %s; evicted %u by ttl, %u by capacity%s\n",
+          &out,
+          "    lifecycle: %s; evicted %u by ttl, %u by capacity, %u near the memory limit%s\n",
           DescribeLifecycle(t.config.lifecycle), t.evicted_ttl, t.evicted_capacity,
+          t.evicted_memory,
           t.config.lifecycle.dry_run ? absl::StrFormat(", %u would be (dry run)", t.would_evict)
                                      : "");
       if (t.update_age_quantiles_s.size() == 3) {

@@ -584,6 +584,7 @@ absl::Status AddInfo(const v1::TableInfo& info, TableStatus* status) {
   status->bytes += info.bytes();
   status->evicted_ttl += info.evicted_ttl();
   status->evicted_capacity += info.evicted_capacity();
+  status->evicted_memory += info.evicted_memory();
   status->would_evict += info.would_evict();
   const auto& ages = info.update_age_quantiles_s();
   status->update_age_quantiles_s.resize(

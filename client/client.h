@@ -87,6 +87,7 @@ struct TableStatus {
   // summed over the primaries (docs/embedding_lifecycle.md).
   uint64_t evicted_ttl = 0;
   uint64_t evicted_capacity = 0;
+  uint64_t evicted_memory = 0;  // near a server's memory limit
   uint64_t would_evict = 0;
   // Seconds since the rows were last updated, quantiles 0.5, 0.9, 0.99 of a sample: the
   // oldest of the shards' (empty without a lifecycle).

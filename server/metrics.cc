@@ -203,6 +203,8 @@ std::vector<prometheus::MetricFamily> TableCollector::Collect() const {
         {counter(static_cast<double>(t.evicted_ttl)), {{"table", t.name}, {"reason", "ttl"}}});
     evicted.push_back({counter(static_cast<double>(t.evicted_capacity)),
                        {{"table", t.name}, {"reason", "capacity"}}});
+    evicted.push_back({counter(static_cast<double>(t.evicted_memory)),
+                       {{"table", t.name}, {"reason", "memory"}}});
     would.push_back({counter(static_cast<double>(t.would_evict)), {{"table", t.name}}});
     kept.push_back({counter(static_cast<double>(t.kept)), {{"table", t.name}}});
     if (t.sketch_bytes == 0) continue;

@@ -344,6 +344,7 @@ void ServerCore::FillInfo(const Table& table, v1::TableInfo* info) const {
     const SparseTable::LifecycleCounters& c = table.sparse->lifecycle_counters();
     info->set_evicted_ttl(c.evicted_ttl.load(std::memory_order_relaxed));
     info->set_evicted_capacity(c.evicted_capacity.load(std::memory_order_relaxed));
+    info->set_evicted_memory(c.evicted_memory.load(std::memory_order_relaxed));
     info->set_would_evict(c.would_evict.load(std::memory_order_relaxed));
     const std::vector<uint32_t> ages = table.sparse->SampleUpdateAges(NowMs(), 4096);
     for (double q : {0.5, 0.9, 0.99}) {
@@ -391,6 +392,7 @@ std::vector<TableStats> ServerCore::GetTableStats() const {
       s.lifecycle = true;
       s.evicted_ttl = c.evicted_ttl.load(std::memory_order_relaxed);
       s.evicted_capacity = c.evicted_capacity.load(std::memory_order_relaxed);
+      s.evicted_memory = c.evicted_memory.load(std::memory_order_relaxed);
       s.would_evict = c.would_evict.load(std::memory_order_relaxed);
       s.kept = c.kept.load(std::memory_order_relaxed);
       s.admitted = c.admitted.load(std::memory_order_relaxed);

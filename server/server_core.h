@@ -160,6 +160,7 @@ struct TableStats {
   bool lifecycle = false;
   uint64_t evicted_ttl = 0;
   uint64_t evicted_capacity = 0;
+  uint64_t evicted_memory = 0;
   uint64_t would_evict = 0;
   uint64_t kept = 0;          // listed for removal but updated since
   uint64_t admitted = 0;      // rows created at their admission count
@@ -343,6 +344,8 @@ class ServerCore {
     uint64_t id = 0;           // the LSN that made it (create, restore, snapshot): replicated
     // The lifecycle task's last TTL scan of the table (the primary's clock; its thread only).
     std::atomic<int64_t> ttl_scan_ms{0};
+    // A push to it was refused at the memory limit since the lifecycle task's last round.
+    std::atomic<bool> refused_for_memory{false};
     uint64_t created_gen = 0;  // generation at creation; 0 when restored from a checkpoint
     StepSums sums;
     std::atomic<uint64_t> sums_charged{0};  // of `charged`: the BSP sums

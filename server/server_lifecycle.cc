@@ -108,6 +108,7 @@ absl::Status ServerCore::SubmitRemoveRows(std::shared_ptr<const v1::RemoveRowsRe
     SparseTable::LifecycleCounters& counters = sparse.lifecycle_counters();
     if (req->reason() == v1::REMOVE_REASON_TTL) counters.evicted_ttl += removed;
     if (req->reason() == v1::REMOVE_REASON_CAPACITY) counters.evicted_capacity += removed;
+    if (req->reason() == v1::REMOVE_REASON_MEMORY) counters.evicted_memory += removed;
     counters.kept += kept;
     resp->set_rows(removed);
     resp->set_kept(kept);
@@ -161,15 +162,31 @@ uint64_t ServerCore::RunLifecycle() {
     const int64_t now = NowMs();
     const bool ttl_due = policy.ttl_seconds != 0 &&
                          now - t->ttl_scan_ms.load() >= TtlScanIntervalMs(policy.ttl_seconds);
-    const uint64_t capacity = sparse.CapacityRows();
-    if (!ttl_due && !sparse.NeedsEviction(capacity)) continue;
-    if (ttl_due) t->ttl_scan_ms = now;
+    uint64_t capacity = sparse.CapacityRows();
+    // Refused pushes at the memory limit, or near it with few released rows to reuse (under 5%
+    // of its rows): a table with an eviction policy gives up its least recently (or
+    // frequently) updated rows as if its capacity were 90% of what it holds (down to 95% of
+    // that); new rows then take their memory, vshard by vshard, and a stream of new keys goes
+    // on within the limit (docs/embedding_lifecycle.md, "Memory").
+    const uint64_t rows = sparse.num_rows();
+    const bool refused = t->refused_for_memory.exchange(false, std::memory_order_relaxed);
+    const bool pressure = policy.eviction() && rows > 0 &&
+                          (refused || (budget_.used() >= budget_.limit() / 10 * 9 &&
+                                       sparse.FreeRows() < rows / 20 + 1));
     SparseTable::EvictionPlan plan;
-    sparse.PlanEvictions(now, ttl_due, capacity, &plan);
+    if (pressure) {
+      // (Each vshard's reserve: a push's keys spread over the vshards, a few each.)
+      sparse.PlanReserve(now, /*min_reserve=*/8, &plan);
+    } else {
+      if (!ttl_due && !sparse.NeedsEviction(capacity)) continue;
+      if (ttl_due) t->ttl_scan_ms = now;
+      sparse.PlanEvictions(now, ttl_due, capacity, &plan);
+    }
     const std::pair<v1::RemoveReason,
                     const std::vector<std::pair<uint32_t, std::vector<SparseTable::Victim>>>*>
-        kinds[] = {{v1::REMOVE_REASON_TTL, &plan.ttl},
-                   {v1::REMOVE_REASON_CAPACITY, &plan.capacity}};
+        kinds[] = {
+            {v1::REMOVE_REASON_TTL, &plan.ttl},
+            {pressure ? v1::REMOVE_REASON_MEMORY : v1::REMOVE_REASON_CAPACITY, &plan.capacity}};
     for (const auto& [reason, chosen] : kinds) {
       // Entries of at most kRemoveBatch keys, any vshards of the shard.
       auto req = std::make_shared<v1::RemoveRowsRequest>();

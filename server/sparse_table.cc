@@ -6,6 +6,7 @@
 #include <random>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
 #include "common/hash.h"
 #include "common/status_macros.h"
@@ -572,6 +573,14 @@ std::vector<uint32_t> SparseTable::SampleUpdateAges(int64_t now_ms, size_t max_r
   return ages;
 }
 
+uint64_t SparseTable::FreeRows() const {
+  uint64_t free = 0;
+  for (const auto& p : partitions_) {
+    if (p != nullptr) free += p->free_rows.load(std::memory_order_relaxed);
+  }
+  return free;
+}
+
 bool SparseTable::HasRow(uint64_t key) const {
   const Partition& p = *partitions_[VshardOfKey(key, num_vshards())];
   absl::MutexLock lock(&p.mu);
@@ -656,6 +665,43 @@ bool SparseTable::NeedsEviction(uint64_t capacity_rows) const {
   return false;
 }
 
+void SparseTable::PlanReserve(int64_t now_ms, uint32_t min_reserve, EvictionPlan* out) const {
+  out->ttl.clear();
+  out->capacity.clear();
+  const LifecycleConfig& l = config_.lifecycle;
+  const uint32_t now = MetaSecond(now_ms);
+  std::vector<std::pair<uint64_t, uint32_t>> scratch;
+  struct Candidate {
+    uint64_t order;
+    Victim victim;
+  };
+  std::vector<Candidate> rows;
+  for (uint32_t v = 0; v < num_vshards(); ++v) {
+    if (!Owns(v)) continue;
+    const Partition& p = *partitions_[v];
+    absl::MutexLock lock(&p.mu);
+    const uint32_t live = p.rows.live(), free = p.rows.size() - live;
+    const uint32_t reserve = std::max(min_reserve, live / 20);
+    if (free >= reserve || live == 0) continue;
+    const size_t need = std::min<size_t>(reserve - free, live);
+    rows.clear();
+    ScanStamps(p, &scratch, [&](uint64_t key, uint64_t stamp) {
+      const uint32_t last = static_cast<uint32_t>(stamp >> 32);
+      const uint64_t order = l.victims != EvictionVictims::kLfu
+                                 ? stamp
+                                 : (uint64_t{DecayedCount(static_cast<uint32_t>(stamp), last, now,
+                                                          l.lfu_half_life_seconds)}
+                                    << 32) |
+                                       last;
+      rows.push_back({order, {key, stamp}});
+    });
+    std::nth_element(rows.begin(), rows.begin() + (need - 1), rows.end(),
+                     [](const Candidate& a, const Candidate& b) { return a.order < b.order; });
+    std::vector<Victim>& chosen = out->capacity.emplace_back(v, std::vector<Victim>{}).second;
+    for (size_t i = 0; i < need; ++i) chosen.push_back(rows[i].victim);
+  }
+}
+
 void SparseTable::PlanEvictions(int64_t now_ms, bool ttl, uint64_t capacity_rows,
                                 EvictionPlan* out) const {
   out->ttl.clear();
@@ -732,7 +778,12 @@ void SparseTable::PlanEvictions(int64_t now_ms, bool ttl, uint64_t capacity_rows
   // still above its cap after that, its lowest-ordered others down to the cap (rows released
   // in one vshard serve only its own new rows: the cap keeps the memory each vshard holds, and
   // so the table's, near the capacity whatever the spread of new keys).
+  // Rows at the threshold (ties: e.g. every row updated in one second, once) are sampled
+  // uniformly over the table, not taken vshard by vshard: the rows removed serve their own
+  // vshards' next rows, so removals bunched in the first vshards left the others without any.
   std::vector<Victim> at_threshold;
+  uint64_t ties = 0;
+  absl::flat_hash_set<uint64_t> capped_keys;  // chosen by a vshard's cap
   uint64_t chosen = 0;
   struct Candidate {
     uint64_t order;
@@ -754,8 +805,14 @@ void SparseTable::PlanEvictions(int64_t now_ms, bool ttl, uint64_t capacity_rows
           victims.push_back({key, stamp});
           ++chosen;
         } else {
-          if (chosen < over && order == threshold && at_threshold.size() < over) {
-            at_threshold.push_back({key, stamp});
+          if (over != 0 && order == threshold) {  // (a reservoir of `over` ties)
+            ++ties;
+            if (at_threshold.size() < over) {
+              at_threshold.push_back({key, stamp});
+            } else {
+              rng = Mix64(rng);
+              if (const uint64_t j = rng % ties; j < over) at_threshold[j] = {key, stamp};
+            }
           }
           if (capped) rest.push_back({order, {key, stamp}});
         }
@@ -766,27 +823,37 @@ void SparseTable::PlanEvictions(int64_t now_ms, bool ttl, uint64_t capacity_rows
       const size_t more = std::min<size_t>(rest.size(), left - vshard_cap);
       std::nth_element(rest.begin(), rest.begin() + (more - 1), rest.end(),
                        [](const Candidate& a, const Candidate& b) { return a.order < b.order; });
-      for (size_t i = 0; i < more; ++i) victims.push_back(rest[i].victim);
+      for (size_t i = 0; i < more; ++i) {
+        victims.push_back(rest[i].victim);
+        capped_keys.insert(rest[i].victim.key);
+      }
     }
     if (!victims.empty()) out->capacity.emplace_back(v, std::move(victims));
   }
-  // (Rows at the threshold, vshard by vshard: appended to their vshard's list unless chosen.)
+  // The ties needed, in a random order of the reservoir (deterministic: a decision of the
+  // primary's, any order would do), each appended to its vshard's list.
+  for (size_t i = at_threshold.size(); i > 1; --i) {
+    rng = Mix64(rng);
+    std::swap(at_threshold[i - 1], at_threshold[rng % i]);
+  }
+  std::vector<int32_t> list_of(num_vshards(), -1);
+  for (size_t i = 0; i < out->capacity.size(); ++i) {
+    list_of[out->capacity[i].first] = static_cast<int32_t>(i);
+  }
   for (const Victim& victim : at_threshold) {
     if (chosen >= over) break;
+    if (capped_keys.contains(victim.key)) continue;  // (taken by its vshard's cap already)
     const uint32_t v = VshardOfKey(victim.key, num_vshards());
-    auto it = std::find_if(out->capacity.begin(), out->capacity.end(),
-                           [v](const auto& e) { return e.first == v; });
-    if (it == out->capacity.end()) {
+    if (list_of[v] < 0) {
+      list_of[v] = static_cast<int32_t>(out->capacity.size());
       out->capacity.emplace_back(v, std::vector<Victim>{});
-      it = out->capacity.end() - 1;
     }
-    if (std::any_of(it->second.begin(), it->second.end(),
-                    [&](const Victim& x) { return x.key == victim.key; })) {
-      continue;  // (taken by its vshard's cap already)
-    }
-    it->second.push_back(victim);
+    out->capacity[list_of[v]].second.push_back(victim);
     ++chosen;
   }
+  // (Lists in vshard order, as the ttl ones.)
+  std::sort(out->capacity.begin(), out->capacity.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
 }
 
 }  // namespace tessera

@@ -118,6 +118,10 @@ class SparseTable final : public TableData {
   // is exact), a second takes the rows below the sample's threshold. Reads each vshard under
   // its lock, one at a time. REQUIRES: has_lifecycle().
   void PlanEvictions(int64_t now_ms, bool ttl, uint64_t capacity_rows, EvictionPlan* out) const;
+  // Near the memory limit: released rows serve only their own vshard's new rows, so each vshard
+  // keeps a reserve of them (a twentieth of its rows, at least `min_reserve`): chooses, in each
+  // vshard short of it, its lowest-ordered rows (as PlanEvictions orders them) to make it up.
+  void PlanReserve(int64_t now_ms, uint32_t min_reserve, EvictionPlan* out) const;
   // The rows' capacity in rows: capacity_rows and capacity_bytes (by row_charge()) combined;
   // 0 when neither is set.
   uint64_t CapacityRows() const;
@@ -133,6 +137,7 @@ class SparseTable final : public TableData {
   struct LifecycleCounters {
     std::atomic<uint64_t> evicted_ttl{0};
     std::atomic<uint64_t> evicted_capacity{0};
+    std::atomic<uint64_t> evicted_memory{0};
     std::atomic<uint64_t> would_evict{0};
     std::atomic<uint64_t> kept{0};          // listed for removal, updated since: kept
     std::atomic<uint64_t> admitted{0};      // rows created by reaching the admission count
@@ -188,6 +193,8 @@ class SparseTable final : public TableData {
   uint64_t Bytes() const override { return bytes(); }
 
   uint64_t num_rows() const { return num_rows_.load(std::memory_order_relaxed); }
+  // Released rows held for reuse by new rows (their vshard's), over the owned vshards.
+  uint64_t FreeRows() const;
   // Whether `key` has a row here (tests, benchmarks). REQUIRES: its vshard is owned.
   bool HasRow(uint64_t key) const;
   // Seconds since the last update of up to `max_rows` rows (a share of each owned vshard's, in

@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "optimizer/initializer.h"
 #include "optimizer/optimizer.h"
 #include "server/core_test_util.h"
 #include "server/row_arena.h"
@@ -716,6 +717,56 @@ TEST_CASE("a restore never changes a live table's lifecycle silently",
   CHECK(layout.code() == absl::StatusCode::kFailedPrecondition);
   CHECK(absl::StrContains(layout.message(), "8 more bytes"));
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("near the memory limit a table with a TTL gives up its oldest rows to new keys",
+          "[state_machine][lifecycle]") {
+  // A stream of new keys into a table whose TTL (an hour) frees nothing, on a server with 4 MiB
+  // for tables: as its memory nears the limit, the lifecycle's rounds (one after each push
+  // here, the task's 100 ms in a server) remove the oldest rows and new keys take their
+  // memory. A push refused meanwhile comes through after the next round, as a client retries it
+  // after the refusal's hint.
+  ServerCoreOptions o;
+  o.max_memory_bytes = 4 << 20;
+  o.lifecycle_interval_ms = 0;  // (rounds run here)
+  std::atomic<int64_t> clock{1'000'000};
+  o.testing_clock_ms = [&clock] { return clock.load(); };
+  std::unique_ptr<ServerCore> core = *ServerCore::Create(o);
+  v1::CreateTableResponse cr;
+  REQUIRE(core->CreateTable(CreateReq(LifecycleTable("t", {.ttl_seconds = 3600})), &cr).ok());
+  uint64_t seq = 0, most = 0, refusals = 0;
+  for (uint64_t push = 0; push < 150; ++push) {
+    clock += 1000;  // a second a push: the oldest rows are the first pushed
+    std::vector<uint64_t> keys(1000);
+    for (uint64_t i = 0; i < keys.size(); ++i) keys[i] = push * 1000 + i + 1;
+    const auto req =
+        SparsePushReq("t", 2, keys, std::vector<float>(keys.size() * 2, 1.0f), 9, ++seq);
+    v1::PushResponse pr;
+    absl::Status pushed = core->PushSparse(req, &pr);
+    if (!pushed.ok()) {
+      CHECK(pushed.code() == absl::StatusCode::kResourceExhausted);
+      ++refusals;
+      core->RunLifecycle();
+      pushed = core->PushSparse(req, &pr);
+    }
+    INFO(pushed.ToString() << "; push " << push << ", rows " << StatsOf(*core, "t").rows);
+    REQUIRE(pushed.ok());
+    core->RunLifecycle();
+    most = std::max(most, StatsOf(*core, "t").rows);
+    CHECK(core->budget().used() <= core->budget().limit());
+  }
+  const TableStats t = StatsOf(*core, "t");
+  INFO(t.rows << " rows of at most " << most << ", " << t.evicted_memory << " evicted, " << refusals
+              << " pushes refused once");
+  CHECK(t.evicted_memory > 100'000);  // 150,000 keys streamed through ~40,000 rows of memory
+  CHECK(t.rows >= most / 2);          // (the table keeps most of what fits)
+  // The newest keys are held, the oldest gone (read as never seen: the initializer's values).
+  const Initializer init(ResolveTableConfig(LifecycleTable("t", {}))->initializer);
+  auto initial = [&](uint64_t key) {
+    return std::vector<float>{init.Value(key, 0), init.Value(key, 1)};
+  };
+  CHECK(PullRows(*core, "t", 2, {1}) == initial(1));
+  CHECK(PullRows(*core, "t", 2, {150'000}) != initial(150'000));
 }
 
 }  // namespace

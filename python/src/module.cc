@@ -291,6 +291,7 @@ py::dict StatusToDict(const TableStatus& s) {
     py::dict e;
     e["ttl"] = s.evicted_ttl;
     e["capacity"] = s.evicted_capacity;
+    e["memory"] = s.evicted_memory;
     e["would"] = s.would_evict;
     d["evicted"] = e;
     d["update_age_quantiles_s"] = s.update_age_quantiles_s;

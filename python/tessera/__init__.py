@@ -237,7 +237,8 @@ class TableInfo:
         self.lifecycle = config.get("lifecycle")  # a dict, None without a policy
         self.rows = d.get("rows")
         self.bytes = d.get("bytes")
-        self.evicted = d.get("evicted")  # {"ttl": n, "capacity": n, "would": n} (describe/list)
+        # {"ttl", "capacity", "memory", "would"}: rows the lifecycle removed (describe/list)
+        self.evicted = d.get("evicted")
         # Seconds since the rows' last update, quantiles 0.5, 0.9, 0.99 of a sample (lifecycle).
         self.update_age_quantiles_s = d.get("update_age_quantiles_s")
 

@@ -464,7 +464,8 @@ def test_lifecycle_ttl_removes_rows_not_pushed_for_its_time(client, table_name):
     while client.describe_table(table_name).rows != 0:
         assert time.monotonic() < deadline, "rows not removed by their TTL within 20 s"
         time.sleep(0.05)
-    assert client.describe_table(table_name).evicted == {"ttl": 2, "capacity": 0, "would": 0}
+    assert client.describe_table(table_name).evicted == {"ttl": 2, "capacity": 0, "memory": 0,
+                                                         "would": 0}
     np.testing.assert_array_equal(client.pull_sparse(table_name, [1]), np.zeros((1, 2)))
     with pytest.raises(errors.InvalidArgumentError, match="need a policy"):
         client.create_table(table_name + "_x", dim=2, lifecycle=tessera.Lifecycle(dry_run=True))
