@@ -94,9 +94,9 @@ absl::Status ServerCore::SubmitRemoveRows(std::shared_ptr<const v1::RemoveRowsRe
       for (const Run& r : by_vshard) {
         removed += sparse.Remove(r.vshard, r.keys, r.stamps, gen, &kept);
       }
-      // Removal records beyond a quarter of the rows (at least 64 Ki): forgotten, the next
-      // checkpoint full.
-      sparse.BoundRemovals(gen, std::max<uint64_t>(uint64_t{1} << 16, sparse.num_rows() / 4));
+      // Removal records (16 bytes each, not charged) beyond a sixteenth of the rows (at least
+      // 64 Ki): forgotten, the next checkpoint full.
+      sparse.BoundRemovals(gen, std::max<uint64_t>(uint64_t{1} << 16, sparse.num_rows() / 16));
     } catch (const std::bad_alloc&) {
       // Logged and half applied: crash-only, as an executor that cannot apply (a replica that
       // holds the entry whole takes over; docs/state_machine.md).
@@ -162,35 +162,26 @@ uint64_t ServerCore::RunLifecycle() {
     const int64_t now = NowMs();
     const bool ttl_due = policy.ttl_seconds != 0 &&
                          now - t->ttl_scan_ms.load() >= TtlScanIntervalMs(policy.ttl_seconds);
-    uint64_t capacity = sparse.CapacityRows();
-    // Refused pushes at the memory limit, or near it with few released rows to reuse (under 5%
-    // of its rows): a table with an eviction policy gives up its least recently (or
-    // frequently) updated rows as if its capacity were 90% of what it holds (down to 95% of
-    // that); new rows then take their memory, vshard by vshard, and a stream of new keys goes
-    // on within the limit (docs/embedding_lifecycle.md, "Memory").
+    const uint64_t capacity = sparse.CapacityRows();
+    // Pushes refused at the memory limit, or near it with few released rows to reuse (under 5%
+    // of the table's rows): a table with an eviction policy keeps a reserve of released rows in
+    // every vshard, its lowest-ordered rows going (SparseTable::PlanReserve); new rows take
+    // their memory and a stream of new keys goes on within the limit
+    // (docs/embedding_lifecycle.md, "Memory").
     const uint64_t rows = sparse.num_rows();
     const bool refused = t->refused_for_memory.exchange(false, std::memory_order_relaxed);
     const bool pressure = policy.eviction() && rows > 0 &&
                           (refused || (budget_.used() >= budget_.limit() / 10 * 9 &&
                                        sparse.FreeRows() < rows / 20 + 1));
-    SparseTable::EvictionPlan plan;
-    if (pressure) {
-      // (Each vshard's reserve: a push's keys spread over the vshards, a few each.)
-      sparse.PlanReserve(now, /*min_reserve=*/8, &plan);
-    } else {
-      if (!ttl_due && !sparse.NeedsEviction(capacity)) continue;
-      if (ttl_due) t->ttl_scan_ms = now;
-      sparse.PlanEvictions(now, ttl_due, capacity, &plan);
-    }
-    const std::pair<v1::RemoveReason,
-                    const std::vector<std::pair<uint32_t, std::vector<SparseTable::Victim>>>*>
-        kinds[] = {
-            {v1::REMOVE_REASON_TTL, &plan.ttl},
-            {pressure ? v1::REMOVE_REASON_MEMORY : v1::REMOVE_REASON_CAPACITY, &plan.capacity}};
-    for (const auto& [reason, chosen] : kinds) {
-      // Entries of at most kRemoveBatch keys, any vshards of the shard.
+    const bool evict = ttl_due || sparse.NeedsEviction(capacity);
+    if (!evict && !pressure) continue;
+    if (ttl_due) t->ttl_scan_ms = now;
+    // Removes what a plan chose for `reason`: entries of at most kRemoveBatch keys, any
+    // vshards of the shard.
+    using Chosen = std::vector<std::pair<uint32_t, std::vector<SparseTable::Victim>>>;
+    auto remove = [&](v1::RemoveReason reason, const Chosen& chosen) {
       auto req = std::make_shared<v1::RemoveRowsRequest>();
-      auto submit = [&, reason = reason] {
+      auto submit = [&] {
         if (req->num_keys() == 0) return;
         if (policy.dry_run) {
           sparse.lifecycle_counters().would_evict += req->num_keys();
@@ -216,7 +207,7 @@ uint64_t ServerCore::RunLifecycle() {
         }
         req = std::make_shared<v1::RemoveRowsRequest>();
       };
-      for (const auto& [vshard, victims] : *chosen) {
+      for (const auto& [vshard, victims] : chosen) {
         for (const SparseTable::Victim& v : victims) {
           // (Little-endian hosts: common/wire.h.)
           req->mutable_keys()->append(reinterpret_cast<const char*>(&v.key), sizeof(v.key));
@@ -226,6 +217,19 @@ uint64_t ServerCore::RunLifecycle() {
         }
       }
       submit();
+    };
+    if (evict) {
+      SparseTable::EvictionPlan plan;
+      sparse.PlanEvictions(now, ttl_due, capacity, &plan);
+      remove(v1::REMOVE_REASON_TTL, plan.ttl);
+      remove(v1::REMOVE_REASON_CAPACITY, plan.capacity);
+    }
+    if (pressure) {
+      // Each vshard's reserve (a push's keys spread over the vshards, a few each), counted
+      // after the TTL's and the capacity's removals above.
+      SparseTable::EvictionPlan reserve;
+      sparse.PlanReserve(now, /*min_reserve=*/8, &reserve);
+      remove(v1::REMOVE_REASON_MEMORY, reserve.capacity);
     }
   }
   return removed;

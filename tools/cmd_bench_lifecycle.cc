@@ -188,15 +188,18 @@ int RunLifecycleBench(const BenchCommandOptions& o) {
   PrintBenchLine(
       {"lifecycle_stream_max_rss", max_rss.load() / 1048576.0, "MiB",
        absl::StrFormat(",\"budget_mib\":%u,\"ratio_to_budget\":%.3f,\"keys\":%u,\"seconds\":%.1f,"
-                       "\"refused_pushes\":%u,\"rows\":%u,\"evicted\":%u",
+                       "\"refused_pushes\":%u,\"rows\":%u,\"evicted\":%u,"
+                       "\"evicted_near_limit\":%u",
                        o.lifecycle_budget_mb,
                        static_cast<double>(max_rss.load()) / static_cast<double>(budget), streamed,
-                       stream_s, refused.load(), after->rows, after->evicted_capacity),
+                       stream_s, refused.load(), after->rows, after->evicted_capacity,
+                       after->evicted_memory),
        absl::StrFormat("%u new keys (dim %u, Adagrad) into a table with capacity_bytes %u on a "
                        "server with --max_memory_bytes=%u: %.0f keys/s, %u pushes refused for "
-                       "memory and retried, %u rows held, %u evicted; RSS sampled every 20 ms%s",
+                       "memory and retried, %u rows held, %u evicted by the capacity and %u "
+                       "near the memory limit; RSS sampled every 20 ms%s",
                        streamed, kDim, capacity_bytes, budget, streamed / stream_s, refused.load(),
-                       after->rows, after->evicted_capacity,
+                       after->rows, after->evicted_capacity, after->evicted_memory,
                        pid == 0 ? " (not measured: --connect)" : "")},
       o.json);
 
