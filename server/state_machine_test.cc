@@ -300,12 +300,17 @@ namespace {
 
 using namespace tessera::testing;  // NOLINT
 
-TEST_CASE("removed rows are gone on every replica and from the checkpoints after",
-          "[state_machine][lifecycle]") {
-  const std::string dir =
-      std::filesystem::temp_directory_path() / absl::StrCat("tessera_remove_", getpid());
+// An empty directory of this process under the temp directory.
+std::string FreshDir(const std::string& prefix) {
+  const std::string dir = std::filesystem::temp_directory_path() / absl::StrCat(prefix, getpid());
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
+  return dir;
+}
+
+TEST_CASE("removed rows are gone on every replica and from the checkpoints after",
+          "[state_machine][lifecycle]") {
+  const std::string dir = FreshDir("tessera_remove_");
   ServerCoreOptions p;
   p.checkpoint_dir = dir;
   ReplicaPair pair(p);
@@ -428,10 +433,7 @@ struct ClockedPair {
 
 TEST_CASE("the primary's TTL removes rows by entry time on every replica and from checkpoints",
           "[state_machine][lifecycle]") {
-  const std::string dir =
-      std::filesystem::temp_directory_path() / absl::StrCat("tessera_ttl_", getpid());
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
+  const std::string dir = FreshDir("tessera_ttl_");
   ServerCoreOptions p;
   p.checkpoint_dir = dir;
   ClockedPair clocked(p);
@@ -661,10 +663,7 @@ TEST_CASE("a push refused at the memory limit while a capacity evicts says when 
 
 TEST_CASE("a restore never changes a live table's lifecycle silently",
           "[state_machine][lifecycle]") {
-  const std::string dir =
-      std::filesystem::temp_directory_path() / absl::StrCat("tessera_restore_policy_", getpid());
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
+  const std::string dir = FreshDir("tessera_restore_policy_");
   ServerCoreOptions o;
   o.checkpoint_dir = dir;
   o.lifecycle_interval_ms = 0;
