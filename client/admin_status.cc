@@ -184,10 +184,12 @@ absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, 
       tj.push_back(absl::StrFormat(
           "{\"name\":%s,\"kind\":\"%s\",\"rows\":%u,\"bytes\":%u,\"lifecycle\":%s,"
           "\"evicted_ttl\":%u,\"evicted_capacity\":%u,\"evicted_memory\":%u,"
-          "\"would_evict\":%u,\"update_age_quantiles_s\":[%s]}",
+          "\"would_evict\":%u,\"update_age_quantiles_s\":[%s],\"demoted\":%u,"
+          "\"promoted\":%u,\"disk_rows\":%u,\"disk_bytes\":%u}",
           JsonString(t.config.name), TableKindName(t.config.kind), t.rows, t.bytes,
           JsonString(DescribeLifecycle(t.config.lifecycle)), t.evicted_ttl, t.evicted_capacity,
-          t.evicted_memory, t.would_evict, absl::StrJoin(t.update_age_quantiles_s, ",")));
+          t.evicted_memory, t.would_evict, absl::StrJoin(t.update_age_quantiles_s, ","), t.demoted,
+          t.promoted, t.disk_rows, t.disk_bytes));
     }
     out = absl::StrFormat(
         "{\"epoch\":%u,\"num_shards\":%u,\"replication\":%u,\"failovers\":%u,"
@@ -283,6 +285,11 @@ absl::StatusOr<std::string> FormatClusterStatus(const std::string& coordinator, 
           t.evicted_memory,
           t.config.lifecycle.dry_run ? absl::StrFormat(", %u would be (dry run)", t.would_evict)
                                      : "");
+      if (t.config.lifecycle.tier()) {
+        absl::StrAppendFormat(&out,
+                              "    disk tier: %u rows, %.1f MB on disk; %u demoted, %u promoted\n",
+                              t.disk_rows, t.disk_bytes / 1e6, t.demoted, t.promoted);
+      }
       if (t.update_age_quantiles_s.size() == 3) {
         absl::StrAppendFormat(
             &out, "    seconds since the rows' last update (sampled): p50 %u, p90 %u, p99 %u\n",

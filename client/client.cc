@@ -586,6 +586,10 @@ absl::Status AddInfo(const v1::TableInfo& info, TableStatus* status) {
   status->evicted_capacity += info.evicted_capacity();
   status->evicted_memory += info.evicted_memory();
   status->would_evict += info.would_evict();
+  status->demoted += info.demoted();
+  status->promoted += info.promoted();
+  status->disk_rows += info.disk_rows();
+  status->disk_bytes += info.disk_bytes();
   const auto& ages = info.update_age_quantiles_s();
   status->update_age_quantiles_s.resize(
       std::max<size_t>(status->update_age_quantiles_s.size(), static_cast<size_t>(ages.size())));

@@ -89,6 +89,12 @@ struct TableStatus {
   uint64_t evicted_capacity = 0;
   uint64_t evicted_memory = 0;  // near a server's memory limit
   uint64_t would_evict = 0;
+  // The disk tier (tables with one), summed over servers: rows moved to disk and back, and
+  // rows and bytes on disk now (`rows` counts the RAM's).
+  uint64_t demoted = 0;
+  uint64_t promoted = 0;
+  uint64_t disk_rows = 0;
+  uint64_t disk_bytes = 0;
   // Seconds since the rows were last updated, quantiles 0.5, 0.9, 0.99 of a sample: the
   // oldest of the shards' (empty without a lifecycle).
   std::vector<uint64_t> update_age_quantiles_s;

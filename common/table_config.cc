@@ -159,12 +159,26 @@ absl::Status ResolveLifecycle(TableConfig& c) {
         "admission_min_count >= 2 (1 admits every key: leave it 0)",
         c.name));
   }
-  if (!l.eviction() &&
+  if (!l.eviction() && !l.tier() &&
       (l.victims != EvictionVictims::kLru || l.lfu_half_life_seconds != 0 || l.dry_run)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "table '%s': lifecycle victims, lfu_half_life_seconds and dry_run need a policy: set "
-        "ttl_seconds, capacity_rows or capacity_bytes",
+        "ttl_seconds, capacity_rows, capacity_bytes or a tier_* field",
         c.name));
+  }
+  if (l.tier() && (l.capacity_rows != 0 || l.capacity_bytes != 0)) {
+    // (The capacity would have to choose victims among the rows on disk too: not built. A TTL
+    // bounds the disk tier: it removes rows from both tiers.)
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "table '%s': a lifecycle with a disk tier (tier_ram_rows, tier_ram_bytes or "
+        "tier_idle_seconds) takes no capacity_rows or capacity_bytes: bound the rows on disk "
+        "with ttl_seconds",
+        c.name));
+  }
+  if (l.tier_idle_seconds > kMaxTtlSeconds) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("table '%s': lifecycle tier_idle_seconds must be at most %u, got %u",
+                        c.name, kMaxTtlSeconds, l.tier_idle_seconds));
   }
   if (l.admission()) {
     if (l.admission_min_count > 0xffff) {
@@ -324,7 +338,13 @@ std::string DescribeLifecycle(const LifecycleConfig& l) {
   if (l.capacity_bytes != 0) {
     parts.push_back(absl::StrFormat("capacity %u bytes", l.capacity_bytes));
   }
-  if (l.capacity_rows != 0 || l.capacity_bytes != 0) {
+  if (l.tier_ram_rows != 0) parts.push_back(absl::StrFormat("ram %u rows", l.tier_ram_rows));
+  if (l.tier_ram_bytes != 0) parts.push_back(absl::StrFormat("ram %u bytes", l.tier_ram_bytes));
+  if (l.tier_idle_seconds != 0) {
+    parts.push_back(absl::StrFormat("to disk after %u s idle", l.tier_idle_seconds));
+  }
+  if (l.capacity_rows != 0 || l.capacity_bytes != 0 || l.tier_ram_rows != 0 ||
+      l.tier_ram_bytes != 0) {
     parts.push_back(l.victims == EvictionVictims::kLfu
                         ? absl::StrFormat("lfu (half-life %u s)", l.lfu_half_life_seconds)
                         : std::string("lru"));

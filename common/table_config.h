@@ -60,11 +60,17 @@ struct LifecycleConfig {
   uint64_t admission_sketch_width = 0;     // over all vshards; default 2^21
   uint32_t admission_sketch_depth = 0;     // default 4
   uint64_t admission_aging_sightings = 0;  // default 16 x width
+  // The disk tier (any set: on): rows kept in RAM per server, in rows or bytes, and the idle
+  // time after which a row moves to disk.
+  uint64_t tier_ram_rows = 0;
+  uint64_t tier_ram_bytes = 0;
+  uint64_t tier_idle_seconds = 0;
 
   bool admission() const { return admission_min_count >= 2; }
   bool eviction() const { return ttl_seconds != 0 || capacity_rows != 0 || capacity_bytes != 0; }
+  bool tier() const { return tier_ram_rows != 0 || tier_ram_bytes != 0 || tier_idle_seconds != 0; }
   // Whether rows carry lifecycle metadata (any policy set).
-  bool enabled() const { return eviction() || admission(); }
+  bool enabled() const { return eviction() || admission() || tier(); }
   bool operator==(const LifecycleConfig&) const = default;
 };
 

@@ -73,6 +73,18 @@ TEST_CASE("invalid configs name the table and the field", "[table_config]") {
   TableConfig narrow{.name = "e", .dim = 4};
   narrow.lifecycle = {.admission_min_count = 2, .admission_sketch_width = 8};
   CHECK(error(narrow).find("64 to") != std::string::npos);
+  TableConfig tier_and_capacity{.name = "e", .dim = 4};
+  tier_and_capacity.lifecycle = {.capacity_rows = 10, .tier_ram_rows = 5};
+  CHECK(error(tier_and_capacity).find("takes no capacity_rows") != std::string::npos);
+  TableConfig long_idle{.name = "e", .dim = 4};
+  long_idle.lifecycle.tier_idle_seconds = kMaxTtlSeconds + 1;
+  CHECK(error(long_idle).find("tier_idle_seconds must be at most") != std::string::npos);
+  TableConfig tier_lfu{.name = "e", .dim = 4};
+  tier_lfu.lifecycle = {.victims = EvictionVictims::kLfu, .tier_ram_bytes = 1 << 20};
+  REQUIRE(ResolveTableConfig(tier_lfu).ok());  // (victims order the RAM capacity's demotions)
+  CHECK(ResolveTableConfig(tier_lfu)->lifecycle.enabled());
+  CHECK(DescribeLifecycle(ResolveTableConfig(tier_lfu)->lifecycle).find("ram 1048576 bytes") !=
+        std::string::npos);
   TableConfig admission{.name = "e", .dim = 4};
   admission.lifecycle.admission_min_count = 3;
   absl::StatusOr<TableConfig> resolved = ResolveTableConfig(admission);
@@ -95,6 +107,13 @@ TEST_CASE("a lifecycle resolves its LFU half-life and survives the wire", "[tabl
   absl::StatusOr<TableConfig> back = TableConfigFromProto(spec);
   REQUIRE(back.ok());
   CHECK(*back == *r);
+  // The disk tier's fields too.
+  TableConfig tiered{.name = "emb", .kind = TableKind::kSparse, .dim = 8};
+  tiered.lifecycle = {.ttl_seconds = 600, .tier_ram_rows = 7, .tier_ram_bytes = 9,
+                      .tier_idle_seconds = 11};
+  v1::TableSpec tiered_spec;
+  TableConfigToProto(*ResolveTableConfig(tiered), &tiered_spec);
+  CHECK(TableConfigFromProto(tiered_spec)->lifecycle == ResolveTableConfig(tiered)->lifecycle);
   // A table without one sends no lifecycle at all (specs of older servers compare equal).
   TableConfig plain{.name = "emb", .kind = TableKind::kSparse, .dim = 8};
   TableConfigToProto(plain, &spec);

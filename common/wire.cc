@@ -58,6 +58,9 @@ void TableConfigToProto(const TableConfig& c, v1::TableSpec* spec) {
     l->set_admission_sketch_width(lc.admission_sketch_width);
     l->set_admission_sketch_depth(lc.admission_sketch_depth);
     l->set_admission_aging_sightings(lc.admission_aging_sightings);
+    l->set_tier_ram_rows(lc.tier_ram_rows);
+    l->set_tier_ram_bytes(lc.tier_ram_bytes);
+    l->set_tier_idle_seconds(lc.tier_idle_seconds);
   }
 }
 
@@ -86,6 +89,9 @@ absl::StatusOr<LifecycleConfig> LifecycleFromProto(const v1::LifecycleSpec& l,
   c.admission_sketch_width = l.admission_sketch_width();
   c.admission_sketch_depth = l.admission_sketch_depth();
   c.admission_aging_sightings = l.admission_aging_sightings();
+  c.tier_ram_rows = l.tier_ram_rows();
+  c.tier_ram_bytes = l.tier_ram_bytes();
+  c.tier_idle_seconds = l.tier_idle_seconds();
   return c;
 }
 

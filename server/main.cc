@@ -81,6 +81,10 @@ ABSL_FLAG(int64_t, dedup_client_ttl_s, 3600,
 ABSL_FLAG(int64_t, drain_timeout_ms, 10000, "On SIGTERM, how long in-flight requests may run.");
 ABSL_FLAG(std::string, checkpoint_dir, "",
           "Checkpoint directory shared by all servers and `tessera checkpoint`; empty: none.");
+ABSL_FLAG(std::string, tier_dir, "",
+          "The disk tier's RocksDB directory (sparse tables with lifecycle.tier_*; cleared at "
+          "start: not durable); empty: a private directory under $TMPDIR, removed at exit.");
+ABSL_FLAG(uint64_t, tier_cache_bytes, uint64_t{32} << 20, "The disk tier's block cache.");
 ABSL_FLAG(uint32_t, checkpoint_write_threads, 4,
           "Threads (and files) per table when writing or restoring a checkpoint.");
 ABSL_FLAG(bool, restore, false, "Before serving, restore the newest complete checkpoint.");
@@ -145,6 +149,8 @@ int main(int argc, char** argv) {
   core.testing_push_delay_ms = absl::GetFlag(FLAGS_testing_push_delay_ms);
   core.testing_crash_in_checkpoint = absl::GetFlag(FLAGS_testing_crash_in_checkpoint);
   core.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
+  core.tier_dir = absl::GetFlag(FLAGS_tier_dir);
+  core.tier_cache_bytes = absl::GetFlag(FLAGS_tier_cache_bytes);
   core.checkpoint_write_threads = absl::GetFlag(FLAGS_checkpoint_write_threads);
   if (const uint64_t id = absl::GetFlag(FLAGS_restore_checkpoint); id != 0) {
     options.restore_checkpoint = static_cast<int64_t>(id);

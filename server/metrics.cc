@@ -196,9 +196,21 @@ std::vector<prometheus::MetricFamily> TableCollector::Collect() const {
          {{GaugeValue(static_cast<double>(core_->budget().limit())), {}}});
   // The embedding lifecycle (docs/embedding_lifecycle.md), per sparse table that has one.
   std::vector<std::pair<prometheus::ClientMetric, prometheus::Labels>> evicted, would, kept,
-      admitted, not_admitted, sketch;
+      admitted, not_admitted, sketch, demoted, promoted, tier_rows, tier_bytes;
   for (const TableStats& t : stats) {
     if (!t.lifecycle) continue;
+    if (t.tier) {
+      demoted.push_back({counter(static_cast<double>(t.demoted)), {{"table", t.name}}});
+      promoted.push_back({counter(static_cast<double>(t.promoted)), {{"table", t.name}}});
+      tier_rows.push_back(
+          {GaugeValue(static_cast<double>(t.rows)), {{"table", t.name}, {"tier", "ram"}}});
+      tier_rows.push_back(
+          {GaugeValue(static_cast<double>(t.disk_rows)), {{"table", t.name}, {"tier", "disk"}}});
+      tier_bytes.push_back(
+          {GaugeValue(static_cast<double>(t.bytes)), {{"table", t.name}, {"tier", "ram"}}});
+      tier_bytes.push_back(
+          {GaugeValue(static_cast<double>(t.disk_bytes)), {{"table", t.name}, {"tier", "disk"}}});
+    }
     evicted.push_back(
         {counter(static_cast<double>(t.evicted_ttl)), {{"table", t.name}, {"reason", "ttl"}}});
     evicted.push_back({counter(static_cast<double>(t.evicted_capacity)),
@@ -231,6 +243,40 @@ std::vector<prometheus::MetricFamily> TableCollector::Collect() const {
          MetricType::Counter, std::move(not_admitted));
   family("tessera_lifecycle_sketch_bytes", "Memory of a table's admission sketches here.",
          MetricType::Gauge, std::move(sketch));
+  family("tessera_lifecycle_demoted_total",
+         "Rows a table with a disk tier moved from RAM to disk here (every replica counts the "
+         "demotions it applies).",
+         MetricType::Counter, std::move(demoted));
+  family("tessera_lifecycle_promoted_total",
+         "Rows brought back from the disk tier to RAM by a push that named them.",
+         MetricType::Counter, std::move(promoted));
+  family("tessera_tier_rows", "Rows of a table with a disk tier, by tier (ram, disk).",
+         MetricType::Gauge, std::move(tier_rows));
+  family("tessera_tier_bytes",
+         "Bytes of a table with a disk tier, by tier: the memory it holds, the rows on disk "
+         "(their size; the store's files: tessera_tier_store_bytes).",
+         MetricType::Gauge, std::move(tier_bytes));
+  if (const std::shared_ptr<TierStore> tier = core_->tier(); tier != nullptr) {
+    const TierStore::ReadStats r = tier->read_stats();
+    prometheus::ClientMetric m;
+    m.histogram.sample_count = r.count;
+    m.histogram.sample_sum = r.sum_seconds;
+    uint64_t cumulative = 0;
+    for (size_t b = 0; b < r.buckets.size(); ++b) {
+      cumulative += r.buckets[b];
+      m.histogram.bucket.push_back(
+          {cumulative, b < TierStore::kReadBuckets.size()
+                           ? TierStore::kReadBuckets[b]
+                           : std::numeric_limits<double>::infinity()});
+    }
+    out.push_back({"tessera_tier_read_seconds",
+                   "Reads of the disk tier (a pull or push of a demoted row, a removal of one; "
+                   "misses of new keys included).",
+                   MetricType::Histogram,
+                   {std::move(m)}});
+    family("tessera_tier_store_bytes", "Bytes of the disk tier's RocksDB files and memtables.",
+           MetricType::Gauge, {{GaugeValue(static_cast<double>(tier->DiskBytes())), {}}});
+  }
   return out;
 }
 

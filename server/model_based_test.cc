@@ -4,8 +4,9 @@
 // a replicator thread replays its log on a backup (snapshots after restores); at every
 // quiescent point the primary's and the backup's state digests must be equal, and so must a
 // fresh replica's that replays the whole history from a snapshot. One table has every lifecycle
-// policy (TTL, capacity, admission): lifecycle rounds of the primary and operators' removals
-// (with stale stamps too) are operations of the histories.
+// policy (TTL, capacity, admission), another a disk tier: lifecycle rounds of the primary
+// (removals, demotions) and operators' removals and demotions (with stale stamps too) are
+// operations of the histories.
 //
 // TESSERA_MODEL_HISTORIES (default 1000) and TESSERA_MODEL_SEED (first seed, default 1).
 #include <unistd.h>
@@ -41,10 +42,19 @@ std::vector<TableKindSpec> Specs() {
                     .capacity_rows = 12,
                     .admission_min_count = 2,
                     .admission_sketch_width = 1024};  // (small: snapshots copy it whole)
+  // And one with a disk tier: a few rows in RAM, rows idle for a second demoted, a TTL over
+  // both tiers, admission.
+  TableConfig tier = SparseConfig("s_tier", 2, OptimizerKind::kAdam);
+  tier.lifecycle = {.ttl_seconds = 2,
+                    .admission_min_count = 2,
+                    .admission_sketch_width = 1024,
+                    .tier_ram_rows = 6,
+                    .tier_idle_seconds = 1};
   return {{"s_adam", SparseConfig("s_adam", 3, OptimizerKind::kAdam), 3},
           {"s_ftrl", SparseConfig("s_ftrl", 2, OptimizerKind::kFtrl), 2},
           {"d_adagrad", DenseConfig("d_adagrad", 300, 50, OptimizerKind::kAdagrad), 0},
-          {"s_life", life, 2}};
+          {"s_life", life, 2},
+          {"s_tier", tier, 2}};
 }
 
 uint64_t EnvOr(const char* name, uint64_t fallback) {
@@ -102,6 +112,8 @@ std::string RunHistory(uint64_t seed, const std::string& dir, Totals* totals) {
         std::sort(keys.begin(), keys.end());
         keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
         v1::RemoveRowsRequest req = RemoveRowsReq(t.name, keys);
+        // (Into the disk tier, for a table with one: an operator's demotion.)
+        if (t.config.lifecycle.tier() && rng() % 2 == 0) req.set_reason(v1::REMOVE_REASON_DEMOTE);
         if (t.config.lifecycle.enabled() && rng() % 2 == 0) {
           std::vector<uint64_t> stamps(keys.size());
           for (uint64_t& s : stamps) s = (uint64_t{1'000'000 + rng() % 3} << 32) | (rng() % 3);

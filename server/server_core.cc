@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/bulk_codec.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
 #include "common/wire.h"
 #include "proto/cluster.pb.h"
@@ -244,6 +245,11 @@ absl::StatusOr<std::shared_ptr<ServerCore::Table>> ServerCore::NewTable(const Ta
   table->incarnation = next_incarnation_.fetch_add(1);
   if (config.kind == TableKind::kSparse) {
     table->sparse = std::make_unique<SparseTable>(config, owned_);
+    if (config.lifecycle.tier()) {
+      absl::StatusOr<std::shared_ptr<TierStore>> tier = OpenTier();
+      if (!tier.ok()) return tier.status();
+      table->sparse->AttachTier(*std::move(tier));
+    }
   } else {
     table->dense = std::make_unique<DenseTable>(config, owned_, initialize);
     if (!table->dense->allocated()) {
@@ -253,6 +259,26 @@ absl::StatusOr<std::shared_ptr<ServerCore::Table>> ServerCore::NewTable(const Ta
     }
   }
   return table;
+}
+
+absl::StatusOr<std::shared_ptr<TierStore>> ServerCore::OpenTier() {
+  absl::MutexLock lock(&tier_mu_);
+  if (tier_ == nullptr) {
+    absl::StatusOr<std::unique_ptr<TierStore>> opened =
+        TierStore::Open(options_.tier_dir, options_.tier_cache_bytes);
+    if (!opened.ok()) {
+      return absl::UnavailableError(absl::StrFormat(
+          "this server cannot open its disk tier: %s", opened.status().message()));
+    }
+    tier_ = *std::move(opened);
+    LogInfo("disk tier in %s", tier_->dir());
+  }
+  return tier_;
+}
+
+std::shared_ptr<TierStore> ServerCore::tier() const {
+  absl::MutexLock lock(&tier_mu_);
+  return tier_;
 }
 
 TableData& ServerCore::Table::data() const {
@@ -346,6 +372,10 @@ void ServerCore::FillInfo(const Table& table, v1::TableInfo* info) const {
     info->set_evicted_capacity(c.evicted_capacity.load(std::memory_order_relaxed));
     info->set_evicted_memory(c.evicted_memory.load(std::memory_order_relaxed));
     info->set_would_evict(c.would_evict.load(std::memory_order_relaxed));
+    info->set_demoted(c.demoted.load(std::memory_order_relaxed));
+    info->set_promoted(c.promoted.load(std::memory_order_relaxed));
+    info->set_disk_rows(table.sparse->disk_rows());
+    info->set_disk_bytes(table.sparse->disk_rows() * table.sparse->stored_bytes());
     const std::vector<uint32_t> ages = table.sparse->SampleUpdateAges(NowMs(), 4096);
     for (double q : {0.5, 0.9, 0.99}) {
       info->add_update_age_quantiles_s(
@@ -398,6 +428,11 @@ std::vector<TableStats> ServerCore::GetTableStats() const {
       s.admitted = c.admitted.load(std::memory_order_relaxed);
       s.not_admitted = c.not_admitted.load(std::memory_order_relaxed);
       s.sketch_bytes = t->sparse->sketch_bytes();
+      s.tier = t->sparse->has_tier();
+      s.demoted = c.demoted.load(std::memory_order_relaxed);
+      s.promoted = c.promoted.load(std::memory_order_relaxed);
+      s.disk_rows = t->sparse->disk_rows();
+      s.disk_bytes = s.disk_rows * t->sparse->stored_bytes();
     }
   }
   return stats;

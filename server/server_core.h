@@ -22,6 +22,7 @@
 #include "server/push_dedup.h"
 #include "server/shard_log.h"
 #include "server/table_data.h"
+#include "server/tier_store.h"
 
 namespace tessera {
 
@@ -124,6 +125,12 @@ struct ServerCoreOptions {
   // the system clock.
   std::function<int64_t()> testing_clock_ms;
 
+  // The disk tier (docs/embedding_lifecycle.md): the RocksDB directory for the demoted rows of
+  // tables with a tier, opened (and cleared) when the first such table is made; empty: a
+  // private directory under $TMPDIR, removed at exit. Its block cache, in bytes.
+  std::string tier_dir;
+  uint64_t tier_cache_bytes = uint64_t{32} << 20;
+
   // Checkpoint directory shared by every server and the checkpoint driver
   // (docs/checkpoints.md); empty disables checkpoints.
   std::string checkpoint_dir;
@@ -166,6 +173,12 @@ struct TableStats {
   uint64_t admitted = 0;      // rows created at their admission count
   uint64_t not_admitted = 0;  // sightings below it
   uint64_t sketch_bytes = 0;  // the admission sketches held here
+  // The disk tier (tables with one).
+  bool tier = false;
+  uint64_t demoted = 0;
+  uint64_t promoted = 0;
+  uint64_t disk_rows = 0;
+  uint64_t disk_bytes = 0;  // rows on disk x their size (the store's files: TierDiskBytes)
 };
 
 // Thread-safe. Every method validates its request completely before touching state: on any
@@ -316,6 +329,8 @@ class ServerCore {
   static absl::Status RetryLater(absl::Status status, uint32_t retry_after_ms);
   uint64_t duplicate_pushes() const { return duplicate_pushes_.load(std::memory_order_relaxed); }
   // What this server holds for tables, requests and responses, against --max_memory_bytes.
+  // The disk tier's figures: reads and their latency, the store's bytes (none: null).
+  std::shared_ptr<TierStore> tier() const ABSL_LOCKS_EXCLUDED(tier_mu_);
   MemoryBudget& budget() { return budget_; }
   const MemoryBudget& budget() const { return budget_; }
   uint64_t max_response_bytes() const { return options_.max_response_bytes; }
@@ -344,6 +359,7 @@ class ServerCore {
     uint64_t id = 0;           // the LSN that made it (create, restore, snapshot): replicated
     // The lifecycle task's last TTL scan of the table (the primary's clock; its thread only).
     std::atomic<int64_t> ttl_scan_ms{0};
+    std::atomic<int64_t> idle_scan_ms{0};  // likewise, the disk tier's idle scan
     // A push to it was refused at the memory limit since the lifecycle task's last round.
     std::atomic<bool> refused_for_memory{false};
     uint64_t created_gen = 0;  // generation at creation; 0 when restored from a checkpoint
@@ -553,6 +569,10 @@ class ServerCore {
   PushDeduplicator dedup_ ABSL_GUARDED_BY(order_mu_);
   std::unique_ptr<ApplyExecutors> executors_;
   MemoryBudget budget_;
+  // The disk tier, opened by the first table that has one (OpenTier).
+  mutable absl::Mutex tier_mu_;
+  std::shared_ptr<TierStore> tier_ ABSL_GUARDED_BY(tier_mu_);
+  absl::StatusOr<std::shared_ptr<TierStore>> OpenTier() ABSL_LOCKS_EXCLUDED(tier_mu_);
 
   // A snapshot being installed (backup).
   struct IncomingSnapshot {

@@ -48,6 +48,13 @@ absl::Status ServerCore::SubmitRemoveRows(std::shared_ptr<const v1::RemoveRowsRe
         absl::StrFormat("table '%s': RemoveRows reason %d is not a known reason",
                         ShortName(req->table()), static_cast<int>(req->reason())));
   }
+  const bool demote = req->reason() == v1::REMOVE_REASON_DEMOTE;
+  if (demote && !sparse.has_tier()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "table '%s' has no disk tier: RemoveRows with reason DEMOTE moves rows to it (set "
+        "lifecycle.tier_ram_rows, tier_ram_bytes or tier_idle_seconds)",
+        ShortName(req->table())));
+  }
   // Each vshard's keys (and stamps), gathered before the change is logged: nothing after
   // Sequence may fail.
   struct Run {
@@ -92,11 +99,14 @@ absl::Status ServerCore::SubmitRemoveRows(std::shared_ptr<const v1::RemoveRowsRe
       absl::ReaderMutexLock gate(&gate_);  // (a checkpoint's cut sees all of it or none)
       const uint64_t gen = generation_.load(std::memory_order_relaxed);
       for (const Run& r : by_vshard) {
-        removed += sparse.Remove(r.vshard, r.keys, r.stamps, gen, &kept);
+        removed += demote ? sparse.Demote(r.vshard, r.keys, r.stamps, &kept)
+                          : sparse.Remove(r.vshard, r.keys, r.stamps, gen, &kept);
       }
       // Removal records (16 bytes each, not charged) beyond a sixteenth of the rows (at least
       // 64 Ki): forgotten, the next checkpoint full.
-      sparse.BoundRemovals(gen, std::max<uint64_t>(uint64_t{1} << 16, sparse.num_rows() / 16));
+      if (!demote) {
+        sparse.BoundRemovals(gen, std::max<uint64_t>(uint64_t{1} << 16, sparse.num_rows() / 16));
+      }
     } catch (const std::bad_alloc&) {
       // Logged and half applied: crash-only, as an executor that cannot apply (a replica that
       // holds the entry whole takes over; docs/state_machine.md).
@@ -170,12 +180,19 @@ uint64_t ServerCore::RunLifecycle() {
     // (docs/embedding_lifecycle.md, "Memory").
     const uint64_t rows = sparse.num_rows();
     const bool refused = t->refused_for_memory.exchange(false, std::memory_order_relaxed);
-    const bool pressure = policy.eviction() && rows > 0 &&
+    const bool pressure = (policy.eviction() || sparse.has_tier()) && rows > 0 &&
                           (refused || (budget_.used() >= budget_.limit() / 10 * 9 &&
                                        sparse.FreeRows() < rows / 20 + 1));
     const bool evict = ttl_due || sparse.NeedsEviction(capacity);
-    if (!evict && !pressure) continue;
+    // The disk tier: rows idle for tier_idle_seconds (scanned as often as a TTL would be) and
+    // rows above the RAM capacity move to disk.
+    const bool idle_due =
+        sparse.has_tier() && policy.tier_idle_seconds != 0 &&
+        now - t->idle_scan_ms.load() >= TtlScanIntervalMs(policy.tier_idle_seconds);
+    const bool demote = sparse.has_tier() && (idle_due || sparse.NeedsEviction(sparse.TierRamRows()));
+    if (!evict && !pressure && !demote) continue;
     if (ttl_due) t->ttl_scan_ms = now;
+    if (idle_due) t->idle_scan_ms = now;
     // Removes what a plan chose for `reason`: entries of at most kRemoveBatch keys, any
     // vshards of the shard.
     using Chosen = std::vector<std::pair<uint32_t, std::vector<SparseTable::Victim>>>;
@@ -183,7 +200,7 @@ uint64_t ServerCore::RunLifecycle() {
       auto req = std::make_shared<v1::RemoveRowsRequest>();
       auto submit = [&] {
         if (req->num_keys() == 0) return;
-        if (policy.dry_run) {
+        if (policy.dry_run && reason != v1::REMOVE_REASON_DEMOTE) {
           sparse.lifecycle_counters().would_evict += req->num_keys();
         } else {
           req->mutable_header()->set_shard_map_epoch(shard_map_epoch());
@@ -221,15 +238,24 @@ uint64_t ServerCore::RunLifecycle() {
     if (evict) {
       SparseTable::EvictionPlan plan;
       sparse.PlanEvictions(now, ttl_due, capacity, &plan);
+      if (ttl_due) sparse.PlanDiskTtl(now, &plan);  // (a TTL empties both tiers)
       remove(v1::REMOVE_REASON_TTL, plan.ttl);
       remove(v1::REMOVE_REASON_CAPACITY, plan.capacity);
     }
+    if (demote) {
+      SparseTable::EvictionPlan plan;
+      sparse.PlanDemotions(now, idle_due, &plan);
+      remove(v1::REMOVE_REASON_DEMOTE, plan.ttl);
+      remove(v1::REMOVE_REASON_DEMOTE, plan.capacity);
+    }
     if (pressure) {
       // Each vshard's reserve (a push's keys spread over the vshards, a few each), counted
-      // after the TTL's and the capacity's removals above.
+      // after the TTL's and the capacity's removals above. A table with a disk tier moves
+      // those rows to disk instead of removing them.
       SparseTable::EvictionPlan reserve;
       sparse.PlanReserve(now, /*min_reserve=*/8, &reserve);
-      remove(v1::REMOVE_REASON_MEMORY, reserve.capacity);
+      remove(sparse.has_tier() ? v1::REMOVE_REASON_DEMOTE : v1::REMOVE_REASON_MEMORY,
+             reserve.capacity);
     }
   }
   return removed;

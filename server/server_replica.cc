@@ -32,10 +32,10 @@ class SnapshotRowsSink final : public EntrySink {
       : chunk_(chunk), config_(config) {}
 
   absl::Status Add(uint32_t vshard, uint64_t id, absl::string_view payload) override {
-    Start(vshard);
-    rows_->mutable_keys()->append(reinterpret_cast<const char*>(&id), sizeof(id));
-    rows_->mutable_payload()->append(payload.data(), payload.size());
-    return absl::OkStatus();
+    return AddPlaced(vshard, id, payload, /*on_disk=*/false);
+  }
+  absl::Status AddDemoted(uint32_t vshard, uint64_t id, absl::string_view payload) override {
+    return AddPlaced(vshard, id, payload, /*on_disk=*/true);
   }
   absl::Status SetState(uint32_t vshard, absl::string_view state) override {
     Start(vshard);
@@ -49,6 +49,18 @@ class SnapshotRowsSink final : public EntrySink {
   }
 
  private:
+  absl::Status AddPlaced(uint32_t vshard, uint64_t id, absl::string_view payload, bool on_disk) {
+    Start(vshard);
+    const size_t i = rows_->keys().size() / sizeof(id);
+    rows_->mutable_keys()->append(reinterpret_cast<const char*>(&id), sizeof(id));
+    rows_->mutable_payload()->append(payload.data(), payload.size());
+    if (config_.lifecycle.tier()) {  // (a bit per entry: where the joiner puts it)
+      std::string& bits = *rows_->mutable_demoted();
+      if (bits.size() < i / 8 + 1) bits.push_back('\0');
+      if (on_disk) bits[i / 8] = static_cast<char>(bits[i / 8] | (1 << (i % 8)));
+    }
+    return absl::OkStatus();
+  }
   void Start(uint32_t vshard) {
     if (rows_ != nullptr) return;
     rows_ = chunk_->add_rows();
@@ -203,6 +215,17 @@ absl::Status ServerCore::InstallSnapshot(uint64_t term, const v1::InstallSnapsho
       }
       offset += n;
     }
+    const bool placed = !rows.demoted().empty();
+    if (placed && rows.demoted().size() != (ids.size() + 7) / 8) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "snapshot rows of table '%s' (vshard %u): %u bytes of tier bits for %u entries",
+          ShortName(rows.spec().name()), rows.vshard(), rows.demoted().size(), ids.size()));
+    }
+    if (placed && !it->second->config.lifecycle.tier()) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("snapshot rows of table '%s' (vshard %u) name a disk tier it lacks",
+                          ShortName(rows.spec().name()), rows.vshard()));
+    }
     if (offset != rows.payload().size()) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "snapshot rows of table '%s' (vshard %u): %u payload bytes left over",
@@ -211,9 +234,15 @@ absl::Status ServerCore::InstallSnapshot(uint64_t term, const v1::InstallSnapsho
     // (The state is checked as it is loaded: nothing of it changes when it does not fit.)
     TESSERA_RETURN_IF_ERROR(data.LoadState(rows.vshard(), rows.state()));
     offset = 0;
-    for (uint64_t id : ids) {
-      const size_t n = data.EntryBytes(rows.vshard(), id);
-      data.LoadEntry(rows.vshard(), id, absl::string_view(rows.payload().data() + offset, n));
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const size_t n = data.EntryBytes(rows.vshard(), ids[i]);
+      const absl::string_view payload(rows.payload().data() + offset, n);
+      if (placed) {
+        data.LoadPlacedEntry(rows.vshard(), ids[i], payload,
+                             (static_cast<unsigned char>(rows.demoted()[i / 8]) >> (i % 8)) & 1);
+      } else {
+        data.LoadEntry(rows.vshard(), ids[i], payload);
+      }
       offset += n;
     }
   }

@@ -3,13 +3,18 @@
 #include <algorithm>
 #include <bit>
 #include <cstring>
+#include <cstdlib>
+#include <deque>
 #include <random>
 #include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
 #include "common/hash.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
+#include "server/tier_store.h"
 
 namespace tessera {
 
@@ -48,6 +53,136 @@ SparseTable::SparseTable(const TableConfig& config, const std::vector<bool>& own
       sketch_bytes_ += p.sketch->bytes();
     }
   }
+}
+
+SparseTable::~SparseTable() {
+  if (tier_ == nullptr) return;
+  if (absl::Status s = tier_->DropSpace(tier_space_); !s.ok()) {
+    LogWarning("table '%s': %s", config_.name, s.ToString());  // (space never reused)
+  }
+}
+
+namespace {
+// A tier that cannot be read or written while a change is applied: the replica has not
+// applied the change, and stops (crash-only, docs/state_machine.md: a replica that holds the
+// entry whole takes over).
+[[noreturn]] void TierFailed(const std::string& table, const absl::Status& status) {
+  LogError("table '%s': %s; exiting so that a replica takes over", table, status.ToString());
+  std::abort();
+}
+}  // namespace
+
+void SparseTable::AttachTier(std::shared_ptr<TierStore> tier) {
+  tier_space_ = tier->NewSpace();
+  tier_ = std::move(tier);
+}
+
+bool SparseTable::ReadDemoted(const Partition& p, uint32_t vshard, uint64_t key,
+                              std::string* bytes) const {
+  if (tier_ == nullptr || p.demoted.load(std::memory_order_relaxed) == 0) return false;
+  absl::StatusOr<bool> found = tier_->Get(tier_space_, vshard, key, bytes);
+  if (!found.ok()) TierFailed(config_.name, found.status());
+  if (*found && bytes->size() != stored_bytes()) {
+    TierFailed(config_.name, absl::DataLossError(absl::StrFormat(
+                                 "the disk tier holds %u bytes for key %u, rows have %u",
+                                 bytes->size(), key, stored_bytes())));
+  }
+  return *found;
+}
+
+uint32_t SparseTable::Promote(Partition& p, uint32_t vshard, uint64_t key, uint32_t* created) {
+  std::string bytes;
+  if (!ReadDemoted(p, vshard, key, &bytes)) return KeyIndex::kNone;
+  const bool new_memory = !p.rows.HasFree();
+  const uint32_t id = p.rows.Append();
+  try {
+    p.index.Insert(key, id);
+  } catch (const std::bad_alloc&) {
+    p.rows.Release(id);
+    throw;
+  }
+  std::memcpy(p.rows.Row(id), bytes.data(), stored_bytes());  // (its generation too)
+  if (absl::Status s = tier_->Delete(tier_space_, vshard, key); !s.ok()) {
+    TierFailed(config_.name, s);
+  }
+  p.demoted.fetch_sub(1, std::memory_order_relaxed);
+  p.free_rows.store(p.rows.size() - p.rows.live(), std::memory_order_relaxed);
+  p.live_rows.store(p.rows.live(), std::memory_order_relaxed);
+  num_rows_.fetch_add(1, std::memory_order_relaxed);
+  counters_.promoted.fetch_add(1, std::memory_order_relaxed);
+  if (new_memory) ++*created;
+  return id;
+}
+
+uint32_t SparseTable::Demote(uint32_t vshard, absl::Span<const uint64_t> keys,
+                             absl::Span<const uint64_t> stamps, uint32_t* kept) {
+  Partition& p = *partitions_[vshard];
+  absl::MutexLock lock(&p.mu);
+  std::vector<uint64_t> moved;
+  std::vector<uint32_t> ids;
+  std::vector<absl::string_view> rows;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const uint32_t id = p.index.Find(keys[i]);
+    if (id == KeyIndex::kNone) continue;  // (on disk already, or gone)
+    const float* row = p.rows.Row(id);
+    if (!stamps.empty() && Stamp(row) != stamps[i]) {
+      if (kept != nullptr) ++*kept;  // (updated since the primary looked)
+      continue;
+    }
+    moved.push_back(keys[i]);
+    ids.push_back(id);
+    rows.emplace_back(reinterpret_cast<const char*>(row), stored_bytes());
+  }
+  if (moved.empty()) return 0;
+  if (absl::Status s = tier_->Put(tier_space_, vshard, moved, rows); !s.ok()) {
+    TierFailed(config_.name, s);
+  }
+  for (size_t i = 0; i < moved.size(); ++i) {
+    if (p.cow_gen != 0) {
+      // Changed since a cut in progress: the row on disk is newer than the cut, so the cut's
+      // pre-image stays by key (as a removed row's). Unchanged rows are taken from disk.
+      auto it = p.cow.find(ids[i]);
+      if (it != p.cow.end()) {
+        p.removed_cow.emplace_back(moved[i], std::move(it->second));
+        p.cow.erase(it);
+      }
+    }
+    p.index.Erase(moved[i]);
+    p.rows.Release(ids[i]);
+  }
+  const uint32_t n = static_cast<uint32_t>(moved.size());
+  p.demoted.fetch_add(n, std::memory_order_relaxed);
+  p.free_rows.store(p.rows.size() - p.rows.live(), std::memory_order_relaxed);
+  p.live_rows.store(p.rows.live(), std::memory_order_relaxed);
+  num_rows_.fetch_sub(n, std::memory_order_relaxed);
+  counters_.demoted.fetch_add(n, std::memory_order_relaxed);
+  return n;
+}
+
+uint64_t SparseTable::disk_rows() const {
+  uint64_t n = 0;
+  for (const auto& p : partitions_) {
+    if (p != nullptr) n += p->demoted.load(std::memory_order_relaxed);
+  }
+  return n;
+}
+
+bool SparseTable::HasDemotedRow(uint64_t key) const {
+  const uint32_t v = VshardOfKey(key, num_vshards());
+  const Partition& p = *partitions_[v];
+  absl::MutexLock lock(&p.mu);
+  std::string bytes;
+  return ReadDemoted(p, v, key, &bytes);
+}
+
+uint64_t SparseTable::TierRamRows() const {
+  const LifecycleConfig& l = config_.lifecycle;
+  uint64_t rows = l.tier_ram_rows;
+  if (l.tier_ram_bytes != 0) {
+    const uint64_t by_bytes = std::max<uint64_t>(1, l.tier_ram_bytes / row_charge());
+    rows = rows == 0 ? by_bytes : std::min(rows, by_bytes);
+  }
+  return rows;
 }
 
 bool SparseTable::Admit(Partition& p, uint64_t key) {
@@ -188,9 +323,11 @@ void SparseTable::ForEachRow(absl::Span<const uint64_t> keys, const VshardGroupi
         const uint64_t key = keys[index[k]];
         if (created == nullptr) {
           ids[k] = p.index.Find(key);
-        } else if (admit) {
+        } else if (admit || tier_ != nullptr) {
+          // (A demoted row comes back before anything else: it was admitted long ago.)
           ids[k] = p.index.Find(key);
-          if (ids[k] == KeyIndex::kNone && Admit(p, key))
+          if (ids[k] == KeyIndex::kNone) ids[k] = Promote(p, run.vshard, key, created);
+          if (ids[k] == KeyIndex::kNone && (!admit || Admit(p, key)))
             ids[k] = FindOrCreate(p, key, gen, created);
         } else {
           ids[k] = FindOrCreate(p, key, gen, created);
@@ -208,10 +345,16 @@ uint32_t SparseTable::Pull(absl::Span<const uint64_t> keys, const VshardGrouping
                            float* out, uint64_t gen) {
   const uint32_t dim = config_.dim;
   uint32_t created = 0;
+  std::string disk;
   ForEachRow(keys, groups, gen, /*write=*/false, out, 0, 1, has_meta_ ? nullptr : &created,
              /*admit=*/false, [&](Partition& p, uint32_t i, uint32_t id) {
                p.mu.AssertHeld();  // (ForEachRow holds it; the analysis cannot see into lambdas)
                if (id == KeyIndex::kNone) {
+                 // On disk: read there (a pull promotes nothing: replicas' tiers stay equal).
+                 if (ReadDemoted(p, VshardOfKey(keys[i], num_vshards()), keys[i], &disk)) {
+                   std::memcpy(out + size_t{i} * dim, disk.data(), dim * sizeof(float));
+                   return;
+                 }
                  initializer_.FillRow(keys[i], out + size_t{i} * dim, dim);  // (as if created)
                  return;
                }
@@ -266,17 +409,28 @@ void SparseTable::BeginCut(uint64_t cut_gen) {
   }
 }
 
-void SparseTable::TakeVshard(uint32_t vshard, uint64_t cut_gen, uint64_t parent_gen,
-                             VshardSnapshot* out) {
+absl::Status SparseTable::TakeVshard(uint32_t vshard, uint64_t cut_gen, uint64_t parent_gen,
+                                     VshardSnapshot* out) {
   out->keys.clear();
   out->payload.clear();
+  out->demoted.clear();
   Partition& p = *partitions_[vshard];
   absl::MutexLock lock(&p.mu);
+  // The copy-on-write ends whatever happens below.
+  absl::Cleanup end_cow = [&p] {
+    p.mu.AssertHeld();
+    p.cow_gen = 0;
+    p.cow.clear();
+    p.removed_cow.clear();
+    p.sketch_saved = false;
+    p.sketch_at_cut.clear();
+  };
   // The state at the cut: the row itself when unchanged since, else its saved pre-image; rows
   // created after the cut have neither and are left out.
   struct Item {
     uint64_t key;
     const char* payload;
+    bool on_disk = false;
   };
   std::vector<Item> items;
   items.reserve(p.index.size());
@@ -295,10 +449,32 @@ void SparseTable::TakeVshard(uint32_t vshard, uint64_t cut_gen, uint64_t parent_
     }
     if (gen > parent_gen) items.push_back({key, payload});
   });
-  // Rows removed since the cut, as they were at it.
+  // Rows removed (or demoted changed) since the cut, as they were at it.
   for (const auto& [key, pre] : p.removed_cow) {
     if (Gen(reinterpret_cast<const float*>(pre.data())) > parent_gen) {
       items.push_back({key, pre.data()});
+    }
+  }
+  // Rows on disk: unchanged since they went there. Those newer than the cut were created or
+  // changed after it (a changed one's pre-image is among removed_cow).
+  std::deque<std::string> disk;
+  if (tier_ != nullptr && p.demoted.load(std::memory_order_relaxed) != 0) {
+    bool fits = true;
+    TESSERA_RETURN_IF_ERROR(
+        tier_->Scan(tier_space_, vshard, [&](uint64_t key, absl::string_view bytes) {
+          if (bytes.size() != stored_bytes()) {
+            fits = false;
+            return;
+          }
+          uint64_t gen;
+          std::memcpy(&gen, bytes.data() + gen_offset_ * sizeof(float), sizeof(gen));
+          if (gen > cut_gen || gen <= parent_gen) return;
+          items.push_back({key, disk.emplace_back(bytes).data(), true});
+        }));
+    if (!fits) {
+      return absl::DataLossError(absl::StrFormat(
+          "table '%s': the disk tier holds a row of another size (vshard %u)", config_.name,
+          vshard));
     }
   }
   std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.key < b.key; });
@@ -320,17 +496,15 @@ void SparseTable::TakeVshard(uint32_t vshard, uint64_t cut_gen, uint64_t parent_
   const size_t rb = row_bytes();
   out->keys.reserve(items.size());
   out->payload.resize(items.size() * rb);
+  if (tier_ != nullptr) out->demoted.reserve(items.size());
   for (size_t i = 0; i < items.size(); ++i) {
     out->keys.push_back(items[i].key);
     std::memcpy(out->payload.data() + i * rb, items[i].payload, rb);
+    if (tier_ != nullptr) out->demoted.push_back(items[i].on_disk);
   }
   out->state.clear();
   if (p.sketch != nullptr) out->state = p.sketch_saved ? p.sketch_at_cut : p.sketch->Save();
-  p.cow_gen = 0;
-  p.cow.clear();
-  p.removed_cow.clear();
-  p.sketch_saved = false;
-  p.sketch_at_cut.clear();
+  return absl::OkStatus();
 }
 
 void SparseTable::EndCut() {
@@ -350,11 +524,28 @@ uint32_t SparseTable::Remove(uint32_t vshard, absl::Span<const uint64_t> keys,
   Partition& p = *partitions_[vshard];
   absl::MutexLock lock(&p.mu);
   const size_t stored = (payload_floats_ + 2) * sizeof(float);
-  uint32_t removed = 0;
+  uint32_t removed = 0, removed_from_disk = 0;
+  std::string disk;
   for (size_t i = 0; i < keys.size(); ++i) {
     const uint64_t key = keys[i];
     const uint32_t id = p.index.Find(key);
-    if (id == KeyIndex::kNone) continue;
+    if (id == KeyIndex::kNone) {
+      // On disk: gone from there (its pre-image kept for a cut in progress that holds it).
+      if (!ReadDemoted(p, vshard, key, &disk)) continue;
+      const float* row = reinterpret_cast<const float*>(disk.data());
+      if (!stamps.empty() && (!has_meta_ || Stamp(row) != stamps[i])) {
+        if (kept != nullptr) ++*kept;
+        continue;
+      }
+      if (p.cow_gen != 0 && Gen(row) <= p.cow_gen) p.removed_cow.emplace_back(key, disk);
+      if (absl::Status s = tier_->Delete(tier_space_, vshard, key); !s.ok()) {
+        TierFailed(config_.name, s);
+      }
+      p.demoted.fetch_sub(1, std::memory_order_relaxed);
+      p.removals.emplace_back(key, gen);
+      ++removed_from_disk;
+      continue;
+    }
     const float* row = p.rows.Row(id);
     if (!stamps.empty() && (!has_meta_ || Stamp(row) != stamps[i])) {
       if (kept != nullptr) ++*kept;  // (updated since the remover looked)
@@ -379,8 +570,8 @@ uint32_t SparseTable::Remove(uint32_t vshard, absl::Span<const uint64_t> keys,
   p.free_rows.store(p.rows.size() - p.rows.live(), std::memory_order_relaxed);
   p.live_rows.store(p.rows.live(), std::memory_order_relaxed);
   num_rows_.fetch_sub(removed, std::memory_order_relaxed);
-  removal_records_.fetch_add(removed, std::memory_order_relaxed);
-  return removed;
+  removal_records_.fetch_add(removed + removed_from_disk, std::memory_order_relaxed);
+  return removed + removed_from_disk;
 }
 
 bool SparseTable::BoundRemovals(uint64_t gen, uint64_t limit) {
@@ -408,9 +599,25 @@ void SparseTable::ForgetRemovals(uint64_t gen) {
   }
 }
 
-void SparseTable::LoadRow(uint32_t vshard, uint64_t key, absl::string_view payload) {
+void SparseTable::LoadRow(uint32_t vshard, uint64_t key, absl::string_view payload,
+                          Placement placement) {
   Partition& p = *partitions_[vshard];
   absl::MutexLock lock(&p.mu);
+  if (tier_ != nullptr && placement != Placement::kRam) {
+    // Beyond the vshard's share of the RAM capacity, a restored row goes to disk.
+    const uint64_t ram = TierRamRows();
+    if (placement == Placement::kDisk || (ram != 0 && p.rows.live() >= VshardCap(ram))) {
+      std::string bytes(payload);
+      bytes.resize(stored_bytes());
+      SetGen(reinterpret_cast<float*>(bytes.data()), kBaseGeneration);
+      const absl::string_view row(bytes);
+      if (absl::Status s = tier_->Put(tier_space_, vshard, {key}, {row}); !s.ok()) {
+        TierFailed(config_.name, s);
+      }
+      p.demoted.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+  }
   uint32_t created = 0;
   float* row = p.rows.Row(FindOrCreate(p, key, kBaseGeneration, &created));
   std::memcpy(row, payload.data(), row_bytes());
@@ -428,7 +635,7 @@ std::vector<EntryGroup> SparseTable::HeldGroups() const {
 absl::Status SparseTable::TakeGroup(const EntryGroup& group, uint64_t cut_gen, uint64_t parent_gen,
                                     EntrySink& sink) {
   VshardSnapshot snap;
-  TakeVshard(group.vshard, cut_gen, parent_gen, &snap);
+  TESSERA_RETURN_IF_ERROR(TakeVshard(group.vshard, cut_gen, parent_gen, &snap));
   if (!snap.state.empty()) TESSERA_RETURN_IF_ERROR(sink.SetState(group.vshard, snap.state));
   const size_t rb = row_bytes();
   // Rows and tombstones merged in key order (a key is never both).
@@ -437,8 +644,10 @@ absl::Status SparseTable::TakeGroup(const EntryGroup& group, uint64_t cut_gen, u
     for (; r < snap.removed.size() && snap.removed[r] < snap.keys[i]; ++r) {
       TESSERA_RETURN_IF_ERROR(sink.Remove(group.vshard, snap.removed[r]));
     }
-    TESSERA_RETURN_IF_ERROR(
-        sink.Add(group.vshard, snap.keys[i], absl::string_view(snap.payload.data() + i * rb, rb)));
+    const absl::string_view row(snap.payload.data() + i * rb, rb);
+    TESSERA_RETURN_IF_ERROR(!snap.demoted.empty() && snap.demoted[i]
+                                ? sink.AddDemoted(group.vshard, snap.keys[i], row)
+                                : sink.Add(group.vshard, snap.keys[i], row));
   }
   for (; r < snap.removed.size(); ++r) {
     TESSERA_RETURN_IF_ERROR(sink.Remove(group.vshard, snap.removed[r]));
@@ -493,6 +702,16 @@ uint64_t SparseTable::Digest(uint32_t vshard) const {
     if (std::memcmp(fresh.data(), row, rb) == 0) continue;
     h = Mix64(h ^ key);
     h = Mix64(h ^ Fnv1a64(absl::string_view(reinterpret_cast<const char*>(row), rb)));
+  }
+  // Rows on disk, in key order after the RAM's, marked as such: replicas hold the same rows in
+  // the same tier (docs/embedding_lifecycle.md, L1).
+  if (tier_ != nullptr && p.demoted.load(std::memory_order_relaxed) != 0) {
+    h = Mix64(h ^ 0x7469657264697363);
+    const absl::Status s = tier_->Scan(tier_space_, vshard, [&](uint64_t key, absl::string_view b) {
+      h = Mix64(h ^ key);
+      h = Mix64(h ^ Fnv1a64(b.substr(0, rb)));
+    });
+    if (!s.ok()) h = Mix64(h ^ Fnv1a64(s.ToString()));  // (a digest that no replica matches)
   }
   if (p.sketch != nullptr) h = Mix64(h ^ Fnv1a64(p.sketch->Save()));  // (admission counts)
   return h;
@@ -704,11 +923,47 @@ void SparseTable::PlanReserve(int64_t now_ms, uint32_t min_reserve, EvictionPlan
 
 void SparseTable::PlanEvictions(int64_t now_ms, bool ttl, uint64_t capacity_rows,
                                 EvictionPlan* out) const {
+  PlanChoices(now_ms, ttl ? config_.lifecycle.ttl_seconds : 0, capacity_rows, out);
+}
+
+void SparseTable::PlanDemotions(int64_t now_ms, bool idle, EvictionPlan* out) const {
+  PlanChoices(now_ms, idle ? config_.lifecycle.tier_idle_seconds : 0, TierRamRows(), out);
+}
+
+void SparseTable::PlanDiskTtl(int64_t now_ms, EvictionPlan* out) const {
+  const uint64_t ttl_s = config_.lifecycle.ttl_seconds;
+  if (tier_ == nullptr || ttl_s == 0) return;
+  const uint32_t now = MetaSecond(now_ms);
+  const size_t meta_byte = meta_offset_ * sizeof(float);
+  for (uint32_t v = 0; v < num_vshards(); ++v) {
+    if (!Owns(v)) continue;
+    const Partition& p = *partitions_[v];
+    absl::MutexLock lock(&p.mu);
+    if (p.demoted.load(std::memory_order_relaxed) == 0) continue;
+    std::vector<Victim> gone;
+    const absl::Status s = tier_->Scan(tier_space_, v, [&](uint64_t key, absl::string_view b) {
+      if (b.size() != stored_bytes()) return;
+      uint32_t meta[2];
+      std::memcpy(meta, b.data() + meta_byte, sizeof(meta));
+      if (now >= meta[0] && now - meta[0] >= ttl_s) {
+        gone.push_back({key, (uint64_t{meta[0]} << 32) | meta[1]});
+      }
+    });
+    if (!s.ok()) {
+      LogWarning("table '%s': the TTL scan of the disk tier failed: %s", config_.name,
+                 s.ToString());
+      return;  // (a decision only: the next scan tries again)
+    }
+    if (!gone.empty()) out->ttl.emplace_back(v, std::move(gone));
+  }
+}
+
+void SparseTable::PlanChoices(int64_t now_ms, uint64_t ttl_s, uint64_t capacity_rows,
+                              EvictionPlan* out) const {
   out->ttl.clear();
   out->capacity.clear();
   const LifecycleConfig& l = config_.lifecycle;
   const uint32_t now = MetaSecond(now_ms);
-  const uint64_t ttl_s = ttl ? l.ttl_seconds : 0;
   // Rows to give up: down to 95% of the capacity; and in each vshard, down to its cap.
   const uint64_t total = num_rows();
   const uint64_t target = capacity_rows - capacity_rows / 20;

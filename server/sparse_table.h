@@ -23,6 +23,8 @@
 
 namespace tessera {
 
+class TierStore;
+
 // The rows of one vshard as of a checkpoint's cut, sorted by key: row i is
 // payload[i * row_bytes, (i + 1) * row_bytes).
 struct VshardSnapshot {
@@ -34,6 +36,8 @@ struct VshardSnapshot {
   // Replicated state of the vshard beside its rows, as of the cut (the admission sketch);
   // empty without one.
   std::string state;
+  // With a disk tier: demoted[i] tells whether keys[i] is on disk (as of the take); else empty.
+  std::vector<bool> demoted;
 };
 
 // The rows of one sparse table that this server holds: uint64 key -> `dim` weights plus the
@@ -58,6 +62,7 @@ class SparseTable final : public TableData {
   // REQUIRES: config came out of ResolveTableConfig with kind kSparse; owned[v] tells whether
   // this server owns vshard v.
   SparseTable(const TableConfig& config, const std::vector<bool>& owned);
+  ~SparseTable() override;  // (drops its rows from the disk tier)
 
   const TableConfig& config() const { return config_; }
   uint32_t dim() const { return config_.dim; }
@@ -142,18 +147,53 @@ class SparseTable final : public TableData {
     std::atomic<uint64_t> kept{0};          // listed for removal, updated since: kept
     std::atomic<uint64_t> admitted{0};      // rows created by reaching the admission count
     std::atomic<uint64_t> not_admitted{0};  // sightings below it (their gradients dropped)
+    std::atomic<uint64_t> demoted{0};       // rows moved to the disk tier
+    std::atomic<uint64_t> promoted{0};      // rows brought back to RAM by a push
   };
   // Bytes of the admission sketches held here (0 without admission).
   uint64_t sketch_bytes() const { return sketch_bytes_; }
   LifecycleCounters& lifecycle_counters() const { return counters_; }
+
+  // ---- The disk tier (docs/embedding_lifecycle.md, "The disk tier") ----
+  // Gives the table a space of the server's tier. REQUIRES: config().lifecycle.tier(); the
+  // table holds no row yet.
+  void AttachTier(std::shared_ptr<TierStore> tier);
+  bool has_tier() const { return tier_ != nullptr; }
+  // Moves the rows of `keys` (all of owned `vshard`) to the disk tier, bit-exact (weights,
+  // slots, step, metadata, generation); keys without a row in RAM are skipped, and with
+  // `stamps` (as Remove) a row updated since is kept (counted in *kept). The row's memory is
+  // reused by the vshard's next new row. Returns the rows moved. A push that names a demoted
+  // key brings its row back first (promotion); a pull reads it on disk. A tier that fails ends
+  // the process (crash-only: a replica takes over). REQUIRES: has_tier(), and as Remove.
+  uint32_t Demote(uint32_t vshard, absl::Span<const uint64_t> keys,
+                  absl::Span<const uint64_t> stamps, uint32_t* kept = nullptr);
+  // Rows on disk (over the owned vshards), and whether `key` has one (tests).
+  uint64_t disk_rows() const;
+  bool HasDemotedRow(uint64_t key) const;
+  // Bytes of one row on disk (the row and its generation).
+  size_t stored_bytes() const { return (payload_floats_ + 2) * sizeof(float); }
+  // The rows kept in RAM: tier_ram_rows and tier_ram_bytes (by row_charge()) combined; 0:
+  // no RAM capacity.
+  uint64_t TierRamRows() const;
+  // The rows to demote at `now_ms`: with `idle`, every RAM row not updated for
+  // tier_idle_seconds (in out->ttl); above TierRamRows(), the lowest-ordered others down to
+  // 95% of it (in out->capacity), chosen as PlanEvictions chooses.
+  void PlanDemotions(int64_t now_ms, bool idle, EvictionPlan* out) const;
+  // The rows on disk past ttl_seconds at `now_ms`, appended to out->ttl (a TTL removes rows
+  // from both tiers). Reads each vshard's range under its lock.
+  void PlanDiskTtl(int64_t now_ms, EvictionPlan* out) const;
 
   // Checkpoints. BeginCut starts copy-on-write for a cut at generation cut_gen (REQUIRES: no
   // change runs concurrently: the caller holds its update gate). TakeVshard then returns the
   // vshard's rows as of the cut that changed after parent_gen (0: all rows), and the keys
   // removed since parent_gen, and ends its copy-on-write; EndCut ends it everywhere (after an
   // error).
+  // (Rows on disk are taken as they are there: a row demoted after the cut that changed since
+  // keeps its pre-image as a removed one does; a promoted one is a RAM row.) Errors: the disk
+  // tier's.
   void BeginCut(uint64_t cut_gen) override;
-  void TakeVshard(uint32_t vshard, uint64_t cut_gen, uint64_t parent_gen, VshardSnapshot* out);
+  absl::Status TakeVshard(uint32_t vshard, uint64_t cut_gen, uint64_t parent_gen,
+                          VshardSnapshot* out);
   void EndCut() override;
   bool CanIncrement(uint64_t parent_gen) const override {
     return parent_gen >= removal_horizon_.load(std::memory_order_relaxed);
@@ -169,8 +209,12 @@ class SparseTable final : public TableData {
   uint64_t removal_records() const { return removal_records_.load(std::memory_order_relaxed); }
 
   // Restore: sets the row of `key` (in owned `vshard`) to `payload` (row_bytes() bytes) at
-  // kBaseGeneration, creating it when missing. REQUIRES: the table is not yet serving.
-  void LoadRow(uint32_t vshard, uint64_t key, absl::string_view payload);
+  // kBaseGeneration, creating it when missing. With a tier, kByCapacity puts a row beyond the
+  // vshard's share of the RAM capacity on disk (a restore); kDisk puts it there. REQUIRES: the
+  // table is not yet serving; the key is loaded once.
+  enum class Placement { kByCapacity, kRam, kDisk };
+  void LoadRow(uint32_t vshard, uint64_t key, absl::string_view payload,
+               Placement placement = Placement::kByCapacity);
   // TableData's entries are rows; a group is an owned vshard.
   std::vector<EntryGroup> HeldGroups() const override;
   absl::Status TakeGroup(const EntryGroup& group, uint64_t cut_gen, uint64_t parent_gen,
@@ -178,6 +222,10 @@ class SparseTable final : public TableData {
   size_t EntryBytes(uint32_t vshard, uint64_t key) const override;
   void LoadEntry(uint32_t vshard, uint64_t key, absl::string_view payload) override {
     LoadRow(vshard, key, payload);
+  }
+  void LoadPlacedEntry(uint32_t vshard, uint64_t key, absl::string_view payload,
+                       bool on_disk) override {
+    LoadRow(vshard, key, payload, on_disk ? Placement::kDisk : Placement::kRam);
   }
   absl::Status LoadState(uint32_t vshard, absl::string_view state) override;
   void FinishLoad() override {}
@@ -195,7 +243,7 @@ class SparseTable final : public TableData {
   uint64_t num_rows() const { return num_rows_.load(std::memory_order_relaxed); }
   // Released rows held for reuse by new rows (their vshard's), over the owned vshards.
   uint64_t FreeRows() const;
-  // Whether `key` has a row here (tests, benchmarks). REQUIRES: its vshard is owned.
+  // Whether `key` has a row in RAM here (tests, benchmarks). REQUIRES: its vshard is owned.
   bool HasRow(uint64_t key) const;
   // Seconds since the last update of up to `max_rows` rows (a share of each owned vshard's, in
   // slot order: keys are hashed), at `now_ms`, sorted. REQUIRES: has_lifecycle().
@@ -247,12 +295,24 @@ class SparseTable final : public TableData {
     std::unique_ptr<CountMinSketch> sketch ABSL_GUARDED_BY(mu);
     std::string sketch_at_cut ABSL_GUARDED_BY(mu);
     bool sketch_saved ABSL_GUARDED_BY(mu) = false;
+    // Rows of the vshard on disk (changed under mu; read without it for figures).
+    std::atomic<uint32_t> demoted{0};
   };
 
   // Returns the row id of `key`, creating and initializing the row (at `gen`) when missing;
   // counts creations in new memory in *created.
   uint32_t FindOrCreate(Partition& p, uint64_t key, uint64_t gen, uint32_t* created)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(p.mu);
+  // Brings `key`'s row back from the disk tier into RAM (the row's bytes as they were there):
+  // its id, or KeyIndex::kNone when the tier holds none. Counts new memory in *created.
+  uint32_t Promote(Partition& p, uint32_t vshard, uint64_t key, uint32_t* created)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(p.mu);
+  // The row of `key` on disk into *bytes (stored_bytes()): false when there is none.
+  bool ReadDemoted(const Partition& p, uint32_t vshard, uint64_t key, std::string* bytes) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(p.mu);
+  // PlanEvictions and PlanDemotions: rows past `ttl_s` (0: none) and above `capacity_rows`.
+  void PlanChoices(int64_t now_ms, uint64_t ttl_s, uint64_t capacity_rows,
+                   EvictionPlan* out) const;
   // Calls use(partition, i, row id) for each keys[i] of the runs of vshards v with
   // v % parts == part, run by run under the vshard's lock, creating missing rows. `write`:
   // use() changes the whole row and reads side[i * dim, (i + 1) * dim) (else it reads the
@@ -293,6 +353,8 @@ class SparseTable final : public TableData {
   std::atomic<uint64_t> removal_records_{0};  // (key, generation) pairs kept in removals
   uint64_t sketch_bytes_ = 0;                 // constant after construction
   mutable LifecycleCounters counters_;
+  std::shared_ptr<TierStore> tier_;  // set before serving (AttachTier); null without a tier
+  uint64_t tier_space_ = 0;
 };
 
 }  // namespace tessera

@@ -307,7 +307,7 @@ TEST_CASE("admission: a cut takes each vshard's sketch as it was at the cut",
   t.BeginCut(1);
   PushAt(t, {11}, 1000);  // a second after it: the cut must not see it
   VshardSnapshot snap;
-  t.TakeVshard(v, 1, 0, &snap);
+  REQUIRE(t.TakeVshard(v, 1, 0, &snap).ok());
   // Loaded into a fresh table, that state needs two more pushes, as the source did at the cut.
   // (Mutation: taking the live sketch instead admits at the first.)
   SparseTable u(c, AllOwned());

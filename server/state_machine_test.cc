@@ -768,5 +768,83 @@ TEST_CASE("near the memory limit a table with a TTL gives up its oldest rows to 
   CHECK(PullRows(*core, "t", 2, {150'000}) != initial(150'000));
 }
 
+// ---- The disk tier (docs/embedding_lifecycle.md, "The disk tier") ----
+
+TEST_CASE("the disk tier: demotions travel in the log, a TTL empties both tiers and checkpoints",
+          "[state_machine][lifecycle][tier]") {
+  const std::string dir = FreshDir("tessera_tier_");
+  ServerCoreOptions p;
+  p.checkpoint_dir = dir;
+  ClockedPair clocked(p);
+  std::atomic<int64_t>& clock = clocked.clock;
+  ReplicaPair& pair = clocked.pair;
+  ServerCore& core = *pair.primary;
+  v1::CreateTableResponse cr;
+  REQUIRE(core.CreateTable(
+                  CreateReq(LifecycleTable("t", {.ttl_seconds = 120, .tier_ram_rows = 50})), &cr)
+              .ok());
+  // The same pushes into a table without a lifecycle: the values every pull must match.
+  REQUIRE(core.CreateTable(CreateReq(SparseConfig("u", 2, OptimizerKind::kAdagrad)), &cr).ok());
+  std::vector<uint64_t> keys, again;
+  for (uint64_t k = 1; k <= 200; ++k) keys.push_back(k * 7919);
+  for (size_t i = 0; i < keys.size(); i += 2) again.push_back(keys[i]);
+  uint64_t seq = 0;
+  for (const char* table : {"t", "u"}) PushKeys(core, table, keys, &seq);
+  CHECK(core.RunLifecycle() > 0);  // over the RAM capacity: the rows above it go to disk
+  const TableStats moved = StatsOf(core, "t");
+  CHECK(moved.rows <= 50);
+  CHECK(moved.rows + moved.disk_rows == 200);
+  CHECK(moved.demoted == moved.disk_rows);
+  REQUIRE(pair.Replicate().ok());
+  CHECK(pair.primary->StateDigest() == pair.backup->StateDigest());
+  CHECK(StatsOf(*pair.backup, "t").disk_rows == moved.disk_rows);  // (demotions are entries)
+  CHECK(PullRows(core, "t", 2, keys) == PullRows(core, "u", 2, keys));
+  // Half of them pushed again (at 1,060 s): those on disk come back, values as without a tier.
+  clock = 1'060'000;
+  for (const char* table : {"t", "u"}) PushKeys(core, table, again, &seq);
+  CHECK(StatsOf(core, "t").promoted > 0);
+  CHECK(PullRows(core, "t", 2, keys) == PullRows(core, "u", 2, keys));
+  core.RunLifecycle();
+  REQUIRE(pair.Replicate().ok());
+  CHECK(pair.primary->StateDigest() == pair.backup->StateDigest());
+  CHECK(StatsOf(*pair.backup, "t").promoted == StatsOf(core, "t").promoted);
+  // A checkpoint holds both tiers.
+  REQUIRE(WriteCheckpoint(core, dir, 1).ok());
+  ServerCoreOptions fresh_options;
+  fresh_options.checkpoint_dir = dir;
+  fresh_options.lifecycle_interval_ms = 0;
+  {
+    auto restored = *ServerCore::Create(fresh_options);
+    REQUIRE(RestoreNewest(*restored).ok());
+    const TableStats r = StatsOf(*restored, "t");
+    CHECK(r.rows + r.disk_rows == 200);  // (placement at restore: tier_test.cc)
+    CHECK(PullRows(*restored, "t", 2, keys) == PullRows(core, "u", 2, keys));
+  }
+  // At 1,120 s the keys not pushed again are 120 s old: the TTL removes them from RAM and disk,
+  // on every replica, and from the next checkpoint.
+  clock = 1'120'000;
+  core.RunLifecycle();
+  const TableStats after = StatsOf(core, "t");
+  CHECK(after.rows + after.disk_rows == again.size());
+  CHECK(after.evicted_ttl == keys.size() - again.size());
+  REQUIRE(pair.Replicate().ok());
+  CHECK(pair.primary->StateDigest() == pair.backup->StateDigest());
+  REQUIRE(core.CreateTable(CreateReq(SparseConfig("never", 2, OptimizerKind::kAdagrad)), &cr).ok());
+  CHECK(PullRows(core, "t", 2, {keys[1], keys[3]}) ==
+        PullRows(core, "never", 2, {keys[1], keys[3]}));
+  REQUIRE(WriteCheckpoint(core, dir, 2).ok());
+  {
+    auto restored = *ServerCore::Create(fresh_options);
+    REQUIRE(RestoreNewest(*restored).ok());
+    const TableStats r = StatsOf(*restored, "t");
+    CHECK(r.rows + r.disk_rows == again.size());
+    CHECK(PullRows(*restored, "t", 2, again) == PullRows(core, "u", 2, again));
+  }
+  // A joiner by catch-up snapshot holds the same rows in the same tiers (the digest has both).
+  REQUIRE(pair.Resync().ok());
+  CHECK(pair.primary->StateDigest() == pair.backup->StateDigest());
+  CHECK(StatsOf(*pair.backup, "t").disk_rows == StatsOf(core, "t").disk_rows);
+  std::filesystem::remove_all(dir);
+}
 }  // namespace
 }  // namespace tessera

@@ -37,6 +37,11 @@ class EntrySink {
     return nullptr;
   }
   virtual absl::Status Add(uint32_t vshard, uint64_t id, absl::string_view payload) = 0;
+  // An entry in the disk tier (a sparse table with one): a catch-up snapshot's joiner puts it
+  // on its own disk (LoadDemotedEntry); others take it as any entry.
+  virtual absl::Status AddDemoted(uint32_t vshard, uint64_t id, absl::string_view payload) {
+    return Add(vshard, id, payload);
+  }
   // Replicated state of the group beside its entries (a sparse vshard's admission sketch), as
   // of the cut. Catch-up snapshots carry it; checkpoints do not (a restore starts it afresh).
   virtual absl::Status SetState(uint32_t vshard, absl::string_view state) {
@@ -85,6 +90,13 @@ class TableData {
   // Restore and snapshot install: sets the entry. REQUIRES: the table is not yet serving,
   // payload.size() == EntryBytes(vshard, id) != 0; concurrent calls for different vshards.
   virtual void LoadEntry(uint32_t vshard, uint64_t id, absl::string_view payload) = 0;
+  // Snapshot install of a table with a disk tier: the entry goes where the snapshot's primary
+  // held it (on disk: AddDemoted), not where LoadEntry would put it.
+  virtual void LoadPlacedEntry(uint32_t vshard, uint64_t id, absl::string_view payload,
+                               bool on_disk) {
+    (void)on_disk;
+    LoadEntry(vshard, id, payload);
+  }
   // After the last LoadEntry: entries that nothing was loaded for get their initial values
   // (dense blocks; a sparse row is created when it is first touched).
   virtual void FinishLoad() = 0;

@@ -228,6 +228,9 @@ TableConfig ConfigFromDict(const py::dict& d) {
     lc.admission_sketch_width = Opt<uint64_t>(l, "admission_sketch_width").value_or(0);
     lc.admission_sketch_depth = Opt<uint32_t>(l, "admission_sketch_depth").value_or(0);
     lc.admission_aging_sightings = Opt<uint64_t>(l, "admission_aging_sightings").value_or(0);
+    lc.tier_ram_rows = Opt<uint64_t>(l, "tier_ram_rows").value_or(0);
+    lc.tier_ram_bytes = Opt<uint64_t>(l, "tier_ram_bytes").value_or(0);
+    lc.tier_idle_seconds = Opt<uint64_t>(l, "tier_idle_seconds").value_or(0);
   }
   return c;
 }
@@ -275,6 +278,9 @@ py::dict ConfigToDict(const TableConfig& c) {
     l["admission_sketch_width"] = lc.admission_sketch_width;
     l["admission_sketch_depth"] = lc.admission_sketch_depth;
     l["admission_aging_sightings"] = lc.admission_aging_sightings;
+    l["tier_ram_rows"] = lc.tier_ram_rows;
+    l["tier_ram_bytes"] = lc.tier_ram_bytes;
+    l["tier_idle_seconds"] = lc.tier_idle_seconds;
     d["lifecycle"] = l;
   } else {
     d["lifecycle"] = py::none();
@@ -294,6 +300,12 @@ py::dict StatusToDict(const TableStatus& s) {
     e["memory"] = s.evicted_memory;
     e["would"] = s.would_evict;
     d["evicted"] = e;
+    py::dict tier;
+    tier["demoted"] = s.demoted;
+    tier["promoted"] = s.promoted;
+    tier["disk_rows"] = s.disk_rows;
+    tier["disk_bytes"] = s.disk_bytes;
+    d["tier"] = tier;
     d["update_age_quantiles_s"] = s.update_age_quantiles_s;
   }
   return d;

@@ -174,12 +174,15 @@ class Lifecycle:
     replica. `dry_run=True` only counts what would go. `admission_min_count=k` (k >= 2): a key
     becomes a row at the push that is its k-th sighting (counted in a count-min sketch per
     vshard; until then its pushes only count). Rows of such a table are not created by pulls: a
-    key without a row reads as the initializer's values."""
+    key without a row reads as the initializer's values. The disk tier (`tier_ram_rows`,
+    `tier_ram_bytes`, `tier_idle_seconds`): rows beyond the RAM capacity or idle that long move
+    to the server's RocksDB store and come back, bit-exact, at their next push."""
 
     def __init__(self, ttl_seconds=0, capacity_rows=0, capacity_bytes=0, victims="lru",
                  lfu_half_life_seconds=None, dry_run=False, admission_min_count=0,
                  admission_sketch_width=None, admission_sketch_depth=None,
-                 admission_aging_sightings=None):
+                 admission_aging_sightings=None, tier_ram_rows=0, tier_ram_bytes=0,
+                 tier_idle_seconds=0):
         self.ttl_seconds = ttl_seconds
         self.capacity_rows = capacity_rows
         self.capacity_bytes = capacity_bytes
@@ -190,6 +193,9 @@ class Lifecycle:
         self.admission_sketch_width = admission_sketch_width
         self.admission_sketch_depth = admission_sketch_depth
         self.admission_aging_sightings = admission_aging_sightings
+        self.tier_ram_rows = tier_ram_rows
+        self.tier_ram_bytes = tier_ram_bytes
+        self.tier_idle_seconds = tier_idle_seconds
 
     def config(self):
         return dict(ttl_seconds=self.ttl_seconds, capacity_rows=self.capacity_rows,
@@ -198,7 +204,9 @@ class Lifecycle:
                     admission_min_count=self.admission_min_count,
                     admission_sketch_width=self.admission_sketch_width,
                     admission_sketch_depth=self.admission_sketch_depth,
-                    admission_aging_sightings=self.admission_aging_sightings)
+                    admission_aging_sightings=self.admission_aging_sightings,
+                    tier_ram_rows=self.tier_ram_rows, tier_ram_bytes=self.tier_ram_bytes,
+                    tier_idle_seconds=self.tier_idle_seconds)
 
     def __repr__(self):
         return "Lifecycle(" + ", ".join(f"{k}={v!r}" for k, v in self.config().items()) + ")"
@@ -239,6 +247,8 @@ class TableInfo:
         self.bytes = d.get("bytes")
         # {"ttl", "capacity", "memory", "would"}: rows the lifecycle removed (describe/list)
         self.evicted = d.get("evicted")
+        # {"demoted", "promoted", "disk_rows", "disk_bytes"}: the disk tier (rows counts RAM's)
+        self.tier = d.get("tier")
         # Seconds since the rows' last update, quantiles 0.5, 0.9, 0.99 of a sample (lifecycle).
         self.update_age_quantiles_s = d.get("update_age_quantiles_s")
 
