@@ -679,6 +679,16 @@ absl::Status Client::PushDense(absl::string_view table, uint64_t offset,
 
 absl::StatusOr<uint64_t> Client::RemoveRows(absl::string_view table,
                                             absl::Span<const uint64_t> keys) {
+  return RemoveRowsFor(table, keys, v1::REMOVE_REASON_UNSPECIFIED);
+}
+
+absl::StatusOr<uint64_t> Client::DemoteRows(absl::string_view table,
+                                            absl::Span<const uint64_t> keys) {
+  return RemoveRowsFor(table, keys, v1::REMOVE_REASON_DEMOTE);
+}
+
+absl::StatusOr<uint64_t> Client::RemoveRowsFor(absl::string_view table,
+                                               absl::Span<const uint64_t> keys, int reason) {
   const ShardMap& map = shard_map();
   std::vector<std::vector<uint64_t>> by_shard(map.num_shards());
   for (uint64_t k : keys) by_shard[map.ShardOfKey(k)].push_back(k);
@@ -693,6 +703,7 @@ absl::StatusOr<uint64_t> Client::RemoveRows(absl::string_view table,
       req.set_key_type(v1::KEY_TYPE_UINT64);
       req.set_num_keys(n);
       req.set_keys(reinterpret_cast<const char*>(mine.data() + i), n * sizeof(uint64_t));
+      req.set_reason(static_cast<v1::RemoveReason>(reason));
       v1::RemoveRowsResponse resp;
       absl::Status st =
           impl_->CallShard(shard, [&](v1::ParameterServer::Stub* stub, grpc::ClientContext* ctx) {

@@ -203,6 +203,9 @@ class TESSERA_EXPORT Client {
   // each is afterwards as if never seen, and absent from the next checkpoint. Keys without a
   // row are skipped; returns the rows removed. Needs the admin role. Safe to retry.
   absl::StatusOr<uint64_t> RemoveRows(absl::string_view table, absl::Span<const uint64_t> keys);
+  // Moves the rows of `keys` of a sparse table with a disk tier to disk on every replica (as
+  // its policy does; a push brings one back): returns the rows moved. Needs the admin role.
+  absl::StatusOr<uint64_t> DemoteRows(absl::string_view table, absl::Span<const uint64_t> keys);
 
   uint64_t client_id() const;
   const ShardMap& shard_map() const;
@@ -218,6 +221,9 @@ class TESSERA_EXPORT Client {
 
  private:
   explicit Client(std::unique_ptr<Impl> impl);
+  // RemoveRows with a v1::RemoveReason.
+  absl::StatusOr<uint64_t> RemoveRowsFor(absl::string_view table, absl::Span<const uint64_t> keys,
+                                         int reason);
   std::unique_ptr<Impl> impl_;
 };
 

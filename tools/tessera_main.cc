@@ -100,7 +100,11 @@ ABSL_FLAG(int, pause_rounds, 3,
 ABSL_FLAG(uint64_t, table_mb, 2048, "bench --suite=checkpoint: size of the dense table in MiB.");
 ABSL_FLAG(uint64_t, lifecycle_keys, 50'000'000, "bench --suite=lifecycle: new keys streamed.");
 ABSL_FLAG(uint64_t, lifecycle_budget_mb, 1024,
-          "bench --suite=lifecycle: the server's --max_memory_bytes, in MiB.");
+          "bench --suite=lifecycle: the server's --max_memory_bytes, in MiB (with "
+          "--lifecycle_keys=0: no stream).");
+ABSL_FLAG(uint64_t, lifecycle_tier_mb, 64,
+          "bench --suite=lifecycle: the disk-tier table's RAM (tier_ram_bytes) in MiB; its "
+          "working set is 5 times that (0: no tier part).");
 // tessera status
 ABSL_FLAG(std::string, coordinator, "",
           "status, checkpoint: host:port of tessera-coordinator (checkpoint: instead of "
@@ -305,6 +309,7 @@ int main(int argc, char** argv) {
     if (o.suite == "replication") return tessera::RunReplicationBench(o);
     o.lifecycle_keys = absl::GetFlag(FLAGS_lifecycle_keys);
     o.lifecycle_budget_mb = absl::GetFlag(FLAGS_lifecycle_budget_mb);
+    o.lifecycle_tier_mb = absl::GetFlag(FLAGS_lifecycle_tier_mb);
     if (o.suite == "lifecycle") return tessera::RunLifecycleBench(o);
     if (o.suite != "data" && o.suite != "security") {
       std::fprintf(stderr,
