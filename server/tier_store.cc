@@ -86,12 +86,17 @@ absl::StatusOr<std::unique_ptr<TierStore>> TierStore::Open(const std::string& di
   options.max_open_files = 512;
   options.compression = rocksdb::kNoCompression;  // (floats: compression gains little)
   options.IncreaseParallelism(2);
+  // Reads from mapped files: a block not in the cache costs no system call (the tier's files
+  // are in the page cache while the machine has memory to spare).
+  options.allow_mmap_reads = true;
   rocksdb::BlockBasedTableOptions table;
   store->cache_ = rocksdb::NewLRUCache(cache_bytes);
   table.block_cache = store->cache_;
   // A Bloom filter per file answers "not on disk" for keys never demoted without a read.
   table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
-  table.cache_index_and_filter_blocks = true;
+  // Index and filter blocks stay with their files (a few bytes a row), not in the block cache
+  // where data blocks would evict them: a point read is then one data block.
+  table.cache_index_and_filter_blocks = false;
   options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
   // What the directory held is another incarnation's tier: gone (the rows came back from the
   // checkpoint or a replica, not from here). The LOCK file keeps two servers off one directory.
