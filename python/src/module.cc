@@ -491,11 +491,11 @@ class PyClient : public std::enable_shared_from_this<PyClient> {
     Blocking([&](Client& c) { return c.ApplyStep(table, step, scale); });
   }
 
-  uint64_t RemoveRows(const std::string& table, const py::object& keys) {
+  uint64_t RemoveRows(const std::string& table, const py::object& keys, bool demote) {
     const absl::Span<const uint64_t> k = KeySpan(keys);
     uint64_t removed = 0;
     Blocking([&](Client& c) {
-      absl::StatusOr<uint64_t> r = c.RemoveRows(table, k);
+      absl::StatusOr<uint64_t> r = demote ? c.DemoteRows(table, k) : c.RemoveRows(table, k);
       if (r.ok()) removed = *r;
       return r.status();
     });
@@ -792,7 +792,8 @@ PYBIND11_MODULE(_tessera, m) {
       .def("push_dense", &PyClient::PushDense, py::arg("table"), py::arg("offset"),
            py::arg("values"), py::arg("accumulate_step") = 0, py::arg("assign") = false)
       .def("apply_step", &PyClient::ApplyStep, py::arg("table"), py::arg("step"), py::arg("scale"))
-      .def("remove_rows", &PyClient::RemoveRows, py::arg("table"), py::arg("keys"))
+      .def("remove_rows", &PyClient::RemoveRows, py::arg("table"), py::arg("keys"),
+           py::arg("demote") = false)
       .def("pull_sparse_async", &PyClient::PullSparseAsync, py::arg("table"), py::arg("keys"),
            py::arg("out"), py::arg("result"))
       .def("push_sparse_async", &PyClient::PushSparseAsync, py::arg("table"), py::arg("keys"),

@@ -540,6 +540,12 @@ class Client:
         without a row are skipped). Needs the admin role."""
         return self._native.remove_rows(table, _keys(keys))
 
+    def demote_rows(self, table, keys):
+        """Moves the rows of `keys` of a sparse table with a disk tier to disk on every replica,
+        as its policy does (a push brings one back, bit-exact; a pull reads it there). Returns
+        the rows moved. Needs the admin role."""
+        return self._native.remove_rows(table, _keys(keys), True)
+
 
 class WorkerClock:
     """This worker's clock in a job hosted by the coordinator: "bsp", "ssp" (with staleness)

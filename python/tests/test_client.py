@@ -489,6 +489,38 @@ def test_remove_rows_on_every_shard_and_a_changed_spec_is_named(client, table_na
                             lifecycle=tessera.Lifecycle(ttl_seconds=5))
 
 
+def test_disk_tier_rows_move_to_disk_and_back_bit_exact(client, table_name):
+    info = client.create_table(table_name, dim=3, optimizer="adam",
+                               lifecycle=tessera.Lifecycle(tier_ram_rows=1000))
+    assert info.lifecycle["tier_ram_rows"] == 1000
+    ref = table_name + "_ref"
+    client.create_table(ref, dim=3, optimizer="adam")
+    keys = np.arange(1, 201, dtype=np.uint64)  # spread over both shards
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        g = rng.standard_normal((200, 3)).astype(np.float32)
+        for t in (table_name, ref):
+            client.push_sparse(t, keys, g)
+    assert client.demote_rows(table_name, keys[:120]) == 120
+    status = client.describe_table(table_name)
+    assert (status.rows, status.tier["disk_rows"], status.tier["demoted"]) == (80, 120, 120)
+    # Pulls read rows on disk where they are; pushes bring them back with slots and steps.
+    np.testing.assert_array_equal(client.pull_sparse(table_name, keys),
+                                  client.pull_sparse(ref, keys))
+    g = rng.standard_normal((200, 3)).astype(np.float32)
+    for t in (table_name, ref):
+        client.push_sparse(t, keys, g)
+    np.testing.assert_array_equal(client.pull_sparse(table_name, keys),
+                                  client.pull_sparse(ref, keys))
+    status = client.describe_table(table_name)
+    assert (status.rows, status.tier["disk_rows"], status.tier["promoted"]) == (200, 0, 120)
+    with pytest.raises(errors.InvalidArgumentError, match="has no disk tier"):
+        client.demote_rows(ref, keys[:3])
+    with pytest.raises(errors.InvalidArgumentError, match="takes no capacity_rows"):
+        client.create_table(table_name + "_x", dim=2,
+                            lifecycle=tessera.Lifecycle(capacity_rows=10, tier_ram_rows=5))
+
+
 def test_lifecycle_admission_creates_a_row_at_the_kth_push(client, table_name):
     info = client.create_table(table_name, dim=2, optimizer="add",
                                lifecycle=tessera.Lifecycle(admission_min_count=2))
