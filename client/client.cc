@@ -601,10 +601,12 @@ absl::Status AddInfo(const v1::TableInfo& info, TableStatus* status) {
 
 }  // namespace
 
-absl::StatusOr<TableStatus> Client::DescribeTable(absl::string_view name) {
+absl::StatusOr<TableStatus> Client::DescribeTable(absl::string_view name, bool digests) {
   v1::DescribeTableRequest req;
   req.set_table(std::string(name));
+  req.set_digest(digests);
   TableStatus status;
+  if (digests) status.digests.resize(impl_->servers.size());
   absl::Status s = ForEachServer(*impl_, [&](uint32_t shard) {
     v1::DescribeTableResponse resp;
     absl::Status st =
@@ -612,6 +614,7 @@ absl::StatusOr<TableStatus> Client::DescribeTable(absl::string_view name) {
           impl_->FillHeader(req.mutable_header());
           return stub->DescribeTable(ctx, req, &resp);
         });
+    if (st.ok() && digests) status.digests[shard] = resp.info().digest();
     return st.ok() ? AddInfo(resp.info(), &status) : st;
   });
   if (!s.ok()) return s;

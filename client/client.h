@@ -95,6 +95,9 @@ struct TableStatus {
   uint64_t promoted = 0;
   uint64_t disk_rows = 0;
   uint64_t disk_bytes = 0;
+  // With DescribeTable(name, /*digests=*/true): each shard's primary's state digest of the
+  // table, by shard (replicas that applied the same entries agree).
+  std::vector<uint64_t> digests;
   // Seconds since the rows were last updated, quantiles 0.5, 0.9, 0.99 of a sample: the
   // oldest of the shards' (empty without a lifecycle).
   std::vector<uint64_t> update_age_quantiles_s;
@@ -136,7 +139,9 @@ class TESSERA_EXPORT Client {
   // exists with the same spec (so it is safe to retry) and returns the resolved config.
   absl::StatusOr<TableConfig> CreateTable(const TableConfig& config);
   absl::Status DropTable(absl::string_view name);
-  absl::StatusOr<TableStatus> DescribeTable(absl::string_view name);
+  // `digests`: also each shard's state digest of the table (reads every row: for tests and
+  // audits, not for monitoring).
+  absl::StatusOr<TableStatus> DescribeTable(absl::string_view name, bool digests = false);
   absl::StatusOr<std::vector<TableStatus>> ListTables();
   // The resolved config of table `name` (cached once known), asked of any shard that serves:
   // works while other shards are LOST. Errors: NOT_FOUND, UNAVAILABLE (no shard answered).

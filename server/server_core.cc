@@ -390,6 +390,7 @@ absl::Status ServerCore::DescribeTable(const v1::DescribeTableRequest& req,
   absl::StatusOr<std::shared_ptr<Table>> table = LookupTable(req.table());
   if (!table.ok()) return table.status();
   FillInfo(**table, resp->mutable_info());
+  if (req.digest()) resp->mutable_info()->set_digest((*table)->data().Digest());
   return absl::OkStatus();
 }
 
