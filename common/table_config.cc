@@ -153,10 +153,11 @@ absl::Status ResolveLifecycle(TableConfig& c) {
   }
   const bool admission_fields = l.admission_sketch_width != 0 || l.admission_sketch_depth != 0 ||
                                 l.admission_aging_sightings != 0;
-  if (!l.admission() && (admission_fields || l.admission_min_count == 1)) {
+  if (!l.admission() && (admission_fields || l.admission_min_count == 1 || l.admission_exact ||
+                         l.admission_exact_keys != 0)) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "table '%s': lifecycle admission_sketch_* and admission_aging_sightings need "
-        "admission_min_count >= 2 (1 admits every key: leave it 0)",
+        "table '%s': lifecycle admission_sketch_*, admission_aging_sightings and "
+        "admission_exact* need admission_min_count >= 2 (1 admits every key: leave it 0)",
         c.name));
   }
   if (!l.eviction() && !l.tier() &&
@@ -186,17 +187,33 @@ absl::Status ResolveLifecycle(TableConfig& c) {
           absl::StrFormat("table '%s': lifecycle admission_min_count must be at most 65535, got %u",
                           c.name, l.admission_min_count));
     }
-    if (l.admission_sketch_width == 0) l.admission_sketch_width = kDefaultSketchWidth;
-    if (l.admission_sketch_depth == 0) l.admission_sketch_depth = kDefaultSketchDepth;
-    if (l.admission_sketch_width < 64 || l.admission_sketch_width > kMaxSketchWidth ||
-        l.admission_sketch_depth > 8) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "table '%s': lifecycle admission sketch must be 64 to %u counters wide and 1 to 8 "
-          "deep, got %u x %u",
-          c.name, kMaxSketchWidth, l.admission_sketch_width, l.admission_sketch_depth));
-    }
-    if (l.admission_aging_sightings == 0) {
-      l.admission_aging_sightings = 16 * l.admission_sketch_width;
+    if (l.admission_exact || l.admission_exact_keys != 0) {
+      if (admission_fields) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "table '%s': lifecycle admission_exact counts without a sketch: leave "
+            "admission_sketch_* and admission_aging_sightings unset",
+            c.name));
+      }
+      l.admission_exact = true;
+      if (l.admission_exact_keys == 0) l.admission_exact_keys = kDefaultExactKeys;
+      if (l.admission_exact_keys > kMaxExactKeys) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("table '%s': lifecycle admission_exact_keys must be at most %u, got %u",
+                            c.name, kMaxExactKeys, l.admission_exact_keys));
+      }
+    } else {
+      if (l.admission_sketch_width == 0) l.admission_sketch_width = kDefaultSketchWidth;
+      if (l.admission_sketch_depth == 0) l.admission_sketch_depth = kDefaultSketchDepth;
+      if (l.admission_sketch_width < 64 || l.admission_sketch_width > kMaxSketchWidth ||
+          l.admission_sketch_depth > 8) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "table '%s': lifecycle admission sketch must be 64 to %u counters wide and 1 to 8 "
+            "deep, got %u x %u",
+            c.name, kMaxSketchWidth, l.admission_sketch_width, l.admission_sketch_depth));
+      }
+      if (l.admission_aging_sightings == 0) {
+        l.admission_aging_sightings = 16 * l.admission_sketch_width;
+      }
     }
   }
   if (l.ttl_seconds > kMaxTtlSeconds) {
@@ -350,7 +367,10 @@ std::string DescribeLifecycle(const LifecycleConfig& l) {
                         : std::string("lru"));
   }
   if (l.dry_run) parts.push_back("DRY RUN");
-  if (l.admission()) {
+  if (l.admission() && l.admission_exact) {
+    parts.push_back(absl::StrFormat("admission at %u sightings (exact, %u keys)",
+                                    l.admission_min_count, l.admission_exact_keys));
+  } else if (l.admission()) {
     parts.push_back(absl::StrFormat("admission at %u sightings (sketch %u x %u)",
                                     l.admission_min_count, l.admission_sketch_width,
                                     l.admission_sketch_depth));

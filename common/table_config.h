@@ -60,6 +60,9 @@ struct LifecycleConfig {
   uint64_t admission_sketch_width = 0;     // over all vshards; default 2^21
   uint32_t admission_sketch_depth = 0;     // default 4
   uint64_t admission_aging_sightings = 0;  // default 16 x width
+  // Admission counted exactly (pending keys per vshard), up to this many keys per server.
+  bool admission_exact = false;
+  uint64_t admission_exact_keys = 0;  // default 2^20
   // The disk tier (any set: on): rows kept in RAM per server, in rows or bytes, and the idle
   // time after which a row moves to disk.
   uint64_t tier_ram_rows = 0;
@@ -78,6 +81,8 @@ inline constexpr uint32_t kDefaultLfuHalfLifeSeconds = 3600;
 inline constexpr uint64_t kDefaultSketchWidth = uint64_t{1} << 21;
 inline constexpr uint32_t kDefaultSketchDepth = 4;
 inline constexpr uint64_t kMaxSketchWidth = uint64_t{1} << 30;
+inline constexpr uint64_t kDefaultExactKeys = uint64_t{1} << 20;
+inline constexpr uint64_t kMaxExactKeys = uint64_t{1} << 30;
 inline constexpr uint64_t kMaxTtlSeconds = uint64_t{100} * 365 * 24 * 3600;
 
 inline constexpr uint32_t kDefaultDenseBlockElems = 128 * 1024;  // 512 KiB of float32

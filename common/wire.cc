@@ -61,6 +61,8 @@ void TableConfigToProto(const TableConfig& c, v1::TableSpec* spec) {
     l->set_tier_ram_rows(lc.tier_ram_rows);
     l->set_tier_ram_bytes(lc.tier_ram_bytes);
     l->set_tier_idle_seconds(lc.tier_idle_seconds);
+    l->set_admission_exact(lc.admission_exact);
+    l->set_admission_exact_keys(lc.admission_exact_keys);
   }
 }
 
@@ -92,6 +94,8 @@ absl::StatusOr<LifecycleConfig> LifecycleFromProto(const v1::LifecycleSpec& l,
   c.tier_ram_rows = l.tier_ram_rows();
   c.tier_ram_bytes = l.tier_ram_bytes();
   c.tier_idle_seconds = l.tier_idle_seconds();
+  c.admission_exact = l.admission_exact();
+  c.admission_exact_keys = l.admission_exact_keys();
   return c;
 }
 

@@ -19,9 +19,11 @@
 #include <string_view>
 #include <vector>
 
+#include "server/admission_counter.h"
+
 namespace tessera {
 
-class CountMinSketch {
+class CountMinSketch final : public AdmissionCounter {
  public:
   static constexpr uint32_t kMaxCount = 0xffff;  // counters saturate here
   static constexpr uint32_t kMaxDepth = 8;
@@ -32,7 +34,8 @@ class CountMinSketch {
   CountMinSketch(uint32_t width, uint32_t depth, uint64_t seed, uint64_t aging_adds = 0);
 
   // Adds one sighting of `key` and returns its estimate after the add.
-  uint32_t Add(uint64_t key);
+  uint32_t Add(uint64_t key) override;
+  void Forget(uint64_t) override {}  // (a sketch cannot: the key keeps its count)
   // The estimate of `key`'s count, without adding.
   uint32_t Estimate(uint64_t key) const;
   // Halves every counter (rounding down). Add calls it every aging_adds adds.
@@ -42,15 +45,15 @@ class CountMinSketch {
   uint32_t depth() const { return depth_; }
   uint64_t adds() const { return adds_; }
   // Bytes held (the counters; the object itself aside).
-  size_t bytes() const { return counters_.size() * sizeof(uint16_t); }
+  size_t bytes() const override { return counters_.size() * sizeof(uint16_t); }
   // The counters, row by row (digests and snapshots).
   const std::vector<uint16_t>& counters() const { return counters_; }
 
   // The replicated state (the adds since the last aging, then the counters) as bytes, for
   // catch-up snapshots and digests; Load takes such bytes from a sketch of the same shape and
   // returns false (changing nothing) for any other.
-  std::string Save() const;
-  bool Load(std::string_view state);
+  std::string Save() const override;
+  bool Load(std::string_view state) override;
 
  private:
   // The counter of `key` in each row: double hashing of one 64-bit mix (Kirsch-Mitzenmacher).

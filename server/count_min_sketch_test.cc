@@ -1,6 +1,8 @@
 #include "server/count_min_sketch.h"
 
 #include <catch2/catch.hpp>
+#include <cstring>
+#include <map>
 #include <random>
 #include <unordered_map>
 #include <vector>
@@ -70,6 +72,78 @@ TEST_CASE("odd widths round up to a power of two and depth is clamped", "[sketch
   CountMinSketch tiny(0, 0, 3);
   CHECK(tiny.width() == 2);
   CHECK(tiny.depth() == 1);
+}
+
+// ---- ExactCounter (server/admission_counter.h) ----
+
+TEST_CASE("the exact counter agrees with a map under random adds, forgets and agings",
+          "[sketch][exact]") {
+  for (uint64_t seed = 1; seed <= 20; ++seed) {
+    std::mt19937_64 rng(seed);
+    const uint64_t capacity = 8 + rng() % 40;
+    ExactCounter c(capacity, seed);
+    std::map<uint64_t, uint32_t> model;
+    uint64_t dropped = 0;
+    for (int op = 0; op < 3000; ++op) {
+      const uint64_t key = rng() % (capacity * 3);  // (collisions in a small table)
+      if (rng() % 4 == 0) {
+        c.Forget(key);
+        model.erase(key);
+      } else if (auto it = model.find(key); it != model.end()) {
+        it->second = std::min<uint32_t>(it->second + 1, ExactCounter::kMaxCount);
+        REQUIRE(c.Add(key) == it->second);
+      } else {
+        if (model.size() >= capacity) {  // full: every count halved, zeros dropped
+          for (auto i = model.begin(); i != model.end();) {
+            i->second >>= 1;
+            i = i->second == 0 ? model.erase(i) : std::next(i);
+          }
+        }
+        if (model.size() >= capacity) {
+          ++dropped;
+          REQUIRE(c.Add(key) == 0);
+        } else {
+          model[key] = 1;
+          REQUIRE(c.Add(key) == 1);
+        }
+      }
+      REQUIRE(c.size() == model.size());
+      for (uint64_t k = 0; k < capacity * 3; ++k) {
+        const auto it = model.find(k);
+        REQUIRE(c.Count(k) == (it == model.end() ? 0 : it->second));
+      }
+    }
+    CHECK(c.dropped() == dropped);
+    // Its state reloads into a counter of the same shape, and nothing else.
+    ExactCounter copy(capacity, seed);
+    REQUIRE(copy.Load(c.Save()));
+    CHECK(copy.Save() == c.Save());
+    ExactCounter other(capacity * 4, seed);
+    CHECK_FALSE(other.Load(c.Save()));
+  }
+}
+
+TEST_CASE("the exact counter refuses a state that does not hold together", "[sketch][exact]") {
+  ExactCounter c(16, 3);
+  for (uint64_t k = 1; k <= 10; ++k) c.Add(k);
+  const std::string state = c.Save();
+  ExactCounter fresh(16, 3);
+  std::string bad = state;
+  bad[0] = static_cast<char>(bad[0] + 1);  // a size that is not the occupied slots'
+  CHECK_FALSE(fresh.Load(bad));
+  CHECK_FALSE(fresh.Load(state.substr(1)));
+  CHECK(fresh.Count(7) == 0);  // (nothing changed)
+  // Every key moved one slot on (past its home, with its home left empty): unreachable.
+  const size_t slots = (state.size() - 16) / 10;
+  std::string shifted = state;
+  for (size_t i = 0; i < slots; ++i) {
+    const size_t j = (i + 1) % slots;
+    std::memcpy(shifted.data() + 16 + j * 8, state.data() + 16 + i * 8, 8);
+    std::memcpy(shifted.data() + 16 + slots * 8 + j * 2, state.data() + 16 + slots * 8 + i * 2, 2);
+  }
+  CHECK_FALSE(fresh.Load(shifted));
+  CHECK(fresh.Load(state));
+  CHECK(fresh.Count(7) == 1);
 }
 
 }  // namespace

@@ -43,11 +43,12 @@ std::vector<TableKindSpec> Specs() {
                     .admission_min_count = 2,
                     .admission_sketch_width = 1024};  // (small: snapshots copy it whole)
   // And one with a disk tier: a few rows in RAM, rows idle for a second demoted, a TTL over
-  // both tiers, admission.
+  // both tiers, exact admission.
   TableConfig tier = SparseConfig("s_tier", 2, OptimizerKind::kAdam);
   tier.lifecycle = {.ttl_seconds = 2,
                     .admission_min_count = 2,
-                    .admission_sketch_width = 1024,
+                    .admission_exact = true,
+                    .admission_exact_keys = 256,  // (small: halvings happen)
                     .tier_ram_rows = 6,
                     .tier_idle_seconds = 1};
   return {{"s_adam", SparseConfig("s_adam", 3, OptimizerKind::kAdam), 3},

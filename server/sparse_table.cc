@@ -14,6 +14,7 @@
 #include "common/hash.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "server/count_min_sketch.h"
 #include "server/tier_store.h"
 
 namespace tessera {
@@ -44,12 +45,17 @@ SparseTable::SparseTable(const TableConfig& config, const std::vector<bool>& own
                                ? 0
                                : std::max<uint64_t>(1, l.admission_aging_sightings / vshards);
     const uint64_t table_seed = Mix64(config.initializer.seed ^ Fnv1a64(config.name));
+    const uint64_t exact_keys = (l.admission_exact_keys + vshards - 1) / vshards;
     for (size_t v = 0; v < owned.size(); ++v) {
       if (partitions_[v] == nullptr) continue;
       Partition& p = *partitions_[v];
       absl::MutexLock lock(&p.mu);
-      p.sketch = std::make_unique<CountMinSketch>(width, l.admission_sketch_depth,
-                                                  Mix64(table_seed + v), aging);
+      if (l.admission_exact) {
+        p.sketch = std::make_unique<ExactCounter>(exact_keys, Mix64(table_seed + v));
+      } else {
+        p.sketch = std::make_unique<CountMinSketch>(width, l.admission_sketch_depth,
+                                                    Mix64(table_seed + v), aging);
+      }
       sketch_bytes_ += p.sketch->bytes();
     }
   }
@@ -191,6 +197,7 @@ bool SparseTable::Admit(Partition& p, uint64_t key) {
     p.sketch_saved = true;
   }
   if (p.sketch->Add(key) >= config_.lifecycle.admission_min_count) {
+    p.sketch->Forget(key);  // (an exact counter keeps only pending keys)
     counters_.admitted.fetch_add(1, std::memory_order_relaxed);
     return true;
   }
@@ -762,7 +769,12 @@ uint64_t SparseTable::FixedBytes(const TableConfig& config, const std::vector<bo
   uint64_t n = 0;
   for (bool o : owned) n += o ? 1 : 0;
   uint64_t sketch = 0;
-  if (config.lifecycle.admission()) {
+  if (config.lifecycle.admission() && config.lifecycle.admission_exact) {
+    const uint64_t vshards = std::max<size_t>(owned.size(), 1);
+    sketch = ExactCounter::BytesFor((config.lifecycle.admission_exact_keys + vshards - 1) /
+                                    vshards) +
+             64;
+  } else if (config.lifecycle.admission()) {
     // (As the constructor sizes them: a power of two of at least 64 counters a row.)
     const uint64_t width = std::bit_ceil(std::max<uint64_t>(
         64, config.lifecycle.admission_sketch_width / std::max<size_t>(owned.size(), 1)));

@@ -15,7 +15,7 @@
 #include "common/table_config.h"
 #include "optimizer/initializer.h"
 #include "optimizer/optimizer.h"
-#include "server/count_min_sketch.h"
+#include "server/admission_counter.h"
 #include "server/generation.h"
 #include "server/key_index.h"
 #include "server/row_arena.h"
@@ -292,7 +292,7 @@ class SparseTable final : public TableData {
     std::atomic<uint32_t> live_rows{0};  // rows.live(), likewise
     // Admission (when the table has it): the vshard's sketch, and its state at the cut of a
     // checkpoint or snapshot in progress once it changed after it.
-    std::unique_ptr<CountMinSketch> sketch ABSL_GUARDED_BY(mu);
+    std::unique_ptr<AdmissionCounter> sketch ABSL_GUARDED_BY(mu);
     std::string sketch_at_cut ABSL_GUARDED_BY(mu);
     bool sketch_saved ABSL_GUARDED_BY(mu) = false;
     // Rows of the vshard on disk (changed under mu; read without it for figures).

@@ -325,5 +325,39 @@ TEST_CASE("admission: a cut takes each vshard's sketch as it was at the cut",
   CHECK(plain.LoadState(v, snap.state).code() == absl::StatusCode::kInvalidArgument);
 }
 
+TEST_CASE("exact admission: the k-th push creates the row, an evicted key counts afresh",
+          "[sparse][lifecycle]") {
+  const TableConfig c = LifecycleConfigOf(
+      OptimizerKind::kAdd, {.admission_min_count = 3, .admission_exact = true});
+  REQUIRE(c.lifecycle.admission_exact_keys == kDefaultExactKeys);
+  SparseTable t(c, AllOwned());
+  // Many keys, each pushed a number of times from 1 to 4: exactly those pushed 3 times or more
+  // get a row (a sketch may admit a few more).
+  std::vector<uint64_t> keys;
+  for (uint64_t k = 1; k <= 4000; ++k) keys.push_back(k * 2654435761ULL);
+  uint64_t want = 0;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const int times = 1 + static_cast<int>(i % 4);
+    for (int n = 0; n < times; ++n) PushAt(t, {keys[i]}, 1000);
+    want += times >= 3 ? 1 : 0;
+  }
+  CHECK(t.num_rows() == want);
+  for (size_t i = 0; i < keys.size(); ++i) CHECK(t.HasRow(keys[i]) == (i % 4 >= 2));
+  // An admitted key left the counter: removed, it needs three pushes again.
+  const uint64_t k = keys[2];
+  t.Remove(VshardOfKey(k, t.num_vshards()), std::vector<uint64_t>{k}, {}, 5);
+  PushAt(t, {k}, 1001);
+  PushAt(t, {k}, 1001);
+  CHECK_FALSE(t.HasRow(k));
+  PushAt(t, {k}, 1001);
+  CHECK(t.HasRow(k));
+  // Sketch fields with exact admission are refused.
+  TableConfig both{.name = "emb", .kind = TableKind::kSparse, .dim = 3};
+  both.lifecycle = {.admission_min_count = 3, .admission_sketch_width = 1024,
+                    .admission_exact = true};
+  CHECK(ResolveTableConfig(both).status().message().find("without a sketch") !=
+        std::string::npos);
+}
+
 }  // namespace
 }  // namespace tessera

@@ -231,6 +231,8 @@ TableConfig ConfigFromDict(const py::dict& d) {
     lc.tier_ram_rows = Opt<uint64_t>(l, "tier_ram_rows").value_or(0);
     lc.tier_ram_bytes = Opt<uint64_t>(l, "tier_ram_bytes").value_or(0);
     lc.tier_idle_seconds = Opt<uint64_t>(l, "tier_idle_seconds").value_or(0);
+    lc.admission_exact = Opt<bool>(l, "admission_exact").value_or(false);
+    lc.admission_exact_keys = Opt<uint64_t>(l, "admission_exact_keys").value_or(0);
   }
   return c;
 }
@@ -281,6 +283,8 @@ py::dict ConfigToDict(const TableConfig& c) {
     l["tier_ram_rows"] = lc.tier_ram_rows;
     l["tier_ram_bytes"] = lc.tier_ram_bytes;
     l["tier_idle_seconds"] = lc.tier_idle_seconds;
+    l["admission_exact"] = lc.admission_exact;
+    l["admission_exact_keys"] = lc.admission_exact_keys;
     d["lifecycle"] = l;
   } else {
     d["lifecycle"] = py::none();

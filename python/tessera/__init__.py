@@ -173,7 +173,8 @@ class Lifecycle:
     recently (victims="lru") or frequently ("lfu") updated go first), are removed on every
     replica. `dry_run=True` only counts what would go. `admission_min_count=k` (k >= 2): a key
     becomes a row at the push that is its k-th sighting (counted in a count-min sketch per
-    vshard; until then its pushes only count). Rows of such a table are not created by pulls: a
+    vshard, or exactly with `admission_exact=True`; until then its pushes only count). Rows of
+    such a table are not created by pulls: a
     key without a row reads as the initializer's values. The disk tier (`tier_ram_rows`,
     `tier_ram_bytes`, `tier_idle_seconds`): rows beyond the RAM capacity or idle that long move
     to the server's RocksDB store and come back, bit-exact, at their next push."""
@@ -182,7 +183,7 @@ class Lifecycle:
                  lfu_half_life_seconds=None, dry_run=False, admission_min_count=0,
                  admission_sketch_width=None, admission_sketch_depth=None,
                  admission_aging_sightings=None, tier_ram_rows=0, tier_ram_bytes=0,
-                 tier_idle_seconds=0):
+                 tier_idle_seconds=0, admission_exact=False, admission_exact_keys=None):
         self.ttl_seconds = ttl_seconds
         self.capacity_rows = capacity_rows
         self.capacity_bytes = capacity_bytes
@@ -196,6 +197,8 @@ class Lifecycle:
         self.tier_ram_rows = tier_ram_rows
         self.tier_ram_bytes = tier_ram_bytes
         self.tier_idle_seconds = tier_idle_seconds
+        self.admission_exact = admission_exact
+        self.admission_exact_keys = admission_exact_keys
 
     def config(self):
         return dict(ttl_seconds=self.ttl_seconds, capacity_rows=self.capacity_rows,
@@ -206,7 +209,9 @@ class Lifecycle:
                     admission_sketch_depth=self.admission_sketch_depth,
                     admission_aging_sightings=self.admission_aging_sightings,
                     tier_ram_rows=self.tier_ram_rows, tier_ram_bytes=self.tier_ram_bytes,
-                    tier_idle_seconds=self.tier_idle_seconds)
+                    tier_idle_seconds=self.tier_idle_seconds,
+                    admission_exact=self.admission_exact,
+                    admission_exact_keys=self.admission_exact_keys)
 
     def __repr__(self):
         return "Lifecycle(" + ", ".join(f"{k}={v!r}" for k, v in self.config().items()) + ")"

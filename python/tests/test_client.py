@@ -530,3 +530,13 @@ def test_lifecycle_admission_creates_a_row_at_the_kth_push(client, table_name):
     client.push_sparse(table_name, [5], np.ones((1, 2), np.float32))
     assert client.describe_table(table_name).rows == 1
     np.testing.assert_array_equal(client.pull_sparse(table_name, [5]), [[1, 1]])
+    # Counted exactly instead (pending keys per vshard): the same, with no false admission.
+    exact = table_name + "_exact"
+    info = client.create_table(exact, dim=2, optimizer="add",
+                               lifecycle=tessera.Lifecycle(admission_min_count=2,
+                                                           admission_exact=True))
+    assert info.lifecycle["admission_exact"] and info.lifecycle["admission_exact_keys"] == 2 ** 20
+    keys = np.arange(1, 1001, dtype=np.uint64)
+    client.push_sparse(exact, keys, np.ones((1000, 2), np.float32))
+    client.push_sparse(exact, keys[:300], np.ones((300, 2), np.float32))
+    assert client.describe_table(exact).rows == 300
