@@ -111,6 +111,10 @@ struct PushOptions {
   // true: the values replace the weights (sparse rows are created as needed); the optimizer
   // does not run and its slots are kept. For loading weights. Not with accumulate_step.
   bool assign = false;
+  // The worker's training step (its global step): sparse tables whose TTL counts steps
+  // (LifecycleConfig::ttl_steps) keep it as the rows' last update, and need it (or
+  // accumulate_step) on every push; other tables ignore it.
+  uint64_t step = 0;
 };
 
 // Thread-safe: any number of threads may issue calls concurrently. Each call is split by shard

@@ -157,6 +157,7 @@ void Client::PushSparseAsync(absl::string_view table, absl::Span<const uint64_t>
     auto header = SparseHeader<v1::PushSparseRequest>(*impl_, table, *dim, n);
     header->set_accumulate_step(options.accumulate_step);
     header->set_assign(options.assign);
+    header->set_step(options.step);
     if (split.in_place()) {
       // Sent from the caller's buffers in place (zero copy).
       const uint64_t* first_key = keys.data() + chunk.first;

@@ -164,7 +164,7 @@ absl::Status ResolveLifecycle(TableConfig& c) {
       (l.victims != EvictionVictims::kLru || l.lfu_half_life_seconds != 0 || l.dry_run)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "table '%s': lifecycle victims, lfu_half_life_seconds and dry_run need a policy: set "
-        "ttl_seconds, capacity_rows, capacity_bytes or a tier_* field",
+        "ttl_seconds, ttl_steps, capacity_rows, capacity_bytes or a tier_* field",
         c.name));
   }
   if (l.tier() && (l.capacity_rows != 0 || l.capacity_bytes != 0)) {
@@ -175,6 +175,19 @@ absl::Status ResolveLifecycle(TableConfig& c) {
         "tier_idle_seconds) takes no capacity_rows or capacity_bytes: bound the rows on disk "
         "with ttl_seconds",
         c.name));
+  }
+  if (l.ttl_steps != 0) {
+    // (Rows keep one clock: their last update as a step, not a second.)
+    if (l.ttl_seconds != 0 || l.tier_idle_seconds != 0 || l.victims == EvictionVictims::kLfu) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "table '%s': lifecycle ttl_steps counts steps: it takes no ttl_seconds, "
+          "tier_idle_seconds or LFU victims (their times are seconds)",
+          c.name));
+    }
+    if (l.ttl_steps > 0xffffffffu) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "table '%s': lifecycle ttl_steps must be below 2^32, got %u", c.name, l.ttl_steps));
+    }
   }
   if (l.tier_idle_seconds > kMaxTtlSeconds) {
     return absl::InvalidArgumentError(
@@ -351,6 +364,7 @@ std::string DescribeLifecycle(const LifecycleConfig& l) {
   if (!l.enabled()) return "none";
   std::vector<std::string> parts;
   if (l.ttl_seconds != 0) parts.push_back(absl::StrFormat("ttl %u s", l.ttl_seconds));
+  if (l.ttl_steps != 0) parts.push_back(absl::StrFormat("ttl %u steps", l.ttl_steps));
   if (l.capacity_rows != 0) parts.push_back(absl::StrFormat("capacity %u rows", l.capacity_rows));
   if (l.capacity_bytes != 0) {
     parts.push_back(absl::StrFormat("capacity %u bytes", l.capacity_bytes));

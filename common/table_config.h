@@ -68,9 +68,13 @@ struct LifecycleConfig {
   uint64_t tier_ram_rows = 0;
   uint64_t tier_ram_bytes = 0;
   uint64_t tier_idle_seconds = 0;
+  // TTL in training steps (what pushes carry) instead of seconds; rows keep a step then.
+  uint64_t ttl_steps = 0;
 
   bool admission() const { return admission_min_count >= 2; }
-  bool eviction() const { return ttl_seconds != 0 || capacity_rows != 0 || capacity_bytes != 0; }
+  bool eviction() const {
+    return ttl_seconds != 0 || ttl_steps != 0 || capacity_rows != 0 || capacity_bytes != 0;
+  }
   bool tier() const { return tier_ram_rows != 0 || tier_ram_bytes != 0 || tier_idle_seconds != 0; }
   // Whether rows carry lifecycle metadata (any policy set).
   bool enabled() const { return eviction() || admission() || tier(); }

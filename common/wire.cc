@@ -63,6 +63,7 @@ void TableConfigToProto(const TableConfig& c, v1::TableSpec* spec) {
     l->set_tier_idle_seconds(lc.tier_idle_seconds);
     l->set_admission_exact(lc.admission_exact);
     l->set_admission_exact_keys(lc.admission_exact_keys);
+    l->set_ttl_steps(lc.ttl_steps);
   }
 }
 
@@ -96,6 +97,7 @@ absl::StatusOr<LifecycleConfig> LifecycleFromProto(const v1::LifecycleSpec& l,
   c.tier_idle_seconds = l.tier_idle_seconds();
   c.admission_exact = l.admission_exact();
   c.admission_exact_keys = l.admission_exact_keys();
+  c.ttl_steps = l.ttl_steps();
   return c;
 }
 

@@ -366,7 +366,7 @@ TEST_CASE("step sums applied through the table equal the same pushes", "[checkpo
     for (uint32_t i = 0; i < s.dim(); ++i) sum.push_back(0.25f * (k % 5) - 0.5f + i);
     for (float g : sum) grads.push_back(g * 0.5f);
   }
-  CHECK(s.ApplySums(sums, 0.5f, 2, 0) == keys.size());
+  CHECK(s.ApplySums(sums, 0.5f, 2, 0, 0) == keys.size());
   VshardGrouping groups;
   GroupByVshard(keys, s_ref.num_vshards(), &groups);
   s_ref.Push(keys, groups, grads.data(), 2);
@@ -383,7 +383,7 @@ TEST_CASE("step sums applied through the table equal the same pushes", "[checkpo
   CHECK(d.SumFloats(d.layout().num_blocks()) == 0);
   std::vector<float> g(len, 2.0f), half(len, 1.0f);
   dense_sums[b] = g;
-  CHECK(d.ApplySums(dense_sums, 0.5f, 2, 0) == len);
+  CHECK(d.ApplySums(dense_sums, 0.5f, 2, 0, 0) == len);
   d_ref.Push(d.layout().BlockBegin(b), len, half.data(), 2);
   d.BeginCut(2);
   d_ref.BeginCut(2);

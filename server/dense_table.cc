@@ -255,7 +255,7 @@ size_t DenseTable::SumFloats(uint64_t block) const {
 }
 
 uint64_t DenseTable::ApplySums(const EntrySums& sums, float scale, uint64_t gen,
-                               int64_t /*time_ms*/) {
+                               int64_t /*time_ms*/, uint64_t /*step*/) {
   std::vector<uint64_t> blocks;
   for (const auto& [b, sum] : sums) blocks.push_back(b);
   std::sort(blocks.begin(), blocks.end());

@@ -83,7 +83,8 @@ class DenseTable final : public TableData {
   void FinishLoad() override;  // initializes every held block that nothing was loaded into
   size_t SumFloats(uint64_t block) const override;
   uint32_t VshardOfEntry(uint64_t block) const override { return VshardOf(block); }
-  uint64_t ApplySums(const EntrySums& sums, float scale, uint64_t gen, int64_t time_ms) override;
+  uint64_t ApplySums(const EntrySums& sums, float scale, uint64_t gen, int64_t time_ms,
+                     uint64_t step) override;
 
   // A stable hash of every held block's weights, slots and step, in block order.
   uint64_t Digest() const override;

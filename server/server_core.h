@@ -360,6 +360,7 @@ class ServerCore {
     // The lifecycle task's last TTL scan of the table (the primary's clock; its thread only).
     std::atomic<int64_t> ttl_scan_ms{0};
     std::atomic<int64_t> idle_scan_ms{0};  // likewise, the disk tier's idle scan
+    std::atomic<uint64_t> ttl_scan_step{0};  // a TTL in steps: the table's step at the last scan
     // A push to it was refused at the memory limit since the lifecycle task's last round.
     std::atomic<bool> refused_for_memory{false};
     uint64_t created_gen = 0;  // generation at creation; 0 when restored from a checkpoint
@@ -395,8 +396,8 @@ class ServerCore {
   static absl::Status CheckAccumulate(const Table& table, uint64_t step);
   // Applies the table's pending step sums, scaled, at the entry's time. REQUIRES: order_mu_,
   // executors drained.
-  void ApplyStepSums(Table& table, float scale, int64_t time_ms, v1::ApplyStepResponse* resp)
-      ABSL_LOCKS_EXCLUDED(gate_);
+  void ApplyStepSums(Table& table, float scale, int64_t time_ms, uint64_t step,
+                     v1::ApplyStepResponse* resp) ABSL_LOCKS_EXCLUDED(gate_);
 
   explicit ServerCore(const ServerCoreOptions& options);
 

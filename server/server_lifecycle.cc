@@ -170,8 +170,13 @@ uint64_t ServerCore::RunLifecycle() {
     SparseTable& sparse = *t->sparse;
     const LifecycleConfig& policy = t->config.lifecycle;
     const int64_t now = NowMs();
-    const bool ttl_due = policy.ttl_seconds != 0 &&
-                         now - t->ttl_scan_ms.load() >= TtlScanIntervalMs(policy.ttl_seconds);
+    // (A TTL in steps is scanned each time the table's step moved a quarter of it.)
+    const bool ttl_due =
+        policy.ttl_steps != 0
+            ? sparse.max_step() >=
+                  t->ttl_scan_step.load() + std::max<uint64_t>(1, policy.ttl_steps / 4)
+            : policy.ttl_seconds != 0 &&
+                  now - t->ttl_scan_ms.load() >= TtlScanIntervalMs(policy.ttl_seconds);
     const uint64_t capacity = sparse.CapacityRows();
     // Pushes refused at the memory limit, or near it with few released rows to reuse (under 5%
     // of the table's rows): a table with an eviction policy keeps a reserve of released rows in
@@ -191,7 +196,10 @@ uint64_t ServerCore::RunLifecycle() {
         now - t->idle_scan_ms.load() >= TtlScanIntervalMs(policy.tier_idle_seconds);
     const bool demote = sparse.has_tier() && (idle_due || sparse.NeedsEviction(sparse.TierRamRows()));
     if (!evict && !pressure && !demote) continue;
-    if (ttl_due) t->ttl_scan_ms = now;
+    if (ttl_due) {
+      t->ttl_scan_ms = now;
+      t->ttl_scan_step = sparse.max_step();
+    }
     if (idle_due) t->idle_scan_ms = now;
     // Removes what a plan chose for `reason`: entries of at most kRemoveBatch keys, any
     // vshards of the shard.

@@ -100,6 +100,13 @@ absl::Status ServerCore::SubmitPushSparse(std::shared_ptr<const v1::PushSparseRe
   work->values = *values;
   if (!replay) TESSERA_RETURN_IF_ERROR(CheckDistinct(work->keys.keys, work->keys.groups, name));
   TESSERA_RETURN_IF_ERROR(CheckAssign(req->assign(), req->accumulate_step(), name));
+  if (sparse.step_clock() && req->step() == 0 && req->accumulate_step() == 0) {
+    // (Without one the rows it touches would look never updated, and go at the next scan.)
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "table '%s' counts its TTL in training steps (lifecycle.ttl_steps): a push to it must "
+        "carry its step (PushOptions.step, Python push_sparse(step=...)) or accumulate_step",
+        ShortName(name)));
+  }
   // Memory for the rows (or BSP sums) it may create, before anything is inserted.
   if (req->accumulate_step() == 0) {
     // (Rows released by removals are reused first: only the rest can need new memory. An
@@ -164,10 +171,10 @@ absl::Status ServerCore::SubmitPushSparse(std::shared_ptr<const v1::PushSparseRe
           [this, work, step, time_ms](uint32_t e) {
             if (step != 0) return AccumulateSparse(*work, e);
             absl::ReaderMutexLock gate(&gate_);
-            work->rows->AddCreated(
-                work->table->sparse->Push(work->keys.keys, work->keys.groups, work->values.data(),
-                                          generation_.load(std::memory_order_relaxed),
-                                          work->req->assign(), e, executors_->size(), time_ms));
+            work->rows->AddCreated(work->table->sparse->Push(
+                work->keys.keys, work->keys.groups, work->values.data(),
+                generation_.load(std::memory_order_relaxed), work->req->assign(), e,
+                executors_->size(), time_ms, work->req->step()));
           },
           std::exchange(done, nullptr));
       return absl::OkStatus();
@@ -344,7 +351,7 @@ absl::Status ServerCore::SubmitApplyStep(std::shared_ptr<const v1::ApplyStepRequ
       Sequence(origin, &entry);
       // A barrier: every earlier change to the table's rows is applied before the step's sums.
       executors_->Drain();
-      ApplyStepSums(*table, req->scale(), entry.time_ms, resp);
+      ApplyStepSums(*table, req->scale(), entry.time_ms, req->step(), resp);
       for (EntrySums& part : sums.parts) part.clear();
       const uint64_t freed = table->sums_charged.exchange(0);
       table->charged -= freed;  // (the sums are freed: the table holds less)
@@ -358,13 +365,14 @@ absl::Status ServerCore::SubmitApplyStep(std::shared_ptr<const v1::ApplyStepRequ
   return absl::OkStatus();
 }
 
-void ServerCore::ApplyStepSums(Table& table, float scale, int64_t time_ms,
+void ServerCore::ApplyStepSums(Table& table, float scale, int64_t time_ms, uint64_t step,
                                v1::ApplyStepResponse* resp) {
   absl::ReaderMutexLock gate(&gate_);
   uint64_t rows = 0;
   for (const EntrySums& part : table.sums.parts) {
     rows +=
-        table.data().ApplySums(part, scale, generation_.load(std::memory_order_relaxed), time_ms);
+        table.data().ApplySums(part, scale, generation_.load(std::memory_order_relaxed), time_ms,
+                               step);
   }
   resp->set_rows(rows);
 }

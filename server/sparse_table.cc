@@ -27,6 +27,7 @@ SparseTable::SparseTable(const TableConfig& config, const std::vector<bool>& own
                       (config.lifecycle.enabled() ? kMetaBytes / sizeof(float) : 0)),
       step_offset_(size_t{config.dim} * (1 + params_.num_slots)),
       has_meta_(config.lifecycle.enabled()),
+      step_clock_(config.lifecycle.ttl_steps != 0),
       meta_offset_(step_offset_ + (params_.has_step ? 2 : 0)),
       gen_offset_(payload_floats_) {
   partitions_.resize(owned.size());
@@ -233,10 +234,26 @@ uint64_t SparseTable::Stamp(const float* row) const {
   return (uint64_t{meta[0]} << 32) | meta[1];
 }
 
-void SparseTable::Touch(float* row, int64_t time_ms) const {
-  uint32_t meta[2];  // last update second, score
+uint32_t SparseTable::MetaNow(int64_t now_ms) const {
+  return step_clock_ ? static_cast<uint32_t>(std::min<uint64_t>(max_step(), UINT32_MAX))
+                     : MetaSecond(now_ms);
+}
+
+uint64_t SparseTable::TtlUnits() const {
+  return step_clock_ ? config_.lifecycle.ttl_steps : config_.lifecycle.ttl_seconds;
+}
+
+void SparseTable::NoteStep(uint64_t step) {
+  uint64_t seen = max_step_.load(std::memory_order_relaxed);
+  while (step > seen && !max_step_.compare_exchange_weak(seen, step)) {
+  }
+}
+
+void SparseTable::Touch(float* row, int64_t time_ms, uint64_t step) const {
+  uint32_t meta[2];  // last update second (or step), score
   std::memcpy(meta, row + meta_offset_, sizeof(meta));
-  const uint32_t now = MetaSecond(time_ms);
+  const uint32_t now =
+      step_clock_ ? static_cast<uint32_t>(std::min<uint64_t>(step, UINT32_MAX)) : MetaSecond(time_ms);
   if (config_.lifecycle.victims == EvictionVictims::kLfu) {
     const uint32_t count =
         DecayedCount(meta[1], meta[0], now, config_.lifecycle.lfu_half_life_seconds);
@@ -372,7 +389,8 @@ uint32_t SparseTable::Pull(absl::Span<const uint64_t> keys, const VshardGrouping
 
 uint32_t SparseTable::Push(absl::Span<const uint64_t> keys, const VshardGrouping& groups,
                            const float* grads, uint64_t gen, bool assign, uint32_t part,
-                           uint32_t parts, int64_t time_ms) {
+                           uint32_t parts, int64_t time_ms, uint64_t step) {
+  if (step_clock_) NoteStep(step);
   const size_t dim = config_.dim;
   uint32_t created = 0;
   // (Assigned values are loaded weights: admitted at once.)
@@ -387,7 +405,7 @@ uint32_t SparseTable::Push(absl::Span<const uint64_t> keys, const VshardGrouping
                  p.cow.try_emplace(id, reinterpret_cast<const char*>(row),
                                    (payload_floats_ + 2) * sizeof(float));
                }
-               if (has_meta_) Touch(row, time_ms);
+               if (has_meta_) Touch(row, time_ms, step);
                float* slot0 = params_.num_slots > 0 ? row + dim : nullptr;
                float* slot1 = params_.num_slots > 1 ? row + 2 * dim : nullptr;
                if (assign) {
@@ -608,6 +626,11 @@ void SparseTable::ForgetRemovals(uint64_t gen) {
 
 void SparseTable::LoadRow(uint32_t vshard, uint64_t key, absl::string_view payload,
                           Placement placement) {
+  if (step_clock_) {
+    uint32_t last;  // (the row's step: the table's step is at least it)
+    std::memcpy(&last, payload.data() + meta_offset_ * sizeof(float), sizeof(last));
+    NoteStep(last);
+  }
   Partition& p = *partitions_[vshard];
   absl::MutexLock lock(&p.mu);
   if (tier_ != nullptr && placement != Placement::kRam) {
@@ -669,7 +692,8 @@ size_t SparseTable::EntryBytes(uint32_t vshard, uint64_t key) const {
   return row_bytes();
 }
 
-uint64_t SparseTable::ApplySums(const EntrySums& sums, float scale, uint64_t gen, int64_t time_ms) {
+uint64_t SparseTable::ApplySums(const EntrySums& sums, float scale, uint64_t gen, int64_t time_ms,
+                                uint64_t step) {
   if (sums.empty()) return 0;
   const uint32_t dim = config_.dim;
   std::vector<uint64_t> keys;
@@ -683,7 +707,7 @@ uint64_t SparseTable::ApplySums(const EntrySums& sums, float scale, uint64_t gen
   }
   VshardGrouping groups;
   GroupByVshard(keys, num_vshards(), &groups);
-  Push(keys, groups, grads.data(), gen, /*assign=*/false, 0, 1, time_ms);
+  Push(keys, groups, grads.data(), gen, /*assign=*/false, 0, 1, time_ms, step);
   return keys.size();
 }
 
@@ -787,7 +811,7 @@ std::vector<uint32_t> SparseTable::SampleUpdateAges(int64_t now_ms, size_t max_r
   size_t owned = 0;
   for (const auto& p : partitions_) owned += p != nullptr ? 1 : 0;
   const size_t per_vshard = owned == 0 ? 0 : (max_rows + owned - 1) / owned;
-  const uint32_t now = MetaSecond(now_ms);
+  const uint32_t now = MetaNow(now_ms);
   std::vector<uint32_t> ages;
   std::vector<std::pair<uint64_t, uint32_t>> scratch;
   for (const auto& p : partitions_) {
@@ -900,7 +924,7 @@ void SparseTable::PlanReserve(int64_t now_ms, uint32_t min_reserve, EvictionPlan
   out->ttl.clear();
   out->capacity.clear();
   const LifecycleConfig& l = config_.lifecycle;
-  const uint32_t now = MetaSecond(now_ms);
+  const uint32_t now = MetaNow(now_ms);
   std::vector<std::pair<uint64_t, uint32_t>> scratch;
   struct Candidate {
     uint64_t order;
@@ -935,7 +959,7 @@ void SparseTable::PlanReserve(int64_t now_ms, uint32_t min_reserve, EvictionPlan
 
 void SparseTable::PlanEvictions(int64_t now_ms, bool ttl, uint64_t capacity_rows,
                                 EvictionPlan* out) const {
-  PlanChoices(now_ms, ttl ? config_.lifecycle.ttl_seconds : 0, capacity_rows, out);
+  PlanChoices(now_ms, ttl ? TtlUnits() : 0, capacity_rows, out);
 }
 
 void SparseTable::PlanDemotions(int64_t now_ms, bool idle, EvictionPlan* out) const {
@@ -943,9 +967,9 @@ void SparseTable::PlanDemotions(int64_t now_ms, bool idle, EvictionPlan* out) co
 }
 
 void SparseTable::PlanDiskTtl(int64_t now_ms, EvictionPlan* out) const {
-  const uint64_t ttl_s = config_.lifecycle.ttl_seconds;
+  const uint64_t ttl_s = TtlUnits();
   if (tier_ == nullptr || ttl_s == 0) return;
-  const uint32_t now = MetaSecond(now_ms);
+  const uint32_t now = MetaNow(now_ms);
   const size_t meta_byte = meta_offset_ * sizeof(float);
   for (uint32_t v = 0; v < num_vshards(); ++v) {
     if (!Owns(v)) continue;
@@ -975,7 +999,7 @@ void SparseTable::PlanChoices(int64_t now_ms, uint64_t ttl_s, uint64_t capacity_
   out->ttl.clear();
   out->capacity.clear();
   const LifecycleConfig& l = config_.lifecycle;
-  const uint32_t now = MetaSecond(now_ms);
+  const uint32_t now = MetaNow(now_ms);
   // Rows to give up: down to 95% of the capacity; and in each vshard, down to its cap.
   const uint64_t total = num_rows();
   const uint64_t target = capacity_rows - capacity_rows / 20;

@@ -87,9 +87,10 @@ class SparseTable final : public TableData {
   // state_machine.md). REQUIRES: as Pull, and the keys are distinct.
   // Returns how many rows it created in new memory (as Pull). `time_ms`: the entry's time, the
   // rows' last update (with a lifecycle).
+  // `step`: the push's training step, the rows' last update with a TTL in steps.
   uint32_t Push(absl::Span<const uint64_t> keys, const VshardGrouping& groups, const float* grads,
                 uint64_t gen, bool assign = false, uint32_t part = 0, uint32_t parts = 1,
-                int64_t time_ms = 0);
+                int64_t time_ms = 0, uint64_t step = 0);
 
   // Removes the rows of `keys` (all of owned `vshard`; absent ones are skipped) at generation
   // `gen` (docs/embedding_lifecycle.md): their index entries and rows go (a row's memory is
@@ -137,6 +138,11 @@ class SparseTable final : public TableData {
   static constexpr uint32_t kVshardSlack = 4;
   // Whether the table is over `capacity_rows`, or a vshard over its cap.
   bool NeedsEviction(uint64_t capacity_rows) const;
+  // A TTL in steps (lifecycle.ttl_steps): rows keep their last update as a training step, and
+  // the table's step is the highest one applied here (restored rows' included); its decisions
+  // (the primary's) use it as their "now".
+  bool step_clock() const { return step_clock_; }
+  uint64_t max_step() const { return max_step_.load(std::memory_order_relaxed); }
   // What the lifecycle removed here (every replica counts the entries it applies) and what a
   // dry run would have removed (the primary counts its decisions).
   struct LifecycleCounters {
@@ -231,7 +237,8 @@ class SparseTable final : public TableData {
   void FinishLoad() override {}
   size_t SumFloats(uint64_t) const override { return config_.dim; }
   uint32_t VshardOfEntry(uint64_t key) const override { return VshardOfKey(key, num_vshards()); }
-  uint64_t ApplySums(const EntrySums& sums, float scale, uint64_t gen, int64_t time_ms) override;
+  uint64_t ApplySums(const EntrySums& sums, float scale, uint64_t gen, int64_t time_ms,
+                     uint64_t step) override;
 
   // A stable hash of the vshard's rows (key, weights, slots, step), in key order; rows still at
   // their initial values count as absent (a pull creates them on one replica only).
@@ -334,7 +341,12 @@ class SparseTable final : public TableData {
   template <typename Fn>
   void ScanStamps(const Partition& p, std::vector<std::pair<uint64_t, uint32_t>>* rows,
                   Fn&& fn) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(p.mu);
-  void Touch(float* row, int64_t time_ms) const;
+  void Touch(float* row, int64_t time_ms, uint64_t step) const;
+  // "Now" in the rows' metadata clock: the second of now_ms, or the table's step.
+  uint32_t MetaNow(int64_t now_ms) const;
+  // The TTL in that clock (ttl_seconds or ttl_steps).
+  uint64_t TtlUnits() const;
+  void NoteStep(uint64_t step);
 
   // Constant after construction.
   const TableConfig config_;
@@ -343,11 +355,13 @@ class SparseTable final : public TableData {
   const size_t payload_floats_;  // weights, slots and the step: what a checkpoint stores
   const size_t step_offset_;     // float offset of the 8-byte step counter in a row
   const bool has_meta_;          // the table has a lifecycle: rows carry its metadata
+  const bool step_clock_;        // its TTL counts steps: the metadata's last update is a step
   const size_t meta_offset_;     // float offset of the 8-byte metadata (when has_meta_)
   const size_t gen_offset_;      // float offset of the 8-byte generation in a row
   std::vector<std::unique_ptr<Partition>> partitions_;  // by vshard; null when not owned
 
   std::atomic<uint64_t> num_rows_{0};
+  std::atomic<uint64_t> max_step_{0};  // with step_clock_: the highest step applied here
   // Removals at or below this generation are forgotten (CanIncrement).
   std::atomic<uint64_t> removal_horizon_{0};
   std::atomic<uint64_t> removal_records_{0};  // (key, generation) pairs kept in removals

@@ -359,5 +359,43 @@ TEST_CASE("exact admission: the k-th push creates the row, an evicted key counts
         std::string::npos);
 }
 
+TEST_CASE("a TTL in steps dates rows by the pushes' steps, not by time", "[sparse][lifecycle]") {
+  const TableConfig c = LifecycleConfigOf(OptimizerKind::kAdd, {.ttl_steps = 100});
+  SparseTable t(c, AllOwned());
+  REQUIRE(t.step_clock());
+  auto push = [&](const std::vector<uint64_t>& keys, uint64_t step) {
+    VshardGrouping g;
+    GroupByVshard(keys, t.num_vshards(), &g);
+    const std::vector<float> grads(keys.size() * t.dim(), 1.0f);
+    // (Entry times far apart: only the steps may matter.)
+    t.Push(keys, g, grads.data(), 1, false, 0, 1, static_cast<int64_t>(step) * 1'000'000, step);
+  };
+  push({1, 2, 3}, 10);
+  push({2}, 60);
+  push({3}, 115);
+  CHECK(t.max_step() == 115);
+  SparseTable::EvictionPlan plan;
+  t.PlanEvictions(0, /*ttl=*/true, 0, &plan);  // at step 115: key 1 (step 10) is 105 old
+  CHECK(Chosen(plan.ttl) == std::vector<uint64_t>{1});
+  push({4}, 160);  // step 160: key 2 (60) is 100 old
+  t.PlanEvictions(0, /*ttl=*/true, 0, &plan);
+  CHECK(Chosen(plan.ttl) == std::vector<uint64_t>{1, 2});
+  // A restored table's step is its rows' highest.
+  VshardSnapshot snap;
+  t.BeginCut(1);
+  const uint32_t v = VshardOfKey(4, t.num_vshards());
+  REQUIRE(t.TakeVshard(v, 1, 0, &snap).ok());
+  SparseTable restored(c, AllOwned());
+  for (size_t i = 0; i < snap.keys.size(); ++i) {
+    restored.LoadRow(v, snap.keys[i],
+                     absl::string_view(snap.payload.data() + i * t.row_bytes(), t.row_bytes()));
+  }
+  CHECK(restored.max_step() == 160);
+  // One clock a table: steps with seconds, idle seconds or LFU are refused.
+  TableConfig both{.name = "emb", .kind = TableKind::kSparse, .dim = 3};
+  both.lifecycle = {.ttl_seconds = 5, .ttl_steps = 5};
+  CHECK(ResolveTableConfig(both).status().message().find("counts steps") != std::string::npos);
+}
+
 }  // namespace
 }  // namespace tessera

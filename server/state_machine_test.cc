@@ -846,5 +846,43 @@ TEST_CASE("the disk tier: demotions travel in the log, a TTL empties both tiers 
   CHECK(StatsOf(*pair.backup, "t").disk_rows == StatsOf(core, "t").disk_rows);
   std::filesystem::remove_all(dir);
 }
+TEST_CASE("a TTL in steps: pushes carry their step, BSP steps count, every replica agrees",
+          "[state_machine][lifecycle]") {
+  ClockedPair clocked;
+  ReplicaPair& pair = clocked.pair;
+  ServerCore& core = *pair.primary;
+  v1::CreateTableResponse cr;
+  REQUIRE(core.CreateTable(CreateReq(LifecycleTable("t", {.ttl_steps = 10})), &cr).ok());
+  uint64_t seq = 0;
+  auto push = [&](const std::vector<uint64_t>& keys, uint64_t step, uint64_t accumulate = 0) {
+    v1::PushSparseRequest req = SparsePushReq(
+        "t", 2, keys, std::vector<float>(keys.size() * 2, 1.0f), 5, ++seq, 1, accumulate);
+    req.set_step(step);
+    v1::PushResponse pr;
+    return core.PushSparse(req, &pr);
+  };
+  // A push without a step is refused, before the log: its rows would look never updated.
+  const uint64_t lsn = core.lsn();
+  absl::Status refused = push({1}, 0);
+  CHECK(refused.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(refused.message().find("training steps") != std::string::npos);
+  CHECK(core.lsn() == lsn);
+  REQUIRE(push({1, 2, 3}, 1).ok());
+  REQUIRE(push({2, 3}, 5).ok());
+  // BSP: the step's sums are applied at ApplyStep, dated by that step.
+  REQUIRE(push({3}, 0, /*accumulate=*/8).ok());
+  v1::ApplyStepResponse ar;
+  REQUIRE(core.ApplyStep(ApplyStepReq("t", 8, 1.0f), &ar).ok());
+  CHECK(core.RunLifecycle() == 0);  // step 8: nothing is 10 steps old
+  REQUIRE(push({4}, 12).ok());      // step 12: key 1 (step 1) is 11 old
+  CHECK(core.RunLifecycle() == 1);
+  REQUIRE(push({4}, 16).ok());      // step 16: key 2 (step 5) is 11 old; key 3 (8) is 8
+  CHECK(core.RunLifecycle() == 1);
+  CHECK(StatsOf(core, "t").rows == 2);
+  REQUIRE(pair.Replicate().ok());
+  CHECK(pair.primary->StateDigest() == pair.backup->StateDigest());
+  CHECK(StatsOf(*pair.backup, "t").evicted_ttl == 2);
+}
+
 }  // namespace
 }  // namespace tessera

@@ -114,8 +114,10 @@ class TableData {
   // Applies step sums, each scaled by `scale` (saturating to float), at generation gen;
   // returns the rows or elements updated. REQUIRES: every id has SumFloats(id) sums and is
   // held here; no change runs concurrently.
-  // `time_ms` is the entry's time (a sparse table's lifecycle metadata).
-  virtual uint64_t ApplySums(const EntrySums& sums, float scale, uint64_t gen, int64_t time_ms) = 0;
+  // `time_ms` is the entry's time, `step` the BSP step applied (a sparse table's lifecycle
+  // metadata).
+  virtual uint64_t ApplySums(const EntrySums& sums, float scale, uint64_t gen, int64_t time_ms,
+                             uint64_t step) = 0;
   // Sparse rows or dense elements held here.
   virtual uint64_t Entries() const = 0;
   // Memory held here: what is resident.

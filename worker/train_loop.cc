@@ -109,7 +109,11 @@ absl::StatusOr<WorkerReport> RunTrainLoop(Client& client, WorkerClock* clock, St
     const uint64_t step = aggregate ? clock->clock() / 2 + 1 : 0;
     const float scale =
         1.0f - (1.0f - o.final_gradient_scale) * static_cast<float>(i) / order.size();
-    model.Push(client, PushOptions{.accumulate_step = step}, scale, pushes);
+    // (The step also dates the rows of tables whose TTL counts steps: BSP's step, else this
+    // worker's count of steps.)
+    model.Push(client,
+               PushOptions{.accumulate_step = step, .step = step != 0 ? step : report.steps + 1},
+               scale, pushes);
     if (absl::Status s = pushes.Wait(); !s.ok()) return s;
     ++report.steps;
     if (clock != nullptr) {

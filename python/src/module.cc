@@ -233,6 +233,7 @@ TableConfig ConfigFromDict(const py::dict& d) {
     lc.tier_idle_seconds = Opt<uint64_t>(l, "tier_idle_seconds").value_or(0);
     lc.admission_exact = Opt<bool>(l, "admission_exact").value_or(false);
     lc.admission_exact_keys = Opt<uint64_t>(l, "admission_exact_keys").value_or(0);
+    lc.ttl_steps = Opt<uint64_t>(l, "ttl_steps").value_or(0);
   }
   return c;
 }
@@ -285,6 +286,7 @@ py::dict ConfigToDict(const TableConfig& c) {
     l["tier_idle_seconds"] = lc.tier_idle_seconds;
     l["admission_exact"] = lc.admission_exact;
     l["admission_exact_keys"] = lc.admission_exact_keys;
+    l["ttl_steps"] = lc.ttl_steps;
     d["lifecycle"] = l;
   } else {
     d["lifecycle"] = py::none();
@@ -481,8 +483,8 @@ class PyClient : public std::enable_shared_from_this<PyClient> {
     WaitOrOrphan(PullSparseAsync(table, keys, out, py::none()));
   }
   void PushSparse(const std::string& table, const py::object& keys, const py::object& values,
-                  uint64_t accumulate_step, bool assign) {
-    WaitOrOrphan(PushSparseAsync(table, keys, values, accumulate_step, assign));
+                  uint64_t accumulate_step, bool assign, uint64_t step) {
+    WaitOrOrphan(PushSparseAsync(table, keys, values, accumulate_step, assign, step));
   }
   void PullDense(const std::string& table, uint64_t offset, const py::object& out) {
     WaitOrOrphan(PullDenseAsync(table, offset, out, py::none()));
@@ -515,12 +517,12 @@ class PyClient : public std::enable_shared_from_this<PyClient> {
     });
   }
   Handle PushSparseAsync(const std::string& table, const py::object& keys, const py::object& values,
-                         uint64_t accumulate_step, bool assign) {
+                         uint64_t accumulate_step, bool assign, uint64_t step) {
     const absl::Span<const uint64_t> k = KeySpan(keys);
     const absl::Span<const float> v = FloatSpan(values, "values");
     return Async(py::none(), {keys, values}, [&](Client& c, StatusCallback done) {
       c.PushSparseAsync(table, k, v, std::move(done),
-                        {.accumulate_step = accumulate_step, .assign = assign});
+                        {.accumulate_step = accumulate_step, .assign = assign, .step = step});
     });
   }
   Handle PullDenseAsync(const std::string& table, uint64_t offset, const py::object& out,
@@ -791,7 +793,8 @@ PYBIND11_MODULE(_tessera, m) {
       .def("list_tables", &PyClient::ListTables)
       .def("pull_sparse", &PyClient::PullSparse, py::arg("table"), py::arg("keys"), py::arg("out"))
       .def("push_sparse", &PyClient::PushSparse, py::arg("table"), py::arg("keys"),
-           py::arg("values"), py::arg("accumulate_step") = 0, py::arg("assign") = false)
+           py::arg("values"), py::arg("accumulate_step") = 0, py::arg("assign") = false,
+           py::arg("step") = 0)
       .def("pull_dense", &PyClient::PullDense, py::arg("table"), py::arg("offset"), py::arg("out"))
       .def("push_dense", &PyClient::PushDense, py::arg("table"), py::arg("offset"),
            py::arg("values"), py::arg("accumulate_step") = 0, py::arg("assign") = false)
@@ -801,7 +804,8 @@ PYBIND11_MODULE(_tessera, m) {
       .def("pull_sparse_async", &PyClient::PullSparseAsync, py::arg("table"), py::arg("keys"),
            py::arg("out"), py::arg("result"))
       .def("push_sparse_async", &PyClient::PushSparseAsync, py::arg("table"), py::arg("keys"),
-           py::arg("values"), py::arg("accumulate_step") = 0, py::arg("assign") = false)
+           py::arg("values"), py::arg("accumulate_step") = 0, py::arg("assign") = false,
+           py::arg("step") = 0)
       .def("pull_dense_async", &PyClient::PullDenseAsync, py::arg("table"), py::arg("offset"),
            py::arg("out"), py::arg("result"))
       .def("push_dense_async", &PyClient::PushDenseAsync, py::arg("table"), py::arg("offset"),

@@ -177,13 +177,15 @@ class Lifecycle:
     such a table are not created by pulls: a
     key without a row reads as the initializer's values. The disk tier (`tier_ram_rows`,
     `tier_ram_bytes`, `tier_idle_seconds`): rows beyond the RAM capacity or idle that long move
-    to the server's RocksDB store and come back, bit-exact, at their next push."""
+    to the server's RocksDB store and come back, bit-exact, at their next push. `ttl_steps`: a
+    TTL in training steps instead of seconds (pushes then carry `step=`)."""
 
     def __init__(self, ttl_seconds=0, capacity_rows=0, capacity_bytes=0, victims="lru",
                  lfu_half_life_seconds=None, dry_run=False, admission_min_count=0,
                  admission_sketch_width=None, admission_sketch_depth=None,
                  admission_aging_sightings=None, tier_ram_rows=0, tier_ram_bytes=0,
-                 tier_idle_seconds=0, admission_exact=False, admission_exact_keys=None):
+                 tier_idle_seconds=0, admission_exact=False, admission_exact_keys=None,
+                 ttl_steps=0):
         self.ttl_seconds = ttl_seconds
         self.capacity_rows = capacity_rows
         self.capacity_bytes = capacity_bytes
@@ -199,6 +201,7 @@ class Lifecycle:
         self.tier_idle_seconds = tier_idle_seconds
         self.admission_exact = admission_exact
         self.admission_exact_keys = admission_exact_keys
+        self.ttl_steps = ttl_steps
 
     def config(self):
         return dict(ttl_seconds=self.ttl_seconds, capacity_rows=self.capacity_rows,
@@ -211,7 +214,7 @@ class Lifecycle:
                     tier_ram_rows=self.tier_ram_rows, tier_ram_bytes=self.tier_ram_bytes,
                     tier_idle_seconds=self.tier_idle_seconds,
                     admission_exact=self.admission_exact,
-                    admission_exact_keys=self.admission_exact_keys)
+                    admission_exact_keys=self.admission_exact_keys, ttl_steps=self.ttl_steps)
 
     def __repr__(self):
         return "Lifecycle(" + ", ".join(f"{k}={v!r}" for k, v in self.config().items()) + ")"
@@ -485,17 +488,18 @@ class Client:
             raise ValueError(f"grads: {v.shape[0]} rows for {k.size} keys")
         return k, v
 
-    def push_sparse(self, table, keys, grads, accumulate_step=0, assign=False):
+    def push_sparse(self, table, keys, grads, accumulate_step=0, assign=False, step=0):
         """Sends gradients of distinct `keys` ((len(keys), dim) float32); the servers apply the
         table's optimizer (or, with accumulate_step, add them to that BSP step's sums). With
         assign=True the values replace the rows' weights instead (loading weights; optimizer
-        slots are kept)."""
+        slots are kept). `step`: the training step, needed by tables whose TTL counts steps
+        (Lifecycle(ttl_steps=...))."""
         k, v = self._push_sparse_args(keys, grads)
-        self._native.push_sparse(table, k, v, accumulate_step, assign)
+        self._native.push_sparse(table, k, v, accumulate_step, assign, step)
 
-    def push_sparse_async(self, table, keys, grads, accumulate_step=0, assign=False):
+    def push_sparse_async(self, table, keys, grads, accumulate_step=0, assign=False, step=0):
         k, v = self._push_sparse_args(keys, grads)
-        return self._native.push_sparse_async(table, k, v, accumulate_step, assign)
+        return self._native.push_sparse_async(table, k, v, accumulate_step, assign, step)
 
     # -- dense --
     def _pull_dense_args(self, table, offset, count, out):

@@ -474,6 +474,23 @@ def test_lifecycle_ttl_removes_rows_not_pushed_for_its_time(client, table_name):
                             lifecycle=tessera.Lifecycle(ttl_seconds=5))
 
 
+def test_lifecycle_ttl_in_steps_counts_the_pushes_steps(client, table_name):
+    client.create_table(table_name, dim=2, optimizer="add",
+                        lifecycle=tessera.Lifecycle(ttl_steps=5))
+    with pytest.raises(errors.InvalidArgumentError, match="training steps"):
+        client.push_sparse(table_name, [1], np.ones((1, 2), np.float32))
+    client.push_sparse(table_name, [1, 2], np.ones((2, 2), np.float32), step=1)
+    # Step 6 (a server's step is the highest its pushes carried: keys on both shards).
+    later = np.arange(100, 200, dtype=np.uint64)
+    client.push_sparse(table_name, later, np.ones((100, 2), np.float32), step=6)
+    # Keys 1 and 2 (step 1) are 5 steps old once step 6 is applied: removed by the next rounds.
+    deadline = time.monotonic() + 20
+    while client.describe_table(table_name).rows != 100:
+        assert time.monotonic() < deadline, "rows not removed by their TTL in steps within 20 s"
+        time.sleep(0.05)
+    np.testing.assert_array_equal(client.pull_sparse(table_name, [1, 100]), [[0, 0], [1, 1]])
+
+
 def test_remove_rows_on_every_shard_and_a_changed_spec_is_named(client, table_name):
     client.create_table(table_name, dim=2, optimizer="add")
     keys = np.arange(1, 101, dtype=np.uint64)  # spread over both shards
