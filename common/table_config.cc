@@ -179,10 +179,10 @@ absl::Status ResolveLifecycle(TableConfig& c) {
   if (l.ttl_steps != 0) {
     // (Rows keep one clock: their last update as a step, not a second.)
     if (l.ttl_seconds != 0 || l.tier_idle_seconds != 0 || l.victims == EvictionVictims::kLfu) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "table '%s': lifecycle ttl_steps counts steps: it takes no ttl_seconds, "
-          "tier_idle_seconds or LFU victims (their times are seconds)",
-          c.name));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("table '%s': lifecycle ttl_steps counts steps: it takes no ttl_seconds, "
+                          "tier_idle_seconds or LFU victims (their times are seconds)",
+                          c.name));
     }
     if (l.ttl_steps > 0xffffffffu) {
       return absl::InvalidArgumentError(absl::StrFormat(
@@ -202,10 +202,10 @@ absl::Status ResolveLifecycle(TableConfig& c) {
     }
     if (l.admission_exact || l.admission_exact_keys != 0) {
       if (admission_fields) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "table '%s': lifecycle admission_exact counts without a sketch: leave "
-            "admission_sketch_* and admission_aging_sightings unset",
-            c.name));
+        return absl::InvalidArgumentError(
+            absl::StrFormat("table '%s': lifecycle admission_exact counts without a sketch: leave "
+                            "admission_sketch_* and admission_aging_sightings unset",
+                            c.name));
       }
       l.admission_exact = true;
       if (l.admission_exact_keys == 0) l.admission_exact_keys = kDefaultExactKeys;

@@ -109,8 +109,8 @@ TEST_CASE("a lifecycle resolves its LFU half-life and survives the wire", "[tabl
   CHECK(*back == *r);
   // The disk tier's fields too.
   TableConfig tiered{.name = "emb", .kind = TableKind::kSparse, .dim = 8};
-  tiered.lifecycle = {.ttl_seconds = 600, .tier_ram_rows = 7, .tier_ram_bytes = 9,
-                      .tier_idle_seconds = 11};
+  tiered.lifecycle = {
+      .ttl_seconds = 600, .tier_ram_rows = 7, .tier_ram_bytes = 9, .tier_idle_seconds = 11};
   v1::TableSpec tiered_spec;
   TableConfigToProto(*ResolveTableConfig(tiered), &tiered_spec);
   CHECK(TableConfigFromProto(tiered_spec)->lifecycle == ResolveTableConfig(tiered)->lifecycle);

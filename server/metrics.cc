@@ -264,10 +264,9 @@ std::vector<prometheus::MetricFamily> TableCollector::Collect() const {
     uint64_t cumulative = 0;
     for (size_t b = 0; b < r.buckets.size(); ++b) {
       cumulative += r.buckets[b];
-      m.histogram.bucket.push_back(
-          {cumulative, b < TierStore::kReadBuckets.size()
-                           ? TierStore::kReadBuckets[b]
-                           : std::numeric_limits<double>::infinity()});
+      m.histogram.bucket.push_back({cumulative, b < TierStore::kReadBuckets.size()
+                                                    ? TierStore::kReadBuckets[b]
+                                                    : std::numeric_limits<double>::infinity()});
     }
     out.push_back({"tessera_tier_read_seconds",
                    "Reads of the disk tier (a pull or push of a demoted row, a removal of one; "

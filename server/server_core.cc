@@ -267,8 +267,8 @@ absl::StatusOr<std::shared_ptr<TierStore>> ServerCore::OpenTier() {
     absl::StatusOr<std::unique_ptr<TierStore>> opened =
         TierStore::Open(options_.tier_dir, options_.tier_cache_bytes);
     if (!opened.ok()) {
-      return absl::UnavailableError(absl::StrFormat(
-          "this server cannot open its disk tier: %s", opened.status().message()));
+      return absl::UnavailableError(
+          absl::StrFormat("this server cannot open its disk tier: %s", opened.status().message()));
     }
     tier_ = *std::move(opened);
     LogInfo("disk tier in %s", tier_->dir());

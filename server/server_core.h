@@ -359,7 +359,7 @@ class ServerCore {
     uint64_t id = 0;           // the LSN that made it (create, restore, snapshot): replicated
     // The lifecycle task's last TTL scan of the table (the primary's clock; its thread only).
     std::atomic<int64_t> ttl_scan_ms{0};
-    std::atomic<int64_t> idle_scan_ms{0};  // likewise, the disk tier's idle scan
+    std::atomic<int64_t> idle_scan_ms{0};    // likewise, the disk tier's idle scan
     std::atomic<uint64_t> ttl_scan_step{0};  // a TTL in steps: the table's step at the last scan
     // A push to it was refused at the memory limit since the lifecycle task's last round.
     std::atomic<bool> refused_for_memory{false};

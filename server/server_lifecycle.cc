@@ -171,12 +171,11 @@ uint64_t ServerCore::RunLifecycle() {
     const LifecycleConfig& policy = t->config.lifecycle;
     const int64_t now = NowMs();
     // (A TTL in steps is scanned each time the table's step moved a quarter of it.)
-    const bool ttl_due =
-        policy.ttl_steps != 0
-            ? sparse.max_step() >=
-                  t->ttl_scan_step.load() + std::max<uint64_t>(1, policy.ttl_steps / 4)
-            : policy.ttl_seconds != 0 &&
-                  now - t->ttl_scan_ms.load() >= TtlScanIntervalMs(policy.ttl_seconds);
+    const bool ttl_due = policy.ttl_steps != 0
+                             ? sparse.max_step() >= t->ttl_scan_step.load() +
+                                                        std::max<uint64_t>(1, policy.ttl_steps / 4)
+                             : policy.ttl_seconds != 0 && now - t->ttl_scan_ms.load() >=
+                                                              TtlScanIntervalMs(policy.ttl_seconds);
     const uint64_t capacity = sparse.CapacityRows();
     // Pushes refused at the memory limit, or near it with few released rows to reuse (under 5%
     // of the table's rows): a table with an eviction policy keeps a reserve of released rows in
@@ -194,7 +193,8 @@ uint64_t ServerCore::RunLifecycle() {
     const bool idle_due =
         sparse.has_tier() && policy.tier_idle_seconds != 0 &&
         now - t->idle_scan_ms.load() >= TtlScanIntervalMs(policy.tier_idle_seconds);
-    const bool demote = sparse.has_tier() && (idle_due || sparse.NeedsEviction(sparse.TierRamRows()));
+    const bool demote =
+        sparse.has_tier() && (idle_due || sparse.NeedsEviction(sparse.TierRamRows()));
     if (!evict && !pressure && !demote) continue;
     if (ttl_due) {
       t->ttl_scan_ms = now;

@@ -370,9 +370,8 @@ void ServerCore::ApplyStepSums(Table& table, float scale, int64_t time_ms, uint6
   absl::ReaderMutexLock gate(&gate_);
   uint64_t rows = 0;
   for (const EntrySums& part : table.sums.parts) {
-    rows +=
-        table.data().ApplySums(part, scale, generation_.load(std::memory_order_relaxed), time_ms,
-                               step);
+    rows += table.data().ApplySums(part, scale, generation_.load(std::memory_order_relaxed),
+                                   time_ms, step);
   }
   resp->set_rows(rows);
 }

@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <bit>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <random>
 #include <utility>
@@ -252,8 +252,8 @@ void SparseTable::NoteStep(uint64_t step) {
 void SparseTable::Touch(float* row, int64_t time_ms, uint64_t step) const {
   uint32_t meta[2];  // last update second (or step), score
   std::memcpy(meta, row + meta_offset_, sizeof(meta));
-  const uint32_t now =
-      step_clock_ ? static_cast<uint32_t>(std::min<uint64_t>(step, UINT32_MAX)) : MetaSecond(time_ms);
+  const uint32_t now = step_clock_ ? static_cast<uint32_t>(std::min<uint64_t>(step, UINT32_MAX))
+                                   : MetaSecond(time_ms);
   if (config_.lifecycle.victims == EvictionVictims::kLfu) {
     const uint32_t count =
         DecayedCount(meta[1], meta[0], now, config_.lifecycle.lfu_half_life_seconds);
@@ -497,9 +497,9 @@ absl::Status SparseTable::TakeVshard(uint32_t vshard, uint64_t cut_gen, uint64_t
           items.push_back({key, disk.emplace_back(bytes).data(), true});
         }));
     if (!fits) {
-      return absl::DataLossError(absl::StrFormat(
-          "table '%s': the disk tier holds a row of another size (vshard %u)", config_.name,
-          vshard));
+      return absl::DataLossError(
+          absl::StrFormat("table '%s': the disk tier holds a row of another size (vshard %u)",
+                          config_.name, vshard));
     }
   }
   std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.key < b.key; });
@@ -795,9 +795,9 @@ uint64_t SparseTable::FixedBytes(const TableConfig& config, const std::vector<bo
   uint64_t sketch = 0;
   if (config.lifecycle.admission() && config.lifecycle.admission_exact) {
     const uint64_t vshards = std::max<size_t>(owned.size(), 1);
-    sketch = ExactCounter::BytesFor((config.lifecycle.admission_exact_keys + vshards - 1) /
-                                    vshards) +
-             64;
+    sketch =
+        ExactCounter::BytesFor((config.lifecycle.admission_exact_keys + vshards - 1) / vshards) +
+        64;
   } else if (config.lifecycle.admission()) {
     // (As the constructor sizes them: a power of two of at least 64 counters a row.)
     const uint64_t width = std::bit_ceil(std::max<uint64_t>(
@@ -1003,7 +1003,14 @@ void SparseTable::PlanChoices(int64_t now_ms, uint64_t ttl_s, uint64_t capacity_
   // Rows to give up: down to 95% of the capacity; and in each vshard, down to its cap.
   const uint64_t total = num_rows();
   const uint64_t target = capacity_rows - capacity_rows / 20;
-  uint64_t over = capacity_rows != 0 && total > capacity_rows ? total - target : 0;
+  // (At most an eighth of the capacity a round, at least 64 Ki rows: a plan's lists live
+  // outside the memory budget, 16 bytes a victim and more for ties and caps; a stream of new
+  // keys above the capacity would otherwise have the plan hold tens of MiB at once. The next
+  // round, 100 ms on, takes the rest.)
+  uint64_t over = capacity_rows != 0 && total > capacity_rows
+                      ? std::min<uint64_t>(total - target,
+                                           std::max<uint64_t>(uint64_t{1} << 16, capacity_rows / 8))
+                      : 0;
   const uint32_t vshard_cap = VshardCap(capacity_rows);
   if (ttl_s == 0 && !NeedsEviction(capacity_rows)) return;
   // A row's place in the order of victims: lower goes first. LRU: the oldest update, then the

@@ -318,8 +318,7 @@ class SparseTable final : public TableData {
   bool ReadDemoted(const Partition& p, uint32_t vshard, uint64_t key, std::string* bytes) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(p.mu);
   // PlanEvictions and PlanDemotions: rows past `ttl_s` (0: none) and above `capacity_rows`.
-  void PlanChoices(int64_t now_ms, uint64_t ttl_s, uint64_t capacity_rows,
-                   EvictionPlan* out) const;
+  void PlanChoices(int64_t now_ms, uint64_t ttl_s, uint64_t capacity_rows, EvictionPlan* out) const;
   // Calls use(partition, i, row id) for each keys[i] of the runs of vshards v with
   // v % parts == part, run by run under the vshard's lock, creating missing rows. `write`:
   // use() changes the whole row and reads side[i * dim, (i + 1) * dim) (else it reads the

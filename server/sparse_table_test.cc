@@ -327,8 +327,8 @@ TEST_CASE("admission: a cut takes each vshard's sketch as it was at the cut",
 
 TEST_CASE("exact admission: the k-th push creates the row, an evicted key counts afresh",
           "[sparse][lifecycle]") {
-  const TableConfig c = LifecycleConfigOf(
-      OptimizerKind::kAdd, {.admission_min_count = 3, .admission_exact = true});
+  const TableConfig c =
+      LifecycleConfigOf(OptimizerKind::kAdd, {.admission_min_count = 3, .admission_exact = true});
   REQUIRE(c.lifecycle.admission_exact_keys == kDefaultExactKeys);
   SparseTable t(c, AllOwned());
   // Many keys, each pushed a number of times from 1 to 4: exactly those pushed 3 times or more
@@ -353,10 +353,9 @@ TEST_CASE("exact admission: the k-th push creates the row, an evicted key counts
   CHECK(t.HasRow(k));
   // Sketch fields with exact admission are refused.
   TableConfig both{.name = "emb", .kind = TableKind::kSparse, .dim = 3};
-  both.lifecycle = {.admission_min_count = 3, .admission_sketch_width = 1024,
-                    .admission_exact = true};
-  CHECK(ResolveTableConfig(both).status().message().find("without a sketch") !=
-        std::string::npos);
+  both.lifecycle = {
+      .admission_min_count = 3, .admission_sketch_width = 1024, .admission_exact = true};
+  CHECK(ResolveTableConfig(both).status().message().find("without a sketch") != std::string::npos);
 }
 
 TEST_CASE("a TTL in steps dates rows by the pushes' steps, not by time", "[sparse][lifecycle]") {

@@ -876,7 +876,7 @@ TEST_CASE("a TTL in steps: pushes carry their step, BSP steps count, every repli
   CHECK(core.RunLifecycle() == 0);  // step 8: nothing is 10 steps old
   REQUIRE(push({4}, 12).ok());      // step 12: key 1 (step 1) is 11 old
   CHECK(core.RunLifecycle() == 1);
-  REQUIRE(push({4}, 16).ok());      // step 16: key 2 (step 5) is 11 old; key 3 (8) is 8
+  REQUIRE(push({4}, 16).ok());  // step 16: key 2 (step 5) is 11 old; key 3 (8) is 8
   CHECK(core.RunLifecycle() == 1);
   CHECK(StatsOf(core, "t").rows == 2);
   REQUIRE(pair.Replicate().ok());

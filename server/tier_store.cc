@@ -61,8 +61,8 @@ absl::StatusOr<std::unique_ptr<TierStore>> TierStore::Open(const std::string& di
   std::unique_ptr<TierStore> store(new TierStore());
   if (dir.empty()) {
     const char* tmp = getenv("TMPDIR");
-    std::string pattern = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") +
-                          "/tessera-tier-XXXXXX";
+    std::string pattern =
+        std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/tessera-tier-XXXXXX";
     if (mkdtemp(pattern.data()) == nullptr) {
       return absl::InternalError(absl::StrFormat("disk tier: cannot create a directory %s: %s",
                                                  pattern, std::strerror(errno)));
@@ -175,8 +175,8 @@ absl::Status TierStore::DropSpace(uint64_t space) {
   char begin[8], end[8];
   PutBig(begin, space, 8);
   PutBig(end, space + 1, 8);
-  return FromRocks(db_->DeleteRange(NoWal(), db_->DefaultColumnFamily(),
-                                    rocksdb::Slice(begin, 8), rocksdb::Slice(end, 8)),
+  return FromRocks(db_->DeleteRange(NoWal(), db_->DefaultColumnFamily(), rocksdb::Slice(begin, 8),
+                                    rocksdb::Slice(end, 8)),
                    "dropping a table's rows");
 }
 

@@ -756,8 +756,7 @@ TEST_CASE("R=2: primaries killed while rows move to the disk tier lose no acknow
   // carries every demotion before it to the backup, and a failover keeps both tiers as they are.
   absl::StatusOr<TableStatus> t;
   const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  for (t = admin->DescribeTable("sum"); t.ok() && t->rows > kRam;
-       t = admin->DescribeTable("sum")) {
+  for (t = admin->DescribeTable("sum"); t.ok() && t->rows > kRam; t = admin->DescribeTable("sum")) {
     REQUIRE(absl::Now() < deadline);
     absl::SleepFor(absl::Milliseconds(20));
   }

@@ -168,8 +168,8 @@ int RunTierPart(const BenchCommandOptions& o, Client& client) {
   // The warm keys pushed again: any the policy moved to disk while the keys were loaded (the
   // RAM was over its capacity then) come back, and 90% of the capacity stays in RAM.
   for (uint64_t i = 0; i < warm.size(); i += kKeysPerPush) {
-    if (absl::Status s = push_both(warm.subspan(i, std::min<uint64_t>(kKeysPerPush, warm.size() - i)),
-                                   1, false);
+    if (absl::Status s =
+            push_both(warm.subspan(i, std::min<uint64_t>(kKeysPerPush, warm.size() - i)), 1, false);
         !s.ok()) {
       return fail(s);
     }
@@ -177,9 +177,9 @@ int RunTierPart(const BenchCommandOptions& o, Client& client) {
   absl::StatusOr<TableStatus> placed = client.DescribeTable(tiered.name);
   if (!placed.ok()) return fail(placed.status());
   if (placed->disk_rows != cold.size() || placed->rows != hot) {
-    return fail(absl::InternalError(absl::StrFormat(
-        "after the demotion %u rows in RAM and %u on disk, expected %u and %u", placed->rows,
-        placed->disk_rows, hot, cold.size())));
+    return fail(absl::InternalError(
+        absl::StrFormat("after the demotion %u rows in RAM and %u on disk, expected %u and %u",
+                        placed->rows, placed->disk_rows, hot, cold.size())));
   }
 
   // Pull latency: batches of 256 keys all in RAM, then all on disk, one at a time.
@@ -194,8 +194,7 @@ int RunTierPart(const BenchCommandOptions& o, Client& client) {
     while (absl::Now() - start < absl::Seconds(o.seconds_per_workload)) {
       for (uint64_t& k : batch) k = from[rng() % from.size()];
       const absl::Time t0 = absl::Now();
-      if (absl::Status s = client.PullSparse(tiered.name, batch, absl::MakeSpan(values));
-          !s.ok()) {
+      if (absl::Status s = client.PullSparse(tiered.name, batch, absl::MakeSpan(values)); !s.ok()) {
         return s;
       }
       latencies.push_back(absl::ToDoubleSeconds(absl::Now() - t0));
@@ -264,12 +263,12 @@ int RunTierPart(const BenchCommandOptions& o, Client& client) {
   if (!after.ok()) return fail(after.status());
   PrintBenchLine(
       {"lifecycle_tier_random_push", pushed / seconds[0] / 1e6, "Mkeys/s",
-       absl::StrFormat(",\"without_tier_mkeys_s\":%.3f,\"working_set_rows\":%u,\"ram_rows\":%u,\"disk_rows\":%u,"
+       absl::StrFormat(",\"without_tier_mkeys_s\":%.3f,\"working_set_rows\":%u,\"ram_rows\":%u,"
+                       "\"disk_rows\":%u,"
                        "\"demoted\":%u,\"promoted\":%u,\"rows_not_bit_exact\":%u,"
                        "\"operator_demotion_mrows_s\":%.3f",
                        pushed / seconds[1] / 1e6, working_set, after->rows, after->disk_rows,
-                       after->demoted, after->promoted,
-                       differ, cold.size() / demote_s / 1e6),
+                       after->demoted, after->promoted, differ, cold.size() / demote_s / 1e6),
        absl::StrFormat("(%.3f Mkeys/s into the table without a tier) pushes of %u random keys of "
                        "a working set of %u rows (Adam, dim %u), 5x "
                        "the %u rows of tier_ram_bytes %u: %u rows demoted and %u promoted in "
@@ -277,8 +276,7 @@ int RunTierPart(const BenchCommandOptions& o, Client& client) {
                        "without a tier given the same pushes: %u of %u differ (the operator "
                        "moved %u rows to disk at %.2f M rows/s)",
                        pushed / seconds[1] / 1e6, kKeysPerPush, working_set, kDim, ram_rows,
-                       ram_bytes, after->demoted,
-                       after->promoted, differ, working_set, cold.size(),
+                       ram_bytes, after->demoted, after->promoted, differ, working_set, cold.size(),
                        cold.size() / demote_s / 1e6)},
       o.json);
   for (const TableConfig& t : {tiered, reference}) {

@@ -68,7 +68,7 @@ struct BenchCommandOptions {
   int pause_rounds = 3;        // replication suite: primaries killed (and stalled) per figure
   uint64_t lifecycle_keys = 50'000'000;  // lifecycle suite: new keys streamed
   uint64_t lifecycle_budget_mb = 1024;   // lifecycle suite: the server's --max_memory_bytes
-  uint64_t lifecycle_tier_mb = 64;  // lifecycle suite: the tier table's RAM (0: no tier part)
+  uint64_t lifecycle_tier_mb = 64;       // lifecycle suite: the tier table's RAM (0: no tier part)
   Credentials credentials;  // connected clusters: a token with the admin and worker roles
   bool secure = false;      // the cluster bench starts: mutual TLS and tokens (docs/security.md)
 };
