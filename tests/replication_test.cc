@@ -692,16 +692,23 @@ TEST_CASE("R=2: primaries killed while capacity eviction runs lose no acknowledg
   work.Verify();
 }
 
-TEST_CASE("R=2: primaries killed while rows move to the disk tier lose no acknowledged push",
+TEST_CASE("R=2: primaries killed while rows move to disk and others are evicted lose nothing",
           "[replication][fault][lifecycle][tier]") {
   // As above with a disk tier instead of a capacity: the stream keeps the RAM over its
   // capacity, so the primary's task keeps demoting (the workload's keys too, now and then: they
   // come back at their next push). Nothing is ever removed, so every acknowledged push, to the
   // workload's keys and to the streamed ones, must be readable at the end, from RAM or disk;
-  // and a promoted backup holds the rows of its primary in the same tiers.
+  // and a promoted backup holds the rows of its primary in the same tiers. The same stream also
+  // goes to a table with an LRU capacity, so removals run beside the demotions.
   constexpr uint64_t kRam = 1500;
   auto cluster = StartReplicated(2, 2, 1);
   Workload work(*cluster, {.clients = 2, .sum_lifecycle = {.tier_ram_rows = kRam}});
+  {
+    TableConfig evicting{.name = "evicting", .kind = TableKind::kSparse, .dim = kDim};
+    evicting.optimizer.kind = OptimizerKind::kAdd;
+    evicting.lifecycle = {.capacity_rows = kRam};
+    TESSERA_REQUIRE_OK(ConnectTo(*cluster)->CreateTable(evicting).status());
+  }
   work.Start();
   work.WaitForMore(200);
   std::atomic<bool> stop{false};
@@ -718,6 +725,7 @@ TEST_CASE("R=2: primaries killed while rows move to the disk tier lose no acknow
         absl::MutexLock lock(&acked_mu);
         acked.insert(acked.end(), keys.begin(), keys.end());
       }
+      (void)c->PushSparse("evicting", keys, std::vector<float>(keys.size() * kDim, 1.0f));
     }
   });
   std::unique_ptr<Client> admin = ConnectTo(*cluster);
@@ -762,6 +770,7 @@ TEST_CASE("R=2: primaries killed while rows move to the disk tier lose no acknow
   }
   TESSERA_REQUIRE_OK(t.status());
   CHECK(t->disk_rows > 0);
+  const uint64_t evicting_digest = QuietDigest(*admin, "evicting");
   const uint64_t digest = QuietDigest(*admin, "sum");
   absl::StatusOr<TableStatus> held = admin->DescribeTable("sum");
   TESSERA_REQUIRE_OK(held.status());
@@ -773,6 +782,10 @@ TEST_CASE("R=2: primaries killed while rows move to the disk tier lose no acknow
   TESSERA_REQUIRE_OK(promoted.status());
   // Row for row, tier for tier (the digest covers both): its primary's last acknowledged state.
   CHECK(promoted->digests[0] == digest);
+  absl::StatusOr<TableStatus> evicting = admin->DescribeTable("evicting", /*digests=*/true);
+  TESSERA_REQUIRE_OK(evicting.status());
+  CHECK(evicting->evicted_capacity > 0);
+  CHECK(evicting->digests[0] == evicting_digest);
   INFO(absl::StrFormat("%u keys streamed; held %u in RAM and %u on disk, promoted %u and %u",
                        streamed.size(), held->rows, held->disk_rows, promoted->rows,
                        promoted->disk_rows));
