@@ -106,6 +106,13 @@ class KeyIndex {
       if (slots_[i].id != kNone) fn(slots_[i].key, slots_[i].id);
     }
   }
+  // The same while fn returns true: stops at the first false.
+  template <typename Fn>
+  void ForEachWhile(Fn&& fn) const {
+    for (size_t i = 0; i < capacity_; ++i) {
+      if (slots_[i].id != kNone && !fn(slots_[i].key, slots_[i].id)) return;
+    }
+  }
 
  private:
   struct Slot {

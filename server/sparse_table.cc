@@ -813,15 +813,18 @@ std::vector<uint32_t> SparseTable::SampleUpdateAges(int64_t now_ms, size_t max_r
   const size_t per_vshard = owned == 0 ? 0 : (max_rows + owned - 1) / owned;
   const uint32_t now = MetaNow(now_ms);
   std::vector<uint32_t> ages;
-  std::vector<std::pair<uint64_t, uint32_t>> scratch;
   for (const auto& p : partitions_) {
     if (p == nullptr || ages.size() >= max_rows) continue;
     absl::MutexLock lock(&p->mu);
+    // (The first rows in slot order, a sample since keys are hashed; the scan stops there:
+    // status calls on a large table read a few rows a vshard, not its whole index.)
     size_t taken = 0;
-    ScanStamps(*p, &scratch, [&](uint64_t, uint64_t stamp) {
-      if (taken++ >= per_vshard || ages.size() >= max_rows) return;
-      const uint32_t last = static_cast<uint32_t>(stamp >> 32);
+    RowArena& arena = const_cast<RowArena&>(p->rows);
+    p->index.ForEachWhile([&](uint64_t, uint32_t id) {
+      if (taken++ >= per_vshard || ages.size() >= max_rows) return false;
+      const uint32_t last = static_cast<uint32_t>(Stamp(arena.Row(id)) >> 32);
       ages.push_back(now > last ? now - last : 0);
+      return true;
     });
   }
   std::sort(ages.begin(), ages.end());

@@ -18,11 +18,13 @@
 #include <cstring>
 #include <filesystem>
 #include <optional>
+#include <random>
 
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -259,8 +261,53 @@ absl::StatusOr<Spawned> SpawnProcess(std::vector<std::string> args, const std::s
 
 }  // namespace
 
+// A port the kernel does not hand out by itself: below the ephemeral range
+// (net.ipv4.ip_local_port_range), tested free by a bind. A process started there and killed
+// can then be restarted at the same address: with a port from the ephemeral range (--port=0),
+// a connection of another test running beside it could be given the freed port meanwhile
+// ("Address already in use" at the restart). 0 when none is found: the kernel chooses.
+int PickPort() {
+  static absl::Mutex mu(absl::kConstInit);
+  static std::mt19937_64 rng(static_cast<uint64_t>(getpid()) * 0x9E3779B97F4A7C15ull ^
+                             static_cast<uint64_t>(absl::ToUnixNanos(absl::Now())));
+  int ephemeral_low = 32768;
+  if (FILE* f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r"); f != nullptr) {
+    if (fscanf(f, "%d", &ephemeral_low) != 1) ephemeral_low = 32768;
+    fclose(f);
+  }
+  constexpr int kFirst = 10000;
+  if (ephemeral_low - kFirst < 1000) return 0;
+  absl::MutexLock lock(&mu);
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    const int port = kFirst + static_cast<int>(rng() % static_cast<uint64_t>(ephemeral_low - kFirst));
+    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return 0;
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    const bool free = bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
+    close(fd);
+    if (free) return port;
+  }
+  return 0;
+}
+
 absl::Status LocalCluster::Spawn(uint32_t i, int port, int metrics_port,
                                  const std::vector<std::string>& more_args) {
+  if (port != 0) return SpawnAt(i, port, metrics_port, more_args);
+  // A first start: ports of our choosing (above), tried again with others should another
+  // process take one between the test and the server's bind (the server exits at once).
+  absl::Status st;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    st = SpawnAt(i, PickPort(), metrics_port != 0 ? metrics_port : PickPort(), more_args);
+    if (st.ok() || !absl::StrContains(st.message(), "exited early")) return st;
+  }
+  return st;
+}
+
+absl::Status LocalCluster::SpawnAt(uint32_t i, int port, int metrics_port,
+                                   const std::vector<std::string>& more_args) {
   const LocalClusterOptions& options = options_;
   std::vector<std::string> args = {options.server_binary};
   if (options.replication == 0) {
@@ -288,6 +335,18 @@ absl::Status LocalCluster::Spawn(uint32_t i, int port, int metrics_port,
 }
 
 absl::Status LocalCluster::SpawnCoordinator(int port, int metrics_port) {
+  if (port == 0) {
+    absl::Status st;
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      st = SpawnCoordinatorAt(PickPort(), metrics_port != 0 ? metrics_port : PickPort());
+      if (st.ok() || !absl::StrContains(st.message(), "exited early")) return st;
+    }
+    return st;
+  }
+  return SpawnCoordinatorAt(port, metrics_port);
+}
+
+absl::Status LocalCluster::SpawnCoordinatorAt(int port, int metrics_port) {
   const LocalClusterOptions& o = options_;
   std::vector<std::string> args = {
       o.coordinator_binary,

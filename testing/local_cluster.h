@@ -130,6 +130,10 @@ class LocalCluster {
   absl::Status Spawn(uint32_t i, int port, int metrics_port,
                      const std::vector<std::string>& more_args);
   absl::Status SpawnCoordinator(int port, int metrics_port);
+  // The same at exactly these ports (0: the kernel's choice).
+  absl::Status SpawnAt(uint32_t i, int port, int metrics_port,
+                       const std::vector<std::string>& more_args);
+  absl::Status SpawnCoordinatorAt(int port, int metrics_port);
 
   LocalClusterOptions options_;
   std::vector<pid_t> pids_;  // 0 once reaped
