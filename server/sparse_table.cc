@@ -166,13 +166,15 @@ uint32_t SparseTable::Demote(uint32_t vshard, absl::Span<const uint64_t> keys,
   return n;
 }
 
-uint64_t SparseTable::disk_rows() const {
+uint64_t SparseTable::SumOverVshards(std::atomic<uint32_t> Partition::*field) const {
   uint64_t n = 0;
   for (const auto& p : partitions_) {
-    if (p != nullptr) n += p->demoted.load(std::memory_order_relaxed);
+    if (p != nullptr) n += ((*p).*field).load(std::memory_order_relaxed);
   }
   return n;
 }
+
+uint64_t SparseTable::disk_rows() const { return SumOverVshards(&Partition::demoted); }
 
 bool SparseTable::HasDemotedRow(uint64_t key) const {
   const uint32_t v = VshardOfKey(key, num_vshards());
@@ -182,14 +184,16 @@ bool SparseTable::HasDemotedRow(uint64_t key) const {
   return ReadDemoted(p, v, key, &bytes);
 }
 
-uint64_t SparseTable::TierRamRows() const {
-  const LifecycleConfig& l = config_.lifecycle;
-  uint64_t rows = l.tier_ram_rows;
-  if (l.tier_ram_bytes != 0) {
-    const uint64_t by_bytes = std::max<uint64_t>(1, l.tier_ram_bytes / row_charge());
+uint64_t SparseTable::RowsWithin(uint64_t rows, uint64_t bytes) const {
+  if (bytes != 0) {
+    const uint64_t by_bytes = std::max<uint64_t>(1, bytes / row_charge());
     rows = rows == 0 ? by_bytes : std::min(rows, by_bytes);
   }
   return rows;
+}
+
+uint64_t SparseTable::TierRamRows() const {
+  return RowsWithin(config_.lifecycle.tier_ram_rows, config_.lifecycle.tier_ram_bytes);
 }
 
 bool SparseTable::Admit(Partition& p, uint64_t key) {
@@ -831,13 +835,7 @@ std::vector<uint32_t> SparseTable::SampleUpdateAges(int64_t now_ms, size_t max_r
   return ages;
 }
 
-uint64_t SparseTable::FreeRows() const {
-  uint64_t free = 0;
-  for (const auto& p : partitions_) {
-    if (p != nullptr) free += p->free_rows.load(std::memory_order_relaxed);
-  }
-  return free;
-}
+uint64_t SparseTable::FreeRows() const { return SumOverVshards(&Partition::free_rows); }
 
 bool SparseTable::HasRow(uint64_t key) const {
   const Partition& p = *partitions_[VshardOfKey(key, num_vshards())];
@@ -874,13 +872,7 @@ uint64_t SparseTable::MissingRowsNeedingMemory(absl::Span<const uint64_t> keys,
 }
 
 uint64_t SparseTable::CapacityRows() const {
-  const LifecycleConfig& l = config_.lifecycle;
-  uint64_t rows = l.capacity_rows;
-  if (l.capacity_bytes != 0) {
-    const uint64_t by_bytes = std::max<uint64_t>(1, l.capacity_bytes / row_charge());
-    rows = rows == 0 ? by_bytes : std::min(rows, by_bytes);
-  }
-  return rows;
+  return RowsWithin(config_.lifecycle.capacity_rows, config_.lifecycle.capacity_bytes);
 }
 
 template <typename Fn>

@@ -310,6 +310,10 @@ class SparseTable final : public TableData {
   // counts creations in new memory in *created.
   uint32_t FindOrCreate(Partition& p, uint64_t key, uint64_t gen, uint32_t* created)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(p.mu);
+  // A capacity in rows and one in bytes (by row_charge()) combined (0: none).
+  uint64_t RowsWithin(uint64_t rows, uint64_t bytes) const;
+  // A per-vshard figure summed over the owned vshards.
+  uint64_t SumOverVshards(std::atomic<uint32_t> Partition::*field) const;
   // Brings `key`'s row back from the disk tier into RAM (the row's bytes as they were there):
   // its id, or KeyIndex::kNone when the tier holds none. Counts new memory in *created.
   uint32_t Promote(Partition& p, uint32_t vshard, uint64_t key, uint32_t* created)

@@ -21,10 +21,10 @@
 #include <random>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -279,7 +279,8 @@ int PickPort() {
   if (ephemeral_low - kFirst < 1000) return 0;
   absl::MutexLock lock(&mu);
   for (int attempt = 0; attempt < 100; ++attempt) {
-    const int port = kFirst + static_cast<int>(rng() % static_cast<uint64_t>(ephemeral_low - kFirst));
+    const int port =
+        kFirst + static_cast<int>(rng() % static_cast<uint64_t>(ephemeral_low - kFirst));
     const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return 0;
     sockaddr_in a{};

@@ -580,6 +580,58 @@ TEST_CASE("a promoted backup holds bit-identical weights and optimizer slots",
   }
 }
 
+// Kills shard 0's primary at three points, each once the table "sum"'s lifecycle counter
+// `progress` grew by `step` (the lifecycle at work) and the workload pushed more; each victim
+// restarts at its old address, empty, and catches up by snapshot.
+void KillPrimariesDuring(LocalCluster& cluster, Workload& work, Client& admin,
+                         uint64_t TableStatus::*counter, uint64_t step) {
+  auto progress = [&] {
+    absl::StatusOr<TableStatus> t = admin.DescribeTable("sum");
+    return t.ok() ? (*t).*counter : 0;
+  };
+  for (int k = 0; k < 3; ++k) {
+    const uint64_t before = progress();
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    while (progress() < before + step) {
+      REQUIRE(absl::Now() < deadline);
+      absl::SleepFor(absl::Milliseconds(20));  // (polling the condition above)
+    }
+    work.WaitForMore(20);
+    absl::StatusOr<std::vector<int>> replicas = cluster.ReplicasOf(0);
+    REQUIRE(replicas.ok());
+    const int victim = (*replicas)[0];
+    cluster.KillServer(victim);
+    WaitForNewPrimary(cluster, 0, victim);
+    work.WaitForMore(20);
+    TESSERA_REQUIRE_OK(cluster.RestartServer(victim));
+    WaitForReplicas(cluster);
+  }
+}
+
+// Kills shard 0's primary and returns the table "sum" as the promoted backup holds it (with
+// its digest).
+TableStatus FailOverSum(LocalCluster& cluster, Client& admin) {
+  absl::StatusOr<std::vector<int>> replicas = cluster.ReplicasOf(0);
+  REQUIRE(replicas.ok());
+  cluster.KillServer((*replicas)[0]);
+  WaitForNewPrimary(cluster, 0, (*replicas)[0]);
+  absl::StatusOr<TableStatus> promoted = admin.DescribeTable("sum", /*digests=*/true);
+  TESSERA_REQUIRE_OK(promoted.status());
+  return *promoted;
+}
+
+// The table once it holds at most `rows` rows (in RAM): the lifecycle caught up.
+TableStatus WaitForRowsAtMost(Client& admin, const std::string& table, uint64_t rows) {
+  absl::StatusOr<TableStatus> t;
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  for (t = admin.DescribeTable(table); t.ok() && t->rows > rows; t = admin.DescribeTable(table)) {
+    REQUIRE(absl::Now() < deadline);
+    absl::SleepFor(absl::Milliseconds(20));  // (polling the condition above)
+  }
+  TESSERA_REQUIRE_OK(t.status());
+  return *t;
+}
+
 // Once the table's lifecycle has nothing left to do (its digest unchanged over a few rounds),
 // an acknowledged push to another table of the shard (not one the workload verifies) carries
 // every entry before it to the backup; returns the table's digest then (shard 0's).
@@ -635,28 +687,7 @@ TEST_CASE("R=2: primaries killed while capacity eviction runs lose no acknowledg
     }
   });
   std::unique_ptr<Client> admin = ConnectTo(*cluster);
-  auto evicted = [&] {
-    absl::StatusOr<TableStatus> t = admin->DescribeTable("sum");
-    return t.ok() ? t->evicted_capacity : 0;
-  };
-  for (int k = 0; k < 3; ++k) {
-    // Evictions under way, then the kill.
-    const uint64_t before = evicted();
-    const absl::Time deadline = absl::Now() + absl::Seconds(60);
-    while (evicted() < before + 2 * kCapacity) {
-      REQUIRE(absl::Now() < deadline);
-      absl::SleepFor(absl::Milliseconds(20));  // (polling the condition above)
-    }
-    work.WaitForMore(20);
-    absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(0);
-    REQUIRE(replicas.ok());
-    const int victim = (*replicas)[0];
-    cluster->KillServer(victim);
-    WaitForNewPrimary(*cluster, 0, victim);
-    work.WaitForMore(20);
-    TESSERA_REQUIRE_OK(cluster->RestartServer(victim));
-    WaitForReplicas(*cluster);
-  }
+  KillPrimariesDuring(*cluster, work, *admin, &TableStatus::evicted_capacity, 2 * kCapacity);
   stop = true;
   stream.join();
   work.Stop();
@@ -664,31 +695,19 @@ TEST_CASE("R=2: primaries killed while capacity eviction runs lose no acknowledg
   // Quiet: the table comes down to its capacity (nothing adds rows any more), then a push
   // acknowledged by both replicas carries every removal before it to the backup, and a
   // failover keeps exactly the rows the primary held.
-  absl::StatusOr<TableStatus> t;
-  const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  for (t = admin->DescribeTable("sum"); t.ok() && t->rows > kCapacity;
-       t = admin->DescribeTable("sum")) {
-    REQUIRE(absl::Now() < deadline);
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  TESSERA_REQUIRE_OK(t.status());
+  const TableStatus t = WaitForRowsAtMost(*admin, "sum", kCapacity);
   INFO(absl::StrFormat("%u keys streamed, %u evicted by capacity here", streamed.load(),
-                       t->evicted_capacity));
+                       t.evicted_capacity));
   CHECK(streamed.load() > 4 * kCapacity);
   TESSERA_REQUIRE_OK(admin->PushSparse("sum", {5'000'000}, std::vector<float>(kDim, 1.0f)));
   const uint64_t digest = QuietDigest(*admin, "sum");
   absl::StatusOr<TableStatus> held = admin->DescribeTable("sum");
   TESSERA_REQUIRE_OK(held.status());
-  absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(0);
-  REQUIRE(replicas.ok());
-  cluster->KillServer((*replicas)[0]);
-  WaitForNewPrimary(*cluster, 0, (*replicas)[0]);
-  absl::StatusOr<TableStatus> promoted = admin->DescribeTable("sum", /*digests=*/true);
-  TESSERA_REQUIRE_OK(promoted.status());
-  CHECK(promoted->rows == held->rows);
-  CHECK(promoted->rows <= kCapacity + 1);
+  const TableStatus promoted = FailOverSum(*cluster, *admin);
+  CHECK(promoted.rows == held->rows);
+  CHECK(promoted.rows <= kCapacity + 1);
   // The promoted backup's state is its primary's last acknowledged one, row for row.
-  CHECK(promoted->digests[0] == digest);
+  CHECK(promoted.digests[0] == digest);
   work.Verify();
 }
 
@@ -729,27 +748,7 @@ TEST_CASE("R=2: primaries killed while rows move to disk and others are evicted 
     }
   });
   std::unique_ptr<Client> admin = ConnectTo(*cluster);
-  auto demoted = [&] {
-    absl::StatusOr<TableStatus> t = admin->DescribeTable("sum");
-    return t.ok() ? t->demoted : 0;
-  };
-  for (int k = 0; k < 3; ++k) {
-    const uint64_t before = demoted();
-    const absl::Time deadline = absl::Now() + absl::Seconds(60);
-    while (demoted() < before + 2 * kRam) {
-      REQUIRE(absl::Now() < deadline);
-      absl::SleepFor(absl::Milliseconds(20));  // (polling the condition above)
-    }
-    work.WaitForMore(20);
-    absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(0);
-    REQUIRE(replicas.ok());
-    const int victim = (*replicas)[0];
-    cluster->KillServer(victim);
-    WaitForNewPrimary(*cluster, 0, victim);
-    work.WaitForMore(20);
-    TESSERA_REQUIRE_OK(cluster->RestartServer(victim));
-    WaitForReplicas(*cluster);
-  }
+  KillPrimariesDuring(*cluster, work, *admin, &TableStatus::demoted, 2 * kRam);
   stop = true;
   stream.join();
   work.Stop();
@@ -762,35 +761,23 @@ TEST_CASE("R=2: primaries killed while rows move to disk and others are evicted 
   CHECK(streamed.size() > 4 * kRam);
   // Quiet: the RAM comes down to its capacity; then a push acknowledged by both replicas
   // carries every demotion before it to the backup, and a failover keeps both tiers as they are.
-  absl::StatusOr<TableStatus> t;
-  const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  for (t = admin->DescribeTable("sum"); t.ok() && t->rows > kRam; t = admin->DescribeTable("sum")) {
-    REQUIRE(absl::Now() < deadline);
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  TESSERA_REQUIRE_OK(t.status());
-  CHECK(t->disk_rows > 0);
+  CHECK(WaitForRowsAtMost(*admin, "sum", kRam).disk_rows > 0);
   const uint64_t evicting_digest = QuietDigest(*admin, "evicting");
   const uint64_t digest = QuietDigest(*admin, "sum");
   absl::StatusOr<TableStatus> held = admin->DescribeTable("sum");
   TESSERA_REQUIRE_OK(held.status());
-  absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(0);
-  REQUIRE(replicas.ok());
-  cluster->KillServer((*replicas)[0]);
-  WaitForNewPrimary(*cluster, 0, (*replicas)[0]);
-  absl::StatusOr<TableStatus> promoted = admin->DescribeTable("sum", /*digests=*/true);
-  TESSERA_REQUIRE_OK(promoted.status());
+  const TableStatus promoted = FailOverSum(*cluster, *admin);
   // Row for row, tier for tier (the digest covers both): its primary's last acknowledged state.
-  CHECK(promoted->digests[0] == digest);
+  CHECK(promoted.digests[0] == digest);
   absl::StatusOr<TableStatus> evicting = admin->DescribeTable("evicting", /*digests=*/true);
   TESSERA_REQUIRE_OK(evicting.status());
   CHECK(evicting->evicted_capacity > 0);
   CHECK(evicting->digests[0] == evicting_digest);
   INFO(absl::StrFormat("%u keys streamed; held %u in RAM and %u on disk, promoted %u and %u",
-                       streamed.size(), held->rows, held->disk_rows, promoted->rows,
-                       promoted->disk_rows));
-  CHECK(promoted->rows == held->rows);
-  CHECK(promoted->disk_rows == held->disk_rows);
+                       streamed.size(), held->rows, held->disk_rows, promoted.rows,
+                       promoted.disk_rows));
+  CHECK(promoted.rows == held->rows);
+  CHECK(promoted.disk_rows == held->disk_rows);
   work.Verify();
   // Every acknowledged streamed key reads exactly its one push, wherever its row is.
   std::vector<float> values(streamed.size() * kDim);
