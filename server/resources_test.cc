@@ -76,7 +76,7 @@ TEST_CASE("a pull whose response would be too large is refused before it is buil
   CHECK(core->GetTableStats()[0].rows == 0);  // and no row was created
 }
 
-TEST_CASE("reported table bytes are within 10% of what is resident", "[resources]") {
+TEST_CASE("reported table bytes are within 15% of what is resident", "[resources]") {
   // 1,024 rows of 1,024 Adam floats over 1,024 vshards: the table used to report 256-row
   // blocks per vshard (160x what was resident).
   ServerCoreOptions o;
@@ -114,7 +114,12 @@ TEST_CASE("reported table bytes are within 10% of what is resident", "[resources
   const uint64_t reported = stats() - before_bytes;
   INFO("reported " << reported << " bytes, resident grew by " << rss);
   CHECK(reported >= rss * 0.9);
-  CHECK(reported <= rss * 1.1);
+  // (An upper bound by design: a block's partial last page and its allocator header's page
+  // count as resident. When the blocks come out of an arena's heap whose pages are resident
+  // already, or share the header's page with the chunk before, the process grows by less:
+  // 12.9% less measured, 1 run in 2 to 10 after other tests of the process, which 1.1 made a
+  // flake.)
+  CHECK(reported <= rss * 1.15);
 }
 
 TEST_CASE("a key count that would wrap a length check is refused", "[resources]") {
