@@ -497,6 +497,11 @@ absl::Status ServerCore::PullSparse(const v1::PullSparseRequest& req, v1::PullSp
   const size_t n = k.keys.size() * sparse.dim();
   float* out = values != nullptr ? values->Allocate<float>(n)
                                  : PackedResize<float>(resp->mutable_values(), n);
+  if (sparse.has_lifecycle()) {
+    // (Its pulls create no rows: nothing a checkpoint's cut must order, so no update gate.)
+    sparse.Pull(k.keys, k.groups, out, generation_.load(std::memory_order_relaxed));
+    return absl::OkStatus();
+  }
   absl::ReaderMutexLock gate(&gate_);  // a pull may create rows
   const uint32_t created =
       sparse.Pull(k.keys, k.groups, out, generation_.load(std::memory_order_relaxed));
