@@ -76,6 +76,9 @@ struct LifecycleConfig {
     return ttl_seconds != 0 || ttl_steps != 0 || capacity_rows != 0 || capacity_bytes != 0;
   }
   bool tier() const { return tier_ram_rows != 0 || tier_ram_bytes != 0 || tier_idle_seconds != 0; }
+  // Whether the policy gives RAM rows back (removes or demotes them): near the memory limit
+  // its table keeps a reserve and its refused pushes carry a retry hint.
+  bool frees_rows() const { return eviction() || tier(); }
   // Whether rows carry lifecycle metadata (any policy set).
   bool enabled() const { return eviction() || admission() || tier(); }
   bool operator==(const LifecycleConfig&) const = default;

@@ -184,7 +184,7 @@ uint64_t ServerCore::RunLifecycle() {
     // (docs/embedding_lifecycle.md, "Memory").
     const uint64_t rows = sparse.num_rows();
     const bool refused = t->refused_for_memory.exchange(false, std::memory_order_relaxed);
-    const bool pressure = (policy.eviction() || sparse.has_tier()) && rows > 0 &&
+    const bool pressure = policy.frees_rows() && rows > 0 &&
                           (refused || (budget_.used() >= budget_.limit() / 10 * 9 &&
                                        sparse.FreeRows() < rows / 20 + 1));
     const bool evict = ttl_due || sparse.NeedsEviction(capacity);

@@ -121,13 +121,13 @@ absl::Status ServerCore::SubmitPushSparse(std::shared_ptr<const v1::PushSparseRe
                          replay, "push");
     }
     if (!rows.ok()) {
-      if (absl::IsResourceExhausted(rows.status()) && work->table->config.lifecycle.eviction()) {
-        // The table's lifecycle makes room (its evictions, by capacity or near the memory
-        // limit, give rows back to their vshards; its next round knows of this refusal): a
+      if (absl::IsResourceExhausted(rows.status()) && work->table->config.lifecycle.frees_rows()) {
+        // The table's lifecycle makes room (its evictions or demotions, by capacity or near the
+        // memory limit, give rows back to their vshards; its next round knows of this refusal): a
         // refusal that passes, with a hint when to retry (L4).
         work->table->refused_for_memory.store(true, std::memory_order_relaxed);
       }
-      if (absl::IsResourceExhausted(rows.status()) && work->table->config.lifecycle.eviction() &&
+      if (absl::IsResourceExhausted(rows.status()) && work->table->config.lifecycle.frees_rows() &&
           options_.lifecycle_interval_ms > 0) {
         return RetryLater(
             absl::ResourceExhaustedError(absl::StrCat(

@@ -884,5 +884,47 @@ TEST_CASE("a TTL in steps: pushes carry their step, BSP steps count, every repli
   CHECK(StatsOf(*pair.backup, "t").evicted_ttl == 2);
 }
 
+TEST_CASE("near the memory limit a table with a disk tier moves its oldest rows to disk",
+          "[state_machine][lifecycle][tier]") {
+  // As the TTL case above with only a disk tier (its RAM capacity never reached): near the
+  // limit the rounds demote the oldest rows instead of removing them, every push comes
+  // through (after a refusal, a round), and every key keeps its row, in RAM or on disk.
+  ServerCoreOptions o;
+  o.max_memory_bytes = 4 << 20;
+  o.lifecycle_interval_ms = 0;  // (rounds run here)
+  std::atomic<int64_t> clock{1'000'000};
+  o.testing_clock_ms = [&clock] { return clock.load(); };
+  std::unique_ptr<ServerCore> core = *ServerCore::Create(o);
+  v1::CreateTableResponse cr;
+  REQUIRE(
+      core->CreateTable(CreateReq(LifecycleTable("t", {.tier_ram_rows = 10'000'000})), &cr).ok());
+  uint64_t seq = 0;
+  for (uint64_t push = 0; push < 150; ++push) {
+    clock += 1000;
+    std::vector<uint64_t> keys(1000);
+    for (uint64_t i = 0; i < keys.size(); ++i) keys[i] = push * 1000 + i + 1;
+    const auto req =
+        SparsePushReq("t", 2, keys, std::vector<float>(keys.size() * 2, 1.0f), 9, ++seq);
+    v1::PushResponse pr;
+    absl::Status pushed = core->PushSparse(req, &pr);
+    if (!pushed.ok()) {
+      CHECK(pushed.code() == absl::StatusCode::kResourceExhausted);
+      core->RunLifecycle();
+      pushed = core->PushSparse(req, &pr);
+    }
+    INFO(pushed.ToString() << "; push " << push);
+    REQUIRE(pushed.ok());
+    core->RunLifecycle();
+    CHECK(core->budget().used() <= core->budget().limit());
+  }
+  const TableStats t = StatsOf(*core, "t");
+  CHECK(t.rows + t.disk_rows == 150'000);
+  CHECK(t.disk_rows > 100'000);
+  CHECK(t.evicted_memory == 0);
+  // The oldest key, on disk, reads as pushed (not the initializer's values).
+  const Initializer init(ResolveTableConfig(LifecycleTable("t", {}))->initializer);
+  CHECK(PullRows(*core, "t", 2, {1}) != std::vector<float>{init.Value(1, 0), init.Value(1, 1)});
+}
+
 }  // namespace
 }  // namespace tessera
