@@ -7,7 +7,7 @@
 #   python  the `tessera` Python package with its native module
 include(CMakePackageConfigHelpers)
 
-install(TARGETS tessera-server tessera-coordinator tessera
+install(TARGETS tessera-server tessera-coordinator tessera-serving tessera
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR} COMPONENT server)
 install(TARGETS tessera-worker RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR} COMPONENT worker)
 if(TESSERA_HAVE_CUDA)
@@ -48,7 +48,7 @@ install(FILES docs/worker.md DESTINATION ${CMAKE_INSTALL_DOCDIR} COMPONENT worke
 install(TARGETS tessera_client_library EXPORT TesseraTargets
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT dev
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT dev)
-install(FILES client/call.h client/client.h client/worker_clock.h
+install(FILES client/call.h client/client.h client/serving_client.h client/worker_clock.h
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/tessera/client COMPONENT dev)
 install(FILES common/credentials.h common/export.h common/hash.h common/shard_map.h
   common/table_config.h

@@ -46,6 +46,12 @@ const absl::flat_hash_map<std::string, RoleSet>& MethodRoles() {
       {"/tessera.v1.Coordinator/Clock", kRoleWorker},
       {"/tessera.v1.Replication/Replicate", kRoleServer},
       {"/tessera.v1.Replication/InstallSnapshot", kRoleServer},
+      {"/tessera.serving.v1.Serving/Lookup", kRoleWorker | kRoleReader},
+      {"/tessera.serving.v1.Serving/LookupDense", kRoleWorker | kRoleReader},
+      {"/tessera.serving.v1.Serving/Subscribe", kRoleServer | kRoleReader},
+      {"/tessera.serving.v1.Serving/GetServingStatus", kAnyClient | kRoleServer},
+      {"/tessera.serving.v1.Serving/Rollback", kRoleAdmin},
+      {"/tessera.serving.v1.Serving/Resume", kRoleAdmin},
   };
   return *table;
 }

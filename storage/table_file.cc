@@ -202,6 +202,12 @@ absl::Status TableFileReader::Scan(uint32_t first, uint32_t last,
 
 absl::Status MergeChain(const std::vector<TableFileReader*>& oldest_first, uint32_t first,
                         uint32_t last, const std::function<absl::Status(const Entry&)>& fn) {
+  return MergeEntries(oldest_first, first, last, false, fn);
+}
+
+absl::Status MergeEntries(const std::vector<TableFileReader*>& oldest_first, uint32_t first,
+                          uint32_t last, bool with_tombstones,
+                          const std::function<absl::Status(const Entry&)>& fn) {
   rocksdb::ReadOptions ro;
   ro.verify_checksums = true;
   ro.fill_cache = false;
@@ -244,7 +250,7 @@ absl::Status MergeChain(const std::vector<TableFileReader*>& oldest_first, uint3
     if (absl::Status s = Current(*its[top.file], oldest_first[top.file]->path(), &e); !s.ok()) {
       return s;
     }
-    if (e.type == EntryType::kRow) {
+    if (e.type == EntryType::kRow || with_tombstones) {
       if (absl::Status s = fn(e); !s.ok()) return s;
     }
     // Advance this file and every older file positioned on the same key.

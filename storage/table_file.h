@@ -80,8 +80,8 @@ class TableFileReader {
  private:
   TableFileReader(std::string path, std::unique_ptr<rocksdb::SstFileReader> reader);
 
-  friend absl::Status MergeChain(const std::vector<TableFileReader*>&, uint32_t, uint32_t,
-                                 const std::function<absl::Status(const Entry&)>&);
+  friend absl::Status MergeEntries(const std::vector<TableFileReader*>&, uint32_t, uint32_t, bool,
+                                   const std::function<absl::Status(const Entry&)>&);
 
   const std::string path_;
   std::unique_ptr<rocksdb::SstFileReader> reader_;
@@ -92,6 +92,11 @@ class TableFileReader {
 // entry is a tombstone is skipped), in key order.
 absl::Status MergeChain(const std::vector<TableFileReader*>& oldest_first, uint32_t first,
                         uint32_t last, const std::function<absl::Status(const Entry&)>& fn);
+// As MergeChain, with tombstones too when `with_tombstones` (the newest entry of every key,
+// whatever its type): an increment's changes, as online serving reads them.
+absl::Status MergeEntries(const std::vector<TableFileReader*>& oldest_first, uint32_t first,
+                          uint32_t last, bool with_tombstones,
+                          const std::function<absl::Status(const Entry&)>& fn);
 
 }  // namespace tessera::storage
 

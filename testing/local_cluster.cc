@@ -188,12 +188,6 @@ std::optional<int> LocalCluster::Reap(int i) {
 
 namespace {
 
-struct Spawned {
-  pid_t pid = 0;
-  int port = 0;
-  int metrics_port = 0;
-};
-
 // Starts `args` (args[0]: the binary) with --ready_fd appended and waits for its ready line.
 absl::StatusOr<Spawned> SpawnProcess(std::vector<std::string> args, const std::string& name,
                                      const std::string& log_path, absl::Duration timeout) {
@@ -587,6 +581,11 @@ absl::StatusOr<std::vector<std::string>> ConnectOrStart(const std::vector<std::s
   if (!c.ok()) return c.status();
   *owned = std::move(*c);
   return (*owned)->addresses();
+}
+
+absl::StatusOr<Spawned> SpawnDaemon(std::vector<std::string> args, const std::string& name,
+                                    const std::string& log_path, absl::Duration timeout) {
+  return SpawnProcess(std::move(args), name, log_path, timeout);
 }
 
 pid_t SpawnChild(std::vector<std::string> args, int out_fd) {

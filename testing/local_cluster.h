@@ -153,6 +153,18 @@ absl::StatusOr<std::vector<std::string>> ConnectOrStart(const std::vector<std::s
                                                         std::vector<std::string> extra_args,
                                                         std::unique_ptr<LocalCluster>* owned);
 
+// A daemon started by SpawnDaemon.
+struct Spawned {
+  pid_t pid = 0;
+  int port = 0;
+  int metrics_port = 0;
+};
+// Starts daemon `args` (args[0]: the binary; --ready_fd is appended) with its stderr appended to
+// `log_path` (empty: inherited), and waits at most `timeout` for its ready line. The child
+// dies with this process.
+absl::StatusOr<Spawned> SpawnDaemon(std::vector<std::string> args, const std::string& name,
+                                    const std::string& log_path, absl::Duration timeout);
+
 // Starts `args` (args[0]: the binary) with stdout and stderr into `out_fd` (-1: inherited); the
 // child dies with this process (PR_SET_PDEATHSIG). Returns its pid, or -1.
 pid_t SpawnChild(std::vector<std::string> args, int out_fd);

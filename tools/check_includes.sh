@@ -21,6 +21,7 @@ ALLOWED = {
     "storage": {"common", "proto"},
     "optimizer": {"common"},
     "server": {"optimizer", "storage", "common", "proto"},
+    "serving": {"optimizer", "storage", "common", "proto"},
     "client": {"storage", "common", "proto"},
     # worker/ in layers: cuda (the kernels, standalone) <- models (and their CPU kernels;
     # they load cuda/ through its header) <- worker (train loop, jobs, Worker); data beside.
@@ -31,7 +32,7 @@ ALLOWED = {
                "common", "proto"},
     "testing": {"client", "common", "proto"},
     "python": {"client", "testing", "common", "proto"},
-    "tools": {"worker", "worker/data", "worker/models", "worker/cuda", "client", "testing", "server", "optimizer", "storage", "common", "proto"},
+    "tools": {"worker", "worker/data", "worker/models", "worker/cuda", "client", "testing", "server", "serving", "optimizer", "storage", "common", "proto"},
 }
 UNRESTRICTED = {"tests", "fuzz", "bench", "examples"}
 TOP = {layer.split("/")[0] for layer in ALLOWED} | UNRESTRICTED
