@@ -27,11 +27,15 @@ ABSL_FLAG(std::string, upstream, "",
 ABSL_FLAG(int, upstream_timeout_ms, 5000,
           "With --upstream: a stream silent this long (no version, no heartbeat) is dropped and "
           "the next upstream dialled.");
-ABSL_FLAG(uint32_t, keep_versions, 10,
-          "Versions kept for lookups at a version, rollback and relaying.");
+ABSL_FLAG(uint32_t, keep_versions, 3,
+          "Versions whose changes are kept: lookups at a version, rollback and relaying reach "
+          "this far back.");
+ABSL_FLAG(int, apply_nice, 10,
+          "Nice value of the thread that reads and applies versions: on a busy replica lookups "
+          "run first and versions wait (0: the same priority).");
 ABSL_FLAG(uint64_t, max_memory_bytes, 0,
-          "Most bytes the kept versions' rows and deltas may hold; a version that would not "
-          "fit is refused (the replica stays at its version). 0: no limit.");
+          "Most bytes the tables (two copies) and the kept changes may hold; a version that "
+          "would not fit is refused (the replica stays at its version). 0: no limit.");
 ABSL_FLAG(int, max_request_bytes, 64 << 20, "Largest request message accepted.");
 ABSL_FLAG(std::string, tls_cert_file, "",
           "TLS (docs/security.md): this daemon's certificate (chain), PEM; with --tls_key_file.");
@@ -68,6 +72,7 @@ int main(int argc, char** argv) {
   }
   o.upstream_timeout_ms = absl::GetFlag(FLAGS_upstream_timeout_ms);
   o.keep_versions = absl::GetFlag(FLAGS_keep_versions);
+  o.apply_nice = absl::GetFlag(FLAGS_apply_nice);
   o.max_memory_bytes = absl::GetFlag(FLAGS_max_memory_bytes);
   o.max_request_bytes = absl::GetFlag(FLAGS_max_request_bytes);
   o.tls = {absl::GetFlag(FLAGS_tls_cert_file), absl::GetFlag(FLAGS_tls_key_file),

@@ -34,10 +34,10 @@ grpc::Status ToGrpc(const absl::Status& s) {
                 : grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
 }
 
-double Staleness(const Root* root) {
-  if (root == nullptr) return 0;
+double Staleness(const StoreStatus& s) {
+  if (s.version == 0) return 0;
   return std::max(
-      0.0, static_cast<double>(absl::ToUnixMillis(absl::Now()) - root->created_unix_ms) / 1000.0);
+      0.0, static_cast<double>(absl::ToUnixMillis(absl::Now()) - s.created_unix_ms) / 1000.0);
 }
 
 // Gauges read from the store when scraped.
@@ -46,7 +46,7 @@ class StoreCollector : public prometheus::Collectable {
   StoreCollector(const ServingStore* store, const Source* source)
       : store_(store), source_(source) {}
   std::vector<prometheus::MetricFamily> Collect() const override {
-    const std::shared_ptr<const Root> served = store_->Served();
+    const StoreStatus served = store_->Status();
     auto gauge = [](const char* name, const char* help, double v) {
       prometheus::MetricFamily f{name, help, prometheus::MetricType::Gauge, {}};
       prometheus::ClientMetric m;
@@ -63,14 +63,14 @@ class StoreCollector : public prometheus::Collectable {
     };
     std::vector<prometheus::MetricFamily> out;
     out.push_back(gauge("tessera_serving_version", "The version lookups are answered from.",
-                        served != nullptr ? static_cast<double>(served->version) : 0));
-    out.push_back(gauge("tessera_serving_newest_version", "The newest version applied.",
-                        static_cast<double>(store_->newest_version())));
+                        static_cast<double>(served.version)));
+    out.push_back(gauge("tessera_serving_newest_version", "The newest version received.",
+                        static_cast<double>(served.newest_version)));
     out.push_back(gauge("tessera_serving_staleness_seconds",
                         "Seconds since the served version's cut was taken (its checkpoint).",
-                        Staleness(served.get())));
+                        Staleness(served)));
     out.push_back(gauge("tessera_serving_pinned", "1 while rolled back (pinned to a version).",
-                        store_->pinned() ? 1 : 0));
+                        served.pinned ? 1 : 0));
     out.push_back(gauge("tessera_serving_memory_bytes",
                         "Bytes held by the kept versions' rows and deltas.",
                         static_cast<double>(store_->bytes())));
@@ -86,13 +86,11 @@ class StoreCollector : public prometheus::Collectable {
                                   "Rows (dense: blocks) of each table at the served version.",
                                   prometheus::MetricType::Gauge,
                                   {}};
-    if (served != nullptr) {
-      for (const auto& [name, t] : served->tables) {
-        prometheus::ClientMetric m;
-        m.gauge.value = static_cast<double>(t->rows);
-        m.label = {{"table", name}};
-        rows.metric.push_back(m);
-      }
+    for (const ServedTable& t : served.tables) {
+      prometheus::ClientMetric m;
+      m.gauge.value = static_cast<double>(t.rows);
+      m.label = {{"table", t.config.name}};
+      rows.metric.push_back(m);
     }
     out.push_back(std::move(rows));
     return out;
@@ -171,10 +169,10 @@ class ServingService final : public pb::Serving::Service {
     uint64_t held = req->from_version();
     const EventWriter write = [writer](const pb::SubscribeEvent& e) { return writer->Write(e); };
     while (!ctx->IsCancelled() && !stopping_.load()) {
-      std::shared_ptr<const Root> full;
+      std::shared_ptr<const VersionDelta> full;
       std::vector<std::shared_ptr<const VersionDelta>> deltas = store_->DeltasAfter(held, &full);
       if (full != nullptr) {
-        if (!WriteRoot(*full, write)) break;
+        if (!WriteDelta(*full, write)) break;
         held = full->version;
         continue;
       }
@@ -200,28 +198,25 @@ class ServingService final : public pb::Serving::Service {
         !s.ok()) {
       return s;
     }
-    const std::shared_ptr<const Root> served = store_->Served();
-    resp->set_newest_version(store_->newest_version());
-    for (uint64_t v : store_->kept_versions()) resp->add_held_versions(v);
-    resp->set_pinned(store_->pinned());
+    const StoreStatus served = store_->Status();
+    resp->set_newest_version(served.newest_version);
+    for (uint64_t v : served.kept_versions) resp->add_held_versions(v);
+    resp->set_pinned(served.pinned);
     resp->set_bytes(static_cast<uint64_t>(std::max<int64_t>(0, store_->bytes())));
     resp->set_source(source_->Describe());
     resp->set_last_error(source_->last_error());
-    if (served != nullptr) {
-      resp->set_version(served->version);
-      resp->set_version_created_unix_ms(served->created_unix_ms);
-      resp->set_staleness_seconds(Staleness(served.get()));
-      for (const TableDigest& d : served->Digests()) {
-        const TableVersion& t = *served->tables.at(d.name);
-        pb::ServedTable* out = resp->add_tables();
-        out->set_name(d.name);
-        out->set_kind(t.config.kind == TableKind::kSparse ? tessera::v1::TABLE_KIND_SPARSE
-                                                          : tessera::v1::TABLE_KIND_DENSE);
-        out->set_dim(t.config.kind == TableKind::kSparse ? t.config.dim : 0);
-        out->set_dense_size(t.config.dense_size);
-        out->set_rows(d.rows);
-        out->set_digest(d.digest);
-      }
+    resp->set_version(served.version);
+    resp->set_version_created_unix_ms(served.created_unix_ms);
+    resp->set_staleness_seconds(Staleness(served));
+    for (const ServedTable& t : served.tables) {
+      pb::ServedTable* out = resp->add_tables();
+      out->set_name(t.config.name);
+      const bool sparse = t.config.kind == TableKind::kSparse;
+      out->set_kind(sparse ? tessera::v1::TABLE_KIND_SPARSE : tessera::v1::TABLE_KIND_DENSE);
+      out->set_dim(sparse ? t.config.dim : 0);
+      out->set_dense_size(t.config.dense_size);
+      out->set_rows(t.rows);
+      out->set_digest(t.digest);
     }
     return grpc::Status::OK;
   }
@@ -242,7 +237,9 @@ class ServingService final : public pb::Serving::Service {
     if (grpc::Status s = auth_->Check(*ctx, "/tessera.serving.v1.Serving/Resume"); !s.ok()) {
       return s;
     }
-    resp->set_version(store_->Resume());
+    absl::StatusOr<uint64_t> v = store_->Resume();
+    if (!v.ok()) return ToGrpc(v.status());
+    resp->set_version(*v);
     LogInfo("resumed at version %u", resp->version());
     return grpc::Status::OK;
   }
@@ -316,11 +313,15 @@ absl::StatusOr<std::unique_ptr<ServingServer>> ServingServer::Start(
 
   absl::StatusOr<std::unique_ptr<Source>> source;
   if (!options.checkpoint_dir.empty()) {
-    source = StartDirectorySource({options.checkpoint_dir, options.poll_ms}, impl->store.get());
+    source = StartDirectorySource({.checkpoint_dir = options.checkpoint_dir,
+                                   .poll_ms = options.poll_ms,
+                                   .apply_nice = options.apply_nice},
+                                  impl->store.get());
   } else {
     UpstreamSourceOptions u;
     u.addresses = options.upstream;
     u.timeout_ms = options.upstream_timeout_ms;
+    u.apply_nice = options.apply_nice;
     u.credentials.tls_ca_file = options.tls.ca_file;
     if (!options.tls.ca_file.empty()) {
       u.credentials.tls_cert_file = options.tls.cert_file;

@@ -28,7 +28,8 @@ struct ServingServerOptions {
   int poll_ms = 1000;
   std::vector<std::string> upstream;
   int upstream_timeout_ms = 5000;
-  size_t keep_versions = 10;
+  size_t keep_versions = 3;
+  int apply_nice = 10;  // the applying thread's nice value
   uint64_t max_memory_bytes = 0;
 };
 

@@ -1,7 +1,10 @@
-// A serving replica's tables at versions (docs/online_serving.md): immutable roots of
-// per-vshard row maps, built off the lookup path and published by one atomic swap, the last
-// few kept for lookups at a version and rollback, and the deltas that built them kept for
-// relaying. No protobuf here: the service and the sources translate.
+// A serving replica's tables at versions (docs/online_serving.md, "Applying a version"): two
+// full copies of the tables (a double buffer). A version is applied to the copy no lookup
+// reads, the copies are swapped by one atomic store, and once the last lookup of the old copy
+// has left, the same changes are applied to it: a version costs its changed rows twice, never
+// a copy of the tables. Each version's change record (the changed rows before and after) is
+// kept for the last K versions: lookups at those versions, rollback (the records undone) and
+// relaying (the records as deltas). No protobuf here: the service and the sources translate.
 #ifndef TESSERA_SERVING_SERVING_STORE_H_
 #define TESSERA_SERVING_SERVING_STORE_H_
 
@@ -9,6 +12,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,7 +38,7 @@ struct VshardDelta {
 
 struct TableDelta {
   TableConfig config;                // resolved
-  bool full = false;                 // replaces the table (vshards not listed: empty)
+  bool full = false;                 // the table's every row (vshards not listed: empty)
   std::vector<VshardDelta> vshards;  // ascending vshard, each at most once
 };
 
@@ -53,43 +57,12 @@ struct VersionDelta {
   int64_t created_unix_ms = 0;
   uint32_t num_vshards = 0;
   std::vector<TableDelta> tables;
-  // Set by the store once applied (what VersionEnd carries); ascending name.
-  std::vector<TableDigest> digests;
+  std::vector<TableDigest> digests;  // after the version, ascending name (relays send them)
   size_t Bytes() const;
 };
 
 // Floats per row: a sparse table's dim, a dense table's block.
 uint32_t RowWidth(const TableConfig& config);
-
-// One vshard of one table at one version. Immutable once built.
-struct VshardRows {
-  absl::flat_hash_map<uint64_t, uint32_t> index;  // key -> row
-  std::vector<float> weights;                     // row r at [r * width, (r + 1) * width)
-  uint64_t digest = 0;                            // sum over rows of RowDigest
-  size_t bytes = 0;                               // charged to the store while this exists
-  std::atomic<int64_t>* charged = nullptr;
-  ~VshardRows();
-};
-
-struct TableVersion {
-  TableConfig config;
-  uint32_t width = 0;
-  Initializer initializer;
-  std::vector<std::shared_ptr<const VshardRows>> vshards;  // num_vshards; null: empty
-  uint64_t digest = 0;
-  uint64_t rows = 0;
-
-  explicit TableVersion(const TableConfig& c);
-};
-
-struct Root {
-  uint64_t version = 0;
-  uint64_t parent = 0;
-  int64_t created_unix_ms = 0;
-  uint32_t num_vshards = 0;
-  absl::flat_hash_map<std::string, std::shared_ptr<const TableVersion>> tables;
-  std::vector<TableDigest> Digests() const;  // ascending name
-};
 
 // The digest of one row: order-free sums of these make a table's digest.
 uint64_t RowDigest(uint64_t key, const float* weights, uint32_t width);
@@ -99,76 +72,107 @@ struct LookupResult {
   uint32_t dim = 0;
 };
 
-struct StoreOptions {
-  size_t keep_versions = 10;  // roots (and deltas) kept for lookups at a version, rollback, relays
-  uint64_t max_memory_bytes = 0;  // rows of every kept root and kept deltas; 0: no limit
+struct ServedTable {
+  TableConfig config;
+  uint64_t rows = 0;
+  uint64_t digest = 0;
 };
 
-// Thread-safe. Lookups never wait for an apply: they load the served root once.
+struct StoreStatus {
+  uint64_t version = 0;         // served
+  uint64_t newest_version = 0;  // newest applied or, while pinned, received
+  std::vector<uint64_t> kept_versions;
+  bool pinned = false;
+  int64_t created_unix_ms = 0;      // of the served version
+  std::vector<ServedTable> tables;  // at the served version, ascending name
+};
+
+// The newest version's tables: what a source reads the next version against.
+struct HeldTables {
+  uint64_t version = 0;
+  uint32_t num_vshards = 0;
+  absl::flat_hash_map<std::string, TableConfig> tables;
+};
+
+struct StoreOptions {
+  size_t keep_versions = 3;       // change records kept: lookups at a version, rollback, relays
+  uint64_t max_memory_bytes = 0;  // both copies and the records; 0: no limit
+};
+
+// Thread-safe. Lookups never wait for an apply; an apply waits for the lookups of the copy it
+// is about to change (each a few microseconds to milliseconds).
 class ServingStore {
  public:
   explicit ServingStore(StoreOptions options);
+  ~ServingStore();
 
-  // Applies `delta` on the newest applied version: its parent must be that version (or 0:
-  // full). `expected`, when not empty, is the digests the version must have (a relay's
-  // VersionEnd): a difference refuses the version (DATA_LOSS). A version that would not fit
-  // in max_memory_bytes is refused (RESOURCE_EXHAUSTED) before anything is built. A refused
-  // version changes nothing. Unless pinned, the new version is served at once.
+  // Applies `delta` on the newest version: its parent must be that version (or 0: full, then
+  // compared with the held tables so that only what differs is recorded). `expected`, when not
+  // empty, is the digests the version must have (a relay's VersionEnd): a difference refuses
+  // it (DATA_LOSS). Refused before anything changes: a gap, a malformed delta, a version over
+  // max_memory_bytes (RESOURCE_EXHAUSTED). While pinned, versions are queued and applied by
+  // Resume.
   absl::Status Apply(VersionDelta delta, const std::vector<TableDigest>& expected = {});
 
-  // The served root (null before the first version), or a kept one by version (null when not
-  // kept).
-  std::shared_ptr<const Root> Served() const;
-  std::shared_ptr<const Root> Kept(uint64_t version) const;
-  std::shared_ptr<const Root> Newest() const;
-
   // Rows of `keys` of sparse table `table` into values[keys.size() x dim]; found bit i set for
-  // keys with a row. version 0: the served one.
+  // keys with a row. version 0: the served one; another kept version is read through the
+  // change records.
   absl::StatusOr<LookupResult> Lookup(const std::string& table, const uint64_t* keys, size_t n,
                                       uint64_t version, std::string* values,
                                       std::string* found) const;
   absl::StatusOr<LookupResult> LookupDense(const std::string& table, uint64_t version,
                                            std::string* values) const;
 
-  // Serves kept `version`; new versions are still applied and kept, and served after Resume.
+  // Serves kept `version` (its records undone or redone on both copies) and queues new
+  // versions until Resume.
   absl::Status Rollback(uint64_t version);
-  // Serves the newest applied version again.
-  uint64_t Resume();
+  // Applies what was queued and serves the newest version again; returns it.
+  absl::StatusOr<uint64_t> Resume();
 
-  // For relays: the deltas from `from` (exclusive) to the newest applied version, in order,
-  // when every one is kept and chained; else empty with *full set to the newest root (null
-  // when nothing is held or from is the newest).
+  // For relays: the deltas from `from` (exclusive) to the newest recorded version when every
+  // one is kept; else empty with *full set to the served tables as one full version (null when
+  // there is nothing newer than `from` to send).
   std::vector<std::shared_ptr<const VersionDelta>> DeltasAfter(
-      uint64_t from, std::shared_ptr<const Root>* full) const;
-  // Waits until a version newer than `version` is applied or `timeout` passes.
+      uint64_t from, std::shared_ptr<const VersionDelta>* full) const;
+  // Waits until a version newer than `version` is recorded or `timeout` passes.
   void WaitNewer(uint64_t version, absl::Duration timeout) const;
 
+  StoreStatus Status() const;
+  // Recomputes every table's digest and rows from its rows, in both copies, and compares them
+  // with those kept and the copies with each other: INTERNAL naming the table on a difference.
+  absl::Status Verify() const;
+  HeldTables Held() const;
   uint64_t newest_version() const;
   bool pinned() const;
-  std::vector<uint64_t> kept_versions() const;
-  int64_t bytes() const { return charged_.load(std::memory_order_relaxed); }
+  int64_t bytes() const;
   uint64_t max_memory_bytes() const { return options_.max_memory_bytes; }
   uint64_t applied_total() const { return applied_total_.load(std::memory_order_relaxed); }
   uint64_t refused_total() const { return refused_total_.load(std::memory_order_relaxed); }
 
+  struct State;
+  struct Record;
+
  private:
-  // Drops the oldest kept versions beyond keep_versions, never the served one.
-  void DropBeyondKeep() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<std::shared_ptr<const TableVersion>> BuildTable(
-      const TableDelta& delta, const std::shared_ptr<const TableVersion>& base,
-      uint32_t num_vshards);
+  // The served copy, counted as read until Release.
+  State* Acquire() const;
+  int64_t BytesLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Release(State* s) const;
+  absl::Status ApplyLocked(VersionDelta delta, const std::vector<TableDigest>& expected)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(apply_mu_);
+  // Applies `records` (forward or undone) to the back copy, swaps, waits, then the other copy.
+  void Switch(const std::vector<std::shared_ptr<const Record>>& records, bool undo)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(apply_mu_);
 
   StoreOptions options_;
-  std::atomic<int64_t> charged_{0};
   std::atomic<uint64_t> applied_total_{0};
   std::atomic<uint64_t> refused_total_{0};
-  std::atomic<std::shared_ptr<const Root>> served_;
-  absl::Mutex apply_mu_;  // one Apply at a time
-  mutable absl::Mutex mu_;
+  std::unique_ptr<State> states_[2];
+  std::atomic<State*> served_;
+  mutable absl::Mutex apply_mu_;  // one writer: Apply, Rollback, Resume
+  mutable absl::Mutex mu_;        // the records and the queue
   mutable absl::CondVar newer_;
-  std::deque<std::shared_ptr<const Root>> kept_ ABSL_GUARDED_BY(mu_);  // ascending version
-  // The delta that built each kept root (null for one built from a full version).
-  std::deque<std::shared_ptr<const VersionDelta>> deltas_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::shared_ptr<const Record>> records_ ABSL_GUARDED_BY(mu_);  // ascending
+  std::deque<VersionDelta> queued_ ABSL_GUARDED_BY(mu_);                    // received while pinned
   bool pinned_ ABSL_GUARDED_BY(mu_) = false;
 };
 

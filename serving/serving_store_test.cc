@@ -68,6 +68,19 @@ std::vector<uint64_t> Range(uint64_t from, uint64_t to) {
   return out;
 }
 
+std::vector<TableDigest> Digests(const ServingStore& store) {
+  const absl::Status verified = store.Verify();
+  INFO(verified.ToString());
+  CHECK(verified.ok());
+  std::vector<TableDigest> out;
+  for (const ServedTable& t : store.Status().tables) {
+    out.push_back({t.config.name, t.digest, t.rows});
+  }
+  return out;
+}
+
+uint64_t Served(const ServingStore& store) { return store.Status().version; }
+
 struct Looked {
   uint64_t version;
   std::vector<float> values;
@@ -104,8 +117,24 @@ TEST_CASE("a delta on a version equals the same rows applied in full") {
     it->weights.insert(it->weights.end(), c.weights.begin(), c.weights.end());
   }
   REQUIRE(in_full.Apply(Version(2, 0, {whole})).ok());
-  CHECK(by_delta.Served()->Digests() == in_full.Served()->Digests());
-  CHECK(by_delta.Served()->Digests()[0].rows == 1400);
+  CHECK(Digests(by_delta) == Digests(in_full));
+  CHECK(Digests(by_delta)[0].rows == 1400);
+  // A full version on a version held keeps only what differs: 500 rows changed, 500 new, 100
+  // removed.
+  ServingStore full_on_held({});
+  REQUIRE(full_on_held.Apply(Version(1, 0, {Rows(emb, true, Range(0, 1000), 0)})).ok());
+  REQUIRE(full_on_held.Apply(Version(2, 0, {whole})).ok());
+  CHECK(Digests(full_on_held) == Digests(in_full));
+  std::shared_ptr<const VersionDelta> full;
+  std::vector<std::shared_ptr<const VersionDelta>> deltas = full_on_held.DeltasAfter(1, &full);
+  REQUIRE(deltas.size() == 1);
+  size_t rows = 0, tombstones = 0;
+  for (const VshardDelta& v : deltas[0]->tables[0].vshards) {
+    rows += v.keys.size();
+    tombstones += v.tombstones.size();
+  }
+  CHECK(rows == 1000);
+  CHECK(tombstones == 100);
 
   const Looked a = LookupAll(by_delta, "emb", Range(0, 1600));
   const Looked b = LookupAll(in_full, "emb", Range(0, 1600));
@@ -126,7 +155,7 @@ TEST_CASE("a version refused changes nothing: a gap a digest the memory limit") 
   const TableConfig emb = Sparse("emb", 8);
   ServingStore store({.keep_versions = 4, .max_memory_bytes = 4 << 20});
   REQUIRE(store.Apply(Version(1, 0, {Rows(emb, true, Range(0, 1000), 0)})).ok());
-  const std::vector<TableDigest> before = store.Served()->Digests();
+  const std::vector<TableDigest> before = Digests(store);
   const int64_t bytes = store.bytes();
 
   absl::Status gap = store.Apply(Version(3, 2, {Rows(emb, false, Range(0, 10), 5)}));
@@ -147,34 +176,53 @@ TEST_CASE("a version refused changes nothing: a gap a digest the memory limit") 
   absl::Status unknown = store.Apply(Version(2, 1, {Rows(Sparse("other", 8), false, {1}, 5)}));
   CHECK(unknown.code() == absl::StatusCode::kFailedPrecondition);
 
-  CHECK(store.Served()->version == 1);
-  CHECK(store.Served()->Digests() == before);
+  CHECK(Served(store) == 1);
+  CHECK(Digests(store) == before);
   CHECK(store.bytes() == bytes);
   CHECK(store.refused_total() == 5);
   // The right version still applies.
   CHECK(store.Apply(Version(2, 1, {Rows(emb, false, Range(0, 10), 5)})).ok());
 }
 
-TEST_CASE("rollback serves a kept version until resume and new versions keep arriving") {
+TEST_CASE("rollback serves a kept version until resume and new versions wait for it") {
   const TableConfig emb = Sparse("emb", 2);
   ServingStore store({.keep_versions = 3});
   REQUIRE(store.Apply(Version(1, 0, {Rows(emb, true, Range(0, 100), 1)})).ok());
-  for (uint64_t v = 2; v <= 4; ++v) {
-    REQUIRE(store.Apply(Version(v, v - 1, {Rows(emb, false, Range(0, 100), float(v))})).ok());
+  for (uint64_t v = 2; v <= 5; ++v) {
+    // Version v sets keys 0..49 to v; version 4 also removes key 77.
+    std::vector<uint64_t> removed;
+    if (v == 4) removed = {77};
+    REQUIRE(
+        store.Apply(Version(v, v - 1, {Rows(emb, false, Range(0, 50), float(v), removed)})).ok());
   }
-  CHECK(store.kept_versions() == std::vector<uint64_t>{2, 3, 4});
+  CHECK(store.Status().kept_versions == std::vector<uint64_t>{2, 3, 4, 5});
   CHECK(store.Rollback(1).code() == absl::StatusCode::kFailedPrecondition);
-  REQUIRE(store.Rollback(2).ok());
-  CHECK(LookupAll(store, "emb", {5}).values[0] == 2 + 5 * 0.25f);
-  // New versions are applied and kept but not served; the served one is never dropped.
-  REQUIRE(store.Apply(Version(5, 4, {Rows(emb, false, Range(0, 100), 5)})).ok());
-  const Looked pinned = LookupAll(store, "emb", {5});
-  CHECK(pinned.version == 2);
-  CHECK(pinned.values[0] == 2 + 5 * 0.25f);
-  CHECK(LookupAll(store, "emb", {5}, 5).values[0] == 5 + 5 * 0.25f);  // by version
-  CHECK(store.kept_versions() == std::vector<uint64_t>{2, 4, 5});
-  CHECK(store.Resume() == 5);
-  CHECK(LookupAll(store, "emb", {5}).version == 5);
+  // At a kept version through the records, the served one unchanged.
+  CHECK(LookupAll(store, "emb", {5}, 3).values[0] == 3 + 5 * 0.25f);
+  CHECK(LookupAll(store, "emb", {77}, 3).found[0]);
+  CHECK_FALSE(LookupAll(store, "emb", {77}, 4).found[0]);
+  CHECK(LookupAll(store, "emb", {60}, 2).values[0] == 1 + 60 * 0.25f);
+  CHECK(Served(store) == 5);
+
+  REQUIRE(store.Rollback(3).ok());
+  const Looked at3 = LookupAll(store, "emb", {5, 77});
+  CHECK(at3.version == 3);
+  CHECK(at3.values[0] == 3 + 5 * 0.25f);
+  CHECK(at3.found[1]);
+  CHECK(Digests(store)[0].rows == 100);
+  // Versions after the served one, read through the records while pinned.
+  CHECK(LookupAll(store, "emb", {5}, 5).values[0] == 5 + 5 * 0.25f);
+  // A new version waits for Resume; the served one does not move.
+  REQUIRE(store.Apply(Version(6, 5, {Rows(emb, false, Range(0, 50), 6)})).ok());
+  CHECK(Served(store) == 3);
+  CHECK(store.Status().newest_version == 6);
+  CHECK(store.Apply(Version(8, 7, {})).code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(*store.Resume() == 6);
+  const Looked at6 = LookupAll(store, "emb", {5, 77});
+  CHECK(at6.version == 6);
+  CHECK(at6.values[0] == 6 + 5 * 0.25f);
+  CHECK_FALSE(at6.found[1]);
+  CHECK(Digests(store)[0].rows == 99);
 }
 
 TEST_CASE("lookups during applies each see one whole version") {
@@ -230,12 +278,13 @@ TEST_CASE("dense tables are served whole with the last block partial") {
   CHECK(store.LookupDense("nope", 0, &values).status().code() == absl::StatusCode::kNotFound);
   CHECK(store.LookupDense("w", 7, &values).status().code() ==
         absl::StatusCode::kFailedPrecondition);
+  CHECK(store.Status().tables[0].rows == 2);
 }
 
 // A version through the stream's events into another store.
 absl::Status Relay(const ServingStore& from, uint64_t held, ServingStore* to,
                    const std::function<bool(v1::SubscribeEvent*)>& tamper = nullptr) {
-  std::shared_ptr<const Root> full;
+  std::shared_ptr<const VersionDelta> full;
   std::vector<std::shared_ptr<const VersionDelta>> deltas = from.DeltasAfter(held, &full);
   StreamAssembler assembler(to);
   absl::Status status;
@@ -245,7 +294,7 @@ absl::Status Relay(const ServingStore& from, uint64_t held, ServingStore* to,
     if (status.ok()) status = assembler.Take(copy);
     return true;
   };
-  if (full != nullptr) REQUIRE(WriteRoot(*full, write));
+  if (full != nullptr) REQUIRE(WriteDelta(*full, write));
   for (const auto& d : deltas) REQUIRE(WriteDelta(*d, write));
   return status;
 }
@@ -260,17 +309,17 @@ TEST_CASE("versions travel through the stream and a lost chunk is caught") {
                   1, 0, {Rows(emb, true, Range(0, 200000), 0), Rows(w, true, Range(0, 16), 1)}))
               .ok());
   ServingStore replica({});
-  REQUIRE(Relay(relay, 0, &replica).ok());  // a full version from the root
-  CHECK(replica.Served()->Digests() == relay.Served()->Digests());
+  REQUIRE(Relay(relay, 0, &replica).ok());  // a full version from the relay's tables
+  CHECK(Digests(replica) == Digests(relay));
   REQUIRE(relay
               .Apply(Version(
                   2, 1, {Rows(emb, false, Range(100, 300), 3, {5, 6}), Rows(w, false, {3}, 7)}))
               .ok());
   REQUIRE(relay.Apply(Version(3, 2, {Rows(emb, false, Range(0, 10), 4)})).ok());  // w dropped
   REQUIRE(Relay(relay, 1, &replica).ok());                                        // two deltas
-  CHECK(replica.Served()->version == 3);
-  CHECK(replica.Served()->Digests() == relay.Served()->Digests());
-  CHECK(replica.Served()->tables.size() == 1);
+  CHECK(Served(replica) == 3);
+  CHECK(Digests(replica) == Digests(relay));
+  CHECK(Digests(replica).size() == 1);
 
   // A chunk lost on the way: the digest at the version's end refuses it.
   REQUIRE(relay.Apply(Version(4, 3, {Rows(emb, false, Range(0, 5000), 8)})).ok());
@@ -279,9 +328,9 @@ TEST_CASE("versions travel through the stream and a lost chunk is caught") {
     return !(e->has_chunk() && ++chunks == 2);
   });
   CHECK(lost.code() == absl::StatusCode::kDataLoss);
-  CHECK(replica.Served()->version == 3);
+  CHECK(Served(replica) == 3);
   REQUIRE(Relay(relay, 3, &replica).ok());  // subscribing again repairs it
-  CHECK(replica.Served()->Digests() == relay.Served()->Digests());
+  CHECK(Digests(replica) == Digests(relay));
 
   // Malformed chunks are refused before anything is applied.
   REQUIRE(relay.Apply(Version(5, 4, {Rows(emb, false, Range(0, 5), 9)})).ok());
@@ -293,26 +342,54 @@ TEST_CASE("versions travel through the stream and a lost chunk is caught") {
   absl::Status orphan =
       Relay(relay, 4, &replica, [](v1::SubscribeEvent* e) { return !e->has_begin(); });
   CHECK(orphan.code() == absl::StatusCode::kDataLoss);
-  CHECK(replica.Served()->version == 4);
+  CHECK(Served(replica) == 4);
 }
 
-TEST_CASE("a relay sends its root in full to a subscriber behind its kept deltas") {
+TEST_CASE("a relay sends its tables in full to a subscriber behind its records") {
   const TableConfig emb = Sparse("emb", 2);
   ServingStore relay({.keep_versions = 2});
   REQUIRE(relay.Apply(Version(1, 0, {Rows(emb, true, Range(0, 10), 0)})).ok());
   for (uint64_t v = 2; v <= 4; ++v) {
     REQUIRE(relay.Apply(Version(v, v - 1, {Rows(emb, false, {v}, float(v))})).ok());
   }
-  std::shared_ptr<const Root> full;
+  std::shared_ptr<const VersionDelta> full;
   CHECK(relay.DeltasAfter(3, &full).size() == 1);
   CHECK(full == nullptr);
+  CHECK(relay.DeltasAfter(2, &full).size() == 2);
   CHECK(relay.DeltasAfter(1, &full).empty());
   REQUIRE(full != nullptr);
   CHECK(full->version == 4);
+  CHECK(full->digests == Digests(relay));
   CHECK(relay.DeltasAfter(4, &full).empty());
   CHECK(full == nullptr);
   CHECK(relay.DeltasAfter(9, &full).empty());  // a subscriber ahead waits
   CHECK(full == nullptr);
+}
+
+TEST_CASE("tables created dropped and replaced roll back whole") {
+  const TableConfig a = Sparse("a", 2);
+  const TableConfig b = Sparse("b", 4);
+  ServingStore store({.keep_versions = 4});
+  REQUIRE(store.Apply(Version(1, 0, {Rows(a, true, Range(0, 300), 1)})).ok());
+  const std::vector<TableDigest> at1 = Digests(store);
+  // 2: b created; 3: a dropped; 4: b replaced by a table of another width.
+  REQUIRE(store.Apply(Version(2, 1, {Rows(a, false, {}, 0), Rows(b, true, Range(0, 50), 2)})).ok());
+  const std::vector<TableDigest> at2 = Digests(store);
+  REQUIRE(store.Apply(Version(3, 2, {Rows(b, false, {}, 0)})).ok());
+  REQUIRE(store.Apply(Version(4, 3, {Rows(Sparse("b", 8), true, Range(0, 20), 4)})).ok());
+  CHECK(store.Status().tables.size() == 1);
+  CHECK(LookupAll(store, "b", {3}).values.size() == 8);
+  std::string values, found;
+  uint64_t key = 3;
+  CHECK(store.Lookup("b", &key, 1, 2, &values, &found).status().code() ==
+        absl::StatusCode::kFailedPrecondition);  // replaced since: not through the records
+  REQUIRE(store.Rollback(2).ok());
+  CHECK(Digests(store) == at2);
+  REQUIRE(store.Rollback(1).ok());
+  CHECK(Digests(store) == at1);
+  CHECK(LookupAll(store, "a", {299}).values[1] == 1 + 299 * 0.25f + 1);
+  CHECK(*store.Resume() == 4);
+  CHECK(Digests(store)[0].rows == 20);
 }
 
 }  // namespace

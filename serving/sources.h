@@ -22,12 +22,12 @@ class CheckpointStore;
 
 namespace tessera::serving {
 
-// Complete checkpoint `id` as a version for a replica whose newest version is `held` (null:
-// none): per table, the increment's rows and tombstones when the checkpoint's parent is the
-// version held and every shard wrote the table incrementally, else the table's chain merged in
-// full. Weights only. Errors name the checkpoint, table and file.
+// Complete checkpoint `id` as a version for a replica whose newest version is `held`: per
+// table, the increment's rows and tombstones when the checkpoint's parent is the version held
+// and every shard wrote the table incrementally, else the table's chain merged in full (the
+// store keeps only what differs). Weights only. Errors name the checkpoint, table and file.
 absl::StatusOr<VersionDelta> ReadCheckpointVersion(const storage::CheckpointStore& store,
-                                                   uint64_t id, const Root* held);
+                                                   uint64_t id, const HeldTables& held);
 
 // A thread that feeds a store: by polling a checkpoint directory, or by subscribing to
 // upstream serving replicas. Its failures are kept for the status (and logged), never fatal.
@@ -50,6 +50,7 @@ class Source {
 struct DirectorySourceOptions {
   std::string checkpoint_dir;
   int poll_ms = 1000;
+  int apply_nice = 0;  // the applying thread's nice value (lookups go first)
 };
 
 struct UpstreamSourceOptions {
@@ -57,6 +58,7 @@ struct UpstreamSourceOptions {
   Credentials credentials;
   int timeout_ms = 5000;  // a stream silent this long is given up
   int retry_ms = 200;     // between attempts
+  int apply_nice = 0;
 };
 
 absl::StatusOr<std::unique_ptr<Source>> StartDirectorySource(const DirectorySourceOptions& options,

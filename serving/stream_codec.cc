@@ -117,33 +117,6 @@ bool WriteDelta(const VersionDelta& delta, const EventWriter& write) {
   return WriteEnd(delta.version, delta.digests, write);
 }
 
-bool WriteRoot(const Root& root, const EventWriter& write) {
-  std::vector<TableDigest> digests = root.Digests();
-  std::vector<std::pair<const TableConfig*, bool>> headers;
-  std::vector<const TableVersion*> tables;
-  for (const TableDigest& d : digests) {
-    const TableVersion* t = root.tables.at(d.name).get();
-    headers.emplace_back(&t->config, true);
-    tables.push_back(t);
-  }
-  if (!WriteBegin(root.version, 0, root.created_unix_ms, root.num_vshards, headers, write)) {
-    return false;
-  }
-  for (uint32_t i = 0; i < tables.size(); ++i) {
-    const TableVersion& t = *tables[i];
-    for (uint32_t vshard = 0; vshard < t.vshards.size(); ++vshard) {
-      const VshardRows* rows = t.vshards[vshard].get();
-      if (rows == nullptr) continue;
-      ChunkWriter chunks(i, vshard, t.width, write);
-      for (const auto& [key, r] : rows->index) {
-        if (!chunks.Row(key, &rows->weights[size_t{r} * t.width])) return false;
-      }
-      if (!chunks.Finish()) return false;
-    }
-  }
-  return WriteEnd(root.version, digests, write);
-}
-
 absl::Status StreamAssembler::Take(const pb::SubscribeEvent& event) {
   switch (event.event_case()) {
     case pb::SubscribeEvent::kHeartbeat:
@@ -188,10 +161,9 @@ absl::Status StreamAssembler::Take(const pb::SubscribeEvent& event) {
       const uint32_t width = RowWidth(t.config);
       const size_t keys = c.keys().size() / 8;
       if (c.keys().size() % 8 != 0 || c.tombstones().size() % 8 != 0 ||
-          c.weights().size() != keys * width * sizeof(float) ||
-          c.vshard() >= pending_.num_vshards) {
+          c.weights().size() != keys * width * sizeof(float)) {
         return absl::InvalidArgumentError(absl::StrFormat(
-            "version %u table '%s': a malformed chunk (vshard %u, %u key bytes, %u weight "
+            "version %u table '%s': a malformed chunk (group %u, %u key bytes, %u weight "
             "bytes, %u tombstone bytes)",
             pending_.version, t.config.name.substr(0, 64), c.vshard(), c.keys().size(),
             c.weights().size(), c.tombstones().size()));

@@ -22,10 +22,8 @@ inline constexpr int kMaxChunkMessageBytes = 64 << 20;
 
 using EventWriter = std::function<bool(const v1::SubscribeEvent&)>;
 
-// Writes one version as VersionBegin, chunks, VersionEnd: a kept delta, or a whole root as a
-// full version. False as soon as `write` fails.
+// Writes one version as VersionBegin, chunks, VersionEnd. False as soon as `write` fails.
 bool WriteDelta(const VersionDelta& delta, const EventWriter& write);
-bool WriteRoot(const Root& root, const EventWriter& write);
 
 // Builds versions from a stream's events and applies each at its VersionEnd, checked against
 // the digests it carries. Any event out of place, malformed or over the store's memory limit,

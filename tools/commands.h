@@ -46,6 +46,18 @@ int RunLocalClusterControl();
 // `tessera status`: client/admin.h FormatClusterStatus, printed.
 int RunStatus(const std::string& coordinator, bool json, const Credentials& credentials);
 
+// `tessera serving status|lookup|rollback|resume` (docs/online_serving.md).
+struct ServingCommandOptions {
+  std::string action;
+  std::vector<std::string> replicas;  // --connect
+  Credentials credentials;
+  bool json = false;
+  std::string table;           // lookup
+  std::vector<uint64_t> keys;  // lookup
+  uint64_t version = 0;        // lookup (0: served), rollback
+};
+int RunServing(const ServingCommandOptions& options);
+
 struct BenchCommandOptions {
   std::vector<std::string> connect;  // existing servers; empty: start num_servers locally
   int num_servers = 1;
@@ -69,6 +81,11 @@ struct BenchCommandOptions {
   uint64_t lifecycle_keys = 50'000'000;  // lifecycle suite: new keys streamed
   uint64_t lifecycle_budget_mb = 1024;   // lifecycle suite: the server's --max_memory_bytes
   uint64_t lifecycle_tier_mb = 64;       // lifecycle suite: the tier table's RAM (0: no tier part)
+  uint64_t serving_rows = 1'000'000;     // serving suite: rows of the served table
+  double serving_publish_s = 2;          // serving suite: seconds between versions (lookups)
+  double serving_push_keys_per_s = 50000;  // serving suite: the pusher beside the lookups
+  double serving_stale_interval_s = 10;    // serving suite: seconds between versions (staleness)
+  int serving_threads = 4;                 // serving suite: lookup threads (and Redis connections)
   Credentials credentials;  // connected clusters: a token with the admin and worker roles
   bool secure = false;      // the cluster bench starts: mutual TLS and tokens (docs/security.md)
 };
@@ -76,6 +93,12 @@ int RunBench(const BenchCommandOptions& options);
 int RunCheckpointBench(const BenchCommandOptions& options);
 int RunReplicationBench(const BenchCommandOptions& options);
 int RunLifecycleBench(const BenchCommandOptions& options);
+// Online serving (docs/online_serving.md): lookups of 1,000-key batches with and without
+// versions applying, against Redis MGET of the same rows; staleness; rollback; bit-exactness.
+int RunServingBench(const BenchCommandOptions& options);
+
+// The path of Tessera binary `name` beside this one (or in ../subdir, the build tree).
+std::string SiblingBinary(const std::string& name, const std::string& subdir);
 
 struct CheckpointCommandOptions {
   std::string action;  // create | list | inspect | restore | merge | run

@@ -105,10 +105,26 @@ ABSL_FLAG(uint64_t, lifecycle_budget_mb, 1024,
 ABSL_FLAG(uint64_t, lifecycle_tier_mb, 64,
           "bench --suite=lifecycle: the disk-tier table's RAM (tier_ram_bytes) in MiB; its "
           "working set is 5 times that (0: no tier part).");
+ABSL_FLAG(uint64_t, serving_rows, 1'000'000, "bench --suite=serving: rows of the served table.");
+ABSL_FLAG(double, serving_publish_s, 2,
+          "bench --suite=serving: seconds between versions while lookups are measured.");
+ABSL_FLAG(double, serving_push_keys_per_s, 50000,
+          "bench --suite=serving: keys pushed per second while lookups are measured.");
+ABSL_FLAG(double, serving_stale_interval_s, 10,
+          "bench --suite=serving: seconds between versions while pushes run at full speed "
+          "(the staleness figure).");
+ABSL_FLAG(int, serving_threads, 4,
+          "bench --suite=serving: lookup threads (and Redis connections).");
 // tessera status
 ABSL_FLAG(std::string, coordinator, "",
           "status, checkpoint: host:port of tessera-coordinator (checkpoint: instead of "
           "--connect, the shards' primaries).");
+// tessera serving
+ABSL_FLAG(std::string, table, "", "serving lookup: the table.");
+ABSL_FLAG(std::string, keys, "", "serving lookup: keys, comma-separated.");
+ABSL_FLAG(uint64_t, version, 0,
+          "serving lookup: the version to read (0: the served one); serving rollback: the "
+          "version to serve.");
 // tessera checkpoint
 ABSL_FLAG(std::string, checkpoint_dir, "", "checkpoint: the servers' --checkpoint_dir.");
 ABSL_FLAG(uint64_t, id, 0, "checkpoint inspect/restore/merge: checkpoint id; 0 = newest.");
@@ -140,6 +156,10 @@ Commands:
           when SERVING (a Kubernetes exec probe for daemons that run TLS)
   checkpoint create|list|inspect|restore|merge|run
           consistent, incremental checkpoints of a running cluster (docs/checkpoints.md)
+  serving status|lookup|rollback|resume
+          serving replicas (--connect=host:port,...): versions, staleness, tables and
+          digests; rows of --table for --keys; roll back to --version (pinned) or resume
+          (docs/online_serving.md)
   local-cluster
           servers (and a coordinator) driven over stdin/stdout, for tessera.testing in
           Python (the protocol: tools/cmd_local_cluster.cc)
@@ -216,6 +236,28 @@ int main(int argc, char** argv) {
     o.verify = absl::GetFlag(FLAGS_verify);
     o.testing_crash_point = absl::GetFlag(FLAGS_testing_driver_crash_point);
     return tessera::RunCheckpoint(o);
+  }
+  if (command == "serving" && args.size() == 3) {
+    tessera::ServingCommandOptions o;
+    o.action = args[2];
+    o.credentials =
+        CredentialsOrExit(o.action == "rollback" || o.action == "resume"
+                              ? tessera::kRoleAdmin
+                              : tessera::kRoleReader | tessera::kRoleWorker | tessera::kRoleAdmin);
+    o.replicas = absl::StrSplit(absl::GetFlag(FLAGS_connect), ',', absl::SkipEmpty());
+    o.json = absl::GetFlag(FLAGS_json);
+    o.table = absl::GetFlag(FLAGS_table);
+    for (absl::string_view k : absl::StrSplit(absl::GetFlag(FLAGS_keys), ',', absl::SkipEmpty())) {
+      uint64_t key;
+      if (!absl::SimpleAtoi(k, &key)) {
+        std::fprintf(stderr, "tessera serving: --keys: '%s' is not a uint64\n",
+                     std::string(k).c_str());
+        return 2;
+      }
+      o.keys.push_back(key);
+    }
+    o.version = absl::GetFlag(FLAGS_version);
+    return tessera::RunServing(o);
   }
   if (args.size() != 2) {
     std::fprintf(stderr, "%s\n", kUsage);
@@ -311,10 +353,16 @@ int main(int argc, char** argv) {
     o.lifecycle_budget_mb = absl::GetFlag(FLAGS_lifecycle_budget_mb);
     o.lifecycle_tier_mb = absl::GetFlag(FLAGS_lifecycle_tier_mb);
     if (o.suite == "lifecycle") return tessera::RunLifecycleBench(o);
+    o.serving_rows = absl::GetFlag(FLAGS_serving_rows);
+    o.serving_publish_s = absl::GetFlag(FLAGS_serving_publish_s);
+    o.serving_push_keys_per_s = absl::GetFlag(FLAGS_serving_push_keys_per_s);
+    o.serving_stale_interval_s = absl::GetFlag(FLAGS_serving_stale_interval_s);
+    o.serving_threads = absl::GetFlag(FLAGS_serving_threads);
+    if (o.suite == "serving") return tessera::RunServingBench(o);
     if (o.suite != "data" && o.suite != "security") {
       std::fprintf(stderr,
-                   "tessera bench: --suite must be data, checkpoint, replication, security or "
-                   "lifecycle\n");
+                   "tessera bench: --suite must be data, checkpoint, replication, security, "
+                   "lifecycle or serving\n");
       return 2;
     }
     return tessera::RunBench(o);
