@@ -1,4 +1,4 @@
-#include "server/key_index.h"
+#include "common/key_index.h"
 
 #include <catch2/catch.hpp>
 #include <map>

@@ -17,7 +17,7 @@
 #include "optimizer/optimizer.h"
 #include "server/admission_counter.h"
 #include "server/generation.h"
-#include "server/key_index.h"
+#include "common/key_index.h"
 #include "server/row_arena.h"
 #include "server/table_data.h"
 

@@ -352,6 +352,7 @@ absl::StatusOr<std::unique_ptr<ServingServer>> ServingServer::Start(
   builder.RegisterService(impl->service.get());
   builder.SetMaxReceiveMessageSize(options.max_request_bytes);
   builder.SetMaxSendMessageSize(-1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 4 << 20);
   impl->grpc_server = builder.BuildAndStart();
   if (impl->grpc_server == nullptr || impl->port == 0) {
     return absl::UnavailableError(absl::StrFormat("cannot listen for gRPC on %s", addr));

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <random>
 #include <thread>
 
 #include "absl/base/call_once.h"
@@ -9,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/hash.h"
+#include "common/key_index.h"
 
 namespace tessera::serving {
 namespace {
@@ -26,10 +28,15 @@ std::string ShowDigests(const std::vector<TableDigest>& d) {
   });
 }
 
+uint64_t NewSeed() {
+  static std::atomic<uint64_t> next{std::random_device{}()};
+  return Mix64(next.fetch_add(0x9E3779B97F4A7C15ull));
+}
+
 struct Part {
-  absl::flat_hash_map<uint64_t, uint32_t> index;  // key -> slot
-  std::vector<float> weights;                     // slot s at [s * width, (s + 1) * width)
-  std::vector<uint32_t> free;                     // slots of removed rows
+  KeyIndex index{NewSeed()};   // key -> slot (prefetchable: common/key_index.h)
+  std::vector<float> weights;  // slot s at [s * width, (s + 1) * width)
+  std::vector<uint32_t> free;  // slots of removed rows
 };
 
 }  // namespace
@@ -81,36 +88,45 @@ struct TableState {
 
   const float* Find(uint64_t key) const {
     const Part& p = parts[PartOf(key)];
-    auto it = p.index.find(key);
-    return it == p.index.end() ? nullptr : &p.weights[size_t{it->second} * width];
+    const uint32_t slot = p.index.Find(key);
+    return slot == KeyIndex::kNone ? nullptr : &p.weights[size_t{slot} * width];
   }
+  void Prefetch(uint64_t key) const { parts[PartOf(key)].index.Prefetch(key); }
   void Put(uint64_t key, const float* w) {
     Part& p = parts[PartOf(key)];
-    auto [it, inserted] = p.index.try_emplace(key, 0);
-    if (inserted) {
+    uint32_t slot = p.index.Find(key);
+    if (slot == KeyIndex::kNone) {
       if (!p.free.empty()) {
-        it->second = p.free.back();
+        slot = p.free.back();
         p.free.pop_back();
       } else {
-        it->second = static_cast<uint32_t>(p.weights.size() / width);
+        slot = static_cast<uint32_t>(p.weights.size() / width);
         p.weights.resize(p.weights.size() + width);
       }
+      p.index.Insert(key, slot);
       ++rows;
     }
-    std::memcpy(&p.weights[size_t{it->second} * width], w, width * sizeof(float));
+    std::memcpy(&p.weights[size_t{slot} * width], w, width * sizeof(float));
   }
   void Erase(uint64_t key) {
     Part& p = parts[PartOf(key)];
-    auto it = p.index.find(key);
-    if (it == p.index.end()) return;
-    p.free.push_back(it->second);
-    p.index.erase(it);
+    const uint32_t slot = p.index.Erase(key);
+    if (slot == KeyIndex::kNone) return;
+    p.free.push_back(slot);
     --rows;
+  }
+  // fn(key, row) for every row, part by part.
+  template <typename Fn>
+  void ForEachRow(Fn&& fn) const {
+    for (const Part& p : parts) {
+      p.index.ForEach(
+          [&](uint64_t key, uint32_t slot) { fn(key, &p.weights[size_t{slot} * width]); });
+    }
   }
   size_t Bytes() const {
     size_t b = sizeof(*this);
     for (const Part& p : parts) {
-      b += p.index.capacity() * 17 + p.weights.capacity() * 4 + p.free.capacity() * 4;
+      b += p.index.bytes() + p.weights.capacity() * 4 + p.free.capacity() * 4;
     }
     return b;
   }
@@ -345,18 +361,15 @@ absl::StatusOr<std::vector<TableChange>> Diff(const State& held, const VersionDe
     if (cur != nullptr && (whole || t.full)) {
       // Every held row the version does not list: removed (and, for a table replaced, its
       // old value recorded for rollback).
-      for (const Part& p : cur->parts) {
-        for (const auto& [key, slot] : p.index) {
-          if (in_delta.contains(key) && !whole) continue;
-          if (whole && c.at.contains(key)) {
-            c.had_before[c.at[key]] = 1;
-            std::memcpy(&c.before_rows[c.at[key] * size_t{cur->width}],
-                        &p.weights[size_t{slot} * cur->width], cur->width * 4);
-            continue;
-          }
-          c.Add(key, &p.weights[size_t{slot} * cur->width], nullptr);
+      cur->ForEachRow([&](uint64_t key, const float* row) {
+        if (in_delta.contains(key) && !whole) return;
+        if (whole && c.at.contains(key)) {
+          c.had_before[c.at[key]] = 1;
+          std::memcpy(&c.before_rows[c.at[key] * size_t{cur->width}], row, cur->width * 4);
+          return;
         }
-      }
+        c.Add(key, row, nullptr);
+      });
     }
     if (whole || !c.keys.empty()) {
       Settle(cur, &c);
@@ -368,10 +381,7 @@ absl::StatusOr<std::vector<TableChange>> Diff(const State& held, const VersionDe
     TableChange c;  // dropped: every row recorded
     c.name = name;
     c.before = t->config;
-    for (const Part& p : t->parts) {
-      for (const auto& [key, slot] : p.index)
-        c.Add(key, &p.weights[size_t{slot} * t->width], nullptr);
-    }
+    t->ForEachRow([&](uint64_t key, const float* row) { c.Add(key, row, nullptr); });
     Settle(t.get(), &c);
     changes.push_back(std::move(c));
   }
@@ -712,23 +722,37 @@ absl::StatusOr<LookupResult> ServingStore::Lookup(const std::string& table, cons
   values->resize(n * dim * sizeof(float));
   found->assign((n + 7) / 8, '\0');
   float* out = reinterpret_cast<float*>(values->data());
-  for (size_t i = 0; i < n; ++i) {
-    const float* row = nullptr;
-    bool decided = false;
-    for (const TableChange* c : overlay) {
-      auto it = c->at.find(keys[i]);
-      if (it == c->at.end()) continue;
-      const bool present = before ? c->had_before[it->second] : c->has_after[it->second];
-      if (present) row = &(before ? c->before_rows : c->after_rows)[size_t{it->second} * dim];
-      decided = true;
-      break;
+  // In blocks of keys: every index slot of the block is fetched, then every row, then they
+  // are copied: a key's slot and row each miss the cache otherwise (common/key_index.h).
+  constexpr size_t kBlock = 64;
+  const float* rows[kBlock];
+  for (size_t first = 0; first < n; first += kBlock) {
+    const size_t m = std::min(kBlock, n - first);
+    for (size_t j = 0; j < m; ++j) ts.Prefetch(keys[first + j]);
+    for (size_t j = 0; j < m; ++j) {
+      const uint64_t key = keys[first + j];
+      const float* row = nullptr;
+      bool decided = false;
+      for (const TableChange* c : overlay) {
+        auto it = c->at.find(key);
+        if (it == c->at.end()) continue;
+        const bool present = before ? c->had_before[it->second] : c->has_after[it->second];
+        if (present) row = &(before ? c->before_rows : c->after_rows)[size_t{it->second} * dim];
+        decided = true;
+        break;
+      }
+      if (!decided) row = ts.Find(key);
+      if (row != nullptr) __builtin_prefetch(row, 0, 3);
+      rows[j] = row;
     }
-    if (!decided) row = ts.Find(keys[i]);
-    if (row != nullptr) {
-      std::memcpy(out + i * dim, row, dim * sizeof(float));
-      (*found)[i / 8] = static_cast<char>((*found)[i / 8] | (1 << (i % 8)));
-    } else {
-      ts.initializer.FillRow(keys[i], out + i * dim, dim);
+    for (size_t j = 0; j < m; ++j) {
+      const size_t i = first + j;
+      if (rows[j] != nullptr) {
+        std::memcpy(out + i * dim, rows[j], dim * sizeof(float));
+        (*found)[i / 8] = static_cast<char>((*found)[i / 8] | (1 << (i % 8)));
+      } else {
+        ts.initializer.FillRow(keys[i], out + i * dim, dim);
+      }
     }
   }
   return LookupResult{version != 0 ? version : s->version, dim};
@@ -792,15 +816,16 @@ std::vector<std::shared_ptr<const VersionDelta>> ServingStore::DeltasAfter(
     const TableState& t = *s->tables.at(name);
     TableDelta td{.config = t.config, .full = true};
     for (uint32_t p = 0; p < kParts; ++p) {
-      if (t.parts[p].index.empty()) continue;
+      const Part& part = t.parts[p];
+      if (part.index.size() == 0) continue;
       VshardDelta v{.vshard = p};
-      v.keys.reserve(t.parts[p].index.size());
-      v.weights.reserve(t.parts[p].index.size() * t.width);
-      for (const auto& [key, slot] : t.parts[p].index) {
+      v.keys.reserve(part.index.size());
+      v.weights.reserve(part.index.size() * t.width);
+      part.index.ForEach([&](uint64_t key, uint32_t slot) {
         v.keys.push_back(key);
-        const float* w = &t.parts[p].weights[size_t{slot} * t.width];
+        const float* w = &part.weights[size_t{slot} * t.width];
         v.weights.insert(v.weights.end(), w, w + t.width);
-      }
+      });
       td.vshards.push_back(std::move(v));
     }
     d->tables.push_back(std::move(td));
@@ -884,12 +909,10 @@ absl::Status ServingStore::Verify() const {
     const State& st = *states_[i];
     for (const auto& [name, t] : st.tables) {
       uint64_t digest = 0, rows = 0;
-      for (const Part& p : t->parts) {
-        for (const auto& [key, slot] : p.index) {
-          digest += RowDigest(key, &p.weights[size_t{slot} * t->width], t->width);
-          ++rows;
-        }
-      }
+      t->ForEachRow([&](uint64_t key, const float* row) {
+        digest += RowDigest(key, row, t->width);
+        ++rows;
+      });
       if (digest != t->digest || rows != t->rows) {
         return absl::InternalError(absl::StrFormat(
             "copy %d, table '%s': its rows digest to %016x (%u rows), it keeps %016x (%u rows)", i,

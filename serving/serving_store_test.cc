@@ -4,6 +4,7 @@
 #include "serving/serving_store.h"
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -390,6 +391,25 @@ TEST_CASE("tables created dropped and replaced roll back whole") {
   CHECK(LookupAll(store, "a", {299}).values[1] == 1 + 299 * 0.25f + 1);
   CHECK(*store.Resume() == 4);
   CHECK(Digests(store)[0].rows == 20);
+}
+
+// Not a test: the in-process cost of a lookup (run with "[.bench]").
+TEST_CASE("lookup cost in process", "[.bench]") {
+  const TableConfig emb = Sparse("emb", 16);
+  ServingStore store({});
+  REQUIRE(store.Apply(Version(1, 0, {Rows(emb, true, Range(0, 1000000), 0)})).ok());
+  std::mt19937_64 rng(1);
+  std::vector<uint64_t> keys(1000);
+  std::string values, found;
+  const auto start = std::chrono::steady_clock::now();
+  constexpr int kCalls = 3000;
+  for (int c = 0; c < kCalls; ++c) {
+    for (uint64_t& k : keys) k = rng() % 1000000;
+    REQUIRE(store.Lookup("emb", keys.data(), keys.size(), 0, &values, &found).ok());
+  }
+  const double ns =
+      std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - start).count();
+  WARN("ns per key: " << ns / (kCalls * 1000.0));
 }
 
 }  // namespace

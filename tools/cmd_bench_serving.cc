@@ -314,6 +314,7 @@ int RunServingBench(const BenchCommandOptions& o) {
     if (v.ok()) last_version.store(*v);
     return v.ok();
   };
+  Measure(threads, 1, lookup);  // warm-up: connections, both copies' pages
   const LatencyStats quiet = Measure(threads, o.seconds_per_workload, lookup);
   Line(o, "serving_lookup_1000", quiet.keys_per_s / 1e6, "Mkeys/s", StatsExtra(quiet),
        absl::StrFormat("%d threads, no new version: p50 %.3f ms, p99 %.3f ms", threads,

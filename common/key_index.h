@@ -1,4 +1,5 @@
-// The key -> row id index of one vshard of a sparse table: open addressing with linear probing
+// The key -> row id index of one vshard of a sparse table (and of a serving replica's table
+// part, docs/online_serving.md): open addressing with linear probing
 // over 16-byte slots (key, id), a power-of-two capacity, at most 3/4 full (more than 3/8
 // full after growing: under 43 bytes per entry).
 //
@@ -11,8 +12,8 @@
 // The slot of a key comes from a seeded mix of it (a seed per index, drawn at random), so a
 // client that knows the key -> vshard hash still cannot choose keys that share a probe chain.
 // Thread-compatible: the owner serializes access (the vshard's mutex).
-#ifndef TESSERA_SERVER_KEY_INDEX_H_
-#define TESSERA_SERVER_KEY_INDEX_H_
+#ifndef TESSERA_COMMON_KEY_INDEX_H_
+#define TESSERA_COMMON_KEY_INDEX_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -152,4 +153,4 @@ class KeyIndex {
 
 }  // namespace tessera
 
-#endif  // TESSERA_SERVER_KEY_INDEX_H_
+#endif  // TESSERA_COMMON_KEY_INDEX_H_
