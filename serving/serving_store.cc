@@ -503,7 +503,8 @@ absl::Status ServingStore::Apply(VersionDelta delta, const std::vector<TableDige
   {
     absl::MutexLock lock(&mu_);
     if (pinned_) {
-      const uint64_t newest = queued_.empty() ? served_.load()->version : queued_.back().version;
+      const uint64_t newest =
+          queued_.empty() ? served_.load()->version : queued_.back().first.version;
       const uint64_t recorded = records_.empty() ? 0 : records_.back()->version;
       const uint64_t held = std::max(newest, recorded);
       if (delta.version <= held || (delta.parent != 0 && delta.parent != held)) {
@@ -512,7 +513,7 @@ absl::Status ServingStore::Apply(VersionDelta delta, const std::vector<TableDige
             absl::StrFormat("version %u (on %u) does not follow the version held, %u",
                             delta.version, delta.parent, held));
       }
-      queued_.push_back(std::move(delta));  // (its digests are checked when applied)
+      queued_.push_back({std::move(delta), expected});  // (checked when applied)
       return absl::OkStatus();
     }
   }
@@ -636,7 +637,7 @@ absl::Status ServingStore::Rollback(uint64_t version) {
 absl::StatusOr<uint64_t> ServingStore::Resume() {
   absl::MutexLock apply(&apply_mu_);
   std::vector<std::shared_ptr<const Record>> redo;
-  std::deque<VersionDelta> queued;
+  std::deque<std::pair<VersionDelta, std::vector<TableDigest>>> queued;
   {
     absl::MutexLock lock(&mu_);
     const uint64_t at = served_.load()->version;
@@ -647,11 +648,15 @@ absl::StatusOr<uint64_t> ServingStore::Resume() {
     pinned_ = false;
   }
   if (!redo.empty()) Switch(redo, /*undo=*/false);
-  absl::Status status;
-  for (VersionDelta& d : queued) {
-    if (status.ok()) status = ApplyLocked(std::move(d), {});
+  // A queued version refused now (its digests, the memory limit) ends the queue: the ones
+  // after it build on it. The source then asks again from the version served.
+  for (auto& [d, expected] : queued) {
+    if (absl::Status s = ApplyLocked(std::move(d), expected); !s.ok()) {
+      refused_total_.fetch_add(1);
+      break;
+    }
+    applied_total_.fetch_add(1);
   }
-  if (!status.ok()) return status;
   return served_.load()->version;
 }
 
@@ -855,7 +860,7 @@ StoreStatus ServingStore::Status() const {
     if (!out.kept_versions.empty() && out.kept_versions.front() == 0) {
       out.kept_versions.erase(out.kept_versions.begin());
     }
-    out.newest_version = !queued_.empty()   ? queued_.back().version
+    out.newest_version = !queued_.empty()   ? queued_.back().first.version
                          : records_.empty() ? served_.load()->version
                                             : records_.back()->version;
   }
@@ -876,7 +881,7 @@ HeldTables ServingStore::Held() const {
   {
     absl::MutexLock lock(&mu_);
     if (!queued_.empty()) {
-      const VersionDelta& q = queued_.back();
+      const VersionDelta& q = queued_.back().first;
       h.version = q.version;
       h.num_vshards = q.num_vshards;
       for (const TableDelta& t : q.tables) h.tables[t.config.name] = t.config;
@@ -944,7 +949,7 @@ int64_t ServingStore::bytes() const {
 int64_t ServingStore::BytesLocked() const {
   int64_t b = static_cast<int64_t>(states_[0]->bytes.load() + states_[1]->bytes.load());
   for (const auto& r : records_) b += static_cast<int64_t>(r->bytes + r->relay_bytes.load());
-  for (const VersionDelta& q : queued_) b += static_cast<int64_t>(q.Bytes());
+  for (const auto& q : queued_) b += static_cast<int64_t>(q.first.Bytes());
   return b;
 }
 

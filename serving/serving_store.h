@@ -126,7 +126,8 @@ class ServingStore {
   // Serves kept `version` (its records undone or redone on both copies) and queues new
   // versions until Resume.
   absl::Status Rollback(uint64_t version);
-  // Applies what was queued and serves the newest version again; returns it.
+  // Applies what was queued (up to a version refused) and serves the newest version again;
+  // returns it.
   absl::StatusOr<uint64_t> Resume();
 
   // For relays: the deltas from `from` (exclusive) to the newest recorded version when every
@@ -172,7 +173,8 @@ class ServingStore {
   mutable absl::Mutex mu_;        // the records and the queue
   mutable absl::CondVar newer_;
   std::deque<std::shared_ptr<const Record>> records_ ABSL_GUARDED_BY(mu_);  // ascending
-  std::deque<VersionDelta> queued_ ABSL_GUARDED_BY(mu_);                    // received while pinned
+  // Received while pinned, with the digests they must have.
+  std::deque<std::pair<VersionDelta, std::vector<TableDigest>>> queued_ ABSL_GUARDED_BY(mu_);
   bool pinned_ ABSL_GUARDED_BY(mu_) = false;
 };
 
