@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <random>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "client/admin.h"
@@ -229,6 +230,70 @@ TEST_CASE("serving replicas follow checkpoints and equal the trainers bit for bi
     }
     kill(second_root.process.pid, SIGTERM);
     CHECK(WaitChild(second_root.process.pid, absl::Seconds(20)) == 0);
+  }
+}
+
+TEST_CASE(
+    "trainer primaries killed while versions are published: replicas reach the next version bit "
+    "for bit",
+    "[fault]") {
+  const std::string dir = NewDir("ckpt-r2");
+  const std::string logs = NewDir("logs-r2");
+  std::unique_ptr<LocalCluster> cluster = testing::StartCoordinated(
+      4, 2, 2, {"--lease_ms=1000"}, {"--heartbeat_ms=100", "--checkpoint_dir=" + dir});
+  std::unique_ptr<Client> c = testing::ConnectCoordinated(*cluster);
+  TableConfig emb{.name = "emb", .kind = TableKind::kSparse, .dim = kDim};
+  emb.optimizer.kind = OptimizerKind::kAdagrad;
+  REQUIRE(c->CreateTable(emb).ok());
+  TableConfig w{
+      .name = "w", .kind = TableKind::kDense, .dense_size = kDenseSize, .dense_block_elems = 512};
+  REQUIRE(c->CreateTable(w).ok());
+  std::vector<uint64_t> keys;
+  for (uint64_t i = 0; i < 3000; ++i) keys.push_back(i * 0x9e3779b97f4a7c15ULL + 7);
+  const Credentials creds = testing::JobCredentials(*cluster);
+  auto round = [&]() -> absl::StatusOr<uint64_t> {
+    absl::StatusOr<std::vector<std::string>> primaries =
+        PrimaryAddresses(cluster->coordinator_address(), creds);
+    if (!primaries.ok()) return primaries.status();
+    absl::StatusOr<CheckpointRoundResult> r = RunCheckpointRound({.dir = dir,
+                                                                  .servers = *primaries,
+                                                                  .rpc_timeout = absl::Seconds(20),
+                                                                  .credentials = creds});
+    if (!r.ok()) return r.status();
+    return r->id;
+  };
+  PushRound(*c, keys, 1);
+  REQUIRE(round().ok());
+  Replica root = StartReplica({"--checkpoint_dir=" + dir}, logs, "root");
+  Replica leaf = StartReplica({"--upstream=" + root.address}, logs, "leaf");
+  WaitForVersion(root, 1);
+  WaitForVersion(leaf, 1);
+  std::mt19937_64 rng(5);
+  for (uint32_t shard = 0; shard < 2; ++shard) {
+    PushRound(*c, keys, 10 + shard);
+    absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(shard);
+    REQUIRE(replicas.ok());
+    const int primary = (*replicas)[0];
+    // The primary dies while a round runs (before, during or after its part is written).
+    absl::StatusOr<uint64_t> during = absl::UnknownError("not run");
+    std::thread publisher([&] { during = round(); });
+    absl::SleepFor(absl::Milliseconds(rng() % 30));
+    cluster->KillServer(primary);
+    publisher.join();
+    testing::WaitForNewPrimary(*cluster, shard, primary);
+    // The next round succeeds on the promoted backup (its part in full).
+    absl::StatusOr<uint64_t> next = absl::UnknownError("not run");
+    for (int attempt = 0; attempt < 40 && !next.ok(); ++attempt) {
+      next = round();
+      if (!next.ok()) absl::SleepFor(absl::Milliseconds(250));
+    }
+    INFO(next.status().ToString());
+    REQUIRE(next.ok());
+    const Weights want = Pull(*c, keys);
+    WaitForVersion(root, *next);
+    WaitForVersion(leaf, *next);
+    CheckServes(root, *next, keys, want);
+    CheckServes(leaf, *next, keys, want);
   }
 }
 
