@@ -24,7 +24,7 @@ set(TESSERA_UNIT_DIR "lib/systemd/system" CACHE STRING
   "Where the systemd units go, relative to the install prefix")
 foreach(unit_component
     "tessera-coordinator.service|server" "tessera-server@.service|server"
-    "tessera-worker@.service|worker")
+    "tessera-serving@.service|server" "tessera-worker@.service|worker")
   string(REPLACE "|" ";" pair "${unit_component}")
   list(GET pair 0 unit)
   list(GET pair 1 component)
@@ -36,10 +36,11 @@ foreach(unit_component
     file(WRITE \"\${out}\" \"\${text}\")" COMPONENT ${component})
 endforeach()
 install(FILES deploy/systemd/coordinator.env.example deploy/systemd/server.env.example
-  DESTINATION ${CMAKE_INSTALL_DOCDIR}/examples COMPONENT server)
+  deploy/systemd/serving.env.example DESTINATION ${CMAKE_INSTALL_DOCDIR}/examples COMPONENT server)
 install(FILES deploy/systemd/worker.env.example
   DESTINATION ${CMAKE_INSTALL_DOCDIR}/examples COMPONENT worker)
-install(FILES docs/operations.md docs/install.md DESTINATION ${CMAKE_INSTALL_DOCDIR}
+install(FILES docs/operations.md docs/install.md docs/online_serving.md
+  DESTINATION ${CMAKE_INSTALL_DOCDIR}
   COMPONENT server)
 install(FILES docs/worker.md DESTINATION ${CMAKE_INSTALL_DOCDIR} COMPONENT worker)
 

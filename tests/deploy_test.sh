@@ -53,9 +53,10 @@ units=$(mktemp -d)
 trap 'rm -rf "$units"' EXIT
 for f in "$src"/deploy/systemd/*.service; do
   sed -e "s#/usr/local/bin/tessera-worker#$build/worker/tessera-worker#" \
+      -e "s#/usr/local/bin/tessera-serving#$build/serving/tessera-serving#" \
       -e "s#/usr/local/bin/#$build/server/#" "$f" > "$units/$(basename "$f")"
 done
 out=$(cd "$units" && systemd-analyze verify tessera-coordinator.service tessera-server@0.service \
-  tessera-worker@0.service 2>&1) || { echo "$out"; exit 1; }
+  tessera-serving@0.service tessera-worker@0.service 2>&1) || { echo "$out"; exit 1; }
 if [ -n "$out" ]; then echo "$out"; exit 1; fi
-echo "3 units verified"
+echo "4 units verified"

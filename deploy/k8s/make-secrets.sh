@@ -24,6 +24,9 @@ umask 077
 names="DNS:*.tessera-server,DNS:*.tessera-server.$ns.svc,DNS:*.tessera-server.$ns.svc.cluster.local"
 names="$names,DNS:*.tessera-coordinator,DNS:*.tessera-coordinator.$ns.svc"
 names="$names,DNS:*.tessera-coordinator.$ns.svc.cluster.local,DNS:localhost,IP:127.0.0.1"
+# Serving replicas dial their relay by its Service name (deploy/k8s/serving.yaml).
+names="$names,DNS:tessera-serving-relay,DNS:tessera-serving-relay.$ns.svc"
+names="$names,DNS:tessera-serving-relay.$ns.svc.cluster.local"
 cat >"$dir/node.ext" <<END
 subjectAltName=$names
 extendedKeyUsage=serverAuth,clientAuth

@@ -11,6 +11,7 @@ import yaml from "js-yaml";
 import { ConfigMap, PersistentVolumeClaim, Service } from "kubernetes-models/v1";
 import { StatefulSet, Deployment } from "kubernetes-models/apps/v1";
 import { Job } from "kubernetes-models/batch/v1";
+import { HorizontalPodAutoscaler } from "kubernetes-models/autoscaling/v2";
 
 const root = process.argv[2] ?? path.resolve(path.dirname(new URL(import.meta.url).pathname), "../..");
 const models = {
@@ -20,6 +21,7 @@ const models = {
   "apps/v1/StatefulSet": StatefulSet,
   "apps/v1/Deployment": Deployment,
   "batch/v1/Job": Job,
+  "autoscaling/v2/HorizontalPodAutoscaler": HorizontalPodAutoscaler,
 };
 const problems = [];
 let objects = 0;
@@ -53,7 +55,7 @@ for (const file of fs.readdirSync(k8sDir).filter((f) => f.endsWith(".yaml")).sor
       for (const k of ["requests", "limits"]) {
         if (!r[k]?.cpu || !r[k]?.memory) problems.push(`${where}: container ${c.name} needs ${k} for cpu and memory`);
       }
-      if (component === "server" || component === "coordinator") {
+      if (component === "server" || component === "coordinator" || component === "serving") {
         for (const probe of ["readinessProbe", "livenessProbe"]) {
           // A gRPC probe, or (under TLS, which kubelet's gRPC probes cannot speak) `tessera
           // health` with the daemon's own TLS files.
