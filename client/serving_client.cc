@@ -63,31 +63,64 @@ absl::StatusOr<std::unique_ptr<ServingClient>> ServingClient::Connect(
 ServingClient::ServingClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 ServingClient::~ServingClient() = default;
 
-absl::StatusOr<uint64_t> ServingClient::Lookup(const std::string& table,
-                                               absl::Span<const uint64_t> keys,
-                                               absl::Span<float> values, uint64_t version,
-                                               std::vector<bool>* found) {
+namespace {
+
+// One Lookup call, its answer checked for size.
+absl::Status CallLookup(ServingClient::Impl& impl, const std::string& table,
+                        absl::Span<const uint64_t> keys, uint64_t version,
+                        pb::LookupResponse* resp) {
   pb::LookupRequest req;
   req.set_table(table);
   req.set_version(version);
   req.mutable_keys()->Add(keys.begin(), keys.end());
-  pb::LookupResponse resp;
-  grpc::Status s = impl_->RoundRobin([&](pb::Serving::Stub& stub, grpc::ClientContext* ctx) {
-    return stub.Lookup(ctx, req, &resp);
+  grpc::Status s = impl.RoundRobin([&](pb::Serving::Stub& stub, grpc::ClientContext* ctx) {
+    return stub.Lookup(ctx, req, resp);
   });
   if (!s.ok()) return FromGrpcStatus(s);
+  if (resp->values().size() != size_t{resp->dim()} * keys.size() * sizeof(float) ||
+      resp->found().size() < (keys.size() + 7) / 8) {
+    return absl::InternalError(absl::StrFormat(
+        "a malformed answer: %u value bytes and %u found bytes for %u keys of %u floats",
+        resp->values().size(), resp->found().size(), keys.size(), resp->dim()));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<bool> FoundBits(const std::string& bits, size_t n) {
+  std::vector<bool> found(n);
+  for (size_t i = 0; i < n; ++i) found[i] = (static_cast<uint8_t>(bits[i / 8]) >> (i % 8)) & 1;
+  return found;
+}
+
+}  // namespace
+
+absl::StatusOr<ServingRows> ServingClient::LookupRows(const std::string& table,
+                                                      absl::Span<const uint64_t> keys,
+                                                      uint64_t version) {
+  pb::LookupResponse resp;
+  if (absl::Status s = CallLookup(*impl_, table, keys, version, &resp); !s.ok()) return s;
+  ServingRows out;
+  out.version = resp.version();
+  out.dim = resp.dim();
+  out.values.resize(resp.values().size() / sizeof(float));
+  std::memcpy(out.values.data(), resp.values().data(), resp.values().size());
+  out.found = FoundBits(resp.found(), keys.size());
+  return out;
+}
+
+absl::StatusOr<uint64_t> ServingClient::Lookup(const std::string& table,
+                                               absl::Span<const uint64_t> keys,
+                                               absl::Span<float> values, uint64_t version,
+                                               std::vector<bool>* found) {
+  pb::LookupResponse resp;
+  if (absl::Status s = CallLookup(*impl_, table, keys, version, &resp); !s.ok()) return s;
   if (resp.values().size() != values.size() * sizeof(float)) {
     return absl::InvalidArgumentError(
         absl::StrFormat("table '%s' has %u floats a row: %u values for %u keys, given room for %u",
                         table, resp.dim(), resp.values().size() / 4, keys.size(), values.size()));
   }
   std::memcpy(values.data(), resp.values().data(), resp.values().size());
-  if (found != nullptr) {
-    found->assign(keys.size(), false);
-    for (size_t i = 0; i < keys.size() && i / 8 < resp.found().size(); ++i) {
-      (*found)[i] = (static_cast<uint8_t>(resp.found()[i / 8]) >> (i % 8)) & 1;
-    }
-  }
+  if (found != nullptr) *found = FoundBits(resp.found(), keys.size());
   return resp.version();
 }
 

@@ -54,6 +54,14 @@ struct ServingStatusInfo {
   std::vector<ServingTableStatus> tables;
 };
 
+// A lookup's answer when the caller does not know the table's width.
+struct ServingRows {
+  uint64_t version = 0;
+  uint32_t dim = 0;
+  std::vector<float> values;  // keys.size() x dim
+  std::vector<bool> found;
+};
+
 class TESSERA_EXPORT ServingClient {
  public:
   static absl::StatusOr<std::unique_ptr<ServingClient>> Connect(
@@ -66,6 +74,9 @@ class TESSERA_EXPORT ServingClient {
   absl::StatusOr<uint64_t> Lookup(const std::string& table, absl::Span<const uint64_t> keys,
                                   absl::Span<float> values, uint64_t version = 0,
                                   std::vector<bool>* found = nullptr);
+  // The same, sized by the answer.
+  absl::StatusOr<ServingRows> LookupRows(const std::string& table, absl::Span<const uint64_t> keys,
+                                         uint64_t version = 0);
   // A dense table's weights, whole.
   absl::StatusOr<uint64_t> LookupDense(const std::string& table, std::vector<float>* values,
                                        uint64_t version = 0);

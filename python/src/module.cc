@@ -29,6 +29,7 @@
 #include "absl/time/time.h"
 #include "client/admin.h"
 #include "client/client.h"
+#include "client/serving_client.h"
 #include "client/worker_clock.h"
 #include "common/table_config.h"
 
@@ -756,6 +757,114 @@ py::dict Restore(const std::string& dir, const std::string& coordinator,
   return d;
 }
 
+// tessera.ServingClient's native half (docs/online_serving.md): lookups against serving
+// replicas, the GIL released while a call waits.
+class PyServingClient {
+ public:
+  static std::shared_ptr<PyServingClient> Connect(const py::dict& d) {
+    ServingClientOptions o;
+    o.replicas = d["replicas"].cast<std::vector<std::string>>();
+    o.credentials.auth_token = Opt<std::string>(d, "auth_token").value_or("");
+    o.credentials.tls_ca_file = Opt<std::string>(d, "tls_ca_file").value_or("");
+    o.credentials.tls_cert_file = Opt<std::string>(d, "tls_cert_file").value_or("");
+    o.credentials.tls_key_file = Opt<std::string>(d, "tls_key_file").value_or("");
+    if (std::optional<double> t = Opt<double>(d, "rpc_timeout")) {
+      if (!(*t > 0)) throw py::value_error("rpc_timeout must be > 0 seconds");
+      o.rpc_timeout_ms = static_cast<int64_t>(*t * 1000);
+    }
+    if (std::optional<int> a = Opt<int>(d, "max_attempts")) {
+      if (*a < 1) throw py::value_error("max_attempts must be >= 1");
+      o.max_attempts = *a;
+    }
+    auto out = std::make_shared<PyServingClient>();
+    out->client_ = ValueOrThrow(ServingClient::Connect(o));
+    return out;
+  }
+
+  py::tuple Lookup(const std::string& table, const py::object& keys, uint64_t version) {
+    const absl::Span<const uint64_t> k = KeySpan(keys);
+    absl::StatusOr<ServingRows> r;
+    {
+      py::gil_scoped_release release;
+      r = client_->LookupRows(table, k, version);
+    }
+    ThrowIfError(r.status());
+    py::array_t<float> rows({static_cast<py::ssize_t>(k.size()), static_cast<py::ssize_t>(r->dim)});
+    if (!r->values.empty()) {
+      std::memcpy(rows.mutable_data(), r->values.data(), r->values.size() * sizeof(float));
+    }
+    py::array_t<bool> found(static_cast<py::ssize_t>(k.size()));
+    bool* f = found.mutable_data();
+    for (size_t i = 0; i < k.size(); ++i) f[i] = r->found[i];
+    return py::make_tuple(rows, r->version, found);
+  }
+
+  py::tuple LookupDense(const std::string& table, uint64_t version) {
+    std::vector<float> values;
+    absl::StatusOr<uint64_t> v;
+    {
+      py::gil_scoped_release release;
+      v = client_->LookupDense(table, &values, version);
+    }
+    ThrowIfError(v.status());
+    py::array_t<float> out(static_cast<py::ssize_t>(values.size()));
+    if (!values.empty()) std::memcpy(out.mutable_data(), values.data(), values.size() * 4);
+    return py::make_tuple(out, *v);
+  }
+
+  py::dict Status(size_t replica) {
+    absl::StatusOr<ServingStatusInfo> s;
+    {
+      py::gil_scoped_release release;
+      s = client_->Status(replica);
+    }
+    ThrowIfError(s.status());
+    py::list tables;
+    for (const ServingTableStatus& t : s->tables) {
+      py::dict d;
+      d["name"] = t.name;
+      d["kind"] = t.dense ? "dense" : "sparse";
+      d["dim"] = t.dim;
+      d["dense_size"] = t.dense_size;
+      d["rows"] = t.rows;
+      d["digest"] = t.digest;
+      tables.append(d);
+    }
+    py::dict d;
+    d["version"] = s->version;
+    d["newest_version"] = s->newest_version;
+    d["held_versions"] = s->held_versions;
+    d["pinned"] = s->pinned;
+    d["staleness_seconds"] = s->staleness_seconds;
+    d["bytes"] = s->bytes;
+    d["source"] = s->source;
+    d["last_error"] = s->last_error;
+    d["tables"] = tables;
+    return d;
+  }
+
+  uint64_t Rollback(size_t replica, uint64_t version) {
+    absl::StatusOr<uint64_t> v;
+    {
+      py::gil_scoped_release release;
+      v = client_->Rollback(replica, version);
+    }
+    return ValueOrThrow(std::move(v));
+  }
+
+  uint64_t Resume(size_t replica) {
+    absl::StatusOr<uint64_t> v;
+    {
+      py::gil_scoped_release release;
+      v = client_->Resume(replica);
+    }
+    return ValueOrThrow(std::move(v));
+  }
+
+ private:
+  std::unique_ptr<ServingClient> client_;
+};
+
 }  // namespace
 }  // namespace tessera
 
@@ -781,6 +890,15 @@ PYBIND11_MODULE(_tessera, m) {
            "Waits for the call (at most `timeout` seconds: TimeoutError after that) and returns "
            "its result or raises its error.")
       .def("result", &Handle::Wait, py::arg("timeout") = py::none(), "Same as wait().");
+
+  py::class_<PyServingClient, std::shared_ptr<PyServingClient>>(m, "ServingClient")
+      .def_static("connect", &PyServingClient::Connect, py::arg("options"))
+      .def("lookup", &PyServingClient::Lookup, py::arg("table"), py::arg("keys"),
+           py::arg("version"))
+      .def("lookup_dense", &PyServingClient::LookupDense, py::arg("table"), py::arg("version"))
+      .def("status", &PyServingClient::Status, py::arg("replica"))
+      .def("rollback", &PyServingClient::Rollback, py::arg("replica"), py::arg("version"))
+      .def("resume", &PyServingClient::Resume, py::arg("replica"));
 
   py::class_<PyClient, std::shared_ptr<PyClient>>(m, "Client")
       .def_static("connect", &PyClient::Connect, py::arg("options"))

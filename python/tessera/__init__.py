@@ -16,6 +16,7 @@ Errors raise :mod:`tessera.errors` exceptions carrying the gRPC code and message
 ``tessera.torch`` has the PyTorch modules (docs/python.md).
 """
 
+import collections
 import os
 import sys
 import zlib
@@ -588,6 +589,61 @@ class WorkerClock:
     def finish(self):
         """The current step's pushes are acknowledged: reports clock + 1."""
         self._native.finish()
+
+
+LookupResult = collections.namedtuple("LookupResult", "rows version found")
+LookupResult.__doc__ = """A serving lookup's answer: rows ((len(keys), dim) float32), the version
+that answered, and found (bool per key: False where the key has no row and its values are the
+table's initializer's, what a trainer's pull of it answers)."""
+
+
+class ServingClient:
+    """Lookups against tessera-serving replicas (docs/online_serving.md): read-only copies of
+    the trainers' tables at versions (complete checkpoints), for inference.
+
+        serving = tessera.ServingClient(["10.0.0.5:7600", "10.0.0.6:7600"])
+        rows, version, found = serving.lookup("emb", keys)
+
+    Calls go round robin over the replicas and skip one that does not answer. Options:
+    auth_token (a reader or worker token), tls_ca_file, tls_cert_file, tls_key_file,
+    rpc_timeout (seconds, one attempt), max_attempts (replicas tried per call)."""
+
+    _OPTIONS = ("auth_token", "tls_ca_file", "tls_cert_file", "tls_key_file", "rpc_timeout",
+                "max_attempts")
+
+    def __init__(self, replicas, **options):
+        unknown = sorted(set(options) - set(self._OPTIONS))
+        if unknown:
+            raise TypeError(f"ServingClient: unknown options {unknown}; known: {list(self._OPTIONS)}")
+        if isinstance(replicas, str):
+            replicas = [r for r in replicas.split(",") if r]
+        if not replicas:
+            raise ValueError("ServingClient: give replicas=['host:port', ...]")
+        self._native = _tessera.ServingClient.connect(dict(options, replicas=list(replicas)))
+
+    def lookup(self, table, keys, version=0):
+        """Rows of `keys` of sparse table `table` at `version` (0: the newest the replica
+        serves; another held version: GetServingStatus's held_versions). Returns a
+        LookupResult(rows, version, found)."""
+        rows, answered, found = self._native.lookup(table, _keys(keys), version)
+        return LookupResult(rows, answered, found)
+
+    def lookup_dense(self, table, version=0):
+        """A dense table's weights at the served version: (values, version)."""
+        return self._native.lookup_dense(table, version)
+
+    def status(self, replica=0):
+        """Replica `replica`'s versions (served, newest, held), staleness, source, last error
+        and tables (rows, digest) as a dict."""
+        return self._native.status(replica)
+
+    def rollback(self, version, replica=0):
+        """Replica `replica` serves held `version` until resume() (needs an admin token)."""
+        return self._native.rollback(replica, version)
+
+    def resume(self, replica=0):
+        """Replica `replica` applies what arrived meanwhile and serves the newest again."""
+        return self._native.resume(replica)
 
 
 def checkpoint(directory, *, coordinator=None, servers=None, keep_last=0, incremental=True):

@@ -9,9 +9,11 @@ With replication=1..3 a tessera-coordinator starts first and places the servers 
 """
 
 import os
+import select
 import shutil
 import subprocess
 import threading
+import time
 
 from . import errors
 
@@ -20,7 +22,8 @@ def find_binary(name):
     """Path of a Tessera binary: $TESSERA_BUILD_DIR, the source checkout's build/, or PATH."""
     here = os.path.dirname(os.path.abspath(__file__))
     builds = [os.environ.get("TESSERA_BUILD_DIR"), os.path.join(here, "..", "..", "build")]
-    subdir = {"tessera": "tools", "tessera-worker": "worker"}.get(name, "server")
+    subdir = {"tessera": "tools", "tessera-worker": "worker",
+              "tessera-serving": "serving"}.get(name, "server")
     for build in filter(None, builds):
         path = os.path.abspath(os.path.join(build, subdir, name))
         if os.access(path, os.X_OK):
@@ -153,3 +156,54 @@ def launch_local(script, args, num_workers, num_servers=2, log_dir=""):
                                      f"--worker={w}"]) for w in range(num_workers)]
         codes = [w.wait() for w in workers]
     return next((c for c in codes if c != 0), 0)
+
+
+class ServingReplica:
+    """A tessera-serving process for tests (docs/online_serving.md), started with `args` (its
+    source: --checkpoint_dir=DIR or --upstream=HOST:PORT); .address once it listens."""
+
+    def __init__(self, *args, log_path=None, timeout=30.0):
+        read_fd, write_fd = os.pipe()
+        log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        try:
+            self._proc = subprocess.Popen(
+                [find_binary("tessera-serving"), "--port=0", "--metrics_port=-1",
+                 f"--ready_fd={write_fd}", *args],
+                pass_fds=(write_fd,), stdout=log, stderr=log)
+        finally:
+            os.close(write_fd)
+            if log_path:
+                log.close()
+        line = b""
+        deadline = time.monotonic() + timeout
+        with os.fdopen(read_fd, "rb") as ready:
+            while not line.endswith(b"\n") and time.monotonic() < deadline:
+                if not select.select([ready], [], [], 0.1)[0]:
+                    continue
+                chunk = os.read(ready.fileno(), 256)
+                if not chunk:
+                    break
+                line += chunk
+        fields = dict(f.split("=", 1) for f in line.decode().split()[1:] if "=" in f)
+        if "port" not in fields:
+            self._proc.kill()
+            self._proc.wait()
+            raise RuntimeError(f"tessera-serving did not start (exit {self._proc.returncode})")
+        self.address = f"127.0.0.1:{fields['port']}"
+
+    def stop(self, timeout=30.0):
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            self._proc.wait(timeout)
+
+    def __del__(self):
+        try:
+            self.stop()
+        except Exception:  # noqa: BLE001 (interpreter shutdown)
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
