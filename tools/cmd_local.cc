@@ -378,6 +378,20 @@ int RunWorkerJob(const LocalCommandOptions& o, const std::string& log_dir) {
     std::fprintf(stderr, "tessera local: %s\n", cluster.status().ToString().c_str());
     return 1;
   }
+  std::unique_ptr<LocalServing, LocalServingDeleter> serving;
+  if (o.serve) {
+    if (checkpoint_dir.empty()) {
+      std::fprintf(stderr, "tessera local --serve: the job takes no checkpoints (its versions)\n");
+      return 2;
+    }
+    absl::StatusOr<std::unique_ptr<LocalServing, LocalServingDeleter>> started =
+        StartLocalServing(checkpoint_dir, log_dir, **cluster);
+    if (!started.ok()) {
+      std::fprintf(stderr, "tessera local --serve: %s\n", started.status().ToString().c_str());
+      return 1;
+    }
+    serving = *std::move(started);
+  }
   const std::string binary = SiblingBinary("tessera-worker", "worker");
   // Known /metrics ports for the workers, so that Prometheus can be told where they are.
   std::vector<int> worker_ports;
@@ -502,6 +516,10 @@ int RunWorkerJob(const LocalCommandOptions& o, const std::string& log_dir) {
     std::printf("  Fashion-MNIST test accuracy %.4f: %s the 0.85 bar\n", accuracy,
                 bar_met ? "meets" : "does NOT meet");
   }
+  if (serving != nullptr && ok) {
+    ok = FinishLocalServing(*serving, *job, **cluster);
+  }
+  serving.reset();
   if (prometheus != nullptr) {
     // What Prometheus recorded, once it has scraped every server after the job (the workers
     // have exited: their series end with their last scrape).

@@ -3,6 +3,7 @@
 #ifndef TESSERA_TOOLS_COMMANDS_H_
 #define TESSERA_TOOLS_COMMANDS_H_
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -13,6 +14,10 @@
 #include "common/table_config.h"
 
 namespace tessera {
+namespace v1 {
+class JobConfig;
+}  // namespace v1
+class LocalCluster;
 
 struct LocalCommandOptions {
   int num_servers = 2;  // shards; with replicas > 1, each has that many server processes
@@ -36,8 +41,23 @@ struct LocalCommandOptions {
   // Every daemon with --auth_token_file: fresh random tokens for each role in the log
   // directory, the workers and the CLI presenting theirs (docs/security.md).
   bool secure = false;
+  // A tessera-serving replica follows the job's checkpoints (docs/online_serving.md); at the
+  // end, the test AUC from its lookups is compared with the trainers'.
+  bool serve = false;
 };
 int RunLocal(const LocalCommandOptions& options);
+
+// `tessera local --serve` (tools/cmd_local_serve.cc).
+struct LocalServing;
+struct LocalServingDeleter {
+  void operator()(LocalServing* s) const;
+};
+absl::StatusOr<std::unique_ptr<LocalServing, LocalServingDeleter>> StartLocalServing(
+    const std::string& checkpoint_dir, const std::string& log_dir, const LocalCluster& cluster);
+// A last version once training stopped, the replica at it, and the job's test AUC from the
+// replica's lookups against the trainers' (printed). False when they differ or a step fails.
+bool FinishLocalServing(LocalServing& serving, const v1::JobConfig& job,
+                        const LocalCluster& cluster);
 
 // `tessera local-cluster`: a testing/ LocalCluster driven over stdin and stdout, for
 // python/tessera/testing.py (the protocol: cmd_local_cluster.cc).

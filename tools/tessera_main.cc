@@ -119,6 +119,10 @@ ABSL_FLAG(int, serving_threads, 4,
 ABSL_FLAG(std::string, coordinator, "",
           "status, checkpoint: host:port of tessera-coordinator (checkpoint: instead of "
           "--connect, the shards' primaries).");
+ABSL_FLAG(bool, serve, false,
+          "local: a tessera-serving replica follows the job's checkpoints (versions); at the "
+          "end, the CTR job's test AUC from its lookups against the trainers' "
+          "(docs/online_serving.md).");
 // tessera serving
 ABSL_FLAG(std::string, table, "", "serving lookup: the table.");
 ABSL_FLAG(std::string, keys, "", "serving lookup: keys, comma-separated.");
@@ -289,6 +293,7 @@ int main(int argc, char** argv) {
     o.log_dir = absl::GetFlag(FLAGS_log_dir);
     o.prometheus = absl::GetFlag(FLAGS_prometheus);
     o.secure = absl::GetFlag(FLAGS_secure);
+    o.serve = absl::GetFlag(FLAGS_serve);
     o.linger_s = absl::GetFlag(FLAGS_linger_s);
     return tessera::RunLocal(o);
   }

@@ -146,25 +146,52 @@ void CtrStepModel::Push(Client& client, const PushOptions& push, float scale, Ca
   }
 }
 
-absl::StatusOr<double> CtrAuc(Client& client, const CtrTrainOptions& options,
+ParameterReader PullsFrom(Client& client) {
+  return {
+      .sparse = [&client](const std::string& table, absl::Span<const uint64_t> keys,
+                          absl::Span<float> rows) { return client.PullSparse(table, keys, rows); },
+      .dense = [&client](const std::string& table,
+                         absl::Span<float> values) { return client.PullDense(table, 0, values); }};
+}
+
+absl::StatusOr<double> CtrAuc(const ParameterReader& reader, const CtrTrainOptions& options,
                               const SparseDataset& test) {
   if (absl::Status s = CheckCtrData(test, options.shape); !s.ok()) return s;
   CtrStepModel model(test, options);
+  CtrStepModel::Slot& slot = model.slots_[0];
+  for (size_t l = 0; l < slot.params.w.size(); ++l) {
+    if (absl::Status s =
+            reader.dense(model.tables_[1 + 2 * l].name, absl::MakeSpan(slot.params.w[l]));
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s =
+            reader.dense(model.tables_[2 + 2 * l].name, absl::MakeSpan(slot.params.b[l]));
+        !s.ok()) {
+      return s;
+    }
+  }
   std::vector<float> scores, batch_scores;
   const uint32_t batch = 1024;
   EmbMlpWorkspace ws;
   for (size_t start = 0; start < test.num_examples(); start += batch) {
     const uint32_t n = static_cast<uint32_t>(std::min<size_t>(batch, test.num_examples() - start));
-    CallGroup group;
-    CtrStepModel::Slot& slot = model.slots_[0];
     model.PrepareKeys(test.keys.data() + start * options.shape.fields, n, slot);
-    model.PullSlot(client, slot, group);
-    if (absl::Status s = group.Wait(); !s.ok()) return s;
+    if (absl::Status s =
+            reader.sparse(model.tables_[0].name, slot.keys.unique, absl::MakeSpan(slot.rows));
+        !s.ok()) {
+      return s;
+    }
     EmbMlpScores(options.shape, slot.params, slot.keys, slot.rows.data(),
                  test.dense.data() + start * options.shape.dense, n, &batch_scores, &ws);
     scores.insert(scores.end(), batch_scores.begin(), batch_scores.end());
   }
   return Auc(scores, test.labels);
+}
+
+absl::StatusOr<double> CtrAuc(Client& client, const CtrTrainOptions& options,
+                              const SparseDataset& test) {
+  return CtrAuc(PullsFrom(client), options, test);
 }
 
 }  // namespace tessera

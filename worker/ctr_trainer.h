@@ -5,6 +5,7 @@
 #define TESSERA_WORKER_CTR_TRAINER_H_
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -39,6 +40,16 @@ std::vector<TableConfig> CtrTables(const CtrTrainOptions& options);
 absl::Status CheckCtrData(const SparseDataset& data, const EmbMlpShape& shape,
                           bool check_examples = true);
 
+// Where an evaluation reads the model's parameters: pulls from the training cluster, or
+// lookups of a serving replica at one version (docs/online_serving.md). Both answer a key
+// without a row with the table's initializer values, so the same parameters give the same
+// scores bit for bit.
+struct ParameterReader {
+  std::function<absl::Status(const std::string& table, absl::Span<const uint64_t> keys,
+                             absl::Span<float> rows)>
+      sparse;
+  std::function<absl::Status(const std::string& table, absl::Span<float> values)> dense;
+};
 class CtrStepModel : public StepModel {
  public:
   // REQUIRES: CheckCtrData(train, options.shape).ok(). `backend` computes, `key_backend`
@@ -63,8 +74,8 @@ class CtrStepModel : public StepModel {
     MlpParams params;
   };
 
-  friend absl::StatusOr<double> CtrAuc(Client& client, const CtrTrainOptions& options,
-                                       const SparseDataset& test);
+  friend absl::StatusOr<double> CtrAuc(const ParameterReader& reader,
+                                       const CtrTrainOptions& options, const SparseDataset& test);
   void PrepareKeys(const uint64_t* keys, uint32_t n, Slot& slot);
   void PullSlot(Client& client, Slot& slot, CallGroup& group);
 
@@ -80,7 +91,14 @@ class CtrStepModel : public StepModel {
   std::unique_ptr<NnBackend> keys_;     // Prepare's
 };
 
-// The model's test AUC with the parameters the cluster holds now (pulls every test key).
+// Pulls from `client`.
+ParameterReader PullsFrom(Client& client);
+
+// The model's test AUC with the parameters `reader` gives: the MLP's tables read once, then the
+// embeddings of each batch of test examples.
+absl::StatusOr<double> CtrAuc(const ParameterReader& reader, const CtrTrainOptions& options,
+                              const SparseDataset& test);
+// With the parameters the cluster holds now.
 absl::StatusOr<double> CtrAuc(Client& client, const CtrTrainOptions& options,
                               const SparseDataset& test);
 

@@ -246,6 +246,9 @@ absl::StatusOr<PreparedJob> PrepareCtr(const v1::JobConfig& c, std::unique_ptr<N
       if (!auc.ok()) return auc.status();
       return absl::StrFormat("test AUC %.4f (%u examples)", *auc, keep->test.num_examples());
     };
+    job.test_auc = [o, keep](const ParameterReader& reader) {
+      return CtrAuc(reader, o, keep->test);
+    };
   }
   return job;
 }

@@ -16,6 +16,8 @@ namespace v1 {
 class JobConfig;
 }
 
+struct ParameterReader;  // worker/ctr_trainer.h
+
 struct PreparedJob {
   std::shared_ptr<const void> data;  // what the model reads (declared first: outlives it)
   std::unique_ptr<StepModel> model;
@@ -25,6 +27,9 @@ struct PreparedJob {
   // Worker 0's evaluation of what the cluster holds, e.g. "test accuracy 0.8712 (10000
   // examples)"; null when the job has no evaluation set.
   std::function<absl::StatusOr<std::string>(Client&)> evaluate;
+  // The CTR model's test AUC with the parameters a reader gives (worker/ctr_trainer.h): the
+  // cluster's, or a serving replica's at one version. Null for other jobs.
+  std::function<absl::StatusOr<double>(const ParameterReader&)> test_auc;
 };
 
 // Loads the data and builds the model. INVALID_ARGUMENT (naming the field) for a config that
