@@ -153,6 +153,10 @@ absl::StatusOr<std::vector<std::string>> ConnectOrStart(const std::vector<std::s
                                                         std::vector<std::string> extra_args,
                                                         std::unique_ptr<LocalCluster>* owned);
 
+// A free loopback port below the ephemeral range (a daemon killed there can be restarted at
+// the same address without another process having been handed the port); 0 when none.
+int PickPort();
+
 // A daemon started by SpawnDaemon.
 struct Spawned {
   pid_t pid = 0;

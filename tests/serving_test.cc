@@ -39,8 +39,11 @@ struct Replica {
 };
 
 Replica StartReplica(const std::vector<std::string>& source_flags, const std::string& log_dir,
-                     const std::string& name) {
-  std::vector<std::string> args = {ServingBinary(), "--port=0", "--metrics_port=-1", "--poll_ms=50",
+                     const std::string& name, int port = 0) {
+  // (Below the ephemeral range: a replica killed can come back at its address.)
+  if (port == 0) port = PickPort();
+  std::vector<std::string> args = {ServingBinary(), absl::StrCat("--port=", port),
+                                   "--metrics_port=-1", "--poll_ms=50",
                                    "--upstream_timeout_ms=1500"};
   args.insert(args.end(), source_flags.begin(), source_flags.end());
   absl::StatusOr<Spawned> p =
@@ -229,6 +232,21 @@ TEST_CASE("serving replicas follow checkpoints and equal the trainers bit for bi
       }
       CHECK(st.last_error.find(root.address) != std::string::npos);  // it left the dead one
     }
+    // The replica killed and restarted at its address (systemd's Restart=): it comes back
+    // empty, takes the newest version in full, and follows; a client made before the kill
+    // reaches it again.
+    kill(leaf.process.pid, SIGKILL);
+    REQUIRE(WaitChild(leaf.process.pid, absl::Seconds(10)) == -1);
+    const int port = leaf.process.port;
+    PushRound(*c, keys, 20);
+    REQUIRE(Checkpoint(*cluster, dir) == 4);
+    Replica again = StartReplica({"--upstream=" + second_root.address}, logs, "leaf-again", port);
+    WaitForVersion(again, 4);
+    PushRound(*c, keys, 21);
+    REQUIRE(Checkpoint(*cluster, dir) == 5);
+    const Weights at5 = Pull(*c, lookup_keys);
+    WaitForVersion(again, 5);
+    CheckServes(leaf, 5, lookup_keys, at5);  // (the old client, the same address)
     kill(second_root.process.pid, SIGTERM);
     CHECK(WaitChild(second_root.process.pid, absl::Seconds(20)) == 0);
   }
