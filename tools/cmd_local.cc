@@ -361,6 +361,12 @@ int RunWorkerJob(const LocalCommandOptions& o, const std::string& log_dir) {
     job->mutable_checkpoint()->set_every_steps(200);
     job->mutable_checkpoint()->set_keep_last(2);
   }
+  if (o.serve && o.publish_interval_s > 0) {
+    // This process publishes the versions (on time, not on steps; worker 0 still takes one
+    // at the end).
+    job->mutable_checkpoint()->set_every_steps(0);
+    job->mutable_checkpoint()->set_keep_last(3);
+  }
   if (job->has_checkpoint() && job->checkpoint().dir().empty()) {
     job->mutable_checkpoint()->set_dir(log_dir + "/checkpoints");
   }
@@ -385,7 +391,7 @@ int RunWorkerJob(const LocalCommandOptions& o, const std::string& log_dir) {
       return 2;
     }
     absl::StatusOr<std::unique_ptr<LocalServing, LocalServingDeleter>> started =
-        StartLocalServing(checkpoint_dir, log_dir, **cluster);
+        StartLocalServing(checkpoint_dir, log_dir, **cluster, o.publish_interval_s);
     if (!started.ok()) {
       std::fprintf(stderr, "tessera local --serve: %s\n", started.status().ToString().c_str());
       return 1;

@@ -3,6 +3,7 @@
 // replica's lookups at that version against the AUC from the trainers' parameters.
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstring>
@@ -10,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
 #include "client/admin.h"
 #include "client/client.h"
 #include "client/serving_client.h"
@@ -25,13 +27,23 @@ struct LocalServing {
   Spawned process;
   std::string checkpoint_dir;
   std::unique_ptr<ServingClient> client;
-  Credentials credentials;  // the cluster's, for the last round and the trainers' pulls
+  Credentials credentials;        // the cluster's, for the last round and the trainers' pulls
+  double publish_interval_s = 0;  // > 0: this process publishes (checkpoint rounds)
   std::atomic<bool> stop{false};
   std::thread watcher;
+  std::thread publisher;
+  absl::Mutex mu;
+  std::vector<double> staleness ABSL_GUARDED_BY(mu);  // sampled every 100 ms while training
+  std::atomic<uint64_t> published{0}, publish_failures{0};
 
-  ~LocalServing() {
+  void StopThreads() {
     stop = true;
     if (watcher.joinable()) watcher.join();
+    if (publisher.joinable()) publisher.join();
+  }
+
+  ~LocalServing() {
+    StopThreads();
     kill(process.pid, SIGTERM);
     WaitChild(process.pid, absl::Seconds(20));
   }
@@ -40,9 +52,11 @@ struct LocalServing {
 void LocalServingDeleter::operator()(LocalServing* s) const { delete s; }
 
 absl::StatusOr<std::unique_ptr<LocalServing, LocalServingDeleter>> StartLocalServing(
-    const std::string& checkpoint_dir, const std::string& log_dir, const LocalCluster& cluster) {
+    const std::string& checkpoint_dir, const std::string& log_dir, const LocalCluster& cluster,
+    double publish_interval_s) {
   std::unique_ptr<LocalServing, LocalServingDeleter> s(new LocalServing);
   s->checkpoint_dir = checkpoint_dir;
+  s->publish_interval_s = publish_interval_s;
   s->credentials = cluster.ClientCredentials(kRoleAdmin | kRoleWorker | kRoleReader);
   std::vector<std::string> args = {SiblingBinary("tessera-serving", "serving"), "--port=0",
                                    "--metrics_port=0", "--poll_ms=200",
@@ -72,6 +86,10 @@ absl::StatusOr<std::unique_ptr<LocalServing, LocalServingDeleter>> StartLocalSer
     uint64_t shown = 0;
     while (!raw->stop.load()) {
       absl::StatusOr<ServingStatusInfo> st = raw->client->Status(0);
+      if (st.ok() && st->version != 0) {
+        absl::MutexLock lock(&raw->mu);
+        raw->staleness.push_back(st->staleness_seconds);
+      }
       if (st.ok() && st->version != shown) {
         shown = st->version;
         uint64_t rows = 0;
@@ -79,13 +97,57 @@ absl::StatusOr<std::unique_ptr<LocalServing, LocalServingDeleter>> StartLocalSer
         std::printf("  [serving] version %lu: %zu tables, %lu rows, %.1f s since its cut\n",
                     st->version, st->tables.size(), rows, st->staleness_seconds);
       }
-      for (int i = 0; i < 10 && !raw->stop.load(); ++i) absl::SleepFor(absl::Milliseconds(100));
+      absl::SleepFor(absl::Milliseconds(100));
     }
   });
+  if (publish_interval_s > 0) {
+    const std::string coordinator = cluster.coordinator_address();
+    s->publisher = std::thread([raw, coordinator] {
+      absl::Time next = absl::Now();
+      while (!raw->stop.load()) {
+        next += absl::Seconds(raw->publish_interval_s);
+        absl::StatusOr<std::vector<std::string>> primaries =
+            PrimaryAddresses(coordinator, raw->credentials);
+        absl::StatusOr<CheckpointRoundResult> r =
+            primaries.ok() ? RunCheckpointRound({.dir = raw->checkpoint_dir,
+                                                 .servers = *primaries,
+                                                 .keep_last = 3,
+                                                 .credentials = raw->credentials})
+                           : primaries.status();
+        if (r.ok()) {
+          ++raw->published;
+        } else {
+          ++raw->publish_failures;
+        }
+        while (!raw->stop.load() && absl::Now() < next) absl::SleepFor(absl::Milliseconds(20));
+      }
+    });
+  }
   return s;
 }
 
 bool FinishLocalServing(LocalServing& s, const v1::JobConfig& job, const LocalCluster& cluster) {
+  s.StopThreads();
+  {
+    absl::MutexLock lock(&s.mu);
+    std::vector<double>& v = s.staleness;
+    if (!v.empty()) {
+      std::sort(v.begin(), v.end());
+      const double p99 = v[std::min(v.size() - 1, v.size() * 99 / 100)];
+      std::printf(
+          "serving: staleness while training p50 %.2f s, p99 %.2f s, max %.2f s (%zu "
+          "samples)",
+          v[v.size() / 2], p99, v.back(), v.size());
+      if (s.publish_interval_s > 0) {
+        std::printf(
+            "; a version every %.1f s (%lu published, %lu rounds failed): p99 = %.2fx "
+            "the interval",
+            s.publish_interval_s, s.published.load(), s.publish_failures.load(),
+            p99 / s.publish_interval_s);
+      }
+      std::printf("\n");
+    }
+  }
   auto fail = [](const std::string& what, const absl::Status& st) {
     std::printf("serving: %s: %s\n", what.c_str(), st.ToString().c_str());
     return false;

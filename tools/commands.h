@@ -44,6 +44,9 @@ struct LocalCommandOptions {
   // A tessera-serving replica follows the job's checkpoints (docs/online_serving.md); at the
   // end, the test AUC from its lookups is compared with the trainers'.
   bool serve = false;
+  // With serve: this process publishes a version every this many seconds (the job's own
+  // step-based checkpoints are off); 0: the job's checkpoints are the versions.
+  double publish_interval_s = 0;
 };
 int RunLocal(const LocalCommandOptions& options);
 
@@ -53,7 +56,8 @@ struct LocalServingDeleter {
   void operator()(LocalServing* s) const;
 };
 absl::StatusOr<std::unique_ptr<LocalServing, LocalServingDeleter>> StartLocalServing(
-    const std::string& checkpoint_dir, const std::string& log_dir, const LocalCluster& cluster);
+    const std::string& checkpoint_dir, const std::string& log_dir, const LocalCluster& cluster,
+    double publish_interval_s);
 // A last version once training stopped, the replica at it, and the job's test AUC from the
 // replica's lookups against the trainers' (printed). False when they differ or a step fails.
 bool FinishLocalServing(LocalServing& serving, const v1::JobConfig& job,

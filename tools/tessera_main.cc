@@ -123,6 +123,9 @@ ABSL_FLAG(bool, serve, false,
           "local: a tessera-serving replica follows the job's checkpoints (versions); at the "
           "end, the CTR job's test AUC from its lookups against the trainers' "
           "(docs/online_serving.md).");
+ABSL_FLAG(double, publish_interval_s, 0,
+          "local --serve: publish a version every this many seconds from this process (the "
+          "job's step checkpoints off); 0: the job's checkpoints are the versions.");
 // tessera serving
 ABSL_FLAG(std::string, table, "", "serving lookup: the table.");
 ABSL_FLAG(std::string, keys, "", "serving lookup: keys, comma-separated.");
@@ -294,6 +297,7 @@ int main(int argc, char** argv) {
     o.prometheus = absl::GetFlag(FLAGS_prometheus);
     o.secure = absl::GetFlag(FLAGS_secure);
     o.serve = absl::GetFlag(FLAGS_serve);
+    o.publish_interval_s = absl::GetFlag(FLAGS_publish_interval_s);
     o.linger_s = absl::GetFlag(FLAGS_linger_s);
     return tessera::RunLocal(o);
   }
