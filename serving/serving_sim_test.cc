@@ -123,6 +123,20 @@ VersionDelta NextVersion(Model* m, uint64_t version, bool full, std::mt19937_64&
   return out;
 }
 
+// What a relay sends a subscriber holding `from`, as events.
+std::vector<v1::SubscribeEvent> EventsFrom(const ServingStore& relay, uint64_t from) {
+  std::shared_ptr<const VersionDelta> full;
+  std::vector<std::shared_ptr<const VersionDelta>> deltas = relay.DeltasAfter(from, &full);
+  std::vector<v1::SubscribeEvent> events;
+  const EventWriter write = [&](const v1::SubscribeEvent& e) {
+    events.push_back(e);
+    return true;
+  };
+  if (full != nullptr) WriteDelta(*full, write);
+  for (const auto& d : deltas) WriteDelta(*d, write);
+  return events;
+}
+
 // A subscriber: a store fed through the stream's events, with a fault schedule.
 struct Subscriber {
   std::unique_ptr<ServingStore> store;
@@ -183,16 +197,7 @@ struct Sim {
 
   // One subscription round of subscriber `s` with a random fault.
   void Subscribe(Subscriber& s) {
-    std::shared_ptr<const VersionDelta> full;
-    const uint64_t from = s.store->Status().newest_version;
-    std::vector<std::shared_ptr<const VersionDelta>> deltas = relay->DeltasAfter(from, &full);
-    std::vector<v1::SubscribeEvent> events;
-    const EventWriter write = [&](const v1::SubscribeEvent& e) {
-      events.push_back(e);
-      return true;
-    };
-    if (full != nullptr) WriteDelta(*full, write);
-    for (const auto& d : deltas) WriteDelta(*d, write);
+    std::vector<v1::SubscribeEvent> events = EventsFrom(*relay, s.store->Status().newest_version);
     const int fault = rng() % 8;
     if (fault == 0 && !events.empty()) {
       events.erase(events.begin() + rng() % events.size());  // a lost event
@@ -203,15 +208,7 @@ struct Sim {
       events.insert(events.end(), again.begin(), again.end());
     } else if (fault == 3) {
       // A late stream: what a relay would have sent from version 0.
-      std::shared_ptr<const VersionDelta> f;
-      std::vector<std::shared_ptr<const VersionDelta>> old = relay->DeltasAfter(0, &f);
-      std::vector<v1::SubscribeEvent> stale;
-      const EventWriter w = [&](const v1::SubscribeEvent& e) {
-        stale.push_back(e);
-        return true;
-      };
-      if (f != nullptr) WriteDelta(*f, w);
-      for (const auto& d : old) WriteDelta(*d, w);
+      const std::vector<v1::SubscribeEvent> stale = EventsFrom(*relay, 0);
       events.insert(events.begin(), stale.begin(), stale.end());
     }
     StreamAssembler assembler(s.store.get());
@@ -322,15 +319,8 @@ TEST_CASE("serving over 2,000 random schedules keeps S1 S3 S4") {
     }
     for (int round = 0; round < 10; ++round) {
       for (auto& s : sim.subs) {
-        std::shared_ptr<const VersionDelta> full;
-        std::vector<v1::SubscribeEvent> events;
-        const EventWriter write = [&](const v1::SubscribeEvent& e) {
-          events.push_back(e);
-          return true;
-        };
-        auto deltas = sim.relay->DeltasAfter(s.store->Status().newest_version, &full);
-        if (full != nullptr) WriteDelta(*full, write);
-        for (const auto& d : deltas) WriteDelta(*d, write);
+        const std::vector<v1::SubscribeEvent> events =
+            EventsFrom(*sim.relay, s.store->Status().newest_version);
         StreamAssembler assembler(s.store.get());
         for (const auto& e : events) REQUIRE(assembler.Take(e).ok());
       }

@@ -685,12 +685,8 @@ absl::StatusOr<const TableState*> FindTable(const State& s, const std::string& t
 absl::StatusOr<LookupResult> ServingStore::Lookup(const std::string& table, const uint64_t* keys,
                                                   size_t n, uint64_t version, std::string* values,
                                                   std::string* found) const {
-  State* s = Acquire();
-  struct Done {
-    const ServingStore* store;
-    State* s;
-    ~Done() { store->Release(s); }
-  } done{this, s};
+  const ReadGuard read(this);
+  State* s = read.state;
   absl::StatusOr<const TableState*> t = FindTable(*s, table, TableKind::kSparse);
   if (!t.ok()) return t.status();
   const TableState& ts = **t;
@@ -765,12 +761,8 @@ absl::StatusOr<LookupResult> ServingStore::Lookup(const std::string& table, cons
 
 absl::StatusOr<LookupResult> ServingStore::LookupDense(const std::string& table, uint64_t version,
                                                        std::string* values) const {
-  State* s = Acquire();
-  struct Done {
-    const ServingStore* store;
-    State* s;
-    ~Done() { store->Release(s); }
-  } done{this, s};
+  const ReadGuard read(this);
+  State* s = read.state;
   if (version != 0 && version != s->version) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "dense tables are looked up at the served version (%u), not %u", s->version, version));
@@ -809,7 +801,8 @@ std::vector<std::shared_ptr<const VersionDelta>> ServingStore::DeltasAfter(
     if (!out.empty() && out.back()->version == newest) return out;
   }
   // The served copy as one full version, copied out while it is counted as read.
-  State* s = Acquire();
+  const ReadGuard read(this);
+  State* s = read.state;
   auto d = std::make_shared<VersionDelta>();
   d->version = s->version;
   d->created_unix_ms = s->created_unix_ms;
@@ -836,7 +829,6 @@ std::vector<std::shared_ptr<const VersionDelta>> ServingStore::DeltasAfter(
     d->tables.push_back(std::move(td));
   }
   d->digests = DigestsOf(*s);
-  Release(s);
   if (d->version <= from) return {};
   *full = std::move(d);
   return {};
@@ -864,11 +856,13 @@ StoreStatus ServingStore::Status() const {
                          : records_.empty() ? served_.load()->version
                                             : records_.back()->version;
   }
-  State* s = Acquire();
-  out.version = s->version;
-  out.created_unix_ms = s->created_unix_ms;
-  for (const auto& [name, t] : s->tables) out.tables.push_back({t->config, t->rows, t->digest});
-  Release(s);
+  {
+    const ReadGuard read(this);
+    const State* s = read.state;
+    out.version = s->version;
+    out.created_unix_ms = s->created_unix_ms;
+    for (const auto& [name, t] : s->tables) out.tables.push_back({t->config, t->rows, t->digest});
+  }
   std::sort(out.tables.begin(), out.tables.end(),
             [](const auto& a, const auto& b) { return a.config.name < b.config.name; });
   out.newest_version = std::max(out.newest_version, out.version);

@@ -156,6 +156,14 @@ class ServingStore {
  private:
   // The served copy, counted as read until Release.
   State* Acquire() const;
+  struct ReadGuard {
+    explicit ReadGuard(const ServingStore* s) : store(s), state(s->Acquire()) {}
+    ~ReadGuard() { store->Release(state); }
+    ReadGuard(const ReadGuard&) = delete;
+    ReadGuard& operator=(const ReadGuard&) = delete;
+    const ServingStore* store;
+    State* state;
+  };
   int64_t BytesLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Release(State* s) const;
   absl::Status ApplyLocked(VersionDelta delta, const std::vector<TableDigest>& expected)

@@ -34,6 +34,7 @@
 #include "client/client.h"
 #include "client/serving_client.h"
 #include "testing/local_cluster.h"
+#include "testing/local_prometheus.h"
 #include "tools/bench_report.h"
 #include "tools/commands.h"
 
@@ -185,18 +186,6 @@ class Redis {
   std::string buf_;
   size_t pos_ = 0;
 };
-
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(a);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
 
 std::string FindOnPath(const std::string& name) {
   const char* path = std::getenv("PATH");
@@ -494,7 +483,9 @@ int RunServingBench(const BenchCommandOptions& o) {
          "redis-server not installed (apt-get install redis-server): no comparison");
     return differ == 0 ? 0 : 2;
   }
-  const int port = FreePort();
+  absl::StatusOr<int> port_or = FreeLoopbackPort();
+  if (!port_or.ok()) return fail(port_or.status());
+  const int port = *port_or;
   const std::string redis_dir = dir + "/redis";
   std::filesystem::create_directories(redis_dir);
   const pid_t redis_pid = SpawnChild(
