@@ -178,7 +178,9 @@ class ServingService final : public pb::Serving::Service {
       }
       if (deltas.empty()) {
         store_->WaitNewer(held, absl::Seconds(1));
-        if (store_->newest_version() > held) continue;
+        // (Versions queued while this replica is pinned are not relayed until it resumes: a
+        // heartbeat meanwhile.)
+        if (store_->RecordedVersion() > held) continue;
         pb::SubscribeEvent beat;
         beat.mutable_heartbeat()->set_newest_version(store_->newest_version());
         if (!writer->Write(beat)) break;

@@ -790,7 +790,7 @@ std::vector<std::shared_ptr<const VersionDelta>> ServingStore::DeltasAfter(
   *full = nullptr;
   {
     absl::MutexLock lock(&mu_);
-    const uint64_t newest = records_.empty() ? served_.load()->version : records_.back()->version;
+    const uint64_t newest = RecordedVersionLocked();
     if (newest <= from) return {};
     std::vector<std::shared_ptr<const VersionDelta>> out;
     for (const auto& r : records_) {
@@ -834,10 +834,19 @@ std::vector<std::shared_ptr<const VersionDelta>> ServingStore::DeltasAfter(
   return {};
 }
 
+uint64_t ServingStore::RecordedVersion() const {
+  absl::MutexLock lock(&mu_);
+  return RecordedVersionLocked();
+}
+
+uint64_t ServingStore::RecordedVersionLocked() const {
+  return records_.empty() ? served_.load()->version : records_.back()->version;
+}
+
 void ServingStore::WaitNewer(uint64_t version, absl::Duration timeout) const {
   absl::MutexLock lock(&mu_);
   const absl::Time deadline = absl::Now() + timeout;
-  while ((records_.empty() ? served_.load()->version : records_.back()->version) <= version) {
+  while (RecordedVersionLocked() <= version) {
     if (newer_.WaitWithDeadline(&mu_, deadline)) return;
   }
 }
@@ -852,9 +861,7 @@ StoreStatus ServingStore::Status() const {
     if (!out.kept_versions.empty() && out.kept_versions.front() == 0) {
       out.kept_versions.erase(out.kept_versions.begin());
     }
-    out.newest_version = !queued_.empty()   ? queued_.back().first.version
-                         : records_.empty() ? served_.load()->version
-                                            : records_.back()->version;
+    out.newest_version = !queued_.empty() ? queued_.back().first.version : RecordedVersionLocked();
   }
   {
     const ReadGuard read(this);

@@ -135,6 +135,8 @@ class ServingStore {
   // there is nothing newer than `from` to send).
   std::vector<std::shared_ptr<const VersionDelta>> DeltasAfter(
       uint64_t from, std::shared_ptr<const VersionDelta>* full) const;
+  // The newest version recorded: what relays can send (versions queued while pinned are not).
+  uint64_t RecordedVersion() const;
   // Waits until a version newer than `version` is recorded or `timeout` passes.
   void WaitNewer(uint64_t version, absl::Duration timeout) const;
 
@@ -165,6 +167,7 @@ class ServingStore {
     State* state;
   };
   int64_t BytesLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t RecordedVersionLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Release(State* s) const;
   absl::Status ApplyLocked(VersionDelta delta, const std::vector<TableDigest>& expected)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(apply_mu_);

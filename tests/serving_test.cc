@@ -204,6 +204,25 @@ TEST_CASE("serving replicas follow checkpoints and equal the trainers bit for bi
     CHECK(relayed.client->Rollback(0, 9).status().code() == absl::StatusCode::kFailedPrecondition);
     CHECK(*relayed.client->Resume(0) == 3);
     CHECK(*relayed.client->Lookup("emb", {keys[500]}, absl::MakeSpan(row)) == 3);
+
+    // The relay rolled back: a new version waits there (queued, not relayed) and the replica
+    // behind it keeps its stream (heartbeats) for longer than its 1.5 s silence limit, then
+    // gets the version once the relay resumes.
+    REQUIRE(*root.client->Rollback(0, 2) == 2);
+    PushRound(*c, keys, 4);
+    REQUIRE(Checkpoint(*cluster, dir) == 4);
+    const Weights at4 = Pull(*c, lookup_keys);
+    const absl::Time quiet_until = absl::Now() + absl::Seconds(3);
+    while (absl::Now() < quiet_until && root.client->Status(0)->newest_version < 4) {
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    absl::SleepFor(absl::Seconds(3));  // (what is tested: nothing happens for longer than 1.5 s)
+    ServingStatusInfo waiting = *relayed.client->Status(0);
+    CHECK(waiting.version == 3);
+    CHECK(waiting.last_error.empty());
+    CHECK(*root.client->Resume(0) == 4);
+    WaitForVersion(relayed, 4);
+    CheckServes(relayed, 4, lookup_keys, at4);
   }
 
   SECTION("a replica with two upstreams goes on when its relay is killed") {

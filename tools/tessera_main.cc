@@ -110,6 +110,9 @@ ABSL_FLAG(double, serving_publish_s, 2,
           "bench --suite=serving: seconds between versions while lookups are measured.");
 ABSL_FLAG(double, serving_push_keys_per_s, 50000,
           "bench --suite=serving: keys pushed per second while lookups are measured.");
+ABSL_FLAG(int, serving_training_nice, 19,
+          "bench --suite=serving: nice value of the training side (servers, pusher, checkpoint "
+          "rounds) while lookups are measured with versions applying (0: as they are).");
 ABSL_FLAG(double, serving_stale_interval_s, 10,
           "bench --suite=serving: seconds between versions while pushes run at full speed "
           "(the staleness figure).");
@@ -366,6 +369,7 @@ int main(int argc, char** argv) {
     o.serving_publish_s = absl::GetFlag(FLAGS_serving_publish_s);
     o.serving_push_keys_per_s = absl::GetFlag(FLAGS_serving_push_keys_per_s);
     o.serving_stale_interval_s = absl::GetFlag(FLAGS_serving_stale_interval_s);
+    o.serving_training_nice = absl::GetFlag(FLAGS_serving_training_nice);
     o.serving_threads = absl::GetFlag(FLAGS_serving_threads);
     if (o.suite == "serving") return tessera::RunServingBench(o);
     if (o.suite != "data" && o.suite != "security") {
