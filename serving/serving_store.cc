@@ -913,7 +913,8 @@ absl::Status ServingStore::Verify() const {
   std::vector<TableDigest> copies[2];
   for (int i = 0; i < 2; ++i) {
     const State& st = *states_[i];
-    for (const auto& [name, t] : st.tables) {
+    for (const auto& [name, table] : st.tables) {
+      const TableState* t = table.get();  // (a lambda may not capture a structured binding)
       uint64_t digest = 0, rows = 0;
       t->ForEachRow([&](uint64_t key, const float* row) {
         digest += RowDigest(key, row, t->width);
