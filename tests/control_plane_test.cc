@@ -278,7 +278,12 @@ TEST_CASE("a failed write of the coordinator's state is an error someone sees, n
   const std::string fault = dir + "/fault";
   auto cluster = Start(3, 2, 1, {}, {"--testing_persist_fault_file=" + fault});
   const std::string coordinator = cluster->coordinator_address();
-  auto write_fault = [&](const char* mode) { std::ofstream(fault) << mode; };
+  // Replaced in one rename: a file truncated and then written would let the coordinator read
+  // it empty in between (no fault), write its state and leave nothing for "block" to block.
+  auto write_fault = [&](const char* mode) {
+    std::ofstream(fault + ".tmp") << mode;
+    std::filesystem::rename(fault + ".tmp", fault);
+  };
   absl::StatusOr<std::vector<int>> replicas = cluster->ReplicasOf(0);
   REQUIRE(replicas.ok());
   absl::StatusOr<uint64_t> epoch = cluster->Epoch();
