@@ -37,6 +37,9 @@ ABSL_FLAG(uint64_t, max_memory_bytes, 0,
           "Most bytes the tables (two copies) and the kept changes may hold; a version that "
           "would not fit is refused (the replica stays at its version). 0: no limit.");
 ABSL_FLAG(int, max_request_bytes, 64 << 20, "Largest request message accepted.");
+ABSL_FLAG(uint64_t, max_response_bytes, uint64_t{64} << 20,
+          "Largest lookup answer (keys x dim x 4 bytes, or a dense table's size x 4): a lookup "
+          "over it is RESOURCE_EXHAUSTED before anything is allocated.");
 ABSL_FLAG(std::string, tls_cert_file, "",
           "TLS (docs/security.md): this daemon's certificate (chain), PEM; with --tls_key_file.");
 ABSL_FLAG(std::string, tls_key_file, "", "TLS: this daemon's private key, PEM.");
@@ -75,6 +78,7 @@ int main(int argc, char** argv) {
   o.apply_nice = absl::GetFlag(FLAGS_apply_nice);
   o.max_memory_bytes = absl::GetFlag(FLAGS_max_memory_bytes);
   o.max_request_bytes = absl::GetFlag(FLAGS_max_request_bytes);
+  o.max_response_bytes = absl::GetFlag(FLAGS_max_response_bytes);
   o.tls = {absl::GetFlag(FLAGS_tls_cert_file), absl::GetFlag(FLAGS_tls_key_file),
            absl::GetFlag(FLAGS_tls_ca_file)};
   if (absl::GetFlag(FLAGS_metrics_tls)) {

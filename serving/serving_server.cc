@@ -301,8 +301,10 @@ absl::StatusOr<std::unique_ptr<ServingServer>> ServingServer::Start(
         "--upstream (another serving replica)");
   }
   auto impl = std::make_unique<Impl>();
-  impl->store = std::make_unique<ServingStore>(StoreOptions{
-      .keep_versions = options.keep_versions, .max_memory_bytes = options.max_memory_bytes});
+  impl->store = std::make_unique<ServingStore>(
+      StoreOptions{.keep_versions = options.keep_versions,
+                   .max_memory_bytes = options.max_memory_bytes,
+                   .max_response_bytes = options.max_response_bytes});
   absl::StatusOr<std::unique_ptr<Authenticator>> auth =
       Authenticator::Create(options.auth_token_file);
   if (!auth.ok()) return auth.status();

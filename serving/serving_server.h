@@ -31,6 +31,7 @@ struct ServingServerOptions {
   size_t keep_versions = 3;
   int apply_nice = 10;  // the applying thread's nice value
   uint64_t max_memory_bytes = 0;
+  uint64_t max_response_bytes = uint64_t{64} << 20;  // one lookup's answer
 };
 
 class ServingServer {

@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "common/hash.h"
 #include "common/key_index.h"
+#include "common/status_macros.h"
 
 namespace tessera::serving {
 namespace {
@@ -677,6 +678,14 @@ absl::StatusOr<const TableState*> FindTable(const State& s, const std::string& t
   return it->second.get();
 }
 
+absl::Status CheckResponseBytes(const std::string& table, uint64_t bytes, uint64_t limit) {
+  if (bytes <= limit) return absl::OkStatus();
+  return absl::ResourceExhaustedError(
+      absl::StrFormat("table '%s': the answer would be %u bytes, over the limit of %u bytes "
+                      "(--max_response_bytes); look up fewer keys at once",
+                      table.substr(0, 128), bytes, limit));
+}
+
 }  // namespace
 
 // A lookup at another kept version W reads the served copy (at S) through the records
@@ -720,6 +729,8 @@ absl::StatusOr<LookupResult> ServingStore::Lookup(const std::string& table, cons
     if (!before) std::reverse(overlay.begin(), overlay.end());
   }
   const uint32_t dim = ts.width;
+  TESSERA_RETURN_IF_ERROR(
+      CheckResponseBytes(table, n * uint64_t{dim} * sizeof(float), options_.max_response_bytes));
   values->resize(n * dim * sizeof(float));
   found->assign((n + 7) / 8, '\0');
   float* out = reinterpret_cast<float*>(values->data());
@@ -772,6 +783,8 @@ absl::StatusOr<LookupResult> ServingStore::LookupDense(const std::string& table,
   const TableState& ts = **t;
   const uint64_t size = ts.config.dense_size;
   const uint32_t block = ts.width;
+  TESSERA_RETURN_IF_ERROR(
+      CheckResponseBytes(table, size * sizeof(float), options_.max_response_bytes));
   values->resize(size * sizeof(float));
   float* out = reinterpret_cast<float*>(values->data());
   for (uint64_t b = 0, first = 0; first < size; ++b, first += block) {

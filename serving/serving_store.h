@@ -97,6 +97,8 @@ struct HeldTables {
 struct StoreOptions {
   size_t keep_versions = 3;       // change records kept: lookups at a version, rollback, relays
   uint64_t max_memory_bytes = 0;  // both copies and the records; 0: no limit
+  // A lookup whose answer would be larger is refused before anything is allocated.
+  uint64_t max_response_bytes = uint64_t{64} << 20;
 };
 
 // Thread-safe. Lookups never wait for an apply; an apply waits for the lookups of the copy it

@@ -9,6 +9,7 @@
 #include <random>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "catch2/catch.hpp"
 #include "common/shard_map.h"
 #include "serving.pb.h"
@@ -280,6 +281,28 @@ TEST_CASE("dense tables are served whole with the last block partial") {
   CHECK(store.LookupDense("w", 7, &values).status().code() ==
         absl::StatusCode::kFailedPrecondition);
   CHECK(store.Status().tables[0].rows == 2);
+}
+
+TEST_CASE("a lookup whose answer would pass the limit is refused before anything is allocated") {
+  const TableConfig emb = Sparse("emb", 16);  // 64 bytes a row
+  const TableConfig w = Dense("w", 100, 10);  // 400 bytes
+  ServingStore store({.max_response_bytes = 640});
+  REQUIRE(
+      store.Apply(Version(1, 0, {Rows(emb, true, Range(0, 20), 0), Rows(w, true, {0}, 1)})).ok());
+  std::string values, found;
+  const std::vector<uint64_t> keys = Range(0, 11);
+  REQUIRE(store.Lookup("emb", keys.data(), 10, 0, &values, &found).ok());  // 640 bytes: at it
+  CHECK(values.size() == 640);
+  std::string values2, found2;
+  absl::StatusOr<LookupResult> over = store.Lookup("emb", keys.data(), 11, 0, &values2, &found2);
+  CHECK(over.status().code() == absl::StatusCode::kResourceExhausted);
+  CHECK(absl::StrContains(over.status().message(), "--max_response_bytes"));
+  CHECK(values2.capacity() < 640);  // nothing allocated for it
+  CHECK(found2.empty());
+  REQUIRE(store.LookupDense("w", 0, &values).ok());
+  ServingStore small({.max_response_bytes = 399});
+  REQUIRE(small.Apply(Version(1, 0, {Rows(w, true, {0}, 1)})).ok());
+  CHECK(small.LookupDense("w", 0, &values).status().code() == absl::StatusCode::kResourceExhausted);
 }
 
 // A version through the stream's events into another store.

@@ -413,5 +413,81 @@ TEST_CASE("tessera-serving refuses bad flags and bad lookups with clear errors")
   CHECK(r.client->Rollback(0, 3).status().code() == absl::StatusCode::kFailedPrecondition);
 }
 
+// "What if the coordinator is the one that froze?" Serving does not ask it for anything:
+// replicas answer throughout, a publication driver that knows the primaries publishes while
+// it is stopped, and one that asks it (PrimaryAddresses) publishes again once it resumes.
+TEST_CASE("a coordinator paused past its leases stops no lookup and no version", "[fault]") {
+  const std::string dir = NewDir("ckpt-paused");
+  const std::string logs = NewDir("logs-paused");
+  std::unique_ptr<LocalCluster> cluster = testing::StartCoordinated(
+      2, 1, 2, {"--lease_ms=1000"}, {"--heartbeat_ms=100", "--checkpoint_dir=" + dir});
+  std::unique_ptr<Client> c = testing::ConnectCoordinated(*cluster);
+  TableConfig emb{.name = "emb", .kind = TableKind::kSparse, .dim = kDim};
+  emb.optimizer.kind = OptimizerKind::kAdagrad;
+  REQUIRE(c->CreateTable(emb).ok());
+  TableConfig w{
+      .name = "w", .kind = TableKind::kDense, .dense_size = kDenseSize, .dense_block_elems = 512};
+  REQUIRE(c->CreateTable(w).ok());
+  std::vector<uint64_t> keys;
+  for (uint64_t i = 0; i < 2000; ++i) keys.push_back(i * 0x9e3779b97f4a7c15ULL + 3);
+  const Credentials creds = testing::JobCredentials(*cluster);
+  absl::StatusOr<std::vector<std::string>> primaries =
+      PrimaryAddresses(cluster->coordinator_address(), creds);
+  REQUIRE(primaries.ok());
+  auto round = [&](const std::vector<std::string>& servers) {
+    absl::StatusOr<CheckpointRoundResult> r = RunCheckpointRound(
+        {.dir = dir, .servers = servers, .rpc_timeout = absl::Seconds(20), .credentials = creds});
+    INFO(r.status().ToString());
+    REQUIRE(r.ok());
+    return r->id;
+  };
+  PushRound(*c, keys, 1);
+  const uint64_t first = round(*primaries);
+  Replica root = StartReplica({"--checkpoint_dir=" + dir}, logs, "root");
+  // (Its answers limited to the 2,000 keys' rows: one key more is refused.)
+  Replica leaf = StartReplica(
+      {"--upstream=" + root.address, absl::StrCat("--max_response_bytes=", keys.size() * kDim * 4)},
+      logs, "leaf");
+  WaitForVersion(leaf, first);
+  std::vector<uint64_t> one_more = keys;
+  one_more.push_back(1);
+  std::vector<float> too_many(one_more.size() * kDim);
+  absl::StatusOr<uint64_t> refused = leaf.client->Lookup("emb", one_more, absl::MakeSpan(too_many));
+  CHECK(refused.status().code() == absl::StatusCode::kResourceExhausted);
+
+  REQUIRE(kill(cluster->coordinator_pid(), SIGSTOP) == 0);
+  const absl::Time stopped = absl::Now();
+  PushRound(*c, keys, 2);  // the data plane needs no coordinator
+  const uint64_t during = round(*primaries);
+  const Weights want = Pull(*c, keys);
+  WaitForVersion(root, during);
+  WaitForVersion(leaf, during);
+  CheckServes(leaf, during, keys, want);
+  // Lookups answer on: until the pause has outlasted two leases, and after.
+  int answered = 0;
+  while (absl::Now() < stopped + absl::Seconds(2.5) || answered < 10) {
+    std::vector<float> got(keys.size() * kDim);
+    absl::StatusOr<uint64_t> v = leaf.client->Lookup("emb", keys, absl::MakeSpan(got), 0);
+    INFO(v.status().ToString());
+    REQUIRE(v.ok());
+    CHECK(*v == during);
+    ++answered;
+  }
+  REQUIRE(kill(cluster->coordinator_pid(), SIGCONT) == 0);
+
+  // Resumed (it restarts the leases instead of failing anyone over): a driver that asks it
+  // publishes again, and the replicas follow bit for bit.
+  PushRound(*c, keys, 3);
+  absl::StatusOr<std::vector<std::string>> again =
+      PrimaryAddresses(cluster->coordinator_address(), creds);
+  INFO(again.status().ToString());
+  REQUIRE(again.ok());
+  CHECK(*again == *primaries);
+  const uint64_t after = round(*again);
+  const Weights now = Pull(*c, keys);
+  WaitForVersion(leaf, after);
+  CheckServes(leaf, after, keys, now);
+}
+
 }  // namespace
 }  // namespace tessera
