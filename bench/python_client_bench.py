@@ -119,8 +119,30 @@ def training_step(client, args):
         for h in handles:
             h.wait()
 
+    def pull_only():
+        handles = [client.pull_dense_async(t, out=p.detach().view(-1)) for t, p in params.params]
+        for h in handles:
+            h.wait()
+
+    def push_only():
+        handles = [client.push_dense_async(t, gr.view(-1)) for t, gr in grads]
+        for h in handles:
+            h.wait()
+
+    # The first layer's weight alone (784 x 256: 99% of the parameters; docs/dense_allreduce.md).
+    (w1_table, w1), (_, w1_grad) = params.params[0], grads[0]
+
+    def pull_first_layer():
+        client.pull_dense_async(w1_table, out=w1.detach().view(-1)).wait()
+
+    def push_first_layer():
+        client.push_dense_async(w1_table, w1_grad.view(-1)).wait()
+
     result = {}
     for name, fn in (("local_pytorch", local_step), ("transfers_only", transfers_only),
+                     ("pull_only", pull_only), ("push_only", push_only),
+                     ("pull_first_layer", pull_first_layer),
+                     ("push_first_layer", push_first_layer),
                      ("tessera", tessera_step), ("local_pytorch_again", local_step)):
         n, t = measure(args.seconds, fn)
         result[name] = 1000 * t / n
@@ -166,6 +188,10 @@ def main():
         print(f"  local PyTorch            {base:7.2f} ms")
         print(f"  transfers alone          {step['transfers_only']:7.2f} ms "
               "(pull + push of every parameter)")
+        print(f"    pull alone             {step['pull_only']:7.2f} ms "
+              f"(first layer {step['pull_first_layer']:.2f} ms)")
+        print(f"    push alone             {step['push_only']:7.2f} ms "
+              f"(first layer {step['push_first_layer']:.2f} ms; the servers apply Adam)")
         print(f"  through Tessera          {step['tessera']:7.2f} ms "
               f"({step['tessera'] / base:.2f}x local; overhead {step['tessera'] - base:.2f} ms, "
               f"of which transfers {step['transfers_only']:.2f} ms)")

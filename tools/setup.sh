@@ -13,7 +13,7 @@ packages=(
   libopenblas-dev zlib1g-dev dataset-fashion-mnist
   iperf3 curl procps prometheus systemd nodejs
   pybind11-dev python3-dev python3-numpy python3-venv python3-setuptools python3-wheel
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev libgloo-dev
 )
 for arg in "$@"; do
   case "$arg" in
