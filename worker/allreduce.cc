@@ -27,8 +27,10 @@ absl::StatusOr<std::vector<std::string>> InMemoryRendezvousStore::Get(
     const std::vector<std::string>& keys, absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
   auto all_set = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-    return std::all_of(keys.begin(), keys.end(),
-                       [&](const std::string& k) { return values_.contains(k); });
+    for (const std::string& k : keys) {
+      if (!values_.contains(k)) return false;
+    }
+    return true;
   };
   if (!mu_.AwaitWithTimeout(absl::Condition(&all_set), timeout)) {
     return absl::DeadlineExceededError(absl::StrFormat("rendezvous: %u key(s) not set within %s",
