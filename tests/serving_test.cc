@@ -271,6 +271,16 @@ TEST_CASE("serving replicas follow checkpoints and equal the trainers bit for bi
   }
 }
 
+// The tables of the fault tests: "emb" (Adagrad) and "w" (SGD).
+void CreateTables(Client& c) {
+  TableConfig emb{.name = "emb", .kind = TableKind::kSparse, .dim = kDim};
+  emb.optimizer.kind = OptimizerKind::kAdagrad;
+  REQUIRE(c.CreateTable(emb).ok());
+  TableConfig w{
+      .name = "w", .kind = TableKind::kDense, .dense_size = kDenseSize, .dense_block_elems = 512};
+  REQUIRE(c.CreateTable(w).ok());
+}
+
 TEST_CASE(
     "trainer primaries killed while versions are published: replicas reach the next version bit "
     "for bit",
@@ -280,12 +290,7 @@ TEST_CASE(
   std::unique_ptr<LocalCluster> cluster = testing::StartCoordinated(
       4, 2, 2, {"--lease_ms=1000"}, {"--heartbeat_ms=100", "--checkpoint_dir=" + dir});
   std::unique_ptr<Client> c = testing::ConnectCoordinated(*cluster);
-  TableConfig emb{.name = "emb", .kind = TableKind::kSparse, .dim = kDim};
-  emb.optimizer.kind = OptimizerKind::kAdagrad;
-  REQUIRE(c->CreateTable(emb).ok());
-  TableConfig w{
-      .name = "w", .kind = TableKind::kDense, .dense_size = kDenseSize, .dense_block_elems = 512};
-  REQUIRE(c->CreateTable(w).ok());
+  CreateTables(*c);
   std::vector<uint64_t> keys;
   for (uint64_t i = 0; i < 3000; ++i) keys.push_back(i * 0x9e3779b97f4a7c15ULL + 7);
   const Credentials creds = testing::JobCredentials(*cluster);
@@ -422,12 +427,7 @@ TEST_CASE("a coordinator paused past its leases stops no lookup and no version",
   std::unique_ptr<LocalCluster> cluster = testing::StartCoordinated(
       2, 1, 2, {"--lease_ms=1000"}, {"--heartbeat_ms=100", "--checkpoint_dir=" + dir});
   std::unique_ptr<Client> c = testing::ConnectCoordinated(*cluster);
-  TableConfig emb{.name = "emb", .kind = TableKind::kSparse, .dim = kDim};
-  emb.optimizer.kind = OptimizerKind::kAdagrad;
-  REQUIRE(c->CreateTable(emb).ok());
-  TableConfig w{
-      .name = "w", .kind = TableKind::kDense, .dense_size = kDenseSize, .dense_block_elems = 512};
-  REQUIRE(c->CreateTable(w).ok());
+  CreateTables(*c);
   std::vector<uint64_t> keys;
   for (uint64_t i = 0; i < 2000; ++i) keys.push_back(i * 0x9e3779b97f4a7c15ULL + 3);
   const Credentials creds = testing::JobCredentials(*cluster);
