@@ -57,6 +57,8 @@ struct TESSERA_HIDDEN WorkerClock::Impl {
 
 WorkerClock::WorkerClock(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
+uint64_t WorkerClock::incarnation() const { return impl_->incarnation; }
+
 WorkerClock::~WorkerClock() {
   {
     absl::MutexLock lock(&impl_->mu);

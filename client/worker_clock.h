@@ -44,7 +44,8 @@ class TESSERA_EXPORT WorkerClock {
   static absl::StatusOr<std::unique_ptr<WorkerClock>> Join(const WorkerClockOptions& options);
   ~WorkerClock();
 
-  uint64_t clock() const;  // steps this worker finished
+  uint64_t clock() const;        // steps this worker finished
+  uint64_t incarnation() const;  // the coordinator's for this process (JoinJob's)
   const WorkerClockOptions& options() const;
 
   // Blocks until step clock() + 1 may start. Errors: FAILED_PRECONDITION when the job failed

@@ -44,6 +44,7 @@ const absl::flat_hash_map<std::string, RoleSet>& MethodRoles() {
       {"/tessera.v1.Coordinator/FinishRecovery", kRoleAdmin},
       {"/tessera.v1.Coordinator/JoinJob", kRoleWorker},
       {"/tessera.v1.Coordinator/Clock", kRoleWorker},
+      {"/tessera.v1.Coordinator/AllReduce", kRoleWorker},
       {"/tessera.v1.Replication/Replicate", kRoleServer},
       {"/tessera.v1.Replication/InstallSnapshot", kRoleServer},
       {"/tessera.serving.v1.Serving/Lookup", kRoleWorker | kRoleReader},

@@ -303,7 +303,7 @@ TEST_CASE("every RPC of every service is refused without a token and with a wron
   CHECK(covered.count("/tessera.v1.Coordinator/Heartbeat") == 1);
   CHECK(covered.count("/tessera.v1.Replication/InstallSnapshot") == 1);
   CHECK(covered.count("/tessera.v1.ParameterServer/RemoveRows") == 1);
-  CHECK(covered.size() == 14 + 9 + 2);
+  CHECK(covered.size() == 14 + 10 + 2);
 
   // Real requests with wrong roles change nothing either: a reader's push and drop, a
   // worker-only client's create.

@@ -127,6 +127,7 @@ TEST_CASE(
        "malformed tessera.v1.GetClusterStatusRequest"},
       {coord, "/tessera.v1.Coordinator/JoinJob", "malformed tessera.v1.JoinJobRequest"},
       {coord, "/tessera.v1.Coordinator/Clock", "malformed tessera.v1.ClockRequest"},
+      {coord, "/tessera.v1.Coordinator/AllReduce", "malformed tessera.v1.AllReduceRequest"},
       {coord, "/tessera.v1.Coordinator/RecoverShard", "malformed tessera.v1.RecoverShardRequest"},
       {coord, "/tessera.v1.Coordinator/FinishRecovery",
        "malformed tessera.v1.FinishRecoveryRequest"},

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "gloo/allreduce.h"
+#include "gloo/broadcast.h"
 #include "gloo/common/error.h"
 #include "gloo/common/logging.h"
 #include "gloo/math.h"
@@ -154,7 +155,8 @@ AllReduceGroup::~AllReduceGroup() = default;
 int AllReduceGroup::rank() const { return impl_->rank; }
 int AllReduceGroup::size() const { return impl_->size; }
 
-absl::Status AllReduceGroup::Sum(absl::Span<float> values) {
+absl::Status AllReduceGroup::Collective(const char* what, absl::Span<float> values,
+                                        const std::function<void(float*, size_t, uint32_t)>& run) {
   if (!impl_->failed.ok()) {
     return absl::FailedPreconditionError(absl::StrCat("this all-reduce group failed earlier (",
                                                       impl_->failed.message(),
@@ -165,22 +167,45 @@ absl::Status AllReduceGroup::Sum(absl::Span<float> values) {
   for (size_t first = 0; first < values.size(); first += bucket) {
     const size_t n = std::min(bucket, values.size() - first);
     try {
-      gloo::AllreduceOptions opts(impl_->context);
-      opts.setAlgorithm(gloo::AllreduceOptions::Algorithm::RING);
-      opts.setOutput(values.data() + first, n);
-      opts.setReduceFunction(
-          static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<float>));
-      opts.setTag(impl_->next_tag++);
-      opts.setTimeout(std::chrono::milliseconds(absl::ToInt64Milliseconds(impl_->options.timeout)));
-      gloo::allreduce(opts);
+      run(values.data() + first, n, impl_->next_tag++);
     } catch (...) {
       impl_->failed = FromGloo(std::current_exception(),
-                               absl::StrFormat("all-reduce rank %d of %d: summing %u floats",
-                                               impl_->rank, impl_->size, n));
+                               absl::StrFormat("all-reduce rank %d of %d: %s %u floats",
+                                               impl_->rank, impl_->size, what, n));
       return impl_->failed;
     }
   }
   return absl::OkStatus();
+}
+
+absl::Status AllReduceGroup::Sum(absl::Span<float> values) {
+  const auto timeout = std::chrono::milliseconds(absl::ToInt64Milliseconds(impl_->options.timeout));
+  return Collective("summing", values, [&](float* data, size_t n, uint32_t tag) {
+    gloo::AllreduceOptions opts(impl_->context);
+    opts.setAlgorithm(gloo::AllreduceOptions::Algorithm::RING);
+    opts.setOutput(data, n);
+    opts.setReduceFunction(
+        static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<float>));
+    opts.setTag(tag);
+    opts.setTimeout(timeout);
+    gloo::allreduce(opts);
+  });
+}
+
+absl::Status AllReduceGroup::Broadcast(int root, absl::Span<float> values) {
+  if (root < 0 || root >= impl_->size) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("all-reduce: broadcast from rank %d of a group of %d", root, impl_->size));
+  }
+  const auto timeout = std::chrono::milliseconds(absl::ToInt64Milliseconds(impl_->options.timeout));
+  return Collective("broadcasting", values, [&](float* data, size_t n, uint32_t tag) {
+    gloo::BroadcastOptions opts(impl_->context);
+    opts.setOutput(data, n);
+    opts.setRoot(root);
+    opts.setTag(tag);
+    opts.setTimeout(timeout);
+    gloo::broadcast(opts);
+  });
 }
 
 }  // namespace tessera

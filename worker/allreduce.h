@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -72,6 +73,9 @@ class AllReduceGroup {
   // Not for concurrent use.
   absl::Status Sum(absl::Span<float> values);
 
+  // Rank `root`'s `values` to every rank, bit for bit (in buckets, as Sum). The same errors.
+  absl::Status Broadcast(int root, absl::Span<float> values);
+
   int rank() const;
   int size() const;
 
@@ -79,6 +83,9 @@ class AllReduceGroup {
 
  private:
   explicit AllReduceGroup(std::unique_ptr<Impl> impl);
+  // Runs `run(data, n, tag)` over `values` in buckets; a Gloo exception fails the group.
+  absl::Status Collective(const char* what, absl::Span<float> values,
+                          const std::function<void(float*, size_t, uint32_t)>& run);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -39,9 +39,11 @@ class AllReduceRounds {
   explicit AllReduceRounds(uint32_t num_workers) : num_workers_(num_workers) {}
 
   // Liveness as the job clocks see it: live[i] is the incarnation of worker i that holds a
-  // lease, 0 when none does. A member is (index, incarnation): a worker restarted under a new
-  // incarnation is a new member, whatever its index.
+  // lease, 0 when none does, kNotJoined for a worker expected but not joined yet (a generation
+  // waits for it). A member is (index, incarnation): a worker restarted under a new incarnation
+  // is a new member, whatever its index.
   using Live = std::vector<uint64_t>;
+  static constexpr uint64_t kNotJoined = ~uint64_t{0};
 
   // Worker `worker` (incarnation `incarnation`) asks for the group that reduces `step`;
   // `holds`: it holds the weights after step - 1 (it applied that step, or was given the weights

@@ -40,12 +40,12 @@ constexpr char kService[] = "tessera.v1.Coordinator";
 
 // Every method raw, parsed by RunParsed: garbage gets INVALID_ARGUMENT, not UNIMPLEMENTED.
 using C = v1::Coordinator;
-using RawCoordinatorService =
-    C::WithRawCallbackMethod_Heartbeat<C::WithRawCallbackMethod_GetClusterMap<
-        C::WithRawCallbackMethod_ReportCaughtUp<C::WithRawCallbackMethod_ReportReplicaFailed<
-            C::WithRawCallbackMethod_GetClusterStatus<C::WithRawCallbackMethod_JoinJob<
-                C::WithRawCallbackMethod_Clock<C::WithRawCallbackMethod_RecoverShard<
-                    C::WithRawCallbackMethod_FinishRecovery<C::CallbackService>>>>>>>>>;
+using RawCoordinatorService = C::WithRawCallbackMethod_Heartbeat<
+    C::WithRawCallbackMethod_GetClusterMap<C::WithRawCallbackMethod_ReportCaughtUp<
+        C::WithRawCallbackMethod_ReportReplicaFailed<C::WithRawCallbackMethod_GetClusterStatus<
+            C::WithRawCallbackMethod_JoinJob<C::WithRawCallbackMethod_Clock<
+                C::WithRawCallbackMethod_AllReduce<C::WithRawCallbackMethod_RecoverShard<
+                    C::WithRawCallbackMethod_FinishRecovery<C::CallbackService>>>>>>>>>>;
 
 struct CoordinatorServer::Impl : public RawCoordinatorService {
   CoordinatorServerOptions options;
@@ -251,6 +251,20 @@ struct CoordinatorServer::Impl : public RawCoordinatorService {
     reactor->Finish(ToGrpcStatus(st));
   }
 
+  // Dense all-reduce (docs/dense_allreduce.md): answered at once under the clocks' lock (a
+  // worker polls for what is not ready).
+  void AllReduce(const v1::AllReduceRequest* req, v1::AllReduceResponse* resp,
+                 ReplyReactor* reactor) {
+    absl::Status st;
+    {
+      absl::MutexLock lock(&clock_mu);
+      absl::StatusOr<v1::AllReduceResponse> r = jobs.AllReduce(*req, absl::Now());
+      if (r.ok()) *resp = *std::move(r);
+      st = r.status();
+    }
+    reactor->Finish(ToGrpcStatus(st));
+  }
+
   void Clock(const v1::ClockRequest* req, v1::ClockResponse* resp, ReplyReactor* reactor) {
     absl::MutexLock lock(&clock_mu);
     const absl::Time now = absl::Now();
@@ -305,6 +319,7 @@ struct CoordinatorServer::Impl : public RawCoordinatorService {
   TESSERA_COORDINATOR_METHOD(GetClusterStatus, GetClusterStatus(req, resp, reactor))
   TESSERA_COORDINATOR_METHOD(JoinJob, JoinJob(req, resp, reactor))
   TESSERA_COORDINATOR_METHOD(Clock, Clock(req, resp, reactor))
+  TESSERA_COORDINATOR_METHOD(AllReduce, AllReduce(req, resp, reactor))
   TESSERA_COORDINATOR_METHOD(ReportCaughtUp, Enqueue(reactor, {CaughtUpCall{req, resp}, {}}))
   TESSERA_COORDINATOR_METHOD(ReportReplicaFailed,
                              Enqueue(reactor, {ReplicaFailedCall{req, resp}, {}}))

@@ -6,12 +6,14 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "proto/cluster.pb.h"
+#include "server/coordinator/allreduce_rounds.h"
 
 namespace tessera {
 
@@ -37,6 +39,13 @@ class JobClocks {
   // Ends the leases that ran out; returns the jobs whose state changed (waiters re-check).
   std::vector<std::string> ExpireLeases(absl::Time now);
 
+  // Dense all-reduce (docs/dense_allreduce.md): the job's group, reports, decisions and
+  // rendezvous keys. Renews the worker's lease as Clock does, with the same errors; a get whose
+  // keys are not all set answers ready = false (the caller asks again). Keys and values are
+  // bounded in size and count per job (RESOURCE_EXHAUSTED), counted before they are stored;
+  // those of generations before the last two are dropped.
+  absl::StatusOr<v1::AllReduceResponse> AllReduce(const v1::AllReduceRequest& req, absl::Time now);
+
  private:
   struct Worker {
     uint64_t incarnation = 0;  // 0: not joined yet
@@ -47,10 +56,19 @@ class JobClocks {
   struct Job {
     v1::JobSpec spec;
     std::vector<Worker> workers;
-    std::string failure;  // non-empty: the job failed
+    std::string failure;                      // non-empty: the job failed
+    std::unique_ptr<AllReduceRounds> rounds;  // made at the first all-reduce call
+    std::map<std::pair<uint64_t, std::string>, std::string> keys;  // (generation, key)
+    size_t key_bytes = 0;
   };
 
   static absl::Duration Lease(const v1::JobSpec& spec);
+  // The job of a worker's call: NOT_FOUND, INVALID_ARGUMENT (no such worker),
+  // FAILED_PRECONDITION (the job failed, or another incarnation joined as this worker).
+  absl::StatusOr<Job*> Find(const std::string& name, uint32_t worker, uint64_t incarnation);
+  // Renews the worker's lease (it is counted again if it was dead).
+  static void Renew(const std::string& name, Job& job, uint32_t worker, absl::Time now);
+  static absl::Status SetKey(Job& job, const v1::AllReduceSetOp& op);
 
   std::map<std::string, Job> jobs_;
   uint64_t next_incarnation_ = 1;
