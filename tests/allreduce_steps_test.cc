@@ -1,14 +1,17 @@
 // Dense all-reduce steps through a real tessera-coordinator (docs/dense_allreduce.md): workers
 // (threads with their own job clocks) form generations, sum over Gloo with the rendezvous on the
 // coordinator's keys, and apply only what the coordinator decided; a worker that goes silent is
-// left behind once its lease ends and the others go on, their replicas equal bit for bit.
+// left behind once its lease ends and the others go on; restarted, it is given the weights and
+// joins; every replica equal bit for bit.
 #include "worker/allreduce_steps.h"
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <thread>
 
 #include "client/worker_clock.h"
@@ -34,17 +37,19 @@ std::vector<float> Initial() {
 }
 
 struct Trace {
-  std::vector<std::vector<float>> after;  // the state after each step applied
-  std::vector<uint32_t> members;          // of each step's sum
+  std::map<uint64_t, std::vector<float>> after;  // the state after each step applied
+  std::map<uint64_t, uint32_t> members;          // of each step's sum
+  std::atomic<uint64_t> applied{0};
   absl::Status status;
 };
 
-// Worker `w` runs steps 1..`steps` (then stops: its clock's lease lapses).
-void RunWorker(const LocalCluster& cluster, uint32_t w, uint32_t num_workers, int steps,
-               Trace* trace) {
+// Worker `w` joins the job and applies steps until step `last` (a worker restarted into the
+// running job starts without the weights and joins the group's step); stops after `last`: its
+// clock's lease lapses.
+void RunWorker(const LocalCluster& cluster, uint32_t w, uint64_t last, bool holds, Trace* trace) {
   WorkerClockOptions co{.coordinator = cluster.coordinator_address(),
                         .job = "dense",
-                        .num_workers = num_workers,
+                        .num_workers = 3,
                         .worker = w,
                         .mode = ConsistencyMode::kBsp,
                         .lease_ms = 1000,
@@ -58,62 +63,78 @@ void RunWorker(const LocalCluster& cluster, uint32_t w, uint32_t num_workers, in
                           .credentials = testing::JobCredentials(cluster),
                           .job = "dense",
                           .worker = w,
-                          .incarnation = (*clock)->incarnation()};
+                          .incarnation = (*clock)->incarnation(),
+                          .holds = holds};
   o.group.timeout = absl::Seconds(3);
   o.group.bucket_bytes = 4096;  // several buckets a step
-  absl::StatusOr<std::unique_ptr<AllReduceSteps>> steps_or = AllReduceSteps::Create(o);
-  if (!steps_or.ok()) {
-    trace->status = steps_or.status();
+  absl::StatusOr<std::unique_ptr<AllReduceSteps>> steps = AllReduceSteps::Create(o);
+  if (!steps.ok()) {
+    trace->status = steps.status();
     return;
   }
-  std::vector<float> state = Initial();
-  for (int step = 1; step <= steps; ++step) {
-    absl::Status s = (*steps_or)->Step(
+  std::vector<float> state = holds ? Initial() : std::vector<float>(kFloats, -1.0f);
+  for (uint64_t step = 1; step <= last;) {
+    uint32_t members = 0;
+    absl::StatusOr<uint64_t> applied = (*steps)->Step(
         step, absl::MakeSpan(state), kFloats,
         [&](absl::Span<const float> st, absl::Span<float> g) { Gradients(w, st, g); },
-        [&](absl::Span<const float> sum, uint32_t members) {
-          for (size_t i = 0; i < kFloats; ++i) state[i] -= kLr * sum[i] / members;
-          trace->members.push_back(members);
+        [&](absl::Span<const float> sum, uint32_t n) {
+          for (size_t i = 0; i < kFloats; ++i) state[i] -= kLr * sum[i] / n;
+          members = n;
         },
         absl::Seconds(30));
-    if (!s.ok()) {
-      trace->status = s;
+    if (!applied.ok()) {
+      trace->status = applied.status();
       return;
     }
-    trace->after.push_back(state);
+    trace->after[*applied] = state;
+    trace->members[*applied] = members;
+    trace->applied = *applied;
+    step = *applied + 1;
   }
 }
 
-TEST_CASE("all-reduce steps keep every replica equal and go on without a silent worker",
+TEST_CASE("all-reduce steps keep every replica equal through a worker gone silent and restarted",
           "[clocks][allreduce]") {
   auto cluster = testing::StartCoordinated(1, 1, 1);
-  std::vector<Trace> traces(3);
+  std::vector<Trace> traces(4);  // workers 0, 1, 2, and 2 restarted
   std::vector<std::thread> threads;
-  // Workers 0 and 1 run 10 steps; worker 2 stops after 4 (as if frozen: its lease lapses).
+  // Workers 0 and 1 run 14 steps; worker 2 stops after 4 (as if frozen: its lease lapses).
   for (uint32_t w = 0; w < 3; ++w) {
-    threads.emplace_back([&, w] { RunWorker(*cluster, w, 3, w == 2 ? 4 : 10, &traces[w]); });
+    threads.emplace_back([&, w] { RunWorker(*cluster, w, w == 2 ? 4 : 14, true, &traces[w]); });
   }
+  // Once the others are two steps past it, worker 2 comes back (a new process: a new
+  // incarnation, no weights) and joins the group's step, given the weights.
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while (traces[0].applied < 7 && absl::Now() < deadline && traces[0].status.ok()) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  threads.emplace_back([&] { RunWorker(*cluster, 2, 14, false, &traces[3]); });
   for (std::thread& t : threads) t.join();
-  for (uint32_t w = 0; w < 3; ++w) {
-    INFO("worker " << w << ": " << traces[w].status.ToString());
+  for (uint32_t w = 0; w < 4; ++w) {
+    INFO("trace " << w << ": " << traces[w].status.ToString());
     REQUIRE(traces[w].status.ok());
   }
-  REQUIRE(traces[0].after.size() == 10);
+  REQUIRE(traces[0].after.size() == 14);
   REQUIRE(traces[2].after.size() == 4);
+  const uint64_t joined = traces[3].after.begin()->first;
+  CHECK(joined > 7);
   // A1: the same replica after every step, bit for bit, on every worker that applied it.
-  for (size_t s = 0; s < 10; ++s) {
-    CHECK(std::memcmp(traces[0].after[s].data(), traces[1].after[s].data(), kFloats * 4) == 0);
-    if (s < 4) {
-      CHECK(std::memcmp(traces[0].after[s].data(), traces[2].after[s].data(), kFloats * 4) == 0);
+  for (uint32_t w = 1; w < 4; ++w) {
+    for (const auto& [step, state] : traces[w].after) {
+      INFO("worker trace " << w << " step " << step);
+      CHECK(std::memcmp(traces[0].after[step].data(), state.data(), kFloats * 4) == 0);
     }
   }
-  // Three members while worker 2 took part, two after.
-  CHECK(traces[0].members == std::vector<uint32_t>{3, 3, 3, 3, 2, 2, 2, 2, 2, 2});
+  // Three members while worker 2 took part, two while it was gone, three once it was back.
+  for (const auto& [step, members] : traces[0].members) {
+    INFO("step " << step);
+    CHECK(members == (step <= 4 || step >= joined ? 3u : 2u));
+  }
   // A3: the sums are the members' gradients: a serial replay agrees within float rounding.
   std::vector<float> want = Initial();
   std::vector<float> g(kFloats), sum(kFloats);
-  for (size_t s = 0; s < 10; ++s) {
-    const uint32_t members = traces[0].members[s];
+  for (const auto& [step, members] : traces[0].members) {
     std::fill(sum.begin(), sum.end(), 0.0f);
     for (uint32_t w = 0; w < members; ++w) {
       Gradients(w, want, absl::MakeSpan(g));
@@ -123,7 +144,7 @@ TEST_CASE("all-reduce steps keep every replica equal and go on without a silent 
   }
   double worst = 0;
   for (size_t i = 0; i < kFloats; ++i) {
-    worst = std::max(worst, std::abs(double(want[i]) - traces[0].after[9][i]) /
+    worst = std::max(worst, std::abs(double(want[i]) - traces[0].after[14][i]) /
                                 std::max(1e-3, std::abs(double(want[i]))));
   }
   CHECK(worst < 1e-5);

@@ -105,7 +105,7 @@ AllReduceSteps::~AllReduceSteps() = default;
 bool AllReduceSteps::holds() const { return impl_->holds; }
 uint64_t AllReduceSteps::generation() const { return impl_->generation; }
 
-absl::Status AllReduceSteps::Step(
+absl::StatusOr<uint64_t> AllReduceSteps::Step(
     uint64_t step, absl::Span<float> state, size_t grad_floats,
     const std::function<void(absl::Span<const float>, absl::Span<float>)>& compute,
     const std::function<void(absl::Span<const float>, uint32_t)>& apply, absl::Duration timeout) {
@@ -131,6 +131,7 @@ absl::Status AllReduceSteps::Step(
       absl::SleepFor(o.poll);
       continue;
     }
+    step = g->step();  // (the group's: another only for a worker without the weights)
     // 2. Its Gloo group, connected through the coordinator's keys of the generation.
     bool ok = true;
     if (m.group == nullptr || m.generation != g->generation()) {
@@ -194,7 +195,7 @@ absl::Status AllReduceSteps::Step(
           return absl::InternalError("all-reduce: told to apply a sum this worker does not hold");
         }
         apply(sum, static_cast<uint32_t>(g->members_size()));
-        return absl::OkStatus();
+        return step;
       }
       break;  // redo: ask for the next generation
     }

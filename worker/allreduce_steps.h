@@ -38,18 +38,19 @@ class AllReduceSteps {
       const AllReduceStepsOptions& options);
   ~AllReduceSteps();
 
-  // Runs `step` to its decision. `state` is this worker's replica of the all-reduced tables
-  // (weights and optimizer state): overwritten with a holder's when this worker is joined.
-  // `compute(state, grads)` writes the step's gradients (grads.size() floats) from the state;
-  // it is called again only when the state was given anew. On apply, `apply(sum, members)` is
-  // called once with the gradients summed over the generation's `members` workers, and Step
-  // returns OK. Errors: the coordinator's (FAILED_PRECONDITION when the group is at another step
-  // or the job failed, DATA_LOSS when every holder of the weights is gone), DEADLINE_EXCEEDED
-  // when no decision to apply came within `timeout`.
-  absl::Status Step(uint64_t step, absl::Span<float> state, size_t grad_floats,
-                    const std::function<void(absl::Span<const float>, absl::Span<float>)>& compute,
-                    const std::function<void(absl::Span<const float>, uint32_t)>& apply,
-                    absl::Duration timeout);
+  // Runs `step` to its decision and returns the step applied: `step`, or, for a worker that
+  // does not hold the weights (restarted into a running job), the group's step it joined. `state`
+  // is this worker's replica of the all-reduced tables (weights and optimizer state): overwritten
+  // with a holder's when this worker is joined. `compute(state, grads)` writes the step's gradients
+  // (grads.size() floats) from the state; it is called again only when the state was given anew. On
+  // apply, `apply(sum, members)` is called once with the gradients summed over the generation's
+  // `members` workers, and Step returns OK. Errors: the coordinator's (FAILED_PRECONDITION when the
+  // group is at another step or the job failed, DATA_LOSS when every holder of the weights is
+  // gone), DEADLINE_EXCEEDED when no decision to apply came within `timeout`.
+  absl::StatusOr<uint64_t> Step(
+      uint64_t step, absl::Span<float> state, size_t grad_floats,
+      const std::function<void(absl::Span<const float>, absl::Span<float>)>& compute,
+      const std::function<void(absl::Span<const float>, uint32_t)>& apply, absl::Duration timeout);
 
   bool holds() const;
   uint64_t generation() const;  // of the last group this worker was a member of

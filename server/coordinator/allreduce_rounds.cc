@@ -100,9 +100,12 @@ absl::StatusOr<AllReduceGroupView> AllReduceRounds::Group(uint32_t worker, uint6
   if (lost_) return Lost();
   if (step_ == 0) step_ = step;
   Decide(live);
+  // A worker without the weights joins whatever step the group is at (it is given them).
+  if (!holds) step = step_;
   if (step != step_) {
     return absl::FailedPreconditionError(absl::StrFormat(
-        "all-reduce: the group reduces step %u, not %u: take its weights and ask for step %u",
+        "all-reduce: the group reduces step %u, not %u: ask without holding the weights to be "
+        "given them and join step %u",
         step_, step, step_));
   }
   if (Reducing())

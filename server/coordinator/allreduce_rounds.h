@@ -49,12 +49,13 @@ class AllReduceRounds {
   // `holds`: it holds the weights after step - 1 (it applied that step, or was given the weights
   // since; at a job's start every worker holds its initial weights). A generation forms once
   // every live worker has asked for the same step; those that do not hold the weights are its
-  // joined members. A member asking again gets the same answer. FAILED_PRECONDITION (naming the
-  // step) when the group reduces another step: the worker must take the group's weights and ask for
-  // that one; or when `incarnation` holds no lease (rejoin the job). INVALID_ARGUMENT for a worker
-  // outside the job. DATA_LOSS, from then on, once a generation would form of members none of which
-  // holds the weights: every worker that held them is gone (as when every replica of a shard is
-  // lost), and the job must be restored from its newest checkpoint.
+  // joined members, and join whatever step the group is at (their `step` is ignored: a worker
+  // restarted into a running job). A member asking again gets the same answer.
+  // FAILED_PRECONDITION (naming the step) when a worker holding weights asks for another step
+  // than the group's, or when `incarnation` holds no lease (rejoin the job). INVALID_ARGUMENT
+  // for a worker outside the job. DATA_LOSS, from then on, once a generation would form of
+  // members none of which holds the weights: every worker that held them is gone (as when
+  // every replica of a shard is lost), and the job must be restored from its newest checkpoint.
   absl::StatusOr<AllReduceGroupView> Group(uint32_t worker, uint64_t incarnation, uint64_t step,
                                            bool holds, const Live& live);
 

@@ -197,7 +197,8 @@ class Sim {
       return true;
     }
     if (!v.ok()) {
-      // A fresh worker takes the group's step; a worker without a lease rejoins (next event).
+      // A worker behind the group becomes fresh and asks again without the weights; a worker
+      // without a lease rejoins (next event).
       if (w.step != rounds_->step() && rounds_->step() != 0) {
         w.fresh = true;  // (its weights are of another step)
         w.step = rounds_->step();
@@ -205,6 +206,7 @@ class Sim {
       Trace("worker %u asks: %s", i, std::string(v.status().message()).c_str());
       return true;
     }
+    if (w.fresh) w.step = v->step;  // (it joins the group's step)
     if (!v->ready) return true;
     w.view = *v;
     // A fresh worker is always joined (members are incarnations), but in the first generation,
@@ -403,7 +405,10 @@ TEST_CASE("all-reduce rounds: a generation forms when every live worker asked") 
   REQUIRE(r.Report(1, 2, 2, v->generation, true).ok());
   CHECK(r.Report(2, 7, 2, v->generation, true).code() == absl::StatusCode::kFailedPrecondition);
   CHECK(*r.Decision(2, v->generation, back) == StepOutcome::kApply);
-  CHECK(r.Group(2, 7, 2, false, back).status().code() == absl::StatusCode::kFailedPrecondition);
+  v = r.Group(2, 7, 2, false, back);  // (without the weights: it joins the group's step)
+  REQUIRE(v.ok());
+  CHECK(v->step == 3);
+  CHECK_FALSE(v->ready);
   CHECK_FALSE(r.Group(2, 7, 3, false, back)->ready);
   CHECK_FALSE(r.Group(0, 1, 3, true, back)->ready);
   v = r.Group(1, 2, 3, true, back);
