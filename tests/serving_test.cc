@@ -10,6 +10,7 @@
 #include <random>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "client/admin.h"
 #include "client/serving_client.h"
@@ -175,6 +176,26 @@ TEST_CASE("serving replicas follow checkpoints and equal the trainers bit for bi
     Weights at2_served = at2;
     // Removed rows answer the initializer's values: what the pull that recreated them read.
     CheckServes(root, 2, lookup_keys, at2_served, removed);
+
+    // A replica whose --max_memory_bytes cannot hold the tables (two copies of 4,000 rows of 8
+    // floats and 5,000 dense floats) refuses the version before holding it, says why, serves
+    // nothing (UNAVAILABLE) and stays up.
+    Replica small =
+        StartReplica({"--checkpoint_dir=" + dir, "--max_memory_bytes=100000"}, logs, "small");
+    absl::StatusOr<ServingStatusInfo> refused;
+    for (const absl::Time until = absl::Now() + absl::Seconds(30); absl::Now() < until;) {
+      refused = small.client->Status(0);
+      if (refused.ok() && !refused->last_error.empty()) break;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    REQUIRE(refused.ok());
+    INFO(refused->last_error);
+    CHECK(absl::StrContains(refused->last_error, "--max_memory_bytes=100000"));
+    CHECK(refused->version == 0);
+    std::vector<float> none(kDim);
+    CHECK(small.client->Lookup("emb", {keys[0]}, absl::MakeSpan(none)).status().code() ==
+          absl::StatusCode::kUnavailable);
+    CHECK(kill(small.process.pid, 0) == 0);
 
     Replica relayed = StartReplica({"--upstream=" + root.address}, logs, "relayed");
     ServingStatusInfo r2 = WaitForVersion(relayed, 2);  // bootstrapped from the relay's root
