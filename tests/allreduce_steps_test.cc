@@ -12,12 +12,14 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <random>
 #include <thread>
 
 #include "client/worker_clock.h"
 #include "common/grpc_channel.h"
 #include "proto/cluster.grpc.pb.h"
 #include "tests/test_cluster.h"
+#include "worker/dense_replica.h"
 
 namespace tessera {
 namespace {
@@ -182,6 +184,50 @@ TEST_CASE("the coordinator refuses bad all-reduce calls with clear errors", "[cl
   CHECK(stranger.error_message().find("rejoin") != std::string::npos);
   req.set_job("nope");
   CHECK(call(req).error_code() == grpc::StatusCode::NOT_FOUND);
+}
+
+// "The same optimizer code the servers use": a replica fed the gradients a server's dense
+// table is fed holds the same weights, bit for bit: plain pushes, and a BSP step's mean.
+TEST_CASE("a dense replica equals the server's table fed the same gradients bit for bit",
+          "[allreduce]") {
+  auto cluster = testing::StartCoordinated(1, 1, 1);
+  std::unique_ptr<Client> c = testing::ConnectCoordinated(*cluster);
+  TableConfig config{.name = "w",
+                     .kind = TableKind::kDense,
+                     .dense_size = 1000,
+                     .dense_block_elems = 384};  // blocks of 384, 384 and 232
+  config.optimizer.kind = OptimizerKind::kAdam;
+  config.initializer = {.kind = InitializerKind::kNormal, .seed = 5};
+  REQUIRE(c->CreateTable(config).ok());
+  absl::StatusOr<DenseReplica> replica = DenseReplica::Create(config);
+  REQUIRE(replica.ok());
+  auto same = [&] {
+    std::vector<float> pulled(1000);
+    REQUIRE(c->PullDense("w", 0, absl::MakeSpan(pulled)).ok());
+    return std::memcmp(pulled.data(), replica->weights().data(), 1000 * 4) == 0;
+  };
+  CHECK(same());  // the initializer's values
+  std::mt19937 rng(3);
+  std::normal_distribution<float> d;
+  std::vector<float> g1(1000), g2(1000), g3(1000), sum(1000);
+  for (int round = 0; round < 4; ++round) {
+    for (float& x : g1) x = d(rng);
+    REQUIRE(c->PushDense("w", 0, g1).ok());
+    replica->ApplyMean(g1, 1);
+    CHECK(same());
+  }
+  for (uint64_t step = 1; step <= 3; ++step) {  // three workers' gradients, as their mean
+    for (auto* g : {&g1, &g2, &g3}) {
+      for (float& x : *g) x = d(rng);
+      REQUIRE(c->PushDense("w", 0, *g, {.accumulate_step = step}).ok());
+    }
+    REQUIRE(c->ApplyStep("w", step, 1.0f / 3).ok());
+    for (size_t i = 0; i < 1000; ++i) sum[i] = g1[i] + g2[i] + g3[i];
+    replica->ApplyMean(sum, 3);
+    CHECK(same());
+  }
+  CHECK(DenseReplica::Create({.name = "s", .kind = TableKind::kSparse, .dim = 4}).status().code() ==
+        absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
