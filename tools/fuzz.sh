@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-20}
 shift || true
 names=("$@")
-[ ${#names[@]} -eq 0 ] && names=(request_fuzzer replication_fuzzer checkpoint_fuzzer data_plane_fuzzer serving_fuzzer)
+[ ${#names[@]} -eq 0 ] && names=(request_fuzzer replication_fuzzer checkpoint_fuzzer data_plane_fuzzer serving_fuzzer clock_fuzzer)
 if ! command -v clang++ >/dev/null || ! ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1; then
   echo "SKIPPED: clang++ with libFuzzer is not installed (apt install clang)"
   exit 77

@@ -10,6 +10,10 @@
 namespace tessera {
 namespace {
 
+constexpr size_t kMaxJobNameBytes = 256;
+constexpr size_t kMaxJobs = 4096;
+constexpr uint64_t kMaxWorkers = 1'000'000;
+
 bool SameSpec(const v1::JobSpec& a, const v1::JobSpec& b) {
   return a.num_workers() == b.num_workers() && a.mode() == b.mode() &&
          a.staleness() == b.staleness() && a.worker_lease_ms() == b.worker_lease_ms() &&
@@ -24,6 +28,10 @@ absl::Duration JobClocks::Lease(const v1::JobSpec& spec) {
 
 absl::StatusOr<v1::JoinJobResponse> JobClocks::Join(const v1::JoinJobRequest& req, absl::Time now) {
   const v1::JobSpec& spec = req.spec();
+  if (spec.job().size() > kMaxJobNameBytes) {
+    return absl::InvalidArgumentError(absl::StrFormat("a job name of %u bytes (at most %u)",
+                                                      spec.job().size(), kMaxJobNameBytes));
+  }
   if (spec.job().empty() || spec.num_workers() == 0 || spec.num_workers() > 100000 ||
       spec.mode() == v1::CONSISTENCY_MODE_UNSPECIFIED ||
       (spec.mode() != v1::CONSISTENCY_MODE_SSP && spec.staleness() != 0)) {
@@ -37,9 +45,19 @@ absl::StatusOr<v1::JoinJobResponse> JobClocks::Join(const v1::JoinJobRequest& re
         absl::StrFormat("worker %u of job '%s' must be below num_workers %u", req.worker(),
                         spec.job(), spec.num_workers()));
   }
+  // A new job's workers are counted before it is made: jobs are never forgotten (a
+  // coordinator's jobs live as long as it), so their number and size are bounded.
+  if (!jobs_.contains(spec.job()) &&
+      (jobs_.size() >= kMaxJobs || workers_ + spec.num_workers() > kMaxWorkers)) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "the coordinator holds %u jobs of %u workers in all (at most %u jobs, %u workers): "
+        "restart it to forget finished jobs",
+        jobs_.size(), workers_, kMaxJobs, kMaxWorkers));
+  }
   auto [it, created] = jobs_.try_emplace(spec.job());
   Job& job = it->second;
   if (created) {
+    workers_ += spec.num_workers();
     job.spec = spec;
     job.workers.resize(spec.num_workers());
     for (Worker& w : job.workers) w.deadline = now + Lease(spec);

@@ -23,8 +23,9 @@ namespace tessera {
 // Thread-compatible.
 class JobClocks {
  public:
-  // Errors: INVALID_ARGUMENT (bad spec or worker index), FAILED_PRECONDITION (the job exists
-  // with another spec, or has failed).
+  // Errors: INVALID_ARGUMENT (bad spec or worker index, a name over 256 bytes),
+  // FAILED_PRECONDITION (the job exists with another spec, or has failed), RESOURCE_EXHAUSTED
+  // (a new job beyond 4,096 jobs or 1,000,000 workers in all: jobs are never forgotten).
   absl::StatusOr<v1::JoinJobResponse> Join(const v1::JoinJobRequest& req, absl::Time now);
 
   // Records the worker's clock and renews its lease, then answers whether it may start step
@@ -71,6 +72,7 @@ class JobClocks {
   static absl::Status SetKey(Job& job, const v1::AllReduceSetOp& op);
 
   std::map<std::string, Job> jobs_;
+  uint64_t workers_ = 0;  // of every job
   uint64_t next_incarnation_ = 1;
 };
 

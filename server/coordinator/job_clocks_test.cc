@@ -120,5 +120,27 @@ TEST_CASE("bad clock calls are refused clearly", "[clocks]") {
   CHECK(again->worker_incarnation() != j.incarnations[0]);
 }
 
+TEST_CASE("jobs are bounded in number size and name before they are made", "[clocks]") {
+  JobClocks clocks;
+  v1::JoinJobRequest r = JoinReq(0, v1::CONSISTENCY_MODE_BSP);
+  r.mutable_spec()->set_num_workers(100000);
+  for (int i = 0; i < 10; ++i) {  // 10 x 100,000 workers: the limit of 1,000,000
+    r.mutable_spec()->set_job("big" + std::to_string(i));
+    REQUIRE(clocks.Join(r, kT0).ok());
+  }
+  r.mutable_spec()->set_job("one more");
+  r.mutable_spec()->set_num_workers(1);
+  const absl::Status full = clocks.Join(r, kT0).status();
+  CHECK(full.code() == absl::StatusCode::kResourceExhausted);
+  CHECK(full.message().find("1000000 workers") != absl::string_view::npos);
+  r.mutable_spec()->set_job("big3");  // an existing job is joined as before
+  r.mutable_spec()->set_num_workers(100000);
+  CHECK(clocks.Join(r, kT0).ok());
+  r.mutable_spec()->set_job(std::string(100000, 'n'));
+  const absl::Status named = clocks.Join(r, kT0).status();
+  CHECK(named.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(named.message().size() < 200);
+}
+
 }  // namespace
 }  // namespace tessera
