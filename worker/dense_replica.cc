@@ -42,7 +42,7 @@ void DenseReplica::ApplyMean(absl::Span<const float> sum, uint32_t members) {
   const uint64_t n = config_.dense_size;
   const float scale = 1.0f / static_cast<float>(std::max<uint32_t>(members, 1));
   scaled_.resize(n);
-  for (uint64_t i = 0; i < n && i < sum.size(); ++i) {
+  for (uint64_t i = 0; i < n; ++i) {
     scaled_[i] = SaturateToFloat(double{sum[i]} * scale);
   }
   for (uint64_t b = 0, lo = 0; lo < n; ++b, lo += config_.dense_block_elems) {

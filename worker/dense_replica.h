@@ -28,7 +28,8 @@ class DenseReplica {
   // Everything that makes the replica (weights, slots, step counters as their bytes).
   absl::Span<float> state() { return absl::MakeSpan(state_); }
 
-  // Applies the mean over `members` of summed gradients `sum` (size() floats): each element
+  // Applies the mean over `members` of summed gradients `sum` (REQUIRES: size() floats, what
+  // the all-reduce of the replica's gradients produces): each element
   // scaled as a server scales a BSP step's sum, then the optimizer block by block.
   void ApplyMean(absl::Span<const float> sum, uint32_t members);
 

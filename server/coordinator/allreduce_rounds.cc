@@ -73,14 +73,12 @@ void AllReduceRounds::Decide(const Live& live) {
   reports_.clear();
   // The same members, all still live and no one else: the generation goes on to the next step.
   // Anyone else live (a worker joined, or back): form a new one, so that it is let in.
-  bool same = true;
-  for (uint32_t i = 0; i < num_workers_ && same; ++i) {
-    const bool member = std::any_of(members_.begin(), members_.end(), [&](const Member& m) {
-      return m == Member{i, live[i]};
-    });
-    same = (live[i] != 0) == member;
+  // (members_ ascends by index: one pass, not a search per worker.)
+  std::vector<Member> now;
+  for (uint32_t i = 0; i < num_workers_; ++i) {
+    if (live[i] != 0) now.push_back({i, live[i]});
   }
-  if (same) {
+  if (now == members_) {
     joined_.clear();
   } else {
     members_.clear();
